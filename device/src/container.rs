@@ -1,0 +1,567 @@
+//! Program container v0: the file `aic-exec` writes (`programqpc.bin`) and the runtime
+//! loads. One little-endian file: a 64-byte header, a section table, then sections.
+//!
+//! ```text
+//! header   magic "AICSPRG\0", version, header bytes, file bytes, CRC-32 of every byte
+//!          after the header, section count
+//! table    section_count x { kind, offset, len }
+//! metadata name, batch size, cores, DDR bytes, VTCM bytes per core
+//! io       count, then count x binding { name, direction, dtype, shape, DDR offset, bytes }
+//! code     core count, instruction count per core, then every core's instructions
+//! consts   repeated { DDR offset, len, data padded to 8 }   (optional)
+//! ```
+//!
+//! [`ProgramImage::parse`] checks every offset and length before using it and never
+//! panics; its errors name the section and the bound that was broken.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use bytemuck::{Pod, Zeroable};
+use core::mem::size_of;
+
+use crate::isa::{Instruction, INSTRUCTION_BYTES};
+
+pub const MAGIC: [u8; 8] = *b"AICSPRG\0";
+pub const VERSION: u32 = 0;
+/// Most I/O bindings a program may have.
+pub const MAX_BINDINGS: u32 = 64;
+/// Most cores a program may use.
+pub const MAX_CORES: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Header {
+    magic: [u8; 8],
+    version: u32,
+    header_bytes: u32,
+    file_bytes: u64,
+    crc32: u32,
+    section_count: u32,
+    reserved: [u32; 8],
+}
+const HEADER_BYTES: usize = size_of::<Header>();
+const _: () = assert!(HEADER_BYTES == 64);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct SectionEntry {
+    kind: u32,
+    reserved: u32,
+    offset: u64,
+    len: u64,
+}
+const _: () = assert!(size_of::<SectionEntry>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct MetadataRecord {
+    name: [u8; 64],
+    batch_size: u32,
+    num_cores: u32,
+    ddr_bytes: u64,
+    vtcm_bytes: u64,
+    reserved: [u64; 2],
+}
+const _: () = assert!(size_of::<MetadataRecord>() == 104);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct BindingRecord {
+    name: [u8; 48],
+    direction: u8,
+    dtype: u8,
+    rank: u8,
+    reserved0: u8,
+    reserved1: u32,
+    shape: [u32; 6],
+    ddr_offset: u64,
+    size_bytes: u64,
+}
+const _: () = assert!(size_of::<BindingRecord>() == 96);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct ConstantRecord {
+    ddr_offset: u64,
+    len: u64,
+}
+
+const KIND_METADATA: u32 = 1;
+const KIND_IO: u32 = 2;
+const KIND_CODE: u32 = 3;
+const KIND_CONSTANTS: u32 = 4;
+
+fn section_name(kind: u32) -> &'static str {
+    match kind {
+        KIND_METADATA => "metadata",
+        KIND_IO => "io",
+        KIND_CODE => "code",
+        KIND_CONSTANTS => "constants",
+        _ => "unknown",
+    }
+}
+
+/// Whether a binding feeds the program or is produced by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDirection {
+    Input = 0,
+    Output = 1,
+}
+
+/// Element type of an I/O binding, as the host sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDType {
+    F32 = 0,
+    F16 = 1,
+    I8 = 2,
+    U8 = 3,
+    I32 = 4,
+    I64 = 5,
+}
+
+impl IoDType {
+    fn from_raw(raw: u8) -> Option<IoDType> {
+        Some(match raw {
+            0 => IoDType::F32,
+            1 => IoDType::F16,
+            2 => IoDType::I8,
+            3 => IoDType::U8,
+            4 => IoDType::I32,
+            5 => IoDType::I64,
+            _ => return None,
+        })
+    }
+
+    pub fn bytes(self) -> u64 {
+        match self {
+            IoDType::F32 | IoDType::I32 => 4,
+            IoDType::F16 => 2,
+            IoDType::I8 | IoDType::U8 => 1,
+            IoDType::I64 => 8,
+        }
+    }
+}
+
+/// One named input or output of a program and where it lives in the activation's DDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoBinding {
+    pub name: String,
+    pub direction: IoDirection,
+    pub dtype: IoDType,
+    pub shape: Vec<u32>,
+    pub ddr_offset: u64,
+    pub size_bytes: u64,
+}
+
+/// Bytes the device copies into the activation's DDR when it is activated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConstantBlob {
+    pub ddr_offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// A parsed (or to-be-written) program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramImage {
+    pub name: String,
+    pub batch_size: u32,
+    /// DDR the program needs per activation.
+    pub ddr_bytes: u64,
+    /// VTCM the program uses on each of its cores.
+    pub vtcm_bytes: u64,
+    pub bindings: Vec<IoBinding>,
+    /// One instruction stream per core; the number of streams is the core count.
+    pub cores: Vec<Vec<Instruction>>,
+    pub constants: Vec<ConstantBlob>,
+}
+
+/// What is wrong with a container.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerError {
+    #[error("file is {len} bytes, shorter than the {need}-byte header")]
+    TooShort { len: usize, need: usize },
+    #[error("bad magic {found:02x?}: not an aicsim program container")]
+    BadMagic { found: [u8; 8] },
+    #[error("container version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion { found: u32, supported: u32 },
+    #[error("header says {field} is {value}, expected {expected}")]
+    BadHeader { field: &'static str, value: u64, expected: u64 },
+    #[error("header says the file is {header_says} bytes but it is {actual} bytes (truncated or padded)")]
+    LengthMismatch { header_says: u64, actual: u64 },
+    #[error("checksum mismatch: header has {stored:#010x}, contents give {computed:#010x} (file corrupted)")]
+    ChecksumMismatch { stored: u32, computed: u32 },
+    #[error("section table of {count} entries ends at byte {end}, past the end of the {file_len}-byte file")]
+    TableOutOfBounds { count: u32, end: u64, file_len: u64 },
+    #[error("section {index} ({section}) spans [{offset}, {offset} + {len}), past the end of the {file_len}-byte file")]
+    SectionOutOfBounds { index: usize, section: &'static str, offset: u64, len: u64, file_len: u64 },
+    #[error("section {index} has unknown kind {kind}")]
+    UnknownSection { index: usize, kind: u32 },
+    #[error("{0} section is missing")]
+    MissingSection(&'static str),
+    #[error("{0} section appears more than once")]
+    DuplicateSection(&'static str),
+    #[error("{section} section: {what} needs {need} bytes at offset {offset} but the section has {available}")]
+    Truncated { section: &'static str, what: &'static str, offset: u64, need: u64, available: u64 },
+    #[error("{section} section: {what} is {value}, {bound}")]
+    OutOfRange { section: &'static str, what: &'static str, value: u64, bound: &'static str },
+    #[error("{section} section: {what} is not valid: {reason}")]
+    Invalid { section: &'static str, what: String, reason: &'static str },
+    #[error("io binding '{name}' spans DDR [{start}, {end}) but the program's DDR allocation is {ddr_bytes} bytes")]
+    BindingOutsideDdr { name: String, start: u64, end: u64, ddr_bytes: u64 },
+    #[error("constant {index} spans DDR [{start}, {end}) but the program's DDR allocation is {ddr_bytes} bytes")]
+    ConstantOutsideDdr { index: usize, start: u64, end: u64, ddr_bytes: u64 },
+}
+
+/// Reads Pod records out of one section with bounds checks.
+struct Cursor<'a> {
+    section: &'static str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, what: &'static str, len: usize) -> Result<&'a [u8], ContainerError> {
+        let end = self.at.checked_add(len).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(ContainerError::Truncated {
+                section: self.section,
+                what,
+                offset: self.at as u64,
+                need: len as u64,
+                available: (self.bytes.len() - self.at) as u64,
+            });
+        };
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn record<T: Pod>(&mut self, what: &'static str) -> Result<T, ContainerError> {
+        Ok(bytemuck::pod_read_unaligned(self.take(what, size_of::<T>())?))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, ContainerError> {
+        self.record::<u32>(what)
+    }
+
+    fn align8(&mut self) {
+        self.at = self.at.div_ceil(8) * 8;
+        self.at = self.at.min(self.bytes.len());
+    }
+}
+
+fn fixed_str(section: &'static str, bytes: &[u8]) -> Result<String, ContainerError> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    if bytes[end..].iter().any(|&b| b != 0) {
+        return Err(ContainerError::Invalid { section, what: "name".into(), reason: "bytes after the terminating NUL" });
+    }
+    core::str::from_utf8(&bytes[..end])
+        .map(String::from)
+        .map_err(|_| ContainerError::Invalid { section, what: "name".into(), reason: "not UTF-8" })
+}
+
+fn range_ok(start: u64, len: u64, size: u64) -> Option<u64> {
+    start.checked_add(len).filter(|&end| end <= size)
+}
+
+impl ProgramImage {
+    /// Number of cores the program runs on.
+    pub fn num_cores(&self) -> u32 {
+        self.cores.len() as u32
+    }
+
+    pub fn inputs(&self) -> impl Iterator<Item = &IoBinding> {
+        self.bindings.iter().filter(|b| b.direction == IoDirection::Input)
+    }
+
+    pub fn outputs(&self) -> impl Iterator<Item = &IoBinding> {
+        self.bindings.iter().filter(|b| b.direction == IoDirection::Output)
+    }
+
+    /// Parses and validates a container.
+    pub fn parse(bytes: &[u8]) -> Result<ProgramImage, ContainerError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(ContainerError::TooShort { len: bytes.len(), need: HEADER_BYTES });
+        }
+        let header: Header = bytemuck::pod_read_unaligned(&bytes[..HEADER_BYTES]);
+        if header.magic != MAGIC {
+            return Err(ContainerError::BadMagic { found: header.magic });
+        }
+        if header.version != VERSION {
+            return Err(ContainerError::UnsupportedVersion { found: header.version, supported: VERSION });
+        }
+        if header.header_bytes as usize != HEADER_BYTES {
+            return Err(ContainerError::BadHeader { field: "header_bytes", value: header.header_bytes.into(), expected: HEADER_BYTES as u64 });
+        }
+        let file_len = bytes.len() as u64;
+        if header.file_bytes != file_len {
+            return Err(ContainerError::LengthMismatch { header_says: header.file_bytes, actual: file_len });
+        }
+        let computed = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        if computed != header.crc32 {
+            return Err(ContainerError::ChecksumMismatch { stored: header.crc32, computed });
+        }
+        let table_end = HEADER_BYTES as u64 + u64::from(header.section_count) * size_of::<SectionEntry>() as u64;
+        if table_end > file_len {
+            return Err(ContainerError::TableOutOfBounds { count: header.section_count, end: table_end, file_len });
+        }
+        let mut metadata = None;
+        let mut io = None;
+        let mut code = None;
+        let mut constants: Vec<&[u8]> = Vec::new();
+        for index in 0..header.section_count as usize {
+            let at = HEADER_BYTES + index * size_of::<SectionEntry>();
+            let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
+            let section = section_name(entry.kind);
+            let Some(end) = range_ok(entry.offset, entry.len, file_len).filter(|_| entry.offset >= table_end) else {
+                return Err(ContainerError::SectionOutOfBounds { index, section, offset: entry.offset, len: entry.len, file_len });
+            };
+            let body = &bytes[entry.offset as usize..end as usize];
+            let slot = match entry.kind {
+                KIND_METADATA => &mut metadata,
+                KIND_IO => &mut io,
+                KIND_CODE => &mut code,
+                KIND_CONSTANTS => {
+                    constants.push(body);
+                    continue;
+                }
+                kind => return Err(ContainerError::UnknownSection { index, kind }),
+            };
+            if slot.replace(body).is_some() {
+                return Err(ContainerError::DuplicateSection(section));
+            }
+        }
+        let metadata = metadata.ok_or(ContainerError::MissingSection("metadata"))?;
+        let io = io.ok_or(ContainerError::MissingSection("io"))?;
+        let code = code.ok_or(ContainerError::MissingSection("code"))?;
+
+        let mut cur = Cursor { section: "metadata", bytes: metadata, at: 0 };
+        let meta: MetadataRecord = cur.record("metadata record")?;
+        let name = fixed_str("metadata", &meta.name)?;
+        if meta.batch_size == 0 {
+            return Err(ContainerError::OutOfRange { section: "metadata", what: "batch size", value: 0, bound: "must be at least 1" });
+        }
+
+        let mut cur = Cursor { section: "io", bytes: io, at: 0 };
+        let count = cur.u32("binding count")?;
+        if count > MAX_BINDINGS {
+            return Err(ContainerError::OutOfRange { section: "io", what: "binding count", value: count.into(), bound: "more than 64" });
+        }
+        cur.u32("padding")?;
+        let mut bindings = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let rec: BindingRecord = cur.record("binding record")?;
+            let name = fixed_str("io", &rec.name)?;
+            let direction = match rec.direction {
+                0 => IoDirection::Input,
+                1 => IoDirection::Output,
+                _ => return Err(ContainerError::Invalid { section: "io", what: name, reason: "direction is neither input nor output" }),
+            };
+            let Some(dtype) = IoDType::from_raw(rec.dtype) else {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown dtype" });
+            };
+            if rec.rank as usize > rec.shape.len() {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "rank above 6" });
+            }
+            let shape = rec.shape[..rec.rank as usize].to_vec();
+            let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+            if elements.and_then(|e| e.checked_mul(dtype.bytes())) != Some(rec.size_bytes) || rec.size_bytes == 0 {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero" });
+            }
+            let Some(end) = range_ok(rec.ddr_offset, rec.size_bytes, meta.ddr_bytes) else {
+                return Err(ContainerError::BindingOutsideDdr { name, start: rec.ddr_offset, end: rec.ddr_offset.saturating_add(rec.size_bytes), ddr_bytes: meta.ddr_bytes });
+            };
+            let _ = end;
+            bindings.push(IoBinding { name, direction, dtype, shape, ddr_offset: rec.ddr_offset, size_bytes: rec.size_bytes });
+        }
+        if !bindings.iter().any(|b| b.direction == IoDirection::Output) {
+            return Err(ContainerError::Invalid { section: "io", what: "bindings".into(), reason: "the program has no output" });
+        }
+
+        let mut cur = Cursor { section: "code", bytes: code, at: 0 };
+        let num_cores = cur.u32("core count")?;
+        if num_cores == 0 || num_cores > MAX_CORES || num_cores != meta.num_cores {
+            return Err(ContainerError::OutOfRange { section: "code", what: "core count", value: num_cores.into(), bound: "must be 1..=64 and equal the metadata's core count" });
+        }
+        cur.u32("padding")?;
+        let mut counts = Vec::with_capacity(num_cores as usize);
+        for _ in 0..num_cores {
+            counts.push(cur.u32("instruction count")?);
+        }
+        cur.align8();
+        let mut cores = Vec::with_capacity(num_cores as usize);
+        for &n in &counts {
+            let len = (n as usize).checked_mul(INSTRUCTION_BYTES).ok_or(ContainerError::OutOfRange {
+                section: "code",
+                what: "instruction count",
+                value: n.into(),
+                bound: "overflows",
+            })?;
+            let raw = cur.take("instruction stream", len)?;
+            cores.push(raw.chunks_exact(INSTRUCTION_BYTES).map(bytemuck::pod_read_unaligned).collect());
+        }
+
+        let mut blobs = Vec::new();
+        for body in constants {
+            let mut cur = Cursor { section: "constants", bytes: body, at: 0 };
+            while cur.at < body.len() {
+                let rec: ConstantRecord = cur.record("constant record")?;
+                let len = usize::try_from(rec.len).unwrap_or(usize::MAX);
+                let data = cur.take("constant data", len)?;
+                let index = blobs.len();
+                if range_ok(rec.ddr_offset, rec.len, meta.ddr_bytes).is_none() {
+                    return Err(ContainerError::ConstantOutsideDdr { index, start: rec.ddr_offset, end: rec.ddr_offset.saturating_add(rec.len), ddr_bytes: meta.ddr_bytes });
+                }
+                blobs.push(ConstantBlob { ddr_offset: rec.ddr_offset, data: data.to_vec() });
+                cur.align8();
+            }
+        }
+
+        Ok(ProgramImage { name, batch_size: meta.batch_size, ddr_bytes: meta.ddr_bytes, vtcm_bytes: meta.vtcm_bytes, bindings, cores, constants: blobs })
+    }
+
+    /// Serialises the image into container bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut sections: Vec<(u32, Vec<u8>)> = Vec::new();
+
+        let mut meta = MetadataRecord::zeroed();
+        copy_name(&mut meta.name, &self.name);
+        meta.batch_size = self.batch_size;
+        meta.num_cores = self.num_cores();
+        meta.ddr_bytes = self.ddr_bytes;
+        meta.vtcm_bytes = self.vtcm_bytes;
+        sections.push((KIND_METADATA, bytemuck::bytes_of(&meta).to_vec()));
+
+        let mut io = Vec::new();
+        io.extend_from_slice(&(self.bindings.len() as u32).to_le_bytes());
+        io.extend_from_slice(&0u32.to_le_bytes());
+        for b in &self.bindings {
+            let mut rec = BindingRecord::zeroed();
+            copy_name(&mut rec.name, &b.name);
+            rec.direction = b.direction as u8;
+            rec.dtype = b.dtype as u8;
+            rec.rank = b.shape.len() as u8;
+            for (dst, &d) in rec.shape.iter_mut().zip(&b.shape) {
+                *dst = d;
+            }
+            rec.ddr_offset = b.ddr_offset;
+            rec.size_bytes = b.size_bytes;
+            io.extend_from_slice(bytemuck::bytes_of(&rec));
+        }
+        sections.push((KIND_IO, io));
+
+        let mut code = Vec::new();
+        code.extend_from_slice(&self.num_cores().to_le_bytes());
+        code.extend_from_slice(&0u32.to_le_bytes());
+        for stream in &self.cores {
+            code.extend_from_slice(&(stream.len() as u32).to_le_bytes());
+        }
+        pad8(&mut code);
+        for stream in &self.cores {
+            code.extend_from_slice(bytemuck::cast_slice(stream));
+        }
+        sections.push((KIND_CODE, code));
+
+        if !self.constants.is_empty() {
+            let mut consts = Vec::new();
+            for c in &self.constants {
+                let rec = ConstantRecord { ddr_offset: c.ddr_offset, len: c.data.len() as u64 };
+                consts.extend_from_slice(bytemuck::bytes_of(&rec));
+                consts.extend_from_slice(&c.data);
+                pad8(&mut consts);
+            }
+            sections.push((KIND_CONSTANTS, consts));
+        }
+
+        let table_bytes = sections.len() * size_of::<SectionEntry>();
+        let mut out = alloc::vec![0u8; HEADER_BYTES + table_bytes];
+        let mut entries = Vec::new();
+        for (kind, body) in &sections {
+            pad8(&mut out);
+            entries.push(SectionEntry { kind: *kind, reserved: 0, offset: out.len() as u64, len: body.len() as u64 });
+            out.extend_from_slice(body);
+        }
+        out[HEADER_BYTES..HEADER_BYTES + table_bytes].copy_from_slice(bytemuck::cast_slice(&entries));
+        let header = Header {
+            magic: MAGIC,
+            version: VERSION,
+            header_bytes: HEADER_BYTES as u32,
+            file_bytes: out.len() as u64,
+            crc32: crc32fast::hash(&out[HEADER_BYTES..]),
+            section_count: sections.len() as u32,
+            reserved: [0; 8],
+        };
+        out[..HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+        out
+    }
+}
+
+/// Recomputes the checksum of container bytes (after a deliberate edit, e.g. in tests
+/// that exercise the structural checks behind the checksum). Leaves too-short input alone.
+pub fn reseal(bytes: &mut [u8]) {
+    if bytes.len() >= HEADER_BYTES {
+        let crc = crc32fast::hash(&bytes[HEADER_BYTES..]);
+        bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+fn copy_name(dst: &mut [u8], name: &str) {
+    let n = name.len().min(dst.len() - 1);
+    dst[..n].copy_from_slice(&name.as_bytes()[..n]);
+}
+
+fn pad8(v: &mut Vec<u8>) {
+    while v.len() % 8 != 0 {
+        v.push(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::Op;
+    use alloc::vec;
+
+    pub(crate) fn sample() -> ProgramImage {
+        ProgramImage {
+            name: "sample".into(),
+            batch_size: 1,
+            ddr_bytes: 4096,
+            vtcm_bytes: 1024,
+            bindings: vec![
+                IoBinding { name: "x".into(), direction: IoDirection::Input, dtype: IoDType::F32, shape: vec![2, 8], ddr_offset: 0, size_bytes: 64 },
+                IoBinding { name: "y".into(), direction: IoDirection::Output, dtype: IoDType::F32, shape: vec![16], ddr_offset: 64, size_bytes: 64 },
+            ],
+            cores: vec![vec![Instruction::encode(Op::DmaIn { ddr: 0, vtcm: 0, bytes: 64 }), Instruction::encode(Op::End)]],
+            constants: vec![ConstantBlob { ddr_offset: 128, data: vec![1, 2, 3] }],
+        }
+    }
+
+    #[test]
+    fn an_image_roundtrips() {
+        let img = sample();
+        assert_eq!(ProgramImage::parse(&img.to_bytes()), Ok(img));
+    }
+
+    #[test]
+    fn truncation_and_corruption_are_named() {
+        let bytes = sample().to_bytes();
+        assert!(matches!(ProgramImage::parse(&bytes[..10]), Err(ContainerError::TooShort { .. })));
+        assert!(matches!(ProgramImage::parse(&bytes[..bytes.len() - 1]), Err(ContainerError::LengthMismatch { .. })));
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(matches!(ProgramImage::parse(&bad), Err(ContainerError::ChecksumMismatch { .. })));
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert!(matches!(ProgramImage::parse(&bad), Err(ContainerError::BadMagic { .. })));
+    }
+
+    #[test]
+    fn a_binding_past_ddr_is_named_after_reseal() {
+        let mut img = sample();
+        img.bindings[1].ddr_offset = 4090;
+        let err = ProgramImage::parse(&img.to_bytes()).unwrap_err();
+        assert_eq!(err, ContainerError::BindingOutsideDdr { name: "y".into(), start: 4090, end: 4154, ddr_bytes: 4096 });
+    }
+}

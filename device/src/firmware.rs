@@ -1,0 +1,675 @@
+//! The device firmware: a state machine that services the control mailbox and the DMA
+//! Bridge Channel rings, one [`Firmware::service`] call at a time.
+//!
+//! Per channel it copies each request element out of the ring, validates every field,
+//! runs presync semaphore -> DMA -> postsync semaphores -> doorbell, writes a response
+//! element when asked (or when the element was bad), publishes the ring indices, and
+//! raises an MSI only when the response ring goes from empty to non-empty (or when the
+//! element forces one). A doorbell on an activation's doorbell address starts its
+//! program once all its inputs have landed. A bad element gets an error completion
+//! code and the channel carries on with the next one.
+//!
+//! Whoever drives the firmware (a thread in `aicsim-kmd`, a test loop) decides when to
+//! call `service` again and how to sleep in between; the firmware itself never blocks.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+use crate::container::ProgramImage;
+use crate::control::{ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
+use crate::dbc::{
+    Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
+    NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, REQ_HEAD, REQ_TAIL, RSP_HEAD, RSP_TAIL, SEM_VALUE_MAX,
+};
+use crate::isa::Op;
+use crate::layout::{self, DeviceStatus, MemoryMap};
+use crate::memory::SharedMemory;
+use crate::nsp::{self, CostModel, NspCore};
+use crate::semaphore::{self, SemOutcome};
+
+/// Firmware version reported in [`layout::FW_VERSION`]: 0.1.0.
+pub const FIRMWARE_VERSION: u32 = 1 << 8;
+
+/// Most elements one channel processes per `service` call, so that one busy channel
+/// cannot starve the others.
+const CHANNEL_BATCH: u32 = 64;
+
+/// The device's shape and cost parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceConfig {
+    /// NSP cores (16 on the Pro SKU; the 16 GB Standard card exposes 14).
+    pub num_nsp: u32,
+    /// VTCM per core.
+    pub vtcm_bytes: u64,
+    pub map: MemoryMap,
+    pub cost: CostModel,
+    /// Clock used to turn cycles into device time.
+    pub clock_hz: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> DeviceConfig {
+        DeviceConfig {
+            num_nsp: 16,
+            vtcm_bytes: 8 << 20,
+            map: MemoryMap { ring_nelem: 512, host_bytes: 1 << 30, ddr_bytes: 16 << 30 },
+            cost: CostModel::default(),
+            clock_hz: 1_400_000_000,
+        }
+    }
+}
+
+/// What one `service` call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Serviced {
+    /// Request elements consumed (completed or failed).
+    pub elements: u32,
+    /// Whether a control request was answered.
+    pub control: bool,
+}
+
+impl Serviced {
+    pub fn progressed(&self) -> bool {
+        self.elements > 0 || self.control
+    }
+}
+
+/// Where the element at a channel's head is in its processing.
+#[derive(Clone, Copy, Debug, Default)]
+enum Stage {
+    /// Nothing done yet: the element is read afresh.
+    #[default]
+    Fresh,
+    /// DMA done; postsync command `next` is blocked on a wait. The element as it was
+    /// read is kept, so a host rewriting the slot cannot change a half-done element.
+    PostSync { element: RequestElement, next: usize },
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Channel {
+    req_head: u32,
+    rsp_tail: u32,
+    stage: Stage,
+}
+
+struct Program {
+    image: ProgramImage,
+    streams: Vec<Vec<Op>>,
+    inputs: u16,
+    outputs: u16,
+    activations: u32,
+}
+
+struct Activation {
+    program: usize,
+    info: ActivationInfo,
+    cores: Vec<u32>,
+    /// Doorbells rung whose program has not started yet (waiting for inputs).
+    doorbells_pending: u32,
+    runs: u64,
+}
+
+/// First-fit allocator of device DDR in 4 KiB granules.
+struct DdrAllocator {
+    /// Free extents `(start, len)`, sorted by start, never adjacent.
+    free: Vec<(u64, u64)>,
+    total: u64,
+}
+
+const DDR_GRANULE: u64 = 4096;
+
+impl DdrAllocator {
+    fn new(total: u64) -> DdrAllocator {
+        DdrAllocator { free: alloc::vec![(0, total)], total }
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.free.iter().map(|&(_, len)| len).sum()
+    }
+
+    fn alloc(&mut self, bytes: u64) -> Option<u64> {
+        let len = bytes.max(1).div_ceil(DDR_GRANULE).checked_mul(DDR_GRANULE)?;
+        let i = self.free.iter().position(|&(_, l)| l >= len)?;
+        let (start, l) = self.free[i];
+        if l == len {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (start + len, l - len);
+        }
+        Some(start)
+    }
+
+    fn release(&mut self, start: u64, bytes: u64) {
+        let len = bytes.max(1).div_ceil(DDR_GRANULE) * DDR_GRANULE;
+        let i = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(i, (start, len));
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+}
+
+enum Step {
+    /// The element waits on a semaphore; keep it at the head.
+    Blocked(Stage),
+    /// The element is consumed.
+    Done { status: u16, respond: bool, force_msi: bool },
+}
+
+/// A fully validated element.
+struct Checked {
+    cmd: Cmd,
+    presync: Option<SemCommand>,
+    postsync: [Option<SemCommand>; 4],
+    doorbell: Option<DoorbellAttr>,
+}
+
+/// The device firmware.
+pub struct Firmware {
+    config: DeviceConfig,
+    ring: Ring,
+    channels: [Channel; NUM_DBC],
+    activations: [Option<Activation>; NUM_DBC],
+    programs: Vec<Option<Program>>,
+    cores: Vec<Option<NspCore>>,
+    core_owner: Vec<Option<usize>>,
+    sem_owner: [Option<usize>; NUM_SEMAPHORES as usize],
+    ddr: DdrAllocator,
+    ctrl_seen: u32,
+    device_cycles: u64,
+}
+
+impl Firmware {
+    /// A powered-off device; call [`Firmware::boot`] before servicing.
+    ///
+    /// # Panics
+    /// If `config.map.ring_nelem` is not a power of two of at least 2 (a configuration
+    /// bug caught before anything runs).
+    pub fn new(config: DeviceConfig) -> Firmware {
+        let ring = Ring::new(config.map.ring_nelem).expect("ring_nelem must be a power of two >= 2");
+        Firmware {
+            config,
+            ring,
+            channels: [Channel::default(); NUM_DBC],
+            activations: Default::default(),
+            programs: Vec::new(),
+            cores: (0..config.num_nsp).map(|_| None).collect(),
+            core_owner: alloc::vec![None; config.num_nsp as usize],
+            sem_owner: [None; NUM_SEMAPHORES as usize],
+            ddr: DdrAllocator::new(config.map.ddr_bytes),
+            ctrl_seen: 0,
+            device_cycles: 0,
+        }
+    }
+
+    pub fn config(&self) -> &DeviceConfig {
+        &self.config
+    }
+
+    /// Total device cycles spent running programs since boot.
+    pub fn device_cycles(&self) -> u64 {
+        self.device_cycles
+    }
+
+    /// Brings the device up: clears the device-owned registers and semaphores, publishes
+    /// the firmware version and marks the device ready. The control sequence seen is
+    /// taken from the mailbox, so a device restarted over a live region does not replay
+    /// an old request.
+    pub fn boot<M: SharedMemory>(&mut self, mem: &M) {
+        let map = self.config.map;
+        for dbc in 0..NUM_DBC {
+            mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
+            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), 0, Release);
+        }
+        for s in 0..NUM_SEMAPHORES {
+            mem.store_u32(map.semaphore(s), 0, Release);
+        }
+        self.ctrl_seen = mem.load_u32(layout::CTRL_REQ_SEQ, Acquire);
+        mem.store_u32(layout::CTRL_RSP_SEQ, self.ctrl_seen, Release);
+        mem.store_u32(layout::FW_VERSION, FIRMWARE_VERSION, Release);
+        mem.store_u32(layout::DEVICE_STATUS, DeviceStatus::Ready as u32, Release);
+    }
+
+    /// Does all the work that is ready now: a pending control request, then up to a
+    /// batch of elements on every active channel.
+    pub fn service<M: SharedMemory>(&mut self, mem: &M) -> Serviced {
+        let mut done = Serviced { control: self.service_control(mem), ..Default::default() };
+        for dbc in 0..NUM_DBC {
+            if self.activations[dbc].is_some() {
+                done.elements += self.service_channel(dbc, mem);
+            }
+        }
+        done
+    }
+
+    fn service_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> u32 {
+        let map = self.config.map;
+        let ring = self.ring;
+        // Acquire: the host wrote the elements before it stored the tail.
+        let tail = mem.load_u32(map.dbc_reg(dbc, REQ_TAIL), Acquire);
+        let mut rsp_head = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
+        if !ring.contains(tail) || !ring.contains(rsp_head) {
+            // A garbage index (or a link reading all-ones): touch nothing until it is sane.
+            return 0;
+        }
+        let mut ch = self.channels[dbc];
+        let rsp_was_empty = ring.is_empty(rsp_head, ch.rsp_tail);
+        let mut consumed = 0;
+        let mut responses = 0;
+        let mut force_msi = false;
+        while ch.req_head != tail && consumed < CHANNEL_BATCH {
+            if ring.is_full(rsp_head, ch.rsp_tail) {
+                rsp_head = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
+                if !ring.contains(rsp_head) || ring.is_full(rsp_head, ch.rsp_tail) {
+                    break;
+                }
+            }
+            let (element, resume) = match ch.stage {
+                Stage::Fresh => {
+                    let mut raw = [0u8; REQUEST_ELEMENT_BYTES as usize];
+                    if mem.read(map.request_element(dbc, ch.req_head), &mut raw).is_err() {
+                        break;
+                    }
+                    (bytemuck::pod_read_unaligned::<RequestElement>(&raw), None)
+                }
+                Stage::PostSync { element, next } => (element, Some(next)),
+            };
+            match self.run_element(dbc, &element, resume, mem) {
+                Step::Blocked(stage) => {
+                    ch.stage = stage;
+                    break;
+                }
+                Step::Done { status, respond, force_msi: force } => {
+                    if respond {
+                        let rsp = ResponseElement { req_id: element.req_id, status };
+                        // The slot is ours: the ring is not full, checked above.
+                        let _ = mem.write(map.response_element(dbc, ch.rsp_tail), bytemuck::bytes_of(&rsp));
+                        ch.rsp_tail = ring.next(ch.rsp_tail);
+                        responses += 1;
+                        force_msi |= force;
+                    }
+                    ch.stage = Stage::Fresh;
+                    ch.req_head = ring.next(ch.req_head);
+                    consumed += 1;
+                }
+            }
+        }
+        self.channels[dbc] = ch;
+        if consumed > 0 {
+            // Release: the slots we consumed may be reused by the host only after this.
+            mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), ch.req_head, Release);
+        }
+        if responses > 0 {
+            // Release: response contents are visible before the tail that covers them.
+            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
+            if rsp_was_empty || force_msi {
+                raise_msi(dbc, mem);
+            }
+        }
+        consumed
+    }
+
+    fn check_element(&self, dbc: usize, e: &RequestElement) -> Result<Checked, CompletionCode> {
+        if e.reserved0 != 0 || e.reserved1 != 0 || e.reserved2 != 0 || e.reserved3 != 0 {
+            return Err(CompletionCode::ReservedBits);
+        }
+        let cmd = Cmd::decode(e.cmd)?;
+        let mut presync = None;
+        let mut postsync = [None; 4];
+        for (slot, &raw) in postsync.iter_mut().zip(&e.sem_cmd) {
+            // Bit 21 would be a sixth index bit: an index past the 32 semaphores.
+            if raw & (1 << 31) != 0 && raw & (1 << 21) != 0 {
+                return Err(CompletionCode::BadSemaphore);
+            }
+            let Some(sem) = SemCommand::decode(raw)? else { continue };
+            if self.sem_owner[sem.index as usize] != Some(dbc) {
+                return Err(CompletionCode::BadSemaphore);
+            }
+            if sem.presync {
+                if presync.replace(sem).is_some() {
+                    return Err(CompletionCode::MultiplePresync);
+                }
+            } else {
+                *slot = Some(sem);
+            }
+        }
+        let doorbell = DoorbellAttr::decode(e.db_attr)?;
+        if let Some(db) = doorbell {
+            let width = db.width.bytes();
+            let aligned = e.db_addr % width == 0;
+            let to_own_doorbell = self.config.map.doorbell_channel(e.db_addr) == Some(dbc);
+            if !aligned || !(to_own_doorbell || self.device_range_ok(dbc, e.db_addr, width)) {
+                return Err(CompletionCode::BadDoorbell);
+            }
+        }
+        let len = u64::from(e.len);
+        match cmd.direction {
+            Direction::None if e.len != 0 => return Err(CompletionCode::BadLength),
+            Direction::None => {}
+            _ if e.len == 0 => return Err(CompletionCode::BadLength),
+            Direction::ToDevice => {
+                if !self.config.map.host_range_ok(e.src_addr, len) {
+                    return Err(CompletionCode::HostAddressOutOfRange);
+                }
+                if !self.device_range_ok(dbc, e.dest_addr, len) {
+                    return Err(CompletionCode::DeviceAddressOutOfRange);
+                }
+            }
+            Direction::FromDevice => {
+                if !self.device_range_ok(dbc, e.src_addr, len) {
+                    return Err(CompletionCode::DeviceAddressOutOfRange);
+                }
+                if !self.config.map.host_range_ok(e.dest_addr, len) {
+                    return Err(CompletionCode::HostAddressOutOfRange);
+                }
+            }
+        }
+        Ok(Checked { cmd, presync, postsync, doorbell })
+    }
+
+    /// Whether `[addr, addr + len)` is inside the DDR of the channel's activation.
+    fn device_range_ok(&self, dbc: usize, addr: u64, len: u64) -> bool {
+        let Some(act) = &self.activations[dbc] else { return false };
+        let (base, size) = (act.info.ddr_base, act.info.ddr_bytes);
+        addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + size)
+    }
+
+    fn run_element<M: SharedMemory>(&mut self, dbc: usize, e: &RequestElement, resume: Option<usize>, mem: &M) -> Step {
+        let checked = match self.check_element(dbc, e) {
+            Ok(c) => c,
+            Err(code) => return Step::Done { status: code as u16, respond: true, force_msi: false },
+        };
+        let first_post = match resume {
+            Some(next) => next,
+            None => {
+                if let Some(pre) = checked.presync {
+                    if !self.apply_sem(pre, mem) {
+                        return Step::Blocked(Stage::Fresh);
+                    }
+                }
+                let map = self.config.map;
+                let len = u64::from(e.len);
+                let moved = match checked.cmd.direction {
+                    Direction::None => Ok(()),
+                    Direction::ToDevice => mem.copy(e.src_addr, map.ddr_offset() + e.dest_addr, len),
+                    Direction::FromDevice => mem.copy(map.ddr_offset() + e.src_addr, e.dest_addr, len),
+                };
+                if moved.is_err() {
+                    return Step::Done { status: CompletionCode::DeviceAddressOutOfRange as u16, respond: true, force_msi: false };
+                }
+                0
+            }
+        };
+        for (i, sem) in checked.postsync.iter().enumerate().skip(first_post) {
+            let Some(sem) = *sem else { continue };
+            if !self.apply_sem(sem, mem) {
+                return Step::Blocked(Stage::PostSync { element: *e, next: i });
+            }
+        }
+        let mut status = 0;
+        if let Some(db) = checked.doorbell {
+            if self.config.map.doorbell_channel(e.db_addr) == Some(dbc) {
+                if let Some(act) = &mut self.activations[dbc] {
+                    act.doorbells_pending += 1;
+                }
+            } else {
+                let bytes = e.db_data.to_le_bytes();
+                let width = db.width.bytes() as usize;
+                let _ = mem.write(self.config.map.ddr_offset() + e.db_addr, &bytes[..width]);
+            }
+        }
+        if self.start_ready_program(dbc, mem).is_err() {
+            status = CompletionCode::ProgramFault as u16;
+        }
+        Step::Done { status, respond: checked.cmd.completion || status != 0, force_msi: checked.cmd.force_msi }
+    }
+
+    /// Applies one semaphore command; false if it is a wait that is not satisfied.
+    fn apply_sem<M: SharedMemory>(&self, sem: SemCommand, mem: &M) -> bool {
+        let at = self.config.map.semaphore(sem.index);
+        let current = (mem.load_u32(at, Acquire) as u16) & SEM_VALUE_MAX;
+        match semaphore::apply(sem.op, sem.value, current) {
+            SemOutcome::Blocked => false,
+            SemOutcome::Proceed(v) => {
+                if v != current || sem.op == SemOp::Init {
+                    mem.store_u32(at, v.into(), Release);
+                }
+                true
+            }
+        }
+    }
+
+    /// Starts the channel's program for each doorbell whose inputs have all landed.
+    fn start_ready_program<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> Result<(), ()> {
+        let mut result = Ok(());
+        loop {
+            let Some(act) = &self.activations[dbc] else { return result };
+            let program = match self.programs.get(act.program).and_then(Option::as_ref) {
+                Some(p) => p,
+                None => return Err(()),
+            };
+            if act.doorbells_pending == 0 {
+                return result;
+            }
+            let sem_in = self.config.map.semaphore(act.info.sem_inputs);
+            let landed = (mem.load_u32(sem_in, Acquire) as u16) & SEM_VALUE_MAX;
+            if landed < program.inputs {
+                return result;
+            }
+            mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
+            let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
+            let mut cycles = 0;
+            for (stream, &core) in program.streams.iter().zip(&act.cores) {
+                let vtcm = self.config.vtcm_bytes;
+                let nsp = self.cores[core as usize].get_or_insert_with(|| NspCore::new(vtcm));
+                match nsp.run(stream, ddr_base, mem, &self.config.cost) {
+                    Ok(c) => cycles = cycles.max(c),
+                    Err(_) => result = Err(()),
+                }
+            }
+            // Outputs are released even after a fault, so no waiter hangs; the fault is
+            // reported on the element that rang the doorbell.
+            let sem_out = self.config.map.semaphore(act.info.sem_outputs);
+            let out = (mem.load_u32(sem_out, Acquire) as u16).wrapping_add(program.outputs) & SEM_VALUE_MAX;
+            mem.store_u32(sem_out, out.into(), Release);
+            self.device_cycles += cycles;
+            if let Some(act) = &mut self.activations[dbc] {
+                act.doorbells_pending -= 1;
+                act.runs += 1;
+            }
+        }
+    }
+
+    fn service_control<M: SharedMemory>(&mut self, mem: &M) -> bool {
+        // Acquire: the request body was written before the sequence number.
+        let seq = mem.load_u32(layout::CTRL_REQ_SEQ, Acquire);
+        if seq == self.ctrl_seen {
+            return false;
+        }
+        self.ctrl_seen = seq;
+        let mut raw = [0u8; core::mem::size_of::<ControlRequest>()];
+        let _ = mem.read(layout::CTRL_REQUEST_OFFSET, &mut raw);
+        let req: ControlRequest = bytemuck::pod_read_unaligned(&raw);
+        let (status, values, message) = match ControlCommand::decode(&req) {
+            None => (ControlStatus::InvalidArgument, [0; 7], format!("unknown control opcode {} or argument out of range", req.opcode)),
+            Some(cmd) => match self.control(cmd, mem) {
+                Ok(values) => (ControlStatus::Ok, values, String::new()),
+                Err((status, message)) => (status, [0; 7], message),
+            },
+        };
+        let msg = message.as_bytes();
+        let msg = &msg[..msg.len().min(layout::CTRL_MESSAGE_BYTES as usize)];
+        let rsp = ControlResponse { status: status as u32, message_len: msg.len() as u32, values };
+        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET, bytemuck::bytes_of(&rsp));
+        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, msg);
+        // Release: the response is visible before the sequence number that announces it.
+        mem.store_u32(layout::CTRL_RSP_SEQ, seq, Release);
+        mem.wake(layout::CTRL_RSP_SEQ);
+        true
+    }
+
+    fn control<M: SharedMemory>(&mut self, cmd: ControlCommand, mem: &M) -> Result<[u64; 7], (ControlStatus, String)> {
+        match cmd {
+            ControlCommand::LoadProgram { host_addr, len } => self.load_program(host_addr, len, mem).map(|id| [id.into(), 0, 0, 0, 0, 0, 0]),
+            ControlCommand::UnloadProgram { program } => {
+                let slot = self.programs.get_mut(program as usize).filter(|p| p.is_some());
+                let Some(slot) = slot else {
+                    return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
+                };
+                if slot.as_ref().is_some_and(|p| p.activations > 0) {
+                    return Err((ControlStatus::Busy, format!("program {program} still has active activations")));
+                }
+                *slot = None;
+                Ok([0; 7])
+            }
+            ControlCommand::Activate { program, dbc } => self.activate(program, dbc, mem).map(ActivationInfo::to_values),
+            ControlCommand::Deactivate { dbc } => self.deactivate(dbc).map(|()| [0; 7]),
+            ControlCommand::Status => Ok(self.status().to_values()),
+        }
+    }
+
+    /// A snapshot of resource use.
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            nsp_total: self.config.num_nsp,
+            nsp_free: self.core_owner.iter().filter(|o| o.is_none()).count() as u32,
+            ddr_total: self.ddr.total,
+            ddr_free: self.ddr.free_bytes(),
+            fw_version: FIRMWARE_VERSION,
+            programs_loaded: self.programs.iter().filter(|p| p.is_some()).count() as u32,
+            active_channels: (0..NUM_DBC).filter(|&d| self.activations[d].is_some()).fold(0, |m, d| m | 1 << d),
+        }
+    }
+
+    fn load_program<M: SharedMemory>(&mut self, host_addr: u64, len: u64, mem: &M) -> Result<u32, (ControlStatus, String)> {
+        if !self.config.map.host_range_ok(host_addr, len) {
+            return Err((ControlStatus::InvalidArgument, format!("program image [{host_addr:#x}, +{len:#x}) is outside host memory")));
+        }
+        let mut bytes = alloc::vec![0u8; len as usize];
+        mem.read(host_addr, &mut bytes).map_err(|e| (ControlStatus::InvalidArgument, format!("{e}")))?;
+        let image = ProgramImage::parse(&bytes).map_err(|e| (ControlStatus::Rejected, format!("program container: {e}")))?;
+        if image.num_cores() > self.config.num_nsp {
+            return Err((ControlStatus::Rejected, format!("program needs {} cores but the device has {}", image.num_cores(), self.config.num_nsp)));
+        }
+        if image.vtcm_bytes > self.config.vtcm_bytes {
+            return Err((ControlStatus::Rejected, format!("program needs {} bytes of VTCM per core but a core has {}", image.vtcm_bytes, self.config.vtcm_bytes)));
+        }
+        if image.ddr_bytes > self.config.map.ddr_bytes {
+            return Err((ControlStatus::Rejected, format!("program needs {} bytes of DDR but the device has {}", image.ddr_bytes, self.config.map.ddr_bytes)));
+        }
+        let mut streams = Vec::with_capacity(image.cores.len());
+        for (core, stream) in image.cores.iter().enumerate() {
+            let ops = nsp::validate_stream(core as u32, stream, self.config.vtcm_bytes, image.ddr_bytes)
+                .map_err(|e| (ControlStatus::Rejected, format!("program '{}': {e}", image.name)))?;
+            streams.push(ops);
+        }
+        let count = |n: usize, what: &str| {
+            u16::try_from(n).ok().filter(|&n| n <= SEM_VALUE_MAX).ok_or((ControlStatus::Rejected, format!("program has too many {what}")))
+        };
+        let inputs = count(image.inputs().count(), "inputs")?;
+        let outputs = count(image.outputs().count(), "outputs")?;
+        let program = Program { image, streams, inputs, outputs, activations: 0 };
+        let id = match self.programs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.programs[i] = Some(program);
+                i
+            }
+            None => {
+                self.programs.push(Some(program));
+                self.programs.len() - 1
+            }
+        };
+        Ok(id as u32)
+    }
+
+    fn activate<M: SharedMemory>(&mut self, program: u32, dbc: u32, mem: &M) -> Result<ActivationInfo, (ControlStatus, String)> {
+        let dbc = dbc as usize;
+        if dbc >= NUM_DBC {
+            return Err((ControlStatus::InvalidArgument, format!("channel {dbc} out of range (the device has {NUM_DBC})")));
+        }
+        if self.activations[dbc].is_some() {
+            return Err((ControlStatus::Busy, format!("channel {dbc} already has an activation")));
+        }
+        let Some(prog) = self.programs.get(program as usize).and_then(Option::as_ref) else {
+            return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
+        };
+        let need_cores = prog.image.num_cores() as usize;
+        let free_cores: Vec<u32> = (0..self.config.num_nsp).filter(|&c| self.core_owner[c as usize].is_none()).collect();
+        if free_cores.len() < need_cores {
+            return Err((ControlStatus::NoResources, format!("program needs {need_cores} cores, {} of {} are free", free_cores.len(), self.config.num_nsp)));
+        }
+        let free_sems: Vec<u8> = (0..NUM_SEMAPHORES).filter(|&s| self.sem_owner[s as usize].is_none()).take(2).collect();
+        if free_sems.len() < 2 {
+            return Err((ControlStatus::NoResources, String::from("no free semaphores (each activation needs 2 of the 32)")));
+        }
+        let ddr_bytes = prog.image.ddr_bytes.max(1);
+        let Some(ddr_base) = self.ddr.alloc(ddr_bytes) else {
+            return Err((ControlStatus::NoResources, format!("no {ddr_bytes}-byte DDR extent free ({} bytes free in all)", self.ddr.free_bytes())));
+        };
+        let ddr_region = self.config.map.ddr_offset() + ddr_base;
+        for blob in &prog.image.constants {
+            if mem.write(ddr_region + blob.ddr_offset, &blob.data).is_err() {
+                self.ddr.release(ddr_base, ddr_bytes);
+                return Err((ControlStatus::NoResources, String::from("constants do not fit in the shared region")));
+            }
+        }
+        let cores: Vec<u32> = free_cores[..need_cores].to_vec();
+        let mut core_mask = 0u64;
+        for &c in &cores {
+            self.core_owner[c as usize] = Some(dbc);
+            core_mask |= 1 << c;
+        }
+        for &s in &free_sems {
+            self.sem_owner[s as usize] = Some(dbc);
+            mem.store_u32(self.config.map.semaphore(s), 0, Release);
+        }
+        let info = ActivationInfo { ddr_base, ddr_bytes, doorbell: self.config.map.doorbell(dbc), sem_inputs: free_sems[0], sem_outputs: free_sems[1], core_mask };
+        if let Some(Some(p)) = self.programs.get_mut(program as usize) {
+            p.activations += 1;
+        }
+        self.activations[dbc] = Some(Activation { program: program as usize, info, cores, doorbells_pending: 0, runs: 0 });
+        self.channels[dbc] = Channel::default();
+        let map = self.config.map;
+        mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
+        mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), 0, Release);
+        Ok(info)
+    }
+
+    fn deactivate(&mut self, dbc: u32) -> Result<(), (ControlStatus, String)> {
+        let dbc = dbc as usize;
+        let Some(act) = self.activations.get_mut(dbc).and_then(Option::take) else {
+            return Err((ControlStatus::NotFound, format!("channel {dbc} has no activation")));
+        };
+        for owner in self.core_owner.iter_mut().chain(self.sem_owner.iter_mut()) {
+            if *owner == Some(dbc) {
+                *owner = None;
+            }
+        }
+        self.ddr.release(act.info.ddr_base, act.info.ddr_bytes);
+        if let Some(Some(p)) = self.programs.get_mut(act.program) {
+            p.activations -= 1;
+        }
+        self.channels[dbc] = Channel::default();
+        Ok(())
+    }
+}
+
+fn raise_msi<M: SharedMemory>(dbc: usize, mem: &M) {
+    mem.fetch_or_u32(layout::MSI_PENDING, 1 << dbc, SeqCst);
+    mem.fetch_add_u32(layout::MSI_SEQ, 1, SeqCst);
+    // SeqCst pairs with the host's store of HOST_IRQ_SLEEPING before its last check of
+    // MSI_SEQ: either it sees our increment or we see it asleep.
+    if mem.load_u32(layout::HOST_IRQ_SLEEPING, SeqCst) != 0 {
+        mem.wake(layout::MSI_SEQ);
+    }
+}
+
+#[cfg(test)]
+mod tests;

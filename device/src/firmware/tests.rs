@@ -1,0 +1,298 @@
+use super::*;
+use crate::container::{IoBinding, IoDType, IoDirection};
+use crate::dbc::{DoorbellWidth, SemOp};
+use crate::isa::{BinaryOp, DType, Instruction};
+use crate::memory::HeapMemory;
+use alloc::vec;
+
+const N: u32 = 16;
+const BYTES: u64 = N as u64 * 4;
+
+fn config() -> DeviceConfig {
+    DeviceConfig {
+        num_nsp: 4,
+        vtcm_bytes: 64 << 10,
+        map: MemoryMap { ring_nelem: 8, host_bytes: 1 << 20, ddr_bytes: 1 << 20 },
+        ..Default::default()
+    }
+}
+
+fn add_program() -> ProgramImage {
+    let io = |name: &str, direction, ddr_offset| IoBinding { name: name.into(), direction, dtype: IoDType::F32, shape: vec![N], ddr_offset, size_bytes: BYTES };
+    ProgramImage {
+        name: "add".into(),
+        batch_size: 1,
+        ddr_bytes: 3 * BYTES,
+        vtcm_bytes: 3 * BYTES,
+        bindings: vec![io("x", IoDirection::Input, 0), io("y", IoDirection::Input, BYTES), io("z", IoDirection::Output, 2 * BYTES)],
+        cores: vec![[
+            Op::DmaIn { ddr: 0, vtcm: 0, bytes: 2 * BYTES as u32 },
+            Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 2 * BYTES, a: 0, b: BYTES, count: N },
+            Op::DmaOut { vtcm: 2 * BYTES, ddr: 2 * BYTES, bytes: BYTES as u32 },
+            Op::End,
+        ]
+        .iter()
+        .map(|&o| Instruction::encode(o))
+        .collect()],
+        constants: vec![],
+    }
+}
+
+/// The firmware plus just enough of a host to drive one channel by hand.
+struct Rig {
+    fw: Firmware,
+    mem: HeapMemory,
+    map: MemoryMap,
+    tail: u32,
+    rsp_head: u32,
+    info: ActivationInfo,
+    dbc: usize,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let cfg = config();
+        let mem = HeapMemory::new(cfg.map.total_bytes() as usize);
+        let mut fw = Firmware::new(cfg);
+        fw.boot(&mem);
+        let mut rig = Rig { fw, mem, map: cfg.map, tail: 0, rsp_head: 0, info: ActivationInfo::from_values([0; 7]), dbc: 3 };
+        let image = add_program().to_bytes();
+        let at = rig.map.host_offset() + (512 << 10);
+        rig.mem.write(at, &image).unwrap();
+        let (status, v, _) = rig.control(ControlCommand::LoadProgram { host_addr: at, len: image.len() as u64 });
+        assert_eq!(status, ControlStatus::Ok);
+        let (status, v, msg) = rig.control(ControlCommand::Activate { program: v[0] as u32, dbc: rig.dbc as u32 });
+        assert_eq!(status, ControlStatus::Ok, "{msg}");
+        rig.info = ActivationInfo::from_values(v);
+        rig
+    }
+
+    fn control(&mut self, cmd: ControlCommand) -> (ControlStatus, [u64; 7], String) {
+        self.mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&cmd.encode())).unwrap();
+        self.mem.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst);
+        assert!(self.fw.service(&self.mem).control);
+        let mut raw = [0u8; 64];
+        self.mem.read(layout::CTRL_RESPONSE_OFFSET, &mut raw).unwrap();
+        let rsp: ControlResponse = bytemuck::pod_read_unaligned(&raw);
+        let mut msg = vec![0u8; rsp.message_len as usize];
+        self.mem.read(layout::CTRL_RESPONSE_OFFSET + 64, &mut msg).unwrap();
+        (ControlStatus::from_raw(rsp.status).unwrap(), rsp.values, String::from_utf8(msg).unwrap())
+    }
+
+    fn host(&self, slot: u64) -> u64 {
+        self.map.host_offset() + slot * 4096
+    }
+
+    fn push(&mut self, e: RequestElement) {
+        self.mem.write(self.map.request_element(self.dbc, self.tail), bytemuck::bytes_of(&e)).unwrap();
+        self.tail = (self.tail + 1) % self.map.ring_nelem;
+        self.mem.store_u32(self.map.dbc_reg(self.dbc, REQ_TAIL), self.tail, Release);
+    }
+
+    fn responses(&mut self) -> Vec<ResponseElement> {
+        let tail = self.mem.load_u32(self.map.dbc_reg(self.dbc, RSP_TAIL), Acquire);
+        let mut out = vec![];
+        while self.rsp_head != tail {
+            let mut raw = [0u8; 4];
+            self.mem.read(self.map.response_element(self.dbc, self.rsp_head), &mut raw).unwrap();
+            out.push(bytemuck::pod_read_unaligned(&raw));
+            self.rsp_head = (self.rsp_head + 1) % self.map.ring_nelem;
+        }
+        self.mem.store_u32(self.map.dbc_reg(self.dbc, RSP_HEAD), self.rsp_head, Release);
+        out
+    }
+
+    fn sem(&self, op: SemOp, index: u8, value: u16, presync: bool) -> u32 {
+        SemCommand { op, index, value, presync, inbound_fence: false, outbound_fence: false }.encode()
+    }
+
+    fn to_device(&self, req_id: u16, host: u64, ddr: u64, last: bool) -> RequestElement {
+        let mut e = RequestElement {
+            req_id,
+            cmd: Cmd { direction: Direction::ToDevice, completion: true, bulk: true, force_msi: false }.encode(),
+            src_addr: host,
+            dest_addr: self.info.ddr_base + ddr,
+            len: BYTES as u32,
+            ..Default::default()
+        };
+        e.sem_cmd[0] = self.sem(SemOp::Inc, self.info.sem_inputs, 1, false);
+        if last {
+            e.db_addr = self.info.doorbell;
+            e.db_attr = DoorbellAttr::encode(Some(DoorbellAttr { width: DoorbellWidth::Bits32 }));
+            e.db_data = 1;
+        }
+        e
+    }
+
+    fn from_device(&self, req_id: u16, ddr: u64, host: u64) -> RequestElement {
+        let mut e = RequestElement {
+            req_id,
+            cmd: Cmd { direction: Direction::FromDevice, completion: true, bulk: true, force_msi: false }.encode(),
+            src_addr: self.info.ddr_base + ddr,
+            dest_addr: host,
+            len: BYTES as u32,
+            ..Default::default()
+        };
+        e.sem_cmd[0] = self.sem(SemOp::P, self.info.sem_outputs, 0, true);
+        e
+    }
+
+    fn write_f32(&self, at: u64, values: &[f32]) {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.mem.write(at, &bytes).unwrap();
+    }
+
+    fn read_f32(&self, at: u64) -> Vec<f32> {
+        let mut bytes = vec![0u8; BYTES as usize];
+        self.mem.read(at, &mut bytes).unwrap();
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    /// Queues one whole inference with req_ids `id, id+1, id+2` and returns the inputs.
+    fn inference(&mut self, id: u16, seed: f32) -> (Vec<f32>, Vec<f32>) {
+        let x: Vec<f32> = (0..N).map(|i| seed + i as f32).collect();
+        let y: Vec<f32> = (0..N).map(|i| seed * 0.5 - i as f32).collect();
+        self.write_f32(self.host(0), &x);
+        self.write_f32(self.host(1), &y);
+        let (h0, h1, h2) = (self.host(0), self.host(1), self.host(2));
+        self.push(self.to_device(id, h0, 0, false));
+        self.push(self.to_device(id.wrapping_add(1), h1, BYTES, true));
+        self.push(self.from_device(id.wrapping_add(2), 2 * BYTES, h2));
+        (x, y)
+    }
+}
+
+#[test]
+fn one_inference_moves_real_data_and_completes_every_element() {
+    let mut rig = Rig::new();
+    let (x, y) = rig.inference(100, 1.25);
+    assert_eq!(rig.fw.service(&rig.mem).elements, 3);
+    let rsp = rig.responses();
+    assert_eq!(rsp, vec![ResponseElement { req_id: 100, status: 0 }, ResponseElement { req_id: 101, status: 0 }, ResponseElement { req_id: 102, status: 0 }]);
+    let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    assert_eq!(rig.read_f32(rig.host(2)), want);
+    assert!(rig.fw.device_cycles() > 0);
+}
+
+#[test]
+fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
+    let mut rig = Rig::new();
+    let good = rig.to_device(1, rig.host(0), 0, false);
+    let mut illegal_dir = good;
+    illegal_dir.cmd |= 0b11;
+    let mut host_oob = good;
+    host_oob.req_id = 2;
+    host_oob.src_addr = rig.map.host_offset() + rig.map.host_bytes - 8;
+    let mut dev_oob = good;
+    dev_oob.req_id = 3;
+    dev_oob.dest_addr = rig.info.ddr_base + rig.info.ddr_bytes;
+    let mut foreign_sem = good;
+    foreign_sem.req_id = 4;
+    foreign_sem.sem_cmd[0] = rig.sem(SemOp::Inc, 31, 1, false);
+    let mut sem_index_33 = good;
+    sem_index_33.req_id = 5;
+    sem_index_33.sem_cmd[0] |= 1 << 21;
+    let mut two_presync = good;
+    two_presync.req_id = 6;
+    two_presync.sem_cmd = [rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), 0, 0];
+    for e in [illegal_dir, host_oob, dev_oob] {
+        rig.push(e);
+    }
+    rig.fw.service(&rig.mem);
+    for e in [foreign_sem, sem_index_33, two_presync] {
+        rig.push(e);
+    }
+    rig.fw.service(&rig.mem);
+    let codes: Vec<(u16, Option<CompletionCode>)> = rig.responses().iter().map(|r| (r.req_id, CompletionCode::from_status(r.status))).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, Some(CompletionCode::IllegalDirection)),
+            (2, Some(CompletionCode::HostAddressOutOfRange)),
+            (3, Some(CompletionCode::DeviceAddressOutOfRange)),
+            (4, Some(CompletionCode::BadSemaphore)),
+            (5, Some(CompletionCode::BadSemaphore)),
+            (6, Some(CompletionCode::MultiplePresync)),
+        ]
+    );
+    // No bad element touched the input semaphore, and a good inference still works.
+    assert_eq!(rig.mem.load_u32(rig.map.semaphore(rig.info.sem_inputs), Acquire), 0);
+    let (x, y) = rig.inference(10, 3.0);
+    rig.fw.service(&rig.mem);
+    assert!(rig.responses().iter().all(|r| r.status == 0));
+    assert_eq!(rig.read_f32(rig.host(2)), x.iter().zip(&y).map(|(a, b)| a + b).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_output_waits_at_the_head_until_its_program_ran() {
+    let mut rig = Rig::new();
+    let e = rig.from_device(7, 2 * BYTES, rig.host(2));
+    rig.push(e);
+    assert_eq!(rig.fw.service(&rig.mem).elements, 0);
+    assert_eq!(rig.mem.load_u32(rig.map.dbc_reg(rig.dbc, REQ_HEAD), Acquire), 0);
+    assert!(rig.responses().is_empty());
+    // Releasing the semaphore by hand (as a finished program would) lets it through.
+    rig.mem.store_u32(rig.map.semaphore(rig.info.sem_outputs), 1, Release);
+    assert_eq!(rig.fw.service(&rig.mem).elements, 1);
+    assert_eq!(rig.responses(), vec![ResponseElement { req_id: 7, status: 0 }]);
+}
+
+#[test]
+fn msi_is_raised_only_when_the_response_ring_goes_from_empty_to_non_empty() {
+    let mut rig = Rig::new();
+    let msi = |rig: &Rig| rig.mem.load_u32(layout::MSI_SEQ, Acquire);
+    rig.push(rig.to_device(0, rig.host(0), 0, false));
+    rig.fw.service(&rig.mem);
+    assert_eq!(msi(&rig), 1);
+    rig.push(rig.to_device(1, rig.host(0), 0, false));
+    rig.fw.service(&rig.mem);
+    assert_eq!(msi(&rig), 1, "ring was not empty: no new MSI");
+    assert_eq!(rig.responses().len(), 2);
+    rig.push(rig.to_device(2, rig.host(0), 0, false));
+    rig.fw.service(&rig.mem);
+    assert_eq!(msi(&rig), 2);
+    assert_eq!(rig.mem.load_u32(layout::MSI_PENDING, Acquire), 1 << rig.dbc);
+}
+
+#[test]
+fn a_full_response_ring_stalls_the_channel_until_the_host_consumes() {
+    let mut rig = Rig::new();
+    for id in 0..7 {
+        rig.push(rig.to_device(id, rig.host(0), 0, false));
+    }
+    assert_eq!(rig.fw.service(&rig.mem).elements, 7);
+    // Ring of 8 holds 7: the response ring is now full.
+    for id in 7..10 {
+        rig.push(rig.to_device(id, rig.host(0), 0, false));
+    }
+    assert_eq!(rig.fw.service(&rig.mem).elements, 0);
+    assert_eq!(rig.responses().len(), 7);
+    assert_eq!(rig.fw.service(&rig.mem).elements, 3);
+    assert_eq!(rig.responses().iter().map(|r| r.req_id).collect::<Vec<_>>(), vec![7, 8, 9]);
+}
+
+#[test]
+fn control_errors_say_what_is_wrong() {
+    let mut rig = Rig::new();
+    let (status, _, msg) = rig.control(ControlCommand::Activate { program: 0, dbc: 3 });
+    assert_eq!(status, ControlStatus::Busy);
+    assert!(msg.contains("channel 3 already"), "{msg}");
+    let (status, _, msg) = rig.control(ControlCommand::Activate { program: 9, dbc: 4 });
+    assert_eq!(status, ControlStatus::NotFound);
+    assert!(msg.contains("program 9"), "{msg}");
+    let (status, v, _) = rig.control(ControlCommand::Status);
+    assert_eq!(status, ControlStatus::Ok);
+    let report = StatusReport::from_values(v);
+    assert_eq!((report.nsp_total, report.nsp_free, report.active_channels), (4, 3, 1 << 3));
+    let mut bad = add_program();
+    bad.vtcm_bytes = 1 << 30;
+    let bytes = bad.to_bytes();
+    let at = rig.host(10);
+    rig.mem.write(at, &bytes).unwrap();
+    let (status, _, msg) = rig.control(ControlCommand::LoadProgram { host_addr: at, len: bytes.len() as u64 });
+    assert_eq!(status, ControlStatus::Rejected);
+    assert!(msg.contains("VTCM"), "{msg}");
+    assert_eq!(rig.control(ControlCommand::Deactivate { dbc: 3 }).0, ControlStatus::Ok);
+    let report = StatusReport::from_values(rig.control(ControlCommand::Status).1);
+    assert_eq!((report.nsp_free, report.active_channels, report.ddr_free), (4, 0, 1 << 20));
+}

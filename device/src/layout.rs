@@ -1,0 +1,192 @@
+//! The memory map of the shared region: where the channel registers, the device
+//! control words, the semaphores, the control mailbox, the rings, the host memory
+//! window and device DDR sit. Host and device both compute every offset from one
+//! [`MemoryMap`], so they can never disagree about it.
+//!
+//! Address spaces inside request elements:
+//! - a *host address* is the region offset of host memory, valid only inside the host
+//!   window (what a bus address is to the real device);
+//! - a *device address* is an offset into device DDR, or a doorbell address in the
+//!   doorbell window above DDR.
+
+use crate::dbc::{self, NUM_DBC, REQUEST_ELEMENT_BYTES, RESPONSE_ELEMENT_BYTES};
+
+/// Offset of channel 0's register block.
+pub const DBC_REGS_OFFSET: u64 = 0;
+/// Offset of the device control words.
+pub const DEVICE_REGS_OFFSET: u64 = 0x1_0000;
+/// Host increments this after publishing work (a request tail or a control request);
+/// the device sleeps on it.
+pub const DEVICE_WAKE: u64 = DEVICE_REGS_OFFSET;
+/// Nonzero while the device is (about to be) asleep on [`DEVICE_WAKE`].
+pub const DEVICE_SLEEPING: u64 = DEVICE_REGS_OFFSET + 0x40;
+/// The device increments this each time it raises an MSI; the host's interrupt thread
+/// sleeps on it.
+pub const MSI_SEQ: u64 = DEVICE_REGS_OFFSET + 0x80;
+/// One bit per channel with a raised, not yet handled MSI.
+pub const MSI_PENDING: u64 = DEVICE_REGS_OFFSET + 0xC0;
+/// Nonzero while the host's interrupt thread is (about to be) asleep on [`MSI_SEQ`].
+pub const HOST_IRQ_SLEEPING: u64 = DEVICE_REGS_OFFSET + 0x100;
+/// A [`DeviceStatus`] value.
+pub const DEVICE_STATUS: u64 = DEVICE_REGS_OFFSET + 0x140;
+/// Firmware version, `major << 16 | minor << 8 | patch`.
+pub const FW_VERSION: u64 = DEVICE_REGS_OFFSET + 0x180;
+/// Sequence number of the last control request the host posted.
+pub const CTRL_REQ_SEQ: u64 = DEVICE_REGS_OFFSET + 0x1C0;
+/// Sequence number of the last control request the device answered.
+pub const CTRL_RSP_SEQ: u64 = DEVICE_REGS_OFFSET + 0x200;
+/// The 32 semaphores, one 32-bit word each (values are 12 bits).
+pub const SEMAPHORES_OFFSET: u64 = DEVICE_REGS_OFFSET + 0x400;
+/// The control request mailbox (see [`crate::control`]).
+pub const CTRL_REQUEST_OFFSET: u64 = 0x1_1000;
+/// The control response mailbox, a response header then a UTF-8 message.
+pub const CTRL_RESPONSE_OFFSET: u64 = 0x1_1800;
+/// Bytes available for the message after a control response header.
+pub const CTRL_MESSAGE_BYTES: u64 = 0x600;
+/// Offset of channel 0's ring allocation.
+pub const RINGS_OFFSET: u64 = 0x2_0000;
+/// Device addresses at and above this are doorbells, one 32-bit word per channel.
+pub const DOORBELL_BASE: u64 = 0xD000_0000_0000;
+/// Distance between two channels' doorbells.
+pub const DOORBELL_STRIDE: u64 = 0x10;
+
+/// [`DEVICE_STATUS`] values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum DeviceStatus {
+    /// Not booted yet (the region is zeroed).
+    Off = 0,
+    Ready = 1,
+    /// The firmware hit an unrecoverable error.
+    Error = 2,
+}
+
+impl DeviceStatus {
+    pub fn from_raw(raw: u32) -> DeviceStatus {
+        match raw {
+            0 => DeviceStatus::Off,
+            1 => DeviceStatus::Ready,
+            _ => DeviceStatus::Error,
+        }
+    }
+}
+
+/// Sizes that determine the shared region's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryMap {
+    /// Elements per request (and response) ring; a power of two.
+    pub ring_nelem: u32,
+    /// Bytes of host memory the device may reach (buffer objects live here).
+    pub host_bytes: u64,
+    /// Bytes of device DDR.
+    pub ddr_bytes: u64,
+}
+
+const PAGE: u64 = 4096;
+const HUGE_PAGE: u64 = 2 << 20;
+
+fn align_up(value: u64, align: u64) -> u64 {
+    value.div_ceil(align) * align
+}
+
+impl MemoryMap {
+    /// Offset of a channel's register `reg` (one of [`dbc::REQ_HEAD`] etc).
+    pub fn dbc_reg(&self, dbc: usize, reg: u64) -> u64 {
+        DBC_REGS_OFFSET + dbc as u64 * dbc::DBC_REG_STRIDE + reg
+    }
+
+    /// Bytes of one channel's ring allocation, as the kernel driver sizes it:
+    /// `align((64 + 4) * nelem + 256, 4096)`.
+    pub fn ring_alloc_bytes(&self) -> u64 {
+        align_up((REQUEST_ELEMENT_BYTES + RESPONSE_ELEMENT_BYTES) * u64::from(self.ring_nelem) + 256, PAGE)
+    }
+
+    /// Offset of a channel's request ring (the start of its ring allocation).
+    pub fn request_ring(&self, dbc: usize) -> u64 {
+        RINGS_OFFSET + dbc as u64 * self.ring_alloc_bytes()
+    }
+
+    /// Offset of a channel's response ring (the end of its ring allocation).
+    pub fn response_ring(&self, dbc: usize) -> u64 {
+        self.request_ring(dbc) + self.ring_alloc_bytes() - RESPONSE_ELEMENT_BYTES * u64::from(self.ring_nelem)
+    }
+
+    pub fn request_element(&self, dbc: usize, index: u32) -> u64 {
+        self.request_ring(dbc) + u64::from(index) * REQUEST_ELEMENT_BYTES
+    }
+
+    pub fn response_element(&self, dbc: usize, index: u32) -> u64 {
+        self.response_ring(dbc) + u64::from(index) * RESPONSE_ELEMENT_BYTES
+    }
+
+    pub fn semaphore(&self, index: u8) -> u64 {
+        SEMAPHORES_OFFSET + u64::from(index) * 4
+    }
+
+    /// Start of the host memory window.
+    pub fn host_offset(&self) -> u64 {
+        align_up(RINGS_OFFSET + NUM_DBC as u64 * self.ring_alloc_bytes(), HUGE_PAGE)
+    }
+
+    /// Start of device DDR inside the region.
+    pub fn ddr_offset(&self) -> u64 {
+        align_up(self.host_offset() + self.host_bytes, HUGE_PAGE)
+    }
+
+    /// Total bytes of the shared region.
+    pub fn total_bytes(&self) -> u64 {
+        self.ddr_offset() + self.ddr_bytes
+    }
+
+    /// Whether `[addr, addr + len)` is host memory the device may reach.
+    pub fn host_range_ok(&self, addr: u64, len: u64) -> bool {
+        let start = self.host_offset();
+        addr >= start && addr.checked_add(len).is_some_and(|end| end <= start + self.host_bytes)
+    }
+
+    /// The doorbell address of a channel's activation.
+    pub fn doorbell(&self, dbc: usize) -> u64 {
+        DOORBELL_BASE + dbc as u64 * DOORBELL_STRIDE
+    }
+
+    /// The channel whose doorbell `addr` is, if any.
+    pub fn doorbell_channel(&self, addr: u64) -> Option<usize> {
+        let rel = addr.checked_sub(DOORBELL_BASE)?;
+        let dbc = rel / DOORBELL_STRIDE;
+        (rel % DOORBELL_STRIDE == 0 && dbc < NUM_DBC as u64).then_some(dbc as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_allocation_matches_the_kernel_driver_formula() {
+        let map = MemoryMap { ring_nelem: 512, host_bytes: 1 << 20, ddr_bytes: 1 << 30 };
+        assert_eq!(map.ring_alloc_bytes(), (68 * 512 + 256u64).div_ceil(4096) * 4096);
+        assert_eq!(map.response_ring(0) + 4 * 512, map.request_ring(1));
+        assert!(map.request_ring(0) + 64 * 512 <= map.response_ring(0));
+    }
+
+    #[test]
+    fn regions_do_not_overlap() {
+        let map = MemoryMap { ring_nelem: 1024, host_bytes: 3 << 20, ddr_bytes: 1 << 30 };
+        assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RINGS_OFFSET);
+        assert!(SEMAPHORES_OFFSET + 32 * 4 <= CTRL_REQUEST_OFFSET);
+        assert!(map.request_ring(15) + map.ring_alloc_bytes() <= map.host_offset());
+        assert!(map.host_offset() + map.host_bytes <= map.ddr_offset());
+        assert!(map.dbc_reg(15, dbc::RSP_TAIL) < DEVICE_REGS_OFFSET);
+    }
+
+    #[test]
+    fn doorbell_addresses_map_back_to_their_channel() {
+        let map = MemoryMap { ring_nelem: 8, host_bytes: 0, ddr_bytes: 0 };
+        for dbc in 0..NUM_DBC {
+            assert_eq!(map.doorbell_channel(map.doorbell(dbc)), Some(dbc));
+        }
+        assert_eq!(map.doorbell_channel(map.doorbell(0) + 4), None);
+        assert_eq!(map.doorbell_channel(map.doorbell(16)), None);
+        assert_eq!(map.doorbell_channel(12), None);
+    }
+}

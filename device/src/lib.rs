@@ -1,0 +1,32 @@
+//! `aicsim-device` is the simulated accelerator: the DMA Bridge Channel (DBC) wire
+//! formats, the device's memory map, its semaphores, the firmware that services the
+//! request rings, the NSP cores that run programs, and the program container format.
+//!
+//! It is `no_std` + `alloc` (the `std` feature only adds `std::error::Error` impls) and
+//! contains no `unsafe`: everything the device shares with the host is reached through
+//! the offset-addressed [`memory::SharedMemory`] trait, which the kernel-driver
+//! simulator implements over a real shared mapping. The device never forms a reference
+//! into shared memory; every value it reads from there is copied out, validated, and
+//! only then used.
+//!
+//! It is not a driver: queueing, buffer objects and interrupts handling live in
+//! `aicsim-kmd`, which depends on this crate and never the other way round.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+#[cfg(target_endian = "big")]
+compile_error!("aicsim's wire formats are little-endian and only little-endian hosts are supported");
+
+pub mod container;
+pub mod control;
+pub mod dbc;
+pub mod firmware;
+pub mod isa;
+pub mod layout;
+pub mod memory;
+pub mod nsp;
+pub mod semaphore;
+
+pub use firmware::{DeviceConfig, Firmware};

@@ -1,0 +1,135 @@
+//! The device's only window onto memory it shares with the host: an offset-addressed
+//! trait. Implementations copy bytes in and out; nobody hands out references, so the
+//! same firmware runs over an in-process mapping, a file shared with another process,
+//! or the plain heap buffer used by unit tests.
+
+use core::cell::RefCell;
+use core::sync::atomic::Ordering;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+/// An access fell outside the shared region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("access of {len} bytes at offset {offset:#x} is outside the {size:#x}-byte shared region")]
+pub struct OutOfRange {
+    pub offset: u64,
+    pub len: u64,
+    pub size: u64,
+}
+
+/// Checks that `[offset, offset + len)` lies inside a region of `size` bytes.
+pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), OutOfRange> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(OutOfRange { offset, len, size }),
+    }
+}
+
+/// Memory shared between the host and the device, addressed by byte offsets.
+///
+/// Bulk accesses (`read`, `write`, `copy`) carry no ordering of their own: the ring
+/// protocol orders them with the 32-bit register accesses, exactly as on the bus.
+/// Register offsets are computed by the device from its [`crate::layout::MemoryMap`],
+/// never taken from untrusted data, so the 32-bit accessors may panic on a misaligned
+/// or out-of-range offset (a bug in aicsim, not a device error).
+pub trait SharedMemory {
+    /// Size of the region in bytes.
+    fn size(&self) -> u64;
+    /// Copies `buf.len()` bytes starting at `offset` into `buf`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange>;
+    /// Copies `data` to `offset`.
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), OutOfRange>;
+    /// Copies `len` bytes from `src` to `dst` inside the region (a DMA transfer).
+    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), OutOfRange>;
+    /// Atomic 32-bit load.
+    fn load_u32(&self, offset: u64, order: Ordering) -> u32;
+    /// Atomic 32-bit store.
+    fn store_u32(&self, offset: u64, value: u32, order: Ordering);
+    /// Atomic 32-bit fetch-add (wrapping); returns the previous value.
+    fn fetch_add_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
+    /// Atomic 32-bit fetch-or; returns the previous value.
+    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
+    /// Atomic 32-bit swap; returns the previous value.
+    fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
+    /// Wakes whoever sleeps on the 32-bit word at `offset` (a futex wake).
+    fn wake(&self, offset: u64);
+}
+
+/// A single-threaded [`SharedMemory`] over a heap buffer, for tests and tools that
+/// drive the firmware directly without a second party running concurrently.
+pub struct HeapMemory {
+    bytes: RefCell<Vec<u8>>,
+}
+
+impl HeapMemory {
+    pub fn new(size: usize) -> HeapMemory {
+        HeapMemory { bytes: RefCell::new(vec![0; size]) }
+    }
+
+    fn word(&self, offset: u64) -> usize {
+        let size = self.bytes.borrow().len() as u64;
+        assert!(offset % 4 == 0 && offset + 4 <= size, "register offset {offset:#x} out of range");
+        offset as usize
+    }
+
+    fn rmw(&self, offset: u64, f: impl FnOnce(u32) -> u32) -> u32 {
+        let at = self.word(offset);
+        let mut bytes = self.bytes.borrow_mut();
+        let mut word = [0u8; 4];
+        word.copy_from_slice(&bytes[at..at + 4]);
+        let old = u32::from_le_bytes(word);
+        bytes[at..at + 4].copy_from_slice(&f(old).to_le_bytes());
+        old
+    }
+}
+
+impl SharedMemory for HeapMemory {
+    fn size(&self) -> u64 {
+        self.bytes.borrow().len() as u64
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        check_range(offset, buf.len() as u64, self.size())?;
+        let at = offset as usize;
+        buf.copy_from_slice(&self.bytes.borrow()[at..at + buf.len()]);
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        check_range(offset, data.len() as u64, self.size())?;
+        let at = offset as usize;
+        self.bytes.borrow_mut()[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), OutOfRange> {
+        check_range(src, len, self.size())?;
+        check_range(dst, len, self.size())?;
+        let (src, dst, len) = (src as usize, dst as usize, len as usize);
+        self.bytes.borrow_mut().copy_within(src..src + len, dst);
+        Ok(())
+    }
+
+    fn load_u32(&self, offset: u64, _order: Ordering) -> u32 {
+        self.rmw(offset, |v| v)
+    }
+
+    fn store_u32(&self, offset: u64, value: u32, _order: Ordering) {
+        self.rmw(offset, |_| value);
+    }
+
+    fn fetch_add_u32(&self, offset: u64, value: u32, _order: Ordering) -> u32 {
+        self.rmw(offset, |v| v.wrapping_add(value))
+    }
+
+    fn fetch_or_u32(&self, offset: u64, value: u32, _order: Ordering) -> u32 {
+        self.rmw(offset, |v| v | value)
+    }
+
+    fn swap_u32(&self, offset: u64, value: u32, _order: Ordering) -> u32 {
+        self.rmw(offset, |_| value)
+    }
+
+    fn wake(&self, _offset: u64) {}
+}
