@@ -23,6 +23,7 @@ use crate::dbc::{
     Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
     NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, REQ_HEAD, REQ_TAIL, RSP_HEAD, RSP_TAIL, SEM_VALUE_MAX,
 };
+use crate::extent::ExtentAllocator;
 use crate::isa::Op;
 use crate::layout::{self, DeviceStatus, MemoryMap};
 use crate::memory::SharedMemory;
@@ -35,6 +36,9 @@ pub const FIRMWARE_VERSION: u32 = 1 << 8;
 /// Most elements one channel processes per `service` call, so that one busy channel
 /// cannot starve the others.
 const CHANNEL_BATCH: u32 = 64;
+
+/// Granule of device DDR allocations.
+const DDR_GRANULE: u64 = 4096;
 
 /// The device's shape and cost parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -111,51 +115,6 @@ struct Activation {
     runs: u64,
 }
 
-/// First-fit allocator of device DDR in 4 KiB granules.
-struct DdrAllocator {
-    /// Free extents `(start, len)`, sorted by start, never adjacent.
-    free: Vec<(u64, u64)>,
-    total: u64,
-}
-
-const DDR_GRANULE: u64 = 4096;
-
-impl DdrAllocator {
-    fn new(total: u64) -> DdrAllocator {
-        DdrAllocator { free: alloc::vec![(0, total)], total }
-    }
-
-    fn free_bytes(&self) -> u64 {
-        self.free.iter().map(|&(_, len)| len).sum()
-    }
-
-    fn alloc(&mut self, bytes: u64) -> Option<u64> {
-        let len = bytes.max(1).div_ceil(DDR_GRANULE).checked_mul(DDR_GRANULE)?;
-        let i = self.free.iter().position(|&(_, l)| l >= len)?;
-        let (start, l) = self.free[i];
-        if l == len {
-            self.free.remove(i);
-        } else {
-            self.free[i] = (start + len, l - len);
-        }
-        Some(start)
-    }
-
-    fn release(&mut self, start: u64, bytes: u64) {
-        let len = bytes.max(1).div_ceil(DDR_GRANULE) * DDR_GRANULE;
-        let i = self.free.partition_point(|&(s, _)| s < start);
-        self.free.insert(i, (start, len));
-        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
-            self.free[i].1 += self.free[i + 1].1;
-            self.free.remove(i + 1);
-        }
-        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
-            self.free[i - 1].1 += self.free[i].1;
-            self.free.remove(i);
-        }
-    }
-}
-
 enum Step {
     /// The element waits on a semaphore; keep it at the head.
     Blocked(Stage),
@@ -181,7 +140,7 @@ pub struct Firmware {
     cores: Vec<Option<NspCore>>,
     core_owner: Vec<Option<usize>>,
     sem_owner: [Option<usize>; NUM_SEMAPHORES as usize],
-    ddr: DdrAllocator,
+    ddr: ExtentAllocator,
     ctrl_seen: u32,
     device_cycles: u64,
 }
@@ -203,7 +162,7 @@ impl Firmware {
             cores: (0..config.num_nsp).map(|_| None).collect(),
             core_owner: alloc::vec![None; config.num_nsp as usize],
             sem_owner: [None; NUM_SEMAPHORES as usize],
-            ddr: DdrAllocator::new(config.map.ddr_bytes),
+            ddr: ExtentAllocator::new(config.map.ddr_bytes, DDR_GRANULE),
             ctrl_seen: 0,
             device_cycles: 0,
         }
@@ -260,7 +219,7 @@ impl Firmware {
             return 0;
         }
         let mut ch = self.channels[dbc];
-        let rsp_was_empty = ring.is_empty(rsp_head, ch.rsp_tail);
+        let rsp_tail_before = ch.rsp_tail;
         let mut consumed = 0;
         let mut responses = 0;
         let mut force_msi = false;
@@ -307,9 +266,13 @@ impl Firmware {
             mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), ch.req_head, Release);
         }
         if responses > 0 {
-            // Release: response contents are visible before the tail that covers them.
-            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
-            if rsp_was_empty || force_msi {
+            // SeqCst store then SeqCst load, mirrored by the host's head store and tail
+            // re-check: either the host sees these responses on its re-check, or we see
+            // that it had drained everything before them and interrupt it. Deciding from
+            // a head read before the store could lose the wake-up.
+            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, SeqCst);
+            let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), SeqCst);
+            if head_now == rsp_tail_before || force_msi {
                 raise_msi(dbc, mem);
             }
         }
@@ -540,7 +503,7 @@ impl Firmware {
         StatusReport {
             nsp_total: self.config.num_nsp,
             nsp_free: self.core_owner.iter().filter(|o| o.is_none()).count() as u32,
-            ddr_total: self.ddr.total,
+            ddr_total: self.ddr.total_bytes(),
             ddr_free: self.ddr.free_bytes(),
             fw_version: FIRMWARE_VERSION,
             programs_loaded: self.programs.iter().filter(|p| p.is_some()).count() as u32,

@@ -22,6 +22,7 @@ compile_error!("aicsim's wire formats are little-endian and only little-endian h
 pub mod container;
 pub mod control;
 pub mod dbc;
+pub mod extent;
 pub mod firmware;
 pub mod isa;
 pub mod layout;

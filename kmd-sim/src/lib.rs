@@ -1,1 +1,225 @@
-//! placeholder
+//! `aicsim-kmd` simulates the kernel-mode driver of an AIC100-class card, together with
+//! the card itself on a thread of its own.
+//!
+//! One [`shm::SharedRegion`] holds everything host and device share — channel
+//! registers, rings, semaphores, the control mailbox, host buffer objects and device
+//! DDR — laid out by [`aicsim_device::layout::MemoryMap`]. The device firmware runs on
+//! a device thread that sleeps on a futex until the host rings it; completions come
+//! back through an interrupt thread that wakes only on an MSI, drains the response
+//! rings and wakes the waiters of finished buffers.
+//!
+//! A [`Client`] is one open file of the driver: it owns buffer objects and the channels
+//! it activated on, and its methods are the ioctls (CREATE_BO, MMAP_BO,
+//! ATTACH_SLICE_BO, EXECUTE_BO, WAIT_BO, PERF_STATS_BO, DETACH_SLICE_BO, and the MANAGE
+//! control messages). Errors are the real driver's errno values with a message.
+
+pub mod error;
+pub mod shm;
+pub mod uapi;
+
+mod bo;
+mod channel;
+mod client;
+mod threads;
+
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use aicsim_device::control::{ControlCommand, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
+use aicsim_device::dbc::{Ring, NUM_DBC};
+use aicsim_device::extent::ExtentAllocator;
+use aicsim_device::layout::{self, DeviceStatus, MemoryMap};
+use aicsim_device::memory::SharedMemory;
+use aicsim_device::{DeviceConfig, Firmware};
+use parking_lot::Mutex;
+
+pub use client::{BoMapping, Client};
+pub use error::{Errno, KmdError, Result};
+
+use channel::HostChannel;
+use error::fail;
+use shm::SharedRegion;
+
+/// How the driver and its simulated device behave.
+#[derive(Clone, Copy, Debug)]
+pub struct KmdConfig {
+    pub device: DeviceConfig,
+    /// How long the device thread keeps polling after its last work before it sleeps.
+    pub device_idle_spin: Duration,
+    /// How long the interrupt thread keeps polling the rings after its last completion
+    /// before it re-arms and sleeps (the driver's last-chance poll).
+    pub irq_poll: Duration,
+    /// How long a control request may take before the call fails with ETIMEDOUT.
+    pub control_timeout: Duration,
+}
+
+impl Default for KmdConfig {
+    fn default() -> KmdConfig {
+        KmdConfig {
+            device: DeviceConfig::default(),
+            device_idle_spin: Duration::from_micros(50),
+            irq_poll: Duration::from_micros(20),
+            control_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Buffer objects are allocated in pages.
+pub const PAGE_BYTES: u64 = 4096;
+
+pub(crate) struct Shared {
+    pub region: SharedRegion,
+    pub map: MemoryMap,
+    pub ring: Ring,
+    pub config: KmdConfig,
+    pub channels: Vec<HostChannel>,
+    pub host_mem: Arc<Mutex<ExtentAllocator>>,
+    pub control: Mutex<()>,
+    pub next_user: AtomicU32,
+    pub next_handle: AtomicU32,
+    pub stop: AtomicBool,
+}
+
+impl Shared {
+    pub fn online(&self) -> bool {
+        DeviceStatus::from_raw(self.region.load_u32(layout::DEVICE_STATUS, Acquire)) == DeviceStatus::Ready
+    }
+
+    /// Tells the device there is work: bump the wake word, and make the futex call only
+    /// if the device said it is going to sleep.
+    pub fn ring_device(&self) {
+        self.region.fetch_add_u32(layout::DEVICE_WAKE, 1, SeqCst);
+        // SeqCst: pairs with the device's store of DEVICE_SLEEPING before its last look
+        // at DEVICE_WAKE; one of us sees the other.
+        if self.region.load_u32(layout::DEVICE_SLEEPING, SeqCst) != 0 {
+            self.region.wake(layout::DEVICE_WAKE);
+        }
+    }
+
+    /// Sends one control message and waits for the answer.
+    pub fn control(&self, cmd: ControlCommand) -> Result<[u64; 7]> {
+        let _one_at_a_time = self.control.lock();
+        if !self.online() {
+            return fail(Errno::ENODEV, "device is offline");
+        }
+        let req = cmd.encode();
+        self.region.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&req)).expect("mailbox inside the region");
+        // SeqCst (at least Release): the request body is visible before the sequence.
+        let seq = self.region.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst).wrapping_add(1);
+        self.ring_device();
+        let deadline = Instant::now() + self.config.control_timeout;
+        loop {
+            let answered = self.region.load_u32(layout::CTRL_RSP_SEQ, Acquire);
+            if answered == seq {
+                break;
+            }
+            if !self.online() {
+                return fail(Errno::ENODEV, "device went offline during a control request");
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return fail(Errno::ETIMEDOUT, format!("device did not answer {cmd:?} within {:?}", self.config.control_timeout));
+            }
+            self.region.wait(layout::CTRL_RSP_SEQ, answered, (deadline - now).min(Duration::from_millis(10)));
+        }
+        let mut raw = [0u8; RESPONSE_HEADER_BYTES as usize];
+        self.region.read(layout::CTRL_RESPONSE_OFFSET, &mut raw).expect("mailbox inside the region");
+        let rsp: ControlResponse = bytemuck::pod_read_unaligned(&raw);
+        let len = (rsp.message_len as u64).min(layout::CTRL_MESSAGE_BYTES) as usize;
+        let mut msg = vec![0u8; len];
+        self.region.read(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, &mut msg).expect("mailbox inside the region");
+        let msg = String::from_utf8_lossy(&msg).into_owned();
+        let errno = match ControlStatus::from_raw(rsp.status) {
+            Some(ControlStatus::Ok) => return Ok(rsp.values),
+            Some(ControlStatus::InvalidArgument) | Some(ControlStatus::Rejected) => Errno::EINVAL,
+            Some(ControlStatus::NotFound) => Errno::ENOENT,
+            Some(ControlStatus::NoResources) => Errno::ENOSPC,
+            Some(ControlStatus::Busy) => Errno::EBUSY,
+            None => Errno::EINVAL,
+        };
+        fail(errno, msg)
+    }
+}
+
+/// The driver bound to one simulated device.
+pub struct Kmd {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Kmd {
+    /// Creates the shared region, boots the device on its own thread and starts the
+    /// interrupt thread.
+    pub fn new(config: KmdConfig) -> Result<Kmd> {
+        let map = config.device.map;
+        let Some(ring) = Ring::new(map.ring_nelem) else {
+            return fail(Errno::EINVAL, format!("ring size {} is not a power of two >= 2", map.ring_nelem));
+        };
+        let region = SharedRegion::anonymous(map.total_bytes())
+            .map_err(|e| KmdError::new(Errno::ENOMEM, format!("cannot create the {}-byte shared region: {e}", map.total_bytes())))?;
+        let shared = Arc::new(Shared {
+            region,
+            map,
+            ring,
+            config,
+            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
+            host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
+            control: Mutex::new(()),
+            next_user: AtomicU32::new(1),
+            next_handle: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+        });
+        let firmware = Firmware::new(config.device);
+        let device = threads::spawn_device(shared.clone(), firmware);
+        let irq = threads::spawn_irq(shared.clone());
+        let kmd = Kmd { shared, threads: vec![device, irq] };
+        let deadline = Instant::now() + config.control_timeout;
+        while !kmd.shared.online() {
+            if Instant::now() >= deadline {
+                return fail(Errno::ENODEV, "device did not boot");
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(kmd)
+    }
+
+    /// Opens the driver: a new user with its own buffer objects and channels. The client
+    /// keeps the driver (and its device) alive.
+    pub fn open(self: &Arc<Kmd>) -> Client {
+        Client::new(self.clone(), self.shared.clone())
+    }
+
+    pub fn memory_map(&self) -> MemoryMap {
+        self.shared.map
+    }
+
+    pub fn config(&self) -> &KmdConfig {
+        &self.shared.config
+    }
+
+    /// Whether the device reports itself ready.
+    pub fn online(&self) -> bool {
+        self.shared.online()
+    }
+
+    /// The device's resource report.
+    pub fn status(&self) -> Result<StatusReport> {
+        self.shared.control(ControlCommand::Status).map(StatusReport::from_values)
+    }
+}
+
+impl Drop for Kmd {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        self.shared.ring_device();
+        self.shared.region.fetch_add_u32(layout::MSI_SEQ, 1, SeqCst);
+        self.shared.region.wake(layout::MSI_SEQ);
+        self.shared.region.wake(layout::DEVICE_WAKE);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! `aicsim-runtime` is the host runtime (the LRT equivalent): it loads program
+//! containers, activates them on the device, and runs inferences — one at a time with
+//! [`Activation::run`], or pipelined across N activations with S inferences in flight
+//! each with [`InferenceSet`]. Every inference carries [`Timestamps`] for each host and
+//! device stage.
+//!
+//! It is not a driver: buffers, channels and waits come from `aicsim-driver`.
+#![forbid(unsafe_code)]
+
+mod activation;
+mod error;
+mod program;
+pub mod samples;
+mod set;
+mod timestamps;
+
+pub use activation::{Activation, InferenceSlot};
+pub use error::{Result, RuntimeError};
+pub use program::Program;
+pub use set::{Completion, InferenceSet, RunLimit, RunSummary};
+pub use timestamps::Timestamps;
+
+pub use aicsim_driver::Device;

@@ -1,0 +1,139 @@
+//! Buffer objects: page-aligned extents of the host memory window, their slicing into
+//! request elements, and their completion state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicsim_device::dbc::{CompletionCode, RequestElement};
+use aicsim_device::extent::ExtentAllocator;
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Errno, KmdError};
+
+/// A buffer's slicing: the request elements EXECUTE_BO queues for it, built once at
+/// ATTACH_SLICE_BO time.
+pub(crate) struct Slicing {
+    pub dbc: u32,
+    pub dir: u32,
+    /// Element templates; `req_id` is filled at execute time.
+    pub elements: Vec<RequestElement>,
+    /// For each element: whether it is the last of its slice (the one that completes).
+    pub ends_slice: Vec<bool>,
+    pub slices: u32,
+}
+
+/// Timestamps and queue figures of the latest execution (PERF_STATS_BO).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Perf {
+    pub received: Instant,
+    pub submitted: Instant,
+    pub processed: Instant,
+    pub queue_level_before: u32,
+    pub num_queue_element: u32,
+}
+
+pub(crate) struct BoState {
+    pub slicing: Option<Slicing>,
+    pub queued: bool,
+    /// Executions started and finished; equal when the buffer is idle.
+    pub executions: u64,
+    pub completed: u64,
+    pub slices_left: u32,
+    /// The first error completion of the current execution.
+    pub error: Option<CompletionCode>,
+    /// Why the current execution was abandoned without completing (channel torn down,
+    /// device gone).
+    pub aborted: Option<KmdError>,
+    pub perf: Option<Perf>,
+}
+
+pub(crate) struct Bo {
+    pub handle: u32,
+    /// Region offset (= host address).
+    pub offset: u64,
+    pub size: u64,
+    pub state: Mutex<BoState>,
+    pub done: Condvar,
+    host_mem: Arc<Mutex<ExtentAllocator>>,
+    host_base: u64,
+}
+
+impl Bo {
+    pub fn new(handle: u32, offset: u64, size: u64, host_mem: Arc<Mutex<ExtentAllocator>>, host_base: u64) -> Bo {
+        Bo {
+            handle,
+            offset,
+            size,
+            state: Mutex::new(BoState { slicing: None, queued: false, executions: 0, completed: 0, slices_left: 0, error: None, aborted: None, perf: None }),
+            done: Condvar::new(),
+            host_mem,
+            host_base,
+        }
+    }
+
+    /// Records one response for this buffer. `ends_slice` responses count down the
+    /// slices; the last one completes the execution and wakes waiters.
+    pub fn complete_element(&self, ends_slice: bool, status: u16) {
+        let mut st = self.state.lock();
+        if !st.queued {
+            return;
+        }
+        if status != 0 && st.error.is_none() {
+            st.error = Some(CompletionCode::from_status(status).unwrap_or(CompletionCode::ProgramFault));
+        }
+        if ends_slice {
+            st.slices_left = st.slices_left.saturating_sub(1);
+            if st.slices_left == 0 {
+                st.queued = false;
+                st.completed = st.executions;
+                if let Some(p) = &mut st.perf {
+                    p.processed = Instant::now();
+                }
+                self.done.notify_all();
+            }
+        }
+    }
+
+    /// Ends the current execution without completion (its elements were dropped).
+    pub fn abort(&self, why: KmdError) {
+        let mut st = self.state.lock();
+        if st.queued {
+            st.queued = false;
+            st.completed = st.executions;
+            st.aborted = Some(why);
+            self.done.notify_all();
+        }
+    }
+
+    /// Waits for the current execution to finish, at most `timeout`; `online` says
+    /// whether the device is still there.
+    pub fn wait(&self, timeout: Duration, online: impl Fn() -> bool) -> Result<(), KmdError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock();
+        loop {
+            if st.executions > 0 && !st.queued && st.completed == st.executions {
+                if let Some(why) = st.aborted.clone() {
+                    return Err(why);
+                }
+                return match st.error {
+                    Some(code) => Err(KmdError::device(code, format!("buffer {}", self.handle))),
+                    None => Ok(()),
+                };
+            }
+            if !online() {
+                return Err(KmdError::new(Errno::ENODEV, "device is offline"));
+            }
+            // Wake at least every 50 ms to notice a device that went away.
+            let slice_end = deadline.min(Instant::now() + Duration::from_millis(50));
+            if self.done.wait_until(&mut st, slice_end).timed_out() && Instant::now() >= deadline {
+                return Err(KmdError::new(Errno::ETIMEDOUT, format!("buffer {} did not complete within {} ms", self.handle, timeout.as_millis())));
+            }
+        }
+    }
+}
+
+impl Drop for Bo {
+    fn drop(&mut self) {
+        self.host_mem.lock().release(self.offset - self.host_base, self.size);
+    }
+}

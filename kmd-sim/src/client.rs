@@ -1,0 +1,495 @@
+//! One open file of the driver and its ioctls.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicsim_device::control::{ActivationInfo, ControlCommand};
+use aicsim_device::dbc::{Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, REQ_HEAD, REQ_TAIL, SEM_VALUE_MAX};
+use aicsim_device::memory::SharedMemory;
+use parking_lot::Mutex;
+
+use crate::bo::{Bo, Perf, Slicing};
+use crate::channel::{HostChannel, Inflight};
+use crate::error::{fail, Errno, KmdError, Result};
+use crate::uapi::{AttachSliceEntry, BoInfo, ExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE, SEM_INSYNCFENCE, SEM_OUTSYNCFENCE};
+use crate::Shared;
+
+/// Largest bytes one request element moves; a longer slice becomes several elements,
+/// as a scatter-gather list of this segment size would.
+pub const MAX_SEGMENT_BYTES: u64 = 2 << 20;
+
+/// WAIT_BO's timeout when the caller passes 0.
+pub const DEFAULT_WAIT_MS: u64 = 5000;
+
+/// An open file of the driver: a user with its buffer objects and channels.
+pub struct Client {
+    shared: Arc<Shared>,
+    user: u32,
+    bos: Mutex<HashMap<u32, Arc<Bo>>>,
+    _driver: Arc<crate::Kmd>,
+}
+
+/// A mapped buffer object (MMAP_BO): reads and writes go through the shared region by
+/// offset; no reference into shared memory is ever handed out.
+#[derive(Clone)]
+pub struct BoMapping {
+    shared: Arc<Shared>,
+    bo: Arc<Bo>,
+}
+
+impl BoMapping {
+    pub fn info(&self) -> BoInfo {
+        BoInfo { handle: self.bo.handle, offset: self.bo.offset, size: self.bo.size }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bo.size
+    }
+
+    /// Copies `data` into the buffer at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len())?;
+        self.shared.region.write(self.bo.offset + offset, data).map_err(|e| KmdError::new(Errno::EINVAL, e.to_string()))
+    }
+
+    /// Copies bytes at `offset` out of the buffer into `buf`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len())?;
+        self.shared.region.read(self.bo.offset + offset, buf).map_err(|e| KmdError::new(Errno::EINVAL, e.to_string()))
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<()> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.bo.size => Ok(()),
+            _ => fail(Errno::EINVAL, format!("access [{offset}, +{len}) is outside the {}-byte buffer {}", self.bo.size, self.bo.handle)),
+        }
+    }
+}
+
+fn sem_command(sem: &Sem) -> Result<Option<SemCommand>> {
+    if sem.pad != 0 || sem.flags & !(SEM_INSYNCFENCE | SEM_OUTSYNCFENCE) != 0 || sem.presync > 1 {
+        return fail(Errno::EINVAL, "semaphore has nonzero padding or unknown flags");
+    }
+    if sem.cmd == 0 {
+        if *sem != Sem::default() {
+            return fail(Errno::EINVAL, "semaphore with cmd 0 (none) has other fields set");
+        }
+        return Ok(None);
+    }
+    let Some(op) = SemOp::from_raw(sem.cmd.into()) else {
+        return fail(Errno::EINVAL, format!("semaphore cmd {} is above 6", sem.cmd));
+    };
+    if sem.val > SEM_VALUE_MAX {
+        return fail(Errno::EINVAL, format!("semaphore value {} does not fit in 12 bits", sem.val));
+    }
+    if sem.index > 31 {
+        return fail(Errno::EINVAL, format!("semaphore index {} does not fit in 5 bits", sem.index));
+    }
+    Ok(Some(SemCommand {
+        op,
+        index: sem.index,
+        value: sem.val,
+        presync: sem.presync == 1,
+        inbound_fence: sem.flags & SEM_INSYNCFENCE != 0,
+        outbound_fence: sem.flags & SEM_OUTSYNCFENCE != 0,
+    }))
+}
+
+impl Client {
+    pub(crate) fn new(driver: Arc<crate::Kmd>, shared: Arc<Shared>) -> Client {
+        let user = shared.next_user.fetch_add(1, Relaxed);
+        Client { shared, user, bos: Mutex::new(HashMap::new()), _driver: driver }
+    }
+
+    /// This client's user id.
+    pub fn user(&self) -> u32 {
+        self.user
+    }
+
+    fn bo(&self, handle: u32) -> Result<Arc<Bo>> {
+        match self.bos.lock().get(&handle) {
+            Some(bo) => Ok(bo.clone()),
+            None => fail(Errno::ENOENT, format!("no buffer object with handle {handle}")),
+        }
+    }
+
+    fn check_dbc(&self, dbc: u32) -> Result<usize> {
+        if dbc as usize >= NUM_DBC {
+            return fail(Errno::EINVAL, format!("channel {dbc} out of range (the device has {NUM_DBC})"));
+        }
+        Ok(dbc as usize)
+    }
+
+    fn check_online(&self) -> Result<()> {
+        if self.shared.online() {
+            Ok(())
+        } else {
+            fail(Errno::ENODEV, "device is offline")
+        }
+    }
+
+    /// CREATE_BO: a buffer of `size` bytes rounded up to whole pages.
+    pub fn create_bo(&self, size: u64) -> Result<u32> {
+        if size == 0 {
+            return fail(Errno::EINVAL, "buffer size 0");
+        }
+        let host_base = self.shared.map.host_offset();
+        let mut host_mem = self.shared.host_mem.lock();
+        let Some(rounded) = host_mem.rounded(size) else {
+            return fail(Errno::EINVAL, format!("buffer size {size} overflows"));
+        };
+        let Some(start) = host_mem.alloc(rounded) else {
+            return fail(Errno::ENOMEM, format!("no {rounded}-byte extent free in the {}-byte host memory window", host_mem.total_bytes()));
+        };
+        drop(host_mem);
+        let handle = self.shared.next_handle.fetch_add(1, Relaxed);
+        let bo = Arc::new(Bo::new(handle, host_base + start, rounded, self.shared.host_mem.clone(), host_base));
+        self.bos.lock().insert(handle, bo);
+        Ok(handle)
+    }
+
+    /// Closes a buffer handle. A queued buffer lives on until its elements complete.
+    pub fn free_bo(&self, handle: u32) -> Result<()> {
+        match self.bos.lock().remove(&handle) {
+            Some(_) => Ok(()),
+            None => fail(Errno::ENOENT, format!("no buffer object with handle {handle}")),
+        }
+    }
+
+    /// MMAP_BO.
+    pub fn mmap_bo(&self, handle: u32) -> Result<BoMapping> {
+        Ok(BoMapping { shared: self.shared.clone(), bo: self.bo(handle)? })
+    }
+
+    /// ATTACH_SLICE_BO: describes how the buffer moves on channel `dbc` in direction
+    /// `dir`, and builds its request elements.
+    pub fn attach_slice_bo(&self, handle: u32, dbc: u32, dir: u32, slices: &[AttachSliceEntry]) -> Result<()> {
+        let dbc_index = self.check_dbc(dbc)?;
+        let direction = match dir {
+            DIR_TO_DEVICE => Direction::ToDevice,
+            DIR_FROM_DEVICE => Direction::FromDevice,
+            _ => return fail(Errno::EINVAL, format!("direction {dir} is neither to-device (1) nor from-device (2)")),
+        };
+        if slices.is_empty() {
+            return fail(Errno::EINVAL, "no slices");
+        }
+        let bo = self.bo(handle)?;
+        self.check_owner(dbc_index)?;
+        let mut elements = Vec::new();
+        let mut ends_slice = Vec::new();
+        for (i, s) in slices.iter().enumerate() {
+            if s.size == 0 {
+                return fail(Errno::EINVAL, format!("slice {i} has size 0"));
+            }
+            match s.offset.checked_add(s.size) {
+                Some(end) if end <= bo.size => {}
+                _ => return fail(Errno::EINVAL, format!("slice {i} [{}, +{}) runs past the {}-byte buffer", s.offset, s.size, bo.size)),
+            }
+            let mut presync = None;
+            let mut post = Vec::new();
+            for sem in &s.sems {
+                if let Some(cmd) = sem_command(sem)? {
+                    if cmd.presync {
+                        if presync.replace(cmd).is_some() {
+                            return fail(Errno::EINVAL, format!("slice {i} has more than one presync semaphore"));
+                        }
+                    } else {
+                        post.push(cmd);
+                    }
+                }
+            }
+            let doorbell = match s.db_len {
+                0 => None,
+                bits => {
+                    let Some(width) = DoorbellWidth::from_bits(bits) else {
+                        return fail(Errno::EINVAL, format!("slice {i} doorbell width {bits} is not 0, 8, 16 or 32"));
+                    };
+                    if s.db_addr % width.bytes() != 0 {
+                        return fail(Errno::EINVAL, format!("slice {i} doorbell address {:#x} is not aligned to {} bytes", s.db_addr, width.bytes()));
+                    }
+                    Some(DoorbellAttr { width })
+                }
+            };
+            let segments = s.size.div_ceil(MAX_SEGMENT_BYTES);
+            for seg in 0..segments {
+                let first = seg == 0;
+                let last = seg + 1 == segments;
+                let at = seg * MAX_SEGMENT_BYTES;
+                let len = (s.size - at).min(MAX_SEGMENT_BYTES);
+                let (host, dev) = (bo.offset + s.offset + at, s.dev_addr.wrapping_add(at));
+                let (src_addr, dest_addr) = if direction == Direction::ToDevice { (host, dev) } else { (dev, host) };
+                let mut e = RequestElement {
+                    cmd: Cmd { direction, completion: last, bulk: true, force_msi: false }.encode(),
+                    src_addr,
+                    dest_addr,
+                    len: len as u32,
+                    ..Default::default()
+                };
+                let mut sems = Vec::new();
+                if first {
+                    sems.extend(presync);
+                }
+                if last {
+                    sems.extend(post.iter().copied());
+                    if let Some(db) = doorbell {
+                        e.db_addr = s.db_addr;
+                        e.db_attr = DoorbellAttr::encode(Some(db));
+                        e.db_data = s.db_data;
+                    }
+                }
+                for (slot, sem) in e.sem_cmd.iter_mut().zip(sems) {
+                    *slot = sem.encode();
+                }
+                elements.push(e);
+                ends_slice.push(last);
+            }
+        }
+        if elements.len() as u64 > u64::from(self.shared.ring.capacity()) {
+            return fail(Errno::ENOSPC, format!("buffer needs {} ring elements but the ring holds {}", elements.len(), self.shared.ring.capacity()));
+        }
+        let mut st = bo.state.lock();
+        if st.slicing.is_some() {
+            return fail(Errno::EINVAL, format!("buffer {handle} is already sliced; detach it first"));
+        }
+        st.slicing = Some(Slicing { dbc, dir, elements, ends_slice, slices: slices.len() as u32 });
+        Ok(())
+    }
+
+    /// DETACH_SLICE_BO.
+    pub fn detach_slice_bo(&self, handle: u32) -> Result<()> {
+        let bo = self.bo(handle)?;
+        let mut st = bo.state.lock();
+        if st.queued {
+            return fail(Errno::EBUSY, format!("buffer {handle} is queued"));
+        }
+        if st.slicing.take().is_none() {
+            return fail(Errno::EINVAL, format!("buffer {handle} is not sliced"));
+        }
+        Ok(())
+    }
+
+    fn check_owner(&self, dbc: usize) -> Result<()> {
+        let ch = self.shared.channels[dbc].state.lock();
+        match ch.owner {
+            Some(owner) if owner == self.user => Ok(()),
+            Some(_) => fail(Errno::EPERM, format!("channel {dbc} belongs to another user")),
+            None => fail(Errno::EPERM, format!("channel {dbc} has no activation of this user")),
+        }
+    }
+
+    /// EXECUTE_BO: queues every listed buffer's elements on channel `dbc`, all or none.
+    pub fn execute_bo(&self, dbc: u32, entries: &[ExecuteEntry]) -> Result<()> {
+        let received = Instant::now();
+        let dbc = self.check_dbc(dbc)?;
+        self.check_online()?;
+        if entries.is_empty() {
+            return fail(Errno::EINVAL, "no buffers to execute");
+        }
+        let bos = {
+            let table = self.bos.lock();
+            let mut bos = Vec::with_capacity(entries.len());
+            for e in entries {
+                match table.get(&e.handle) {
+                    Some(bo) => bos.push(bo.clone()),
+                    None => return fail(Errno::ENOENT, format!("no buffer object with handle {}", e.handle)),
+                }
+            }
+            bos
+        };
+        for (i, e) in entries.iter().enumerate() {
+            if entries[..i].iter().any(|o| o.handle == e.handle) {
+                return fail(Errno::EINVAL, format!("buffer {} listed twice", e.handle));
+            }
+        }
+        let shared = &self.shared;
+        let ring = shared.ring;
+        let channel: &HostChannel = &shared.channels[dbc];
+        let mut ch = channel.state.lock();
+        match ch.owner {
+            Some(owner) if owner == self.user => {}
+            Some(_) => return fail(Errno::EPERM, format!("channel {dbc} belongs to another user")),
+            None => return fail(Errno::EPERM, format!("channel {dbc} has no activation")),
+        }
+        let mut states = Vec::with_capacity(bos.len());
+        let mut needed = 0u32;
+        for (bo, e) in bos.iter().zip(entries) {
+            let st = bo.state.lock();
+            match &st.slicing {
+                None => return fail(Errno::EINVAL, format!("buffer {} is not sliced", e.handle)),
+                Some(s) if s.dbc as usize != dbc => return fail(Errno::EINVAL, format!("buffer {} is sliced for channel {}, not {dbc}", e.handle, s.dbc)),
+                Some(s) if s.dir != e.dir => return fail(Errno::EINVAL, format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir)),
+                Some(s) => needed += s.elements.len() as u32,
+            }
+            if st.queued {
+                return fail(Errno::EINVAL, format!("buffer {} is already queued", e.handle));
+            }
+            states.push(st);
+        }
+        if needed > ring.capacity() {
+            return fail(Errno::ENOSPC, format!("{needed} elements never fit a ring of {}", ring.capacity()));
+        }
+        let regs = |r| shared.map.dbc_reg(dbc, r);
+        if ring.free(ch.head_cache, ch.tail) < needed {
+            // Acquire: slots the device consumed are free to overwrite.
+            let head = shared.region.load_u32(regs(REQ_HEAD), Acquire);
+            if !ring.contains(head) {
+                return fail(Errno::ENODEV, format!("channel {dbc} request head reads {head:#x}: link down"));
+            }
+            ch.head_cache = head;
+            if ring.free(head, ch.tail) < needed {
+                return fail(Errno::EAGAIN, format!("channel {dbc} has {} free elements, {needed} needed", ring.free(head, ch.tail)));
+            }
+        }
+        let level = ring.used(ch.head_cache, ch.tail);
+        for (bo, guard) in bos.iter().zip(states.iter_mut()) {
+            let st = &mut **guard;
+            let slicing = st.slicing.as_ref().expect("checked above");
+            let count = slicing.elements.len() as u32;
+            let mut run = 0u16;
+            for (template, &ends_slice) in slicing.elements.iter().zip(&slicing.ends_slice) {
+                let mut e = *template;
+                e.req_id = ch.next_req_id;
+                ch.next_req_id = ch.next_req_id.wrapping_add(1);
+                let slot = shared.map.request_element(dbc, ch.tail);
+                shared.region.write(slot, bytemuck::bytes_of(&e)).expect("ring inside the region");
+                ch.inflight[usize::from(e.req_id)] = Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
+                run = if ends_slice { 0 } else { run + 1 };
+                ch.tail = ring.next(ch.tail);
+            }
+            st.queued = true;
+            st.executions += 1;
+            st.slices_left = slicing.slices;
+            st.error = None;
+            st.aborted = None;
+            st.perf = Some(Perf { received, submitted: received, processed: received, queue_level_before: level, num_queue_element: count });
+        }
+        // Release: element contents are visible to the device before the tail.
+        shared.region.store_u32(regs(REQ_TAIL), ch.tail, Release);
+        let submitted = Instant::now();
+        for st in states.iter_mut() {
+            if let Some(p) = &mut st.perf {
+                p.submitted = submitted;
+            }
+        }
+        drop(states);
+        drop(ch);
+        shared.ring_device();
+        Ok(())
+    }
+
+    /// WAIT_BO: waits for the buffer's current execution; `timeout_ms` 0 means 5000.
+    pub fn wait_bo(&self, handle: u32, timeout_ms: u64, dbc: u32) -> Result<()> {
+        let dbc = self.check_dbc(dbc)?;
+        let bo = self.bo(handle)?;
+        match bo.state.lock().slicing.as_ref() {
+            None => return fail(Errno::EINVAL, format!("buffer {handle} is not sliced")),
+            Some(s) if s.dbc as usize != dbc => return fail(Errno::EINVAL, format!("buffer {handle} is sliced for channel {}, not {dbc}", s.dbc)),
+            Some(_) => {}
+        }
+        let timeout = Duration::from_millis(if timeout_ms == 0 { DEFAULT_WAIT_MS } else { timeout_ms });
+        bo.wait(timeout, || self.shared.online())
+    }
+
+    /// PERF_STATS_BO for the latest execution of each buffer.
+    pub fn perf_stats_bo(&self, dbc: u32, handles: &[u32]) -> Result<Vec<PerfStatsEntry>> {
+        self.check_dbc(dbc)?;
+        let mut out = Vec::with_capacity(handles.len());
+        for &handle in handles {
+            let bo = self.bo(handle)?;
+            let st = bo.state.lock();
+            let Some(p) = st.perf.filter(|_| !st.queued) else {
+                return fail(Errno::EINVAL, format!("buffer {handle} has no finished execution"));
+            };
+            let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+            out.push(PerfStatsEntry {
+                handle,
+                queue_level_before: p.queue_level_before,
+                num_queue_element: p.num_queue_element,
+                submit_latency_us: us(p.submitted - p.received),
+                device_latency_us: us(p.processed.saturating_duration_since(p.submitted)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// MANAGE: loads a program container; returns the device's program id.
+    pub fn load_program(&self, container: &[u8]) -> Result<u32> {
+        if container.is_empty() {
+            return fail(Errno::EINVAL, "empty program container");
+        }
+        let handle = self.create_bo(container.len() as u64)?;
+        let map = self.mmap_bo(handle)?;
+        map.write(0, container)?;
+        let result = self.shared.control(ControlCommand::LoadProgram { host_addr: map.info().offset, len: container.len() as u64 });
+        self.free_bo(handle)?;
+        result.map(|v| v[0] as u32)
+    }
+
+    /// MANAGE: unloads a program with no activations left.
+    pub fn unload_program(&self, program: u32) -> Result<()> {
+        self.shared.control(ControlCommand::UnloadProgram { program }).map(drop)
+    }
+
+    /// MANAGE: activates a loaded program on the first free channel, which this user
+    /// then owns. Returns the channel and what the device assigned.
+    pub fn activate(&self, program: u32) -> Result<(u32, ActivationInfo)> {
+        self.check_online()?;
+        let shared = &self.shared;
+        let dbc = (0..NUM_DBC).find(|&d| {
+            let mut ch = shared.channels[d].state.lock();
+            if ch.owner.is_none() {
+                ch.owner = Some(self.user);
+                true
+            } else {
+                false
+            }
+        });
+        let Some(dbc) = dbc else {
+            return fail(Errno::EBUSY, format!("all {NUM_DBC} channels are in use"));
+        };
+        match shared.control(ControlCommand::Activate { program, dbc: dbc as u32 }) {
+            Ok(values) => {
+                let info = ActivationInfo::from_values(values);
+                let mut ch = shared.channels[dbc].state.lock();
+                if ch.inflight.is_empty() {
+                    ch.inflight.resize_with(65536, || None);
+                }
+                ch.activation = Some(info);
+                Ok((dbc as u32, info))
+            }
+            Err(e) => {
+                shared.channels[dbc].state.lock().owner = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// MANAGE: tears down this user's activation on `dbc`. Buffers still queued there
+    /// are abandoned and their waiters get EPERM.
+    pub fn deactivate(&self, dbc: u32) -> Result<()> {
+        let dbc = self.check_dbc(dbc)?;
+        self.check_owner(dbc)?;
+        let result = self.shared.control(ControlCommand::Deactivate { dbc: dbc as u32 });
+        let dropped = {
+            let mut ch = self.shared.channels[dbc].state.lock();
+            HostChannel::reset(&mut ch, dbc, &self.shared.region, &self.shared.map)
+        };
+        for bo in dropped {
+            bo.abort(KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued")));
+        }
+        result.map(drop)
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        for dbc in 0..NUM_DBC {
+            let mine = self.shared.channels[dbc].state.lock().owner == Some(self.user);
+            if mine {
+                let _ = self.deactivate(dbc as u32);
+            }
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The shared region: one `MAP_SHARED` mapping of a memfd (or of a file another
+//! process maps too), accessed only through [`SharedMemory`] — copies and 32-bit
+//! atomics at offsets — plus futex wait/wake on its words. The memfd is sparse: a
+//! 16 GiB device DDR costs nothing until it is touched.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aicsim_device::memory::{check_range, OutOfRange, SharedMemory};
+use memmap2::{MmapOptions, MmapRaw};
+
+/// A shared mapping of `size` bytes.
+pub struct SharedRegion {
+    map: MmapRaw,
+    size: u64,
+    _file: File,
+}
+
+impl SharedRegion {
+    /// A new zero-filled anonymous region of `size` bytes backed by a memfd.
+    pub fn anonymous(size: u64) -> io::Result<SharedRegion> {
+        // SAFETY: the name is a valid NUL-terminated string; the call has no other inputs.
+        let fd = unsafe { libc::memfd_create(c"aicsim-shared".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size)?;
+        SharedRegion::from_file(file, size)
+    }
+
+    /// Maps `size` bytes of `file` shared (another process may map the same file).
+    pub fn from_file(file: File, size: u64) -> io::Result<SharedRegion> {
+        let len = usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(SharedRegion { map, size, _file: file })
+    }
+
+    fn word(&self, offset: u64) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= self.size, "register offset {offset:#x} out of range");
+        // SAFETY: the offset is 4-aligned and inside the mapping (checked above), the
+        // mapping lives as long as `self`, and every access to a register word, from
+        // either side, is atomic.
+        unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(offset as usize).cast::<u32>()) }
+    }
+
+    /// Sleeps while the word at `offset` holds `expected`, at most `timeout`. Returns
+    /// early on a wake, a signal, or when the value already differs.
+    pub fn wait(&self, offset: u64, expected: u32, timeout: Duration) {
+        let word = self.word(offset);
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `word` points to a live, aligned u32 in a shared mapping; `ts` lives
+        // across the call. FUTEX_WAIT (not private) works across processes.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec, 0usize, 0u32);
+        }
+    }
+}
+
+impl SharedMemory for SharedRegion {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
+        check_range(offset, buf.len() as u64, self.size)?;
+        // SAFETY: the source range is inside the mapping (checked) and `buf` is a
+        // distinct local buffer. The other side does not write this range while the
+        // ring protocol gives it to us.
+        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
+        check_range(offset, data.len() as u64, self.size)?;
+        // SAFETY: the destination range is inside the mapping (checked) and `data` is a
+        // distinct buffer; the protocol gives us this range exclusively.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset as usize), data.len()) };
+        Ok(())
+    }
+
+    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), OutOfRange> {
+        check_range(src, len, self.size)?;
+        check_range(dst, len, self.size)?;
+        // SAFETY: both ranges are inside the mapping (checked); `copy` tolerates overlap.
+        unsafe { std::ptr::copy(self.map.as_ptr().add(src as usize), self.map.as_mut_ptr().add(dst as usize), len as usize) };
+        Ok(())
+    }
+
+    fn load_u32(&self, offset: u64, order: Ordering) -> u32 {
+        self.word(offset).load(order)
+    }
+
+    fn store_u32(&self, offset: u64, value: u32, order: Ordering) {
+        self.word(offset).store(value, order)
+    }
+
+    fn fetch_add_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.word(offset).fetch_add(value, order)
+    }
+
+    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.word(offset).fetch_or(value, order)
+    }
+
+    fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.word(offset).swap(value, order)
+    }
+
+    fn wake(&self, offset: u64) {
+        let word = self.word(offset);
+        // SAFETY: `word` points to a live, aligned u32 in the mapping.
+        unsafe {
+            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX, 0usize, 0usize, 0u32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn a_large_region_is_sparse_and_bounds_checked() {
+        let r = SharedRegion::anonymous(8 << 30).unwrap();
+        r.write((8 << 30) - 4, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        r.read((8 << 30) - 4, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert!(r.write((8 << 30) - 3, &[0; 4]).is_err());
+        assert!(r.read(u64::MAX - 1, &mut b).is_err());
+        assert!(r.copy(0, (8 << 30) - 2, 4).is_err());
+    }
+
+    #[test]
+    fn a_futex_wait_ends_on_wake_or_timeout() {
+        let r = Arc::new(SharedRegion::anonymous(4096).unwrap());
+        let t = Instant::now();
+        r.wait(0, 0, Duration::from_millis(30));
+        assert!(t.elapsed() >= Duration::from_millis(25));
+        let r2 = r.clone();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            r2.store_u32(0, 1, Ordering::SeqCst);
+            r2.wake(0);
+        });
+        let t = Instant::now();
+        while r.load_u32(0, Ordering::SeqCst) == 0 {
+            r.wait(0, 0, Duration::from_secs(5));
+        }
+        assert!(t.elapsed() < Duration::from_secs(4));
+        waker.join().unwrap();
+    }
+}

@@ -1,0 +1,168 @@
+//! An activation — a program placed on cores, DDR and a channel — and the buffers of
+//! one in-flight inference on it.
+//!
+//! The DMA plan every activation follows:
+//! - each input buffer is one slice to `ddr_base + binding.ddr_offset`, whose element
+//!   increments the activation's input semaphore after its DMA; the last input also
+//!   rings the activation's doorbell, which starts the program once every input landed;
+//! - each output buffer is one slice from `ddr_base + binding.ddr_offset`, whose element
+//!   first waits (P) on the output semaphore, which the program increments once per
+//!   output when it ends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicsim_device::dbc::SemOp;
+use aicsim_driver::{Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, SemaphoreCommand, Slice, SyncPoint};
+
+use crate::error::{Result, RuntimeError};
+use crate::timestamps::Timestamps;
+use crate::{Device, Program};
+
+/// How long a wait may take before the inference fails with ETIMEDOUT.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A program activated on the device.
+pub struct Activation {
+    // Fields drop in order: the channel is deactivated before its program unloads.
+    channel: Channel,
+    _loaded: Arc<aicsim_driver::Program>,
+    sync_slot: parking_lot::Mutex<Option<InferenceSlot>>,
+    program: Program,
+    device: Arc<Device>,
+}
+
+impl Activation {
+    /// Loads `program` (once) and activates it.
+    pub fn new(device: Arc<Device>, program: &Program) -> Result<Activation> {
+        let loaded = Arc::new(device.load_program(program.bytes())?);
+        Activation::with_loaded(device, program, loaded)
+    }
+
+    /// Activates an already loaded program.
+    pub fn with_loaded(device: Arc<Device>, program: &Program, loaded: Arc<aicsim_driver::Program>) -> Result<Activation> {
+        let channel = device.activate(&loaded)?;
+        Ok(Activation { device, program: program.clone(), channel, _loaded: loaded, sync_slot: parking_lot::Mutex::new(None) })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Buffers for one in-flight inference, sliced for this activation.
+    pub fn new_slot(&self) -> Result<InferenceSlot> {
+        let info = *self.channel.activation();
+        let inputs = self.program.inputs();
+        let outputs = self.program.outputs();
+        let mut slot = InferenceSlot { inputs: Vec::new(), outputs: Vec::new() };
+        for (i, b) in inputs.iter().enumerate() {
+            let buf = self.device.create_buffer(b.size_bytes)?;
+            let last = i + 1 == inputs.len();
+            let slice = Slice {
+                offset: 0,
+                size: b.size_bytes,
+                dev_addr: info.ddr_base + b.ddr_offset,
+                semaphores: vec![SemaphoreCommand { op: SemOp::Inc, index: info.sem_inputs, value: 1, at: SyncPoint::Postsync }],
+                doorbell: last.then_some(Doorbell { addr: info.doorbell, data: 1, width: DoorbellWidth::Bits32 }),
+            };
+            buf.attach_slices(&self.channel, DmaDirection::ToDevice, &[slice])?;
+            slot.inputs.push(buf);
+        }
+        for b in &outputs {
+            let buf = self.device.create_buffer(b.size_bytes)?;
+            let slice = Slice {
+                offset: 0,
+                size: b.size_bytes,
+                dev_addr: info.ddr_base + b.ddr_offset,
+                semaphores: vec![SemaphoreCommand { op: SemOp::P, index: info.sem_outputs, value: 0, at: SyncPoint::Presync }],
+                doorbell: None,
+            };
+            buf.attach_slices(&self.channel, DmaDirection::FromDevice, &[slice])?;
+            slot.outputs.push(buf);
+        }
+        Ok(slot)
+    }
+
+    /// Runs one inference synchronously and returns its outputs.
+    pub fn run(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        let mut guard = self.sync_slot.lock();
+        if guard.is_none() {
+            *guard = Some(self.new_slot()?);
+        }
+        let slot = guard.as_ref().expect("set above");
+        let mut ts = Timestamps::new(Instant::now());
+        slot.write_inputs(&self.program, inputs)?;
+        slot.submit(self, &mut ts)?;
+        slot.wait(self, &mut ts)?;
+        let mut outputs: Vec<Vec<u8>> = self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
+        slot.read_outputs(&mut outputs)?;
+        Ok(outputs)
+    }
+}
+
+/// The buffers of one in-flight inference.
+pub struct InferenceSlot {
+    inputs: Vec<Buffer>,
+    outputs: Vec<Buffer>,
+}
+
+impl InferenceSlot {
+    /// Copies host inputs into the input buffers (pre-processing), checking their sizes.
+    pub fn write_inputs(&self, program: &Program, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
+        let bindings = program.inputs();
+        if inputs.len() != bindings.len() {
+            return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
+        }
+        for (index, ((data, buf), b)) in inputs.iter().zip(&self.inputs).zip(&bindings).enumerate() {
+            let data = data.as_ref();
+            if data.len() as u64 != b.size_bytes {
+                return Err(RuntimeError::InputSize { index, name: b.name.clone(), got: data.len(), expected: b.size_bytes });
+            }
+            buf.write(0, data)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the whole inference (inputs then outputs) in one execute call.
+    pub fn submit(&self, activation: &Activation, ts: &mut Timestamps) -> Result<()> {
+        ts.submit_start = Instant::now();
+        let mut list = Vec::with_capacity(self.inputs.len() + self.outputs.len());
+        list.extend(self.inputs.iter().map(|b| (b, DmaDirection::ToDevice)));
+        list.extend(self.outputs.iter().map(|b| (b, DmaDirection::FromDevice)));
+        // A full ring is transient: retry until the wait timeout, as qaic-runner does.
+        let deadline = ts.submit_start + WAIT_TIMEOUT;
+        loop {
+            match activation.device.execute(&activation.channel, &list) {
+                Err(aicsim_driver::DriverError::Again(_)) if Instant::now() < deadline => std::thread::yield_now(),
+                result => break result?,
+            }
+        }
+        ts.submitted = Instant::now();
+        Ok(())
+    }
+
+    /// Waits for every buffer of the inference.
+    pub fn wait(&self, activation: &Activation, ts: &mut Timestamps) -> Result<()> {
+        for b in self.outputs.iter().chain(&self.inputs) {
+            activation.device.wait(&activation.channel, b, WAIT_TIMEOUT)?;
+        }
+        ts.completed = Instant::now();
+        Ok(())
+    }
+
+    /// Copies the outputs out (post-processing); `outputs[i]` must be output i's size.
+    pub fn read_outputs(&self, outputs: &mut [Vec<u8>]) -> Result<()> {
+        for (out, buf) in outputs.iter_mut().zip(&self.outputs) {
+            buf.read(0, out)?;
+        }
+        Ok(())
+    }
+}

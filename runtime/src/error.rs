@@ -1,0 +1,26 @@
+//! Runtime errors.
+
+use std::path::PathBuf;
+
+use aicsim_device::container::ContainerError;
+use aicsim_driver::DriverError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot read program {path}: {source}")]
+    ReadProgram { path: PathBuf, source: std::io::Error },
+    #[error("program {path} is not a valid container: {source}")]
+    BadContainer { path: PathBuf, source: ContainerError },
+    #[error("program '{program}' {problem}")]
+    UnsupportedProgram { program: String, problem: String },
+    #[error("input {index} ('{name}') is {got} bytes but the program expects {expected}")]
+    InputSize { index: usize, name: String, got: usize, expected: u64 },
+    #[error("expected {expected} inputs, got {got}")]
+    InputCount { expected: usize, got: usize },
+    #[error("{0}")]
+    Driver(#[from] DriverError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

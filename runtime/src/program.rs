@@ -1,0 +1,72 @@
+//! A program container read and validated on the host.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aicsim_device::container::{IoBinding, ProgramImage};
+
+use crate::error::{Result, RuntimeError};
+
+/// A parsed program container, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Program {
+    image: Arc<ProgramImage>,
+    bytes: Arc<Vec<u8>>,
+}
+
+impl Program {
+    /// Reads `DIR/programqpc.bin` when `path` is a directory, else the file itself.
+    pub fn from_path(path: &Path) -> Result<Program> {
+        let file = if path.is_dir() { path.join("programqpc.bin") } else { path.to_path_buf() };
+        let bytes = std::fs::read(&file).map_err(|source| RuntimeError::ReadProgram { path: file.clone(), source })?;
+        Program::from_bytes(bytes).map_err(|e| match e {
+            RuntimeError::BadContainer { source, .. } => RuntimeError::BadContainer { path: file, source },
+            other => other,
+        })
+    }
+
+    /// Parses container bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Program> {
+        let image = ProgramImage::parse(&bytes).map_err(|source| RuntimeError::BadContainer { path: "<memory>".into(), source })?;
+        Program::check(&image)?;
+        Ok(Program { image: Arc::new(image), bytes: Arc::new(bytes) })
+    }
+
+    /// Serialises an image (e.g. a built-in program).
+    pub fn from_image(image: ProgramImage) -> Result<Program> {
+        Program::check(&image)?;
+        let bytes = image.to_bytes();
+        Ok(Program { image: Arc::new(image), bytes: Arc::new(bytes) })
+    }
+
+    fn check(image: &ProgramImage) -> Result<()> {
+        if image.inputs().next().is_none() {
+            return Err(RuntimeError::UnsupportedProgram { program: image.name.clone(), problem: "has no inputs: the doorbell rides on the last input".into() });
+        }
+        Ok(())
+    }
+
+    pub fn image(&self) -> &ProgramImage {
+        &self.image
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn name(&self) -> &str {
+        &self.image.name
+    }
+
+    pub fn batch_size(&self) -> u32 {
+        self.image.batch_size
+    }
+
+    pub fn inputs(&self) -> Vec<&IoBinding> {
+        self.image.inputs().collect()
+    }
+
+    pub fn outputs(&self) -> Vec<&IoBinding> {
+        self.image.outputs().collect()
+    }
+}

@@ -1,0 +1,79 @@
+//! Built-in programs, written with the container builder, and their host-side
+//! reference results. The vector program is `aic-runner`'s embedded default.
+
+use aicsim_device::container::{ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_device::isa::{BinaryOp, DType, Instruction, Op};
+
+fn binding(name: &str, direction: IoDirection, dtype: IoDType, len: u32, ddr_offset: u64) -> IoBinding {
+    IoBinding { name: name.into(), direction, dtype, shape: vec![len], ddr_offset, size_bytes: u64::from(len) * dtype.bytes() }
+}
+
+/// The constant vector `w` of [`vector_add_mul`].
+pub fn vector_weights(n: u32) -> Vec<f32> {
+    (0..n).map(|i| (i % 7 + 1) as f32 * 0.25).collect()
+}
+
+/// `out = (a + b) * w` over `n` f32 values, `w` a constant the device places in DDR at
+/// activation. One core: DMA in, two HVX ops, DMA out.
+pub fn vector_add_mul(n: u32) -> ProgramImage {
+    let bytes = u64::from(n) * 4;
+    let weights: Vec<u8> = vector_weights(n).iter().flat_map(|w| w.to_le_bytes()).collect();
+    let ops = [
+        Op::DmaIn { ddr: 0, vtcm: 0, bytes: (3 * bytes) as u32 },
+        Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 3 * bytes, a: 0, b: bytes, count: n },
+        Op::Binary { op: BinaryOp::Mul, dtype: DType::F32, dst: 3 * bytes, a: 3 * bytes, b: 2 * bytes, count: n },
+        Op::DmaOut { vtcm: 3 * bytes, ddr: 3 * bytes, bytes: bytes as u32 },
+        Op::End,
+    ];
+    ProgramImage {
+        name: format!("vector_add_mul_{n}"),
+        batch_size: 1,
+        ddr_bytes: 4 * bytes,
+        vtcm_bytes: 4 * bytes,
+        bindings: vec![
+            binding("a", IoDirection::Input, IoDType::F32, n, 0),
+            binding("b", IoDirection::Input, IoDType::F32, n, bytes),
+            binding("out", IoDirection::Output, IoDType::F32, n, 3 * bytes),
+        ],
+        cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
+        constants: vec![ConstantBlob { ddr_offset: 2 * bytes, data: weights }],
+    }
+}
+
+/// What [`vector_add_mul`] computes, on the host.
+pub fn vector_add_mul_reference(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let w = vector_weights(a.len() as u32);
+    a.iter().zip(b).zip(&w).map(|((x, y), w)| (x + y) * w).collect()
+}
+
+/// The program `aic-runner` runs when no `-t` is given.
+pub fn default_program() -> ProgramImage {
+    vector_add_mul(4096)
+}
+
+/// A null inference: `bytes` in, the same `bytes` out through VTCM, nothing computed.
+pub fn null_program(bytes: u32) -> ProgramImage {
+    let ops = [Op::DmaIn { ddr: 0, vtcm: 0, bytes }, Op::DmaOut { vtcm: 0, ddr: u64::from(bytes), bytes }, Op::End];
+    ProgramImage {
+        name: "null".into(),
+        batch_size: 1,
+        ddr_bytes: 2 * u64::from(bytes),
+        vtcm_bytes: u64::from(bytes),
+        bindings: vec![
+            binding("in", IoDirection::Input, IoDType::U8, bytes, 0),
+            binding("out", IoDirection::Output, IoDType::U8, bytes, u64::from(bytes)),
+        ],
+        cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
+        constants: vec![],
+    }
+}
+
+/// Little-endian bytes of f32 values.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// f32 values of little-endian bytes (a trailing partial value is ignored).
+pub fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
