@@ -43,10 +43,24 @@ use channel::HostChannel;
 use error::fail;
 use shm::SharedRegion;
 
+/// Who runs the device firmware and the interrupt handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stepping {
+    /// A device thread and an interrupt thread, as in a real system.
+    Threads,
+    /// Nothing runs until the caller calls [`Kmd::step_device`] or
+    /// [`Kmd::step_interrupts`]: fully deterministic, for model and property tests.
+    /// Control requests service the device inline.
+    Manual,
+}
+
 /// How the driver and its simulated device behave.
 #[derive(Clone, Copy, Debug)]
 pub struct KmdConfig {
     pub device: DeviceConfig,
+    pub stepping: Stepping,
+    /// The first request id each channel hands out (ids wrap at `u16::MAX`).
+    pub first_req_id: u16,
     /// How long the device thread keeps polling after its last work before it sleeps.
     pub device_idle_spin: Duration,
     /// How long the interrupt thread keeps polling the rings after its last completion
@@ -60,6 +74,8 @@ impl Default for KmdConfig {
     fn default() -> KmdConfig {
         KmdConfig {
             device: DeviceConfig::default(),
+            stepping: Stepping::Threads,
+            first_req_id: 0,
             device_idle_spin: Duration::from_micros(50),
             irq_poll: Duration::from_micros(20),
             control_timeout: Duration::from_secs(5),
@@ -81,6 +97,8 @@ pub(crate) struct Shared {
     pub next_user: AtomicU32,
     pub next_handle: AtomicU32,
     pub stop: AtomicBool,
+    /// The firmware, when the caller steps it ([`Stepping::Manual`]).
+    pub manual_firmware: Mutex<Option<Firmware>>,
 }
 
 impl Shared {
@@ -118,6 +136,10 @@ impl Shared {
             }
             if !self.online() {
                 return fail(Errno::ENODEV, "device went offline during a control request");
+            }
+            if let Some(fw) = self.manual_firmware.lock().as_mut() {
+                fw.service(&self.region);
+                continue;
             }
             let now = Instant::now();
             if now >= deadline {
@@ -171,11 +193,21 @@ impl Kmd {
             next_user: AtomicU32::new(1),
             next_handle: AtomicU32::new(1),
             stop: AtomicBool::new(false),
+            manual_firmware: Mutex::new(None),
         });
-        let firmware = Firmware::new(config.device);
-        let device = threads::spawn_device(shared.clone(), firmware);
-        let irq = threads::spawn_irq(shared.clone());
-        let kmd = Kmd { shared, threads: vec![device, irq] };
+        for ch in &shared.channels {
+            ch.state.lock().next_req_id = config.first_req_id;
+        }
+        let mut firmware = Firmware::new(config.device);
+        let threads = match config.stepping {
+            Stepping::Threads => vec![threads::spawn_device(shared.clone(), firmware), threads::spawn_irq(shared.clone())],
+            Stepping::Manual => {
+                firmware.boot(&shared.region);
+                *shared.manual_firmware.lock() = Some(firmware);
+                vec![]
+            }
+        };
+        let kmd = Kmd { shared, threads };
         let deadline = Instant::now() + config.control_timeout;
         while !kmd.shared.online() {
             if Instant::now() >= deadline {
@@ -203,6 +235,26 @@ impl Kmd {
     /// Whether the device reports itself ready.
     pub fn online(&self) -> bool {
         self.shared.online()
+    }
+
+    /// Runs one firmware service pass ([`Stepping::Manual`] only; `None` otherwise).
+    pub fn step_device(&self) -> Option<aicsim_device::firmware::Serviced> {
+        self.shared.manual_firmware.lock().as_mut().map(|fw| fw.service(&self.shared.region))
+    }
+
+    /// Handles pending interrupts once, exactly as the interrupt thread would: drains the
+    /// response ring of every channel with a raised MSI ([`Stepping::Manual`] only).
+    /// Returns the responses consumed.
+    pub fn step_interrupts(&self) -> Option<usize> {
+        if self.shared.config.stepping != Stepping::Manual {
+            return None;
+        }
+        Some(threads::handle_msis(&self.shared, false, &mut Vec::new()))
+    }
+
+    /// Responses that matched no queued element, per channel (a device bug or fault).
+    pub fn spurious_responses(&self, dbc: usize) -> u64 {
+        self.shared.channels.get(dbc).map_or(0, |c| c.state.lock().spurious_responses)
     }
 
     /// The device's resource report.

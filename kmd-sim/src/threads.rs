@@ -47,6 +47,19 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
         .expect("spawn the device thread")
 }
 
+/// One pass of the interrupt handler: drains the channels whose MSI is pending (every
+/// active channel when `poll_all`). Returns the responses consumed.
+pub(crate) fn handle_msis(shared: &Shared, poll_all: bool, scratch: &mut Vec<(crate::channel::Inflight, u16)>) -> usize {
+    let pending = shared.region.swap_u32(layout::MSI_PENDING, 0, SeqCst);
+    let mut consumed = 0;
+    for (dbc, channel) in shared.channels.iter().enumerate() {
+        if pending & (1 << dbc) != 0 || poll_all {
+            consumed += channel.drain(dbc, &shared.region, &shared.map, shared.ring, scratch);
+        }
+    }
+    consumed
+}
+
 pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("aicsim-irq".into())
@@ -56,16 +69,8 @@ pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
             let mut last_work = Instant::now();
             while !shared.stop.load(Acquire) {
                 let seq = region.load_u32(layout::MSI_SEQ, SeqCst);
-                let pending = region.swap_u32(layout::MSI_PENDING, 0, SeqCst);
                 let polling = last_work.elapsed() < shared.config.irq_poll;
-                let mut consumed = 0;
-                for (dbc, channel) in shared.channels.iter().enumerate() {
-                    // After an MSI, its channels; while polling, every channel.
-                    if pending & (1 << dbc) != 0 || polling {
-                        consumed += channel.drain(dbc, region, &shared.map, shared.ring, &mut scratch);
-                    }
-                }
-                if consumed > 0 {
+                if handle_msis(&shared, polling, &mut scratch) > 0 {
                     last_work = Instant::now();
                     continue;
                 }
