@@ -1,0 +1,131 @@
+//! The uAPI's answers, through the real driver and device: errors for bad arguments,
+//! device error completions, and the perf figures of finished buffers.
+
+mod common;
+
+use aicsim_device::dbc::CompletionCode;
+use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
+use aicsim_kmd::{Errno, Stepping};
+
+fn to_device(size: u64, dev_addr: u64) -> AttachSliceEntry {
+    AttachSliceEntry { size, dev_addr, ..Default::default() }
+}
+
+#[test]
+fn a_bad_element_fails_its_buffer_with_the_device_code_and_the_channel_keeps_serving() {
+    let kmd = common::small_kmd(16, Stepping::Threads, 0);
+    let client = kmd.open();
+    let program = client.load_program(&common::copy_program(256)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let bad = client.create_bo(256).unwrap();
+    // The driver cannot know the device's DDR bounds; the device checks them.
+    client.attach_slice_bo(bad, dbc, DIR_TO_DEVICE, &[to_device(256, info.ddr_base + info.ddr_bytes)]).unwrap();
+    let good = client.create_bo(256).unwrap();
+    client.attach_slice_bo(good, dbc, DIR_TO_DEVICE, &[to_device(256, info.ddr_base)]).unwrap();
+    let back = client.create_bo(256).unwrap();
+    client.attach_slice_bo(back, dbc, DIR_FROM_DEVICE, &[AttachSliceEntry { size: 256, dev_addr: info.ddr_base, ..Default::default() }]).unwrap();
+    let data: Vec<u8> = (0..=255).collect();
+    client.mmap_bo(good).unwrap().write(0, &data).unwrap();
+
+    client.execute_bo(dbc, &[ExecuteEntry { handle: bad, dir: DIR_TO_DEVICE }]).unwrap();
+    let err = client.wait_bo(bad, 2000, dbc).unwrap_err();
+    assert_eq!(err.errno, Errno::EIO);
+    assert_eq!(err.device_code, Some(CompletionCode::DeviceAddressOutOfRange));
+    assert!(err.detail.contains("outside device DDR"), "{}", err.detail);
+
+    client.execute_bo(dbc, &[ExecuteEntry { handle: good, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: back, dir: DIR_FROM_DEVICE }]).unwrap();
+    client.wait_bo(good, 2000, dbc).unwrap();
+    client.wait_bo(back, 2000, dbc).unwrap();
+    let mut out = vec![0u8; 256];
+    client.mmap_bo(back).unwrap().read(0, &mut out).unwrap();
+    assert_eq!(out, data);
+}
+
+#[test]
+fn argument_errors_carry_the_real_errno() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let client = kmd.open();
+    let other = kmd.open();
+    let program = client.load_program(&common::copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let bo = client.create_bo(64).unwrap();
+    let slice = to_device(64, info.ddr_base);
+    let errno = |r: aicsim_kmd::Result<()>| r.unwrap_err().errno;
+
+    assert_eq!(client.create_bo(0).unwrap_err().errno, Errno::EINVAL);
+    assert_eq!(client.create_bo(1 << 40).unwrap_err().errno, Errno::ENOMEM);
+    assert_eq!(errno(client.attach_slice_bo(999, dbc, DIR_TO_DEVICE, &[slice])), Errno::ENOENT);
+    assert_eq!(errno(client.attach_slice_bo(bo, 16, DIR_TO_DEVICE, &[slice])), Errno::EINVAL);
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, 3, &[slice])), Errno::EINVAL);
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(0, info.ddr_base)])), Errno::EINVAL);
+    let past_end = AttachSliceEntry { offset: 4000, size: 200, ..slice };
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[past_end])), Errno::EINVAL);
+    let sem = |presync, cmd, val, index| Sem { presync, cmd, val, index, ..Default::default() };
+    let two_presync = AttachSliceEntry { sems: [sem(1, 2, 1, 0), sem(1, 2, 1, 1), Sem::default(), Sem::default()], ..slice };
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[two_presync])), Errno::EINVAL);
+    for bad in [sem(0, 7, 1, 0), sem(0, 2, 4096, 0), sem(0, 2, 1, 32)] {
+        let s = AttachSliceEntry { sems: [bad, Sem::default(), Sem::default(), Sem::default()], ..slice };
+        assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[s])), Errno::EINVAL, "{bad:?}");
+    }
+    let padded = AttachSliceEntry { sems: [Sem { pad: 1, ..sem(0, 2, 1, 0) }, Sem::default(), Sem::default(), Sem::default()], ..slice };
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[padded])), Errno::EINVAL);
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[AttachSliceEntry { db_len: 12, db_addr: 0x1000, ..slice }])), Errno::EINVAL);
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[AttachSliceEntry { db_len: 32, db_addr: 0x1002, ..slice }])), Errno::EINVAL);
+    let many: Vec<AttachSliceEntry> = (0..8).map(|i| AttachSliceEntry { offset: i * 8, size: 8, ..slice }).collect();
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &many)), Errno::ENOSPC);
+
+    // Another user may not use this user's channel, nor see its buffers.
+    let theirs = other.create_bo(64).unwrap();
+    assert_eq!(errno(other.attach_slice_bo(theirs, dbc, DIR_TO_DEVICE, &[slice])), Errno::EPERM);
+    assert_eq!(errno(other.execute_bo(dbc, &[ExecuteEntry { handle: theirs, dir: DIR_TO_DEVICE }])), Errno::EPERM);
+    assert_eq!(errno(other.wait_bo(bo, 1, dbc)), Errno::ENOENT);
+
+    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[slice]).unwrap();
+    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[slice])), Errno::EINVAL, "already sliced");
+    assert_eq!(errno(client.wait_bo(bo, 5, dbc)), Errno::ETIMEDOUT, "never executed");
+    assert_eq!(errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_FROM_DEVICE }])), Errno::EINVAL, "wrong direction");
+    client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
+    assert_eq!(errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }])), Errno::EINVAL, "already queued");
+    assert_eq!(errno(client.detach_slice_bo(bo)), Errno::EBUSY);
+    assert_eq!(errno(client.wait_bo(bo, 5, dbc)), Errno::ETIMEDOUT, "device not stepped");
+    kmd.step_device();
+    kmd.step_interrupts();
+    client.wait_bo(bo, 5, dbc).unwrap();
+    client.detach_slice_bo(bo).unwrap();
+    assert_eq!(errno(client.detach_slice_bo(bo)), Errno::EINVAL, "not sliced");
+}
+
+#[test]
+fn perf_stats_report_queue_level_and_elements() {
+    let kmd = common::small_kmd(16, Stepping::Manual, 0);
+    let client = kmd.open();
+    let program = client.load_program(&common::copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let a = client.create_bo(4096).unwrap();
+    let b = client.create_bo(64).unwrap();
+    let slices: Vec<AttachSliceEntry> = (0..3).map(|i| AttachSliceEntry { offset: i * 16, size: 16, dev_addr: info.ddr_base, ..Default::default() }).collect();
+    client.attach_slice_bo(a, dbc, DIR_TO_DEVICE, &slices).unwrap();
+    client.attach_slice_bo(b, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    assert_eq!(client.perf_stats_bo(dbc, &[a]).unwrap_err().errno, Errno::EINVAL, "no finished execution yet");
+    client.execute_bo(dbc, &[ExecuteEntry { handle: a, dir: DIR_TO_DEVICE }]).unwrap();
+    client.execute_bo(dbc, &[ExecuteEntry { handle: b, dir: DIR_TO_DEVICE }]).unwrap();
+    kmd.step_device();
+    kmd.step_interrupts();
+    let stats = client.perf_stats_bo(dbc, &[a, b]).unwrap();
+    assert_eq!((stats[0].queue_level_before, stats[0].num_queue_element), (0, 3));
+    assert_eq!((stats[1].queue_level_before, stats[1].num_queue_element), (3, 1));
+}
+
+#[test]
+fn a_channel_torn_down_under_a_waiter_fails_it_with_eperm() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let client = kmd.open();
+    let program = client.load_program(&common::copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let bo = client.create_bo(64).unwrap();
+    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
+    client.deactivate(dbc).unwrap();
+    assert_eq!(client.wait_bo(bo, 100, dbc).unwrap_err().errno, Errno::EPERM);
+    assert_eq!(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap_err().errno, Errno::EPERM);
+}
