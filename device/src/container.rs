@@ -14,6 +14,7 @@
 //! [`ProgramImage::parse`] checks every offset and length before using it and never
 //! panics; its errors name the section and the bound that was broken.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bytemuck::{Pod, Zeroable};
@@ -293,6 +294,9 @@ impl ProgramImage {
         if header.header_bytes as usize != HEADER_BYTES {
             return Err(ContainerError::BadHeader { field: "header_bytes", value: header.header_bytes.into(), expected: HEADER_BYTES as u64 });
         }
+        if header.reserved != [0; 8] {
+            return Err(ContainerError::BadHeader { field: "reserved", value: header.reserved.iter().map(|&w| u64::from(w)).sum(), expected: 0 });
+        }
         let file_len = bytes.len() as u64;
         if header.file_bytes != file_len {
             return Err(ContainerError::LengthMismatch { header_says: header.file_bytes, actual: file_len });
@@ -313,6 +317,9 @@ impl ProgramImage {
             let at = HEADER_BYTES + index * size_of::<SectionEntry>();
             let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
             let section = section_name(entry.kind);
+            if entry.reserved != 0 {
+                return Err(ContainerError::Invalid { section, what: format!("section table entry {index}"), reason: "reserved field is nonzero" });
+            }
             let Some(end) = range_ok(entry.offset, entry.len, file_len).filter(|_| entry.offset >= table_end) else {
                 return Err(ContainerError::SectionOutOfBounds { index, section, offset: entry.offset, len: entry.len, file_len });
             };
@@ -338,6 +345,9 @@ impl ProgramImage {
         let mut cur = Cursor { section: "metadata", bytes: metadata, at: 0 };
         let meta: MetadataRecord = cur.record("metadata record")?;
         let name = fixed_str("metadata", &meta.name)?;
+        if meta.reserved != [0; 2] {
+            return Err(ContainerError::Invalid { section: "metadata", what: "metadata record".into(), reason: "reserved field is nonzero" });
+        }
         if meta.batch_size == 0 {
             return Err(ContainerError::OutOfRange { section: "metadata", what: "batch size", value: 0, bound: "must be at least 1" });
         }
@@ -352,6 +362,9 @@ impl ProgramImage {
         for _ in 0..count {
             let rec: BindingRecord = cur.record("binding record")?;
             let name = fixed_str("io", &rec.name)?;
+            if rec.reserved0 != 0 || rec.reserved1 != 0 || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0) {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field or unused shape dimension is nonzero" });
+            }
             let direction = match rec.direction {
                 0 => IoDirection::Input,
                 1 => IoDirection::Output,
