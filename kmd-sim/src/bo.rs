@@ -1,6 +1,7 @@
 //! Buffer objects: page-aligned extents of the host memory window, their slicing into
 //! request elements, and their completion state.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ pub(crate) struct Bo {
     pub size: u64,
     pub state: Mutex<BoState>,
     pub done: Condvar,
+    /// Mirrors `!state.queued`, so a waiter can poll without taking the lock.
+    idle: AtomicBool,
     host_mem: Arc<Mutex<ExtentAllocator>>,
     host_base: u64,
 }
@@ -66,9 +69,17 @@ impl Bo {
             size,
             state: Mutex::new(BoState { slicing: None, queued: false, executions: 0, completed: 0, slices_left: 0, error: None, aborted: None, perf: None }),
             done: Condvar::new(),
+            idle: AtomicBool::new(true),
             host_mem,
             host_base,
         }
+    }
+
+    /// Marks the buffer queued or idle (call with the state lock held).
+    pub fn set_queued(&self, st: &mut BoState, queued: bool) {
+        st.queued = queued;
+        // Release: a waiter that sees idle also sees the completion recorded before it.
+        self.idle.store(!queued, Ordering::Release);
     }
 
     /// Records one response for this buffer. `ends_slice` responses count down the
@@ -84,7 +95,7 @@ impl Bo {
         if ends_slice {
             st.slices_left = st.slices_left.saturating_sub(1);
             if st.slices_left == 0 {
-                st.queued = false;
+                self.set_queued(&mut st, false);
                 st.completed = st.executions;
                 if let Some(p) = &mut st.perf {
                     p.processed = Instant::now();
@@ -98,7 +109,7 @@ impl Bo {
     pub fn abort(&self, why: KmdError) {
         let mut st = self.state.lock();
         if st.queued {
-            st.queued = false;
+            self.set_queued(&mut st, false);
             st.completed = st.executions;
             st.aborted = Some(why);
             self.done.notify_all();
@@ -106,9 +117,24 @@ impl Bo {
     }
 
     /// Waits for the current execution to finish, at most `timeout`; `online` says
-    /// whether the device is still there.
-    pub fn wait(&self, timeout: Duration, online: impl Fn() -> bool) -> Result<(), KmdError> {
-        let deadline = Instant::now() + timeout;
+    /// whether the device is still there. Polls (yielding the CPU) for up to `spin`
+    /// before sleeping: a completion that is microseconds away is cheaper to catch
+    /// awake than through a futex wake-up.
+    ///
+    /// `poll` runs on each spin: the caller may drain the response ring itself there
+    /// (busy polling) instead of waiting for the interrupt thread.
+    pub fn wait(&self, timeout: Duration, spin: Duration, mut poll: impl FnMut(), online: impl Fn() -> bool) -> Result<(), KmdError> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        // Acquire: pairs with the Release in `set_queued`.
+        let mut round = 0u32;
+        while !self.idle.load(Ordering::Acquire) && start.elapsed() < spin.min(timeout) {
+            poll();
+            if self.idle.load(Ordering::Acquire) {
+                break;
+            }
+            crate::threads::relax(&mut round);
+        }
         let mut st = self.state.lock();
         loop {
             if st.executions > 0 && !st.queued && st.completed == st.executions {

@@ -358,9 +358,9 @@ impl Client {
                 run = if ends_slice { 0 } else { run + 1 };
                 ch.tail = ring.next(ch.tail);
             }
-            st.queued = true;
-            st.executions += 1;
             st.slices_left = slicing.slices;
+            bo.set_queued(st, true);
+            st.executions += 1;
             st.error = None;
             st.aborted = None;
             st.perf = Some(Perf { received, submitted: received, processed: received, queue_level_before: level, num_queue_element: count });
@@ -389,7 +389,14 @@ impl Client {
             Some(_) => {}
         }
         let timeout = Duration::from_millis(if timeout_ms == 0 { DEFAULT_WAIT_MS } else { timeout_ms });
-        bo.wait(timeout, || self.shared.online())
+        let shared = &self.shared;
+        let mut scratch = Vec::new();
+        let poll = || {
+            if shared.config.wait_busy_poll && shared.config.stepping == crate::Stepping::Threads {
+                shared.channels[dbc].drain(dbc, &shared.region, &shared.map, shared.ring, &mut scratch);
+            }
+        };
+        bo.wait(timeout, shared.config.wait_spin, poll, || shared.online())
     }
 
     /// PERF_STATS_BO for the latest execution of each buffer.

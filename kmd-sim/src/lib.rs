@@ -66,6 +66,12 @@ pub struct KmdConfig {
     /// How long the interrupt thread keeps polling the rings after its last completion
     /// before it re-arms and sleeps (the driver's last-chance poll).
     pub irq_poll: Duration,
+    /// How long WAIT_BO polls for the completion before it sleeps.
+    pub wait_spin: Duration,
+    /// Whether WAIT_BO, while it polls, drains its channel's response ring itself (busy
+    /// polling) rather than only watching for the interrupt thread's completion. The
+    /// interrupt path is unchanged either way.
+    pub wait_busy_poll: bool,
     /// How long a control request may take before the call fails with ETIMEDOUT.
     pub control_timeout: Duration,
 }
@@ -78,6 +84,8 @@ impl Default for KmdConfig {
             first_req_id: 0,
             device_idle_spin: Duration::from_micros(50),
             irq_poll: Duration::from_micros(20),
+            wait_spin: Duration::from_micros(20),
+            wait_busy_poll: true,
             control_timeout: Duration::from_secs(5),
         }
     }

@@ -12,6 +12,20 @@ use aicsim_device::Firmware;
 
 use crate::Shared;
 
+/// Backs off inside a polling loop: a few rounds of pure spinning (a completion
+/// microseconds away is caught without giving up the core), then yielding so that the
+/// other threads of a small machine get to run.
+pub(crate) fn relax(round: &mut u32) {
+    *round = round.saturating_add(1);
+    if *round < 64 {
+        for _ in 0..(*round * 4) {
+            std::hint::spin_loop();
+        }
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 /// Longest single sleep, so a stop request is noticed even without a wake.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
@@ -22,16 +36,19 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
             let region = &shared.region;
             firmware.boot(region);
             let mut last_work = Instant::now();
+            let mut round = 0;
             while !shared.stop.load(Acquire) {
                 let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
                 if firmware.service(region).progressed() {
                     last_work = Instant::now();
+                    round = 0;
                     continue;
                 }
                 if last_work.elapsed() < shared.config.device_idle_spin {
-                    std::thread::yield_now();
+                    relax(&mut round);
                     continue;
                 }
+                round = 0;
                 region.store_u32(layout::DEVICE_SLEEPING, 1, SeqCst);
                 // SeqCst: after announcing sleep, a host that bumped the wake word
                 // before seeing our flag is caught here; one that bumps it later sees
