@@ -132,6 +132,9 @@ fn main() {
     let p16 = pipelined(device.clone(), &program, 1, 16, count);
     let p2x8 = pipelined(device, &program, 2, 8, count);
 
+    if std::env::var("AICSIM_SHOW_ROUNDS").is_ok() {
+        println!("baseline p50 per round: {b50:.3?}\naicsim   p50 per round: {s50:.3?}");
+    }
     let best = b50.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let (b50, b99) = (b50[best], b99[best]);
     let (s50, s99) = (median(s50), median(s99));
@@ -139,7 +142,12 @@ fn main() {
     println!("{:<52} {:>9} {:>9}", "", "p50 us", "p99 us");
     println!("{:<52} {:>9.2} {:>9.2}", "baseline: crossbeam ping-pong round trip (best round)", b50, b99);
     println!("{:<52} {:>9.2} {:>9.2}", "aicsim: synchronous round trip (median round)", s50, s99);
-    println!("{:<52} {:>9.2} {:>9.2}", "aicsim: software path alone (manual stepping)", micros(percentile(&path, 0.5)), micros(percentile(&path, 0.99)));
+    println!(
+        "{:<52} {:>9.2} {:>9.2}",
+        "aicsim: software path alone (manual stepping)",
+        micros(percentile(&path, 0.5)),
+        micros(percentile(&path, 0.99))
+    );
     println!("sync p50 / baseline p50 = {:.2}x (target <= 4x)", s50 / b50);
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 1 activation x S=8", p8);
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 1 activation x S=16", p16);

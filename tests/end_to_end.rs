@@ -55,7 +55,12 @@ fn thousands_of_pipelined_inferences_on_several_activations_all_match_the_host()
                 per_activation.lock()[done.activation] += 1;
                 assert!(done.queue_depth >= 1 && done.queue_depth <= 4);
                 let t = done.timestamps;
-                assert!(t.enqueue <= t.pre_proc_start && t.submit_start <= t.submitted && t.submitted <= t.completed && t.completed <= t.post_proc_end);
+                assert!(
+                    t.enqueue <= t.pre_proc_start
+                        && t.submit_start <= t.submitted
+                        && t.submitted <= t.completed
+                        && t.completed <= t.post_proc_end
+                );
             },
         )
         .unwrap();

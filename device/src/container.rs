@@ -193,7 +193,9 @@ pub enum ContainerError {
     ChecksumMismatch { stored: u32, computed: u32 },
     #[error("section table of {count} entries ends at byte {end}, past the end of the {file_len}-byte file")]
     TableOutOfBounds { count: u32, end: u64, file_len: u64 },
-    #[error("section {index} ({section}) spans [{offset}, {offset} + {len}), past the end of the {file_len}-byte file")]
+    #[error(
+        "section {index} ({section}) spans [{offset}, {offset} + {len}), past the end of the {file_len}-byte file"
+    )]
     SectionOutOfBounds { index: usize, section: &'static str, offset: u64, len: u64, file_len: u64 },
     #[error("section {index} has unknown kind {kind}")]
     UnknownSection { index: usize, kind: u32 },
@@ -254,11 +256,17 @@ impl<'a> Cursor<'a> {
 fn fixed_str(section: &'static str, bytes: &[u8]) -> Result<String, ContainerError> {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     if bytes[end..].iter().any(|&b| b != 0) {
-        return Err(ContainerError::Invalid { section, what: "name".into(), reason: "bytes after the terminating NUL" });
+        return Err(ContainerError::Invalid {
+            section,
+            what: "name".into(),
+            reason: "bytes after the terminating NUL",
+        });
     }
-    core::str::from_utf8(&bytes[..end])
-        .map(String::from)
-        .map_err(|_| ContainerError::Invalid { section, what: "name".into(), reason: "not UTF-8" })
+    core::str::from_utf8(&bytes[..end]).map(String::from).map_err(|_| ContainerError::Invalid {
+        section,
+        what: "name".into(),
+        reason: "not UTF-8",
+    })
 }
 
 fn range_ok(start: u64, len: u64, size: u64) -> Option<u64> {
@@ -292,10 +300,18 @@ impl ProgramImage {
             return Err(ContainerError::UnsupportedVersion { found: header.version, supported: VERSION });
         }
         if header.header_bytes as usize != HEADER_BYTES {
-            return Err(ContainerError::BadHeader { field: "header_bytes", value: header.header_bytes.into(), expected: HEADER_BYTES as u64 });
+            return Err(ContainerError::BadHeader {
+                field: "header_bytes",
+                value: header.header_bytes.into(),
+                expected: HEADER_BYTES as u64,
+            });
         }
         if header.reserved != [0; 8] {
-            return Err(ContainerError::BadHeader { field: "reserved", value: header.reserved.iter().map(|&w| u64::from(w)).sum(), expected: 0 });
+            return Err(ContainerError::BadHeader {
+                field: "reserved",
+                value: header.reserved.iter().map(|&w| u64::from(w)).sum(),
+                expected: 0,
+            });
         }
         let file_len = bytes.len() as u64;
         if header.file_bytes != file_len {
@@ -318,10 +334,20 @@ impl ProgramImage {
             let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
             let section = section_name(entry.kind);
             if entry.reserved != 0 {
-                return Err(ContainerError::Invalid { section, what: format!("section table entry {index}"), reason: "reserved field is nonzero" });
+                return Err(ContainerError::Invalid {
+                    section,
+                    what: format!("section table entry {index}"),
+                    reason: "reserved field is nonzero",
+                });
             }
             let Some(end) = range_ok(entry.offset, entry.len, file_len).filter(|_| entry.offset >= table_end) else {
-                return Err(ContainerError::SectionOutOfBounds { index, section, offset: entry.offset, len: entry.len, file_len });
+                return Err(ContainerError::SectionOutOfBounds {
+                    index,
+                    section,
+                    offset: entry.offset,
+                    len: entry.len,
+                    file_len,
+                });
             };
             let body = &bytes[entry.offset as usize..end as usize];
             let slot = match entry.kind {
@@ -346,29 +372,56 @@ impl ProgramImage {
         let meta: MetadataRecord = cur.record("metadata record")?;
         let name = fixed_str("metadata", &meta.name)?;
         if meta.reserved != [0; 2] {
-            return Err(ContainerError::Invalid { section: "metadata", what: "metadata record".into(), reason: "reserved field is nonzero" });
+            return Err(ContainerError::Invalid {
+                section: "metadata",
+                what: "metadata record".into(),
+                reason: "reserved field is nonzero",
+            });
         }
         if meta.batch_size == 0 {
-            return Err(ContainerError::OutOfRange { section: "metadata", what: "batch size", value: 0, bound: "must be at least 1" });
+            return Err(ContainerError::OutOfRange {
+                section: "metadata",
+                what: "batch size",
+                value: 0,
+                bound: "must be at least 1",
+            });
         }
 
         let mut cur = Cursor { section: "io", bytes: io, at: 0 };
         let count = cur.u32("binding count")?;
         if count > MAX_BINDINGS {
-            return Err(ContainerError::OutOfRange { section: "io", what: "binding count", value: count.into(), bound: "more than 64" });
+            return Err(ContainerError::OutOfRange {
+                section: "io",
+                what: "binding count",
+                value: count.into(),
+                bound: "more than 64",
+            });
         }
         cur.u32("padding")?;
         let mut bindings = Vec::with_capacity(count as usize);
         for _ in 0..count {
             let rec: BindingRecord = cur.record("binding record")?;
             let name = fixed_str("io", &rec.name)?;
-            if rec.reserved0 != 0 || rec.reserved1 != 0 || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0) {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field or unused shape dimension is nonzero" });
+            if rec.reserved0 != 0
+                || rec.reserved1 != 0
+                || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0)
+            {
+                return Err(ContainerError::Invalid {
+                    section: "io",
+                    what: name,
+                    reason: "reserved field or unused shape dimension is nonzero",
+                });
             }
             let direction = match rec.direction {
                 0 => IoDirection::Input,
                 1 => IoDirection::Output,
-                _ => return Err(ContainerError::Invalid { section: "io", what: name, reason: "direction is neither input nor output" }),
+                _ => {
+                    return Err(ContainerError::Invalid {
+                        section: "io",
+                        what: name,
+                        reason: "direction is neither input nor output",
+                    })
+                }
             };
             let Some(dtype) = IoDType::from_raw(rec.dtype) else {
                 return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown dtype" });
@@ -379,22 +432,47 @@ impl ProgramImage {
             let shape = rec.shape[..rec.rank as usize].to_vec();
             let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
             if elements.and_then(|e| e.checked_mul(dtype.bytes())) != Some(rec.size_bytes) || rec.size_bytes == 0 {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero" });
+                return Err(ContainerError::Invalid {
+                    section: "io",
+                    what: name,
+                    reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero",
+                });
             }
             let Some(end) = range_ok(rec.ddr_offset, rec.size_bytes, meta.ddr_bytes) else {
-                return Err(ContainerError::BindingOutsideDdr { name, start: rec.ddr_offset, end: rec.ddr_offset.saturating_add(rec.size_bytes), ddr_bytes: meta.ddr_bytes });
+                return Err(ContainerError::BindingOutsideDdr {
+                    name,
+                    start: rec.ddr_offset,
+                    end: rec.ddr_offset.saturating_add(rec.size_bytes),
+                    ddr_bytes: meta.ddr_bytes,
+                });
             };
             let _ = end;
-            bindings.push(IoBinding { name, direction, dtype, shape, ddr_offset: rec.ddr_offset, size_bytes: rec.size_bytes });
+            bindings.push(IoBinding {
+                name,
+                direction,
+                dtype,
+                shape,
+                ddr_offset: rec.ddr_offset,
+                size_bytes: rec.size_bytes,
+            });
         }
         if !bindings.iter().any(|b| b.direction == IoDirection::Output) {
-            return Err(ContainerError::Invalid { section: "io", what: "bindings".into(), reason: "the program has no output" });
+            return Err(ContainerError::Invalid {
+                section: "io",
+                what: "bindings".into(),
+                reason: "the program has no output",
+            });
         }
 
         let mut cur = Cursor { section: "code", bytes: code, at: 0 };
         let num_cores = cur.u32("core count")?;
         if num_cores == 0 || num_cores > MAX_CORES || num_cores != meta.num_cores {
-            return Err(ContainerError::OutOfRange { section: "code", what: "core count", value: num_cores.into(), bound: "must be 1..=64 and equal the metadata's core count" });
+            return Err(ContainerError::OutOfRange {
+                section: "code",
+                what: "core count",
+                value: num_cores.into(),
+                bound: "must be 1..=64 and equal the metadata's core count",
+            });
         }
         cur.u32("padding")?;
         let mut counts = Vec::with_capacity(num_cores as usize);
@@ -423,14 +501,27 @@ impl ProgramImage {
                 let data = cur.take("constant data", len)?;
                 let index = blobs.len();
                 if range_ok(rec.ddr_offset, rec.len, meta.ddr_bytes).is_none() {
-                    return Err(ContainerError::ConstantOutsideDdr { index, start: rec.ddr_offset, end: rec.ddr_offset.saturating_add(rec.len), ddr_bytes: meta.ddr_bytes });
+                    return Err(ContainerError::ConstantOutsideDdr {
+                        index,
+                        start: rec.ddr_offset,
+                        end: rec.ddr_offset.saturating_add(rec.len),
+                        ddr_bytes: meta.ddr_bytes,
+                    });
                 }
                 blobs.push(ConstantBlob { ddr_offset: rec.ddr_offset, data: data.to_vec() });
                 cur.align8();
             }
         }
 
-        Ok(ProgramImage { name, batch_size: meta.batch_size, ddr_bytes: meta.ddr_bytes, vtcm_bytes: meta.vtcm_bytes, bindings, cores, constants: blobs })
+        Ok(ProgramImage {
+            name,
+            batch_size: meta.batch_size,
+            ddr_bytes: meta.ddr_bytes,
+            vtcm_bytes: meta.vtcm_bytes,
+            bindings,
+            cores,
+            constants: blobs,
+        })
     }
 
     /// Serialises the image into container bytes.
@@ -524,7 +615,7 @@ fn copy_name(dst: &mut [u8], name: &str) {
 }
 
 fn pad8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
 }
@@ -542,10 +633,27 @@ mod tests {
             ddr_bytes: 4096,
             vtcm_bytes: 1024,
             bindings: vec![
-                IoBinding { name: "x".into(), direction: IoDirection::Input, dtype: IoDType::F32, shape: vec![2, 8], ddr_offset: 0, size_bytes: 64 },
-                IoBinding { name: "y".into(), direction: IoDirection::Output, dtype: IoDType::F32, shape: vec![16], ddr_offset: 64, size_bytes: 64 },
+                IoBinding {
+                    name: "x".into(),
+                    direction: IoDirection::Input,
+                    dtype: IoDType::F32,
+                    shape: vec![2, 8],
+                    ddr_offset: 0,
+                    size_bytes: 64,
+                },
+                IoBinding {
+                    name: "y".into(),
+                    direction: IoDirection::Output,
+                    dtype: IoDType::F32,
+                    shape: vec![16],
+                    ddr_offset: 64,
+                    size_bytes: 64,
+                },
             ],
-            cores: vec![vec![Instruction::encode(Op::DmaIn { ddr: 0, vtcm: 0, bytes: 64 }), Instruction::encode(Op::End)]],
+            cores: vec![vec![
+                Instruction::encode(Op::DmaIn { ddr: 0, vtcm: 0, bytes: 64 }),
+                Instruction::encode(Op::End),
+            ]],
             constants: vec![ConstantBlob { ddr_offset: 128, data: vec![1, 2, 3] }],
         }
     }
@@ -575,6 +683,9 @@ mod tests {
         let mut img = sample();
         img.bindings[1].ddr_offset = 4090;
         let err = ProgramImage::parse(&img.to_bytes()).unwrap_err();
-        assert_eq!(err, ContainerError::BindingOutsideDdr { name: "y".into(), start: 4090, end: 4154, ddr_bytes: 4096 });
+        assert_eq!(
+            err,
+            ContainerError::BindingOutsideDdr { name: "y".into(), start: 4090, end: 4154, ddr_bytes: 4096 }
+        );
     }
 }

@@ -38,12 +38,22 @@ pub const RESPONSE_HEADER_BYTES: u64 = size_of::<ControlResponse>() as u64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ControlCommand {
     /// Read a program container from host memory, validate it and keep it.
-    LoadProgram { host_addr: u64, len: u64 },
-    UnloadProgram { program: u32 },
+    LoadProgram {
+        host_addr: u64,
+        len: u64,
+    },
+    UnloadProgram {
+        program: u32,
+    },
     /// Place a loaded program on free cores with its own DDR and semaphores, and bind
     /// it to channel `dbc`.
-    Activate { program: u32, dbc: u32 },
-    Deactivate { dbc: u32 },
+    Activate {
+        program: u32,
+        dbc: u32,
+    },
+    Deactivate {
+        dbc: u32,
+    },
     Status,
 }
 
@@ -125,11 +135,26 @@ pub struct ActivationInfo {
 
 impl ActivationInfo {
     pub fn to_values(self) -> [u64; 7] {
-        [self.ddr_base, self.ddr_bytes, self.doorbell, self.sem_inputs.into(), self.sem_outputs.into(), self.core_mask, 0]
+        [
+            self.ddr_base,
+            self.ddr_bytes,
+            self.doorbell,
+            self.sem_inputs.into(),
+            self.sem_outputs.into(),
+            self.core_mask,
+            0,
+        ]
     }
 
     pub fn from_values(v: [u64; 7]) -> ActivationInfo {
-        ActivationInfo { ddr_base: v[0], ddr_bytes: v[1], doorbell: v[2], sem_inputs: v[3] as u8, sem_outputs: v[4] as u8, core_mask: v[5] }
+        ActivationInfo {
+            ddr_base: v[0],
+            ddr_bytes: v[1],
+            doorbell: v[2],
+            sem_inputs: v[3] as u8,
+            sem_outputs: v[4] as u8,
+            core_mask: v[5],
+        }
     }
 }
 

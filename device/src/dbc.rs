@@ -438,7 +438,8 @@ mod tests {
     fn cmd_roundtrips_and_rejects_direction_three() {
         for dir in [Direction::None, Direction::ToDevice, Direction::FromDevice] {
             for bits in 0..8u8 {
-                let c = Cmd { direction: dir, completion: bits & 1 != 0, bulk: bits & 2 != 0, force_msi: bits & 4 != 0 };
+                let c =
+                    Cmd { direction: dir, completion: bits & 1 != 0, bulk: bits & 2 != 0, force_msi: bits & 4 != 0 };
                 assert_eq!(Cmd::decode(c.encode()), Ok(c));
             }
         }
@@ -448,7 +449,14 @@ mod tests {
 
     #[test]
     fn semaphore_command_bits_match_the_reference_layout() {
-        let s = SemCommand { op: SemOp::WaitGe, index: 17, value: 0xABC, presync: true, inbound_fence: true, outbound_fence: false };
+        let s = SemCommand {
+            op: SemOp::WaitGe,
+            index: 17,
+            value: 0xABC,
+            presync: true,
+            inbound_fence: true,
+            outbound_fence: false,
+        };
         let raw = s.encode();
         assert_eq!(raw, (1 << 31) | (1 << 30) | (5 << 24) | (1 << 22) | (17 << 16) | 0xABC);
         assert_eq!(SemCommand::decode(raw), Ok(Some(s)));

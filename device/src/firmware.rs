@@ -18,7 +18,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use crate::container::ProgramImage;
-use crate::control::{ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
+use crate::control::{
+    ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES,
+};
 use crate::dbc::{
     Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
     NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, REQ_HEAD, REQ_TAIL, RSP_HEAD, RSP_TAIL, SEM_VALUE_MAX,
@@ -306,7 +308,7 @@ impl Firmware {
         let doorbell = DoorbellAttr::decode(e.db_attr)?;
         if let Some(db) = doorbell {
             let width = db.width.bytes();
-            let aligned = e.db_addr % width == 0;
+            let aligned = e.db_addr.is_multiple_of(width);
             let to_own_doorbell = self.config.map.doorbell_channel(e.db_addr) == Some(dbc);
             if !aligned || !(to_own_doorbell || self.device_range_ok(dbc, e.db_addr, width)) {
                 return Err(CompletionCode::BadDoorbell);
@@ -365,7 +367,11 @@ impl Firmware {
                     Direction::FromDevice => mem.copy(map.ddr_offset() + e.src_addr, e.dest_addr, len),
                 };
                 if moved.is_err() {
-                    return Step::Done { status: CompletionCode::DeviceAddressOutOfRange as u16, respond: true, force_msi: false };
+                    return Step::Done {
+                        status: CompletionCode::DeviceAddressOutOfRange as u16,
+                        respond: true,
+                        force_msi: false,
+                    };
                 }
                 0
             }
@@ -461,7 +467,11 @@ impl Firmware {
         let _ = mem.read(layout::CTRL_REQUEST_OFFSET, &mut raw);
         let req: ControlRequest = bytemuck::pod_read_unaligned(&raw);
         let (status, values, message) = match ControlCommand::decode(&req) {
-            None => (ControlStatus::InvalidArgument, [0; 7], format!("unknown control opcode {} or argument out of range", req.opcode)),
+            None => (
+                ControlStatus::InvalidArgument,
+                [0; 7],
+                format!("unknown control opcode {} or argument out of range", req.opcode),
+            ),
             Some(cmd) => match self.control(cmd, mem) {
                 Ok(values) => (ControlStatus::Ok, values, String::new()),
                 Err((status, message)) => (status, [0; 7], message),
@@ -480,7 +490,9 @@ impl Firmware {
 
     fn control<M: SharedMemory>(&mut self, cmd: ControlCommand, mem: &M) -> Result<[u64; 7], (ControlStatus, String)> {
         match cmd {
-            ControlCommand::LoadProgram { host_addr, len } => self.load_program(host_addr, len, mem).map(|id| [id.into(), 0, 0, 0, 0, 0, 0]),
+            ControlCommand::LoadProgram { host_addr, len } => {
+                self.load_program(host_addr, len, mem).map(|id| [id.into(), 0, 0, 0, 0, 0, 0])
+            }
             ControlCommand::UnloadProgram { program } => {
                 let slot = self.programs.get_mut(program as usize).filter(|p| p.is_some());
                 let Some(slot) = slot else {
@@ -492,7 +504,9 @@ impl Firmware {
                 *slot = None;
                 Ok([0; 7])
             }
-            ControlCommand::Activate { program, dbc } => self.activate(program, dbc, mem).map(ActivationInfo::to_values),
+            ControlCommand::Activate { program, dbc } => {
+                self.activate(program, dbc, mem).map(ActivationInfo::to_values)
+            }
             ControlCommand::Deactivate { dbc } => self.deactivate(dbc).map(|()| [0; 7]),
             ControlCommand::Status => Ok(self.status().to_values()),
         }
@@ -511,21 +525,45 @@ impl Firmware {
         }
     }
 
-    fn load_program<M: SharedMemory>(&mut self, host_addr: u64, len: u64, mem: &M) -> Result<u32, (ControlStatus, String)> {
+    fn load_program<M: SharedMemory>(
+        &mut self,
+        host_addr: u64,
+        len: u64,
+        mem: &M,
+    ) -> Result<u32, (ControlStatus, String)> {
         if !self.config.map.host_range_ok(host_addr, len) {
-            return Err((ControlStatus::InvalidArgument, format!("program image [{host_addr:#x}, +{len:#x}) is outside host memory")));
+            return Err((
+                ControlStatus::InvalidArgument,
+                format!("program image [{host_addr:#x}, +{len:#x}) is outside host memory"),
+            ));
         }
         let mut bytes = alloc::vec![0u8; len as usize];
         mem.read(host_addr, &mut bytes).map_err(|e| (ControlStatus::InvalidArgument, format!("{e}")))?;
-        let image = ProgramImage::parse(&bytes).map_err(|e| (ControlStatus::Rejected, format!("program container: {e}")))?;
+        let image =
+            ProgramImage::parse(&bytes).map_err(|e| (ControlStatus::Rejected, format!("program container: {e}")))?;
         if image.num_cores() > self.config.num_nsp {
-            return Err((ControlStatus::Rejected, format!("program needs {} cores but the device has {}", image.num_cores(), self.config.num_nsp)));
+            return Err((
+                ControlStatus::Rejected,
+                format!("program needs {} cores but the device has {}", image.num_cores(), self.config.num_nsp),
+            ));
         }
         if image.vtcm_bytes > self.config.vtcm_bytes {
-            return Err((ControlStatus::Rejected, format!("program needs {} bytes of VTCM per core but a core has {}", image.vtcm_bytes, self.config.vtcm_bytes)));
+            return Err((
+                ControlStatus::Rejected,
+                format!(
+                    "program needs {} bytes of VTCM per core but a core has {}",
+                    image.vtcm_bytes, self.config.vtcm_bytes
+                ),
+            ));
         }
         if image.ddr_bytes > self.config.map.ddr_bytes {
-            return Err((ControlStatus::Rejected, format!("program needs {} bytes of DDR but the device has {}", image.ddr_bytes, self.config.map.ddr_bytes)));
+            return Err((
+                ControlStatus::Rejected,
+                format!(
+                    "program needs {} bytes of DDR but the device has {}",
+                    image.ddr_bytes, self.config.map.ddr_bytes
+                ),
+            ));
         }
         let mut streams = Vec::with_capacity(image.cores.len());
         for (core, stream) in image.cores.iter().enumerate() {
@@ -534,7 +572,10 @@ impl Firmware {
             streams.push(ops);
         }
         let count = |n: usize, what: &str| {
-            u16::try_from(n).ok().filter(|&n| n <= SEM_VALUE_MAX).ok_or((ControlStatus::Rejected, format!("program has too many {what}")))
+            u16::try_from(n)
+                .ok()
+                .filter(|&n| n <= SEM_VALUE_MAX)
+                .ok_or((ControlStatus::Rejected, format!("program has too many {what}")))
         };
         let inputs = count(image.inputs().count(), "inputs")?;
         let outputs = count(image.outputs().count(), "outputs")?;
@@ -552,10 +593,18 @@ impl Firmware {
         Ok(id as u32)
     }
 
-    fn activate<M: SharedMemory>(&mut self, program: u32, dbc: u32, mem: &M) -> Result<ActivationInfo, (ControlStatus, String)> {
+    fn activate<M: SharedMemory>(
+        &mut self,
+        program: u32,
+        dbc: u32,
+        mem: &M,
+    ) -> Result<ActivationInfo, (ControlStatus, String)> {
         let dbc = dbc as usize;
         if dbc >= NUM_DBC {
-            return Err((ControlStatus::InvalidArgument, format!("channel {dbc} out of range (the device has {NUM_DBC})")));
+            return Err((
+                ControlStatus::InvalidArgument,
+                format!("channel {dbc} out of range (the device has {NUM_DBC})"),
+            ));
         }
         if self.activations[dbc].is_some() {
             return Err((ControlStatus::Busy, format!("channel {dbc} already has an activation")));
@@ -564,17 +613,28 @@ impl Firmware {
             return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
         };
         let need_cores = prog.image.num_cores() as usize;
-        let free_cores: Vec<u32> = (0..self.config.num_nsp).filter(|&c| self.core_owner[c as usize].is_none()).collect();
+        let free_cores: Vec<u32> =
+            (0..self.config.num_nsp).filter(|&c| self.core_owner[c as usize].is_none()).collect();
         if free_cores.len() < need_cores {
-            return Err((ControlStatus::NoResources, format!("program needs {need_cores} cores, {} of {} are free", free_cores.len(), self.config.num_nsp)));
+            return Err((
+                ControlStatus::NoResources,
+                format!("program needs {need_cores} cores, {} of {} are free", free_cores.len(), self.config.num_nsp),
+            ));
         }
-        let free_sems: Vec<u8> = (0..NUM_SEMAPHORES).filter(|&s| self.sem_owner[s as usize].is_none()).take(2).collect();
+        let free_sems: Vec<u8> =
+            (0..NUM_SEMAPHORES).filter(|&s| self.sem_owner[s as usize].is_none()).take(2).collect();
         if free_sems.len() < 2 {
-            return Err((ControlStatus::NoResources, String::from("no free semaphores (each activation needs 2 of the 32)")));
+            return Err((
+                ControlStatus::NoResources,
+                String::from("no free semaphores (each activation needs 2 of the 32)"),
+            ));
         }
         let ddr_bytes = prog.image.ddr_bytes.max(1);
         let Some(ddr_base) = self.ddr.alloc(ddr_bytes) else {
-            return Err((ControlStatus::NoResources, format!("no {ddr_bytes}-byte DDR extent free ({} bytes free in all)", self.ddr.free_bytes())));
+            return Err((
+                ControlStatus::NoResources,
+                format!("no {ddr_bytes}-byte DDR extent free ({} bytes free in all)", self.ddr.free_bytes()),
+            ));
         };
         let ddr_region = self.config.map.ddr_offset() + ddr_base;
         for blob in &prog.image.constants {
@@ -593,11 +653,19 @@ impl Firmware {
             self.sem_owner[s as usize] = Some(dbc);
             mem.store_u32(self.config.map.semaphore(s), 0, Release);
         }
-        let info = ActivationInfo { ddr_base, ddr_bytes, doorbell: self.config.map.doorbell(dbc), sem_inputs: free_sems[0], sem_outputs: free_sems[1], core_mask };
+        let info = ActivationInfo {
+            ddr_base,
+            ddr_bytes,
+            doorbell: self.config.map.doorbell(dbc),
+            sem_inputs: free_sems[0],
+            sem_outputs: free_sems[1],
+            core_mask,
+        };
         if let Some(Some(p)) = self.programs.get_mut(program as usize) {
             p.activations += 1;
         }
-        self.activations[dbc] = Some(Activation { program: program as usize, info, cores, doorbells_pending: 0, runs: 0 });
+        self.activations[dbc] =
+            Some(Activation { program: program as usize, info, cores, doorbells_pending: 0, runs: 0 });
         self.channels[dbc] = Channel::default();
         let map = self.config.map;
         mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);

@@ -64,11 +64,26 @@ pub enum BinaryOp {
 pub enum Op {
     End,
     /// DDR -> VTCM.
-    DmaIn { ddr: u64, vtcm: u64, bytes: u32 },
+    DmaIn {
+        ddr: u64,
+        vtcm: u64,
+        bytes: u32,
+    },
     /// VTCM -> DDR.
-    DmaOut { vtcm: u64, ddr: u64, bytes: u32 },
+    DmaOut {
+        vtcm: u64,
+        ddr: u64,
+        bytes: u32,
+    },
     /// `dst[i] = a[i] op b[i]` for `count` elements, all in VTCM.
-    Binary { op: BinaryOp, dtype: DType, dst: u64, a: u64, b: u64, count: u32 },
+    Binary {
+        op: BinaryOp,
+        dtype: DType,
+        dst: u64,
+        a: u64,
+        b: u64,
+        count: u32,
+    },
 }
 
 /// Why an instruction record does not decode.
@@ -86,8 +101,12 @@ impl Instruction {
     pub fn encode(op: Op) -> Instruction {
         match op {
             Op::End => Instruction { opcode: OP_END, ..Default::default() },
-            Op::DmaIn { ddr, vtcm, bytes } => Instruction { opcode: OP_DMA_IN, count: bytes, dst: vtcm, src0: ddr, ..Default::default() },
-            Op::DmaOut { vtcm, ddr, bytes } => Instruction { opcode: OP_DMA_OUT, count: bytes, dst: ddr, src0: vtcm, ..Default::default() },
+            Op::DmaIn { ddr, vtcm, bytes } => {
+                Instruction { opcode: OP_DMA_IN, count: bytes, dst: vtcm, src0: ddr, ..Default::default() }
+            }
+            Op::DmaOut { vtcm, ddr, bytes } => {
+                Instruction { opcode: OP_DMA_OUT, count: bytes, dst: ddr, src0: vtcm, ..Default::default() }
+            }
             Op::Binary { op, dtype, dst, a, b, count } => Instruction {
                 opcode: match op {
                     BinaryOp::Add => OP_VEC_ADD,
@@ -156,7 +175,10 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected() {
         assert_eq!(Instruction { opcode: 99, ..Default::default() }.decode(), Err(DecodeError::UnknownOpcode(99)));
-        assert_eq!(Instruction { opcode: OP_VEC_ADD, dtype: 7, ..Default::default() }.decode(), Err(DecodeError::UnknownDType(7)));
+        assert_eq!(
+            Instruction { opcode: OP_VEC_ADD, dtype: 7, ..Default::default() }.decode(),
+            Err(DecodeError::UnknownDType(7))
+        );
         assert!(Instruction { opcode: OP_END, count: 1, ..Default::default() }.decode().is_err());
     }
 }

@@ -50,6 +50,11 @@ pub const DOORBELL_BASE: u64 = 0xD000_0000_0000;
 /// Distance between two channels' doorbells.
 pub const DOORBELL_STRIDE: u64 = 0x10;
 
+// The fixed blocks do not overlap each other.
+const _: () = assert!(SEMAPHORES_OFFSET + 32 * 4 <= CTRL_REQUEST_OFFSET);
+const _: () = assert!(CTRL_REQUEST_OFFSET + 64 <= CTRL_RESPONSE_OFFSET);
+const _: () = assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RINGS_OFFSET);
+
 /// [`DEVICE_STATUS`] values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -172,8 +177,6 @@ mod tests {
     #[test]
     fn regions_do_not_overlap() {
         let map = MemoryMap { ring_nelem: 1024, host_bytes: 3 << 20, ddr_bytes: 1 << 30 };
-        assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RINGS_OFFSET);
-        assert!(SEMAPHORES_OFFSET + 32 * 4 <= CTRL_REQUEST_OFFSET);
         assert!(map.request_ring(15) + map.ring_alloc_bytes() <= map.host_offset());
         assert!(map.host_offset() + map.host_bytes <= map.ddr_offset());
         assert!(map.dbc_reg(15, dbc::RSP_TAIL) < DEVICE_REGS_OFFSET);

@@ -69,7 +69,7 @@ impl HeapMemory {
 
     fn word(&self, offset: u64) -> usize {
         let size = self.bytes.borrow().len() as u64;
-        assert!(offset % 4 == 0 && offset + 4 <= size, "register offset {offset:#x} out of range");
+        assert!(offset.is_multiple_of(4) && offset + 4 <= size, "register offset {offset:#x} out of range");
         offset as usize
     }
 

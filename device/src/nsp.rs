@@ -62,7 +62,12 @@ fn within(start: u64, len: u64, size: u64) -> bool {
 
 /// Decodes and checks a core's stream: every operand inside the core's VTCM or the
 /// program's DDR allocation, nothing empty, exactly one End, at the end.
-pub fn validate_stream(core: u32, stream: &[Instruction], vtcm_bytes: u64, ddr_bytes: u64) -> Result<Vec<Op>, ProgramError> {
+pub fn validate_stream(
+    core: u32,
+    stream: &[Instruction],
+    vtcm_bytes: u64,
+    ddr_bytes: u64,
+) -> Result<Vec<Op>, ProgramError> {
     let mut ops = Vec::with_capacity(stream.len());
     for (index, record) in stream.iter().enumerate() {
         let fail = |problem| ProgramError { core, index, problem };
@@ -137,7 +142,13 @@ impl NspCore {
 
     /// Runs a validated stream; `ddr_base` is the region offset of the activation's DDR.
     /// Returns the cycles it took.
-    pub fn run<M: SharedMemory>(&mut self, ops: &[Op], ddr_base: u64, mem: &M, cost: &CostModel) -> Result<u64, ExecFault> {
+    pub fn run<M: SharedMemory>(
+        &mut self,
+        ops: &[Op],
+        ddr_base: u64,
+        mem: &M,
+        cost: &CostModel,
+    ) -> Result<u64, ExecFault> {
         let mut cycles = 0u64;
         for (index, op) in ops.iter().enumerate() {
             let fault = ExecFault { index };
@@ -228,7 +239,10 @@ mod tests {
         let err = validate_stream(0, &stream, 4096, 1024).unwrap_err();
         assert!(matches!(err.problem, StreamProblem::DdrOverflow { ddr_bytes: 1024, .. }));
 
-        assert_eq!(validate_stream(0, &enc(&[Op::DmaIn { ddr: 0, vtcm: 0, bytes: 4 }]), 64, 64).unwrap_err().problem, StreamProblem::MissingEnd);
+        assert_eq!(
+            validate_stream(0, &enc(&[Op::DmaIn { ddr: 0, vtcm: 0, bytes: 4 }]), 64, 64).unwrap_err().problem,
+            StreamProblem::MissingEnd
+        );
         assert_eq!(validate_stream(0, &enc(&[Op::End, Op::End]), 64, 64).unwrap_err().problem, StreamProblem::AfterEnd);
     }
 

@@ -12,7 +12,14 @@ fn valid() -> Vec<u8> {
         Op::DmaOut { vtcm: 128, ddr: 128, bytes: 64 },
         Op::End,
     ];
-    let io = |name: &str, direction, ddr_offset| IoBinding { name: name.into(), direction, dtype: IoDType::F32, shape: vec![4, 4], ddr_offset, size_bytes: 64 };
+    let io = |name: &str, direction, ddr_offset| IoBinding {
+        name: name.into(),
+        direction,
+        dtype: IoDType::F32,
+        shape: vec![4, 4],
+        ddr_offset,
+        size_bytes: 64,
+    };
     ProgramImage {
         name: "mutant".into(),
         batch_size: 2,
@@ -27,13 +34,31 @@ fn valid() -> Vec<u8> {
 
 #[derive(Clone, Debug)]
 enum Mutation {
-    Flip { at: usize, bits: u8 },
-    Set { at: usize, value: u8 },
-    Truncate { len: usize },
-    Insert { at: usize, bytes: Vec<u8> },
-    Remove { at: usize, len: usize },
+    Flip {
+        at: usize,
+        bits: u8,
+    },
+    Set {
+        at: usize,
+        value: u8,
+    },
+    Truncate {
+        len: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Remove {
+        at: usize,
+        len: usize,
+    },
     /// Overwrite a little-endian u32/u64 field with an extreme value.
-    Extreme { at: usize, wide: bool, value: u64 },
+    Extreme {
+        at: usize,
+        wide: bool,
+        value: u64,
+    },
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -42,7 +67,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Mutation::Flip { at, bits }),
         (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
         any::<usize>().prop_map(|len| Mutation::Truncate { len }),
-        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
         (any::<usize>(), 1usize..32).prop_map(|(at, len)| Mutation::Remove { at, len }),
         (any::<usize>(), any::<bool>(), extreme).prop_map(|(at, wide, value)| Mutation::Extreme { at, wide, value }),
     ]

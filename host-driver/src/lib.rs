@@ -77,7 +77,9 @@ impl From<KmdError> for DriverError {
             Errno::ENOSPC => DriverError::NoSpace(d),
             Errno::EPIPE => DriverError::Pipe(d),
             Errno::ENOMEM => DriverError::NoMemory(d),
-            Errno::EIO => DriverError::Device { code: e.device_code.unwrap_or(CompletionCode::ProgramFault), detail: d },
+            Errno::EIO => {
+                DriverError::Device { code: e.device_code.unwrap_or(CompletionCode::ProgramFault), detail: d }
+            }
         }
     }
 }
@@ -147,18 +149,36 @@ pub struct Slice {
 impl Slice {
     fn to_uapi(&self) -> Result<AttachSliceEntry> {
         if self.semaphores.len() > 4 {
-            return Err(DriverError::InvalidArgument(format!("a slice takes at most 4 semaphore commands, got {}", self.semaphores.len())));
+            return Err(DriverError::InvalidArgument(format!(
+                "a slice takes at most 4 semaphore commands, got {}",
+                self.semaphores.len()
+            )));
         }
         let mut sems = [Sem::default(); 4];
         for (raw, s) in sems.iter_mut().zip(&self.semaphores) {
             let index = s.index;
-            *raw = Sem { val: s.value, index, presync: u8::from(s.at == SyncPoint::Presync), cmd: s.op as u8, flags: 0, pad: 0 };
+            *raw = Sem {
+                val: s.value,
+                index,
+                presync: u8::from(s.at == SyncPoint::Presync),
+                cmd: s.op as u8,
+                flags: 0,
+                pad: 0,
+            };
         }
         let (db_addr, db_data, db_len) = match self.doorbell {
             Some(d) => (d.addr, d.data, d.width as u32),
             None => (0, 0, 0),
         };
-        Ok(AttachSliceEntry { size: self.size, sems, dev_addr: self.dev_addr, db_addr, db_data, db_len, offset: self.offset })
+        Ok(AttachSliceEntry {
+            size: self.size,
+            sems,
+            dev_addr: self.dev_addr,
+            db_addr,
+            db_data,
+            db_len,
+            offset: self.offset,
+        })
     }
 }
 
@@ -211,7 +231,8 @@ impl Device {
     pub fn execute(&self, channel: &Channel, buffers: &[(&Buffer, DmaDirection)]) -> Result<()> {
         let mut entries = [ExecuteEntry { handle: 0, dir: 0 }; 16];
         if buffers.len() > entries.len() {
-            let list: Vec<ExecuteEntry> = buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
+            let list: Vec<ExecuteEntry> =
+                buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
             return Ok(self.client.execute_bo(channel.id, &list)?);
         }
         for (slot, (b, d)) in entries.iter_mut().zip(buffers) {

@@ -67,7 +67,16 @@ impl Bo {
             handle,
             offset,
             size,
-            state: Mutex::new(BoState { slicing: None, queued: false, executions: 0, completed: 0, slices_left: 0, error: None, aborted: None, perf: None }),
+            state: Mutex::new(BoState {
+                slicing: None,
+                queued: false,
+                executions: 0,
+                completed: 0,
+                slices_left: 0,
+                error: None,
+                aborted: None,
+                perf: None,
+            }),
             done: Condvar::new(),
             idle: AtomicBool::new(true),
             host_mem,
@@ -123,7 +132,13 @@ impl Bo {
     ///
     /// `poll` runs on each spin: the caller may drain the response ring itself there
     /// (busy polling) instead of waiting for the interrupt thread.
-    pub fn wait(&self, timeout: Duration, spin: Duration, mut poll: impl FnMut(), online: impl Fn() -> bool) -> Result<(), KmdError> {
+    pub fn wait(
+        &self,
+        timeout: Duration,
+        spin: Duration,
+        mut poll: impl FnMut(),
+        online: impl Fn() -> bool,
+    ) -> Result<(), KmdError> {
         let start = Instant::now();
         let deadline = start + timeout;
         // Acquire: pairs with the Release in `set_queued`.
@@ -152,7 +167,10 @@ impl Bo {
             // Wake at least every 50 ms to notice a device that went away.
             let slice_end = deadline.min(Instant::now() + Duration::from_millis(50));
             if self.done.wait_until(&mut st, slice_end).timed_out() && Instant::now() >= deadline {
-                return Err(KmdError::new(Errno::ETIMEDOUT, format!("buffer {} did not complete within {} ms", self.handle, timeout.as_millis())));
+                return Err(KmdError::new(
+                    Errno::ETIMEDOUT,
+                    format!("buffer {} did not complete within {} ms", self.handle, timeout.as_millis()),
+                ));
             }
         }
     }

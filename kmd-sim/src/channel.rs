@@ -65,7 +65,14 @@ impl HostChannel {
     /// new head so that a response the device posted without an interrupt (it saw the
     /// ring non-empty) is never left behind. Completes buffers outside the channel lock
     /// and returns how many responses it consumed.
-    pub fn drain(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap, ring: Ring, scratch: &mut Vec<(Inflight, u16)>) -> usize {
+    pub fn drain(
+        &self,
+        dbc: usize,
+        region: &SharedRegion,
+        map: &MemoryMap,
+        ring: Ring,
+        scratch: &mut Vec<(Inflight, u16)>,
+    ) -> usize {
         let mut consumed = 0;
         {
             let mut ch = self.state.lock();

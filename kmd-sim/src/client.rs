@@ -6,14 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_device::control::{ActivationInfo, ControlCommand};
-use aicsim_device::dbc::{Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, REQ_HEAD, REQ_TAIL, SEM_VALUE_MAX};
+use aicsim_device::dbc::{
+    Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, REQ_HEAD, REQ_TAIL,
+    SEM_VALUE_MAX,
+};
 use aicsim_device::memory::SharedMemory;
 use parking_lot::Mutex;
 
 use crate::bo::{Bo, Perf, Slicing};
 use crate::channel::{HostChannel, Inflight};
 use crate::error::{fail, Errno, KmdError, Result};
-use crate::uapi::{AttachSliceEntry, BoInfo, ExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE, SEM_INSYNCFENCE, SEM_OUTSYNCFENCE};
+use crate::uapi::{
+    AttachSliceEntry, BoInfo, ExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE, SEM_INSYNCFENCE,
+    SEM_OUTSYNCFENCE,
+};
 use crate::Shared;
 
 /// Largest bytes one request element moves; a longer slice becomes several elements,
@@ -63,7 +69,10 @@ impl BoMapping {
     fn check(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.bo.size => Ok(()),
-            _ => fail(Errno::EINVAL, format!("access [{offset}, +{len}) is outside the {}-byte buffer {}", self.bo.size, self.bo.handle)),
+            _ => fail(
+                Errno::EINVAL,
+                format!("access [{offset}, +{len}) is outside the {}-byte buffer {}", self.bo.size, self.bo.handle),
+            ),
         }
     }
 }
@@ -141,7 +150,10 @@ impl Client {
             return fail(Errno::EINVAL, format!("buffer size {size} overflows"));
         };
         let Some(start) = host_mem.alloc(rounded) else {
-            return fail(Errno::ENOMEM, format!("no {rounded}-byte extent free in the {}-byte host memory window", host_mem.total_bytes()));
+            return fail(
+                Errno::ENOMEM,
+                format!("no {rounded}-byte extent free in the {}-byte host memory window", host_mem.total_bytes()),
+            );
         };
         drop(host_mem);
         let handle = self.shared.next_handle.fetch_add(1, Relaxed);
@@ -185,7 +197,12 @@ impl Client {
             }
             match s.offset.checked_add(s.size) {
                 Some(end) if end <= bo.size => {}
-                _ => return fail(Errno::EINVAL, format!("slice {i} [{}, +{}) runs past the {}-byte buffer", s.offset, s.size, bo.size)),
+                _ => {
+                    return fail(
+                        Errno::EINVAL,
+                        format!("slice {i} [{}, +{}) runs past the {}-byte buffer", s.offset, s.size, bo.size),
+                    )
+                }
             }
             let mut presync = None;
             let mut post = Vec::new();
@@ -207,7 +224,14 @@ impl Client {
                         return fail(Errno::EINVAL, format!("slice {i} doorbell width {bits} is not 0, 8, 16 or 32"));
                     };
                     if s.db_addr % width.bytes() != 0 {
-                        return fail(Errno::EINVAL, format!("slice {i} doorbell address {:#x} is not aligned to {} bytes", s.db_addr, width.bytes()));
+                        return fail(
+                            Errno::EINVAL,
+                            format!(
+                                "slice {i} doorbell address {:#x} is not aligned to {} bytes",
+                                s.db_addr,
+                                width.bytes()
+                            ),
+                        );
                     }
                     Some(DoorbellAttr { width })
                 }
@@ -247,7 +271,14 @@ impl Client {
             }
         }
         if elements.len() as u64 > u64::from(self.shared.ring.capacity()) {
-            return fail(Errno::ENOSPC, format!("buffer needs {} ring elements but the ring holds {}", elements.len(), self.shared.ring.capacity()));
+            return fail(
+                Errno::ENOSPC,
+                format!(
+                    "buffer needs {} ring elements but the ring holds {}",
+                    elements.len(),
+                    self.shared.ring.capacity()
+                ),
+            );
         }
         let mut st = bo.state.lock();
         if st.slicing.is_some() {
@@ -318,8 +349,18 @@ impl Client {
             let st = bo.state.lock();
             match &st.slicing {
                 None => return fail(Errno::EINVAL, format!("buffer {} is not sliced", e.handle)),
-                Some(s) if s.dbc as usize != dbc => return fail(Errno::EINVAL, format!("buffer {} is sliced for channel {}, not {dbc}", e.handle, s.dbc)),
-                Some(s) if s.dir != e.dir => return fail(Errno::EINVAL, format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir)),
+                Some(s) if s.dbc as usize != dbc => {
+                    return fail(
+                        Errno::EINVAL,
+                        format!("buffer {} is sliced for channel {}, not {dbc}", e.handle, s.dbc),
+                    )
+                }
+                Some(s) if s.dir != e.dir => {
+                    return fail(
+                        Errno::EINVAL,
+                        format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir),
+                    )
+                }
                 Some(s) => needed += s.elements.len() as u32,
             }
             if st.queued {
@@ -339,7 +380,10 @@ impl Client {
             }
             ch.head_cache = head;
             if ring.free(head, ch.tail) < needed {
-                return fail(Errno::EAGAIN, format!("channel {dbc} has {} free elements, {needed} needed", ring.free(head, ch.tail)));
+                return fail(
+                    Errno::EAGAIN,
+                    format!("channel {dbc} has {} free elements, {needed} needed", ring.free(head, ch.tail)),
+                );
             }
         }
         let level = ring.used(ch.head_cache, ch.tail);
@@ -354,7 +398,8 @@ impl Client {
                 ch.next_req_id = ch.next_req_id.wrapping_add(1);
                 let slot = shared.map.request_element(dbc, ch.tail);
                 shared.region.write(slot, bytemuck::bytes_of(&e)).expect("ring inside the region");
-                ch.inflight[usize::from(e.req_id)] = Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
+                ch.inflight[usize::from(e.req_id)] =
+                    Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
                 run = if ends_slice { 0 } else { run + 1 };
                 ch.tail = ring.next(ch.tail);
             }
@@ -363,7 +408,13 @@ impl Client {
             st.executions += 1;
             st.error = None;
             st.aborted = None;
-            st.perf = Some(Perf { received, submitted: received, processed: received, queue_level_before: level, num_queue_element: count });
+            st.perf = Some(Perf {
+                received,
+                submitted: received,
+                processed: received,
+                queue_level_before: level,
+                num_queue_element: count,
+            });
         }
         // Release: element contents are visible to the device before the tail.
         shared.region.store_u32(regs(REQ_TAIL), ch.tail, Release);
@@ -385,7 +436,9 @@ impl Client {
         let bo = self.bo(handle)?;
         match bo.state.lock().slicing.as_ref() {
             None => return fail(Errno::EINVAL, format!("buffer {handle} is not sliced")),
-            Some(s) if s.dbc as usize != dbc => return fail(Errno::EINVAL, format!("buffer {handle} is sliced for channel {}, not {dbc}", s.dbc)),
+            Some(s) if s.dbc as usize != dbc => {
+                return fail(Errno::EINVAL, format!("buffer {handle} is sliced for channel {}, not {dbc}", s.dbc))
+            }
             Some(_) => {}
         }
         let timeout = Duration::from_millis(if timeout_ms == 0 { DEFAULT_WAIT_MS } else { timeout_ms });
@@ -429,7 +482,9 @@ impl Client {
         let handle = self.create_bo(container.len() as u64)?;
         let map = self.mmap_bo(handle)?;
         map.write(0, container)?;
-        let result = self.shared.control(ControlCommand::LoadProgram { host_addr: map.info().offset, len: container.len() as u64 });
+        let result = self
+            .shared
+            .control(ControlCommand::LoadProgram { host_addr: map.info().offset, len: container.len() as u64 });
         self.free_bo(handle)?;
         result.map(|v| v[0] as u32)
     }

@@ -151,7 +151,10 @@ impl Shared {
             }
             let now = Instant::now();
             if now >= deadline {
-                return fail(Errno::ETIMEDOUT, format!("device did not answer {cmd:?} within {:?}", self.config.control_timeout));
+                return fail(
+                    Errno::ETIMEDOUT,
+                    format!("device did not answer {cmd:?} within {:?}", self.config.control_timeout),
+                );
             }
             self.region.wait(layout::CTRL_RSP_SEQ, answered, (deadline - now).min(Duration::from_millis(10)));
         }
@@ -160,7 +163,9 @@ impl Shared {
         let rsp: ControlResponse = bytemuck::pod_read_unaligned(&raw);
         let len = (rsp.message_len as u64).min(layout::CTRL_MESSAGE_BYTES) as usize;
         let mut msg = vec![0u8; len];
-        self.region.read(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, &mut msg).expect("mailbox inside the region");
+        self.region
+            .read(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, &mut msg)
+            .expect("mailbox inside the region");
         let msg = String::from_utf8_lossy(&msg).into_owned();
         let errno = match ControlStatus::from_raw(rsp.status) {
             Some(ControlStatus::Ok) => return Ok(rsp.values),
@@ -188,8 +193,9 @@ impl Kmd {
         let Some(ring) = Ring::new(map.ring_nelem) else {
             return fail(Errno::EINVAL, format!("ring size {} is not a power of two >= 2", map.ring_nelem));
         };
-        let region = SharedRegion::anonymous(map.total_bytes())
-            .map_err(|e| KmdError::new(Errno::ENOMEM, format!("cannot create the {}-byte shared region: {e}", map.total_bytes())))?;
+        let region = SharedRegion::anonymous(map.total_bytes()).map_err(|e| {
+            KmdError::new(Errno::ENOMEM, format!("cannot create the {}-byte shared region: {e}", map.total_bytes()))
+        })?;
         let shared = Arc::new(Shared {
             region,
             map,
@@ -208,7 +214,9 @@ impl Kmd {
         }
         let mut firmware = Firmware::new(config.device);
         let threads = match config.stepping {
-            Stepping::Threads => vec![threads::spawn_device(shared.clone(), firmware), threads::spawn_irq(shared.clone())],
+            Stepping::Threads => {
+                vec![threads::spawn_device(shared.clone(), firmware), threads::spawn_irq(shared.clone())]
+            }
             Stepping::Manual => {
                 firmware.boot(&shared.region);
                 *shared.manual_firmware.lock() = Some(firmware);

@@ -41,7 +41,7 @@ impl SharedRegion {
     }
 
     fn word(&self, offset: u64) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.size, "register offset {offset:#x} out of range");
+        assert!(offset.is_multiple_of(4) && offset + 4 <= self.size, "register offset {offset:#x} out of range");
         // SAFETY: the offset is 4-aligned and inside the mapping (checked above), the
         // mapping lives as long as `self`, and every access to a register word, from
         // either side, is atomic.
@@ -59,7 +59,15 @@ impl SharedRegion {
         // SAFETY: `word` points to a live, aligned u32 in a shared mapping; `ts` lives
         // across the call. FUTEX_WAIT (not private) works across processes.
         unsafe {
-            libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec, 0usize, 0u32);
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                &ts as *const libc::timespec,
+                0usize,
+                0u32,
+            );
         }
     }
 }
@@ -90,7 +98,9 @@ impl SharedMemory for SharedRegion {
         check_range(src, len, self.size)?;
         check_range(dst, len, self.size)?;
         // SAFETY: both ranges are inside the mapping (checked); `copy` tolerates overlap.
-        unsafe { std::ptr::copy(self.map.as_ptr().add(src as usize), self.map.as_mut_ptr().add(dst as usize), len as usize) };
+        unsafe {
+            std::ptr::copy(self.map.as_ptr().add(src as usize), self.map.as_mut_ptr().add(dst as usize), len as usize)
+        };
         Ok(())
     }
 

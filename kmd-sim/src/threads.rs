@@ -66,7 +66,11 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
 
 /// One pass of the interrupt handler: drains the channels whose MSI is pending (every
 /// active channel when `poll_all`). Returns the responses consumed.
-pub(crate) fn handle_msis(shared: &Shared, poll_all: bool, scratch: &mut Vec<(crate::channel::Inflight, u16)>) -> usize {
+pub(crate) fn handle_msis(
+    shared: &Shared,
+    poll_all: bool,
+    scratch: &mut Vec<(crate::channel::Inflight, u16)>,
+) -> usize {
     let pending = shared.region.swap_u32(layout::MSI_PENDING, 0, SeqCst);
     let mut consumed = 0;
     for (dbc, channel) in shared.channels.iter().enumerate() {

@@ -27,14 +27,24 @@ pub fn small_kmd(ring_nelem: u32, stepping: Stepping, first_req_id: u16) -> Arc<
 
 /// `bytes` in, the same bytes out.
 pub fn copy_program(bytes: u32) -> Vec<u8> {
-    let b = |name: &str, direction, ddr_offset| IoBinding { name: name.into(), direction, dtype: IoDType::U8, shape: vec![bytes], ddr_offset, size_bytes: bytes.into() };
+    let b = |name: &str, direction, ddr_offset| IoBinding {
+        name: name.into(),
+        direction,
+        dtype: IoDType::U8,
+        shape: vec![bytes],
+        ddr_offset,
+        size_bytes: bytes.into(),
+    };
     ProgramImage {
         name: "copy".into(),
         batch_size: 1,
         ddr_bytes: 2 * u64::from(bytes),
         vtcm_bytes: bytes.into(),
         bindings: vec![b("in", IoDirection::Input, 0), b("out", IoDirection::Output, bytes.into())],
-        cores: vec![[Op::DmaIn { ddr: 0, vtcm: 0, bytes }, Op::DmaOut { vtcm: 0, ddr: bytes.into(), bytes }, Op::End].iter().map(|&o| Instruction::encode(o)).collect()],
+        cores: vec![[Op::DmaIn { ddr: 0, vtcm: 0, bytes }, Op::DmaOut { vtcm: 0, ddr: bytes.into(), bytes }, Op::End]
+            .iter()
+            .map(|&o| Instruction::encode(o))
+            .collect()],
         constants: vec![],
     }
     .to_bytes()

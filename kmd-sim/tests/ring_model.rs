@@ -124,7 +124,14 @@ fn req_ids_wrap_past_u16_max_without_mixing_up_buffers() {
     let (dbc, info) = client.activate(program).unwrap();
     let handles: Vec<u32> = (0..6).map(|_| client.create_bo(64).unwrap()).collect();
     for &h in &handles {
-        client.attach_slice_bo(h, dbc, DIR_TO_DEVICE, &[AttachSliceEntry { size: 64, dev_addr: info.ddr_base, ..Default::default() }]).unwrap();
+        client
+            .attach_slice_bo(
+                h,
+                dbc,
+                DIR_TO_DEVICE,
+                &[AttachSliceEntry { size: 64, dev_addr: info.ddr_base, ..Default::default() }],
+            )
+            .unwrap();
     }
     let list: Vec<ExecuteEntry> = handles.iter().map(|&handle| ExecuteEntry { handle, dir: DIR_TO_DEVICE }).collect();
     for _ in 0..3 {

@@ -23,7 +23,14 @@ fn a_bad_element_fails_its_buffer_with_the_device_code_and_the_channel_keeps_ser
     let good = client.create_bo(256).unwrap();
     client.attach_slice_bo(good, dbc, DIR_TO_DEVICE, &[to_device(256, info.ddr_base)]).unwrap();
     let back = client.create_bo(256).unwrap();
-    client.attach_slice_bo(back, dbc, DIR_FROM_DEVICE, &[AttachSliceEntry { size: 256, dev_addr: info.ddr_base, ..Default::default() }]).unwrap();
+    client
+        .attach_slice_bo(
+            back,
+            dbc,
+            DIR_FROM_DEVICE,
+            &[AttachSliceEntry { size: 256, dev_addr: info.ddr_base, ..Default::default() }],
+        )
+        .unwrap();
     let data: Vec<u8> = (0..=255).collect();
     client.mmap_bo(good).unwrap().write(0, &data).unwrap();
 
@@ -33,7 +40,12 @@ fn a_bad_element_fails_its_buffer_with_the_device_code_and_the_channel_keeps_ser
     assert_eq!(err.device_code, Some(CompletionCode::DeviceAddressOutOfRange));
     assert!(err.detail.contains("outside device DDR"), "{}", err.detail);
 
-    client.execute_bo(dbc, &[ExecuteEntry { handle: good, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: back, dir: DIR_FROM_DEVICE }]).unwrap();
+    client
+        .execute_bo(
+            dbc,
+            &[ExecuteEntry { handle: good, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: back, dir: DIR_FROM_DEVICE }],
+        )
+        .unwrap();
     client.wait_bo(good, 2000, dbc).unwrap();
     client.wait_bo(back, 2000, dbc).unwrap();
     let mut out = vec![0u8; 256];
@@ -61,16 +73,36 @@ fn argument_errors_carry_the_real_errno() {
     let past_end = AttachSliceEntry { offset: 4000, size: 200, ..slice };
     assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[past_end])), Errno::EINVAL);
     let sem = |presync, cmd, val, index| Sem { presync, cmd, val, index, ..Default::default() };
-    let two_presync = AttachSliceEntry { sems: [sem(1, 2, 1, 0), sem(1, 2, 1, 1), Sem::default(), Sem::default()], ..slice };
+    let two_presync =
+        AttachSliceEntry { sems: [sem(1, 2, 1, 0), sem(1, 2, 1, 1), Sem::default(), Sem::default()], ..slice };
     assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[two_presync])), Errno::EINVAL);
     for bad in [sem(0, 7, 1, 0), sem(0, 2, 4096, 0), sem(0, 2, 1, 32)] {
         let s = AttachSliceEntry { sems: [bad, Sem::default(), Sem::default(), Sem::default()], ..slice };
         assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[s])), Errno::EINVAL, "{bad:?}");
     }
-    let padded = AttachSliceEntry { sems: [Sem { pad: 1, ..sem(0, 2, 1, 0) }, Sem::default(), Sem::default(), Sem::default()], ..slice };
+    let padded = AttachSliceEntry {
+        sems: [Sem { pad: 1, ..sem(0, 2, 1, 0) }, Sem::default(), Sem::default(), Sem::default()],
+        ..slice
+    };
     assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[padded])), Errno::EINVAL);
-    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[AttachSliceEntry { db_len: 12, db_addr: 0x1000, ..slice }])), Errno::EINVAL);
-    assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[AttachSliceEntry { db_len: 32, db_addr: 0x1002, ..slice }])), Errno::EINVAL);
+    assert_eq!(
+        errno(client.attach_slice_bo(
+            bo,
+            dbc,
+            DIR_TO_DEVICE,
+            &[AttachSliceEntry { db_len: 12, db_addr: 0x1000, ..slice }]
+        )),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(client.attach_slice_bo(
+            bo,
+            dbc,
+            DIR_TO_DEVICE,
+            &[AttachSliceEntry { db_len: 32, db_addr: 0x1002, ..slice }]
+        )),
+        Errno::EINVAL
+    );
     let many: Vec<AttachSliceEntry> = (0..8).map(|i| AttachSliceEntry { offset: i * 8, size: 8, ..slice }).collect();
     assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &many)), Errno::ENOSPC);
 
@@ -83,9 +115,17 @@ fn argument_errors_carry_the_real_errno() {
     client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[slice]).unwrap();
     assert_eq!(errno(client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[slice])), Errno::EINVAL, "already sliced");
     assert_eq!(errno(client.wait_bo(bo, 5, dbc)), Errno::ETIMEDOUT, "never executed");
-    assert_eq!(errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_FROM_DEVICE }])), Errno::EINVAL, "wrong direction");
+    assert_eq!(
+        errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_FROM_DEVICE }])),
+        Errno::EINVAL,
+        "wrong direction"
+    );
     client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
-    assert_eq!(errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }])), Errno::EINVAL, "already queued");
+    assert_eq!(
+        errno(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }])),
+        Errno::EINVAL,
+        "already queued"
+    );
     assert_eq!(errno(client.detach_slice_bo(bo)), Errno::EBUSY);
     assert_eq!(errno(client.wait_bo(bo, 5, dbc)), Errno::ETIMEDOUT, "device not stepped");
     kmd.step_device();
@@ -103,7 +143,9 @@ fn perf_stats_report_queue_level_and_elements() {
     let (dbc, info) = client.activate(program).unwrap();
     let a = client.create_bo(4096).unwrap();
     let b = client.create_bo(64).unwrap();
-    let slices: Vec<AttachSliceEntry> = (0..3).map(|i| AttachSliceEntry { offset: i * 16, size: 16, dev_addr: info.ddr_base, ..Default::default() }).collect();
+    let slices: Vec<AttachSliceEntry> = (0..3)
+        .map(|i| AttachSliceEntry { offset: i * 16, size: 16, dev_addr: info.ddr_base, ..Default::default() })
+        .collect();
     client.attach_slice_bo(a, dbc, DIR_TO_DEVICE, &slices).unwrap();
     client.attach_slice_bo(b, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
     assert_eq!(client.perf_stats_bo(dbc, &[a]).unwrap_err().errno, Errno::EINVAL, "no finished execution yet");
@@ -127,5 +169,8 @@ fn a_channel_torn_down_under_a_waiter_fails_it_with_eperm() {
     client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
     client.deactivate(dbc).unwrap();
     assert_eq!(client.wait_bo(bo, 100, dbc).unwrap_err().errno, Errno::EPERM);
-    assert_eq!(client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap_err().errno, Errno::EPERM);
+    assert_eq!(
+        client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap_err().errno,
+        Errno::EPERM
+    );
 }

@@ -40,9 +40,19 @@ impl Activation {
     }
 
     /// Activates an already loaded program.
-    pub fn with_loaded(device: Arc<Device>, program: &Program, loaded: Arc<aicsim_driver::Program>) -> Result<Activation> {
+    pub fn with_loaded(
+        device: Arc<Device>,
+        program: &Program,
+        loaded: Arc<aicsim_driver::Program>,
+    ) -> Result<Activation> {
         let channel = device.activate(&loaded)?;
-        Ok(Activation { device, program: program.clone(), channel, _loaded: loaded, sync_slot: parking_lot::Mutex::new(None) })
+        Ok(Activation {
+            device,
+            program: program.clone(),
+            channel,
+            _loaded: loaded,
+            sync_slot: parking_lot::Mutex::new(None),
+        })
     }
 
     pub fn program(&self) -> &Program {
@@ -70,7 +80,12 @@ impl Activation {
                 offset: 0,
                 size: b.size_bytes,
                 dev_addr: info.ddr_base + b.ddr_offset,
-                semaphores: vec![SemaphoreCommand { op: SemOp::Inc, index: info.sem_inputs, value: 1, at: SyncPoint::Postsync }],
+                semaphores: vec![SemaphoreCommand {
+                    op: SemOp::Inc,
+                    index: info.sem_inputs,
+                    value: 1,
+                    at: SyncPoint::Postsync,
+                }],
                 doorbell: last.then_some(Doorbell { addr: info.doorbell, data: 1, width: DoorbellWidth::Bits32 }),
             };
             buf.attach_slices(&self.channel, DmaDirection::ToDevice, &[slice])?;
@@ -82,7 +97,12 @@ impl Activation {
                 offset: 0,
                 size: b.size_bytes,
                 dev_addr: info.ddr_base + b.ddr_offset,
-                semaphores: vec![SemaphoreCommand { op: SemOp::P, index: info.sem_outputs, value: 0, at: SyncPoint::Presync }],
+                semaphores: vec![SemaphoreCommand {
+                    op: SemOp::P,
+                    index: info.sem_outputs,
+                    value: 0,
+                    at: SyncPoint::Presync,
+                }],
                 doorbell: None,
             };
             buf.attach_slices(&self.channel, DmaDirection::FromDevice, &[slice])?;
@@ -102,7 +122,8 @@ impl Activation {
         slot.write_inputs(&self.program, inputs)?;
         slot.submit(self, &mut ts)?;
         slot.wait(self, &mut ts)?;
-        let mut outputs: Vec<Vec<u8>> = self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
+        let mut outputs: Vec<Vec<u8>> =
+            self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
         slot.read_outputs(&mut outputs)?;
         Ok(outputs)
     }
@@ -124,7 +145,12 @@ impl InferenceSlot {
         for (index, ((data, buf), b)) in inputs.iter().zip(&self.inputs).zip(&bindings).enumerate() {
             let data = data.as_ref();
             if data.len() as u64 != b.size_bytes {
-                return Err(RuntimeError::InputSize { index, name: b.name.clone(), got: data.len(), expected: b.size_bytes });
+                return Err(RuntimeError::InputSize {
+                    index,
+                    name: b.name.clone(),
+                    got: data.len(),
+                    expected: b.size_bytes,
+                });
             }
             buf.write(0, data)?;
         }

@@ -27,7 +27,8 @@ impl Program {
 
     /// Parses container bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Program> {
-        let image = ProgramImage::parse(&bytes).map_err(|source| RuntimeError::BadContainer { path: "<memory>".into(), source })?;
+        let image = ProgramImage::parse(&bytes)
+            .map_err(|source| RuntimeError::BadContainer { path: "<memory>".into(), source })?;
         Program::check(&image)?;
         Ok(Program { image: Arc::new(image), bytes: Arc::new(bytes) })
     }
@@ -41,7 +42,10 @@ impl Program {
 
     fn check(image: &ProgramImage) -> Result<()> {
         if image.inputs().next().is_none() {
-            return Err(RuntimeError::UnsupportedProgram { program: image.name.clone(), problem: "has no inputs: the doorbell rides on the last input".into() });
+            return Err(RuntimeError::UnsupportedProgram {
+                program: image.name.clone(),
+                problem: "has no inputs: the doorbell rides on the last input".into(),
+            });
         }
         Ok(())
     }

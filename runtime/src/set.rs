@@ -53,16 +53,24 @@ pub struct InferenceSet {
 
 impl InferenceSet {
     /// Loads `program` once and activates it `num_activations` times.
-    pub fn new(device: Arc<Device>, program: &Program, num_activations: usize, set_size: usize) -> Result<InferenceSet> {
+    pub fn new(
+        device: Arc<Device>,
+        program: &Program,
+        num_activations: usize,
+        set_size: usize,
+    ) -> Result<InferenceSet> {
         if num_activations == 0 || num_activations > NUM_DBC {
-            return Err(RuntimeError::Config(format!("{num_activations} activations requested; between 1 and {NUM_DBC} (one per DMA Bridge Channel)")));
+            return Err(RuntimeError::Config(format!(
+                "{num_activations} activations requested; between 1 and {NUM_DBC} (one per DMA Bridge Channel)"
+            )));
         }
         if set_size == 0 {
             return Err(RuntimeError::Config("set size must be at least 1".into()));
         }
         let loaded = Arc::new(device.load_program(program.bytes())?);
-        let activations =
-            (0..num_activations).map(|_| Activation::with_loaded(device.clone(), program, loaded.clone())).collect::<Result<Vec<_>>>()?;
+        let activations = (0..num_activations)
+            .map(|_| Activation::with_loaded(device.clone(), program, loaded.clone()))
+            .collect::<Result<Vec<_>>>()?;
         Ok(InferenceSet { program: program.clone(), activations, set_size })
     }
 
@@ -103,7 +111,8 @@ impl InferenceSet {
         };
         std::thread::scope(|scope| {
             for (a, activation) in self.activations.iter().enumerate() {
-                let (claim, fill_inputs, on_complete, done, stop, first_error) = (&claim, &fill_inputs, &on_complete, &done, &stop, &first_error);
+                let (claim, fill_inputs, on_complete, done, stop, first_error) =
+                    (&claim, &fill_inputs, &on_complete, &done, &stop, &first_error);
                 scope.spawn(move || {
                     if let Err(e) = self.worker(a, activation, claim, fill_inputs, on_complete, done) {
                         stop.store(true, SeqCst);
@@ -118,7 +127,15 @@ impl InferenceSet {
         }
     }
 
-    fn worker<I, C>(&self, a: usize, activation: &Activation, claim: &dyn Fn() -> Option<u64>, fill_inputs: &I, on_complete: &C, done: &AtomicU64) -> Result<()>
+    fn worker<I, C>(
+        &self,
+        a: usize,
+        activation: &Activation,
+        claim: &dyn Fn() -> Option<u64>,
+        fill_inputs: &I,
+        on_complete: &C,
+        done: &AtomicU64,
+    ) -> Result<()>
     where
         I: Fn(u64, &mut [Vec<u8>]) + Sync,
         C: Fn(&Completion<'_>) + Sync,
@@ -126,8 +143,10 @@ impl InferenceSet {
         let s = self.set_size;
         let slots = (0..s).map(|_| activation.new_slot()).collect::<Result<Vec<_>>>()?;
         let input_sizes: Vec<usize> = self.program.inputs().iter().map(|b| b.size_bytes as usize).collect();
-        let mut staging: Vec<Vec<Vec<u8>>> = (0..s).map(|_| input_sizes.iter().map(|&n| vec![0u8; n]).collect()).collect();
-        let mut outputs: Vec<Vec<u8>> = self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
+        let mut staging: Vec<Vec<Vec<u8>>> =
+            (0..s).map(|_| input_sizes.iter().map(|&n| vec![0u8; n]).collect()).collect();
+        let mut outputs: Vec<Vec<u8>> =
+            self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
         let mut free: Vec<usize> = (0..s).rev().collect();
         let mut in_flight: VecDeque<(usize, u64, Timestamps, usize)> = VecDeque::with_capacity(s);
         let mut failure = None;
@@ -138,7 +157,9 @@ impl InferenceSet {
                 let mut ts = Timestamps::new(Instant::now());
                 ts.pre_proc_start = Instant::now();
                 fill_inputs(index, &mut staging[slot]);
-                let submitted = slots[slot].write_inputs(&self.program, &staging[slot]).and_then(|()| slots[slot].submit(activation, &mut ts));
+                let submitted = slots[slot]
+                    .write_inputs(&self.program, &staging[slot])
+                    .and_then(|()| slots[slot].submit(activation, &mut ts));
                 match submitted {
                     Ok(()) => in_flight.push_back((slot, index, ts, in_flight.len() + 1)),
                     Err(e) => {

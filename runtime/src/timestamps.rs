@@ -21,7 +21,14 @@ pub struct Timestamps {
 
 impl Timestamps {
     pub fn new(now: Instant) -> Timestamps {
-        Timestamps { enqueue: now, pre_proc_start: now, submit_start: now, submitted: now, completed: now, post_proc_end: now }
+        Timestamps {
+            enqueue: now,
+            pre_proc_start: now,
+            submit_start: now,
+            submitted: now,
+            completed: now,
+            post_proc_end: now,
+        }
     }
 
     pub fn enqueue_time(&self) -> Duration {

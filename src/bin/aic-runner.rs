@@ -102,6 +102,9 @@ fn main() -> ExitCode {
     let batch = program.batch_size();
     let rate = summary.inferences as f64 * 1e6 / duration_us as f64 * f64::from(batch);
     println!(" ---- Stats ----");
-    println!("InferenceCnt {} TotalDuration {}us BatchSize {} Inf/Sec {:.3}", summary.inferences, duration_us, batch, rate);
+    println!(
+        "InferenceCnt {} TotalDuration {}us BatchSize {} Inf/Sec {:.3}",
+        summary.inferences, duration_us, batch, rate
+    );
     ExitCode::SUCCESS
 }

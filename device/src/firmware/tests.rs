@@ -18,13 +18,24 @@ fn config() -> DeviceConfig {
 }
 
 fn add_program() -> ProgramImage {
-    let io = |name: &str, direction, ddr_offset| IoBinding { name: name.into(), direction, dtype: IoDType::F32, shape: vec![N], ddr_offset, size_bytes: BYTES };
+    let io = |name: &str, direction, ddr_offset| IoBinding {
+        name: name.into(),
+        direction,
+        dtype: IoDType::F32,
+        shape: vec![N],
+        ddr_offset,
+        size_bytes: BYTES,
+    };
     ProgramImage {
         name: "add".into(),
         batch_size: 1,
         ddr_bytes: 3 * BYTES,
         vtcm_bytes: 3 * BYTES,
-        bindings: vec![io("x", IoDirection::Input, 0), io("y", IoDirection::Input, BYTES), io("z", IoDirection::Output, 2 * BYTES)],
+        bindings: vec![
+            io("x", IoDirection::Input, 0),
+            io("y", IoDirection::Input, BYTES),
+            io("z", IoDirection::Output, 2 * BYTES),
+        ],
         cores: vec![[
             Op::DmaIn { ddr: 0, vtcm: 0, bytes: 2 * BYTES as u32 },
             Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 2 * BYTES, a: 0, b: BYTES, count: N },
@@ -55,7 +66,8 @@ impl Rig {
         let mem = HeapMemory::new(cfg.map.total_bytes() as usize);
         let mut fw = Firmware::new(cfg);
         fw.boot(&mem);
-        let mut rig = Rig { fw, mem, map: cfg.map, tail: 0, rsp_head: 0, info: ActivationInfo::from_values([0; 7]), dbc: 3 };
+        let mut rig =
+            Rig { fw, mem, map: cfg.map, tail: 0, rsp_head: 0, info: ActivationInfo::from_values([0; 7]), dbc: 3 };
         let image = add_program().to_bytes();
         let at = rig.map.host_offset() + (512 << 10);
         rig.mem.write(at, &image).unwrap();
@@ -106,7 +118,7 @@ impl Rig {
         SemCommand { op, index, value, presync, inbound_fence: false, outbound_fence: false }.encode()
     }
 
-    fn to_device(&self, req_id: u16, host: u64, ddr: u64, last: bool) -> RequestElement {
+    fn send_element(&self, req_id: u16, host: u64, ddr: u64, last: bool) -> RequestElement {
         let mut e = RequestElement {
             req_id,
             cmd: Cmd { direction: Direction::ToDevice, completion: true, bulk: true, force_msi: false }.encode(),
@@ -124,7 +136,7 @@ impl Rig {
         e
     }
 
-    fn from_device(&self, req_id: u16, ddr: u64, host: u64) -> RequestElement {
+    fn fetch_element(&self, req_id: u16, ddr: u64, host: u64) -> RequestElement {
         let mut e = RequestElement {
             req_id,
             cmd: Cmd { direction: Direction::FromDevice, completion: true, bulk: true, force_msi: false }.encode(),
@@ -155,9 +167,9 @@ impl Rig {
         self.write_f32(self.host(0), &x);
         self.write_f32(self.host(1), &y);
         let (h0, h1, h2) = (self.host(0), self.host(1), self.host(2));
-        self.push(self.to_device(id, h0, 0, false));
-        self.push(self.to_device(id.wrapping_add(1), h1, BYTES, true));
-        self.push(self.from_device(id.wrapping_add(2), 2 * BYTES, h2));
+        self.push(self.send_element(id, h0, 0, false));
+        self.push(self.send_element(id.wrapping_add(1), h1, BYTES, true));
+        self.push(self.fetch_element(id.wrapping_add(2), 2 * BYTES, h2));
         (x, y)
     }
 }
@@ -168,7 +180,14 @@ fn one_inference_moves_real_data_and_completes_every_element() {
     let (x, y) = rig.inference(100, 1.25);
     assert_eq!(rig.fw.service(&rig.mem).elements, 3);
     let rsp = rig.responses();
-    assert_eq!(rsp, vec![ResponseElement { req_id: 100, status: 0 }, ResponseElement { req_id: 101, status: 0 }, ResponseElement { req_id: 102, status: 0 }]);
+    assert_eq!(
+        rsp,
+        vec![
+            ResponseElement { req_id: 100, status: 0 },
+            ResponseElement { req_id: 101, status: 0 },
+            ResponseElement { req_id: 102, status: 0 }
+        ]
+    );
     let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
     assert_eq!(rig.read_f32(rig.host(2)), want);
     assert!(rig.fw.device_cycles() > 0);
@@ -177,7 +196,7 @@ fn one_inference_moves_real_data_and_completes_every_element() {
 #[test]
 fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
     let mut rig = Rig::new();
-    let good = rig.to_device(1, rig.host(0), 0, false);
+    let good = rig.send_element(1, rig.host(0), 0, false);
     let mut illegal_dir = good;
     illegal_dir.cmd |= 0b11;
     let mut host_oob = good;
@@ -194,7 +213,8 @@ fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
     sem_index_33.sem_cmd[0] |= 1 << 21;
     let mut two_presync = good;
     two_presync.req_id = 6;
-    two_presync.sem_cmd = [rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), 0, 0];
+    two_presync.sem_cmd =
+        [rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), rig.sem(SemOp::Inc, rig.info.sem_inputs, 1, true), 0, 0];
     for e in [illegal_dir, host_oob, dev_oob] {
         rig.push(e);
     }
@@ -203,7 +223,8 @@ fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
         rig.push(e);
     }
     rig.fw.service(&rig.mem);
-    let codes: Vec<(u16, Option<CompletionCode>)> = rig.responses().iter().map(|r| (r.req_id, CompletionCode::from_status(r.status))).collect();
+    let codes: Vec<(u16, Option<CompletionCode>)> =
+        rig.responses().iter().map(|r| (r.req_id, CompletionCode::from_status(r.status))).collect();
     assert_eq!(
         codes,
         vec![
@@ -226,7 +247,7 @@ fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
 #[test]
 fn an_output_waits_at_the_head_until_its_program_ran() {
     let mut rig = Rig::new();
-    let e = rig.from_device(7, 2 * BYTES, rig.host(2));
+    let e = rig.fetch_element(7, 2 * BYTES, rig.host(2));
     rig.push(e);
     assert_eq!(rig.fw.service(&rig.mem).elements, 0);
     assert_eq!(rig.mem.load_u32(rig.map.dbc_reg(rig.dbc, REQ_HEAD), Acquire), 0);
@@ -241,14 +262,14 @@ fn an_output_waits_at_the_head_until_its_program_ran() {
 fn msi_is_raised_only_when_the_response_ring_goes_from_empty_to_non_empty() {
     let mut rig = Rig::new();
     let msi = |rig: &Rig| rig.mem.load_u32(layout::MSI_SEQ, Acquire);
-    rig.push(rig.to_device(0, rig.host(0), 0, false));
+    rig.push(rig.send_element(0, rig.host(0), 0, false));
     rig.fw.service(&rig.mem);
     assert_eq!(msi(&rig), 1);
-    rig.push(rig.to_device(1, rig.host(0), 0, false));
+    rig.push(rig.send_element(1, rig.host(0), 0, false));
     rig.fw.service(&rig.mem);
     assert_eq!(msi(&rig), 1, "ring was not empty: no new MSI");
     assert_eq!(rig.responses().len(), 2);
-    rig.push(rig.to_device(2, rig.host(0), 0, false));
+    rig.push(rig.send_element(2, rig.host(0), 0, false));
     rig.fw.service(&rig.mem);
     assert_eq!(msi(&rig), 2);
     assert_eq!(rig.mem.load_u32(layout::MSI_PENDING, Acquire), 1 << rig.dbc);
@@ -258,12 +279,12 @@ fn msi_is_raised_only_when_the_response_ring_goes_from_empty_to_non_empty() {
 fn a_full_response_ring_stalls_the_channel_until_the_host_consumes() {
     let mut rig = Rig::new();
     for id in 0..7 {
-        rig.push(rig.to_device(id, rig.host(0), 0, false));
+        rig.push(rig.send_element(id, rig.host(0), 0, false));
     }
     assert_eq!(rig.fw.service(&rig.mem).elements, 7);
     // Ring of 8 holds 7: the response ring is now full.
     for id in 7..10 {
-        rig.push(rig.to_device(id, rig.host(0), 0, false));
+        rig.push(rig.send_element(id, rig.host(0), 0, false));
     }
     assert_eq!(rig.fw.service(&rig.mem).elements, 0);
     assert_eq!(rig.responses().len(), 7);
