@@ -75,7 +75,7 @@ fn synchronous(activation: &Activation, program: &Program, samples: usize, step:
         slot.write_inputs(program, &input).unwrap();
         slot.submit(activation, &mut ts).unwrap();
         if let Some(kmd) = step {
-            kmd.step_device();
+            kmd.step_device_until_idle();
             kmd.step_interrupts();
         }
         slot.wait(activation, &mut ts).unwrap();

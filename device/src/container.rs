@@ -651,7 +651,11 @@ mod tests {
                 },
             ],
             cores: vec![vec![
-                Instruction::encode(Op::DmaIn { ddr: 0, vtcm: 0, bytes: 64 }),
+                Instruction::encode(Op::DmaIn {
+                    dst: crate::isa::Tensor::vtcm(0, crate::isa::DType::U8, &[64]),
+                    src: crate::isa::Tensor::ddr(0, crate::isa::DType::U8, &[64]),
+                    multicast: 0,
+                }),
                 Instruction::encode(Op::End),
             ]],
             constants: vec![ConstantBlob { ddr_offset: 128, data: vec![1, 2, 3] }],

@@ -29,8 +29,10 @@ use crate::extent::ExtentAllocator;
 use crate::isa::Op;
 use crate::layout::{self, DeviceStatus, MemoryMap};
 use crate::memory::SharedMemory;
-use crate::nsp::{self, CostModel, NspCore};
+use crate::nsp::{self, CostModel, Limits, NspCore};
+use crate::scheduler::{ExecMode, JobId, RunStats, Scheduler};
 use crate::semaphore::{self, SemOutcome};
+use alloc::sync::Arc;
 
 /// Firmware version reported in [`layout::FW_VERSION`]: 0.1.0.
 pub const FIRMWARE_VERSION: u32 = 1 << 8;
@@ -53,6 +55,8 @@ pub struct DeviceConfig {
     pub cost: CostModel,
     /// Clock used to turn cycles into device time.
     pub clock_hz: u64,
+    /// Whether programs compute real results or only take device time.
+    pub mode: ExecMode,
 }
 
 impl Default for DeviceConfig {
@@ -63,6 +67,7 @@ impl Default for DeviceConfig {
             map: MemoryMap { ring_nelem: 512, host_bytes: 1 << 30, ddr_bytes: 16 << 30 },
             cost: CostModel::default(),
             clock_hz: 1_400_000_000,
+            mode: ExecMode::Functional,
         }
     }
 }
@@ -74,11 +79,13 @@ pub struct Serviced {
     pub elements: u32,
     /// Whether a control request was answered.
     pub control: bool,
+    /// Program runs that finished.
+    pub programs: u32,
 }
 
 impl Serviced {
     pub fn progressed(&self) -> bool {
-        self.elements > 0 || self.control
+        self.elements > 0 || self.control || self.programs > 0
     }
 }
 
@@ -102,7 +109,7 @@ struct Channel {
 
 struct Program {
     image: ProgramImage,
-    streams: Vec<Vec<Op>>,
+    streams: Arc<Vec<Vec<Op>>>,
     inputs: u16,
     outputs: u16,
     activations: u32,
@@ -112,9 +119,15 @@ struct Activation {
     program: usize,
     info: ActivationInfo,
     cores: Vec<u32>,
-    /// Doorbells rung whose program has not started yet (waiting for inputs).
+    /// Doorbells rung whose program has not started yet (waiting for inputs or for the
+    /// previous run).
     doorbells_pending: u32,
+    /// The run in progress on the scheduler.
+    running: Option<JobId>,
+    /// Outputs of faulted runs still to be reported on their output elements.
+    faulted_outputs: u32,
     runs: u64,
+    last_run: Option<RunStats>,
 }
 
 enum Step {
@@ -145,6 +158,7 @@ pub struct Firmware {
     ddr: ExtentAllocator,
     ctrl_seen: u32,
     device_cycles: u64,
+    scheduler: Scheduler,
 }
 
 impl Firmware {
@@ -167,6 +181,7 @@ impl Firmware {
             ddr: ExtentAllocator::new(config.map.ddr_bytes, DDR_GRANULE),
             ctrl_seen: 0,
             device_cycles: 0,
+            scheduler: Scheduler::new(config.cost, config.clock_hz),
         }
     }
 
@@ -174,9 +189,24 @@ impl Firmware {
         &self.config
     }
 
-    /// Total device cycles spent running programs since boot.
+    /// Total device cycles spent running programs since boot (summed over runs).
     pub fn device_cycles(&self) -> u64 {
         self.device_cycles
+    }
+
+    /// Device time: cycles since boot on the device clock.
+    pub fn now_cycles(&self) -> u64 {
+        self.scheduler.now()
+    }
+
+    /// Instructions the scheduler has issued since boot.
+    pub fn instructions_issued(&self) -> u64 {
+        self.scheduler.instructions
+    }
+
+    /// Statistics of the latest finished run of the activation on `dbc`.
+    pub fn last_run(&self, dbc: usize) -> Option<&RunStats> {
+        self.activations.get(dbc)?.as_ref()?.last_run.as_ref()
     }
 
     /// Brings the device up: clears the device-owned registers and semaphores, publishes
@@ -207,7 +237,47 @@ impl Firmware {
                 done.elements += self.service_channel(dbc, mem);
             }
         }
+        // Device time moves on only when no ring can make progress, so every program
+        // whose inputs are already queued starts before time passes.
+        if done.elements == 0 && !self.scheduler.is_idle() {
+            done.programs = self.finish_programs(mem);
+        }
         done
+    }
+
+    /// Runs the scheduler to the next program completion and releases its outputs.
+    fn finish_programs<M: SharedMemory>(&mut self, mem: &M) -> u32 {
+        let finished =
+            self.scheduler.run_until_completion(&mut self.cores, self.config.vtcm_bytes, mem, self.config.mode);
+        let mut count = 0;
+        for (job, result) in finished {
+            let Some(dbc) =
+                (0..NUM_DBC).find(|&d| self.activations[d].as_ref().is_some_and(|a| a.running == Some(job)))
+            else {
+                continue;
+            };
+            let outputs = self.activations[dbc]
+                .as_ref()
+                .and_then(|a| self.programs.get(a.program)?.as_ref())
+                .map_or(0, |p| p.outputs);
+            if let Some(act) = &mut self.activations[dbc] {
+                act.running = None;
+                act.runs += 1;
+                match result {
+                    Ok(stats) => {
+                        self.device_cycles += stats.cycles();
+                        act.last_run = Some(stats);
+                    }
+                    Err(_) => act.faulted_outputs += u32::from(outputs),
+                }
+                let sem_out = self.config.map.semaphore(act.info.sem_outputs);
+                let out = (mem.load_u32(sem_out, Acquire) as u16).wrapping_add(outputs) & SEM_VALUE_MAX;
+                mem.store_u32(sem_out, out.into(), Release);
+            }
+            self.start_ready_program(dbc, mem);
+            count += 1;
+        }
+        count
     }
 
     fn service_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> u32 {
@@ -351,12 +421,20 @@ impl Firmware {
             Ok(c) => c,
             Err(code) => return Step::Done { status: code as u16, respond: true, force_msi: false },
         };
+        let mut status = 0;
         let first_post = match resume {
             Some(next) => next,
             None => {
                 if let Some(pre) = checked.presync {
                     if !self.apply_sem(pre, mem) {
                         return Step::Blocked(Stage::Fresh);
+                    }
+                    // An output released by a faulted run carries the fault.
+                    if let Some(act) = &mut self.activations[dbc] {
+                        if pre.op == SemOp::P && pre.index == act.info.sem_outputs && act.faulted_outputs > 0 {
+                            act.faulted_outputs -= 1;
+                            status = CompletionCode::ProgramFault as u16;
+                        }
                     }
                 }
                 let map = self.config.map;
@@ -382,7 +460,6 @@ impl Firmware {
                 return Step::Blocked(Stage::PostSync { element: *e, next: i });
             }
         }
-        let mut status = 0;
         if let Some(db) = checked.doorbell {
             if self.config.map.doorbell_channel(e.db_addr) == Some(dbc) {
                 if let Some(act) = &mut self.activations[dbc] {
@@ -394,9 +471,7 @@ impl Firmware {
                 let _ = mem.write(self.config.map.ddr_offset() + e.db_addr, &bytes[..width]);
             }
         }
-        if self.start_ready_program(dbc, mem).is_err() {
-            status = CompletionCode::ProgramFault as u16;
-        }
+        self.start_ready_program(dbc, mem);
         Step::Done { status, respond: checked.cmd.completion || status != 0, force_msi: checked.cmd.force_msi }
     }
 
@@ -415,44 +490,25 @@ impl Firmware {
         }
     }
 
-    /// Starts the channel's program for each doorbell whose inputs have all landed.
-    fn start_ready_program<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> Result<(), ()> {
-        let mut result = Ok(());
-        loop {
-            let Some(act) = &self.activations[dbc] else { return result };
-            let program = match self.programs.get(act.program).and_then(Option::as_ref) {
-                Some(p) => p,
-                None => return Err(()),
-            };
-            if act.doorbells_pending == 0 {
-                return result;
-            }
-            let sem_in = self.config.map.semaphore(act.info.sem_inputs);
-            let landed = (mem.load_u32(sem_in, Acquire) as u16) & SEM_VALUE_MAX;
-            if landed < program.inputs {
-                return result;
-            }
-            mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
-            let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
-            let mut cycles = 0;
-            for (stream, &core) in program.streams.iter().zip(&act.cores) {
-                let vtcm = self.config.vtcm_bytes;
-                let nsp = self.cores[core as usize].get_or_insert_with(|| NspCore::new(vtcm));
-                match nsp.run(stream, ddr_base, mem, &self.config.cost) {
-                    Ok(c) => cycles = cycles.max(c),
-                    Err(_) => result = Err(()),
-                }
-            }
-            // Outputs are released even after a fault, so no waiter hangs; the fault is
-            // reported on the element that rang the doorbell.
-            let sem_out = self.config.map.semaphore(act.info.sem_outputs);
-            let out = (mem.load_u32(sem_out, Acquire) as u16).wrapping_add(program.outputs) & SEM_VALUE_MAX;
-            mem.store_u32(sem_out, out.into(), Release);
-            self.device_cycles += cycles;
-            if let Some(act) = &mut self.activations[dbc] {
-                act.doorbells_pending -= 1;
-                act.runs += 1;
-            }
+    /// Starts the channel's program if a doorbell is pending, all its inputs have
+    /// landed, and the previous run has finished.
+    fn start_ready_program<M: SharedMemory>(&mut self, dbc: usize, mem: &M) {
+        let Some(act) = &self.activations[dbc] else { return };
+        let Some(program) = self.programs.get(act.program).and_then(Option::as_ref) else { return };
+        if act.doorbells_pending == 0 || act.running.is_some() {
+            return;
+        }
+        let sem_in = self.config.map.semaphore(act.info.sem_inputs);
+        let landed = (mem.load_u32(sem_in, Acquire) as u16) & SEM_VALUE_MAX;
+        if landed < program.inputs {
+            return;
+        }
+        mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
+        let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
+        let job = self.scheduler.start(program.streams.clone(), &act.cores, ddr_base);
+        if let Some(act) = &mut self.activations[dbc] {
+            act.doorbells_pending -= 1;
+            act.running = Some(job);
         }
     }
 
@@ -566,8 +622,9 @@ impl Firmware {
             ));
         }
         let mut streams = Vec::with_capacity(image.cores.len());
+        let limits = Limits { vtcm_bytes: image.vtcm_bytes, ddr_bytes: image.ddr_bytes, cores: image.num_cores() };
         for (core, stream) in image.cores.iter().enumerate() {
-            let ops = nsp::validate_stream(core as u32, stream, self.config.vtcm_bytes, image.ddr_bytes)
+            let ops = nsp::validate_stream(core as u32, stream, &limits)
                 .map_err(|e| (ControlStatus::Rejected, format!("program '{}': {e}", image.name)))?;
             streams.push(ops);
         }
@@ -579,7 +636,7 @@ impl Firmware {
         };
         let inputs = count(image.inputs().count(), "inputs")?;
         let outputs = count(image.outputs().count(), "outputs")?;
-        let program = Program { image, streams, inputs, outputs, activations: 0 };
+        let program = Program { image, streams: Arc::new(streams), inputs, outputs, activations: 0 };
         let id = match self.programs.iter().position(Option::is_none) {
             Some(i) => {
                 self.programs[i] = Some(program);
@@ -664,8 +721,16 @@ impl Firmware {
         if let Some(Some(p)) = self.programs.get_mut(program as usize) {
             p.activations += 1;
         }
-        self.activations[dbc] =
-            Some(Activation { program: program as usize, info, cores, doorbells_pending: 0, runs: 0 });
+        self.activations[dbc] = Some(Activation {
+            program: program as usize,
+            info,
+            cores,
+            doorbells_pending: 0,
+            running: None,
+            faulted_outputs: 0,
+            runs: 0,
+            last_run: None,
+        });
         self.channels[dbc] = Channel::default();
         let map = self.config.map;
         mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
@@ -678,6 +743,9 @@ impl Firmware {
         let Some(act) = self.activations.get_mut(dbc).and_then(Option::take) else {
             return Err((ControlStatus::NotFound, format!("channel {dbc} has no activation")));
         };
+        if let Some(job) = act.running {
+            self.scheduler.cancel(job);
+        }
         for owner in self.core_owner.iter_mut().chain(self.sem_owner.iter_mut()) {
             if *owner == Some(dbc) {
                 *owner = None;

@@ -12,7 +12,7 @@
 //! It is not a driver: queueing, buffer objects and interrupts handling live in
 //! `aicsim-kmd`, which depends on this crate and never the other way round.
 #![cfg_attr(not(feature = "std"), no_std)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 extern crate alloc;
 
@@ -28,6 +28,7 @@ pub mod isa;
 pub mod layout;
 pub mod memory;
 pub mod nsp;
+pub mod scheduler;
 pub mod semaphore;
 
 pub use firmware::{DeviceConfig, Firmware};

@@ -2,14 +2,19 @@
 //! is an error that says what is wrong, and anything accepted is a consistent image.
 
 use aicsim_device::container::{reseal, ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{BinaryOp, DType, Instruction, Op};
+use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use proptest::prelude::*;
 
 fn valid() -> Vec<u8> {
     let ops = [
-        Op::DmaIn { ddr: 0, vtcm: 0, bytes: 128 },
-        Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 128, a: 0, b: 64, count: 16 },
-        Op::DmaOut { vtcm: 128, ddr: 128, bytes: 64 },
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::F32, &[32]), src: Tensor::ddr(0, DType::F32, &[32]), multicast: 0 },
+        Op::Binary {
+            kind: BinaryKind::Add,
+            dst: Tensor::vtcm(128, DType::F32, &[16]),
+            a: Tensor::vtcm(0, DType::F32, &[16]),
+            b: Tensor::vtcm(64, DType::F32, &[16]),
+        },
+        Op::DmaOut { dst: Tensor::ddr(128, DType::F32, &[16]), src: Tensor::vtcm(128, DType::F32, &[16]) },
         Op::End,
     ];
     let io = |name: &str, direction, ddr_offset| IoBinding {

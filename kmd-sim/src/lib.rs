@@ -258,6 +258,17 @@ impl Kmd {
         self.shared.manual_firmware.lock().as_mut().map(|fw| fw.service(&self.shared.region))
     }
 
+    /// Steps the device until a pass makes no progress: every queued element that can
+    /// complete has, and every program that could finish has ([`Stepping::Manual`]
+    /// only). Returns the passes that made progress.
+    pub fn step_device_until_idle(&self) -> Option<u32> {
+        let mut passes = 0;
+        while self.step_device()?.progressed() {
+            passes += 1;
+        }
+        Some(passes)
+    }
+
     /// Handles pending interrupts once, exactly as the interrupt thread would: drains the
     /// response ring of every channel with a raised MSI ([`Stepping::Manual`] only).
     /// Returns the responses consumed.

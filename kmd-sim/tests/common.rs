@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use aicsim_device::container::{IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{Instruction, Op};
+use aicsim_device::isa::{DType, Instruction, Op, Tensor};
 use aicsim_device::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
 use aicsim_kmd::{Kmd, KmdConfig, Stepping};
@@ -41,10 +41,21 @@ pub fn copy_program(bytes: u32) -> Vec<u8> {
         ddr_bytes: 2 * u64::from(bytes),
         vtcm_bytes: bytes.into(),
         bindings: vec![b("in", IoDirection::Input, 0), b("out", IoDirection::Output, bytes.into())],
-        cores: vec![[Op::DmaIn { ddr: 0, vtcm: 0, bytes }, Op::DmaOut { vtcm: 0, ddr: bytes.into(), bytes }, Op::End]
-            .iter()
-            .map(|&o| Instruction::encode(o))
-            .collect()],
+        cores: vec![[
+            Op::DmaIn {
+                dst: Tensor::vtcm(0, DType::U8, &[bytes]),
+                src: Tensor::ddr(0, DType::U8, &[bytes]),
+                multicast: 0,
+            },
+            Op::DmaOut {
+                dst: Tensor::ddr(bytes.into(), DType::U8, &[bytes]),
+                src: Tensor::vtcm(0, DType::U8, &[bytes]),
+            },
+            Op::End,
+        ]
+        .iter()
+        .map(|&o| Instruction::encode(o))
+        .collect()],
         constants: vec![],
     }
     .to_bytes()

@@ -2,7 +2,7 @@
 //! reference results. The vector program is `aic-runner`'s embedded default.
 
 use aicsim_device::container::{ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{BinaryOp, DType, Instruction, Op};
+use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 
 fn binding(name: &str, direction: IoDirection, dtype: IoDType, len: u32, ddr_offset: u64) -> IoBinding {
     IoBinding {
@@ -25,11 +25,12 @@ pub fn vector_weights(n: u32) -> Vec<f32> {
 pub fn vector_add_mul(n: u32) -> ProgramImage {
     let bytes = u64::from(n) * 4;
     let weights: Vec<u8> = vector_weights(n).iter().flat_map(|w| w.to_le_bytes()).collect();
+    let v = |offset: u64| Tensor::vtcm(offset, DType::F32, &[n]);
     let ops = [
-        Op::DmaIn { ddr: 0, vtcm: 0, bytes: (3 * bytes) as u32 },
-        Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 3 * bytes, a: 0, b: bytes, count: n },
-        Op::Binary { op: BinaryOp::Mul, dtype: DType::F32, dst: 3 * bytes, a: 3 * bytes, b: 2 * bytes, count: n },
-        Op::DmaOut { vtcm: 3 * bytes, ddr: 3 * bytes, bytes: bytes as u32 },
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::F32, &[3, n]), src: Tensor::ddr(0, DType::F32, &[3, n]), multicast: 0 },
+        Op::Binary { kind: BinaryKind::Add, dst: v(3 * bytes), a: v(0), b: v(bytes) },
+        Op::Binary { kind: BinaryKind::Mul, dst: v(3 * bytes), a: v(3 * bytes), b: v(2 * bytes) },
+        Op::DmaOut { dst: Tensor::ddr(3 * bytes, DType::F32, &[n]), src: v(3 * bytes) },
         Op::End,
     ];
     ProgramImage {
@@ -60,7 +61,14 @@ pub fn default_program() -> ProgramImage {
 
 /// A null inference: `bytes` in, the same `bytes` out through VTCM, nothing computed.
 pub fn null_program(bytes: u32) -> ProgramImage {
-    let ops = [Op::DmaIn { ddr: 0, vtcm: 0, bytes }, Op::DmaOut { vtcm: 0, ddr: u64::from(bytes), bytes }, Op::End];
+    let ops = [
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[bytes]), src: Tensor::ddr(0, DType::U8, &[bytes]), multicast: 0 },
+        Op::DmaOut {
+            dst: Tensor::ddr(u64::from(bytes), DType::U8, &[bytes]),
+            src: Tensor::vtcm(0, DType::U8, &[bytes]),
+        },
+        Op::End,
+    ];
     ProgramImage {
         name: "null".into(),
         batch_size: 1,

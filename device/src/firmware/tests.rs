@@ -1,7 +1,7 @@
 use super::*;
 use crate::container::{IoBinding, IoDType, IoDirection};
 use crate::dbc::{DoorbellWidth, SemOp};
-use crate::isa::{BinaryOp, DType, Instruction};
+use crate::isa::{BinaryKind, DType, Instruction, Tensor};
 use crate::memory::HeapMemory;
 use alloc::vec;
 
@@ -37,9 +37,21 @@ fn add_program() -> ProgramImage {
             io("z", IoDirection::Output, 2 * BYTES),
         ],
         cores: vec![[
-            Op::DmaIn { ddr: 0, vtcm: 0, bytes: 2 * BYTES as u32 },
-            Op::Binary { op: BinaryOp::Add, dtype: DType::F32, dst: 2 * BYTES, a: 0, b: BYTES, count: N },
-            Op::DmaOut { vtcm: 2 * BYTES, ddr: 2 * BYTES, bytes: BYTES as u32 },
+            Op::DmaIn {
+                dst: Tensor::vtcm(0, DType::F32, &[2 * N]),
+                src: Tensor::ddr(0, DType::F32, &[2 * N]),
+                multicast: 0,
+            },
+            Op::Binary {
+                kind: BinaryKind::Add,
+                dst: Tensor::vtcm(2 * BYTES, DType::F32, &[N]),
+                a: Tensor::vtcm(0, DType::F32, &[N]),
+                b: Tensor::vtcm(BYTES, DType::F32, &[N]),
+            },
+            Op::DmaOut {
+                dst: Tensor::ddr(2 * BYTES, DType::F32, &[N]),
+                src: Tensor::vtcm(2 * BYTES, DType::F32, &[N]),
+            },
             Op::End,
         ]
         .iter()
@@ -89,6 +101,18 @@ impl Rig {
         let mut msg = vec![0u8; rsp.message_len as usize];
         self.mem.read(layout::CTRL_RESPONSE_OFFSET + 64, &mut msg).unwrap();
         (ControlStatus::from_raw(rsp.status).unwrap(), rsp.values, String::from_utf8(msg).unwrap())
+    }
+
+    /// Services until nothing progresses; returns the elements consumed.
+    fn run(&mut self) -> u32 {
+        let mut elements = 0;
+        loop {
+            let done = self.fw.service(&self.mem);
+            elements += done.elements;
+            if !done.progressed() {
+                return elements;
+            }
+        }
     }
 
     fn host(&self, slot: u64) -> u64 {
@@ -178,7 +202,7 @@ impl Rig {
 fn one_inference_moves_real_data_and_completes_every_element() {
     let mut rig = Rig::new();
     let (x, y) = rig.inference(100, 1.25);
-    assert_eq!(rig.fw.service(&rig.mem).elements, 3);
+    assert_eq!(rig.run(), 3);
     let rsp = rig.responses();
     assert_eq!(
         rsp,
@@ -191,6 +215,11 @@ fn one_inference_moves_real_data_and_completes_every_element() {
     let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
     assert_eq!(rig.read_f32(rig.host(2)), want);
     assert!(rig.fw.device_cycles() > 0);
+    assert_eq!(rig.fw.now_cycles(), rig.fw.device_cycles(), "one run: device time is its length");
+    let stats = rig.fw.last_run(rig.dbc).unwrap();
+    assert_eq!(stats.cores.len(), 1);
+    assert_eq!(stats.cores[0].instructions, 4);
+    assert_eq!(stats.ddr_bytes, 3 * BYTES);
 }
 
 #[test]
@@ -239,7 +268,7 @@ fn bad_elements_get_error_codes_and_the_channel_keeps_serving() {
     // No bad element touched the input semaphore, and a good inference still works.
     assert_eq!(rig.mem.load_u32(rig.map.semaphore(rig.info.sem_inputs), Acquire), 0);
     let (x, y) = rig.inference(10, 3.0);
-    rig.fw.service(&rig.mem);
+    rig.run();
     assert!(rig.responses().iter().all(|r| r.status == 0));
     assert_eq!(rig.read_f32(rig.host(2)), x.iter().zip(&y).map(|(a, b)| a + b).collect::<Vec<_>>());
 }

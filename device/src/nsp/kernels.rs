@@ -1,0 +1,319 @@
+//! Functional kernels: the real numerics of every compute op, on a core's VTCM.
+//!
+//! Operands are gathered into packed f32 (or i32) arrays in logical row-major order —
+//! which makes strides, broadcasting and layout changes free — computed, and scattered
+//! into the destination with its dtype's rounding (f16: round to nearest even; integer
+//! conversions saturate). Every access is bounds-checked; a failure is `None`, which
+//! load-time validation makes unreachable.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use half::f16;
+
+use crate::isa::{BinaryKind, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
+
+/// Byte offsets of every element of `t` in logical row-major order.
+pub(crate) fn element_offsets(t: &Tensor) -> impl Iterator<Item = u64> + '_ {
+    let rank = t.rank as usize;
+    let total = t.elements();
+    let bytes = t.dtype.bytes();
+    let mut index = [0u32; 4];
+    let mut produced = 0u64;
+    core::iter::from_fn(move || {
+        if produced == total {
+            return None;
+        }
+        let elem: u64 = index[..rank].iter().zip(&t.strides).map(|(&i, &s)| u64::from(i) * u64::from(s)).sum();
+        produced += 1;
+        for d in (0..rank).rev() {
+            index[d] += 1;
+            if index[d] < t.shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+        Some(t.offset + elem * bytes)
+    })
+}
+
+fn bytes_at<const N: usize>(mem: &[u8], at: u64) -> Option<[u8; N]> {
+    let at = usize::try_from(at).ok()?;
+    mem.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+fn put(mem: &mut [u8], at: u64, value: &[u8]) -> Option<()> {
+    let at = usize::try_from(at).ok()?;
+    mem.get_mut(at..at.checked_add(value.len())?)?.copy_from_slice(value);
+    Some(())
+}
+
+/// The values of `t` as f32, in logical order.
+pub(crate) fn gather_f32(mem: &[u8], t: &Tensor) -> Option<Vec<f32>> {
+    if t.dtype == DType::F32 && t.is_contiguous() {
+        let start = usize::try_from(t.offset).ok()?;
+        let raw = mem.get(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)?;
+        return Some(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    }
+    element_offsets(t)
+        .map(|at| match t.dtype {
+            DType::F32 => bytes_at::<4>(mem, at).map(f32::from_le_bytes),
+            DType::F16 => bytes_at::<2>(mem, at).map(|b| f16::from_le_bytes(b).to_f32()),
+            DType::I8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0] as i8)),
+            DType::U8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0])),
+            DType::I32 => bytes_at::<4>(mem, at).map(|b| i32::from_le_bytes(b) as f32),
+        })
+        .collect()
+}
+
+/// The values of an integer `t` as i32, in logical order.
+pub(crate) fn gather_i32(mem: &[u8], t: &Tensor) -> Option<Vec<i32>> {
+    element_offsets(t)
+        .map(|at| match t.dtype {
+            DType::I8 => bytes_at::<1>(mem, at).map(|b| i32::from(b[0] as i8)),
+            DType::U8 => bytes_at::<1>(mem, at).map(|b| i32::from(b[0])),
+            DType::I32 => bytes_at::<4>(mem, at).map(i32::from_le_bytes),
+            DType::F32 | DType::F16 => None,
+        })
+        .collect()
+}
+
+/// Writes f32 values into a float `t` (rounding to f16 where needed).
+pub(crate) fn scatter_f32(mem: &mut [u8], t: &Tensor, values: &[f32]) -> Option<()> {
+    if values.len() as u64 != t.elements() {
+        return None;
+    }
+    if t.dtype == DType::F32 && t.is_contiguous() {
+        let start = usize::try_from(t.offset).ok()?;
+        let raw = mem.get_mut(start..start.checked_add(values.len() * 4)?)?;
+        for (dst, v) in raw.chunks_exact_mut(4).zip(values) {
+            dst.copy_from_slice(&v.to_le_bytes());
+        }
+        return Some(());
+    }
+    for (at, &v) in element_offsets(t).zip(values) {
+        match t.dtype {
+            DType::F32 => put(mem, at, &v.to_le_bytes())?,
+            DType::F16 => put(mem, at, &f16::from_f32(v).to_le_bytes())?,
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// Writes i32 values into an integer `t`, saturating to its range.
+pub(crate) fn scatter_i32(mem: &mut [u8], t: &Tensor, values: &[i32]) -> Option<()> {
+    if values.len() as u64 != t.elements() {
+        return None;
+    }
+    for (at, &v) in element_offsets(t).zip(values) {
+        match t.dtype {
+            DType::I8 => put(mem, at, &[v.clamp(-128, 127) as i8 as u8])?,
+            DType::U8 => put(mem, at, &[v.clamp(0, 255) as u8])?,
+            DType::I32 => put(mem, at, &v.to_le_bytes())?,
+            DType::F32 | DType::F16 => return None,
+        }
+    }
+    Some(())
+}
+
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + libm::expf(-x))
+}
+
+pub(crate) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+pub(crate) fn unary(kind: UnaryKind, x: f32) -> f32 {
+    match kind {
+        UnaryKind::Relu => x.max(0.0),
+        UnaryKind::Clip { min, max } => x.max(min).min(max),
+        UnaryKind::Sigmoid => sigmoid(x),
+        UnaryKind::Tanh => libm::tanhf(x),
+        UnaryKind::Gelu => gelu(x),
+        UnaryKind::Exp => libm::expf(x),
+        UnaryKind::Erf => libm::erff(x),
+        UnaryKind::Sqrt => libm::sqrtf(x),
+        UnaryKind::Reciprocal => 1.0 / x,
+        UnaryKind::Copy => x,
+    }
+}
+
+pub(crate) fn binary_f32(kind: BinaryKind, a: f32, b: f32) -> f32 {
+    match kind {
+        BinaryKind::Add => a + b,
+        BinaryKind::Sub => a - b,
+        BinaryKind::Mul => a * b,
+        BinaryKind::Div => a / b,
+        BinaryKind::Max => a.max(b),
+        BinaryKind::Min => a.min(b),
+    }
+}
+
+pub(crate) fn binary_i32(kind: BinaryKind, a: i32, b: i32) -> i32 {
+    match kind {
+        BinaryKind::Add => a.wrapping_add(b),
+        BinaryKind::Sub => a.wrapping_sub(b),
+        BinaryKind::Mul => a.wrapping_mul(b),
+        BinaryKind::Max => a.max(b),
+        BinaryKind::Min => a.min(b),
+        // Validation rejects integer division.
+        BinaryKind::Div => 0,
+    }
+}
+
+/// The conversion rule of [`Op::Convert`] for one value.
+pub(crate) fn convert_to_int(x: f32, scale: f32, zero_point: i32) -> i32 {
+    let q = libm::rintf(x / scale) as i64 + i64::from(zero_point);
+    q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+fn convert(mem: &mut [u8], dst: &Tensor, src: &Tensor, scale: f32, zero_point: i32) -> Option<()> {
+    match (src.dtype.is_float(), dst.dtype.is_float()) {
+        (true, true) => scatter_f32(mem, dst, &gather_f32(mem, src)?),
+        (true, false) => {
+            let q: Vec<i32> = gather_f32(mem, src)?.iter().map(|&x| convert_to_int(x, scale, zero_point)).collect();
+            scatter_i32(mem, dst, &q)
+        }
+        (false, true) => {
+            let x: Vec<f32> =
+                gather_i32(mem, src)?.iter().map(|&q| (q.wrapping_sub(zero_point)) as f32 * scale).collect();
+            scatter_f32(mem, dst, &x)
+        }
+        (false, false) => {
+            let values = gather_i32(mem, src)?;
+            let q: Vec<i32> = if src.dtype == DType::I32 && dst.dtype != DType::I32 {
+                values.iter().map(|&v| convert_to_int(v as f32, 1.0 / scale, zero_point)).collect()
+            } else {
+                values
+            };
+            scatter_i32(mem, dst, &q)
+        }
+    }
+}
+
+fn pool(kind: PoolKind, window: &PoolWindow, src: &[f32], [c, h, w]: [usize; 3], [ho, wo]: [usize; 2]) -> Vec<f32> {
+    let [kh, kw] = window.kernel.map(|v| v as usize);
+    let [sh, sw] = window.stride.map(|v| v as usize);
+    let [ph, pw] = window.pad.map(|v| v as usize);
+    let mut out = Vec::with_capacity(c * ho * wo);
+    for ch in 0..c {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let (mut acc, mut count) = (if kind == PoolKind::Max { f32::NEG_INFINITY } else { 0.0 }, 0usize);
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let (y, x) = ((oy * sh + ky).wrapping_sub(ph), (ox * sw + kx).wrapping_sub(pw));
+                        if y < h && x < w {
+                            let v = src[(ch * h + y) * w + x];
+                            acc = if kind == PoolKind::Max { acc.max(v) } else { acc + v };
+                            count += 1;
+                        }
+                    }
+                }
+                out.push(match kind {
+                    _ if count == 0 => 0.0,
+                    PoolKind::Max => acc,
+                    PoolKind::Avg => acc / count as f32,
+                    PoolKind::AvgIncludePad => acc / (kh * kw) as f32,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn rows(values: &mut [f32], row: usize, f: impl Fn(&mut [f32])) {
+    if row > 0 {
+        values.chunks_exact_mut(row).for_each(f);
+    }
+}
+
+/// Runs one compute op (anything but DMA, sync and End) on `vtcm`.
+pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
+    match *op {
+        Op::Binary { kind, dst, a, b } if dst.dtype == DType::I32 => {
+            let (x, y) = (gather_i32(vtcm, &a)?, gather_i32(vtcm, &b)?);
+            let out: Vec<i32> = x.iter().zip(&y).map(|(&x, &y)| binary_i32(kind, x, y)).collect();
+            scatter_i32(vtcm, &dst, &out)
+        }
+        Op::Binary { kind, dst, a, b } => {
+            let (x, y) = (gather_f32(vtcm, &a)?, gather_f32(vtcm, &b)?);
+            let out: Vec<f32> = x.iter().zip(&y).map(|(&x, &y)| binary_f32(kind, x, y)).collect();
+            scatter_f32(vtcm, &dst, &out)
+        }
+        Op::Unary { kind: UnaryKind::Copy, dst, src } if !dst.dtype.is_float() => {
+            let v = gather_i32(vtcm, &src)?;
+            scatter_i32(vtcm, &dst, &v)
+        }
+        Op::Unary { kind, dst, src } => {
+            let out: Vec<f32> = gather_f32(vtcm, &src)?.into_iter().map(|x| unary(kind, x)).collect();
+            scatter_f32(vtcm, &dst, &out)
+        }
+        Op::Convert { dst, src, scale, zero_point } => convert(vtcm, &dst, &src, scale, zero_point),
+        Op::MatMul { dst, a, b, accumulate } => super::gemm::matmul(vtcm, &dst, &a, &b, accumulate),
+        Op::Conv2d { dst, input, weight, geometry, accumulate } => {
+            super::gemm::conv2d(vtcm, &dst, &input, &weight, &geometry, accumulate)
+        }
+        Op::Pool { kind, dst, src, window } => {
+            let s = src.shape.map(|v| v as usize);
+            let out = pool(
+                kind,
+                &window,
+                &gather_f32(vtcm, &src)?,
+                [s[0], s[1], s[2]],
+                [dst.shape[1] as usize, dst.shape[2] as usize],
+            );
+            scatter_f32(vtcm, &dst, &out)
+        }
+        Op::GlobalAvgPool { dst, src } => {
+            let x = gather_f32(vtcm, &src)?;
+            let plane = (src.shape[1] * src.shape[2]) as usize;
+            let out: Vec<f32> = if plane == 0 {
+                vec![0.0; src.shape[0] as usize]
+            } else {
+                x.chunks_exact(plane).map(|p| p.iter().sum::<f32>() / plane as f32).collect()
+            };
+            scatter_f32(vtcm, &dst, &out)
+        }
+        Op::Softmax { dst, src } => {
+            let mut x = gather_f32(vtcm, &src)?;
+            rows(&mut x, src.shape[src.rank as usize - 1] as usize, |row| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for v in row.iter_mut() {
+                    *v = libm::expf(*v - max);
+                    sum += *v;
+                }
+                row.iter_mut().for_each(|v| *v /= sum);
+            });
+            scatter_f32(vtcm, &dst, &x)
+        }
+        Op::LayerNorm { dst, src, epsilon } => {
+            let mut x = gather_f32(vtcm, &src)?;
+            rows(&mut x, src.shape[src.rank as usize - 1] as usize, |row| {
+                let n = row.len() as f32;
+                let mean = row.iter().sum::<f32>() / n;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                let inv = 1.0 / libm::sqrtf(var + epsilon);
+                row.iter_mut().for_each(|v| *v = (*v - mean) * inv);
+            });
+            scatter_f32(vtcm, &dst, &x)
+        }
+        Op::Reduce { kind, dst, src } => {
+            let x = gather_f32(vtcm, &src)?;
+            let row = src.shape[src.rank as usize - 1] as usize;
+            let out: Vec<f32> = x
+                .chunks_exact(row.max(1))
+                .map(|r| match kind {
+                    ReduceKind::Sum => r.iter().sum(),
+                    ReduceKind::Mean => r.iter().sum::<f32>() / r.len() as f32,
+                    ReduceKind::Max => r.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    ReduceKind::Min => r.iter().copied().fold(f32::INFINITY, f32::min),
+                })
+                .collect();
+            scatter_f32(vtcm, &dst, &out)
+        }
+        Op::End | Op::DmaIn { .. } | Op::DmaOut { .. } | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Some(()),
+    }
+}

@@ -1,0 +1,278 @@
+//! One NSP core — its VTCM — and what its engines cost: the named cost parameters, the
+//! engine and op class of every instruction, and the cycles each takes.
+//!
+//! Engines per core: one DMA issue engine, one HMX (matrix) engine, [`HVX_THREADS`] HVX
+//! (vector) threads, and the sync unit.
+
+pub mod gemm;
+pub mod kernels;
+pub mod validate;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::isa::{DType, Op, UnaryKind};
+
+pub use validate::{validate_stream, Limits, ProgramError, StreamProblem};
+
+/// HVX hardware threads per core (the profiling view shows four).
+pub const HVX_THREADS: u32 = 4;
+
+/// One NSP core.
+pub struct NspCore {
+    /// 16-byte words, so that f32 and f16 views of aligned offsets are aligned too.
+    vtcm: Vec<u128>,
+}
+
+impl NspCore {
+    /// A core with `vtcm_bytes` of VTCM (rounded up to 16). The allocation is zeroed
+    /// lazily by the OS, so idle cores cost no memory.
+    pub fn new(vtcm_bytes: u64) -> NspCore {
+        NspCore { vtcm: vec![0; vtcm_bytes.div_ceil(16) as usize] }
+    }
+
+    pub fn vtcm(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.vtcm)
+    }
+
+    pub fn vtcm_mut(&mut self) -> &mut [u8] {
+        bytemuck::cast_slice_mut(&mut self.vtcm)
+    }
+}
+
+/// Named cost parameters. Defaults come from public AIC100 figures where they exist
+/// (see `docs/device-model.md`); the rest are stated assumptions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CostModel {
+    /// Cycles to start one DMA transfer (descriptor fetch, address translation).
+    pub dma_setup_cycles: u64,
+    /// Bytes per cycle one core's DMA engine moves when DDR is not the limit.
+    pub dma_bytes_per_cycle: u64,
+    /// Device DDR bandwidth shared by every active transfer (LPDDR4x, 4 x 64-bit: 136 GB/s).
+    pub ddr_bytes_per_second: u64,
+    /// HMX f16 MACs per cycle (public: 4096).
+    pub hmx_macs_per_cycle_f16: u64,
+    /// HMX int8 MACs per cycle (public: 8192).
+    pub hmx_macs_per_cycle_int8: u64,
+    /// f32 matmul MACs per cycle (assumption: a quarter of f16).
+    pub hmx_macs_per_cycle_f32: u64,
+    /// HMX works on tiles of this many rows, columns and depth; smaller operands are
+    /// padded up to it, which is what makes small tiles inefficient.
+    pub hmx_tile: u64,
+    /// Cycles to start one HMX operation.
+    pub hmx_setup_cycles: u64,
+    /// Bytes one HVX thread processes per cycle (one 128-byte vector).
+    pub hvx_bytes_per_cycle: u64,
+    /// Cycles per vector of an exp/tanh/erf/sigmoid/gelu.
+    pub hvx_transcendental_cycles: u64,
+    /// Cycles per vector of a divide, square root or reciprocal.
+    pub hvx_divide_cycles: u64,
+    /// Cycles to issue any instruction.
+    pub issue_cycles: u64,
+    /// Cycles for a signal, wait or barrier to take effect across cores.
+    pub sync_latency_cycles: u64,
+}
+
+impl Default for CostModel {
+    fn default() -> CostModel {
+        CostModel {
+            dma_setup_cycles: 100,
+            dma_bytes_per_cycle: 64,
+            ddr_bytes_per_second: 136_000_000_000,
+            hmx_macs_per_cycle_f16: 4096,
+            hmx_macs_per_cycle_int8: 8192,
+            hmx_macs_per_cycle_f32: 1024,
+            hmx_tile: 32,
+            hmx_setup_cycles: 32,
+            hvx_bytes_per_cycle: 128,
+            hvx_transcendental_cycles: 8,
+            hvx_divide_cycles: 4,
+            issue_cycles: 4,
+            sync_latency_cycles: 100,
+        }
+    }
+}
+
+/// The engine an instruction occupies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Dma = 0,
+    Hmx = 1,
+    Hvx = 2,
+    Sync = 3,
+}
+
+/// Number of [`Engine`]s.
+pub const ENGINES: usize = 4;
+
+/// Classes of operations, the rows of a per-core profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpClass {
+    CopyToVtcm = 0,
+    CopyFromVtcm = 1,
+    MatMul = 2,
+    Convolution = 3,
+    Elementwise = 4,
+    Activation = 5,
+    Convert = 6,
+    Pool = 7,
+    Softmax = 8,
+    LayerNorm = 9,
+    Reduce = 10,
+    Sync = 11,
+}
+
+/// Number of [`OpClass`]es.
+pub const OP_CLASSES: usize = 12;
+
+impl OpClass {
+    pub const ALL: [OpClass; OP_CLASSES] = [
+        OpClass::CopyToVtcm,
+        OpClass::CopyFromVtcm,
+        OpClass::MatMul,
+        OpClass::Convolution,
+        OpClass::Elementwise,
+        OpClass::Activation,
+        OpClass::Convert,
+        OpClass::Pool,
+        OpClass::Softmax,
+        OpClass::LayerNorm,
+        OpClass::Reduce,
+        OpClass::Sync,
+    ];
+
+    /// The op name a profile shows for this class.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpClass::CopyToVtcm => "aiccopytovtcm",
+            OpClass::CopyFromVtcm => "aiccopyfromvtcm",
+            OpClass::MatMul => "aicmatmul",
+            OpClass::Convolution => "aicconvolution",
+            OpClass::Elementwise => "aicelementwise",
+            OpClass::Activation => "aicactivation",
+            OpClass::Convert => "aicconvert",
+            OpClass::Pool => "aicpool",
+            OpClass::Softmax => "aicsoftmax",
+            OpClass::LayerNorm => "aiclayernorm",
+            OpClass::Reduce => "aicreduce",
+            OpClass::Sync => "sync",
+        }
+    }
+}
+
+fn up(v: u64, tile: u64) -> u64 {
+    v.div_ceil(tile.max(1)) * tile.max(1)
+}
+
+impl CostModel {
+    fn hmx_rate(&self, dtype: DType) -> u64 {
+        match dtype {
+            DType::F16 => self.hmx_macs_per_cycle_f16,
+            DType::I8 | DType::U8 => self.hmx_macs_per_cycle_int8,
+            _ => self.hmx_macs_per_cycle_f32,
+        }
+        .max(1)
+    }
+
+    fn hmx_cycles(&self, dtype: DType, m: u64, n: u64, k: u64, groups: u64) -> u64 {
+        let t = self.hmx_tile;
+        let macs = groups * up(m, t) * up(n, t) * up(k, t);
+        self.issue_cycles + self.hmx_setup_cycles + macs.div_ceil(self.hmx_rate(dtype))
+    }
+
+    fn vectors(&self, bytes: u64) -> u64 {
+        bytes.div_ceil(self.hvx_bytes_per_cycle.max(1))
+    }
+
+    /// DDR bandwidth in bytes per cycle at `clock_hz`.
+    pub fn ddr_bytes_per_cycle(&self, clock_hz: u64) -> f64 {
+        self.ddr_bytes_per_second as f64 / clock_hz.max(1) as f64
+    }
+
+    /// Cycles of a non-DMA instruction once started (DMA time depends on the DDR load;
+    /// see the scheduler).
+    pub fn cycles(&self, op: &Op) -> u64 {
+        let issue = self.issue_cycles;
+        match op {
+            Op::End => 0,
+            Op::DmaIn { .. } | Op::DmaOut { .. } => self.dma_setup_cycles,
+            Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => self.sync_latency_cycles,
+            Op::MatMul { a, b, .. } => {
+                self.hmx_cycles(a.dtype, a.shape[0].into(), b.shape[1].into(), a.shape[1].into(), 1)
+            }
+            Op::Conv2d { dst, weight, geometry, .. } => {
+                let g = u64::from(geometry.groups.max(1));
+                let m = u64::from(dst.shape[1]) * u64::from(dst.shape[2]);
+                let n = u64::from(weight.shape[0]) / g;
+                let k = u64::from(weight.shape[1]) * u64::from(weight.shape[2]) * u64::from(weight.shape[3]);
+                self.hmx_cycles(weight.dtype, m, n, k, g)
+            }
+            Op::Binary { kind, dst, .. } => {
+                let per = if *kind == crate::isa::BinaryKind::Div { self.hvx_divide_cycles } else { 1 };
+                issue + self.vectors(dst.packed_bytes()) * per
+            }
+            Op::Unary { kind, dst, .. } => {
+                let per = match kind {
+                    UnaryKind::Relu | UnaryKind::Clip { .. } | UnaryKind::Copy => 1,
+                    UnaryKind::Sqrt | UnaryKind::Reciprocal => self.hvx_divide_cycles,
+                    _ => self.hvx_transcendental_cycles,
+                };
+                issue + self.vectors(dst.packed_bytes()) * per
+            }
+            Op::Convert { dst, src, .. } => issue + self.vectors(dst.packed_bytes().max(src.packed_bytes())),
+            Op::Pool { dst, window, .. } => {
+                issue + self.vectors(dst.packed_bytes()) * u64::from(window.kernel[0] * window.kernel[1])
+            }
+            Op::GlobalAvgPool { src, .. } | Op::Reduce { src, .. } => issue + self.vectors(src.packed_bytes()),
+            Op::Softmax { src, .. } => issue + self.vectors(src.packed_bytes()) * (3 + self.hvx_transcendental_cycles),
+            Op::LayerNorm { src, .. } => issue + self.vectors(src.packed_bytes()) * (4 + self.hvx_divide_cycles),
+        }
+    }
+}
+
+/// The engine an op runs on.
+pub fn engine(op: &Op) -> Engine {
+    match op {
+        Op::DmaIn { .. } | Op::DmaOut { .. } => Engine::Dma,
+        Op::MatMul { .. } | Op::Conv2d { .. } => Engine::Hmx,
+        Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Engine::Sync,
+        _ => Engine::Hvx,
+    }
+}
+
+/// The profile class of an op.
+pub fn op_class(op: &Op) -> OpClass {
+    match op {
+        Op::DmaIn { .. } => OpClass::CopyToVtcm,
+        Op::DmaOut { .. } => OpClass::CopyFromVtcm,
+        Op::MatMul { .. } => OpClass::MatMul,
+        Op::Conv2d { .. } => OpClass::Convolution,
+        Op::Binary { .. } => OpClass::Elementwise,
+        Op::Unary { .. } => OpClass::Activation,
+        Op::Convert { .. } => OpClass::Convert,
+        Op::Pool { .. } | Op::GlobalAvgPool { .. } => OpClass::Pool,
+        Op::Softmax { .. } => OpClass::Softmax,
+        Op::LayerNorm { .. } => OpClass::LayerNorm,
+        Op::Reduce { .. } => OpClass::Reduce,
+        Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => OpClass::Sync,
+    }
+}
+
+/// Bytes an op writes (its output).
+pub fn output_bytes(op: &Op) -> u64 {
+    match op {
+        Op::DmaIn { dst, .. }
+        | Op::DmaOut { dst, .. }
+        | Op::MatMul { dst, .. }
+        | Op::Conv2d { dst, .. }
+        | Op::Binary { dst, .. }
+        | Op::Unary { dst, .. }
+        | Op::Convert { dst, .. }
+        | Op::Pool { dst, .. }
+        | Op::GlobalAvgPool { dst, .. }
+        | Op::Softmax { dst, .. }
+        | Op::LayerNorm { dst, .. }
+        | Op::Reduce { dst, .. } => dst.packed_bytes(),
+        Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 0,
+    }
+}

@@ -1,0 +1,372 @@
+//! Load-time validation of an instruction stream: every operand in its space, inside
+//! its core's VTCM or the program's DDR allocation and aligned to its dtype; dtypes and
+//! shapes consistent for the operation; sync counters and multicast masks in range.
+//! A failure names the core, the instruction index and the bound.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::isa::{DType, Instruction, Op, Space, Tensor};
+
+/// What a stream is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub vtcm_bytes: u64,
+    pub ddr_bytes: u64,
+    /// Cores the program runs on (bounds multicast masks).
+    pub cores: u32,
+}
+
+/// What is wrong with an instruction stream, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("core {core}, instruction {index}: {problem}")]
+pub struct ProgramError {
+    pub core: u32,
+    pub index: usize,
+    pub problem: StreamProblem,
+}
+
+/// The reason inside a [`ProgramError`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamProblem {
+    #[error("cannot decode: {0}")]
+    Decode(#[from] crate::isa::DecodeError),
+    #[error("{operand} spans VTCM [{start:#x}, {start:#x} + {len:#x}), past the core's {vtcm_bytes:#x}-byte VTCM")]
+    VtcmOverflow { operand: &'static str, start: u64, len: u64, vtcm_bytes: u64 },
+    #[error("{operand} spans DDR [{start:#x}, {start:#x} + {len:#x}), past the program's {ddr_bytes:#x}-byte DDR allocation")]
+    DdrOverflow { operand: &'static str, start: u64, len: u64, ddr_bytes: u64 },
+    #[error("{operand} offset {offset:#x} is not aligned to its {align}-byte elements")]
+    Misaligned { operand: &'static str, offset: u64, align: u64 },
+    #[error("{operand} must be in {expected:?}")]
+    WrongSpace { operand: &'static str, expected: Space },
+    #[error("{0}")]
+    Types(String),
+    #[error("{0}")]
+    Shapes(String),
+    #[error("multicast mask {mask:#x} names cores beyond the program's {cores}")]
+    Multicast { mask: u64, cores: u32 },
+    #[error("stream does not end with End")]
+    MissingEnd,
+    #[error("instruction after End")]
+    AfterEnd,
+}
+
+fn check(t: &Tensor, operand: &'static str, space: Space, limits: &Limits) -> Result<(), StreamProblem> {
+    if t.space != space {
+        return Err(StreamProblem::WrongSpace { operand, expected: space });
+    }
+    let align = t.dtype.bytes();
+    if !t.offset.is_multiple_of(align) {
+        return Err(StreamProblem::Misaligned { operand, offset: t.offset, align });
+    }
+    let len = t.span_bytes().unwrap_or(u64::MAX);
+    let (size, overflow) = match space {
+        Space::Vtcm => (
+            limits.vtcm_bytes,
+            StreamProblem::VtcmOverflow { operand, start: t.offset, len, vtcm_bytes: limits.vtcm_bytes },
+        ),
+        Space::Ddr => (
+            limits.ddr_bytes,
+            StreamProblem::DdrOverflow { operand, start: t.offset, len, ddr_bytes: limits.ddr_bytes },
+        ),
+    };
+    match t.offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(overflow),
+    }
+}
+
+fn types(cond: bool, text: impl FnOnce() -> String) -> Result<(), StreamProblem> {
+    if cond {
+        Ok(())
+    } else {
+        Err(StreamProblem::Types(text()))
+    }
+}
+
+fn shapes(cond: bool, text: impl FnOnce() -> String) -> Result<(), StreamProblem> {
+    if cond {
+        Ok(())
+    } else {
+        Err(StreamProblem::Shapes(text()))
+    }
+}
+
+fn same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<(), StreamProblem> {
+    shapes(a.dims() == b.dims(), || format!("{what}: shapes {:?} and {:?} differ", a.dims(), b.dims()))
+}
+
+fn rank(t: &Tensor, r: u8, what: &str) -> Result<(), StreamProblem> {
+    shapes(t.rank == r, || format!("{what} must have rank {r}, has shape {:?}", t.dims()))
+}
+
+fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
+    let v = |t: &Tensor, name| check(t, name, Space::Vtcm, limits);
+    match op {
+        Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Ok(()),
+        Op::DmaIn { dst, src, multicast } => {
+            check(src, "DMA source", Space::Ddr, limits)?;
+            v(dst, "DMA destination")?;
+            types(src.dtype == dst.dtype, || {
+                format!("DMA moves {:?} into {:?}; DMA does not convert", src.dtype, dst.dtype)
+            })?;
+            same_shape(src, dst, "DMA")?;
+            if limits.cores < 64 && *multicast >> limits.cores != 0 {
+                return Err(StreamProblem::Multicast { mask: *multicast, cores: limits.cores });
+            }
+            Ok(())
+        }
+        Op::DmaOut { dst, src } => {
+            v(src, "DMA source")?;
+            check(dst, "DMA destination", Space::Ddr, limits)?;
+            types(src.dtype == dst.dtype, || {
+                format!("DMA moves {:?} into {:?}; DMA does not convert", src.dtype, dst.dtype)
+            })?;
+            same_shape(src, dst, "DMA")
+        }
+        Op::MatMul { dst, a, b, .. } => {
+            v(dst, "dst")?;
+            v(a, "a")?;
+            v(b, "b")?;
+            rank(a, 2, "matmul a")?;
+            rank(b, 2, "matmul b")?;
+            rank(dst, 2, "matmul dst")?;
+            let (m, k, n) = (a.shape[0], a.shape[1], b.shape[1]);
+            shapes(b.shape[0] == k && dst.shape[0] == m && dst.shape[1] == n, || {
+                format!("matmul [{m}, {k}] x {:?} -> {:?} does not line up", b.dims(), dst.dims())
+            })?;
+            hmx_types(a.dtype, b.dtype, dst.dtype)
+        }
+        Op::Conv2d { dst, input, weight, geometry: g, .. } => {
+            v(dst, "dst")?;
+            v(input, "input")?;
+            v(weight, "weight")?;
+            rank(input, 3, "conv input [C, H, W]")?;
+            rank(weight, 4, "conv weight [Co, Ci/groups, Kh, Kw]")?;
+            rank(dst, 3, "conv output [Co, Ho, Wo]")?;
+            let groups = g.groups;
+            shapes(groups >= 1 && input.shape[0] % groups == 0 && weight.shape[0] % groups == 0, || {
+                format!(
+                    "{groups} groups do not divide {} input and {} output channels",
+                    input.shape[0], weight.shape[0]
+                )
+            })?;
+            shapes(weight.shape[1] * groups == input.shape[0] && dst.shape[0] == weight.shape[0], || {
+                format!(
+                    "conv channels: input {:?}, weight {:?}, output {:?}, groups {groups}",
+                    input.dims(),
+                    weight.dims(),
+                    dst.dims()
+                )
+            })?;
+            shapes(g.stride.iter().chain(&g.dilation).all(|&s| s >= 1), || {
+                String::from("conv stride and dilation must be at least 1")
+            })?;
+            hmx_types(input.dtype, weight.dtype, dst.dtype)
+        }
+        Op::Binary { dst, a, b, kind } => {
+            v(dst, "dst")?;
+            v(a, "a")?;
+            v(b, "b")?;
+            same_shape(dst, a, "binary a")?;
+            same_shape(dst, b, "binary b")?;
+            types(a.dtype == dst.dtype && b.dtype == dst.dtype, || {
+                String::from("binary operands must share the destination's dtype")
+            })?;
+            let int_ok = !matches!(kind, crate::isa::BinaryKind::Div);
+            types(dst.dtype.is_float() || (dst.dtype == DType::I32 && int_ok), || {
+                format!("{kind:?} is not defined on {:?}", dst.dtype)
+            })
+        }
+        Op::Unary { dst, src, kind } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            same_shape(dst, src, "unary")?;
+            types(dst.dtype == src.dtype, || String::from("unary ops do not convert; use Convert"))?;
+            types(dst.dtype.is_float() || matches!(kind, crate::isa::UnaryKind::Copy), || {
+                format!("{kind:?} needs a float dtype")
+            })
+        }
+        Op::Convert { dst, src, scale, .. } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            same_shape(dst, src, "convert")?;
+            types(scale.is_finite() && *scale != 0.0, || format!("convert scale {scale} must be finite and nonzero"))
+        }
+        Op::Pool { dst, src, window: w, .. } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            rank(src, 3, "pool input [C, H, W]")?;
+            rank(dst, 3, "pool output [C, Ho, Wo]")?;
+            shapes(dst.shape[0] == src.shape[0], || String::from("pooling keeps the channel count"))?;
+            shapes(w.kernel.iter().chain(&w.stride).all(|&s| s >= 1), || {
+                String::from("pool kernel and stride must be at least 1")
+            })?;
+            shapes(w.pad[0] < w.kernel[0] && w.pad[1] < w.kernel[1], || {
+                String::from("pool padding must be smaller than the kernel")
+            })?;
+            types(dst.dtype == src.dtype && src.dtype.is_float(), || String::from("pooling works on one float dtype"))
+        }
+        Op::GlobalAvgPool { dst, src } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            rank(src, 3, "global pool input [C, H, W]")?;
+            shapes(dst.elements() == u64::from(src.shape[0]), || {
+                format!("global pool of {:?} gives {} values, dst has {:?}", src.dims(), src.shape[0], dst.dims())
+            })?;
+            types(dst.dtype == src.dtype && src.dtype.is_float(), || String::from("pooling works on one float dtype"))
+        }
+        Op::Softmax { dst, src } | Op::LayerNorm { dst, src, .. } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            same_shape(dst, src, "normalisation")?;
+            types(dst.dtype == src.dtype && src.dtype.is_float(), || {
+                String::from("softmax and layer-norm work on one float dtype")
+            })
+        }
+        Op::Reduce { dst, src, .. } => {
+            v(dst, "dst")?;
+            v(src, "src")?;
+            let r = src.rank as usize;
+            shapes(dst.rank == src.rank && dst.shape[..r - 1] == src.shape[..r - 1] && dst.shape[r - 1] == 1, || {
+                format!(
+                    "reduce over the last axis of {:?} gives its shape with the last dimension 1, dst has {:?}",
+                    src.dims(),
+                    dst.dims()
+                )
+            })?;
+            types(dst.dtype == src.dtype && src.dtype.is_float(), || String::from("reductions work on one float dtype"))
+        }
+    }
+}
+
+fn hmx_types(a: DType, b: DType, dst: DType) -> Result<(), StreamProblem> {
+    let ok = match (a, b) {
+        (DType::F32, DType::F32) => dst == DType::F32,
+        (DType::F16, DType::F16) => dst.is_float(),
+        (DType::I8 | DType::U8, DType::I8) => dst == DType::I32,
+        _ => false,
+    };
+    types(ok, || {
+        format!("HMX takes f32 x f32 -> f32, f16 x f16 -> f16/f32, or i8/u8 x i8 -> i32; got {a:?} x {b:?} -> {dst:?}")
+    })
+}
+
+/// Decodes and checks a core's stream; exactly one End, at the end.
+pub fn validate_stream(core: u32, stream: &[Instruction], limits: &Limits) -> Result<Vec<Op>, ProgramError> {
+    let mut ops = Vec::with_capacity(stream.len());
+    for (index, record) in stream.iter().enumerate() {
+        let fail = |problem| ProgramError { core, index, problem };
+        if ops.last() == Some(&Op::End) {
+            return Err(fail(StreamProblem::AfterEnd));
+        }
+        let op = record.decode().map_err(|e| fail(e.into()))?;
+        check_op(&op, limits).map_err(fail)?;
+        ops.push(op);
+    }
+    if ops.last() != Some(&Op::End) {
+        return Err(ProgramError { core, index: stream.len(), problem: StreamProblem::MissingEnd });
+    }
+    Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::{BinaryKind, ConvGeometry};
+    use alloc::vec;
+
+    const LIMITS: Limits = Limits { vtcm_bytes: 4096, ddr_bytes: 1024, cores: 2 };
+
+    fn vt(offset: u64, dtype: DType, shape: &[u32]) -> Tensor {
+        Tensor::contiguous(Space::Vtcm, offset, dtype, shape)
+    }
+
+    fn problem(ops: &[Op]) -> (usize, StreamProblem) {
+        let stream: Vec<Instruction> = ops.iter().chain(&[Op::End]).map(|&o| Instruction::encode(o)).collect();
+        let e = validate_stream(5, &stream, &LIMITS).unwrap_err();
+        assert_eq!(e.core, 5);
+        (e.index, e.problem)
+    }
+
+    #[test]
+    fn a_vtcm_overflow_names_core_index_and_bound() {
+        let big = vt(4000, DType::F32, &[50]);
+        let (index, p) = problem(&[
+            Op::Unary {
+                kind: crate::isa::UnaryKind::Relu,
+                dst: vt(0, DType::F32, &[50]),
+                src: vt(0, DType::F32, &[50]),
+            },
+            Op::Unary { kind: crate::isa::UnaryKind::Relu, dst: big, src: vt(0, DType::F32, &[50]) },
+        ]);
+        assert_eq!(index, 1);
+        assert_eq!(p, StreamProblem::VtcmOverflow { operand: "dst", start: 4000, len: 200, vtcm_bytes: 4096 });
+        let e = ProgramError { core: 5, index, problem: p };
+        assert_eq!(
+            alloc::format!("{e}"),
+            "core 5, instruction 1: dst spans VTCM [0xfa0, 0xfa0 + 0xc8), past the core's 0x1000-byte VTCM"
+        );
+    }
+
+    #[test]
+    fn dma_and_compute_operand_rules() {
+        let d = Tensor::contiguous(Space::Ddr, 1000, DType::F32, &[8]);
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0 }]).1,
+            StreamProblem::DdrOverflow { .. }
+        ));
+        let d = Tensor::contiguous(Space::Ddr, 0, DType::F32, &[8]);
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0b100 }]).1,
+            StreamProblem::Multicast { .. }
+        ));
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(2, DType::F32, &[8]), src: d, multicast: 0 }]).1,
+            StreamProblem::Misaligned { .. }
+        ));
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(0, DType::F16, &[8]), src: d, multicast: 0 }]).1,
+            StreamProblem::Types(_)
+        ));
+        assert!(matches!(problem(&[Op::DmaIn { dst: d, src: d, multicast: 0 }]).1, StreamProblem::WrongSpace { .. }));
+        let m = Op::MatMul {
+            dst: vt(0, DType::F32, &[2, 3]),
+            a: vt(64, DType::F32, &[2, 4]),
+            b: vt(128, DType::F32, &[5, 3]),
+            accumulate: false,
+        };
+        assert!(matches!(problem(&[m]).1, StreamProblem::Shapes(_)));
+        let m = Op::MatMul {
+            dst: vt(0, DType::F32, &[2, 3]),
+            a: vt(64, DType::I8, &[2, 4]),
+            b: vt(128, DType::I8, &[4, 3]),
+            accumulate: false,
+        };
+        assert!(matches!(problem(&[m]).1, StreamProblem::Types(_)));
+        let c = Op::Conv2d {
+            dst: vt(0, DType::F32, &[4, 2, 2]),
+            input: vt(256, DType::F32, &[3, 4, 4]),
+            weight: vt(512, DType::F32, &[4, 3, 3, 3]),
+            geometry: ConvGeometry { stride: [1, 1], pad: [0, 0], dilation: [1, 1], groups: 2 },
+            accumulate: false,
+        };
+        assert!(matches!(problem(&[c]).1, StreamProblem::Shapes(_)));
+        let b = Op::Binary {
+            kind: BinaryKind::Div,
+            dst: vt(0, DType::I32, &[4]),
+            a: vt(16, DType::I32, &[4]),
+            b: vt(32, DType::I32, &[4]),
+        };
+        assert!(matches!(problem(&[b]).1, StreamProblem::Types(_)));
+    }
+
+    #[test]
+    fn stream_structure_is_checked() {
+        let end = Instruction::encode(Op::End);
+        assert_eq!(validate_stream(0, &[], &LIMITS).unwrap_err().problem, StreamProblem::MissingEnd);
+        assert_eq!(validate_stream(0, &[end, end], &LIMITS).unwrap_err().problem, StreamProblem::AfterEnd);
+        assert_eq!(validate_stream(0, &[end], &LIMITS), Ok(vec![Op::End]));
+    }
+}

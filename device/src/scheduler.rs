@@ -1,0 +1,608 @@
+//! The discrete-event scheduler: device time for every running program on every core,
+//! together.
+//!
+//! Each core issues its instructions in program order; an instruction starts when its
+//! engine has room (one DMA, one HMX, [`HVX_THREADS`] HVX threads), no instruction still
+//! in flight on the core conflicts with it (read-after-write, write-after-read,
+//! write-after-write on overlapping VTCM or DDR bytes), and no sync fence is pending.
+//! Later instructions may start while earlier ones run: DMA of the next tile overlaps
+//! compute on this one.
+//!
+//! DMA transfers are fluid: all transfers in flight on the device share DDR bandwidth
+//! equally, each also capped by its core's DMA rate, so programs on different cores
+//! slow each other down. A multicast transfer reads DDR once.
+//!
+//! Functional effects happen when an instruction starts: the hazard rules guarantee its
+//! inputs are final and nobody still reads what it overwrites. In timing mode DMA still
+//! moves data; only the compute kernels are skipped. Device time does not depend on the
+//! mode or on the data.
+
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::isa::{Op, Space, Tensor, SYNC_COUNTERS};
+use crate::memory::SharedMemory;
+use crate::nsp::kernels::element_offsets;
+use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, HVX_THREADS, OP_CLASSES};
+
+/// Whether compute kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecMode {
+    /// Cost model only; DMA still moves data.
+    Timing,
+    /// Real numerics as well.
+    Functional,
+}
+
+/// Cycles, count and output bytes of one op class on one core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    pub cycles: u64,
+    pub count: u64,
+    pub out_bytes: u64,
+}
+
+/// What one core did during one program run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Physical core id.
+    pub core: u32,
+    /// Busy cycles per [`Engine`] (HVX: summed over threads).
+    pub busy: [u64; ENGINES],
+    /// Cycles with nothing in flight while the core had not finished (waiting on
+    /// another core, or on a hazard).
+    pub stall_cycles: u64,
+    /// Per [`nsp::OpClass`].
+    pub classes: [ClassStats; OP_CLASSES],
+    /// Instructions executed.
+    pub instructions: u64,
+}
+
+/// One program run, timed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub start_cycle: u64,
+    pub end_cycle: u64,
+    pub cores: Vec<CoreStats>,
+    /// Bytes this run read from or wrote to DDR.
+    pub ddr_bytes: u64,
+}
+
+impl RunStats {
+    pub fn cycles(&self) -> u64 {
+        self.end_cycle - self.start_cycle
+    }
+}
+
+/// Why a program run failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExecFault {
+    #[error("core {core} instruction {index} faulted")]
+    Instruction { core: u32, index: usize },
+    #[error("cores deadlocked waiting on each other")]
+    Deadlock,
+}
+
+/// Identifies a started run.
+pub type JobId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Region {
+    Vtcm(u32),
+    Ddr,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    region: Region,
+    start: u64,
+    end: u64,
+}
+
+impl Range {
+    fn of(t: &Tensor, core: u32) -> Range {
+        let region = if t.space == Space::Vtcm { Region::Vtcm(core) } else { Region::Ddr };
+        Range { region, start: t.offset, end: t.offset + t.span_bytes().unwrap_or(0) }
+    }
+
+    fn overlaps(&self, other: &Range) -> bool {
+        self.region == other.region && self.start < other.end && other.start < self.end
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Access {
+    reads: [Option<Range>; 3],
+    write: Option<Range>,
+}
+
+impl Access {
+    fn of(op: &Op, core: u32) -> Access {
+        let r = |t: &Tensor| Some(Range::of(t, core));
+        match op {
+            Op::DmaIn { dst, src, .. } | Op::DmaOut { dst, src } => {
+                Access { reads: [r(src), None, None], write: r(dst) }
+            }
+            Op::MatMul { dst, a, b, accumulate } => {
+                Access { reads: [r(a), r(b), if *accumulate { r(dst) } else { None }], write: r(dst) }
+            }
+            Op::Conv2d { dst, input, weight, accumulate, .. } => {
+                Access { reads: [r(input), r(weight), if *accumulate { r(dst) } else { None }], write: r(dst) }
+            }
+            Op::Binary { dst, a, b, .. } => Access { reads: [r(a), r(b), None], write: r(dst) },
+            Op::Unary { dst, src, .. }
+            | Op::Convert { dst, src, .. }
+            | Op::Pool { dst, src, .. }
+            | Op::GlobalAvgPool { dst, src }
+            | Op::Softmax { dst, src }
+            | Op::LayerNorm { dst, src, .. }
+            | Op::Reduce { dst, src, .. } => Access { reads: [r(src), None, None], write: r(dst) },
+            Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Access::default(),
+        }
+    }
+
+    fn conflicts(&self, other: &Access) -> bool {
+        let hits = |w: &Option<Range>, list: &[Option<Range>]| {
+            w.as_ref().is_some_and(|w| list.iter().flatten().any(|x| x.overlaps(w)))
+        };
+        hits(&self.write, &other.reads) || hits(&other.write, &self.reads) || hits(&self.write, &[other.write])
+    }
+}
+
+struct InFlight {
+    op: usize,
+    engine: Engine,
+    start: u64,
+    /// Fixed end; `None` for a DMA transfer still moving bytes.
+    end: Option<u64>,
+    access: Access,
+    /// Sync ops fence everything after them until they complete.
+    fence: bool,
+}
+
+struct CoreRun {
+    core: u32,
+    pc: usize,
+    in_flight: Vec<InFlight>,
+    ended: bool,
+    at_barrier: bool,
+    stats: CoreStats,
+}
+
+struct Job {
+    id: JobId,
+    streams: Arc<Vec<Vec<Op>>>,
+    cores: Vec<CoreRun>,
+    /// Region offset of the activation's DDR.
+    ddr_base: u64,
+    counters: [u32; SYNC_COUNTERS as usize],
+    start: u64,
+    ddr_bytes: u64,
+    fault: Option<ExecFault>,
+}
+
+struct Transfer {
+    job: JobId,
+    core: usize,
+    op: usize,
+    /// Setup ends here; only then does the transfer take a share of DDR bandwidth.
+    ready_at: u64,
+    remaining: f64,
+}
+
+/// The device-wide scheduler.
+pub struct Scheduler {
+    cost: CostModel,
+    ddr_bytes_per_cycle: f64,
+    now: u64,
+    jobs: Vec<Job>,
+    transfers: Vec<Transfer>,
+    next_id: JobId,
+    /// Instructions issued since creation (for simulation-speed figures).
+    pub instructions: u64,
+}
+
+impl Scheduler {
+    pub fn new(cost: CostModel, clock_hz: u64) -> Scheduler {
+        Scheduler {
+            cost,
+            ddr_bytes_per_cycle: cost.ddr_bytes_per_cycle(clock_hz),
+            now: 0,
+            jobs: Vec::new(),
+            transfers: Vec::new(),
+            next_id: 1,
+            instructions: 0,
+        }
+    }
+
+    /// Current device time in cycles.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Whether no program is running.
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Starts a program at the current device time on physical `cores` (one per
+    /// stream); `ddr_base` is the region offset of its DDR.
+    pub fn start(&mut self, streams: Arc<Vec<Vec<Op>>>, cores: &[u32], ddr_base: u64) -> JobId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let cores = cores
+            .iter()
+            .map(|&core| CoreRun {
+                core,
+                pc: 0,
+                in_flight: Vec::new(),
+                ended: false,
+                at_barrier: false,
+                stats: CoreStats { core, ..Default::default() },
+            })
+            .collect();
+        self.jobs.push(Job {
+            id,
+            streams,
+            cores,
+            ddr_base,
+            counters: [0; SYNC_COUNTERS as usize],
+            start: self.now,
+            ddr_bytes: 0,
+            fault: None,
+        });
+        id
+    }
+
+    /// Advances device time until at least one program finishes (or none is running)
+    /// and returns the finished ones.
+    pub fn run_until_completion<M: SharedMemory>(
+        &mut self,
+        nsps: &mut [Option<NspCore>],
+        vtcm_bytes: u64,
+        mem: &M,
+        mode: ExecMode,
+    ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
+        let mut done = Vec::new();
+        while !self.jobs.is_empty() {
+            for j in 0..self.jobs.len() {
+                self.issue(j, nsps, vtcm_bytes, mem, mode);
+            }
+            let mut j = 0;
+            while j < self.jobs.len() {
+                let job = &self.jobs[j];
+                if job.fault.is_some() || job.cores.iter().all(|c| c.ended) {
+                    let job = self.jobs.remove(j);
+                    self.transfers.retain(|t| t.job != job.id);
+                    done.push((job.id, self.finish(job)));
+                } else {
+                    j += 1;
+                }
+            }
+            if !done.is_empty() {
+                break;
+            }
+            if !self.advance() {
+                // Nothing in flight and nothing can issue: every core waits on another.
+                for job in self.jobs.drain(..) {
+                    done.push((job.id, Err(ExecFault::Deadlock)));
+                }
+                self.transfers.clear();
+            }
+        }
+        done
+    }
+
+    fn finish(&self, job: Job) -> Result<RunStats, ExecFault> {
+        if let Some(f) = job.fault {
+            return Err(f);
+        }
+        Ok(RunStats {
+            start_cycle: job.start,
+            end_cycle: self.now,
+            cores: job.cores.into_iter().map(|c| c.stats).collect(),
+            ddr_bytes: job.ddr_bytes,
+        })
+    }
+
+    /// Bytes per cycle each moving transfer gets: an equal share of DDR, capped by the
+    /// core's DMA rate.
+    fn transfer_rate(&self) -> f64 {
+        let moving = self.transfers.iter().filter(|t| t.ready_at <= self.now).count().max(1) as f64;
+        (self.ddr_bytes_per_cycle / moving).min(self.cost.dma_bytes_per_cycle as f64)
+    }
+
+    /// Removes a running program (its activation went away).
+    pub fn cancel(&mut self, id: JobId) {
+        self.jobs.retain(|j| j.id != id);
+        self.transfers.retain(|t| t.job != id);
+    }
+
+    /// Moves time to the next completion and retires what completes. False if nothing
+    /// is in flight.
+    fn advance(&mut self) -> bool {
+        let rate = self.transfer_rate();
+        let mut next = u64::MAX;
+        for t in &self.transfers {
+            next = next.min(if t.ready_at > self.now {
+                t.ready_at
+            } else {
+                self.now + libm::ceil(t.remaining / rate).max(1.0) as u64
+            });
+        }
+        for job in &self.jobs {
+            for c in &job.cores {
+                for f in &c.in_flight {
+                    if let Some(end) = f.end {
+                        next = next.min(end);
+                    }
+                }
+            }
+        }
+        if next == u64::MAX {
+            return false;
+        }
+        let dt = next - self.now;
+        for t in self.transfers.iter_mut().filter(|t| t.ready_at <= self.now) {
+            t.remaining -= rate * dt as f64;
+        }
+        for job in &mut self.jobs {
+            for c in &mut job.cores {
+                if !c.ended && c.in_flight.is_empty() {
+                    c.stats.stall_cycles += dt;
+                }
+            }
+        }
+        self.now = next;
+        let done = |t: &Transfer| t.ready_at <= self.now && t.remaining <= 1e-6;
+        let finished: Vec<(JobId, usize, usize)> =
+            self.transfers.iter().filter(|t| done(t)).map(|t| (t.job, t.core, t.op)).collect();
+        self.transfers.retain(|t| !done(t));
+        for job in &mut self.jobs {
+            for (c, core) in job.cores.iter_mut().enumerate() {
+                let now = self.now;
+                let mut i = 0;
+                while i < core.in_flight.len() {
+                    let f = &core.in_flight[i];
+                    let complete = match f.end {
+                        Some(end) => end <= now,
+                        None => finished.contains(&(job.id, c, f.op)),
+                    };
+                    if complete {
+                        let f = core.in_flight.swap_remove(i);
+                        let op = &job.streams[c][f.op];
+                        let took = now - f.start;
+                        core.stats.busy[f.engine as usize] += took;
+                        let class = &mut core.stats.classes[nsp::op_class(op) as usize];
+                        class.cycles += took;
+                        class.count += 1;
+                        class.out_bytes += nsp::output_bytes(op);
+                        if let Op::Signal { counter, value } = *op {
+                            job.counters[counter as usize] += u32::from(value);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Issues every instruction of job `j` that can start now.
+    fn issue<M: SharedMemory>(
+        &mut self,
+        j: usize,
+        nsps: &mut [Option<NspCore>],
+        vtcm_bytes: u64,
+        mem: &M,
+        mode: ExecMode,
+    ) {
+        let now = self.now;
+        let cost = self.cost;
+        loop {
+            let mut progressed = false;
+            for c in 0..self.jobs[j].cores.len() {
+                while self.try_issue_one(j, c, now, &cost, nsps, vtcm_bytes, mem, mode) {
+                    progressed = true;
+                }
+            }
+            // A barrier completes when every core has arrived.
+            let job = &mut self.jobs[j];
+            let active = job.cores.iter().filter(|c| !c.ended).count();
+            if active > 0 && job.cores.iter().filter(|c| c.at_barrier).count() == active {
+                for core in job.cores.iter_mut().filter(|c| c.at_barrier) {
+                    core.at_barrier = false;
+                    core.in_flight.push(InFlight {
+                        op: core.pc,
+                        engine: Engine::Sync,
+                        start: now,
+                        end: Some(now + cost.sync_latency_cycles),
+                        access: Access::default(),
+                        fence: true,
+                    });
+                    core.pc += 1;
+                    core.stats.instructions += 1;
+                    self.instructions += 1;
+                }
+                progressed = true;
+            }
+            if !progressed || self.jobs[j].fault.is_some() {
+                return;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_issue_one<M: SharedMemory>(
+        &mut self,
+        j: usize,
+        c: usize,
+        now: u64,
+        cost: &CostModel,
+        nsps: &mut [Option<NspCore>],
+        vtcm_bytes: u64,
+        mem: &M,
+        mode: ExecMode,
+    ) -> bool {
+        let job = &mut self.jobs[j];
+        if job.fault.is_some() {
+            return false;
+        }
+        let streams = job.streams.clone();
+        let core = &mut job.cores[c];
+        if core.ended || core.at_barrier || core.in_flight.iter().any(|f| f.fence) {
+            return false;
+        }
+        let Some(op) = streams[c].get(core.pc) else {
+            job.fault = Some(ExecFault::Instruction { core: core.core, index: core.pc });
+            return false;
+        };
+        let engine = nsp::engine(op);
+        match *op {
+            Op::End => {
+                if core.in_flight.is_empty() {
+                    core.ended = true;
+                    core.stats.instructions += 1;
+                }
+                return false;
+            }
+            Op::Barrier => {
+                if core.in_flight.is_empty() {
+                    core.at_barrier = true;
+                }
+                return false;
+            }
+            Op::Signal { .. } => {
+                if !core.in_flight.is_empty() {
+                    return false;
+                }
+            }
+            Op::Wait { counter, value } => {
+                let have = &mut job.counters[counter as usize];
+                if *have < u32::from(value) {
+                    return false;
+                }
+                *have -= u32::from(value);
+            }
+            _ => {
+                let busy = core.in_flight.iter().filter(|f| f.engine == engine).count() as u32;
+                let room = if engine == Engine::Hvx { HVX_THREADS } else { 1 };
+                if busy >= room {
+                    return false;
+                }
+            }
+        }
+        let access = Access::of(op, core.core);
+        if core.in_flight.iter().any(|f| f.access.conflicts(&access)) {
+            return false;
+        }
+        let index = core.pc;
+        let fault = ExecFault::Instruction { core: core.core, index };
+        let fence = engine == Engine::Sync;
+        let end = match op {
+            Op::DmaIn { .. } | Op::DmaOut { .. } => None,
+            _ => Some(now + cost.cycles(op)),
+        };
+        core.in_flight.push(InFlight { op: index, engine, start: now, end, access, fence });
+        core.pc += 1;
+        core.stats.instructions += 1;
+        self.instructions += 1;
+        let (ddr_base, phys) = (job.ddr_base, core.core);
+        let ok = match *op {
+            Op::DmaIn { dst, src, multicast } => {
+                job.ddr_bytes += src.packed_bytes();
+                let targets: Vec<u32> = core::iter::once(phys)
+                    .chain(
+                        (0..64)
+                            .filter(|b| multicast >> b & 1 == 1 && *b != c)
+                            .filter_map(|b| job.cores.get(b).map(|r| r.core)),
+                    )
+                    .collect();
+                self.transfers.push(Transfer {
+                    job: job.id,
+                    core: c,
+                    op: index,
+                    ready_at: now + cost.dma_setup_cycles,
+                    remaining: src.packed_bytes() as f64,
+                });
+                dma_in(mem, ddr_base, &src, &dst, &targets, nsps, vtcm_bytes)
+            }
+            Op::DmaOut { dst, src } => {
+                job.ddr_bytes += dst.packed_bytes();
+                self.transfers.push(Transfer {
+                    job: job.id,
+                    core: c,
+                    op: index,
+                    ready_at: now + cost.dma_setup_cycles,
+                    remaining: dst.packed_bytes() as f64,
+                });
+                let nsp =
+                    nsps.get_mut(phys as usize).and_then(|n| n.get_or_insert_with(|| NspCore::new(vtcm_bytes)).into());
+                nsp.and_then(|n| dma_out(mem, ddr_base, &src, &dst, n.vtcm()))
+            }
+            _ if mode == ExecMode::Functional => {
+                let nsp = nsps.get_mut(phys as usize).map(|n| n.get_or_insert_with(|| NspCore::new(vtcm_bytes)));
+                nsp.and_then(|n| nsp::kernels::compute(n.vtcm_mut(), op))
+            }
+            _ => Some(()),
+        };
+        if ok.is_none() {
+            self.jobs[j].fault = Some(fault);
+            return false;
+        }
+        true
+    }
+}
+
+fn vtcm_range(t: &Tensor) -> Option<core::ops::Range<usize>> {
+    let start = usize::try_from(t.offset).ok()?;
+    Some(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)
+}
+
+/// DDR -> VTCM of every target core; DDR is read once.
+fn dma_in<M: SharedMemory>(
+    mem: &M,
+    ddr_base: u64,
+    src: &Tensor,
+    dst: &Tensor,
+    targets: &[u32],
+    nsps: &mut [Option<NspCore>],
+    vtcm_bytes: u64,
+) -> Option<()> {
+    let eb = src.dtype.bytes() as usize;
+    let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
+    if src.is_contiguous() {
+        mem.read(ddr_base + src.offset, &mut packed).ok()?;
+    } else {
+        for (chunk, at) in packed.chunks_exact_mut(eb).zip(element_offsets(src)) {
+            mem.read(ddr_base + at, chunk).ok()?;
+        }
+    }
+    for &core in targets {
+        let vtcm = nsps.get_mut(core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
+        if dst.is_contiguous() {
+            vtcm.get_mut(vtcm_range(dst)?)?.copy_from_slice(&packed);
+        } else {
+            for (chunk, at) in packed.chunks_exact(eb).zip(element_offsets(dst)) {
+                let at = usize::try_from(at).ok()?;
+                vtcm.get_mut(at..at + eb)?.copy_from_slice(chunk);
+            }
+        }
+    }
+    Some(())
+}
+
+/// VTCM -> DDR.
+fn dma_out<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, dst: &Tensor, vtcm: &[u8]) -> Option<()> {
+    let eb = src.dtype.bytes() as usize;
+    if src.is_contiguous() && dst.is_contiguous() {
+        return mem.write(ddr_base + dst.offset, vtcm.get(vtcm_range(src)?)?).ok();
+    }
+    for (s, d) in element_offsets(src).zip(element_offsets(dst)) {
+        let s = usize::try_from(s).ok()?;
+        mem.write(ddr_base + d, vtcm.get(s..s + eb)?).ok()?;
+    }
+    Some(())
+}
