@@ -168,6 +168,12 @@ pub(crate) fn convert_to_int(x: f32, scale: f32, zero_point: i32) -> i32 {
     q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
+/// i32 -> narrow integer: `round_half_even(x * scale) + zero_point`.
+pub(crate) fn requantize(x: i32, scale: f32, zero_point: i32) -> i32 {
+    let q = libm::rintf(x as f32 * scale) as i64 + i64::from(zero_point);
+    q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
 fn convert(mem: &mut [u8], dst: &Tensor, src: &Tensor, scale: f32, zero_point: i32) -> Option<()> {
     match (src.dtype.is_float(), dst.dtype.is_float()) {
         (true, true) => scatter_f32(mem, dst, &gather_f32(mem, src)?),
@@ -183,7 +189,7 @@ fn convert(mem: &mut [u8], dst: &Tensor, src: &Tensor, scale: f32, zero_point: i
         (false, false) => {
             let values = gather_i32(mem, src)?;
             let q: Vec<i32> = if src.dtype == DType::I32 && dst.dtype != DType::I32 {
-                values.iter().map(|&v| convert_to_int(v as f32, 1.0 / scale, zero_point)).collect()
+                values.iter().map(|&v| requantize(v, scale, zero_point)).collect()
             } else {
                 values
             };

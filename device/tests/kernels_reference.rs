@@ -1,0 +1,307 @@
+//! Every compute op on random shapes against a straightforward reference written here
+//! with plain loops: exact for integer ops, within 1e-5 relative for f32, within f16
+//! rounding for f16 outputs.
+
+use aicsim_device::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
+use aicsim_device::nsp::kernels::compute;
+use aicsim_device::nsp::NspCore;
+use half::f16;
+use proptest::prelude::*;
+
+const A: u64 = 0;
+const B: u64 = 64 << 10;
+const C: u64 = 128 << 10;
+
+fn core() -> NspCore {
+    NspCore::new(256 << 10)
+}
+
+fn put(core: &mut NspCore, at: u64, dtype: DType, values: &[f64]) {
+    let v = core.vtcm_mut();
+    for (i, &x) in values.iter().enumerate() {
+        let o = at as usize + i * dtype.bytes() as usize;
+        match dtype {
+            DType::F32 => v[o..o + 4].copy_from_slice(&(x as f32).to_le_bytes()),
+            DType::F16 => v[o..o + 2].copy_from_slice(&f16::from_f64(x).to_le_bytes()),
+            DType::I8 => v[o] = x as i8 as u8,
+            DType::U8 => v[o] = x as u8,
+            DType::I32 => v[o..o + 4].copy_from_slice(&(x as i32).to_le_bytes()),
+        }
+    }
+}
+
+fn get(core: &NspCore, at: u64, dtype: DType, n: usize) -> Vec<f64> {
+    let v = core.vtcm();
+    (0..n)
+        .map(|i| {
+            let o = at as usize + i * dtype.bytes() as usize;
+            match dtype {
+                DType::F32 => f32::from_le_bytes(v[o..o + 4].try_into().unwrap()) as f64,
+                DType::F16 => f16::from_le_bytes(v[o..o + 2].try_into().unwrap()).to_f64(),
+                DType::I8 => v[o] as i8 as f64,
+                DType::U8 => v[o] as f64,
+                DType::I32 => i32::from_le_bytes(v[o..o + 4].try_into().unwrap()) as f64,
+            }
+        })
+        .collect()
+}
+
+/// What a value looks like after storing it as `dtype`.
+fn stored(dtype: DType, x: f64) -> f64 {
+    match dtype {
+        DType::F32 => x as f32 as f64,
+        DType::F16 => f16::from_f64(x).to_f64(),
+        _ => x,
+    }
+}
+
+fn close(dtype: DType, got: &[f64], want: &[f64]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = match dtype {
+            DType::F32 => (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+            // One f16 rounding of the result plus f32 accumulation noise.
+            DType::F16 => (g - w).abs() <= 2f64.powi(-10) * w.abs().max(1.0) + 1e-6,
+            _ => g == w,
+        };
+        prop_assert!(ok, "element {}: got {} want {} ({:?})", i, g, w, dtype);
+    }
+    Ok(())
+}
+
+fn values(n: usize, lo: f64, hi: f64) -> impl Strategy<Value = Vec<f64>> {
+    proptest::collection::vec(lo..hi, n)
+}
+
+fn float() -> impl Strategy<Value = DType> {
+    prop_oneof![Just(DType::F32), Just(DType::F16)]
+}
+
+fn shape() -> impl Strategy<Value = Vec<u32>> {
+    proptest::collection::vec(1u32..5, 1..=4)
+}
+
+fn numel(s: &[u32]) -> usize {
+    s.iter().product::<u32>() as usize
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn binary_ops_with_broadcasting_match_the_reference(
+        s in shape(), dtype in prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::I32)],
+        kind in prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::Div), Just(BinaryKind::Max), Just(BinaryKind::Min)],
+        broadcast in proptest::collection::vec(any::<bool>(), 4), seed in values(512, -8.0, 8.0),
+    ) {
+        let kind = if dtype == DType::I32 && kind == BinaryKind::Div { BinaryKind::Add } else { kind };
+        let n = numel(&s);
+        // b is stored packed over the non-broadcast dims and read with stride 0 on the others.
+        let b_shape: Vec<u32> = s.iter().enumerate().map(|(d, &v)| if broadcast[d] { 1 } else { v }).collect();
+        let b_packed = Tensor::vtcm(B, dtype, &b_shape);
+        let strides: Vec<u32> = (0..s.len()).map(|d| if broadcast[d] { 0 } else { b_packed.strides[d] }).collect();
+        let b_view = Tensor::vtcm(B, dtype, &s).with_strides(&strides);
+        let round = |x: f64| if dtype == DType::I32 { x.trunc() } else { stored(dtype, x) };
+        let a: Vec<f64> = seed[..n].iter().map(|&x| round(x)).collect();
+        let b: Vec<f64> = seed[256..256 + numel(&b_shape)].iter().map(|&x| { let v = round(x); if kind == BinaryKind::Div && v.abs() < 0.25 { 1.0 } else { v } }).collect();
+        let mut c = core();
+        put(&mut c, A, dtype, &a);
+        put(&mut c, B, dtype, &b);
+        let dst = Tensor::vtcm(C, dtype, &s);
+        compute(c.vtcm_mut(), &Op::Binary { kind, dst, a: Tensor::vtcm(A, dtype, &s), b: b_view }).unwrap();
+        let mut want = Vec::with_capacity(n);
+        let mut idx = vec![0u32; s.len()];
+        for i in 0..n {
+            let bi: u32 = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+            let (x, y) = (a[i], b[bi as usize]);
+            let r = match kind {
+                BinaryKind::Add => x + y,
+                BinaryKind::Sub => x - y,
+                BinaryKind::Mul => x * y,
+                BinaryKind::Div => x / y,
+                BinaryKind::Max => x.max(y),
+                BinaryKind::Min => x.min(y),
+            };
+            want.push(if dtype == DType::I32 { r } else { stored(dtype, r) });
+            for d in (0..s.len()).rev() {
+                idx[d] += 1;
+                if idx[d] < s[d] { break; }
+                idx[d] = 0;
+            }
+        }
+        close(dtype, &get(&c, C, dtype, n), &want)?;
+    }
+
+    #[test]
+    fn unary_ops_match_the_reference(s in shape(), dtype in float(), which in 0usize..10, xs in values(256, -6.0, 6.0)) {
+        let n = numel(&s);
+        let kind = [UnaryKind::Relu, UnaryKind::Clip { min: -1.25, max: 3.5 }, UnaryKind::Sigmoid, UnaryKind::Tanh, UnaryKind::Gelu, UnaryKind::Exp, UnaryKind::Erf, UnaryKind::Sqrt, UnaryKind::Reciprocal, UnaryKind::Copy][which];
+        let x: Vec<f64> = xs[..n].iter().map(|&v| {
+            let v = if matches!(kind, UnaryKind::Sqrt) { v.abs() } else if matches!(kind, UnaryKind::Reciprocal) && v.abs() < 0.1 { 0.5 } else { v };
+            stored(dtype, v)
+        }).collect();
+        let mut c = core();
+        put(&mut c, A, dtype, &x);
+        compute(c.vtcm_mut(), &Op::Unary { kind, dst: Tensor::vtcm(C, dtype, &s), src: Tensor::vtcm(A, dtype, &s) }).unwrap();
+        let want: Vec<f64> = x.iter().map(|&v| stored(dtype, match kind {
+            UnaryKind::Relu => v.max(0.0),
+            UnaryKind::Clip { min, max } => v.max(min as f64).min(max as f64),
+            UnaryKind::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            UnaryKind::Tanh => v.tanh(),
+            UnaryKind::Gelu => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+            UnaryKind::Exp => v.exp(),
+            UnaryKind::Erf => libm::erf(v),
+            UnaryKind::Sqrt => v.sqrt(),
+            UnaryKind::Reciprocal => 1.0 / v,
+            UnaryKind::Copy => v,
+        })).collect();
+        close(dtype, &get(&c, C, dtype, n), &want)?;
+    }
+
+    #[test]
+    fn matmul_matches_the_reference(m in 1usize..24, k in 1usize..24, n in 1usize..24, which in 0usize..3, accumulate: bool, xs in values(24 * 24 * 3, -3.0, 3.0)) {
+        let (ta, tc) = [(DType::F32, DType::F32), (DType::F16, DType::F16), (DType::I8, DType::I32)][which];
+        let q = |v: f64| if ta == DType::I8 { (v * 40.0).round().clamp(-128.0, 127.0) } else { stored(ta, v) };
+        let a: Vec<f64> = xs[..m * k].iter().map(|&v| q(v)).collect();
+        let b: Vec<f64> = xs[576..576 + k * n].iter().map(|&v| q(v)).collect();
+        let c0: Vec<f64> = xs[1152..1152 + m * n].iter().map(|&v| if tc == DType::I32 { (v * 1000.0).round() } else { stored(tc, v) }).collect();
+        let mut c = core();
+        put(&mut c, A, ta, &a);
+        put(&mut c, B, ta, &b);
+        put(&mut c, C, tc, &c0);
+        let (mu, ku, nu) = (m as u32, k as u32, n as u32);
+        compute(c.vtcm_mut(), &Op::MatMul { dst: Tensor::vtcm(C, tc, &[mu, nu]), a: Tensor::vtcm(A, ta, &[mu, ku]), b: Tensor::vtcm(B, ta, &[ku, nu]), accumulate }).unwrap();
+        let mut want = vec![0.0; m * n];
+        for i in 0..m { for j in 0..n {
+            let mut acc = if accumulate { c0[i * n + j] } else { 0.0 };
+            for p in 0..k { acc += a[i * k + p] * b[p * n + j]; }
+            want[i * n + j] = if tc == DType::I32 { acc } else { stored(tc, acc) };
+        }}
+        let tol = if ta == DType::F32 { DType::F32 } else { tc };
+        close(tol, &get(&c, C, tc, m * n), &want)?;
+    }
+
+    #[test]
+    fn conv2d_matches_the_reference(
+        ci_g in 1u32..4, co_g in 1u32..4, groups in 1u32..3, h in 1u32..8, w in 1u32..8, kh in 1u32..4, kw in 1u32..4,
+        stride in 1u32..3, pad in 0u32..2, dilation in 1u32..3, int8: bool, xs in values(2000, -2.0, 2.0),
+    ) {
+        let (ci, co) = (ci_g * groups, co_g * groups);
+        let eff = |k: u32| (k - 1) * dilation + 1;
+        prop_assume!(h + 2 * pad >= eff(kh) && w + 2 * pad >= eff(kw));
+        let ho = (h + 2 * pad - eff(kh)) / stride + 1;
+        let wo = (w + 2 * pad - eff(kw)) / stride + 1;
+        let (ti, to) = if int8 { (DType::I8, DType::I32) } else { (DType::F32, DType::F32) };
+        let q = |v: f64| if int8 { (v * 50.0).round() } else { v as f32 as f64 };
+        let x: Vec<f64> = xs[..(ci * h * w) as usize].iter().map(|&v| q(v)).collect();
+        let wt: Vec<f64> = xs[1000..1000 + (co * ci_g * kh * kw) as usize].iter().map(|&v| q(v)).collect();
+        let mut c = core();
+        put(&mut c, A, ti, &x);
+        put(&mut c, B, ti, &wt);
+        let g = ConvGeometry { stride: [stride, stride], pad: [pad, pad], dilation: [dilation, dilation], groups };
+        compute(c.vtcm_mut(), &Op::Conv2d { dst: Tensor::vtcm(C, to, &[co, ho, wo]), input: Tensor::vtcm(A, ti, &[ci, h, w]), weight: Tensor::vtcm(B, ti, &[co, ci_g, kh, kw]), geometry: g, accumulate: false }).unwrap();
+        let mut want = vec![0.0; (co * ho * wo) as usize];
+        for oc in 0..co { for oy in 0..ho { for ox in 0..wo {
+            let grp = oc / co_g;
+            let mut acc = 0.0;
+            for icg in 0..ci_g { for ky in 0..kh { for kx in 0..kw {
+                let iy = (oy * stride + ky * dilation) as i64 - pad as i64;
+                let ix = (ox * stride + kx * dilation) as i64 - pad as i64;
+                if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 { continue; }
+                let ic = grp * ci_g + icg;
+                acc += x[((ic * h) as i64 * w as i64 + iy * w as i64 + ix) as usize] * wt[(((oc * ci_g + icg) * kh + ky) * kw + kx) as usize];
+            }}}
+            want[((oc * ho + oy) * wo + ox) as usize] = acc;
+        }}}
+        close(to, &get(&c, C, to, want.len()), &want)?;
+    }
+
+    #[test]
+    fn pooling_matches_the_reference(ch in 1u32..4, h in 1u32..9, w in 1u32..9, k in 1u32..4, stride in 1u32..3, pad in 0u32..2, kind in 0usize..3, dtype in float(), xs in values(400, -5.0, 5.0)) {
+        prop_assume!(pad < k && h + 2 * pad >= k && w + 2 * pad >= k);
+        let kind = [PoolKind::Max, PoolKind::Avg, PoolKind::AvgIncludePad][kind];
+        let (ho, wo) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+        let x: Vec<f64> = xs[..(ch * h * w) as usize].iter().map(|&v| stored(dtype, v)).collect();
+        let mut c = core();
+        put(&mut c, A, dtype, &x);
+        let window = PoolWindow { kernel: [k, k], stride: [stride, stride], pad: [pad, pad] };
+        compute(c.vtcm_mut(), &Op::Pool { kind, dst: Tensor::vtcm(C, dtype, &[ch, ho, wo]), src: Tensor::vtcm(A, dtype, &[ch, h, w]), window }).unwrap();
+        let mut want = vec![];
+        for cc in 0..ch { for oy in 0..ho { for ox in 0..wo {
+            let mut vals = vec![];
+            for ky in 0..k { for kx in 0..k {
+                let (y, x_) = ((oy * stride + ky) as i64 - pad as i64, (ox * stride + kx) as i64 - pad as i64);
+                if y >= 0 && x_ >= 0 && y < h as i64 && x_ < w as i64 { vals.push(x[((cc * h) as i64 * w as i64 + y * w as i64 + x_) as usize]); }
+            }}
+            let r = match kind {
+                PoolKind::Max => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                PoolKind::Avg => vals.iter().sum::<f64>() / vals.len() as f64,
+                PoolKind::AvgIncludePad => vals.iter().sum::<f64>() / (k * k) as f64,
+            };
+            want.push(stored(dtype, r));
+        }}}
+        close(dtype, &get(&c, C, dtype, want.len()), &want)?;
+    }
+
+    #[test]
+    fn row_ops_match_the_reference(rows in 1u32..6, len in 1u32..40, which in 0usize..7, dtype in float(), xs in values(240, -4.0, 4.0)) {
+        let n = (rows * len) as usize;
+        let x: Vec<f64> = xs[..n].iter().map(|&v| stored(dtype, v)).collect();
+        let mut c = core();
+        put(&mut c, A, dtype, &x);
+        let src = Tensor::vtcm(A, dtype, &[rows, len]);
+        let reduce = |kind| Op::Reduce { kind, dst: Tensor::vtcm(C, dtype, &[rows, 1]), src };
+        let op = [
+            Op::Softmax { dst: Tensor::vtcm(C, dtype, &[rows, len]), src },
+            Op::LayerNorm { dst: Tensor::vtcm(C, dtype, &[rows, len]), src, epsilon: 1e-3 },
+            reduce(ReduceKind::Sum), reduce(ReduceKind::Mean), reduce(ReduceKind::Max), reduce(ReduceKind::Min),
+            Op::GlobalAvgPool { dst: Tensor::vtcm(C, dtype, &[rows]), src: Tensor::vtcm(A, dtype, &[rows, 1, len]) },
+        ][which];
+        compute(c.vtcm_mut(), &op).unwrap();
+        let mut want = vec![];
+        for r in x.chunks(len as usize) {
+            let nf = r.len() as f64;
+            let mean = r.iter().sum::<f64>() / nf;
+            match which {
+                0 => { let m = r.iter().copied().fold(f64::NEG_INFINITY, f64::max); let s: f64 = r.iter().map(|v| (v - m).exp()).sum(); want.extend(r.iter().map(|v| (v - m).exp() / s)); }
+                1 => { let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / nf; want.extend(r.iter().map(|v| (v - mean) / (var + 1e-3).sqrt())); }
+                2 => want.push(r.iter().sum()),
+                3 | 6 => want.push(mean),
+                4 => want.push(r.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+                _ => want.push(r.iter().copied().fold(f64::INFINITY, f64::min)),
+            }
+        }
+        let want: Vec<f64> = want.into_iter().map(|v| stored(dtype, v)).collect();
+        // Row sums in f32 lose a little more than one rounding over 40 terms.
+        let got = get(&c, C, dtype, want.len());
+        for (g, w) in got.iter().zip(&want) {
+            let tol = if dtype == DType::F16 { 2f64.powi(-10) * w.abs().max(1.0) } else { 1e-5 * w.abs().max(1.0) } * 4.0;
+            prop_assert!((g - w).abs() <= tol, "got {} want {}", g, w);
+        }
+    }
+
+    #[test]
+    fn conversions_quantise_and_transpose_exactly(rows in 1u32..8, cols in 1u32..8, which in 0usize..5, scale in 0.01f32..0.5, zp in -20i32..20, xs in values(64, -40.0, 40.0)) {
+        let n = (rows * cols) as usize;
+        let (from, to) = [(DType::F32, DType::I8), (DType::I8, DType::F32), (DType::F32, DType::F16), (DType::I32, DType::U8), (DType::F32, DType::U8)][which];
+        let x: Vec<f64> = xs[..n].iter().map(|&v| match from { DType::I8 => v.round().clamp(-128.0, 127.0), DType::I32 => (v * 100.0).round(), _ => v as f32 as f64 }).collect();
+        let mut c = core();
+        put(&mut c, A, from, &x);
+        // Read the source transposed: dst[j][i] = src[i][j].
+        let src = Tensor::vtcm(A, from, &[cols, rows]).with_strides(&[1, cols]);
+        compute(c.vtcm_mut(), &Op::Convert { dst: Tensor::vtcm(C, to, &[cols, rows]), src, scale, zero_point: zp }).unwrap();
+        let (lo, hi) = match to { DType::I8 => (-128.0, 127.0), DType::U8 => (0.0, 255.0), _ => (f64::MIN, f64::MAX) };
+        let mut want = vec![];
+        for j in 0..cols as usize { for i in 0..rows as usize {
+            let v = x[i * cols as usize + j];
+            want.push(match (from, to) {
+                (DType::F32, DType::I8 | DType::U8) => ((v as f32 / scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
+                (DType::I8, DType::F32) => ((v as i32 - zp) as f32 * scale) as f64,
+                (DType::F32, DType::F16) => stored(DType::F16, v),
+                (DType::I32, DType::U8) => ((v as f32 * scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
+                _ => unreachable!(),
+            });
+        }}
+        prop_assert_eq!(get(&c, C, to, n), want);
+    }
+}
