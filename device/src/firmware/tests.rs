@@ -346,3 +346,29 @@ fn control_errors_say_what_is_wrong() {
     let report = StatusReport::from_values(rig.control(ControlCommand::Status).1);
     assert_eq!((report.nsp_free, report.active_channels, report.ddr_free), (4, 0, 1 << 20));
 }
+
+#[test]
+fn a_program_whose_operands_overflow_vtcm_is_rejected_naming_core_instruction_and_bound() {
+    let mut rig = Rig::new();
+    let mut image = add_program();
+    image.vtcm_bytes = 4096;
+    image.cores.push(
+        [
+            Op::DmaIn {
+                dst: Tensor::vtcm(4064, DType::F32, &[N]),
+                src: Tensor::ddr(0, DType::F32, &[N]),
+                multicast: 0,
+            },
+            Op::End,
+        ]
+        .iter()
+        .map(|&o| Instruction::encode(o))
+        .collect(),
+    );
+    let bytes = image.to_bytes();
+    let at = rig.host(20);
+    rig.mem.write(at, &bytes).unwrap();
+    let (status, _, msg) = rig.control(ControlCommand::LoadProgram { host_addr: at, len: bytes.len() as u64 });
+    assert_eq!(status, ControlStatus::Rejected);
+    assert_eq!(msg, "program 'add': core 1, instruction 0: DMA destination spans VTCM [0xfe0, 0xfe0 + 0x40), past the core's 0x1000-byte VTCM");
+}
