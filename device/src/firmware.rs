@@ -57,6 +57,18 @@ pub struct DeviceConfig {
     pub clock_hz: u64,
     /// Whether programs compute real results or only take device time.
     pub mode: ExecMode,
+    /// When completions are released.
+    pub pacing: Pacing,
+}
+
+/// When the firmware releases a finished program's outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// As soon as it is simulated: the device runs faster than real time.
+    None,
+    /// No earlier than the wall-clock moment its device time says, so wall-clock
+    /// throughput predicts the hardware's.
+    Wall,
 }
 
 impl Default for DeviceConfig {
@@ -68,6 +80,7 @@ impl Default for DeviceConfig {
             cost: CostModel::default(),
             clock_hz: 1_400_000_000,
             mode: ExecMode::Functional,
+            pacing: Pacing::None,
         }
     }
 }
@@ -228,9 +241,25 @@ impl Firmware {
         mem.store_u32(layout::DEVICE_STATUS, DeviceStatus::Ready as u32, Release);
     }
 
-    /// Does all the work that is ready now: a pending control request, then up to a
-    /// batch of elements on every active channel.
+    /// Does all the work that is ready now, unpaced: a pending control request, then up
+    /// to a batch of elements on every active channel, then (if no ring moved) device
+    /// time up to the next program completion.
     pub fn service<M: SharedMemory>(&mut self, mem: &M) -> Serviced {
+        self.service_at(mem, None)
+    }
+
+    /// [`Firmware::service`] at host time `wall_ns` since boot. With [`Pacing::Wall`],
+    /// device time follows the wall clock: idle time passes with it, and no program
+    /// completes before its device time has come.
+    pub fn service_at<M: SharedMemory>(&mut self, mem: &M, wall_ns: Option<u64>) -> Serviced {
+        let limit = match (self.config.pacing, wall_ns) {
+            (Pacing::Wall, Some(ns)) => {
+                let cycle = (u128::from(ns) * u128::from(self.config.clock_hz) / 1_000_000_000) as u64;
+                self.scheduler.idle_until(cycle);
+                cycle
+            }
+            _ => u64::MAX,
+        };
         let mut done = Serviced { control: self.service_control(mem), ..Default::default() };
         for dbc in 0..NUM_DBC {
             if self.activations[dbc].is_some() {
@@ -240,15 +269,20 @@ impl Firmware {
         // Device time moves on only when no ring can make progress, so every program
         // whose inputs are already queued starts before time passes.
         if done.elements == 0 && !self.scheduler.is_idle() {
-            done.programs = self.finish_programs(mem);
+            done.programs = self.finish_programs(mem, limit);
         }
         done
     }
 
-    /// Runs the scheduler to the next program completion and releases its outputs.
-    fn finish_programs<M: SharedMemory>(&mut self, mem: &M) -> u32 {
-        let finished =
-            self.scheduler.run_until_completion(&mut self.cores, self.config.vtcm_bytes, mem, self.config.mode);
+    /// Whether a program is running (the device has device time to simulate).
+    pub fn busy(&self) -> bool {
+        !self.scheduler.is_idle()
+    }
+
+    /// Runs the scheduler to the next program completion (not past `limit`) and
+    /// releases the outputs of what finished.
+    fn finish_programs<M: SharedMemory>(&mut self, mem: &M, limit: u64) -> u32 {
+        let finished = self.scheduler.run_until(&mut self.cores, self.config.vtcm_bytes, mem, self.config.mode, limit);
         let mut count = 0;
         for (job, result) in finished {
             let Some(dbc) =

@@ -31,4 +31,4 @@ pub mod nsp;
 pub mod scheduler;
 pub mod semaphore;
 
-pub use firmware::{DeviceConfig, Firmware};
+pub use firmware::{DeviceConfig, Firmware, Pacing};

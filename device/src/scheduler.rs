@@ -182,6 +182,12 @@ struct Job {
     fault: Option<ExecFault>,
 }
 
+enum Advanced {
+    Moved,
+    AtLimit,
+    Stuck,
+}
+
 struct Transfer {
     job: JobId,
     core: usize,
@@ -264,6 +270,28 @@ impl Scheduler {
         mem: &M,
         mode: ExecMode,
     ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
+        self.run_until(nsps, vtcm_bytes, mem, mode, u64::MAX)
+    }
+
+    /// Lets idle device time pass up to `cycle` (no program is running, so nothing
+    /// happens in between). Ignored while programs run or for a time in the past.
+    pub fn idle_until(&mut self, cycle: u64) {
+        if self.jobs.is_empty() && cycle > self.now {
+            self.now = cycle;
+        }
+    }
+
+    /// Like [`Scheduler::run_until_completion`], but device time never passes `limit`
+    /// (paced mode: the device may not run ahead of the wall clock). Returns what
+    /// finished by then, possibly nothing.
+    pub fn run_until<M: SharedMemory>(
+        &mut self,
+        nsps: &mut [Option<NspCore>],
+        vtcm_bytes: u64,
+        mem: &M,
+        mode: ExecMode,
+        limit: u64,
+    ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
         let mut done = Vec::new();
         while !self.jobs.is_empty() {
             for j in 0..self.jobs.len() {
@@ -283,12 +311,16 @@ impl Scheduler {
             if !done.is_empty() {
                 break;
             }
-            if !self.advance() {
-                // Nothing in flight and nothing can issue: every core waits on another.
-                for job in self.jobs.drain(..) {
-                    done.push((job.id, Err(ExecFault::Deadlock)));
+            match self.advance(limit) {
+                Advanced::Moved => {}
+                Advanced::AtLimit => break,
+                Advanced::Stuck => {
+                    // Nothing in flight and nothing can issue: every core waits on another.
+                    for job in self.jobs.drain(..) {
+                        done.push((job.id, Err(ExecFault::Deadlock)));
+                    }
+                    self.transfers.clear();
                 }
-                self.transfers.clear();
             }
         }
         done
@@ -319,9 +351,9 @@ impl Scheduler {
         self.transfers.retain(|t| t.job != id);
     }
 
-    /// Moves time to the next completion and retires what completes. False if nothing
-    /// is in flight.
-    fn advance(&mut self) -> bool {
+    /// Moves time to the next completion (or to `limit`, if that comes first) and
+    /// retires what completes.
+    fn advance(&mut self, limit: u64) -> Advanced {
         let rate = self.transfer_rate();
         let mut next = u64::MAX;
         for t in &self.transfers {
@@ -341,8 +373,10 @@ impl Scheduler {
             }
         }
         if next == u64::MAX {
-            return false;
+            return Advanced::Stuck;
         }
+        let at_limit = next > limit;
+        let next = next.min(limit.max(self.now));
         let dt = next - self.now;
         for t in self.transfers.iter_mut().filter(|t| t.ready_at <= self.now) {
             t.remaining -= rate * dt as f64;
@@ -387,7 +421,11 @@ impl Scheduler {
                 }
             }
         }
-        true
+        if at_limit {
+            Advanced::AtLimit
+        } else {
+            Advanced::Moved
+        }
     }
 
     /// Issues every instruction of job `j` that can start now.

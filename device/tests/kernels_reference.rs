@@ -111,9 +111,9 @@ proptest! {
         compute(c.vtcm_mut(), &Op::Binary { kind, dst, a: Tensor::vtcm(A, dtype, &s), b: b_view }).unwrap();
         let mut want = Vec::with_capacity(n);
         let mut idx = vec![0u32; s.len()];
-        for i in 0..n {
+        for &x in &a {
             let bi: u32 = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
-            let (x, y) = (a[i], b[bi as usize]);
+            let y = b[bi as usize];
             let r = match kind {
                 BinaryKind::Add => x + y,
                 BinaryKind::Sub => x - y,

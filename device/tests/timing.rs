@@ -11,6 +11,9 @@ use proptest::prelude::*;
 const CLOCK: u64 = 1_400_000_000;
 const VTCM: u64 = 8 << 20;
 
+/// A program run to start: per-core streams, the physical cores, the DDR base.
+type JobSpec = (Vec<Vec<Op>>, Vec<u32>, u64);
+
 struct Rig {
     sched: Scheduler,
     nsps: Vec<Option<NspCore>>,
@@ -27,7 +30,7 @@ impl Rig {
     }
 
     /// Runs jobs (each a list of per-core streams on the given cores) started together.
-    fn run(&mut self, jobs: &[(Vec<Vec<Op>>, Vec<u32>, u64)], mode: ExecMode) -> Vec<RunStats> {
+    fn run(&mut self, jobs: &[JobSpec], mode: ExecMode) -> Vec<RunStats> {
         let ids: Vec<u64> = jobs
             .iter()
             .map(|(streams, cores, base)| self.sched.start(Arc::new(streams.clone()), cores, *base))

@@ -35,16 +35,19 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
         .spawn(move || {
             let region = &shared.region;
             firmware.boot(region);
+            let booted = Instant::now();
             let mut last_work = Instant::now();
             let mut round = 0;
             while !shared.stop.load(Acquire) {
                 let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
-                if firmware.service(region).progressed() {
+                let wall_ns = booted.elapsed().as_nanos() as u64;
+                if firmware.service_at(region, Some(wall_ns)).progressed() {
                     last_work = Instant::now();
                     round = 0;
                     continue;
                 }
-                if last_work.elapsed() < shared.config.device_idle_spin {
+                // A paced program still running finishes on the wall clock: keep polling.
+                if last_work.elapsed() < shared.config.device_idle_spin || firmware.busy() {
                     relax(&mut round);
                     continue;
                 }

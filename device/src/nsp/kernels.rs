@@ -52,7 +52,11 @@ pub(crate) fn gather_f32(mem: &[u8], t: &Tensor) -> Option<Vec<f32>> {
     if t.dtype == DType::F32 && t.is_contiguous() {
         let start = usize::try_from(t.offset).ok()?;
         let raw = mem.get(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)?;
-        return Some(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+        // Little-endian host (checked at compile time): an aligned view is a memcpy.
+        return Some(match bytemuck::try_cast_slice::<u8, f32>(raw) {
+            Ok(values) => values.to_vec(),
+            Err(_) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        });
     }
     element_offsets(t)
         .map(|at| match t.dtype {
@@ -85,9 +89,7 @@ pub(crate) fn scatter_f32(mem: &mut [u8], t: &Tensor, values: &[f32]) -> Option<
     if t.dtype == DType::F32 && t.is_contiguous() {
         let start = usize::try_from(t.offset).ok()?;
         let raw = mem.get_mut(start..start.checked_add(values.len() * 4)?)?;
-        for (dst, v) in raw.chunks_exact_mut(4).zip(values) {
-            dst.copy_from_slice(&v.to_le_bytes());
-        }
+        raw.copy_from_slice(bytemuck::cast_slice(values));
         return Some(());
     }
     for (at, &v) in element_offsets(t).zip(values) {
