@@ -59,6 +59,8 @@ pub struct DeviceConfig {
     pub mode: ExecMode,
     /// When completions are released.
     pub pacing: Pacing,
+    /// Record every instruction's interval in each run's statistics (for timelines).
+    pub trace: bool,
 }
 
 /// When the firmware releases a finished program's outputs.
@@ -81,6 +83,7 @@ impl Default for DeviceConfig {
             clock_hz: 1_400_000_000,
             mode: ExecMode::Functional,
             pacing: Pacing::None,
+            trace: false,
         }
     }
 }
@@ -194,7 +197,11 @@ impl Firmware {
             ddr: ExtentAllocator::new(config.map.ddr_bytes, DDR_GRANULE),
             ctrl_seen: 0,
             device_cycles: 0,
-            scheduler: Scheduler::new(config.cost, config.clock_hz),
+            scheduler: {
+                let mut s = Scheduler::new(config.cost, config.clock_hz);
+                s.set_tracing(config.trace);
+                s
+            },
         }
     }
 

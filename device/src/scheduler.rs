@@ -67,6 +67,21 @@ pub struct RunStats {
     pub cores: Vec<CoreStats>,
     /// Bytes this run read from or wrote to DDR.
     pub ddr_bytes: u64,
+    /// Every instruction's interval, when tracing is on ([`Scheduler::set_tracing`]).
+    pub trace: Vec<TraceEvent>,
+}
+
+/// One instruction's execution, for a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// Index of the core within the program.
+    pub core: u32,
+    pub engine: Engine,
+    pub class: nsp::OpClass,
+    /// Instruction index in the core's stream.
+    pub index: u32,
+    pub start_cycle: u64,
+    pub end_cycle: u64,
 }
 
 impl RunStats {
@@ -180,6 +195,7 @@ struct Job {
     start: u64,
     ddr_bytes: u64,
     fault: Option<ExecFault>,
+    trace: Vec<TraceEvent>,
 }
 
 enum Advanced {
@@ -207,6 +223,7 @@ pub struct Scheduler {
     next_id: JobId,
     /// Instructions issued since creation (for simulation-speed figures).
     pub instructions: u64,
+    tracing: bool,
 }
 
 impl Scheduler {
@@ -219,7 +236,13 @@ impl Scheduler {
             transfers: Vec::new(),
             next_id: 1,
             instructions: 0,
+            tracing: false,
         }
+    }
+
+    /// Records every instruction's interval in the [`RunStats`] of runs started from now.
+    pub fn set_tracing(&mut self, on: bool) {
+        self.tracing = on;
     }
 
     /// Current device time in cycles.
@@ -257,6 +280,7 @@ impl Scheduler {
             start: self.now,
             ddr_bytes: 0,
             fault: None,
+            trace: Vec::new(),
         });
         id
     }
@@ -335,6 +359,7 @@ impl Scheduler {
             end_cycle: self.now,
             cores: job.cores.into_iter().map(|c| c.stats).collect(),
             ddr_bytes: job.ddr_bytes,
+            trace: job.trace,
         })
     }
 
@@ -407,6 +432,16 @@ impl Scheduler {
                         let f = core.in_flight.swap_remove(i);
                         let op = &job.streams[c][f.op];
                         let took = now - f.start;
+                        if self.tracing {
+                            job.trace.push(TraceEvent {
+                                core: c as u32,
+                                engine: f.engine,
+                                class: nsp::op_class(op),
+                                index: f.op as u32,
+                                start_cycle: f.start,
+                                end_cycle: now,
+                            });
+                        }
                         core.stats.busy[f.engine as usize] += took;
                         let class = &mut core.stats.classes[nsp::op_class(op) as usize];
                         class.cycles += took;

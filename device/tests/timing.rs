@@ -226,3 +226,26 @@ fn dma_overlaps_compute_when_nothing_conflicts() {
     let one_mm = rig.run(&[(vec![vec![mm(0), Op::End]], vec![0], 0)], ExecMode::Timing)[0].cycles();
     assert!(pipelined < 2 * (one_load + one_mm), "pipelined {pipelined}, serial {}", 2 * (one_load + one_mm));
 }
+
+#[test]
+fn a_traced_run_records_every_instruction_inside_the_run_and_in_engine_order() {
+    let mut rig = Rig::new(64 << 10);
+    rig.sched.set_tracing(true);
+    let run = rig.run(&[(vec![mixed_program(), mixed_program()], vec![2, 3], 0)], ExecMode::Timing).remove(0);
+    assert_eq!(run.trace.len(), 2 * 4, "every instruction but End");
+    for e in &run.trace {
+        assert!(
+            run.start_cycle <= e.start_cycle && e.start_cycle < e.end_cycle && e.end_cycle <= run.end_cycle,
+            "{e:?}"
+        );
+    }
+    // One DMA engine per core: its intervals never overlap.
+    for core in 0..2 {
+        let mut dma: Vec<_> =
+            run.trace.iter().filter(|e| e.core == core && e.engine == aicsim_device::nsp::Engine::Dma).collect();
+        dma.sort_by_key(|e| e.start_cycle);
+        assert!(dma.windows(2).all(|w| w[0].end_cycle <= w[1].start_cycle));
+    }
+    let busy: u64 = run.cores.iter().map(|c| c.busy.iter().sum::<u64>()).sum();
+    assert_eq!(busy, run.trace.iter().map(|e| e.end_cycle - e.start_cycle).sum::<u64>());
+}
