@@ -372,3 +372,31 @@ fn a_program_whose_operands_overflow_vtcm_is_rejected_naming_core_instruction_an
     assert_eq!(status, ControlStatus::Rejected);
     assert_eq!(msg, "program 'add': core 1, instruction 0: DMA destination spans VTCM [0xfe0, 0xfe0 + 0x40), past the core's 0x1000-byte VTCM");
 }
+
+#[test]
+fn a_faulting_program_fails_its_outputs_with_program_fault_and_the_channel_recovers() {
+    let mut rig = Rig::new();
+    let mut image = add_program();
+    // A second core that waits for a signal nobody sends: the run deadlocks.
+    image.cores.push([Op::Wait { counter: 0, value: 1 }, Op::End].iter().map(|&o| Instruction::encode(o)).collect());
+    let bytes = image.to_bytes();
+    let at = rig.host(30);
+    rig.mem.write(at, &bytes).unwrap();
+    let (status, v, msg) = rig.control(ControlCommand::LoadProgram { host_addr: at, len: bytes.len() as u64 });
+    assert_eq!(status, ControlStatus::Ok, "{msg}");
+    assert_eq!(rig.control(ControlCommand::Deactivate { dbc: 3 }).0, ControlStatus::Ok);
+    let (status, values, msg) = rig.control(ControlCommand::Activate { program: v[0] as u32, dbc: 3 });
+    assert_eq!(status, ControlStatus::Ok, "{msg}");
+    rig.info = ActivationInfo::from_values(values);
+    (rig.tail, rig.rsp_head) = (0, 0);
+    rig.mem.store_u32(rig.map.dbc_reg(3, REQ_TAIL), 0, Release);
+    rig.mem.store_u32(rig.map.dbc_reg(3, RSP_HEAD), 0, Release);
+    rig.inference(1, 1.0);
+    rig.run();
+    let codes: Vec<u16> = rig.responses().iter().map(|r| r.status).collect();
+    assert_eq!(codes, vec![0, 0, CompletionCode::ProgramFault as u16], "inputs land; the output carries the fault");
+    // The next run faults the same way but the channel keeps serving it.
+    rig.inference(4, 2.0);
+    rig.run();
+    assert_eq!(rig.responses().len(), 3);
+}
