@@ -1,4 +1,4 @@
-//! Program container v0: the file `aic-exec` writes (`programqpc.bin`) and the runtime
+//! Program container (version 1): the file `aic-exec` writes (`programqpc.bin`) and the runtime
 //! loads. One little-endian file: a 64-byte header, a section table, then sections.
 //!
 //! ```text
@@ -23,7 +23,9 @@ use core::mem::size_of;
 use crate::isa::{Instruction, INSTRUCTION_BYTES};
 
 pub const MAGIC: [u8; 8] = *b"AICSPRG\0";
-pub const VERSION: u32 = 0;
+/// Version 1: 192-byte instructions with tensor operand descriptors (version 0 had
+/// 32-byte scalar instructions).
+pub const VERSION: u32 = 1;
 /// Most I/O bindings a program may have.
 pub const MAX_BINDINGS: u32 = 64;
 /// Most cores a program may use.
