@@ -30,6 +30,7 @@ use crate::isa::Op;
 use crate::layout::{self, DeviceStatus, MemoryMap};
 use crate::memory::SharedMemory;
 use crate::nsp::{self, CostModel, Limits, NspCore};
+use crate::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
 use crate::scheduler::{ExecMode, JobId, RunStats, Scheduler};
 use crate::semaphore::{self, SemOutcome};
 use alloc::sync::Arc;
@@ -144,6 +145,14 @@ struct Activation {
     faulted_outputs: u32,
     runs: u64,
     last_run: Option<RunStats>,
+    /// When the cores last became free.
+    idle_since: u64,
+    /// When the pending doorbell's inputs had all landed.
+    ready_at: u64,
+    /// Ready and start cycles of the run in progress.
+    current: (u64, u64),
+    /// Output elements taken since activation (each run releases `outputs` of them).
+    outputs_taken: u64,
 }
 
 enum Step {
@@ -301,16 +310,32 @@ impl Firmware {
                 .as_ref()
                 .and_then(|a| self.programs.get(a.program)?.as_ref())
                 .map_or(0, |p| p.outputs);
+            let now = self.scheduler.now();
             if let Some(act) = &mut self.activations[dbc] {
                 act.running = None;
                 act.runs += 1;
-                match result {
+                let status = match result {
                     Ok(stats) => {
                         self.device_cycles += stats.cycles();
                         act.last_run = Some(stats);
+                        0
                     }
-                    Err(_) => act.faulted_outputs += u32::from(outputs),
-                }
+                    Err(_) => {
+                        act.faulted_outputs += u32::from(outputs);
+                        CompletionCode::ProgramFault as u32
+                    }
+                };
+                let record = RunRecord {
+                    seq: act.runs,
+                    idle_since_cycle: act.idle_since,
+                    ready_cycle: act.current.0,
+                    start_cycle: act.current.1,
+                    end_cycle: now,
+                    status,
+                    ..RunRecord::default()
+                };
+                let _ = mem.write(self.config.map.run_record(dbc, act.runs), bytemuck::bytes_of(&record));
+                act.idle_since = now;
                 let sem_out = self.config.map.semaphore(act.info.sem_outputs);
                 let out = (mem.load_u32(sem_out, Acquire) as u16).wrapping_add(outputs) & SEM_VALUE_MAX;
                 mem.store_u32(sem_out, out.into(), Release);
@@ -470,11 +495,24 @@ impl Firmware {
                     if !self.apply_sem(pre, mem) {
                         return Step::Blocked(Stage::Fresh);
                     }
-                    // An output released by a faulted run carries the fault.
+                    let now = self.scheduler.now();
+                    let outputs = self.activations[dbc]
+                        .as_ref()
+                        .and_then(|a| self.programs.get(a.program)?.as_ref())
+                        .map_or(1, |p| u64::from(p.outputs.max(1)));
                     if let Some(act) = &mut self.activations[dbc] {
-                        if pre.op == SemOp::P && pre.index == act.info.sem_outputs && act.faulted_outputs > 0 {
-                            act.faulted_outputs -= 1;
-                            status = CompletionCode::ProgramFault as u16;
+                        if pre.op == SemOp::P && pre.index == act.info.sem_outputs {
+                            // An output released by a faulted run carries the fault.
+                            if act.faulted_outputs > 0 {
+                                act.faulted_outputs -= 1;
+                                status = CompletionCode::ProgramFault as u16;
+                            }
+                            act.outputs_taken += 1;
+                            if act.outputs_taken % outputs == 0 {
+                                let at =
+                                    self.config.map.run_record(dbc, act.outputs_taken / outputs) + OUTPUTS_TAKEN_FIELD;
+                                let _ = mem.write(at, &now.to_le_bytes());
+                            }
                         }
                     }
                 }
@@ -503,8 +541,10 @@ impl Firmware {
         }
         if let Some(db) = checked.doorbell {
             if self.config.map.doorbell_channel(e.db_addr) == Some(dbc) {
+                let now = self.scheduler.now();
                 if let Some(act) = &mut self.activations[dbc] {
                     act.doorbells_pending += 1;
+                    act.ready_at = now;
                 }
             } else {
                 let bytes = e.db_data.to_le_bytes();
@@ -547,9 +587,12 @@ impl Firmware {
         mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
         let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
         let job = self.scheduler.start(program.streams.clone(), &act.cores, ddr_base);
+        let now = self.scheduler.now();
         if let Some(act) = &mut self.activations[dbc] {
             act.doorbells_pending -= 1;
             act.running = Some(job);
+            // Inputs that landed while the previous run still ran were ready at its end.
+            act.current = (act.ready_at.max(act.idle_since).min(now), now);
         }
     }
 
@@ -771,7 +814,14 @@ impl Firmware {
             faulted_outputs: 0,
             runs: 0,
             last_run: None,
+            idle_since: self.scheduler.now(),
+            ready_at: 0,
+            current: (0, 0),
+            outputs_taken: 0,
         });
+        for seq in 1..=crate::run_record::RUN_RECORDS {
+            let _ = mem.write(self.config.map.run_record(dbc, seq), bytemuck::bytes_of(&RunRecord::default()));
+        }
         self.channels[dbc] = Channel::default();
         let map = self.config.map;
         mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);

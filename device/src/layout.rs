@@ -43,6 +43,8 @@ pub const CTRL_REQUEST_OFFSET: u64 = 0x1_1000;
 pub const CTRL_RESPONSE_OFFSET: u64 = 0x1_1800;
 /// Bytes available for the message after a control response header.
 pub const CTRL_MESSAGE_BYTES: u64 = 0x600;
+/// Per-channel rings of [`crate::run_record::RunRecord`]s.
+pub const RUN_RECORDS_OFFSET: u64 = 0x1_2000;
 /// Offset of channel 0's ring allocation.
 pub const RINGS_OFFSET: u64 = 0x2_0000;
 /// Device addresses at and above this are doorbells, one 32-bit word per channel.
@@ -53,7 +55,8 @@ pub const DOORBELL_STRIDE: u64 = 0x10;
 // The fixed blocks do not overlap each other.
 const _: () = assert!(SEMAPHORES_OFFSET + 32 * 4 <= CTRL_REQUEST_OFFSET);
 const _: () = assert!(CTRL_REQUEST_OFFSET + 64 <= CTRL_RESPONSE_OFFSET);
-const _: () = assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RINGS_OFFSET);
+const _: () = assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RUN_RECORDS_OFFSET);
+const _: () = assert!(RUN_RECORDS_OFFSET + NUM_DBC as u64 * crate::run_record::RUN_RECORDS * 64 <= RINGS_OFFSET);
 
 /// [`DEVICE_STATUS`] values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +125,12 @@ impl MemoryMap {
 
     pub fn response_element(&self, dbc: usize, index: u32) -> u64 {
         self.response_ring(dbc) + u64::from(index) * RESPONSE_ELEMENT_BYTES
+    }
+
+    /// Offset of the slot that holds run `seq` (from 1) of the activation on `dbc`.
+    pub fn run_record(&self, dbc: usize, seq: u64) -> u64 {
+        use crate::run_record::RUN_RECORDS;
+        RUN_RECORDS_OFFSET + (dbc as u64 * RUN_RECORDS + seq.saturating_sub(1) % RUN_RECORDS) * 64
     }
 
     pub fn semaphore(&self, index: u8) -> u64 {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use aicsim_device::control::{ActivationInfo, StatusReport};
 use aicsim_device::dbc::{CompletionCode, SemOp};
+pub use aicsim_device::run_record::RunRecord;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
 
@@ -245,6 +246,17 @@ impl Device {
     pub fn wait(&self, channel: &Channel, buffer: &Buffer, timeout: Duration) -> Result<()> {
         let ms = timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
         Ok(self.client.wait_bo(buffer.handle, ms, channel.id)?)
+    }
+
+    /// The device's record of run `seq` (from 1) on `channel`, if the device still
+    /// holds it.
+    pub fn run_record(&self, channel: &Channel, seq: u64) -> Result<Option<RunRecord>> {
+        Ok(self.client.run_record(channel.id, seq)?)
+    }
+
+    /// The device clock, to turn device cycles into time.
+    pub fn clock_hz(&self) -> u64 {
+        self.kmd.config().device.clock_hz
     }
 
     /// Queue and latency figures of the buffers' latest executions.

@@ -11,6 +11,7 @@ use aicsim_device::dbc::{
     SEM_VALUE_MAX,
 };
 use aicsim_device::memory::SharedMemory;
+use aicsim_device::run_record::RunRecord;
 use parking_lot::Mutex;
 
 use crate::bo::{Bo, Perf, Slicing};
@@ -472,6 +473,17 @@ impl Client {
             });
         }
         Ok(out)
+    }
+
+    /// Reads the device's record of run `seq` (from 1) of this user's activation on
+    /// `dbc`; `None` if the slot holds another run (not reached yet, or overwritten).
+    pub fn run_record(&self, dbc: u32, seq: u64) -> Result<Option<RunRecord>> {
+        let dbc = self.check_dbc(dbc)?;
+        self.check_owner(dbc)?;
+        let mut raw = [0u8; 64];
+        self.shared.region.read(self.shared.map.run_record(dbc, seq), &mut raw).expect("records inside the region");
+        let record: RunRecord = bytemuck::pod_read_unaligned(&raw);
+        Ok((record.seq == seq).then_some(record))
     }
 
     /// MANAGE: loads a program container; returns the device's program id.

@@ -400,3 +400,30 @@ fn a_faulting_program_fails_its_outputs_with_program_fault_and_the_channel_recov
     rig.run();
     assert_eq!(rig.responses().len(), 3);
 }
+
+#[test]
+fn each_run_publishes_a_record_the_host_can_read_once_its_outputs_are_taken() {
+    let mut rig = Rig::new();
+    let read = |rig: &Rig, seq: u64| {
+        let mut raw = [0u8; 64];
+        rig.mem.read(rig.map.run_record(rig.dbc, seq), &mut raw).unwrap();
+        bytemuck::pod_read_unaligned::<RunRecord>(&raw)
+    };
+    for seq in 1..=3u64 {
+        rig.inference(seq as u16 * 10, seq as f32);
+        rig.run();
+        assert!(rig.responses().iter().all(|r| r.status == 0));
+        let r = read(&rig, seq);
+        assert_eq!(r.seq, seq);
+        assert_eq!(r.status, 0);
+        assert!(
+            r.idle_since_cycle <= r.ready_cycle && r.ready_cycle <= r.start_cycle && r.start_cycle < r.end_cycle,
+            "{r:?}"
+        );
+        assert!(r.outputs_taken_cycle >= r.end_cycle, "{r:?}");
+        assert_eq!(r.exec_cycles(), rig.fw.last_run(rig.dbc).unwrap().cycles());
+        if seq > 1 {
+            assert_eq!(r.idle_since_cycle, read(&rig, seq - 1).end_cycle);
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Run records: what the device tells the host about each program run, in device
+//! cycles. The firmware keeps a ring of [`RUN_RECORDS`] per channel at
+//! [`crate::layout::RUN_RECORDS_OFFSET`]; run `seq` (counted from 1 per activation)
+//! lives in slot `(seq - 1) % RUN_RECORDS`. A record is complete once its run's outputs
+//! have been taken, which the host knows because it waited for exactly that.
+
+use bytemuck::{Pod, Zeroable};
+use core::mem::size_of;
+
+/// Records kept per channel.
+pub const RUN_RECORDS: u64 = 32;
+
+/// One program run, 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RunRecord {
+    /// Which run of the activation this is, from 1.
+    pub seq: u64,
+    /// When the activation's cores last became free (the previous run's end, or the
+    /// activation).
+    pub idle_since_cycle: u64,
+    /// When the doorbell had rung and every input had landed.
+    pub ready_cycle: u64,
+    pub start_cycle: u64,
+    pub end_cycle: u64,
+    /// When the last output of the run was taken by its output element; 0 until then.
+    pub outputs_taken_cycle: u64,
+    /// 0 on success, otherwise a [`crate::dbc::CompletionCode`].
+    pub status: u32,
+    pub reserved0: u32,
+    pub reserved1: u64,
+}
+const _: () = assert!(size_of::<RunRecord>() == 64);
+
+/// Byte offset of `outputs_taken_cycle` inside a record.
+pub const OUTPUTS_TAKEN_FIELD: u64 = 40;
+
+impl RunRecord {
+    /// Cycles the program ran.
+    pub fn exec_cycles(&self) -> u64 {
+        self.end_cycle.saturating_sub(self.start_cycle)
+    }
+
+    /// Cycles the cores sat idle before this run could start (waiting for its inputs).
+    pub fn input_wait_cycles(&self) -> u64 {
+        self.start_cycle.saturating_sub(self.idle_since_cycle)
+    }
+
+    /// Cycles from the program's end until its outputs were taken.
+    pub fn output_wait_cycles(&self) -> u64 {
+        self.outputs_taken_cycle.saturating_sub(self.end_cycle)
+    }
+}
