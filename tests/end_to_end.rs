@@ -57,7 +57,8 @@ fn thousands_of_pipelined_inferences_on_several_activations_all_match_the_host()
                 let t = done.timestamps;
                 assert!(
                     t.enqueue <= t.pre_proc_start
-                        && t.submit_start <= t.submitted
+                        && t.pre_proc_end <= t.kernel_submit
+                        && t.kernel_submit <= t.submitted
                         && t.submitted <= t.completed
                         && t.completed <= t.post_proc_end
                 );

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_device::dbc::SemOp;
-use aicsim_driver::{Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, SemaphoreCommand, Slice, SyncPoint};
+use aicsim_driver::{
+    Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, SyncPoint,
+};
 
 use crate::error::{Result, RuntimeError};
 use crate::timestamps::Timestamps;
@@ -22,12 +24,29 @@ use crate::{Device, Program};
 /// How long a wait may take before the inference fails with ETIMEDOUT.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What to do when the channel's ring is full (EAGAIN), as qaic-runner's
+/// `--submit-timeout` and `--submit-retry-count`: keep trying for `timeout`, then start
+/// over up to `retries` more times, then fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubmitPolicy {
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Default for SubmitPolicy {
+    fn default() -> SubmitPolicy {
+        SubmitPolicy { timeout: Duration::from_millis(1000), retries: 5 }
+    }
+}
+
 /// A program activated on the device.
 pub struct Activation {
     // Fields drop in order: the channel is deactivated before its program unloads.
     channel: Channel,
     _loaded: Arc<aicsim_driver::Program>,
     sync_slot: parking_lot::Mutex<Option<InferenceSlot>>,
+    /// Inferences queued on the channel so far; the device numbers its runs the same way.
+    submitted: parking_lot::Mutex<u64>,
     program: Program,
     device: Arc<Device>,
 }
@@ -52,6 +71,7 @@ impl Activation {
             channel,
             _loaded: loaded,
             sync_slot: parking_lot::Mutex::new(None),
+            submitted: parking_lot::Mutex::new(0),
         })
     }
 
@@ -65,6 +85,11 @@ impl Activation {
 
     pub fn device(&self) -> &Arc<Device> {
         &self.device
+    }
+
+    /// The device's record of run `seq` (as returned by a submit), if still held.
+    pub fn run_record(&self, seq: u64) -> Option<aicsim_driver::RunRecord> {
+        self.device.run_record(&self.channel, seq).ok().flatten()
     }
 
     /// Buffers for one in-flight inference, sliced for this activation.
@@ -120,6 +145,7 @@ impl Activation {
         let slot = guard.as_ref().expect("set above");
         let mut ts = Timestamps::new(Instant::now());
         slot.write_inputs(&self.program, inputs)?;
+        ts.pre_proc_end = Instant::now();
         slot.submit(self, &mut ts)?;
         slot.wait(self, &mut ts)?;
         let mut outputs: Vec<Vec<u8>> =
@@ -157,22 +183,46 @@ impl InferenceSlot {
         Ok(())
     }
 
-    /// Queues the whole inference (inputs then outputs) in one execute call.
-    pub fn submit(&self, activation: &Activation, ts: &mut Timestamps) -> Result<()> {
-        ts.submit_start = Instant::now();
+    /// Queues the whole inference (inputs then outputs) in one execute call, with the
+    /// default [`SubmitPolicy`]. Returns the device's run number for it.
+    pub fn submit(&self, activation: &Activation, ts: &mut Timestamps) -> Result<u64> {
+        self.submit_with(activation, ts, &SubmitPolicy::default())
+    }
+
+    /// Queues the whole inference; a full ring (EAGAIN) is retried as `policy` says.
+    /// Returns the device's run number for it (see [`Activation::run_record`]).
+    pub fn submit_with(&self, activation: &Activation, ts: &mut Timestamps, policy: &SubmitPolicy) -> Result<u64> {
+        // Held across the execute call: submissions are numbered in the order the
+        // driver queues them, which is the order the device runs them.
+        let mut count = activation.submitted.lock();
         let mut list = Vec::with_capacity(self.inputs.len() + self.outputs.len());
         list.extend(self.inputs.iter().map(|b| (b, DmaDirection::ToDevice)));
         list.extend(self.outputs.iter().map(|b| (b, DmaDirection::FromDevice)));
-        // A full ring is transient: retry until the wait timeout, as qaic-runner does.
-        let deadline = ts.submit_start + WAIT_TIMEOUT;
+        ts.kernel_submit = Instant::now();
+        let mut attempt = 0;
+        let mut attempt_start = ts.kernel_submit;
         loop {
             match activation.device.execute(&activation.channel, &list) {
-                Err(aicsim_driver::DriverError::Again(_)) if Instant::now() < deadline => std::thread::yield_now(),
+                Err(DriverError::Again(why)) => {
+                    if attempt_start.elapsed() < policy.timeout {
+                        std::thread::yield_now();
+                    } else if attempt < policy.retries {
+                        attempt += 1;
+                        attempt_start = Instant::now();
+                    } else {
+                        return Err(RuntimeError::SubmitTimeout {
+                            attempts: attempt + 1,
+                            timeout: policy.timeout,
+                            why,
+                        });
+                    }
+                }
                 result => break result?,
             }
         }
         ts.submitted = Instant::now();
-        Ok(())
+        *count += 1;
+        Ok(*count)
     }
 
     /// Waits for every buffer of the inference.

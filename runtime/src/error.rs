@@ -19,6 +19,8 @@ pub enum RuntimeError {
     InputCount { expected: usize, got: usize },
     #[error("{0}")]
     Driver(#[from] DriverError),
+    #[error("submit failed: the channel stayed full through {attempts} attempts of {timeout:?} ({why})")]
+    SubmitTimeout { attempts: u32, timeout: std::time::Duration, why: String },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

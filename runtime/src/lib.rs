@@ -14,10 +14,10 @@ pub mod samples;
 mod set;
 mod timestamps;
 
-pub use activation::{Activation, InferenceSlot};
+pub use activation::{Activation, InferenceSlot, SubmitPolicy};
 pub use error::{Result, RuntimeError};
 pub use program::Program;
-pub use set::{Completion, InferenceSet, RunLimit, RunSummary};
+pub use set::{Completion, DeviceTiming, InferenceSet, RunLimit, RunSummary};
 pub use timestamps::Timestamps;
 
 pub use aicsim_driver::Device;

@@ -1,16 +1,20 @@
 //! InferenceSet: N activations of one program, each keeping up to S inferences in
 //! flight, fed from one shared queue of inference indices.
+//!
+//! Each activation is served by T submitter threads (`-T`), which split its S buffer
+//! slots between them; a thread submits into a free slot, and when none is free waits
+//! for its oldest in-flight inference, post-processes it and hands it to the caller.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_device::dbc::NUM_DBC;
 use parking_lot::Mutex;
 
-use crate::activation::Activation;
+use crate::activation::{Activation, InferenceSlot, SubmitPolicy};
 use crate::error::{Result, RuntimeError};
 use crate::timestamps::Timestamps;
 use crate::{Device, Program};
@@ -24,6 +28,19 @@ pub enum RunLimit {
     Duration(Duration),
 }
 
+/// What the device reported about the run that served one inference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceTiming {
+    /// The program's execution time.
+    pub exec: Duration,
+    /// How long the activation's cores sat idle before this inference could start.
+    pub input_wait: Duration,
+    /// From the program's end until its outputs were taken.
+    pub output_wait: Duration,
+    /// Device cycles of the run, for exact arithmetic.
+    pub exec_cycles: u64,
+}
+
 /// One finished inference, handed to the completion callback on its worker thread.
 pub struct Completion<'a> {
     /// Position in the run, from 0.
@@ -34,6 +51,10 @@ pub struct Completion<'a> {
     pub timestamps: Timestamps,
     /// Inferences in flight on this activation when it was submitted (itself included).
     pub queue_depth: usize,
+    /// Inferences in flight on all activations when it was submitted (itself included).
+    pub in_flight_total: usize,
+    /// `None` if the device's record of the run was already overwritten.
+    pub device: Option<DeviceTiming>,
 }
 
 /// What a run did.
@@ -49,6 +70,44 @@ pub struct InferenceSet {
     program: Program,
     activations: Vec<Activation>,
     set_size: usize,
+    threads_per_activation: usize,
+    submit_policy: SubmitPolicy,
+}
+
+/// State shared by the worker threads of one run.
+struct RunState<'a, I, C> {
+    limit: RunLimit,
+    start: Instant,
+    next: AtomicU64,
+    done: AtomicU64,
+    in_flight: AtomicUsize,
+    stop: AtomicBool,
+    fill_inputs: &'a I,
+    on_complete: &'a C,
+}
+
+impl<I, C> RunState<'_, I, C> {
+    fn claim(&self) -> Option<u64> {
+        if self.stop.load(Relaxed) {
+            return None;
+        }
+        match self.limit {
+            RunLimit::Count(n) => {
+                let i = self.next.fetch_add(1, Relaxed);
+                (i < n).then_some(i)
+            }
+            RunLimit::Duration(d) => (self.start.elapsed() < d).then(|| self.next.fetch_add(1, Relaxed)),
+        }
+    }
+}
+
+struct InFlight {
+    slot: usize,
+    index: u64,
+    ts: Timestamps,
+    queue_depth: usize,
+    in_flight_total: usize,
+    seq: u64,
 }
 
 impl InferenceSet {
@@ -71,7 +130,30 @@ impl InferenceSet {
         let activations = (0..num_activations)
             .map(|_| Activation::with_loaded(device.clone(), program, loaded.clone()))
             .collect::<Result<Vec<_>>>()?;
-        Ok(InferenceSet { program: program.clone(), activations, set_size })
+        Ok(InferenceSet {
+            program: program.clone(),
+            activations,
+            set_size,
+            threads_per_activation: 1,
+            submit_policy: SubmitPolicy::default(),
+        })
+    }
+
+    /// Serve each activation with `threads` submitter threads (at most the set size).
+    pub fn with_threads_per_activation(mut self, threads: usize) -> Result<InferenceSet> {
+        if threads == 0 || threads > self.set_size {
+            return Err(RuntimeError::Config(format!(
+                "{threads} threads per activation; between 1 and the set size {}",
+                self.set_size
+            )));
+        }
+        self.threads_per_activation = threads;
+        Ok(self)
+    }
+
+    pub fn with_submit_policy(mut self, policy: SubmitPolicy) -> InferenceSet {
+        self.submit_policy = policy;
+        self
     }
 
     pub fn activations(&self) -> &[Activation] {
@@ -82,86 +164,85 @@ impl InferenceSet {
         self.set_size
     }
 
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
     /// Runs inferences until `limit`. `fill_inputs(index, inputs)` writes inference
     /// `index`'s inputs into host buffers already sized for the program (pre-processing);
-    /// `on_complete` sees each finished inference. Both run on the activation's worker
-    /// thread. The first error stops the run (inferences in flight are still waited for)
-    /// and is returned.
+    /// `on_complete` sees each finished inference. Both run on worker threads. The first
+    /// error stops the run (inferences in flight are still waited for) and is returned.
     pub fn run<I, C>(&self, limit: RunLimit, fill_inputs: I, on_complete: C) -> Result<RunSummary>
     where
         I: Fn(u64, &mut [Vec<u8>]) + Sync,
         C: Fn(&Completion<'_>) + Sync,
     {
-        let next = AtomicU64::new(0);
-        let done = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
-        let first_error: Mutex<Option<RuntimeError>> = Mutex::new(None);
-        let start = Instant::now();
-        let claim = || -> Option<u64> {
-            if stop.load(Relaxed) {
-                return None;
-            }
-            match limit {
-                RunLimit::Count(n) => {
-                    let i = next.fetch_add(1, Relaxed);
-                    (i < n).then_some(i)
-                }
-                RunLimit::Duration(d) => (start.elapsed() < d).then(|| next.fetch_add(1, Relaxed)),
-            }
+        let state = RunState {
+            limit,
+            start: Instant::now(),
+            next: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            fill_inputs: &fill_inputs,
+            on_complete: &on_complete,
         };
+        let first_error: Mutex<Option<RuntimeError>> = Mutex::new(None);
+        let t = self.threads_per_activation;
         std::thread::scope(|scope| {
-            for (a, activation) in self.activations.iter().enumerate() {
-                let (claim, fill_inputs, on_complete, done, stop, first_error) =
-                    (&claim, &fill_inputs, &on_complete, &done, &stop, &first_error);
-                scope.spawn(move || {
-                    if let Err(e) = self.worker(a, activation, claim, fill_inputs, on_complete, done) {
-                        stop.store(true, SeqCst);
-                        first_error.lock().get_or_insert(e);
-                    }
-                });
+            for a in 0..self.activations.len() {
+                for thread in 0..t {
+                    // Slots thread, thread + t, thread + 2t, ... of this activation.
+                    let slots: Vec<usize> = (thread..self.set_size).step_by(t).collect();
+                    let (state, first_error) = (&state, &first_error);
+                    scope.spawn(move || {
+                        if let Err(e) = self.worker(a, slots.len(), state) {
+                            state.stop.store(true, SeqCst);
+                            first_error.lock().get_or_insert(e);
+                        }
+                    });
+                }
             }
         });
         match first_error.into_inner() {
             Some(e) => Err(e),
-            None => Ok(RunSummary { inferences: done.load(SeqCst), elapsed: start.elapsed() }),
+            None => Ok(RunSummary { inferences: state.done.load(SeqCst), elapsed: state.start.elapsed() }),
         }
     }
 
-    fn worker<I, C>(
-        &self,
-        a: usize,
-        activation: &Activation,
-        claim: &dyn Fn() -> Option<u64>,
-        fill_inputs: &I,
-        on_complete: &C,
-        done: &AtomicU64,
-    ) -> Result<()>
+    fn worker<I, C>(&self, a: usize, slot_count: usize, state: &RunState<'_, I, C>) -> Result<()>
     where
         I: Fn(u64, &mut [Vec<u8>]) + Sync,
         C: Fn(&Completion<'_>) + Sync,
     {
-        let s = self.set_size;
-        let slots = (0..s).map(|_| activation.new_slot()).collect::<Result<Vec<_>>>()?;
+        let activation = &self.activations[a];
+        let slots = (0..slot_count).map(|_| activation.new_slot()).collect::<Result<Vec<InferenceSlot>>>()?;
         let input_sizes: Vec<usize> = self.program.inputs().iter().map(|b| b.size_bytes as usize).collect();
         let mut staging: Vec<Vec<Vec<u8>>> =
-            (0..s).map(|_| input_sizes.iter().map(|&n| vec![0u8; n]).collect()).collect();
+            (0..slot_count).map(|_| input_sizes.iter().map(|&n| vec![0u8; n]).collect()).collect();
         let mut outputs: Vec<Vec<u8>> =
             self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
-        let mut free: Vec<usize> = (0..s).rev().collect();
-        let mut in_flight: VecDeque<(usize, u64, Timestamps, usize)> = VecDeque::with_capacity(s);
+        let mut free: Vec<usize> = (0..slot_count).rev().collect();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(slot_count);
         let mut failure = None;
+        let clock_hz = activation.device().clock_hz().max(1);
         loop {
-            let index = if free.is_empty() || failure.is_some() { None } else { claim() };
+            let index = if free.is_empty() || failure.is_some() { None } else { state.claim() };
             if let Some(index) = index {
                 let slot = free.pop().expect("checked non-empty");
                 let mut ts = Timestamps::new(Instant::now());
                 ts.pre_proc_start = Instant::now();
-                fill_inputs(index, &mut staging[slot]);
-                let submitted = slots[slot]
-                    .write_inputs(&self.program, &staging[slot])
-                    .and_then(|()| slots[slot].submit(activation, &mut ts));
+                (state.fill_inputs)(index, &mut staging[slot]);
+                let submitted = slots[slot].write_inputs(&self.program, &staging[slot]).and_then(|()| {
+                    ts.pre_proc_end = Instant::now();
+                    slots[slot].submit_with(activation, &mut ts, &self.submit_policy)
+                });
                 match submitted {
-                    Ok(()) => in_flight.push_back((slot, index, ts, in_flight.len() + 1)),
+                    Ok(seq) => {
+                        let in_flight_total = state.in_flight.fetch_add(1, Relaxed) + 1;
+                        let queue_depth = in_flight.len() + 1;
+                        in_flight.push_back(InFlight { slot, index, ts, queue_depth, in_flight_total, seq });
+                    }
                     Err(e) => {
                         free.push(slot);
                         failure.get_or_insert(e);
@@ -169,14 +250,33 @@ impl InferenceSet {
                 }
                 continue;
             }
-            let Some((slot, index, mut ts, queue_depth)) = in_flight.pop_front() else { break };
-            let finished = slots[slot].wait(activation, &mut ts).and_then(|()| slots[slot].read_outputs(&mut outputs));
-            free.push(slot);
+            let Some(mut job) = in_flight.pop_front() else { break };
+            let finished =
+                slots[job.slot].wait(activation, &mut job.ts).and_then(|()| slots[job.slot].read_outputs(&mut outputs));
+            free.push(job.slot);
+            state.in_flight.fetch_sub(1, Relaxed);
             match finished {
                 Ok(()) => {
-                    ts.post_proc_end = Instant::now();
-                    done.fetch_add(1, Relaxed);
-                    on_complete(&Completion { index, activation: a, outputs: &outputs, timestamps: ts, queue_depth });
+                    job.ts.post_proc_end = Instant::now();
+                    let device = activation.run_record(job.seq).map(|r| {
+                        let time = |cycles: u64| Duration::from_secs_f64(cycles as f64 / clock_hz as f64);
+                        DeviceTiming {
+                            exec: time(r.exec_cycles()),
+                            input_wait: time(r.input_wait_cycles()),
+                            output_wait: time(r.output_wait_cycles()),
+                            exec_cycles: r.exec_cycles(),
+                        }
+                    });
+                    state.done.fetch_add(1, Relaxed);
+                    (state.on_complete)(&Completion {
+                        index: job.index,
+                        activation: a,
+                        outputs: &outputs,
+                        timestamps: job.ts,
+                        queue_depth: job.queue_depth,
+                        in_flight_total: job.in_flight_total,
+                        device,
+                    });
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
