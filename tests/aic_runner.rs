@@ -47,7 +47,7 @@ fn time_runs_for_about_the_asked_duration() {
 fn bad_invocations_exit_2_with_one_line_saying_why() {
     for (args, needle) in [
         (vec!["-t", "/nonexistent/program"], "cannot read program /nonexistent/program: No such file"),
-        (vec!["-a", "17"], "between 1 and 16"),
+        (vec!["-a", "17"], "17 activations x 1 cores = 17 cores, but the device has 16"),
         (vec!["-S", "0"], "set size must be at least 1"),
         (vec!["--time", "0"], "not a positive number"),
         (vec!["-d", "3"], "device 3 does not exist"),
@@ -72,4 +72,246 @@ fn a_corrupt_container_is_named_precisely() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, 2);
     assert!(err.contains("checksum mismatch"), "{err}");
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("aicsim-{tag}-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn read_latency(path: &std::path::Path) -> (Vec<String>, Vec<Vec<f64>>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    let columns: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    let rows = lines.map(|l| l.split(',').map(|c| c.parse::<f64>().unwrap_or(f64::NAN)).collect()).collect();
+    (columns, rows)
+}
+
+#[test]
+fn the_latency_file_has_every_stage_in_microseconds_and_consistent_values() {
+    let dir = temp_dir("latency");
+    let (code, out, err) = runner(&[
+        "-n",
+        "300",
+        "-a",
+        "2",
+        "-S",
+        "3",
+        "--pace",
+        "none",
+        "--aic-profiling-type",
+        "latency",
+        "--aic-profiling-start-iter",
+        "100",
+        "--aic-profiling-num-samples",
+        "60",
+        "--aic-profiling-out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Device Performance: \nMetric,          Avg,           Min,           Max,           Std"),
+        "{out}"
+    );
+    for metric in ["ExecTimeUs,", "InputWaitTimeUs,", "OutputWaitTimeUs,"] {
+        assert!(out.lines().any(|l| l.starts_with(metric) && l.split(',').count() == 5), "{metric} row: {out}");
+    }
+    let (columns, rows) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
+    assert_eq!(columns, aicsim::latency::COLUMNS.to_vec());
+    assert!(columns.iter().filter(|c| c.ends_with("Us")).count() == 12, "time columns carry the Us suffix");
+    assert_eq!(rows.len(), 60);
+    let col = |name: &str| columns.iter().position(|c| c == name).unwrap();
+    for (k, r) in rows.iter().enumerate() {
+        assert_eq!(r[col("Sample")], 100.0 + k as f64, "samples 100..160 in order");
+        assert!(r[col("devExecUs")] > 0.0 && r[col("devInfPerSec")] > 0.0);
+        assert!((r[col("devInfPerSec")] - 1e6 / r[col("devExecUs")]).abs() <= r[col("devInfPerSec")] * 1e-2);
+        let total = r[col("totalRoundtripTimeUs")];
+        assert!(total + 0.01 >= r[col("hostRoundTripUs")] && r[col("hostRoundTripUs")] + 0.01 >= r[col("execTotalUs")]);
+        let parts = r[col("exectoVcUs")] + r[col("execToCompleteUs")];
+        assert!((parts - r[col("execTotalUs")]).abs() < 0.01, "execTotal = exectoVc + execToComplete");
+        assert!((1.0..=3.0).contains(&r[col("queueDepth")]) && (1.0..=6.0).contains(&r[col("numInfInQueue")]));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    // Written independently of the tool: the value at fractional rank q * (n - 1).
+    let rank = q * (sorted.len() as f64 - 1.0);
+    let below = sorted[rank as usize];
+    let above = sorted[(rank as usize + 1).min(sorted.len() - 1)];
+    below + (above - below) * rank.fract()
+}
+
+#[test]
+fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
+    let dir = temp_dir("summary");
+    let (code, _, err) = runner(&[
+        "-n",
+        "400",
+        "--pace",
+        "none",
+        "--aic-profiling-type",
+        "latency",
+        "--aic-profiling-num-samples",
+        "400",
+        "--aic-profiling-out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let file = dir.join("aic-profiling-program-0-latency.txt");
+    let (columns, rows) = read_latency(&file);
+    for keep in [None, Some(90.0)] {
+        let mut args = vec![file.to_str().unwrap().to_string()];
+        if let Some(k) = keep {
+            args.extend(["-k".to_string(), format!("{k}")]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_aic-latency-stats")).args(&args).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("All activations combined:"));
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(header, ["mean", "min", "50%", "75%", "90%", "95%", "99%", "max"]);
+        let table: Vec<(String, Vec<f64>)> = lines
+            .map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next().unwrap().to_string(), f.map(|v| v.parse().unwrap()).collect())
+            })
+            .collect();
+        let names: Vec<&str> = table.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(!names.contains(&"Sample") && !names.contains(&"queueDepth") && !names.contains(&"numInfInQueue"));
+        for (name, got) in &table {
+            let c = columns.iter().position(|x| x == name || *x == format!("{name}Us")).unwrap();
+            let scale = if columns[c].ends_with("Us") { 1e-3 } else { 1.0 };
+            // Samples without a value ("nan": the device record was gone) are skipped.
+            let mut v: Vec<f64> = rows.iter().map(|r| r[c] * scale).filter(|x| !x.is_nan()).collect();
+            v.sort_by(f64::total_cmp);
+            if let Some(k) = keep {
+                let drop = (v.len() as f64 * (100.0 - k) / 200.0).floor() as usize;
+                v = v[drop..v.len() - drop].to_vec();
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let want = [
+                mean,
+                v[0],
+                percentile(&v, 0.5),
+                percentile(&v, 0.75),
+                percentile(&v, 0.9),
+                percentile(&v, 0.95),
+                percentile(&v, 0.99),
+                v[v.len() - 1],
+            ];
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() <= 5e-5 * w.abs().max(1.0), "{name}: {got:?} vs {want:?}");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn functional_runs_write_the_real_outputs_and_json_has_every_figure() {
+    use aicsim_runtime::samples::{bytes_f32, f32_bytes, vector_add_mul_reference};
+    let dir = temp_dir("outputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let a: Vec<f32> = (0..4096).map(|i| i as f32 * 0.5).collect();
+    let b: Vec<f32> = (0..4096).map(|i| 3.0 - i as f32).collect();
+    std::fs::write(dir.join("a.bin"), f32_bytes(&a)).unwrap();
+    std::fs::write(dir.join("b.bin"), f32_bytes(&b)).unwrap();
+    let out_dir = dir.join("out");
+    let json = dir.join("run.json");
+    let (code, stdout, err) = runner(&[
+        "-n",
+        "10",
+        "--mode",
+        "functional",
+        "-i",
+        dir.join("a.bin").to_str().unwrap(),
+        "-i",
+        dir.join("b.bin").to_str().unwrap(),
+        "--write-output-start-iter",
+        "3",
+        "--write-output-num-samples",
+        "4",
+        "--write-output-dir",
+        out_dir.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let want = vector_add_mul_reference(&a, &b);
+    let mut files: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "out-activation-0-inf-3.bin",
+            "out-activation-0-inf-4.bin",
+            "out-activation-0-inf-5.bin",
+            "out-activation-0-inf-6.bin"
+        ]
+    );
+    for f in files {
+        assert_eq!(bytes_f32(&std::fs::read(out_dir.join(f)).unwrap()), want);
+    }
+    let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (n, us, _, rate) = stats(&stdout);
+    assert_eq!(j["inference_count"].as_u64(), Some(n));
+    assert_eq!(j["total_duration_us"].as_u64(), Some(us));
+    assert!((j["inf_per_sec"].as_f64().unwrap() - rate).abs() < 0.001);
+    for key in ["mean", "p50", "p90", "p99", "max"] {
+        assert!(j["latency_ms"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert!(j["device"]["ExecTimeUs"]["avg"].as_f64().unwrap() > 0.0);
+    assert_eq!(j["mode"], "functional");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_live_report_prints_every_period() {
+    let (code, out, err) = runner(&["--time", "1.1", "-l", "-r", "200"]);
+    assert_eq!(code, 0, "{err}");
+    let live = out.lines().filter(|l| l.starts_with("Live: InferenceCnt ")).count();
+    assert!((3..=6).contains(&live), "{live} live lines: {out}");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_exit_2_and_leave_no_files() {
+    let dir = temp_dir("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("short.bin"), [0u8; 100]).unwrap();
+    let mut corrupt = aicsim_runtime::samples::default_program().to_bytes();
+    corrupt.truncate(corrupt.len() / 2);
+    std::fs::write(dir.join("corrupt.bin"), &corrupt).unwrap();
+    let out_dir = dir.join("out");
+    let o = out_dir.to_str().unwrap().to_string();
+    let short = dir.join("short.bin").to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["-t".into(), dir.join("missing").to_str().unwrap().into()], "cannot read program"),
+        (vec!["-t".into(), dir.join("corrupt.bin").to_str().unwrap().into()], "header says the file is"),
+        (vec!["-i".into(), short.clone(), "-i".into(), short], "is 100 bytes but input 'a' takes 16384 bytes"),
+        (vec!["-a".into(), "17".into()], "17 activations x 1 cores = 17 cores, but the device has 16"),
+    ];
+    for (mut args, needle) in cases {
+        args.extend([
+            "--write-output-dir".into(),
+            o.clone(),
+            "--aic-profiling-type".into(),
+            "latency".into(),
+            "--aic-profiling-out-dir".into(),
+            o.clone(),
+            "--json".into(),
+            format!("{o}/run.json"),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, err) = runner(&refs);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).unwrap().next().is_none(), "{args:?} left files");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -46,7 +46,7 @@ pub const CTRL_MESSAGE_BYTES: u64 = 0x600;
 /// Per-channel rings of [`crate::run_record::RunRecord`]s.
 pub const RUN_RECORDS_OFFSET: u64 = 0x1_2000;
 /// Offset of channel 0's ring allocation.
-pub const RINGS_OFFSET: u64 = 0x2_0000;
+pub const RINGS_OFFSET: u64 = 0x6_0000;
 /// Device addresses at and above this are doorbells, one 32-bit word per channel.
 pub const DOORBELL_BASE: u64 = 0xD000_0000_0000;
 /// Distance between two channels' doorbells.

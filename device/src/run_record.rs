@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use core::mem::size_of;
 
 /// Records kept per channel.
-pub const RUN_RECORDS: u64 = 32;
+pub const RUN_RECORDS: u64 = 256;
 
 /// One program run, 64 bytes.
 #[repr(C)]

@@ -1,15 +1,39 @@
-//! aic-runner: runs a compiled program on the simulated device and reports throughput,
-//! with the flags and Stats line of qaic-runner.
+//! aic-runner: runs a program on the simulated device and reports throughput and
+//! latency, with the flags, summary line and profiling files of qaic-runner.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use aicsim::{latency, stats};
+use aicsim_device::scheduler::ExecMode;
+use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
-use aicsim_runtime::{samples, InferenceSet, Program, RunLimit};
-use clap::Parser;
+use aicsim_runtime::{samples, InferenceSet, Program, RunLimit, SubmitPolicy};
+use clap::{Parser, ValueEnum};
+use parking_lot::Mutex;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ProfilingType {
+    Latency,
+    Stats,
+    Trace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Timing,
+    Functional,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Pace {
+    Wall,
+    None,
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "aic-runner", about = "Run a program on the simulated Cloud AI 100 device", version)]
@@ -32,14 +56,60 @@ struct Args {
     /// Run for this many seconds instead of a fixed count.
     #[arg(long = "time")]
     time: Option<f64>,
+    /// Input file, raw bytes in the program's host format, one per input in order (repeatable); random data when absent.
+    #[arg(short = 'i', long = "input-file")]
+    input_files: Vec<PathBuf>,
+    /// Submitter threads per activation's queue (at most the set size).
+    #[arg(short = 'T', long = "aic-threads-per-queue", default_value_t = 4)]
+    threads_per_queue: usize,
+    /// Print a live report.
+    #[arg(short = 'l', long = "live-reporting")]
+    live: bool,
+    /// Live report period in milliseconds.
+    #[arg(short = 'r', long = "live-reporting-period", default_value_t = 1000)]
+    live_period_ms: u64,
+    /// First inference whose outputs are written.
+    #[arg(long = "write-output-start-iter", default_value_t = 0)]
+    write_output_start_iter: u64,
+    /// How many inferences' outputs are written.
+    #[arg(long = "write-output-num-samples", default_value_t = 1)]
+    write_output_num_samples: u64,
+    /// Directory for output files <buffer>-activation-<a>-inf-<i>.bin.
+    #[arg(long = "write-output-dir")]
+    write_output_dir: Option<PathBuf>,
+    /// Profiling to record (repeatable).
+    #[arg(long = "aic-profiling-type", value_enum)]
+    profiling_types: Vec<ProfilingType>,
+    /// First inference profiled.
+    #[arg(long = "aic-profiling-start-iter", default_value_t = 0)]
+    profiling_start_iter: u64,
+    /// Inferences profiled.
+    #[arg(long = "aic-profiling-num-samples", default_value_t = 1)]
+    profiling_num_samples: u64,
+    /// Directory for profiling files.
+    #[arg(long = "aic-profiling-out-dir", default_value = ".")]
+    profiling_out_dir: PathBuf,
+    /// How long one submit attempt waits for room on a full channel, in milliseconds.
+    #[arg(long = "submit-timeout", default_value_t = 1000)]
+    submit_timeout_ms: u64,
+    /// Submit attempts after the first before giving up.
+    #[arg(long = "submit-retry-count", default_value_t = 5)]
+    submit_retry_count: u32,
+    /// Verbose: print the configuration.
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// timing: move the data, model the compute (default); functional: compute real outputs.
+    #[arg(long = "mode", value_enum, default_value = "timing")]
+    mode: Mode,
+    /// wall: completions no earlier than device time says (wall-clock Inf/Sec predicts the card); none: as fast as simulated.
+    #[arg(long = "pace", value_enum, default_value = "wall")]
+    pace: Pace,
+    /// Write every figure of the run as JSON to this file.
+    #[arg(long = "json")]
+    json: Option<PathBuf>,
     /// Seed of the random input data.
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
-}
-
-fn fail(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("aic-runner: {message}");
-    ExitCode::from(2)
 }
 
 /// SplitMix64: small, seeded, good enough for input data.
@@ -51,60 +121,341 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        String::from("null")
+    }
+}
+
+/// Files to create after a successful run: nothing is written if the run fails.
+struct PendingFiles(Vec<(PathBuf, Vec<u8>)>);
+
+impl PendingFiles {
+    fn write_all(self) -> Result<(), String> {
+        let mut written: Vec<PathBuf> = Vec::new();
+        for (path, bytes) in self.0 {
+            let result =
+                path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, &bytes));
+            if let Err(e) = result {
+                for p in written {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(format!("cannot write {}: {e}", path.display()));
+            }
+            written.push(path);
+        }
+        Ok(())
+    }
+}
+
+struct Sample {
+    index: u64,
+    activation: usize,
+    outputs: Vec<Vec<u8>>,
+}
+
+fn run(args: &Args) -> Result<(), String> {
     if args.device_id != 0 {
-        return fail(format!("device {} does not exist (the simulator has device 0)", args.device_id));
+        return Err(format!("device {} does not exist (the simulator has device 0)", args.device_id));
     }
     let program = match &args.test_data {
         Some(path) => Program::from_path(path),
         None => Program::from_image(samples::default_program()),
-    };
-    let program = match program {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
+    }
+    .map_err(|e| e.to_string())?;
     let limit = match args.time {
         Some(t) if t.is_finite() && t > 0.0 => RunLimit::Duration(Duration::from_secs_f64(t)),
-        Some(t) => return fail(format!("--time {t} is not a positive number of seconds")),
-        None if args.num_iter == 0 => return fail("-n 0: nothing to run"),
+        Some(t) => return Err(format!("--time {t} is not a positive number of seconds")),
+        None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
         None => RunLimit::Count(args.num_iter),
     };
-    let device = match Device::open_simulated(KmdConfig::default()) {
-        Ok(d) => Arc::new(d),
-        Err(e) => return fail(format!("cannot start the simulated device: {e}")),
+    if args.live_period_ms == 0 {
+        return Err(String::from("-r 0: the live report period must be at least 1 ms"));
+    }
+    let inputs = program.inputs();
+    let fixed_inputs: Option<Vec<Vec<u8>>> = if args.input_files.is_empty() {
+        None
+    } else {
+        if args.input_files.len() != inputs.len() {
+            return Err(format!(
+                "{} input files given, the program has {} inputs",
+                args.input_files.len(),
+                inputs.len()
+            ));
+        }
+        let mut data = Vec::new();
+        for (path, binding) in args.input_files.iter().zip(&inputs) {
+            let bytes = std::fs::read(path).map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
+            if bytes.len() as u64 != binding.size_bytes {
+                return Err(format!(
+                    "input file {} is {} bytes but input '{}' takes {} bytes",
+                    path.display(),
+                    bytes.len(),
+                    binding.name,
+                    binding.size_bytes
+                ));
+            }
+            data.push(bytes);
+        }
+        Some(data)
     };
-    let set = match InferenceSet::new(device, &program, args.activations, args.set_size) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
+    let device_config = DeviceConfig {
+        mode: if args.mode == Mode::Functional { ExecMode::Functional } else { ExecMode::Timing },
+        pacing: if args.pace == Pace::Wall { Pacing::Wall } else { Pacing::None },
+        ..DeviceConfig::default()
     };
+    let needed = u64::from(program.image().num_cores()) * args.activations as u64;
+    if needed > u64::from(device_config.num_nsp) {
+        return Err(format!(
+            "{} activations x {} cores = {needed} cores, but the device has {}",
+            args.activations,
+            program.image().num_cores(),
+            device_config.num_nsp
+        ));
+    }
+    let threads = args.threads_per_queue.clamp(1, args.set_size.max(1));
+    if args.verbose {
+        eprintln!(
+            "aic-runner: program '{}' ({} cores, batch {}), {} activations x set size {}, {} threads per queue, mode {:?}, pace {:?}",
+            program.name(),
+            program.image().num_cores(),
+            program.batch_size(),
+            args.activations,
+            args.set_size,
+            threads,
+            args.mode,
+            args.pace
+        );
+    }
+    let device = Device::open_simulated(KmdConfig { device: device_config, ..KmdConfig::default() })
+        .map_err(|e| format!("cannot start the simulated device: {e}"))?;
+    let set = InferenceSet::new(Arc::new(device), &program, args.activations, args.set_size)
+        .and_then(|s| s.with_threads_per_activation(threads))
+        .map_err(|e| e.to_string())?
+        .with_submit_policy(SubmitPolicy {
+            timeout: Duration::from_millis(args.submit_timeout_ms),
+            retries: args.submit_retry_count,
+        });
+
     // Like qaic-runner: a few random input sets, generated up front and reused.
     let mut state = args.seed;
-    let input_sets: Vec<Vec<Vec<u8>>> = (0..4)
-        .map(|_| {
-            program
-                .inputs()
-                .iter()
-                .map(|b| (0..b.size_bytes).map(|_| (splitmix(&mut state) >> 56) as u8).collect())
-                .collect()
-        })
-        .collect();
-    let fill = |index: u64, inputs: &mut [Vec<u8>]| {
-        for (dst, src) in inputs.iter_mut().zip(&input_sets[index as usize % input_sets.len()]) {
-            dst.copy_from_slice(src);
+    let input_sets: Vec<Vec<Vec<u8>>> = match fixed_inputs {
+        Some(data) => vec![data],
+        None => (0..4)
+            .map(|_| {
+                inputs.iter().map(|b| (0..b.size_bytes).map(|_| (splitmix(&mut state) >> 56) as u8).collect()).collect()
+            })
+            .collect(),
+    };
+    let fill = |index: u64, dst: &mut [Vec<u8>]| {
+        for (d, s) in dst.iter_mut().zip(&input_sets[index as usize % input_sets.len()]) {
+            d.copy_from_slice(s);
         }
     };
-    let summary = match set.run(limit, fill, |_| {}) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let duration_us = summary.elapsed.as_micros().max(1);
     let batch = program.batch_size();
+    let profile = |i: u64| i >= args.profiling_start_iter && i < args.profiling_start_iter + args.profiling_num_samples;
+    let write_out = |i: u64| {
+        args.write_output_dir.is_some()
+            && i >= args.write_output_start_iter
+            && i < args.write_output_start_iter + args.write_output_num_samples
+    };
+    let round_trips = Mutex::new(Vec::new());
+    let device_times = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
+    let latency_rows = Mutex::new(Vec::new());
+    let output_samples = Mutex::new(Vec::new());
+    let completed = AtomicU64::new(0);
+    let on_complete = |done: &aicsim_runtime::Completion<'_>| {
+        completed.fetch_add(1, Ordering::Relaxed);
+        round_trips.lock().push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
+        if let Some(d) = done.device {
+            let mut t = device_times.lock();
+            t.0.push(d.exec.as_secs_f64() * 1e6);
+            t.1.push(d.input_wait.as_secs_f64() * 1e6);
+            t.2.push(d.output_wait.as_secs_f64() * 1e6);
+        }
+        if profile(done.index) {
+            latency_rows.lock().push(latency::row(done.index, done, batch));
+        }
+        if write_out(done.index) {
+            output_samples.lock().push(Sample {
+                index: done.index,
+                activation: done.activation,
+                outputs: done.outputs.to_vec(),
+            });
+        }
+    };
+    let finished = AtomicBool::new(false);
+    let start = Instant::now();
+    let summary = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Live report with -l; otherwise a progress line on runs longer than a few seconds.
+            let period = if args.live { Duration::from_millis(args.live_period_ms) } else { Duration::from_secs(3) };
+            let mut last = (Instant::now(), 0u64);
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10).min(period));
+                if last.0.elapsed() < period {
+                    continue;
+                }
+                let n = completed.load(Ordering::Relaxed);
+                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64() * f64::from(batch);
+                if args.live {
+                    println!("Live: InferenceCnt {n} Inf/Sec {rate:.3}");
+                } else {
+                    eprintln!("aic-runner: {:.0} s, {n} inferences, {rate:.1} inf/s", start.elapsed().as_secs_f64());
+                }
+                last = (Instant::now(), n);
+            }
+        });
+        let summary = set.run(limit, fill, on_complete);
+        finished.store(true, Ordering::Relaxed);
+        summary
+    })
+    .map_err(|e| e.to_string())?;
+
+    let mut files = PendingFiles(Vec::new());
+    if let Some(dir) = &args.write_output_dir {
+        let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
+        for s in output_samples.into_inner() {
+            for (name, bytes) in names.iter().zip(s.outputs) {
+                files.0.push((dir.join(format!("{name}-activation-{}-inf-{}.bin", s.activation, s.index)), bytes));
+            }
+        }
+    }
+    if args.profiling_types.contains(&ProfilingType::Latency) {
+        let mut rows = latency_rows.into_inner();
+        rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        let text = latency::render(program.name(), args.activations, args.set_size, batch, &rows);
+        files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-latency.txt"), text.into_bytes()));
+    }
+    for t in [ProfilingType::Stats, ProfilingType::Trace] {
+        if args.profiling_types.contains(&t) {
+            return Err(
+                format!("--aic-profiling-type {t:?} is not available yet in aicsim (latency is)").to_lowercase()
+            );
+        }
+    }
+    let duration_us = summary.elapsed.as_micros().max(1);
     let rate = summary.inferences as f64 * 1e6 / duration_us as f64 * f64::from(batch);
+    let mut rts = round_trips.into_inner();
+    rts.sort_by(f64::total_cmp);
+    let (exec, in_wait, out_wait) = device_times.into_inner();
+    let device_rows: Vec<(&str, Vec<f64>)> =
+        vec![("ExecTimeUs", exec), ("InputWaitTimeUs", in_wait), ("OutputWaitTimeUs", out_wait)];
+    if let Some(path) = &args.json {
+        let mut j = String::from("{\n");
+        j += &format!("  \"program\": {},\n", json_string(program.name()));
+        j += &format!(
+            "  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n",
+            args.activations, args.set_size, batch
+        );
+        j += &format!(
+            "  \"mode\": \"{:?}\", \"pace\": \"{:?}\",
+",
+            args.mode, args.pace
+        )
+        .to_lowercase();
+        j += &format!(
+            "  \"inference_count\": {}, \"total_duration_us\": {}, \"inf_per_sec\": {},\n",
+            summary.inferences,
+            duration_us,
+            json_number(rate)
+        );
+        j += &format!(
+            "  \"latency_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"max\": {}}},\n",
+            json_number(stats::mean(&rts)),
+            json_number(stats::percentile(&rts, 0.5)),
+            json_number(stats::percentile(&rts, 0.9)),
+            json_number(stats::percentile(&rts, 0.99)),
+            json_number(rts.last().copied().unwrap_or(f64::NAN))
+        );
+        let dev: Vec<String> = device_rows
+            .iter()
+            .map(|(name, v)| {
+                let mut s = v.clone();
+                s.sort_by(f64::total_cmp);
+                format!(
+                    "\"{name}\": {{\"avg\": {}, \"min\": {}, \"max\": {}, \"std\": {}}}",
+                    json_number(stats::mean(&s)),
+                    json_number(s.first().copied().unwrap_or(f64::NAN)),
+                    json_number(s.last().copied().unwrap_or(f64::NAN)),
+                    json_number(stats::std_dev(&s))
+                )
+            })
+            .collect();
+        j += &format!("  \"device\": {{{}}}\n}}\n", dev.join(", "));
+        files.0.push((path.clone(), j.into_bytes()));
+    }
+    files.write_all()?;
+
     println!(" ---- Stats ----");
     println!(
         "InferenceCnt {} TotalDuration {}us BatchSize {} Inf/Sec {:.3}",
         summary.inferences, duration_us, batch, rate
     );
-    ExitCode::SUCCESS
+    println!(
+        "Latency (totalRoundtripTime, ms): p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+        stats::percentile(&rts, 0.5),
+        stats::percentile(&rts, 0.9),
+        stats::percentile(&rts, 0.99),
+        rts.last().copied().unwrap_or(f64::NAN)
+    );
+    if !args.profiling_types.is_empty() {
+        println!("Device Performance: ");
+        println!("{:<17}{:<15}{:<15}{:<15}{:<15}", "Metric,", "Avg,", "Min,", "Max,", "Std");
+        for (name, mut v) in device_rows {
+            v.sort_by(f64::total_cmp);
+            let (avg, min, max, std) = (
+                stats::mean(&v),
+                v.first().copied().unwrap_or(f64::NAN),
+                v.last().copied().unwrap_or(f64::NAN),
+                stats::std_dev(&v),
+            );
+            println!(
+                "{:<17}{:<15}{:<15}{:<15}{:<15}",
+                format!("{name},"),
+                format!("{avg:.3},"),
+                format!("{min:.3},"),
+                format!("{max:.3},"),
+                format!("{std:.3}")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn is_dir_or_missing(p: &Path) -> bool {
+    !p.exists() || p.is_dir()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    for dir in [args.write_output_dir.as_deref(), Some(args.profiling_out_dir.as_path())].into_iter().flatten() {
+        if !is_dir_or_missing(dir) {
+            eprintln!("aic-runner: {} exists and is not a directory", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aic-runner: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,6 @@
+//! Shared code of the aicsim command-line tools: the latency-profile file format that
+//! `aic-runner` writes and `aic-latency-stats` reads, and the statistics both print.
+#![forbid(unsafe_code)]
+
+pub mod latency;
+pub mod stats;
