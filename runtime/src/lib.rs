@@ -10,6 +10,7 @@
 mod activation;
 mod error;
 mod program;
+mod queue;
 pub mod samples;
 mod set;
 mod timestamps;
@@ -17,6 +18,7 @@ mod timestamps;
 pub use activation::{Activation, InferenceSlot, SubmitPolicy};
 pub use error::{Result, RuntimeError};
 pub use program::Program;
+pub use queue::{AsyncQueue, Outcome, QueueConfig, Rejected};
 pub use set::{Completion, DeviceTiming, InferenceSet, RunLimit, RunSummary};
 pub use timestamps::Timestamps;
 

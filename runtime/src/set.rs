@@ -156,6 +156,11 @@ impl InferenceSet {
         self
     }
 
+    /// The activations, taken out of the set.
+    pub fn into_activations(self) -> Vec<Activation> {
+        self.activations
+    }
+
     pub fn activations(&self) -> &[Activation] {
         &self.activations
     }

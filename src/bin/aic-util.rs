@@ -35,7 +35,8 @@ fn main() -> ExitCode {
         eprintln!("aic-util: --num-nsp {} is not in 1..=64", args.num_nsp);
         return ExitCode::from(2);
     }
-    let config = KmdConfig { device: DeviceConfig { num_nsp: args.num_nsp, ..DeviceConfig::default() }, ..KmdConfig::default() };
+    let config =
+        KmdConfig { device: DeviceConfig { num_nsp: args.num_nsp, ..DeviceConfig::default() }, ..KmdConfig::default() };
     let vtcm_kib = config.device.vtcm_bytes / 1024;
     println!("====================================");
     println!(" DEVICE 0");
@@ -50,13 +51,23 @@ fn main() -> ExitCode {
     };
     match device.status() {
         Ok(s) => {
-            let channels: Vec<String> = (0..32).filter(|b| s.active_channels >> b & 1 == 1).map(|b| b.to_string()).collect();
+            let channels: Vec<String> =
+                (0..32).filter(|b| s.active_channels >> b & 1 == 1).map(|b| b.to_string()).collect();
             println!("    Status:Ready");
             println!("    Nsp Total:{} Nsp Free:{}", s.nsp_total, s.nsp_free);
             println!("    Vtcm Size Per Nsp:{vtcm_kib} KB");
             println!("    DDR Total:{} MB DDR Free:{} MB", s.ddr_total >> 20, s.ddr_free >> 20);
-            println!("    Firmware Version:{}.{}.{}", s.fw_version >> 16, (s.fw_version >> 8) & 0xFF, s.fw_version & 0xFF);
-            println!("    Active Programs:{} Active Channels:{}", s.programs_loaded, if channels.is_empty() { "none".into() } else { channels.join(",") });
+            println!(
+                "    Firmware Version:{}.{}.{}",
+                s.fw_version >> 16,
+                (s.fw_version >> 8) & 0xFF,
+                s.fw_version & 0xFF
+            );
+            println!(
+                "    Active Programs:{} Active Channels:{}",
+                s.programs_loaded,
+                if channels.is_empty() { "none".into() } else { channels.join(",") }
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
