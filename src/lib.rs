@@ -3,4 +3,5 @@
 #![forbid(unsafe_code)]
 
 pub mod latency;
+pub mod profiling;
 pub mod stats;

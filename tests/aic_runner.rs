@@ -315,3 +315,90 @@ fn bad_inputs_fail_with_one_line_exit_2_and_leave_no_files() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
+    let dir = temp_dir("profiles");
+    let (code, _, err) = runner(&[
+        "-n",
+        "30",
+        "-a",
+        "2",
+        "-S",
+        "2",
+        "--pace",
+        "none",
+        "--aic-profiling-type",
+        "stats",
+        "--aic-profiling-type",
+        "trace",
+        "--aic-profiling-start-iter",
+        "10",
+        "--aic-profiling-num-samples",
+        "4",
+        "--aic-profiling-out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let mut stats_files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("-inf-"))
+        .collect();
+    stats_files.sort();
+    assert_eq!(stats_files.len(), 4, "{stats_files:?}");
+    for f in &stats_files {
+        let inf: u64 = f.rsplit("-inf-").next().unwrap().trim_end_matches(".txt").parse().unwrap();
+        assert!((10..14).contains(&inf), "{f}");
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "core",
+                "ucycles",
+                "ucycles(%)",
+                "pcycles",
+                "pcycles(%)",
+                "count",
+                "out",
+                "KB",
+                "ucycles/KB",
+                "pcycles/KB",
+                "stddev(pc/KB)",
+                "opdetails"
+            ]
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+        assert!(rows.iter().any(|r| r[10..].join(" ") == "aiccopytovtcm DMAIssue DDR"));
+        assert!(rows.iter().any(|r| r[10..].join(" ") == "aicelementwise HVX TCM"));
+        let pshare: f64 = rows.iter().map(|r| r[4].parse::<f64>().unwrap()).sum();
+        assert!((pshare - 100.0).abs() < 0.1, "pcycles(%) of a core add up to 100: {pshare}");
+        for r in &rows {
+            assert!(r[2].parse::<f64>().unwrap() <= 100.0 && r[5].parse::<u64>().unwrap() >= 1);
+        }
+    }
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("aic-profiling-program-0-trace.json")).unwrap())
+            .unwrap();
+    let events = trace["traceEvents"].as_array().unwrap();
+    for e in events {
+        for key in ["ph", "ts", "dur", "pid", "tid"] {
+            assert!(e.get(key).is_some(), "event without {key}: {e}");
+        }
+    }
+    let named = |pid: u64| {
+        events
+            .iter()
+            .find(|e| e["ph"] == "M" && e["name"] == "process_name" && e["pid"] == pid)
+            .map(|e| e["args"]["name"].as_str().unwrap().to_string())
+    };
+    assert_eq!(named(0).as_deref(), Some("HOST_PROC"));
+    assert_eq!(named(1).as_deref(), Some("activation 0"));
+    let spans: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert!(spans.iter().any(|e| e["pid"] == 0 && e["name"] == "preProc"), "host track");
+    assert!(spans.iter().any(|e| e["pid"] != 0 && e["name"] == "aiccopytovtcm"), "device track");
+    assert!(spans.iter().all(|e| e["dur"].as_f64().unwrap() >= 0.0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -55,6 +55,20 @@ pub enum ControlCommand {
         dbc: u32,
     },
     Status,
+    /// Record every instruction's interval in the runs of the activation on `dbc`.
+    Trace {
+        dbc: u32,
+        on: bool,
+    },
+    /// Write the profile of run `seq` of the activation on `dbc` to host memory (at most
+    /// `len` bytes). Answers `[bytes needed, bytes written]`; 0 written if `len` is too
+    /// small.
+    ReadProfile {
+        dbc: u32,
+        seq: u64,
+        host_addr: u64,
+        len: u64,
+    },
 }
 
 const OP_LOAD: u32 = 1;
@@ -62,6 +76,8 @@ const OP_UNLOAD: u32 = 2;
 const OP_ACTIVATE: u32 = 3;
 const OP_DEACTIVATE: u32 = 4;
 const OP_STATUS: u32 = 5;
+const OP_TRACE: u32 = 6;
+const OP_READ_PROFILE: u32 = 7;
 
 impl ControlCommand {
     pub fn encode(self) -> ControlRequest {
@@ -71,6 +87,10 @@ impl ControlCommand {
             ControlCommand::Activate { program, dbc } => (OP_ACTIVATE, [program.into(), dbc.into(), 0, 0, 0, 0]),
             ControlCommand::Deactivate { dbc } => (OP_DEACTIVATE, [dbc.into(), 0, 0, 0, 0, 0]),
             ControlCommand::Status => (OP_STATUS, [0; 6]),
+            ControlCommand::Trace { dbc, on } => (OP_TRACE, [dbc.into(), on.into(), 0, 0, 0, 0]),
+            ControlCommand::ReadProfile { dbc, seq, host_addr, len } => {
+                (OP_READ_PROFILE, [dbc.into(), seq, host_addr, len, 0, 0])
+            }
         };
         ControlRequest { opcode, reserved: 0, args }
     }
@@ -85,6 +105,8 @@ impl ControlCommand {
             OP_ACTIVATE => ControlCommand::Activate { program: small(a[0])?, dbc: small(a[1])? },
             OP_DEACTIVATE => ControlCommand::Deactivate { dbc: small(a[0])? },
             OP_STATUS => ControlCommand::Status,
+            OP_TRACE if a[1] <= 1 => ControlCommand::Trace { dbc: small(a[0])?, on: a[1] == 1 },
+            OP_READ_PROFILE => ControlCommand::ReadProfile { dbc: small(a[0])?, seq: a[1], host_addr: a[2], len: a[3] },
             _ => return None,
         })
     }
@@ -209,6 +231,8 @@ mod tests {
             ControlCommand::Activate { program: 1, dbc: 15 },
             ControlCommand::Deactivate { dbc: 2 },
             ControlCommand::Status,
+            ControlCommand::Trace { dbc: 4, on: true },
+            ControlCommand::ReadProfile { dbc: 2, seq: 99, host_addr: 0x5000, len: 4096 },
         ] {
             assert_eq!(ControlCommand::decode(&c.encode()), Some(c));
         }

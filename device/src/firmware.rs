@@ -33,6 +33,7 @@ use crate::nsp::{self, CostModel, Limits, NspCore};
 use crate::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
 use crate::scheduler::{ExecMode, JobId, RunStats, Scheduler};
 use crate::semaphore::{self, SemOutcome};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 
 /// Firmware version reported in [`layout::FW_VERSION`]: 0.1.0.
@@ -41,6 +42,9 @@ pub const FIRMWARE_VERSION: u32 = 1 << 8;
 /// Most elements one channel processes per `service` call, so that one busy channel
 /// cannot starve the others.
 const CHANNEL_BATCH: u32 = 64;
+
+/// Run statistics each activation keeps for the host to read.
+pub const PROFILES_KEPT: usize = 256;
 
 /// Granule of device DDR allocations.
 const DDR_GRANULE: u64 = 4096;
@@ -144,7 +148,10 @@ struct Activation {
     /// Outputs of faulted runs still to be reported on their output elements.
     faulted_outputs: u32,
     runs: u64,
-    last_run: Option<RunStats>,
+    /// Statistics of the latest runs, oldest first, at most [`PROFILES_KEPT`].
+    profiles: VecDeque<(u64, RunStats)>,
+    /// Record every instruction's interval.
+    trace: bool,
     /// When the cores last became free.
     idle_since: u64,
     /// When the pending doorbell's inputs had all landed.
@@ -235,7 +242,7 @@ impl Firmware {
 
     /// Statistics of the latest finished run of the activation on `dbc`.
     pub fn last_run(&self, dbc: usize) -> Option<&RunStats> {
-        self.activations.get(dbc)?.as_ref()?.last_run.as_ref()
+        self.activations.get(dbc)?.as_ref()?.profiles.back().map(|(_, s)| s)
     }
 
     /// Brings the device up: clears the device-owned registers and semaphores, publishes
@@ -317,7 +324,10 @@ impl Firmware {
                 let status = match result {
                     Ok(stats) => {
                         self.device_cycles += stats.cycles();
-                        act.last_run = Some(stats);
+                        if act.profiles.len() == PROFILES_KEPT {
+                            act.profiles.pop_front();
+                        }
+                        act.profiles.push_back((act.runs + 1, stats));
                         0
                     }
                     Err(_) => {
@@ -586,7 +596,7 @@ impl Firmware {
         }
         mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
         let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
-        let job = self.scheduler.start(program.streams.clone(), &act.cores, ddr_base);
+        let job = self.scheduler.start_traced(program.streams.clone(), &act.cores, ddr_base, act.trace);
         let now = self.scheduler.now();
         if let Some(act) = &mut self.activations[dbc] {
             act.doorbells_pending -= 1;
@@ -649,6 +659,38 @@ impl Firmware {
             }
             ControlCommand::Deactivate { dbc } => self.deactivate(dbc).map(|()| [0; 7]),
             ControlCommand::Status => Ok(self.status().to_values()),
+            ControlCommand::Trace { dbc, on } => {
+                match self.activations.get_mut(dbc as usize).and_then(Option::as_mut) {
+                    Some(act) => {
+                        act.trace = on;
+                        Ok([0; 7])
+                    }
+                    None => Err((ControlStatus::NotFound, format!("channel {dbc} has no activation"))),
+                }
+            }
+            ControlCommand::ReadProfile { dbc, seq, host_addr, len } => {
+                let Some(act) = self.activations.get(dbc as usize).and_then(Option::as_ref) else {
+                    return Err((ControlStatus::NotFound, format!("channel {dbc} has no activation")));
+                };
+                let Some((_, stats)) = act.profiles.iter().find(|(s, _)| *s == seq) else {
+                    return Err((
+                        ControlStatus::NotFound,
+                        format!("run {seq} of channel {dbc} is not held (the device keeps the last {PROFILES_KEPT})"),
+                    ));
+                };
+                let needed = crate::profile::encoded_len(stats) as u64;
+                if needed > len {
+                    return Ok([needed, 0, 0, 0, 0, 0, 0]);
+                }
+                if !self.config.map.host_range_ok(host_addr, needed) {
+                    return Err((
+                        ControlStatus::InvalidArgument,
+                        format!("profile buffer [{host_addr:#x}, +{needed:#x}) is outside host memory"),
+                    ));
+                }
+                let _ = mem.write(host_addr, &crate::profile::encode(seq, stats));
+                Ok([needed, needed, 0, 0, 0, 0, 0])
+            }
         }
     }
 
@@ -813,7 +855,8 @@ impl Firmware {
             running: None,
             faulted_outputs: 0,
             runs: 0,
-            last_run: None,
+            profiles: VecDeque::new(),
+            trace: false,
             idle_since: self.scheduler.now(),
             ready_at: 0,
             current: (0, 0),

@@ -28,6 +28,7 @@ pub mod isa;
 pub mod layout;
 pub mod memory;
 pub mod nsp;
+pub mod profile;
 pub mod run_record;
 pub mod scheduler;
 pub mod semaphore;

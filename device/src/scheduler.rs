@@ -36,11 +36,30 @@ pub enum ExecMode {
 }
 
 /// Cycles, count and output bytes of one op class on one core.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct ClassStats {
     pub cycles: u64,
     pub count: u64,
     pub out_bytes: u64,
+    /// Sum over ops that write output of their cycles per KiB written (rounded).
+    pub cycles_per_kib_sum: u64,
+    /// Sum of the squares of the same, for its standard deviation.
+    pub cycles_per_kib_sq_sum: u64,
+}
+
+impl ClassStats {
+    /// Mean and standard deviation of cycles per KiB over the ops that wrote output.
+    pub fn cycles_per_kib(&self) -> (f64, f64) {
+        let writers = if self.out_bytes == 0 { 0 } else { self.count };
+        if writers == 0 {
+            return (0.0, 0.0);
+        }
+        let n = writers as f64;
+        let mean = self.cycles_per_kib_sum as f64 / n;
+        let var = (self.cycles_per_kib_sq_sum as f64 / n - mean * mean).max(0.0);
+        (mean, libm::sqrt(var))
+    }
 }
 
 /// What one core did during one program run.
@@ -196,6 +215,7 @@ struct Job {
     ddr_bytes: u64,
     fault: Option<ExecFault>,
     trace: Vec<TraceEvent>,
+    traced: bool,
 }
 
 enum Advanced {
@@ -258,6 +278,11 @@ impl Scheduler {
     /// Starts a program at the current device time on physical `cores` (one per
     /// stream); `ddr_base` is the region offset of its DDR.
     pub fn start(&mut self, streams: Arc<Vec<Vec<Op>>>, cores: &[u32], ddr_base: u64) -> JobId {
+        self.start_traced(streams, cores, ddr_base, false)
+    }
+
+    /// [`Scheduler::start`], recording this run's trace even if tracing is off.
+    pub fn start_traced(&mut self, streams: Arc<Vec<Vec<Op>>>, cores: &[u32], ddr_base: u64, trace: bool) -> JobId {
         let id = self.next_id;
         self.next_id += 1;
         let cores = cores
@@ -281,6 +306,7 @@ impl Scheduler {
             ddr_bytes: 0,
             fault: None,
             trace: Vec::new(),
+            traced: trace || self.tracing,
         });
         id
     }
@@ -432,7 +458,7 @@ impl Scheduler {
                         let f = core.in_flight.swap_remove(i);
                         let op = &job.streams[c][f.op];
                         let took = now - f.start;
-                        if self.tracing {
+                        if job.traced {
                             job.trace.push(TraceEvent {
                                 core: c as u32,
                                 engine: f.engine,
@@ -446,7 +472,14 @@ impl Scheduler {
                         let class = &mut core.stats.classes[nsp::op_class(op) as usize];
                         class.cycles += took;
                         class.count += 1;
-                        class.out_bytes += nsp::output_bytes(op);
+                        let out = nsp::output_bytes(op);
+                        class.out_bytes += out;
+                        if out > 0 {
+                            let per_kib = (took * 1024 + out / 2) / out;
+                            class.cycles_per_kib_sum += per_kib;
+                            class.cycles_per_kib_sq_sum =
+                                class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
+                        }
                         if let Op::Signal { counter, value } = *op {
                             job.counters[counter as usize] += u32::from(value);
                         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use aicsim_device::control::{ActivationInfo, StatusReport};
 use aicsim_device::dbc::{CompletionCode, SemOp};
 pub use aicsim_device::run_record::RunRecord;
+pub use aicsim_device::scheduler::RunStats;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
 
@@ -252,6 +253,23 @@ impl Device {
     /// holds it.
     pub fn run_record(&self, channel: &Channel, seq: u64) -> Result<Option<RunRecord>> {
         Ok(self.client.run_record(channel.id, seq)?)
+    }
+
+    /// Records every instruction's interval in the channel's runs from now on.
+    pub fn set_trace(&self, channel: &Channel, on: bool) -> Result<()> {
+        Ok(self.client.set_trace(channel.id, on)?)
+    }
+
+    /// The device's statistics of run `seq` on `channel` (it keeps the latest runs).
+    pub fn run_profile(&self, channel: &Channel, seq: u64) -> Result<RunStats> {
+        let bytes = self.client.read_profile(channel.id, seq)?;
+        match aicsim_device::profile::decode(&bytes) {
+            Ok((got, stats)) if got == seq => Ok(stats),
+            Ok((got, _)) => {
+                Err(DriverError::InvalidArgument(format!("device sent the profile of run {got}, not {seq}")))
+            }
+            Err(e) => Err(DriverError::InvalidArgument(format!("device sent a bad profile: {e}"))),
+        }
     }
 
     /// The device clock, to turn device cycles into time.

@@ -486,6 +486,36 @@ impl Client {
         Ok((record.seq == seq).then_some(record))
     }
 
+    /// MANAGE: turns per-instruction tracing of the activation on `dbc` on or off.
+    pub fn set_trace(&self, dbc: u32, on: bool) -> Result<()> {
+        self.check_owner(self.check_dbc(dbc)?)?;
+        self.shared.control(ControlCommand::Trace { dbc, on }).map(drop)
+    }
+
+    /// MANAGE: the device's profile of run `seq` of this user's activation on `dbc`,
+    /// DMAed into a buffer of this user's (see `aicsim_device::profile`).
+    pub fn read_profile(&self, dbc: u32, seq: u64) -> Result<Vec<u8>> {
+        self.check_owner(self.check_dbc(dbc)?)?;
+        let mut len = 64 << 10;
+        loop {
+            let handle = self.create_bo(len)?;
+            let map = self.mmap_bo(handle)?;
+            let answer =
+                self.shared.control(ControlCommand::ReadProfile { dbc, seq, host_addr: map.info().offset, len });
+            let result = answer.and_then(|v| {
+                let mut bytes = vec![0u8; v[1] as usize];
+                map.read(0, &mut bytes)?;
+                Ok((v[0], bytes))
+            });
+            self.free_bo(handle)?;
+            let (needed, bytes) = result?;
+            if !bytes.is_empty() {
+                return Ok(bytes);
+            }
+            len = needed;
+        }
+    }
+
     /// MANAGE: loads a program container; returns the device's program id.
     pub fn load_program(&self, container: &[u8]) -> Result<u32> {
         if container.is_empty() {

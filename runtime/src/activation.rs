@@ -92,6 +92,16 @@ impl Activation {
         self.device.run_record(&self.channel, seq).ok().flatten()
     }
 
+    /// Records every instruction's interval in this activation's runs from now on.
+    pub fn set_trace(&self, on: bool) -> Result<()> {
+        Ok(self.device.set_trace(&self.channel, on)?)
+    }
+
+    /// The device's statistics of run `seq` (as returned by a submit).
+    pub fn run_profile(&self, seq: u64) -> Result<aicsim_driver::RunStats> {
+        Ok(self.device.run_profile(&self.channel, seq)?)
+    }
+
     /// Buffers for one in-flight inference, sliced for this activation.
     pub fn new_slot(&self) -> Result<InferenceSlot> {
         let info = *self.channel.activation();

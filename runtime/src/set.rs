@@ -55,6 +55,8 @@ pub struct Completion<'a> {
     pub in_flight_total: usize,
     /// `None` if the device's record of the run was already overwritten.
     pub device: Option<DeviceTiming>,
+    /// The device's number for the run that served it (see [`Activation::run_profile`]).
+    pub seq: u64,
 }
 
 /// What a run did.
@@ -281,6 +283,7 @@ impl InferenceSet {
                         queue_depth: job.queue_depth,
                         in_flight_total: job.in_flight_total,
                         device,
+                        seq: job.seq,
                     });
                 }
                 Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim::{latency, stats};
+use aicsim::{latency, profiling, stats};
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
@@ -279,6 +279,14 @@ fn run(args: &Args) -> Result<(), String> {
     let device_times = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
     let latency_rows = Mutex::new(Vec::new());
     let output_samples = Mutex::new(Vec::new());
+    let profiled = Mutex::new(Vec::new());
+    let profile_error: Mutex<Option<String>> = Mutex::new(None);
+    let want_profiles = args.profiling_types.iter().any(|t| *t != ProfilingType::Latency);
+    if args.profiling_types.contains(&ProfilingType::Trace) {
+        for a in set.activations() {
+            a.set_trace(true).map_err(|e| e.to_string())?;
+        }
+    }
     let completed = AtomicU64::new(0);
     let on_complete = |done: &aicsim_runtime::Completion<'_>| {
         completed.fetch_add(1, Ordering::Relaxed);
@@ -291,6 +299,16 @@ fn run(args: &Args) -> Result<(), String> {
         }
         if profile(done.index) {
             latency_rows.lock().push(latency::row(done.index, done, batch));
+            if want_profiles {
+                match set.activations()[done.activation].run_profile(done.seq) {
+                    Ok(run) => profiled.lock().push((done.index, done.activation, done.timestamps, run)),
+                    Err(e) => {
+                        profile_error
+                            .lock()
+                            .get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
+                    }
+                }
+            }
         }
         if write_out(done.index) {
             output_samples.lock().push(Sample {
@@ -343,12 +361,34 @@ fn run(args: &Args) -> Result<(), String> {
         let text = latency::render(program.name(), args.activations, args.set_size, batch, &rows);
         files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-latency.txt"), text.into_bytes()));
     }
-    for t in [ProfilingType::Stats, ProfilingType::Trace] {
-        if args.profiling_types.contains(&t) {
-            return Err(
-                format!("--aic-profiling-type {t:?} is not available yet in aicsim (latency is)").to_lowercase()
-            );
+    if let Some(e) = profile_error.into_inner() {
+        return Err(e);
+    }
+    let mut profiled = profiled.into_inner();
+    profiled.sort_by_key(|p| p.0);
+    let clock_hz = DeviceConfig::default().clock_hz;
+    if args.profiling_types.contains(&ProfilingType::Stats) {
+        for (index, activation, _, run) in &profiled {
+            let name = format!("aic-profiling-program-0-activation-{activation}-inf-{index}.txt");
+            files.0.push((
+                args.profiling_out_dir.join(name),
+                profiling::stats_table(program.name(), *activation, *index, clock_hz, run).into_bytes(),
+            ));
         }
+    }
+    if args.profiling_types.contains(&ProfilingType::Trace) {
+        let samples: Vec<profiling::TracedInference<'_>> = profiled
+            .iter()
+            .map(|(index, activation, timestamps, run)| profiling::TracedInference {
+                index: *index,
+                activation: *activation,
+                timestamps: *timestamps,
+                run,
+            })
+            .collect();
+        let json =
+            profiling::trace_json(start, clock_hz, args.activations, program.image().num_cores() as usize, &samples);
+        files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
     }
     let duration_us = summary.elapsed.as_micros().max(1);
     let rate = summary.inferences as f64 * 1e6 / duration_us as f64 * f64::from(batch);

@@ -1,0 +1,166 @@
+//! The `stats` and `trace` profiling files of aic-runner.
+//!
+//! Per-core op statistics (`aic-profiling-program-<p>-activation-<a>-inf-<i>.txt`),
+//! one row per op class per core:
+//! - `pcycles`: engine cycles the class took on the core, summed over HVX threads;
+//! - `ucycles`: the same divided by the engine's threads (HVX 4, others 1): its share of
+//!   the core's timeline;
+//! - `ucycles(%)` is of the run's cycles, `pcycles(%)` of the core's total pcycles;
+//! - `out KB` written, cycles per KB, and the standard deviation of pcycles per KB over
+//!   the class's instructions; `opdetails` names the class, engine and memory.
+//!
+//! The trace (`aic-profiling-program-<p>-trace.json`) is Chrome trace-event JSON: a
+//! `HOST_PROC` process with a thread per activation carrying each sampled inference's
+//! host stages, and a process per activation with a thread per core engine carrying
+//! the device's instructions. Device time is placed on the host timeline by aligning
+//! each run's start with the moment its request reached the channel.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use aicsim_device::nsp::{Engine, OpClass, HVX_THREADS};
+use aicsim_driver::RunStats;
+use aicsim_runtime::Timestamps;
+
+fn engine_of(class: OpClass) -> (Engine, &'static str, &'static str) {
+    match class {
+        OpClass::CopyToVtcm | OpClass::CopyFromVtcm => (Engine::Dma, "DMAIssue", " DDR"),
+        OpClass::MatMul | OpClass::Convolution => (Engine::Hmx, "HMX", " TCM"),
+        OpClass::Sync => (Engine::Sync, "DMAIssue", ""),
+        _ => (Engine::Hvx, "HVX", " TCM"),
+    }
+}
+
+/// The per-core op statistics table of one run.
+pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u64, run: &RunStats) -> String {
+    let mut out = String::new();
+    let cycles = run.cycles().max(1);
+    let _ = writeln!(
+        out,
+        "# aicsim per-core op statistics: program {program}, activation {activation}, inference {inference}"
+    );
+    let _ = writeln!(
+        out,
+        "# run: {} cycles ({:.3} us at {} MHz), DDR traffic {} bytes",
+        run.cycles(),
+        run.cycles() as f64 * 1e6 / clock_hz as f64,
+        clock_hz / 1_000_000,
+        run.ddr_bytes
+    );
+    let _ = writeln!(
+        out,
+        "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  {}",
+        "core",
+        "ucycles",
+        "ucycles(%)",
+        "pcycles",
+        "pcycles(%)",
+        "count",
+        "out KB",
+        "ucycles/KB",
+        "pcycles/KB",
+        "stddev(pc/KB)",
+        "opdetails"
+    );
+    for (c, core) in run.cores.iter().enumerate() {
+        let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
+        for class in OpClass::ALL {
+            let k = core.classes[class as usize];
+            if k.count == 0 {
+                continue;
+            }
+            let (engine, engine_name, memory) = engine_of(class);
+            let threads = if engine == Engine::Hvx { u64::from(HVX_THREADS) } else { 1 };
+            let ucycles = k.cycles / threads;
+            let kb = k.out_bytes as f64 / 1024.0;
+            let per_kb = |v: u64| if kb > 0.0 { v as f64 / kb } else { 0.0 };
+            let (_, std) = k.cycles_per_kib();
+            let _ = writeln!(
+                out,
+                "{:<6}{:>12}{:>12.2}{:>12}{:>12.2}{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  {}",
+                format!("c{c}"),
+                ucycles,
+                ucycles as f64 * 100.0 / cycles as f64,
+                k.cycles,
+                k.cycles as f64 * 100.0 / total_p as f64,
+                k.count,
+                kb,
+                per_kb(ucycles),
+                per_kb(k.cycles),
+                std,
+                format!("{} {engine_name}{memory}", class.name())
+            );
+        }
+    }
+    out
+}
+
+/// One sampled inference for the trace.
+pub struct TracedInference<'a> {
+    pub index: u64,
+    pub activation: usize,
+    pub timestamps: Timestamps,
+    pub run: &'a RunStats,
+}
+
+fn event(out: &mut Vec<String>, name: &str, pid: usize, tid: usize, ts: f64, dur: f64, args: &str) {
+    out.push(format!("{{\"name\":\"{name}\",\"cat\":\"aicsim\",\"ph\":\"X\",\"ts\":{ts:.3},\"dur\":{dur:.3},\"pid\":{pid},\"tid\":{tid},\"args\":{{{args}}}}}"));
+}
+
+fn metadata(out: &mut Vec<String>, what: &str, pid: usize, tid: usize, name: &str) {
+    out.push(format!("{{\"name\":\"{what}\",\"ph\":\"M\",\"ts\":0,\"dur\":0,\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":\"{name}\"}}}}"));
+}
+
+/// The Chrome trace-event JSON of the sampled inferences; times relative to `origin`.
+pub fn trace_json(
+    origin: Instant,
+    clock_hz: u64,
+    activations: usize,
+    cores: usize,
+    samples: &[TracedInference<'_>],
+) -> String {
+    let mut events = Vec::new();
+    metadata(&mut events, "process_name", 0, 0, "HOST_PROC");
+    for a in 0..activations {
+        metadata(&mut events, "thread_name", 0, a, &format!("activation {a} host"));
+        metadata(&mut events, "process_name", 1 + a, 0, &format!("activation {a}"));
+        for c in 0..cores {
+            for (e, name) in [(Engine::Dma, "DMA"), (Engine::Hmx, "HMX"), (Engine::Hvx, "HVX"), (Engine::Sync, "sync")]
+            {
+                metadata(&mut events, "thread_name", 1 + a, c * 4 + e as usize, &format!("core {c} {name}"));
+            }
+        }
+    }
+    let us = |t: Instant| t.saturating_duration_since(origin).as_secs_f64() * 1e6;
+    for s in samples {
+        let t = &s.timestamps;
+        let args = format!("\"inference\":{}", s.index);
+        for (name, from, to) in [
+            ("enqueue", t.enqueue, t.pre_proc_start),
+            ("preProc", t.pre_proc_start, t.pre_proc_end),
+            ("submit", t.pre_proc_end, t.kernel_submit),
+            ("exectoVc", t.kernel_submit, t.submitted),
+            ("execToComplete", t.submitted, t.completed),
+            ("postProc", t.completed, t.post_proc_end),
+        ] {
+            event(&mut events, name, 0, s.activation, us(from), us(to) - us(from), &args);
+        }
+        let base = us(t.submitted);
+        let cycle_us = 1e6 / clock_hz as f64;
+        for e in &s.run.trace {
+            let ts = base + (e.start_cycle - s.run.start_cycle) as f64 * cycle_us;
+            let dur = (e.end_cycle - e.start_cycle) as f64 * cycle_us;
+            let tid = e.core as usize * 4 + e.engine as usize;
+            event(
+                &mut events,
+                e.class.name(),
+                1 + s.activation,
+                tid,
+                ts,
+                dur,
+                &format!("{args},\"instruction\":{}", e.index),
+            );
+        }
+    }
+    format!("{{\"traceEvents\":[\n{}\n],\"displayTimeUnit\":\"ns\"}}\n", events.join(",\n"))
+}
