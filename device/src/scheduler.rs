@@ -474,8 +474,7 @@ impl Scheduler {
                         class.count += 1;
                         let out = nsp::output_bytes(op);
                         class.out_bytes += out;
-                        if out > 0 {
-                            let per_kib = (took * 1024 + out / 2) / out;
+                        if let Some(per_kib) = (took * 1024 + out / 2).checked_div(out) {
                             class.cycles_per_kib_sum += per_kib;
                             class.cycles_per_kib_sq_sum =
                                 class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
