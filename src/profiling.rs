@@ -49,7 +49,7 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
     );
     let _ = writeln!(
         out,
-        "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  {}",
+        "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  opdetails",
         "core",
         "ucycles",
         "ucycles(%)",
@@ -59,8 +59,7 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
         "out KB",
         "ucycles/KB",
         "pcycles/KB",
-        "stddev(pc/KB)",
-        "opdetails"
+        "stddev(pc/KB)"
     );
     for (c, core) in run.cores.iter().enumerate() {
         let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
@@ -75,10 +74,12 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
             let kb = k.out_bytes as f64 / 1024.0;
             let per_kb = |v: u64| if kb > 0.0 { v as f64 / kb } else { 0.0 };
             let (_, std) = k.cycles_per_kib();
+            let core_name = format!("c{c}");
+            let details = format!("{} {engine_name}{memory}", class.name());
             let _ = writeln!(
                 out,
                 "{:<6}{:>12}{:>12.2}{:>12}{:>12.2}{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  {}",
-                format!("c{c}"),
+                core_name,
                 ucycles,
                 ucycles as f64 * 100.0 / cycles as f64,
                 k.cycles,
@@ -88,7 +89,7 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
                 per_kb(ucycles),
                 per_kb(k.cycles),
                 std,
-                format!("{} {engine_name}{memory}", class.name())
+                details
             );
         }
     }
