@@ -402,3 +402,60 @@ fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
     assert!(spans.iter().all(|e| e["dur"].as_f64().unwrap() >= 0.0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn verdict(out: &str) -> (String, String) {
+    let head = out.lines().find(|l| l.starts_with("Scenario ")).unwrap_or_default().to_string();
+    let result = out.lines().find_map(|l| l.strip_prefix("Result: ")).unwrap_or_default().to_string();
+    (head, result)
+}
+
+#[test]
+fn scenarios_end_in_valid_or_invalid_with_the_reason() {
+    // Server: Poisson arrivals at the target rate, judged on p99 latency.
+    let (code, out, err) = runner(&[
+        "--scenario",
+        "server",
+        "--target-qps",
+        "4000",
+        "--latency-bound-ms",
+        "50",
+        "-n",
+        "1200",
+        "--pace",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (head, result) = verdict(&out);
+    assert_eq!(result, "VALID", "{out}");
+    let achieved: f64 = head.split("achieved ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!((achieved - 4000.0).abs() < 4000.0 * 0.15, "arrivals keep the target rate: {head}");
+    let (code, out, _) = runner(&[
+        "--scenario",
+        "server",
+        "--target-qps",
+        "4000",
+        "--latency-bound-ms",
+        "0.0001",
+        "-n",
+        "200",
+        "--pace",
+        "none",
+    ]);
+    assert_eq!(code, 0);
+    assert!(verdict(&out).1.starts_with("INVALID (p99 latency "), "{out}");
+    assert!(verdict(&out).1.ends_with("exceeds the 0.000 ms bound)"), "{out}");
+    // Offline: judged on throughput.
+    let (_, out, _) = runner(&["--scenario", "offline", "--target-qps", "1e12", "-n", "500"]);
+    assert!(verdict(&out).1.starts_with("INVALID (throughput "), "{out}");
+    let (_, out, _) = runner(&["--scenario", "offline", "--target-qps", "1", "-n", "500"]);
+    assert_eq!(verdict(&out).1, "VALID");
+    // Single-stream: one query at a time, p90 latency.
+    let (_, out, _) =
+        runner(&["--scenario", "single-stream", "-n", "300", "-a", "4", "-S", "8", "--latency-bound-ms", "100"]);
+    assert!(verdict(&out).0.starts_with("Scenario single-stream: p90 latency "), "{out}");
+    assert_eq!(verdict(&out).1, "VALID");
+    // Server without its parameters is a usage error.
+    let (code, out, err) = runner(&["--scenario", "server", "-n", "10"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.contains("--scenario server needs --target-qps and --latency-bound-ms"), "{err}");
+}

@@ -20,12 +20,16 @@ use crate::timestamps::Timestamps;
 use crate::{Device, Program};
 
 /// How long a run goes on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunLimit {
     /// Exactly this many inferences.
     Count(u64),
     /// Start inferences until this much time has passed, then finish those in flight.
     Duration(Duration),
+    /// One inference per entry, inference `i` arriving `arrivals[i]` after the start
+    /// (non-decreasing). It starts no earlier than that, and its round trip counts from
+    /// its arrival, so time spent waiting for a free slot shows up as latency.
+    Arrivals(Arc<Vec<Duration>>),
 }
 
 /// What the device reported about the run that served one inference.
@@ -89,16 +93,43 @@ struct RunState<'a, I, C> {
 }
 
 impl<I, C> RunState<'_, I, C> {
-    fn claim(&self) -> Option<u64> {
+    /// The next inference to start and when it arrived. On an arrival schedule, waits
+    /// for the next arrival only if `may_wait` (the caller has nothing in flight);
+    /// otherwise answers `Some(None)`: not yet.
+    fn claim(&self, may_wait: bool) -> Option<Option<(u64, Instant)>> {
         if self.stop.load(Relaxed) {
             return None;
         }
-        match self.limit {
+        match &self.limit {
             RunLimit::Count(n) => {
                 let i = self.next.fetch_add(1, Relaxed);
-                (i < n).then_some(i)
+                (i < *n).then(|| Some((i, Instant::now())))
             }
-            RunLimit::Duration(d) => (self.start.elapsed() < d).then(|| self.next.fetch_add(1, Relaxed)),
+            RunLimit::Duration(d) => {
+                (self.start.elapsed() < *d).then(|| Some((self.next.fetch_add(1, Relaxed), Instant::now())))
+            }
+            RunLimit::Arrivals(arrivals) => loop {
+                if self.stop.load(Relaxed) {
+                    return None;
+                }
+                let i = self.next.load(SeqCst);
+                let at = self.start + *arrivals.get(i as usize)?;
+                if let Some(left) = at.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+                    if !may_wait {
+                        return Some(None);
+                    }
+                    // Sleep most of the way, then yield, to start on time without burning a core.
+                    if left > Duration::from_micros(200) {
+                        std::thread::sleep((left - Duration::from_micros(100)).min(Duration::from_millis(5)));
+                    } else {
+                        std::thread::yield_now();
+                    }
+                    continue;
+                }
+                if self.next.compare_exchange(i, i + 1, SeqCst, SeqCst).is_ok() {
+                    return Some(Some((i, at)));
+                }
+            },
         }
     }
 }
@@ -234,10 +265,18 @@ impl InferenceSet {
         let mut failure = None;
         let clock_hz = activation.device().clock_hz().max(1);
         loop {
-            let index = if free.is_empty() || failure.is_some() { None } else { state.claim() };
-            if let Some(index) = index {
+            let claimed = if free.is_empty() || failure.is_some() { None } else { state.claim(in_flight.is_empty()) };
+            // Not due yet: finish what is in flight meanwhile.
+            let claimed = match claimed {
+                Some(None) if !in_flight.is_empty() => None,
+                Some(None) => continue,
+                Some(Some(c)) => Some(c),
+                None => None,
+            };
+            if let Some((index, arrived)) = claimed {
                 let slot = free.pop().expect("checked non-empty");
                 let mut ts = Timestamps::new(Instant::now());
+                ts.enqueue = arrived;
                 ts.pre_proc_start = Instant::now();
                 (state.fill_inputs)(index, &mut staging[slot]);
                 let submitted = slots[slot].write_inputs(&self.program, &staging[slot]).and_then(|()| {

@@ -30,6 +30,17 @@ enum Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// One query at a time; the metric is the 90th-percentile latency.
+    SingleStream,
+    /// Every query at once; the metric is throughput.
+    Offline,
+    /// Queries arrive at --target-qps as a Poisson process; valid if the 99th-percentile
+    /// latency stays within --latency-bound-ms.
+    Server,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pace {
     Wall,
     None,
@@ -107,9 +118,31 @@ struct Args {
     /// Write every figure of the run as JSON to this file.
     #[arg(long = "json")]
     json: Option<PathBuf>,
-    /// Seed of the random input data.
+    /// Seed of the random input data and of server arrivals.
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
+    /// MLPerf-style scenario, ending in VALID or INVALID.
+    #[arg(long = "scenario", value_enum)]
+    scenario: Option<Scenario>,
+    /// Server: arrival rate; offline: the throughput the run must reach.
+    #[arg(long = "target-qps")]
+    target_qps: Option<f64>,
+    /// Server: bound on the 99th-percentile latency; single-stream: on the 90th.
+    #[arg(long = "latency-bound-ms")]
+    latency_bound_ms: Option<f64>,
+}
+
+/// Seeded exponential inter-arrival times at `qps`: `n` arrival offsets.
+fn poisson_arrivals(n: u64, qps: f64, seed: u64) -> Vec<Duration> {
+    let mut state = seed ^ 0x005E_ED0F_A221_7A15;
+    let mut t = 0.0f64;
+    (0..n)
+        .map(|_| {
+            let u = ((splitmix(&mut state) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+            t += -u.ln() / qps;
+            Duration::from_secs_f64(t)
+        })
+        .collect()
 }
 
 /// SplitMix64: small, seeded, good enough for input data.
@@ -185,6 +218,28 @@ fn run(args: &Args) -> Result<(), String> {
         None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
         None => RunLimit::Count(args.num_iter),
     };
+    let (activations, set_size) = match args.scenario {
+        Some(Scenario::SingleStream) => (1, 1),
+        _ => (args.activations, args.set_size),
+    };
+    for (flag, v) in [("--target-qps", args.target_qps), ("--latency-bound-ms", args.latency_bound_ms)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Err(format!("{flag} {v} is not a positive number"));
+        }
+    }
+    let limit = match args.scenario {
+        Some(Scenario::Server) => {
+            let (Some(qps), Some(_)) = (args.target_qps, args.latency_bound_ms) else {
+                return Err(String::from("--scenario server needs --target-qps and --latency-bound-ms"));
+            };
+            let n = match limit {
+                RunLimit::Duration(d) => (qps * d.as_secs_f64()).ceil().max(1.0) as u64,
+                _ => args.num_iter,
+            };
+            RunLimit::Arrivals(Arc::new(poisson_arrivals(n, qps, args.seed)))
+        }
+        _ => limit,
+    };
     if args.live_period_ms == 0 {
         return Err(String::from("-r 0: the live report period must be at least 1 ms"));
     }
@@ -220,24 +275,24 @@ fn run(args: &Args) -> Result<(), String> {
         pacing: if args.pace == Pace::Wall { Pacing::Wall } else { Pacing::None },
         ..DeviceConfig::default()
     };
-    let needed = u64::from(program.image().num_cores()) * args.activations as u64;
+    let needed = u64::from(program.image().num_cores()) * activations as u64;
     if needed > u64::from(device_config.num_nsp) {
         return Err(format!(
             "{} activations x {} cores = {needed} cores, but the device has {}",
-            args.activations,
+            activations,
             program.image().num_cores(),
             device_config.num_nsp
         ));
     }
-    let threads = args.threads_per_queue.clamp(1, args.set_size.max(1));
+    let threads = args.threads_per_queue.clamp(1, set_size.max(1));
     if args.verbose {
         eprintln!(
             "aic-runner: program '{}' ({} cores, batch {}), {} activations x set size {}, {} threads per queue, mode {:?}, pace {:?}",
             program.name(),
             program.image().num_cores(),
             program.batch_size(),
-            args.activations,
-            args.set_size,
+            activations,
+            set_size,
             threads,
             args.mode,
             args.pace
@@ -245,7 +300,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let device = Device::open_simulated(KmdConfig { device: device_config, ..KmdConfig::default() })
         .map_err(|e| format!("cannot start the simulated device: {e}"))?;
-    let set = InferenceSet::new(Arc::new(device), &program, args.activations, args.set_size)
+    let set = InferenceSet::new(Arc::new(device), &program, activations, set_size)
         .and_then(|s| s.with_threads_per_activation(threads))
         .map_err(|e| e.to_string())?
         .with_submit_policy(SubmitPolicy {
@@ -358,7 +413,7 @@ fn run(args: &Args) -> Result<(), String> {
     if args.profiling_types.contains(&ProfilingType::Latency) {
         let mut rows = latency_rows.into_inner();
         rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
-        let text = latency::render(program.name(), args.activations, args.set_size, batch, &rows);
+        let text = latency::render(program.name(), activations, set_size, batch, &rows);
         files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-latency.txt"), text.into_bytes()));
     }
     if let Some(e) = profile_error.into_inner() {
@@ -386,8 +441,7 @@ fn run(args: &Args) -> Result<(), String> {
                 run,
             })
             .collect();
-        let json =
-            profiling::trace_json(start, clock_hz, args.activations, program.image().num_cores() as usize, &samples);
+        let json = profiling::trace_json(start, clock_hz, activations, program.image().num_cores() as usize, &samples);
         files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
     }
     let duration_us = summary.elapsed.as_micros().max(1);
@@ -395,15 +449,39 @@ fn run(args: &Args) -> Result<(), String> {
     let mut rts = round_trips.into_inner();
     rts.sort_by(f64::total_cmp);
     let (exec, in_wait, out_wait) = device_times.into_inner();
+    let verdict = args.scenario.map(|scenario| {
+        let qps = summary.inferences as f64 / summary.elapsed.as_secs_f64();
+        let (q, label) = if scenario == Scenario::Server { (0.99, "p99") } else { (0.9, "p90") };
+        let latency = stats::percentile(&rts, q);
+        let mut reasons = Vec::new();
+        if let Some(bound) = args.latency_bound_ms.filter(|_| scenario != Scenario::Offline) {
+            if latency > bound {
+                reasons.push(format!("{label} latency {latency:.3} ms exceeds the {bound:.3} ms bound"));
+            }
+        }
+        if let Some(target) = args.target_qps.filter(|_| scenario == Scenario::Offline) {
+            if rate < target {
+                reasons.push(format!("throughput {rate:.1} inf/s is below the {target:.1} target"));
+            }
+        }
+        let head = match scenario {
+            Scenario::SingleStream => format!("Scenario single-stream: {label} latency {latency:.3} ms"),
+            Scenario::Offline => format!("Scenario offline: {rate:.3} inf/s"),
+            Scenario::Server => format!(
+                "Scenario server: target {:.3} QPS, achieved {qps:.3} QPS, {label} latency {latency:.3} ms (bound {:.3} ms)",
+                args.target_qps.unwrap_or(0.0),
+                args.latency_bound_ms.unwrap_or(0.0)
+            ),
+        };
+        let result = if reasons.is_empty() { String::from("VALID") } else { format!("INVALID ({})", reasons.join("; ")) };
+        (head, result)
+    });
     let device_rows: Vec<(&str, Vec<f64>)> =
         vec![("ExecTimeUs", exec), ("InputWaitTimeUs", in_wait), ("OutputWaitTimeUs", out_wait)];
     if let Some(path) = &args.json {
         let mut j = String::from("{\n");
         j += &format!("  \"program\": {},\n", json_string(program.name()));
-        j += &format!(
-            "  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n",
-            args.activations, args.set_size, batch
-        );
+        j += &format!("  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n", activations, set_size, batch);
         j += &format!(
             "  \"mode\": \"{:?}\", \"pace\": \"{:?}\",
 ",
@@ -438,6 +516,9 @@ fn run(args: &Args) -> Result<(), String> {
                 )
             })
             .collect();
+        if let Some((head, result)) = &verdict {
+            j += &format!("  \"scenario\": {}, \"result\": {},\n", json_string(head), json_string(result));
+        }
         j += &format!("  \"device\": {{{}}}\n}}\n", dev.join(", "));
         files.0.push((path.clone(), j.into_bytes()));
     }
@@ -455,6 +536,10 @@ fn run(args: &Args) -> Result<(), String> {
         stats::percentile(&rts, 0.99),
         rts.last().copied().unwrap_or(f64::NAN)
     );
+    if let Some((head, result)) = &verdict {
+        println!("{head}");
+        println!("Result: {result}");
+    }
     if !args.profiling_types.is_empty() {
         println!("Device Performance: ");
         println!("{:<17}{:<15}{:<15}{:<15}{:<15}", "Metric,", "Avg,", "Min,", "Max,", "Std");
