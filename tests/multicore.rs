@@ -53,13 +53,8 @@ fn tiled_matmul() -> ProgramImage {
             ops.iter().map(|&o| Instruction::encode(o)).collect()
         })
         .collect();
-    let io = |name: &str, direction, shape: Vec<u32>, ddr_offset, size_bytes| IoBinding {
-        name: name.into(),
-        direction,
-        dtype: IoDType::F32,
-        shape,
-        ddr_offset,
-        size_bytes,
+    let io = |name: &str, direction, shape: Vec<u32>, ddr_offset, _size_bytes: u64| {
+        IoBinding::new(name, direction, IoDType::F32, &shape, ddr_offset)
     };
     ProgramImage {
         name: "tiled_matmul_4core".into(),

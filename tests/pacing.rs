@@ -25,14 +25,7 @@ fn heavy_program() -> ProgramImage {
     }
     ops.push(Op::DmaOut { dst: Tensor::ddr(64, DType::U8, &[64]), src: Tensor::vtcm(0, DType::U8, &[64]) });
     ops.push(Op::End);
-    let io = |name: &str, direction, ddr_offset| IoBinding {
-        name: name.into(),
-        direction,
-        dtype: IoDType::U8,
-        shape: vec![64],
-        ddr_offset,
-        size_bytes: 64,
-    };
+    let io = |name: &str, direction, ddr_offset| IoBinding::new(name, direction, IoDType::U8, &[64], ddr_offset);
     ProgramImage {
         name: "heavy".into(),
         batch_size: 1,

@@ -79,8 +79,15 @@ struct BindingRecord {
     shape: [u32; 6],
     ddr_offset: u64,
     size_bytes: u64,
+    host_dtype: u8,
+    host_layout: u8,
+    reserved2: u16,
+    /// f32 bits.
+    quant_scale: u32,
+    quant_offset: i32,
+    reserved3: u32,
 }
-const _: () = assert!(size_of::<BindingRecord>() == 96);
+const _: () = assert!(size_of::<BindingRecord>() == 112);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -123,7 +130,7 @@ pub enum IoDType {
 }
 
 impl IoDType {
-    fn from_raw(raw: u8) -> Option<IoDType> {
+    pub fn from_raw(raw: u8) -> Option<IoDType> {
         Some(match raw {
             0 => IoDType::F32,
             1 => IoDType::F16,
@@ -145,15 +152,76 @@ impl IoDType {
     }
 }
 
+/// How a rank-4 tensor is laid out on the host relative to the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostLayout {
+    /// The same layout as on the device.
+    Same = 0,
+    /// The host uses NCHW, the device NHWC.
+    NchwOnHostNhwcOnDevice = 1,
+    /// The host uses NHWC, the device NCHW.
+    NhwcOnHostNchwOnDevice = 2,
+}
+
+/// The format the application provides (inputs) or receives (outputs); the runtime
+/// converts between it and the device format in pre- and post-processing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HostFormat {
+    pub dtype: IoDType,
+    pub layout: HostLayout,
+    /// Quantisation between a float host and an int8/uint8 device:
+    /// `q = round(x / scale) + offset`, `x = (q - offset) * scale`.
+    pub scale: f32,
+    pub offset: i32,
+}
+
 /// One named input or output of a program and where it lives in the activation's DDR.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IoBinding {
     pub name: String,
     pub direction: IoDirection,
+    /// Device dtype and shape.
     pub dtype: IoDType,
     pub shape: Vec<u32>,
     pub ddr_offset: u64,
     pub size_bytes: u64,
+    pub host: HostFormat,
+}
+
+impl IoBinding {
+    /// A binding whose host format is the device format.
+    pub fn new(name: &str, direction: IoDirection, dtype: IoDType, shape: &[u32], ddr_offset: u64) -> IoBinding {
+        let elements: u64 = shape.iter().map(|&d| u64::from(d)).product();
+        IoBinding {
+            name: name.into(),
+            direction,
+            dtype,
+            shape: shape.to_vec(),
+            ddr_offset,
+            size_bytes: elements * dtype.bytes(),
+            host: HostFormat { dtype, layout: HostLayout::Same, scale: 1.0, offset: 0 },
+        }
+    }
+
+    /// The same binding with a different host format.
+    pub fn with_host(mut self, host: HostFormat) -> IoBinding {
+        self.host = host;
+        self
+    }
+
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().map(|&d| u64::from(d)).product()
+    }
+
+    /// Bytes of the tensor in its host format.
+    pub fn host_size_bytes(&self) -> u64 {
+        self.elements() * self.host.dtype.bytes()
+    }
+
+    /// Whether pre/post-processing has work to do for this binding.
+    pub fn converts(&self) -> bool {
+        self.host.dtype != self.dtype || self.host.layout != HostLayout::Same
+    }
 }
 
 /// Bytes the device copies into the activation's DDR when it is activated.
@@ -164,7 +232,7 @@ pub struct ConstantBlob {
 }
 
 /// A parsed (or to-be-written) program.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProgramImage {
     pub name: String,
     pub batch_size: u32,
@@ -449,7 +517,36 @@ impl ProgramImage {
                 });
             };
             let _ = end;
+            let Some(host_dtype) = IoDType::from_raw(rec.host_dtype) else {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host dtype" });
+            };
+            let layout = match rec.host_layout {
+                0 => HostLayout::Same,
+                1 => HostLayout::NchwOnHostNhwcOnDevice,
+                2 => HostLayout::NhwcOnHostNchwOnDevice,
+                _ => return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host layout" }),
+            };
+            if layout != HostLayout::Same && rec.rank != 4 {
+                return Err(ContainerError::Invalid {
+                    section: "io",
+                    what: name,
+                    reason: "a layout change needs a rank-4 tensor",
+                });
+            }
+            let scale = f32::from_bits(rec.quant_scale);
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(ContainerError::Invalid {
+                    section: "io",
+                    what: name,
+                    reason: "quantisation scale is not a positive finite number",
+                });
+            }
+            if rec.reserved2 != 0 || rec.reserved3 != 0 {
+                return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field is nonzero" });
+            }
+            let host = HostFormat { dtype: host_dtype, layout, scale, offset: rec.quant_offset };
             bindings.push(IoBinding {
+                host,
                 name,
                 direction,
                 dtype,
@@ -552,6 +649,10 @@ impl ProgramImage {
             }
             rec.ddr_offset = b.ddr_offset;
             rec.size_bytes = b.size_bytes;
+            rec.host_dtype = b.host.dtype as u8;
+            rec.host_layout = b.host.layout as u8;
+            rec.quant_scale = b.host.scale.to_bits();
+            rec.quant_offset = b.host.offset;
             io.extend_from_slice(bytemuck::bytes_of(&rec));
         }
         sections.push((KIND_IO, io));
@@ -635,22 +736,8 @@ mod tests {
             ddr_bytes: 4096,
             vtcm_bytes: 1024,
             bindings: vec![
-                IoBinding {
-                    name: "x".into(),
-                    direction: IoDirection::Input,
-                    dtype: IoDType::F32,
-                    shape: vec![2, 8],
-                    ddr_offset: 0,
-                    size_bytes: 64,
-                },
-                IoBinding {
-                    name: "y".into(),
-                    direction: IoDirection::Output,
-                    dtype: IoDType::F32,
-                    shape: vec![16],
-                    ddr_offset: 64,
-                    size_bytes: 64,
-                },
+                IoBinding::new("x", IoDirection::Input, IoDType::F32, &[2, 8], 0),
+                IoBinding::new("y", IoDirection::Output, IoDType::F32, &[16], 64),
             ],
             cores: vec![vec![
                 Instruction::encode(Op::DmaIn {

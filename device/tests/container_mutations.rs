@@ -17,14 +17,7 @@ fn valid() -> Vec<u8> {
         Op::DmaOut { dst: Tensor::ddr(128, DType::F32, &[16]), src: Tensor::vtcm(128, DType::F32, &[16]) },
         Op::End,
     ];
-    let io = |name: &str, direction, ddr_offset| IoBinding {
-        name: name.into(),
-        direction,
-        dtype: IoDType::F32,
-        shape: vec![4, 4],
-        ddr_offset,
-        size_bytes: 64,
-    };
+    let io = |name: &str, direction, ddr_offset| IoBinding::new(name, direction, IoDType::F32, &[4, 4], ddr_offset);
     ProgramImage {
         name: "mutant".into(),
         batch_size: 2,

@@ -27,14 +27,7 @@ pub fn small_kmd(ring_nelem: u32, stepping: Stepping, first_req_id: u16) -> Arc<
 
 /// `bytes` in, the same bytes out.
 pub fn copy_program(bytes: u32) -> Vec<u8> {
-    let b = |name: &str, direction, ddr_offset| IoBinding {
-        name: name.into(),
-        direction,
-        dtype: IoDType::U8,
-        shape: vec![bytes],
-        ddr_offset,
-        size_bytes: bytes.into(),
-    };
+    let b = |name: &str, direction, ddr_offset| IoBinding::new(name, direction, IoDType::U8, &[bytes], ddr_offset);
     ProgramImage {
         name: "copy".into(),
         batch_size: 1,

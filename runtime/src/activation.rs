@@ -17,6 +17,7 @@ use aicsim_driver::{
     Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, SyncPoint,
 };
 
+use crate::convert;
 use crate::error::{Result, RuntimeError};
 use crate::timestamps::Timestamps;
 use crate::{Device, Program};
@@ -107,7 +108,11 @@ impl Activation {
         let info = *self.channel.activation();
         let inputs = self.program.inputs();
         let outputs = self.program.outputs();
-        let mut slot = InferenceSlot { inputs: Vec::new(), outputs: Vec::new() };
+        let mut slot = InferenceSlot {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            output_bindings: outputs.iter().map(|b| (*b).clone()).collect(),
+        };
         for (i, b) in inputs.iter().enumerate() {
             let buf = self.device.create_buffer(b.size_bytes)?;
             let last = i + 1 == inputs.len();
@@ -159,7 +164,7 @@ impl Activation {
         slot.submit(self, &mut ts)?;
         slot.wait(self, &mut ts)?;
         let mut outputs: Vec<Vec<u8>> =
-            self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
+            self.program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
         slot.read_outputs(&mut outputs)?;
         Ok(outputs)
     }
@@ -169,6 +174,7 @@ impl Activation {
 pub struct InferenceSlot {
     inputs: Vec<Buffer>,
     outputs: Vec<Buffer>,
+    output_bindings: Vec<aicsim_device::container::IoBinding>,
 }
 
 impl InferenceSlot {
@@ -180,15 +186,21 @@ impl InferenceSlot {
         }
         for (index, ((data, buf), b)) in inputs.iter().zip(&self.inputs).zip(&bindings).enumerate() {
             let data = data.as_ref();
-            if data.len() as u64 != b.size_bytes {
+            if data.len() as u64 != b.host_size_bytes() {
                 return Err(RuntimeError::InputSize {
                     index,
                     name: b.name.clone(),
                     got: data.len(),
-                    expected: b.size_bytes,
+                    expected: b.host_size_bytes(),
                 });
             }
-            buf.write(0, data)?;
+            if b.converts() {
+                let mut device = vec![0u8; b.size_bytes as usize];
+                convert::host_to_device(b, data, &mut device);
+                buf.write(0, &device)?;
+            } else {
+                buf.write(0, data)?;
+            }
         }
         Ok(())
     }
@@ -245,9 +257,17 @@ impl InferenceSlot {
     }
 
     /// Copies the outputs out (post-processing); `outputs[i]` must be output i's size.
+    /// `outputs[i]` must be output i's host size; outputs whose host format differs
+    /// from the device's are converted here.
     pub fn read_outputs(&self, outputs: &mut [Vec<u8>]) -> Result<()> {
-        for (out, buf) in outputs.iter_mut().zip(&self.outputs) {
-            buf.read(0, out)?;
+        for ((out, buf), b) in outputs.iter_mut().zip(&self.outputs).zip(&self.output_bindings) {
+            if b.converts() {
+                let mut device = vec![0u8; b.size_bytes as usize];
+                buf.read(0, &mut device)?;
+                convert::device_to_host(b, &device, out);
+            } else {
+                buf.read(0, out)?;
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod activation;
+pub mod convert;
 mod error;
 mod program;
 mod queue;

@@ -143,12 +143,12 @@ impl<C: Send + 'static> AsyncQueue<C> {
             return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
         }
         for (index, (data, b)) in inputs.iter().zip(&bindings).enumerate() {
-            if data.len() as u64 != b.size_bytes {
+            if data.len() as u64 != b.host_size_bytes() {
                 return Err(RuntimeError::InputSize {
                     index,
                     name: b.name.clone(),
                     got: data.len(),
-                    expected: b.size_bytes,
+                    expected: b.host_size_bytes(),
                 });
             }
         }
@@ -185,7 +185,7 @@ fn worker<C: Send>(
     let mut free: Vec<usize> = (0..slots.len()).rev().collect();
     let mut in_flight: VecDeque<(usize, C, Timestamps)> = VecDeque::new();
     let mut open = true;
-    let out_sizes: Vec<usize> = program.outputs().iter().map(|b| b.size_bytes as usize).collect();
+    let out_sizes: Vec<usize> = program.outputs().iter().map(|b| b.host_size_bytes() as usize).collect();
     loop {
         // Take new requests while there are free slots: blocking only when idle.
         if open && !free.is_empty() {

@@ -5,14 +5,7 @@ use aicsim_device::container::{ConstantBlob, IoBinding, IoDType, IoDirection, Pr
 use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 
 fn binding(name: &str, direction: IoDirection, dtype: IoDType, len: u32, ddr_offset: u64) -> IoBinding {
-    IoBinding {
-        name: name.into(),
-        direction,
-        dtype,
-        shape: vec![len],
-        ddr_offset,
-        size_bytes: u64::from(len) * dtype.bytes(),
-    }
+    IoBinding::new(name, direction, dtype, &[len], ddr_offset)
 }
 
 /// The constant vector `w` of [`vector_add_mul`].

@@ -255,11 +255,11 @@ impl InferenceSet {
     {
         let activation = &self.activations[a];
         let slots = (0..slot_count).map(|_| activation.new_slot()).collect::<Result<Vec<InferenceSlot>>>()?;
-        let input_sizes: Vec<usize> = self.program.inputs().iter().map(|b| b.size_bytes as usize).collect();
+        let input_sizes: Vec<usize> = self.program.inputs().iter().map(|b| b.host_size_bytes() as usize).collect();
         let mut staging: Vec<Vec<Vec<u8>>> =
             (0..slot_count).map(|_| input_sizes.iter().map(|&n| vec![0u8; n]).collect()).collect();
         let mut outputs: Vec<Vec<u8>> =
-            self.program.outputs().iter().map(|b| vec![0u8; b.size_bytes as usize]).collect();
+            self.program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
         let mut free: Vec<usize> = (0..slot_count).rev().collect();
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(slot_count);
         let mut failure = None;

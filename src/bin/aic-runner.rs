@@ -257,13 +257,13 @@ fn run(args: &Args) -> Result<(), String> {
         let mut data = Vec::new();
         for (path, binding) in args.input_files.iter().zip(&inputs) {
             let bytes = std::fs::read(path).map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
-            if bytes.len() as u64 != binding.size_bytes {
+            if bytes.len() as u64 != binding.host_size_bytes() {
                 return Err(format!(
                     "input file {} is {} bytes but input '{}' takes {} bytes",
                     path.display(),
                     bytes.len(),
                     binding.name,
-                    binding.size_bytes
+                    binding.host_size_bytes()
                 ));
             }
             data.push(bytes);
@@ -314,7 +314,10 @@ fn run(args: &Args) -> Result<(), String> {
         Some(data) => vec![data],
         None => (0..4)
             .map(|_| {
-                inputs.iter().map(|b| (0..b.size_bytes).map(|_| (splitmix(&mut state) >> 56) as u8).collect()).collect()
+                inputs
+                    .iter()
+                    .map(|b| (0..b.host_size_bytes()).map(|_| (splitmix(&mut state) >> 56) as u8).collect())
+                    .collect()
             })
             .collect(),
     };

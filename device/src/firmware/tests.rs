@@ -18,14 +18,7 @@ fn config() -> DeviceConfig {
 }
 
 fn add_program() -> ProgramImage {
-    let io = |name: &str, direction, ddr_offset| IoBinding {
-        name: name.into(),
-        direction,
-        dtype: IoDType::F32,
-        shape: vec![N],
-        ddr_offset,
-        size_bytes: BYTES,
-    };
+    let io = |name: &str, direction, ddr_offset| IoBinding::new(name, direction, IoDType::F32, &[N], ddr_offset);
     ProgramImage {
         name: "add".into(),
         batch_size: 1,
