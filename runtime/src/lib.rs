@@ -10,6 +10,7 @@
 mod activation;
 pub mod convert;
 mod error;
+mod handles;
 mod program;
 mod queue;
 pub mod samples;
@@ -18,6 +19,7 @@ mod timestamps;
 
 pub use activation::{Activation, InferenceSlot, SubmitPolicy};
 pub use error::{Result, RuntimeError};
+pub use handles::{Completed, Handle, HandlePool};
 pub use program::Program;
 pub use queue::{AsyncQueue, Outcome, QueueConfig, Rejected};
 pub use set::{Completion, DeviceTiming, InferenceSet, RunLimit, RunSummary};
