@@ -20,7 +20,54 @@ pub(crate) struct Slicing {
     pub elements: Vec<RequestElement>,
     /// For each element: whether it is the last of its slice (the one that completes).
     pub ends_slice: Vec<bool>,
+    /// For each element: its byte offset inside the buffer.
+    pub offsets: Vec<u64>,
     pub slices: u32,
+}
+
+/// Bit 22 of a semaphore command: presync.
+const SEM_PRESYNC: u32 = 1 << 22;
+/// Bit 4 of cmd: write a completion element.
+const CMD_COMPLETION: u8 = 1 << 4;
+
+impl Slicing {
+    /// The elements that move only the first `resize` bytes (PARTIAL_EXECUTE_BO): slices
+    /// past `resize` are dropped, the one it cuts is shortened, and a shortened slice's
+    /// new last element takes over the completion, doorbell and postsync semaphores.
+    /// Returns elements, end-of-slice flags and the number of slices left.
+    pub fn truncated(&self, resize: u64) -> (Vec<RequestElement>, Vec<bool>, u32) {
+        let (mut elements, mut ends, mut slices) = (Vec::new(), Vec::new(), 0);
+        let mut start = 0;
+        for end in 0..self.elements.len() {
+            if !self.ends_slice[end] {
+                continue;
+            }
+            let kept: Vec<usize> = (start..=end).filter(|&i| self.offsets[i] < resize).collect();
+            if let Some(&last_kept) = kept.last() {
+                slices += 1;
+                for &i in &kept {
+                    let mut e = self.elements[i];
+                    e.len = e.len.min((resize - self.offsets[i]) as u32);
+                    if i == last_kept && i != end {
+                        let original = self.elements[end];
+                        e.cmd |= original.cmd & CMD_COMPLETION;
+                        (e.db_addr, e.db_attr, e.db_data) = (original.db_addr, original.db_attr, original.db_data);
+                        let pre = e.sem_cmd.iter().copied().filter(|&c| c != 0 && c & SEM_PRESYNC != 0);
+                        let post = original.sem_cmd.iter().copied().filter(|&c| c != 0 && c & SEM_PRESYNC == 0);
+                        let mut merged = [0u32; 4];
+                        for (slot, c) in merged.iter_mut().zip(pre.chain(post)) {
+                            *slot = c;
+                        }
+                        e.sem_cmd = merged;
+                    }
+                    elements.push(e);
+                    ends.push(i == last_kept);
+                }
+            }
+            start = end + 1;
+        }
+        (elements, ends, slices)
+    }
 }
 
 /// Timestamps and queue figures of the latest execution (PERF_STATS_BO).

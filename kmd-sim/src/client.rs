@@ -18,8 +18,8 @@ use crate::bo::{Bo, Perf, Slicing};
 use crate::channel::{HostChannel, Inflight};
 use crate::error::{fail, Errno, KmdError, Result};
 use crate::uapi::{
-    AttachSliceEntry, BoInfo, ExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE, SEM_INSYNCFENCE,
-    SEM_OUTSYNCFENCE,
+    AttachSliceEntry, BoInfo, ExecuteEntry, PartialExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE,
+    SEM_INSYNCFENCE, SEM_OUTSYNCFENCE,
 };
 use crate::Shared;
 
@@ -192,6 +192,7 @@ impl Client {
         self.check_owner(dbc_index)?;
         let mut elements = Vec::new();
         let mut ends_slice = Vec::new();
+        let mut offsets = Vec::new();
         for (i, s) in slices.iter().enumerate() {
             if s.size == 0 {
                 return fail(Errno::EINVAL, format!("slice {i} has size 0"));
@@ -269,6 +270,7 @@ impl Client {
                 }
                 elements.push(e);
                 ends_slice.push(last);
+                offsets.push(s.offset + at);
             }
         }
         if elements.len() as u64 > u64::from(self.shared.ring.capacity()) {
@@ -285,7 +287,7 @@ impl Client {
         if st.slicing.is_some() {
             return fail(Errno::EINVAL, format!("buffer {handle} is already sliced; detach it first"));
         }
-        st.slicing = Some(Slicing { dbc, dir, elements, ends_slice, slices: slices.len() as u32 });
+        st.slicing = Some(Slicing { dbc, dir, elements, ends_slice, offsets, slices: slices.len() as u32 });
         Ok(())
     }
 
@@ -313,6 +315,18 @@ impl Client {
 
     /// EXECUTE_BO: queues every listed buffer's elements on channel `dbc`, all or none.
     pub fn execute_bo(&self, dbc: u32, entries: &[ExecuteEntry]) -> Result<()> {
+        self.queue(dbc, entries, None)
+    }
+
+    /// PARTIAL_EXECUTE_BO: like EXECUTE_BO, but each buffer moves only its first
+    /// `resize` bytes (1..=its size).
+    pub fn partial_execute_bo(&self, dbc: u32, entries: &[PartialExecuteEntry]) -> Result<()> {
+        let plain: Vec<ExecuteEntry> = entries.iter().map(|e| ExecuteEntry { handle: e.handle, dir: e.dir }).collect();
+        let resizes: Vec<u64> = entries.iter().map(|e| e.resize).collect();
+        self.queue(dbc, &plain, Some(&resizes))
+    }
+
+    fn queue(&self, dbc: u32, entries: &[ExecuteEntry], resizes: Option<&[u64]>) -> Result<()> {
         let received = Instant::now();
         let dbc = self.check_dbc(dbc)?;
         self.check_online()?;
@@ -345,9 +359,16 @@ impl Client {
             None => return fail(Errno::EPERM, format!("channel {dbc} has no activation")),
         }
         let mut states = Vec::with_capacity(bos.len());
+        let mut partial = Vec::with_capacity(bos.len());
         let mut needed = 0u32;
-        for (bo, e) in bos.iter().zip(entries) {
+        for (i, (bo, e)) in bos.iter().zip(entries).enumerate() {
             let st = bo.state.lock();
+            let resize = resizes.map(|r| r[i]);
+            if let Some(r) = resize {
+                if r == 0 || r > bo.size {
+                    return fail(Errno::EINVAL, format!("resize {r} of buffer {} is not in 1..={}", e.handle, bo.size));
+                }
+            }
             match &st.slicing {
                 None => return fail(Errno::EINVAL, format!("buffer {} is not sliced", e.handle)),
                 Some(s) if s.dbc as usize != dbc => {
@@ -362,7 +383,11 @@ impl Client {
                         format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir),
                     )
                 }
-                Some(s) => needed += s.elements.len() as u32,
+                Some(s) => {
+                    let plan = resize.filter(|&r| r < bo.size).map(|r| s.truncated(r));
+                    needed += plan.as_ref().map_or(s.elements.len(), |p| p.0.len()) as u32;
+                    partial.push(plan);
+                }
             }
             if st.queued {
                 return fail(Errno::EINVAL, format!("buffer {} is already queued", e.handle));
@@ -388,12 +413,16 @@ impl Client {
             }
         }
         let level = ring.used(ch.head_cache, ch.tail);
-        for (bo, guard) in bos.iter().zip(states.iter_mut()) {
+        for ((bo, guard), plan) in bos.iter().zip(states.iter_mut()).zip(&partial) {
             let st = &mut **guard;
             let slicing = st.slicing.as_ref().expect("checked above");
-            let count = slicing.elements.len() as u32;
+            let (elements, ends, slices) = match plan {
+                Some((e, f, n)) => (e.as_slice(), f.as_slice(), *n),
+                None => (slicing.elements.as_slice(), slicing.ends_slice.as_slice(), slicing.slices),
+            };
+            let count = elements.len() as u32;
             let mut run = 0u16;
-            for (template, &ends_slice) in slicing.elements.iter().zip(&slicing.ends_slice) {
+            for (template, &ends_slice) in elements.iter().zip(ends) {
                 let mut e = *template;
                 e.req_id = ch.next_req_id;
                 ch.next_req_id = ch.next_req_id.wrapping_add(1);
@@ -404,7 +433,7 @@ impl Client {
                 run = if ends_slice { 0 } else { run + 1 };
                 ch.tail = ring.next(ch.tail);
             }
-            st.slices_left = slicing.slices;
+            st.slices_left = slices;
             bo.set_queued(st, true);
             st.executions += 1;
             st.error = None;

@@ -53,6 +53,15 @@ pub struct ExecuteEntry {
     pub dir: u32,
 }
 
+/// One buffer of a PARTIAL_EXECUTE_BO call (`struct qaic_partial_execute_entry`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialExecuteEntry {
+    pub handle: u32,
+    pub dir: u32,
+    /// Bytes to move, from the start of the buffer.
+    pub resize: u64,
+}
+
 /// One result of PERF_STATS_BO (`struct qaic_perf_stats_entry`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PerfStatsEntry {

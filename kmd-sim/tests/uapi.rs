@@ -174,3 +174,72 @@ fn a_channel_torn_down_under_a_waiter_fails_it_with_eperm() {
         Errno::EPERM
     );
 }
+
+#[test]
+fn partial_execute_moves_only_the_first_resize_bytes() {
+    use aicsim_kmd::uapi::PartialExecuteEntry;
+    let kmd = common::small_kmd(16, Stepping::Manual, 0);
+    let client = kmd.open();
+    let program = client.load_program(&common::copy_program(256)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let a = client.create_bo(256).unwrap();
+    let halves: Vec<AttachSliceEntry> = (0..2)
+        .map(|i| AttachSliceEntry {
+            offset: i * 128,
+            size: 128,
+            dev_addr: info.ddr_base + i * 128,
+            ..Default::default()
+        })
+        .collect();
+    client.attach_slice_bo(a, dbc, DIR_TO_DEVICE, &halves).unwrap();
+    let b = client.create_bo(256).unwrap();
+    client
+        .attach_slice_bo(
+            b,
+            dbc,
+            DIR_FROM_DEVICE,
+            &[AttachSliceEntry { size: 256, dev_addr: info.ddr_base, ..Default::default() }],
+        )
+        .unwrap();
+    let run = |entries: &dyn Fn() -> aicsim_kmd::Result<()>| {
+        entries().unwrap();
+        kmd.step_device_until_idle();
+        kmd.step_interrupts();
+    };
+    let read_back = || {
+        run(&|| client.execute_bo(dbc, &[ExecuteEntry { handle: b, dir: DIR_FROM_DEVICE }]));
+        client.wait_bo(b, 10, dbc).unwrap();
+        let mut out = vec![0u8; 256];
+        client.mmap_bo(b).unwrap().read(0, &mut out).unwrap();
+        out
+    };
+    client.mmap_bo(a).unwrap().write(0, &[0xAA; 256]).unwrap();
+    run(&|| client.execute_bo(dbc, &[ExecuteEntry { handle: a, dir: DIR_TO_DEVICE }]));
+    client.wait_bo(a, 10, dbc).unwrap();
+    assert_eq!(read_back(), vec![0xAA; 256]);
+
+    // 200 bytes: the first slice whole, the second cut to 72 bytes.
+    client.mmap_bo(a).unwrap().write(0, &[0x55; 256]).unwrap();
+    run(&|| client.partial_execute_bo(dbc, &[PartialExecuteEntry { handle: a, dir: DIR_TO_DEVICE, resize: 200 }]));
+    client.wait_bo(a, 10, dbc).unwrap();
+    assert_eq!(client.perf_stats_bo(dbc, &[a]).unwrap()[0].num_queue_element, 2);
+    let out = read_back();
+    assert_eq!(&out[..200], &[0x55; 200][..]);
+    assert_eq!(&out[200..], &[0xAA; 56][..]);
+
+    // 100 bytes: the second slice is dropped entirely; the buffer still completes.
+    client.mmap_bo(a).unwrap().write(0, &[0x11; 256]).unwrap();
+    run(&|| client.partial_execute_bo(dbc, &[PartialExecuteEntry { handle: a, dir: DIR_TO_DEVICE, resize: 100 }]));
+    client.wait_bo(a, 10, dbc).unwrap();
+    assert_eq!(client.perf_stats_bo(dbc, &[a]).unwrap()[0].num_queue_element, 1);
+    let out = read_back();
+    assert_eq!((&out[..100], &out[100..200]), (&[0x11; 100][..], &[0x55; 100][..]));
+
+    for resize in [0, 4097] {
+        let err = client
+            .partial_execute_bo(dbc, &[PartialExecuteEntry { handle: a, dir: DIR_TO_DEVICE, resize }])
+            .unwrap_err();
+        assert_eq!(err.errno, Errno::EINVAL, "resize {resize}");
+    }
+    assert_eq!(kmd.spurious_responses(dbc as usize), 0);
+}
