@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_driver::Device;
-use aicsim_kmd::{Kmd, KmdConfig, Stepping};
+use aicsim_kmd::{CompletionMode, Kmd, KmdConfig, Stepping};
 use aicsim_runtime::{samples, Activation, InferenceSet, Program, RunLimit, Timestamps};
 
 const PAYLOAD: u32 = 64;
@@ -128,6 +128,14 @@ fn main() {
     let manual_activation = Activation::new(Arc::new(Device::open(manual.clone())), &program).unwrap();
     let path = synchronous(&manual_activation, &program, samples * 4, Some(&manual));
 
+    // Datapath polling mode (every 100 us, as the kernel driver's datapath_polling).
+    let polling_config =
+        KmdConfig { completion: CompletionMode::Polling { interval: Duration::from_micros(100) }, ..config };
+    let polling = Arc::new(Device::open_simulated(polling_config).unwrap());
+    let polling_activation = Activation::new(polling.clone(), &program).unwrap();
+    let polled = synchronous(&polling_activation, &program, samples, None);
+    drop(polling_activation);
+    let polled_p8 = pipelined(polling, &program, 1, 8, count);
     let p8 = pipelined(device.clone(), &program, 1, 8, count);
     let p16 = pipelined(device.clone(), &program, 1, 16, count);
     let p2x8 = pipelined(device, &program, 2, 8, count);
@@ -153,4 +161,11 @@ fn main() {
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 1 activation x S=16", p16);
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 2 activations x S=8", p2x8);
     println!("best pipelined / target 200000 = {:.2}x", p8.max(p16).max(p2x8) / 200_000.0);
+    println!(
+        "{:<52} {:>9.2} {:>9.2}   pipelined 1 x S=8: {:.0} inf/s",
+        "polling mode (100 us): synchronous round trip",
+        micros(percentile(&polled, 0.5)),
+        micros(percentile(&polled, 0.99)),
+        polled_p8
+    );
 }

@@ -31,6 +31,8 @@ pub const HOST_IRQ_SLEEPING: u64 = DEVICE_REGS_OFFSET + 0x100;
 pub const DEVICE_STATUS: u64 = DEVICE_REGS_OFFSET + 0x140;
 /// Firmware version, `major << 16 | minor << 8 | patch`.
 pub const FW_VERSION: u64 = DEVICE_REGS_OFFSET + 0x180;
+/// Host-owned: nonzero masks every MSI (datapath polling mode).
+pub const MSI_MASK: u64 = DEVICE_REGS_OFFSET + 0x240;
 /// Sequence number of the last control request the host posted.
 pub const CTRL_REQ_SEQ: u64 = DEVICE_REGS_OFFSET + 0x1C0;
 /// Sequence number of the last control request the device answered.

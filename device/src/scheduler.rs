@@ -677,6 +677,12 @@ fn dma_in<M: SharedMemory>(
     vtcm_bytes: u64,
 ) -> Option<()> {
     let eb = src.dtype.bytes() as usize;
+    if let [core] = targets {
+        if src.is_contiguous() && dst.is_contiguous() {
+            let vtcm = nsps.get_mut(*core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
+            return mem.read(ddr_base + src.offset, vtcm.get_mut(vtcm_range(dst)?)?).ok();
+        }
+    }
     let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
     if src.is_contiguous() {
         mem.read(ddr_base + src.offset, &mut packed).ok()?;

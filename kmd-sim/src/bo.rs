@@ -186,16 +186,20 @@ impl Bo {
         mut poll: impl FnMut(),
         online: impl Fn() -> bool,
     ) -> Result<(), KmdError> {
-        let start = Instant::now();
-        let deadline = start + timeout;
-        // Acquire: pairs with the Release in `set_queued`.
-        let mut round = 0u32;
-        while !self.idle.load(Ordering::Acquire) && start.elapsed() < spin.min(timeout) {
-            poll();
-            if self.idle.load(Ordering::Acquire) {
-                break;
+        // Acquire: pairs with the Release in `set_queued`. Already finished: no clock
+        // reads, no spinning.
+        let mut deadline = None;
+        if !self.idle.load(Ordering::Acquire) {
+            let start = Instant::now();
+            deadline = Some(start + timeout);
+            let mut round = 0u32;
+            while !self.idle.load(Ordering::Acquire) && start.elapsed() < spin.min(timeout) {
+                poll();
+                if self.idle.load(Ordering::Acquire) {
+                    break;
+                }
+                crate::threads::relax(&mut round);
             }
-            crate::threads::relax(&mut round);
         }
         let mut st = self.state.lock();
         loop {
@@ -211,6 +215,7 @@ impl Bo {
             if !online() {
                 return Err(KmdError::new(Errno::ENODEV, "device is offline"));
             }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
             // Wake at least every 50 ms to notice a device that went away.
             let slice_end = deadline.min(Instant::now() + Duration::from_millis(50));
             if self.done.wait_until(&mut st, slice_end).timed_out() && Instant::now() >= deadline {

@@ -54,11 +54,23 @@ pub enum Stepping {
     Manual,
 }
 
+/// How completions reach the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionMode {
+    /// MSI on the response ring's empty -> non-empty transition; the interrupt thread
+    /// drains, polls briefly (`irq_poll`), re-arms and re-checks.
+    Interrupt,
+    /// `datapath_polling`: interrupts masked; the poller drains every channel every
+    /// `interval`.
+    Polling { interval: Duration },
+}
+
 /// How the driver and its simulated device behave.
 #[derive(Clone, Copy, Debug)]
 pub struct KmdConfig {
     pub device: DeviceConfig,
     pub stepping: Stepping,
+    pub completion: CompletionMode,
     /// The first request id each channel hands out (ids wrap at `u16::MAX`).
     pub first_req_id: u16,
     /// How long the device thread keeps polling after its last work before it sleeps.
@@ -81,6 +93,7 @@ impl Default for KmdConfig {
         KmdConfig {
             device: DeviceConfig::default(),
             stepping: Stepping::Threads,
+            completion: CompletionMode::Interrupt,
             first_req_id: 0,
             device_idle_spin: Duration::from_micros(50),
             irq_poll: Duration::from_micros(20),
@@ -212,6 +225,9 @@ impl Kmd {
         for ch in &shared.channels {
             ch.state.lock().next_req_id = config.first_req_id;
         }
+        if let CompletionMode::Polling { .. } = config.completion {
+            shared.region.store_u32(layout::MSI_MASK, 1, SeqCst);
+        }
         let mut firmware = Firmware::new(config.device);
         let threads = match config.stepping {
             Stepping::Threads => {
@@ -277,6 +293,11 @@ impl Kmd {
             return None;
         }
         Some(threads::handle_msis(&self.shared, false, &mut Vec::new()))
+    }
+
+    /// MSIs the device has raised since boot.
+    pub fn msi_count(&self) -> u32 {
+        self.shared.region.load_u32(layout::MSI_SEQ, Acquire)
     }
 
     /// Responses that matched no queued element, per channel (a device bug or fault).

@@ -90,6 +90,14 @@ pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
         .spawn(move || {
             let region = &shared.region;
             let mut scratch = Vec::new();
+            if let crate::CompletionMode::Polling { interval } = shared.config.completion {
+                while !shared.stop.load(Acquire) {
+                    if handle_msis(&shared, true, &mut scratch) == 0 {
+                        std::thread::sleep(interval);
+                    }
+                }
+                return;
+            }
             let mut last_work = Instant::now();
             while !shared.stop.load(Acquire) {
                 let seq = region.load_u32(layout::MSI_SEQ, SeqCst);
