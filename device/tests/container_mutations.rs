@@ -153,6 +153,24 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes, with and without a valid header in front and the checksum made
+    /// to match: no panic, and an error whenever the result is not a consistent image.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parser(tail in proptest::collection::vec(any::<u8>(), 0..600), header in any::<bool>()) {
+        let mut bytes = if header { valid()[..64].to_vec() } else { Vec::new() };
+        bytes.extend_from_slice(&tail);
+        if header {
+            let len = bytes.len() as u64;
+            bytes[16..24].copy_from_slice(&len.to_le_bytes());
+            reseal(&mut bytes);
+        }
+        check(&bytes)?;
+    }
+}
+
 #[test]
 fn structural_errors_name_the_section_and_bound() {
     let bytes = valid();
