@@ -15,6 +15,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use crate::container::ProgramImage;
@@ -414,12 +415,13 @@ impl Firmware {
             mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), ch.req_head, Release);
         }
         if responses > 0 {
-            // SeqCst store then SeqCst load, mirrored by the host's head store and tail
+            // Store, SeqCst fence, load — mirrored by the host's head store, fence and tail
             // re-check: either the host sees these responses on its re-check, or we see
             // that it had drained everything before them and interrupt it. Deciding from
             // a head read before the store could lose the wake-up.
-            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, SeqCst);
-            let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), SeqCst);
+            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
+            fence(SeqCst);
+            let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
             if head_now == rsp_tail_before || force_msi {
                 raise_msi(dbc, mem);
             }
@@ -901,9 +903,10 @@ fn raise_msi<M: SharedMemory>(dbc: usize, mem: &M) {
     }
     mem.fetch_or_u32(layout::MSI_PENDING, 1 << dbc, SeqCst);
     mem.fetch_add_u32(layout::MSI_SEQ, 1, SeqCst);
-    // SeqCst pairs with the host's store of HOST_IRQ_SLEEPING before its last check of
+    fence(SeqCst);
+    // The fence pairs with the host's after its store of HOST_IRQ_SLEEPING, before its last check of
     // MSI_SEQ: either it sees our increment or we see it asleep.
-    if mem.load_u32(layout::HOST_IRQ_SLEEPING, SeqCst) != 0 {
+    if mem.load_u32(layout::HOST_IRQ_SLEEPING, Acquire) != 0 {
         mem.wake(layout::MSI_SEQ);
     }
 }

@@ -2,6 +2,7 @@
 //! the response-ring consumer, and the table that maps a response's `req_id` back to
 //! its buffer.
 
+use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 use std::sync::Arc;
 
@@ -107,10 +108,11 @@ impl HostChannel {
                         None => ch.spurious_responses += 1,
                     }
                 }
-                // SeqCst store then SeqCst re-check, the host half of the pairing with
+                // Store, SeqCst fence, re-check: the host half of the pairing with
                 // the device's tail store and head load (see the firmware).
-                region.store_u32(map.dbc_reg(dbc, RSP_HEAD), ch.rsp_head, SeqCst);
-                tail = region.load_u32(map.dbc_reg(dbc, RSP_TAIL), SeqCst);
+                region.store_u32(map.dbc_reg(dbc, RSP_HEAD), ch.rsp_head, Release);
+                fence(SeqCst);
+                tail = region.load_u32(map.dbc_reg(dbc, RSP_TAIL), Acquire);
                 if tail == ch.rsp_head {
                     break;
                 }

@@ -131,6 +131,7 @@ impl Shared {
     /// if the device said it is going to sleep.
     pub fn ring_device(&self) {
         self.region.fetch_add_u32(layout::DEVICE_WAKE, 1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
         // SeqCst: pairs with the device's store of DEVICE_SLEEPING before its last look
         // at DEVICE_WAKE; one of us sees the other.
         if self.region.load_u32(layout::DEVICE_SLEEPING, SeqCst) != 0 {

@@ -1,6 +1,7 @@
 //! The two threads behind a [`crate::Kmd`]: the device (firmware servicing loop) and the
 //! interrupt handler (response-ring draining).
 
+use std::sync::atomic::fence;
 use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,6 +54,7 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
                 }
                 round = 0;
                 region.store_u32(layout::DEVICE_SLEEPING, 1, SeqCst);
+                fence(SeqCst);
                 // SeqCst: after announcing sleep, a host that bumped the wake word
                 // before seeing our flag is caught here; one that bumps it later sees
                 // the flag and calls futex wake.
@@ -111,6 +113,7 @@ pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
                     continue;
                 }
                 region.store_u32(layout::HOST_IRQ_SLEEPING, 1, SeqCst);
+                fence(SeqCst);
                 // SeqCst: pairs with the device's MSI_SEQ increment and its load of
                 // HOST_IRQ_SLEEPING; an MSI raised after `seq` was read is seen here or
                 // wakes the futex.
