@@ -311,6 +311,8 @@ pub enum CompletionCode {
     ProgramFault = 9,
     /// The channel was reset while the element was queued.
     ChannelReset = 10,
+    /// Reported by fault injection: the transfer happened but the device reports failure.
+    Injected = 11,
 }
 
 impl CompletionCode {
@@ -327,6 +329,7 @@ impl CompletionCode {
             8 => BadLength,
             9 => ProgramFault,
             10 => ChannelReset,
+            11 => Injected,
             _ => return None,
         })
     }
@@ -345,6 +348,7 @@ impl fmt::Display for CompletionCode {
             CompletionCode::BadLength => "length does not fit the direction",
             CompletionCode::ProgramFault => "the program started by the doorbell faulted",
             CompletionCode::ChannelReset => "channel reset while queued",
+            CompletionCode::Injected => "injected fault (fault injection)",
         };
         write!(f, "device error {}: {text}", *self as u16)
     }
@@ -487,10 +491,10 @@ mod tests {
 
     #[test]
     fn completion_codes_roundtrip_through_status() {
-        for s in 1..=10u16 {
+        for s in 1..=11u16 {
             assert_eq!(CompletionCode::from_status(s).map(|c| c as u16), Some(s));
         }
         assert_eq!(CompletionCode::from_status(0), None);
-        assert_eq!(CompletionCode::from_status(11), None);
+        assert_eq!(CompletionCode::from_status(12), None);
     }
 }

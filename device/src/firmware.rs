@@ -67,6 +67,20 @@ pub struct DeviceConfig {
     pub pacing: Pacing,
     /// Record every instruction's interval in each run's statistics (for timelines).
     pub trace: bool,
+    /// Faults to inject.
+    pub faults: FaultPlan,
+}
+
+/// Seeded, reproducible faults the device injects: the same seed and the same work give
+/// the same faults.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    pub seed: u64,
+    /// Per million answered elements: the transfer happens, but the response carries
+    /// [`CompletionCode::Injected`].
+    pub error_completion_ppm: u32,
+    /// After this many elements the device stops answering anything (a hang).
+    pub hang_after_elements: Option<u64>,
 }
 
 /// When the firmware releases a finished program's outputs.
@@ -90,6 +104,7 @@ impl Default for DeviceConfig {
             mode: ExecMode::Functional,
             pacing: Pacing::None,
             trace: false,
+            faults: FaultPlan::default(),
         }
     }
 }
@@ -192,6 +207,9 @@ pub struct Firmware {
     ctrl_seen: u32,
     device_cycles: u64,
     scheduler: Scheduler,
+    fault_rng: u64,
+    elements_done: u64,
+    hung: bool,
 }
 
 impl Firmware {
@@ -214,6 +232,9 @@ impl Firmware {
             ddr: ExtentAllocator::new(config.map.ddr_bytes, DDR_GRANULE),
             ctrl_seen: 0,
             device_cycles: 0,
+            fault_rng: config.faults.seed,
+            elements_done: 0,
+            hung: false,
             scheduler: {
                 let mut s = Scheduler::new(config.cost, config.clock_hz);
                 s.set_tracing(config.trace);
@@ -276,6 +297,9 @@ impl Firmware {
     /// device time follows the wall clock: idle time passes with it, and no program
     /// completes before its device time has come.
     pub fn service_at<M: SharedMemory>(&mut self, mem: &M, wall_ns: Option<u64>) -> Serviced {
+        if self.hung {
+            return Serviced::default();
+        }
         let limit = match (self.config.pacing, wall_ns) {
             (Pacing::Wall, Some(ns)) => {
                 let cycle = (u128::from(ns) * u128::from(self.config.clock_hz) / 1_000_000_000) as u64;
@@ -298,9 +322,14 @@ impl Firmware {
         done
     }
 
+    /// Whether the fault plan has hung the device.
+    pub fn hung(&self) -> bool {
+        self.hung
+    }
+
     /// Whether a program is running (the device has device time to simulate).
     pub fn busy(&self) -> bool {
-        !self.scheduler.is_idle()
+        !self.scheduler.is_idle() && !self.hung
     }
 
     /// Runs the scheduler to the next program completion (not past `limit`) and
@@ -394,7 +423,19 @@ impl Firmware {
                     ch.stage = stage;
                     break;
                 }
-                Step::Done { status, respond, force_msi: force } => {
+                Step::Done { mut status, respond, force_msi: force } => {
+                    self.elements_done += 1;
+                    let faults = self.config.faults;
+                    if respond
+                        && status == 0
+                        && faults.error_completion_ppm > 0
+                        && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(faults.error_completion_ppm)
+                    {
+                        status = CompletionCode::Injected as u16;
+                    }
+                    if faults.hang_after_elements.is_some_and(|n| self.elements_done >= n) {
+                        self.hung = true;
+                    }
                     if respond {
                         let rsp = ResponseElement { req_id: element.req_id, status };
                         // The slot is ours: the ring is not full, checked above.
@@ -894,6 +935,15 @@ impl Firmware {
         self.channels[dbc] = Channel::default();
         Ok(())
     }
+}
+
+/// SplitMix64 step: the fault plan's seeded random numbers.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn raise_msi<M: SharedMemory>(dbc: usize, mem: &M) {

@@ -33,4 +33,4 @@ pub mod run_record;
 pub mod scheduler;
 pub mod semaphore;
 
-pub use firmware::{DeviceConfig, Firmware, Pacing};
+pub use firmware::{DeviceConfig, FaultPlan, Firmware, Pacing};

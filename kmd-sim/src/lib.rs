@@ -120,6 +120,11 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     /// The firmware, when the caller steps it ([`Stepping::Manual`]).
     pub manual_firmware: Mutex<Option<Firmware>>,
+    /// Reset handshake with the device thread: the host asks it to halt, it
+    /// acknowledges, the host asks for a reboot.
+    pub halt: AtomicBool,
+    pub halted: AtomicBool,
+    pub reboot: AtomicBool,
 }
 
 impl Shared {
@@ -222,6 +227,9 @@ impl Kmd {
             next_handle: AtomicU32::new(1),
             stop: AtomicBool::new(false),
             manual_firmware: Mutex::new(None),
+            halt: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
+            reboot: AtomicBool::new(false),
         });
         for ch in &shared.channels {
             ch.state.lock().next_req_id = config.first_req_id;
@@ -294,6 +302,55 @@ impl Kmd {
             return None;
         }
         Some(threads::handle_msis(&self.shared, false, &mut Vec::new()))
+    }
+
+    /// Full device reset, as the kernel driver does it: the device goes offline, every
+    /// waiter fails with ENODEV, every channel is released and its queued work is lost,
+    /// then the firmware reboots with no programs loaded. Users recover by loading and
+    /// activating again.
+    pub fn reset(&self) -> Result<()> {
+        let shared = &self.shared;
+        let _control = shared.control.lock();
+        shared.region.store_u32(layout::DEVICE_STATUS, DeviceStatus::Off as u32, SeqCst);
+        let deadline = Instant::now() + shared.config.control_timeout;
+        if shared.config.stepping == Stepping::Threads {
+            shared.halt.store(true, SeqCst);
+            shared.ring_device();
+            while !shared.halted.load(SeqCst) {
+                if Instant::now() >= deadline {
+                    return fail(Errno::ETIMEDOUT, "the device did not halt for the reset");
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        for (dbc, channel) in shared.channels.iter().enumerate() {
+            let dropped = {
+                let mut ch = channel.state.lock();
+                channel::HostChannel::reset(&mut ch, dbc, &shared.region, &shared.map)
+            };
+            for bo in dropped {
+                bo.abort(KmdError::new(Errno::ENODEV, "device reset while the buffer was queued"));
+            }
+        }
+        shared.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
+        match shared.config.stepping {
+            Stepping::Manual => {
+                let mut firmware = Firmware::new(shared.config.device);
+                firmware.boot(&shared.region);
+                *shared.manual_firmware.lock() = Some(firmware);
+            }
+            Stepping::Threads => {
+                shared.reboot.store(true, SeqCst);
+                shared.ring_device();
+                while !shared.online() {
+                    if Instant::now() >= deadline {
+                        return fail(Errno::ETIMEDOUT, "the device did not come back from the reset");
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// MSIs the device has raised since boot.

@@ -40,6 +40,18 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
             let mut last_work = Instant::now();
             let mut round = 0;
             while !shared.stop.load(Acquire) {
+                if shared.halt.load(Acquire) {
+                    if shared.reboot.swap(false, SeqCst) {
+                        firmware = Firmware::new(shared.config.device);
+                        firmware.boot(region);
+                        shared.halted.store(false, SeqCst);
+                        shared.halt.store(false, SeqCst);
+                    } else {
+                        shared.halted.store(true, SeqCst);
+                        std::thread::sleep(Duration::from_micros(20));
+                    }
+                    continue;
+                }
                 let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
                 let wall_ns = booted.elapsed().as_nanos() as u64;
                 if firmware.service_at(region, Some(wall_ns)).progressed() {

@@ -61,6 +61,9 @@ pub struct Completion<'a> {
     pub device: Option<DeviceTiming>,
     /// The device's number for the run that served it (see [`Activation::run_profile`]).
     pub seq: u64,
+    /// Why it failed, when the set reports errors per inference
+    /// ([`InferenceSet::with_errors_reported`]); its outputs are then unspecified.
+    pub error: Option<&'a RuntimeError>,
 }
 
 /// What a run did.
@@ -78,6 +81,7 @@ pub struct InferenceSet {
     set_size: usize,
     threads_per_activation: usize,
     submit_policy: SubmitPolicy,
+    report_errors: bool,
 }
 
 /// State shared by the worker threads of one run.
@@ -169,6 +173,7 @@ impl InferenceSet {
             set_size,
             threads_per_activation: 1,
             submit_policy: SubmitPolicy::default(),
+            report_errors: false,
         })
     }
 
@@ -182,6 +187,14 @@ impl InferenceSet {
         }
         self.threads_per_activation = threads;
         Ok(self)
+    }
+
+    /// Hand a failed inference (a device error, a timeout, a reset) to the completion
+    /// callback with its error and carry on, instead of stopping the run. Failures to
+    /// submit still stop it.
+    pub fn with_errors_reported(mut self, on: bool) -> InferenceSet {
+        self.report_errors = on;
+        self
     }
 
     pub fn with_submit_policy(mut self, policy: SubmitPolicy) -> InferenceSet {
@@ -323,6 +336,22 @@ impl InferenceSet {
                         in_flight_total: job.in_flight_total,
                         device,
                         seq: job.seq,
+                        error: None,
+                    });
+                }
+                Err(e) if self.report_errors => {
+                    job.ts.post_proc_end = Instant::now();
+                    state.done.fetch_add(1, Relaxed);
+                    (state.on_complete)(&Completion {
+                        index: job.index,
+                        activation: a,
+                        outputs: &outputs,
+                        timestamps: job.ts,
+                        queue_depth: job.queue_depth,
+                        in_flight_total: job.in_flight_total,
+                        device: None,
+                        seq: job.seq,
+                        error: Some(&e),
                     });
                 }
                 Err(e) => {
