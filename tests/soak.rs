@@ -41,7 +41,7 @@ struct Tally {
 fn a_million_inferences_under_faults_complete_exactly_once_each() {
     let total: u64 = std::env::var("AICSIM_SOAK_INFERENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let device_config = DeviceConfig {
-        faults: FaultPlan { seed: 2026, error_completion_ppm: 500, hang_after_elements: None },
+        faults: FaultPlan { seed: 2026, error_completion_ppm: 500, ..FaultPlan::default() },
         ..DeviceConfig::default()
     };
     let kmd = Arc::new(Kmd::new(KmdConfig { device: device_config, ..KmdConfig::default() }).unwrap());

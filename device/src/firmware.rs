@@ -81,6 +81,12 @@ pub struct FaultPlan {
     pub error_completion_ppm: u32,
     /// After this many elements the device stops answering anything (a hang).
     pub hang_after_elements: Option<u64>,
+    /// Per million MSIs: the interrupt is lost (never delivered).
+    pub lost_interrupt_ppm: u32,
+    /// Wall-clock nanoseconds the device spends per element on top of its work (a slow
+    /// device; the thread running the firmware sleeps this long per element after each
+    /// serviced batch).
+    pub slow_element_ns: u64,
 }
 
 /// When the firmware releases a finished program's outputs.
@@ -463,7 +469,9 @@ impl Firmware {
             mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
             fence(SeqCst);
             let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
-            if head_now == rsp_tail_before || force_msi {
+            let lost = self.config.faults.lost_interrupt_ppm > 0
+                && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(self.config.faults.lost_interrupt_ppm);
+            if (head_now == rsp_tail_before || force_msi) && !lost {
                 raise_msi(dbc, mem);
             }
         }

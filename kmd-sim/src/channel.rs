@@ -40,6 +40,10 @@ pub(crate) struct ChannelState {
     pub inflight: Vec<Option<Inflight>>,
     /// Responses whose `req_id` matched nothing queued.
     pub spurious_responses: u64,
+    /// Set while the channel goes through a subsystem restart.
+    pub ssr: Option<crate::SsrState>,
+    /// Every subsystem-restart state the channel has been through.
+    pub ssr_history: Vec<crate::SsrState>,
 }
 
 pub(crate) struct HostChannel {
@@ -58,6 +62,8 @@ impl HostChannel {
                 next_req_id: 0,
                 inflight: Vec::new(),
                 spurious_responses: 0,
+                ssr: None,
+                ssr_history: Vec::new(),
             }),
         }
     }

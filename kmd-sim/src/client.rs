@@ -353,6 +353,9 @@ impl Client {
         let ring = shared.ring;
         let channel: &HostChannel = &shared.channels[dbc];
         let mut ch = channel.state.lock();
+        if ch.ssr.is_some() {
+            return fail(Errno::EPIPE, format!("channel {dbc} is in a subsystem restart"));
+        }
         match ch.owner {
             Some(owner) if owner == self.user => {}
             Some(_) => return fail(Errno::EPERM, format!("channel {dbc} belongs to another user")),
@@ -475,7 +478,8 @@ impl Client {
         let shared = &self.shared;
         let mut scratch = Vec::new();
         let poll = || {
-            if shared.config.wait_busy_poll && shared.config.stepping == crate::Stepping::Threads {
+            let link_up = !shared.link_down.load(std::sync::atomic::Ordering::Acquire);
+            if shared.config.wait_busy_poll && shared.config.stepping == crate::Stepping::Threads && link_up {
                 shared.channels[dbc].drain(dbc, &shared.region, &shared.map, shared.ring, &mut scratch);
             }
         };

@@ -54,6 +54,16 @@ pub enum Stepping {
     Manual,
 }
 
+/// The states a channel walks through in a subsystem restart (SSR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SsrState {
+    BeforeShutdown,
+    AfterShutdown,
+    BeforePowerUp,
+    AfterPowerUp,
+    Idle,
+}
+
 /// How completions reach the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompletionMode {
@@ -86,6 +96,9 @@ pub struct KmdConfig {
     pub wait_busy_poll: bool,
     /// How long a control request may take before the call fails with ETIMEDOUT.
     pub control_timeout: Duration,
+    /// Longest sleep of the interrupt thread; one that ends without an MSI polls every
+    /// channel (the watchdog that turns a lost interrupt into latency, not a hang).
+    pub irq_watchdog: Duration,
 }
 
 impl Default for KmdConfig {
@@ -100,6 +113,7 @@ impl Default for KmdConfig {
             wait_spin: Duration::from_micros(20),
             wait_busy_poll: true,
             control_timeout: Duration::from_secs(5),
+            irq_watchdog: Duration::from_millis(100),
         }
     }
 }
@@ -125,11 +139,14 @@ pub(crate) struct Shared {
     pub halt: AtomicBool,
     pub halted: AtomicBool,
     pub reboot: AtomicBool,
+    /// The PCIe link is down: registers read all-ones, nothing reaches the device.
+    pub link_down: AtomicBool,
 }
 
 impl Shared {
     pub fn online(&self) -> bool {
-        DeviceStatus::from_raw(self.region.load_u32(layout::DEVICE_STATUS, Acquire)) == DeviceStatus::Ready
+        !self.link_down.load(Acquire)
+            && DeviceStatus::from_raw(self.region.load_u32(layout::DEVICE_STATUS, Acquire)) == DeviceStatus::Ready
     }
 
     /// Tells the device there is work: bump the wake word, and make the futex call only
@@ -230,6 +247,7 @@ impl Kmd {
             halt: AtomicBool::new(false),
             halted: AtomicBool::new(false),
             reboot: AtomicBool::new(false),
+            link_down: AtomicBool::new(false),
         });
         for ch in &shared.channels {
             ch.state.lock().next_req_id = config.first_req_id;
@@ -351,6 +369,59 @@ impl Kmd {
             }
         }
         Ok(())
+    }
+
+    /// Subsystem restart of one channel: new work gets EPIPE, waiters fail with EPIPE,
+    /// the device drops the channel's activation and queued work, and the channel walks
+    /// BEFORE_SHUTDOWN -> AFTER_SHUTDOWN -> BEFORE_POWER_UP -> AFTER_POWER_UP -> IDLE,
+    /// released. Its user recovers by activating again; other channels carry on.
+    pub fn subsystem_restart(&self, dbc: u32) -> Result<()> {
+        let Some(channel) = self.shared.channels.get(dbc as usize) else {
+            return fail(Errno::EINVAL, format!("channel {dbc} out of range"));
+        };
+        let step = |state: SsrState| {
+            let mut ch = channel.state.lock();
+            ch.ssr = Some(state);
+            ch.ssr_history.push(state);
+        };
+        step(SsrState::BeforeShutdown);
+        // The device forgets the activation and its queued elements (none if inactive).
+        let _ = self.shared.control(ControlCommand::Deactivate { dbc });
+        let dropped = {
+            let mut ch = channel.state.lock();
+            let dropped = channel::HostChannel::reset(&mut ch, dbc as usize, &self.shared.region, &self.shared.map);
+            ch.ssr = Some(SsrState::AfterShutdown);
+            ch.ssr_history.push(SsrState::AfterShutdown);
+            dropped
+        };
+        for bo in dropped {
+            bo.abort(KmdError::new(Errno::EPIPE, format!("channel {dbc} went through a subsystem restart")));
+        }
+        step(SsrState::BeforePowerUp);
+        step(SsrState::AfterPowerUp);
+        step(SsrState::Idle);
+        channel.state.lock().ssr = None;
+        Ok(())
+    }
+
+    /// The subsystem-restart states `dbc` has been through, oldest first.
+    pub fn ssr_history(&self, dbc: usize) -> Vec<SsrState> {
+        self.shared.channels.get(dbc).map_or(Vec::new(), |c| c.state.lock().ssr_history.clone())
+    }
+
+    /// Takes the PCIe link down (`up` false) or brings it back. While it is down the
+    /// device is unreachable: registers read all-ones, calls and waits fail with ENODEV.
+    /// After it comes back the device needs a [`Kmd::reset`].
+    pub fn set_link(&self, up: bool) {
+        self.shared.link_down.store(!up, SeqCst);
+    }
+
+    /// A channel register as the host reads it (all-ones while the link is down).
+    pub fn read_register(&self, dbc: usize, reg: u64) -> u32 {
+        if self.shared.link_down.load(Acquire) {
+            return aicsim_device::dbc::LINK_DOWN;
+        }
+        self.shared.region.load_u32(self.shared.map.dbc_reg(dbc, reg), Acquire)
     }
 
     /// MSIs the device has raised since boot.

@@ -54,7 +54,12 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
                 }
                 let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
                 let wall_ns = booted.elapsed().as_nanos() as u64;
-                if firmware.service_at(region, Some(wall_ns)).progressed() {
+                let done = firmware.service_at(region, Some(wall_ns));
+                if done.progressed() {
+                    let slow = shared.config.device.faults.slow_element_ns;
+                    if slow > 0 && done.elements > 0 {
+                        std::thread::sleep(Duration::from_nanos(slow * u64::from(done.elements)));
+                    }
                     last_work = Instant::now();
                     round = 0;
                     continue;
@@ -88,6 +93,10 @@ pub(crate) fn handle_msis(
     poll_all: bool,
     scratch: &mut Vec<(crate::channel::Inflight, u16)>,
 ) -> usize {
+    // With the link down every register reads all-ones: there is nothing to drain.
+    if shared.link_down.load(Acquire) {
+        return 0;
+    }
     let pending = shared.region.swap_u32(layout::MSI_PENDING, 0, SeqCst);
     let mut consumed = 0;
     for (dbc, channel) in shared.channels.iter().enumerate() {
@@ -113,9 +122,12 @@ pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
                 return;
             }
             let mut last_work = Instant::now();
+            // Set when a sleep ended with no MSI: poll every channel once, so that a lost
+            // interrupt costs at most one sleep period, never a completion.
+            let mut watchdog = false;
             while !shared.stop.load(Acquire) {
                 let seq = region.load_u32(layout::MSI_SEQ, SeqCst);
-                let polling = last_work.elapsed() < shared.config.irq_poll;
+                let polling = last_work.elapsed() < shared.config.irq_poll || std::mem::take(&mut watchdog);
                 if handle_msis(&shared, polling, &mut scratch) > 0 {
                     last_work = Instant::now();
                     continue;
@@ -130,7 +142,8 @@ pub(crate) fn spawn_irq(shared: Arc<Shared>) -> JoinHandle<()> {
                 // HOST_IRQ_SLEEPING; an MSI raised after `seq` was read is seen here or
                 // wakes the futex.
                 if region.load_u32(layout::MSI_SEQ, SeqCst) == seq && !shared.stop.load(Acquire) {
-                    region.wait(layout::MSI_SEQ, seq, MAX_SLEEP);
+                    region.wait(layout::MSI_SEQ, seq, shared.config.irq_watchdog);
+                    watchdog = region.load_u32(layout::MSI_SEQ, SeqCst) == seq;
                 }
                 region.store_u32(layout::HOST_IRQ_SLEEPING, 0, SeqCst);
             }

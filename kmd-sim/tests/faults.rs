@@ -49,7 +49,7 @@ fn both(input: u32, output: u32) -> [ExecuteEntry; 2] {
 /// Runs `n` inferences; returns which failed with an injected error (and checks the
 /// data arrived every time: the fault is reported, not a loss).
 fn injected_failures(seed: u64, n: u32) -> Vec<u32> {
-    let kmd = kmd(FaultPlan { seed, error_completion_ppm: 200_000, hang_after_elements: None }, Stepping::Threads);
+    let kmd = kmd(FaultPlan { seed, error_completion_ppm: 200_000, ..FaultPlan::default() }, Stepping::Threads);
     let client = kmd.open();
     let (dbc, input, output) = setup(&client);
     let mut failed = vec![];
@@ -83,7 +83,7 @@ fn injected_error_completions_are_named_reproducible_and_lose_nothing() {
 
 #[test]
 fn a_hung_device_times_waits_out_and_a_reset_brings_it_back() {
-    let kmd = kmd(FaultPlan { seed: 1, error_completion_ppm: 0, hang_after_elements: Some(6) }, Stepping::Threads);
+    let kmd = kmd(FaultPlan { seed: 1, hang_after_elements: Some(6), ..FaultPlan::default() }, Stepping::Threads);
     let client = kmd.open();
     let (dbc, input, output) = setup(&client);
     for _ in 0..3 {
@@ -128,4 +128,114 @@ fn a_reset_fails_every_waiter_with_enodev() {
         assert_eq!(e.errno, Errno::ENODEV);
         assert!(e.detail.contains("device reset"), "{}", e.detail);
     }
+}
+
+#[test]
+fn a_subsystem_restart_fails_its_channel_with_epipe_walks_its_states_and_spares_the_others() {
+    use aicsim_kmd::SsrState::*;
+    let kmd = kmd(FaultPlan::default(), Stepping::Manual);
+    let (a, b) = (kmd.open(), kmd.open());
+    let (dbc_a, in_a, out_a) = setup(&a);
+    let (dbc_b, in_b, out_b) = setup(&b);
+    a.execute_bo(dbc_a, &both(in_a, out_a)).unwrap();
+    b.execute_bo(dbc_b, &both(in_b, out_b)).unwrap();
+    kmd.subsystem_restart(dbc_a).unwrap();
+    for bo in [in_a, out_a] {
+        let e = a.wait_bo(bo, 100, dbc_a).unwrap_err();
+        assert_eq!(e.errno, Errno::EPIPE, "{e}");
+    }
+    assert_eq!(kmd.ssr_history(dbc_a as usize), vec![BeforeShutdown, AfterShutdown, BeforePowerUp, AfterPowerUp, Idle]);
+    assert!(kmd.ssr_history(dbc_b as usize).is_empty());
+    // The other channel's work goes on.
+    kmd.step_device_until_idle();
+    kmd.step_interrupts();
+    b.wait_bo(out_b, 100, dbc_b).unwrap();
+    // The restarted channel is released; its user activates again.
+    assert_eq!(a.execute_bo(dbc_a, &both(in_a, out_a)).unwrap_err().errno, Errno::EPERM);
+    let (dbc, input, output) = setup(&a);
+    a.execute_bo(dbc, &both(input, output)).unwrap();
+    kmd.step_device_until_idle();
+    kmd.step_interrupts();
+    a.wait_bo(output, 100, dbc).unwrap();
+}
+
+#[test]
+fn with_the_link_down_registers_read_all_ones_and_waiters_fail_with_enodev() {
+    let kmd = kmd(FaultPlan { seed: 3, hang_after_elements: Some(2), ..FaultPlan::default() }, Stepping::Threads);
+    let client = kmd.open();
+    let (dbc, input, output) = setup(&client);
+    client.execute_bo(dbc, &both(input, output)).unwrap();
+    client.wait_bo(output, 2000, dbc).unwrap();
+    // The device hangs on the next transfer; then the link drops under the waiter.
+    client.execute_bo(dbc, &both(input, output)).unwrap();
+    let waiter = {
+        let kmd = kmd.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            kmd.set_link(false);
+        })
+    };
+    let t = Instant::now();
+    let e = client.wait_bo(output, 2000, dbc).unwrap_err();
+    waiter.join().unwrap();
+    assert_eq!(e.errno, Errno::ENODEV, "{e}");
+    assert!(t.elapsed() < Duration::from_millis(500), "noticed within a wake period: {:?}", t.elapsed());
+    assert_eq!(kmd.read_register(dbc as usize, aicsim_device::dbc::REQ_HEAD), 0xFFFF_FFFF);
+    assert_eq!(client.execute_bo(dbc, &both(input, output)).unwrap_err().errno, Errno::ENODEV);
+    kmd.set_link(true);
+    kmd.reset().unwrap();
+    assert!(kmd.online());
+    let fresh = kmd.open();
+    let (dbc, input, output) = setup(&fresh);
+    fresh.execute_bo(dbc, &both(input, output)).unwrap();
+    fresh.wait_bo(output, 2000, dbc).unwrap();
+    // The fault plan hangs the rebooted device again; reset it so teardown is quick.
+    kmd.reset().unwrap();
+}
+
+#[test]
+fn lost_interrupts_cost_latency_never_a_completion() {
+    let device = DeviceConfig {
+        num_nsp: 4,
+        map: MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
+        faults: FaultPlan { seed: 11, lost_interrupt_ppm: 500_000, ..FaultPlan::default() },
+        ..DeviceConfig::default()
+    };
+    // Only the interrupt path delivers: no busy polling, a short watchdog.
+    let config =
+        KmdConfig { device, wait_busy_poll: false, irq_watchdog: Duration::from_millis(5), ..KmdConfig::default() };
+    let kmd = Arc::new(Kmd::new(config).unwrap());
+    let client = kmd.open();
+    let (dbc, input, output) = setup(&client);
+    for i in 0..60u32 {
+        let data: Vec<u8> = (0..64).map(|k| (k * 7 + i) as u8).collect();
+        client.mmap_bo(input).unwrap().write(0, &data).unwrap();
+        client.execute_bo(dbc, &both(input, output)).unwrap();
+        client.wait_bo(output, 2000, dbc).unwrap();
+        let mut out = vec![0u8; 64];
+        client.mmap_bo(output).unwrap().read(0, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+    assert!(kmd.msi_count() < 60, "interrupts were lost ({} raised for 60 transitions)", kmd.msi_count());
+}
+
+#[test]
+fn a_slow_device_takes_its_extra_time_per_element() {
+    let device = DeviceConfig {
+        num_nsp: 4,
+        map: MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
+        faults: FaultPlan { slow_element_ns: 2_000_000, ..FaultPlan::default() },
+        ..DeviceConfig::default()
+    };
+    let kmd = Arc::new(Kmd::new(KmdConfig { device, ..KmdConfig::default() }).unwrap());
+    let client = kmd.open();
+    let (dbc, input, output) = setup(&client);
+    let t = Instant::now();
+    for _ in 0..5 {
+        client.execute_bo(dbc, &both(input, output)).unwrap();
+        client.wait_bo(output, 2000, dbc).unwrap();
+    }
+    // The delay follows each serviced batch, so at least the input element's precedes
+    // every completion the host sees.
+    assert!(t.elapsed() >= Duration::from_millis(10), "5 inferences x at least 2 ms: {:?}", t.elapsed());
 }
