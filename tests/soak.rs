@@ -72,13 +72,17 @@ fn a_million_inferences_under_faults_complete_exactly_once_each() {
         });
         let mut pending: Vec<u64> = (0..total).collect();
         let mut rounds = 0;
+        let mut set = loop {
+            if let Ok(s) = InferenceSet::new(device.clone(), &program, 3, 8) {
+                break s.with_errors_reported(true);
+            }
+        };
         while !pending.is_empty() {
             rounds += 1;
             assert!(rounds < 100, "no progress");
-            let set = match InferenceSet::new(device.clone(), &program, 3, 8) {
-                Ok(s) => s.with_errors_reported(true),
-                Err(_) => continue, // a reset hit the activation itself: try again
-            };
+            if rounds > 1 && set.recover().is_err() {
+                continue; // a reset hit the re-activation itself: try again
+            }
             let map = &pending;
             let _ = set.run(
                 RunLimit::Count(map.len() as u64),

@@ -83,6 +83,9 @@ pub struct FaultPlan {
     pub hang_after_elements: Option<u64>,
     /// Per million MSIs: the interrupt is lost (never delivered).
     pub lost_interrupt_ppm: u32,
+    /// Per million request elements: one random bit of the device's copy flips before
+    /// it is validated (a corrupted element).
+    pub corrupt_element_ppm: u32,
     /// Wall-clock nanoseconds the device spends per element on top of its work (a slow
     /// device; the thread running the firmware sleeps this long per element after each
     /// serviced batch).
@@ -419,6 +422,11 @@ impl Firmware {
                     let mut raw = [0u8; REQUEST_ELEMENT_BYTES as usize];
                     if mem.read(map.request_element(dbc, ch.req_head), &mut raw).is_err() {
                         break;
+                    }
+                    let ppm = self.config.faults.corrupt_element_ppm;
+                    if ppm > 0 && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(ppm) {
+                        let bit = splitmix(&mut self.fault_rng) % (REQUEST_ELEMENT_BYTES * 8);
+                        raw[(bit / 8) as usize] ^= 1 << (bit % 8);
                     }
                     (bytemuck::pod_read_unaligned::<RequestElement>(&raw), None)
                 }

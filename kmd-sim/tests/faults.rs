@@ -239,3 +239,53 @@ fn a_slow_device_takes_its_extra_time_per_element() {
     // every completion the host sees.
     assert!(t.elapsed() >= Duration::from_millis(10), "5 inferences x at least 2 ms: {:?}", t.elapsed());
 }
+
+#[test]
+fn corrupted_elements_end_in_data_a_named_error_or_a_timeout_and_never_a_hang() {
+    let device = DeviceConfig {
+        num_nsp: 4,
+        map: MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
+        faults: FaultPlan { seed: 5, corrupt_element_ppm: 100_000, ..FaultPlan::default() },
+        ..DeviceConfig::default()
+    };
+    let kmd = Arc::new(Kmd::new(KmdConfig { device, ..KmdConfig::default() }).unwrap());
+    let (mut ok, mut named, mut timed_out) = (0, 0, 0);
+    let mut round = 0;
+    while ok + named + timed_out < 200 {
+        round += 1;
+        assert!(round < 100);
+        // Data-only transfers to the device: a wedged channel is replaced, as a runtime
+        // would after a timeout, by a fresh activation.
+        let client = kmd.open();
+        let program = client.load_program(&common::copy_program(64)).unwrap();
+        let (dbc, info) = client.activate(program).unwrap();
+        let bo = client.create_bo(64).unwrap();
+        client
+            .attach_slice_bo(
+                bo,
+                dbc,
+                DIR_TO_DEVICE,
+                &[AttachSliceEntry { size: 64, dev_addr: info.ddr_base, ..Default::default() }],
+            )
+            .unwrap();
+        loop {
+            if client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).is_err() {
+                break;
+            }
+            let t = Instant::now();
+            match client.wait_bo(bo, 50, dbc) {
+                Ok(()) => ok += 1,
+                Err(e) if e.errno == Errno::EIO => named += 1,
+                Err(e) => {
+                    assert_eq!(e.errno, Errno::ETIMEDOUT, "{e}");
+                    assert!(t.elapsed() < Duration::from_millis(500), "no wait hangs past its timeout");
+                    timed_out += 1;
+                    break;
+                }
+            }
+        }
+        drop(client);
+        kmd.subsystem_restart(dbc).unwrap();
+    }
+    assert!(ok > 100 && named + timed_out > 0, "ok {ok}, named {named}, timed out {timed_out}");
+}

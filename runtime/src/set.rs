@@ -202,6 +202,20 @@ impl InferenceSet {
         self
     }
 
+    /// Recovery after a device reset or a subsystem restart released the channels: loads
+    /// the program again and activates it afresh on every activation.
+    pub fn recover(&mut self) -> Result<()> {
+        let device = self.activations[0].device().clone();
+        let n = self.activations.len();
+        // Old channels are gone already; dropping them only reports as much.
+        self.activations.clear();
+        let loaded = Arc::new(device.load_program(self.program.bytes())?);
+        for _ in 0..n {
+            self.activations.push(Activation::with_loaded(device.clone(), &self.program, loaded.clone())?);
+        }
+        Ok(())
+    }
+
     /// The activations, taken out of the set.
     pub fn into_activations(self) -> Vec<Activation> {
         self.activations
