@@ -31,6 +31,9 @@ pub const HOST_IRQ_SLEEPING: u64 = DEVICE_REGS_OFFSET + 0x100;
 pub const DEVICE_STATUS: u64 = DEVICE_REGS_OFFSET + 0x140;
 /// Firmware version, `major << 16 | minor << 8 | patch`.
 pub const FW_VERSION: u64 = DEVICE_REGS_OFFSET + 0x180;
+/// The device's heartbeat: it increments this on every pass of its loop (at least every
+/// 20 ms), so a host can tell a device process that died from one that is idle.
+pub const DEVICE_HEARTBEAT: u64 = DEVICE_REGS_OFFSET + 0x280;
 /// Host-owned: nonzero masks every MSI (datapath polling mode).
 pub const MSI_MASK: u64 = DEVICE_REGS_OFFSET + 0x240;
 /// Sequence number of the last control request the host posted.

@@ -20,7 +20,7 @@ pub mod uapi;
 mod bo;
 mod channel;
 mod client;
-mod threads;
+pub mod threads;
 
 use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU32};
@@ -141,12 +141,33 @@ pub(crate) struct Shared {
     pub reboot: AtomicBool,
     /// The PCIe link is down: registers read all-ones, nothing reaches the device.
     pub link_down: AtomicBool,
+    /// The device runs in another process: its liveness is judged by its heartbeat.
+    pub external: bool,
+    /// Last heartbeat value seen and when it last changed.
+    pub heartbeat: Mutex<(u32, Instant)>,
 }
+
+/// How long an external device's heartbeat may stand still before it counts as gone.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Shared {
     pub fn online(&self) -> bool {
+        if self.external && !self.alive() {
+            return false;
+        }
         !self.link_down.load(Acquire)
             && DeviceStatus::from_raw(self.region.load_u32(layout::DEVICE_STATUS, Acquire)) == DeviceStatus::Ready
+    }
+
+    /// Whether an external device's heartbeat moved within [`LIVENESS_TIMEOUT`].
+    fn alive(&self) -> bool {
+        let beat = self.region.load_u32(layout::DEVICE_HEARTBEAT, Acquire);
+        let mut last = self.heartbeat.lock();
+        if beat != last.0 {
+            *last = (beat, Instant::now());
+            return true;
+        }
+        last.1.elapsed() < LIVENESS_TIMEOUT
     }
 
     /// Tells the device there is work: bump the wake word, and make the futex call only
@@ -248,6 +269,8 @@ impl Kmd {
             halted: AtomicBool::new(false),
             reboot: AtomicBool::new(false),
             link_down: AtomicBool::new(false),
+            external: false,
+            heartbeat: Mutex::new((0, Instant::now())),
         });
         for ch in &shared.channels {
             ch.state.lock().next_req_id = config.first_req_id;
@@ -275,6 +298,78 @@ impl Kmd {
             std::thread::sleep(Duration::from_micros(100));
         }
         Ok(kmd)
+    }
+
+    /// The driver for a device that runs in another process (`aic-device --shm PATH`):
+    /// creates the region file at `path` and waits (up to `wait`) for the device to come
+    /// up on it. The device's liveness is then judged by its heartbeat: if it dies, the
+    /// device goes offline and waiters fail with ENODEV.
+    pub fn attach_external(config: KmdConfig, path: &std::path::Path, wait: Duration) -> Result<Kmd> {
+        let map = config.device.map;
+        let Some(ring) = Ring::new(map.ring_nelem) else {
+            return fail(Errno::EINVAL, format!("ring size {} is not a power of two >= 2", map.ring_nelem));
+        };
+        let region = SharedRegion::create_file(path, map.total_bytes()).map_err(|e| {
+            KmdError::new(Errno::ENOMEM, format!("cannot create the region file {}: {e}", path.display()))
+        })?;
+        let shared = Arc::new(Shared {
+            region,
+            map,
+            ring,
+            config: KmdConfig { stepping: Stepping::Threads, ..config },
+            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
+            host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
+            control: Mutex::new(()),
+            next_user: AtomicU32::new(1),
+            next_handle: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            manual_firmware: Mutex::new(None),
+            halt: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
+            reboot: AtomicBool::new(false),
+            link_down: AtomicBool::new(false),
+            external: true,
+            heartbeat: Mutex::new((0, Instant::now())),
+        });
+        if let CompletionMode::Polling { .. } = config.completion {
+            shared.region.store_u32(layout::MSI_MASK, 1, SeqCst);
+        }
+        let irq = threads::spawn_irq(shared.clone());
+        let kmd = Kmd { shared, threads: vec![irq] };
+        kmd.wait_online(wait)?;
+        Ok(kmd)
+    }
+
+    fn wait_online(&self, wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        while !self.shared.online() {
+            if Instant::now() >= deadline {
+                return fail(Errno::ENODEV, format!("no device came up within {wait:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// After an external device process died and a new one started on the same region
+    /// file: forgets everything queued (waiters get ENODEV), releases every channel, and
+    /// waits (up to `wait`) for the new device. Users then load and activate again.
+    pub fn reattach(&self, wait: Duration) -> Result<()> {
+        let shared = &self.shared;
+        {
+            let _control = shared.control.lock();
+            for (dbc, channel) in shared.channels.iter().enumerate() {
+                let dropped = {
+                    let mut ch = channel.state.lock();
+                    channel::HostChannel::reset(&mut ch, dbc, &shared.region, &shared.map)
+                };
+                for bo in dropped {
+                    bo.abort(KmdError::new(Errno::ENODEV, "the device went away while the buffer was queued"));
+                }
+            }
+            shared.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
+        }
+        self.wait_online(wait)
     }
 
     /// Opens the driver: a new user with its own buffer objects and channels. The client
@@ -328,6 +423,9 @@ impl Kmd {
     /// activating again.
     pub fn reset(&self) -> Result<()> {
         let shared = &self.shared;
+        if shared.external {
+            return fail(Errno::EINVAL, "the device runs in another process: restart it and reattach");
+        }
         let _control = shared.control.lock();
         shared.region.store_u32(layout::DEVICE_STATUS, DeviceStatus::Off as u32, SeqCst);
         let deadline = Instant::now() + shared.config.control_timeout;

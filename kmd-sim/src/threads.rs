@@ -1,8 +1,8 @@
-//! The two threads behind a [`crate::Kmd`]: the device (firmware servicing loop) and the
-//! interrupt handler (response-ring draining).
+//! The device's service loop (run by the in-process device thread or by the
+//! `aic-device` process) and the interrupt handler thread.
 
 use std::sync::atomic::fence;
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use aicsim_device::layout;
 use aicsim_device::memory::SharedMemory;
 use aicsim_device::Firmware;
 
+use crate::shm::SharedRegion;
 use crate::Shared;
 
 /// Backs off inside a polling loop: a few rounds of pure spinning (a completion
@@ -27,8 +28,72 @@ pub(crate) fn relax(round: &mut u32) {
     }
 }
 
-/// Longest single sleep, so a stop request is noticed even without a wake.
-const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Longest single sleep of the device, so stop requests and heartbeats keep flowing.
+const MAX_SLEEP: Duration = Duration::from_millis(20);
+
+/// What the device loop should do before its next pass.
+pub enum LoopControl {
+    /// Service the rings.
+    Run,
+    /// Do nothing this pass (the host holds the device halted).
+    Pause,
+    /// Leave the loop.
+    Stop,
+}
+
+/// The device's service loop, shared by the in-process device thread and the
+/// `aic-device` process: service, publish a heartbeat, poll briefly after work, then
+/// sleep on the wake word (at most [`MAX_SLEEP`]). `control` runs before every pass and
+/// may replace the firmware (a reboot).
+pub fn serve_device(
+    region: &SharedRegion,
+    firmware: &mut Firmware,
+    idle_spin: Duration,
+    slow_element_ns: u64,
+    mut control: impl FnMut(&mut Firmware) -> LoopControl,
+) {
+    let booted = Instant::now();
+    let mut last_work = Instant::now();
+    let mut round = 0;
+    loop {
+        match control(firmware) {
+            LoopControl::Stop => break,
+            LoopControl::Pause => {
+                std::thread::sleep(Duration::from_micros(20));
+                continue;
+            }
+            LoopControl::Run => {}
+        }
+        region.fetch_add_u32(layout::DEVICE_HEARTBEAT, 1, Relaxed);
+        let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
+        let wall_ns = booted.elapsed().as_nanos() as u64;
+        let done = firmware.service_at(region, Some(wall_ns));
+        if done.progressed() {
+            if slow_element_ns > 0 && done.elements > 0 {
+                std::thread::sleep(Duration::from_nanos(slow_element_ns * u64::from(done.elements)));
+            }
+            last_work = Instant::now();
+            round = 0;
+            continue;
+        }
+        // A paced program still running finishes on the wall clock: keep polling.
+        if last_work.elapsed() < idle_spin || firmware.busy() {
+            relax(&mut round);
+            continue;
+        }
+        round = 0;
+        region.store_u32(layout::DEVICE_SLEEPING, 1, SeqCst);
+        fence(SeqCst);
+        // After announcing sleep, a host that bumped the wake word before seeing our
+        // flag is caught here; one that bumps it later sees the flag and wakes us.
+        if region.load_u32(layout::DEVICE_WAKE, SeqCst) == seen {
+            region.wait(layout::DEVICE_WAKE, seen, MAX_SLEEP);
+        }
+        region.store_u32(layout::DEVICE_SLEEPING, 0, SeqCst);
+        last_work = Instant::now();
+    }
+    region.store_u32(layout::DEVICE_STATUS, layout::DeviceStatus::Off as u32, SeqCst);
+}
 
 pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinHandle<()> {
     std::thread::Builder::new()
@@ -36,52 +101,30 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
         .spawn(move || {
             let region = &shared.region;
             firmware.boot(region);
-            let booted = Instant::now();
-            let mut last_work = Instant::now();
-            let mut round = 0;
-            while !shared.stop.load(Acquire) {
-                if shared.halt.load(Acquire) {
+            let config = shared.config;
+            serve_device(
+                region,
+                &mut firmware,
+                config.device_idle_spin,
+                config.device.faults.slow_element_ns,
+                |firmware| {
+                    if shared.stop.load(Acquire) {
+                        return LoopControl::Stop;
+                    }
+                    if !shared.halt.load(Acquire) {
+                        return LoopControl::Run;
+                    }
                     if shared.reboot.swap(false, SeqCst) {
-                        firmware = Firmware::new(shared.config.device);
+                        *firmware = Firmware::new(config.device);
                         firmware.boot(region);
                         shared.halted.store(false, SeqCst);
                         shared.halt.store(false, SeqCst);
-                    } else {
-                        shared.halted.store(true, SeqCst);
-                        std::thread::sleep(Duration::from_micros(20));
+                        return LoopControl::Run;
                     }
-                    continue;
-                }
-                let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
-                let wall_ns = booted.elapsed().as_nanos() as u64;
-                let done = firmware.service_at(region, Some(wall_ns));
-                if done.progressed() {
-                    let slow = shared.config.device.faults.slow_element_ns;
-                    if slow > 0 && done.elements > 0 {
-                        std::thread::sleep(Duration::from_nanos(slow * u64::from(done.elements)));
-                    }
-                    last_work = Instant::now();
-                    round = 0;
-                    continue;
-                }
-                // A paced program still running finishes on the wall clock: keep polling.
-                if last_work.elapsed() < shared.config.device_idle_spin || firmware.busy() {
-                    relax(&mut round);
-                    continue;
-                }
-                round = 0;
-                region.store_u32(layout::DEVICE_SLEEPING, 1, SeqCst);
-                fence(SeqCst);
-                // SeqCst: after announcing sleep, a host that bumped the wake word
-                // before seeing our flag is caught here; one that bumps it later sees
-                // the flag and calls futex wake.
-                if region.load_u32(layout::DEVICE_WAKE, SeqCst) == seen && !shared.stop.load(Acquire) {
-                    region.wait(layout::DEVICE_WAKE, seen, MAX_SLEEP);
-                }
-                region.store_u32(layout::DEVICE_SLEEPING, 0, SeqCst);
-                last_work = Instant::now();
-            }
-            region.store_u32(layout::DEVICE_STATUS, layout::DeviceStatus::Off as u32, SeqCst);
+                    shared.halted.store(true, SeqCst);
+                    LoopControl::Pause
+                },
+            );
         })
         .expect("spawn the device thread")
 }
