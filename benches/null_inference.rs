@@ -136,6 +136,27 @@ fn main() {
     let polled = synchronous(&polling_activation, &program, samples, None);
     drop(polling_activation);
     let polled_p8 = pipelined(polling, &program, 1, 8, count);
+    // The device in its own process (aic-device on a /dev/shm region file).
+    let (cross, cross_p8) = {
+        let path = std::path::Path::new(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
+            .join(format!("aicsim-bench-{}", std::process::id()));
+        let map = aicsim_device::layout::MemoryMap { ring_nelem: 512, host_bytes: 64 << 20, ddr_bytes: 256 << 20 };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aic-device"))
+            .args(["--shm", path.to_str().unwrap(), "--host-mib", "64", "--ddr-mib", "256"])
+            .spawn()
+            .expect("start aic-device");
+        let external = KmdConfig { device: aicsim_device::DeviceConfig { map, ..config.device }, ..config };
+        let kmd = Arc::new(Kmd::attach_external(external, &path, Duration::from_secs(10)).unwrap());
+        let device = Arc::new(Device::open(kmd));
+        let activation = Activation::new(device.clone(), &program).unwrap();
+        let sync = synchronous(&activation, &program, samples, None);
+        drop(activation);
+        let p8 = pipelined(device, &program, 1, 8, count);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_file(&path);
+        (sync, p8)
+    };
     let p8 = pipelined(device.clone(), &program, 1, 8, count);
     let p16 = pipelined(device.clone(), &program, 1, 16, count);
     let p2x8 = pipelined(device, &program, 2, 8, count);
@@ -161,6 +182,13 @@ fn main() {
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 1 activation x S=16", p16);
     println!("{:<52} {:>12.0} inf/s", "aicsim: pipelined, 2 activations x S=8", p2x8);
     println!("best pipelined / target 200000 = {:.2}x", p8.max(p16).max(p2x8) / 200_000.0);
+    println!(
+        "{:<52} {:>9.2} {:>9.2}   pipelined 1 x S=8: {:.0} inf/s",
+        "cross-process device: synchronous round trip",
+        micros(percentile(&cross, 0.5)),
+        micros(percentile(&cross, 0.99)),
+        cross_p8
+    );
     println!(
         "{:<52} {:>9.2} {:>9.2}   pipelined 1 x S=8: {:.0} inf/s",
         "polling mode (100 us): synchronous round trip",

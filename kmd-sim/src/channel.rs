@@ -25,6 +25,9 @@ pub(crate) struct Inflight {
     pub segments_before: u16,
 }
 
+/// Most responses the handler consumes before publishing its head.
+pub const DRAIN_BATCH: usize = 128;
+
 pub(crate) struct ChannelState {
     /// User that activated on this channel.
     pub owner: Option<u32>,
@@ -93,7 +96,11 @@ impl HostChannel {
                     // The link reads all-ones or the device wrote garbage: consume nothing.
                     break;
                 }
-                while ch.rsp_head != tail {
+                // At most a batch per pass, as the kernel driver does, then publish the
+                // head so the device gets its slots back.
+                let mut batch = 0;
+                while ch.rsp_head != tail && batch < DRAIN_BATCH {
+                    batch += 1;
                     let mut raw = [0u8; 4];
                     if region.read(map.response_element(dbc, ch.rsp_head), &mut raw).is_err() {
                         break;
