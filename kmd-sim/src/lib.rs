@@ -151,6 +151,37 @@ pub(crate) struct Shared {
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Shared {
+    /// Host-side state over a fresh region; masks MSIs for polling mode.
+    fn new(region: SharedRegion, ring: Ring, config: KmdConfig, external: bool) -> Arc<Shared> {
+        let map = config.device.map;
+        let shared = Arc::new(Shared {
+            region,
+            map,
+            ring,
+            config,
+            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
+            host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
+            control: Mutex::new(()),
+            next_user: AtomicU32::new(1),
+            next_handle: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            manual_firmware: Mutex::new(None),
+            halt: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
+            reboot: AtomicBool::new(false),
+            link_down: AtomicBool::new(false),
+            external,
+            heartbeat: Mutex::new((0, Instant::now())),
+        });
+        for ch in &shared.channels {
+            ch.state.lock().next_req_id = config.first_req_id;
+        }
+        if let CompletionMode::Polling { .. } = config.completion {
+            shared.region.store_u32(layout::MSI_MASK, 1, SeqCst);
+        }
+        shared
+    }
+
     pub fn online(&self) -> bool {
         if self.external && !self.alive() {
             return false;
@@ -253,31 +284,8 @@ impl Kmd {
         let region = SharedRegion::anonymous(map.total_bytes()).map_err(|e| {
             KmdError::new(Errno::ENOMEM, format!("cannot create the {}-byte shared region: {e}", map.total_bytes()))
         })?;
-        let shared = Arc::new(Shared {
-            region,
-            map,
-            ring,
-            config,
-            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
-            host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
-            control: Mutex::new(()),
-            next_user: AtomicU32::new(1),
-            next_handle: AtomicU32::new(1),
-            stop: AtomicBool::new(false),
-            manual_firmware: Mutex::new(None),
-            halt: AtomicBool::new(false),
-            halted: AtomicBool::new(false),
-            reboot: AtomicBool::new(false),
-            link_down: AtomicBool::new(false),
-            external: false,
-            heartbeat: Mutex::new((0, Instant::now())),
-        });
-        for ch in &shared.channels {
-            ch.state.lock().next_req_id = config.first_req_id;
-        }
-        if let CompletionMode::Polling { .. } = config.completion {
-            shared.region.store_u32(layout::MSI_MASK, 1, SeqCst);
-        }
+        let shared = Shared::new(region, ring, config, false);
+
         let mut firmware = Firmware::new(config.device);
         let threads = match config.stepping {
             Stepping::Threads => {
@@ -312,28 +320,7 @@ impl Kmd {
         let region = SharedRegion::create_file(path, map.total_bytes()).map_err(|e| {
             KmdError::new(Errno::ENOMEM, format!("cannot create the region file {}: {e}", path.display()))
         })?;
-        let shared = Arc::new(Shared {
-            region,
-            map,
-            ring,
-            config: KmdConfig { stepping: Stepping::Threads, ..config },
-            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
-            host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
-            control: Mutex::new(()),
-            next_user: AtomicU32::new(1),
-            next_handle: AtomicU32::new(1),
-            stop: AtomicBool::new(false),
-            manual_firmware: Mutex::new(None),
-            halt: AtomicBool::new(false),
-            halted: AtomicBool::new(false),
-            reboot: AtomicBool::new(false),
-            link_down: AtomicBool::new(false),
-            external: true,
-            heartbeat: Mutex::new((0, Instant::now())),
-        });
-        if let CompletionMode::Polling { .. } = config.completion {
-            shared.region.store_u32(layout::MSI_MASK, 1, SeqCst);
-        }
+        let shared = Shared::new(region, ring, KmdConfig { stepping: Stepping::Threads, ..config }, true);
         let irq = threads::spawn_irq(shared.clone());
         let kmd = Kmd { shared, threads: vec![irq] };
         kmd.wait_online(wait)?;

@@ -7,7 +7,8 @@ use aicsim_device::container::{IoBinding, IoDType, IoDirection, ProgramImage};
 use aicsim_device::isa::{DType, Instruction, Op, Tensor};
 use aicsim_device::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
-use aicsim_kmd::{Kmd, KmdConfig, Stepping};
+use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
+use aicsim_kmd::{Client, Kmd, KmdConfig, Stepping};
 
 /// A small device: 8-element rings unless told otherwise, 4 MiB of host memory and DDR.
 pub fn small_kmd(ring_nelem: u32, stepping: Stepping, first_req_id: u16) -> Arc<Kmd> {
@@ -52,4 +53,29 @@ pub fn copy_program(bytes: u32) -> Vec<u8> {
         constants: vec![],
     }
     .to_bytes()
+}
+
+/// Loads the copy program, activates it, and slices an input and an output buffer.
+pub fn setup(client: &Client) -> (u32, u32, u32) {
+    let program = client.load_program(&copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let (input, output) = (client.create_bo(64).unwrap(), client.create_bo(64).unwrap());
+    let mut in_slice = AttachSliceEntry {
+        size: 64,
+        dev_addr: info.ddr_base,
+        db_addr: info.doorbell,
+        db_data: 1,
+        db_len: 32,
+        ..Default::default()
+    };
+    in_slice.sems[0] = Sem { val: 1, index: info.sem_inputs, cmd: 2, ..Default::default() };
+    let mut out_slice = AttachSliceEntry { size: 64, dev_addr: info.ddr_base + 64, ..Default::default() };
+    out_slice.sems[0] = Sem { index: info.sem_outputs, presync: 1, cmd: 6, ..Default::default() };
+    client.attach_slice_bo(input, dbc, DIR_TO_DEVICE, &[in_slice]).unwrap();
+    client.attach_slice_bo(output, dbc, DIR_FROM_DEVICE, &[out_slice]).unwrap();
+    (dbc, input, output)
+}
+
+pub fn both(input: u32, output: u32) -> [ExecuteEntry; 2] {
+    [ExecuteEntry { handle: input, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: output, dir: DIR_FROM_DEVICE }]
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aicsim_device::DeviceConfig;
-use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, DIR_FROM_DEVICE, DIR_TO_DEVICE};
 use aicsim_kmd::{CompletionMode, Kmd, KmdConfig};
 
 fn run(completion: CompletionMode) -> u32 {
@@ -23,42 +22,11 @@ fn run(completion: CompletionMode) -> u32 {
     };
     let kmd = Arc::new(Kmd::new(config).unwrap());
     let client = kmd.open();
-    let program = client.load_program(&common::copy_program(64)).unwrap();
-    let (dbc, info) = client.activate(program).unwrap();
-    let input = client.create_bo(64).unwrap();
-    let output = client.create_bo(64).unwrap();
-    let sem = |op: u8, index: u8, presync: u8| aicsim_kmd::uapi::Sem {
-        val: u16::from(op == 2),
-        index,
-        presync,
-        cmd: op,
-        ..Default::default()
-    };
-    let mut in_slice = AttachSliceEntry {
-        size: 64,
-        dev_addr: info.ddr_base,
-        db_addr: info.doorbell,
-        db_data: 1,
-        db_len: 32,
-        ..Default::default()
-    };
-    in_slice.sems[0] = sem(2, info.sem_inputs, 0);
-    let mut out_slice = AttachSliceEntry { size: 64, dev_addr: info.ddr_base + 64, ..Default::default() };
-    out_slice.sems[0] = sem(6, info.sem_outputs, 1);
-    client.attach_slice_bo(input, dbc, DIR_TO_DEVICE, &[in_slice]).unwrap();
-    client.attach_slice_bo(output, dbc, DIR_FROM_DEVICE, &[out_slice]).unwrap();
+    let (dbc, input, output) = common::setup(&client);
     for i in 0..300u32 {
         let data: Vec<u8> = (0..64).map(|k| (k as u32 * 3 + i) as u8).collect();
         client.mmap_bo(input).unwrap().write(0, &data).unwrap();
-        client
-            .execute_bo(
-                dbc,
-                &[
-                    ExecuteEntry { handle: input, dir: DIR_TO_DEVICE },
-                    ExecuteEntry { handle: output, dir: DIR_FROM_DEVICE },
-                ],
-            )
-            .unwrap();
+        client.execute_bo(dbc, &common::both(input, output)).unwrap();
         client.wait_bo(output, 2000, dbc).unwrap();
         client.wait_bo(input, 2000, dbc).unwrap();
         let mut out = vec![0u8; 64];

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use aicsim_device::dbc::CompletionCode;
 use aicsim_device::layout::MemoryMap;
 use aicsim_device::{DeviceConfig, FaultPlan};
-use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
-use aicsim_kmd::{Client, Errno, Kmd, KmdConfig, Stepping};
+use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, DIR_TO_DEVICE};
+use aicsim_kmd::{Errno, Kmd, KmdConfig, Stepping};
+use common::{both, setup};
 
 fn kmd(faults: FaultPlan, stepping: Stepping) -> Arc<Kmd> {
     let device = DeviceConfig {
@@ -19,31 +20,6 @@ fn kmd(faults: FaultPlan, stepping: Stepping) -> Arc<Kmd> {
         ..DeviceConfig::default()
     };
     Arc::new(Kmd::new(KmdConfig { device, stepping, ..KmdConfig::default() }).unwrap())
-}
-
-/// Loads the copy program, activates it, and slices an input and an output buffer.
-fn setup(client: &Client) -> (u32, u32, u32) {
-    let program = client.load_program(&common::copy_program(64)).unwrap();
-    let (dbc, info) = client.activate(program).unwrap();
-    let (input, output) = (client.create_bo(64).unwrap(), client.create_bo(64).unwrap());
-    let mut in_slice = AttachSliceEntry {
-        size: 64,
-        dev_addr: info.ddr_base,
-        db_addr: info.doorbell,
-        db_data: 1,
-        db_len: 32,
-        ..Default::default()
-    };
-    in_slice.sems[0] = Sem { val: 1, index: info.sem_inputs, cmd: 2, ..Default::default() };
-    let mut out_slice = AttachSliceEntry { size: 64, dev_addr: info.ddr_base + 64, ..Default::default() };
-    out_slice.sems[0] = Sem { index: info.sem_outputs, presync: 1, cmd: 6, ..Default::default() };
-    client.attach_slice_bo(input, dbc, DIR_TO_DEVICE, &[in_slice]).unwrap();
-    client.attach_slice_bo(output, dbc, DIR_FROM_DEVICE, &[out_slice]).unwrap();
-    (dbc, input, output)
-}
-
-fn both(input: u32, output: u32) -> [ExecuteEntry; 2] {
-    [ExecuteEntry { handle: input, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: output, dir: DIR_FROM_DEVICE }]
 }
 
 /// Runs `n` inferences; returns which failed with an injected error (and checks the

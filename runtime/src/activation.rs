@@ -180,20 +180,9 @@ pub struct InferenceSlot {
 impl InferenceSlot {
     /// Copies host inputs into the input buffers (pre-processing), checking their sizes.
     pub fn write_inputs(&self, program: &Program, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
-        let bindings = program.inputs();
-        if inputs.len() != bindings.len() {
-            return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
-        }
-        for (index, ((data, buf), b)) in inputs.iter().zip(&self.inputs).zip(&bindings).enumerate() {
+        program.check_inputs(inputs)?;
+        for ((data, buf), b) in inputs.iter().zip(&self.inputs).zip(&program.inputs()) {
             let data = data.as_ref();
-            if data.len() as u64 != b.host_size_bytes() {
-                return Err(RuntimeError::InputSize {
-                    index,
-                    name: b.name.clone(),
-                    got: data.len(),
-                    expected: b.host_size_bytes(),
-                });
-            }
             if b.converts() {
                 let mut device = vec![0u8; b.size_bytes as usize];
                 convert::host_to_device(b, data, &mut device);

@@ -66,6 +66,26 @@ impl Program {
         self.image.batch_size
     }
 
+    /// Checks that `inputs` are one buffer per program input, each of its host size.
+    pub fn check_inputs(&self, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
+        let bindings = self.inputs();
+        if inputs.len() != bindings.len() {
+            return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
+        }
+        for (index, (data, b)) in inputs.iter().zip(&bindings).enumerate() {
+            let got = data.as_ref().len();
+            if got as u64 != b.host_size_bytes() {
+                return Err(RuntimeError::InputSize {
+                    index,
+                    name: b.name.clone(),
+                    got,
+                    expected: b.host_size_bytes(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn inputs(&self) -> Vec<&IoBinding> {
         self.image.inputs().collect()
     }

@@ -138,21 +138,7 @@ impl<C: Send + 'static> AsyncQueue<C> {
     }
 
     fn check(&self, inputs: &[Vec<u8>]) -> Result<()> {
-        let bindings = self.program.inputs();
-        if inputs.len() != bindings.len() {
-            return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
-        }
-        for (index, (data, b)) in inputs.iter().zip(&bindings).enumerate() {
-            if data.len() as u64 != b.host_size_bytes() {
-                return Err(RuntimeError::InputSize {
-                    index,
-                    name: b.name.clone(),
-                    got: data.len(),
-                    expected: b.host_size_bytes(),
-                });
-            }
-        }
-        Ok(())
+        self.program.check_inputs(inputs)
     }
 }
 

@@ -328,50 +328,39 @@ impl InferenceSet {
                 slots[job.slot].wait(activation, &mut job.ts).and_then(|()| slots[job.slot].read_outputs(&mut outputs));
             free.push(job.slot);
             state.in_flight.fetch_sub(1, Relaxed);
-            match finished {
-                Ok(()) => {
-                    job.ts.post_proc_end = Instant::now();
-                    let device = activation.run_record(job.seq).map(|r| {
-                        let time = |cycles: u64| Duration::from_secs_f64(cycles as f64 / clock_hz as f64);
-                        DeviceTiming {
-                            exec: time(r.exec_cycles()),
-                            input_wait: time(r.input_wait_cycles()),
-                            output_wait: time(r.output_wait_cycles()),
-                            exec_cycles: r.exec_cycles(),
-                        }
-                    });
-                    state.done.fetch_add(1, Relaxed);
-                    (state.on_complete)(&Completion {
-                        index: job.index,
-                        activation: a,
-                        outputs: &outputs,
-                        timestamps: job.ts,
-                        queue_depth: job.queue_depth,
-                        in_flight_total: job.in_flight_total,
-                        device,
-                        seq: job.seq,
-                        error: None,
-                    });
-                }
-                Err(e) if self.report_errors => {
-                    job.ts.post_proc_end = Instant::now();
-                    state.done.fetch_add(1, Relaxed);
-                    (state.on_complete)(&Completion {
-                        index: job.index,
-                        activation: a,
-                        outputs: &outputs,
-                        timestamps: job.ts,
-                        queue_depth: job.queue_depth,
-                        in_flight_total: job.in_flight_total,
-                        device: None,
-                        seq: job.seq,
-                        error: Some(&e),
-                    });
-                }
-                Err(e) => {
+            let error = match finished {
+                Err(e) if !self.report_errors => {
                     failure.get_or_insert(e);
+                    continue;
                 }
-            }
+                other => other.err(),
+            };
+            job.ts.post_proc_end = Instant::now();
+            let device = if error.is_some() {
+                None
+            } else {
+                activation.run_record(job.seq).map(|r| {
+                    let time = |cycles: u64| Duration::from_secs_f64(cycles as f64 / clock_hz as f64);
+                    DeviceTiming {
+                        exec: time(r.exec_cycles()),
+                        input_wait: time(r.input_wait_cycles()),
+                        output_wait: time(r.output_wait_cycles()),
+                        exec_cycles: r.exec_cycles(),
+                    }
+                })
+            };
+            state.done.fetch_add(1, Relaxed);
+            (state.on_complete)(&Completion {
+                index: job.index,
+                activation: a,
+                outputs: &outputs,
+                timestamps: job.ts,
+                queue_depth: job.queue_depth,
+                in_flight_total: job.in_flight_total,
+                device,
+                seq: job.seq,
+                error: error.as_ref(),
+            });
         }
         match failure {
             Some(e) => Err(e),
