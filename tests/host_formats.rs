@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use aicsim_device::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{DType, Instruction, Op, Tensor};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
 use aicsim_runtime::samples::{bytes_f32, f32_bytes};
@@ -16,33 +15,11 @@ const N: u32 = 120;
 
 /// Copies the input tensor's bytes to the output unchanged, in device format.
 fn echo(dtype: IoDType, host: HostFormat) -> ProgramImage {
-    let bytes = N * dtype.bytes() as u32;
-    ProgramImage {
-        name: "echo".into(),
-        batch_size: 1,
-        ddr_bytes: 2 * u64::from(bytes),
-        vtcm_bytes: bytes.into(),
-        bindings: vec![
-            IoBinding::new("x", IoDirection::Input, dtype, &SHAPE, 0).with_host(host),
-            IoBinding::new("y", IoDirection::Output, dtype, &SHAPE, bytes.into()).with_host(host),
-        ],
-        cores: vec![[
-            Op::DmaIn {
-                dst: Tensor::vtcm(0, DType::U8, &[bytes]),
-                src: Tensor::ddr(0, DType::U8, &[bytes]),
-                multicast: 0,
-            },
-            Op::DmaOut {
-                dst: Tensor::ddr(bytes.into(), DType::U8, &[bytes]),
-                src: Tensor::vtcm(0, DType::U8, &[bytes]),
-            },
-            Op::End,
-        ]
-        .iter()
-        .map(|&o| Instruction::encode(o))
-        .collect()],
-        constants: vec![],
+    let mut image = aicsim_device::samples::copy_program("echo", dtype, &SHAPE);
+    for b in &mut image.bindings {
+        b.host = host;
     }
+    image
 }
 
 fn device() -> Arc<Device> {

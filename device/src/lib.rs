@@ -30,6 +30,7 @@ pub mod memory;
 pub mod nsp;
 pub mod profile;
 pub mod run_record;
+pub mod samples;
 pub mod scheduler;
 pub mod semaphore;
 

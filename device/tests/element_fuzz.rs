@@ -3,13 +3,12 @@
 //! firmware never panics, answers every garbage element exactly once, and keeps serving
 //! the good channel correctly.
 
-use aicsim_device::container::{IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_device::container::IoDType;
 use aicsim_device::control::{ActivationInfo, ControlCommand, ControlResponse, ControlStatus};
 use aicsim_device::dbc::{
     Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, ResponseElement, SemCommand, SemOp, REQ_TAIL,
     RSP_HEAD, RSP_TAIL,
 };
-use aicsim_device::isa::{DType, Instruction, Op, Tensor};
 use aicsim_device::layout::{self, MemoryMap};
 use aicsim_device::memory::{HeapMemory, SharedMemory};
 use aicsim_device::{DeviceConfig, Firmware};
@@ -19,26 +18,7 @@ use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 const NELEM: u32 = 16;
 
 fn copy_program() -> Vec<u8> {
-    ProgramImage {
-        name: "copy".into(),
-        batch_size: 1,
-        ddr_bytes: 128,
-        vtcm_bytes: 64,
-        bindings: vec![
-            IoBinding::new("x", IoDirection::Input, IoDType::U8, &[64], 0),
-            IoBinding::new("y", IoDirection::Output, IoDType::U8, &[64], 64),
-        ],
-        cores: vec![[
-            Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[64]), src: Tensor::ddr(0, DType::U8, &[64]), multicast: 0 },
-            Op::DmaOut { dst: Tensor::ddr(64, DType::U8, &[64]), src: Tensor::vtcm(0, DType::U8, &[64]) },
-            Op::End,
-        ]
-        .iter()
-        .map(|&o| Instruction::encode(o))
-        .collect()],
-        constants: vec![],
-    }
-    .to_bytes()
+    aicsim_device::samples::copy_program("copy", IoDType::U8, &[64]).to_bytes()
 }
 
 struct Rig {

@@ -54,26 +54,7 @@ pub fn default_program() -> ProgramImage {
 
 /// A null inference: `bytes` in, the same `bytes` out through VTCM, nothing computed.
 pub fn null_program(bytes: u32) -> ProgramImage {
-    let ops = [
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[bytes]), src: Tensor::ddr(0, DType::U8, &[bytes]), multicast: 0 },
-        Op::DmaOut {
-            dst: Tensor::ddr(u64::from(bytes), DType::U8, &[bytes]),
-            src: Tensor::vtcm(0, DType::U8, &[bytes]),
-        },
-        Op::End,
-    ];
-    ProgramImage {
-        name: "null".into(),
-        batch_size: 1,
-        ddr_bytes: 2 * u64::from(bytes),
-        vtcm_bytes: u64::from(bytes),
-        bindings: vec![
-            binding("in", IoDirection::Input, IoDType::U8, bytes, 0),
-            binding("out", IoDirection::Output, IoDType::U8, bytes, u64::from(bytes)),
-        ],
-        cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
-        constants: vec![],
-    }
+    aicsim_device::samples::copy_program("null", IoDType::U8, &[bytes])
 }
 
 /// Little-endian bytes of f32 values.
