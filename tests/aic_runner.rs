@@ -203,7 +203,8 @@ fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
                 v[v.len() - 1],
             ];
             for (g, w) in got.iter().zip(want) {
-                assert!((g - w).abs() <= 5e-5 * w.abs().max(1.0), "{name}: {got:?} vs {want:?}");
+                // The table prints 4 decimals.
+                assert!((g - w).abs() <= 1e-4 + 1e-7 * w.abs(), "{name}: {got:?} vs {want:?}");
             }
         }
     }

@@ -6,9 +6,9 @@ use alloc::vec;
 use crate::container::{IoBinding, IoDType, IoDirection, ProgramImage};
 use crate::isa::{DType, Instruction, Op, Tensor};
 
-/// `x` (shape `shape`, dtype `dtype`) copied to `y` through VTCM, byte for byte.
+/// `in` (shape `shape`, dtype `dtype`) copied to `out` through VTCM, byte for byte.
 pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
-    let probe = IoBinding::new("x", IoDirection::Input, dtype, shape, 0);
+    let probe = IoBinding::new("in", IoDirection::Input, dtype, shape, 0);
     let bytes = probe.size_bytes as u32;
     let moved = [bytes];
     ProgramImage {
@@ -16,7 +16,7 @@ pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
         batch_size: 1,
         ddr_bytes: 2 * u64::from(bytes),
         vtcm_bytes: bytes.into(),
-        bindings: vec![probe, IoBinding::new("y", IoDirection::Output, dtype, shape, bytes.into())],
+        bindings: vec![probe, IoBinding::new("out", IoDirection::Output, dtype, shape, bytes.into())],
         cores: vec![[
             Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &moved), src: Tensor::ddr(0, DType::U8, &moved), multicast: 0 },
             Op::DmaOut { dst: Tensor::ddr(bytes.into(), DType::U8, &moved), src: Tensor::vtcm(0, DType::U8, &moved) },
