@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # Runs aicsim's whole test suite: unit, property, integration and end-to-end tests,
-# plus a smoke run of every benchmark, and ends with one summary line. Needs only the
-# Rust toolchain today; suites that need Python packages will set them up here, in a
-# local virtualenv.
+# plus a smoke run of every benchmark, and ends with one summary line.
+#
+# It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
+# package from PyPI, whose bundled models (onnx/backend/test/data/light) the compiler's
+# reader is checked against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnx" 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "onnx>=1.16,<2"
+fi
+AICSIM_PYTHON="$(pwd)/.venv/bin/python"
+AICSIM_ONNX_MODELS="$("$AICSIM_PYTHON" -c 'import os, onnx; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light"))')"
+export AICSIM_PYTHON AICSIM_ONNX_MODELS
+export AICSIM_REQUIRE_ONNX=1
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
