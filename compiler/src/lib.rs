@@ -8,3 +8,4 @@
 
 pub mod onnx;
 pub mod protobuf;
+pub mod shapes;

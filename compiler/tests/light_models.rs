@@ -72,3 +72,79 @@ fn the_reader_agrees_with_the_reference_on_every_light_model() {
         assert!(mine["nodes"].as_array().unwrap().len() > 10, "{}: a real network", path.display());
     }
 }
+
+#[test]
+fn shape_inference_agrees_with_the_reference_on_every_light_model() {
+    use aicsim_compiler::shapes::Shapes;
+    let (Ok(models), Ok(python)) = (std::env::var("AICSIM_ONNX_MODELS"), std::env::var("AICSIM_PYTHON")) else {
+        assert!(
+            std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
+            "AICSIM_REQUIRE_ONNX is set but the onnx models are not"
+        );
+        eprintln!("skipped: run scripts/test.sh, which installs the onnx package");
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx_shapes.py");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    files.sort();
+    for path in &files {
+        let out = Command::new(&python).arg(&script).arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let reference: std::collections::HashMap<String, Vec<i64>> = serde_json::from_slice(&out.stdout).unwrap();
+        let model = parse_model(&std::fs::read(path).unwrap()).unwrap();
+        let shapes = Shapes::infer(&model.graph, model.opset().unwrap_or(0), &Default::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut checked = 0;
+        for node in &model.graph.nodes {
+            let name = &node.outputs[0];
+            if let Some(want) = reference.get(name) {
+                assert_eq!(shapes.dims.get(name), Some(want), "{}: tensor '{name}' ({})", path.display(), node.op_type);
+                checked += 1;
+            }
+        }
+        assert!(
+            checked * 10 >= model.graph.nodes.len() * 9,
+            "{}: compared {checked} of {} node outputs",
+            path.display(),
+            model.graph.nodes.len()
+        );
+    }
+}
+
+#[test]
+fn symbolic_dimensions_need_a_value_and_unsupported_operators_are_named() {
+    use aicsim_compiler::onnx::{Graph, Node, ValueInfo};
+    use aicsim_compiler::shapes::{ShapeError, Shapes};
+    let graph = Graph {
+        inputs: vec![ValueInfo {
+            name: "x".into(),
+            elem_type: 1,
+            shape: Some(vec![Dim::Param("batch_size".into()), Dim::Value(8)]),
+        }],
+        nodes: vec![Node {
+            name: "n0".into(),
+            op_type: "Relu".into(),
+            inputs: vec!["x".into()],
+            outputs: vec!["y".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let err = Shapes::infer(&graph, 13, &Default::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "input 'x' has symbolic dimension 'batch_size'; give it a value (-onnx-define-symbol=batch_size,N)"
+    );
+    let symbols = [("batch_size".to_string(), 4)].into_iter().collect();
+    assert_eq!(Shapes::infer(&graph, 13, &symbols).unwrap().dims["y"], vec![4, 8]);
+    let mut g2 = graph.clone();
+    g2.nodes[0].op_type = "NonMaxSuppression".into();
+    assert_eq!(
+        Shapes::infer(&g2, 13, &symbols).unwrap_err(),
+        ShapeError::Unsupported { op_type: "NonMaxSuppression".into(), node: "n0".into(), opset: 13 }
+    );
+}
