@@ -1,9 +1,10 @@
 //! `aicsim-compiler` turns ONNX models into aicsim program containers (the `qaic-exec`
 //! equivalent).
 //!
-//! So far it reads ONNX: [`protobuf`] decodes the wire format without trusting a byte
-//! of it, and [`onnx`] builds the model, graph, node, attribute, tensor and value-info
-//! messages from it. Lowering to the device ISA is not written yet.
+//! So far it reads ONNX and infers shapes: [`protobuf`] decodes the wire format without
+//! trusting a byte of it, [`onnx`] builds the model, graph, node, attribute, tensor and
+//! value-info messages from it, and [`shapes`] infers every tensor's dimensions.
+//! Lowering to the device ISA is not written yet.
 #![forbid(unsafe_code)]
 
 pub mod onnx;
