@@ -45,17 +45,17 @@ fn ours(path: &std::path::Path) -> Value {
     })
 }
 
-#[test]
-fn the_reader_agrees_with_the_reference_on_every_light_model() {
+/// The bundled light models and the Python to run reference scripts with; `None` (and
+/// a note) when the environment does not provide them and does not require them.
+fn light_models() -> Option<(Vec<PathBuf>, String)> {
     let (Ok(models), Ok(python)) = (std::env::var("AICSIM_ONNX_MODELS"), std::env::var("AICSIM_PYTHON")) else {
         assert!(
             std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
             "AICSIM_REQUIRE_ONNX is set but the onnx models are not"
         );
-        eprintln!("skipped: run scripts/test.sh, which installs the onnx package, to check the reader against it");
-        return;
+        eprintln!("skipped: run scripts/test.sh, which installs the onnx package, to check against it");
+        return None;
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx_summary.py");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&models)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -63,10 +63,22 @@ fn the_reader_agrees_with_the_reference_on_every_light_model() {
         .collect();
     files.sort();
     assert!(files.len() >= 5, "light models in {models}: {files:?}");
+    Some((files, python))
+}
+
+/// Runs one of our reference scripts on a model and parses its JSON.
+fn reference<T: serde::de::DeserializeOwned>(python: &str, script: &str, model: &std::path::Path) -> T {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script);
+    let out = Command::new(python).arg(&script).arg(model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_reader_agrees_with_the_reference_on_every_light_model() {
+    let Some((files, python)) = light_models() else { return };
     for path in &files {
-        let out = Command::new(&python).arg(&script).arg(path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reference: Value = reference(&python, "onnx_summary.py", path);
         let mine = ours(path);
         assert_eq!(mine, reference, "{}", path.display());
         assert!(mine["nodes"].as_array().unwrap().len() > 10, "{}: a real network", path.display());
@@ -76,25 +88,9 @@ fn the_reader_agrees_with_the_reference_on_every_light_model() {
 #[test]
 fn shape_inference_agrees_with_the_reference_on_every_light_model() {
     use aicsim_compiler::shapes::Shapes;
-    let (Ok(models), Ok(python)) = (std::env::var("AICSIM_ONNX_MODELS"), std::env::var("AICSIM_PYTHON")) else {
-        assert!(
-            std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
-            "AICSIM_REQUIRE_ONNX is set but the onnx models are not"
-        );
-        eprintln!("skipped: run scripts/test.sh, which installs the onnx package");
-        return;
-    };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/onnx_shapes.py");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&models)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
-        .collect();
-    files.sort();
+    let Some((files, python)) = light_models() else { return };
     for path in &files {
-        let out = Command::new(&python).arg(&script).arg(path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let reference: std::collections::HashMap<String, Vec<i64>> = serde_json::from_slice(&out.stdout).unwrap();
+        let reference: std::collections::HashMap<String, Vec<i64>> = reference(&python, "onnx_shapes.py", path);
         let model = parse_model(&std::fs::read(path).unwrap()).unwrap();
         let shapes = Shapes::infer(&model.graph, model.opset().unwrap_or(0), &Default::default())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
