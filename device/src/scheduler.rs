@@ -244,6 +244,8 @@ pub struct Scheduler {
     /// Instructions issued since creation (for simulation-speed figures).
     pub instructions: u64,
     tracing: bool,
+    /// Reused by `advance` for the transfers that finish at an event.
+    finished_scratch: Vec<(JobId, usize, usize)>,
 }
 
 impl Scheduler {
@@ -257,6 +259,7 @@ impl Scheduler {
             next_id: 1,
             instructions: 0,
             tracing: false,
+            finished_scratch: Vec::new(),
         }
     }
 
@@ -441,8 +444,9 @@ impl Scheduler {
         }
         self.now = next;
         let done = |t: &Transfer| t.ready_at <= self.now && t.remaining <= 1e-6;
-        let finished: Vec<(JobId, usize, usize)> =
-            self.transfers.iter().filter(|t| done(t)).map(|t| (t.job, t.core, t.op)).collect();
+        let mut finished = std::mem::take(&mut self.finished_scratch);
+        finished.clear();
+        finished.extend(self.transfers.iter().filter(|t| done(t)).map(|t| (t.job, t.core, t.op)));
         self.transfers.retain(|t| !done(t));
         for job in &mut self.jobs {
             for (c, core) in job.cores.iter_mut().enumerate() {
@@ -488,6 +492,7 @@ impl Scheduler {
                 }
             }
         }
+        self.finished_scratch = finished;
         if at_limit {
             Advanced::AtLimit
         } else {
@@ -506,10 +511,12 @@ impl Scheduler {
     ) {
         let now = self.now;
         let cost = self.cost;
+        // One reference count for the whole pass, not one per instruction.
+        let streams = self.jobs[j].streams.clone();
         loop {
             let mut progressed = false;
-            for c in 0..self.jobs[j].cores.len() {
-                while self.try_issue_one(j, c, now, &cost, nsps, vtcm_bytes, mem, mode) {
+            for (c, stream) in streams.iter().enumerate() {
+                while self.try_issue_one(j, c, stream, now, &cost, nsps, vtcm_bytes, mem, mode) {
                     progressed = true;
                 }
             }
@@ -544,6 +551,7 @@ impl Scheduler {
         &mut self,
         j: usize,
         c: usize,
+        stream: &[Op],
         now: u64,
         cost: &CostModel,
         nsps: &mut [Option<NspCore>],
@@ -555,12 +563,11 @@ impl Scheduler {
         if job.fault.is_some() {
             return false;
         }
-        let streams = job.streams.clone();
         let core = &mut job.cores[c];
         if core.ended || core.at_barrier || core.in_flight.iter().any(|f| f.fence) {
             return false;
         }
-        let Some(op) = streams[c].get(core.pc) else {
+        let Some(op) = stream.get(core.pc) else {
             job.fault = Some(ExecFault::Instruction { core: core.core, index: core.pc });
             return false;
         };
