@@ -444,7 +444,7 @@ impl Scheduler {
         }
         self.now = next;
         let done = |t: &Transfer| t.ready_at <= self.now && t.remaining <= 1e-6;
-        let mut finished = std::mem::take(&mut self.finished_scratch);
+        let mut finished = core::mem::take(&mut self.finished_scratch);
         finished.clear();
         finished.extend(self.transfers.iter().filter(|t| done(t)).map(|t| (t.job, t.core, t.op)));
         self.transfers.retain(|t| !done(t));
