@@ -123,7 +123,7 @@ pub const SUMMARY_COLUMNS: [&str; 8] = ["mean", "min", "50%", "75%", "90%", "95%
 pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(String, [f64; 8])>, String> {
     let Some(first) = tables.first() else { return Err(String::from("no files")) };
     let mut out = Vec::new();
-    for (c, name) in first.columns.iter().enumerate() {
+    for name in &first.columns {
         if NOT_SUMMARISED.contains(&name.as_str()) {
             continue;
         }
@@ -134,7 +134,6 @@ pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(Str
             };
             values.extend(t.rows.iter().map(|r| r[i]).filter(|v| !v.is_nan()));
         }
-        let _ = c;
         let (display, scale) = match name.strip_suffix("Us") {
             Some(base) => (base.to_string(), 1e-3),
             None => (name.clone(), 1.0),

@@ -508,15 +508,14 @@ impl ProgramImage {
                     reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero",
                 });
             }
-            let Some(end) = range_ok(rec.ddr_offset, rec.size_bytes, meta.ddr_bytes) else {
+            if range_ok(rec.ddr_offset, rec.size_bytes, meta.ddr_bytes).is_none() {
                 return Err(ContainerError::BindingOutsideDdr {
                     name,
                     start: rec.ddr_offset,
                     end: rec.ddr_offset.saturating_add(rec.size_bytes),
                     ddr_bytes: meta.ddr_bytes,
                 });
-            };
-            let _ = end;
+            }
             let Some(host_dtype) = IoDType::from_raw(rec.host_dtype) else {
                 return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host dtype" });
             };

@@ -625,13 +625,21 @@ impl Scheduler {
         let ok = match *op {
             Op::DmaIn { dst, src, multicast } => {
                 job.ddr_bytes += src.packed_bytes();
-                let targets: Vec<u32> = core::iter::once(phys)
-                    .chain(
-                        (0..64)
-                            .filter(|b| multicast >> b & 1 == 1 && *b != c)
-                            .filter_map(|b| job.cores.get(b).map(|r| r.core)),
-                    )
-                    .collect();
+                // Only a multicast needs a list of receiving cores.
+                let single = [phys];
+                let multi: Vec<u32>;
+                let targets: &[u32] = if multicast == 0 {
+                    &single
+                } else {
+                    multi = core::iter::once(phys)
+                        .chain(
+                            (0..64)
+                                .filter(|b| multicast >> b & 1 == 1 && *b != c)
+                                .filter_map(|b| job.cores.get(b).map(|r| r.core)),
+                        )
+                        .collect();
+                    &multi
+                };
                 self.transfers.push(Transfer {
                     job: job.id,
                     core: c,
@@ -639,7 +647,7 @@ impl Scheduler {
                     ready_at: now + cost.dma_setup_cycles,
                     remaining: src.packed_bytes() as f64,
                 });
-                dma_in(mem, ddr_base, &src, &dst, &targets, nsps, vtcm_bytes)
+                dma_in(mem, ddr_base, &src, &dst, targets, nsps, vtcm_bytes)
             }
             Op::DmaOut { dst, src } => {
                 job.ddr_bytes += dst.packed_bytes();

@@ -231,16 +231,9 @@ impl Device {
 
     /// Queues buffers on a channel, all or none.
     pub fn execute(&self, channel: &Channel, buffers: &[(&Buffer, DmaDirection)]) -> Result<()> {
-        let mut entries = [ExecuteEntry { handle: 0, dir: 0 }; 16];
-        if buffers.len() > entries.len() {
-            let list: Vec<ExecuteEntry> =
-                buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
-            return Ok(self.client.execute_bo(channel.id, &list)?);
-        }
-        for (slot, (b, d)) in entries.iter_mut().zip(buffers) {
-            *slot = ExecuteEntry { handle: b.handle, dir: d.raw() };
-        }
-        Ok(self.client.execute_bo(channel.id, &entries[..buffers.len()])?)
+        let entries: Vec<ExecuteEntry> =
+            buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
+        Ok(self.client.execute_bo(channel.id, &entries)?)
     }
 
     /// Waits for a buffer's latest execution on `channel`.

@@ -13,6 +13,7 @@ use aicsim_device::memory::SharedMemory;
 use parking_lot::Mutex;
 
 use crate::bo::Bo;
+use crate::error::KmdError;
 use crate::shm::SharedRegion;
 
 /// What a queued element belongs to.
@@ -137,22 +138,24 @@ impl HostChannel {
         consumed
     }
 
-    /// Forgets every queued element (the device dropped them) and resets the host's ring
-    /// indices and registers, so the next activation starts from slot 0.
-    pub fn reset(ch: &mut ChannelState, dbc: usize, region: &SharedRegion, map: &MemoryMap) -> Vec<Arc<Bo>> {
-        let mut dropped = Vec::new();
-        for slot in ch.inflight.iter_mut() {
-            if let Some(entry) = slot.take() {
-                dropped.push(entry.bo);
-            }
+    /// Releases the channel: forgets every queued element (the device dropped them),
+    /// resets the host's ring indices and registers so the next activation starts from
+    /// slot 0, and fails the waiters of the dropped buffers with `why`.
+    pub fn release(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap, why: KmdError) {
+        let dropped: Vec<Arc<Bo>> = {
+            let mut ch = self.state.lock();
+            let dropped = ch.inflight.iter_mut().filter_map(|slot| slot.take().map(|entry| entry.bo)).collect();
+            ch.tail = 0;
+            ch.head_cache = 0;
+            ch.rsp_head = 0;
+            ch.activation = None;
+            ch.owner = None;
+            region.store_u32(map.dbc_reg(dbc, aicsim_device::dbc::REQ_TAIL), 0, Release);
+            region.store_u32(map.dbc_reg(dbc, RSP_HEAD), 0, Release);
+            dropped
+        };
+        for bo in dropped {
+            bo.abort(why.clone());
         }
-        ch.tail = 0;
-        ch.head_cache = 0;
-        ch.rsp_head = 0;
-        ch.activation = None;
-        ch.owner = None;
-        region.store_u32(map.dbc_reg(dbc, aicsim_device::dbc::REQ_TAIL), 0, Release);
-        region.store_u32(map.dbc_reg(dbc, RSP_HEAD), 0, Release);
-        dropped
     }
 }

@@ -609,13 +609,8 @@ impl Client {
         let dbc = self.check_dbc(dbc)?;
         self.check_owner(dbc)?;
         let result = self.shared.control(ControlCommand::Deactivate { dbc: dbc as u32 });
-        let dropped = {
-            let mut ch = self.shared.channels[dbc].state.lock();
-            HostChannel::reset(&mut ch, dbc, &self.shared.region, &self.shared.map)
-        };
-        for bo in dropped {
-            bo.abort(KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued")));
-        }
+        let why = KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued"));
+        self.shared.channels[dbc].release(dbc, &self.shared.region, &self.shared.map, why);
         result.map(drop)
     }
 }

@@ -201,6 +201,15 @@ impl Shared {
         last.1.elapsed() < LIVENESS_TIMEOUT
     }
 
+    /// Releases every channel, failing their queued buffers with ENODEV and `why`, and
+    /// clears the pending MSIs (the device is gone or starting over).
+    fn release_all_channels(&self, why: &str) {
+        for (dbc, channel) in self.channels.iter().enumerate() {
+            channel.release(dbc, &self.region, &self.map, KmdError::new(Errno::ENODEV, why));
+        }
+        self.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
+    }
+
     /// Tells the device there is work: bump the wake word, and make the futex call only
     /// if the device said it is going to sleep.
     pub fn ring_device(&self) {
@@ -345,16 +354,7 @@ impl Kmd {
         let shared = &self.shared;
         {
             let _control = shared.control.lock();
-            for (dbc, channel) in shared.channels.iter().enumerate() {
-                let dropped = {
-                    let mut ch = channel.state.lock();
-                    channel::HostChannel::reset(&mut ch, dbc, &shared.region, &shared.map)
-                };
-                for bo in dropped {
-                    bo.abort(KmdError::new(Errno::ENODEV, "the device went away while the buffer was queued"));
-                }
-            }
-            shared.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
+            shared.release_all_channels("the device went away while the buffer was queued");
         }
         self.wait_online(wait)
     }
@@ -426,16 +426,7 @@ impl Kmd {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        for (dbc, channel) in shared.channels.iter().enumerate() {
-            let dropped = {
-                let mut ch = channel.state.lock();
-                channel::HostChannel::reset(&mut ch, dbc, &shared.region, &shared.map)
-            };
-            for bo in dropped {
-                bo.abort(KmdError::new(Errno::ENODEV, "device reset while the buffer was queued"));
-            }
-        }
-        shared.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
+        shared.release_all_channels("device reset while the buffer was queued");
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);
@@ -472,16 +463,9 @@ impl Kmd {
         step(SsrState::BeforeShutdown);
         // The device forgets the activation and its queued elements (none if inactive).
         let _ = self.shared.control(ControlCommand::Deactivate { dbc });
-        let dropped = {
-            let mut ch = channel.state.lock();
-            let dropped = channel::HostChannel::reset(&mut ch, dbc as usize, &self.shared.region, &self.shared.map);
-            ch.ssr = Some(SsrState::AfterShutdown);
-            ch.ssr_history.push(SsrState::AfterShutdown);
-            dropped
-        };
-        for bo in dropped {
-            bo.abort(KmdError::new(Errno::EPIPE, format!("channel {dbc} went through a subsystem restart")));
-        }
+        let why = KmdError::new(Errno::EPIPE, format!("channel {dbc} went through a subsystem restart"));
+        channel.release(dbc as usize, &self.shared.region, &self.shared.map, why);
+        step(SsrState::AfterShutdown);
         step(SsrState::BeforePowerUp);
         step(SsrState::AfterPowerUp);
         step(SsrState::Idle);

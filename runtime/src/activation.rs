@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aicsim_device::container::IoBinding;
 use aicsim_device::dbc::SemOp;
 use aicsim_driver::{
     Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, SyncPoint,
@@ -113,40 +114,30 @@ impl Activation {
             outputs: Vec::new(),
             output_bindings: outputs.iter().map(|b| (*b).clone()).collect(),
         };
-        for (i, b) in inputs.iter().enumerate() {
+        // One buffer per binding, moving the binding's bytes with one slice.
+        let attach = |b: &IoBinding, dir: DmaDirection, semaphore: SemaphoreCommand, doorbell: Option<Doorbell>| {
             let buf = self.device.create_buffer(b.size_bytes)?;
-            let last = i + 1 == inputs.len();
             let slice = Slice {
                 offset: 0,
                 size: b.size_bytes,
                 dev_addr: info.ddr_base + b.ddr_offset,
-                semaphores: vec![SemaphoreCommand {
-                    op: SemOp::Inc,
-                    index: info.sem_inputs,
-                    value: 1,
-                    at: SyncPoint::Postsync,
-                }],
-                doorbell: last.then_some(Doorbell { addr: info.doorbell, data: 1, width: DoorbellWidth::Bits32 }),
+                semaphores: vec![semaphore],
+                doorbell,
             };
-            buf.attach_slices(&self.channel, DmaDirection::ToDevice, &[slice])?;
-            slot.inputs.push(buf);
+            buf.attach_slices(&self.channel, dir, &[slice])?;
+            Ok::<_, RuntimeError>(buf)
+        };
+        for (i, b) in inputs.iter().enumerate() {
+            // Each input bumps the input counter once its bytes are in; the last one rings.
+            let sem = SemaphoreCommand { op: SemOp::Inc, index: info.sem_inputs, value: 1, at: SyncPoint::Postsync };
+            let last = i + 1 == inputs.len();
+            let doorbell = last.then_some(Doorbell { addr: info.doorbell, data: 1, width: DoorbellWidth::Bits32 });
+            slot.inputs.push(attach(b, DmaDirection::ToDevice, sem, doorbell)?);
         }
         for b in &outputs {
-            let buf = self.device.create_buffer(b.size_bytes)?;
-            let slice = Slice {
-                offset: 0,
-                size: b.size_bytes,
-                dev_addr: info.ddr_base + b.ddr_offset,
-                semaphores: vec![SemaphoreCommand {
-                    op: SemOp::P,
-                    index: info.sem_outputs,
-                    value: 0,
-                    at: SyncPoint::Presync,
-                }],
-                doorbell: None,
-            };
-            buf.attach_slices(&self.channel, DmaDirection::FromDevice, &[slice])?;
-            slot.outputs.push(buf);
+            // Outputs wait for the program to post its output counter before moving.
+            let sem = SemaphoreCommand { op: SemOp::P, index: info.sem_outputs, value: 0, at: SyncPoint::Presync };
+            slot.outputs.push(attach(b, DmaDirection::FromDevice, sem, None)?);
         }
         Ok(slot)
     }
@@ -174,7 +165,7 @@ impl Activation {
 pub struct InferenceSlot {
     inputs: Vec<Buffer>,
     outputs: Vec<Buffer>,
-    output_bindings: Vec<aicsim_device::container::IoBinding>,
+    output_bindings: Vec<IoBinding>,
 }
 
 impl InferenceSlot {

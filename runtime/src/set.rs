@@ -304,7 +304,6 @@ impl InferenceSet {
                 let slot = free.pop().expect("checked non-empty");
                 let mut ts = Timestamps::new(Instant::now());
                 ts.enqueue = arrived;
-                ts.pre_proc_start = Instant::now();
                 (state.fill_inputs)(index, &mut staging[slot]);
                 let submitted = slots[slot].write_inputs(&self.program, &staging[slot]).and_then(|()| {
                     ts.pre_proc_end = Instant::now();

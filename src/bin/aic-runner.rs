@@ -424,7 +424,7 @@ fn run(args: &Args) -> Result<(), String> {
     }
     let mut profiled = profiled.into_inner();
     profiled.sort_by_key(|p| p.0);
-    let clock_hz = DeviceConfig::default().clock_hz;
+    let clock_hz = device_config.clock_hz;
     if args.profiling_types.contains(&ProfilingType::Stats) {
         for (index, activation, _, run) in &profiled {
             let name = format!("aic-profiling-program-0-activation-{activation}-inf-{index}.txt");
