@@ -613,18 +613,30 @@ impl Scheduler {
         let index = core.pc;
         let fault = ExecFault::Instruction { core: core.core, index };
         let fence = engine == Engine::Sync;
-        let end = match op {
-            Op::DmaIn { .. } | Op::DmaOut { .. } => None,
-            _ => Some(now + cost.cycles(op)),
+        // A DMA ends when its bytes have moved (see `Transfer`); the rest take fixed cycles.
+        let dma_bytes = match *op {
+            Op::DmaIn { src, .. } => Some(src.packed_bytes()),
+            Op::DmaOut { dst, .. } => Some(dst.packed_bytes()),
+            _ => None,
         };
+        let end = if dma_bytes.is_some() { None } else { Some(now + cost.cycles(op)) };
         core.in_flight.push(InFlight { op: index, engine, start: now, end, access, fence });
         core.pc += 1;
         core.stats.instructions += 1;
         self.instructions += 1;
+        if let Some(bytes) = dma_bytes {
+            job.ddr_bytes += bytes;
+            self.transfers.push(Transfer {
+                job: job.id,
+                core: c,
+                op: index,
+                ready_at: now + cost.dma_setup_cycles,
+                remaining: bytes as f64,
+            });
+        }
         let (ddr_base, phys) = (job.ddr_base, core.core);
         let ok = match *op {
             Op::DmaIn { dst, src, multicast } => {
-                job.ddr_bytes += src.packed_bytes();
                 // Only a multicast needs a list of receiving cores.
                 let single = [phys];
                 let multi: Vec<u32>;
@@ -640,26 +652,10 @@ impl Scheduler {
                         .collect();
                     &multi
                 };
-                self.transfers.push(Transfer {
-                    job: job.id,
-                    core: c,
-                    op: index,
-                    ready_at: now + cost.dma_setup_cycles,
-                    remaining: src.packed_bytes() as f64,
-                });
                 dma_in(mem, ddr_base, &src, &dst, targets, nsps, vtcm_bytes)
             }
             Op::DmaOut { dst, src } => {
-                job.ddr_bytes += dst.packed_bytes();
-                self.transfers.push(Transfer {
-                    job: job.id,
-                    core: c,
-                    op: index,
-                    ready_at: now + cost.dma_setup_cycles,
-                    remaining: dst.packed_bytes() as f64,
-                });
-                let nsp =
-                    nsps.get_mut(phys as usize).and_then(|n| n.get_or_insert_with(|| NspCore::new(vtcm_bytes)).into());
+                let nsp = nsps.get_mut(phys as usize).map(|n| n.get_or_insert_with(|| NspCore::new(vtcm_bytes)));
                 nsp.and_then(|n| dma_out(mem, ddr_base, &src, &dst, n.vtcm()))
             }
             _ if mode == ExecMode::Functional => {
