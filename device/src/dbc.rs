@@ -147,6 +147,11 @@ impl DoorbellWidth {
         }
     }
 
+    /// The uAPI `db_len`: the width in bits (8, 16 or 32).
+    pub fn bits(self) -> u32 {
+        self.bytes() as u32 * 8
+    }
+
     /// The width for a uAPI `db_len` in bits (8, 16 or 32).
     pub fn from_bits(bits: u32) -> Option<DoorbellWidth> {
         match bits {

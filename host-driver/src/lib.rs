@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aicsim_device::control::{ActivationInfo, StatusReport};
+pub use aicsim_device::dbc::DoorbellWidth;
 use aicsim_device::dbc::{CompletionCode, SemOp};
 pub use aicsim_device::run_record::RunRecord;
 pub use aicsim_device::scheduler::RunStats;
@@ -120,14 +121,6 @@ pub struct SemaphoreCommand {
     pub at: SyncPoint,
 }
 
-/// Doorbell width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DoorbellWidth {
-    Bits8 = 8,
-    Bits16 = 16,
-    Bits32 = 32,
-}
-
 /// A doorbell write at the end of a slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Doorbell {
@@ -169,7 +162,7 @@ impl Slice {
             };
         }
         let (db_addr, db_data, db_len) = match self.doorbell {
-            Some(d) => (d.addr, d.data, d.width as u32),
+            Some(d) => (d.addr, d.data, d.width.bits()),
             None => (0, 0, 0),
         };
         Ok(AttachSliceEntry {
