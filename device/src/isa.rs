@@ -250,6 +250,15 @@ pub enum UnaryKind {
     Sqrt,
     Reciprocal,
     Copy,
+    /// `x ^ exponent` (NaN for a negative base and a non-integer exponent).
+    Pow {
+        exponent: f32,
+    },
+    /// `x * scale + shift`: a scalar constant operand folded into the instruction.
+    Affine {
+        scale: f32,
+        shift: f32,
+    },
 }
 
 /// Pooling kinds (HVX).
@@ -459,6 +468,15 @@ impl Instruction {
                     UnaryKind::Sqrt => 7,
                     UnaryKind::Reciprocal => 8,
                     UnaryKind::Copy => 9,
+                    UnaryKind::Pow { exponent } => {
+                        i.params[0] = exponent.to_bits();
+                        10
+                    }
+                    UnaryKind::Affine { scale, shift } => {
+                        i.params[0] = scale.to_bits();
+                        i.params[1] = shift.to_bits();
+                        11
+                    }
                 };
                 (OP_UNARY, variant, dst.record(), src.record(), none)
             }
@@ -599,9 +617,15 @@ impl Instruction {
                     7 => UnaryKind::Sqrt,
                     8 => UnaryKind::Reciprocal,
                     9 => UnaryKind::Copy,
+                    10 => UnaryKind::Pow { exponent: f(p[0]) },
+                    11 => UnaryKind::Affine { scale: f(p[0]), shift: f(p[1]) },
                     _ => return Err(bad_variant),
                 };
-                unused_params(if self.variant == 1 { 2 } else { 0 })?;
+                unused_params(match self.variant {
+                    1 | 11 => 2,
+                    10 => 1,
+                    _ => 0,
+                })?;
                 Op::Unary { kind, dst: need(dst, "dst")?, src: need(src0, "src")? }
             }
             OP_CONVERT => {
@@ -714,6 +738,8 @@ mod tests {
             Op::Binary { kind: BinaryKind::Div, dst: v, a: v, b: v.with_strides(&[0, 1]) },
             Op::Unary { kind: UnaryKind::Clip { min: -1.5, max: 6.0 }, dst: v, src: v },
             Op::Unary { kind: UnaryKind::Gelu, dst: v, src: v },
+            Op::Unary { kind: UnaryKind::Pow { exponent: -0.75 }, dst: v, src: v },
+            Op::Unary { kind: UnaryKind::Affine { scale: 2.5, shift: -1.0 }, dst: v, src: v },
             Op::Convert { dst: t(Space::Vtcm, DType::I8, &[2, 3]), src: v, scale: 0.05, zero_point: -3 },
             Op::Pool {
                 kind: PoolKind::AvgIncludePad,

@@ -133,11 +133,11 @@ proptest! {
     }
 
     #[test]
-    fn unary_ops_match_the_reference(s in shape(), dtype in float(), which in 0usize..10, xs in values(256, -6.0, 6.0)) {
+    fn unary_ops_match_the_reference(s in shape(), dtype in float(), which in 0usize..12, xs in values(256, -6.0, 6.0)) {
         let n = numel(&s);
-        let kind = [UnaryKind::Relu, UnaryKind::Clip { min: -1.25, max: 3.5 }, UnaryKind::Sigmoid, UnaryKind::Tanh, UnaryKind::Gelu, UnaryKind::Exp, UnaryKind::Erf, UnaryKind::Sqrt, UnaryKind::Reciprocal, UnaryKind::Copy][which];
+        let kind = [UnaryKind::Relu, UnaryKind::Clip { min: -1.25, max: 3.5 }, UnaryKind::Sigmoid, UnaryKind::Tanh, UnaryKind::Gelu, UnaryKind::Exp, UnaryKind::Erf, UnaryKind::Sqrt, UnaryKind::Reciprocal, UnaryKind::Copy, UnaryKind::Pow { exponent: -0.75 }, UnaryKind::Affine { scale: -1.5, shift: 0.25 }][which];
         let x: Vec<f64> = xs[..n].iter().map(|&v| {
-            let v = if matches!(kind, UnaryKind::Sqrt) { v.abs() } else if matches!(kind, UnaryKind::Reciprocal) && v.abs() < 0.1 { 0.5 } else { v };
+            let v = if matches!(kind, UnaryKind::Sqrt) { v.abs() } else if matches!(kind, UnaryKind::Pow { .. }) { v.abs() + 0.5 } else if matches!(kind, UnaryKind::Reciprocal) && v.abs() < 0.1 { 0.5 } else { v };
             stored(dtype, v)
         }).collect();
         let mut c = core();
@@ -154,6 +154,8 @@ proptest! {
             UnaryKind::Sqrt => v.sqrt(),
             UnaryKind::Reciprocal => 1.0 / v,
             UnaryKind::Copy => v,
+            UnaryKind::Pow { exponent } => v.powf(exponent as f64),
+            UnaryKind::Affine { scale, shift } => v * scale as f64 + shift as f64,
         })).collect();
         close(dtype, &get(&c, C, dtype, n), &want)?;
     }

@@ -138,6 +138,8 @@ pub(crate) fn unary(kind: UnaryKind, x: f32) -> f32 {
         UnaryKind::Sqrt => libm::sqrtf(x),
         UnaryKind::Reciprocal => 1.0 / x,
         UnaryKind::Copy => x,
+        UnaryKind::Pow { exponent } => libm::powf(x, exponent),
+        UnaryKind::Affine { scale, shift } => x * scale + shift,
     }
 }
 

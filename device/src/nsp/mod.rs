@@ -213,7 +213,7 @@ impl CostModel {
             }
             Op::Unary { kind, dst, .. } => {
                 let per = match kind {
-                    UnaryKind::Relu | UnaryKind::Clip { .. } | UnaryKind::Copy => 1,
+                    UnaryKind::Relu | UnaryKind::Clip { .. } | UnaryKind::Copy | UnaryKind::Affine { .. } => 1,
                     UnaryKind::Sqrt | UnaryKind::Reciprocal => self.hvx_divide_cycles,
                     _ => self.hvx_transcendental_cycles,
                 };
