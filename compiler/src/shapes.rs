@@ -128,7 +128,7 @@ impl Shapes {
         Ok(s)
     }
 
-    fn node(&mut self, node: &Node, opset: i64) -> Result<(), ShapeError> {
+    pub(crate) fn node(&mut self, node: &Node, opset: i64) -> Result<(), ShapeError> {
         let fail =
             |reason: String| ShapeError::Mismatch { node: node.name.clone(), op_type: node.op_type.clone(), reason };
         let input = |i: usize| -> Result<&Vec<i64>, ShapeError> {
@@ -145,7 +145,76 @@ impl Shapes {
         };
         let out = match node.op_type.as_str() {
             "Relu" | "Dropout" | "LRN" | "Softmax" | "BatchNormalization" | "Sigmoid" | "Tanh" | "Erf" | "Clip"
-            | "Identity" | "Cast" => input(0)?.clone(),
+            | "Identity" | "Cast" | "Sqrt" | "Exp" | "Gelu" | "Reciprocal" | "Neg" | "Abs" | "LayerNormalization"
+            | "LeakyRelu" => input(0)?.clone(),
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+                let x = input(0)?.clone();
+                let axes = if opset < 18 && node.op_type != "ReduceSum" || opset < 13 {
+                    ints(node, "axes")
+                } else {
+                    node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
+                };
+                let axes: Vec<usize> = match axes {
+                    Some(a) => a
+                        .iter()
+                        .map(|&v| {
+                            let r = x.len() as i64;
+                            let v = if v < 0 { v + r } else { v };
+                            if (0..r).contains(&v) {
+                                Ok(v as usize)
+                            } else {
+                                Err(fail(format!("axis {v} out of range for rank {r}")))
+                            }
+                        })
+                        .collect::<Result<_, _>>()?,
+                    None => (0..x.len()).collect(),
+                };
+                let keep = int(node, "keepdims", 1) == 1;
+                x.iter()
+                    .enumerate()
+                    .filter_map(|(i, &d)| match (axes.contains(&i), keep) {
+                        (false, _) => Some(d),
+                        (true, true) => Some(1),
+                        (true, false) => None,
+                    })
+                    .collect()
+            }
+            "Squeeze" => {
+                let x = input(0)?.clone();
+                let axes = if opset < 13 {
+                    ints(node, "axes")
+                } else {
+                    node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
+                };
+                match axes {
+                    None => x.iter().copied().filter(|&d| d != 1).collect(),
+                    Some(axes) => {
+                        let r = x.len() as i64;
+                        let axes: Vec<usize> =
+                            axes.iter().map(|&a| if a < 0 { a + r } else { a } as usize).collect();
+                        if axes.iter().any(|&a| a >= x.len() || x[a] != 1) {
+                            return Err(fail(format!("cannot squeeze axes {axes:?} of {x:?}")));
+                        }
+                        x.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+                    }
+                }
+            }
+            "Unsqueeze" if opset >= 13 => {
+                let x = input(0)?.clone();
+                let axes = value(1)?;
+                let rank = x.len() + axes.len();
+                let mut axes: Vec<usize> =
+                    axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a } as usize).collect();
+                axes.sort();
+                let mut shape = x;
+                for a in axes {
+                    if a > shape.len() {
+                        return Err(fail(format!("axis {a} out of range")));
+                    }
+                    shape.insert(a, 1);
+                }
+                shape
+            }
             "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Max" | "Min" | "Pow" | "Equal" => {
                 let mut shape = input(0)?.clone();
                 for i in 1..node.inputs.len() {

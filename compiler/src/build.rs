@@ -1,0 +1,821 @@
+//! Import: an ONNX model becomes an [`ir::Graph`]. Nodes whose inputs are all known are
+//! evaluated now ([`crate::fold`]); batch normalisations fold into the convolution before
+//! them (or become a per-channel scale and shift); activations, biases and element-wise
+//! chains fuse into the layer that produces their input; reshapes become views.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use aicsim_device::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
+
+use crate::fold::{self, scalar};
+use crate::ir::{Activation, Const, ConstId, Graph, Io, Layer, LayerKind, Operand, Step, ValueId};
+use crate::onnx::{data_type, AttributeValue, Dim, Model, Node, Tensor};
+use crate::shapes::{ShapeError, Shapes};
+use crate::CompileError;
+
+#[derive(Clone, Debug)]
+enum Entry {
+    Const(ConstId),
+    Value(ValueId),
+}
+
+struct Builder<'a> {
+    g: Graph,
+    env: HashMap<String, Entry>,
+    shapes: Shapes,
+    opset: i64,
+    /// How many node inputs and graph outputs name each tensor.
+    uses: HashMap<String, usize>,
+    /// Which layer produced each value.
+    producer: HashMap<ValueId, usize>,
+    graph_outputs: Vec<String>,
+    model_dir: Option<&'a Path>,
+}
+
+fn ints(node: &Node, name: &str) -> Option<Vec<i64>> {
+    match node.attribute(name) {
+        Some(AttributeValue::Ints(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn int(node: &Node, name: &str, default: i64) -> i64 {
+    match node.attribute(name) {
+        Some(AttributeValue::Int(v)) => *v,
+        _ => default,
+    }
+}
+
+fn float(node: &Node, name: &str, default: f32) -> f32 {
+    match node.attribute(name) {
+        Some(AttributeValue::Float(v)) => *v,
+        _ => default,
+    }
+}
+
+fn string(node: &Node, name: &str) -> String {
+    match node.attribute(name) {
+        Some(AttributeValue::String(s)) => String::from_utf8_lossy(s).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A tensor proto as a constant.
+pub(crate) fn tensor_const(t: &Tensor, model_dir: Option<&Path>) -> Result<Const, CompileError> {
+    let shape: Vec<usize> = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| CompileError::Model(format!("tensor '{}' has a negative dimension {:?}", t.name, t.dims)))?;
+    let values = t.to_f32(model_dir)?;
+    Ok(match t.data_type {
+        data_type::INT64 | data_type::INT32 | data_type::INT8 | data_type::UINT8 | data_type::BOOL => {
+            let ints = match &t.data {
+                crate::onnx::TensorData::Int64s(v) | crate::onnx::TensorData::Int32s(v) => v.clone(),
+                crate::onnx::TensorData::Raw(raw) if t.data_type == data_type::INT64 => {
+                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+                }
+                _ => values.iter().map(|&v| v as i64).collect(),
+            };
+            Const::i64(shape, ints)
+        }
+        _ => Const::f32(shape, values),
+    })
+}
+
+impl<'a> Builder<'a> {
+    fn fail(&self, node: &Node, reason: impl Into<String>) -> CompileError {
+        CompileError::Node { node: node.name.clone(), op_type: node.op_type.clone(), reason: reason.into() }
+    }
+
+    fn unsupported(&self, node: &Node) -> CompileError {
+        CompileError::Unsupported { op_type: node.op_type.clone(), node: node.name.clone(), opset: self.opset }
+    }
+
+    fn bind_const(&mut self, name: &str, c: Const) {
+        self.shapes.dims.insert(name.into(), c.shape.iter().map(|&d| d as i64).collect());
+        if c.is_int() && c.len() <= 64 {
+            self.shapes.values.insert(name.into(), c.to_i64());
+        }
+        let id = self.g.add_const(name, c);
+        self.env.insert(name.into(), Entry::Const(id));
+    }
+
+    fn bind_value(&mut self, name: &str, v: ValueId) {
+        self.shapes.dims.insert(name.into(), self.g.values[v].shape.iter().map(|&d| d as i64).collect());
+        self.env.insert(name.into(), Entry::Value(v));
+    }
+
+    fn entry(&self, node: &Node, i: usize) -> Result<Option<Entry>, CompileError> {
+        match node.inputs.get(i) {
+            None => Ok(None),
+            Some(n) if n.is_empty() => Ok(None),
+            Some(n) => self.env.get(n).cloned().map(Some).ok_or_else(|| {
+                CompileError::Shape(ShapeError::MissingInput {
+                    node: node.name.clone(),
+                    op_type: node.op_type.clone(),
+                    input: n.clone(),
+                })
+            }),
+        }
+    }
+
+    fn value(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
+        match self.entry(node, i)? {
+            Some(Entry::Value(v)) => Ok(v),
+            Some(Entry::Const(_)) => Err(self.fail(node, format!("input {i} must be a runtime tensor, not a constant"))),
+            None => Err(self.fail(node, format!("input {i} is missing"))),
+        }
+    }
+
+    fn konst(&self, node: &Node, i: usize) -> Result<Option<ConstId>, CompileError> {
+        match self.entry(node, i)? {
+            Some(Entry::Const(c)) => Ok(Some(c)),
+            Some(Entry::Value(_)) => Err(self.fail(
+                node,
+                format!("input {i} ('{}') must be known at compile time (an initializer or constant)", node.inputs[i]),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn operand(&self, node: &Node, i: usize) -> Result<Operand, CompileError> {
+        match self.entry(node, i)? {
+            Some(Entry::Value(v)) => Ok(Operand::Value(v)),
+            Some(Entry::Const(c)) => Ok(Operand::Const(c)),
+            None => Err(self.fail(node, format!("input {i} is missing"))),
+        }
+    }
+
+    /// The shape inference's output dims for `node`.
+    fn out_shape(&mut self, node: &Node) -> Result<Vec<usize>, CompileError> {
+        self.shapes.node(node, self.opset)?;
+        let dims = &self.shapes.dims[&node.outputs[0]];
+        dims.iter()
+            .map(|&d| usize::try_from(d).map_err(|_| self.fail(node, format!("output dimension {d} is negative"))))
+            .collect()
+    }
+
+    fn single_use(&self, name: &str) -> bool {
+        self.uses.get(name).copied().unwrap_or(0) <= 1 && !self.graph_outputs.iter().any(|o| o == name)
+    }
+
+    fn add_layer(&mut self, node: &Node, kind: LayerKind, shape: Vec<usize>) -> ValueId {
+        let out = self.g.add_value(&node.outputs[0], shape);
+        self.producer.insert(out, self.g.layers.len());
+        self.g.layers.push(Layer { name: node.name.clone(), op_type: node.op_type.clone(), kind, output: out });
+        self.bind_value(&node.outputs[0].clone(), out);
+        out
+    }
+
+    /// Makes `node`'s output another name of `v` (the layer producing `v` absorbed it).
+    fn rename(&mut self, node: &Node, v: ValueId) {
+        self.g.values[v].name = node.outputs[0].clone();
+        self.bind_value(&node.outputs[0].clone(), v);
+    }
+
+    /// The layer that produced `v`, if `name` (its only reader) may fuse into it.
+    fn fusable(&self, name: &str, v: ValueId) -> Option<usize> {
+        if !self.single_use(name) || self.g.values[v].storage != v {
+            return None;
+        }
+        self.producer.get(&v).copied()
+    }
+
+    fn view(&mut self, node: &Node, shape: Vec<usize>) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let storage = self.g.values[x].storage;
+        let id = self.g.add_value(&node.outputs[0], shape);
+        self.g.values[id].storage = storage;
+        self.bind_value(&node.outputs[0].clone(), id);
+        Ok(())
+    }
+
+    fn unary(&mut self, node: &Node, kind: UnaryKind) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let shape = self.g.values[x].shape.clone();
+        if let Some(l) = self.fusable(&node.inputs[0], x) {
+            let fused = match &mut self.g.layers[l].kind {
+                LayerKind::Conv { act, .. } | LayerKind::Dense { act, .. }
+                    if *act == Activation::None && matches!(kind, UnaryKind::Relu | UnaryKind::Clip { .. }) =>
+                {
+                    *act = Activation::Unary(kind);
+                    true
+                }
+                LayerKind::Elementwise { steps, .. } => {
+                    steps.push(Step::Unary(kind));
+                    true
+                }
+                _ => false,
+            };
+            if fused {
+                self.rename(node, x);
+                return Ok(());
+            }
+        }
+        self.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps: vec![Step::Unary(kind)] }, shape);
+        Ok(())
+    }
+
+    /// A binary element-wise node; constant scalars become affine steps.
+    fn binary(&mut self, node: &Node, kind: BinaryKind) -> Result<(), CompileError> {
+        let shape = self.out_shape(node)?;
+        let mut operands = Vec::new();
+        for i in 0..node.inputs.len() {
+            operands.push(self.operand(node, i)?);
+        }
+        // The running value is the first runtime operand.
+        let lead = operands.iter().position(|o| matches!(o, Operand::Value(_))).expect("not all constant");
+        let Operand::Value(x) = operands[lead] else { unreachable!() };
+        let mut steps = Vec::new();
+        for (i, o) in operands.iter().enumerate() {
+            if i == lead {
+                continue;
+            }
+            let swapped = i < lead;
+            let step = match *o {
+                Operand::Const(c) => match (scalar(&self.g.consts[c]), kind, swapped) {
+                    (Some(v), BinaryKind::Add, _) => Step::Unary(UnaryKind::Affine { scale: 1.0, shift: v }),
+                    (Some(v), BinaryKind::Mul, _) => Step::Unary(UnaryKind::Affine { scale: v, shift: 0.0 }),
+                    (Some(v), BinaryKind::Sub, false) => Step::Unary(UnaryKind::Affine { scale: 1.0, shift: -v }),
+                    (Some(v), BinaryKind::Sub, true) => Step::Unary(UnaryKind::Affine { scale: -1.0, shift: v }),
+                    (Some(v), BinaryKind::Div, false) => Step::Unary(UnaryKind::Affine { scale: 1.0 / v, shift: 0.0 }),
+                    _ => Step::Binary { kind, operand: *o, swapped },
+                },
+                Operand::Value(_) => Step::Binary { kind, operand: *o, swapped },
+            };
+            steps.push(step);
+        }
+        // A constant bias right after a bias-less convolution or dense layer joins it.
+        if let ([Step::Binary { kind: BinaryKind::Add, operand: Operand::Const(c), .. }], Some(l)) =
+            (steps.as_slice(), self.fusable(&node.inputs[lead], x))
+        {
+            let c = *c;
+            let channels = match &self.g.layers[l].kind {
+                LayerKind::Conv { bias: None, act: Activation::None, weight, .. } => {
+                    let co = self.g.consts[*weight].shape[0];
+                    let cs = &self.g.consts[c].shape;
+                    // [C, 1, 1] or [1, C, 1, 1]
+                    (cs.iter().product::<usize>() == co
+                        && cs.len() >= 3
+                        && cs[cs.len() - 2..] == [1, 1]
+                        && shape.len() == 4)
+                        .then_some(co)
+                }
+                LayerKind::Dense { bias: None, act: Activation::None, weight, .. } => {
+                    let n = self.g.consts[*weight].shape[1];
+                    (self.g.consts[c].shape.iter().product::<usize>() == n
+                        && self.g.consts[c].shape.last() == Some(&n))
+                    .then_some(n)
+                }
+                _ => None,
+            };
+            if let Some(n) = channels {
+                let flat = fold::reshaped(&self.g.consts[c], vec![n]);
+                let name = self.g.const_names[c].clone();
+                let id = self.g.add_const(&name, flat);
+                match &mut self.g.layers[l].kind {
+                    LayerKind::Conv { bias, .. } | LayerKind::Dense { bias, .. } => *bias = Some(id),
+                    _ => unreachable!(),
+                }
+                self.g.values[x].shape = shape;
+                self.rename(node, x);
+                return Ok(());
+            }
+        }
+        if let Some(l) = self.fusable(&node.inputs[lead], x) {
+            if let LayerKind::Elementwise { steps: chain, .. } = &mut self.g.layers[l].kind {
+                chain.extend(steps);
+                self.g.values[x].shape = shape;
+                self.rename(node, x);
+                return Ok(());
+            }
+        }
+        self.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps }, shape);
+        Ok(())
+    }
+
+    fn conv(&mut self, node: &Node) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let w = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "no weight"))?;
+        let b = self.konst(node, 2)?;
+        let shape = self.out_shape(node)?;
+        let xs = self.g.values[x].shape.clone();
+        let ws = self.g.consts[w].shape.clone();
+        if xs.len() != 4 {
+            return Err(self.fail(node, format!("only 2-D convolutions are supported; input is {xs:?}")));
+        }
+        let (kh, kw) = (ws[2], ws[3]);
+        let stride = ints(node, "strides").unwrap_or(vec![1, 1]);
+        let dilation = ints(node, "dilations").unwrap_or(vec![1, 1]);
+        let pads = self.pads(node, &xs, &shape, [kh, kw], &stride, &dilation)?;
+        let groups = int(node, "group", 1) as usize;
+        let weight = if self.g.consts[w].is_int() {
+            let c = Const::f32(ws.clone(), self.g.consts[w].to_f32());
+            self.g.add_const(&node.inputs[1], c)
+        } else {
+            w
+        };
+        self.add_layer(
+            node,
+            LayerKind::Conv {
+                input: x,
+                weight,
+                bias: b,
+                stride: [stride[0] as usize, stride[1] as usize],
+                pad: pads,
+                dilation: [dilation[0] as usize, dilation[1] as usize],
+                groups,
+                act: Activation::None,
+            },
+            shape,
+        );
+        Ok(())
+    }
+
+    /// Padding before the first row and column, from `pads` or `auto_pad`.
+    fn pads(
+        &self,
+        node: &Node,
+        x: &[usize],
+        out: &[usize],
+        kernel: [usize; 2],
+        stride: &[i64],
+        dilation: &[i64],
+    ) -> Result<[usize; 2], CompileError> {
+        if stride.len() != 2 || dilation.len() != 2 {
+            return Err(self.fail(node, "only 2-D windows are supported"));
+        }
+        let auto = string(node, "auto_pad");
+        let mut begin = [0usize; 2];
+        for i in 0..2 {
+            begin[i] = match auto.as_str() {
+                "SAME_UPPER" | "SAME_LOWER" => {
+                    let need = (out[2 + i] - 1) * stride[i] as usize + (kernel[i] - 1) * dilation[i] as usize + 1;
+                    let total = need.saturating_sub(x[2 + i]);
+                    if auto == "SAME_UPPER" {
+                        total / 2
+                    } else {
+                        total - total / 2
+                    }
+                }
+                "VALID" => 0,
+                _ => ints(node, "pads").map(|p| p[i] as usize).unwrap_or(0),
+            };
+        }
+        Ok(begin)
+    }
+
+    fn batch_norm(&mut self, node: &Node) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let eps = float(node, "epsilon", 1e-5);
+        let mut p = Vec::new();
+        for i in 1..5 {
+            let c = self.konst(node, i)?.ok_or_else(|| self.fail(node, format!("input {i} is missing")))?;
+            p.push(self.g.consts[c].to_f32());
+        }
+        let channels = p[0].len();
+        if p.iter().any(|v| v.len() != channels) {
+            return Err(self.fail(node, "scale, bias, mean and variance differ in length"));
+        }
+        let scale: Vec<f32> = (0..channels).map(|c| p[0][c] / (p[3][c] + eps).sqrt()).collect();
+        let shift: Vec<f32> = (0..channels).map(|c| p[1][c] - p[2][c] * scale[c]).collect();
+        let shape = self.g.values[x].shape.clone();
+        if let Some(l) = self.fusable(&node.inputs[0], x) {
+            if let LayerKind::Conv { weight, bias, act: Activation::None, .. } = self.g.layers[l].kind.clone() {
+                let w = &self.g.consts[weight];
+                let per = w.len() / w.shape[0];
+                let mut wv = w.to_f32();
+                for (co, chunk) in wv.chunks_mut(per).enumerate() {
+                    chunk.iter_mut().for_each(|v| *v *= scale[co]);
+                }
+                let b0 = bias.map(|b| self.g.consts[b].to_f32()).unwrap_or(vec![0.0; channels]);
+                let bv: Vec<f32> = (0..channels).map(|c| b0[c] * scale[c] + shift[c]).collect();
+                let wshape = w.shape.clone();
+                let wname = format!("{}_folded", self.g.const_names[weight]);
+                let nw = self.g.add_const(&wname, Const::f32(wshape, wv));
+                let nb = self.g.add_const(&format!("{}_bias", node.name), Const::f32(vec![channels], bv));
+                if let LayerKind::Conv { weight, bias, .. } = &mut self.g.layers[l].kind {
+                    *weight = nw;
+                    *bias = Some(nb);
+                }
+                self.rename(node, x);
+                return Ok(());
+            }
+        }
+        // Standalone: a per-channel scale and shift over [N, C, ...].
+        let mut cshape = vec![channels];
+        cshape.extend(std::iter::repeat_n(1, shape.len().saturating_sub(2)));
+        let s = self.g.add_const(&format!("{}_scale", node.name), Const::f32(cshape.clone(), scale));
+        let t = self.g.add_const(&format!("{}_shift", node.name), Const::f32(cshape, shift));
+        let steps = vec![
+            Step::Binary { kind: BinaryKind::Mul, operand: Operand::Const(s), swapped: false },
+            Step::Binary { kind: BinaryKind::Add, operand: Operand::Const(t), swapped: false },
+        ];
+        self.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps }, shape);
+        Ok(())
+    }
+
+    fn dense(&mut self, node: &Node, transpose_b: bool, alpha: f32, c: Option<(ConstId, f32)>) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let shape = self.out_shape(node)?;
+        let b = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "the right-hand side must be constant"))?;
+        let bc = &self.g.consts[b];
+        if bc.shape.len() != 2 {
+            return Err(self.fail(node, format!("weight must be a matrix, is {:?}", bc.shape)));
+        }
+        let mut w = if transpose_b { fold::transpose(bc, &[1, 0]) } else { bc.clone() };
+        if alpha != 1.0 || w.is_int() {
+            w = Const::f32(w.shape.clone(), w.to_f32().iter().map(|v| v * alpha).collect());
+        }
+        let n = w.shape[1];
+        let weight = self.g.add_const(&node.inputs[1], w);
+        let bias = match c {
+            Some((c, beta)) => {
+                let cc = &self.g.consts[c];
+                if cc.len() != n && cc.len() != 1 {
+                    return Err(self.fail(node, format!("bias of shape {:?} for {n} outputs", cc.shape)));
+                }
+                let v = cc.to_f32();
+                let full: Vec<f32> = (0..n).map(|j| v[if v.len() == 1 { 0 } else { j }] * beta).collect();
+                Some(self.g.add_const(&node.inputs[2], Const::f32(vec![n], full)))
+            }
+            None => None,
+        };
+        self.add_layer(node, LayerKind::Dense { input: x, weight, bias, act: Activation::None }, shape);
+        Ok(())
+    }
+
+    fn pool(&mut self, node: &Node, kind: PoolKind) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let shape = self.out_shape(node)?;
+        let xs = self.g.values[x].shape.clone();
+        if xs.len() != 4 {
+            return Err(self.fail(node, format!("only 2-D pooling is supported; input is {xs:?}")));
+        }
+        let k = ints(node, "kernel_shape").ok_or_else(|| self.fail(node, "no kernel_shape"))?;
+        let stride = ints(node, "strides").unwrap_or(vec![1, 1]);
+        if ints(node, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
+            return Err(self.fail(node, "dilated pooling is not supported"));
+        }
+        let kernel = [k[0] as usize, k[1] as usize];
+        let pad = self.pads(node, &xs, &shape, kernel, &stride, &[1, 1])?;
+        let kind = if kind == PoolKind::Avg && int(node, "count_include_pad", 0) == 1 { PoolKind::AvgIncludePad } else { kind };
+        let stride = [stride[0] as usize, stride[1] as usize];
+        if pad[0] >= kernel[0] || pad[1] >= kernel[1] {
+            return Err(self.fail(node, format!("padding {pad:?} must be smaller than the kernel {kernel:?}")));
+        }
+        self.add_layer(node, LayerKind::Pool { input: x, kind, kernel, stride, pad }, shape);
+        Ok(())
+    }
+
+    fn reduce(&mut self, node: &Node, kind: ReduceKind) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let shape = self.out_shape(node)?;
+        let xs = self.g.values[x].shape.clone();
+        let rank = xs.len();
+        // Only the last axis: the output keeps every other dimension.
+        let kept: Vec<usize> = xs[..rank - 1].to_vec();
+        let ok = shape.iter().copied().filter(|&d| d != 1).eq(kept.iter().copied().filter(|&d| d != 1))
+            && shape.iter().product::<usize>() == kept.iter().product::<usize>()
+            && xs[rank - 1] > 1;
+        if !ok {
+            return Err(self.fail(node, format!("only reductions over the last axis are supported ({xs:?} -> {shape:?})")));
+        }
+        self.add_layer(node, LayerKind::Reduce { input: x, kind }, shape);
+        Ok(())
+    }
+
+    fn node(&mut self, node: &Node) -> Result<(), CompileError> {
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(self.unsupported(node));
+        }
+        if node.outputs.is_empty() {
+            return Err(self.fail(node, "has no outputs"));
+        }
+        let op = node.op_type.as_str();
+        if op == "Constant" {
+            let c = match node.attributes.first().map(|a| (a.name.as_str(), &a.value)) {
+                Some(("value", AttributeValue::Tensor(t))) => tensor_const(t, self.model_dir)?,
+                Some(("value_float", AttributeValue::Float(v))) => Const::f32(vec![], vec![*v]),
+                Some(("value_floats", AttributeValue::Floats(v))) => Const::f32(vec![v.len()], v.clone()),
+                Some(("value_int", AttributeValue::Int(v))) => Const::i64(vec![], vec![*v]),
+                Some(("value_ints", AttributeValue::Ints(v))) => Const::i64(vec![v.len()], v.clone()),
+                _ => return Err(self.fail(node, "unsupported Constant attribute")),
+            };
+            self.bind_const(&node.outputs[0].clone(), c);
+            return Ok(());
+        }
+        if op == "Shape" {
+            let dims = self
+                .shapes
+                .dims
+                .get(&node.inputs[0])
+                .cloned()
+                .ok_or_else(|| self.fail(node, format!("input '{}' is unknown", node.inputs[0])))?;
+            let r = dims.len() as i64;
+            let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+            let (s, e) = (clampi(int(node, "start", 0)), clampi(int(node, "end", r)));
+            let v: Vec<i64> = dims[s..e.max(s)].to_vec();
+            self.bind_const(&node.outputs[0].clone(), Const::i64(vec![v.len()], v));
+            return Ok(());
+        }
+        let entries: Vec<Option<Entry>> = (0..node.inputs.len()).map(|i| self.entry(node, i)).collect::<Result<_, _>>()?;
+        if entries.iter().flatten().all(|e| matches!(e, Entry::Const(_))) && !entries.iter().all(Option::is_none) {
+            let consts: Vec<&Const> = entries
+                .iter()
+                .map(|e| match e {
+                    Some(Entry::Const(c)) => &self.g.consts[*c],
+                    _ => &EMPTY,
+                })
+                .collect();
+            let out = match fold::fold(node, &consts, self.opset) {
+                Ok(out) => out,
+                Err(reason) if reason.ends_with("is not evaluated at compile time") => return Err(self.unsupported(node)),
+                Err(reason) => return Err(self.fail(node, reason)),
+            };
+            for (name, c) in node.outputs.iter().zip(out) {
+                self.bind_const(name, c);
+            }
+            return Ok(());
+        }
+        match op {
+            "Conv" => self.conv(node),
+            "BatchNormalization" => self.batch_norm(node),
+            "Relu" => self.unary(node, UnaryKind::Relu),
+            "Sigmoid" => self.unary(node, UnaryKind::Sigmoid),
+            "Tanh" => self.unary(node, UnaryKind::Tanh),
+            "Erf" => self.unary(node, UnaryKind::Erf),
+            "Sqrt" => self.unary(node, UnaryKind::Sqrt),
+            "Exp" => self.unary(node, UnaryKind::Exp),
+            "Reciprocal" => self.unary(node, UnaryKind::Reciprocal),
+            "Neg" => self.unary(node, UnaryKind::Affine { scale: -1.0, shift: 0.0 }),
+            "Gelu" if string(node, "approximate") != "tanh" => self.unary(node, UnaryKind::Gelu),
+            "Clip" => {
+                let (min, max) = if self.opset < 11 {
+                    (float(node, "min", f32::MIN), float(node, "max", f32::MAX))
+                } else {
+                    let get = |i| -> Result<Option<f32>, CompileError> {
+                        Ok(self.konst(node, i)?.and_then(|c| scalar(&self.g.consts[c])))
+                    };
+                    (get(1)?.unwrap_or(f32::MIN), get(2)?.unwrap_or(f32::MAX))
+                };
+                self.unary(node, UnaryKind::Clip { min, max })
+            }
+            "Pow" => match self.konst(node, 1)?.and_then(|c| scalar(&self.g.consts[c])) {
+                Some(e) => self.unary(node, UnaryKind::Pow { exponent: e }),
+                None => Err(self.fail(node, "the exponent must be a constant scalar")),
+            },
+            "Add" | "Sum" => self.binary(node, BinaryKind::Add),
+            "Sub" => self.binary(node, BinaryKind::Sub),
+            "Mul" => self.binary(node, BinaryKind::Mul),
+            "Div" => self.binary(node, BinaryKind::Div),
+            "Max" => self.binary(node, BinaryKind::Max),
+            "Min" => self.binary(node, BinaryKind::Min),
+            "Gemm" => {
+                if int(node, "transA", 0) != 0 {
+                    return Err(self.fail(node, "transA=1 is not supported"));
+                }
+                let c = self.konst(node, 2)?.map(|c| (c, float(node, "beta", 1.0)));
+                self.dense(node, int(node, "transB", 0) == 1, float(node, "alpha", 1.0), c)
+            }
+            "MatMul" => match self.entry(node, 1)? {
+                Some(Entry::Const(_)) => self.dense(node, false, 1.0, None),
+                _ => {
+                    let (a, b) = (self.value(node, 0)?, self.value(node, 1)?);
+                    let shape = self.out_shape(node)?;
+                    let (sa, sb) = (&self.g.values[a].shape, &self.g.values[b].shape);
+                    if sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
+                        return Err(self.fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
+                    }
+                    self.add_layer(node, LayerKind::MatMul { a, b }, shape);
+                    Ok(())
+                }
+            },
+            "MaxPool" => {
+                if node.outputs.len() > 1 && !node.outputs[1].is_empty() {
+                    return Err(self.fail(node, "the Indices output is not supported"));
+                }
+                self.pool(node, PoolKind::Max)
+            }
+            "AveragePool" => self.pool(node, PoolKind::Avg),
+            "GlobalAveragePool" => {
+                let x = self.value(node, 0)?;
+                let shape = self.out_shape(node)?;
+                if self.g.values[x].shape.len() != 4 {
+                    return Err(self.fail(node, "only [N, C, H, W] inputs are supported"));
+                }
+                self.add_layer(node, LayerKind::GlobalAvgPool { input: x }, shape);
+                Ok(())
+            }
+            "GlobalMaxPool" => {
+                let x = self.value(node, 0)?;
+                let shape = self.out_shape(node)?;
+                let xs = self.g.values[x].shape.clone();
+                if xs.len() != 4 {
+                    return Err(self.fail(node, "only [N, C, H, W] inputs are supported"));
+                }
+                let kernel = [xs[2], xs[3]];
+                self.add_layer(node, LayerKind::Pool { input: x, kind: PoolKind::Max, kernel, stride: [1, 1], pad: [0, 0] }, shape);
+                Ok(())
+            }
+            "Softmax" => {
+                let x = self.value(node, 0)?;
+                let xs = self.g.values[x].shape.clone();
+                let default_axis = if self.opset < 13 { 1 } else { -1 };
+                let a = int(node, "axis", default_axis);
+                let axis = if a < 0 { a + xs.len() as i64 } else { a } as usize;
+                if axis >= xs.len() {
+                    return Err(self.fail(node, format!("axis {a} for rank {}", xs.len())));
+                }
+                let row: usize = if self.opset < 13 {
+                    xs[axis..].iter().product()
+                } else if xs[axis + 1..].iter().all(|&d| d == 1) {
+                    xs[axis]
+                } else {
+                    return Err(self.fail(node, "softmax over an axis other than the last is not supported"));
+                };
+                self.add_layer(node, LayerKind::Softmax { input: x, row }, xs);
+                Ok(())
+            }
+            "LayerNormalization" => {
+                let x = self.value(node, 0)?;
+                let xs = self.g.values[x].shape.clone();
+                let axis = int(node, "axis", -1);
+                if axis != -1 && axis != xs.len() as i64 - 1 {
+                    return Err(self.fail(node, "normalisation over more than the last axis is not supported"));
+                }
+                let scale = self.konst(node, 1)?;
+                let bias = self.konst(node, 2)?;
+                let epsilon = float(node, "epsilon", 1e-5);
+                self.add_layer(node, LayerKind::LayerNorm { input: x, epsilon, scale, bias }, xs);
+                Ok(())
+            }
+            "LRN" => {
+                let x = self.value(node, 0)?;
+                let xs = self.g.values[x].shape.clone();
+                if xs.len() != 4 {
+                    return Err(self.fail(node, "LRN needs [N, C, H, W]"));
+                }
+                let size = int(node, "size", 0);
+                if size < 1 {
+                    return Err(self.fail(node, "size must be positive"));
+                }
+                let kind = LayerKind::Lrn {
+                    input: x,
+                    size: size as usize,
+                    alpha: float(node, "alpha", 1e-4),
+                    beta: float(node, "beta", 0.75),
+                    bias: float(node, "bias", 1.0),
+                };
+                self.add_layer(node, kind, xs);
+                Ok(())
+            }
+            "Concat" => {
+                let shape = self.out_shape(node)?;
+                let mut inputs = Vec::new();
+                for i in 0..node.inputs.len() {
+                    inputs.push(self.value(node, i)?);
+                }
+                let a = int(node, "axis", 0);
+                let axis = if a < 0 { a + shape.len() as i64 } else { a } as usize;
+                self.add_layer(node, LayerKind::Concat { inputs, axis }, shape);
+                Ok(())
+            }
+            "Transpose" => {
+                let x = self.value(node, 0)?;
+                let shape = self.out_shape(node)?;
+                let rank = self.g.values[x].shape.len();
+                let perm: Vec<usize> = ints(node, "perm")
+                    .unwrap_or_else(|| (0..rank as i64).rev().collect())
+                    .iter()
+                    .map(|&p| p as usize)
+                    .collect();
+                if perm.iter().enumerate().all(|(i, &p)| i == p) {
+                    return self.view(node, shape);
+                }
+                self.add_layer(node, LayerKind::Transpose { input: x, perm }, shape);
+                Ok(())
+            }
+            "ReduceMean" => self.reduce(node, ReduceKind::Mean),
+            "ReduceSum" => self.reduce(node, ReduceKind::Sum),
+            "ReduceMax" => self.reduce(node, ReduceKind::Max),
+            "ReduceMin" => self.reduce(node, ReduceKind::Min),
+            "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => {
+                let shape = self.out_shape(node)?;
+                self.view(node, shape)
+            }
+            "Dropout" => {
+                if node.outputs.len() > 1 && self.uses.get(&node.outputs[1]).copied().unwrap_or(0) > 0 {
+                    return Err(self.fail(node, "the mask output is not supported"));
+                }
+                let shape = self.g.values[self.value(node, 0)?].shape.clone();
+                self.view(node, shape)
+            }
+            "Cast" => {
+                let to = int(node, "to", 1);
+                if !matches!(to, 1 | 10 | 11) {
+                    return Err(self.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
+                }
+                let shape = self.g.values[self.value(node, 0)?].shape.clone();
+                self.view(node, shape)
+            }
+            _ => Err(self.unsupported(node)),
+        }
+    }
+}
+
+static EMPTY: Const = Const { shape: Vec::new(), data: crate::ir::ConstData::F32(Vec::new()) };
+
+/// Imports `model`; `symbols` gives values to symbolic input dimensions.
+pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&Path>) -> Result<Graph, CompileError> {
+    let opset = model.opset().unwrap_or(9);
+    if !(7..=20).contains(&opset) {
+        return Err(CompileError::Model(format!("opset {opset} is not supported (7 to 20)")));
+    }
+    let graph = &model.graph;
+    let mut uses = HashMap::new();
+    for n in &graph.nodes {
+        for i in &n.inputs {
+            *uses.entry(i.clone()).or_insert(0) += 1;
+        }
+    }
+    let graph_outputs: Vec<String> = graph.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut b = Builder {
+        g: Graph { name: graph.name.clone(), ..Default::default() },
+        env: HashMap::new(),
+        shapes: Shapes::default(),
+        opset,
+        uses,
+        producer: HashMap::new(),
+        graph_outputs: graph_outputs.clone(),
+        model_dir,
+    };
+    for t in &graph.initializers {
+        let c = tensor_const(t, model_dir)?;
+        b.bind_const(&t.name, c);
+    }
+    for input in &graph.inputs {
+        if b.env.contains_key(&input.name) {
+            continue; // an initializer listed as an input
+        }
+        if !matches!(input.elem_type, data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE) {
+            return Err(CompileError::Model(format!(
+                "input '{}' has element type {}; aicsim programs take float inputs",
+                input.name, input.elem_type
+            )));
+        }
+        let dims = input
+            .shape
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Dim::Value(v) if *v >= 0 => Ok(*v as usize),
+                Dim::Value(v) => Err(CompileError::Model(format!("input '{}' has dimension {v}", input.name))),
+                Dim::Param(p) => symbols.get(p).map(|&v| v.max(0) as usize).ok_or_else(|| {
+                    CompileError::Shape(ShapeError::UndefinedSymbol { input: input.name.clone(), symbol: p.clone() })
+                }),
+                Dim::Unknown => Err(CompileError::Shape(ShapeError::UndefinedSymbol {
+                    input: input.name.clone(),
+                    symbol: "?".into(),
+                })),
+            })
+            .collect::<Result<Vec<usize>, _>>()?;
+        let v = b.g.add_value(&input.name, dims);
+        b.bind_value(&input.name, v);
+        b.g.inputs.push(Io { name: input.name.clone(), value: v });
+    }
+    for node in &graph.nodes {
+        b.node(node)?;
+    }
+    for name in &graph_outputs {
+        let v = match b.env.get(name) {
+            Some(Entry::Value(v)) => *v,
+            Some(Entry::Const(_)) => {
+                return Err(CompileError::Model(format!("output '{name}' is a constant; nothing to run on the device")))
+            }
+            None => return Err(CompileError::Model(format!("output '{name}' is not produced by any node"))),
+        };
+        // An output needs storage of its own: not an input's, not another output's.
+        let storage = b.g.values[v].storage;
+        let shared = b.g.inputs.iter().any(|i| b.g.values[i.value].storage == storage)
+            || b.g.outputs.iter().any(|o| b.g.values[o.value].storage == storage);
+        let v = if shared {
+            let shape = b.g.values[v].shape.clone();
+            let out = b.g.add_value(name, shape);
+            b.g.layers.push(Layer {
+                name: format!("{name}_copy"),
+                op_type: "Identity".into(),
+                kind: LayerKind::Elementwise { first: Operand::Value(v), steps: vec![] },
+                output: out,
+            });
+            out
+        } else {
+            v
+        };
+        b.g.outputs.push(Io { name: name.clone(), value: v });
+    }
+    Ok(b.g)
+}

@@ -1,0 +1,1129 @@
+//! Lowering: every layer of the [`ir::Graph`] becomes tiles, and every tile a short run
+//! of device instructions on one core.
+//!
+//! - **DDR plan.** Constants first (in the program's dtype; f16 clips with a warning),
+//!   then one region per stored value, `replicas` copies back to back so a tensor of
+//!   shape `[N, ...]` replicated R times is the tensor `[R * N, ...]`.
+//! - **Tiles.** Each layer picks tile sizes so that one tile's buffers (weights, input
+//!   rows with their halo, output) fit in half of the VTCM budget: two buffer sets
+//!   alternate, so the DMA of tile i + 1 overlaps the compute of tile i (the device's
+//!   hazard tracking orders the rest). `-mos` divides the budget (smaller tiles, less
+//!   VTCM); `-ols` asks for at least `cores x ols` tiles per layer (finer split).
+//! - **Cores.** A layer's tiles are dealt to the cores in contiguous runs (so a core
+//!   reuses a weight block across its tiles); every core ends the layer at a barrier.
+//!   With `-multicast-weights`, a layer whose whole weight fits one block has it read
+//!   from DDR once and multicast to every core (core 0 issues it and signals).
+//! - Element-wise chains, transposes and concatenations share one strided "map"
+//!   lowering: operand views with broadcast (stride 0) and permuted strides.
+
+use aicsim_device::container::ConstantBlob;
+use aicsim_device::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, Space, Tensor, UnaryKind};
+use aicsim_device::nsp::CostModel;
+
+use crate::ir::{Activation, Const, Graph, LayerKind, Operand, Step, ValueId};
+use crate::CompileError;
+
+/// How to lower.
+#[derive(Clone, Copy, Debug)]
+pub struct LowerOptions {
+    pub cores: u32,
+    pub dtype: DType,
+    pub vtcm_bytes: u64,
+    pub mos: u32,
+    pub ols: u32,
+    /// Copies of the graph one inference runs (`-batchsize` over a batch-1 model).
+    pub replicas: usize,
+    pub multicast_weights: bool,
+}
+
+/// What one layer costs, for `-aic-perf-metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerReport {
+    pub name: String,
+    pub op_type: String,
+    pub macs: u64,
+    pub tiles: usize,
+    /// Compute cycles summed over cores (HMX and HVX), from the device's cost model.
+    pub compute_cycles: u64,
+    pub load_bytes: u64,
+    pub store_bytes: u64,
+    /// Of `load_bytes`, weights and other constants.
+    pub constant_bytes: u64,
+}
+
+/// The lowered program.
+#[derive(Clone, Debug, Default)]
+pub struct Lowered {
+    pub streams: Vec<Vec<Op>>,
+    pub constants: Vec<ConstantBlob>,
+    pub constants_bytes: u64,
+    pub ddr_bytes: u64,
+    /// Peak VTCM any core uses.
+    pub vtcm_bytes: u64,
+    /// DDR offset of every value's storage (`u64::MAX` if it has none).
+    pub value_offsets: Vec<u64>,
+    pub layers: Vec<LayerReport>,
+    pub warnings: Vec<String>,
+}
+
+const ALIGN: u64 = 256;
+const VTCM_ALIGN: u64 = 128;
+
+fn align(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// A strided view of a DDR tensor in elements.
+#[derive(Clone, Debug, PartialEq)]
+struct View {
+    offset: u64,
+    strides: Vec<u64>,
+}
+
+/// Bump allocator over one core's VTCM for one layer.
+struct Vtcm {
+    next: u64,
+    capacity: u64,
+}
+
+impl Vtcm {
+    fn alloc(&mut self, bytes: u64) -> u64 {
+        let at = self.next;
+        self.next = align(at + bytes.max(1), VTCM_ALIGN);
+        at
+    }
+}
+
+/// Splits `n` items into `parts` contiguous runs of near-equal length.
+fn runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    (0..parts).map(|p| (n * p / parts)..(n * (p + 1) / parts)).collect()
+}
+
+fn dims32(shape: &[u64]) -> Vec<u32> {
+    shape.iter().map(|&d| d as u32).collect()
+}
+
+/// Contiguous element strides of `shape`.
+fn contiguous(shape: &[u64]) -> Vec<u64> {
+    let mut s = vec![1u64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
+struct Lowerer<'g> {
+    g: &'g Graph,
+    o: LowerOptions,
+    eb: u64,
+    cost: CostModel,
+    streams: Vec<Vec<Op>>,
+    const_offsets: Vec<u64>,
+    value_offsets: Vec<u64>,
+    /// Elements of one replica of each stored value.
+    vtcm_peak: u64,
+    /// Multicast signals so far (counter 0 carries them).
+    reports: Vec<LayerReport>,
+    layer: String,
+}
+
+impl<'g> Lowerer<'g> {
+    fn err(&self, reason: impl Into<String>) -> CompileError {
+        CompileError::Lowering { layer: self.layer.clone(), reason: reason.into() }
+    }
+
+    /// Bytes one of the two buffer sets of a tile may use.
+    fn budget(&self) -> u64 {
+        self.o.vtcm_bytes / 2 / u64::from(self.o.mos.max(1))
+    }
+
+    fn want_tiles(&self) -> usize {
+        (self.o.cores * self.o.ols.max(1)) as usize
+    }
+
+    fn ddr(&self, offset_elems: u64, base: u64, shape: &[u64], strides: &[u64]) -> Tensor {
+        let shape32 = dims32(shape);
+        let strides32: Vec<u32> = strides.iter().map(|&s| s as u32).collect();
+        Tensor::contiguous(Space::Ddr, base + offset_elems * self.eb, self.o.dtype, &shape32).with_strides(&strides32)
+    }
+
+    fn vtcm(&self, at: u64, shape: &[u64]) -> Tensor {
+        Tensor::vtcm(at, self.o.dtype, &dims32(shape))
+    }
+
+    fn value_base(&self, v: ValueId) -> u64 {
+        self.value_offsets[self.g.values[v].storage]
+    }
+
+    /// Elements of one replica of `v`.
+    fn replica_elems(&self, v: ValueId) -> u64 {
+        self.g.values[v].elements() as u64
+    }
+
+    fn end_layer(&mut self, tiles: usize, first_op: &[usize], vtcm_used: u64) {
+        if self.o.cores > 1 {
+            for s in &mut self.streams {
+                s.push(Op::Barrier);
+            }
+        }
+        self.vtcm_peak = self.vtcm_peak.max(vtcm_used);
+        let mut r = LayerReport { tiles, ..Default::default() };
+        for (c, s) in self.streams.iter().enumerate() {
+            for op in &s[first_op[c]..] {
+                match op {
+                    Op::DmaIn { src, .. } => {
+                        r.load_bytes += src.packed_bytes();
+                        if src.offset < self.const_region_end() {
+                            r.constant_bytes += src.packed_bytes();
+                        }
+                    }
+                    Op::DmaOut { dst, .. } => r.store_bytes += dst.packed_bytes(),
+                    Op::Barrier | Op::Signal { .. } | Op::Wait { .. } | Op::End => {}
+                    other => r.compute_cycles += self.cost.cycles(other),
+                }
+            }
+        }
+        self.reports.push(r);
+    }
+
+    fn const_region_end(&self) -> u64 {
+        self.value_offsets.iter().copied().filter(|&o| o != u64::MAX).min().unwrap_or(u64::MAX)
+    }
+
+    fn starts(&self) -> Vec<usize> {
+        self.streams.iter().map(Vec::len).collect()
+    }
+
+    // ---- convolution -------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &mut self,
+        x: ValueId,
+        y: ValueId,
+        weight: usize,
+        bias: Option<usize>,
+        stride: [usize; 2],
+        pad: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+        act: Activation,
+    ) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
+        let ws: Vec<u64> = self.g.consts[weight].shape.iter().map(|&d| d as u64).collect();
+        let (c, h, w) = (xs[1], xs[2], xs[3]);
+        let (co, ho, wo) = (ys[1], ys[2], ys[3]);
+        let (cig, kh, kw) = (ws[1], ws[2], ws[3]);
+        let g = groups as u64;
+        if g == 0 || co % g != 0 || c != cig * g {
+            return Err(self.err(format!("{g} groups do not fit {c} input and {co} output channels")));
+        }
+        let cpg_out = co / g;
+        let cpg_in = c / g;
+        let unit = if g == 1 { 1 } else { cpg_out };
+        let (sh, dh) = (stride[0] as u64, dilation[0] as u64);
+        let samples = self.o.replicas as u64 * xs[0];
+        let w_block = |co_t: u64| align(co_t * cig * kh * kw * eb, VTCM_ALIGN) + align(co_t * eb, VTCM_ALIGN);
+        let in_ch = |co_t: u64| if g == 1 { c } else { co_t / cpg_out * cpg_in };
+        let rows_in = |r: u64| ((r - 1) * sh + (kh - 1) * dh + 1).min(h);
+        let io = |co_t: u64, r: u64| {
+            align(in_ch(co_t) * rows_in(r) * w * eb, VTCM_ALIGN) + align(co_t * r * wo * eb, VTCM_ALIGN)
+        };
+        let budget = self.budget();
+        let mut co_t = co;
+        while w_block(co_t) + io(co_t, 1) > budget && co_t > unit {
+            co_t = (co_t / 2).div_ceil(unit).max(1) * unit;
+        }
+        if w_block(co_t) + io(co_t, 1) > budget {
+            return Err(self.err(format!(
+                "one output row of {co_t} channels needs {} bytes of VTCM, more than the {budget}-byte tile budget",
+                w_block(co_t) + io(co_t, 1)
+            )));
+        }
+        // The most output rows that fit.
+        let (mut lo, mut hi) = (1u64, ho);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if w_block(co_t) + io(co_t, mid) <= budget {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let mut r = lo;
+        let count = |co_t: u64, r: u64| (samples * co.div_ceil(co_t) * ho.div_ceil(r)) as usize;
+        while count(co_t, r) < self.want_tiles() {
+            if r > 1 {
+                r = r.div_ceil(2);
+            } else if co_t > unit {
+                co_t = (co_t / 2).div_ceil(unit).max(1) * unit;
+            } else {
+                break;
+            }
+        }
+        let n_r = ho.div_ceil(r);
+        let r = ho.div_ceil(n_r);
+        let n_co = co.div_ceil(co_t);
+        let co_t = co.div_ceil(n_co).div_ceil(unit) * unit;
+        let n_co = co.div_ceil(co_t);
+
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let wbuf = [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)];
+        let bbuf = [v.alloc(co_t * eb), v.alloc(co_t * eb)];
+        let ibuf = [v.alloc(in_ch(co_t) * rows_in(r) * w * eb), v.alloc(in_ch(co_t) * rows_in(r) * w * eb)];
+        let obuf = [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)];
+        debug_assert!(v.next <= v.capacity);
+
+        let (xb, yb) = (self.value_base(x), self.value_base(y));
+        let wb = self.const_offsets[weight];
+        let bb = bias.map(|b| self.const_offsets[b]);
+        // Tiles: weight block outermost, so a core reuses it across its run.
+        let mut tiles = Vec::new();
+        for cb in 0..n_co {
+            for s in 0..samples {
+                for rb in 0..n_r {
+                    tiles.push((cb, s, rb));
+                }
+            }
+        }
+        let multicast = self.o.multicast_weights && self.o.cores > 1 && n_co == 1;
+        let starts = self.starts();
+        let cores = self.o.cores as usize;
+        let load_weights = |ops: &mut Vec<Op>, me: &Self, cb: u64, slot: usize, mask: u64| {
+            let co0 = cb * co_t;
+            let co_n = co_t.min(co - co0);
+            let per = cig * kh * kw;
+            ops.push(Op::DmaIn {
+                dst: me.vtcm(wbuf[slot], &[co_n, cig, kh, kw]),
+                src: me.ddr(co0 * per, wb, &[co_n, cig, kh, kw], &contiguous(&[co_n, cig, kh, kw])),
+                multicast: mask,
+            });
+            if let Some(bb) = bb {
+                ops.push(Op::DmaIn { dst: me.vtcm(bbuf[slot], &[co_n]), src: me.ddr(co0, bb, &[co_n], &[1]), multicast: mask });
+            }
+        };
+        for (core, run) in runs(tiles.len(), cores).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            let mut last_cb = None;
+            let mut wslot = 1;
+            if multicast {
+                // Every core computes with the one weight block: core 0 reads it once.
+                if core == 0 {
+                    load_weights(&mut ops, self, 0, 0, (1u64 << cores) - 1);
+                    ops.push(Op::Signal { counter: 0, value: (cores - 1) as u16 });
+                } else {
+                    ops.push(Op::Wait { counter: 0, value: 1 });
+                }
+                last_cb = Some(0);
+                wslot = 0;
+            }
+            for (i, &(cb, s, rb)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                if last_cb != Some(cb) {
+                    wslot ^= 1;
+                    load_weights(&mut ops, self, cb, wslot, 0);
+                    last_cb = Some(cb);
+                }
+                let co0 = cb * co_t;
+                let co_n = co_t.min(co - co0);
+                let oy0 = rb * r;
+                let r_n = r.min(ho - oy0);
+                let start = (oy0 * sh) as i64 - pad[0] as i64;
+                let end = ((oy0 + r_n - 1) * sh + (kh - 1) * dh + 1) as i64 - pad[0] as i64;
+                let a = start.max(0) as u64;
+                let b = (end.min(h as i64) as u64).max(a + 1).min(h);
+                let a = a.min(b - 1);
+                let pad_top = (a as i64 - start) as u64;
+                let ci0 = if g == 1 { 0 } else { co0 / cpg_out * cpg_in };
+                let ci_n = in_ch(co_n);
+                let rows = b - a;
+                ops.push(Op::DmaIn {
+                    dst: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
+                    src: self.ddr((s * c + ci0) * h * w + a * w, xb, &[ci_n, rows, w], &[h * w, w, 1]),
+                    multicast: 0,
+                });
+                let out = self.vtcm(obuf[slot], &[co_n, r_n, wo]);
+                ops.push(Op::Conv2d {
+                    dst: out,
+                    input: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
+                    weight: self.vtcm(wbuf[wslot], &[co_n, cig, kh, kw]),
+                    geometry: ConvGeometry {
+                        stride: [stride[0] as u32, stride[1] as u32],
+                        pad: [pad_top as u32, pad[1] as u32],
+                        dilation: [dilation[0] as u32, dilation[1] as u32],
+                        groups: if g == 1 { 1 } else { (co_n / cpg_out) as u32 },
+                    },
+                    accumulate: false,
+                });
+                if bias.is_some() {
+                    let bview = self.vtcm(bbuf[wslot], &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
+                    ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
+                }
+                if let Activation::Unary(kind) = act {
+                    ops.push(Op::Unary { kind, dst: out, src: out });
+                }
+                ops.push(Op::DmaOut {
+                    dst: self.ddr((s * co + co0) * ho * wo + oy0 * wo, yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]),
+                    src: out,
+                });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
+        Ok(())
+    }
+
+    // ---- dense (matrix x constant) -----------------------------------------------
+
+    fn dense(
+        &mut self,
+        x: ValueId,
+        y: ValueId,
+        weight: usize,
+        bias: Option<usize>,
+        act: Activation,
+    ) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let ws = &self.g.consts[weight].shape;
+        let (k, n) = (ws[0] as u64, ws[1] as u64);
+        let m = self.o.replicas as u64 * self.replica_elems(x) / k;
+        let acc_f32 = self.o.dtype == DType::F16;
+        let ab = if acc_f32 { 4 } else { eb };
+        let bytes = |m_t: u64, k_t: u64, n_t: u64| {
+            align(m_t * k_t * eb, VTCM_ALIGN)
+                + align(k_t * n_t * eb, VTCM_ALIGN)
+                + align(m_t * n_t * eb, VTCM_ALIGN)
+                + align(m_t * n_t * ab, VTCM_ALIGN)
+                + align(n_t * eb, VTCM_ALIGN)
+        };
+        let budget = self.budget();
+        let (mut m_t, mut k_t, mut n_t) = (m.min(512), k, n);
+        while bytes(m_t, k_t, n_t) > budget {
+            if n_t > 64 {
+                n_t = n_t.div_ceil(2);
+            } else if k_t > 64 {
+                k_t = k_t.div_ceil(2);
+            } else if m_t > 1 {
+                m_t = m_t.div_ceil(2);
+            } else {
+                return Err(self.err("a 1 x 64 x 64 matrix tile does not fit the VTCM budget"));
+            }
+        }
+        while (m.div_ceil(m_t) * n.div_ceil(n_t)) < self.want_tiles() as u64 && n_t > 16 {
+            n_t = n_t.div_ceil(2);
+        }
+        let n_n = n.div_ceil(n_t);
+        let n_t = n.div_ceil(n_n);
+        let n_k = k.div_ceil(k_t);
+        let k_t = k.div_ceil(n_k);
+        let n_m = m.div_ceil(m_t);
+        let m_t = m.div_ceil(n_m);
+
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let abuf = [v.alloc(m_t * k_t * eb), v.alloc(m_t * k_t * eb)];
+        let bbuf = [v.alloc(k_t * n_t * eb), v.alloc(k_t * n_t * eb)];
+        let accbuf = [v.alloc(m_t * n_t * ab), v.alloc(m_t * n_t * ab)];
+        let obuf = [v.alloc(m_t * n_t * eb), v.alloc(m_t * n_t * eb)];
+        let biasbuf = [v.alloc(n_t * eb), v.alloc(n_t * eb)];
+        let (xb, yb, wb) = (self.value_base(x), self.value_base(y), self.const_offsets[weight]);
+        let bb = bias.map(|b| self.const_offsets[b]);
+        let tiles: Vec<(u64, u64)> = (0..n_n).flat_map(|nb| (0..n_m).map(move |mb| (nb, mb))).collect();
+        let starts = self.starts();
+        let acc_dtype = if acc_f32 { DType::F32 } else { self.o.dtype };
+        let mut step = 0usize;
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(nb, mb)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                let (n0, m0) = (nb * n_t, mb * m_t);
+                let (n_c, m_c) = (n_t.min(n - n0), m_t.min(m - m0));
+                let acc = Tensor::vtcm(accbuf[slot], acc_dtype, &dims32(&[m_c, n_c]));
+                for kb in 0..n_k {
+                    let k0 = kb * k_t;
+                    let k_c = k_t.min(k - k0);
+                    let s = step % 2;
+                    step += 1;
+                    ops.push(Op::DmaIn {
+                        dst: self.vtcm(abuf[s], &[m_c, k_c]),
+                        src: self.ddr(m0 * k + k0, xb, &[m_c, k_c], &[k, 1]),
+                        multicast: 0,
+                    });
+                    ops.push(Op::DmaIn {
+                        dst: self.vtcm(bbuf[s], &[k_c, n_c]),
+                        src: self.ddr(k0 * n + n0, wb, &[k_c, n_c], &[n, 1]),
+                        multicast: 0,
+                    });
+                    ops.push(Op::MatMul {
+                        dst: acc,
+                        a: self.vtcm(abuf[s], &[m_c, k_c]),
+                        b: self.vtcm(bbuf[s], &[k_c, n_c]),
+                        accumulate: kb > 0,
+                    });
+                }
+                let out = self.vtcm(obuf[slot], &[m_c, n_c]);
+                if acc_f32 {
+                    ops.push(Op::Convert { dst: out, src: acc, scale: 1.0, zero_point: 0 });
+                } else {
+                    ops.push(Op::Unary { kind: UnaryKind::Copy, dst: out, src: acc });
+                }
+                if let Some(bb) = bb {
+                    ops.push(Op::DmaIn {
+                        dst: self.vtcm(biasbuf[slot], &[n_c]),
+                        src: self.ddr(n0, bb, &[n_c], &[1]),
+                        multicast: 0,
+                    });
+                    let bview = self.vtcm(biasbuf[slot], &[m_c, n_c]).with_strides(&[0, 1]);
+                    ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
+                }
+                if let Activation::Unary(kind) = act {
+                    ops.push(Op::Unary { kind, dst: out, src: out });
+                }
+                ops.push(Op::DmaOut { dst: self.ddr(m0 * n + n0, yb, &[m_c, n_c], &[n, 1]), src: out });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
+        Ok(())
+    }
+
+    // ---- batched matmul of two runtime tensors --------------------------------------
+
+    fn matmul(&mut self, a: ValueId, b: ValueId, y: ValueId) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let sa = &self.g.values[a].shape;
+        let sb = &self.g.values[b].shape;
+        let (m, k, n) = (sa[sa.len() - 2] as u64, sa[sa.len() - 1] as u64, sb[sb.len() - 1] as u64);
+        let batch = self.o.replicas as u64 * sa[..sa.len() - 2].iter().product::<usize>() as u64;
+        let need = align(m * k * eb, VTCM_ALIGN) + align(k * n * eb, VTCM_ALIGN) + align(m * n * eb, VTCM_ALIGN);
+        if need > self.budget() {
+            return Err(self.err(format!("a [{m}, {k}] x [{k}, {n}] product needs {need} bytes; tiling it is not supported")));
+        }
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let abuf = [v.alloc(m * k * eb), v.alloc(m * k * eb)];
+        let bbuf = [v.alloc(k * n * eb), v.alloc(k * n * eb)];
+        let obuf = [v.alloc(m * n * eb), v.alloc(m * n * eb)];
+        let (ab, bb, yb) = (self.value_base(a), self.value_base(b), self.value_base(y));
+        let starts = self.starts();
+        for (core, run) in runs(batch as usize, self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, t) in run.enumerate() {
+                let (slot, t) = (i % 2, t as u64);
+                ops.push(Op::DmaIn {
+                    dst: self.vtcm(abuf[slot], &[m, k]),
+                    src: self.ddr(t * m * k, ab, &[m, k], &[k, 1]),
+                    multicast: 0,
+                });
+                ops.push(Op::DmaIn {
+                    dst: self.vtcm(bbuf[slot], &[k, n]),
+                    src: self.ddr(t * k * n, bb, &[k, n], &[n, 1]),
+                    multicast: 0,
+                });
+                let out = self.vtcm(obuf[slot], &[m, n]);
+                ops.push(Op::MatMul {
+                    dst: out,
+                    a: self.vtcm(abuf[slot], &[m, k]),
+                    b: self.vtcm(bbuf[slot], &[k, n]),
+                    accumulate: false,
+                });
+                ops.push(Op::DmaOut { dst: self.ddr(t * m * n, yb, &[m, n], &[n, 1]), src: out });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(batch as usize, &starts, v.next);
+        Ok(())
+    }
+
+    // ---- strided maps: element-wise chains, transposes, concatenation ---------------
+
+    /// `out[i] = steps(first[i], operands[i]...)` over `shape`, every tensor a strided
+    /// view (stride 0 broadcasts).
+    fn map(
+        &mut self,
+        shape: &[u64],
+        out: (u64, View),
+        first: (u64, View),
+        steps: &[(Option<(u64, View)>, Step)],
+        report: bool,
+    ) -> Result<usize, CompileError> {
+        let eb = self.eb;
+        // Drop unit dimensions, then merge neighbours every view walks contiguously.
+        let mut views: Vec<&(u64, View)> = vec![&out, &first];
+        views.extend(steps.iter().filter_map(|(o, _)| o.as_ref()));
+        let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
+        let mut dims: Vec<u64> = keep.iter().map(|&d| shape[d]).collect();
+        let mut strides: Vec<Vec<u64>> = views.iter().map(|(_, v)| keep.iter().map(|&d| v.strides[d]).collect()).collect();
+        let mut d = 0;
+        while d + 1 < dims.len() {
+            if strides.iter().all(|s| s[d] == s[d + 1] * dims[d + 1]) {
+                dims[d] *= dims[d + 1];
+                dims.remove(d + 1);
+                for s in &mut strides {
+                    s[d] = s[d + 1];
+                    s.remove(d + 1);
+                }
+            } else {
+                d += 1;
+            }
+        }
+        if dims.is_empty() {
+            dims.push(1);
+            strides.iter_mut().for_each(|s| s.push(1));
+        }
+        if dims.len() > 4 {
+            return Err(self.err(format!("a {}-dimensional strided pattern is beyond the 4-D DMA", dims.len())));
+        }
+        let n_buf = 1 + steps.iter().filter(|(o, _)| o.is_some()).count() as u64 + 1;
+        let max_elems = (self.budget() / (n_buf * eb)).max(1);
+        // Tile: split axis `ax`, keep every axis after it whole.
+        let mut ax = 0;
+        while ax + 1 < dims.len() && dims[ax + 1..].iter().product::<u64>() > max_elems {
+            ax += 1;
+        }
+        let inner: u64 = dims[ax + 1..].iter().product();
+        if inner > max_elems {
+            return Err(self.err(format!("a row of {inner} elements does not fit the VTCM budget")));
+        }
+        let outer: u64 = dims[..ax].iter().product();
+        let mut chunk = (max_elems / inner).clamp(1, dims[ax]);
+        while outer * dims[ax].div_ceil(chunk) < self.want_tiles() as u64 && chunk > 1 {
+            chunk = chunk.div_ceil(2);
+        }
+        let n_chunks = dims[ax].div_ceil(chunk);
+        let chunk = dims[ax].div_ceil(n_chunks);
+        let tile_elems = chunk * inner;
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let bufs: Vec<[u64; 2]> = (0..n_buf).map(|_| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)]).collect();
+        let tiles: Vec<(u64, u64)> = (0..outer).flat_map(|o| (0..n_chunks).map(move |c| (o, c))).collect();
+        let starts = self.starts();
+        let rank = dims.len();
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(o, cidx)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                // Index of the tile's first element along each axis.
+                let mut start = vec![0u64; rank];
+                let mut rem = o;
+                for d in (0..ax).rev() {
+                    start[d] = rem % dims[d];
+                    rem /= dims[d];
+                }
+                start[ax] = cidx * chunk;
+                let mut tshape: Vec<u64> = vec![1; rank];
+                tshape[ax] = chunk.min(dims[ax] - start[ax]);
+                tshape[ax + 1..].copy_from_slice(&dims[ax + 1..]);
+                let tshape: Vec<u64> = tshape[ax..].to_vec();
+                let origin = |s: &[u64]| -> u64 { start.iter().zip(s).map(|(a, b)| a * b).sum() };
+                let acc = self.vtcm(bufs[0][slot], &tshape);
+                // An operand's tile: DMA its distinct elements, view them broadcast.
+                let load = |ops: &mut Vec<Op>, me: &Self, which: usize, base: u64, buf: u64| -> Tensor {
+                    let s = &strides[which][ax..];
+                    let packed: Vec<u64> = tshape.iter().zip(s).map(|(&d, &st)| if st == 0 { 1 } else { d }).collect();
+                    let src = me.ddr(origin(&strides[which]), base, &packed, s);
+                    ops.push(Op::DmaIn { dst: me.vtcm(buf, &packed), src, multicast: 0 });
+                    let c = contiguous(&packed);
+                    let vs: Vec<u32> = c.iter().zip(s).map(|(&c, &st)| if st == 0 { 0 } else { c as u32 }).collect();
+                    me.vtcm(buf, &tshape).with_strides(&vs)
+                };
+                if strides[1][ax..].iter().all(|&s| s != 0) {
+                    let src = self.ddr(origin(&strides[1]), first.0, &tshape, &strides[1][ax..]);
+                    ops.push(Op::DmaIn { dst: acc, src, multicast: 0 });
+                } else {
+                    let view = load(&mut ops, self, 1, first.0, bufs[1][slot]);
+                    ops.push(Op::Unary { kind: UnaryKind::Copy, dst: acc, src: view });
+                }
+                let mut which = 2;
+                for (operand, step) in steps {
+                    match *step {
+                        Step::Unary(kind) => ops.push(Op::Unary { kind, dst: acc, src: acc }),
+                        Step::Binary { kind, swapped, .. } => {
+                            let base = operand.as_ref().expect("binary step has an operand").0;
+                            let view = load(&mut ops, self, which, base, bufs[which][slot]);
+                            which += 1;
+                            let (a, b) = if swapped { (view, acc) } else { (acc, view) };
+                            ops.push(Op::Binary { kind, dst: acc, a, b });
+                        }
+                    }
+                }
+                let dst = self.ddr(origin(&strides[0]), out.0, &tshape, &strides[0][ax..]);
+                ops.push(Op::DmaOut { dst, src: acc });
+            }
+            self.streams[core] = ops;
+        }
+        if report {
+            self.end_layer(tiles.len(), &starts, v.next);
+        } else {
+            self.vtcm_peak = self.vtcm_peak.max(v.next);
+        }
+        Ok(tiles.len())
+    }
+
+    /// A runtime value or constant as a view over `out_shape` (with the replica axis
+    /// first), broadcasting numpy-style.
+    fn operand_view(&self, o: Operand, out_shape: &[usize]) -> (u64, View) {
+        let (shape, base, replica) = match o {
+            Operand::Value(v) => (&self.g.values[v].shape, self.value_base(v), self.replica_elems(v)),
+            Operand::Const(c) => (&self.g.consts[c].shape, self.const_offsets[c], 0),
+        };
+        let rank = out_shape.len();
+        let own: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let cs = contiguous(&own);
+        let mut strides = vec![0u64; rank + 1];
+        strides[0] = replica;
+        for d in 0..shape.len() {
+            let od = rank - shape.len() + d;
+            strides[od + 1] = if shape[d] == 1 && out_shape[od] != 1 { 0 } else { cs[d] };
+        }
+        (base, View { offset: 0, strides })
+    }
+
+    fn elementwise(&mut self, y: ValueId, first: Operand, steps: &[Step]) -> Result<(), CompileError> {
+        let out_shape = self.g.values[y].shape.clone();
+        let mut shape = vec![self.o.replicas as u64];
+        shape.extend(out_shape.iter().map(|&d| d as u64));
+        let out = (self.value_base(y), View { offset: 0, strides: contiguous(&shape) });
+        let first = self.operand_view(first, &out_shape);
+        let steps: Vec<(Option<(u64, View)>, Step)> = steps
+            .iter()
+            .map(|s| match *s {
+                Step::Binary { operand, .. } => (Some(self.operand_view(operand, &out_shape)), *s),
+                Step::Unary(_) => (None, *s),
+            })
+            .collect();
+        self.map(&shape, out, first, &steps, true)?;
+        Ok(())
+    }
+
+    fn transpose(&mut self, x: ValueId, y: ValueId, perm: &[usize]) -> Result<(), CompileError> {
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let xstr = contiguous(&xs);
+        let mut shape = vec![self.o.replicas as u64];
+        shape.extend(perm.iter().map(|&p| xs[p]));
+        let mut src = vec![self.replica_elems(x)];
+        src.extend(perm.iter().map(|&p| xstr[p]));
+        let out = (self.value_base(y), View { offset: 0, strides: contiguous(&shape) });
+        self.map(&shape, out, (self.value_base(x), View { offset: 0, strides: src }), &[], true)?;
+        Ok(())
+    }
+
+    fn concat(&mut self, inputs: &[ValueId], y: ValueId, axis: usize) -> Result<(), CompileError> {
+        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
+        let ystr = contiguous(&ys);
+        let starts = self.starts();
+        let mut tiles = 0;
+        let mut at = 0u64;
+        for &x in inputs {
+            let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+            let mut shape = vec![self.o.replicas as u64];
+            shape.extend(&xs);
+            let mut ostr = vec![self.replica_elems(y)];
+            ostr.extend(&ystr);
+            let out = (self.value_base(y) + at * ystr[axis] * self.eb, View { offset: 0, strides: ostr });
+            let mut istr = vec![self.replica_elems(x)];
+            istr.extend(contiguous(&xs));
+            tiles += self.map(&shape, out, (self.value_base(x), View { offset: 0, strides: istr }), &[], false)?;
+            at += xs[axis];
+        }
+        self.end_layer(tiles, &starts, 0);
+        Ok(())
+    }
+
+    // ---- pooling --------------------------------------------------------------------
+
+    fn pool(
+        &mut self,
+        x: ValueId,
+        y: ValueId,
+        kind: PoolKind,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    ) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
+        let (c, h, w, ho, wo) = (xs[1], xs[2], xs[3], ys[2], ys[3]);
+        let (kh, sh) = (kernel[0] as u64, stride[0] as u64);
+        let samples = self.o.replicas as u64 * xs[0];
+        let rows_in = |r: u64| ((r - 1) * sh + kh).min(h);
+        let bytes = |c_t: u64, r: u64| align(c_t * rows_in(r) * w * eb, VTCM_ALIGN) + align(c_t * r * wo * eb, VTCM_ALIGN);
+        let budget = self.budget();
+        let mut c_t = c;
+        let mut r = ho;
+        while bytes(c_t, r) > budget {
+            if c_t > 1 {
+                c_t = c_t.div_ceil(2);
+            } else if r > 1 {
+                r = r.div_ceil(2);
+            } else {
+                return Err(self.err("one row of one channel does not fit the VTCM budget"));
+            }
+        }
+        while (samples * c.div_ceil(c_t) * ho.div_ceil(r)) < self.want_tiles() as u64 {
+            if c_t > 1 {
+                c_t = c_t.div_ceil(2);
+            } else if r > 1 {
+                r = r.div_ceil(2);
+            } else {
+                break;
+            }
+        }
+        let n_c = c.div_ceil(c_t);
+        let c_t = c.div_ceil(n_c);
+        let n_r = ho.div_ceil(r);
+        let r = ho.div_ceil(n_r);
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let ibuf = [v.alloc(c_t * rows_in(r) * w * eb), v.alloc(c_t * rows_in(r) * w * eb)];
+        let obuf = [v.alloc(c_t * r * wo * eb), v.alloc(c_t * r * wo * eb)];
+        let (xb, yb) = (self.value_base(x), self.value_base(y));
+        let mut tiles = Vec::new();
+        for s in 0..samples {
+            for cb in 0..n_c {
+                for rb in 0..n_r {
+                    tiles.push((s, cb, rb));
+                }
+            }
+        }
+        let starts = self.starts();
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(s, cb, rb)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                let (c0, oy0) = (cb * c_t, rb * r);
+                let (c_n, r_n) = (c_t.min(c - c0), r.min(ho - oy0));
+                let start = (oy0 * sh) as i64 - pad[0] as i64;
+                let end = ((oy0 + r_n - 1) * sh + kh) as i64 - pad[0] as i64;
+                let a = (start.max(0) as u64).min(h - 1);
+                let b = (end.min(h as i64).max(a as i64 + 1)) as u64;
+                let pad_top = (a as i64 - start).max(0) as u64;
+                let rows = b - a;
+                ops.push(Op::DmaIn {
+                    dst: self.vtcm(ibuf[slot], &[c_n, rows, w]),
+                    src: self.ddr((s * c + c0) * h * w + a * w, xb, &[c_n, rows, w], &[h * w, w, 1]),
+                    multicast: 0,
+                });
+                let out = self.vtcm(obuf[slot], &[c_n, r_n, wo]);
+                ops.push(Op::Pool {
+                    kind,
+                    dst: out,
+                    src: self.vtcm(ibuf[slot], &[c_n, rows, w]),
+                    window: PoolWindow {
+                        kernel: [kernel[0] as u32, kernel[1] as u32],
+                        stride: [stride[0] as u32, stride[1] as u32],
+                        pad: [pad_top.min(kh - 1) as u32, pad[1] as u32],
+                    },
+                });
+                ops.push(Op::DmaOut {
+                    dst: self.ddr((s * c + c0) * ho * wo + oy0 * wo, yb, &[c_n, r_n, wo], &[ho * wo, wo, 1]),
+                    src: out,
+                });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
+        Ok(())
+    }
+
+    fn global_avg_pool(&mut self, x: ValueId, y: ValueId) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let (c, hw) = (xs[1], xs[2] * xs[3]);
+        let samples = self.o.replicas as u64 * xs[0];
+        let mut c_t = (self.budget() / (hw * eb + eb + 2 * VTCM_ALIGN)).clamp(1, c);
+        while samples * c.div_ceil(c_t) < self.want_tiles() as u64 && c_t > 1 {
+            c_t = c_t.div_ceil(2);
+        }
+        let n_c = c.div_ceil(c_t);
+        let c_t = c.div_ceil(n_c);
+        if c_t * hw * eb > self.budget() {
+            return Err(self.err("one channel does not fit the VTCM budget"));
+        }
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let ibuf = [v.alloc(c_t * hw * eb), v.alloc(c_t * hw * eb)];
+        let obuf = [v.alloc(c_t * eb), v.alloc(c_t * eb)];
+        let (xb, yb) = (self.value_base(x), self.value_base(y));
+        let tiles: Vec<(u64, u64)> = (0..samples).flat_map(|s| (0..n_c).map(move |cb| (s, cb))).collect();
+        let starts = self.starts();
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(s, cb)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                let c0 = cb * c_t;
+                let c_n = c_t.min(c - c0);
+                let input = self.vtcm(ibuf[slot], &[c_n, xs[2], xs[3]]);
+                ops.push(Op::DmaIn {
+                    dst: input,
+                    src: self.ddr((s * c + c0) * hw, xb, &[c_n, xs[2], xs[3]], &[hw, xs[3], 1]),
+                    multicast: 0,
+                });
+                let out = self.vtcm(obuf[slot], &[c_n]);
+                ops.push(Op::GlobalAvgPool { dst: out, src: input });
+                ops.push(Op::DmaOut { dst: self.ddr(s * c + c0, yb, &[c_n], &[1]), src: out });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
+        Ok(())
+    }
+
+    // ---- row-wise: softmax, layer norm, reductions -----------------------------------
+
+    fn rows(&mut self, x: ValueId, y: ValueId, row: u64, what: RowOp) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let rows = self.o.replicas as u64 * self.replica_elems(x) / row;
+        let per_row = align(row * eb, 1) * 2 + eb;
+        let mut n_t = (self.budget().saturating_sub(4 * row * eb + 4 * VTCM_ALIGN) / per_row).clamp(1, rows);
+        while rows.div_ceil(n_t) < self.want_tiles() as u64 && n_t > 1 {
+            n_t = n_t.div_ceil(2);
+        }
+        let n_b = rows.div_ceil(n_t);
+        let n_t = rows.div_ceil(n_b);
+        if n_t * per_row > self.budget() {
+            return Err(self.err(format!("a row of {row} elements does not fit the VTCM budget")));
+        }
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let ibuf = [v.alloc(n_t * row * eb), v.alloc(n_t * row * eb)];
+        let obuf = [v.alloc(n_t * eb), v.alloc(n_t * eb)];
+        let pbuf = [v.alloc(row * eb), v.alloc(row * eb)];
+        let (xb, yb) = (self.value_base(x), self.value_base(y));
+        let starts = self.starts();
+        for (core, run) in runs(n_b as usize, self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, b) in run.enumerate() {
+                let slot = i % 2;
+                let r0 = b as u64 * n_t;
+                let n = n_t.min(rows - r0);
+                let t = self.vtcm(ibuf[slot], &[n, row]);
+                ops.push(Op::DmaIn { dst: t, src: self.ddr(r0 * row, xb, &[n, row], &[row, 1]), multicast: 0 });
+                match what {
+                    RowOp::Softmax => ops.push(Op::Softmax { dst: t, src: t }),
+                    RowOp::LayerNorm { epsilon, scale, bias } => {
+                        ops.push(Op::LayerNorm { dst: t, src: t, epsilon });
+                        for (c, kind) in [(scale, BinaryKind::Mul), (bias, BinaryKind::Add)] {
+                            if let Some(c) = c {
+                                ops.push(Op::DmaIn {
+                                    dst: self.vtcm(pbuf[slot], &[row]),
+                                    src: self.ddr(0, self.const_offsets[c], &[row], &[1]),
+                                    multicast: 0,
+                                });
+                                let view = self.vtcm(pbuf[slot], &[n, row]).with_strides(&[0, 1]);
+                                ops.push(Op::Binary { kind, dst: t, a: t, b: view });
+                            }
+                        }
+                    }
+                    RowOp::Reduce(kind) => {
+                        let out = self.vtcm(obuf[slot], &[n, 1]);
+                        ops.push(Op::Reduce { kind, dst: out, src: t });
+                        ops.push(Op::DmaOut { dst: self.ddr(r0, yb, &[n, 1], &[1, 1]), src: out });
+                        continue;
+                    }
+                }
+                ops.push(Op::DmaOut { dst: self.ddr(r0 * row, yb, &[n, row], &[row, 1]), src: t });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(n_b as usize, &starts, v.next);
+        Ok(())
+    }
+
+    // ---- local response normalisation -------------------------------------------------
+
+    fn lrn(&mut self, x: ValueId, y: ValueId, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let (c, hw) = (xs[1], xs[2] * xs[3]);
+        let samples = self.o.replicas as u64 * xs[0];
+        let mut t = (self.budget() / (3 * c * eb + 3)).clamp(1, hw);
+        while samples * hw.div_ceil(t) < self.want_tiles() as u64 && t > 1 {
+            t = t.div_ceil(2);
+        }
+        let n_t = hw.div_ceil(t);
+        let t = hw.div_ceil(n_t);
+        if 3 * c * t * eb > self.budget() {
+            return Err(self.err("one pixel's channels do not fit the VTCM budget"));
+        }
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let bufs: Vec<[u64; 2]> = (0..3).map(|_| [v.alloc(c * t * eb), v.alloc(c * t * eb)]).collect();
+        let (xb, yb) = (self.value_base(x), self.value_base(y));
+        let tiles: Vec<(u64, u64)> = (0..samples).flat_map(|s| (0..n_t).map(move |b| (s, b))).collect();
+        let starts = self.starts();
+        let half = ((size - 1) / 2) as u32;
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(s, b)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                let p0 = b * t;
+                let n = t.min(hw - p0);
+                let xv = self.vtcm(bufs[0][slot], &[c, n]);
+                let sq = self.vtcm(bufs[1][slot], &[c, n]);
+                let avg = self.vtcm(bufs[2][slot], &[c, n]);
+                ops.push(Op::DmaIn { dst: xv, src: self.ddr(s * c * hw + p0, xb, &[c, n], &[hw, 1]), multicast: 0 });
+                ops.push(Op::Binary { kind: BinaryKind::Mul, dst: sq, a: xv, b: xv });
+                // The window sum across channels: an average pool over a [1, C, n] view.
+                ops.push(Op::Pool {
+                    kind: PoolKind::AvgIncludePad,
+                    dst: self.vtcm(bufs[2][slot], &[1, c, n]),
+                    src: self.vtcm(bufs[1][slot], &[1, c, n]),
+                    window: PoolWindow { kernel: [size as u32, 1], stride: [1, 1], pad: [half, 0] },
+                });
+                ops.push(Op::Unary { kind: UnaryKind::Affine { scale: alpha, shift: bias }, dst: avg, src: avg });
+                ops.push(Op::Unary { kind: UnaryKind::Pow { exponent: -beta }, dst: avg, src: avg });
+                ops.push(Op::Binary { kind: BinaryKind::Mul, dst: xv, a: xv, b: avg });
+                ops.push(Op::DmaOut { dst: self.ddr(s * c * hw + p0, yb, &[c, n], &[hw, 1]), src: xv });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RowOp {
+    Softmax,
+    LayerNorm { epsilon: f32, scale: Option<usize>, bias: Option<usize> },
+    Reduce(aicsim_device::isa::ReduceKind),
+}
+
+/// Constants in the program's dtype; f16 clips what it cannot hold.
+fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>) -> Vec<u8> {
+    let v = c.to_f32();
+    match dtype {
+        DType::F16 => {
+            let max = half::f16::MAX.to_f32();
+            let clipped = v.iter().filter(|x| x.abs() > max).count();
+            if clipped > 0 {
+                warnings.push(format!(
+                    "constant '{name}': {clipped} value(s) outside the f16 range (+-{max}) clipped"
+                ));
+            }
+            v.iter().flat_map(|&x| half::f16::from_f32(x.clamp(-max, max)).to_le_bytes()).collect()
+        }
+        _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+/// Lowers `g` to per-core instruction streams.
+pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
+    if o.cores == 0 || o.cores > 64 {
+        return Err(CompileError::Option { option: "-aic-num-cores", reason: format!("{} is not in 1..=64", o.cores) });
+    }
+    if !matches!(o.dtype, DType::F32 | DType::F16) {
+        return Err(CompileError::Option { option: "dtype", reason: format!("{:?} programs are not supported", o.dtype) });
+    }
+    let eb = o.dtype.bytes();
+    let mut warnings = Vec::new();
+    // Constants the layers read.
+    let mut used = vec![false; g.consts.len()];
+    for l in &g.layers {
+        match &l.kind {
+            LayerKind::Conv { weight, bias, .. } | LayerKind::Dense { weight, bias, .. } => {
+                used[*weight] = true;
+                if let Some(b) = bias {
+                    used[*b] = true;
+                }
+            }
+            LayerKind::LayerNorm { scale, bias, .. } => {
+                for c in scale.iter().chain(bias) {
+                    used[*c] = true;
+                }
+            }
+            LayerKind::Elementwise { first, steps } => {
+                for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
+                    Step::Binary { operand, .. } => Some(operand),
+                    Step::Unary(_) => None,
+                })) {
+                    if let Operand::Const(c) = o {
+                        used[*c] = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut at = 0u64;
+    let mut const_offsets = vec![u64::MAX; g.consts.len()];
+    let mut constants = Vec::new();
+    for (i, c) in g.consts.iter().enumerate() {
+        if used[i] {
+            const_offsets[i] = at;
+            let data = encode_const(&g.const_names[i], c, o.dtype, &mut warnings);
+            at = align(at + data.len() as u64, ALIGN);
+            constants.push(ConstantBlob { ddr_offset: const_offsets[i], data });
+        }
+    }
+    let constants_bytes = at;
+    // Stored values: inputs, outputs, and every layer's output.
+    let mut stored = vec![false; g.values.len()];
+    for io in g.inputs.iter().chain(&g.outputs) {
+        stored[g.values[io.value].storage] = true;
+    }
+    for l in &g.layers {
+        stored[g.values[l.output].storage] = true;
+    }
+    let mut value_offsets = vec![u64::MAX; g.values.len()];
+    for (v, _) in stored.iter().enumerate().filter(|(_, &s)| s) {
+        value_offsets[v] = at;
+        at = align(at + o.replicas as u64 * g.values[v].elements() as u64 * eb, ALIGN);
+    }
+    let mut l = Lowerer {
+        g,
+        o,
+        eb,
+        cost: CostModel::default(),
+        streams: vec![Vec::new(); o.cores as usize],
+        const_offsets,
+        value_offsets,
+        vtcm_peak: 0,
+        reports: Vec::new(),
+        layer: String::new(),
+    };
+    for layer in &g.layers {
+        l.layer = layer.name.clone();
+        let y = layer.output;
+        match &layer.kind {
+            LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, act } => {
+                l.conv(*input, y, *weight, *bias, *stride, *pad, *dilation, *groups, *act)?
+            }
+            LayerKind::Dense { input, weight, bias, act } => l.dense(*input, y, *weight, *bias, *act)?,
+            LayerKind::MatMul { a, b } => l.matmul(*a, *b, y)?,
+            LayerKind::Elementwise { first, steps } => l.elementwise(y, *first, steps)?,
+            LayerKind::Pool { input, kind, kernel, stride, pad } => l.pool(*input, y, *kind, *kernel, *stride, *pad)?,
+            LayerKind::GlobalAvgPool { input } => l.global_avg_pool(*input, y)?,
+            LayerKind::Softmax { input, row } => l.rows(*input, y, *row as u64, RowOp::Softmax)?,
+            LayerKind::LayerNorm { input, epsilon, scale, bias } => {
+                let row = *g.values[*input].shape.last().unwrap_or(&1) as u64;
+                l.rows(*input, y, row, RowOp::LayerNorm { epsilon: *epsilon, scale: *scale, bias: *bias })?
+            }
+            LayerKind::Reduce { input, kind } => {
+                let row = *g.values[*input].shape.last().unwrap_or(&1) as u64;
+                l.rows(*input, y, row, RowOp::Reduce(*kind))?
+            }
+            LayerKind::Lrn { input, size, alpha, beta, bias } => l.lrn(*input, y, *size, *alpha, *beta, *bias)?,
+            LayerKind::Concat { inputs, axis } => l.concat(inputs, y, *axis)?,
+            LayerKind::Transpose { input, perm } => l.transpose(*input, y, perm)?,
+        }
+        let r = l.reports.last_mut().expect("every layer reports");
+        r.name = layer.name.clone();
+        r.op_type = layer.op_type.clone();
+    }
+    let macs_per_layer: Vec<u64> = g.layers.iter().map(|layer| g.layer_macs(layer)).collect();
+    for (r, m) in l.reports.iter_mut().zip(macs_per_layer) {
+        r.macs = m * o.replicas as u64;
+    }
+    let mut streams = l.streams;
+    for s in &mut streams {
+        s.push(Op::End);
+    }
+    Ok(Lowered {
+        streams,
+        constants,
+        constants_bytes,
+        ddr_bytes: at.max(ALIGN),
+        vtcm_bytes: l.vtcm_peak,
+        value_offsets: l.value_offsets,
+        layers: l.reports,
+        warnings,
+    })
+}

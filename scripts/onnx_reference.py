@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Reference outputs for aicsim's compiler tests, computed by onnxruntime (CPU).
+
+    onnx_reference.py MODEL OUT_DIR [--seed N] [--keep-weights]
+
+Writes OUT_DIR/model.onnx (the model, with every weight produced by a ConstantOfShape
+node replaced by a seeded random initializer of the same shape unless --keep-weights),
+OUT_DIR/input_<i>.bin (float32, little-endian: arange(n) / n in the input's shape),
+OUT_DIR/output_<i>.bin (onnxruntime's outputs) and OUT_DIR/meta.json (names, shapes).
+
+The bundled light models carry their weights as ConstantOfShape(0.02), which makes
+every class score equal and the reference output uniform; random weights make the
+comparison meaningful. Weights are scaled so activations stay in a sane range:
+He-initialised convolution weights, 1/sqrt(fan_in) dense weights, positive variances.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def role(model, name):
+    """(op_type, input index) of the first node that reads `name`."""
+    for node in model.graph.node:
+        for i, inp in enumerate(node.input):
+            if inp == name:
+                return node, i
+    return None, None
+
+
+def random_weight(rng, model, name, shape):
+    node, index = role(model, name)
+    op = node.op_type if node is not None else ""
+    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else max(int(shape[0]) if shape else 1, 1)
+    if op == "Conv" and index == 1:
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+    if op in ("Gemm", "MatMul") and index == 1:
+        trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        fan = shape[1] if trans_b else shape[0]
+        return rng.normal(0.0, np.sqrt(1.0 / fan), shape)
+    if op == "BatchNormalization":
+        if index in (1, 4):  # scale, variance: positive
+            return rng.uniform(0.5, 1.5, shape)
+        return rng.normal(0.0, 0.1, shape)
+    return rng.normal(0.0, 0.05, shape)
+
+
+def randomize(model, seed):
+    rng = np.random.default_rng(seed)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    keep = []
+    added = []
+    for node in model.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+            shape = [int(d) for d in inits[node.input[0]]]
+            value = random_weight(rng, model, node.output[0], shape).astype(np.float32)
+            added.append(numpy_helper.from_array(value, node.output[0]))
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    live = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(live + added)
+    inputs = [i for i in model.graph.input if i.name in used]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep-weights", action="store_true")
+    args = ap.parse_args()
+    import onnxruntime as ort
+
+    model = onnx.load(args.model)
+    if not args.keep_weights:
+        model = randomize(model, args.seed)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "model.onnx")
+    onnx.save(model, path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feeds = {}
+    meta = {"inputs": [], "outputs": []}
+    for i, inp in enumerate(sess.get_inputs()):
+        shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+        n = int(np.prod(shape))
+        x = (np.arange(n, dtype=np.float32) / np.float32(n)).reshape(shape)
+        feeds[inp.name] = x
+        x.astype("<f4").tofile(os.path.join(args.out_dir, f"input_{i}.bin"))
+        meta["inputs"].append({"name": inp.name, "shape": shape})
+    outs = sess.run(None, feeds)
+    for i, (o, y) in enumerate(zip(sess.get_outputs(), outs)):
+        np.asarray(y, dtype=np.float32).astype("<f4").tofile(os.path.join(args.out_dir, f"output_{i}.bin"))
+        meta["outputs"].append({"name": o.name, "shape": list(np.shape(y))})
+    with open(os.path.join(args.out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+if __name__ == "__main__":
+    main()

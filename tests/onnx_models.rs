@@ -1,0 +1,138 @@
+//! Compiled ONNX models against onnxruntime, through the whole stack: `aic-exec`'s
+//! compiler turns the real models the `onnx` package ships into programs, the runtime
+//! runs them (functional mode) over the simulated driver and device, and every output
+//! is compared with onnxruntime (CPU) on the same model and input.
+//!
+//! The light models carry their weights as ConstantOfShape nodes, so
+//! `scripts/onnx_reference.py` first replaces each with a seeded random tensor (He
+//! initialisation, positive variances) — otherwise every class score is equal.
+//!
+//! Tolerances. f32: rtol 1e-3, atol 1e-4 (the bound; summation order is the only
+//! difference). f16 (`-convert-to-fp16`): every weight and activation is rounded to f16
+//! (unit roundoff 2^-11 = 4.9e-4) once per layer and the errors add up over ~20-50
+//! layers as a random walk; on softmax probabilities that is well under 1e-2 of the
+//! largest score, so we assert |ours - ref| <= 2e-2 * max|ref| + 1e-3 * |ref|, and that
+//! the top-1 class agrees.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use aicsim_compiler::{compile_file, CompileOptions};
+use aicsim_driver::Device;
+use aicsim_kmd::KmdConfig;
+use aicsim_runtime::samples::{bytes_f32, f32_bytes};
+use aicsim_runtime::{Activation, Program};
+
+struct Reference {
+    model: PathBuf,
+    inputs: Vec<Vec<f32>>,
+    outputs: Vec<Vec<f32>>,
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    bytes_f32(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Runs the reference script for a bundled light model; `None` when the environment has
+/// no onnx/onnxruntime and does not require them.
+fn reference(name: &str, keep_weights: bool) -> Option<Reference> {
+    let (Ok(models), Ok(python)) = (std::env::var("AICSIM_ONNX_MODELS"), std::env::var("AICSIM_PYTHON")) else {
+        assert!(std::env::var("AICSIM_REQUIRE_ONNX").is_err(), "AICSIM_REQUIRE_ONNX is set but the models are not");
+        eprintln!("skipped: run scripts/test.sh, which installs onnx and onnxruntime");
+        return None;
+    };
+    let src = Path::new(&models).join(format!("light_{name}.onnx"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-ref-{name}-{keep_weights}"));
+    if !out.join("meta.json").exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_reference.py");
+        let mut cmd = Command::new(python);
+        cmd.arg(script).arg(&src).arg(&out).args(["--seed", "7"]);
+        if keep_weights {
+            cmd.arg("--keep-weights");
+        }
+        let status = cmd.status().expect("run python");
+        assert!(status.success(), "reference script failed for {name}");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("meta.json")).unwrap()).unwrap();
+    let count = |k: &str| meta[k].as_array().unwrap().len();
+    Some(Reference {
+        model: out.join("model.onnx"),
+        inputs: (0..count("inputs")).map(|i| read_f32(&out.join(format!("input_{i}.bin")))).collect(),
+        outputs: (0..count("outputs")).map(|i| read_f32(&out.join(format!("output_{i}.bin")))).collect(),
+    })
+}
+
+fn run(device: &Arc<Device>, model: &Path, opts: &CompileOptions, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let compiled = compile_file(model, opts).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
+    let program = Program::from_image(compiled.image).unwrap();
+    let activation = Activation::new(device.clone(), &program).unwrap();
+    let bytes: Vec<Vec<u8>> = inputs.iter().map(|x| f32_bytes(x)).collect();
+    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    activation.run(&refs).unwrap().iter().map(|o| bytes_f32(o)).collect()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
+}
+
+/// Largest violation of `|a - b| <= atol + rtol |b|` (<= 0 means within).
+fn worst(got: &[f32], want: &[f32], rtol: f32, atol: f32) -> (f32, usize) {
+    assert_eq!(got.len(), want.len(), "output lengths differ");
+    let mut w = (f32::NEG_INFINITY, 0);
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let excess = (a - b).abs() - (atol + rtol * b.abs());
+        if !(excess <= w.0) {
+            w = (if excess.is_nan() { f32::INFINITY } else { excess }, i);
+        }
+    }
+    w
+}
+
+fn check_model(name: &str) {
+    let Some(r) = reference(name, false) else { return };
+    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    for cores in [1, 4] {
+        for fp16 in [false, true] {
+            let opts = CompileOptions { cores, fp16, multicast_weights: fp16, ..Default::default() };
+            let got = run(&device, &r.model, &opts, &r.inputs);
+            for (o, (g, want)) in got.iter().zip(&r.outputs).enumerate() {
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let (rtol, atol) = if fp16 { (1e-3, 2e-2 * scale) } else { (1e-3, 1e-4) };
+                let (excess, at) = worst(g, want, rtol, atol);
+                assert!(
+                    excess <= 0.0,
+                    "{name} cores={cores} fp16={fp16} output {o}[{at}]: ours {} onnxruntime {} (beyond tolerance by {excess})",
+                    g[at],
+                    want[at]
+                );
+                assert_eq!(argmax(g), argmax(want), "{name} cores={cores} fp16={fp16}: top-1 class differs");
+            }
+        }
+    }
+}
+
+#[test]
+fn light_squeezenet_matches_onnxruntime() {
+    check_model("squeezenet");
+}
+
+#[test]
+fn light_resnet50_matches_onnxruntime() {
+    check_model("resnet50");
+}
+
+#[test]
+fn light_bvlc_alexnet_matches_onnxruntime() {
+    check_model("bvlc_alexnet");
+}
+
+#[test]
+fn light_zfnet512_matches_onnxruntime() {
+    check_model("zfnet512");
+}
+
+#[test]
+fn light_vgg19_matches_onnxruntime() {
+    check_model("vgg19");
+}
