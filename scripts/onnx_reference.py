@@ -6,12 +6,16 @@
 Writes OUT_DIR/model.onnx (the model, with every weight produced by a ConstantOfShape
 node replaced by a seeded random initializer of the same shape unless --keep-weights),
 OUT_DIR/input_<i>.bin (float32, little-endian: arange(n) / n in the input's shape),
-OUT_DIR/output_<i>.bin (onnxruntime's outputs) and OUT_DIR/meta.json (names, shapes).
+OUT_DIR/output_<i>.bin (onnxruntime's outputs) and OUT_DIR/meta.json (names, shapes);
+with --keep-weights also OUT_DIR/package_output_<i>.bin, the expected output the onnx
+package ships next to the model (MODEL_output_<i>.pb).
 
 The bundled light models carry their weights as ConstantOfShape(0.02), which makes
 every class score equal and the reference output uniform; random weights make the
-comparison meaningful. Weights are scaled so activations stay in a sane range:
-He-initialised convolution weights, 1/sqrt(fan_in) dense weights, positive variances.
+comparison meaningful. Weights are scaled so activations stay in a sane range (also in
+f16, through ResNet-50's 16 residual sums):
+He-initialised convolution weights, 1/sqrt(fan_in) dense weights, batch-norm scales
+0.2-0.6 and positive variances.
 """
 import argparse
 import json
@@ -43,7 +47,7 @@ def random_weight(rng, model, name, shape):
         return rng.normal(0.0, np.sqrt(1.0 / fan), shape)
     if op == "BatchNormalization":
         if index in (1, 4):  # scale, variance: positive
-            return rng.uniform(0.5, 1.5, shape)
+            return rng.uniform(0.5, 1.5, shape) if index == 4 else rng.uniform(0.2, 0.6, shape)
         return rng.normal(0.0, 0.1, shape)
     return rng.normal(0.0, 0.05, shape)
 
@@ -104,6 +108,16 @@ def main():
     for i, (o, y) in enumerate(zip(sess.get_outputs(), outs)):
         np.asarray(y, dtype=np.float32).astype("<f4").tofile(os.path.join(args.out_dir, f"output_{i}.bin"))
         meta["outputs"].append({"name": o.name, "shape": list(np.shape(y))})
+    if args.keep_weights:
+        # The package's own expected outputs, next to the model.
+        base = os.path.splitext(args.model)[0]
+        for i in range(len(outs)):
+            pb = f"{base}_output_{i}.pb"
+            if os.path.exists(pb):
+                t = onnx.TensorProto()
+                with open(pb, "rb") as f:
+                    t.ParseFromString(f.read())
+                numpy_helper.to_array(t).astype("<f4").tofile(os.path.join(args.out_dir, f"package_output_{i}.bin"))
     with open(os.path.join(args.out_dir, "meta.json"), "w") as f:
         json.dump(meta, f)
 

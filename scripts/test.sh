@@ -3,14 +3,15 @@
 # plus a smoke run of every benchmark, and ends with one summary line.
 #
 # It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
-# package from PyPI, whose bundled models (onnx/backend/test/data/light) the compiler's
-# reader is checked against.
+# and `onnxruntime` packages from PyPI. The compiler's reader is checked against `onnx`
+# on its bundled models (onnx/backend/test/data/light), and compiled programs against
+# onnxruntime's outputs on the same models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnx" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import onnx, onnxruntime" 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check "onnx>=1.16,<2"
+    .venv/bin/pip install --quiet --disable-pip-version-check "onnx>=1.16,<2" "onnxruntime>=1.17,<2"
 fi
 AICSIM_PYTHON="$(pwd)/.venv/bin/python"
 AICSIM_ONNX_MODELS="$("$AICSIM_PYTHON" -c 'import os, onnx; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light"))')"

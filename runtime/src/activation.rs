@@ -51,6 +51,9 @@ pub struct Activation {
     submitted: parking_lot::Mutex<u64>,
     program: Program,
     device: Arc<Device>,
+    /// How long a wait for one inference may take (the driver's default is 5 s; a
+    /// large model simulated functionally on a small host needs longer).
+    wait_timeout: Duration,
 }
 
 impl Activation {
@@ -74,7 +77,14 @@ impl Activation {
             _loaded: loaded,
             sync_slot: parking_lot::Mutex::new(None),
             submitted: parking_lot::Mutex::new(0),
+            wait_timeout: WAIT_TIMEOUT,
         })
+    }
+
+    /// The same activation with another per-inference wait timeout.
+    pub fn with_wait_timeout(mut self, timeout: Duration) -> Activation {
+        self.wait_timeout = timeout;
+        self
     }
 
     pub fn program(&self) -> &Program {
@@ -230,7 +240,7 @@ impl InferenceSlot {
     /// Waits for every buffer of the inference.
     pub fn wait(&self, activation: &Activation, ts: &mut Timestamps) -> Result<()> {
         for b in self.outputs.iter().chain(&self.inputs) {
-            activation.device.wait(&activation.channel, b, WAIT_TIMEOUT)?;
+            activation.device.wait(&activation.channel, b, activation.wait_timeout)?;
         }
         ts.completed = Instant::now();
         Ok(())
