@@ -18,6 +18,7 @@ pub mod lower;
 pub mod onnx;
 pub mod protobuf;
 pub mod shapes;
+pub mod zoo;
 
 pub use compile::{compile, compile_file, CompileOptions, Compiled};
 

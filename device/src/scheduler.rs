@@ -677,6 +677,29 @@ fn vtcm_range(t: &Tensor) -> Option<core::ops::Range<usize>> {
     Some(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)
 }
 
+/// Calls `f(byte offset, byte length)` for the tensor's bytes in logical order, one call
+/// per run of contiguous trailing dimensions (a whole tile row, plane or tensor at once).
+fn for_each_run(t: &Tensor, mut f: impl FnMut(u64, usize) -> Option<()>) -> Option<()> {
+    if t.elements() == 0 {
+        return Some(());
+    }
+    let rank = t.rank as usize;
+    let mut outer = *t;
+    let mut run = 1u64;
+    for d in (0..rank).rev() {
+        if t.shape[d] != 1 && u64::from(t.strides[d]) != run {
+            break;
+        }
+        run *= u64::from(t.shape[d]);
+        outer.shape[d] = 1;
+    }
+    let len = usize::try_from(run * t.dtype.bytes()).ok()?;
+    for at in element_offsets(&outer) {
+        f(at, len)?;
+    }
+    Some(())
+}
+
 /// DDR -> VTCM of every target core; DDR is read once.
 fn dma_in<M: SharedMemory>(
     mem: &M,
@@ -687,7 +710,6 @@ fn dma_in<M: SharedMemory>(
     nsps: &mut [Option<NspCore>],
     vtcm_bytes: u64,
 ) -> Option<()> {
-    let eb = src.dtype.bytes() as usize;
     if let [core] = targets {
         if src.is_contiguous() && dst.is_contiguous() {
             let vtcm = nsps.get_mut(*core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
@@ -695,36 +717,40 @@ fn dma_in<M: SharedMemory>(
         }
     }
     let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
-    if src.is_contiguous() {
-        mem.read(ddr_base + src.offset, &mut packed).ok()?;
-    } else {
-        for (chunk, at) in packed.chunks_exact_mut(eb).zip(element_offsets(src)) {
-            mem.read(ddr_base + at, chunk).ok()?;
-        }
-    }
+    let mut pos = 0;
+    for_each_run(src, |at, len| {
+        mem.read(ddr_base + at, packed.get_mut(pos..pos + len)?).ok()?;
+        pos += len;
+        Some(())
+    })?;
     for &core in targets {
         let vtcm = nsps.get_mut(core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
-        if dst.is_contiguous() {
-            vtcm.get_mut(vtcm_range(dst)?)?.copy_from_slice(&packed);
-        } else {
-            for (chunk, at) in packed.chunks_exact(eb).zip(element_offsets(dst)) {
-                let at = usize::try_from(at).ok()?;
-                vtcm.get_mut(at..at + eb)?.copy_from_slice(chunk);
-            }
-        }
+        let mut pos = 0;
+        for_each_run(dst, |at, len| {
+            let at = usize::try_from(at).ok()?;
+            vtcm.get_mut(at..at.checked_add(len)?)?.copy_from_slice(packed.get(pos..pos + len)?);
+            pos += len;
+            Some(())
+        })?;
     }
     Some(())
 }
 
 /// VTCM -> DDR.
 fn dma_out<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, dst: &Tensor, vtcm: &[u8]) -> Option<()> {
-    let eb = src.dtype.bytes() as usize;
     if src.is_contiguous() && dst.is_contiguous() {
         return mem.write(ddr_base + dst.offset, vtcm.get(vtcm_range(src)?)?).ok();
     }
-    for (s, d) in element_offsets(src).zip(element_offsets(dst)) {
-        let s = usize::try_from(s).ok()?;
-        mem.write(ddr_base + d, vtcm.get(s..s + eb)?).ok()?;
-    }
-    Some(())
+    let mut packed = Vec::with_capacity(usize::try_from(src.packed_bytes()).ok()?);
+    for_each_run(src, |at, len| {
+        let at = usize::try_from(at).ok()?;
+        packed.extend_from_slice(vtcm.get(at..at.checked_add(len)?)?);
+        Some(())
+    })?;
+    let mut pos = 0;
+    for_each_run(dst, |at, len| {
+        mem.write(ddr_base + at, packed.get(pos..pos + len)?).ok()?;
+        pos += len;
+        Some(())
+    })
 }

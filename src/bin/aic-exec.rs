@@ -1,0 +1,76 @@
+//! aic-exec: compiles an ONNX model (or a built-in zoo model) into an aicsim program
+//! container, with qaic-exec's single-dash flags:
+//!
+//! ```text
+//! aic-exec -m=model.onnx -onnx-define-symbol=batch_size,4 -mos=1 -ols=2 -aic-num-cores=2
+//!          -batchsize=4 -multicast-weights -convert-to-fp16 -aic-hw -aic-hw-version=2.0
+//!          -compile-only -aic-binary-dir=./out [-aic-perf-metrics] [-v]
+//! ```
+//!
+//! Writes `DIR/programqpc.bin` (atomically: a failed compile leaves no file). Errors are
+//! one line on stderr and exit status 2.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aicsim::exec::{parse_exec_args, print_perf_metrics, ExecArgs};
+use aicsim_compiler::{compile, compile_file, zoo, Compiled};
+
+fn run(args: &ExecArgs) -> Result<(), String> {
+    let source = args.model.as_deref().ok_or("no model: give -m=<model.onnx> or -m=zoo:<name>")?;
+    let dir = args.binary_dir.as_deref().ok_or("no output directory: give -aic-binary-dir=<dir>")?;
+    let compiled: Compiled = if let Some(name) = source.strip_prefix("zoo:") {
+        println!("Reading ONNX Model from built-in zoo model {name}");
+        let model = zoo::model(name).map_err(|e| e.to_string())?;
+        compile(&model, None, name, &args.options).map_err(|e| e.to_string())?
+    } else {
+        println!("Reading ONNX Model from {source}");
+        compile_file(Path::new(source), &args.options).map_err(|e| e.to_string())?
+    };
+    println!("Compiling model with {} precision.", if args.options.fp16 { "FP16" } else { "FP32" });
+    for w in &compiled.warnings {
+        eprintln!("Warning: {w}");
+    }
+    if args.verbose {
+        println!(
+            "{} layers on {} core(s), {} instruction(s) in all, batch {}",
+            compiled.graph.layers.len(),
+            compiled.image.num_cores(),
+            compiled.image.cores.iter().map(Vec::len).sum::<usize>(),
+            compiled.image.batch_size
+        );
+    }
+    if args.perf_metrics {
+        print_perf_metrics(&compiled, args.stats_batch_size);
+    }
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("programqpc.bin");
+    let tmp = dir.join(".programqpc.bin.tmp");
+    std::fs::write(&tmp, compiled.image.to_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !args.compile_only {
+        println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
+    }
+    println!("Generated binary is present at {}", dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_exec_args(&argv) {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aic-exec: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aic-exec: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `aic-exec`'s command line (qaic-exec's single-dash `-flag=value` style) and its
+//! `-aic-perf-metrics` report.
+
+use aicsim_compiler::{CompileOptions, Compiled};
+
+/// Parsed `aic-exec` arguments.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExecArgs {
+    pub model: Option<String>,
+    pub binary_dir: Option<String>,
+    pub options: CompileOptions,
+    pub perf_metrics: bool,
+    pub compile_only: bool,
+    pub stats_batch_size: Option<u32>,
+    pub profiling_types: Vec<String>,
+    pub verbose: bool,
+}
+
+const USAGE: &str = "\
+usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base> -aic-binary-dir=<dir> [flags]
+  -onnx-define-symbol=<name>,<value>   value of a symbolic input dimension (repeatable)
+  -aic-num-cores=<n>                   NSP cores the program runs on (default 1)
+  -ols=<n>                             split each layer into at least cores x n tiles (default 1)
+  -mos=<n>                             divide each core's VTCM tile budget by n (default 1)
+  -batchsize=<n>                       samples per inference (a batch-1 model runs n copies)
+  -stats-batchsize=<n>                 report -aic-perf-metrics per n samples
+  -convert-to-fp16                     compute in fp16 (constants outside its range are clipped)
+  -multicast-weights                   read a layer's weights once for all cores
+  -aic-hw, -aic-hw-version=2.0         target the (simulated) AIC100
+  -compile-only                        compile without running
+  -aic-perf-metrics                    print resource and per-layer cost estimates
+  -aic-profiling-type=stats|trace|latency  accepted; profiles are taken by aic-runner
+  -v                                   verbose";
+
+fn number(flag: &str, value: &str) -> Result<u32, String> {
+    value.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{flag}={value}: expected a positive integer"))
+}
+
+/// Parses the arguments; `Ok(None)` means help was printed.
+pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
+    let mut a = ExecArgs::default();
+    for arg in argv {
+        let (flag, value) = match arg.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (arg.as_str(), None),
+        };
+        let need = || value.ok_or_else(|| format!("{flag} needs a value ({flag}=...)"));
+        let no_value = || match value {
+            Some(v) => Err(format!("{flag} takes no value (got '{v}')")),
+            None => Ok(()),
+        };
+        match flag {
+            "-h" | "-help" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "-m" | "-model" => a.model = Some(need()?.to_string()),
+            "-aic-binary-dir" => a.binary_dir = Some(need()?.to_string()),
+            "-onnx-define-symbol" => {
+                let v = need()?;
+                let (name, n) =
+                    v.split_once(',').ok_or_else(|| format!("-onnx-define-symbol={v}: expected <name>,<value>"))?;
+                let n: i64 = n
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("-onnx-define-symbol={v}: the value must be a positive integer"))?;
+                a.options.symbols.insert(name.trim().to_string(), n);
+            }
+            "-aic-num-cores" => a.options.cores = number(flag, need()?)?,
+            "-ols" => a.options.ols = number(flag, need()?)?,
+            "-mos" => a.options.mos = number(flag, need()?)?,
+            "-batchsize" => a.options.batch_size = Some(number(flag, need()?)?),
+            "-stats-batchsize" => a.stats_batch_size = Some(number(flag, need()?)?),
+            "-convert-to-fp16" => {
+                no_value()?;
+                a.options.fp16 = true
+            }
+            "-multicast-weights" => {
+                no_value()?;
+                a.options.multicast_weights = true
+            }
+            "-aic-hw" => no_value()?,
+            "-aic-hw-version" => {
+                let v = need()?;
+                if v != "2.0" {
+                    return Err(format!("-aic-hw-version={v}: the simulated AIC100 is version 2.0"));
+                }
+            }
+            "-compile-only" => {
+                no_value()?;
+                a.compile_only = true
+            }
+            "-aic-perf-metrics" => {
+                no_value()?;
+                a.perf_metrics = true
+            }
+            "-aic-profiling-type" => {
+                let v = need()?;
+                if !matches!(v, "stats" | "trace" | "latency") {
+                    return Err(format!("-aic-profiling-type={v}: expected stats, trace or latency"));
+                }
+                a.profiling_types.push(v.to_string());
+            }
+            "-v" => {
+                no_value()?;
+                a.verbose = true
+            }
+            _ => return Err(format!("unknown flag '{arg}' (aic-exec -h lists the flags)")),
+        }
+    }
+    if a.options.cores > 16 {
+        return Err(format!("-aic-num-cores={}: the AIC100 has at most 16 NSP cores", a.options.cores));
+    }
+    Ok(Some(a))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Prints the `-aic-perf-metrics` resource summary and per-layer cost table.
+pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
+    let m = c.metrics();
+    let per = f64::from(stats_batch.unwrap_or(c.image.batch_size).max(1));
+    let cost = aicsim_device::nsp::CostModel::default();
+    println!("=== Resource summary ===");
+    println!("MAC estimate:                 {:.3} GMAC per inference ({:.3} GMAC per sample)", m.macs as f64 / 1e9, m.macs as f64 / 1e9 / per);
+    println!("Constants size:               {}", mib(m.constants_bytes));
+    println!("VTCM size per core:           {} of {}", mib(m.vtcm_bytes_per_core), mib(8 << 20));
+    println!(
+        "Shared DDR size:              {} per activation (constants {}, inputs and outputs {}, activations {})",
+        mib(m.ddr_bytes),
+        mib(m.constants_bytes),
+        mib(m.io_bytes),
+        mib(m.ddr_bytes.saturating_sub(m.constants_bytes + m.io_bytes))
+    );
+    println!(
+        "Estimated DDR traffic:        in {}, out {} per inference; constants only: {}",
+        mib(m.ddr_in_bytes),
+        mib(m.ddr_out_bytes),
+        mib(m.constant_in_bytes)
+    );
+    println!("=== Per-layer cost (cycles summed over cores) ===");
+    println!("{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}", "layer", "op", "MACs", "compute cycles", "load/store cycles", "tiles", "bound");
+    for l in &c.lowered.layers {
+        let ls = (l.load_bytes + l.store_bytes).div_ceil(cost.dma_bytes_per_cycle.max(1));
+        let bound = if l.compute_cycles >= ls { "compute" } else { "load/store" };
+        let mut name = l.name.clone();
+        if name.len() > 40 {
+            name.truncate(37);
+            name.push_str("...");
+        }
+        println!("{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}", name, l.op_type, l.macs, l.compute_cycles, ls, l.tiles, bound);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Result<Option<ExecArgs>, String> {
+        parse_exec_args(&s.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_reference_command_line_parses() {
+        let a = args(&[
+            "-m=model.onnx",
+            "-onnx-define-symbol=batch_size,4",
+            "-mos=1",
+            "-ols=2",
+            "-aic-num-cores=2",
+            "-batchsize=4",
+            "-multicast-weights",
+            "-convert-to-fp16",
+            "-aic-hw",
+            "-aic-hw-version=2.0",
+            "-compile-only",
+            "-aic-binary-dir=./out",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.model.as_deref(), Some("model.onnx"));
+        assert_eq!(a.options.symbols.get("batch_size"), Some(&4));
+        assert_eq!((a.options.cores, a.options.ols, a.options.mos, a.options.batch_size), (2, 2, 1, Some(4)));
+        assert!(a.options.fp16 && a.options.multicast_weights && a.compile_only);
+        assert_eq!(a.binary_dir.as_deref(), Some("./out"));
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        assert!(args(&["-aic-num-cores=0"]).unwrap_err().contains("positive integer"));
+        assert!(args(&["-aic-num-cores=x"]).unwrap_err().contains("-aic-num-cores=x"));
+        assert!(args(&["-aic-num-cores=17"]).unwrap_err().contains("at most 16"));
+        assert!(args(&["-onnx-define-symbol=batch"]).unwrap_err().contains("<name>,<value>"));
+        assert!(args(&["-convert-to-fp16=yes"]).unwrap_err().contains("takes no value"));
+        assert!(args(&["-aic-hw-version=1.0"]).unwrap_err().contains("2.0"));
+        assert!(args(&["--frobnicate"]).unwrap_err().contains("unknown flag"));
+        assert!(args(&["-m"]).unwrap_err().contains("needs a value"));
+    }
+}
