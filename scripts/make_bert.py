@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Writes a small BERT-like encoder as ONNX, the way torch.onnx / optimum export one.
+
+    make_bert.py OUT.onnx [--layers 2] [--hidden 128] [--heads 4] [--seq 32] [--seed 3]
+
+Input `hidden_states` [batch_size, seq, hidden] (the embedded sequence; batch_size is a
+symbolic dimension). Every construct of an exported encoder is there: reshape targets
+computed from Shape/Gather/Unsqueeze/Concat, an additive attention mask built with
+ConstantOfShape/Equal/Where/Expand/Cast, Q/K/V projections, scaled dot-product
+attention with Softmax, layer normalisation both decomposed (ReduceMean, Sub, Pow,
+Sqrt, Div) and as the LayerNormalization operator, GELU in its Erf form, a Tanh pooler.
+Weights are seeded random (std 0.05).
+"""
+import argparse
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=3)
+    a = ap.parse_args()
+    rng = np.random.default_rng(a.seed)
+    H, S, NH = a.hidden, a.seq, a.heads
+    D = H // NH
+    nodes, inits = [], []
+    counter = [0]
+
+    def name(p):
+        counter[0] += 1
+        return f"{p}_{counter[0]}"
+
+    def const(p, value):
+        n = name(p)
+        inits.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+    def node(op, inputs, **attrs):
+        out = name(op.lower())
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def dense(x, k, n):
+        w = const("w", rng.normal(0, 0.05, (k, n)).astype(np.float32))
+        b = const("b", rng.normal(0, 0.02, (n,)).astype(np.float32))
+        return node("Add", [node("MatMul", [x, w]), b])
+
+    def dim(x, i):
+        s = node("Shape", [x])
+        g = node("Gather", [s, const("i", np.array(i, dtype=np.int64))], axis=0)
+        return node("Unsqueeze", [g, const("ax", np.array([0], dtype=np.int64))])
+
+    def layer_norm_decomposed(x):
+        mean = node("ReduceMean", [x], axes=[-1], keepdims=1)
+        d = node("Sub", [x, mean])
+        var = node("ReduceMean", [node("Pow", [d, const("two", np.array(2.0, dtype=np.float32))])], axes=[-1], keepdims=1)
+        std = node("Sqrt", [node("Add", [var, const("eps", np.array(1e-12, dtype=np.float32))])])
+        n = node("Div", [d, std])
+        g = const("g", rng.uniform(0.8, 1.2, (H,)).astype(np.float32))
+        b = const("beta", rng.normal(0, 0.02, (H,)).astype(np.float32))
+        return node("Add", [node("Mul", [n, g]), b])
+
+    def layer_norm_op(x):
+        g = const("g", rng.uniform(0.8, 1.2, (H,)).astype(np.float32))
+        b = const("beta", rng.normal(0, 0.02, (H,)).astype(np.float32))
+        return node("LayerNormalization", [x, g, b], axis=-1, epsilon=1e-12)
+
+    x = "hidden_states"
+    x = node("Cast", [x], to=TensorProto.FLOAT)
+    # Additive mask: the last quarter of the sequence is padding.
+    ones = node("ConstantOfShape", [const("mshape", np.array([1, S], dtype=np.int64))],
+                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))
+    keep = np.ones((1, S), dtype=np.int64)
+    keep[0, S - S // 4:] = 0
+    mask = node("Mul", [ones, const("keep", keep)])
+    is_pad = node("Equal", [mask, const("zero", np.array(0, dtype=np.int64))])
+    additive = node("Where", [is_pad, const("neg", np.array(-10000.0, dtype=np.float32)),
+                              const("nil", np.array(0.0, dtype=np.float32))])
+    additive = node("Unsqueeze", [node("Unsqueeze", [additive, const("a1", np.array([1], dtype=np.int64))]),
+                                  const("a2", np.array([1], dtype=np.int64))])
+    additive = node("Cast", [node("Expand", [additive, const("eshape", np.array([1, 1, 1, S], dtype=np.int64))])],
+                    to=TensorProto.FLOAT)
+    for layer in range(a.layers):
+        batch, seq = dim(x, 0), dim(x, 1)
+        heads_shape = node("Concat", [batch, seq, const("nh", np.array([NH, D], dtype=np.int64))], axis=0)
+
+        def heads(t, perm):
+            return node("Transpose", [node("Reshape", [t, heads_shape])], perm=perm)
+
+        q = heads(dense(x, H, H), [0, 2, 1, 3])
+        k = heads(dense(x, H, H), [0, 2, 3, 1])
+        v = heads(dense(x, H, H), [0, 2, 1, 3])
+        s = node("Div", [node("MatMul", [q, k]), const("sqrt_d", np.array(np.sqrt(D), dtype=np.float32))])
+        p = node("Softmax", [node("Add", [s, additive])], axis=-1)
+        c = node("Transpose", [node("MatMul", [p, v])], perm=[0, 2, 1, 3])
+        merged = node("Concat", [batch, seq, const("h", np.array([H], dtype=np.int64))], axis=0)
+        c = node("Reshape", [c, merged])
+        r = node("Add", [dense(c, H, H), x])
+        h = layer_norm_decomposed(r) if layer % 2 == 0 else layer_norm_op(r)
+        f = dense(h, H, 4 * H)
+        gelu = node("Mul", [node("Mul", [f, node("Add", [node("Erf", [node("Div", [f, const("r2", np.array(np.sqrt(2.0), dtype=np.float32))])]),
+                                                        const("one", np.array(1.0, dtype=np.float32))])]),
+                            const("half", np.array(0.5, dtype=np.float32))])
+        r = node("Add", [dense(gelu, 4 * H, H), h])
+        x = layer_norm_decomposed(r) if layer % 2 == 1 else layer_norm_op(r)
+    pooled = node("Tanh", [dense(x, H, H)])
+    graph = helper.make_graph(
+        nodes, "bert_encoder",
+        [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", S, H])],
+        [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch_size", S, H])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="aicsim-make-bert")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, a.out)
+
+
+if __name__ == "__main__":
+    main()
