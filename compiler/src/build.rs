@@ -153,9 +153,12 @@ impl<'a> Builder<'a> {
     fn out_shape(&mut self, node: &Node) -> Result<Vec<usize>, CompileError> {
         self.shapes.node(node, self.opset)?;
         let dims = &self.shapes.dims[&node.outputs[0]];
-        dims.iter()
+        let shape: Vec<usize> = dims
+            .iter()
             .map(|&d| usize::try_from(d).map_err(|_| self.fail(node, format!("output dimension {d} is negative"))))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        checked_elements(&shape).ok_or_else(|| self.fail(node, format!("output shape {shape:?} is too large")))?;
+        Ok(shape)
     }
 
     fn single_use(&self, name: &str) -> bool {
@@ -727,6 +730,13 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// Most elements a runtime tensor may have (2^36: far beyond any device DDR).
+const MAX_TENSOR_ELEMENTS: usize = 1 << 36;
+
+fn checked_elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_TENSOR_ELEMENTS)
+}
+
 static EMPTY: Const = Const { shape: Vec::new(), data: crate::ir::ConstData::F32(Vec::new()) };
 
 /// Imports `model`; `symbols` gives values to symbolic input dimensions.
@@ -783,6 +793,9 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
                 })),
             })
             .collect::<Result<Vec<usize>, _>>()?;
+        if checked_elements(&dims).is_none() {
+            return Err(CompileError::Model(format!("input '{}' of shape {dims:?} is too large", input.name)));
+        }
         let v = b.g.add_value(&input.name, dims);
         b.bind_value(&input.name, v);
         b.g.inputs.push(Io { name: input.name.clone(), value: v });

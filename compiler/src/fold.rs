@@ -9,6 +9,18 @@ use crate::onnx::{AttributeValue, Node};
 /// Why a node with constant inputs cannot be evaluated.
 pub type FoldError = String;
 
+/// Most elements a folded constant may have (1 GiB of f32).
+pub const MAX_CONST_ELEMENTS: usize = 1 << 28;
+
+/// The element count of `shape`, if it is within [`MAX_CONST_ELEMENTS`].
+fn bounded(shape: &[usize]) -> Result<usize, FoldError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_CONST_ELEMENTS)
+        .ok_or_else(|| format!("a constant of shape {shape:?} is too large to evaluate at compile time"))
+}
+
 fn attr_ints(node: &Node, name: &str) -> Option<Vec<i64>> {
     match node.attribute(name) {
         Some(AttributeValue::Ints(v)) => Some(v.clone()),
@@ -79,6 +91,7 @@ fn norm_axis(axis: i64, rank: usize) -> Result<usize, FoldError> {
 fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError> {
     let shape = broadcast_shapes(&a.shape, &b.shape)
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape))?;
+    bounded(&shape)?;
     let (ia, ib) = (broadcast_indices(&shape, &a.shape), broadcast_indices(&shape, &b.shape));
     let compare = matches!(op, "Equal" | "Less" | "Greater" | "And" | "Or");
     if (a.is_int() && b.is_int()) || compare {
@@ -424,6 +437,7 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
             let a = input(0)?;
             let target: Vec<usize> = input(1)?.to_i64().iter().map(|&d| d.max(0) as usize).collect();
             let shape = broadcast_shapes(&a.shape, &target).ok_or("Expand shapes do not broadcast")?;
+            bounded(&shape)?;
             let idx = broadcast_indices(&shape, &a.shape);
             a.pick(shape, idx.into_iter())
         }
@@ -435,10 +449,12 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
                     return Err("Range delta 0".into());
                 }
                 let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+                bounded(&[n])?;
                 Const::i64(vec![n], (0..n as i64).map(|k| s + k * d).collect())
             } else {
                 let (s, l, d) = (s.to_f32()[0], l.to_f32()[0], d.to_f32()[0]);
                 let n = ((l - s) / d).ceil().max(0.0) as usize;
+                bounded(&[n])?;
                 Const::f32(vec![n], (0..n).map(|k| s + k as f32 * d).collect())
             }
         }
@@ -448,7 +464,7 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
                 .iter()
                 .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                 .collect::<Result<_, _>>()?;
-            let n: usize = shape.iter().product();
+            let n = bounded(&shape)?;
             match node.attribute("value") {
                 Some(AttributeValue::Tensor(t)) => {
                     let v = t.to_f32(None).map_err(|e| e.to_string())?;

@@ -20,6 +20,14 @@ pub enum ShapeError {
     Mismatch { node: String, op_type: String, reason: String },
 }
 
+/// Largest kernel, stride, dilation or pad a window may have.
+const LIMIT: i64 = 1 << 16;
+
+/// Product of dimensions, saturating (a saturated product never matches a real size).
+fn product(dims: &[i64]) -> i64 {
+    dims.iter().fold(1i64, |acc, &d| acc.saturating_mul(d))
+}
+
 /// Dimensions (and, for small integer tensors known at compile time, values) of every
 /// tensor.
 #[derive(Clone, Debug, Default)]
@@ -89,7 +97,7 @@ impl Shapes {
         let mut s = Shapes::default();
         for t in &graph.initializers {
             s.dims.insert(t.name.clone(), t.dims.clone());
-            let n: i64 = t.dims.iter().product();
+            let n = product(&t.dims);
             if n <= 64 {
                 let values = match &t.data {
                     TensorData::Int64s(v) | TensorData::Int32s(v) => Some(v.clone()),
@@ -282,13 +290,13 @@ impl Shapes {
             "Reshape" => {
                 let x = input(0)?.clone();
                 let mut shape = value(1)?;
-                let total: i64 = x.iter().product();
+                let total = product(&x);
                 for (i, d) in shape.iter_mut().enumerate() {
                     if *d == 0 {
                         *d = *x.get(i).ok_or_else(|| fail("0 refers past the input's rank".into()))?;
                     }
                 }
-                let known: i64 = shape.iter().filter(|&&d| d != -1).product();
+                let known = product(&shape.iter().copied().filter(|&d| d != -1).collect::<Vec<_>>());
                 match shape.iter().filter(|&&d| d == -1).count() {
                     0 if known == total => {}
                     1 if known > 0 && total % known == 0 => {
@@ -304,7 +312,7 @@ impl Shapes {
                 let x = input(0)?;
                 let axis = int(node, "axis", 1);
                 let axis = if axis < 0 { axis + x.len() as i64 } else { axis } as usize;
-                vec![x[..axis.min(x.len())].iter().product(), x[axis.min(x.len())..].iter().product()]
+                vec![product(&x[..axis.min(x.len())]), product(&x[axis.min(x.len())..])]
             }
             "Concat" => {
                 let first = input(0)?.clone();
@@ -319,7 +327,7 @@ impl Shapes {
                     if other.len() != first.len() || (0..first.len()).any(|d| d != axis && other[d] != first[d]) {
                         return Err(fail(format!("{first:?} and {other:?} do not concatenate on axis {axis}")));
                     }
-                    shape[axis] += other[axis];
+                    shape[axis] = shape[axis].saturating_add(other[axis]);
                 }
                 shape
             }
@@ -380,8 +388,11 @@ impl Shapes {
         {
             return Err(fail(format!("kernel {kernel:?}, strides {strides:?}, dilations {dilations:?}, pads {pads:?} for {spatial} spatial axes")));
         }
-        if strides.iter().chain(&dilations).chain(kernel).any(|&v| v < 1) {
-            return Err(fail("kernel, strides and dilations must be positive".into()));
+        if strides.iter().chain(&dilations).chain(kernel).any(|&v| !(1..=LIMIT).contains(&v)) {
+            return Err(fail(format!("kernel, strides and dilations must be in 1..={LIMIT}")));
+        }
+        if pads.iter().any(|&p| !(0..=LIMIT).contains(&p)) || x[2..].iter().any(|&d| !(0..=1 << 40).contains(&d)) {
+            return Err(fail(format!("pads {pads:?} or input {x:?} out of range")));
         }
         let mut out = vec![x[0], channels];
         for i in 0..spatial {

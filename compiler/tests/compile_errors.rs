@@ -1,0 +1,145 @@
+//! Bad models give clear errors, never panics: a missing initializer, a shape mismatch,
+//! an unsupported operator, malformed bytes (proptest mutations of a real model), and
+//! options that cannot be met.
+
+use aicsim_compiler::onnx::parse_model;
+use aicsim_compiler::{compile, zoo, CompileError, CompileOptions};
+use proptest::prelude::*;
+
+fn opts() -> CompileOptions {
+    CompileOptions::default()
+}
+
+#[test]
+fn a_missing_initializer_names_the_node_and_the_input() {
+    let mut m = zoo::mobilenet_v2();
+    let gone = m.graph.initializers.remove(3).name;
+    let e = compile(&m, None, "m", &opts()).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, CompileError::Shape(_)), "{e:?}");
+    assert!(text.contains(&gone) && text.contains("neither a graph input"), "{text}");
+}
+
+#[test]
+fn a_shape_mismatch_names_the_node() {
+    let mut m = zoo::resnet50();
+    // The first convolution's weight claims 4 input channels; the image has 3.
+    let w = m.graph.nodes[0].inputs[1].clone();
+    let t = m.graph.initializers.iter_mut().find(|t| t.name == w).unwrap();
+    t.dims[1] = 4;
+    if let aicsim_compiler::onnx::TensorData::Floats(v) = &mut t.data {
+        v.extend(std::iter::repeat_n(0.0, 64 * 7 * 7));
+    }
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&m.graph.nodes[0].name) && e.contains("input channels"), "{e}");
+}
+
+#[test]
+fn an_unsupported_operator_names_type_node_and_opset() {
+    let mut m = zoo::mobilenet_v2();
+    m.graph.nodes[5].op_type = "NonMaxSuppression".into();
+    let node = m.graph.nodes[5].name.clone();
+    let e = compile(&m, None, "m", &opts()).unwrap_err();
+    assert_eq!(e, CompileError::Unsupported { op_type: "NonMaxSuppression".into(), node: node.clone(), opset: 13 });
+    assert_eq!(e.to_string(), format!("unsupported operator NonMaxSuppression (node '{node}', opset 13)"));
+}
+
+#[test]
+fn options_that_cannot_be_met_are_errors() {
+    let m = zoo::mobilenet_v2();
+    let e = compile(&m, None, "m", &CompileOptions { cores: 0, ..opts() }).unwrap_err().to_string();
+    assert!(e.contains("-aic-num-cores"), "{e}");
+    let e = compile(&m, None, "m", &CompileOptions { vtcm_bytes: 4096, ..opts() }).unwrap_err().to_string();
+    assert!(e.contains("VTCM"), "{e}");
+    let mut b = zoo::bert(1, 64, 2, 8, 128);
+    b.graph.inputs[0].shape.as_mut().unwrap()[0] = aicsim_compiler::onnx::Dim::Param("batch".into());
+    let e = compile(&b, None, "b", &opts()).unwrap_err().to_string();
+    assert!(e.contains("-onnx-define-symbol=batch,N"), "{e}");
+}
+
+/// The bytes of a real model from the onnx package, when the environment has it.
+fn real_model() -> Option<Vec<u8>> {
+    let dir = std::env::var("AICSIM_ONNX_MODELS").ok()?;
+    std::fs::read(std::path::Path::new(&dir).join("light_squeezenet.onnx")).ok()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_model_bytes_compile_or_fail_cleanly(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+        truncate: bool,
+    ) {
+        let Some(mut bytes) = real_model() else { return Ok(()) };
+        for (at, v) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = v;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        // Either outcome is fine; a panic fails the test.
+        if let Ok(model) = parse_model(&bytes) {
+            let _ = compile(&model, None, "mutated", &CompileOptions::default());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Structure-aware mutations that survive parsing: shape tensors, integer
+    /// attributes, operator types and dropped nodes of a real model.
+    #[test]
+    fn mutated_models_compile_or_fail_cleanly(
+        which in 0usize..4,
+        at in any::<prop::sample::Index>(),
+        pick in any::<prop::sample::Index>(),
+        value in prop_oneof![-3i64..8, 0i64..5000, Just(i64::MAX), Just(i64::MIN)],
+    ) {
+        let Some(bytes) = real_model() else { return Ok(()) };
+        let mut model = parse_model(&bytes).unwrap();
+        let g = &mut model.graph;
+        match which {
+            0 => {
+                let i = at.index(g.initializers.len());
+                let t = &mut g.initializers[i];
+                if let aicsim_compiler::onnx::TensorData::Raw(raw) = &mut t.data {
+                    if raw.len() >= 8 {
+                        let i = pick.index(raw.len() / 8) * 8;
+                        raw[i..i + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                } else if let aicsim_compiler::onnx::TensorData::Int64s(v) = &mut t.data {
+                    if !v.is_empty() {
+                        let i = pick.index(v.len());
+                        v[i] = value;
+                    }
+                }
+            }
+            1 => {
+                let i = at.index(g.nodes.len());
+                let n = &mut g.nodes[i];
+                if !n.attributes.is_empty() {
+                    let a = pick.index(n.attributes.len());
+                    n.attributes[a].value = match &n.attributes[a].value {
+                        aicsim_compiler::onnx::AttributeValue::Ints(v) => {
+                            aicsim_compiler::onnx::AttributeValue::Ints(vec![value; v.len().max(1)])
+                        }
+                        _ => aicsim_compiler::onnx::AttributeValue::Int(value),
+                    };
+                }
+            }
+            2 => {
+                let ops = ["Relu", "Conv", "MaxPool", "Concat", "Softmax", "Gemm", "Reshape", "Transpose"];
+                let i = at.index(g.nodes.len());
+                g.nodes[i].op_type = ops[pick.index(ops.len())].into();
+            }
+            _ => {
+                g.nodes.remove(at.index(g.nodes.len()));
+            }
+        }
+        let _ = compile(&model, None, "mutated", &CompileOptions::default());
+    }
+}
