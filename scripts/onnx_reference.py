@@ -82,6 +82,7 @@ def main():
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep-weights", action="store_true")
+    ap.add_argument("--time", type=int, default=0, help="also time N inferences; prints 'ort_seconds_per_inference S'")
     args = ap.parse_args()
     import onnxruntime as ort
 
@@ -94,6 +95,9 @@ def main():
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    if args.time > 0:
+        # Timing: onnxruntime's own graph optimisations (fusion, layout) on, as users run it.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     feeds = {}
     meta = {"inputs": [], "outputs": []}
@@ -105,6 +109,13 @@ def main():
         x.astype("<f4").tofile(os.path.join(args.out_dir, f"input_{i}.bin"))
         meta["inputs"].append({"name": inp.name, "shape": shape})
     outs = sess.run(None, feeds)
+    if args.time > 0:
+        import time
+
+        t = time.perf_counter()
+        for _ in range(args.time):
+            sess.run(None, feeds)
+        print(f"ort_seconds_per_inference {(time.perf_counter() - t) / args.time:.6f}")
     for i, (o, y) in enumerate(zip(sess.get_outputs(), outs)):
         np.asarray(y, dtype=np.float32).astype("<f4").tofile(os.path.join(args.out_dir, f"output_{i}.bin"))
         meta["outputs"].append({"name": o.name, "shape": list(np.shape(y))})

@@ -60,8 +60,13 @@ pub(crate) fn matmul(vtcm: &mut [u8], dst: &Tensor, a: &Tensor, b: &Tensor, accu
     let (m, k, n) = (a.shape[0] as usize, a.shape[1] as usize, b.shape[1] as usize);
     if a.dtype.is_float() {
         let (x, y) = (gather_f32(vtcm, a)?, gather_f32(vtcm, b)?);
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        if let Some(c) = super::kernels::f32_view(vtcm, dst) {
+            sgemm(m, k, n, &x, &y, beta, c);
+            return Some(());
+        }
         let mut c = if accumulate { gather_f32(vtcm, dst)? } else { vec![0.0; m * n] };
-        sgemm(m, k, n, &x, &y, if accumulate { 1.0 } else { 0.0 }, &mut c);
+        sgemm(m, k, n, &x, &y, beta, &mut c);
         scatter_f32(vtcm, dst, &c)
     } else {
         let (x, y) = (gather_i32(vtcm, a)?, gather_i32(vtcm, b)?);
@@ -125,20 +130,30 @@ pub(crate) fn conv2d(
     let plane = ho * wo;
     if input.dtype.is_float() {
         let (x, wt) = (gather_f32(vtcm, input)?, gather_f32(vtcm, weight)?);
-        let mut out = if accumulate { gather_f32(vtcm, dst)? } else { vec![0.0; co * plane] };
-        for grp in 0..groups {
-            let cols = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], [ho, wo], g);
-            let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
-            sgemm(
-                co_g,
-                k,
-                plane,
-                wg,
-                &cols,
-                if accumulate { 1.0 } else { 0.0 },
-                &mut out[grp * co_g * plane..(grp + 1) * co_g * plane],
-            );
+        // A 1x1, stride-1, unpadded convolution is a plain matrix product: the input
+        // planes already are the columns.
+        let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && (ho, wo) == (h, w);
+        let beta = if accumulate { 1.0 } else { 0.0 };
+        let run = |out: &mut [f32]| {
+            for grp in 0..groups {
+                let owned;
+                let cols: &[f32] = if pointwise {
+                    &x[grp * ci_g * plane..(grp + 1) * ci_g * plane]
+                } else {
+                    owned = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], [ho, wo], g);
+                    &owned
+                };
+                let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
+                sgemm(co_g, k, plane, wg, cols, beta, &mut out[grp * co_g * plane..(grp + 1) * co_g * plane]);
+            }
+        };
+        // Straight into VTCM when the output is packed f32; otherwise through a buffer.
+        if let Some(out) = super::kernels::f32_view(vtcm, dst) {
+            run(out);
+            return Some(());
         }
+        let mut out = if accumulate { gather_f32(vtcm, dst)? } else { vec![0.0; co * plane] };
+        run(&mut out);
         scatter_f32(vtcm, dst, &out)
     } else {
         let (x, wt) = (gather_i32(vtcm, input)?, gather_i32(vtcm, weight)?);

@@ -58,15 +58,57 @@ pub(crate) fn gather_f32(mem: &[u8], t: &Tensor) -> Option<Vec<f32>> {
             Err(_) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         });
     }
-    element_offsets(t)
-        .map(|at| match t.dtype {
-            DType::F32 => bytes_at::<4>(mem, at).map(f32::from_le_bytes),
-            DType::F16 => bytes_at::<2>(mem, at).map(|b| f16::from_le_bytes(b).to_f32()),
-            DType::I8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0] as i8)),
-            DType::U8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0])),
-            DType::I32 => bytes_at::<4>(mem, at).map(|b| i32::from_le_bytes(b) as f32),
-        })
-        .collect()
+    let mut out = Vec::with_capacity(usize::try_from(t.elements()).ok()?);
+    gather_dim(mem, t, 0, t.offset, &mut out)?;
+    Some(out)
+}
+
+fn load_f32(mem: &[u8], dtype: DType, at: u64) -> Option<f32> {
+    match dtype {
+        DType::F32 => bytes_at::<4>(mem, at).map(f32::from_le_bytes),
+        DType::F16 => bytes_at::<2>(mem, at).map(|b| f16::from_le_bytes(b).to_f32()),
+        DType::I8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0] as i8)),
+        DType::U8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0])),
+        DType::I32 => bytes_at::<4>(mem, at).map(|b| i32::from_le_bytes(b) as f32),
+    }
+}
+
+/// Appends the values of dimensions `dim..` of `t` starting at byte `at`: a broadcast
+/// (stride 0) dimension is gathered once and repeated; a contiguous f32 row is one copy.
+fn gather_dim(mem: &[u8], t: &Tensor, dim: usize, at: u64, out: &mut Vec<f32>) -> Option<()> {
+    let rank = t.rank as usize;
+    let (n, stride) = (t.shape[dim] as usize, u64::from(t.strides[dim]) * t.dtype.bytes());
+    if n == 0 {
+        return Some(());
+    }
+    if dim + 1 == rank {
+        if stride == 0 {
+            let v = load_f32(mem, t.dtype, at)?;
+            out.extend(core::iter::repeat_n(v, n));
+        } else if t.dtype == DType::F32 && stride == 4 {
+            let start = usize::try_from(at).ok()?;
+            let raw = mem.get(start..start.checked_add(n * 4)?)?;
+            out.extend(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        } else {
+            for i in 0..n as u64 {
+                out.push(load_f32(mem, t.dtype, at + i * stride)?);
+            }
+        }
+        return Some(());
+    }
+    if stride == 0 {
+        let from = out.len();
+        gather_dim(mem, t, dim + 1, at, out)?;
+        let to = out.len();
+        for _ in 1..n {
+            out.extend_from_within(from..to);
+        }
+        return Some(());
+    }
+    for i in 0..n as u64 {
+        gather_dim(mem, t, dim + 1, at + i * stride, out)?;
+    }
+    Some(())
 }
 
 /// The values of an integer `t` as i32, in logical order.
@@ -239,6 +281,27 @@ fn rows(values: &mut [f32], row: usize, f: impl Fn(&mut [f32])) {
     }
 }
 
+/// Whether `t` is a packed, 4-byte-aligned f32 tensor that can be worked on in place.
+fn in_place(t: &Tensor) -> bool {
+    t.dtype == DType::F32 && t.is_contiguous() && t.offset.is_multiple_of(4)
+}
+
+/// A packed aligned f32 tensor as a mutable slice of VTCM, if it is one.
+pub(crate) fn f32_view<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
+    if in_place(t) {
+        f32_slice(vtcm, t)
+    } else {
+        None
+    }
+}
+
+/// A packed aligned f32 tensor as a mutable slice of VTCM.
+fn f32_slice<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
+    let start = usize::try_from(t.offset).ok()?;
+    let raw = vtcm.get_mut(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)?;
+    bytemuck::try_cast_slice_mut(raw).ok()
+}
+
 /// Runs one compute op (anything but DMA, sync and End) on `vtcm`.
 pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
     match *op {
@@ -246,6 +309,13 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             let (x, y) = (gather_i32(vtcm, &a)?, gather_i32(vtcm, &b)?);
             let out: Vec<i32> = x.iter().zip(&y).map(|(&x, &y)| binary_i32(kind, x, y)).collect();
             scatter_i32(vtcm, &dst, &out)
+        }
+        Op::Binary { kind, dst, a, b } if dst == a && in_place(&dst) => {
+            // The common fused form `acc = acc op b`: only b is gathered.
+            let y = gather_f32(vtcm, &b)?;
+            let acc = f32_slice(vtcm, &dst)?;
+            acc.iter_mut().zip(&y).for_each(|(x, &y)| *x = binary_f32(kind, *x, y));
+            Some(())
         }
         Op::Binary { kind, dst, a, b } => {
             let (x, y) = (gather_f32(vtcm, &a)?, gather_f32(vtcm, &b)?);
@@ -255,6 +325,10 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
         Op::Unary { kind: UnaryKind::Copy, dst, src } if !dst.dtype.is_float() => {
             let v = gather_i32(vtcm, &src)?;
             scatter_i32(vtcm, &dst, &v)
+        }
+        Op::Unary { kind, dst, src } if dst == src && in_place(&dst) => {
+            f32_slice(vtcm, &dst)?.iter_mut().for_each(|x| *x = unary(kind, *x));
+            Some(())
         }
         Op::Unary { kind, dst, src } => {
             let out: Vec<f32> = gather_f32(vtcm, &src)?.into_iter().map(|x| unary(kind, x)).collect();

@@ -1,0 +1,118 @@
+//! The compiler and the functional device against reference points, in one run:
+//! - compile time of ResNet-50 (`light_resnet50` from the onnx package when the
+//!   environment has it, else the built-in zoo ResNet-50), fp16 with multicast weights,
+//!   for 1, 4 and 14 cores, beside the time to only read and decode the same ONNX file;
+//! - functional-mode `light_resnet50` inference (random weights, through the runtime,
+//!   driver and device) beside onnxruntime (CPU, all its graph optimisations) on the same
+//!   model and input, on this machine, in this run.
+//!
+//! Targets (issue 6): compile < 10 s for each core count (release, 2-core machine);
+//! functional inference <= 4x onnxruntime's time. Run with `cargo bench --bench compiler`
+//! after `scripts/test.sh` has created `.venv` (it sets nothing else up).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aicsim_compiler::onnx::parse_model;
+use aicsim_compiler::{compile, compile_file, zoo, CompileOptions};
+use aicsim_driver::Device;
+use aicsim_kmd::KmdConfig;
+use aicsim_runtime::samples::{bytes_f32, f32_bytes};
+use aicsim_runtime::{Activation, Program};
+
+fn python_and_models() -> Option<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("AICSIM_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root.join(".venv/bin/python"));
+    let out = Command::new(&python)
+        .args(["-c", "import os, onnx, onnxruntime; print(os.path.join(os.path.dirname(onnx.__file__), 'backend', 'test', 'data', 'light'))"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| (python, PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())))
+}
+
+fn compile_times(model: Option<&Path>, full: bool) {
+    let opts = |cores| CompileOptions { cores, fp16: true, multicast_weights: true, ..Default::default() };
+    let (label, decode) = match model {
+        Some(p) => {
+            let t = Instant::now();
+            parse_model(&std::fs::read(p).unwrap()).unwrap();
+            ("light_resnet50.onnx", t.elapsed())
+        }
+        None => ("zoo:resnet50", Duration::ZERO),
+    };
+    println!("compile time, {label}, -convert-to-fp16 -multicast-weights:");
+    if model.is_some() {
+        println!("  baseline: read + decode the ONNX file only      {:>8.3} s", decode.as_secs_f64());
+    }
+    for cores in [1, 4, 14] {
+        let runs = if full { 3 } else { 1 };
+        let mut best = Duration::MAX;
+        let mut instructions = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let c = match model {
+                Some(p) => compile_file(p, &opts(cores)).unwrap(),
+                None => compile(&zoo::resnet50(), None, "resnet50", &opts(cores)).unwrap(),
+            };
+            best = best.min(t.elapsed());
+            instructions = c.image.cores.iter().map(Vec::len).sum::<usize>();
+        }
+        println!(
+            "  -aic-num-cores={cores:<2}: {:>8.3} s ({instructions} instructions); / target 10 s = {:.3}",
+            best.as_secs_f64(),
+            best.as_secs_f64() / 10.0
+        );
+    }
+}
+
+fn inference_vs_onnxruntime(python: &Path, models: &Path, full: bool) {
+    let dir = std::env::temp_dir().join("aicsim-bench-resnet50");
+    let n = if full { 10 } else { 2 };
+    let out = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnx_reference.py"))
+        .arg(models.join("light_resnet50.onnx"))
+        .arg(&dir)
+        .args(["--seed", "7", "--time", &n.to_string()])
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ort: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ort_seconds_per_inference "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("onnxruntime timing");
+    let input = f32_bytes(&bytes_f32(&std::fs::read(dir.join("input_0.bin")).unwrap()));
+    let want = bytes_f32(&std::fs::read(dir.join("output_0.bin")).unwrap());
+    let compiled = compile_file(&dir.join("model.onnx"), &CompileOptions::default()).unwrap();
+    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    let program = Program::from_image(compiled.image).unwrap();
+    let act = Activation::new(device, &program).unwrap().with_wait_timeout(Duration::from_secs(300));
+    let got = bytes_f32(&act.run(&[&input]).unwrap()[0]);
+    let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(act.run(&[&input]).unwrap());
+    }
+    let ours = t.elapsed().as_secs_f64() / f64::from(n);
+    println!("functional light_resnet50 inference (f32, 1 core, mean of {n}; max |ours - onnxruntime| = {err:.1e}):");
+    println!("  aicsim (runtime + driver + device, functional): {:>8.1} ms", ours * 1e3);
+    println!("  baseline: onnxruntime CPU, same machine:        {:>8.1} ms", ort * 1e3);
+    println!("  aicsim / onnxruntime = {:.2}x (target <= 4x)", ours / ort);
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    match python_and_models() {
+        Some((python, models)) => {
+            compile_times(Some(&models.join("light_resnet50.onnx")), full);
+            inference_vs_onnxruntime(&python, &models, full);
+        }
+        None => {
+            println!("(no .venv with onnx and onnxruntime: run scripts/test.sh first for the onnxruntime comparison)");
+            compile_times(None, full);
+        }
+    }
+}
