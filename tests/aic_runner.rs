@@ -1,9 +1,27 @@
-//! The aic-runner binary: its Stats line and its errors.
+//! The aic-runner binary: its Stats line and its errors. Most tests run the small
+//! vector program (`-t` is added when a test gives none) so they stay fast; one runs the
+//! embedded default, the zoo ResNet-50.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
+
+/// The sample vector program as a container file.
+fn vector_program() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aic_runner_vector_program.bin");
+        std::fs::write(&path, aicsim_runtime::samples::default_program().to_bytes()).unwrap();
+        path
+    })
+}
 
 fn runner(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_aic-runner")).args(args).output().expect("aic-runner runs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aic-runner"));
+    if !args.iter().any(|a| *a == "-t" || *a == "--test-data") {
+        cmd.arg("-t").arg(vector_program());
+    }
+    let out = cmd.args(args).output().expect("aic-runner runs");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,6 +40,15 @@ fn stats(stdout: &str) -> (u64, u64, u64, f64) {
     let rate = f[7];
     assert_eq!(rate.split('.').nth(1).map(str::len), Some(3), "three decimals: {rate}");
     (f[1].parse().unwrap(), f[3].trim_end_matches("us").parse().unwrap(), f[5].parse().unwrap(), rate.parse().unwrap())
+}
+
+#[test]
+fn the_embedded_default_program_is_the_zoo_resnet50() {
+    let out = Command::new(env!("CARGO_BIN_EXE_aic-runner")).args(["-n", "4", "-v"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(format!("{stdout}{stderr}").contains("program 'resnet50' (1 cores, batch 1)"), "{stdout}{stderr}");
+    assert_eq!(stats(&stdout).0, 4);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
-use aicsim_runtime::{samples, InferenceSet, Program, RunLimit, SubmitPolicy};
+use aicsim_runtime::{InferenceSet, Program, RunLimit, SubmitPolicy};
 use clap::{Parser, ValueEnum};
 use parking_lot::Mutex;
 
@@ -49,7 +49,7 @@ enum Pace {
 #[derive(Parser, Debug)]
 #[command(name = "aic-runner", about = "Run a program on the simulated Cloud AI 100 device", version)]
 struct Args {
-    /// Program directory (holding programqpc.bin) or container file; the embedded default program when absent.
+    /// Program directory (holding programqpc.bin) or container file; the embedded default (the zoo ResNet-50, fp16, 1 core) when absent.
     #[arg(short = 't', long = "test-data")]
     test_data: Option<PathBuf>,
     /// Device id.
@@ -203,13 +203,21 @@ struct Sample {
     outputs: Vec<Vec<u8>>,
 }
 
+fn default_program() -> Result<aicsim_device::container::ProgramImage, String> {
+    let model = aicsim_compiler::zoo::resnet50();
+    let opts = aicsim_compiler::CompileOptions { fp16: true, multicast_weights: true, ..Default::default() };
+    Ok(aicsim_compiler::compile(&model, None, "resnet50", &opts).map_err(|e| e.to_string())?.image)
+}
+
 fn run(args: &Args) -> Result<(), String> {
     if args.device_id != 0 {
         return Err(format!("device {} does not exist (the simulator has device 0)", args.device_id));
     }
     let program = match &args.test_data {
         Some(path) => Program::from_path(path),
-        None => Program::from_image(samples::default_program()),
+        // The embedded default: the zoo's ResNet-50, as `aic-exec -m=zoo:resnet50
+        // -convert-to-fp16 -multicast-weights` compiles it.
+        None => Program::from_image(default_program()?),
     }
     .map_err(|e| e.to_string())?;
     let limit = match args.time {

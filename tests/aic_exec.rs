@@ -1,0 +1,96 @@
+//! aic-exec followed by aic-runner, with the reference's flag spellings; and aic-exec's
+//! errors (one line, exit 2, no output file).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(bin: &str, args: &[String]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn exec(args: &[String]) -> (i32, String, String) {
+    run(env!("CARGO_BIN_EXE_aic-exec"), args)
+}
+
+/// light_resnet50 from the onnx package when the environment has it, else the zoo's.
+fn model() -> String {
+    match std::env::var("AICSIM_ONNX_MODELS") {
+        Ok(dir) => Path::new(&dir).join("light_resnet50.onnx").display().to_string(),
+        Err(_) => "zoo:resnet50".into(),
+    }
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
+    let dir = out_dir("aic-exec-reference");
+    let args: Vec<String> = [
+        format!("-m={}", model()),
+        "-onnx-define-symbol=batch_size,4".into(),
+        "-mos=1".into(),
+        "-ols=2".into(),
+        "-aic-num-cores=2".into(),
+        "-batchsize=4".into(),
+        "-multicast-weights".into(),
+        "-convert-to-fp16".into(),
+        "-aic-hw".into(),
+        "-aic-hw-version=2.0".into(),
+        "-compile-only".into(),
+        format!("-aic-binary-dir={}", dir.display()),
+        "-aic-perf-metrics".into(),
+    ]
+    .into();
+    let (code, out, err) = exec(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Reading ONNX Model from "), "{out}");
+    assert!(out.contains("Compiling model with FP16 precision."), "{out}");
+    for line in ["MAC estimate:", "Constants size:", "VTCM size per core:", "Shared DDR size:", "Estimated DDR traffic:"] {
+        assert!(out.contains(line), "missing '{line}' in {out}");
+    }
+    // Four samples of ResNet-50: ~16.4 GMAC per inference.
+    let gmac: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("MAC estimate:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((15.5..17.0).contains(&gmac), "{gmac} GMAC");
+    assert!(out.trim_end().ends_with(&format!("Generated binary is present at {}", dir.display())), "{out}");
+    assert!(dir.join("programqpc.bin").exists());
+    let (code, out, err) =
+        run(env!("CARGO_BIN_EXE_aic-runner"), &["-t".into(), dir.display().to_string(), "-n".into(), "3".into()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("InferenceCnt 3 ") && out.contains("BatchSize 4 "), "{out}");
+}
+
+#[test]
+fn errors_are_one_line_exit_2_and_leave_no_file() {
+    let dir = out_dir("aic-exec-errors");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["-m=/nonexistent.onnx".into(), format!("-aic-binary-dir={}", dir.display())], "No such file"),
+        (vec!["-m=zoo:nope".into(), format!("-aic-binary-dir={}", dir.display())], "no zoo model 'nope'"),
+        (vec!["-m=zoo:resnet50".into()], "-aic-binary-dir"),
+        (
+            vec!["-m=zoo:resnet50".into(), "-batchsize=3".into(), "-onnx-define-symbol=x,2".into(), "-aic-num-cores=0".into()],
+            "-aic-num-cores=0",
+        ),
+        (vec!["-bogus".into()], "unknown flag '-bogus'"),
+    ];
+    for (args, want) in cases {
+        let (code, _, err) = exec(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: '{err}' lacks '{want}'");
+        assert!(!dir.join("programqpc.bin").exists());
+    }
+}
