@@ -126,7 +126,11 @@ pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
     let per = f64::from(stats_batch.unwrap_or(c.image.batch_size).max(1));
     let cost = aicsim_device::nsp::CostModel::default();
     println!("=== Resource summary ===");
-    println!("MAC estimate:                 {:.3} GMAC per inference ({:.3} GMAC per sample)", m.macs as f64 / 1e9, m.macs as f64 / 1e9 / per);
+    println!(
+        "MAC estimate:                 {:.3} GMAC per inference ({:.3} GMAC per sample)",
+        m.macs as f64 / 1e9,
+        m.macs as f64 / 1e9 / per
+    );
     println!("Constants size:               {}", mib(m.constants_bytes));
     println!("VTCM size per core:           {} of {}", mib(m.vtcm_bytes_per_core), mib(8 << 20));
     println!(
@@ -143,7 +147,10 @@ pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
         mib(m.constant_in_bytes)
     );
     println!("=== Per-layer cost (cycles summed over cores) ===");
-    println!("{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}", "layer", "op", "MACs", "compute cycles", "load/store cycles", "tiles", "bound");
+    println!(
+        "{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} bound",
+        "layer", "op", "MACs", "compute cycles", "load/store cycles", "tiles"
+    );
     for l in &c.lowered.layers {
         let ls = (l.load_bytes + l.store_bytes).div_ceil(cost.dma_bytes_per_cycle.max(1));
         let bound = if l.compute_cycles >= ls { "compute" } else { "load/store" };
@@ -152,7 +159,10 @@ pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
             name.truncate(37);
             name.push_str("...");
         }
-        println!("{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}", name, l.op_type, l.macs, l.compute_cycles, ls, l.tiles, bound);
+        println!(
+            "{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}",
+            name, l.op_type, l.macs, l.compute_cycles, ls, l.tiles, bound
+        );
     }
 }
 

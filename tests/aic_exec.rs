@@ -54,7 +54,9 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Reading ONNX Model from "), "{out}");
     assert!(out.contains("Compiling model with FP16 precision."), "{out}");
-    for line in ["MAC estimate:", "Constants size:", "VTCM size per core:", "Shared DDR size:", "Estimated DDR traffic:"] {
+    for line in
+        ["MAC estimate:", "Constants size:", "VTCM size per core:", "Shared DDR size:", "Estimated DDR traffic:"]
+    {
         assert!(out.contains(line), "missing '{line}' in {out}");
     }
     // Four samples of ResNet-50: ~16.4 GMAC per inference.
@@ -81,7 +83,12 @@ fn errors_are_one_line_exit_2_and_leave_no_file() {
         (vec!["-m=zoo:nope".into(), format!("-aic-binary-dir={}", dir.display())], "no zoo model 'nope'"),
         (vec!["-m=zoo:resnet50".into()], "-aic-binary-dir"),
         (
-            vec!["-m=zoo:resnet50".into(), "-batchsize=3".into(), "-onnx-define-symbol=x,2".into(), "-aic-num-cores=0".into()],
+            vec![
+                "-m=zoo:resnet50".into(),
+                "-batchsize=3".into(),
+                "-onnx-define-symbol=x,2".into(),
+                "-aic-num-cores=0".into(),
+            ],
             "-aic-num-cores=0",
         ),
         (vec!["-bogus".into()], "unknown flag '-bogus'"),

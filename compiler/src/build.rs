@@ -125,7 +125,9 @@ impl<'a> Builder<'a> {
     fn value(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
         match self.entry(node, i)? {
             Some(Entry::Value(v)) => Ok(v),
-            Some(Entry::Const(_)) => Err(self.fail(node, format!("input {i} must be a runtime tensor, not a constant"))),
+            Some(Entry::Const(_)) => {
+                Err(self.fail(node, format!("input {i} must be a runtime tensor, not a constant")))
+            }
             None => Err(self.fail(node, format!("input {i} is missing"))),
         }
     }
@@ -218,7 +220,11 @@ impl<'a> Builder<'a> {
                 return Ok(());
             }
         }
-        self.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps: vec![Step::Unary(kind)] }, shape);
+        self.add_layer(
+            node,
+            LayerKind::Elementwise { first: Operand::Value(x), steps: vec![Step::Unary(kind)] },
+            shape,
+        );
         Ok(())
     }
 
@@ -269,9 +275,8 @@ impl<'a> Builder<'a> {
                 }
                 LayerKind::Dense { bias: None, act: Activation::None, weight, .. } => {
                     let n = self.g.consts[*weight].shape[1];
-                    (self.g.consts[c].shape.iter().product::<usize>() == n
-                        && self.g.consts[c].shape.last() == Some(&n))
-                    .then_some(n)
+                    (self.g.consts[c].shape.iter().product::<usize>() == n && self.g.consts[c].shape.last() == Some(&n))
+                        .then_some(n)
                 }
                 _ => None,
             };
@@ -421,7 +426,13 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn dense(&mut self, node: &Node, transpose_b: bool, alpha: f32, c: Option<(ConstId, f32)>) -> Result<(), CompileError> {
+    fn dense(
+        &mut self,
+        node: &Node,
+        transpose_b: bool,
+        alpha: f32,
+        c: Option<(ConstId, f32)>,
+    ) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let shape = self.out_shape(node)?;
         let b = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "the right-hand side must be constant"))?;
@@ -465,7 +476,11 @@ impl<'a> Builder<'a> {
         }
         let kernel = [k[0] as usize, k[1] as usize];
         let pad = self.pads(node, &xs, &shape, kernel, &stride, &[1, 1])?;
-        let kind = if kind == PoolKind::Avg && int(node, "count_include_pad", 0) == 1 { PoolKind::AvgIncludePad } else { kind };
+        let kind = if kind == PoolKind::Avg && int(node, "count_include_pad", 0) == 1 {
+            PoolKind::AvgIncludePad
+        } else {
+            kind
+        };
         let stride = [stride[0] as usize, stride[1] as usize];
         if pad[0] >= kernel[0] || pad[1] >= kernel[1] {
             return Err(self.fail(node, format!("padding {pad:?} must be smaller than the kernel {kernel:?}")));
@@ -485,7 +500,9 @@ impl<'a> Builder<'a> {
             && shape.iter().product::<usize>() == kept.iter().product::<usize>()
             && xs[rank - 1] > 1;
         if !ok {
-            return Err(self.fail(node, format!("only reductions over the last axis are supported ({xs:?} -> {shape:?})")));
+            return Err(
+                self.fail(node, format!("only reductions over the last axis are supported ({xs:?} -> {shape:?})"))
+            );
         }
         self.add_layer(node, LayerKind::Reduce { input: x, kind }, shape);
         Ok(())
@@ -525,7 +542,8 @@ impl<'a> Builder<'a> {
             self.bind_const(&node.outputs[0].clone(), Const::i64(vec![v.len()], v));
             return Ok(());
         }
-        let entries: Vec<Option<Entry>> = (0..node.inputs.len()).map(|i| self.entry(node, i)).collect::<Result<_, _>>()?;
+        let entries: Vec<Option<Entry>> =
+            (0..node.inputs.len()).map(|i| self.entry(node, i)).collect::<Result<_, _>>()?;
         if entries.iter().flatten().all(|e| matches!(e, Entry::Const(_))) && !entries.iter().all(Option::is_none) {
             let consts: Vec<&Const> = entries
                 .iter()
@@ -536,7 +554,9 @@ impl<'a> Builder<'a> {
                 .collect();
             let out = match fold::fold(node, &consts, self.opset) {
                 Ok(out) => out,
-                Err(reason) if reason.ends_with("is not evaluated at compile time") => return Err(self.unsupported(node)),
+                Err(reason) if reason.ends_with("is not evaluated at compile time") => {
+                    return Err(self.unsupported(node))
+                }
                 Err(reason) => return Err(self.fail(node, reason)),
             };
             for (name, c) in node.outputs.iter().zip(out) {
@@ -591,7 +611,8 @@ impl<'a> Builder<'a> {
                     let shape = self.out_shape(node)?;
                     let (sa, sb) = (&self.g.values[a].shape, &self.g.values[b].shape);
                     if sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
-                        return Err(self.fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
+                        return Err(self
+                            .fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
                     }
                     self.add_layer(node, LayerKind::MatMul { a, b }, shape);
                     Ok(())
@@ -621,7 +642,11 @@ impl<'a> Builder<'a> {
                     return Err(self.fail(node, "only [N, C, H, W] inputs are supported"));
                 }
                 let kernel = [xs[2], xs[3]];
-                self.add_layer(node, LayerKind::Pool { input: x, kind: PoolKind::Max, kernel, stride: [1, 1], pad: [0, 0] }, shape);
+                self.add_layer(
+                    node,
+                    LayerKind::Pool { input: x, kind: PoolKind::Max, kernel, stride: [1, 1], pad: [0, 0] },
+                    shape,
+                );
                 Ok(())
             }
             "Softmax" => {

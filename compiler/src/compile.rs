@@ -122,8 +122,8 @@ pub fn compile(
             return Err(CompileError::Option {
                 option: "-batchsize",
                 reason: format!(
-                    "{b} does not match the model's batch dimension {graph_batch} (define the batch symbol as {b} or as 1)"
-                ),
+                "{b} does not match the model's batch dimension {graph_batch} (define the batch symbol as {b} or as 1)"
+            ),
             })
         }
     };
@@ -151,7 +151,11 @@ pub fn compile(
             }
             shape[0] *= replicas as u32;
             if shape.len() > 6 {
-                return Err(CompileError::Model(format!("'{}' has rank {}; bindings hold at most 6", io.name, shape.len())));
+                return Err(CompileError::Model(format!(
+                    "'{}' has rank {}; bindings hold at most 6",
+                    io.name,
+                    shape.len()
+                )));
             }
             let offset = lowered.value_offsets[v.storage];
             let b = IoBinding::new(&io_name(&io.name)?, direction, device_dtype, &shape, offset);

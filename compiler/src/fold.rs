@@ -328,8 +328,11 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
             let shape = broadcast_shapes(&c.shape, &x.shape)
                 .and_then(|s| broadcast_shapes(&s, &y.shape))
                 .ok_or("Where operands do not broadcast")?;
-            let (ic, ix, iy) =
-                (broadcast_indices(&shape, &c.shape), broadcast_indices(&shape, &x.shape), broadcast_indices(&shape, &y.shape));
+            let (ic, ix, iy) = (
+                broadcast_indices(&shape, &c.shape),
+                broadcast_indices(&shape, &x.shape),
+                broadcast_indices(&shape, &y.shape),
+            );
             let cond = c.to_i64();
             if x.is_int() && y.is_int() {
                 let (xv, yv) = (x.to_i64(), y.to_i64());
@@ -525,13 +528,10 @@ mod tests {
         assert_eq!(u.shape, vec![1]);
         let cat = fold(&node("Concat"), &[&u, &Const::i64(vec![2], vec![-1, 64])], 13).unwrap().remove(0);
         assert_eq!(cat, Const::i64(vec![3], vec![4, -1, 64]));
-        let sl = fold(
-            &node("Slice"),
-            &[&shape, &Const::i64(vec![1], vec![1]), &Const::i64(vec![1], vec![i64::MAX])],
-            13,
-        )
-        .unwrap()
-        .remove(0);
+        let sl =
+            fold(&node("Slice"), &[&shape, &Const::i64(vec![1], vec![1]), &Const::i64(vec![1], vec![i64::MAX])], 13)
+                .unwrap()
+                .remove(0);
         assert_eq!(sl, Const::i64(vec![2], vec![32, 128]));
     }
 

@@ -108,7 +108,11 @@ pub enum Operand {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Step {
     /// `acc = acc op operand`, or `operand op acc` when `swapped`.
-    Binary { kind: BinaryKind, operand: Operand, swapped: bool },
+    Binary {
+        kind: BinaryKind,
+        operand: Operand,
+        swapped: bool,
+    },
     Unary(UnaryKind),
 }
 
@@ -134,23 +138,65 @@ pub enum LayerKind {
         act: Activation,
     },
     /// `[M, K] x [K, N] (+ bias [N])` with a constant right-hand side.
-    Dense { input: ValueId, weight: ConstId, bias: Option<ConstId>, act: Activation },
+    Dense {
+        input: ValueId,
+        weight: ConstId,
+        bias: Option<ConstId>,
+        act: Activation,
+    },
     /// Batched `[.., M, K] x [.., K, N]` of two runtime tensors (leading dims equal).
-    MatMul { a: ValueId, b: ValueId },
+    MatMul {
+        a: ValueId,
+        b: ValueId,
+    },
     /// An element-wise chain with numpy broadcasting; `first` starts the result.
-    Elementwise { first: Operand, steps: Vec<Step> },
-    Pool { input: ValueId, kind: PoolKind, kernel: [usize; 2], stride: [usize; 2], pad: [usize; 2] },
-    GlobalAvgPool { input: ValueId },
+    Elementwise {
+        first: Operand,
+        steps: Vec<Step>,
+    },
+    Pool {
+        input: ValueId,
+        kind: PoolKind,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        pad: [usize; 2],
+    },
+    GlobalAvgPool {
+        input: ValueId,
+    },
     /// Over rows of `row` elements (the trailing dimensions).
-    Softmax { input: ValueId, row: usize },
+    Softmax {
+        input: ValueId,
+        row: usize,
+    },
     /// Normalisation over the last axis, then optional scale and shift (both `[row]`).
-    LayerNorm { input: ValueId, epsilon: f32, scale: Option<ConstId>, bias: Option<ConstId> },
+    LayerNorm {
+        input: ValueId,
+        epsilon: f32,
+        scale: Option<ConstId>,
+        bias: Option<ConstId>,
+    },
     /// Local response normalisation across channels of `[N, C, H, W]`.
-    Lrn { input: ValueId, size: usize, alpha: f32, beta: f32, bias: f32 },
-    Concat { inputs: Vec<ValueId>, axis: usize },
-    Transpose { input: ValueId, perm: Vec<usize> },
+    Lrn {
+        input: ValueId,
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    },
+    Concat {
+        inputs: Vec<ValueId>,
+        axis: usize,
+    },
+    Transpose {
+        input: ValueId,
+        perm: Vec<usize>,
+    },
     /// Over the last axis (keeping it as 1).
-    Reduce { input: ValueId, kind: ReduceKind },
+    Reduce {
+        input: ValueId,
+        kind: ReduceKind,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -301,7 +301,11 @@ impl<'g> Lowerer<'g> {
                 multicast: mask,
             });
             if let Some(bb) = bb {
-                ops.push(Op::DmaIn { dst: me.vtcm(bbuf[slot], &[co_n]), src: me.ddr(co0, bb, &[co_n], &[1]), multicast: mask });
+                ops.push(Op::DmaIn {
+                    dst: me.vtcm(bbuf[slot], &[co_n]),
+                    src: me.ddr(co0, bb, &[co_n], &[1]),
+                    multicast: mask,
+                });
             }
         };
         for (core, run) in runs(tiles.len(), cores).into_iter().enumerate() {
@@ -498,7 +502,9 @@ impl<'g> Lowerer<'g> {
         let batch = self.o.replicas as u64 * sa[..sa.len() - 2].iter().product::<usize>() as u64;
         let need = align(m * k * eb, VTCM_ALIGN) + align(k * n * eb, VTCM_ALIGN) + align(m * n * eb, VTCM_ALIGN);
         if need > self.budget() {
-            return Err(self.err(format!("a [{m}, {k}] x [{k}, {n}] product needs {need} bytes; tiling it is not supported")));
+            return Err(
+                self.err(format!("a [{m}, {k}] x [{k}, {n}] product needs {need} bytes; tiling it is not supported"))
+            );
         }
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         let abuf = [v.alloc(m * k * eb), v.alloc(m * k * eb)];
@@ -553,7 +559,8 @@ impl<'g> Lowerer<'g> {
         views.extend(steps.iter().filter_map(|(o, _)| o.as_ref()));
         let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
         let mut dims: Vec<u64> = keep.iter().map(|&d| shape[d]).collect();
-        let mut strides: Vec<Vec<u64>> = views.iter().map(|(_, v)| keep.iter().map(|&d| v.strides[d]).collect()).collect();
+        let mut strides: Vec<Vec<u64>> =
+            views.iter().map(|(_, v)| keep.iter().map(|&d| v.strides[d]).collect()).collect();
         let mut d = 0;
         while d + 1 < dims.len() {
             if strides.iter().all(|s| s[d] == s[d + 1] * dims[d + 1]) {
@@ -747,7 +754,8 @@ impl<'g> Lowerer<'g> {
         let (kh, sh) = (kernel[0] as u64, stride[0] as u64);
         let samples = self.o.replicas as u64 * xs[0];
         let rows_in = |r: u64| ((r - 1) * sh + kh).min(h);
-        let bytes = |c_t: u64, r: u64| align(c_t * rows_in(r) * w * eb, VTCM_ALIGN) + align(c_t * r * wo * eb, VTCM_ALIGN);
+        let bytes =
+            |c_t: u64, r: u64| align(c_t * rows_in(r) * w * eb, VTCM_ALIGN) + align(c_t * r * wo * eb, VTCM_ALIGN);
         let budget = self.budget();
         let mut c_t = c;
         let mut r = ho;
@@ -929,7 +937,15 @@ impl<'g> Lowerer<'g> {
 
     // ---- local response normalisation -------------------------------------------------
 
-    fn lrn(&mut self, x: ValueId, y: ValueId, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<(), CompileError> {
+    fn lrn(
+        &mut self,
+        x: ValueId,
+        y: ValueId,
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
+    ) -> Result<(), CompileError> {
         let eb = self.eb;
         let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
         let (c, hw) = (xs[1], xs[2] * xs[3]);
@@ -994,9 +1010,7 @@ fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>)
             let max = half::f16::MAX.to_f32();
             let clipped = v.iter().filter(|x| x.abs() > max).count();
             if clipped > 0 {
-                warnings.push(format!(
-                    "constant '{name}': {clipped} value(s) outside the f16 range (+-{max}) clipped"
-                ));
+                warnings.push(format!("constant '{name}': {clipped} value(s) outside the f16 range (+-{max}) clipped"));
             }
             v.iter().flat_map(|&x| half::f16::from_f32(x.clamp(-max, max)).to_le_bytes()).collect()
         }
@@ -1010,7 +1024,10 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         return Err(CompileError::Option { option: "-aic-num-cores", reason: format!("{} is not in 1..=64", o.cores) });
     }
     if !matches!(o.dtype, DType::F32 | DType::F16) {
-        return Err(CompileError::Option { option: "dtype", reason: format!("{:?} programs are not supported", o.dtype) });
+        return Err(CompileError::Option {
+            option: "dtype",
+            reason: format!("{:?} programs are not supported", o.dtype),
+        });
     }
     let eb = o.dtype.bytes();
     let mut warnings = Vec::new();

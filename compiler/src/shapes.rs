@@ -198,8 +198,7 @@ impl Shapes {
                     None => x.iter().copied().filter(|&d| d != 1).collect(),
                     Some(axes) => {
                         let r = x.len() as i64;
-                        let axes: Vec<usize> =
-                            axes.iter().map(|&a| if a < 0 { a + r } else { a } as usize).collect();
+                        let axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + r } else { a } as usize).collect();
                         if axes.iter().any(|&a| a >= x.len() || x[a] != 1) {
                             return Err(fail(format!("cannot squeeze axes {axes:?} of {x:?}")));
                         }

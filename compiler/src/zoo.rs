@@ -5,7 +5,9 @@
 //! the same import and lowering as a file, so they exercise the real path; the weights
 //! are uniform with He-like scaling from a fixed seed, so outputs are reproducible.
 
-use crate::onnx::{data_type, Attribute, AttributeValue, Dim, Graph, Model, Node, OpsetId, Tensor, TensorData, ValueInfo};
+use crate::onnx::{
+    data_type, Attribute, AttributeValue, Dim, Graph, Model, Node, OpsetId, Tensor, TensorData, ValueInfo,
+};
 use crate::CompileError;
 
 /// The zoo's model names.
@@ -66,7 +68,12 @@ impl Builder {
 
     fn constant(&mut self, prefix: &str, dims: &[i64], values: Vec<f32>) -> String {
         let name = self.name(prefix);
-        self.inits.push(Tensor { name: name.clone(), dims: dims.to_vec(), data_type: data_type::FLOAT, data: TensorData::Floats(values) });
+        self.inits.push(Tensor {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type: data_type::FLOAT,
+            data: TensorData::Floats(values),
+        });
         name
     }
 
@@ -116,16 +123,30 @@ impl Builder {
         let mean: Vec<f32> = (0..c).map(|_| 0.05 * self.uniform()).collect();
         let var: Vec<f32> = (0..c).map(|_| 1.0 + 0.25 * self.uniform()).collect();
         let d = [c as i64];
-        let names = [self.constant("bn_s", &d, scale), self.constant("bn_b", &d, bias), self.constant("bn_m", &d, mean), self.constant("bn_v", &d, var)];
-        self.node("BatchNormalization", &[x, &names[0], &names[1], &names[2], &names[3]], vec![attr("epsilon", AttributeValue::Float(1e-5))])
+        let names = [
+            self.constant("bn_s", &d, scale),
+            self.constant("bn_b", &d, bias),
+            self.constant("bn_m", &d, mean),
+            self.constant("bn_v", &d, var),
+        ];
+        self.node(
+            "BatchNormalization",
+            &[x, &names[0], &names[1], &names[2], &names[3]],
+            vec![attr("epsilon", AttributeValue::Float(1e-5))],
+        )
     }
 
-    fn conv_bn(&mut self, x: &str, ci: i64, co: i64, k: i64, stride: i64, groups: i64, act: Option<&str>) -> String {
+    /// Convolution `[ci, co, kernel, stride, groups]`, batch norm, activation.
+    fn conv_bn(&mut self, x: &str, [ci, co, k, stride, groups]: [i64; 5], act: Option<&str>) -> String {
         let c = self.conv(x, ci, co, k, stride, groups);
         let b = self.bn(&c, co as usize);
         match act {
             Some("Relu") => self.node("Relu", &[&b], vec![]),
-            Some("Relu6") => self.node("Clip", &[&b], vec![attr("min", AttributeValue::Float(0.0)), attr("max", AttributeValue::Float(6.0))]),
+            Some("Relu6") => self.node(
+                "Clip",
+                &[&b],
+                vec![attr("min", AttributeValue::Float(0.0)), attr("max", AttributeValue::Float(6.0))],
+            ),
             _ => b,
         }
     }
@@ -162,17 +183,21 @@ impl Builder {
 /// ResNet-50 v1.5 (stride on the 3x3 convolution of each downsampling block).
 pub fn resnet50() -> Model {
     let mut b = Builder::new(50);
-    let mut x = b.conv_bn("data", 3, 64, 7, 2, 1, Some("Relu"));
-    x = b.node("MaxPool", &[&x], vec![attr("kernel_shape", ints(&[3, 3])), attr("strides", ints(&[2, 2])), attr("pads", ints(&[1, 1, 1, 1]))]);
+    let mut x = b.conv_bn("data", [3, 64, 7, 2, 1], Some("Relu"));
+    x = b.node(
+        "MaxPool",
+        &[&x],
+        vec![attr("kernel_shape", ints(&[3, 3])), attr("strides", ints(&[2, 2])), attr("pads", ints(&[1, 1, 1, 1]))],
+    );
     let mut ci = 64;
     for (stage, (&blocks, &width)) in [3, 4, 6, 3].iter().zip(&[64i64, 128, 256, 512]).enumerate() {
         for block in 0..blocks {
             let stride = if block == 0 && stage > 0 { 2 } else { 1 };
             let co = width * 4;
-            let a = b.conv_bn(&x, ci, width, 1, 1, 1, Some("Relu"));
-            let m = b.conv_bn(&a, width, width, 3, stride, 1, Some("Relu"));
-            let c = b.conv_bn(&m, width, co, 1, 1, 1, None);
-            let skip = if block == 0 { b.conv_bn(&x, ci, co, 1, stride, 1, None) } else { x.clone() };
+            let a = b.conv_bn(&x, [ci, width, 1, 1, 1], Some("Relu"));
+            let m = b.conv_bn(&a, [width, width, 3, stride, 1], Some("Relu"));
+            let c = b.conv_bn(&m, [width, co, 1, 1, 1], None);
+            let skip = if block == 0 { b.conv_bn(&x, [ci, co, 1, stride, 1], None) } else { x.clone() };
             let s = b.node("Add", &[&c, &skip], vec![]);
             x = b.node("Relu", &[&s], vec![]);
             ci = co;
@@ -188,20 +213,22 @@ pub fn resnet50() -> Model {
 /// MobileNetV2 (width 1.0).
 pub fn mobilenet_v2() -> Model {
     let mut b = Builder::new(2);
-    let mut x = b.conv_bn("data", 3, 32, 3, 2, 1, Some("Relu6"));
+    let mut x = b.conv_bn("data", [3, 32, 3, 2, 1], Some("Relu6"));
     let mut ci = 32;
-    for &(t, c, n, s) in &[(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)] {
+    for &(t, c, n, s) in
+        &[(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    {
         for i in 0..n {
             let stride = if i == 0 { s } else { 1 };
             let hidden = ci * t;
-            let e = if t == 1 { x.clone() } else { b.conv_bn(&x, ci, hidden, 1, 1, 1, Some("Relu6")) };
-            let d = b.conv_bn(&e, hidden, hidden, 3, stride, hidden, Some("Relu6"));
-            let p = b.conv_bn(&d, hidden, c, 1, 1, 1, None);
+            let e = if t == 1 { x.clone() } else { b.conv_bn(&x, [ci, hidden, 1, 1, 1], Some("Relu6")) };
+            let d = b.conv_bn(&e, [hidden, hidden, 3, stride, hidden], Some("Relu6"));
+            let p = b.conv_bn(&d, [hidden, c, 1, 1, 1], None);
             x = if stride == 1 && ci == c { b.node("Add", &[&p, &x], vec![]) } else { p };
             ci = c;
         }
     }
-    let h = b.conv_bn(&x, ci, 1280, 1, 1, 1, Some("Relu6"));
+    let h = b.conv_bn(&x, [ci, 1280, 1, 1, 1], Some("Relu6"));
     let p = b.node("GlobalAveragePool", &[&h], vec![]);
     let f = b.node("Flatten", &[&p], vec![attr("axis", AttributeValue::Int(1))]);
     let l = b.dense(&f, 1280, 1000);
@@ -224,7 +251,11 @@ pub fn bert(layers: usize, hidden: i64, heads: i64, seq: i64, ffn: i64) -> Model
     let ln = |b: &mut Builder, x: &str| {
         let g = b.constant("ln_g", &[hidden], vec![1.0; hidden as usize]);
         let z = b.constant("ln_b", &[hidden], vec![0.0; hidden as usize]);
-        b.node("LayerNormalization", &[x, &g, &z], vec![attr("axis", AttributeValue::Int(-1)), attr("epsilon", AttributeValue::Float(1e-12))])
+        b.node(
+            "LayerNormalization",
+            &[x, &g, &z],
+            vec![attr("axis", AttributeValue::Int(-1)), attr("epsilon", AttributeValue::Float(1e-12))],
+        )
     };
     for _ in 0..layers {
         let heads_of = |b: &mut Builder, x: &str, perm: &[i64]| {
@@ -269,7 +300,9 @@ mod tests {
         let m = compile(&mobilenet_v2(), None, "mobilenetv2", &CompileOptions::default()).unwrap();
         let gmac = m.graph.macs() as f64 / 1e9;
         assert!((0.28..0.32).contains(&gmac), "MobileNetV2 is ~0.3 GMAC, got {gmac}");
-        let small = compile(&bert(2, 128, 4, 32, 512), None, "bert", &CompileOptions { cores: 2, ..Default::default() }).unwrap();
+        let small =
+            compile(&bert(2, 128, 4, 32, 512), None, "bert", &CompileOptions { cores: 2, ..Default::default() })
+                .unwrap();
         assert_eq!(small.image.num_cores(), 2);
         assert!(model("nope").is_err());
     }
