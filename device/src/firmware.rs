@@ -366,7 +366,7 @@ impl Firmware {
                         if act.profiles.len() == PROFILES_KEPT {
                             act.profiles.pop_front();
                         }
-                        act.profiles.push_back((act.runs + 1, stats));
+                        act.profiles.push_back((act.runs, stats));
                         0
                     }
                     Err(_) => {
