@@ -101,3 +101,30 @@ fn errors_are_one_line_exit_2_and_leave_no_file() {
         assert!(!dir.join("programqpc.bin").exists());
     }
 }
+
+/// Every run's profile is the one of that run: the first is readable, and each matches
+/// its run record's device interval (a profile once sat one run ahead of its record).
+#[test]
+fn each_runs_profile_belongs_to_that_run() {
+    use aicsim_runtime::{Activation, Program};
+    let compiled = aicsim_compiler::compile(
+        &aicsim_compiler::zoo::bert(1, 64, 2, 8, 128),
+        None,
+        "bert",
+        &aicsim_compiler::CompileOptions::default(),
+    )
+    .unwrap();
+    let device =
+        std::sync::Arc::new(aicsim_driver::Device::open_simulated(aicsim_kmd::KmdConfig::default()).unwrap());
+    let program = Program::from_image(compiled.image).unwrap();
+    let act = Activation::new(device, &program).unwrap();
+    let input = vec![0u8; program.inputs()[0].host_size_bytes() as usize];
+    for _ in 0..3 {
+        act.run(&[&input]).unwrap();
+    }
+    for seq in 1..=3 {
+        let stats = act.run_profile(seq).unwrap_or_else(|e| panic!("run {seq}: {e}"));
+        let record = act.run_record(seq).unwrap();
+        assert_eq!((stats.start_cycle, stats.end_cycle), (record.start_cycle, record.end_cycle), "run {seq}");
+    }
+}
