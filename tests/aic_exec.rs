@@ -114,8 +114,7 @@ fn each_runs_profile_belongs_to_that_run() {
         &aicsim_compiler::CompileOptions::default(),
     )
     .unwrap();
-    let device =
-        std::sync::Arc::new(aicsim_driver::Device::open_simulated(aicsim_kmd::KmdConfig::default()).unwrap());
+    let device = std::sync::Arc::new(aicsim_driver::Device::open_simulated(aicsim_kmd::KmdConfig::default()).unwrap());
     let program = Program::from_image(compiled.image).unwrap();
     let act = Activation::new(device, &program).unwrap();
     let input = vec![0u8; program.inputs()[0].host_size_bytes() as usize];

@@ -508,6 +508,42 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
+    fn pad(&mut self, node: &Node) -> Result<(), CompileError> {
+        let x = self.value(node, 0)?;
+        let xs = self.g.values[x].shape.clone();
+        let rank = xs.len();
+        let mode = string(node, "mode");
+        if !(mode.is_empty() || mode == "constant") {
+            return Err(self.fail(node, format!("only constant padding is supported, not '{mode}'")));
+        }
+        let (pads, value) = if self.opset < 11 {
+            (ints(node, "pads").ok_or_else(|| self.fail(node, "no pads"))?, float(node, "value", 0.0))
+        } else {
+            if self.entry(node, 3)?.is_some() {
+                return Err(self.fail(node, "the axes input is not supported"));
+            }
+            let pads = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "no pads"))?;
+            let value = match self.konst(node, 2)? {
+                Some(c) => {
+                    scalar(&self.g.consts[c]).ok_or_else(|| self.fail(node, "the pad value must be a scalar"))?
+                }
+                None => 0.0,
+            };
+            (self.g.consts[pads].to_i64(), value)
+        };
+        if pads.len() != 2 * rank || pads.iter().any(|&p| !(0..=1 << 16).contains(&p)) {
+            return Err(
+                self.fail(node, format!("pads {pads:?} for rank {rank} (negative pads, cropping, are not supported)"))
+            );
+        }
+        let shape: Vec<usize> = (0..rank).map(|d| xs[d] + pads[d] as usize + pads[d + rank] as usize).collect();
+        checked_elements(&shape).ok_or_else(|| self.fail(node, format!("output shape {shape:?} is too large")))?;
+        let fill = self.g.add_const(&format!("{}_fill", node.name), Const::f32(vec![], vec![value]));
+        let begin = pads[..rank].iter().map(|&p| p as usize).collect();
+        self.add_layer(node, LayerKind::Pad { input: x, begin, fill }, shape);
+        Ok(())
+    }
+
     fn node(&mut self, node: &Node) -> Result<(), CompileError> {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(self.unsupported(node));
@@ -727,6 +763,7 @@ impl<'a> Builder<'a> {
                 self.add_layer(node, LayerKind::Transpose { input: x, perm }, shape);
                 Ok(())
             }
+            "Pad" => self.pad(node),
             "ReduceMean" => self.reduce(node, ReduceKind::Mean),
             "ReduceSum" => self.reduce(node, ReduceKind::Sum),
             "ReduceMax" => self.reduce(node, ReduceKind::Max),

@@ -197,6 +197,12 @@ pub enum LayerKind {
         input: ValueId,
         kind: ReduceKind,
     },
+    /// Constant padding: `begin[d]` elements before each axis; `fill` is a scalar.
+    Pad {
+        input: ValueId,
+        begin: Vec<usize>,
+        fill: ConstId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -220,7 +226,8 @@ impl Layer {
             | LayerKind::LayerNorm { input, .. }
             | LayerKind::Lrn { input, .. }
             | LayerKind::Transpose { input, .. }
-            | LayerKind::Reduce { input, .. } => vec![*input],
+            | LayerKind::Reduce { input, .. }
+            | LayerKind::Pad { input, .. } => vec![*input],
             LayerKind::MatMul { a, b } => vec![*a, *b],
             LayerKind::Concat { inputs, .. } => inputs.clone(),
             LayerKind::Elementwise { first, steps } => core::iter::once(first)

@@ -736,6 +736,34 @@ impl<'g> Lowerer<'g> {
         Ok(())
     }
 
+    /// Fills the output with the pad value, then copies the input into its interior.
+    fn pad(&mut self, x: ValueId, y: ValueId, begin: &[usize], fill: usize) -> Result<(), CompileError> {
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
+        let ystr = contiguous(&ys);
+        let starts = self.starts();
+        let mut shape = vec![self.o.replicas as u64];
+        shape.extend(&ys);
+        let out = (self.value_base(y), View { offset: 0, strides: contiguous(&shape) });
+        let value = (self.const_offsets[fill], View { offset: 0, strides: vec![0; shape.len()] });
+        let mut tiles = self.map(&shape, out, value, &[], false)?;
+        if self.o.cores > 1 {
+            // Every core's fill lands before any core writes the interior.
+            self.streams.iter_mut().for_each(|s| s.push(Op::Barrier));
+        }
+        let mut inner = vec![self.o.replicas as u64];
+        inner.extend(&xs);
+        let at: u64 = begin.iter().zip(&ystr).map(|(&b, &s)| b as u64 * s).sum();
+        let mut ostr = vec![self.replica_elems(y)];
+        ostr.extend(&ystr);
+        let mut istr = vec![self.replica_elems(x)];
+        istr.extend(contiguous(&xs));
+        let out = (self.value_base(y) + at * self.eb, View { offset: 0, strides: ostr });
+        tiles += self.map(&inner, out, (self.value_base(x), View { offset: 0, strides: istr }), &[], false)?;
+        self.end_layer(tiles, &starts, 0);
+        Ok(())
+    }
+
     // ---- pooling --------------------------------------------------------------------
 
     fn pool(
@@ -1046,6 +1074,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
                     used[*c] = true;
                 }
             }
+            LayerKind::Pad { fill, .. } => used[*fill] = true,
             LayerKind::Elementwise { first, steps } => {
                 for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
                     Step::Binary { operand, .. } => Some(operand),
@@ -1120,6 +1149,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
             LayerKind::Lrn { input, size, alpha, beta, bias } => l.lrn(*input, y, *size, *alpha, *beta, *bias)?,
             LayerKind::Concat { inputs, axis } => l.concat(inputs, y, *axis)?,
             LayerKind::Transpose { input, perm } => l.transpose(*input, y, perm)?,
+            LayerKind::Pad { input, begin, fill } => l.pad(*input, y, begin, *fill)?,
         }
         let r = l.reports.last_mut().expect("every layer reports");
         r.name = layer.name.clone();
