@@ -60,7 +60,6 @@ fn reference(name: &str, keep_weights: bool) -> Option<Reference> {
 
 fn reference_for(src: &Path, tag: &str, keep_weights: bool) -> Option<Reference> {
     let (python, _) = environment()?;
-    let name = tag;
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-ref-{tag}"));
     if !out.join("meta.json").exists() {
         let mut cmd = Command::new(python);
@@ -70,7 +69,7 @@ fn reference_for(src: &Path, tag: &str, keep_weights: bool) -> Option<Reference>
             cmd.arg("--keep-weights");
         }
         let status = cmd.status().expect("run python");
-        assert!(status.success(), "reference script failed for {name}");
+        assert!(status.success(), "reference script failed for {tag}");
     }
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("meta.json")).unwrap()).unwrap();
     let count = |k: &str| meta[k].as_array().unwrap().len();

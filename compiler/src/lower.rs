@@ -120,9 +120,9 @@ struct Lowerer<'g> {
     streams: Vec<Vec<Op>>,
     const_offsets: Vec<u64>,
     value_offsets: Vec<u64>,
-    /// Elements of one replica of each stored value.
+    /// Most VTCM any layer used on a core.
     vtcm_peak: u64,
-    /// Multicast signals so far (counter 0 carries them).
+    /// One per lowered layer.
     reports: Vec<LayerReport>,
     layer: String,
 }
