@@ -33,34 +33,6 @@ struct Builder<'a> {
     model_dir: Option<&'a Path>,
 }
 
-fn ints(node: &Node, name: &str) -> Option<Vec<i64>> {
-    match node.attribute(name) {
-        Some(AttributeValue::Ints(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-fn int(node: &Node, name: &str, default: i64) -> i64 {
-    match node.attribute(name) {
-        Some(AttributeValue::Int(v)) => *v,
-        _ => default,
-    }
-}
-
-fn float(node: &Node, name: &str, default: f32) -> f32 {
-    match node.attribute(name) {
-        Some(AttributeValue::Float(v)) => *v,
-        _ => default,
-    }
-}
-
-fn string(node: &Node, name: &str) -> String {
-    match node.attribute(name) {
-        Some(AttributeValue::String(s)) => String::from_utf8_lossy(s).into_owned(),
-        _ => String::new(),
-    }
-}
-
 /// A tensor proto as a constant.
 pub(crate) fn tensor_const(t: &Tensor, model_dir: Option<&Path>) -> Result<Const, CompileError> {
     let shape: Vec<usize> = t
@@ -316,10 +288,10 @@ impl<'a> Builder<'a> {
             return Err(self.fail(node, format!("only 2-D convolutions are supported; input is {xs:?}")));
         }
         let (kh, kw) = (ws[2], ws[3]);
-        let stride = ints(node, "strides").unwrap_or(vec![1, 1]);
-        let dilation = ints(node, "dilations").unwrap_or(vec![1, 1]);
+        let stride = node.attr_ints("strides").unwrap_or(vec![1, 1]);
+        let dilation = node.attr_ints("dilations").unwrap_or(vec![1, 1]);
         let pads = self.pads(node, &xs, &shape, [kh, kw], &stride, &dilation)?;
-        let groups = int(node, "group", 1) as usize;
+        let groups = node.attr_int("group", 1) as usize;
         let weight = if self.g.consts[w].is_int() {
             let c = Const::f32(ws.clone(), self.g.consts[w].to_f32());
             self.g.add_const(&node.inputs[1], c)
@@ -356,7 +328,7 @@ impl<'a> Builder<'a> {
         if stride.len() != 2 || dilation.len() != 2 {
             return Err(self.fail(node, "only 2-D windows are supported"));
         }
-        let auto = string(node, "auto_pad");
+        let auto = node.attr_string("auto_pad").unwrap_or_default();
         let mut begin = [0usize; 2];
         for i in 0..2 {
             begin[i] = match auto.as_str() {
@@ -370,7 +342,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 "VALID" => 0,
-                _ => ints(node, "pads").map(|p| p[i] as usize).unwrap_or(0),
+                _ => node.attr_ints("pads").map(|p| p[i] as usize).unwrap_or(0),
             };
         }
         Ok(begin)
@@ -378,7 +350,7 @@ impl<'a> Builder<'a> {
 
     fn batch_norm(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
-        let eps = float(node, "epsilon", 1e-5);
+        let eps = node.attr_float("epsilon", 1e-5);
         let mut p = Vec::new();
         for i in 1..5 {
             let c = self.konst(node, i)?.ok_or_else(|| self.fail(node, format!("input {i} is missing")))?;
@@ -469,14 +441,14 @@ impl<'a> Builder<'a> {
         if xs.len() != 4 {
             return Err(self.fail(node, format!("only 2-D pooling is supported; input is {xs:?}")));
         }
-        let k = ints(node, "kernel_shape").ok_or_else(|| self.fail(node, "no kernel_shape"))?;
-        let stride = ints(node, "strides").unwrap_or(vec![1, 1]);
-        if ints(node, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
+        let k = node.attr_ints("kernel_shape").ok_or_else(|| self.fail(node, "no kernel_shape"))?;
+        let stride = node.attr_ints("strides").unwrap_or(vec![1, 1]);
+        if node.attr_ints("dilations").is_some_and(|d| d.iter().any(|&v| v != 1)) {
             return Err(self.fail(node, "dilated pooling is not supported"));
         }
         let kernel = [k[0] as usize, k[1] as usize];
         let pad = self.pads(node, &xs, &shape, kernel, &stride, &[1, 1])?;
-        let kind = if kind == PoolKind::Avg && int(node, "count_include_pad", 0) == 1 {
+        let kind = if kind == PoolKind::Avg && node.attr_int("count_include_pad", 0) == 1 {
             PoolKind::AvgIncludePad
         } else {
             kind
@@ -512,12 +484,12 @@ impl<'a> Builder<'a> {
         let x = self.value(node, 0)?;
         let xs = self.g.values[x].shape.clone();
         let rank = xs.len();
-        let mode = string(node, "mode");
+        let mode = node.attr_string("mode").unwrap_or_default();
         if !(mode.is_empty() || mode == "constant") {
             return Err(self.fail(node, format!("only constant padding is supported, not '{mode}'")));
         }
         let (pads, value) = if self.opset < 11 {
-            (ints(node, "pads").ok_or_else(|| self.fail(node, "no pads"))?, float(node, "value", 0.0))
+            (node.attr_ints("pads").ok_or_else(|| self.fail(node, "no pads"))?, node.attr_float("value", 0.0))
         } else {
             if self.entry(node, 3)?.is_some() {
                 return Err(self.fail(node, "the axes input is not supported"));
@@ -573,7 +545,7 @@ impl<'a> Builder<'a> {
                 .ok_or_else(|| self.fail(node, format!("input '{}' is unknown", node.inputs[0])))?;
             let r = dims.len() as i64;
             let clampi = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
-            let (s, e) = (clampi(int(node, "start", 0)), clampi(int(node, "end", r)));
+            let (s, e) = (clampi(node.attr_int("start", 0)), clampi(node.attr_int("end", r)));
             let v: Vec<i64> = dims[s..e.max(s)].to_vec();
             self.bind_const(&node.outputs[0].clone(), Const::i64(vec![v.len()], v));
             return Ok(());
@@ -611,10 +583,12 @@ impl<'a> Builder<'a> {
             "Exp" => self.unary(node, UnaryKind::Exp),
             "Reciprocal" => self.unary(node, UnaryKind::Reciprocal),
             "Neg" => self.unary(node, UnaryKind::Affine { scale: -1.0, shift: 0.0 }),
-            "Gelu" if string(node, "approximate") != "tanh" => self.unary(node, UnaryKind::Gelu),
+            "Gelu" if node.attr_string("approximate").unwrap_or_default() != "tanh" => {
+                self.unary(node, UnaryKind::Gelu)
+            }
             "Clip" => {
                 let (min, max) = if self.opset < 11 {
-                    (float(node, "min", f32::MIN), float(node, "max", f32::MAX))
+                    (node.attr_float("min", f32::MIN), node.attr_float("max", f32::MAX))
                 } else {
                     let get = |i| -> Result<Option<f32>, CompileError> {
                         Ok(self.konst(node, i)?.and_then(|c| scalar(&self.g.consts[c])))
@@ -634,11 +608,11 @@ impl<'a> Builder<'a> {
             "Max" => self.binary(node, BinaryKind::Max),
             "Min" => self.binary(node, BinaryKind::Min),
             "Gemm" => {
-                if int(node, "transA", 0) != 0 {
+                if node.attr_int("transA", 0) != 0 {
                     return Err(self.fail(node, "transA=1 is not supported"));
                 }
-                let c = self.konst(node, 2)?.map(|c| (c, float(node, "beta", 1.0)));
-                self.dense(node, int(node, "transB", 0) == 1, float(node, "alpha", 1.0), c)
+                let c = self.konst(node, 2)?.map(|c| (c, node.attr_float("beta", 1.0)));
+                self.dense(node, node.attr_int("transB", 0) == 1, node.attr_float("alpha", 1.0), c)
             }
             "MatMul" => match self.entry(node, 1)? {
                 Some(Entry::Const(_)) => self.dense(node, false, 1.0, None),
@@ -689,7 +663,7 @@ impl<'a> Builder<'a> {
                 let x = self.value(node, 0)?;
                 let xs = self.g.values[x].shape.clone();
                 let default_axis = if self.opset < 13 { 1 } else { -1 };
-                let a = int(node, "axis", default_axis);
+                let a = node.attr_int("axis", default_axis);
                 let axis = if a < 0 { a + xs.len() as i64 } else { a } as usize;
                 if axis >= xs.len() {
                     return Err(self.fail(node, format!("axis {a} for rank {}", xs.len())));
@@ -707,13 +681,13 @@ impl<'a> Builder<'a> {
             "LayerNormalization" => {
                 let x = self.value(node, 0)?;
                 let xs = self.g.values[x].shape.clone();
-                let axis = int(node, "axis", -1);
+                let axis = node.attr_int("axis", -1);
                 if axis != -1 && axis != xs.len() as i64 - 1 {
                     return Err(self.fail(node, "normalisation over more than the last axis is not supported"));
                 }
                 let scale = self.konst(node, 1)?;
                 let bias = self.konst(node, 2)?;
-                let epsilon = float(node, "epsilon", 1e-5);
+                let epsilon = node.attr_float("epsilon", 1e-5);
                 self.add_layer(node, LayerKind::LayerNorm { input: x, epsilon, scale, bias }, xs);
                 Ok(())
             }
@@ -723,16 +697,16 @@ impl<'a> Builder<'a> {
                 if xs.len() != 4 {
                     return Err(self.fail(node, "LRN needs [N, C, H, W]"));
                 }
-                let size = int(node, "size", 0);
+                let size = node.attr_int("size", 0);
                 if size < 1 {
                     return Err(self.fail(node, "size must be positive"));
                 }
                 let kind = LayerKind::Lrn {
                     input: x,
                     size: size as usize,
-                    alpha: float(node, "alpha", 1e-4),
-                    beta: float(node, "beta", 0.75),
-                    bias: float(node, "bias", 1.0),
+                    alpha: node.attr_float("alpha", 1e-4),
+                    beta: node.attr_float("beta", 0.75),
+                    bias: node.attr_float("bias", 1.0),
                 };
                 self.add_layer(node, kind, xs);
                 Ok(())
@@ -743,7 +717,7 @@ impl<'a> Builder<'a> {
                 for i in 0..node.inputs.len() {
                     inputs.push(self.value(node, i)?);
                 }
-                let a = int(node, "axis", 0);
+                let a = node.attr_int("axis", 0);
                 let axis = if a < 0 { a + shape.len() as i64 } else { a } as usize;
                 self.add_layer(node, LayerKind::Concat { inputs, axis }, shape);
                 Ok(())
@@ -752,7 +726,8 @@ impl<'a> Builder<'a> {
                 let x = self.value(node, 0)?;
                 let shape = self.out_shape(node)?;
                 let rank = self.g.values[x].shape.len();
-                let perm: Vec<usize> = ints(node, "perm")
+                let perm: Vec<usize> = node
+                    .attr_ints("perm")
                     .unwrap_or_else(|| (0..rank as i64).rev().collect())
                     .iter()
                     .map(|&p| p as usize)
@@ -780,7 +755,7 @@ impl<'a> Builder<'a> {
                 self.view(node, shape)
             }
             "Cast" => {
-                let to = int(node, "to", 1);
+                let to = node.attr_int("to", 1);
                 if !matches!(to, 1 | 10 | 11) {
                     return Err(self.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
                 }

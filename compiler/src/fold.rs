@@ -21,32 +21,20 @@ fn bounded(shape: &[usize]) -> Result<usize, FoldError> {
         .ok_or_else(|| format!("a constant of shape {shape:?} is too large to evaluate at compile time"))
 }
 
-fn attr_ints(node: &Node, name: &str) -> Option<Vec<i64>> {
-    match node.attribute(name) {
-        Some(AttributeValue::Ints(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-fn attr_int(node: &Node, name: &str, default: i64) -> i64 {
-    match node.attribute(name) {
-        Some(AttributeValue::Int(v)) => *v,
-        _ => default,
-    }
-}
-
-/// Numpy broadcasting of two shapes.
-pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+/// Numpy broadcasting of two shapes (dimensions as `usize` or `i64`).
+pub fn broadcast_shapes<T: Copy + PartialEq + From<u8>>(a: &[T], b: &[T]) -> Option<Vec<T>> {
+    let one = T::from(1);
     let n = a.len().max(b.len());
     (0..n)
         .map(|i| {
-            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            match (x, y) {
-                _ if x == y => Some(x),
-                (1, _) => Some(y),
-                (_, 1) => Some(x),
-                _ => None,
+            let x = if i + a.len() >= n { a[i + a.len() - n] } else { one };
+            let y = if i + b.len() >= n { b[i + b.len() - n] } else { one };
+            if x == y || y == one {
+                Some(x)
+            } else if x == one {
+                Some(y)
+            } else {
+                None
             }
         })
         .collect()
@@ -214,9 +202,9 @@ fn slice(node: &Node, data: &Const, inputs: &[&Const], opset: i64) -> Result<Con
     let rank = data.shape.len();
     let (starts, ends, axes, steps) = if opset < 10 {
         (
-            attr_ints(node, "starts").ok_or("no starts")?,
-            attr_ints(node, "ends").ok_or("no ends")?,
-            attr_ints(node, "axes"),
+            node.attr_ints("starts").ok_or("no starts")?,
+            node.attr_ints("ends").ok_or("no ends")?,
+            node.attr_ints("axes"),
             None,
         )
     } else {
@@ -260,7 +248,7 @@ fn slice(node: &Node, data: &Const, inputs: &[&Const], opset: i64) -> Result<Con
 
 fn gather(node: &Node, data: &Const, indices: &Const) -> Result<Const, FoldError> {
     let rank = data.shape.len();
-    let axis = norm_axis(attr_int(node, "axis", 0), rank)?;
+    let axis = norm_axis(node.attr_int("axis", 0), rank)?;
     let dim = data.shape[axis] as i64;
     let idx: Vec<usize> = indices
         .to_i64()
@@ -298,7 +286,7 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
     let out = match op {
         "Identity" | "Dropout" => input(0)?.clone(),
         "Cast" => {
-            let to = attr_int(node, "to", 1);
+            let to = node.attr_int("to", 1);
             let a = input(0)?;
             match to {
                 1 | 10 | 11 => Const::f32(a.shape.clone(), a.to_f32()),
@@ -364,13 +352,13 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
         }
         "Flatten" => {
             let a = input(0)?;
-            let axis = norm_axis(attr_int(node, "axis", 1), a.shape.len() + 1)?;
+            let axis = norm_axis(node.attr_int("axis", 1), a.shape.len() + 1)?;
             let shape = vec![a.shape[..axis].iter().product(), a.shape[axis..].iter().product()];
             Const { shape, data: a.data.clone() }
         }
         "Squeeze" | "Unsqueeze" => {
             let a = input(0)?;
-            let axes = if opset < 13 { attr_ints(node, "axes") } else { inputs.get(1).map(|c| c.to_i64()) };
+            let axes = if opset < 13 { node.attr_ints("axes") } else { inputs.get(1).map(|c| c.to_i64()) };
             let shape = if op == "Squeeze" {
                 match axes {
                     None => a.shape.iter().copied().filter(|&d| d != 1).collect(),
@@ -396,7 +384,7 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
         "Concat" => {
             let first = input(0)?;
             let rank = first.shape.len();
-            let axis = norm_axis(attr_int(node, "axis", 0), rank)?;
+            let axis = norm_axis(node.attr_int("axis", 0), rank)?;
             let mut shape = first.shape.clone();
             shape[axis] = inputs.iter().map(|c| c.shape.get(axis).copied().unwrap_or(0)).sum();
             let outer: usize = shape[..axis].iter().product();
@@ -426,7 +414,8 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
         "Slice" => slice(node, input(0)?, inputs, opset)?,
         "Transpose" => {
             let a = input(0)?;
-            let perm: Vec<usize> = attr_ints(node, "perm")
+            let perm: Vec<usize> = node
+                .attr_ints("perm")
                 .unwrap_or_else(|| (0..a.shape.len() as i64).rev().collect())
                 .iter()
                 .map(|&p| p as usize)

@@ -79,6 +79,38 @@ impl Node {
     pub fn attribute(&self, name: &str) -> Option<&AttributeValue> {
         self.attributes.iter().find(|a| a.name == name).map(|a| &a.value)
     }
+
+    /// An `ints` attribute.
+    pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
+        match self.attribute(name) {
+            Some(AttributeValue::Ints(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// An `int` attribute, or `default`.
+    pub fn attr_int(&self, name: &str, default: i64) -> i64 {
+        match self.attribute(name) {
+            Some(AttributeValue::Int(v)) => *v,
+            _ => default,
+        }
+    }
+
+    /// A `float` attribute, or `default`.
+    pub fn attr_float(&self, name: &str, default: f32) -> f32 {
+        match self.attribute(name) {
+            Some(AttributeValue::Float(v)) => *v,
+            _ => default,
+        }
+    }
+
+    /// A `string` attribute (lossily UTF-8).
+    pub fn attr_string(&self, name: &str) -> Option<String> {
+        match self.attribute(name) {
+            Some(AttributeValue::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

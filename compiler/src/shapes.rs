@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 
-use crate::onnx::{AttributeValue, Dim, Graph, Node, TensorData};
+use crate::fold::broadcast_shapes;
+use crate::onnx::{Dim, Graph, Node, TensorData};
 
 /// Why a shape cannot be inferred.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,44 +35,6 @@ fn product(dims: &[i64]) -> i64 {
 pub struct Shapes {
     pub dims: HashMap<String, Vec<i64>>,
     pub values: HashMap<String, Vec<i64>>,
-}
-
-fn ints(node: &Node, name: &str) -> Option<Vec<i64>> {
-    match node.attribute(name) {
-        Some(AttributeValue::Ints(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-fn int(node: &Node, name: &str, default: i64) -> i64 {
-    match node.attribute(name) {
-        Some(AttributeValue::Int(v)) => *v,
-        _ => default,
-    }
-}
-
-fn string(node: &Node, name: &str) -> Option<String> {
-    match node.attribute(name) {
-        Some(AttributeValue::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
-        _ => None,
-    }
-}
-
-/// Numpy broadcasting of two shapes.
-fn broadcast(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
-    let n = a.len().max(b.len());
-    (0..n)
-        .map(|i| {
-            let x = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-            let y = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
-            match (x, y) {
-                _ if x == y => Some(x),
-                (1, _) => Some(y),
-                (_, 1) => Some(x),
-                _ => None,
-            }
-        })
-        .collect()
 }
 
 /// Output spatial size of a convolution or pooling window along one axis.
@@ -158,7 +121,7 @@ impl Shapes {
             "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
                 let x = input(0)?.clone();
                 let axes = if opset < 18 && node.op_type != "ReduceSum" || opset < 13 {
-                    ints(node, "axes")
+                    node.attr_ints("axes")
                 } else {
                     node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
                 };
@@ -177,7 +140,7 @@ impl Shapes {
                         .collect::<Result<_, _>>()?,
                     None => (0..x.len()).collect(),
                 };
-                let keep = int(node, "keepdims", 1) == 1;
+                let keep = node.attr_int("keepdims", 1) == 1;
                 x.iter()
                     .enumerate()
                     .filter_map(|(i, &d)| match (axes.contains(&i), keep) {
@@ -190,7 +153,7 @@ impl Shapes {
             "Squeeze" => {
                 let x = input(0)?.clone();
                 let axes = if opset < 13 {
-                    ints(node, "axes")
+                    node.attr_ints("axes")
                 } else {
                     node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
                 };
@@ -225,7 +188,7 @@ impl Shapes {
             "Add" | "Sub" | "Mul" | "Div" | "Sum" | "Max" | "Min" | "Pow" | "Equal" => {
                 let mut shape = input(0)?.clone();
                 for i in 1..node.inputs.len() {
-                    shape = broadcast(&shape, input(i)?)
+                    shape = broadcast_shapes(&shape, input(i)?)
                         .ok_or_else(|| fail(format!("shapes {:?} and {:?} do not broadcast", shape, input(i).ok())))?;
                 }
                 shape
@@ -243,22 +206,22 @@ impl Shapes {
                     return Err(fail(format!("input {x:?} and weight {w:?} do not make a convolution")));
                 }
                 let spatial = x.len() - 2;
-                let group = int(node, "group", 1);
+                let group = node.attr_int("group", 1);
                 if group < 1 || x[1] != w[1] * group {
                     return Err(fail(format!("{} input channels, weight takes {} x {group} groups", x[1], w[1])));
                 }
-                let kernel = ints(node, "kernel_shape").unwrap_or_else(|| w[2..].to_vec());
+                let kernel = node.attr_ints("kernel_shape").unwrap_or_else(|| w[2..].to_vec());
                 self.spatial(node, &x, &kernel, spatial, w[0], false)?
             }
             "MaxPool" | "AveragePool" => {
                 let x = input(0)?.clone();
-                let kernel = ints(node, "kernel_shape").ok_or_else(|| fail("no kernel_shape".into()))?;
+                let kernel = node.attr_ints("kernel_shape").ok_or_else(|| fail("no kernel_shape".into()))?;
                 let spatial = x
                     .len()
                     .checked_sub(2)
                     .filter(|&n| n == kernel.len())
                     .ok_or_else(|| fail(format!("kernel {kernel:?} does not fit input {x:?}")))?;
-                self.spatial(node, &x, &kernel, spatial, x[1], int(node, "ceil_mode", 0) == 1)?
+                self.spatial(node, &x, &kernel, spatial, x[1], node.attr_int("ceil_mode", 0) == 1)?
             }
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = input(0)?;
@@ -269,8 +232,8 @@ impl Shapes {
                 if a.len() != 2 || b.len() != 2 {
                     return Err(fail(format!("Gemm takes matrices, got {a:?} and {b:?}")));
                 }
-                let (m, ka) = if int(node, "transA", 0) == 1 { (a[1], a[0]) } else { (a[0], a[1]) };
-                let (kb, n) = if int(node, "transB", 0) == 1 { (b[1], b[0]) } else { (b[0], b[1]) };
+                let (m, ka) = if node.attr_int("transA", 0) == 1 { (a[1], a[0]) } else { (a[0], a[1]) };
+                let (kb, n) = if node.attr_int("transB", 0) == 1 { (b[1], b[0]) } else { (b[0], b[1]) };
                 if ka != kb {
                     return Err(fail(format!("inner dimensions {ka} and {kb} differ")));
                 }
@@ -281,7 +244,7 @@ impl Shapes {
                 if a.len() < 2 || b.len() < 2 || a[a.len() - 1] != b[b.len() - 2] {
                     return Err(fail(format!("{a:?} x {b:?} does not multiply")));
                 }
-                let mut batch = broadcast(&a[..a.len() - 2], &b[..b.len() - 2])
+                let mut batch = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2])
                     .ok_or_else(|| fail("batch dimensions do not broadcast".into()))?;
                 batch.extend([a[a.len() - 2], b[b.len() - 1]]);
                 batch
@@ -309,13 +272,13 @@ impl Shapes {
             }
             "Flatten" => {
                 let x = input(0)?;
-                let axis = int(node, "axis", 1);
+                let axis = node.attr_int("axis", 1);
                 let axis = if axis < 0 { axis + x.len() as i64 } else { axis } as usize;
                 vec![product(&x[..axis.min(x.len())]), product(&x[axis.min(x.len())..])]
             }
             "Concat" => {
                 let first = input(0)?.clone();
-                let axis = int(node, "axis", 0);
+                let axis = node.attr_int("axis", 0);
                 let axis = if axis < 0 { axis + first.len() as i64 } else { axis } as usize;
                 if axis >= first.len() {
                     return Err(fail(format!("axis {axis} of a rank-{} tensor", first.len())));
@@ -332,7 +295,7 @@ impl Shapes {
             }
             "Transpose" => {
                 let x = input(0)?;
-                let perm = ints(node, "perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
+                let perm = node.attr_ints("perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
                 perm.iter()
                     .map(|&p| {
                         x.get(p as usize).copied().ok_or_else(|| fail(format!("perm {perm:?} for rank {}", x.len())))
@@ -341,7 +304,7 @@ impl Shapes {
             }
             "Unsqueeze" if opset < 13 => {
                 let x = input(0)?;
-                let axes = ints(node, "axes").ok_or_else(|| fail("no axes".into()))?;
+                let axes = node.attr_ints("axes").ok_or_else(|| fail("no axes".into()))?;
                 let rank = x.len() + axes.len();
                 let mut axes: Vec<usize> =
                     axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a } as usize).collect();
@@ -376,10 +339,10 @@ impl Shapes {
     ) -> Result<Vec<i64>, ShapeError> {
         let fail =
             |reason: String| ShapeError::Mismatch { node: node.name.clone(), op_type: node.op_type.clone(), reason };
-        let strides = ints(node, "strides").unwrap_or_else(|| vec![1; spatial]);
-        let dilations = ints(node, "dilations").unwrap_or_else(|| vec![1; spatial]);
-        let pads = ints(node, "pads").unwrap_or_else(|| vec![0; 2 * spatial]);
-        let auto_pad = string(node, "auto_pad").unwrap_or_default();
+        let strides = node.attr_ints("strides").unwrap_or_else(|| vec![1; spatial]);
+        let dilations = node.attr_ints("dilations").unwrap_or_else(|| vec![1; spatial]);
+        let pads = node.attr_ints("pads").unwrap_or_else(|| vec![0; 2 * spatial]);
+        let auto_pad = node.attr_string("auto_pad").unwrap_or_default();
         if kernel.len() != spatial
             || strides.len() != spatial
             || dilations.len() != spatial
