@@ -119,6 +119,8 @@ struct Lowerer<'g> {
     cost: CostModel,
     streams: Vec<Vec<Op>>,
     const_offsets: Vec<u64>,
+    /// Constants occupy DDR `[0, constants_bytes)`.
+    constants_bytes: u64,
     value_offsets: Vec<u64>,
     /// Most VTCM any layer used on a core.
     vtcm_peak: u64,
@@ -173,7 +175,7 @@ impl<'g> Lowerer<'g> {
                 match op {
                     Op::DmaIn { src, .. } => {
                         r.load_bytes += src.packed_bytes();
-                        if src.offset < self.const_region_end() {
+                        if src.offset < self.constants_bytes {
                             r.constant_bytes += src.packed_bytes();
                         }
                     }
@@ -184,10 +186,6 @@ impl<'g> Lowerer<'g> {
             }
         }
         self.reports.push(r);
-    }
-
-    fn const_region_end(&self) -> u64 {
-        self.value_offsets.iter().copied().filter(|&o| o != u64::MAX).min().unwrap_or(u64::MAX)
     }
 
     fn starts(&self) -> Vec<usize> {
@@ -1124,6 +1122,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         vtcm_peak: 0,
         reports: Vec::new(),
         layer: String::new(),
+        constants_bytes,
     };
     for layer in &g.layers {
         l.layer = layer.name.clone();
