@@ -4,5 +4,6 @@
 
 pub mod exec;
 pub mod latency;
+pub mod predict;
 pub mod profiling;
 pub mod stats;

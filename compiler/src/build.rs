@@ -265,6 +265,21 @@ impl<'a> Builder<'a> {
                 return Ok(());
             }
         }
+        // A residual connection: the sum of a convolution's output and another value of
+        // the same shape becomes part of the convolution.
+        if let [Step::Binary { kind: BinaryKind::Add, operand: Operand::Value(other), .. }] = steps.as_slice() {
+            let other = *other;
+            let names = [&node.inputs[lead], &node.inputs[if lead == 0 { 1 } else { 0 }]];
+            for (conv_out, res, name) in [(x, other, names[0]), (other, x, names[1])] {
+                let same = self.g.values[conv_out].shape == shape && self.g.values[res].shape == shape;
+                let Some(l) = self.fusable(name, conv_out).filter(|_| same && conv_out != res) else { continue };
+                if let LayerKind::Conv { residual: r @ None, act: Activation::None, .. } = &mut self.g.layers[l].kind {
+                    *r = Some(res);
+                    self.rename(node, conv_out);
+                    return Ok(());
+                }
+            }
+        }
         if let Some(l) = self.fusable(&node.inputs[lead], x) {
             if let LayerKind::Elementwise { steps: chain, .. } = &mut self.g.layers[l].kind {
                 chain.extend(steps);
@@ -308,6 +323,7 @@ impl<'a> Builder<'a> {
                 pad: pads,
                 dilation: [dilation[0] as usize, dilation[1] as usize],
                 groups,
+                residual: None,
                 act: Activation::None,
             },
             shape,

@@ -135,6 +135,9 @@ pub enum LayerKind {
         pad: [usize; 2],
         dilation: [usize; 2],
         groups: usize,
+        /// A value of the output's shape added before the activation (a fused residual
+        /// connection: `act(conv(x) + bias + residual)`).
+        residual: Option<ValueId>,
         act: Activation,
     },
     /// `[M, K] x [K, N] (+ bias [N])` with a constant right-hand side.
@@ -218,6 +221,7 @@ impl Layer {
     /// Runtime values the layer reads.
     pub fn inputs(&self) -> Vec<ValueId> {
         match &self.kind {
+            LayerKind::Conv { input, residual: Some(r), .. } => vec![*input, *r],
             LayerKind::Conv { input, .. }
             | LayerKind::Dense { input, .. }
             | LayerKind::Pool { input, .. }

@@ -49,6 +49,8 @@ pub struct LayerReport {
     pub store_bytes: u64,
     /// Of `load_bytes`, weights and other constants.
     pub constant_bytes: u64,
+    /// Moved to or from the on-chip pool (not DDR traffic).
+    pub pool_bytes: u64,
 }
 
 /// The lowered program.
@@ -64,6 +66,8 @@ pub struct Lowered {
     pub value_offsets: Vec<u64>,
     pub layers: Vec<LayerReport>,
     pub warnings: Vec<String>,
+    /// Which activations stay on chip.
+    pub pool: PoolPlan,
 }
 
 const ALIGN: u64 = 256;
@@ -127,6 +131,14 @@ struct Lowerer<'g> {
     /// One per lowered layer.
     reports: Vec<LayerReport>,
     layer: String,
+    /// DDR offsets of the values kept in the on-chip pool.
+    pool_bases: std::collections::HashSet<u64>,
+    /// Where the last lowered layer starts in each core's stream.
+    prev_starts: Vec<usize>,
+    /// Convolutions so far whose weight blocks are shared (their slot region alternates).
+    shared_layers: usize,
+    /// Whether shared weight blocks have their own slots and are prefetched.
+    prefetch: bool,
 }
 
 impl<'g> Lowerer<'g> {
@@ -136,17 +148,20 @@ impl<'g> Lowerer<'g> {
 
     /// Bytes one of the two buffer sets of a tile may use.
     fn budget(&self) -> u64 {
-        self.o.vtcm_bytes / 2 / u64::from(self.o.mos.max(1))
+        tile_budget(&self.o)
     }
 
     fn want_tiles(&self) -> usize {
         (self.o.cores * self.o.ols.max(1)) as usize
     }
 
+    /// A view of the value or constant stored at `base`: in DDR, or in the on-chip pool
+    /// if the value is resident there.
     fn ddr(&self, offset_elems: u64, base: u64, shape: &[u64], strides: &[u64]) -> Tensor {
         let shape32 = dims32(shape);
         let strides32: Vec<u32> = strides.iter().map(|&s| s as u32).collect();
-        Tensor::contiguous(Space::Ddr, base + offset_elems * self.eb, self.o.dtype, &shape32).with_strides(&strides32)
+        let space = if self.pool_bases.contains(&base) { Space::Pool } else { Space::Ddr };
+        Tensor::contiguous(space, base + offset_elems * self.eb, self.o.dtype, &shape32).with_strides(&strides32)
     }
 
     fn vtcm(&self, at: u64, shape: &[u64]) -> Tensor {
@@ -163,6 +178,7 @@ impl<'g> Lowerer<'g> {
     }
 
     fn end_layer(&mut self, tiles: usize, first_op: &[usize], vtcm_used: u64) {
+        self.prev_starts = first_op.to_vec();
         if self.o.cores > 1 {
             for s in &mut self.streams {
                 s.push(Op::Barrier);
@@ -173,6 +189,9 @@ impl<'g> Lowerer<'g> {
         for (c, s) in self.streams.iter().enumerate() {
             for op in &s[first_op[c]..] {
                 match op {
+                    Op::DmaIn { src, .. } | Op::DmaOut { dst: src, .. } if src.space == Space::Pool => {
+                        r.pool_bytes += src.packed_bytes();
+                    }
                     Op::DmaIn { src, .. } => {
                         r.load_bytes += src.packed_bytes();
                         if src.offset < self.constants_bytes {
@@ -205,6 +224,7 @@ impl<'g> Lowerer<'g> {
         pad: [usize; 2],
         dilation: [usize; 2],
         groups: usize,
+        residual: Option<ValueId>,
         act: Activation,
     ) -> Result<(), CompileError> {
         let eb = self.eb;
@@ -226,8 +246,9 @@ impl<'g> Lowerer<'g> {
         let w_block = |co_t: u64| align(co_t * cig * kh * kw * eb, VTCM_ALIGN) + align(co_t * eb, VTCM_ALIGN);
         let in_ch = |co_t: u64| if g == 1 { c } else { co_t / cpg_out * cpg_in };
         let rows_in = |r: u64| ((r - 1) * sh + (kh - 1) * dh + 1).min(h);
+        let outs = if residual.is_some() { 2 } else { 1 };
         let io = |co_t: u64, r: u64| {
-            align(in_ch(co_t) * rows_in(r) * w * eb, VTCM_ALIGN) + align(co_t * r * wo * eb, VTCM_ALIGN)
+            align(in_ch(co_t) * rows_in(r) * w * eb, VTCM_ALIGN) + outs * align(co_t * r * wo * eb, VTCM_ALIGN)
         };
         let budget = self.budget();
         let mut co_t = co;
@@ -263,15 +284,40 @@ impl<'g> Lowerer<'g> {
         }
         let n_r = ho.div_ceil(r);
         let r = ho.div_ceil(n_r);
-        let n_co = co.div_ceil(co_t);
+        let mut n_co = co.div_ceil(co_t);
+        let cores = self.o.cores as u64;
+        if self.o.multicast_weights && n_co >= cores && cores > 1 {
+            // Whole weight blocks per core: nobody reads a block another core reads.
+            n_co = n_co.div_ceil(cores) * cores;
+        }
         let co_t = co.div_ceil(n_co).div_ceil(unit) * unit;
         let n_co = co.div_ceil(co_t);
 
+        let cores = self.o.cores as usize;
+        // With -multicast-weights, a block several cores use (fewer blocks than cores)
+        // is read from DDR once: the first core using it multicasts it to the others
+        // into slot `block % 2` (a core's run spans at most two blocks). Those slots are
+        // in a region of their own, one per layer parity, so the load is issued while
+        // the previous layer still computes (prefetch); the barrier ending that layer
+        // waits for it. The first layer has nothing to hide behind: its owners signal
+        // counter `1 + block` and the users wait for it.
+        let shared = self.o.multicast_weights && cores > 1 && (n_co as usize) < cores && n_co < 31;
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
-        let wbuf = [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)];
-        let bbuf = [v.alloc(co_t * eb), v.alloc(co_t * eb)];
+        let (wbuf, bbuf) = if shared && self.prefetch {
+            let parity = self.shared_layers % 2;
+            self.shared_layers += 1;
+            let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
+            let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
+            ([slot(0), slot(1)], [bias_at(0), bias_at(1)])
+        } else {
+            (
+                [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)],
+                [v.alloc(co_t * eb), v.alloc(co_t * eb)],
+            )
+        };
         let ibuf = [v.alloc(in_ch(co_t) * rows_in(r) * w * eb), v.alloc(in_ch(co_t) * rows_in(r) * w * eb)];
         let obuf = [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)];
+        let rbuf = residual.map(|_| [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)]);
         debug_assert!(v.next <= v.capacity);
 
         let (xb, yb) = (self.value_base(x), self.value_base(y));
@@ -286,9 +332,13 @@ impl<'g> Lowerer<'g> {
                 }
             }
         }
-        let multicast = self.o.multicast_weights && self.o.cores > 1 && n_co == 1;
-        let starts = self.starts();
-        let cores = self.o.cores as usize;
+        let mut starts = self.starts();
+        let runs = runs(tiles.len(), cores);
+        let prefetch = shared && self.prefetch && self.prev_starts.len() == cores;
+        let mut prefetched = vec![Vec::new(); cores];
+        let users = |cb: u64| -> Vec<usize> {
+            (0..cores).filter(|&k| tiles[runs[k].clone()].iter().any(|t| t.0 == cb)).collect()
+        };
         let load_weights = |ops: &mut Vec<Op>, me: &Self, cb: u64, slot: usize, mask: u64| {
             let co0 = cb * co_t;
             let co_n = co_t.min(co - co0);
@@ -306,26 +356,38 @@ impl<'g> Lowerer<'g> {
                 });
             }
         };
-        for (core, run) in runs(tiles.len(), cores).into_iter().enumerate() {
+        for (core, run) in runs.iter().enumerate() {
             let mut ops = std::mem::take(&mut self.streams[core]);
             let mut last_cb = None;
             let mut wslot = 1;
-            if multicast {
-                // Every core computes with the one weight block: core 0 reads it once.
-                if core == 0 {
-                    load_weights(&mut ops, self, 0, 0, (1u64 << cores) - 1);
-                    ops.push(Op::Signal { counter: 0, value: (cores - 1) as u16 });
-                } else {
-                    ops.push(Op::Wait { counter: 0, value: 1 });
+            if shared {
+                for cb in 0..n_co {
+                    let users = users(cb);
+                    if users.first() == Some(&core) {
+                        let mask = users.iter().fold(0u64, |m, &k| m | 1 << k);
+                        if prefetch {
+                            load_weights(&mut prefetched[core], self, cb, cb as usize % 2, mask);
+                            continue;
+                        }
+                        load_weights(&mut ops, self, cb, cb as usize % 2, mask);
+                        if users.len() > 1 {
+                            ops.push(Op::Signal { counter: 1 + cb as u8, value: (users.len() - 1) as u16 });
+                        }
+                    }
                 }
-                last_cb = Some(0);
-                wslot = 0;
             }
-            for (i, &(cb, s, rb)) in tiles[run].iter().enumerate() {
+            for (i, &(cb, s, rb)) in tiles[run.clone()].iter().enumerate() {
                 let slot = i % 2;
                 if last_cb != Some(cb) {
-                    wslot ^= 1;
-                    load_weights(&mut ops, self, cb, wslot, 0);
+                    if shared {
+                        wslot = cb as usize % 2;
+                        if !prefetch && users(cb).first() != Some(&core) {
+                            ops.push(Op::Wait { counter: 1 + cb as u8, value: 1 });
+                        }
+                    } else {
+                        wslot ^= 1;
+                        load_weights(&mut ops, self, cb, wslot, 0);
+                    }
                     last_cb = Some(cb);
                 }
                 let co0 = cb * co_t;
@@ -347,6 +409,13 @@ impl<'g> Lowerer<'g> {
                     multicast: 0,
                 });
                 let out = self.vtcm(obuf[slot], &[co_n, r_n, wo]);
+                let out_at = (s * co + co0) * ho * wo + oy0 * wo;
+                let res = residual.zip(rbuf).map(|(rv, rbuf)| {
+                    let t = self.vtcm(rbuf[slot], &[co_n, r_n, wo]);
+                    let src = self.ddr(out_at, self.value_base(rv), &[co_n, r_n, wo], &[ho * wo, wo, 1]);
+                    ops.push(Op::DmaIn { dst: t, src, multicast: 0 });
+                    t
+                });
                 ops.push(Op::Conv2d {
                     dst: out,
                     input: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
@@ -363,17 +432,30 @@ impl<'g> Lowerer<'g> {
                     let bview = self.vtcm(bbuf[wslot], &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
                     ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
                 }
+                if let Some(t) = res {
+                    ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: t });
+                }
                 if let Activation::Unary(kind) = act {
                     ops.push(Op::Unary { kind, dst: out, src: out });
                 }
-                ops.push(Op::DmaOut {
-                    dst: self.ddr((s * co + co0) * ho * wo + oy0 * wo, yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]),
-                    src: out,
-                });
+                ops.push(Op::DmaOut { dst: self.ddr(out_at, yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]), src: out });
             }
             self.streams[core] = ops;
         }
-        self.end_layer(tiles.len(), &starts, v.next);
+        // The prefetches go at the start of the previous layer of their owner.
+        let mut prefetch_bytes = 0;
+        for (core, ops) in prefetched.into_iter().enumerate().filter(|(_, ops)| !ops.is_empty()) {
+            prefetch_bytes +=
+                ops.iter().map(|op| if let Op::DmaIn { src, .. } = op { src.packed_bytes() } else { 0 }).sum::<u64>();
+            let at = self.prev_starts[core];
+            starts[core] += ops.len();
+            self.streams[core].splice(at..at, ops);
+        }
+        let used = if shared && self.prefetch { shared_slot(&self.o, 4) } else { v.next };
+        self.end_layer(tiles.len(), &starts, used);
+        let r = self.reports.last_mut().expect("just reported");
+        r.load_bytes += prefetch_bytes;
+        r.constant_bytes += prefetch_bytes;
         Ok(())
     }
 
@@ -1044,6 +1126,93 @@ fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>)
     }
 }
 
+/// Bytes one of the two buffer sets of a tile may use: an eighth of the VTCM, divided by
+/// `-mos`. The two sets take a quarter; the rest is the on-chip pool.
+fn tile_budget(o: &LowerOptions) -> u64 {
+    o.vtcm_bytes / 16 / u64::from(o.mos.max(1))
+}
+
+/// VTCM offset of shared weight slot `k` (0..4: two per layer parity), above the tile
+/// buffers; `k = 4` is the end of the region.
+fn shared_slot(o: &LowerOptions, k: usize) -> u64 {
+    2 * tile_budget(o) + k as u64 * tile_budget(o)
+}
+
+/// VTCM per core the shared weight slots take.
+fn shared_region(o: &LowerOptions) -> u64 {
+    shared_slot(o, 4) - shared_slot(o, 0)
+}
+
+/// Which values stay on chip between layers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PoolPlan {
+    /// Storage ids of the resident values.
+    pub resident: Vec<ValueId>,
+    /// Pool bytes the program's cores hold, over all of them.
+    pub capacity: u64,
+    /// Most pool bytes live at once.
+    pub peak: u64,
+    /// Bytes of the values that did not fit (they spill to DDR).
+    pub spilled: u64,
+    /// Most bytes live at once if every value stayed on chip.
+    pub demand: u64,
+}
+
+/// Keeps layer outputs in the VTCM left over by the tile buffers of all cores, shortest
+/// lifetime first, as long as the values live at every moment of a value's
+/// lifetime (its producer to its last reader) fit. Graph inputs and outputs stay in DDR:
+/// the host moves them.
+pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) -> PoolPlan {
+    let eb = o.dtype.bytes();
+    let per_core = o.vtcm_bytes.saturating_sub(2 * tile_budget(o) + reserved);
+    let capacity = per_core * u64::from(o.cores);
+    let n = g.layers.len();
+    let mut first = vec![usize::MAX; g.values.len()];
+    let mut last = vec![0usize; g.values.len()];
+    for (i, l) in g.layers.iter().enumerate() {
+        let s = g.values[l.output].storage;
+        first[s] = first[s].min(i);
+        last[s] = last[s].max(i);
+        for v in l.inputs() {
+            let s = g.values[v].storage;
+            last[s] = last[s].max(i);
+        }
+    }
+    let mut host = vec![false; g.values.len()];
+    for io in g.inputs.iter().chain(&g.outputs) {
+        host[g.values[io.value].storage] = true;
+    }
+    let mut live = vec![0u64; n];
+    let mut plan = PoolPlan { capacity, ..PoolPlan::default() };
+    let bytes = |v: ValueId| align(o.replicas as u64 * g.values[v].elements() as u64 * eb, VTCM_ALIGN);
+    let mut candidates: Vec<ValueId> =
+        stored.iter().enumerate().filter(|(v, &s)| s && !host[*v] && first[*v] < n).map(|(v, _)| v).collect();
+    // Short-lived values first: they hold the pool for the fewest layers per byte saved.
+    candidates.sort_by_key(|&v| (last[v].saturating_sub(first[v]), bytes(v), first[v]));
+    let mut all = vec![0u64; n];
+    for &v in &candidates {
+        for l in &mut all[first[v]..=last[v].max(first[v])] {
+            *l += bytes(v);
+        }
+    }
+    plan.demand = all.iter().copied().max().unwrap_or(0);
+    for v in candidates {
+        let bytes = bytes(v);
+        let span = first[v]..=last[v].max(first[v]);
+        let peak = live[span.clone()].iter().copied().max().unwrap_or(0);
+        if peak + bytes <= capacity {
+            for l in &mut live[span] {
+                *l += bytes;
+            }
+            plan.resident.push(v);
+        } else {
+            plan.spilled += bytes;
+        }
+    }
+    plan.peak = live.iter().copied().max().unwrap_or(0);
+    plan
+}
+
 /// Lowers `g` to per-core instruction streams.
 pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     if o.cores == 0 || o.cores > 64 {
@@ -1111,6 +1280,18 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         value_offsets[v] = at;
         at = align(at + o.replicas as u64 * g.values[v].elements() as u64 * eb, ALIGN);
     }
+    // Prefetching shared weight blocks across layers needs slots of their own; they are
+    // reserved only if the activations still all stay on chip without that VTCM.
+    let mut pool = plan_pool(g, &o, &stored, 0);
+    let prefetch = o.multicast_weights && o.cores > 1 && {
+        let with_slots = plan_pool(g, &o, &stored, shared_region(&o));
+        with_slots.spilled == 0 && pool.spilled == 0
+    };
+    if prefetch {
+        pool = plan_pool(g, &o, &stored, shared_region(&o));
+    }
+    let pool_bases = pool.resident.iter().map(|&v| value_offsets[v]).collect();
+    let pool_per_core = pool.peak.div_ceil(u64::from(o.cores));
     let mut l = Lowerer {
         g,
         o,
@@ -1123,13 +1304,17 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         reports: Vec::new(),
         layer: String::new(),
         constants_bytes,
+        pool_bases,
+        prev_starts: Vec::new(),
+        shared_layers: 0,
+        prefetch,
     };
     for layer in &g.layers {
         l.layer = layer.name.clone();
         let y = layer.output;
         match &layer.kind {
-            LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, act } => {
-                l.conv(*input, y, *weight, *bias, *stride, *pad, *dilation, *groups, *act)?
+            LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, residual, act } => {
+                l.conv(*input, y, *weight, *bias, *stride, *pad, *dilation, *groups, *residual, *act)?
             }
             LayerKind::Dense { input, weight, bias, act } => l.dense(*input, y, *weight, *bias, *act)?,
             LayerKind::MatMul { a, b } => l.matmul(*a, *b, y)?,
@@ -1167,9 +1352,10 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         constants,
         constants_bytes,
         ddr_bytes: at.max(ALIGN),
-        vtcm_bytes: l.vtcm_peak,
+        vtcm_bytes: l.vtcm_peak + pool_per_core,
         value_offsets: l.value_offsets,
         layers: l.reports,
         warnings,
+        pool,
     })
 }

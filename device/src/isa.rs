@@ -57,8 +57,23 @@ pub const INSTRUCTION_BYTES: usize = size_of::<Instruction>();
 /// Where a tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Space {
+    /// The executing core's VTCM.
     Vtcm = 1,
+    /// The activation's DDR region.
     Ddr = 2,
+    /// The on-chip pool: activations the compiler keeps in the VTCM of the program's
+    /// cores between layers instead of spilling them to DDR. Addressed like the
+    /// activation's DDR region (offsets the compiler reserved there, which is also where
+    /// the simulator keeps the bytes), but DMA to or from it moves over the on-chip
+    /// network and takes no DDR bandwidth.
+    Pool = 3,
+}
+
+impl Space {
+    /// Whether DMA reaches it through the activation's address space (DDR or pool).
+    pub fn is_addressed(self) -> bool {
+        matches!(self, Space::Ddr | Space::Pool)
+    }
 }
 
 /// Element type.
@@ -204,6 +219,7 @@ impl Tensor {
         let space = match rec.space {
             1 => Space::Vtcm,
             2 => Space::Ddr,
+            3 => Space::Pool,
             other => return Err(DecodeError::BadOperand { what: "space", value: other.into() }),
         };
         let dtype =

@@ -14,8 +14,8 @@
 //!
 //! Functional effects happen when an instruction starts: the hazard rules guarantee its
 //! inputs are final and nobody still reads what it overwrites. In timing mode DMA still
-//! moves data; only the compute kernels are skipped. Device time does not depend on the
-//! mode or on the data.
+//! moves data; only the compute kernels are skipped; in estimate mode nothing moves.
+//! Device time does not depend on the mode or on the data.
 
 use alloc::sync::Arc;
 use alloc::vec;
@@ -26,10 +26,13 @@ use crate::memory::SharedMemory;
 use crate::nsp::kernels::element_offsets;
 use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, HVX_THREADS, OP_CLASSES};
 
-/// Whether compute kernels run.
+/// What a run does besides taking device time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecMode {
-    /// Cost model only; DMA still moves data.
+    /// Device time only: nothing moves, nothing is computed (outputs are left as they
+    /// were). For cost searches, where only the timeline matters.
+    Estimate,
+    /// Cost model for compute; DMA still moves data.
     Timing,
     /// Real numerics as well.
     Functional,
@@ -231,6 +234,8 @@ struct Transfer {
     /// Setup ends here; only then does the transfer take a share of DDR bandwidth.
     ready_at: u64,
     remaining: f64,
+    /// Between VTCM and the on-chip pool: at the pool rate, no DDR share.
+    onchip: bool,
 }
 
 /// The device-wide scheduler.
@@ -392,10 +397,10 @@ impl Scheduler {
         })
     }
 
-    /// Bytes per cycle each moving transfer gets: an equal share of DDR, capped by the
-    /// core's DMA rate.
-    fn transfer_rate(&self) -> f64 {
-        let moving = self.transfers.iter().filter(|t| t.ready_at <= self.now).count().max(1) as f64;
+    /// Bytes per cycle each moving DDR transfer gets: an equal share of DDR, capped by
+    /// the core's DMA rate.
+    fn ddr_share(&self) -> f64 {
+        let moving = self.transfers.iter().filter(|t| t.ready_at <= self.now && !t.onchip).count().max(1) as f64;
         (self.ddr_bytes_per_cycle / moving).min(self.cost.dma_bytes_per_cycle as f64)
     }
 
@@ -408,13 +413,15 @@ impl Scheduler {
     /// Moves time to the next completion (or to `limit`, if that comes first) and
     /// retires what completes.
     fn advance(&mut self, limit: u64) -> Advanced {
-        let rate = self.transfer_rate();
+        let share = self.ddr_share();
+        let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
+        let rate = |t: &Transfer| if t.onchip { pool } else { share };
         let mut next = u64::MAX;
         for t in &self.transfers {
             next = next.min(if t.ready_at > self.now {
                 t.ready_at
             } else {
-                self.now + libm::ceil(t.remaining / rate).max(1.0) as u64
+                self.now + libm::ceil(t.remaining / rate(t)).max(1.0) as u64
             });
         }
         for job in &self.jobs {
@@ -433,7 +440,7 @@ impl Scheduler {
         let next = next.min(limit.max(self.now));
         let dt = next - self.now;
         for t in self.transfers.iter_mut().filter(|t| t.ready_at <= self.now) {
-            t.remaining -= rate * dt as f64;
+            t.remaining -= rate(t) * dt as f64;
         }
         for job in &mut self.jobs {
             for c in &mut job.cores {
@@ -600,7 +607,11 @@ impl Scheduler {
             }
             _ => {
                 let busy = core.in_flight.iter().filter(|f| f.engine == engine).count() as u32;
-                let room = if engine == Engine::Hvx { HVX_THREADS } else { 1 };
+                let room = match engine {
+                    Engine::Hvx => HVX_THREADS,
+                    Engine::Dma => 2,
+                    _ => 1,
+                };
                 if busy >= room {
                     return false;
                 }
@@ -614,10 +625,10 @@ impl Scheduler {
         let fault = ExecFault::Instruction { core: core.core, index };
         let fence = engine == Engine::Sync;
         // A DMA ends when its bytes have moved (see `Transfer`); the rest take fixed cycles.
-        let dma_bytes = match *op {
-            Op::DmaIn { src, .. } => Some(src.packed_bytes()),
-            Op::DmaOut { dst, .. } => Some(dst.packed_bytes()),
-            _ => None,
+        let (dma_bytes, onchip) = match *op {
+            Op::DmaIn { src, .. } => (Some(src.packed_bytes()), src.space == Space::Pool),
+            Op::DmaOut { dst, .. } => (Some(dst.packed_bytes()), dst.space == Space::Pool),
+            _ => (None, false),
         };
         let end = if dma_bytes.is_some() { None } else { Some(now + cost.cycles(op)) };
         core.in_flight.push(InFlight { op: index, engine, start: now, end, access, fence });
@@ -625,17 +636,21 @@ impl Scheduler {
         core.stats.instructions += 1;
         self.instructions += 1;
         if let Some(bytes) = dma_bytes {
-            job.ddr_bytes += bytes;
+            if !onchip {
+                job.ddr_bytes += bytes;
+            }
             self.transfers.push(Transfer {
                 job: job.id,
                 core: c,
                 op: index,
                 ready_at: now + cost.dma_setup_cycles,
                 remaining: bytes as f64,
+                onchip,
             });
         }
         let (ddr_base, phys) = (job.ddr_base, core.core);
         let ok = match *op {
+            _ if mode == ExecMode::Estimate => Some(()),
             Op::DmaIn { dst, src, multicast } => {
                 // Only a multicast needs a list of receiving cores.
                 let single = [phys];

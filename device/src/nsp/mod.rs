@@ -50,6 +50,12 @@ pub struct CostModel {
     pub dma_bytes_per_cycle: u64,
     /// Device DDR bandwidth shared by every active transfer (LPDDR4x, 4 x 64-bit: 136 GB/s).
     pub ddr_bytes_per_second: u64,
+    /// Percent of the peak DDR bandwidth that transfers can sustain (refresh, bank
+    /// conflicts, read/write turnaround).
+    pub ddr_efficiency_pct: u64,
+    /// Bytes per cycle a core's DMA moves between its VTCM and the on-chip pool
+    /// (activations kept in VTCM between layers): no DDR involved.
+    pub pool_bytes_per_cycle: u64,
     /// HMX f16 MACs per cycle (public: 4096).
     pub hmx_macs_per_cycle_f16: u64,
     /// HMX int8 MACs per cycle (public: 8192).
@@ -61,6 +67,9 @@ pub struct CostModel {
     pub hmx_tile: u64,
     /// Cycles to start one HMX operation.
     pub hmx_setup_cycles: u64,
+    /// Percent of the peak MAC rate HMX sustains on full tiles (operand fetch from VTCM,
+    /// accumulator write-back).
+    pub hmx_efficiency_pct: u64,
     /// Bytes one HVX thread processes per cycle (one 128-byte vector).
     pub hvx_bytes_per_cycle: u64,
     /// Cycles per vector of an exp/tanh/erf/sigmoid/gelu.
@@ -79,11 +88,14 @@ impl Default for CostModel {
             dma_setup_cycles: 100,
             dma_bytes_per_cycle: 64,
             ddr_bytes_per_second: 136_000_000_000,
+            pool_bytes_per_cycle: 256,
+            ddr_efficiency_pct: 85,
             hmx_macs_per_cycle_f16: 4096,
             hmx_macs_per_cycle_int8: 8192,
             hmx_macs_per_cycle_f32: 1024,
             hmx_tile: 32,
             hmx_setup_cycles: 32,
+            hmx_efficiency_pct: 80,
             hvx_bytes_per_cycle: 128,
             hvx_transcendental_cycles: 8,
             hvx_divide_cycles: 4,
@@ -177,7 +189,8 @@ impl CostModel {
     fn hmx_cycles(&self, dtype: DType, m: u64, n: u64, k: u64, groups: u64) -> u64 {
         let t = self.hmx_tile;
         let macs = groups * up(m, t) * up(n, t) * up(k, t);
-        self.issue_cycles + self.hmx_setup_cycles + macs.div_ceil(self.hmx_rate(dtype))
+        let rate = (self.hmx_rate(dtype) * self.hmx_efficiency_pct.clamp(1, 100)).div_ceil(100);
+        self.issue_cycles + self.hmx_setup_cycles + macs.div_ceil(rate.max(1))
     }
 
     fn vectors(&self, bytes: u64) -> u64 {
@@ -186,7 +199,8 @@ impl CostModel {
 
     /// DDR bandwidth in bytes per cycle at `clock_hz`.
     pub fn ddr_bytes_per_cycle(&self, clock_hz: u64) -> f64 {
-        self.ddr_bytes_per_second as f64 / clock_hz.max(1) as f64
+        let sustained = self.ddr_bytes_per_second as f64 * self.ddr_efficiency_pct.clamp(1, 100) as f64 / 100.0;
+        sustained / clock_hz.max(1) as f64
     }
 
     /// Cycles of a non-DMA instruction once started (DMA time depends on the DDR load;

@@ -52,8 +52,10 @@ pub enum StreamProblem {
     AfterEnd,
 }
 
+/// `space` is where the operand must be; [`Space::Ddr`] admits the pool too.
 fn check(t: &Tensor, operand: &'static str, space: Space, limits: &Limits) -> Result<(), StreamProblem> {
-    if t.space != space {
+    let admitted = t.space == space || (space == Space::Ddr && t.space == Space::Pool);
+    if !admitted {
         return Err(StreamProblem::WrongSpace { operand, expected: space });
     }
     let align = t.dtype.bytes();
@@ -66,7 +68,7 @@ fn check(t: &Tensor, operand: &'static str, space: Space, limits: &Limits) -> Re
             limits.vtcm_bytes,
             StreamProblem::VtcmOverflow { operand, start: t.offset, len, vtcm_bytes: limits.vtcm_bytes },
         ),
-        Space::Ddr => (
+        Space::Ddr | Space::Pool => (
             limits.ddr_bytes,
             StreamProblem::DdrOverflow { operand, start: t.offset, len, ddr_bytes: limits.ddr_bytes },
         ),
