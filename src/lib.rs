@@ -2,6 +2,7 @@
 //! `aic-runner` writes and `aic-latency-stats` reads, and the statistics both print.
 #![forbid(unsafe_code)]
 
+pub mod configurator;
 pub mod exec;
 pub mod latency;
 pub mod predict;

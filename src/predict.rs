@@ -199,9 +199,6 @@ pub fn predict(
     let pcie = |bytes: u64| bytes as f64 / host.pcie_bytes_per_second * 1e9;
     let pre_device =
         host.enqueue_ns + host.pre_proc_ns_per_byte * workload.input_bytes as f64 + host.submit_ns + host.exec_to_vc_ns;
-    // The host link carries one transfer at a time per direction.
-    let mut link_in_free = 0.0f64;
-    let mut link_out_free = 0.0f64;
     let send = |enqueue: f64, link_in_free: &mut f64| {
         let start = (enqueue + pre_device).max(*link_in_free);
         *link_in_free = start + pcie(workload.input_bytes);
@@ -228,8 +225,9 @@ pub fn predict(
     };
     let t0 = sched.now() as f64 * ns_per_cycle;
     let stagger = solo / f64::from(deployment.instances);
-    link_in_free = t0;
-    link_out_free = t0;
+    // The host link carries one transfer at a time per direction.
+    let mut link_in_free = t0;
+    let mut link_out_free = t0;
     for s in 0..deployment.set_size {
         for (i, inst) in instances.iter_mut().enumerate() {
             let enqueue = t0 + f64::from(s) * pre_device + i as f64 * stagger;

@@ -2,13 +2,12 @@
 //! `../shared/reference/calibration.md`: ResNet-50 (light_resnet50 from the onnx package)
 //! on a 14-NSP card, fp16, multicast weights.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aicsim::predict::{predict, Deployment, DeviceModel, HostModel, Workload};
 use aicsim_compiler::{compile_file, CompileOptions};
 use aicsim_device::container::IoDirection;
-use aicsim_device::nsp::CostModel;
 
 fn model() -> Option<PathBuf> {
     let Ok(models) = std::env::var("AICSIM_ONNX_MODELS") else {
@@ -19,7 +18,7 @@ fn model() -> Option<PathBuf> {
     Some(PathBuf::from(models).join("light_resnet50.onnx"))
 }
 
-fn workload(path: &PathBuf, cores: u32, mos: u32, ols: u32, bs: u32) -> Workload {
+fn workload(path: &Path, cores: u32, mos: u32, ols: u32, bs: u32) -> Workload {
     let opts = CompileOptions {
         cores,
         mos,
@@ -30,21 +29,6 @@ fn workload(path: &PathBuf, cores: u32, mos: u32, ols: u32, bs: u32) -> Workload
         ..CompileOptions::default()
     };
     let c = compile_file(path, &opts).expect("compiles");
-    let sum = |f: fn(&aicsim_compiler::lower::LayerReport) -> u64| {
-        c.lowered.layers.iter().map(f).sum::<u64>() as f64 / 1e6 / f64::from(bs)
-    };
-    eprintln!(
-        "  per sample MB: load {:.1} (constants {:.1}) store {:.1} pool {:.1}; pool cap {:.1} peak {:.1} demand {:.1} spilled {:.1}; hmx cycles {:.2}M",
-        sum(|l| l.load_bytes),
-        sum(|l| l.constant_bytes),
-        sum(|l| l.store_bytes),
-        sum(|l| l.pool_bytes),
-        c.lowered.pool.capacity as f64 / 1e6,
-        c.lowered.pool.peak as f64 / 1e6,
-        c.lowered.pool.demand as f64 / 1e6,
-        c.lowered.pool.spilled as f64 / 1e6,
-        sum(|l| l.compute_cycles) * f64::from(bs) / 1e6,
-    );
     let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
     Workload {
         streams: Arc::new(c.lowered.streams.clone()),
@@ -54,44 +38,59 @@ fn workload(path: &PathBuf, cores: u32, mos: u32, ols: u32, bs: u32) -> Workload
     }
 }
 
+fn pct(ours: f64, measured: f64) -> f64 {
+    (ours / measured - 1.0) * 100.0
+}
+
+/// Every row of calibration.md with one parameter set (the defaults). Throughput within
+/// 15%, latencies within 20% (the aim, recorded in docs/calibration.md, is 10%).
 #[test]
 fn predictions_match_the_hardware() {
-    let Some(path) = model() else { return };
-    let mut cost = CostModel::default();
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-    cost.ddr_efficiency_pct = env("DDR", cost.ddr_efficiency_pct);
-    cost.hmx_efficiency_pct = env("HMX", cost.hmx_efficiency_pct);
-    cost.dma_bytes_per_cycle = env("DMA", cost.dma_bytes_per_cycle);
-    let device = DeviceModel { cost, clock_hz: env("CLK", 1_400_000_000), num_nsp: 14 };
-    let host = HostModel::default();
-    let rows: &[(u32, u32, u32, u32, u32, u32, f64)] = &[
-        (1, 1, 2, 2, 14, 2, 4419.97),
-        (2, 1, 2, 4, 7, 2, 6418.51),
-        (5, 1, 2, 8, 2, 2, 5473.46),
-        (7, 1, 3, 16, 2, 2, 6091.01),
-        (2, 1, 2, 4, 7, 10, 6367.396),
-        (7, 1, 1, 1, 1, 1, 1200.824),
-        (7, 1, 1, 1, 2, 1, 2190.925),
-    ];
-    for &(cores, mos, ols, bs, instances, set_size, measured) in rows {
-        let t = std::time::Instant::now();
-        let w = workload(&path, cores, mos, ols, bs);
-        let compile = t.elapsed();
-        let t = std::time::Instant::now();
-        let p = predict(&w, Deployment { instances, set_size }, &device, &host, 2, 6).unwrap();
-        eprintln!(
-            "{cores} {mos} {ols} {bs:2} x{instances:2} S{set_size:2}: {:8.1} inf/s (measured {measured:8.1}, {:+5.1}%) host rt {:.3} ms total {:.3} exec {:.3} ddr {:.1} GB/s busy {:.2?} stall {:.2} [compile {:?} sim {:?}, {} instr]",
-            p.inf_per_sec,
-            (p.inf_per_sec / measured - 1.0) * 100.0,
-            p.host_round_trip.mean,
-            p.total_round_trip.mean,
-            p.device_exec.mean,
-            p.ddr_bytes_per_second / 1e9,
-            p.engine_busy,
-            p.stalled,
-            compile,
-            t.elapsed(),
-            w.streams.iter().map(Vec::len).sum::<usize>(),
-        );
+    if cfg!(debug_assertions) {
+        eprintln!("skipped in debug builds: scripts/test.sh runs it with --release");
+        return;
     }
+    let Some(path) = model() else { return };
+    let config = aicsim_device::DeviceConfig { num_nsp: 14, ..aicsim_device::DeviceConfig::default() };
+    let device = DeviceModel { cost: config.cost, clock_hz: config.clock_hz, num_nsp: config.num_nsp };
+    let host = HostModel::default();
+    // cores, mos, ols, bs, instances, set size, inf/s, host round trip ms, total round trip ms
+    type Row = (u32, u32, u32, u32, u32, u32, f64, Option<f64>, Option<f64>);
+    let rows: &[Row] = &[
+        (1, 1, 2, 2, 14, 2, 4419.97, None, None),
+        (2, 1, 2, 4, 7, 2, 6418.51, None, None),
+        (5, 1, 2, 8, 2, 2, 5473.46, None, None),
+        (7, 1, 3, 16, 2, 2, 6091.01, None, None),
+        (2, 1, 2, 4, 7, 10, 6367.396, Some(43.5), None),
+        (7, 1, 1, 1, 1, 1, 1200.824, Some(0.684), Some(0.792)),
+        (7, 1, 1, 1, 2, 1, 2190.925, Some(0.810), Some(0.887)),
+    ];
+    let mut failures = Vec::new();
+    println!("row (cores,mos,ols,bs) -a -S | inf/s ours measured diff | hostRoundTrip ms ours measured diff | totalRoundtrip ms ours measured diff");
+    for &(cores, mos, ols, bs, instances, set_size, rate, host_rt, total_rt) in rows {
+        let w = workload(&path, cores, mos, ols, bs);
+        let p = predict(&w, Deployment { instances, set_size }, &device, &host, 2, 8).unwrap();
+        let label = format!("({cores},{mos},{ols},{bs:2}) -a {instances:2} -S {set_size:2}");
+        let d = pct(p.inf_per_sec, rate);
+        let mut line = format!("{label} | {:8.1} {rate:8.1} {d:+5.1}%", p.inf_per_sec);
+        if d.abs() > 15.0 {
+            failures.push(format!("{label}: throughput {d:+.1}%"));
+        }
+        for (what, ours, measured) in
+            [("hostRoundTrip", p.host_round_trip.mean, host_rt), ("totalRoundtrip", p.total_round_trip.mean, total_rt)]
+        {
+            match measured {
+                Some(m) => {
+                    let d = pct(ours, m);
+                    line += &format!(" | {ours:7.3} {m:7.3} {d:+5.1}%");
+                    if d.abs() > 20.0 {
+                        failures.push(format!("{label}: {what} {d:+.1}%"));
+                    }
+                }
+                None => line += &format!(" | {ours:7.3}       -       "),
+            }
+        }
+        println!("{line}");
+    }
+    assert!(failures.is_empty(), "outside the tolerance: {failures:?}");
 }

@@ -272,7 +272,11 @@ impl<'a> Builder<'a> {
             let names = [&node.inputs[lead], &node.inputs[if lead == 0 { 1 } else { 0 }]];
             for (conv_out, res, name) in [(x, other, names[0]), (other, x, names[1])] {
                 let same = self.g.values[conv_out].shape == shape && self.g.values[res].shape == shape;
-                let Some(l) = self.fusable(name, conv_out).filter(|_| same && conv_out != res) else { continue };
+                // The residual must exist before the convolution runs.
+                let ready = |l: usize| self.producer.get(&self.g.values[res].storage).is_none_or(|&p| p < l);
+                let Some(l) = self.fusable(name, conv_out).filter(|&l| same && conv_out != res && ready(l)) else {
+                    continue;
+                };
                 if let LayerKind::Conv { residual: r @ None, act: Activation::None, .. } = &mut self.g.layers[l].kind {
                     *r = Some(res);
                     self.rename(node, conv_out);

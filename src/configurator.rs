@@ -1,0 +1,480 @@
+//! `aic-configurator`: searches compile and run parameters (cores, mos, ols, batch size,
+//! instances) for the best predicted throughput or the lowest predicted latency.
+//!
+//! Every evaluation compiles the model with the candidate's compile parameters (cached:
+//! the same cores/mos/ols/batch is compiled once) and predicts the deployment with
+//! [`crate::predict`] — the real scheduler on the real instruction streams, unpaced.
+//! The search is a parallel hill climb from every initial value of the search file: each
+//! step evaluates all neighbours of the current point at once across host threads and
+//! moves to the best, until no neighbour improves or the evaluation budget is spent.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use aicsim_compiler::onnx::Model;
+use aicsim_compiler::{compile, CompileOptions};
+use aicsim_device::container::IoDirection;
+
+use crate::predict::{predict, Deployment, DeviceModel, HostModel, Prediction, Workload};
+
+/// What the search optimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objective {
+    MaximizeInfRate,
+    MinimizeLatency,
+}
+
+/// One point of the search space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Config {
+    pub cores: u32,
+    pub mos: u32,
+    pub ols: u32,
+    pub bs: u32,
+    pub instances: u32,
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cores={},mos={},ols={},bs={},instances={}", self.cores, self.mos, self.ols, self.bs, self.instances)
+    }
+}
+
+/// Inclusive bounds of one parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// The JSON search file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchSpec {
+    pub max_func_eval: usize,
+    pub objective: Objective,
+    pub cores: Range,
+    pub mos: Range,
+    pub ols: Range,
+    /// Powers of two between the bounds.
+    pub bs: Range,
+    pub instances: Range,
+    pub initial_values: Vec<Config>,
+    /// Parameters held fixed (any of the five names), applied over every point.
+    pub static_params: Vec<(String, u32)>,
+}
+
+const PARAMS: [&str; 5] = ["cores", "mos", "ols", "bs", "instances"];
+
+fn get(c: &Config, name: &str) -> u32 {
+    match name {
+        "cores" => c.cores,
+        "mos" => c.mos,
+        "ols" => c.ols,
+        "bs" => c.bs,
+        _ => c.instances,
+    }
+}
+
+fn set(c: &mut Config, name: &str, v: u32) {
+    match name {
+        "cores" => c.cores = v,
+        "mos" => c.mos = v,
+        "ols" => c.ols = v,
+        "bs" => c.bs = v,
+        _ => c.instances = v,
+    }
+}
+
+fn positive(v: &serde_json::Value, what: &str) -> Result<u32, String> {
+    v.as_u64()
+        .filter(|&n| n >= 1 && n <= u64::from(u32::MAX))
+        .map(|n| n as u32)
+        .ok_or_else(|| format!("{what} must be a positive integer, got {v}"))
+}
+
+impl SearchSpec {
+    /// Parses the search file's JSON text; every problem is named.
+    pub fn parse(text: &str) -> Result<SearchSpec, String> {
+        let root: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let obj = root.as_object().ok_or("the search file must be a JSON object")?;
+        for key in obj.keys() {
+            if !["max_func_eval", "objective", "params", "initial_values", "static_params"].contains(&key.as_str()) {
+                return Err(format!("unknown key \"{key}\""));
+            }
+        }
+        let max_func_eval = match obj.get("max_func_eval") {
+            Some(v) => positive(v, "max_func_eval")? as usize,
+            None => 200,
+        };
+        let objective = match obj.get("objective").and_then(|v| v.as_str()) {
+            Some("maximize_inf_rate") | None => Objective::MaximizeInfRate,
+            Some("minimize_latency") => Objective::MinimizeLatency,
+            Some(other) => {
+                return Err(format!("objective \"{other}\" is not maximize_inf_rate or minimize_latency"));
+            }
+        };
+        let params = obj.get("params").and_then(|v| v.as_object()).ok_or("\"params\" must be an object")?;
+        for key in params.keys() {
+            if !PARAMS.contains(&key.as_str()) {
+                return Err(format!("unknown parameter \"{key}\" in params (expected {})", PARAMS.join(", ")));
+            }
+        }
+        let range = |name: &str, default: Range| -> Result<Range, String> {
+            let Some(p) = params.get(name) else { return Ok(default) };
+            let min =
+                positive(p.get("min").ok_or(format!("params.{name} has no min"))?, &format!("params.{name}.min"))?;
+            let max =
+                positive(p.get("max").ok_or(format!("params.{name} has no max"))?, &format!("params.{name}.max"))?;
+            if min > max {
+                return Err(format!("params.{name}: min {min} is above max {max}"));
+            }
+            Ok(Range { min, max })
+        };
+        let one = Range { min: 1, max: 1 };
+        let bs = range("bs", one)?;
+        if !bs.min.is_power_of_two() || !bs.max.is_power_of_two() {
+            return Err(format!("params.bs bounds must be powers of two, got {}..{}", bs.min, bs.max));
+        }
+        let mut spec = SearchSpec {
+            max_func_eval,
+            objective,
+            cores: range("cores", Range { min: 1, max: 14 })?,
+            mos: range("mos", one)?,
+            ols: range("ols", one)?,
+            bs,
+            instances: range("instances", one)?,
+            initial_values: Vec::new(),
+            static_params: Vec::new(),
+        };
+        if let Some(s) = obj.get("static_params") {
+            let s = s.as_object().ok_or("\"static_params\" must be an object")?;
+            for (k, v) in s {
+                if !PARAMS.contains(&k.as_str()) {
+                    return Err(format!("unknown static parameter \"{k}\""));
+                }
+                spec.static_params.push((k.clone(), positive(v, &format!("static_params.{k}"))?));
+            }
+        }
+        let initial =
+            obj.get("initial_values").and_then(|v| v.as_array()).ok_or("\"initial_values\" must be a list")?;
+        if initial.is_empty() {
+            return Err("\"initial_values\" is empty: the search needs a starting point".into());
+        }
+        for (i, v) in initial.iter().enumerate() {
+            let o = v.as_object().ok_or(format!("initial_values[{i}] must be an object"))?;
+            let mut c = Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1 };
+            for (k, x) in o {
+                if !PARAMS.contains(&k.as_str()) {
+                    return Err(format!("initial_values[{i}]: unknown parameter \"{k}\""));
+                }
+                set(&mut c, k, positive(x, &format!("initial_values[{i}].{k}"))?);
+            }
+            let c = spec.fix(c);
+            if let Some(why) = spec.invalid(&c, u32::MAX) {
+                return Err(format!("initial_values[{i}] ({c}): {why}"));
+            }
+            spec.initial_values.push(c);
+        }
+        Ok(spec)
+    }
+
+    /// Applies the static parameters.
+    fn fix(&self, mut c: Config) -> Config {
+        for (k, v) in &self.static_params {
+            set(&mut c, k, *v);
+        }
+        c
+    }
+
+    fn range(&self, name: &str) -> Range {
+        match name {
+            "cores" => self.cores,
+            "mos" => self.mos,
+            "ols" => self.ols,
+            "bs" => self.bs,
+            _ => self.instances,
+        }
+    }
+
+    /// Why `c` is outside the space (or does not fit a device of `nsp` cores).
+    pub fn invalid(&self, c: &Config, nsp: u32) -> Option<String> {
+        for name in PARAMS {
+            let (v, r) = (get(c, name), self.range(name));
+            let fixed = self.static_params.iter().any(|(k, _)| k == name);
+            if !fixed && (v < r.min || v > r.max) {
+                return Some(format!("{name} {v} is outside {}..={}", r.min, r.max));
+            }
+        }
+        if !c.bs.is_power_of_two() {
+            return Some(format!("bs {} is not a power of two", c.bs));
+        }
+        if u64::from(c.cores) * u64::from(c.instances) > u64::from(nsp) {
+            return Some(format!("{} instances x {} cores exceed the device's {nsp} cores", c.instances, c.cores));
+        }
+        None
+    }
+
+    /// The points one step away from `c`: each parameter up or down (batch size by a
+    /// factor of two); a change of cores also tries the instance count that fills the
+    /// device (throughput) or keeps one instance (latency).
+    fn neighbours(&self, c: &Config, nsp: u32) -> Vec<Config> {
+        let mut out = Vec::new();
+        for name in PARAMS {
+            let v = get(c, name);
+            let steps = if name == "bs" { [v / 2, v * 2] } else { [v.saturating_sub(1), v + 1] };
+            for s in steps {
+                let mut n = *c;
+                set(&mut n, name, s);
+                out.push(n);
+                if name == "cores" && s > 0 {
+                    let mut fill = n;
+                    fill.instances = match self.objective {
+                        Objective::MaximizeInfRate => (nsp / s).clamp(self.instances.min, self.instances.max),
+                        Objective::MinimizeLatency => self.instances.min,
+                    };
+                    out.push(fill);
+                }
+            }
+        }
+        let mut out: Vec<Config> =
+            out.into_iter().map(|n| self.fix(n)).filter(|n| n != c && self.invalid(n, nsp).is_none()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The model and fixed options every evaluation compiles with.
+pub struct Problem {
+    pub model: Model,
+    pub model_dir: Option<std::path::PathBuf>,
+    pub name: String,
+    /// Symbols, fp16, multicast; cores, mos, ols and batch size are set per point.
+    pub base: CompileOptions,
+    /// The ONNX symbol that is the batch dimension, if any.
+    pub batch_symbol: Option<String>,
+    pub device: DeviceModel,
+    pub host: HostModel,
+    /// In-flight inferences per instance (`aic-runner -S`).
+    pub set_size: u32,
+    /// Inferences per instance the prediction measures (after warm-up).
+    pub measured: u32,
+}
+
+/// One evaluated point.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub config: Config,
+    pub result: Result<Prediction, String>,
+}
+
+impl Evaluation {
+    /// Higher is better; failures are worst.
+    fn score(&self, objective: Objective) -> f64 {
+        match (&self.result, objective) {
+            (Ok(p), Objective::MaximizeInfRate) => p.inf_per_sec,
+            (Ok(p), Objective::MinimizeLatency) => -p.host_round_trip.mean,
+            (Err(_), _) => f64::NEG_INFINITY,
+        }
+    }
+
+    /// The objective as printed: inf/s, or the mean host round trip in ms.
+    pub fn objective(&self, objective: Objective) -> Option<f64> {
+        let p = self.result.as_ref().ok()?;
+        Some(match objective {
+            Objective::MaximizeInfRate => p.inf_per_sec,
+            Objective::MinimizeLatency => p.host_round_trip.mean,
+        })
+    }
+}
+
+/// One program, compiled once by whichever thread asks first.
+type ProgramCell = Arc<std::sync::OnceLock<Result<Arc<Workload>, String>>>;
+
+/// Compiled programs and evaluations, shared by the search threads.
+struct Cache {
+    programs: Mutex<HashMap<(u32, u32, u32, u32), ProgramCell>>,
+    evaluations: Mutex<HashMap<Config, Evaluation>>,
+    compiles: std::sync::atomic::AtomicUsize,
+}
+
+impl Problem {
+    fn options(&self, c: &Config) -> CompileOptions {
+        let mut o = self.base.clone();
+        o.cores = c.cores;
+        o.mos = c.mos;
+        o.ols = c.ols;
+        o.batch_size = Some(c.bs);
+        if let Some(sym) = &self.batch_symbol {
+            o.symbols.insert(sym.clone(), i64::from(c.bs));
+        }
+        o
+    }
+
+    fn workload(&self, cache: &Cache, c: &Config) -> Result<Arc<Workload>, String> {
+        let key = (c.cores, c.mos, c.ols, c.bs);
+        let cell = cache.programs.lock().entry(key).or_default().clone();
+        // Threads that want the same program wait for the one compiling it.
+        cell.get_or_init(|| {
+            cache.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let compiled = compile(&self.model, self.model_dir.as_deref(), &self.name, &self.options(c))
+                .map_err(|e| format!("compile: {e}"))?;
+            let bytes = |d: IoDirection| {
+                compiled.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum::<u64>()
+            };
+            Ok(Arc::new(Workload {
+                streams: Arc::new(compiled.lowered.streams),
+                batch: compiled.image.batch_size,
+                input_bytes: bytes(IoDirection::Input),
+                output_bytes: bytes(IoDirection::Output),
+            }))
+        })
+        .clone()
+    }
+
+    /// Compiles (cached) and predicts one point.
+    pub fn evaluate(&self, c: &Config, objective: Objective) -> Evaluation {
+        let cache =
+            Cache { programs: Mutex::new(HashMap::new()), evaluations: Mutex::new(HashMap::new()), compiles: 0.into() };
+        self.evaluate_cached(&cache, c, objective)
+    }
+
+    fn evaluate_cached(&self, cache: &Cache, c: &Config, objective: Objective) -> Evaluation {
+        if let Some(e) = cache.evaluations.lock().get(c) {
+            return e.clone();
+        }
+        let set_size = match objective {
+            Objective::MaximizeInfRate => self.set_size,
+            Objective::MinimizeLatency => 1,
+        };
+        let result = self.workload(cache, c).and_then(|w| {
+            predict(&w, Deployment { instances: c.instances, set_size }, &self.device, &self.host, 2, self.measured)
+                .map_err(|e| e.to_string())
+        });
+        let e = Evaluation { config: *c, result };
+        cache.evaluations.lock().insert(*c, e.clone());
+        e
+    }
+}
+
+/// One hill climb.
+#[derive(Clone, Debug)]
+pub struct Climb {
+    pub initial: Config,
+    /// Where it ended (the best point it saw).
+    pub best: Evaluation,
+    /// `converged` (no neighbour improves) or `budget` (evaluations ran out).
+    pub status: &'static str,
+}
+
+/// The whole search.
+#[derive(Clone, Debug)]
+pub struct SearchResult {
+    pub climbs: Vec<Climb>,
+    pub best: Evaluation,
+    /// Distinct points evaluated.
+    pub evaluations: usize,
+    /// Distinct programs compiled.
+    pub compiles: usize,
+}
+
+/// Runs `threads` evaluations at a time.
+fn evaluate_all(
+    problem: &Problem,
+    cache: &Cache,
+    points: &[Config],
+    objective: Objective,
+    threads: usize,
+) -> Vec<Evaluation> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = Mutex::new(vec![None; points.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, points.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(c) = points.get(i) else { break };
+                let e = problem.evaluate_cached(cache, c, objective);
+                results.lock()[i] = Some(e);
+            });
+        }
+    });
+    results.into_inner().into_iter().map(|e| e.expect("every point evaluated")).collect()
+}
+
+/// Searches from every initial value of `spec`.
+pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchResult {
+    let cache =
+        Cache { programs: Mutex::new(HashMap::new()), evaluations: Mutex::new(HashMap::new()), compiles: 0.into() };
+    let nsp = problem.device.num_nsp;
+    let objective = spec.objective;
+    let budget_left = |cache: &Cache| spec.max_func_eval.saturating_sub(cache.evaluations.lock().len());
+    // The initial values first, all at once.
+    let starts: Vec<Config> = spec.initial_values.iter().filter(|c| spec.invalid(c, nsp).is_none()).copied().collect();
+    let mut first = starts.clone();
+    first.truncate(spec.max_func_eval);
+    evaluate_all(problem, &cache, &first, objective, threads);
+    let mut climbs = Vec::new();
+    for initial in &spec.initial_values {
+        let Some(mut here) = cache.evaluations.lock().get(initial).cloned() else {
+            let why = spec.invalid(initial, nsp).unwrap_or_else(|| "not evaluated: budget spent".into());
+            climbs.push(Climb {
+                initial: *initial,
+                best: Evaluation { config: *initial, result: Err(why) },
+                status: "skipped",
+            });
+            continue;
+        };
+        let status = loop {
+            let fresh: Vec<Config> = {
+                let seen = cache.evaluations.lock();
+                spec.neighbours(&here.config, nsp).into_iter().filter(|n| !seen.contains_key(n)).collect()
+            };
+            let left = budget_left(&cache);
+            let mut todo = fresh;
+            let over = todo.len() > left;
+            todo.truncate(left);
+            evaluate_all(problem, &cache, &todo, objective, threads);
+            let best_neighbour = {
+                let seen = cache.evaluations.lock();
+                spec.neighbours(&here.config, nsp)
+                    .iter()
+                    .filter_map(|n| seen.get(n).cloned())
+                    .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)))
+            };
+            match best_neighbour {
+                Some(n) if n.score(objective) > here.score(objective) => here = n,
+                _ if over => break "budget",
+                _ => break "converged",
+            }
+            if budget_left(&cache) == 0 {
+                break "budget";
+            }
+        };
+        climbs.push(Climb { initial: *initial, best: here, status });
+    }
+    let evaluations = cache.evaluations.lock().len();
+    let best = cache
+        .evaluations
+        .lock()
+        .values()
+        .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
+        .cloned()
+        .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
+    SearchResult { climbs, best, evaluations, compiles: cache.compiles.load(std::sync::atomic::Ordering::Relaxed) }
+}
+
+/// Reads an ONNX file (or `zoo:NAME`) for a [`Problem`].
+pub fn load_model(source: &str) -> Result<(Model, Option<std::path::PathBuf>, String), String> {
+    if let Some(name) = source.strip_prefix("zoo:") {
+        let model = aicsim_compiler::zoo::model(name).map_err(|e| e.to_string())?;
+        return Ok((model, None, name.to_string()));
+    }
+    let path = Path::new(source);
+    let bytes = std::fs::read(path).map_err(|e| format!("{source}: {e}"))?;
+    let model = aicsim_compiler::onnx::parse_model(&bytes).map_err(|e| format!("{source}: {e}"))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    Ok((model, path.parent().map(Path::to_path_buf), name))
+}
