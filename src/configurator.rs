@@ -9,14 +9,11 @@
 //! moves to the best, until no neighbour improves or the evaluation budget is spent.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use aicsim_compiler::onnx::Model;
-use aicsim_compiler::{compile, CompileOptions};
-use aicsim_device::container::IoDirection;
+use aicsim_compiler::{CompileOptions, Source};
 
 use crate::predict::{predict, Deployment, DeviceModel, HostModel, Prediction, Workload};
 
@@ -249,9 +246,7 @@ impl SearchSpec {
 
 /// The model and fixed options every evaluation compiles with.
 pub struct Problem {
-    pub model: Model,
-    pub model_dir: Option<std::path::PathBuf>,
-    pub name: String,
+    pub source: Source,
     /// Symbols, fp16, multicast; cores, mos, ols and batch size are set per point.
     pub base: CompileOptions,
     /// The ONNX symbol that is the batch dimension, if any.
@@ -320,25 +315,15 @@ impl Problem {
         // Threads that want the same program wait for the one compiling it.
         cell.get_or_init(|| {
             cache.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let compiled = compile(&self.model, self.model_dir.as_deref(), &self.name, &self.options(c))
-                .map_err(|e| format!("compile: {e}"))?;
-            let bytes = |d: IoDirection| {
-                compiled.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum::<u64>()
-            };
-            Ok(Arc::new(Workload {
-                streams: Arc::new(compiled.lowered.streams),
-                batch: compiled.image.batch_size,
-                input_bytes: bytes(IoDirection::Input),
-                output_bytes: bytes(IoDirection::Output),
-            }))
+            let compiled = self.source.compile(&self.options(c)).map_err(|e| format!("compile: {e}"))?;
+            Ok(Arc::new(Workload::from_compiled(&compiled)))
         })
         .clone()
     }
 
     /// Compiles (cached) and predicts one point.
     pub fn evaluate(&self, c: &Config, objective: Objective) -> Evaluation {
-        let cache =
-            Cache { programs: Mutex::new(HashMap::new()), evaluations: Mutex::new(HashMap::new()), compiles: 0.into() };
+        let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
         self.evaluate_cached(&cache, c, objective)
     }
 
@@ -406,8 +391,7 @@ fn evaluate_all(
 
 /// Searches from every initial value of `spec`.
 pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchResult {
-    let cache =
-        Cache { programs: Mutex::new(HashMap::new()), evaluations: Mutex::new(HashMap::new()), compiles: 0.into() };
+    let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
     let nsp = problem.device.num_nsp;
     let objective = spec.objective;
     let budget_left = |cache: &Cache| spec.max_func_eval.saturating_sub(cache.evaluations.lock().len());
@@ -464,17 +448,4 @@ pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchRes
         .cloned()
         .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
     SearchResult { climbs, best, evaluations, compiles: cache.compiles.load(std::sync::atomic::Ordering::Relaxed) }
-}
-
-/// Reads an ONNX file (or `zoo:NAME`) for a [`Problem`].
-pub fn load_model(source: &str) -> Result<(Model, Option<std::path::PathBuf>, String), String> {
-    if let Some(name) = source.strip_prefix("zoo:") {
-        let model = aicsim_compiler::zoo::model(name).map_err(|e| e.to_string())?;
-        return Ok((model, None, name.to_string()));
-    }
-    let path = Path::new(source);
-    let bytes = std::fs::read(path).map_err(|e| format!("{source}: {e}"))?;
-    let model = aicsim_compiler::onnx::parse_model(&bytes).map_err(|e| format!("{source}: {e}"))?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    Ok((model, path.parent().map(Path::to_path_buf), name))
 }

@@ -13,10 +13,15 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use aicsim_compiler::Compiled;
+use aicsim_device::container::IoDirection;
 use aicsim_device::isa::Op;
 use aicsim_device::memory::HeapMemory;
 use aicsim_device::nsp::{CostModel, NspCore};
 use aicsim_device::scheduler::{ExecMode, Scheduler};
+use aicsim_device::DeviceConfig;
+
+use crate::stats;
 
 /// Host-side costs of one inference, in nanoseconds unless named otherwise. Defaults and
 /// their sources: `docs/calibration.md`.
@@ -69,6 +74,12 @@ pub struct DeviceModel {
     pub num_nsp: u32,
 }
 
+impl From<&DeviceConfig> for DeviceModel {
+    fn from(c: &DeviceConfig) -> DeviceModel {
+        DeviceModel { cost: c.cost, clock_hz: c.clock_hz, num_nsp: c.num_nsp }
+    }
+}
+
 /// A compiled program, as the predictor needs it.
 #[derive(Clone, Debug)]
 pub struct Workload {
@@ -80,6 +91,18 @@ pub struct Workload {
     pub input_bytes: u64,
     /// Bytes the device sends back per inference.
     pub output_bytes: u64,
+}
+
+impl Workload {
+    pub fn from_compiled(c: &Compiled) -> Workload {
+        let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
+        Workload {
+            streams: Arc::new(c.lowered.streams.clone()),
+            batch: c.image.batch_size,
+            input_bytes: bytes(IoDirection::Input),
+            output_bytes: bytes(IoDirection::Output),
+        }
+    }
 }
 
 /// How the workload is deployed, as `aic-runner -a N -S S`.
@@ -100,17 +123,17 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// Percentiles as `aic-runner` reports them ([`stats::percentile`]).
     fn of(mut ms: Vec<f64>) -> Latency {
         if ms.is_empty() {
             return Latency::default();
         }
         ms.sort_by(f64::total_cmp);
-        let at = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
         Latency {
-            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+            mean: stats::mean(&ms),
             min: ms[0],
-            p50: at(0.5),
-            p99: at(0.99),
+            p50: stats::percentile(&ms, 0.5),
+            p99: stats::percentile(&ms, 0.99),
             max: ms[ms.len() - 1],
         }
     }
@@ -129,12 +152,6 @@ pub struct Prediction {
     pub device_exec: Latency,
     /// DDR bytes per second the device moved over the window.
     pub ddr_bytes_per_second: f64,
-    /// Per engine (DMA, HMX, HVX, sync): busy cycles over the measured runs' cycles,
-    /// averaged over cores (HVX summed over its threads).
-    pub engine_busy: [f64; 4],
-    /// Share of the measured runs' core-cycles with nothing in flight (waiting on
-    /// another core or on a hazard).
-    pub stalled: f64,
 }
 
 /// Why there is no prediction.
@@ -242,7 +259,6 @@ pub fn predict(
     let mut host_rt = Vec::new();
     let mut total_rt = Vec::new();
     let mut exec = Vec::new();
-    let (mut busy, mut stalled, mut core_cycles) = ([0.0f64; 4], 0.0f64, 0.0f64);
     // (instance, nth completion, device end ns, samples, DDR bytes)
     let mut completions: Vec<(usize, u32, f64, u64, u64)> = Vec::new();
     loop {
@@ -290,14 +306,6 @@ pub fn predict(
             finished[i] += 1;
             completions.push((i, finished[i], end, u64::from(workload.batch), stats.ddr_bytes));
             if finished[i] > warmup && finished[i] <= per_instance {
-                let span = stats.cycles() as f64 * stats.cores.len() as f64;
-                for c in &stats.cores {
-                    for (e, b) in c.busy.iter().enumerate() {
-                        busy[e] += *b as f64;
-                    }
-                    stalled += c.stall_cycles as f64;
-                }
-                core_cycles += span;
                 host_rt.push((completed - req.enqueue) / 1e6);
                 total_rt.push((done - req.enqueue) / 1e6);
                 exec.push((end - started) / 1e6);
@@ -323,7 +331,5 @@ pub fn predict(
         total_round_trip: Latency::of(total_rt),
         device_exec: Latency::of(exec),
         ddr_bytes_per_second: ddr as f64 / seconds,
-        engine_busy: busy.map(|b| b / core_cycles.max(1.0)),
-        stalled: stalled / core_cycles.max(1.0),
     })
 }

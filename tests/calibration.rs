@@ -3,11 +3,9 @@
 //! on a 14-NSP card, fp16, multicast weights.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use aicsim::predict::{predict, Deployment, DeviceModel, HostModel, Workload};
 use aicsim_compiler::{compile_file, CompileOptions};
-use aicsim_device::container::IoDirection;
 
 fn model() -> Option<PathBuf> {
     let Ok(models) = std::env::var("AICSIM_ONNX_MODELS") else {
@@ -28,14 +26,7 @@ fn workload(path: &Path, cores: u32, mos: u32, ols: u32, bs: u32) -> Workload {
         multicast_weights: true,
         ..CompileOptions::default()
     };
-    let c = compile_file(path, &opts).expect("compiles");
-    let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
-    Workload {
-        streams: Arc::new(c.lowered.streams.clone()),
-        batch: c.image.batch_size,
-        input_bytes: bytes(IoDirection::Input),
-        output_bytes: bytes(IoDirection::Output),
-    }
+    Workload::from_compiled(&compile_file(path, &opts).expect("compiles"))
 }
 
 fn pct(ours: f64, measured: f64) -> f64 {
@@ -51,8 +42,7 @@ fn predictions_match_the_hardware() {
         return;
     }
     let Some(path) = model() else { return };
-    let config = aicsim_device::DeviceConfig { num_nsp: 14, ..aicsim_device::DeviceConfig::default() };
-    let device = DeviceModel { cost: config.cost, clock_hz: config.clock_hz, num_nsp: config.num_nsp };
+    let device = DeviceModel::from(&aicsim_device::DeviceConfig { num_nsp: 14, ..Default::default() });
     let host = HostModel::default();
     // cores, mos, ols, bs, instances, set size, inf/s, host round trip ms, total round trip ms
     type Row = (u32, u32, u32, u32, u32, u32, f64, Option<f64>, Option<f64>);

@@ -183,11 +183,42 @@ pub fn compile(
     Ok(Compiled { image, graph, lowered, replicas, warnings })
 }
 
+/// A parsed model and what compiling it needs besides the options.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub model: Model,
+    /// Where external data files are (the model file's directory).
+    pub dir: Option<std::path::PathBuf>,
+    /// The program's name.
+    pub name: String,
+}
+
+impl Source {
+    /// Reads an ONNX file.
+    pub fn file(path: &Path) -> Result<Source, CompileError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| CompileError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+        Ok(Source {
+            model: parse_model(&bytes)?,
+            dir: path.parent().map(Path::to_path_buf),
+            name: path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+        })
+    }
+
+    /// `zoo:NAME` (a built-in model) or an ONNX file's path.
+    pub fn load(source: &str) -> Result<Source, CompileError> {
+        match source.strip_prefix("zoo:") {
+            Some(name) => Ok(Source { model: crate::zoo::model(name)?, dir: None, name: name.into() }),
+            None => Source::file(Path::new(source)),
+        }
+    }
+
+    pub fn compile(&self, opts: &CompileOptions) -> Result<Compiled, CompileError> {
+        compile(&self.model, self.dir.as_deref(), &self.name, opts)
+    }
+}
+
 /// Reads and compiles an ONNX file (external data is read next to it).
 pub fn compile_file(path: &Path, opts: &CompileOptions) -> Result<Compiled, CompileError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CompileError::Io { path: path.display().to_string(), reason: e.to_string() })?;
-    let model = parse_model(&bytes)?;
-    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    compile(&model, path.parent(), &name, opts)
+    Source::file(path)?.compile(opts)
 }

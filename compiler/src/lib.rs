@@ -20,7 +20,7 @@ pub mod protobuf;
 pub mod shapes;
 pub mod zoo;
 
-pub use compile::{compile, compile_file, CompileOptions, Compiled};
+pub use compile::{compile, compile_file, CompileOptions, Compiled, Source};
 
 /// Why a model does not compile. Every variant names what is wrong and where.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

@@ -69,13 +69,6 @@ pub enum Space {
     Pool = 3,
 }
 
-impl Space {
-    /// Whether DMA reaches it through the activation's address space (DDR or pool).
-    pub fn is_addressed(self) -> bool {
-        matches!(self, Space::Ddr | Space::Pool)
-    }
-}
-
 /// Element type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {

@@ -8,9 +8,9 @@
 
 use std::time::Instant;
 
-use aicsim::configurator::{load_model, search, Objective, Problem, SearchSpec};
+use aicsim::configurator::{search, Objective, Problem, SearchSpec};
 use aicsim::predict::{DeviceModel, HostModel};
-use aicsim_compiler::CompileOptions;
+use aicsim_compiler::{CompileOptions, Source};
 use aicsim_device::DeviceConfig;
 
 const USAGE: &str = "\
@@ -109,19 +109,12 @@ fn run(argv: &[String]) -> Result<(), String> {
     let Some(args) = parse(argv)? else { return Ok(()) };
     let text = std::fs::read_to_string(&args.spec).map_err(|e| format!("{}: {e}", args.spec))?;
     let spec = SearchSpec::parse(&text).map_err(|e| format!("{}: {e}", args.spec))?;
-    let (model, model_dir, name) = load_model(&args.model)?;
-    let device_config = DeviceConfig { num_nsp: 14, ..DeviceConfig::default() };
+    let source = Source::load(&args.model).map_err(|e| e.to_string())?;
     let problem = Problem {
-        model,
-        model_dir,
-        name,
+        source,
         base: args.opts.clone(),
         batch_symbol: args.batch_symbol.clone(),
-        device: DeviceModel {
-            cost: device_config.cost,
-            clock_hz: device_config.clock_hz,
-            num_nsp: device_config.num_nsp,
-        },
+        device: DeviceModel::from(&DeviceConfig { num_nsp: 14, ..DeviceConfig::default() }),
         host: HostModel::default(),
         set_size: args.set_size,
         measured: 6,

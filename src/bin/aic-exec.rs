@@ -10,23 +10,20 @@
 //! Writes `DIR/programqpc.bin` (atomically: a failed compile leaves no file). Errors are
 //! one line on stderr and exit status 2.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aicsim::exec::{parse_exec_args, print_perf_metrics, ExecArgs};
-use aicsim_compiler::{compile, compile_file, zoo, Compiled};
+use aicsim_compiler::Source;
 
 fn run(args: &ExecArgs) -> Result<(), String> {
     let source = args.model.as_deref().ok_or("no model: give -m=<model.onnx> or -m=zoo:<name>")?;
     let dir = args.binary_dir.as_deref().ok_or("no output directory: give -aic-binary-dir=<dir>")?;
-    let compiled: Compiled = if let Some(name) = source.strip_prefix("zoo:") {
-        println!("Reading ONNX Model from built-in zoo model {name}");
-        let model = zoo::model(name).map_err(|e| e.to_string())?;
-        compile(&model, None, name, &args.options).map_err(|e| e.to_string())?
-    } else {
-        println!("Reading ONNX Model from {source}");
-        compile_file(Path::new(source), &args.options).map_err(|e| e.to_string())?
-    };
+    match source.strip_prefix("zoo:") {
+        Some(name) => println!("Reading ONNX Model from built-in zoo model {name}"),
+        None => println!("Reading ONNX Model from {source}"),
+    }
+    let compiled = Source::load(source).and_then(|s| s.compile(&args.options)).map_err(|e| e.to_string())?;
     println!("Compiling model with {} precision.", if args.options.fp16 { "FP16" } else { "FP32" });
     for w in &compiled.warnings {
         eprintln!("Warning: {w}");
