@@ -5,14 +5,20 @@
 //!   then one region per stored value, `replicas` copies back to back so a tensor of
 //!   shape `[N, ...]` replicated R times is the tensor `[R * N, ...]`.
 //! - **Tiles.** Each layer picks tile sizes so that one tile's buffers (weights, input
-//!   rows with their halo, output) fit in half of the VTCM budget: two buffer sets
-//!   alternate, so the DMA of tile i + 1 overlaps the compute of tile i (the device's
-//!   hazard tracking orders the rest). `-mos` divides the budget (smaller tiles, less
-//!   VTCM); `-ols` asks for at least `cores x ols` tiles per layer (finer split).
+//!   rows with their halo, output) fit one buffer set of an eighth of the VTCM (divided
+//!   by `-mos`): two sets alternate, so the DMA of tile i + 1 overlaps the compute of
+//!   tile i (the device's hazard tracking orders the rest). A layer whose smallest tile
+//!   does not fit takes half the VTCM per set. `-ols` asks for at least `cores x ols`
+//!   tiles per layer (finer split).
+//! - **On-chip pool.** The VTCM the tiles leave is the pool: layer outputs stay there
+//!   between layers (ISA `Space::Pool`, no DDR traffic) while all live ones fit
+//!   ([`plan_pool`]); the rest spill to DDR.
 //! - **Cores.** A layer's tiles are dealt to the cores in contiguous runs (so a core
 //!   reuses a weight block across its tiles); every core ends the layer at a barrier.
-//!   With `-multicast-weights`, a layer whose whole weight fits one block has it read
-//!   from DDR once and multicast to every core (core 0 issues it and signals).
+//!   With `-multicast-weights` every weight block is read from DDR once: a block several
+//!   cores use is multicast by its first user (and, when the pool still fits, prefetched
+//!   during the previous layer into slots of its own); otherwise the block count is a
+//!   multiple of the core count, so no two cores read the same block.
 //! - Element-wise chains, transposes and concatenations share one strided "map"
 //!   lowering: operand views with broadcast (stride 0) and permuted strides.
 
@@ -184,9 +190,10 @@ impl<'g> Lowerer<'g> {
         self.g.values[v].elements() as u64
     }
 
+    /// `vtcm_used`: the end of the layer's tile buffers on a core.
     fn end_layer(&mut self, tiles: usize, first_op: &[usize], vtcm_used: u64) {
         self.prev_starts = first_op.to_vec();
-        self.prev_big = vtcm_used > shared_slot(&self.o, 0) && vtcm_used != shared_slot(&self.o, 4);
+        self.prev_big = vtcm_used > shared_slot(&self.o, 0);
         if self.o.cores > 1 {
             for s in &mut self.streams {
                 s.push(Op::Barrier);
@@ -349,9 +356,14 @@ impl<'g> Lowerer<'g> {
         // Nor may a prefetch land in a previous layer whose tiles reach into them.
         let prefetch = slots && self.prev_starts.len() == cores && !self.prev_big;
         let mut prefetched = vec![Vec::new(); cores];
-        let users = |cb: u64| -> Vec<usize> {
-            (0..cores).filter(|&k| tiles[runs[k].clone()].iter().any(|t| t.0 == cb)).collect()
-        };
+        // The cores whose run has tiles of each block (runs are contiguous and tiles
+        // ordered by block, so a run covers the blocks from its first tile's to its last's).
+        let mut users = vec![Vec::new(); if shared { n_co as usize } else { 0 }];
+        for (k, run) in runs.iter().enumerate().filter(|(_, r)| shared && !r.is_empty()) {
+            for cb in tiles[run.start].0..=tiles[run.end - 1].0 {
+                users[cb as usize].push(k);
+            }
+        }
         let load_weights = |ops: &mut Vec<Op>, me: &Self, cb: u64, slot: usize, mask: u64| {
             let co0 = cb * co_t;
             let co_n = co_t.min(co - co0);
@@ -375,7 +387,7 @@ impl<'g> Lowerer<'g> {
             let mut wslot = 1;
             if shared {
                 for cb in 0..n_co {
-                    let users = users(cb);
+                    let users = &users[cb as usize];
                     if users.first() == Some(&core) {
                         let mask = users.iter().fold(0u64, |m, &k| m | 1 << k);
                         if prefetch {
@@ -394,7 +406,7 @@ impl<'g> Lowerer<'g> {
                 if last_cb != Some(cb) {
                     if shared {
                         wslot = cb as usize % 2;
-                        if !prefetch && users(cb).first() != Some(&core) {
+                        if !prefetch && users[cb as usize].first() != Some(&core) {
                             ops.push(Op::Wait { counter: 1 + cb as u8, value: 1 });
                         }
                     } else {
@@ -464,8 +476,10 @@ impl<'g> Lowerer<'g> {
             starts[core] += ops.len();
             self.streams[core].splice(at..at, ops);
         }
-        let used = if slots { shared_slot(&self.o, 4) } else { v.next };
-        self.end_layer(tiles.len(), &starts, used);
+        self.end_layer(tiles.len(), &starts, v.next);
+        if slots {
+            self.vtcm_peak = self.vtcm_peak.max(shared_slot(&self.o, 4));
+        }
         let r = self.reports.last_mut().expect("just reported");
         r.load_bytes += prefetch_bytes;
         r.constant_bytes += prefetch_bytes;
@@ -1295,14 +1309,12 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     }
     // Prefetching shared weight blocks across layers needs slots of their own; they are
     // reserved only if the activations still all stay on chip without that VTCM.
-    let mut pool = plan_pool(g, &o, &stored, 0);
-    let prefetch = o.multicast_weights && o.cores > 1 && {
-        let with_slots = plan_pool(g, &o, &stored, shared_region(&o));
-        with_slots.spilled == 0 && pool.spilled == 0
+    let with_slots = (o.multicast_weights && o.cores > 1).then(|| plan_pool(g, &o, &stored, shared_region(&o)));
+    let prefetch = with_slots.as_ref().is_some_and(|p| p.spilled == 0);
+    let pool = match with_slots {
+        Some(p) if prefetch => p,
+        _ => plan_pool(g, &o, &stored, 0),
     };
-    if prefetch {
-        pool = plan_pool(g, &o, &stored, shared_region(&o));
-    }
     let pool_bases = pool.resident.iter().map(|&v| value_offsets[v]).collect();
     let pool_per_core = pool.peak.div_ceil(u64::from(o.cores));
     let mut l = Lowerer {

@@ -2,15 +2,16 @@
 //! together.
 //!
 //! Each core issues its instructions in program order; an instruction starts when its
-//! engine has room (one DMA, one HMX, [`HVX_THREADS`] HVX threads), no instruction still
+//! engine has room ([`DMA_QUEUES`] DMA transfers, one HMX op, [`HVX_THREADS`] HVX threads), no instruction still
 //! in flight on the core conflicts with it (read-after-write, write-after-read,
 //! write-after-write on overlapping VTCM or DDR bytes), and no sync fence is pending.
 //! Later instructions may start while earlier ones run: DMA of the next tile overlaps
 //! compute on this one.
 //!
-//! DMA transfers are fluid: all transfers in flight on the device share DDR bandwidth
-//! equally, each also capped by its core's DMA rate, so programs on different cores
-//! slow each other down. A multicast transfer reads DDR once.
+//! DMA transfers are fluid: all DDR transfers in flight on the device share the
+//! sustained DDR bandwidth equally, each also capped by its core's DMA rate, so programs
+//! on different cores slow each other down. A multicast transfer reads DDR once.
+//! Transfers to or from the on-chip pool take no DDR share (pool rate only).
 //!
 //! Functional effects happen when an instruction starts: the hazard rules guarantee its
 //! inputs are final and nobody still reads what it overwrites. In timing mode DMA still
@@ -24,7 +25,7 @@ use alloc::vec::Vec;
 use crate::isa::{Op, Space, Tensor, SYNC_COUNTERS};
 use crate::memory::SharedMemory;
 use crate::nsp::kernels::element_offsets;
-use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, HVX_THREADS, OP_CLASSES};
+use crate::nsp::{self, CostModel, Engine, NspCore, DMA_QUEUES, ENGINES, HVX_THREADS, OP_CLASSES};
 
 /// What a run does besides taking device time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -609,7 +610,7 @@ impl Scheduler {
                 let busy = core.in_flight.iter().filter(|f| f.engine == engine).count() as u32;
                 let room = match engine {
                     Engine::Hvx => HVX_THREADS,
-                    Engine::Dma => 2,
+                    Engine::Dma => DMA_QUEUES,
                     _ => 1,
                 };
                 if busy >= room {

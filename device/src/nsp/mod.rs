@@ -1,7 +1,8 @@
 //! One NSP core — its VTCM — and what its engines cost: the named cost parameters, the
 //! engine and op class of every instruction, and the cycles each takes.
 //!
-//! Engines per core: one DMA issue engine, one HMX (matrix) engine, [`HVX_THREADS`] HVX
+//! Engines per core: one DMA issue engine (with [`DMA_QUEUES`] transfers in flight), one
+//! HMX (matrix) engine, [`HVX_THREADS`] HVX
 //! (vector) threads, and the sync unit.
 
 pub mod gemm;
@@ -17,6 +18,10 @@ pub use validate::{validate_stream, Limits, ProgramError, StreamProblem};
 
 /// HVX hardware threads per core (the profiling view shows four).
 pub const HVX_THREADS: u32 = 4;
+
+/// DMA transfers one core may have in flight at once (e.g. a weight prefetch beside the
+/// current tile's loads).
+pub const DMA_QUEUES: u32 = 2;
 
 /// One NSP core.
 pub struct NspCore {
