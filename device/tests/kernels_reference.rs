@@ -307,3 +307,78 @@ proptest! {
         prop_assert_eq!(get(&c, C, to, n), want);
     }
 }
+
+/// Convolutions big enough to be split by output rows across two host threads (and the
+/// f16 form, whose output goes through a buffer), with accumulation, against the plain
+/// loops.
+#[test]
+fn large_convolutions_match_the_reference() {
+    let (xa, wa, ca) = (0u64, 1 << 20, 2 << 20);
+    // ci, co, h, w, k, stride, pad, dilation, groups, dtype, accumulate
+    let cases = [
+        (16, 32, 20, 20, 3, 1, 1, 1, 1, DType::F32, false),
+        (16, 32, 21, 19, 3, 2, 1, 1, 1, DType::F32, true),
+        (8, 64, 17, 23, 3, 1, 2, 2, 1, DType::F32, false),
+        (64, 64, 16, 16, 1, 1, 0, 1, 1, DType::F32, true),
+        (32, 64, 18, 18, 3, 1, 1, 1, 2, DType::F32, false),
+        (16, 32, 20, 20, 3, 1, 1, 1, 1, DType::F16, true),
+    ];
+    for (ci, co, h, w, k, stride, pad, dilation, groups, dtype, accumulate) in cases {
+        let (ci_g, co_g) = (ci / groups, co / groups);
+        let eff = (k - 1) * dilation + 1;
+        let ho = (h + 2 * pad - eff) / stride + 1;
+        let wo = (w + 2 * pad - eff) / stride + 1;
+        let value = |i: u32, salt: u32| {
+            stored(dtype, ((i.wrapping_mul(2654435761).wrapping_add(salt) >> 8) % 2001) as f64 / 1000.0 - 1.0)
+        };
+        let x: Vec<f64> = (0..ci * h * w).map(|i| value(i, 1)).collect();
+        let wt: Vec<f64> = (0..co * ci_g * k * k).map(|i| value(i, 2) / 4.0).collect();
+        let before: Vec<f64> = (0..co * ho * wo).map(|i| value(i, 3)).collect();
+        let mut c = NspCore::new(4 << 20);
+        put(&mut c, xa, dtype, &x);
+        put(&mut c, wa, dtype, &wt);
+        put(&mut c, ca, dtype, &before);
+        let g = ConvGeometry { stride: [stride, stride], pad: [pad, pad], dilation: [dilation, dilation], groups };
+        let op = Op::Conv2d {
+            dst: Tensor::vtcm(ca, dtype, &[co, ho, wo]),
+            input: Tensor::vtcm(xa, dtype, &[ci, h, w]),
+            weight: Tensor::vtcm(wa, dtype, &[co, ci_g, k, k]),
+            geometry: g,
+            accumulate,
+        };
+        compute(c.vtcm_mut(), &op).unwrap();
+        let mut want = vec![0.0; (co * ho * wo) as usize];
+        for oc in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let grp = oc / co_g;
+                    let o = ((oc * ho + oy) * wo + ox) as usize;
+                    let mut acc = if accumulate { before[o] } else { 0.0 };
+                    for icg in 0..ci_g {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * stride + ky * dilation) as i64 - pad as i64;
+                                let ix = (ox * stride + kx * dilation) as i64 - pad as i64;
+                                if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                    continue;
+                                }
+                                let ic = (grp * ci_g + icg) as i64;
+                                acc += x[((ic * h as i64 + iy) * w as i64 + ix) as usize]
+                                    * wt[(((oc * ci_g + icg) * k + ky) * k + kx) as usize];
+                            }
+                        }
+                    }
+                    want[o] = stored(dtype, acc);
+                }
+            }
+        }
+        let got = get(&c, ca, dtype, want.len());
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let tol = if dtype == DType::F32 { 1e-5 } else { 2f64.powi(-9) };
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{ci}x{co} k{k} s{stride} g{groups} {dtype:?}: element {i}: got {g} want {w}"
+            );
+        }
+    }
+}

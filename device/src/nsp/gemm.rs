@@ -1,25 +1,67 @@
 //! HMX numerics: matrix multiply and 2-D convolution (as im2col + matrix multiply).
 //!
-//! Float tiles run through `matrixmultiply::sgemm` on packed f32 copies of the
-//! operands (f16 inputs widen exactly; the result rounds once when it is written back,
-//! as an f32-accumulating HMX would); int8 tiles accumulate in i32 exactly.
-// The one place the device crate needs unsafe: sgemm takes raw pointers.
+//! Float tiles run through `matrixmultiply::sgemm`: packed aligned f32 operands are
+//! read where they lie in VTCM, others are widened into f32 copies first (f16 widens
+//! exactly; the result rounds once when it is written back, as an f32-accumulating HMX
+//! would); int8 tiles accumulate in i32 exactly. With the `std` feature a large
+//! convolution is split by output rows between the calling thread and one helper thread
+//! (the simulator's functional speed; device time does not depend on it).
+// The one place the device crate needs unsafe: sgemm takes raw pointers, and the two
+// halves of a split convolution write disjoint columns of one output.
 #![allow(unsafe_code)]
 
+use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use super::kernels::{gather_f32, gather_i32, scatter_f32, scatter_i32};
-use crate::isa::{ConvGeometry, Tensor};
+use crate::isa::{ConvGeometry, DType, Tensor};
 
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, all packed row-major.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm operand too short");
+    assert!(c.len() >= m * n, "sgemm output too short");
+    sgemm_into(m, k, n, a, b, n, beta, Out { ptr: c.as_mut_ptr(), len: c.len() }, 0, n);
+}
+
+/// A row-major output matrix two threads write disjoint columns of.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `Out` is only handed to `sgemm_into`, whose callers give each thread its own
+// columns; the pointer is valid for `len` elements for as long as the split runs.
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+
+/// `c[m x n] = a[m x k] * b[k x n] + beta * c` where `b` has row stride `ldb` and `c`
+/// is columns `col..col + n` of `out`, whose row stride is `ldc`.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_into(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    beta: f32,
+    out: Out,
+    col: usize,
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the asserts above make every index the row-major strides reach lie inside
-    // the slices; `c` is exclusively borrowed and does not alias `a` or `b`.
+    let last = |rows: usize, ld: usize, cols: usize| (rows - 1) * ld + cols;
+    assert!(a.len() >= m * k, "sgemm operand too short");
+    assert!(k == 0 || b.len() >= last(k, ldb, n), "sgemm operand too short");
+    assert!(col + n <= ldc && out.len >= col + last(m, ldc, n), "sgemm output too short");
+    // SAFETY: the asserts above make every index the strides reach lie inside `a`, `b`
+    // and `out`; `out` does not alias `a` or `b` (it is VTCM the operands are not in, or
+    // a buffer of its own), and no other thread writes columns `col..col + n` of it.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -30,11 +72,11 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &
             k as isize,
             1,
             b.as_ptr(),
-            n as isize,
+            ldb as isize,
             1,
             beta,
-            c.as_mut_ptr(),
-            n as isize,
+            out.ptr.add(col),
+            ldc as isize,
             1,
         );
     }
@@ -56,62 +98,122 @@ pub fn igemm(m: usize, k: usize, n: usize, a: &[i32], b: &[i32], c: &mut [i32]) 
     }
 }
 
+/// Byte range of `t` in `vtcm` if it is packed f32 at a 4-byte-aligned address.
+fn f32_range(vtcm: &[u8], t: &Tensor) -> Option<Range<usize>> {
+    let start = usize::try_from(t.offset).ok()?;
+    let end = start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?;
+    let aligned = (vtcm.as_ptr() as usize).wrapping_add(start) % 4 == 0;
+    (t.dtype == DType::F32 && t.is_contiguous() && aligned && end <= vtcm.len()).then_some(start..end)
+}
+
+/// An operand's values: borrowed from `bytes` (which start at VTCM offset `base`) when
+/// they are packed aligned f32 there, gathered otherwise.
+fn operand<'a>(bytes: &'a [u8], base: usize, t: &Tensor) -> Option<Cow<'a, [f32]>> {
+    let mut local = *t;
+    local.offset = t.offset.checked_sub(base as u64)?;
+    let r = f32_range(bytes, &local)?;
+    Some(Cow::Borrowed(bytemuck::cast_slice(&bytes[r])))
+}
+
+/// Runs `kernel(a, b, beta, c)` on the f32 values of an HMX op's operands and output.
+/// Operands that are packed aligned f32 outside the output's bytes are borrowed from
+/// VTCM, the rest gathered (widened) first; a packed aligned f32 output is written in
+/// place, any other goes through a buffer.
+fn with_f32<K>(vtcm: &mut [u8], dst: &Tensor, a: &Tensor, b: &Tensor, accumulate: bool, kernel: K) -> Option<()>
+where
+    K: FnOnce(&[f32], &[f32], f32, &mut [f32]),
+{
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    let Some(out) = f32_range(vtcm, dst) else {
+        let whole = &*vtcm;
+        let get = |t: &Tensor| operand(whole, 0, t).or_else(|| gather_f32(whole, t).map(Cow::Owned));
+        let (x, y) = (get(a)?, get(b)?);
+        let mut c = if accumulate { gather_f32(whole, dst)? } else { vec![0.0; usize::try_from(dst.elements()).ok()?] };
+        kernel(&x, &y, beta, &mut c);
+        drop((x, y));
+        return scatter_f32(vtcm, dst, &c);
+    };
+    // What cannot be borrowed beside the output is gathered while VTCM is still whole.
+    let gather = |t: &Tensor| match f32_range(vtcm, t) {
+        Some(r) if r.end <= out.start || r.start >= out.end => Some(None),
+        _ => gather_f32(vtcm, t).map(Some),
+    };
+    let (xo, yo) = (gather(a)?, gather(b)?);
+    let (below, rest) = vtcm.split_at_mut(out.start);
+    let (c, above) = rest.split_at_mut(out.end - out.start);
+    let (below, above) = (&*below, &*above);
+    let view = |t: &Tensor, owned: Option<Vec<f32>>| match owned {
+        Some(v) => Some(Cow::Owned(v)),
+        None => operand(below, 0, t).or_else(|| operand(above, out.end, t)),
+    };
+    let (x, y) = (view(a, xo)?, view(b, yo)?);
+    kernel(&x, &y, beta, bytemuck::cast_slice_mut(c));
+    Some(())
+}
+
 pub(crate) fn matmul(vtcm: &mut [u8], dst: &Tensor, a: &Tensor, b: &Tensor, accumulate: bool) -> Option<()> {
     let (m, k, n) = (a.shape[0] as usize, a.shape[1] as usize, b.shape[1] as usize);
     if a.dtype.is_float() {
-        let (x, y) = (gather_f32(vtcm, a)?, gather_f32(vtcm, b)?);
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        if let Some(c) = super::kernels::f32_view(vtcm, dst) {
-            sgemm(m, k, n, &x, &y, beta, c);
-            return Some(());
-        }
-        let mut c = if accumulate { gather_f32(vtcm, dst)? } else { vec![0.0; m * n] };
-        sgemm(m, k, n, &x, &y, beta, &mut c);
-        scatter_f32(vtcm, dst, &c)
-    } else {
-        let (x, y) = (gather_i32(vtcm, a)?, gather_i32(vtcm, b)?);
-        let mut c = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; m * n] };
-        igemm(m, k, n, &x, &y, &mut c);
-        scatter_i32(vtcm, dst, &c)
+        return with_f32(vtcm, dst, a, b, accumulate, |x, y, beta, c| sgemm(m, k, n, x, y, beta, c));
     }
+    let (x, y) = (gather_i32(vtcm, a)?, gather_i32(vtcm, b)?);
+    let mut c = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; m * n] };
+    igemm(m, k, n, &x, &y, &mut c);
+    scatter_i32(vtcm, dst, &c)
 }
 
-/// Lays out the receptive fields of one group as columns: `[ci * kh * kw, ho * wo]`.
+/// Lays out the receptive fields of output rows `oy` of one group as columns:
+/// `[ci * kh * kw, oy.len() * wo]`. Padding stays zero.
 fn im2col<T: Copy + Default>(
     input: &[T],
     [ci0, ci_n]: [usize; 2],
     [h, w]: [usize; 2],
     [kh, kw]: [usize; 2],
-    [ho, wo]: [usize; 2],
+    oy: Range<usize>,
+    wo: usize,
     g: &ConvGeometry,
 ) -> Vec<T> {
     let (sh, sw) = (g.stride[0] as usize, g.stride[1] as usize);
     let (ph, pw) = (g.pad[0] as usize, g.pad[1] as usize);
     let (dh, dw) = (g.dilation[0] as usize, g.dilation[1] as usize);
-    let mut cols = vec![T::default(); ci_n * kh * kw * ho * wo];
-    let mut row = 0;
+    let n = oy.len() * wo;
+    let mut cols = vec![T::default(); ci_n * kh * kw * n];
+    let mut rows = cols.chunks_exact_mut(n.max(1));
     for c in ci0..ci0 + ci_n {
+        let plane = &input[c * h * w..(c + 1) * h * w];
         for ky in 0..kh {
             for kx in 0..kw {
-                let out = &mut cols[row * ho * wo..(row + 1) * ho * wo];
-                for oy in 0..ho {
-                    let y = (oy * sh + ky * dh).wrapping_sub(ph);
+                let Some(out) = rows.next() else { return cols };
+                // Output columns whose input column x = ox * sw + kx * dw - pw is inside.
+                let off = kx * dw;
+                let lo = if off >= pw { 0 } else { (pw - off).div_ceil(sw) }.min(wo);
+                let hi = if w + pw > off { ((w + pw - off - 1) / sw + 1).min(wo) } else { 0 };
+                if lo >= hi {
+                    continue;
+                }
+                let x0 = lo * sw + off - pw;
+                for (i, o) in oy.clone().enumerate() {
+                    let y = (o * sh + ky * dh).wrapping_sub(ph);
                     if y >= h {
                         continue;
                     }
-                    for ox in 0..wo {
-                        let x = (ox * sw + kx * dw).wrapping_sub(pw);
-                        if x < w {
-                            out[oy * wo + ox] = input[(c * h + y) * w + x];
-                        }
+                    let src = &plane[y * w..(y + 1) * w];
+                    let dst = &mut out[i * wo + lo..i * wo + hi];
+                    if sw == 1 {
+                        dst.copy_from_slice(&src[x0..x0 + (hi - lo)]);
+                    } else {
+                        dst.iter_mut().enumerate().for_each(|(j, d)| *d = src[x0 + j * sw]);
                     }
                 }
-                row += 1;
             }
         }
     }
     cols
 }
+
+/// Work (multiply-adds) below which splitting a convolution across threads costs more
+/// than it saves.
+const SPLIT_MACS: usize = 1 << 20;
 
 pub(crate) fn conv2d(
     vtcm: &mut [u8],
@@ -129,40 +231,161 @@ pub(crate) fn conv2d(
     let k = ci_g * kh * kw;
     let plane = ho * wo;
     if input.dtype.is_float() {
-        let (x, wt) = (gather_f32(vtcm, input)?, gather_f32(vtcm, weight)?);
         // A 1x1, stride-1, unpadded convolution is a plain matrix product: the input
         // planes already are the columns.
         let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && g.pad == [0, 0] && (ho, wo) == (h, w);
-        let beta = if accumulate { 1.0 } else { 0.0 };
-        let run = |out: &mut [f32]| {
+        return with_f32(vtcm, dst, input, weight, accumulate, |x, wt, beta, out| {
+            let out_all = Out { ptr: out.as_mut_ptr(), len: out.len() };
             for grp in 0..groups {
-                let owned;
-                let cols: &[f32] = if pointwise {
-                    &x[grp * ci_g * plane..(grp + 1) * ci_g * plane]
-                } else {
-                    owned = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], [ho, wo], g);
-                    &owned
-                };
                 let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
-                sgemm(co_g, k, plane, wg, cols, beta, &mut out[grp * co_g * plane..(grp + 1) * co_g * plane]);
+                let og = Out { ptr: out_all.ptr.wrapping_add(grp * co_g * plane), len: co_g * plane };
+                assert!(out_all.len >= (grp + 1) * co_g * plane, "conv output too short");
+                // Output rows `rows` of this group: columns rows.start * wo.. of `og`.
+                let part = |rows: Range<usize>| {
+                    let n = rows.len() * wo;
+                    if pointwise {
+                        let b = &x[grp * ci_g * plane + rows.start * wo..];
+                        sgemm_into(co_g, k, n, wg, b, plane, beta, og, rows.start * wo, plane);
+                    } else {
+                        let cols = im2col(x, [grp * ci_g, ci_g], [h, w], [kh, kw], rows.clone(), wo, g);
+                        sgemm_into(co_g, k, n, wg, &cols, n, beta, og, rows.start * wo, plane);
+                    }
+                };
+                if ho >= 2 && co_g * k * plane >= SPLIT_MACS {
+                    let mid = ho / 2;
+                    join(|| part(0..mid), || part(mid..ho));
+                } else {
+                    part(0..ho);
+                }
             }
+        });
+    }
+    let (x, wt) = (gather_i32(vtcm, input)?, gather_i32(vtcm, weight)?);
+    let mut out = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; co * plane] };
+    for grp in 0..groups {
+        let cols = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], 0..ho, wo, g);
+        let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
+        igemm(co_g, k, plane, wg, &cols, &mut out[grp * co_g * plane..(grp + 1) * co_g * plane]);
+    }
+    scatter_i32(vtcm, dst, &out)
+}
+
+/// Runs `a` here and `b` on the helper thread, and returns when both have finished.
+#[cfg(feature = "std")]
+fn join<A: FnOnce(), B: FnOnce() + Send>(a: A, b: B) {
+    helper::join(a, b)
+}
+
+/// Without threads both halves run here.
+#[cfg(not(feature = "std"))]
+fn join<A: FnOnce(), B: FnOnce()>(a: A, b: B) {
+    a();
+    b();
+}
+
+/// One persistent helper thread per process for the second half of split kernels. A
+/// caller that finds it busy (another device's thread is using it) runs both halves
+/// itself.
+#[cfg(feature = "std")]
+mod helper {
+    extern crate std;
+    use alloc::boxed::Box;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+
+    type Job = Box<dyn FnOnce() + Send + 'static>;
+
+    #[derive(Default)]
+    struct Slot {
+        job: Option<Job>,
+        done: bool,
+        panicked: bool,
+    }
+
+    #[derive(Default)]
+    struct Helper {
+        slot: Mutex<Slot>,
+        changed: Condvar,
+        /// Held by the caller whose job the helper runs.
+        owner: Mutex<()>,
+    }
+
+    impl Helper {
+        fn slot(&self) -> MutexGuard<'_, Slot> {
+            self.slot.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        fn serve(&self) {
+            loop {
+                let job = {
+                    let mut s = self.slot();
+                    loop {
+                        if let Some(job) = s.job.take() {
+                            break job;
+                        }
+                        s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                    }
+                };
+                let panicked = catch_unwind(AssertUnwindSafe(job)).is_err();
+                let mut s = self.slot();
+                s.done = true;
+                s.panicked = panicked;
+                drop(s);
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn helper() -> Option<&'static Helper> {
+        static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();
+        *HELPER.get_or_init(|| {
+            if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+                return None;
+            }
+            let h: &'static Helper = Box::leak(Box::default());
+            std::thread::Builder::new().name("aicsim-hmx".into()).spawn(move || h.serve()).ok()?;
+            Some(h)
+        })
+    }
+
+    /// Waits for the helper to finish the job it was given.
+    struct Finish(&'static Helper);
+
+    impl Drop for Finish {
+        fn drop(&mut self) {
+            let mut s = self.0.slot();
+            while !s.done {
+                s = self.0.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    pub(super) fn join<A: FnOnce(), B: FnOnce() + Send>(a: A, b: B) {
+        let Some(h) = helper() else {
+            a();
+            b();
+            return;
         };
-        // Straight into VTCM when the output is packed f32; otherwise through a buffer.
-        if let Some(out) = super::kernels::f32_view(vtcm, dst) {
-            run(out);
-            return Some(());
+        let Ok(_owner) = h.owner.try_lock() else {
+            a();
+            b();
+            return;
+        };
+        let job: Box<dyn FnOnce() + Send + '_> = Box::new(b);
+        // SAFETY: only the lifetime changes. The job borrows from this frame, and
+        // `Finish` (dropped before this frame is left, by return or by unwinding) waits
+        // until the helper has run it to the end.
+        let job: Job = unsafe { core::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+        {
+            let mut s = h.slot();
+            s.done = false;
+            s.panicked = false;
+            s.job = Some(job);
         }
-        let mut out = if accumulate { gather_f32(vtcm, dst)? } else { vec![0.0; co * plane] };
-        run(&mut out);
-        scatter_f32(vtcm, dst, &out)
-    } else {
-        let (x, wt) = (gather_i32(vtcm, input)?, gather_i32(vtcm, weight)?);
-        let mut out = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; co * plane] };
-        for grp in 0..groups {
-            let cols = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], [ho, wo], g);
-            let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
-            igemm(co_g, k, plane, wg, &cols, &mut out[grp * co_g * plane..(grp + 1) * co_g * plane]);
-        }
-        scatter_i32(vtcm, dst, &out)
+        h.changed.notify_all();
+        let finish = Finish(h);
+        a();
+        drop(finish);
+        assert!(!h.slot().panicked, "the helper thread's half of a split kernel panicked");
     }
 }

@@ -286,15 +286,6 @@ fn in_place(t: &Tensor) -> bool {
     t.dtype == DType::F32 && t.is_contiguous() && t.offset.is_multiple_of(4)
 }
 
-/// A packed aligned f32 tensor as a mutable slice of VTCM, if it is one.
-pub(crate) fn f32_view<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
-    if in_place(t) {
-        f32_slice(vtcm, t)
-    } else {
-        None
-    }
-}
-
 /// A packed aligned f32 tensor as a mutable slice of VTCM.
 fn f32_slice<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
     let start = usize::try_from(t.offset).ok()?;
