@@ -727,9 +727,19 @@ fn dma_in<M: SharedMemory>(
     vtcm_bytes: u64,
 ) -> Option<()> {
     if let [core] = targets {
-        if src.is_contiguous() && dst.is_contiguous() {
+        if dst.is_contiguous() {
+            // Straight into VTCM, one read per contiguous run of the source.
             let vtcm = nsps.get_mut(*core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
-            return mem.read(ddr_base + src.offset, vtcm.get_mut(vtcm_range(dst)?)?).ok();
+            let into = vtcm.get_mut(vtcm_range(dst)?)?;
+            if src.is_contiguous() {
+                return mem.read(ddr_base + src.offset, into).ok();
+            }
+            let mut pos = 0;
+            return for_each_run(src, |at, len| {
+                mem.read(ddr_base + at, into.get_mut(pos..pos + len)?).ok()?;
+                pos += len;
+                Some(())
+            });
         }
     }
     let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
@@ -754,8 +764,18 @@ fn dma_in<M: SharedMemory>(
 
 /// VTCM -> DDR.
 fn dma_out<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, dst: &Tensor, vtcm: &[u8]) -> Option<()> {
-    if src.is_contiguous() && dst.is_contiguous() {
-        return mem.write(ddr_base + dst.offset, vtcm.get(vtcm_range(src)?)?).ok();
+    if src.is_contiguous() {
+        // Straight from VTCM, one write per contiguous run of the destination.
+        let from = vtcm.get(vtcm_range(src)?)?;
+        if dst.is_contiguous() {
+            return mem.write(ddr_base + dst.offset, from).ok();
+        }
+        let mut pos = 0;
+        return for_each_run(dst, |at, len| {
+            mem.write(ddr_base + at, from.get(pos..pos + len)?).ok()?;
+            pos += len;
+            Some(())
+        });
     }
     let mut packed = Vec::with_capacity(usize::try_from(src.packed_bytes()).ok()?);
     for_each_run(src, |at, len| {

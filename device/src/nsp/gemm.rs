@@ -285,15 +285,22 @@ fn join<A: FnOnce(), B: FnOnce()>(a: A, b: B) {
 
 /// One persistent helper thread per process for the second half of split kernels. A
 /// caller that finds it busy (another device's thread is using it) runs both halves
-/// itself.
+/// itself. Both sides spin briefly before sleeping: split kernels come every few tens
+/// of microseconds, and waking a sleeping thread can take longer than that (notably on
+/// virtual machines).
 #[cfg(feature = "std")]
 mod helper {
     extern crate std;
     use alloc::boxed::Box;
+    use core::sync::atomic::{AtomicBool, Ordering};
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+    use std::time::{Duration, Instant};
 
     type Job = Box<dyn FnOnce() + Send + 'static>;
+
+    /// How long either side spins before it sleeps.
+    const SPIN: Duration = Duration::from_millis(2);
 
     #[derive(Default)]
     struct Slot {
@@ -306,8 +313,28 @@ mod helper {
     struct Helper {
         slot: Mutex<Slot>,
         changed: Condvar,
+        /// A job is waiting in the slot.
+        posted: AtomicBool,
+        /// The last job has finished.
+        finished: AtomicBool,
         /// Held by the caller whose job the helper runs.
         owner: Mutex<()>,
+    }
+
+    /// Spins until `flag` is set or [`SPIN`] has passed; whether it was set.
+    fn spin_until(flag: &AtomicBool) -> bool {
+        let start = Instant::now();
+        loop {
+            for _ in 0..64 {
+                if flag.load(Ordering::Acquire) {
+                    return true;
+                }
+                core::hint::spin_loop();
+            }
+            if start.elapsed() > SPIN {
+                return false;
+            }
+        }
     }
 
     impl Helper {
@@ -315,22 +342,30 @@ mod helper {
             self.slot.lock().unwrap_or_else(|e| e.into_inner())
         }
 
+        fn wait<'a>(&self, s: MutexGuard<'a, Slot>) -> MutexGuard<'a, Slot> {
+            self.changed.wait(s).unwrap_or_else(|e| e.into_inner())
+        }
+
         fn serve(&self) {
             loop {
+                spin_until(&self.posted);
                 let job = {
                     let mut s = self.slot();
                     loop {
                         if let Some(job) = s.job.take() {
                             break job;
                         }
-                        s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                        s = self.wait(s);
                     }
                 };
+                self.posted.store(false, Ordering::Relaxed);
                 let panicked = catch_unwind(AssertUnwindSafe(job)).is_err();
-                let mut s = self.slot();
-                s.done = true;
-                s.panicked = panicked;
-                drop(s);
+                {
+                    let mut s = self.slot();
+                    s.done = true;
+                    s.panicked = panicked;
+                }
+                self.finished.store(true, Ordering::Release);
                 self.changed.notify_all();
             }
         }
@@ -353,9 +388,10 @@ mod helper {
 
     impl Drop for Finish {
         fn drop(&mut self) {
+            spin_until(&self.0.finished);
             let mut s = self.0.slot();
             while !s.done {
-                s = self.0.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                s = self.0.wait(s);
             }
         }
     }
@@ -382,6 +418,8 @@ mod helper {
             s.panicked = false;
             s.job = Some(job);
         }
+        h.finished.store(false, Ordering::Relaxed);
+        h.posted.store(true, Ordering::Release);
         h.changed.notify_all();
         let finish = Finish(h);
         a();
