@@ -322,6 +322,9 @@ fn large_convolutions_match_the_reference() {
         (64, 64, 16, 16, 1, 1, 0, 1, 1, DType::F32, true),
         (32, 64, 18, 18, 3, 1, 1, 1, 2, DType::F32, false),
         (16, 32, 20, 20, 3, 1, 1, 1, 1, DType::F16, true),
+        // More output channels than pixels: split by channels.
+        (256, 128, 8, 8, 1, 1, 0, 1, 1, DType::F32, true),
+        (64, 128, 6, 6, 3, 1, 1, 1, 1, DType::F32, false),
     ];
     for (ci, co, h, w, k, stride, pad, dilation, groups, dtype, accumulate) in cases {
         let (ci_g, co_g) = (ci / groups, co / groups);

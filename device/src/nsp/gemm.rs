@@ -240,6 +240,29 @@ pub(crate) fn conv2d(
                 let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
                 let og = Out { ptr: out_all.ptr.wrapping_add(grp * co_g * plane), len: co_g * plane };
                 assert!(out_all.len >= (grp + 1) * co_g * plane, "conv output too short");
+                let big = co_g * k * plane >= SPLIT_MACS;
+                // Both halves pack their whole share of the weights and of the columns.
+                // Splitting output rows repeats the weights' packing (co_g x k) but also
+                // halves im2col; splitting output channels repeats the columns' packing
+                // (k x plane, and im2col runs before the split).
+                let im2col_cost = if pointwise { 1 } else { 2 };
+                if big && co_g >= 32 && co_g > im2col_cost * plane {
+                    let owned;
+                    let (b, ldb): (&[f32], usize) = if pointwise {
+                        (&x[grp * ci_g * plane..], plane)
+                    } else {
+                        owned = im2col(x, [grp * ci_g, ci_g], [h, w], [kh, kw], 0..ho, wo, g);
+                        (&owned, plane)
+                    };
+                    let mid = co_g / 2;
+                    let low = Out { ptr: og.ptr, len: mid * plane };
+                    let high = Out { ptr: og.ptr.wrapping_add(mid * plane), len: (co_g - mid) * plane };
+                    join(
+                        || sgemm_into(mid, k, plane, &wg[..mid * k], b, ldb, beta, low, 0, plane),
+                        || sgemm_into(co_g - mid, k, plane, &wg[mid * k..], b, ldb, beta, high, 0, plane),
+                    );
+                    continue;
+                }
                 // Output rows `rows` of this group: columns rows.start * wo.. of `og`.
                 let part = |rows: Range<usize>| {
                     let n = rows.len() * wo;
@@ -251,7 +274,7 @@ pub(crate) fn conv2d(
                         sgemm_into(co_g, k, n, wg, &cols, n, beta, og, rows.start * wo, plane);
                     }
                 };
-                if ho >= 2 && co_g * k * plane >= SPLIT_MACS {
+                if big && ho >= 2 {
                     let mid = ho / 2;
                     join(|| part(0..mid), || part(mid..ho));
                 } else {
