@@ -302,10 +302,24 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             scatter_i32(vtcm, &dst, &out)
         }
         Op::Binary { kind, dst, a, b } if dst == a && in_place(&dst) => {
-            // The common fused form `acc = acc op b`: only b is gathered.
-            let y = gather_f32(vtcm, &b)?;
+            // The common fused form `acc = acc op b`: only b is gathered, and of a b
+            // broadcast over trailing dimensions (a bias) only one value per block.
+            let rank = usize::from(b.rank);
+            let outer = (0..=rank).rev().find(|&d| d == 0 || b.strides[d - 1] != 0).unwrap_or(0);
+            let inner: usize = b.shape[outer..rank].iter().map(|&n| n as usize).product();
+            let mut values = b;
+            values.rank = outer.max(1) as u8;
+            if outer == 0 {
+                (values.shape[0], values.strides[0]) = (1, 1);
+            }
+            let y = gather_f32(vtcm, &values)?;
             let acc = f32_slice(vtcm, &dst)?;
-            acc.iter_mut().zip(&y).for_each(|(x, &y)| *x = binary_f32(kind, *x, y));
+            if acc.len() != y.len() * inner {
+                return None;
+            }
+            for (block, &y) in acc.chunks_exact_mut(inner.max(1)).zip(&y) {
+                block.iter_mut().for_each(|x| *x = binary_f32(kind, *x, y));
+            }
             Some(())
         }
         Op::Binary { kind, dst, a, b } => {
