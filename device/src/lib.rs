@@ -2,8 +2,11 @@
 //! formats, the device's memory map, its semaphores, the firmware that services the
 //! request rings, the NSP cores that run programs, and the program container format.
 //!
-//! It is `no_std` + `alloc` (the `std` feature only adds `std::error::Error` impls) and
-//! contains no `unsafe`: everything the device shares with the host is reached through
+//! It is `no_std` + `alloc` (the `std` feature adds `std::error::Error` impls,
+//! matrixmultiply's runtime-detected AVX-512 kernels and one helper thread that takes
+//! half of a large functional convolution). Its only `unsafe` is in `nsp::gemm` (raw
+//! pointers into matrix products, and the helper's borrowed job); everything the device
+//! shares with the host is reached through
 //! the offset-addressed [`memory::SharedMemory`] trait, which the kernel-driver
 //! simulator implements over a real shared mapping. The device never forms a reference
 //! into shared memory; every value it reads from there is copied out, validated, and
