@@ -213,7 +213,7 @@ fn im2col<T: Copy + Default>(
 
 /// Work (multiply-adds) below which splitting a convolution across threads costs more
 /// than it saves.
-const SPLIT_MACS: usize = 1 << 20;
+const SPLIT_MACS: usize = 1 << 18;
 
 pub(crate) fn conv2d(
     vtcm: &mut [u8],
