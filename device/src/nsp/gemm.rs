@@ -4,8 +4,9 @@
 //! read where they lie in VTCM, others are widened into f32 copies first (f16 widens
 //! exactly; the result rounds once when it is written back, as an f32-accumulating HMX
 //! would); int8 tiles accumulate in i32 exactly. With the `std` feature a large
-//! convolution is split by output rows between the calling thread and one helper thread
-//! (the simulator's functional speed; device time does not depend on it).
+//! convolution is split by output rows or output channels between the calling thread
+//! and one helper thread (the simulator's functional speed; device time does not depend
+//! on it).
 // The one place the device crate needs unsafe: sgemm takes raw pointers, and the two
 // halves of a split convolution write disjoint columns of one output.
 #![allow(unsafe_code)]
@@ -15,8 +16,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use super::kernels::{gather_f32, gather_i32, scatter_f32, scatter_i32};
-use crate::isa::{ConvGeometry, DType, Tensor};
+use super::kernels::{f32_range, gather_f32, gather_i32, scatter_f32, scatter_i32};
+use crate::isa::{ConvGeometry, Tensor};
 
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, all packed row-major.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
@@ -96,14 +97,6 @@ pub fn igemm(m: usize, k: usize, n: usize, a: &[i32], b: &[i32], c: &mut [i32]) 
             }
         }
     }
-}
-
-/// Byte range of `t` in `vtcm` if it is packed f32 at a 4-byte-aligned address.
-fn f32_range(vtcm: &[u8], t: &Tensor) -> Option<Range<usize>> {
-    let start = usize::try_from(t.offset).ok()?;
-    let end = start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?;
-    let aligned = (vtcm.as_ptr() as usize).wrapping_add(start) % 4 == 0;
-    (t.dtype == DType::F32 && t.is_contiguous() && aligned && end <= vtcm.len()).then_some(start..end)
 }
 
 /// An operand's values: borrowed from `bytes` (which start at VTCM offset `base`) when
@@ -238,8 +231,8 @@ pub(crate) fn conv2d(
             let out_all = Out { ptr: out.as_mut_ptr(), len: out.len() };
             for grp in 0..groups {
                 let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
-                let og = Out { ptr: out_all.ptr.wrapping_add(grp * co_g * plane), len: co_g * plane };
                 assert!(out_all.len >= (grp + 1) * co_g * plane, "conv output too short");
+                let og = Out { ptr: out_all.ptr.wrapping_add(grp * co_g * plane), len: co_g * plane };
                 let big = co_g * k * plane >= SPLIT_MACS;
                 // Both halves pack their whole share of the weights and of the columns.
                 // Splitting output rows repeats the weights' packing (co_g x k) but also
@@ -247,19 +240,20 @@ pub(crate) fn conv2d(
                 // (k x plane, and im2col runs before the split).
                 let im2col_cost = if pointwise { 1 } else { 2 };
                 if big && co_g >= 32 && co_g > im2col_cost * plane {
+                    // The columns, `[k, plane]` either way.
                     let owned;
-                    let (b, ldb): (&[f32], usize) = if pointwise {
-                        (&x[grp * ci_g * plane..], plane)
+                    let b: &[f32] = if pointwise {
+                        &x[grp * ci_g * plane..]
                     } else {
                         owned = im2col(x, [grp * ci_g, ci_g], [h, w], [kh, kw], 0..ho, wo, g);
-                        (&owned, plane)
+                        &owned
                     };
                     let mid = co_g / 2;
                     let low = Out { ptr: og.ptr, len: mid * plane };
                     let high = Out { ptr: og.ptr.wrapping_add(mid * plane), len: (co_g - mid) * plane };
                     join(
-                        || sgemm_into(mid, k, plane, &wg[..mid * k], b, ldb, beta, low, 0, plane),
-                        || sgemm_into(co_g - mid, k, plane, &wg[mid * k..], b, ldb, beta, high, 0, plane),
+                        || sgemm_into(mid, k, plane, &wg[..mid * k], b, plane, beta, low, 0, plane),
+                        || sgemm_into(co_g - mid, k, plane, &wg[mid * k..], b, plane, beta, high, 0, plane),
                     );
                     continue;
                 }

@@ -286,11 +286,18 @@ fn in_place(t: &Tensor) -> bool {
     t.dtype == DType::F32 && t.is_contiguous() && t.offset.is_multiple_of(4)
 }
 
+/// Byte range of `t` in `vtcm` if it is packed f32 at a 4-byte-aligned address.
+pub(crate) fn f32_range(vtcm: &[u8], t: &Tensor) -> Option<core::ops::Range<usize>> {
+    let start = usize::try_from(t.offset).ok()?;
+    let end = start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?;
+    let aligned = (vtcm.as_ptr() as usize).wrapping_add(start) % 4 == 0;
+    (t.dtype == DType::F32 && t.is_contiguous() && aligned && end <= vtcm.len()).then_some(start..end)
+}
+
 /// A packed aligned f32 tensor as a mutable slice of VTCM.
 fn f32_slice<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
-    let start = usize::try_from(t.offset).ok()?;
-    let raw = vtcm.get_mut(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)?;
-    bytemuck::try_cast_slice_mut(raw).ok()
+    let r = f32_range(vtcm, t)?;
+    Some(bytemuck::cast_slice_mut(&mut vtcm[r]))
 }
 
 /// Runs one compute op (anything but DMA, sync and End) on `vtcm`.
