@@ -211,6 +211,9 @@ impl Shapes {
                     return Err(fail(format!("{} input channels, weight takes {} x {group} groups", x[1], w[1])));
                 }
                 let kernel = node.attr_ints("kernel_shape").unwrap_or_else(|| w[2..].to_vec());
+                if kernel[..] != w[2..] {
+                    return Err(fail(format!("kernel_shape {kernel:?} does not match weight {w:?}")));
+                }
                 self.spatial(node, &x, &kernel, spatial, w[0], false)?
             }
             "MaxPool" | "AveragePool" => {

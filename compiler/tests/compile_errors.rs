@@ -34,6 +34,20 @@ fn a_shape_mismatch_names_the_node() {
     assert!(e.contains(&m.graph.nodes[0].name) && e.contains("input channels"), "{e}");
 }
 
+/// The weight's own kernel, not only the attribute, must be a real window (a proptest
+/// mutation once made a weight's kernel 0 x 7 under `kernel_shape` [7, 7] and the
+/// lowering overflowed).
+#[test]
+fn a_kernel_shape_that_disagrees_with_the_weight_names_the_node() {
+    let mut m = zoo::resnet50();
+    let node = &mut m.graph.nodes[0];
+    let kernel = node.attributes.iter_mut().find(|a| a.name == "kernel_shape").expect("the zoo conv names its kernel");
+    kernel.value = aicsim_compiler::onnx::AttributeValue::Ints(vec![5, 5]);
+    let name = node.name.clone();
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("does not match weight"), "{e}");
+}
+
 #[test]
 fn an_unsupported_operator_names_type_node_and_opset() {
     let mut m = zoo::mobilenet_v2();
