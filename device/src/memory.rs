@@ -54,6 +54,12 @@ pub trait SharedMemory {
     fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
     /// Wakes whoever sleeps on the 32-bit word at `offset` (a futex wake).
     fn wake(&self, offset: u64);
+    /// This memory as one that several threads may `read` and `write` at once (on
+    /// disjoint ranges), if it is: the device then spreads large transfers over its
+    /// helper thread ([`crate::parallel`]). None by default.
+    fn concurrent(&self) -> Option<&(dyn SharedMemory + Sync)> {
+        None
+    }
 }
 
 /// A single-threaded [`SharedMemory`] over a heap buffer, for tests and tools that

@@ -21,11 +21,13 @@
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::isa::{Op, Space, Tensor, SYNC_COUNTERS};
 use crate::memory::SharedMemory;
 use crate::nsp::kernels::element_offsets;
 use crate::nsp::{self, CostModel, Engine, NspCore, DMA_QUEUES, ENGINES, HVX_THREADS, OP_CLASSES};
+use crate::parallel;
 
 /// What a run does besides taking device time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -693,11 +695,12 @@ fn vtcm_range(t: &Tensor) -> Option<core::ops::Range<usize>> {
     Some(start..start.checked_add(usize::try_from(t.packed_bytes()).ok()?)?)
 }
 
-/// Calls `f(byte offset, byte length)` for the tensor's bytes in logical order, one call
-/// per run of contiguous trailing dimensions (a whole tile row, plane or tensor at once).
-fn for_each_run(t: &Tensor, mut f: impl FnMut(u64, usize) -> Option<()>) -> Option<()> {
+/// The tensor's bytes in logical order as runs of contiguous trailing dimensions (a
+/// whole tile row, plane or tensor at once): the byte offset of every run, and the
+/// length they all have.
+fn runs(t: &Tensor) -> Option<(Vec<u64>, usize)> {
     if t.elements() == 0 {
-        return Some(());
+        return Some((Vec::new(), 0));
     }
     let rank = t.rank as usize;
     let mut outer = *t;
@@ -710,10 +713,77 @@ fn for_each_run(t: &Tensor, mut f: impl FnMut(u64, usize) -> Option<()>) -> Opti
         outer.shape[d] = 1;
     }
     let len = usize::try_from(run * t.dtype.bytes()).ok()?;
-    for at in element_offsets(&outer) {
-        f(at, len)?;
+    Some((element_offsets(&outer).collect(), len))
+}
+
+/// Transfers at least this long are spread over the helper thread when the memory
+/// allows it ([`SharedMemory::concurrent`]), in pieces of [`COPY_PIECE`] bytes.
+const PARALLEL_COPY: usize = 128 << 10;
+const COPY_PIECE: usize = 32 << 10;
+
+/// Calls `f(byte offset, part)` for the parts of the packed byte range `range` of a
+/// tensor whose runs start at `offsets` and are `len` bytes long: where each part lies
+/// in the tensor, and where in the packed bytes.
+fn segments(
+    offsets: &[u64],
+    len: usize,
+    range: core::ops::Range<usize>,
+    mut f: impl FnMut(u64, core::ops::Range<usize>) -> Option<()>,
+) -> Option<()> {
+    let mut at = range.start;
+    while at < range.end {
+        let (run, within) = (at / len, at % len);
+        let n = (len - within).min(range.end - at);
+        f(offsets.get(run)? + within as u64, at..at + n)?;
+        at += n;
     }
     Some(())
+}
+
+/// The DDR tensor `src` (at `ddr_base`) -> its packed bytes `into`.
+fn read_ddr<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, into: &mut [u8]) -> Option<()> {
+    let (offsets, len) = runs(src)?;
+    if into.len() != offsets.len() * len {
+        return None;
+    }
+    match mem.concurrent() {
+        Some(m) if into.len() >= PARALLEL_COPY => {
+            let failed = AtomicBool::new(false);
+            parallel::for_each_chunk_mut(into, COPY_PIECE, &|i, part| {
+                let start = i * COPY_PIECE;
+                let ok = segments(&offsets, len, start..start + part.len(), |at, r| {
+                    m.read(ddr_base + at, part.get_mut(r.start - start..r.end - start)?).ok()
+                });
+                if ok.is_none() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            });
+            (!failed.into_inner()).then_some(())
+        }
+        _ => segments(&offsets, len, 0..into.len(), |at, r| mem.read(ddr_base + at, into.get_mut(r)?).ok()),
+    }
+}
+
+/// Packed bytes `from` -> the DDR tensor `dst` (at `ddr_base`).
+fn write_ddr<M: SharedMemory>(mem: &M, ddr_base: u64, dst: &Tensor, from: &[u8]) -> Option<()> {
+    let (offsets, len) = runs(dst)?;
+    if from.len() != offsets.len() * len {
+        return None;
+    }
+    match mem.concurrent() {
+        Some(m) if from.len() >= PARALLEL_COPY => {
+            let failed = AtomicBool::new(false);
+            parallel::for_each(from.len().div_ceil(COPY_PIECE), &|i| {
+                let piece = i * COPY_PIECE..((i + 1) * COPY_PIECE).min(from.len());
+                let ok = segments(&offsets, len, piece, |at, r| m.write(ddr_base + at, from.get(r)?).ok());
+                if ok.is_none() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            });
+            (!failed.into_inner()).then_some(())
+        }
+        _ => segments(&offsets, len, 0..from.len(), |at, r| mem.write(ddr_base + at, from.get(r)?).ok()),
+    }
 }
 
 /// DDR -> VTCM of every target core; DDR is read once.
@@ -728,34 +798,19 @@ fn dma_in<M: SharedMemory>(
 ) -> Option<()> {
     if let [core] = targets {
         if dst.is_contiguous() {
-            // Straight into VTCM, one read per contiguous run of the source.
+            // Straight into VTCM.
             let vtcm = nsps.get_mut(*core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
-            let into = vtcm.get_mut(vtcm_range(dst)?)?;
-            if src.is_contiguous() {
-                return mem.read(ddr_base + src.offset, into).ok();
-            }
-            let mut pos = 0;
-            return for_each_run(src, |at, len| {
-                mem.read(ddr_base + at, into.get_mut(pos..pos + len)?).ok()?;
-                pos += len;
-                Some(())
-            });
+            return read_ddr(mem, ddr_base, src, vtcm.get_mut(vtcm_range(dst)?)?);
         }
     }
     let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
-    let mut pos = 0;
-    for_each_run(src, |at, len| {
-        mem.read(ddr_base + at, packed.get_mut(pos..pos + len)?).ok()?;
-        pos += len;
-        Some(())
-    })?;
+    read_ddr(mem, ddr_base, src, &mut packed)?;
+    let (offsets, len) = runs(dst)?;
     for &core in targets {
         let vtcm = nsps.get_mut(core as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes)).vtcm_mut();
-        let mut pos = 0;
-        for_each_run(dst, |at, len| {
+        segments(&offsets, len, 0..packed.len(), |at, r| {
             let at = usize::try_from(at).ok()?;
-            vtcm.get_mut(at..at.checked_add(len)?)?.copy_from_slice(packed.get(pos..pos + len)?);
-            pos += len;
+            vtcm.get_mut(at..at.checked_add(r.len())?)?.copy_from_slice(packed.get(r)?);
             Some(())
         })?;
     }
@@ -765,28 +820,15 @@ fn dma_in<M: SharedMemory>(
 /// VTCM -> DDR.
 fn dma_out<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, dst: &Tensor, vtcm: &[u8]) -> Option<()> {
     if src.is_contiguous() {
-        // Straight from VTCM, one write per contiguous run of the destination.
-        let from = vtcm.get(vtcm_range(src)?)?;
-        if dst.is_contiguous() {
-            return mem.write(ddr_base + dst.offset, from).ok();
-        }
-        let mut pos = 0;
-        return for_each_run(dst, |at, len| {
-            mem.write(ddr_base + at, from.get(pos..pos + len)?).ok()?;
-            pos += len;
-            Some(())
-        });
+        // Straight from VTCM.
+        return write_ddr(mem, ddr_base, dst, vtcm.get(vtcm_range(src)?)?);
     }
-    let mut packed = Vec::with_capacity(usize::try_from(src.packed_bytes()).ok()?);
-    for_each_run(src, |at, len| {
+    let (offsets, len) = runs(src)?;
+    let mut packed = vec![0u8; usize::try_from(src.packed_bytes()).ok()?];
+    segments(&offsets, len, 0..packed.len(), |at, r| {
         let at = usize::try_from(at).ok()?;
-        packed.extend_from_slice(vtcm.get(at..at.checked_add(len)?)?);
+        packed.get_mut(r.clone())?.copy_from_slice(vtcm.get(at..at.checked_add(r.len())?)?);
         Some(())
     })?;
-    let mut pos = 0;
-    for_each_run(dst, |at, len| {
-        mem.write(ddr_base + at, packed.get(pos..pos + len)?).ok()?;
-        pos += len;
-        Some(())
-    })
+    write_ddr(mem, ddr_base, dst, &packed)
 }

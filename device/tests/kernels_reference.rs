@@ -310,9 +310,9 @@ proptest! {
     }
 }
 
-/// Convolutions big enough to be split by output rows across two host threads (and the
-/// f16 form, whose output goes through a buffer), with accumulation, against the plain
-/// loops.
+/// Convolutions big enough to be cut into pieces for two host threads, by output rows
+/// or by output channels (and the f16 form, whose output goes through a buffer), with
+/// accumulation, against the plain loops.
 #[test]
 fn large_convolutions_match_the_reference() {
     let (xa, wa, ca) = (0u64, 1 << 20, 2 << 20);
@@ -327,6 +327,9 @@ fn large_convolutions_match_the_reference() {
         // More output channels than pixels: split by channels.
         (256, 128, 8, 8, 1, 1, 0, 1, 1, DType::F32, true),
         (64, 128, 6, 6, 3, 1, 1, 1, 1, DType::F32, false),
+        // Columns laid out on two threads, a few channels per piece, the last piece short.
+        (200, 128, 7, 7, 3, 1, 1, 1, 1, DType::F32, true),
+        (96, 128, 12, 12, 3, 2, 1, 1, 1, DType::F32, false),
     ];
     for (ci, co, h, w, k, stride, pad, dilation, groups, dtype, accumulate) in cases {
         let (ci_g, co_g) = (ci / groups, co / groups);
@@ -384,6 +387,48 @@ fn large_convolutions_match_the_reference() {
                 (g - w).abs() <= tol * w.abs().max(1.0),
                 "{ci}x{co} k{k} s{stride} g{groups} {dtype:?}: element {i}: got {g} want {w}"
             );
+        }
+    }
+}
+
+/// Element-wise ops big enough to be cut into pieces for two host threads, in the
+/// in-place forms the compiler emits (activation, bias broadcast over the plane,
+/// residual add), against the plain loops.
+#[test]
+fn large_in_place_elementwise_ops_match_the_reference() {
+    let (ch, plane) = (67u32, 1999u32);
+    let n = (ch * plane) as usize;
+    let value =
+        |i: usize, salt: usize| ((i.wrapping_mul(2654435761).wrapping_add(salt) >> 7) % 2001) as f64 / 500.0 - 2.0;
+    let x: Vec<f64> = (0..n).map(|i| stored(DType::F32, value(i, 1))).collect();
+    let bias: Vec<f64> = (0..ch as usize).map(|i| stored(DType::F32, value(i, 2))).collect();
+    let other: Vec<f64> = (0..n).map(|i| stored(DType::F32, value(i, 3))).collect();
+    let (xa, ba) = (0u64, 1u64 << 20);
+    let acc = Tensor::vtcm(xa, DType::F32, &[ch, plane]);
+    let f32_of = |v: f64| v as f32 as f64;
+    // (op, what the element becomes)
+    let relu = Op::Unary { kind: UnaryKind::Relu, dst: acc, src: acc };
+    let sigmoid = Op::Unary { kind: UnaryKind::Sigmoid, dst: acc, src: acc };
+    let bias_view = Tensor::vtcm(ba, DType::F32, &[ch, plane]).with_strides(&[1, 0]);
+    let add_bias = Op::Binary { kind: BinaryKind::Add, dst: acc, a: acc, b: bias_view };
+    let residual =
+        Op::Binary { kind: BinaryKind::Mul, dst: acc, a: acc, b: Tensor::vtcm(ba, DType::F32, &[ch, plane]) };
+    type Case<'a> = (Op, &'a [f64], Box<dyn Fn(usize, f64) -> f64 + 'a>);
+    let cases: [Case; 4] = [
+        (relu, &[], Box::new(|_, v: f64| v.max(0.0))),
+        (sigmoid, &[], Box::new(|_, v: f64| 1.0 / (1.0 + (-v).exp()))),
+        (add_bias, &bias, Box::new(|i, v| f32_of(v + bias[i / plane as usize]))),
+        (residual, &other, Box::new(|i, v| f32_of(v * other[i]))),
+    ];
+    for (op, b, f) in cases {
+        let mut c = NspCore::new(2 << 20);
+        put(&mut c, xa, DType::F32, &x);
+        put(&mut c, ba, DType::F32, b);
+        compute(c.vtcm_mut(), &op).unwrap();
+        let want: Vec<f64> = x.iter().enumerate().map(|(i, &v)| f(i, v)).collect();
+        let got = get(&c, xa, DType::F32, n);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{op:?}: element {i}: got {g} want {w}");
         }
     }
 }

@@ -98,6 +98,10 @@ impl SharedMemory for SharedRegion {
         self.size
     }
 
+    fn concurrent(&self) -> Option<&(dyn SharedMemory + Sync)> {
+        Some(self)
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
         check_range(offset, buf.len() as u64, self.size)?;
         // SAFETY: the source range is inside the mapping (checked) and `buf` is a

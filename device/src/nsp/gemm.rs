@@ -3,12 +3,11 @@
 //! Float tiles run through `matrixmultiply::sgemm`: packed aligned f32 operands are
 //! read where they lie in VTCM, others are widened into f32 copies first (f16 widens
 //! exactly; the result rounds once when it is written back, as an f32-accumulating HMX
-//! would); int8 tiles accumulate in i32 exactly. With the `std` feature a large
-//! convolution is split by output rows or output channels between the calling thread
-//! and one helper thread (the simulator's functional speed; device time does not depend
-//! on it).
-// The one place the device crate needs unsafe: sgemm takes raw pointers, and the two
-// halves of a split convolution write disjoint columns of one output.
+//! would); int8 tiles accumulate in i32 exactly. A large convolution is cut by output
+//! rows or output channels into pieces that [`crate::parallel`] spreads over two
+//! threads (the simulator's functional speed; device time does not depend on it).
+// Unsafe here: sgemm takes raw pointers, and the pieces of a split convolution write
+// disjoint parts of one output.
 #![allow(unsafe_code)]
 
 use alloc::borrow::Cow;
@@ -18,6 +17,7 @@ use core::ops::Range;
 
 use super::kernels::{f32_range, gather_f32, gather_i32, scatter_f32, scatter_i32};
 use crate::isa::{ConvGeometry, Tensor};
+use crate::parallel;
 
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, all packed row-major.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
@@ -30,6 +30,14 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &
 struct Out {
     ptr: *mut f32,
     len: usize,
+}
+
+impl Out {
+    /// Elements `start..start + len` of this output.
+    fn part(&self, start: usize, len: usize) -> Out {
+        assert!(start + len <= self.len, "output part out of range");
+        Out { ptr: self.ptr.wrapping_add(start), len }
+    }
 }
 
 // SAFETY: `Out` is only handed to `sgemm_into`, whose callers give each thread its own
@@ -159,24 +167,40 @@ pub(crate) fn matmul(vtcm: &mut [u8], dst: &Tensor, a: &Tensor, b: &Tensor, accu
 /// `[ci * kh * kw, oy.len() * wo]`. Padding stays zero.
 fn im2col<T: Copy + Default>(
     input: &[T],
+    channels: [usize; 2],
+    hw: [usize; 2],
+    khw: [usize; 2],
+    oy: Range<usize>,
+    wo: usize,
+    g: &ConvGeometry,
+) -> Vec<T> {
+    let mut cols = vec![T::default(); channels[1] * khw[0] * khw[1] * oy.len() * wo];
+    im2col_into(input, channels, hw, khw, oy, wo, g, &mut cols);
+    cols
+}
+
+/// [`im2col`] into `cols`, which is zero where padding falls.
+#[allow(clippy::too_many_arguments)]
+fn im2col_into<T: Copy>(
+    input: &[T],
     [ci0, ci_n]: [usize; 2],
     [h, w]: [usize; 2],
     [kh, kw]: [usize; 2],
     oy: Range<usize>,
     wo: usize,
     g: &ConvGeometry,
-) -> Vec<T> {
+    cols: &mut [T],
+) {
     let (sh, sw) = (g.stride[0] as usize, g.stride[1] as usize);
     let (ph, pw) = (g.pad[0] as usize, g.pad[1] as usize);
     let (dh, dw) = (g.dilation[0] as usize, g.dilation[1] as usize);
     let n = oy.len() * wo;
-    let mut cols = vec![T::default(); ci_n * kh * kw * n];
     let mut rows = cols.chunks_exact_mut(n.max(1));
     for c in ci0..ci0 + ci_n {
         let plane = &input[c * h * w..(c + 1) * h * w];
         for ky in 0..kh {
             for kx in 0..kw {
-                let Some(out) = rows.next() else { return cols };
+                let Some(out) = rows.next() else { return };
                 // Output columns whose input column x = ox * sw + kx * dw - pw is inside.
                 let off = kx * dw;
                 let lo = if off >= pw { 0 } else { (pw - off).div_ceil(sw) }.min(wo);
@@ -201,12 +225,18 @@ fn im2col<T: Copy + Default>(
             }
         }
     }
-    cols
 }
 
 /// Work (multiply-adds) below which splitting a convolution across threads costs more
 /// than it saves.
 const SPLIT_MACS: usize = 1 << 18;
+
+/// Pieces a split convolution is cut into: more balance the two threads' shares (one
+/// may start late), fewer pack each operand fewer times.
+const PIECES: usize = 2;
+
+/// Elements of im2col's columns per piece when they are laid out on two threads.
+const COLS_PIECE: usize = 16 << 10;
 
 pub(crate) fn conv2d(
     vtcm: &mut [u8],
@@ -231,12 +261,11 @@ pub(crate) fn conv2d(
             let out_all = Out { ptr: out.as_mut_ptr(), len: out.len() };
             for grp in 0..groups {
                 let wg = &wt[grp * co_g * k..(grp + 1) * co_g * k];
-                assert!(out_all.len >= (grp + 1) * co_g * plane, "conv output too short");
-                let og = Out { ptr: out_all.ptr.wrapping_add(grp * co_g * plane), len: co_g * plane };
+                let og = out_all.part(grp * co_g * plane, co_g * plane);
                 let big = co_g * k * plane >= SPLIT_MACS;
-                // Both halves pack their whole share of the weights and of the columns.
+                // Every piece packs its own share of the weights and of the columns.
                 // Splitting output rows repeats the weights' packing (co_g x k) but also
-                // halves im2col; splitting output channels repeats the columns' packing
+                // splits im2col; splitting output channels repeats the columns' packing
                 // (k x plane, and im2col runs before the split).
                 let im2col_cost = if pointwise { 1 } else { 2 };
                 if big && co_g >= 32 && co_g > im2col_cost * plane {
@@ -245,16 +274,22 @@ pub(crate) fn conv2d(
                     let b: &[f32] = if pointwise {
                         &x[grp * ci_g * plane..]
                     } else {
-                        owned = im2col(x, [grp * ci_g, ci_g], [h, w], [kh, kw], 0..ho, wo, g);
+                        // Laid out on both threads, a few input channels per piece.
+                        let mut cols = vec![0.0; k * plane];
+                        let per = (COLS_PIECE / (kh * kw * plane)).max(1);
+                        parallel::for_each_chunk_mut(&mut cols, per * kh * kw * plane, &|i, part| {
+                            let channels = [grp * ci_g + i * per, part.len() / (kh * kw * plane)];
+                            im2col_into(x, channels, [h, w], [kh, kw], 0..ho, wo, g, part);
+                        });
+                        owned = cols;
                         &owned
                     };
-                    let mid = co_g / 2;
-                    let low = Out { ptr: og.ptr, len: mid * plane };
-                    let high = Out { ptr: og.ptr.wrapping_add(mid * plane), len: (co_g - mid) * plane };
-                    join(
-                        || sgemm_into(mid, k, plane, &wg[..mid * k], b, plane, beta, low, 0, plane),
-                        || sgemm_into(co_g - mid, k, plane, &wg[mid * k..], b, plane, beta, high, 0, plane),
-                    );
+                    let per = co_g.div_ceil(PIECES).next_multiple_of(16);
+                    parallel::for_each(co_g.div_ceil(per), &|i| {
+                        let c = i * per..((i + 1) * per).min(co_g);
+                        let out = og.part(c.start * plane, c.len() * plane);
+                        sgemm_into(c.len(), k, plane, &wg[c.start * k..c.end * k], b, plane, beta, out, 0, plane);
+                    });
                     continue;
                 }
                 // Output rows `rows` of this group: columns rows.start * wo.. of `og`.
@@ -269,8 +304,8 @@ pub(crate) fn conv2d(
                     }
                 };
                 if big && ho >= 2 {
-                    let mid = ho / 2;
-                    join(|| part(0..mid), || part(mid..ho));
+                    let per = ho.div_ceil(PIECES);
+                    parallel::for_each(ho.div_ceil(per), &|i| part(i * per..((i + 1) * per).min(ho)));
                 } else {
                     part(0..ho);
                 }
@@ -285,162 +320,4 @@ pub(crate) fn conv2d(
         igemm(co_g, k, plane, wg, &cols, &mut out[grp * co_g * plane..(grp + 1) * co_g * plane]);
     }
     scatter_i32(vtcm, dst, &out)
-}
-
-/// Runs `a` here and `b` on the helper thread, and returns when both have finished.
-#[cfg(feature = "std")]
-fn join<A: FnOnce(), B: FnOnce() + Send>(a: A, b: B) {
-    helper::join(a, b)
-}
-
-/// Without threads both halves run here.
-#[cfg(not(feature = "std"))]
-fn join<A: FnOnce(), B: FnOnce()>(a: A, b: B) {
-    a();
-    b();
-}
-
-/// One persistent helper thread per process for the second half of split kernels. A
-/// caller that finds it busy (another device's thread is using it) runs both halves
-/// itself. Both sides spin briefly before sleeping: split kernels come every few tens
-/// of microseconds, and waking a sleeping thread can take longer than that (notably on
-/// virtual machines).
-#[cfg(feature = "std")]
-mod helper {
-    extern crate std;
-    use alloc::boxed::Box;
-    use core::sync::atomic::{AtomicBool, Ordering};
-    use std::panic::{catch_unwind, AssertUnwindSafe};
-    use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-    use std::time::{Duration, Instant};
-
-    type Job = Box<dyn FnOnce() + Send + 'static>;
-
-    /// How long either side spins before it sleeps.
-    const SPIN: Duration = Duration::from_millis(2);
-
-    #[derive(Default)]
-    struct Slot {
-        job: Option<Job>,
-        done: bool,
-        panicked: bool,
-    }
-
-    #[derive(Default)]
-    struct Helper {
-        slot: Mutex<Slot>,
-        changed: Condvar,
-        /// A job is waiting in the slot.
-        posted: AtomicBool,
-        /// The last job has finished.
-        finished: AtomicBool,
-        /// Held by the caller whose job the helper runs.
-        owner: Mutex<()>,
-    }
-
-    /// Spins until `flag` is set or [`SPIN`] has passed; whether it was set.
-    fn spin_until(flag: &AtomicBool) -> bool {
-        let start = Instant::now();
-        loop {
-            for _ in 0..64 {
-                if flag.load(Ordering::Acquire) {
-                    return true;
-                }
-                core::hint::spin_loop();
-            }
-            if start.elapsed() > SPIN {
-                return false;
-            }
-        }
-    }
-
-    impl Helper {
-        fn slot(&self) -> MutexGuard<'_, Slot> {
-            self.slot.lock().unwrap_or_else(|e| e.into_inner())
-        }
-
-        fn wait<'a>(&self, s: MutexGuard<'a, Slot>) -> MutexGuard<'a, Slot> {
-            self.changed.wait(s).unwrap_or_else(|e| e.into_inner())
-        }
-
-        fn serve(&self) {
-            loop {
-                spin_until(&self.posted);
-                let job = {
-                    let mut s = self.slot();
-                    loop {
-                        if let Some(job) = s.job.take() {
-                            break job;
-                        }
-                        s = self.wait(s);
-                    }
-                };
-                self.posted.store(false, Ordering::Relaxed);
-                let panicked = catch_unwind(AssertUnwindSafe(job)).is_err();
-                {
-                    let mut s = self.slot();
-                    s.done = true;
-                    s.panicked = panicked;
-                }
-                self.finished.store(true, Ordering::Release);
-                self.changed.notify_all();
-            }
-        }
-    }
-
-    fn helper() -> Option<&'static Helper> {
-        static HELPER: OnceLock<Option<&'static Helper>> = OnceLock::new();
-        *HELPER.get_or_init(|| {
-            if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-                return None;
-            }
-            let h: &'static Helper = Box::leak(Box::default());
-            std::thread::Builder::new().name("aicsim-hmx".into()).spawn(move || h.serve()).ok()?;
-            Some(h)
-        })
-    }
-
-    /// Waits for the helper to finish the job it was given.
-    struct Finish(&'static Helper);
-
-    impl Drop for Finish {
-        fn drop(&mut self) {
-            spin_until(&self.0.finished);
-            let mut s = self.0.slot();
-            while !s.done {
-                s = self.0.wait(s);
-            }
-        }
-    }
-
-    pub(super) fn join<A: FnOnce(), B: FnOnce() + Send>(a: A, b: B) {
-        let Some(h) = helper() else {
-            a();
-            b();
-            return;
-        };
-        let Ok(_owner) = h.owner.try_lock() else {
-            a();
-            b();
-            return;
-        };
-        let job: Box<dyn FnOnce() + Send + '_> = Box::new(b);
-        // SAFETY: only the lifetime changes. The job borrows from this frame, and
-        // `Finish` (dropped before this frame is left, by return or by unwinding) waits
-        // until the helper has run it to the end.
-        let job: Job = unsafe { core::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
-        {
-            let mut s = h.slot();
-            s.done = false;
-            s.panicked = false;
-            s.job = Some(job);
-        }
-        h.finished.store(false, Ordering::Relaxed);
-        h.posted.store(true, Ordering::Release);
-        h.changed.notify_all();
-        let finish = Finish(h);
-        a();
-        drop(finish);
-        assert!(!h.slot().panicked, "the helper thread's half of a split kernel panicked");
-    }
 }

@@ -300,6 +300,19 @@ fn f32_slice<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
     Some(bytemuck::cast_slice_mut(&mut vtcm[r]))
 }
 
+/// Elements per piece of an element-wise op spread over two threads.
+const PIECE: usize = 16 << 10;
+
+/// `f(i, piece)` for the pieces of `values` of `piece` elements: on two threads
+/// ([`crate::parallel`]) when there are at least four.
+fn for_pieces(values: &mut [f32], piece: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    if values.len() >= 4 * piece {
+        crate::parallel::for_each_chunk_mut(values, piece, f);
+    } else {
+        f(0, values);
+    }
+}
+
 /// Runs one compute op (anything but DMA, sync and End) on `vtcm`.
 pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
     match *op {
@@ -324,9 +337,13 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             if acc.len() != y.len() * inner {
                 return None;
             }
-            for (block, &y) in acc.chunks_exact_mut(inner.max(1)).zip(&y) {
-                block.iter_mut().for_each(|x| *x = binary_f32(kind, *x, y));
-            }
+            let inner = inner.max(1);
+            let per = (PIECE / inner).max(1);
+            for_pieces(acc, per * inner, &|i, part| {
+                for (block, &y) in part.chunks_exact_mut(inner).zip(&y[i * per..]) {
+                    block.iter_mut().for_each(|x| *x = binary_f32(kind, *x, y));
+                }
+            });
             Some(())
         }
         Op::Binary { kind, dst, a, b } => {
@@ -339,7 +356,7 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             scatter_i32(vtcm, &dst, &v)
         }
         Op::Unary { kind, dst, src } if dst == src && in_place(&dst) => {
-            f32_slice(vtcm, &dst)?.iter_mut().for_each(|x| *x = unary(kind, *x));
+            for_pieces(f32_slice(vtcm, &dst)?, PIECE, &|_, part| part.iter_mut().for_each(|x| *x = unary(kind, *x)));
             Some(())
         }
         Op::Unary { kind, dst, src } => {
