@@ -718,8 +718,8 @@ fn runs(t: &Tensor) -> Option<(Vec<u64>, usize)> {
 
 /// Transfers at least this long are spread over the helper thread when the memory
 /// allows it ([`SharedMemory::concurrent`]), in pieces of [`COPY_PIECE`] bytes.
-const PARALLEL_COPY: usize = 128 << 10;
-const COPY_PIECE: usize = 32 << 10;
+const PARALLEL_COPY: usize = 64 << 10;
+const COPY_PIECE: usize = 16 << 10;
 
 /// Calls `f(byte offset, part)` for the parts of the packed byte range `range` of a
 /// tensor whose runs start at `offsets` and are `len` bytes long: where each part lies

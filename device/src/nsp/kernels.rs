@@ -301,12 +301,12 @@ fn f32_slice<'a>(vtcm: &'a mut [u8], t: &Tensor) -> Option<&'a mut [f32]> {
 }
 
 /// Elements per piece of an element-wise op spread over two threads.
-const PIECE: usize = 16 << 10;
+const PIECE: usize = 8 << 10;
 
 /// `f(i, piece)` for the pieces of `values` of `piece` elements: on two threads
-/// ([`crate::parallel`]) when there are at least four.
+/// ([`crate::parallel`]) when there are at least two.
 fn for_pieces(values: &mut [f32], piece: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
-    if values.len() >= 4 * piece {
+    if values.len() >= 2 * piece {
         crate::parallel::for_each_chunk_mut(values, piece, f);
     } else {
         f(0, values);
