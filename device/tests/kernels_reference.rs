@@ -432,3 +432,69 @@ fn large_in_place_elementwise_ops_match_the_reference() {
         }
     }
 }
+
+/// The im2col layouts a convolution keeps for the next output-channel block are reused
+/// only for the same input values: changing one input value in place, or the weights,
+/// between two runs of the same op gives the reference result every time.
+#[test]
+fn convolutions_over_a_changed_input_are_recomputed() {
+    let (ci, co, h, w, k) = (24u32, 40u32, 15u32, 13u32, 3u32);
+    let (xa, wa, ca) = (0u64, 1 << 20, 2 << 20);
+    let value = |i: u32, salt: u32| ((i.wrapping_mul(2654435761).wrapping_add(salt) >> 8) % 2001) as f64 / 1000.0 - 1.0;
+    let mut x: Vec<f64> = (0..ci * h * w).map(|i| stored(DType::F32, value(i, 1))).collect();
+    let mut wt: Vec<f64> = (0..co * ci * k * k).map(|i| stored(DType::F32, value(i, 2) / 4.0)).collect();
+    let g = ConvGeometry { stride: [1, 1], pad: [1, 1], dilation: [1, 1], groups: 1 };
+    let op = Op::Conv2d {
+        dst: Tensor::vtcm(ca, DType::F32, &[co, h, w]),
+        input: Tensor::vtcm(xa, DType::F32, &[ci, h, w]),
+        weight: Tensor::vtcm(wa, DType::F32, &[co, ci, k, k]),
+        geometry: g,
+        accumulate: false,
+    };
+    let reference = |x: &[f64], wt: &[f64]| {
+        let mut out = vec![0.0; (co * h * w) as usize];
+        for oc in 0..co as i64 {
+            for oy in 0..h as i64 {
+                for ox in 0..w as i64 {
+                    let mut acc = 0.0;
+                    for ic in 0..ci as i64 {
+                        for ky in 0..k as i64 {
+                            for kx in 0..k as i64 {
+                                let (iy, ix) = (oy + ky - 1, ox + kx - 1);
+                                if iy >= 0 && ix >= 0 && iy < h as i64 && ix < w as i64 {
+                                    acc += x[((ic * h as i64 + iy) * w as i64 + ix) as usize]
+                                        * wt[(((oc * ci as i64 + ic) * k as i64 + ky) * k as i64 + kx) as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[((oc * h as i64 + oy) * w as i64 + ox) as usize] = acc;
+                }
+            }
+        }
+        out
+    };
+    let mut c = NspCore::new(4 << 20);
+    put(&mut c, wa, DType::F32, &wt);
+    for step in 0..6 {
+        match step {
+            // A value in the middle of the input, then back.
+            2 => x[(5 * h * w + 7 * w + 6) as usize] = 3.5,
+            3 => x[(5 * h * w + 7 * w + 6) as usize] = stored(DType::F32, value(5 * h * w + 7 * w + 6, 1)),
+            // The last value (padding-adjacent), and new weights over the same input.
+            4 => *x.last_mut().unwrap() = -2.25,
+            5 => {
+                wt.iter_mut().for_each(|v| *v = -*v);
+                put(&mut c, wa, DType::F32, &wt);
+            }
+            _ => {}
+        }
+        put(&mut c, xa, DType::F32, &x);
+        compute(c.vtcm_mut(), &op).unwrap();
+        let want = reference(&x, &wt);
+        let got = get(&c, ca, DType::F32, want.len());
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "step {step}: element {i}: got {g} want {w}");
+        }
+    }
+}

@@ -168,6 +168,8 @@ pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
 }
 
+// Inlined so that a loop over a constant kind compiles to that kind's code alone.
+#[inline(always)]
 pub(crate) fn unary(kind: UnaryKind, x: f32) -> f32 {
     match kind {
         UnaryKind::Relu => x.max(0.0),
@@ -185,6 +187,7 @@ pub(crate) fn unary(kind: UnaryKind, x: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 pub(crate) fn binary_f32(kind: BinaryKind, a: f32, b: f32) -> f32 {
     match kind {
         BinaryKind::Add => a + b,
@@ -313,6 +316,52 @@ fn for_pieces(values: &mut [f32], piece: usize, f: &(dyn Fn(usize, &mut [f32]) +
     }
 }
 
+/// The packed aligned f32 tensors `dst` (mutable) and `src` of `vtcm`, if their bytes
+/// do not overlap.
+fn apart<'a>(vtcm: &'a mut [u8], dst: &Tensor, src: &Tensor) -> Option<(&'a mut [u8], &'a [u8])> {
+    let (d, s) = (f32_range(vtcm, dst)?, f32_range(vtcm, src)?);
+    if s.end <= d.start {
+        let (low, high) = vtcm.split_at_mut(d.start);
+        Some((&mut high[..d.len()], &low[s]))
+    } else if s.start >= d.end {
+        let (low, high) = vtcm.split_at_mut(s.start);
+        Some((&mut low[d], &high[..s.len()]))
+    } else {
+        None
+    }
+}
+
+/// `acc[j] = acc[j] op ys[j / inner]`. Each kind gets its own loop, so the cheap ones
+/// are vectorised.
+fn binary_in_place(kind: BinaryKind, acc: &mut [f32], ys: &[f32], inner: usize) {
+    fn apply(acc: &mut [f32], ys: &[f32], inner: usize, op: impl Fn(f32, f32) -> f32) {
+        if inner == 1 {
+            acc.iter_mut().zip(ys).for_each(|(x, &y)| *x = op(*x, y));
+        } else {
+            for (block, &y) in acc.chunks_exact_mut(inner).zip(ys) {
+                block.iter_mut().for_each(|x| *x = op(*x, y));
+            }
+        }
+    }
+    match kind {
+        BinaryKind::Add => apply(acc, ys, inner, |x, y| binary_f32(BinaryKind::Add, x, y)),
+        BinaryKind::Mul => apply(acc, ys, inner, |x, y| binary_f32(BinaryKind::Mul, x, y)),
+        other => apply(acc, ys, inner, |x, y| binary_f32(other, x, y)),
+    }
+}
+
+/// `xs[j] = op(xs[j])`, vectorised for the cheap kinds as [`binary_in_place`] is.
+fn unary_in_place(kind: UnaryKind, xs: &mut [f32]) {
+    fn apply(xs: &mut [f32], op: impl Fn(f32) -> f32) {
+        xs.iter_mut().for_each(|x| *x = op(*x));
+    }
+    match kind {
+        UnaryKind::Relu => apply(xs, |x| unary(UnaryKind::Relu, x)),
+        UnaryKind::Clip { min, max } => apply(xs, |x| unary(UnaryKind::Clip { min, max }, x)),
+        other => apply(xs, |x| unary(other, x)),
+    }
+}
+
 /// Runs one compute op (anything but DMA, sync and End) on `vtcm`.
 pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
     match *op {
@@ -332,18 +381,22 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             if outer == 0 {
                 (values.shape[0], values.strides[0]) = (1, 1);
             }
-            let y = gather_f32(vtcm, &values)?;
-            let acc = f32_slice(vtcm, &dst)?;
+            // b's values are read where they lie when they are packed aligned f32 apart
+            // from the accumulator, gathered otherwise.
+            let owned;
+            let (acc, y): (&mut [f32], &[f32]) = match apart(vtcm, &dst, &values) {
+                Some((acc, y)) => (bytemuck::cast_slice_mut(acc), bytemuck::cast_slice(y)),
+                None => {
+                    owned = gather_f32(vtcm, &values)?;
+                    (f32_slice(vtcm, &dst)?, &owned)
+                }
+            };
             if acc.len() != y.len() * inner {
                 return None;
             }
             let inner = inner.max(1);
             let per = (PIECE / inner).max(1);
-            for_pieces(acc, per * inner, &|i, part| {
-                for (block, &y) in part.chunks_exact_mut(inner).zip(&y[i * per..]) {
-                    block.iter_mut().for_each(|x| *x = binary_f32(kind, *x, y));
-                }
-            });
+            for_pieces(acc, per * inner, &|i, part| binary_in_place(kind, part, &y[i * per..], inner));
             Some(())
         }
         Op::Binary { kind, dst, a, b } => {
@@ -356,7 +409,7 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             scatter_i32(vtcm, &dst, &v)
         }
         Op::Unary { kind, dst, src } if dst == src && in_place(&dst) => {
-            for_pieces(f32_slice(vtcm, &dst)?, PIECE, &|_, part| part.iter_mut().for_each(|x| *x = unary(kind, *x)));
+            for_pieces(f32_slice(vtcm, &dst)?, PIECE, &|_, part| unary_in_place(kind, part));
             Some(())
         }
         Op::Unary { kind, dst, src } => {
