@@ -310,8 +310,8 @@ proptest! {
     }
 }
 
-/// Convolutions big enough to be cut into pieces for two host threads, by output rows
-/// or by output channels (and the f16 form, whose output goes through a buffer), with
+/// Convolutions big enough to be cut into pieces for two host threads, by output pixels,
+/// output channels or depth (and the f16 form, whose output goes through a buffer), with
 /// accumulation, against the plain loops.
 #[test]
 fn large_convolutions_match_the_reference() {
@@ -330,6 +330,9 @@ fn large_convolutions_match_the_reference() {
         // Columns laid out on two threads, a few channels per piece, the last piece short.
         (200, 128, 7, 7, 3, 1, 1, 1, 1, DType::F32, true),
         (96, 128, 12, 12, 3, 2, 1, 1, 1, DType::F32, false),
+        // Deep enough that each thread takes half of the depth, f16 and accumulating.
+        (64, 32, 12, 12, 3, 1, 1, 1, 1, DType::F16, true),
+        (512, 24, 9, 9, 1, 1, 0, 1, 1, DType::F32, true),
     ];
     for (ci, co, h, w, k, stride, pad, dilation, groups, dtype, accumulate) in cases {
         let (ci_g, co_g) = (ci / groups, co / groups);

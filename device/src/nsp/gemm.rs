@@ -23,7 +23,8 @@ use crate::parallel;
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, all packed row-major.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
     assert!(c.len() >= m * n, "sgemm output too short");
-    sgemm_into(m, k, n, a, b, n, beta, Out { ptr: c.as_mut_ptr(), len: c.len() }, 0, n);
+    let (a, b) = (Mat { data: a, ld: k }, Mat { data: b, ld: n });
+    sgemm_into(m, k, n, a, b, beta, Out { ptr: c.as_mut_ptr(), len: c.len() }, 0, n);
 }
 
 /// A row-major output matrix two threads write disjoint columns of.
@@ -34,6 +35,15 @@ struct Out {
 }
 
 impl Out {
+    /// Adds `values` element-wise (all of this output; no other thread writes it now).
+    fn add(&self, values: &[f32]) {
+        assert!(values.len() <= self.len, "output too short");
+        // SAFETY: `values.len()` elements from `ptr` are inside the output (asserted),
+        // which the caller holds exclusively now; `values` is a buffer of its own.
+        let c = unsafe { core::slice::from_raw_parts_mut(self.ptr, values.len()) };
+        c.iter_mut().zip(values).for_each(|(c, v)| *c += v);
+    }
+
     /// Elements `start..start + len` of this output.
     fn part(&self, start: usize, len: usize) -> Out {
         assert!(start + len <= self.len, "output part out of range");
@@ -47,27 +57,23 @@ unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
-/// `c[m x n] = a[m x k] * b[k x n] + beta * c` where `b` has row stride `ldb` and `c`
-/// is columns `col..col + n` of `out`, whose row stride is `ldc`.
+/// A row-major operand: `data` with row stride `ld`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    ld: usize,
+}
+
+/// `c[m x n] = a[m x k] * b[k x n] + beta * c` where `c` is columns `col..col + n` of
+/// `out`, whose row stride is `ldc`.
 #[allow(clippy::too_many_arguments)]
-fn sgemm_into(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: &[f32],
-    ldb: usize,
-    beta: f32,
-    out: Out,
-    col: usize,
-    ldc: usize,
-) {
+fn sgemm_into(m: usize, k: usize, n: usize, a: Mat, b: Mat, beta: f32, out: Out, col: usize, ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
     let last = |rows: usize, ld: usize, cols: usize| (rows - 1) * ld + cols;
-    assert!(a.len() >= m * k, "sgemm operand too short");
-    assert!(k == 0 || b.len() >= last(k, ldb, n), "sgemm operand too short");
+    assert!(k == 0 || a.data.len() >= last(m, a.ld, k), "sgemm operand too short");
+    assert!(k == 0 || b.data.len() >= last(k, b.ld, n), "sgemm operand too short");
     assert!(col + n <= ldc && out.len >= col + last(m, ldc, n), "sgemm output too short");
     // SAFETY: the asserts above make every index the strides reach lie inside `a`, `b`
     // and `out`; `out` does not alias `a` or `b` (it is VTCM the operands are not in, or
@@ -78,11 +84,11 @@ fn sgemm_into(
             k,
             n,
             1.0,
-            a.as_ptr(),
-            k as isize,
+            a.data.as_ptr(),
+            a.ld as isize,
             1,
-            b.as_ptr(),
-            ldb as isize,
+            b.data.as_ptr(),
+            b.ld as isize,
             1,
             beta,
             out.ptr.add(col),
@@ -237,6 +243,10 @@ const SPLIT_MACS: usize = 1 << 18;
 /// 4 pieces are slower than 2 on ResNet-50).
 const PIECES: usize = 2;
 
+/// Depth from which a split convolution's pieces each take half of the depth rather
+/// than some channels or pixels: then neither operand is packed twice.
+const SPLIT_DEPTH: usize = 512;
+
 /// Elements of im2col's columns per piece when they are laid out on two threads.
 const COLS_PIECE: usize = 16 << 10;
 
@@ -354,8 +364,26 @@ pub(crate) fn conv2d(
                     });
                     &owned
                 };
+                let (wm, bm) = (Mat { data: wg, ld: k }, Mat { data: b, ld: plane });
                 if !big {
-                    sgemm_into(co_g, k, plane, wg, b, plane, beta, og, 0, plane);
+                    sgemm_into(co_g, k, plane, wm, bm, beta, og, 0, plane);
+                } else if k >= SPLIT_DEPTH {
+                    // Deep: each piece takes half of the depth, so each operand is
+                    // packed once in all; the second half's products are added after.
+                    // The order of the sums is fixed, so the result is deterministic.
+                    let k0 = (k / 2).next_multiple_of(8);
+                    let mut second = vec![0.0f32; co_g * plane];
+                    let tail = Out { ptr: second.as_mut_ptr(), len: second.len() };
+                    parallel::for_each(2, &|i| {
+                        if i == 0 {
+                            sgemm_into(co_g, k0, plane, wm, bm, beta, og, 0, plane);
+                        } else {
+                            let a = Mat { data: &wg[k0..], ld: k };
+                            let b = Mat { data: &b[k0 * plane..], ld: plane };
+                            sgemm_into(co_g, k - k0, plane, a, b, 0.0, tail, 0, plane);
+                        }
+                    });
+                    og.add(&second);
                 } else if co_g >= 32 && co_g > plane {
                     // More output channels than pixels: each piece takes some channels
                     // (and packs all the columns).
@@ -363,14 +391,16 @@ pub(crate) fn conv2d(
                     parallel::for_each(co_g.div_ceil(per), &|i| {
                         let c = i * per..((i + 1) * per).min(co_g);
                         let out = og.part(c.start * plane, c.len() * plane);
-                        sgemm_into(c.len(), k, plane, &wg[c.start * k..c.end * k], b, plane, beta, out, 0, plane);
+                        let a = Mat { data: &wg[c.start * k..c.end * k], ld: k };
+                        sgemm_into(c.len(), k, plane, a, bm, beta, out, 0, plane);
                     });
                 } else {
                     // Each piece takes some columns (and packs all the weights).
                     let per = plane.div_ceil(PIECES).next_multiple_of(16);
                     parallel::for_each(plane.div_ceil(per), &|i| {
                         let n = i * per..((i + 1) * per).min(plane);
-                        sgemm_into(co_g, k, n.len(), wg, &b[n.start..], plane, beta, og, n.start, plane);
+                        let b = Mat { data: &b[n.start..], ld: plane };
+                        sgemm_into(co_g, k, n.len(), wm, b, beta, og, n.start, plane);
                     });
                 }
             }
