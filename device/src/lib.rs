@@ -3,11 +3,11 @@
 //! request rings, the NSP cores that run programs, and the program container format.
 //!
 //! It is `no_std` + `alloc` (the `std` feature adds `std::error::Error` impls,
-//! matrixmultiply's runtime-detected AVX-512 kernels and one helper thread that shares
+//! an AVX-512 matrix product behind a run-time CPU check, and one helper thread that shares
 //! large functional kernels and transfers, [`parallel`]). Its only `unsafe` is in
-//! `nsp::gemm` (raw pointers into matrix products) and `parallel` (the helper's borrowed
-//! job, disjoint pieces of one slice); everything the device shares with the host is
-//! reached through
+//! `nsp::gemm` (raw pointers into matrix products), `nsp::avx512` (the SIMD product
+//! behind a run-time CPU check) and `parallel` (the helper's borrowed job, disjoint
+//! pieces of one slice); everything the device shares with the host is reached through
 //! the offset-addressed [`memory::SharedMemory`] trait, which the kernel-driver
 //! simulator implements over a real shared mapping. The device never forms a reference
 //! into shared memory; every value it reads from there is copied out, validated, and

@@ -5,6 +5,8 @@
 //! HMX (matrix) engine, [`HVX_THREADS`] HVX
 //! (vector) threads, and the sync unit.
 
+#[cfg(all(feature = "std", target_arch = "x86_64"))]
+mod avx512;
 pub mod gemm;
 pub mod kernels;
 pub mod validate;
