@@ -21,8 +21,9 @@ export AICSIM_REQUIRE_ONNX=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
-# The calibration against the hardware measurements runs in release (it simulates
-# thousands of ResNet-50 inferences); in debug builds it skips itself.
-cargo test --release --test calibration -- --nocapture 2>&1 | tee -a "$log"
+# The calibration against the hardware measurements and the configurator's searches
+# run in release (they simulate thousands of ResNet-50 inferences); in debug builds
+# they skip themselves.
+cargo test --release --test calibration --test configurator -- --nocapture 2>&1 | tee -a "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored; exit (failed > 0 || passed == 0) }' "$log"

@@ -1,0 +1,135 @@
+//! aic-configurator: the search file's errors, and searches over light_resnet50 (the
+//! model of `../shared/reference/calibration.md`) — bounds, caching, repeatability, and
+//! the latency objective against the measured 0.684 ms host round trip.
+
+use std::path::{Path, PathBuf};
+
+use aicsim::configurator::{search, Config, Objective, Problem, SearchResult, SearchSpec};
+use aicsim::predict::{DeviceModel, HostModel};
+use aicsim_compiler::{CompileOptions, Source};
+
+fn shipped(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configurator").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_shipped_search_files_parse_as_written() {
+    let t = SearchSpec::parse(&shipped("resnet50-throughput.json")).unwrap();
+    assert_eq!(t.objective, Objective::MaximizeInfRate);
+    assert_eq!(t.max_func_eval, 200);
+    assert_eq!((t.cores.min, t.cores.max, t.bs.min, t.bs.max, t.instances.max), (1, 14, 1, 16, 14));
+    assert_eq!(t.initial_values.len(), 5);
+    assert_eq!(t.initial_values[1], Config { cores: 2, mos: 1, ols: 1, bs: 2, instances: 7 });
+    let l = SearchSpec::parse(&shipped("resnet50-latency.json")).unwrap();
+    assert_eq!(l.objective, Objective::MinimizeLatency);
+    assert_eq!((l.bs.max, l.instances.max), (1, 1));
+}
+
+#[test]
+fn search_files_with_problems_are_refused_with_the_problem_named() {
+    let good_params = r#""params": {"cores": {"min": 1, "max": 4}, "bs": {"min": 1, "max": 4}}"#;
+    let start = r#""initial_values": [{"cores": 2, "bs": 2}]"#;
+    let cases = [
+        ("{".to_string(), "not valid JSON"),
+        ("[1, 2]".to_string(), "must be a JSON object"),
+        (format!(r#"{{{good_params}, {start}, "budget": 3}}"#), "unknown key \"budget\""),
+        (format!(r#"{{"objective": "fastest", {good_params}, {start}}}"#), "objective \"fastest\""),
+        (format!(r#"{{{start}}}"#), "\"params\" must be an object"),
+        (
+            r#"{"params": {"threads": {"min": 1, "max": 2}}, "initial_values": [{}]}"#.to_string(),
+            "unknown parameter \"threads\"",
+        ),
+        (r#"{"params": {"cores": {"min": 5, "max": 2}}, "initial_values": [{}]}"#.to_string(), "min 5 is above max 2"),
+        (
+            r#"{"params": {"cores": {"min": 0, "max": 2}}, "initial_values": [{}]}"#.to_string(),
+            "params.cores.min must be a positive integer",
+        ),
+        (r#"{"params": {"bs": {"min": 1, "max": 12}}, "initial_values": [{}]}"#.to_string(), "powers of two"),
+        (format!(r#"{{{good_params}, "initial_values": []}}"#), "\"initial_values\" is empty"),
+        (format!(r#"{{{good_params}, "initial_values": [{{"cores": 9}}]}}"#), "initial_values[0]"),
+        (format!(r#"{{{good_params}, "initial_values": [{{"cores": 2, "gpus": 1}}]}}"#), "unknown parameter \"gpus\""),
+        (format!(r#"{{{good_params}, {start}, "static_params": {{"fp16": 1}}}}"#), "unknown static parameter \"fp16\""),
+        (format!(r#"{{"max_func_eval": -3, {good_params}, {start}}}"#), "max_func_eval must be a positive integer"),
+    ];
+    for (text, want) in cases {
+        let e = SearchSpec::parse(&text).expect_err(&text);
+        assert!(e.contains(want), "{text}\n  gave: {e}\n  want: {want}");
+    }
+}
+
+fn model() -> Option<PathBuf> {
+    if cfg!(debug_assertions) {
+        eprintln!("skipped in debug builds: scripts/test.sh runs it with --release");
+        return None;
+    }
+    let Ok(models) = std::env::var("AICSIM_ONNX_MODELS") else {
+        assert!(std::env::var("AICSIM_REQUIRE_ONNX").is_err(), "AICSIM_REQUIRE_ONNX is set but the models are not");
+        eprintln!("skipped: run scripts/test.sh, which installs onnx");
+        return None;
+    };
+    Some(PathBuf::from(models).join("light_resnet50.onnx"))
+}
+
+fn problem(path: &Path, set_size: u32) -> Problem {
+    Problem {
+        source: Source::load(path.to_str().unwrap()).unwrap(),
+        base: CompileOptions { fp16: true, multicast_weights: true, ..CompileOptions::default() },
+        batch_symbol: None,
+        device: DeviceModel::from(&aicsim_device::DeviceConfig { num_nsp: 14, ..Default::default() }),
+        host: HostModel::default(),
+        set_size,
+        measured: 6,
+    }
+}
+
+fn rate(r: &SearchResult) -> f64 {
+    r.best.result.as_ref().expect("the best point was evaluated").inf_per_sec
+}
+
+/// A small throughput search: the best point is inside the bounds and fits the card, no
+/// climb ends above it, no program is compiled twice, and the same search gives the same
+/// answer.
+#[test]
+fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
+    let Some(path) = model() else { return };
+    let spec = SearchSpec::parse(
+        r#"{"max_func_eval": 14, "objective": "maximize_inf_rate",
+            "params": {"cores": {"min": 1, "max": 4}, "ols": {"min": 1, "max": 2},
+                       "bs": {"min": 1, "max": 4}, "instances": {"min": 1, "max": 4}},
+            "initial_values": [{"cores": 1, "bs": 2, "instances": 4}, {"cores": 4, "bs": 4, "instances": 1}]}"#,
+    )
+    .unwrap();
+    let p = problem(&path, 2);
+    let first = search(&p, &spec, 2);
+    let best = first.best.config;
+    assert!((1..=4).contains(&best.cores) && (1..=2).contains(&best.ols) && best.mos == 1, "{best}");
+    assert!([1, 2, 4].contains(&best.bs) && (1..=4).contains(&best.instances), "{best}");
+    assert!(best.cores * best.instances <= 14, "{best} does not fit 14 cores");
+    assert!(first.evaluations <= 14, "{} evaluations over a budget of 14", first.evaluations);
+    // Points that differ only in instances share one program.
+    assert!(first.compiles < first.evaluations, "{} compiles for {} points", first.compiles, first.evaluations);
+    for climb in &first.climbs {
+        if let Ok(c) = &climb.best.result {
+            assert!(c.inf_per_sec <= rate(&first), "climb from {} ended above the best", climb.initial);
+        }
+    }
+    let again = search(&p, &spec, 1);
+    assert_eq!(again.best.config, best, "same search, another answer");
+    assert_eq!(rate(&again), rate(&first), "same point, another prediction");
+}
+
+/// The latency search of the reference: batch 1, one instance, and its predicted host
+/// round trip within 20% of the measured 0.684 ms.
+#[test]
+fn the_latency_search_lands_within_20_percent_of_the_measured_round_trip() {
+    let Some(path) = model() else { return };
+    let spec = SearchSpec::parse(&shipped("resnet50-latency.json")).unwrap();
+    let r = search(&problem(&path, 1), &spec, 2);
+    let best = r.best.config;
+    assert_eq!((best.bs, best.instances), (1, 1), "{best}");
+    let ms = r.best.result.as_ref().unwrap().host_round_trip.mean;
+    let diff = (ms / 0.684 - 1.0) * 100.0;
+    println!("latency search: best {best}, host round trip {ms:.3} ms vs measured 0.684 ({diff:+.1}%)");
+    assert!(diff.abs() <= 20.0, "{best}: {ms:.3} ms is {diff:+.1}% from 0.684");
+}
