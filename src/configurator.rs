@@ -17,6 +17,11 @@ use aicsim_compiler::{CompileOptions, Source};
 
 use crate::predict::{predict, Deployment, DeviceModel, HostModel, Prediction, Workload};
 
+/// The most cores per instance among the measured rows the timing model is calibrated
+/// against (`../shared/reference/calibration.md`, docs/calibration.md): wider programs
+/// are predicted by extrapolation.
+pub const CALIBRATED_CORES: u32 = 7;
+
 /// What the search optimises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Objective {
@@ -360,10 +365,22 @@ pub struct Climb {
 pub struct SearchResult {
     pub climbs: Vec<Climb>,
     pub best: Evaluation,
+    /// Every point evaluated, in [`Config`] order.
+    pub evaluated: Vec<Evaluation>,
     /// Distinct points evaluated.
     pub evaluations: usize,
     /// Distinct programs compiled.
     pub compiles: usize,
+}
+
+impl SearchResult {
+    /// The best point evaluated with at most `cores` cores per instance.
+    pub fn best_within(&self, cores: u32, objective: Objective) -> Option<&Evaluation> {
+        self.evaluated
+            .iter()
+            .filter(|e| e.config.cores <= cores && e.result.is_ok())
+            .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
+    }
 }
 
 /// Runs `threads` evaluations at a time.
@@ -447,5 +464,8 @@ pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchRes
         .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
         .cloned()
         .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
-    SearchResult { climbs, best, evaluations, compiles: cache.compiles.load(std::sync::atomic::Ordering::Relaxed) }
+    let mut evaluated: Vec<Evaluation> = cache.evaluations.lock().values().cloned().collect();
+    evaluated.sort_by_key(|e| e.config);
+    let compiles = cache.compiles.load(std::sync::atomic::Ordering::Relaxed);
+    SearchResult { climbs, best, evaluated, evaluations, compiles }
 }

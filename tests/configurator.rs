@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aicsim::configurator::{search, Config, Objective, Problem, SearchResult, SearchSpec};
+use aicsim::configurator::{search, Config, Objective, Problem, SearchResult, SearchSpec, CALIBRATED_CORES};
 use aicsim::predict::{DeviceModel, HostModel};
 use aicsim_compiler::{CompileOptions, Source};
 
@@ -114,6 +114,12 @@ fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
             assert!(c.inf_per_sec <= rate(&first), "climb from {} ended above the best", climb.initial);
         }
     }
+    let within = first.best_within(2, Objective::MaximizeInfRate).expect("points of 1 or 2 cores were evaluated");
+    assert!(within.config.cores <= 2);
+    for e in first.evaluated.iter().filter(|e| e.config.cores <= 2) {
+        assert!(e.result.as_ref().unwrap().inf_per_sec <= within.result.as_ref().unwrap().inf_per_sec);
+    }
+    assert_eq!(first.evaluated.len(), first.evaluations);
     let again = search(&p, &spec, 1);
     assert_eq!(again.best.config, best, "same search, another answer");
     assert_eq!(rate(&again), rate(&first), "same point, another prediction");
@@ -132,4 +138,41 @@ fn the_latency_search_lands_within_20_percent_of_the_measured_round_trip() {
     let diff = (ms / 0.684 - 1.0) * 100.0;
     println!("latency search: best {best}, host round trip {ms:.3} ms vs measured 0.684 ({diff:+.1}%)");
     assert!(diff.abs() <= 20.0, "{best}: {ms:.3} ms is {diff:+.1}% from 0.684");
+}
+
+/// The command line of the reference, end to end: the results table, the best
+/// configuration, a note when it is wider than any calibrated row (with the best point
+/// inside the calibrated range), and the aic-exec / aic-runner lines that reproduce it.
+#[test]
+fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
+    let Some(path) = model() else { return };
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configurator/resnet50-latency.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-configurator"))
+        .arg(&path)
+        .args(["onnx", "-onnx-define-symbol-batch-size=batch_size", "-multicast-weights", "-convert-to-fp16"])
+        .arg(format!("-optimized-config-search={}", spec.display()))
+        .args(["-max-compilation-threads=2", "-time=10", "-device-id=0", "-set-size", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.iter().position(|l| l.starts_with("status") && l.ends_with("latency(ms)")).expect(&text);
+    // One row per initial value.
+    assert_eq!(lines[header + 1..header + 4].iter().filter(|l| l.contains("cores=")).count(), 3, "{text}");
+    let best = lines.iter().find(|l| l.starts_with("Best configuration: cores=")).expect(&text);
+    let cores: u32 = best["Best configuration: cores=".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!(best.contains("batchSize=1 instances=1"), "{best}");
+    if cores > CALIBRATED_CORES {
+        assert!(text.contains(&format!("Note: {cores} cores per instance is beyond the calibrated range")), "{text}");
+        let within = lines.iter().find(|l| l.starts_with("Best evaluated within it: cores=")).expect(&text);
+        let c: u32 = within["Best evaluated within it: cores=".len()..].split(',').next().unwrap().parse().unwrap();
+        assert!(c <= CALIBRATED_CORES, "{within}");
+    }
+    assert!(
+        text.contains(&format!("-aic-num-cores={cores} "))
+            && text.contains("-compile-only -aic-binary-dir=./best-config"),
+        "{text}"
+    );
+    assert!(text.contains("aic-runner -t ./best-config -a 1 -S 1 --time 10"), "{text}");
 }

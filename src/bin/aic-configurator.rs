@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use aicsim::configurator::{search, Objective, Problem, SearchSpec};
+use aicsim::configurator::{search, Objective, Problem, SearchSpec, CALIBRATED_CORES};
 use aicsim::predict::{DeviceModel, HostModel};
 use aicsim_compiler::{CompileOptions, Source};
 use aicsim_device::DeviceConfig;
@@ -169,6 +169,16 @@ fn run(argv: &[String]) -> Result<(), String> {
         "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.2} inf/s, host round trip mean {:.3} ms (p99 {:.3}), device time per inference {:.3} ms",
         c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
     );
+    if c.cores > CALIBRATED_CORES {
+        println!(
+            "Note: {} cores per instance is beyond the calibrated range (no measured row has more than {CALIBRATED_CORES}; docs/calibration.md), so this prediction is the least certain.",
+            c.cores
+        );
+        if let Some(e) = result.best_within(CALIBRATED_CORES, spec.objective) {
+            let v = e.objective(spec.objective).unwrap_or(f64::NAN);
+            println!("Best evaluated within it: {}: {v:.3} {unit}", e.config);
+        }
+    }
     let mut exec = format!("aic-exec -m={}", args.model);
     let mut symbols: Vec<_> = args.opts.symbols.iter().collect();
     symbols.sort();
