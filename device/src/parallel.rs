@@ -8,9 +8,9 @@
 //! without waiting for the helper at all. Without the `std` feature, or on a machine
 //! with one hardware thread, or while another device thread is using the helper,
 //! every piece runs on the calling thread, in order.
-// The second of the device crate's two unsafe modules (with `nsp::gemm`): the job the
-// helper runs borrows the caller's frame, and the pieces of one slice are handed out as
-// disjoint mutable sub-slices.
+// One of the device crate's three unsafe modules (with `nsp::gemm` and `nsp::avx512`):
+// the job the helper runs borrows the caller's frame, and the pieces of one slice are
+// handed out as disjoint mutable sub-slices.
 #![allow(unsafe_code)]
 
 /// Calls `f(i)` exactly once for every `i` in `0..n`, spread over the calling thread
