@@ -286,8 +286,10 @@ mod columns {
     use super::Layout;
 
     /// Layouts kept: every row block of a layer (ResNet-50's f32 tiles have up to
-    /// eight) until the next output-channel block comes back to it.
+    /// eight) until the next output-channel block comes back to it, within
+    /// [`KEPT_BYTES`] of columns and inputs together.
     const KEPT: usize = 16;
+    const KEPT_BYTES: usize = 64 << 20;
 
     struct Entry {
         layout: Layout,
@@ -318,6 +320,10 @@ mod columns {
         let mut recent = RECENT.lock().unwrap_or_else(|e| e.into_inner());
         recent.insert(0, entry);
         recent.truncate(KEPT);
+        let size = |e: &Entry| (e.input.len() + e.cols.len()) * 4;
+        while recent.len() > 1 && recent.iter().map(|e| size(e)).sum::<usize>() > KEPT_BYTES {
+            recent.pop();
+        }
         cols
     }
 }
