@@ -365,22 +365,27 @@ pub struct Climb {
 pub struct SearchResult {
     pub climbs: Vec<Climb>,
     pub best: Evaluation,
-    /// Every point evaluated, in [`Config`] order.
+    /// Every point evaluated (distinct), in [`Config`] order.
     pub evaluated: Vec<Evaluation>,
-    /// Distinct points evaluated.
-    pub evaluations: usize,
     /// Distinct programs compiled.
     pub compiles: usize,
 }
 
 impl SearchResult {
+    /// Distinct points evaluated.
+    pub fn evaluations(&self) -> usize {
+        self.evaluated.len()
+    }
+
     /// The best point evaluated with at most `cores` cores per instance.
     pub fn best_within(&self, cores: u32, objective: Objective) -> Option<&Evaluation> {
-        self.evaluated
-            .iter()
-            .filter(|e| e.config.cores <= cores && e.result.is_ok())
-            .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
+        best_of(self.evaluated.iter().filter(|e| e.config.cores <= cores && e.result.is_ok()), objective)
     }
+}
+
+/// The best of `points` for `objective` (failures last; ties to the smaller config).
+fn best_of<'a>(points: impl Iterator<Item = &'a Evaluation>, objective: Objective) -> Option<&'a Evaluation> {
+    points.max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
 }
 
 /// Runs `threads` evaluations at a time.
@@ -456,16 +461,11 @@ pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchRes
         };
         climbs.push(Climb { initial: *initial, best: here, status });
     }
-    let evaluations = cache.evaluations.lock().len();
-    let best = cache
-        .evaluations
-        .lock()
-        .values()
-        .max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
-        .cloned()
-        .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
     let mut evaluated: Vec<Evaluation> = cache.evaluations.lock().values().cloned().collect();
     evaluated.sort_by_key(|e| e.config);
+    let best = best_of(evaluated.iter(), objective)
+        .cloned()
+        .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
     let compiles = cache.compiles.load(std::sync::atomic::Ordering::Relaxed);
-    SearchResult { climbs, best, evaluated, evaluations, compiles }
+    SearchResult { climbs, best, evaluated, compiles }
 }

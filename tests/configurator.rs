@@ -106,9 +106,9 @@ fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
     assert!((1..=4).contains(&best.cores) && (1..=2).contains(&best.ols) && best.mos == 1, "{best}");
     assert!([1, 2, 4].contains(&best.bs) && (1..=4).contains(&best.instances), "{best}");
     assert!(best.cores * best.instances <= 14, "{best} does not fit 14 cores");
-    assert!(first.evaluations <= 14, "{} evaluations over a budget of 14", first.evaluations);
+    assert!(first.evaluations() <= 14, "{} evaluations over a budget of 14", first.evaluations());
     // Points that differ only in instances share one program.
-    assert!(first.compiles < first.evaluations, "{} compiles for {} points", first.compiles, first.evaluations);
+    assert!(first.compiles < first.evaluations(), "{} compiles for {} points", first.compiles, first.evaluations());
     for climb in &first.climbs {
         if let Ok(c) = &climb.best.result {
             assert!(c.inf_per_sec <= rate(&first), "climb from {} ended above the best", climb.initial);
@@ -119,7 +119,7 @@ fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
     for e in first.evaluated.iter().filter(|e| e.config.cores <= 2) {
         assert!(e.result.as_ref().unwrap().inf_per_sec <= within.result.as_ref().unwrap().inf_per_sec);
     }
-    assert_eq!(first.evaluated.len(), first.evaluations);
+    assert_eq!(first.evaluated.len(), first.evaluations());
     let again = search(&p, &spec, 1);
     assert_eq!(again.best.config, best, "same search, another answer");
     assert_eq!(rate(&again), rate(&first), "same point, another prediction");

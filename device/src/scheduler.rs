@@ -740,6 +740,18 @@ fn segments(
     Some(())
 }
 
+/// Runs `pieces`, which hands every piece's outcome to `report` (from either thread):
+/// `Some` if none failed.
+fn unless_a_piece_fails(pieces: impl FnOnce(&(dyn Fn(Option<()>) + Sync))) -> Option<()> {
+    let failed = AtomicBool::new(false);
+    pieces(&|outcome| {
+        if outcome.is_none() {
+            failed.store(true, Ordering::Relaxed);
+        }
+    });
+    (!failed.into_inner()).then_some(())
+}
+
 /// The DDR tensor `src` (at `ddr_base`) -> its packed bytes `into`.
 fn read_ddr<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, into: &mut [u8]) -> Option<()> {
     let (offsets, len) = runs(src)?;
@@ -747,19 +759,14 @@ fn read_ddr<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, into: &mut [u
         return None;
     }
     match mem.concurrent() {
-        Some(m) if into.len() >= PARALLEL_COPY => {
-            let failed = AtomicBool::new(false);
+        Some(m) if into.len() >= PARALLEL_COPY => unless_a_piece_fails(|report| {
             parallel::for_each_chunk_mut(into, COPY_PIECE, &|i, part| {
                 let start = i * COPY_PIECE;
-                let ok = segments(&offsets, len, start..start + part.len(), |at, r| {
+                report(segments(&offsets, len, start..start + part.len(), |at, r| {
                     m.read(ddr_base + at, part.get_mut(r.start - start..r.end - start)?).ok()
-                });
-                if ok.is_none() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            });
-            (!failed.into_inner()).then_some(())
-        }
+                }))
+            })
+        }),
         _ => segments(&offsets, len, 0..into.len(), |at, r| mem.read(ddr_base + at, into.get_mut(r)?).ok()),
     }
 }
@@ -771,17 +778,12 @@ fn write_ddr<M: SharedMemory>(mem: &M, ddr_base: u64, dst: &Tensor, from: &[u8])
         return None;
     }
     match mem.concurrent() {
-        Some(m) if from.len() >= PARALLEL_COPY => {
-            let failed = AtomicBool::new(false);
+        Some(m) if from.len() >= PARALLEL_COPY => unless_a_piece_fails(|report| {
             parallel::for_each(from.len().div_ceil(COPY_PIECE), &|i| {
                 let piece = i * COPY_PIECE..((i + 1) * COPY_PIECE).min(from.len());
-                let ok = segments(&offsets, len, piece, |at, r| m.write(ddr_base + at, from.get(r)?).ok());
-                if ok.is_none() {
-                    failed.store(true, Ordering::Relaxed);
-                }
-            });
-            (!failed.into_inner()).then_some(())
-        }
+                report(segments(&offsets, len, piece, |at, r| m.write(ddr_base + at, from.get(r)?).ok()))
+            })
+        }),
         _ => segments(&offsets, len, 0..from.len(), |at, r| mem.write(ddr_base + at, from.get(r)?).ok()),
     }
 }

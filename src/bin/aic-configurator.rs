@@ -159,7 +159,7 @@ fn run(argv: &[String]) -> Result<(), String> {
     println!(
         "Search took {:.1} s: {} configurations evaluated, {} programs compiled",
         took.as_secs_f64(),
-        result.evaluations,
+        result.evaluations(),
         result.compiles
     );
     let best = &result.best;
