@@ -24,7 +24,12 @@ fn tile_loop(tiles: u32) -> Vec<Op> {
     for t in 0..tiles {
         let buf = u64::from(t % 2) * 4096;
         let v = |at: u64| Tensor::vtcm(buf + at, DType::F16, &[128]);
-        ops.push(Op::DmaIn { dst: v(0), src: Tensor::ddr(u64::from(t % 64) * 256, DType::F16, &[128]), multicast: 0 });
+        ops.push(Op::DmaIn {
+            dst: v(0),
+            src: Tensor::ddr(u64::from(t % 64) * 256, DType::F16, &[128]),
+            multicast: 0,
+            peer_bytes: 0,
+        });
         ops.push(Op::Binary { kind: BinaryKind::Mul, dst: v(256), a: v(0), b: v(0) });
         ops.push(Op::Unary { kind: UnaryKind::Relu, dst: v(512), src: v(256) });
         ops.push(Op::DmaOut { dst: Tensor::ddr(16384 + u64::from(t % 64) * 256, DType::F16, &[128]), src: v(512) });

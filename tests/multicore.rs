@@ -30,12 +30,14 @@ fn tiled_matmul() -> ProgramImage {
                     dst: Tensor::vtcm(vb, DType::F32, &[K, N]),
                     src: Tensor::ddr(a_bytes, DType::F32, &[K, N]),
                     multicast: (1 << CORES) - 1,
+                    peer_bytes: 0,
                 });
             }
             ops.push(Op::DmaIn {
                 dst: Tensor::vtcm(va, DType::F32, &[rows, K]),
                 src: Tensor::ddr(row0 * u64::from(K) * 4, DType::F32, &[rows, K]),
                 multicast: 0,
+                peer_bytes: 0,
             });
             // Core 0 reaches the barrier only once its multicast has landed everywhere.
             ops.push(Op::Barrier);

@@ -18,8 +18,12 @@ const CLOCK: u64 = 1_400_000_000;
 /// Little host work, a lot of device time: eight 1024^3 f16 matmuls.
 fn heavy_program() -> ProgramImage {
     let m = |at: u64| Tensor::vtcm(at, DType::F16, &[1024, 1024]);
-    let mut ops =
-        vec![Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[64]), src: Tensor::ddr(0, DType::U8, &[64]), multicast: 0 }];
+    let mut ops = vec![Op::DmaIn {
+        dst: Tensor::vtcm(0, DType::U8, &[64]),
+        src: Tensor::ddr(0, DType::U8, &[64]),
+        multicast: 0,
+        peer_bytes: 0,
+    }];
     for _ in 0..MATMULS {
         ops.push(Op::MatMul { dst: m(6 << 20), a: m(2 << 20), b: m(4 << 20), accumulate: false });
     }

@@ -57,6 +57,8 @@ pub struct LayerReport {
     pub constant_bytes: u64,
     /// Moved to or from the on-chip pool (not DDR traffic).
     pub pool_bytes: u64,
+    /// Of `pool_bytes`, read from other cores' VTCM over the on-chip network.
+    pub peer_bytes: u64,
 }
 
 /// The lowered program.
@@ -107,6 +109,14 @@ impl Vtcm {
 /// Splits `n` items into `parts` contiguous runs of near-equal length.
 fn runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
     (0..parts).map(|p| (n * p / parts)..(n * (p + 1) / parts)).collect()
+}
+
+/// The number of pieces to cut `extent` into, at least `n` and at most `4 n`, so that
+/// `others` times the pieces it really gives is a multiple of `cores` (every core then
+/// gets the same number of tiles); `n` when no such count exists.
+fn balanced(n: u64, extent: u64, others: u64, cores: u64) -> u64 {
+    let pieces = |k: u64| extent.div_ceil(extent.div_ceil(k));
+    (n..=extent.min(4 * n)).find(|&k| (others * pieces(k)) % cores == 0).map_or(n, pieces)
 }
 
 fn dims32(shape: &[u64]) -> Vec<u32> {
@@ -299,16 +309,21 @@ impl<'g> Lowerer<'g> {
                 break;
             }
         }
-        let n_r = ho.div_ceil(r);
-        let r = ho.div_ceil(n_r);
         let mut n_co = co.div_ceil(co_t);
         let cores = self.o.cores as u64;
-        if self.o.multicast_weights && n_co >= cores && cores > 1 {
+        let hmx = self.cost.hmx_tile;
+        if g == 1 && cores > 1 && co_t >= hmx && n_co * samples >= cores {
+            // HMX-aligned blocks; tiles balanced across cores by the row count below.
+            n_co = co.div_ceil(co_t / hmx * hmx);
+        } else if self.o.multicast_weights && n_co >= cores && cores > 1 {
             // Whole weight blocks per core: nobody reads a block another core reads.
             n_co = n_co.div_ceil(cores) * cores;
         }
         let co_t = co.div_ceil(n_co).div_ceil(unit) * unit;
         let n_co = co.div_ceil(co_t);
+        let n_r = balanced(ho.div_ceil(r), ho, samples * n_co, cores);
+        let r = ho.div_ceil(n_r);
+        let n_r = ho.div_ceil(r);
 
         let cores = self.o.cores as usize;
         // With -multicast-weights, a block several cores use (fewer blocks than cores)
@@ -322,17 +337,20 @@ impl<'g> Lowerer<'g> {
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         // Tiles on the big budget reach into the shared slots' VTCM.
         let slots = shared && self.prefetch && budget == self.budget();
-        let (wbuf, bbuf) = if slots {
-            let parity = self.shared_layers % 2;
+        // A core's first own block goes to a slot too, prefetched like the shared ones.
+        let own_slot = !shared && self.prefetch && budget == self.budget();
+        let parity = self.shared_layers % 2;
+        if slots || own_slot {
             self.shared_layers += 1;
-            let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
-            let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
-            ([slot(0), slot(1)], [bias_at(0), bias_at(1)])
+        }
+        let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
+        let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
+        let (wbuf, bbuf) = if slots {
+            ([slot(0), slot(1), slot(0)], [bias_at(0), bias_at(1), bias_at(0)])
         } else {
-            (
-                [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)],
-                [v.alloc(co_t * eb), v.alloc(co_t * eb)],
-            )
+            let w = [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)];
+            let b = [v.alloc(co_t * eb), v.alloc(co_t * eb)];
+            ([w[0], w[1], slot(0)], [b[0], b[1], bias_at(0)])
         };
         let ibuf = [v.alloc(in_ch(co_t) * rows_in(r) * w * eb), v.alloc(in_ch(co_t) * rows_in(r) * w * eb)];
         let obuf = [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)];
@@ -355,6 +373,8 @@ impl<'g> Lowerer<'g> {
         let runs = runs(tiles.len(), cores);
         // Nor may a prefetch land in a previous layer whose tiles reach into them.
         let prefetch = slots && self.prev_starts.len() == cores && !self.prev_big;
+        let prefetch_own = own_slot && self.prev_starts.len() == cores && !self.prev_big;
+        let other = |w: usize| if w == 0 { 1 } else { 0 };
         let mut prefetched = vec![Vec::new(); cores];
         // The cores whose run has tiles of each block (runs are contiguous and tiles
         // ordered by block, so a run covers the blocks from its first tile's to its last's).
@@ -372,12 +392,14 @@ impl<'g> Lowerer<'g> {
                 dst: me.vtcm(wbuf[slot], &[co_n, cig, kh, kw]),
                 src: me.ddr(co0 * per, wb, &[co_n, cig, kh, kw], &contiguous(&[co_n, cig, kh, kw])),
                 multicast: mask,
+                peer_bytes: 0,
             });
             if let Some(bb) = bb {
                 ops.push(Op::DmaIn {
                     dst: me.vtcm(bbuf[slot], &[co_n]),
                     src: me.ddr(co0, bb, &[co_n], &[1]),
                     multicast: mask,
+                    peer_bytes: 0,
                 });
             }
         };
@@ -401,16 +423,24 @@ impl<'g> Lowerer<'g> {
                     }
                 }
             }
+            let first_block = (own_slot && !run.is_empty()).then(|| tiles[run.start].0);
+            if let Some(fb) = first_block {
+                let to = if prefetch_own { &mut prefetched[core] } else { &mut ops };
+                load_weights(to, self, fb, 2, 0);
+            }
             for (i, &(cb, s, rb)) in tiles[run.clone()].iter().enumerate() {
                 let slot = i % 2;
-                if last_cb != Some(cb) {
+                let first_of_block = last_cb != Some(cb);
+                if first_of_block {
                     if shared {
                         wslot = cb as usize % 2;
                         if !prefetch && users[cb as usize].first() != Some(&core) {
                             ops.push(Op::Wait { counter: 1 + cb as u8, value: 1 });
                         }
+                    } else if first_block == Some(cb) {
+                        wslot = 2;
                     } else {
-                        wslot ^= 1;
+                        wslot = other(wslot);
                         load_weights(&mut ops, self, cb, wslot, 0);
                     }
                     last_cb = Some(cb);
@@ -432,13 +462,14 @@ impl<'g> Lowerer<'g> {
                     dst: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
                     src: self.ddr((s * c + ci0) * h * w + a * w, xb, &[ci_n, rows, w], &[h * w, w, 1]),
                     multicast: 0,
+                    peer_bytes: 0,
                 });
                 let out = self.vtcm(obuf[slot], &[co_n, r_n, wo]);
                 let out_at = (s * co + co0) * ho * wo + oy0 * wo;
                 let res = residual.zip(rbuf).map(|(rv, rbuf)| {
                     let t = self.vtcm(rbuf[slot], &[co_n, r_n, wo]);
                     let src = self.ddr(out_at, self.value_base(rv), &[co_n, r_n, wo], &[ho * wo, wo, 1]);
-                    ops.push(Op::DmaIn { dst: t, src, multicast: 0 });
+                    ops.push(Op::DmaIn { dst: t, src, multicast: 0, peer_bytes: 0 });
                     t
                 });
                 ops.push(Op::Conv2d {
@@ -477,7 +508,7 @@ impl<'g> Lowerer<'g> {
             self.streams[core].splice(at..at, ops);
         }
         self.end_layer(tiles.len(), &starts, v.next);
-        if slots {
+        if slots || own_slot {
             self.vtcm_peak = self.vtcm_peak.max(shared_slot(&self.o, 4));
         }
         let r = self.reports.last_mut().expect("just reported");
@@ -560,11 +591,13 @@ impl<'g> Lowerer<'g> {
                         dst: self.vtcm(abuf[s], &[m_c, k_c]),
                         src: self.ddr(m0 * k + k0, xb, &[m_c, k_c], &[k, 1]),
                         multicast: 0,
+                        peer_bytes: 0,
                     });
                     ops.push(Op::DmaIn {
                         dst: self.vtcm(bbuf[s], &[k_c, n_c]),
                         src: self.ddr(k0 * n + n0, wb, &[k_c, n_c], &[n, 1]),
                         multicast: 0,
+                        peer_bytes: 0,
                     });
                     ops.push(Op::MatMul {
                         dst: acc,
@@ -584,6 +617,7 @@ impl<'g> Lowerer<'g> {
                         dst: self.vtcm(biasbuf[slot], &[n_c]),
                         src: self.ddr(n0, bb, &[n_c], &[1]),
                         multicast: 0,
+                        peer_bytes: 0,
                     });
                     let bview = self.vtcm(biasbuf[slot], &[m_c, n_c]).with_strides(&[0, 1]);
                     ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
@@ -627,11 +661,13 @@ impl<'g> Lowerer<'g> {
                     dst: self.vtcm(abuf[slot], &[m, k]),
                     src: self.ddr(t * m * k, ab, &[m, k], &[k, 1]),
                     multicast: 0,
+                    peer_bytes: 0,
                 });
                 ops.push(Op::DmaIn {
                     dst: self.vtcm(bbuf[slot], &[k, n]),
                     src: self.ddr(t * k * n, bb, &[k, n], &[n, 1]),
                     multicast: 0,
+                    peer_bytes: 0,
                 });
                 let out = self.vtcm(obuf[slot], &[m, n]);
                 ops.push(Op::MatMul {
@@ -735,14 +771,14 @@ impl<'g> Lowerer<'g> {
                     let s = &strides[which][ax..];
                     let packed: Vec<u64> = tshape.iter().zip(s).map(|(&d, &st)| if st == 0 { 1 } else { d }).collect();
                     let src = me.ddr(origin(&strides[which]), base, &packed, s);
-                    ops.push(Op::DmaIn { dst: me.vtcm(buf, &packed), src, multicast: 0 });
+                    ops.push(Op::DmaIn { dst: me.vtcm(buf, &packed), src, multicast: 0, peer_bytes: 0 });
                     let c = contiguous(&packed);
                     let vs: Vec<u32> = c.iter().zip(s).map(|(&c, &st)| if st == 0 { 0 } else { c as u32 }).collect();
                     me.vtcm(buf, &tshape).with_strides(&vs)
                 };
                 if strides[1][ax..].iter().all(|&s| s != 0) {
                     let src = self.ddr(origin(&strides[1]), first.0, &tshape, &strides[1][ax..]);
-                    ops.push(Op::DmaIn { dst: acc, src, multicast: 0 });
+                    ops.push(Op::DmaIn { dst: acc, src, multicast: 0, peer_bytes: 0 });
                 } else {
                     let view = load(&mut ops, self, 1, first.0, bufs[1][slot]);
                     ops.push(Op::Unary { kind: UnaryKind::Copy, dst: acc, src: view });
@@ -912,10 +948,11 @@ impl<'g> Lowerer<'g> {
                 break;
             }
         }
-        let n_c = c.div_ceil(c_t);
-        let c_t = c.div_ceil(n_c);
         let n_r = ho.div_ceil(r);
         let r = ho.div_ceil(n_r);
+        let n_c = balanced(c.div_ceil(c_t), c, samples * n_r, self.o.cores as u64);
+        let c_t = c.div_ceil(n_c);
+        let n_c = c.div_ceil(c_t);
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         let ibuf = [v.alloc(c_t * rows_in(r) * w * eb), v.alloc(c_t * rows_in(r) * w * eb)];
         let obuf = [v.alloc(c_t * r * wo * eb), v.alloc(c_t * r * wo * eb)];
@@ -945,6 +982,7 @@ impl<'g> Lowerer<'g> {
                     dst: self.vtcm(ibuf[slot], &[c_n, rows, w]),
                     src: self.ddr((s * c + c0) * h * w + a * w, xb, &[c_n, rows, w], &[h * w, w, 1]),
                     multicast: 0,
+                    peer_bytes: 0,
                 });
                 let out = self.vtcm(obuf[slot], &[c_n, r_n, wo]);
                 ops.push(Op::Pool {
@@ -999,6 +1037,7 @@ impl<'g> Lowerer<'g> {
                     dst: input,
                     src: self.ddr((s * c + c0) * hw, xb, &[c_n, xs[2], xs[3]], &[hw, xs[3], 1]),
                     multicast: 0,
+                    peer_bytes: 0,
                 });
                 let out = self.vtcm(obuf[slot], &[c_n]);
                 ops.push(Op::GlobalAvgPool { dst: out, src: input });
@@ -1038,7 +1077,12 @@ impl<'g> Lowerer<'g> {
                 let r0 = b as u64 * n_t;
                 let n = n_t.min(rows - r0);
                 let t = self.vtcm(ibuf[slot], &[n, row]);
-                ops.push(Op::DmaIn { dst: t, src: self.ddr(r0 * row, xb, &[n, row], &[row, 1]), multicast: 0 });
+                ops.push(Op::DmaIn {
+                    dst: t,
+                    src: self.ddr(r0 * row, xb, &[n, row], &[row, 1]),
+                    multicast: 0,
+                    peer_bytes: 0,
+                });
                 match what {
                     RowOp::Softmax => ops.push(Op::Softmax { dst: t, src: t }),
                     RowOp::LayerNorm { epsilon, scale, bias } => {
@@ -1049,6 +1093,7 @@ impl<'g> Lowerer<'g> {
                                     dst: self.vtcm(pbuf[slot], &[row]),
                                     src: self.ddr(0, self.const_offsets[c], &[row], &[1]),
                                     multicast: 0,
+                                    peer_bytes: 0,
                                 });
                                 let view = self.vtcm(pbuf[slot], &[n, row]).with_strides(&[0, 1]);
                                 ops.push(Op::Binary { kind, dst: t, a: t, b: view });
@@ -1109,7 +1154,12 @@ impl<'g> Lowerer<'g> {
                 let xv = self.vtcm(bufs[0][slot], &[c, n]);
                 let sq = self.vtcm(bufs[1][slot], &[c, n]);
                 let avg = self.vtcm(bufs[2][slot], &[c, n]);
-                ops.push(Op::DmaIn { dst: xv, src: self.ddr(s * c * hw + p0, xb, &[c, n], &[hw, 1]), multicast: 0 });
+                ops.push(Op::DmaIn {
+                    dst: xv,
+                    src: self.ddr(s * c * hw + p0, xb, &[c, n], &[hw, 1]),
+                    multicast: 0,
+                    peer_bytes: 0,
+                });
                 ops.push(Op::Binary { kind: BinaryKind::Mul, dst: sq, a: xv, b: xv });
                 // The window sum across channels: an average pool over a [1, C, n] view.
                 ops.push(Op::Pool {
@@ -1370,6 +1420,20 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         r.macs = m * o.replicas as u64;
     }
     let mut streams = l.streams;
+    let stored_values: Vec<crate::peers::Stored> = stored
+        .iter()
+        .enumerate()
+        .filter(|(v, &s)| s && l.value_offsets[*v] != u64::MAX && !g.values[*v].shape.is_empty())
+        .map(|(v, _)| {
+            let mut dims: Vec<u64> = g.values[v].shape.iter().map(|&d| d as u64).collect();
+            dims[0] *= o.replicas as u64;
+            crate::peers::Stored { base: l.value_offsets[v], dims }
+        })
+        .collect();
+    let crossed = crate::peers::mark_peer_reads(&mut streams, &stored_values, eb);
+    for (r, bytes) in l.reports.iter_mut().zip(crossed) {
+        r.peer_bytes = bytes;
+    }
     for s in &mut streams {
         s.push(Op::End);
     }

@@ -743,6 +743,7 @@ mod tests {
                     dst: crate::isa::Tensor::vtcm(0, crate::isa::DType::U8, &[64]),
                     src: crate::isa::Tensor::ddr(0, crate::isa::DType::U8, &[64]),
                     multicast: 0,
+                    peer_bytes: 0,
                 }),
                 Instruction::encode(Op::End),
             ]],

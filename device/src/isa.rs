@@ -313,11 +313,14 @@ pub struct PoolWindow {
 pub enum Op {
     End,
     /// DDR -> VTCM. `multicast` is a mask over the program's cores that also receive
-    /// the data (0: only this core); DDR is read once.
+    /// the data (0: only this core); DDR is read once. `peer_bytes` (pool sources only)
+    /// is how many of the source's bytes other cores of the program hold in their VTCM:
+    /// those cross the on-chip network, the rest is a copy within this core's VTCM.
     DmaIn {
         dst: Tensor,
         src: Tensor,
         multicast: u64,
+        peer_bytes: u32,
     },
     /// VTCM -> DDR.
     DmaOut {
@@ -447,9 +450,10 @@ impl Instruction {
         let none = OperandRecord::default();
         let (opcode, variant, dst, src0, src1) = match op {
             Op::End => (OP_END, 0, none, none, none),
-            Op::DmaIn { dst, src, multicast } => {
+            Op::DmaIn { dst, src, multicast, peer_bytes } => {
                 i.aux = multicast as u32;
                 i.params[0] = (multicast >> 32) as u32;
+                i.params[1] = peer_bytes;
                 (OP_DMA_IN, 0, dst.record(), src.record(), none)
             }
             Op::DmaOut { dst, src } => (OP_DMA_OUT, 0, dst.record(), src.record(), none),
@@ -555,11 +559,12 @@ impl Instruction {
             OP_DMA_IN => {
                 no_variant()?;
                 no_src1()?;
-                unused_params(1)?;
+                unused_params(2)?;
                 Op::DmaIn {
                     dst: need(dst, "dst")?,
                     src: need(src0, "src")?,
                     multicast: u64::from(self.aux) | u64::from(p[0]) << 32,
+                    peer_bytes: p[1],
                 }
             }
             OP_DMA_OUT => {
@@ -734,7 +739,8 @@ mod tests {
         let d = t(Space::Ddr, DType::F32, &[2, 3]);
         let ops = vec![
             Op::End,
-            Op::DmaIn { dst: v, src: d.with_strides(&[7, 1]), multicast: 0x1_0000_0003 },
+            Op::DmaIn { dst: v, src: d.with_strides(&[7, 1]), multicast: 0x1_0000_0003, peer_bytes: 0 },
+            Op::DmaIn { dst: v, src: t(Space::Pool, DType::F32, &[2, 3]), multicast: 0, peer_bytes: 16 },
             Op::DmaOut { dst: d, src: v },
             Op::MatMul { dst: v, a: v, b: v, accumulate: true },
             Op::Conv2d {

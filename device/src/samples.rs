@@ -18,7 +18,12 @@ pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
         vtcm_bytes: bytes.into(),
         bindings: vec![probe, IoBinding::new("out", IoDirection::Output, dtype, shape, bytes.into())],
         cores: vec![[
-            Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &moved), src: Tensor::ddr(0, DType::U8, &moved), multicast: 0 },
+            Op::DmaIn {
+                dst: Tensor::vtcm(0, DType::U8, &moved),
+                src: Tensor::ddr(0, DType::U8, &moved),
+                multicast: 0,
+                peer_bytes: 0,
+            },
             Op::DmaOut { dst: Tensor::ddr(bytes.into(), DType::U8, &moved), src: Tensor::vtcm(0, DType::U8, &moved) },
             Op::End,
         ]

@@ -237,14 +237,29 @@ struct Transfer {
     /// Setup ends here; only then does the transfer take a share of DDR bandwidth.
     ready_at: u64,
     remaining: f64,
-    /// Between VTCM and the on-chip pool: at the pool rate, no DDR share.
-    onchip: bool,
+    path: Path,
+    /// Pool transfers: this part's share of the pool rate (the parts of one DMA together
+    /// move at most at the pool rate).
+    pool_rate: f64,
+}
+
+/// What a transfer's bytes move over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// DDR: an equal share of the device's DDR bandwidth, capped by the core's DMA rate.
+    Ddr,
+    /// Pool bytes this core holds: a copy within its VTCM, at the pool rate.
+    Local,
+    /// Pool bytes other cores hold: an equal share of the on-chip network, capped by
+    /// the pool rate.
+    Noc,
 }
 
 /// The device-wide scheduler.
 pub struct Scheduler {
     cost: CostModel,
     ddr_bytes_per_cycle: f64,
+    noc_bytes_per_cycle: f64,
     now: u64,
     jobs: Vec<Job>,
     transfers: Vec<Transfer>,
@@ -261,6 +276,7 @@ impl Scheduler {
         Scheduler {
             cost,
             ddr_bytes_per_cycle: cost.ddr_bytes_per_cycle(clock_hz),
+            noc_bytes_per_cycle: cost.noc_bytes_per_second as f64 / clock_hz.max(1) as f64,
             now: 0,
             jobs: Vec::new(),
             transfers: Vec::new(),
@@ -403,8 +419,18 @@ impl Scheduler {
     /// Bytes per cycle each moving DDR transfer gets: an equal share of DDR, capped by
     /// the core's DMA rate.
     fn ddr_share(&self) -> f64 {
-        let moving = self.transfers.iter().filter(|t| t.ready_at <= self.now && !t.onchip).count().max(1) as f64;
-        (self.ddr_bytes_per_cycle / moving).min(self.cost.dma_bytes_per_cycle as f64)
+        (self.ddr_bytes_per_cycle / self.moving(Path::Ddr)).min(self.cost.dma_bytes_per_cycle as f64)
+    }
+
+    /// Bytes per cycle each moving transfer from other cores' VTCM gets: an equal share
+    /// of the on-chip network (each also capped by its part of the pool rate).
+    fn noc_share(&self) -> f64 {
+        self.noc_bytes_per_cycle / self.moving(Path::Noc)
+    }
+
+    /// Transfers past their setup on `path` (at least 1, to divide by).
+    fn moving(&self, path: Path) -> f64 {
+        self.transfers.iter().filter(|t| t.ready_at <= self.now && t.path == path).count().max(1) as f64
     }
 
     /// Removes a running program (its activation went away).
@@ -416,9 +442,12 @@ impl Scheduler {
     /// Moves time to the next completion (or to `limit`, if that comes first) and
     /// retires what completes.
     fn advance(&mut self, limit: u64) -> Advanced {
-        let share = self.ddr_share();
-        let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
-        let rate = |t: &Transfer| if t.onchip { pool } else { share };
+        let (share, noc) = (self.ddr_share(), self.noc_share());
+        let rate = |t: &Transfer| match t.path {
+            Path::Ddr => share,
+            Path::Local => t.pool_rate,
+            Path::Noc => noc.min(t.pool_rate),
+        };
         let mut next = u64::MAX;
         for t in &self.transfers {
             next = next.min(if t.ready_at > self.now {
@@ -466,7 +495,11 @@ impl Scheduler {
                     let f = &core.in_flight[i];
                     let complete = match f.end {
                         Some(end) => end <= now,
-                        None => finished.contains(&(job.id, c, f.op)),
+                        // A pool read held partly by other cores is two transfers.
+                        None => {
+                            finished.contains(&(job.id, c, f.op))
+                                && !self.transfers.iter().any(|t| t.job == job.id && t.core == c && t.op == f.op)
+                        }
                     };
                     if complete {
                         let f = core.in_flight.swap_remove(i);
@@ -628,10 +661,13 @@ impl Scheduler {
         let fault = ExecFault::Instruction { core: core.core, index };
         let fence = engine == Engine::Sync;
         // A DMA ends when its bytes have moved (see `Transfer`); the rest take fixed cycles.
-        let (dma_bytes, onchip) = match *op {
-            Op::DmaIn { src, .. } => (Some(src.packed_bytes()), src.space == Space::Pool),
-            Op::DmaOut { dst, .. } => (Some(dst.packed_bytes()), dst.space == Space::Pool),
-            _ => (None, false),
+        // (bytes, of which other cores hold, on chip)
+        let (dma_bytes, peer, onchip) = match *op {
+            Op::DmaIn { src, peer_bytes, .. } => {
+                (Some(src.packed_bytes()), u64::from(peer_bytes), src.space == Space::Pool)
+            }
+            Op::DmaOut { dst, .. } => (Some(dst.packed_bytes()), 0, dst.space == Space::Pool),
+            _ => (None, 0, false),
         };
         let end = if dma_bytes.is_some() { None } else { Some(now + cost.cycles(op)) };
         core.in_flight.push(InFlight { op: index, engine, start: now, end, access, fence });
@@ -642,19 +678,32 @@ impl Scheduler {
             if !onchip {
                 job.ddr_bytes += bytes;
             }
-            self.transfers.push(Transfer {
-                job: job.id,
-                core: c,
-                op: index,
-                ready_at: now + cost.dma_setup_cycles,
-                remaining: bytes as f64,
-                onchip,
-            });
+            let peer = peer.min(bytes);
+            let parts = match onchip {
+                false => [(bytes, Path::Ddr), (0, Path::Ddr)],
+                true => [(bytes - peer, Path::Local), (peer, Path::Noc)],
+            };
+            let pool = cost.pool_bytes_per_cycle.max(1) as f64;
+            for (i, &(part, path)) in parts.iter().enumerate() {
+                // An empty transfer still takes its setup (so that a DMA always ends).
+                if part > 0 || i == 0 && parts[1].0 == 0 {
+                    let transfer = Transfer {
+                        job: job.id,
+                        core: c,
+                        op: index,
+                        ready_at: now + cost.dma_setup_cycles,
+                        remaining: part as f64,
+                        path,
+                        pool_rate: if bytes == 0 { pool } else { pool * part as f64 / bytes as f64 },
+                    };
+                    self.transfers.push(transfer);
+                }
+            }
         }
         let (ddr_base, phys) = (job.ddr_base, core.core);
         let ok = match *op {
             _ if mode == ExecMode::Estimate => Some(()),
-            Op::DmaIn { dst, src, multicast } => {
+            Op::DmaIn { dst, src, multicast, .. } => {
                 // Only a multicast needs a list of receiving cores.
                 let single = [phys];
                 let multi: Vec<u32>;

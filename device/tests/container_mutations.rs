@@ -7,7 +7,12 @@ use proptest::prelude::*;
 
 fn valid() -> Vec<u8> {
     let ops = [
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::F32, &[32]), src: Tensor::ddr(0, DType::F32, &[32]), multicast: 0 },
+        Op::DmaIn {
+            dst: Tensor::vtcm(0, DType::F32, &[32]),
+            src: Tensor::ddr(0, DType::F32, &[32]),
+            multicast: 0,
+            peer_bytes: 0,
+        },
         Op::Binary {
             kind: BinaryKind::Add,
             dst: Tensor::vtcm(128, DType::F32, &[16]),

@@ -81,9 +81,9 @@ fn program() -> Vec<Op> {
     let block = Tensor::contiguous(Space::Ddr, 1 << 20, DType::U8, &[2 << 20]);
     let transposed = f32t(Space::Ddr, OUT, &[60, 30, 100]).with_strides(&[100, 60 * 100, 1]);
     vec![
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[2 << 20]), src: block, multicast: 0 },
-        Op::DmaIn { dst: Tensor::vtcm(3 << 20, DType::F32, &[60, 30, 100]), src: window, multicast: 0 },
-        Op::DmaIn { dst: Tensor::vtcm(6 << 20, DType::F16, &[40, 300]), src: narrow, multicast: 0 },
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::U8, &[2 << 20]), src: block, multicast: 0, peer_bytes: 0 },
+        Op::DmaIn { dst: Tensor::vtcm(3 << 20, DType::F32, &[60, 30, 100]), src: window, multicast: 0, peer_bytes: 0 },
+        Op::DmaIn { dst: Tensor::vtcm(6 << 20, DType::F16, &[40, 300]), src: narrow, multicast: 0, peer_bytes: 0 },
         Op::DmaOut { dst: transposed, src: Tensor::vtcm(3 << 20, DType::F32, &[60, 30, 100]) },
         Op::DmaOut {
             dst: Tensor::contiguous(Space::Ddr, OUT + (1 << 20), DType::F16, &[40, 300]),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use aicsim_device::isa::{DType, Op, Tensor};
+use aicsim_device::isa::{DType, Op, Space, Tensor};
 use aicsim_device::memory::{HeapMemory, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
 use aicsim_device::scheduler::{ExecMode, RunStats, Scheduler};
@@ -22,11 +22,11 @@ struct Rig {
 
 impl Rig {
     fn new(ddr: usize) -> Rig {
-        Rig {
-            sched: Scheduler::new(CostModel::default(), CLOCK),
-            nsps: (0..16).map(|_| None).collect(),
-            mem: HeapMemory::new(ddr),
-        }
+        Rig::with_cost(CostModel::default(), ddr)
+    }
+
+    fn with_cost(cost: CostModel, ddr: usize) -> Rig {
+        Rig { sched: Scheduler::new(cost, CLOCK), nsps: (0..16).map(|_| None).collect(), mem: HeapMemory::new(ddr) }
     }
 
     /// Runs jobs (each a list of per-core streams on the given cores) started together.
@@ -65,6 +65,7 @@ fn streaming(chunks: u32, bytes: u32) -> Vec<Op> {
             dst: Tensor::vtcm(u64::from(i % 2) * u64::from(bytes), DType::U8, &[bytes]),
             src: Tensor::ddr(u64::from(i) * u64::from(bytes), DType::U8, &[bytes]),
             multicast: 0,
+            peer_bytes: 0,
         })
         .collect();
     ops.push(Op::End);
@@ -109,6 +110,64 @@ fn two_activations_streaming_from_ddr_each_run_slower_and_share_the_bandwidth() 
     assert!(aggregate >= ddr_bytes_per_cycle * 0.95, "aggregate {aggregate:.2} B/cycle, DDR {ddr_bytes_per_cycle:.2}");
 }
 
+/// A core copying `chunks` x `bytes` of the on-chip pool at `base` into VTCM, of which
+/// `peer` bytes per chunk are held by other cores. Every chunk lands on the same VTCM
+/// bytes, so one copy runs at a time.
+fn pool_reads(base: u64, chunks: u32, bytes: u32, peer: u32) -> Vec<Op> {
+    let mut ops: Vec<Op> = (0..chunks)
+        .map(|i| Op::DmaIn {
+            dst: Tensor::vtcm(0, DType::U8, &[bytes]),
+            src: Tensor::contiguous(Space::Pool, base + u64::from(i) * u64::from(bytes), DType::U8, &[bytes]),
+            multicast: 0,
+            peer_bytes: peer,
+        })
+        .collect();
+    ops.push(Op::End);
+    ops
+}
+
+#[test]
+fn pool_reads_from_other_cores_share_the_network_and_local_copies_do_not() {
+    // A network 1.5x one core's pool rate: one core alone is limited by its pool rate,
+    // four at once by the network.
+    let mut cost = CostModel::default();
+    let pool = cost.pool_bytes_per_cycle as f64;
+    cost.noc_bytes_per_second = (1.5 * pool * CLOCK as f64) as u64;
+    let (chunks, bytes) = (32u32, 64u32 << 10);
+    let total = u64::from(chunks) * u64::from(bytes);
+    let mut rig = Rig::with_cost(cost, 4 * total as usize);
+    let job = |core: u32, peer: u32| (vec![pool_reads(u64::from(core) * total, chunks, bytes, peer)], vec![core], 0);
+    let local = rig.run(&[job(0, 0)], ExecMode::Timing)[0].cycles();
+    let remote = rig.run(&[job(0, bytes)], ExecMode::Timing)[0].cycles();
+    let half = rig.run(&[job(0, bytes / 2)], ExecMode::Timing)[0].cycles();
+    // Alone, the pool rate is the limit wherever the bytes are, and no DDR is used.
+    let at_pool_rate = total as f64 / pool + f64::from(chunks * cost.dma_setup_cycles as u32);
+    for (what, cycles) in [("local", local), ("remote", remote), ("half remote", half)] {
+        assert!(
+            (cycles as f64) >= at_pool_rate && (cycles as f64) < at_pool_rate * 1.01,
+            "{what}: {cycles} cycles alone, {at_pool_rate:.0} at the pool rate"
+        );
+    }
+    let mut four = |peer: u32| {
+        let runs = rig.run(&(0..4).map(|c| job(c, peer)).collect::<Vec<_>>(), ExecMode::Timing);
+        assert!(runs.iter().all(|r| r.ddr_bytes == 0));
+        runs.iter().map(|r| r.end_cycle).max().unwrap() - runs.iter().map(|r| r.start_cycle).min().unwrap()
+    };
+    // Four cores copying their own bytes each keep the pool rate.
+    let span = four(0);
+    assert!(span.abs_diff(local) * 100 <= local, "four local copies took {span} cycles, one {local}");
+    // Four reading other cores' bytes share the network: 4 / 1.5 times as long, and
+    // together they move no more than the network carries.
+    let span = four(bytes);
+    let noc = 1.5 * pool;
+    let aggregate = 4.0 * total as f64 / span as f64;
+    assert!(aggregate <= noc * 1.0001, "{aggregate:.1} B/cycle over a {noc:.1} B/cycle network");
+    assert!(aggregate >= noc * 0.9, "{aggregate:.1} B/cycle; the network carries {noc:.1}");
+    // With half of each read remote, the network carries half as much: faster than all remote.
+    let half_span = four(bytes / 2);
+    assert!(half_span < span, "half remote {half_span} cycles, all remote {span}");
+}
+
 #[test]
 fn multicast_to_k_cores_reads_ddr_once_and_lands_everywhere() {
     let bytes = 256u32 << 10;
@@ -122,6 +181,7 @@ fn multicast_to_k_cores_reads_ddr_once_and_lands_everywhere() {
                 dst: Tensor::vtcm(4096, DType::U8, &[bytes]),
                 src: Tensor::ddr(0, DType::U8, &[bytes]),
                 multicast: (1 << k) - 1,
+                peer_bytes: 0,
             },
             Op::End,
         ]];
@@ -147,6 +207,7 @@ fn mixed_program() -> Vec<Op> {
             dst: Tensor::vtcm(0, DType::F32, &[2, 64, 64]),
             src: Tensor::ddr(0, DType::F32, &[2, 64, 64]),
             multicast: 0,
+            peer_bytes: 0,
         },
         Op::MatMul {
             dst: Tensor::vtcm(65536, DType::F32, &[64, 64]),
@@ -211,6 +272,7 @@ fn dma_overlaps_compute_when_nothing_conflicts() {
         dst: Tensor::vtcm(at, DType::F16, &[256, 256]),
         src: Tensor::ddr(0, DType::F16, &[256, 256]),
         multicast: 0,
+        peer_bytes: 0,
     };
     let mm = |at: u64| Op::MatMul {
         dst: Tensor::vtcm(at + (4 << 20), DType::F16, &[256, 256]),
@@ -263,7 +325,7 @@ fn strided_3d_dma_gathers_and_scatters_exactly() {
     let out = Tensor::ddr(8192, DType::F16, &[4, 3, 2]);
     let transposed_vtcm = Tensor::vtcm(0, DType::F16, &[4, 3, 2]).with_strides(&[1, 4, 12]);
     let program = vec![
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::F16, &[2, 3, 4]), src, multicast: 0 },
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::F16, &[2, 3, 4]), src, multicast: 0, peer_bytes: 0 },
         Op::DmaOut { dst: out, src: transposed_vtcm },
         Op::End,
     ];
@@ -287,7 +349,7 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
     // Core 0 computes x + x into DDR and signals; core 1 waits, reads it, adds again.
     let v = |at: u64| Tensor::vtcm(at, DType::F32, &[16]);
     let core0 = vec![
-        Op::DmaIn { dst: v(0), src: Tensor::ddr(0, DType::F32, &[16]), multicast: 0 },
+        Op::DmaIn { dst: v(0), src: Tensor::ddr(0, DType::F32, &[16]), multicast: 0, peer_bytes: 0 },
         Op::Binary { kind: aicsim_device::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
         Op::DmaOut { dst: Tensor::ddr(64, DType::F32, &[16]), src: v(64) },
         Op::Signal { counter: 3, value: 1 },
@@ -295,7 +357,7 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
     ];
     let core1 = vec![
         Op::Wait { counter: 3, value: 1 },
-        Op::DmaIn { dst: v(0), src: Tensor::ddr(64, DType::F32, &[16]), multicast: 0 },
+        Op::DmaIn { dst: v(0), src: Tensor::ddr(64, DType::F32, &[16]), multicast: 0, peer_bytes: 0 },
         Op::Binary { kind: aicsim_device::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
         Op::DmaOut { dst: Tensor::ddr(128, DType::F32, &[16]), src: v(64) },
         Op::End,

@@ -20,7 +20,12 @@ pub fn vector_add_mul(n: u32) -> ProgramImage {
     let weights: Vec<u8> = vector_weights(n).iter().flat_map(|w| w.to_le_bytes()).collect();
     let v = |offset: u64| Tensor::vtcm(offset, DType::F32, &[n]);
     let ops = [
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::F32, &[3, n]), src: Tensor::ddr(0, DType::F32, &[3, n]), multicast: 0 },
+        Op::DmaIn {
+            dst: Tensor::vtcm(0, DType::F32, &[3, n]),
+            src: Tensor::ddr(0, DType::F32, &[3, n]),
+            multicast: 0,
+            peer_bytes: 0,
+        },
         Op::Binary { kind: BinaryKind::Add, dst: v(3 * bytes), a: v(0), b: v(bytes) },
         Op::Binary { kind: BinaryKind::Mul, dst: v(3 * bytes), a: v(3 * bytes), b: v(2 * bytes) },
         Op::DmaOut { dst: Tensor::ddr(3 * bytes, DType::F32, &[n]), src: v(3 * bytes) },

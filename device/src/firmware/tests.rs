@@ -34,6 +34,7 @@ fn add_program() -> ProgramImage {
                 dst: Tensor::vtcm(0, DType::F32, &[2 * N]),
                 src: Tensor::ddr(0, DType::F32, &[2 * N]),
                 multicast: 0,
+                peer_bytes: 0,
             },
             Op::Binary {
                 kind: BinaryKind::Add,
@@ -351,6 +352,7 @@ fn a_program_whose_operands_overflow_vtcm_is_rejected_naming_core_instruction_an
                 dst: Tensor::vtcm(4064, DType::F32, &[N]),
                 src: Tensor::ddr(0, DType::F32, &[N]),
                 multicast: 0,
+                peer_bytes: 0,
             },
             Op::End,
         ]

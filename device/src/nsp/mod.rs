@@ -63,6 +63,9 @@ pub struct CostModel {
     /// Bytes per cycle a core's DMA moves between its VTCM and the on-chip pool
     /// (activations kept in VTCM between layers): no DDR involved.
     pub pool_bytes_per_cycle: u64,
+    /// On-chip network bandwidth shared by every transfer of pool bytes another core
+    /// holds (public: 186 GB/s).
+    pub noc_bytes_per_second: u64,
     /// HMX f16 MACs per cycle (public: 4096).
     pub hmx_macs_per_cycle_f16: u64,
     /// HMX int8 MACs per cycle (public: 8192).
@@ -95,7 +98,8 @@ impl Default for CostModel {
             dma_setup_cycles: 100,
             dma_bytes_per_cycle: 64,
             ddr_bytes_per_second: 136_000_000_000,
-            pool_bytes_per_cycle: 256,
+            pool_bytes_per_cycle: 128,
+            noc_bytes_per_second: 450_000_000_000,
             ddr_efficiency_pct: 85,
             hmx_macs_per_cycle_f16: 4096,
             hmx_macs_per_cycle_int8: 8192,

@@ -46,6 +46,8 @@ pub enum StreamProblem {
     Shapes(String),
     #[error("multicast mask {mask:#x} names cores beyond the program's {cores}")]
     Multicast { mask: u64, cores: u32 },
+    #[error("{peer_bytes} bytes held by other cores, but the DMA reads {bytes} bytes from {space:?} (only a pool source can be held by other cores, and at most all of it)")]
+    PeerBytes { peer_bytes: u32, bytes: u64, space: Space },
     #[error("stream does not end with End")]
     MissingEnd,
     #[error("instruction after End")]
@@ -107,8 +109,15 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
     let v = |t: &Tensor, name| check(t, name, Space::Vtcm, limits);
     match op {
         Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Ok(()),
-        Op::DmaIn { dst, src, multicast } => {
+        Op::DmaIn { dst, src, multicast, peer_bytes } => {
             check(src, "DMA source", Space::Ddr, limits)?;
+            if *peer_bytes != 0 && (src.space != Space::Pool || u64::from(*peer_bytes) > src.packed_bytes()) {
+                return Err(StreamProblem::PeerBytes {
+                    peer_bytes: *peer_bytes,
+                    bytes: src.packed_bytes(),
+                    space: src.space,
+                });
+            }
             v(dst, "DMA destination")?;
             types(src.dtype == dst.dtype, || {
                 format!("DMA moves {:?} into {:?}; DMA does not convert", src.dtype, dst.dtype)
@@ -285,6 +294,10 @@ mod tests {
         Tensor::contiguous(Space::Vtcm, offset, dtype, shape)
     }
 
+    fn decode_first(stream: &[Instruction]) -> Op {
+        stream[0].decode().unwrap()
+    }
+
     fn problem(ops: &[Op]) -> (usize, StreamProblem) {
         let stream: Vec<Instruction> = ops.iter().chain(&[Op::End]).map(|&o| Instruction::encode(o)).collect();
         let e = validate_stream(5, &stream, &LIMITS).unwrap_err();
@@ -316,23 +329,39 @@ mod tests {
     fn dma_and_compute_operand_rules() {
         let d = Tensor::contiguous(Space::Ddr, 1000, DType::F32, &[8]);
         assert!(matches!(
-            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0 }]).1,
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0, peer_bytes: 0 }]).1,
             StreamProblem::DdrOverflow { .. }
         ));
         let d = Tensor::contiguous(Space::Ddr, 0, DType::F32, &[8]);
         assert!(matches!(
-            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0b100 }]).1,
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0b100, peer_bytes: 0 }]).1,
             StreamProblem::Multicast { .. }
         ));
         assert!(matches!(
-            problem(&[Op::DmaIn { dst: vt(2, DType::F32, &[8]), src: d, multicast: 0 }]).1,
+            problem(&[Op::DmaIn { dst: vt(2, DType::F32, &[8]), src: d, multicast: 0, peer_bytes: 0 }]).1,
             StreamProblem::Misaligned { .. }
         ));
         assert!(matches!(
-            problem(&[Op::DmaIn { dst: vt(0, DType::F16, &[8]), src: d, multicast: 0 }]).1,
+            problem(&[Op::DmaIn { dst: vt(0, DType::F16, &[8]), src: d, multicast: 0, peer_bytes: 0 }]).1,
             StreamProblem::Types(_)
         ));
-        assert!(matches!(problem(&[Op::DmaIn { dst: d, src: d, multicast: 0 }]).1, StreamProblem::WrongSpace { .. }));
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: d, src: d, multicast: 0, peer_bytes: 0 }]).1,
+            StreamProblem::WrongSpace { .. }
+        ));
+        // Only a pool source can be held by other cores, and at most all of it.
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: d, multicast: 0, peer_bytes: 4 }]).1,
+            StreamProblem::PeerBytes { peer_bytes: 4, bytes: 32, space: Space::Ddr }
+        ));
+        let pool = Tensor::contiguous(Space::Pool, 0, DType::F32, &[8]);
+        assert!(matches!(
+            problem(&[Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: pool, multicast: 0, peer_bytes: 33 }]).1,
+            StreamProblem::PeerBytes { peer_bytes: 33, bytes: 32, space: Space::Pool }
+        ));
+        let fine = [Op::DmaIn { dst: vt(0, DType::F32, &[8]), src: pool, multicast: 0, peer_bytes: 32 }, Op::End];
+        let fine: Vec<Instruction> = fine.iter().map(|&o| Instruction::encode(o)).collect();
+        assert_eq!(validate_stream(0, &fine, &LIMITS).unwrap()[0], decode_first(&fine));
         let m = Op::MatMul {
             dst: vt(0, DType::F32, &[2, 3]),
             a: vt(64, DType::F32, &[2, 4]),
