@@ -116,7 +116,7 @@ fn runs(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
 /// gets the same number of tiles); `n` when no such count exists.
 fn balanced(n: u64, extent: u64, others: u64, cores: u64) -> u64 {
     let pieces = |k: u64| extent.div_ceil(extent.div_ceil(k));
-    (n..=extent.min(4 * n)).find(|&k| (others * pieces(k)) % cores == 0).map_or(n, pieces)
+    (n..=extent.min(4 * n)).find(|&k| (others * pieces(k)).is_multiple_of(cores)).map_or(n, pieces)
 }
 
 fn dims32(shape: &[u64]) -> Vec<u32> {
@@ -1450,4 +1450,31 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         warnings,
         pool,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced;
+
+    #[test]
+    fn balanced_counts_give_every_core_the_same_number_of_tiles() {
+        // 56 rows in 8 pieces of 7 on 7 cores: 7 pieces of 8 instead.
+        assert_eq!(balanced(8, 56, 1, 7), 14);
+        assert_eq!(balanced(7, 56, 1, 7), 7);
+        // 2 samples x 10 blocks: 20 tiles are already even on 5 cores.
+        assert_eq!(balanced(1, 7, 20, 5), 1);
+        // 16 blocks of a 7-row layer on 7 cores: no count up to 4x helps.
+        assert_eq!(balanced(1, 7, 16, 7), 1);
+        // Pieces of 56 rows: 10 wanted are really ceil(56 / 6) = 10; 5 cores take 2 each.
+        assert_eq!(balanced(9, 56, 1, 5), 10);
+        for (n, extent, others, cores) in [(3u64, 100u64, 3u64, 7u64), (5, 13, 2, 4), (2, 1000, 9, 14)] {
+            let k = balanced(n, extent, others, cores);
+            assert!(k >= n.min(extent) && k <= extent, "{k} pieces of {extent}");
+            // k is a count the rows really give.
+            assert_eq!(extent.div_ceil(extent.div_ceil(k)), k);
+            if k != n {
+                assert_eq!(others * k % cores, 0, "{n}, {extent}, {others}, {cores} -> {k}");
+            }
+        }
+    }
 }

@@ -68,10 +68,9 @@ fn region(t: &Tensor, v: &Stored, eb: u64) -> Option<Region> {
     let view = t.dims();
     let (mut lo, mut hi) = (Vec::with_capacity(v.dims.len()), Vec::with_capacity(v.dims.len()));
     let mut rest = rel;
-    for (&d, &s) in v.dims.iter().zip(&strides) {
+    for &s in &strides {
         lo.push(rest / s);
         rest %= s;
-        let _ = d;
     }
     hi.extend(lo.iter().map(|&c| c + 1));
     let mut used = vec![false; v.dims.len()];
@@ -258,15 +257,16 @@ mod tests {
 
     /// Channels `c0..c0 + n`, rows `r0..r0 + rows` of a stored value.
     fn view(base: u64, c0: u64, n: u32, r0: u64, rows: u32) -> Tensor {
-        Tensor::contiguous(Space::Pool, base + (c0 * 16 + r0 * 4) * EB, DType::F16, &[n, rows, 4]).with_strides(&[16, 4, 1])
+        Tensor::contiguous(Space::Pool, base + (c0 * 16 + r0 * 4) * EB, DType::F16, &[n, rows, 4])
+            .with_strides(&[16, 4, 1])
     }
 
     fn read(src: Tensor) -> Op {
-        Op::DmaIn { dst: Tensor::vtcm(0, DType::F16, &src.dims()), src, multicast: 0, peer_bytes: 0 }
+        Op::DmaIn { dst: Tensor::vtcm(0, DType::F16, src.dims()), src, multicast: 0, peer_bytes: 0 }
     }
 
     fn write(dst: Tensor) -> Op {
-        Op::DmaOut { src: Tensor::vtcm(0, DType::F16, &dst.dims()), dst }
+        Op::DmaOut { src: Tensor::vtcm(0, DType::F16, dst.dims()), dst }
     }
 
     fn peer_of(op: &Op) -> u32 {
