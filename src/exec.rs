@@ -146,6 +146,11 @@ pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
         mib(m.ddr_out_bytes),
         mib(m.constant_in_bytes)
     );
+    println!(
+        "Estimated on-chip traffic:    {} through the pool per inference, {} of it read from other cores over the NoC",
+        mib(m.pool_bytes),
+        mib(m.peer_bytes)
+    );
     println!("=== Per-layer cost (cycles summed over cores) ===");
     println!(
         "{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} bound",

@@ -54,9 +54,14 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Reading ONNX Model from "), "{out}");
     assert!(out.contains("Compiling model with FP16 precision."), "{out}");
-    for line in
-        ["MAC estimate:", "Constants size:", "VTCM size per core:", "Shared DDR size:", "Estimated DDR traffic:"]
-    {
+    for line in [
+        "MAC estimate:",
+        "Constants size:",
+        "VTCM size per core:",
+        "Shared DDR size:",
+        "Estimated DDR traffic:",
+        "Estimated on-chip traffic:",
+    ] {
         assert!(out.contains(line), "missing '{line}' in {out}");
     }
     // Four samples of ResNet-50: ~16.4 GMAC per inference.
@@ -67,6 +72,10 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!((15.5..17.0).contains(&gmac), "{gmac} GMAC");
+    // Two cores: part of what each reads from the pool the other one wrote.
+    let noc = out.lines().find(|l| l.starts_with("Estimated on-chip traffic:")).unwrap();
+    let mib: Vec<f64> = noc.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(mib.len() == 2 && mib[1] > 0.0 && mib[1] < mib[0], "{noc}");
     assert!(out.trim_end().ends_with(&format!("Generated binary is present at {}", dir.display())), "{out}");
     assert!(dir.join("programqpc.bin").exists());
     let (code, out, err) =

@@ -70,6 +70,9 @@ pub struct PerfMetrics {
     pub ddr_in_bytes: u64,
     pub ddr_out_bytes: u64,
     pub constant_in_bytes: u64,
+    /// Moved to or from the on-chip pool, and of it read from other cores' VTCM.
+    pub pool_bytes: u64,
+    pub peer_bytes: u64,
 }
 
 impl Compiled {
@@ -84,6 +87,8 @@ impl Compiled {
             ddr_in_bytes: sum(|l| l.load_bytes),
             ddr_out_bytes: sum(|l| l.store_bytes),
             constant_in_bytes: sum(|l| l.constant_bytes),
+            pool_bytes: sum(|l| l.pool_bytes),
+            peer_bytes: sum(|l| l.peer_bytes),
         }
     }
 }
