@@ -151,9 +151,10 @@ struct Lowerer<'g> {
     pool_bases: std::collections::HashSet<u64>,
     /// Where the last lowered layer starts in each core's stream.
     prev_starts: Vec<usize>,
-    /// Convolutions so far whose weight blocks are shared (their slot region alternates).
-    shared_layers: usize,
-    /// Whether shared weight blocks have their own slots and are prefetched.
+    /// Convolutions so far that loaded weights into the slots (their region alternates).
+    slot_layers: usize,
+    /// Whether weight blocks (shared ones, and each core's first own one) have slots of
+    /// their own and are prefetched.
     prefetch: bool,
     /// Whether the last layer's tiles used VTCM above the tile area.
     prev_big: bool,
@@ -313,7 +314,9 @@ impl<'g> Lowerer<'g> {
         let cores = self.o.cores as u64;
         let hmx = self.cost.hmx_tile;
         if g == 1 && cores > 1 && co_t >= hmx && n_co * samples >= cores {
-            // HMX-aligned blocks; tiles balanced across cores by the row count below.
+            // Blocks of whole HMX tiles (no padded channels); the row count below evens
+            // out the tiles per core. A block may then be split between two cores'
+            // runs: each reads it.
             n_co = co.div_ceil(co_t / hmx * hmx);
         } else if self.o.multicast_weights && n_co >= cores && cores > 1 {
             // Whole weight blocks per core: nobody reads a block another core reads.
@@ -339,9 +342,9 @@ impl<'g> Lowerer<'g> {
         let slots = shared && self.prefetch && budget == self.budget();
         // A core's first own block goes to a slot too, prefetched like the shared ones.
         let own_slot = !shared && self.prefetch && budget == self.budget();
-        let parity = self.shared_layers % 2;
+        let parity = self.slot_layers % 2;
         if slots || own_slot {
-            self.shared_layers += 1;
+            self.slot_layers += 1;
         }
         let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
         let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
@@ -1381,7 +1384,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         constants_bytes,
         pool_bases,
         prev_starts: Vec::new(),
-        shared_layers: 0,
+        slot_layers: 0,
         prefetch,
         prev_big: false,
     };

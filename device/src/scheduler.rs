@@ -678,25 +678,22 @@ impl Scheduler {
             if !onchip {
                 job.ddr_bytes += bytes;
             }
-            let peer = peer.min(bytes);
-            let parts = match onchip {
-                false => [(bytes, Path::Ddr), (0, Path::Ddr)],
-                true => [(bytes - peer, Path::Local), (peer, Path::Noc)],
-            };
+            // A pool read partly held by other cores is two transfers sharing the pool
+            // rate in proportion to their bytes.
             let pool = cost.pool_bytes_per_cycle.max(1) as f64;
-            for (i, &(part, path)) in parts.iter().enumerate() {
-                // An empty transfer still takes its setup (so that a DMA always ends).
-                if part > 0 || i == 0 && parts[1].0 == 0 {
-                    let transfer = Transfer {
-                        job: job.id,
-                        core: c,
-                        op: index,
-                        ready_at: now + cost.dma_setup_cycles,
-                        remaining: part as f64,
-                        path,
-                        pool_rate: if bytes == 0 { pool } else { pool * part as f64 / bytes as f64 },
-                    };
-                    self.transfers.push(transfer);
+            let (id, ready_at) = (job.id, now + cost.dma_setup_cycles);
+            let mut push = |part: u64, path: Path| {
+                let pool_rate = if part == bytes { pool } else { pool * part as f64 / bytes as f64 };
+                let remaining = part as f64;
+                self.transfers.push(Transfer { job: id, core: c, op: index, ready_at, remaining, path, pool_rate });
+            };
+            match (onchip, peer.min(bytes)) {
+                (false, _) => push(bytes, Path::Ddr),
+                (true, 0) => push(bytes, Path::Local),
+                (true, peer) if peer == bytes => push(bytes, Path::Noc),
+                (true, peer) => {
+                    push(bytes - peer, Path::Local);
+                    push(peer, Path::Noc);
                 }
             }
         }
