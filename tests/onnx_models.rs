@@ -108,6 +108,12 @@ fn worst(got: &[f32], want: &[f32], rtol: f32, atol: f32) -> (f32, usize) {
     w
 }
 
+/// VGG-19 in f32 is a 580 MB program: a debug build of the device takes several seconds
+/// to check and copy it, more than the driver's default 5 s for a control request.
+fn big_programs() -> KmdConfig {
+    KmdConfig { control_timeout: Duration::from_secs(120), ..KmdConfig::default() }
+}
+
 fn check_model(name: &str) {
     if let Some(r) = reference(name, false) {
         check_against(name, &r, &CompileOptions::default());
@@ -115,7 +121,7 @@ fn check_model(name: &str) {
 }
 
 fn check_against(name: &str, r: &Reference, base: &CompileOptions) {
-    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    let device = Arc::new(Device::open_simulated(big_programs()).unwrap());
     for cores in [1, 4] {
         for fp16 in [false, true] {
             let opts = CompileOptions { cores, fp16, multicast_weights: fp16, ..base.clone() };
@@ -147,7 +153,7 @@ fn check_package_output(name: &str) {
     let Some(r) = reference(name, true) else { return };
     let dir = r.model.parent().unwrap();
     let package = read_f32(&dir.join("package_output_0.bin"));
-    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    let device = Arc::new(Device::open_simulated(big_programs()).unwrap());
     let got = run(&device, &r.model, &CompileOptions::default(), &r.inputs);
     let (excess, at) = worst(&got[0], &package, 1e-3, 1e-4);
     assert!(excess <= 0.0, "{name} output[{at}]: ours {} package {}", got[0][at], package[at]);
