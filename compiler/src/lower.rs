@@ -124,7 +124,7 @@ fn dims32(shape: &[u64]) -> Vec<u32> {
 }
 
 /// Contiguous element strides of `shape`.
-fn contiguous(shape: &[u64]) -> Vec<u64> {
+pub(crate) fn contiguous(shape: &[u64]) -> Vec<u64> {
     let mut s = vec![1u64; shape.len()];
     for d in (0..shape.len().saturating_sub(1)).rev() {
         s[d] = s[d + 1] * shape[d + 1];
@@ -347,6 +347,9 @@ impl<'g> Lowerer<'g> {
             self.slot_layers += 1;
         }
         let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
+        // Weight buffers: two that alternate (in the tile area, or the shared slots) and,
+        // at `OWN_FIRST`, the slot for a core's prefetched first own block.
+        const OWN_FIRST: usize = 2;
         let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
         let (wbuf, bbuf) = if slots {
             ([slot(0), slot(1), slot(0)], [bias_at(0), bias_at(1), bias_at(0)])
@@ -429,7 +432,7 @@ impl<'g> Lowerer<'g> {
             let first_block = (own_slot && !run.is_empty()).then(|| tiles[run.start].0);
             if let Some(fb) = first_block {
                 let to = if prefetch_own { &mut prefetched[core] } else { &mut ops };
-                load_weights(to, self, fb, 2, 0);
+                load_weights(to, self, fb, OWN_FIRST, 0);
             }
             for (i, &(cb, s, rb)) in tiles[run.clone()].iter().enumerate() {
                 let slot = i % 2;
@@ -441,7 +444,7 @@ impl<'g> Lowerer<'g> {
                             ops.push(Op::Wait { counter: 1 + cb as u8, value: 1 });
                         }
                     } else if first_block == Some(cb) {
-                        wslot = 2;
+                        wslot = OWN_FIRST;
                     } else {
                         wslot = other(wslot);
                         load_weights(&mut ops, self, cb, wslot, 0);
@@ -1430,7 +1433,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         .map(|(v, _)| {
             let mut dims: Vec<u64> = g.values[v].shape.iter().map(|&d| d as u64).collect();
             dims[0] *= o.replicas as u64;
-            crate::peers::Stored { base: l.value_offsets[v], dims }
+            crate::peers::Stored::new(l.value_offsets[v], dims)
         })
         .collect();
     let crossed = crate::peers::mark_peer_reads(&mut streams, &stored_values, eb);

@@ -11,11 +11,30 @@ use std::collections::HashMap;
 
 use aicsim_device::isa::{Op, Space, Tensor};
 
-/// A value stored in the activation region: its byte offset and its dims (the first
-/// one counting every replica).
+use crate::lower::contiguous;
+
+/// A value stored in the activation region: its byte offset, its dims (the first one
+/// counting every replica) and their element strides.
 pub(crate) struct Stored {
-    pub base: u64,
-    pub dims: Vec<u64>,
+    base: u64,
+    dims: Vec<u64>,
+    strides: Vec<u64>,
+}
+
+impl Stored {
+    pub(crate) fn new(base: u64, dims: Vec<u64>) -> Stored {
+        let strides = contiguous(&dims);
+        Stored { base, dims, strides }
+    }
+
+    fn elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    /// Elements of one sample (everything after the first dim).
+    fn per_sample(&self) -> u64 {
+        self.dims[1..].iter().product::<u64>().max(1)
+    }
 }
 
 /// Elements of one value, by element index.
@@ -29,8 +48,8 @@ enum Region {
 
 impl Region {
     /// The sample (first-dim) range, for indexing writes.
-    fn samples(&self, dims: &[u64]) -> std::ops::Range<u64> {
-        let inner: u64 = dims[1..].iter().product::<u64>().max(1);
+    fn samples(&self, v: &Stored) -> std::ops::Range<u64> {
+        let inner = v.per_sample();
         match self {
             Region::Box { lo, hi } => lo[0]..hi[0],
             Region::Flat { lo, hi } => lo / inner..hi.div_ceil(inner),
@@ -38,8 +57,8 @@ impl Region {
     }
 
     /// The part of the region in sample `s`.
-    fn in_sample(&self, s: u64, dims: &[u64]) -> Region {
-        let inner: u64 = dims[1..].iter().product::<u64>().max(1);
+    fn in_sample(&self, s: u64, v: &Stored) -> Region {
+        let inner = v.per_sample();
         match self {
             Region::Box { lo, hi } => {
                 let (mut lo, mut hi) = (lo.clone(), hi.clone());
@@ -51,24 +70,15 @@ impl Region {
     }
 }
 
-fn contiguous_strides(dims: &[u64]) -> Vec<u64> {
-    let mut s = vec![1u64; dims.len()];
-    for d in (0..dims.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * dims[d + 1];
-    }
-    s
-}
-
 /// The elements of `v` that `t` covers, if `t` is a box of `v`'s dims or a contiguous
 /// run; `None` for any other view (its bytes are then counted as the reader's own).
 fn region(t: &Tensor, v: &Stored, eb: u64) -> Option<Region> {
     let rel = (t.offset - v.base) / eb;
-    let strides = contiguous_strides(&v.dims);
-    let total: u64 = v.dims.iter().product();
+    let strides = &v.strides;
     let view = t.dims();
     let (mut lo, mut hi) = (Vec::with_capacity(v.dims.len()), Vec::with_capacity(v.dims.len()));
     let mut rest = rel;
-    for &s in &strides {
+    for &s in strides {
         lo.push(rest / s);
         rest %= s;
     }
@@ -96,7 +106,7 @@ fn region(t: &Tensor, v: &Stored, eb: u64) -> Option<Region> {
         return Some(Region::Box { lo, hi });
     }
     let elements: u64 = view.iter().map(|&e| u64::from(e)).product();
-    (t.is_contiguous() && rel + elements <= total).then_some(Region::Flat { lo: rel, hi: rel + elements })
+    (t.is_contiguous() && rel + elements <= v.elements()).then_some(Region::Flat { lo: rel, hi: rel + elements })
 }
 
 /// Elements of the box `lo..hi` (over a value with `strides`) whose flat index is below `x`.
@@ -150,9 +160,8 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
     let find = |offset: u64| {
         let i = stored.partition_point(|v| v.base <= offset).checked_sub(1)?;
         let v = &stored[i];
-        (offset < v.base + v.dims.iter().product::<u64>() * eb).then_some(i)
+        (offset < v.base + v.elements() * eb).then_some(i)
     };
-    let strides: Vec<Vec<u64>> = stored.iter().map(|v| contiguous_strides(&v.dims)).collect();
     // Writes by (value, sample): the part of the region in that sample and the core
     // that holds it, from the last layer that wrote there.
     let mut writes: HashMap<(usize, u64), Vec<(Region, usize)>> = HashMap::new();
@@ -171,11 +180,11 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
                         let Some(v) = find(src.offset) else { continue };
                         let Some(read) = region(src, &stored[v], eb) else { continue };
                         let mut peer = 0;
-                        for s in read.samples(&stored[v].dims) {
-                            let part = read.in_sample(s, &stored[v].dims);
+                        for s in read.samples(&stored[v]) {
+                            let part = read.in_sample(s, &stored[v]);
                             for (w, by) in writes.get(&(v, s)).into_iter().flatten() {
                                 if *by != core {
-                                    peer += overlap(&part, w, &strides[v]);
+                                    peer += overlap(&part, w, &stored[v].strides);
                                 }
                             }
                         }
@@ -201,12 +210,12 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
         // What this layer rewrites replaces what earlier layers left there.
         let mut fresh = std::collections::HashSet::new();
         for (v, r, core) in layer_writes {
-            for s in r.samples(&stored[v].dims) {
+            for s in r.samples(&stored[v]) {
                 let list = writes.entry((v, s)).or_default();
                 if fresh.insert((v, s)) {
                     list.clear();
                 }
-                list.push((r.in_sample(s, &stored[v].dims), core));
+                list.push((r.in_sample(s, &stored[v]), core));
             }
         }
     }
@@ -230,7 +239,7 @@ mod tests {
     #[test]
     fn box_below_counts_what_enumerating_the_box_counts() {
         let dims = [3u64, 5, 4, 6];
-        let strides = contiguous_strides(&dims);
+        let strides = contiguous(&dims);
         let total: u64 = dims.iter().product();
         let boxes = [
             ([0u64, 0, 0, 0], [3u64, 5, 4, 6]),
@@ -252,7 +261,7 @@ mod tests {
 
     /// Value 0: [1, 8, 4, 4] f16 at 4096; value 1: [1, 8, 4, 4] at 8192.
     fn stored() -> Vec<Stored> {
-        vec![Stored { base: 4096, dims: vec![1, 8, 4, 4] }, Stored { base: 8192, dims: vec![1, 8, 4, 4] }]
+        vec![Stored::new(4096, vec![1, 8, 4, 4]), Stored::new(8192, vec![1, 8, 4, 4])]
     }
 
     /// Channels `c0..c0 + n`, rows `r0..r0 + rows` of a stored value.
