@@ -2,7 +2,7 @@
 //! activations with `set_size` inferences in flight each, in virtual time.
 //!
 //! The device side is the real scheduler running the real instruction streams in
-//! [`ExecMode::Estimate`] (nothing moves, everything is timed): every instance on its own
+//! [`ExecMode::Timing`] (nothing moves, everything is timed): every instance on its own
 //! cores, all of them sharing DDR bandwidth at once. The host side is a small queueing
 //! model whose stage costs are the [`HostModel`] parameters: each of an activation's
 //! `set_size` handles goes round enqueue -> pre-processing -> submit -> PCIe in -> wait
@@ -15,10 +15,9 @@ use std::sync::Arc;
 
 use aicsim_compiler::Compiled;
 use aicsim_device::container::IoDirection;
-use aicsim_device::isa::Op;
 use aicsim_device::memory::HeapMemory;
 use aicsim_device::nsp::{CostModel, NspCore};
-use aicsim_device::scheduler::{ExecMode, Scheduler};
+use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
 use aicsim_device::DeviceConfig;
 
 use crate::stats;
@@ -84,7 +83,7 @@ impl From<&DeviceConfig> for DeviceModel {
 #[derive(Clone, Debug)]
 pub struct Workload {
     /// One instruction stream per core.
-    pub streams: Arc<Vec<Vec<Op>>>,
+    pub streams: Arc<Plan>,
     /// Samples per inference.
     pub batch: u32,
     /// Bytes the host sends to the device per inference (device format).
@@ -97,7 +96,7 @@ impl Workload {
     pub fn from_compiled(c: &Compiled) -> Workload {
         let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
         Workload {
-            streams: Arc::new(c.lowered.streams.clone()),
+            streams: Arc::new(Plan::new(c.lowered.streams.clone())),
             batch: c.image.batch_size,
             input_bytes: bytes(IoDirection::Input),
             output_bytes: bytes(IoDirection::Output),
@@ -233,7 +232,7 @@ pub fn predict(
     // every instance stream its weights at the same moments.
     let solo = {
         let id = sched.start(workload.streams.clone(), &instances[0].cores, 0);
-        let done = sched.run_until_completion(&mut nsps, 0, &mem, ExecMode::Estimate);
+        let done = sched.run_until_completion(&mut nsps, 0, &mem, ExecMode::Timing);
         match done.into_iter().find(|d| d.0 == id) {
             Some((_, Ok(stats))) => stats.cycles() as f64 * ns_per_cycle,
             Some((_, Err(e))) => return Err(PredictError::Fault(e.to_string())),
@@ -294,7 +293,7 @@ pub fn predict(
             }
         }
         let limit = next_ready.unwrap_or(u64::MAX);
-        for (id, result) in sched.run_until(&mut nsps, 0, &mem, ExecMode::Estimate, limit) {
+        for (id, result) in sched.run_until(&mut nsps, 0, &mem, ExecMode::Timing, limit) {
             let stats = result.map_err(|e| PredictError::Fault(e.to_string()))?;
             let i = instances.iter().position(|x| x.running.is_some_and(|r| r.0 == id)).expect("a job of ours");
             let (_, req, started) = instances[i].running.take().expect("running");
@@ -304,7 +303,7 @@ pub fn predict(
             let completed = link_out_free + host.completion_ns;
             let done = completed + host.post_proc_ns + host.app_ns;
             finished[i] += 1;
-            completions.push((i, finished[i], end, u64::from(workload.batch), stats.ddr_bytes));
+            if std::env::var_os("PROBE").is_some() { eprintln!("C {i} {} {end} {}", finished[i], (end - started)); }
             if finished[i] > warmup && finished[i] <= per_instance {
                 host_rt.push((completed - req.enqueue) / 1e6);
                 total_rt.push((done - req.enqueue) / 1e6);

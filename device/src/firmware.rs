@@ -27,12 +27,11 @@ use crate::dbc::{
     NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, REQ_HEAD, REQ_TAIL, RSP_HEAD, RSP_TAIL, SEM_VALUE_MAX,
 };
 use crate::extent::ExtentAllocator;
-use crate::isa::Op;
 use crate::layout::{self, DeviceStatus, MemoryMap};
 use crate::memory::SharedMemory;
 use crate::nsp::{self, CostModel, Limits, NspCore};
 use crate::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
-use crate::scheduler::{ExecMode, JobId, RunStats, Scheduler};
+use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
 use crate::semaphore::{self, SemOutcome};
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -155,7 +154,7 @@ struct Channel {
 
 struct Program {
     image: ProgramImage,
-    streams: Arc<Vec<Vec<Op>>>,
+    plan: Arc<Plan>,
     inputs: u16,
     outputs: u16,
     activations: u32,
@@ -655,7 +654,7 @@ impl Firmware {
         }
         mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
         let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
-        let job = self.scheduler.start_traced(program.streams.clone(), &act.cores, ddr_base, act.trace);
+        let job = self.scheduler.start_traced(program.plan.clone(), &act.cores, ddr_base, act.trace);
         let now = self.scheduler.now();
         if let Some(act) = &mut self.activations[dbc] {
             act.doorbells_pending -= 1;
@@ -821,7 +820,7 @@ impl Firmware {
         };
         let inputs = count(image.inputs().count(), "inputs")?;
         let outputs = count(image.outputs().count(), "outputs")?;
-        let program = Program { image, streams: Arc::new(streams), inputs, outputs, activations: 0 };
+        let program = Program { image, plan: Arc::new(Plan::new(streams)), inputs, outputs, activations: 0 };
         let id = match self.programs.iter().position(Option::is_none) {
             Some(i) => {
                 self.programs[i] = Some(program);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aicsim_device::isa::{DType, Op, Space, Tensor};
 use aicsim_device::memory::{HeapMemory, OutOfRange, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
-use aicsim_device::scheduler::{ExecMode, Scheduler};
+use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
 
 /// A memory several threads may read and write at once, byte by byte.
 struct Concurrent(Vec<AtomicU8>);
@@ -100,7 +100,7 @@ fn program() -> Vec<Op> {
 fn run<M: SharedMemory>(mem: &M) {
     let mut sched = Scheduler::new(CostModel::default(), 1_400_000_000);
     let mut nsps: Vec<Option<NspCore>> = (0..1).map(|_| None).collect();
-    sched.start(Arc::new(vec![program()]), &[0], 0);
+    sched.start(Arc::new(Plan::new(vec![program()])), &[0], 0);
     let done = sched.run_until_completion(&mut nsps, 8 << 20, mem, ExecMode::Functional);
     assert!(done.iter().all(|d| d.1.is_ok()), "the program faulted");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use aicsim_device::isa::{DType, Op, Space, Tensor};
 use aicsim_device::memory::{HeapMemory, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
-use aicsim_device::scheduler::{ExecMode, RunStats, Scheduler};
+use aicsim_device::scheduler::{ExecMode, Plan, RunStats, Scheduler};
 use proptest::prelude::*;
 
 const CLOCK: u64 = 1_400_000_000;
@@ -33,7 +33,7 @@ impl Rig {
     fn run(&mut self, jobs: &[JobSpec], mode: ExecMode) -> Vec<RunStats> {
         let ids: Vec<u64> = jobs
             .iter()
-            .map(|(streams, cores, base)| self.sched.start(Arc::new(streams.clone()), cores, *base))
+            .map(|(streams, cores, base)| self.sched.start(Arc::new(Plan::new(streams.clone())), cores, *base))
             .collect();
         let mut out: Vec<Option<RunStats>> = vec![None; ids.len()];
         while out.iter().any(Option::is_none) {
@@ -187,7 +187,7 @@ fn multicast_to_k_cores_reads_ddr_once_and_lands_everywhere() {
         ]];
         streams.extend((1..k).map(|_| vec![Op::End]));
         let cores: Vec<u32> = (4..4 + k).collect();
-        let run = rig.run(&[(streams, cores.clone(), 0)], ExecMode::Timing)[0].clone();
+        let run = rig.run(&[(streams, cores.clone(), 0)], ExecMode::Functional)[0].clone();
         assert_eq!(run.ddr_bytes, u64::from(bytes), "{k} cores: DDR read once");
         assert_eq!(run.cycles(), single.cycles(), "{k} cores: as fast as one");
         for &c in &cores {
@@ -329,7 +329,7 @@ fn strided_3d_dma_gathers_and_scatters_exactly() {
         Op::DmaOut { dst: out, src: transposed_vtcm },
         Op::End,
     ];
-    rig.run(&[(vec![program], vec![0], 0)], ExecMode::Timing);
+    rig.run(&[(vec![program], vec![0], 0)], ExecMode::Functional);
     let mut got = vec![0u8; 24 * 2];
     rig.mem.read(8192, &mut got).unwrap();
     let got: Vec<u16> = got.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
@@ -381,7 +381,7 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
 fn cores_waiting_on_each_other_forever_are_reported_as_a_deadlock() {
     let mut rig = Rig::new(4096);
     let id = rig.sched.start(
-        Arc::new(vec![vec![Op::Wait { counter: 0, value: 1 }, Op::End], vec![Op::Barrier, Op::End]]),
+        Arc::new(Plan::new(vec![vec![Op::Wait { counter: 0, value: 1 }, Op::End], vec![Op::Barrier, Op::End]])),
         &[0, 1],
         0,
     );

@@ -1,7 +1,7 @@
 use super::*;
 use crate::container::{IoBinding, IoDType, IoDirection};
 use crate::dbc::{DoorbellWidth, SemOp};
-use crate::isa::{BinaryKind, DType, Instruction, Tensor};
+use crate::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use crate::memory::HeapMemory;
 use alloc::vec;
 
