@@ -303,7 +303,7 @@ pub fn predict(
             let completed = link_out_free + host.completion_ns;
             let done = completed + host.post_proc_ns + host.app_ns;
             finished[i] += 1;
-            if std::env::var_os("PROBE").is_some() { eprintln!("C {i} {} {end} {}", finished[i], (end - started)); }
+            completions.push((i, finished[i], end, u64::from(workload.batch), stats.ddr_bytes));
             if finished[i] > warmup && finished[i] <= per_instance {
                 host_rt.push((completed - req.enqueue) / 1e6);
                 total_rt.push((done - req.enqueue) / 1e6);
