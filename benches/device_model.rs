@@ -45,7 +45,7 @@ fn simulation_speed(cores: u32, tiles: u32) -> (f64, u64, f64) {
     let mut nsps: Vec<Option<NspCore>> = (0..16).map(|_| None).collect();
     let mut sched = Scheduler::new(CostModel::default(), 1_400_000_000);
     let core_ids: Vec<u32> = (0..cores).collect();
-    let streams = Arc::new(Plan::new(streams));
+    let streams = Arc::new(Plan::new(streams, &CostModel::default()));
     // Warm up (allocates VTCM), then measure.
     sched.start(streams.clone(), &core_ids, 0);
     sched.run_until_completion(&mut nsps, 64 << 10, &mem, ExecMode::Timing);

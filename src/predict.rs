@@ -96,7 +96,7 @@ impl Workload {
     pub fn from_compiled(c: &Compiled) -> Workload {
         let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
         Workload {
-            streams: Arc::new(Plan::new(c.lowered.streams.clone())),
+            streams: Arc::new(Plan::new(c.lowered.streams.clone(), &CostModel::default())),
             batch: c.image.batch_size,
             input_bytes: bytes(IoDirection::Input),
             output_bytes: bytes(IoDirection::Output),

@@ -100,7 +100,7 @@ fn program() -> Vec<Op> {
 fn run<M: SharedMemory>(mem: &M) {
     let mut sched = Scheduler::new(CostModel::default(), 1_400_000_000);
     let mut nsps: Vec<Option<NspCore>> = (0..1).map(|_| None).collect();
-    sched.start(Arc::new(Plan::new(vec![program()])), &[0], 0);
+    sched.start(Arc::new(Plan::new(vec![program()], &CostModel::default())), &[0], 0);
     let done = sched.run_until_completion(&mut nsps, 8 << 20, mem, ExecMode::Functional);
     assert!(done.iter().all(|d| d.1.is_ok()), "the program faulted");
 }

@@ -2,7 +2,7 @@
 //! together.
 //!
 //! Each core issues its instructions in program order; an instruction starts when its
-//! engine has room ([`DMA_QUEUES`] DMA transfers, one HMX op, [`HVX_THREADS`] HVX
+//! engine has room ([`nsp::DMA_QUEUES`] DMA transfers, one HMX op, [`nsp::HVX_THREADS`] HVX
 //! threads), no instruction still in flight on the core conflicts with it
 //! (read-after-write, write-after-read, write-after-write on overlapping VTCM or DDR
 //! bytes), and no sync fence is pending. Later instructions may start while earlier ones
@@ -14,11 +14,12 @@
 //! Transfers to or from the on-chip pool take no DDR share: the bytes the reading core
 //! holds move at the pool rate, the bytes other cores hold share the on-chip network.
 //!
-//! The loop is event driven: an instruction with a fixed cost waits in a heap of end
-//! times, the few DMA transfers in flight are stepped together, and only the cores an
-//! event touched (an instruction of theirs ended, a counter they wait on moved) try to
-//! issue again. Everything an instruction's timing needs is worked out once per program
-//! ([`Plan`]).
+//! Every instruction's end is known when it starts, except a DMA's over DDR or the
+//! network. So each core issues ahead of the device clock on its own (see `core_run`) until
+//! its next instruction depends on such a transfer, a counter or a barrier; the
+//! device-wide loop only orders what couples cores and programs: transfers starting and
+//! ending on the shared paths, signals, counter checks, and programs ending. Everything
+//! an instruction's timing needs is worked out once per program ([`Plan`]).
 //!
 //! In a functional run, an instruction's effect on memory happens when it starts: the
 //! hazard rules guarantee its inputs are final and nobody still reads what it
@@ -26,6 +27,7 @@
 //! still moves what the host sends and receives). Device time does not depend on the
 //! mode or on the data.
 
+mod core_run;
 mod data;
 mod fluid;
 mod plan;
@@ -37,11 +39,12 @@ use core::cmp::Reverse;
 
 use crate::isa::SYNC_COUNTERS;
 use crate::memory::SharedMemory;
-use crate::nsp::{self, CostModel, Engine, NspCore, DMA_QUEUES, ENGINES, HVX_THREADS, OP_CLASSES};
+use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, OP_CLASSES};
 
+use core_run::{Blocked, CoreRun, InFlight, State};
 use fluid::{CappedShare, EqualShare, Owner};
 pub use plan::Plan;
-use plan::Action;
+use plan::{Action, Step};
 
 /// What a run does besides taking device time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,33 +141,6 @@ pub enum ExecFault {
 /// Identifies a started run.
 pub type JobId = u64;
 
-/// One instruction in flight on a core.
-struct InFlight {
-    op: u32,
-    engine: Engine,
-    start: u64,
-    /// DMA transfers of this instruction still moving (a pool read held partly by other
-    /// cores moves as two); 0 for an instruction with a fixed end.
-    parts: u8,
-}
-
-struct CoreRun {
-    pc: usize,
-    in_flight: Vec<InFlight>,
-    /// Instructions in flight per [`Engine`].
-    engine_busy: [u32; ENGINES],
-    /// Sync instructions in flight: nothing after them issues until they end.
-    fences: u32,
-    ended: bool,
-    at_barrier: bool,
-    /// Since when nothing has been in flight (the core waits on another, or has not
-    /// started); `None` while busy or ended.
-    empty_since: Option<u64>,
-    /// Something changed that may let the core issue again.
-    dirty: bool,
-    stats: CoreStats,
-}
-
 struct Job {
     id: JobId,
     plan: Arc<Plan>,
@@ -179,22 +155,8 @@ struct Job {
     fault: Option<ExecFault>,
     trace: Vec<TraceEvent>,
     traced: bool,
-    ended: usize,
-    /// Some core may be able to issue.
-    dirty: bool,
-    /// A core arrived at a barrier or ended: the barrier may be complete.
-    barrier_check: bool,
-}
-
-impl Job {
-    fn finished(&self) -> bool {
-        self.fault.is_some() || self.ended == self.cores.len()
-    }
-
-    fn mark_dirty(&mut self, core: usize) {
-        self.cores[core].dirty = true;
-        self.dirty = true;
-    }
+    /// The plan's cycles were worked out with this scheduler's cost model.
+    plan_cost: bool,
 }
 
 enum Advanced {
@@ -206,18 +168,25 @@ enum Advanced {
 /// Something that happens at a known cycle to instruction `op` of core `core` of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Happening {
-    /// A part of the instruction ends (its fixed cycles, or a copy inside the core's
-    /// VTCM at the pool rate).
-    Ends,
-    /// A DMA's setup is over: its `bytes` start moving over DDR.
-    DdrReady { bytes: u64 },
-    /// A DMA's setup is over: `bytes` of its `of` bytes, held by other cores, start
-    /// moving over the on-chip network.
-    NocReady { bytes: u64, of: u64 },
+    /// A DMA's setup is over: its bytes start moving over DDR.
+    DdrReady,
+    /// A DMA's setup is over: the bytes other cores hold start moving over the network.
+    NocReady,
+    /// A signal takes effect: its counter grows.
+    Signalled,
+    /// The core is at a Wait: its counter is checked in device-time order.
+    WaitCheck,
+    /// The core waits for a transfer to end, or for the clock to reach this moment.
+    Recheck,
+    /// The job's last core has ended, or it faulted.
+    JobEnds,
 }
 
 /// (cycle, job, core, instruction, what): ordered so that ties happen in a fixed order.
 type Event = (u64, JobId, u32, u32, Happening);
+
+/// Slots for jobs; a job's id carries its slot in the low bits.
+const SLOT_BITS: u32 = 16;
 
 /// The device-wide scheduler.
 pub struct Scheduler {
@@ -225,13 +194,18 @@ pub struct Scheduler {
     ddr_bytes_per_cycle: f64,
     noc_bytes_per_cycle: f64,
     now: u64,
-    jobs: Vec<Job>,
+    jobs: Vec<Option<Job>>,
+    running: usize,
     events: BinaryHeap<Reverse<Event>>,
     ddr: EqualShare,
     noc: CappedShare,
+    /// Cores that may issue now: (slot, core), run in this order.
+    runnable: Vec<(usize, usize)>,
+    /// Jobs that ended at the current cycle.
+    ended: Vec<(JobId, Result<RunStats, ExecFault>)>,
     /// Reused for the transfers that end at one event.
     finished: Vec<Owner>,
-    next_id: JobId,
+    next_serial: u64,
     /// Instructions issued since creation (for simulation-speed figures).
     pub instructions: u64,
     tracing: bool,
@@ -253,14 +227,22 @@ impl Scheduler {
             noc_bytes_per_cycle: cost.noc_bytes_per_second as f64 / clock_hz.max(1) as f64,
             now: 0,
             jobs: Vec::new(),
+            running: 0,
             events: BinaryHeap::new(),
             ddr: EqualShare::default(),
             noc: CappedShare::default(),
+            runnable: Vec::new(),
+            ended: Vec::new(),
             finished: Vec::new(),
-            next_id: 1,
+            next_serial: 1,
             instructions: 0,
             tracing: false,
         }
+    }
+
+    /// The cost model the scheduler times with (a [`Plan`] should be built with it).
+    pub fn cost(&self) -> &CostModel {
+        &self.cost
     }
 
     /// Records every instruction's interval in the [`RunStats`] of runs started from now.
@@ -275,7 +257,7 @@ impl Scheduler {
 
     /// Whether no program is running.
     pub fn is_idle(&self) -> bool {
-        self.jobs.is_empty()
+        self.running == 0
     }
 
     /// Starts a program at the current device time on physical `cores` (one per
@@ -286,28 +268,22 @@ impl Scheduler {
 
     /// [`Scheduler::start`], recording this run's trace even if tracing is off.
     pub fn start_traced(&mut self, plan: Arc<Plan>, cores: &[u32], ddr_base: u64, trace: bool) -> JobId {
-        let id = self.next_id;
-        self.next_id += 1;
+        let slot = match self.jobs.iter().position(Option::is_none) {
+            Some(s) => s,
+            None => {
+                self.jobs.push(None);
+                self.jobs.len() - 1
+            }
+        };
+        let id = self.next_serial << SLOT_BITS | slot as u64;
+        self.next_serial += 1;
         let now = self.now;
-        let runs = cores
-            .iter()
-            .map(|&core| CoreRun {
-                pc: 0,
-                in_flight: Vec::new(),
-                engine_busy: [0; ENGINES],
-                fences: 0,
-                ended: false,
-                at_barrier: false,
-                empty_since: Some(now),
-                dirty: true,
-                stats: CoreStats { core, ..Default::default() },
-            })
-            .collect();
-        self.jobs.push(Job {
+        let plan_cost = *plan.cost() == self.cost;
+        self.jobs[slot] = Some(Job {
             id,
             plan,
             phys: cores.to_vec(),
-            cores: runs,
+            cores: cores.iter().map(|&c| CoreRun::new(c, now)).collect(),
             ddr_base,
             counters: [0; SYNC_COUNTERS as usize],
             start: now,
@@ -315,10 +291,13 @@ impl Scheduler {
             fault: None,
             trace: Vec::new(),
             traced: trace || self.tracing,
-            ended: 0,
-            dirty: true,
-            barrier_check: false,
+            plan_cost,
         });
+        self.running += 1;
+        self.runnable.extend((0..cores.len()).map(|c| (slot, c)));
+        if cores.is_empty() {
+            self.events.push(Reverse((now, id, 0, 0, Happening::JobEnds)));
+        }
         id
     }
 
@@ -337,7 +316,7 @@ impl Scheduler {
     /// Lets idle device time pass up to `cycle` (no program is running, so nothing
     /// happens in between). Ignored while programs run or for a time in the past.
     pub fn idle_until(&mut self, cycle: u64) {
-        if self.jobs.is_empty() && cycle > self.now {
+        if self.running == 0 && cycle > self.now {
             self.now = cycle;
         }
     }
@@ -354,24 +333,15 @@ impl Scheduler {
         limit: u64,
     ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
         let mut memory = Memory { nsps, vtcm_bytes, mem, mode };
-        let mut done = Vec::new();
-        while !self.jobs.is_empty() {
-            for j in 0..self.jobs.len() {
-                if self.jobs[j].dirty || self.jobs[j].barrier_check {
-                    self.issue(j, &mut memory);
-                }
+        loop {
+            // Running a core may make others runnable (a barrier it completes).
+            let mut i = 0;
+            while let Some(&(slot, c)) = self.runnable.get(i) {
+                self.run_core(slot, c, &mut memory);
+                i += 1;
             }
-            let mut j = 0;
-            while j < self.jobs.len() {
-                if self.jobs[j].finished() {
-                    let job = self.jobs.remove(j);
-                    self.forget(job.id);
-                    done.push((job.id, self.finish(job)));
-                } else {
-                    j += 1;
-                }
-            }
-            if !done.is_empty() {
+            self.runnable.clear();
+            if !self.ended.is_empty() || self.running == 0 {
                 break;
             }
             match self.advance(limit) {
@@ -379,59 +349,46 @@ impl Scheduler {
                 Advanced::AtLimit => break,
                 Advanced::Stuck => {
                     // Nothing in flight and nothing can issue: every core waits on another.
-                    for job in self.jobs.drain(..) {
-                        done.push((job.id, Err(ExecFault::Deadlock)));
+                    for job in self.jobs.iter_mut().filter_map(Option::take) {
+                        self.ended.push((job.id, Err(ExecFault::Deadlock)));
                     }
+                    self.running = 0;
                     self.events.clear();
                     self.ddr.clear();
                     self.noc.clear();
                 }
             }
         }
-        done
-    }
-
-    fn finish(&self, job: Job) -> Result<RunStats, ExecFault> {
-        if let Some(f) = job.fault {
-            return Err(f);
-        }
-        Ok(RunStats {
-            start_cycle: job.start,
-            end_cycle: self.now,
-            cores: job.cores.into_iter().map(|c| c.stats).collect(),
-            ddr_bytes: job.ddr_bytes,
-            trace: job.trace,
-        })
+        core::mem::take(&mut self.ended)
     }
 
     /// Removes a running program (its activation went away).
     pub fn cancel(&mut self, id: JobId) {
-        self.jobs.retain(|j| j.id != id);
-        self.forget(id);
+        if let Some(slot) = self.slot(id) {
+            self.jobs[slot] = None;
+            self.running -= 1;
+            self.ddr.remove_job(id);
+            self.noc.remove_job(id);
+            self.runnable.retain(|r| r.0 != slot);
+        }
     }
 
-    /// Drops the transfers of a job that is gone; its pending events are skipped when
-    /// they come up.
-    fn forget(&mut self, id: JobId) {
-        self.ddr.remove_job(id);
-        self.noc.remove_job(id);
+    /// The slot of a job still running.
+    fn slot(&self, id: JobId) -> Option<usize> {
+        let slot = (id & ((1 << SLOT_BITS) - 1)) as usize;
+        self.jobs.get(slot)?.as_ref().filter(|j| j.id == id).map(|_| slot)
     }
 
-    fn job_index(&self, id: JobId) -> Option<usize> {
-        self.jobs.iter().position(|j| j.id == id)
-    }
-
-    /// Bytes per cycle each DDR transfer moves now.
     fn ddr_rate(&self) -> f64 {
         self.ddr.rate(self.ddr_bytes_per_cycle, self.cost.dma_bytes_per_cycle as f64)
     }
 
-    /// Moves time to the next event (or to `limit`, if that comes first) and retires
-    /// what ends there.
+    /// Moves time to the next event (or to `limit`, if that comes first) and carries out
+    /// what happens there.
     fn advance(&mut self, limit: u64) -> Advanced {
-        // Events of programs that are gone (cancelled or faulted) do nothing.
+        // Events of programs that are gone (cancelled) do nothing.
         while let Some(&Reverse((_, id, ..))) = self.events.peek() {
-            if self.job_index(id).is_some() {
+            if self.slot(id).is_some() {
                 break;
             }
             self.events.pop();
@@ -455,7 +412,7 @@ impl Scheduler {
         self.noc.advance(cycles, self.noc_bytes_per_cycle, &mut finished);
         self.now = next;
         for (id, core, op) in finished.drain(..) {
-            self.part_done(id, core as usize, op);
+            self.moved(id, core as usize, op);
         }
         self.finished = finished;
         while let Some(&Reverse((at, id, core, op, what))) = self.events.peek() {
@@ -463,15 +420,7 @@ impl Scheduler {
                 break;
             }
             self.events.pop();
-            let owner = (id, core, op);
-            match what {
-                Happening::Ends => self.part_done(id, core as usize, op),
-                Happening::DdrReady { bytes } => self.ddr.start(owner, bytes),
-                Happening::NocReady { bytes, of } => {
-                    let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
-                    self.noc.start(owner, bytes, pool * bytes as f64 / of as f64);
-                }
-            }
+            self.happen(id, core as usize, op, what);
         }
         if at_limit {
             Advanced::AtLimit
@@ -480,223 +429,312 @@ impl Scheduler {
         }
     }
 
-    /// One part of an instruction ended; the instruction ends with its last part.
-    fn part_done(&mut self, id: JobId, core: usize, op: u32) {
-        let Some(j) = self.job_index(id) else { return };
-        let Some(f) = self.jobs[j].cores[core].in_flight.iter_mut().find(|f| f.op == op) else { return };
-        f.parts -= 1;
-        if f.parts == 0 {
-            self.retire(j, core, op);
+    fn happen(&mut self, id: JobId, core: usize, op: u32, what: Happening) {
+        let Some(slot) = self.slot(id) else { return };
+        let owner = (id, core as u32, op);
+        match what {
+            Happening::DdrReady | Happening::NocReady => {
+                let job = self.jobs[slot].as_ref().expect("slot of a running job");
+                let Some(Action::Dma(paths)) = job.plan.step(core, op as usize).map(|s| s.action) else { return };
+                if what == Happening::DdrReady {
+                    self.ddr.start(owner, paths.ddr_bytes);
+                } else {
+                    // Capped at its share of the pool rate.
+                    let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
+                    self.noc.start(owner, paths.noc_bytes, pool * paths.noc_bytes as f64 / paths.bytes as f64);
+                }
+            }
+            Happening::Signalled => {
+                let job = self.jobs[slot].as_mut().expect("slot of a running job");
+                let Some(Action::Signal { counter, value }) = job.plan.step(core, op as usize).map(|s| s.action) else {
+                    return;
+                };
+                job.counters[counter as usize] += u32::from(value);
+                // Cores waiting on a counter look again, in core order.
+                for (c, run) in job.cores.iter_mut().enumerate() {
+                    if run.state == State::WaitCounter {
+                        run.state = State::Running;
+                        self.runnable.push((slot, c));
+                    }
+                }
+            }
+            Happening::WaitCheck => {
+                let job = self.jobs[slot].as_mut().expect("slot of a running job");
+                job.cores[core].state = State::Running;
+                self.runnable.push((slot, core));
+            }
+            Happening::Recheck => {
+                let job = self.jobs[slot].as_mut().expect("slot of a running job");
+                if job.cores[core].state == State::Moving {
+                    job.cores[core].state = State::Running;
+                    self.runnable.push((slot, core));
+                }
+            }
+            Happening::JobEnds => {
+                let job = self.jobs[slot].take().expect("slot of a running job");
+                self.running -= 1;
+                self.ddr.remove_job(id);
+                self.noc.remove_job(id);
+                let result = self.finish(job);
+                self.ended.push((id, result));
+            }
         }
     }
 
-    /// Instruction `op` of core `core` of job `j` ends now: statistics, trace, counters.
-    fn retire(&mut self, j: usize, core: usize, op: u32) {
+    fn finish(&self, mut job: Job) -> Result<RunStats, ExecFault> {
+        if let Some(f) = job.fault {
+            return Err(f);
+        }
+        job.trace.sort_unstable_by_key(|e| (e.end_cycle, e.core, e.index));
+        Ok(RunStats {
+            start_cycle: job.start,
+            end_cycle: self.now,
+            cores: job.cores.into_iter().map(|c| c.stats).collect(),
+            ddr_bytes: job.ddr_bytes,
+            trace: job.trace,
+        })
+    }
+
+    /// A shared-path part of a DMA ended now; with its last part the instruction ends and
+    /// its core may go on.
+    fn moved(&mut self, id: JobId, core: usize, op: u32) {
+        let Some(slot) = self.slot(id) else { return };
         let now = self.now;
-        let job = &mut self.jobs[j];
-        let run = &mut job.cores[core];
-        let Some(at) = run.in_flight.iter().position(|f| f.op == op) else { return };
-        let f = run.in_flight.swap_remove(at);
-        let Some(&step) = job.plan.step(core, op as usize) else { return };
-        let took = now - f.start;
-        if job.traced {
-            job.trace.push(TraceEvent {
-                core: core as u32,
-                engine: f.engine,
+        let job = self.jobs[slot].as_mut().expect("slot of a running job");
+        let Some((start, end)) = job.cores[core].part_done(op, now) else { return };
+        let plan = job.plan.clone();
+        let Some(step) = plan.step(core, op as usize) else { return };
+        job.account(core, op, step, start, end);
+        if job.cores[core].state == State::Moving {
+            job.cores[core].state = State::Running;
+            self.runnable.push((slot, core));
+        }
+    }
+
+    /// Issues instructions of core `c` of the job in `slot` until one has to wait for the
+    /// device clock.
+    fn run_core<M: SharedMemory>(&mut self, slot: usize, c: usize, memory: &mut Memory<'_, M>) {
+        let Some(plan) = self.jobs[slot].as_ref().map(|j| j.plan.clone()) else { return };
+        loop {
+            let Some(job) = self.jobs[slot].as_mut() else { return };
+            if job.fault.is_some() || job.cores[c].state != State::Running {
+                return;
+            }
+            let index = job.cores[c].pc;
+            let Some(step) = plan.step(c, index) else {
+                let (t, fault) = (job.cores[c].clock, ExecFault::Instruction { core: job.phys[c], index });
+                self.fault(slot, fault, t);
+                return;
+            };
+            let t = match job.cores[c].earliest(step, self.now) {
+                Ok(t) => t,
+                Err(blocked) => {
+                    job.cores[c].state = State::Moving;
+                    if let Blocked::Until(at) = blocked {
+                        self.events.push(Reverse((at, job.id, c as u32, index as u32, Happening::Recheck)));
+                    }
+                    return;
+                }
+            };
+            match step.action {
+                Action::End => {
+                    let run = &mut job.cores[c];
+                    run.begin(t);
+                    run.stats.instructions += 1;
+                    run.state = State::Ended { at: t };
+                    self.check_barrier(slot);
+                    self.check_end(slot);
+                    return;
+                }
+                Action::Barrier => {
+                    let run = &mut job.cores[c];
+                    run.begin(t);
+                    run.idle_from(t);
+                    run.state = State::AtBarrier { at: t };
+                    self.check_barrier(slot);
+                    return;
+                }
+                Action::Wait { counter, value } => {
+                    if t > self.now {
+                        // Checked when the device clock gets there, after everything
+                        // that signals before then.
+                        job.cores[c].clock = t;
+                        job.cores[c].state = State::WaitCheck { at: t };
+                        self.events.push(Reverse((t, job.id, c as u32, index as u32, Happening::WaitCheck)));
+                        return;
+                    }
+                    let have = &mut job.counters[counter as usize];
+                    if *have < u32::from(value) {
+                        job.cores[c].state = State::WaitCounter;
+                        return;
+                    }
+                    *have -= u32::from(value);
+                    self.issue(slot, c, index, step, self.now, memory);
+                }
+                _ => self.issue(slot, c, index, step, t, memory),
+            }
+        }
+    }
+
+    /// Starts instruction `index` of core `c` at `t`.
+    fn issue<M: SharedMemory>(
+        &mut self,
+        slot: usize,
+        c: usize,
+        index: usize,
+        step: &Step,
+        t: u64,
+        memory: &mut Memory<'_, M>,
+    ) {
+        let job = self.jobs[slot].as_mut().expect("slot of a running job");
+        let id = job.id;
+        let cycles = if job.plan_cost { step.cycles } else { self.cost.cycles(&job.plan.streams()[c][index]) };
+        let run = &mut job.cores[c];
+        run.begin(t);
+        run.pc += 1;
+        run.stats.instructions += 1;
+        self.instructions += 1;
+        let op = index as u32;
+        match step.action {
+            Action::Dma(paths) => {
+                job.ddr_bytes += paths.ddr_bytes;
+                let ready = t + cycles;
+                let local_end = paths.local_cycles.map_or(t, |l| ready + l);
+                let moving = u8::from(paths.ddr) + u8::from(paths.noc_bytes > 0);
+                if paths.ddr {
+                    self.events.push(Reverse((ready, id, c as u32, op, Happening::DdrReady)));
+                }
+                if paths.noc_bytes > 0 {
+                    self.events.push(Reverse((ready, id, c as u32, op, Happening::NocReady)));
+                }
+                let end = (moving == 0).then_some(local_end);
+                run.push(InFlight { op, engine: step.engine, start: t, end, moving, local_end, access: step.access });
+                if let Some(end) = end {
+                    job.account(c, op, step, t, end);
+                }
+            }
+            _ => {
+                let end = t + cycles;
+                run.push(InFlight {
+                    op,
+                    engine: step.engine,
+                    start: t,
+                    end: Some(end),
+                    moving: 0,
+                    local_end: end,
+                    access: step.access,
+                });
+                job.account(c, op, step, t, end);
+                if let Action::Signal { .. } = step.action {
+                    self.events.push(Reverse((end, id, c as u32, op, Happening::Signalled)));
+                }
+            }
+        }
+        if memory.mode == ExecMode::Functional {
+            let job = self.jobs[slot].as_mut().expect("slot of a running job");
+            let op = &job.plan.streams()[c][index];
+            let (nsps, vtcm, mem) = (&mut *memory.nsps, memory.vtcm_bytes, memory.mem);
+            if data::execute(op, c, &job.phys, job.ddr_base, nsps, vtcm, mem).is_none() {
+                let fault = ExecFault::Instruction { core: job.phys[c], index };
+                self.fault(slot, fault, t);
+            }
+        }
+    }
+
+    /// The job faults at `t`; it ends there.
+    fn fault(&mut self, slot: usize, fault: ExecFault, t: u64) {
+        let job = self.jobs[slot].as_mut().expect("slot of a running job");
+        if job.fault.is_none() {
+            job.fault = Some(fault);
+            self.events.push(Reverse((t.max(self.now), job.id, 0, 0, Happening::JobEnds)));
+        }
+    }
+
+    /// A barrier completes when every core still running has arrived at it: each goes
+    /// on with a sync instruction from the moment the last one arrived (or ended).
+    fn check_barrier(&mut self, slot: usize) {
+        let lat = self.cost.sync_latency_cycles;
+        let job = self.jobs[slot].as_mut().expect("slot of a running job");
+        let mut release = 0;
+        let mut waiting = 0;
+        for run in &job.cores {
+            match run.state {
+                State::AtBarrier { at } => {
+                    release = release.max(at);
+                    waiting += 1;
+                }
+                State::Ended { at } => release = release.max(at),
+                _ => return,
+            }
+        }
+        if waiting == 0 {
+            return;
+        }
+        for c in 0..job.cores.len() {
+            let run = &mut job.cores[c];
+            if let State::AtBarrier { .. } = run.state {
+                let op = run.pc as u32;
+                run.begin(release);
+                run.push(InFlight {
+                    op,
+                    engine: Engine::Sync,
+                    start: release,
+                    end: Some(release + lat),
+                    moving: 0,
+                    local_end: release + lat,
+                    access: plan::Access::default(),
+                });
+                run.pc += 1;
+                run.stats.instructions += 1;
+                run.state = State::Running;
+                self.instructions += 1;
+                let plan = job.plan.clone();
+                if let Some(step) = plan.step(c, op as usize) {
+                    job.account(c, op, step, release, release + lat);
+                }
+                self.runnable.push((slot, c));
+            }
+        }
+    }
+
+    /// When every core has ended, the job ends at the last End.
+    fn check_end(&mut self, slot: usize) {
+        let job = self.jobs[slot].as_ref().expect("slot of a running job");
+        let mut last = job.start;
+        for run in &job.cores {
+            match run.state {
+                State::Ended { at } => last = last.max(at),
+                _ => return,
+            }
+        }
+        self.events.push(Reverse((last.max(self.now), job.id, 0, 0, Happening::JobEnds)));
+    }
+}
+
+impl Job {
+    /// Statistics (and the trace) of instruction `op` of core `c`, which ran from
+    /// `start` to `end`.
+    fn account(&mut self, c: usize, op: u32, step: &Step, start: u64, end: u64) {
+        let took = end - start;
+        if self.traced {
+            self.trace.push(TraceEvent {
+                core: c as u32,
+                engine: step.engine,
                 class: step.class,
                 index: op,
-                start_cycle: f.start,
-                end_cycle: now,
+                start_cycle: start,
+                end_cycle: end,
             });
         }
-        run.engine_busy[f.engine as usize] -= 1;
-        if f.engine == Engine::Sync {
-            run.fences -= 1;
-        }
-        if run.in_flight.is_empty() {
-            run.empty_since = Some(now);
-        }
-        run.stats.busy[f.engine as usize] += took;
-        let class = &mut run.stats.classes[step.class as usize];
+        let stats = &mut self.cores[c].stats;
+        stats.busy[step.engine as usize] += took;
+        let class = &mut stats.classes[step.class as usize];
         class.cycles += took;
         class.count += 1;
         class.out_bytes += step.out_bytes;
         if let Some(per_kib) = (took * 1024 + step.out_bytes / 2).checked_div(step.out_bytes) {
             class.cycles_per_kib_sum += per_kib;
             class.cycles_per_kib_sq_sum = class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
-        }
-        job.mark_dirty(core);
-        if let Action::Signal { counter, value } = step.action {
-            job.counters[counter as usize] += u32::from(value);
-            for c in 0..job.cores.len() {
-                job.mark_dirty(c);
-            }
-        }
-    }
-
-    /// Issues every instruction of job `j` that can start now: each core that may have
-    /// become able to, in core order, then a barrier every active core has reached.
-    fn issue<M: SharedMemory>(&mut self, j: usize, memory: &mut Memory<'_, M>) {
-        self.jobs[j].dirty = false;
-        for c in 0..self.jobs[j].cores.len() {
-            if !core::mem::take(&mut self.jobs[j].cores[c].dirty) {
-                continue;
-            }
-            while self.try_issue(j, c, memory) {}
-        }
-        if core::mem::take(&mut self.jobs[j].barrier_check) {
-            self.release_barrier(j);
-        }
-    }
-
-    /// A barrier completes when every core still running has arrived at it.
-    fn release_barrier(&mut self, j: usize) {
-        let now = self.now;
-        let end = now + self.cost.sync_latency_cycles;
-        let job = &mut self.jobs[j];
-        let active = job.cores.len() - job.ended;
-        if active == 0 || job.cores.iter().filter(|c| c.at_barrier).count() != active {
-            return;
-        }
-        for (c, run) in job.cores.iter_mut().enumerate().filter(|(_, r)| r.at_barrier) {
-            run.at_barrier = false;
-            run.begin(now);
-            run.in_flight.push(InFlight { op: run.pc as u32, engine: Engine::Sync, start: now, parts: 1 });
-            run.engine_busy[Engine::Sync as usize] += 1;
-            run.fences += 1;
-            self.events.push(Reverse((end, job.id, c as u32, run.pc as u32, Happening::Ends)));
-            run.pc += 1;
-            run.stats.instructions += 1;
-            self.instructions += 1;
-        }
-    }
-
-    /// Issues the next instruction of core `c` of job `j` if it can start now.
-    fn try_issue<M: SharedMemory>(&mut self, j: usize, c: usize, memory: &mut Memory<'_, M>) -> bool {
-        let now = self.now;
-        let job = &mut self.jobs[j];
-        let run = &mut job.cores[c];
-        if job.fault.is_some() || run.ended || run.at_barrier || run.fences > 0 {
-            return false;
-        }
-        let index = run.pc;
-        let Some(&step) = job.plan.step(c, index) else {
-            job.fault = Some(ExecFault::Instruction { core: run.stats.core, index });
-            return false;
-        };
-        match step.action {
-            Action::End | Action::Barrier => {
-                if run.in_flight.is_empty() {
-                    if step.action == Action::End {
-                        run.ended = true;
-                        run.begin(now);
-                        run.stats.instructions += 1;
-                        job.ended += 1;
-                    } else {
-                        run.at_barrier = true;
-                    }
-                    job.barrier_check = true;
-                }
-                return false;
-            }
-            Action::Signal { .. } if !run.in_flight.is_empty() => return false,
-            Action::Wait { counter, value } => {
-                let have = &mut job.counters[counter as usize];
-                if *have < u32::from(value) {
-                    return false;
-                }
-                *have -= u32::from(value);
-            }
-            Action::Signal { .. } => {}
-            Action::Compute | Action::Dma { .. } => {
-                let room = match step.engine {
-                    Engine::Hvx => HVX_THREADS,
-                    Engine::Dma => DMA_QUEUES,
-                    _ => 1,
-                };
-                if run.engine_busy[step.engine as usize] >= room {
-                    return false;
-                }
-            }
-        }
-        let plan = &job.plan;
-        if run.in_flight.iter().any(|f| plan.step(c, f.op as usize).is_some_and(|s| s.access.conflicts(&step.access))) {
-            return false;
-        }
-        run.begin(now);
-        run.in_flight.push(InFlight { op: index as u32, engine: step.engine, start: now, parts: 1 });
-        run.engine_busy[step.engine as usize] += 1;
-        if step.engine == Engine::Sync {
-            run.fences += 1;
-        }
-        run.pc += 1;
-        run.stats.instructions += 1;
-        self.instructions += 1;
-        let id = job.id;
-        let op = &job.plan.streams()[c][index];
-        match step.action {
-            Action::Dma { bytes, peer, onchip } => {
-                if !onchip {
-                    job.ddr_bytes += bytes;
-                }
-                let parts = self.push_transfers(id, c, index, bytes, peer, onchip);
-                if let Some(f) = self.jobs[j].cores[c].in_flight.last_mut() {
-                    f.parts = parts;
-                }
-            }
-            _ => {
-                let end = now + self.cost.cycles(op);
-                self.events.push(Reverse((end, id, c as u32, index as u32, Happening::Ends)));
-            }
-        }
-        if memory.mode == ExecMode::Functional {
-            let job = &mut self.jobs[j];
-            let op = &job.plan.streams()[c][index];
-            let (nsps, vtcm, mem) = (&mut *memory.nsps, memory.vtcm_bytes, memory.mem);
-            if data::execute(op, c, &job.phys, job.ddr_base, nsps, vtcm, mem).is_none() {
-                job.fault = Some(ExecFault::Instruction { core: job.phys[c], index });
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Queues the transfers of one DMA; returns how many parts it moves in. Over DDR it
-    /// is one; a pool read is a copy inside the core at the pool rate for the bytes the
-    /// core holds and a transfer over the network for those other cores hold, the two
-    /// sharing the pool rate in proportion to their bytes.
-    fn push_transfers(&mut self, job: JobId, core: usize, op: usize, bytes: u64, peer: u64, onchip: bool) -> u8 {
-        let ready_at = self.now + self.cost.dma_setup_cycles;
-        let (core, op) = (core as u32, op as u32);
-        let mut at = |when: u64, what: Happening| self.events.push(Reverse((when, job, core, op, what)));
-        if !onchip {
-            at(ready_at, Happening::DdrReady { bytes });
-            return 1;
-        }
-        let peer = peer.min(bytes);
-        let local = bytes - peer;
-        let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
-        let mut parts = 0;
-        if local > 0 || peer == 0 {
-            // At its share of the pool rate, a fixed time.
-            let rate = pool * local.max(1) as f64 / bytes.max(1) as f64;
-            at(ready_at + fluid::cycles_for(local as f64, rate), Happening::Ends);
-            parts += 1;
-        }
-        if peer > 0 {
-            at(ready_at, Happening::NocReady { bytes: peer, of: bytes });
-            parts += 1;
-        }
-        parts
-    }
-}
-
-impl CoreRun {
-    /// Something starts on the core now: the time it sat with nothing in flight was a
-    /// stall.
-    fn begin(&mut self, now: u64) {
-        if let Some(since) = self.empty_since.take() {
-            self.stats.stall_cycles += now - since;
         }
     }
 }

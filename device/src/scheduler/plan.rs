@@ -1,25 +1,34 @@
 //! What the scheduler needs to know of every instruction, worked out once per program:
 //! its engine, its profile class, the bytes it reads and writes (for hazards), the bytes
-//! it writes (for statistics) and, for a DMA, how many bytes move over which path.
+//! it writes (for statistics), the cycles it takes under the device's cost model and,
+//! for a DMA, how many bytes move over which path.
 
 use alloc::vec::Vec;
 use core::ops::Deref;
 
 use crate::isa::{Op, Space, Tensor};
-use crate::nsp::{self, Engine, OpClass};
+use crate::nsp::{self, CostModel, Engine, OpClass};
 
-/// A program's per-core instruction streams together with their [`Step`]s. Built once
-/// when a program is loaded and shared by every run of it.
+use super::fluid::cycles_for;
+
+/// A program's per-core instruction streams together with their [`Step`]s under one
+/// cost model. Built once when a program is loaded and shared by every run of it.
 #[derive(Debug)]
 pub struct Plan {
     streams: Vec<Vec<Op>>,
     steps: Vec<Vec<Step>>,
+    cost: CostModel,
 }
 
 impl Plan {
-    pub fn new(streams: Vec<Vec<Op>>) -> Plan {
-        let steps = streams.iter().map(|s| s.iter().map(Step::of).collect()).collect();
-        Plan { streams, steps }
+    pub fn new(streams: Vec<Vec<Op>>, cost: &CostModel) -> Plan {
+        let steps = streams.iter().map(|s| s.iter().map(|op| Step::of(op, cost)).collect()).collect();
+        Plan { streams, steps, cost: *cost }
+    }
+
+    /// The cost model the steps' cycles were worked out with.
+    pub fn cost(&self) -> &CostModel {
+        &self.cost
     }
 
     pub fn streams(&self) -> &[Vec<Op>] {
@@ -42,15 +51,47 @@ impl Deref for Plan {
 /// How an instruction behaves in the scheduler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Action {
-    /// Takes fixed cycles on its engine.
+    /// Takes [`Step::cycles`] on its engine.
     Compute,
-    /// Moves `bytes` (of which `peer` are held by other cores, for a pool read); ends
-    /// when they have moved.
-    Dma { bytes: u64, peer: u64, onchip: bool },
+    /// Moves bytes; ends when they have all moved.
+    Dma(Paths),
     Signal { counter: u8, value: u16 },
     Wait { counter: u8, value: u16 },
     Barrier,
     End,
+}
+
+/// Where a DMA's bytes go once its setup is over: over DDR; or, for a transfer to or from
+/// the on-chip pool, a copy inside the core for the bytes it holds and the on-chip
+/// network for those other cores hold, the two sharing the pool rate in proportion to
+/// their bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Paths {
+    /// Whether the bytes move over DDR (a transfer not to or from the pool).
+    pub ddr: bool,
+    /// Bytes over DDR (0 for a pool transfer).
+    pub ddr_bytes: u64,
+    /// Cycles of the copy inside the core, if the transfer has one.
+    pub local_cycles: Option<u64>,
+    /// Bytes over the on-chip network.
+    pub noc_bytes: u64,
+    /// All the transfer's bytes (the network part's cap is its share of the pool rate).
+    pub bytes: u64,
+}
+
+impl Paths {
+    fn of(bytes: u64, peer: u64, onchip: bool, cost: &CostModel) -> Paths {
+        if !onchip {
+            return Paths { ddr: true, ddr_bytes: bytes, local_cycles: None, noc_bytes: 0, bytes };
+        }
+        let peer = peer.min(bytes);
+        let local = bytes - peer;
+        let local_cycles = (local > 0 || peer == 0).then(|| {
+            let pool = cost.pool_bytes_per_cycle.max(1) as f64;
+            cycles_for(local as f64, pool * local.max(1) as f64 / bytes.max(1) as f64)
+        });
+        Paths { ddr: false, ddr_bytes: 0, local_cycles, noc_bytes: peer, bytes }
+    }
 }
 
 /// One instruction as the scheduler sees it.
@@ -61,15 +102,20 @@ pub(super) struct Step {
     pub action: Action,
     pub access: Access,
     pub out_bytes: u64,
+    /// Cycles on its engine (a DMA: its setup).
+    pub cycles: u64,
 }
 
 impl Step {
-    fn of(op: &Op) -> Step {
+    fn of(op: &Op, cost: &CostModel) -> Step {
         let action = match *op {
-            Op::DmaIn { src, peer_bytes, .. } => {
-                Action::Dma { bytes: src.packed_bytes(), peer: u64::from(peer_bytes), onchip: src.space == Space::Pool }
-            }
-            Op::DmaOut { dst, .. } => Action::Dma { bytes: dst.packed_bytes(), peer: 0, onchip: dst.space == Space::Pool },
+            Op::DmaIn { src, peer_bytes, .. } => Action::Dma(Paths::of(
+                src.packed_bytes(),
+                u64::from(peer_bytes),
+                src.space == Space::Pool,
+                cost,
+            )),
+            Op::DmaOut { dst, .. } => Action::Dma(Paths::of(dst.packed_bytes(), 0, dst.space == Space::Pool, cost)),
             Op::Signal { counter, value } => Action::Signal { counter, value },
             Op::Wait { counter, value } => Action::Wait { counter, value },
             Op::Barrier => Action::Barrier,
@@ -82,75 +128,61 @@ impl Step {
             action,
             access: Access::of(op),
             out_bytes: nsp::output_bytes(op),
+            cycles: cost.cycles(op),
         }
     }
 }
 
-/// Whose bytes a range addresses: the running core's VTCM, or the activation's DDR
-/// (which also holds the pool's bytes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Region {
-    Vtcm,
-    Ddr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Range {
-    region: Region,
-    start: u64,
-    end: u64,
-}
-
-impl Range {
-    fn of(t: &Tensor) -> Range {
-        let region = if t.space == Space::Vtcm { Region::Vtcm } else { Region::Ddr };
-        Range { region, start: t.offset, end: t.offset + t.span_bytes().unwrap_or(0) }
-    }
-
-    fn overlaps(&self, other: &Range) -> bool {
-        self.region == other.region && self.start < other.end && other.start < self.end
-    }
-}
-
-/// The bytes an instruction reads and writes. Instructions of one core conflict when
-/// one writes what the other reads or writes (read-after-write, write-after-read,
-/// write-after-write); only instructions of the same core are compared, so a VTCM
-/// range needs no core number.
+/// The bytes an instruction reads and writes, as half-open ranges of one address space
+/// in which VTCM lies above DDR (which also holds the pool's bytes); an unused range is
+/// empty. Instructions of one core conflict when one writes what the other reads or
+/// writes (read-after-write, write-after-read, write-after-write); only instructions of
+/// the same core are compared, so a VTCM range needs no core number.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Access {
-    reads: [Option<Range>; 3],
-    write: Option<Range>,
+    /// Three read ranges, then the written range: `[start, end)` pairs.
+    ranges: [(u64, u64); 4],
 }
+
+/// Where VTCM starts in the combined address space (above any DDR offset).
+const VTCM_BASE: u64 = 1 << 62;
 
 impl Access {
     fn of(op: &Op) -> Access {
-        let r = |t: &Tensor| Some(Range::of(t));
-        match op {
-            Op::DmaIn { dst, src, .. } | Op::DmaOut { dst, src } => {
-                Access { reads: [r(src), None, None], write: r(dst) }
-            }
-            Op::MatMul { dst, a, b, accumulate } => {
-                Access { reads: [r(a), r(b), if *accumulate { r(dst) } else { None }], write: r(dst) }
-            }
+        let r = |t: &Tensor| {
+            let base = if t.space == Space::Vtcm { VTCM_BASE } else { 0 };
+            let start = base.saturating_add(t.offset);
+            (start, start.saturating_add(t.span_bytes().unwrap_or(0)))
+        };
+        let none = (0, 0);
+        let ranges = match op {
+            Op::DmaIn { dst, src, .. } | Op::DmaOut { dst, src } => [r(src), none, none, r(dst)],
+            Op::MatMul { dst, a, b, accumulate } => [r(a), r(b), if *accumulate { r(dst) } else { none }, r(dst)],
             Op::Conv2d { dst, input, weight, accumulate, .. } => {
-                Access { reads: [r(input), r(weight), if *accumulate { r(dst) } else { None }], write: r(dst) }
+                [r(input), r(weight), if *accumulate { r(dst) } else { none }, r(dst)]
             }
-            Op::Binary { dst, a, b, .. } => Access { reads: [r(a), r(b), None], write: r(dst) },
+            Op::Binary { dst, a, b, .. } => [r(a), r(b), none, r(dst)],
             Op::Unary { dst, src, .. }
             | Op::Convert { dst, src, .. }
             | Op::Pool { dst, src, .. }
             | Op::GlobalAvgPool { dst, src }
             | Op::Softmax { dst, src }
             | Op::LayerNorm { dst, src, .. }
-            | Op::Reduce { dst, src, .. } => Access { reads: [r(src), None, None], write: r(dst) },
-            Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Access::default(),
-        }
+            | Op::Reduce { dst, src, .. } => [r(src), none, none, r(dst)],
+            Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => [none; 4],
+        };
+        Access { ranges }
     }
 
     pub fn conflicts(&self, other: &Access) -> bool {
-        let hits = |w: &Option<Range>, list: &[Option<Range>]| {
-            w.as_ref().is_some_and(|w| list.iter().flatten().any(|x| x.overlaps(w)))
-        };
-        hits(&self.write, &other.reads) || hits(&other.write, &self.reads) || hits(&self.write, &[other.write])
+        let overlap = |a: (u64, u64), b: (u64, u64)| a.0 < b.1 && b.0 < a.1;
+        let (mine, theirs) = (self.ranges[3], other.ranges[3]);
+        overlap(mine, theirs)
+            | overlap(mine, other.ranges[0])
+            | overlap(mine, other.ranges[1])
+            | overlap(mine, other.ranges[2])
+            | overlap(theirs, self.ranges[0])
+            | overlap(theirs, self.ranges[1])
+            | overlap(theirs, self.ranges[2])
     }
 }

@@ -1,0 +1,183 @@
+//! One core of a running program and the rule for when its next instruction may start.
+//!
+//! Instructions issue in order. The next one starts at the earliest moment at or after
+//! the previous one's start when its engine has room, nothing in flight on the core that
+//! overlaps its bytes in a conflicting way is still running, and no sync fence is
+//! pending; signals, barriers and the end wait for everything in flight. Every
+//! instruction's end is known when it starts except a DMA's over a shared path (DDR, the
+//! on-chip network), whose speed depends on what else moves. So a core runs ahead of
+//! the device clock on its own until the next instruction depends on such a transfer,
+//! waits on a counter or arrives at a barrier; only those points need the device-wide
+//! order of events.
+
+use alloc::vec::Vec;
+
+use super::plan::{Access, Action, Step};
+use super::CoreStats;
+use crate::nsp::{Engine, DMA_QUEUES, HVX_THREADS};
+
+/// One instruction in flight on a core.
+pub(super) struct InFlight {
+    pub op: u32,
+    pub engine: Engine,
+    pub start: u64,
+    /// When it ends; `None` while a part of it still moves over a shared path.
+    pub end: Option<u64>,
+    /// Parts still moving over a shared path.
+    pub moving: u8,
+    /// When its part that moves inside the core ends (its start if none).
+    pub local_end: u64,
+    /// The bytes it reads and writes.
+    pub access: Access,
+}
+
+/// Where a core stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// Issues as far as it can.
+    Running,
+    /// Its next instruction waits for a transfer over a shared path to end.
+    Moving,
+    /// At a Wait whose counter is checked when the device clock reaches `at`.
+    WaitCheck { at: u64 },
+    /// At a Wait whose counter was short; a signal to it will let it go.
+    WaitCounter,
+    /// Arrived at a barrier at `at`.
+    AtBarrier { at: u64 },
+    /// Issued its End at `at`.
+    Ended { at: u64 },
+}
+
+pub(super) struct CoreRun {
+    pub pc: usize,
+    /// When the latest instruction started: the next one starts no earlier.
+    pub clock: u64,
+    pub in_flight: Vec<InFlight>,
+    /// Nothing in flight ends later than this; `None` while an end is not known.
+    busy_until: Option<u64>,
+    pub state: State,
+    pub stats: CoreStats,
+}
+
+/// Why a core cannot tell yet when its next instruction starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Blocked {
+    /// It waits for a transfer over a shared path to end.
+    Transfer,
+    /// It waits for a transfer to end or for the device clock to reach this cycle,
+    /// whichever comes first.
+    Until(u64),
+}
+
+/// A transfer over a shared path marks an end as not known yet.
+const UNKNOWN: u64 = u64::MAX;
+
+impl CoreRun {
+    pub fn new(core: u32, start: u64) -> CoreRun {
+        CoreRun {
+            pc: 0,
+            clock: start,
+            in_flight: Vec::new(),
+            busy_until: Some(start),
+            state: State::Running,
+            stats: CoreStats { core, ..Default::default() },
+        }
+    }
+
+    /// The earliest start of `step`, the instruction at `pc`; or, while that depends on a
+    /// transfer over a shared path, [`Blocked`]. The device clock is at `now`: a transfer
+    /// over a shared path that has not ended ends after it.
+    pub fn earliest(&self, step: &Step, now: u64) -> Result<u64, Blocked> {
+        let mut t = self.clock;
+        let all = matches!(step.action, Action::End | Action::Barrier | Action::Signal { .. });
+        let room = match step.action {
+            Action::Compute | Action::Dma(_) => match step.engine {
+                Engine::Hvx => HVX_THREADS as usize,
+                Engine::Dma => DMA_QUEUES as usize,
+                _ => 1,
+            },
+            _ => usize::MAX,
+        };
+        // Ends of the same engine's instructions in flight, for the room check.
+        let mut same = [0u64; 8];
+        let mut same_len = 0;
+        for f in &self.in_flight {
+            let end = f.end.unwrap_or(UNKNOWN);
+            if end <= self.clock {
+                continue;
+            }
+            if end > t && (all || f.engine == Engine::Sync || f.access.conflicts(&step.access)) {
+                if end == UNKNOWN {
+                    return Err(Blocked::Transfer);
+                }
+                t = t.max(end);
+            }
+            if f.engine == step.engine && room != usize::MAX {
+                debug_assert!(same_len < same.len(), "no engine holds more than 8 instructions");
+                same[same_len.min(same.len() - 1)] = end;
+                same_len += 1;
+            }
+        }
+        if same_len >= room {
+            // The instruction needs `same_len - room + 1` of them to have ended: by the
+            // time the first `same_len - room + 1` ends have passed.
+            let ends = &mut same[..same_len.min(8)];
+            ends.sort_unstable();
+            let needed = ends[ends.len() - room];
+            if needed == UNKNOWN {
+                return Err(Blocked::Transfer);
+            }
+            // A transfer whose end is not known may end earlier than `needed`, but not
+            // before the device clock: past `now`, look again once the clock is there.
+            if needed > t && needed > now && ends[ends.len() - 1] == UNKNOWN {
+                return Err(Blocked::Until(needed));
+            }
+            t = t.max(needed);
+        }
+        Ok(t)
+    }
+
+    /// Bookkeeping for an instruction starting at `t`: the time with nothing in flight
+    /// before it was a stall; instructions that ended by then leave the list.
+    pub fn begin(&mut self, t: u64) {
+        if let Some(idle_from) = self.busy_until {
+            if t > idle_from {
+                self.stats.stall_cycles += t - idle_from;
+            }
+        }
+        self.clock = t;
+        self.in_flight.retain(|f| f.end.is_none_or(|e| e > t));
+    }
+
+    /// An instruction started: it is in flight until `end` (`None`: not known yet).
+    pub fn push(&mut self, f: InFlight) {
+        self.busy_until = match (self.busy_until, f.end) {
+            (Some(b), Some(e)) => Some(b.max(e)),
+            _ => None,
+        };
+        self.in_flight.push(f);
+    }
+
+    /// Everything in flight has ended by `t` (a barrier arrival): idle from then.
+    pub fn idle_from(&mut self, t: u64) {
+        self.busy_until = Some(t);
+    }
+
+    /// A shared-path part of in-flight instruction `op` ended at `now`. Returns the
+    /// instruction's start and end once its last part is done.
+    pub fn part_done(&mut self, op: u32, now: u64) -> Option<(u64, u64)> {
+        let f = self.in_flight.iter_mut().find(|f| f.op == op)?;
+        f.moving -= 1;
+        if f.moving > 0 {
+            return None;
+        }
+        let end = now.max(f.local_end);
+        f.end = Some(end);
+        let start = f.start;
+        if self.in_flight.iter().all(|f| f.end.is_some()) {
+            let last = self.in_flight.iter().filter_map(|f| f.end).max().unwrap_or(end);
+            self.busy_until = Some(last.max(self.clock));
+        }
+        Some((start, end))
+    }
+}
