@@ -73,34 +73,31 @@ pub(super) enum Blocked {
 const UNKNOWN: u64 = u64::MAX;
 
 impl CoreRun {
-    pub fn new(core: u32, start: u64) -> CoreRun {
-        CoreRun {
-            pc: 0,
-            clock: start,
-            in_flight: Vec::new(),
-            busy_until: Some(start),
-            state: State::Running,
-            stats: CoreStats { core, ..Default::default() },
-        }
+    /// A core starting at `start` with `stats` counted already.
+    pub fn new(stats: CoreStats, start: u64) -> CoreRun {
+        CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
     }
 
     /// The earliest start of `step`, the instruction at `pc`; or, while that depends on a
     /// transfer over a shared path, [`Blocked`]. The device clock is at `now`: a transfer
     /// over a shared path that has not ended ends after it.
+    #[inline]
     pub fn earliest(&self, step: &Step, now: u64) -> Result<u64, Blocked> {
         let mut t = self.clock;
         let all = matches!(step.action, Action::End | Action::Barrier | Action::Signal { .. });
         let room = match step.action {
             Action::Compute | Action::Dma(_) => match step.engine {
-                Engine::Hvx => HVX_THREADS as usize,
-                Engine::Dma => DMA_QUEUES as usize,
+                Engine::Hvx => HVX_THREADS,
+                Engine::Dma => DMA_QUEUES,
                 _ => 1,
             },
-            _ => usize::MAX,
+            _ => u32::MAX,
         };
-        // Ends of the same engine's instructions in flight, for the room check.
-        let mut same = [0u64; 8];
-        let mut same_len = 0;
+        // The same engine's instructions still in flight: how many, the first to end, and
+        // whether one's end is not known. No more than `room` are ever in flight (an
+        // instruction only starts where there is room), so a full engine frees a place
+        // when its first one ends.
+        let (mut same, mut first, mut unknown) = (0u32, UNKNOWN, false);
         for f in &self.in_flight {
             let end = f.end.unwrap_or(UNKNOWN);
             if end <= self.clock {
@@ -110,35 +107,31 @@ impl CoreRun {
                 if end == UNKNOWN {
                     return Err(Blocked::Transfer);
                 }
-                t = t.max(end);
+                t = end;
             }
-            if f.engine == step.engine && room != usize::MAX {
-                debug_assert!(same_len < same.len(), "no engine holds more than 8 instructions");
-                same[same_len.min(same.len() - 1)] = end;
-                same_len += 1;
+            if f.engine == step.engine {
+                same += 1;
+                first = first.min(end);
+                unknown |= end == UNKNOWN;
             }
         }
-        if same_len >= room {
-            // The instruction needs `same_len - room + 1` of them to have ended: by the
-            // time the first `same_len - room + 1` ends have passed.
-            let ends = &mut same[..same_len.min(8)];
-            ends.sort_unstable();
-            let needed = ends[ends.len() - room];
-            if needed == UNKNOWN {
+        if same >= room {
+            if first == UNKNOWN {
                 return Err(Blocked::Transfer);
             }
-            // A transfer whose end is not known may end earlier than `needed`, but not
-            // before the device clock: past `now`, look again once the clock is there.
-            if needed > t && needed > now && ends[ends.len() - 1] == UNKNOWN {
-                return Err(Blocked::Until(needed));
+            // A transfer whose end is not known may end before `first`, but not before
+            // the device clock: past `now`, look again once the clock is there.
+            if unknown && first > t && first > now {
+                return Err(Blocked::Until(first));
             }
-            t = t.max(needed);
+            t = t.max(first);
         }
         Ok(t)
     }
 
     /// Bookkeeping for an instruction starting at `t`: the time with nothing in flight
     /// before it was a stall; instructions that ended by then leave the list.
+    #[inline]
     pub fn begin(&mut self, t: u64) {
         if let Some(idle_from) = self.busy_until {
             if t > idle_from {
@@ -150,6 +143,7 @@ impl CoreRun {
     }
 
     /// An instruction started: it is in flight until `end` (`None`: not known yet).
+    #[inline]
     pub fn push(&mut self, f: InFlight) {
         self.busy_until = match (self.busy_until, f.end) {
             (Some(b), Some(e)) => Some(b.max(e)),

@@ -98,6 +98,21 @@ pub struct CoreStats {
     pub instructions: u64,
 }
 
+impl CoreStats {
+    /// Counts one instruction of `step`'s kind that took `cycles`.
+    fn add(&mut self, step: &Step, cycles: u64) {
+        self.busy[step.engine as usize] += cycles;
+        let class = &mut self.classes[step.class as usize];
+        class.cycles += cycles;
+        class.count += 1;
+        class.out_bytes += step.out_bytes;
+        if let Some(per_kib) = (cycles * 1024 + step.out_bytes / 2).checked_div(step.out_bytes) {
+            class.cycles_per_kib_sum += per_kib;
+            class.cycles_per_kib_sq_sum = class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
+        }
+    }
+}
+
 /// One program run, timed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunStats {
@@ -279,11 +294,19 @@ impl Scheduler {
         self.next_serial += 1;
         let now = self.now;
         let plan_cost = *plan.cost() == self.cost;
+        let runs = cores
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let base = if plan_cost { plan.fixed_stats(i) } else { CoreStats::default() };
+                CoreRun::new(CoreStats { core: c, ..base }, now)
+            })
+            .collect();
         self.jobs[slot] = Some(Job {
             id,
             plan,
             phys: cores.to_vec(),
-            cores: cores.iter().map(|&c| CoreRun::new(c, now)).collect(),
+            cores: runs,
             ddr_base,
             counters: [0; SYNC_COUNTERS as usize],
             start: now,
@@ -712,10 +735,10 @@ impl Scheduler {
 }
 
 impl Job {
-    /// Statistics (and the trace) of instruction `op` of core `c`, which ran from
-    /// `start` to `end`.
+    /// Instruction `op` of core `c` ran from `start` to `end`: its trace event, and its
+    /// statistics unless the plan counted them already (fixed-cost instructions; only
+    /// with this scheduler's cost model).
     fn account(&mut self, c: usize, op: u32, step: &Step, start: u64, end: u64) {
-        let took = end - start;
         if self.traced {
             self.trace.push(TraceEvent {
                 core: c as u32,
@@ -726,15 +749,8 @@ impl Job {
                 end_cycle: end,
             });
         }
-        let stats = &mut self.cores[c].stats;
-        stats.busy[step.engine as usize] += took;
-        let class = &mut stats.classes[step.class as usize];
-        class.cycles += took;
-        class.count += 1;
-        class.out_bytes += step.out_bytes;
-        if let Some(per_kib) = (took * 1024 + step.out_bytes / 2).checked_div(step.out_bytes) {
-            class.cycles_per_kib_sum += per_kib;
-            class.cycles_per_kib_sq_sum = class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
+        if !self.plan_cost || step.fixed_cycles().is_none() {
+            self.cores[c].stats.add(step, end - start);
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::isa::{Op, Space, Tensor};
 use crate::nsp::{self, CostModel, Engine, OpClass};
 
 use super::fluid::cycles_for;
+use super::CoreStats;
 
 /// A program's per-core instruction streams together with their [`Step`]s under one
 /// cost model. Built once when a program is loaded and shared by every run of it.
@@ -18,12 +19,34 @@ pub struct Plan {
     streams: Vec<Vec<Op>>,
     steps: Vec<Vec<Step>>,
     cost: CostModel,
+    /// Per core, the statistics of every instruction whose cycles do not depend on what
+    /// else runs: the same in every run, so a run starts from them and adds only the
+    /// transfers over shared paths.
+    fixed: Vec<CoreStats>,
 }
 
 impl Plan {
     pub fn new(streams: Vec<Vec<Op>>, cost: &CostModel) -> Plan {
-        let steps = streams.iter().map(|s| s.iter().map(|op| Step::of(op, cost)).collect()).collect();
-        Plan { streams, steps, cost: *cost }
+        let steps: Vec<Vec<Step>> =
+            streams.iter().map(|s| s.iter().map(|op| Step::of(op, cost)).collect()).collect();
+        let fixed = steps
+            .iter()
+            .map(|core| {
+                let mut stats = CoreStats::default();
+                for step in core {
+                    if let Some(cycles) = step.fixed_cycles() {
+                        stats.add(step, cycles);
+                    }
+                }
+                stats
+            })
+            .collect();
+        Plan { streams, steps, cost: *cost, fixed }
+    }
+
+    /// The statistics of core `core`'s fixed-cost instructions (see [`Step::fixed_cycles`]).
+    pub(super) fn fixed_stats(&self, core: usize) -> CoreStats {
+        self.fixed.get(core).cloned().unwrap_or_default()
     }
 
     /// The cost model the steps' cycles were worked out with.
@@ -107,6 +130,17 @@ pub(super) struct Step {
 }
 
 impl Step {
+    /// The cycles the instruction takes whatever else runs: everything but a transfer
+    /// over DDR or the network (and the End, which takes none and is not counted).
+    pub fn fixed_cycles(&self) -> Option<u64> {
+        match self.action {
+            Action::End => None,
+            Action::Dma(p) if p.ddr || p.noc_bytes > 0 => None,
+            Action::Dma(p) => Some(self.cycles + p.local_cycles.unwrap_or(0)),
+            _ => Some(self.cycles),
+        }
+    }
+
     fn of(op: &Op, cost: &CostModel) -> Step {
         let action = match *op {
             Op::DmaIn { src, peer_bytes, .. } => Action::Dma(Paths::of(
