@@ -16,7 +16,6 @@
 //! each run's start with the moment its request reached the channel.
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
 use aicsim_device::nsp::{Engine, OpClass, HVX_THREADS};
 use aicsim_driver::RunStats;
@@ -112,10 +111,22 @@ fn metadata(out: &mut Vec<String>, what: &str, pid: usize, tid: usize, name: &st
     out.push(format!("{{\"name\":\"{what}\",\"ph\":\"M\",\"ts\":0,\"dur\":0,\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":\"{name}\"}}}}"));
 }
 
-/// The Chrome trace-event JSON of the sampled inferences; times relative to `origin`.
+/// How device time lines up with the timestamps' clock in a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceTimeline {
+    /// Device cycles count from the timestamps' zero (the simulated clock).
+    Shared,
+    /// The clocks are unrelated (the wall clock): each run is placed at the moment its
+    /// request reached the channel.
+    AtSubmit,
+}
+
+/// The Chrome trace-event JSON of the sampled inferences; times relative to `origin_ns`
+/// on the timestamps' clock.
 pub fn trace_json(
-    origin: Instant,
+    origin_ns: u64,
     clock_hz: u64,
+    timeline: DeviceTimeline,
     activations: usize,
     cores: usize,
     samples: &[TracedInference<'_>],
@@ -132,7 +143,7 @@ pub fn trace_json(
             }
         }
     }
-    let us = |t: Instant| t.saturating_duration_since(origin).as_secs_f64() * 1e6;
+    let us = |t: u64| t.saturating_sub(origin_ns) as f64 / 1e3;
     for s in samples {
         let t = &s.timestamps;
         let args = format!("\"inference\":{}", s.index);
@@ -143,13 +154,17 @@ pub fn trace_json(
             ("exectoVc", t.kernel_submit, t.submitted),
             ("execToComplete", t.submitted, t.completed),
             ("postProc", t.completed, t.post_proc_end),
+            ("application", t.post_proc_end, t.returned),
         ] {
             event(&mut events, name, 0, s.activation, us(from), us(to) - us(from), &args);
         }
-        let base = us(t.submitted);
         let cycle_us = 1e6 / clock_hz as f64;
+        let base = match timeline {
+            DeviceTimeline::Shared => -(origin_ns as f64) / 1e3,
+            DeviceTimeline::AtSubmit => us(t.submitted) - s.run.start_cycle as f64 * cycle_us,
+        };
         for e in &s.run.trace {
-            let ts = base + (e.start_cycle - s.run.start_cycle) as f64 * cycle_us;
+            let ts = base + e.start_cycle as f64 * cycle_us;
             let dur = (e.end_cycle - e.start_cycle) as f64 * cycle_us;
             let tid = e.core as usize * 4 + e.engine as usize;
             event(

@@ -68,6 +68,8 @@ pub struct DeviceConfig {
     pub trace: bool,
     /// Faults to inject.
     pub faults: FaultPlan,
+    /// Seed of the model's own variation (when a ready program is dispatched).
+    pub seed: u64,
 }
 
 /// Seeded, reproducible faults the device injects: the same seed and the same work give
@@ -91,14 +93,20 @@ pub struct FaultPlan {
     pub slow_element_ns: u64,
 }
 
-/// When the firmware releases a finished program's outputs.
+/// How device time relates to the host's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pacing {
-    /// As soon as it is simulated: the device runs faster than real time.
+    /// Device time is the device's own: work is served as soon as it is queued, and a
+    /// finished program's outputs are released as soon as it is simulated.
     None,
-    /// No earlier than the wall-clock moment its device time says, so wall-clock
-    /// throughput predicts the hardware's.
+    /// Device time follows the wall clock since boot: no program completes before the
+    /// wall-clock moment its device time says.
     Wall,
+    /// Host and device share a simulated clock: the host stamps each request with the
+    /// simulated moment it reaches the channel, transfers over the host link take their
+    /// time, and the device serves everything in simulated-time order (see
+    /// [`crate::clock`] and `firmware::timed`).
+    Simulated,
 }
 
 impl Default for DeviceConfig {
@@ -113,6 +121,7 @@ impl Default for DeviceConfig {
             pacing: Pacing::None,
             trace: false,
             faults: FaultPlan::default(),
+            seed: 0,
         }
     }
 }
@@ -216,8 +225,12 @@ pub struct Firmware {
     device_cycles: u64,
     scheduler: Scheduler,
     fault_rng: u64,
+    /// The model's own variation (dispatch), from [`DeviceConfig::seed`].
+    model_rng: u64,
     elements_done: u64,
     hung: bool,
+    /// What the simulated clock needs per channel and of the host link.
+    timed: timed::Timed,
 }
 
 impl Firmware {
@@ -241,7 +254,9 @@ impl Firmware {
             ctrl_seen: 0,
             device_cycles: 0,
             fault_rng: config.faults.seed,
+            model_rng: config.seed,
             elements_done: 0,
+            timed: timed::Timed::default(),
             hung: false,
             scheduler: {
                 let mut s = Scheduler::new(config.cost, config.clock_hz);
@@ -308,6 +323,9 @@ impl Firmware {
         if self.hung {
             return Serviced::default();
         }
+        if self.config.pacing == Pacing::Simulated {
+            return self.service_simulated(mem);
+        }
         let limit = match (self.config.pacing, wall_ns) {
             (Pacing::Wall, Some(ns)) => {
                 let cycle = (u128::from(ns) * u128::from(self.config.clock_hz) / 1_000_000_000) as u64;
@@ -335,9 +353,11 @@ impl Firmware {
         self.hung
     }
 
-    /// Whether a program is running (the device has device time to simulate).
+    /// Whether a program is running that the device can go on simulating without the
+    /// host (on the simulated clock it stops at the host's horizon, and the host rings it
+    /// when that moves).
     pub fn busy(&self) -> bool {
-        !self.scheduler.is_idle() && !self.hung
+        !self.scheduler.is_idle() && !self.hung && self.config.pacing != Pacing::Simulated
     }
 
     /// Runs the scheduler to the next program completion (not past `limit`) and
@@ -395,6 +415,7 @@ impl Firmware {
     }
 
     fn service_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> u32 {
+        let timed = self.config.pacing == Pacing::Simulated;
         let map = self.config.map;
         let ring = self.ring;
         // Acquire: the host wrote the elements before it stored the tail.
@@ -417,18 +438,16 @@ impl Firmware {
                 }
             }
             let (element, resume) = match ch.stage {
-                Stage::Fresh => {
-                    let mut raw = [0u8; REQUEST_ELEMENT_BYTES as usize];
-                    if mem.read(map.request_element(dbc, ch.req_head), &mut raw).is_err() {
-                        break;
-                    }
-                    let ppm = self.config.faults.corrupt_element_ppm;
-                    if ppm > 0 && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(ppm) {
-                        let bit = splitmix(&mut self.fault_rng) % (REQUEST_ELEMENT_BYTES * 8);
-                        raw[(bit / 8) as usize] ^= 1 << (bit % 8);
-                    }
-                    (bytemuck::pod_read_unaligned::<RequestElement>(&raw), None)
-                }
+                // On the simulated clock, the head element is served only once its time
+                // (and its transfer over the host link) has come.
+                Stage::Fresh if timed => match self.timed_head(dbc, ch.req_head, tail, mem) {
+                    Some(element) => (element, None),
+                    None => break,
+                },
+                Stage::Fresh => match self.read_element(dbc, ch.req_head, mem) {
+                    Some(element) => (element, None),
+                    None => break,
+                },
                 Stage::PostSync { element, next } => (element, Some(next)),
             };
             match self.run_element(dbc, &element, resume, mem) {
@@ -453,9 +472,15 @@ impl Firmware {
                         let rsp = ResponseElement { req_id: element.req_id, status };
                         // The slot is ours: the ring is not full, checked above.
                         let _ = mem.write(map.response_element(dbc, ch.rsp_tail), bytemuck::bytes_of(&rsp));
+                        if timed {
+                            self.timed_responded(dbc, ch.rsp_tail, mem);
+                        }
                         ch.rsp_tail = ring.next(ch.rsp_tail);
                         responses += 1;
                         force_msi |= force;
+                    }
+                    if timed {
+                        self.timed_consumed(dbc);
                     }
                     ch.stage = Stage::Fresh;
                     ch.req_head = ring.next(ch.req_head);
@@ -474,6 +499,9 @@ impl Firmware {
             // that it had drained everything before them and interrupt it. Deciding from
             // a head read before the store could lose the wake-up.
             mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
+            if timed {
+                self.timed_publish_wakes(dbc, mem);
+            }
             fence(SeqCst);
             let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
             let lost = self.config.faults.lost_interrupt_ppm > 0
@@ -483,6 +511,19 @@ impl Firmware {
             }
         }
         consumed
+    }
+
+    /// Copies request element `index` of channel `dbc` out of the ring (a corrupted
+    /// element fault flips one bit of the copy). `None` if the ring is out of reach.
+    fn read_element<M: SharedMemory>(&mut self, dbc: usize, index: u32, mem: &M) -> Option<RequestElement> {
+        let mut raw = [0u8; REQUEST_ELEMENT_BYTES as usize];
+        mem.read(self.config.map.request_element(dbc, index), &mut raw).ok()?;
+        let ppm = self.config.faults.corrupt_element_ppm;
+        if ppm > 0 && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(ppm) {
+            let bit = splitmix(&mut self.fault_rng) % (REQUEST_ELEMENT_BYTES * 8);
+            raw[(bit / 8) as usize] ^= 1 << (bit % 8);
+        }
+        Some(bytemuck::pod_read_unaligned::<RequestElement>(&raw))
     }
 
     fn check_element(&self, dbc: usize, e: &RequestElement) -> Result<Checked, CompletionCode> {
@@ -624,6 +665,12 @@ impl Firmware {
         Step::Done { status, respond: checked.cmd.completion || status != 0, force_msi: checked.cmd.force_msi }
     }
 
+    /// Whether a semaphore command would go ahead now (without applying it).
+    fn sem_would_pass<M: SharedMemory>(&self, sem: SemCommand, mem: &M) -> bool {
+        let current = (mem.load_u32(self.config.map.semaphore(sem.index), Acquire) as u16) & SEM_VALUE_MAX;
+        !matches!(semaphore::apply(sem.op, sem.value, current), SemOutcome::Blocked)
+    }
+
     /// Applies one semaphore command; false if it is a wait that is not satisfied.
     fn apply_sem<M: SharedMemory>(&self, sem: SemCommand, mem: &M) -> bool {
         let at = self.config.map.semaphore(sem.index);
@@ -654,13 +701,15 @@ impl Firmware {
         }
         mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
         let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
-        let job = self.scheduler.start_traced(program.plan.clone(), &act.cores, ddr_base, act.trace);
         let now = self.scheduler.now();
+        let jitter = self.config.cost.dispatch_jitter_cycles;
+        let at = now + if jitter == 0 { 0 } else { splitmix(&mut self.model_rng) % (jitter + 1) };
+        let job = self.scheduler.start_at(program.plan.clone(), &act.cores, ddr_base, act.trace, at);
         if let Some(act) = &mut self.activations[dbc] {
             act.doorbells_pending -= 1;
             act.running = Some(job);
             // Inputs that landed while the previous run still ran were ready at its end.
-            act.current = (act.ready_at.max(act.idle_since).min(now), now);
+            act.current = (act.ready_at.max(act.idle_since).min(now), at);
         }
     }
 
@@ -878,7 +927,9 @@ impl Firmware {
             ));
         };
         let ddr_region = self.config.map.ddr_offset() + ddr_base;
-        for blob in &prog.image.constants {
+        // A timing run reads nothing inside the device: its constants need not be there.
+        let constants = if self.config.mode == ExecMode::Functional { &prog.image.constants[..] } else { &[] };
+        for blob in constants {
             if mem.write(ddr_region + blob.ddr_offset, &blob.data).is_err() {
                 self.ddr.release(ddr_base, ddr_bytes);
                 return Err((ControlStatus::NoResources, String::from("constants do not fit in the shared region")));
@@ -924,6 +975,7 @@ impl Firmware {
             let _ = mem.write(self.config.map.run_record(dbc, seq), bytemuck::bytes_of(&RunRecord::default()));
         }
         self.channels[dbc] = Channel::default();
+        self.reset_timed_channel(dbc, mem);
         let map = self.config.map;
         mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
         mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), 0, Release);
@@ -975,6 +1027,8 @@ fn raise_msi<M: SharedMemory>(dbc: usize, mem: &M) {
         mem.wake(layout::MSI_SEQ);
     }
 }
+
+mod timed;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 //! - a *device address* is an offset into device DDR, or a doorbell address in the
 //!   doorbell window above DDR.
 
+use crate::clock::{REQUEST_STAMP_BYTES, RESPONSE_STAMP_BYTES};
 use crate::dbc::{self, NUM_DBC, REQUEST_ELEMENT_BYTES, RESPONSE_ELEMENT_BYTES};
 
 /// Offset of channel 0's register block.
@@ -34,6 +35,20 @@ pub const FW_VERSION: u64 = DEVICE_REGS_OFFSET + 0x180;
 /// The device's heartbeat: it increments this on every pass of its loop (at least every
 /// 20 ms), so a host can tell a device process that died from one that is idle.
 pub const DEVICE_HEARTBEAT: u64 = DEVICE_REGS_OFFSET + 0x280;
+/// Device-owned, simulated clock only: how far the device has simulated, in simulated
+/// nanoseconds (64-bit); every response earlier than this has been posted (see
+/// [`crate::clock`]).
+pub const DEVICE_NOW_NS: u64 = DEVICE_REGS_OFFSET + 0x2C0;
+/// Device-owned, simulated clock only: bumped whenever [`DEVICE_NOW_NS`] moves or a
+/// response is posted; a host waiting for the device sleeps on it.
+pub const DEVICE_PROGRESS: u64 = DEVICE_REGS_OFFSET + 0x300;
+/// Device-owned, simulated clock only: elements that arrived stamped earlier than the
+/// device had already simulated (a host that broke its promise, or one that does not
+/// stamp); each was served as if it had arrived then.
+pub const LATE_ELEMENTS: u64 = DEVICE_REGS_OFFSET + 0x340;
+/// Host-owned, simulated clock only: how many host threads sleep on [`DEVICE_PROGRESS`]
+/// (the device makes the futex call only then).
+pub const PROGRESS_WAITERS: u64 = DEVICE_REGS_OFFSET + 0x380;
 /// Host-owned: nonzero masks every MSI (datapath polling mode).
 pub const MSI_MASK: u64 = DEVICE_REGS_OFFSET + 0x240;
 /// Sequence number of the last control request the host posted.
@@ -142,9 +157,33 @@ impl MemoryMap {
         SEMAPHORES_OFFSET + u64::from(index) * 4
     }
 
+    /// A channel's register for the simulated clock (one of [`crate::clock::PROMISE_NS`]
+    /// etc.).
+    pub fn clock_reg(&self, dbc: usize, reg: u64) -> u64 {
+        self.dbc_reg(dbc, reg)
+    }
+
+    /// Start of the stamps of the simulated clock: per channel one request stamp per
+    /// ring slot, then per channel one response stamp per ring slot.
+    fn stamps_offset(&self) -> u64 {
+        align_up(RINGS_OFFSET + NUM_DBC as u64 * self.ring_alloc_bytes(), PAGE)
+    }
+
+    /// Where the stamp of request slot `index` of channel `dbc` lives.
+    pub fn request_stamp(&self, dbc: usize, index: u32) -> u64 {
+        self.stamps_offset() + (dbc as u64 * u64::from(self.ring_nelem) + u64::from(index)) * REQUEST_STAMP_BYTES
+    }
+
+    /// Where the stamp of response slot `index` of channel `dbc` lives.
+    pub fn response_stamp(&self, dbc: usize, index: u32) -> u64 {
+        let responses = self.stamps_offset() + NUM_DBC as u64 * u64::from(self.ring_nelem) * REQUEST_STAMP_BYTES;
+        responses + (dbc as u64 * u64::from(self.ring_nelem) + u64::from(index)) * RESPONSE_STAMP_BYTES
+    }
+
     /// Start of the host memory window.
     pub fn host_offset(&self) -> u64 {
-        align_up(RINGS_OFFSET + NUM_DBC as u64 * self.ring_alloc_bytes(), HUGE_PAGE)
+        let stamps = NUM_DBC as u64 * u64::from(self.ring_nelem) * (REQUEST_STAMP_BYTES + RESPONSE_STAMP_BYTES);
+        align_up(self.stamps_offset() + stamps, HUGE_PAGE)
     }
 
     /// Start of device DDR inside the region.
@@ -191,7 +230,10 @@ mod tests {
     #[test]
     fn regions_do_not_overlap() {
         let map = MemoryMap { ring_nelem: 1024, host_bytes: 3 << 20, ddr_bytes: 1 << 30 };
-        assert!(map.request_ring(15) + map.ring_alloc_bytes() <= map.host_offset());
+        assert!(map.request_ring(15) + map.ring_alloc_bytes() <= map.request_stamp(0, 0));
+        assert!(map.request_stamp(15, 1023) + REQUEST_STAMP_BYTES <= map.response_stamp(0, 0));
+        assert!(map.response_stamp(15, 1023) + RESPONSE_STAMP_BYTES <= map.host_offset());
+        assert!(map.dbc_reg(0, crate::clock::DEVICE_WAKES) + 4 <= map.dbc_reg(1, dbc::REQ_HEAD));
         assert!(map.host_offset() + map.host_bytes <= map.ddr_offset());
         assert!(map.dbc_reg(15, dbc::RSP_TAIL) < DEVICE_REGS_OFFSET);
     }

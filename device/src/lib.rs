@@ -23,6 +23,7 @@ extern crate alloc;
 #[cfg(target_endian = "big")]
 compile_error!("aicsim's wire formats are little-endian and only little-endian hosts are supported");
 
+pub mod clock;
 pub mod container;
 pub mod control;
 pub mod dbc;

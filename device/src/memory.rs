@@ -52,6 +52,10 @@ pub trait SharedMemory {
     fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
     /// Atomic 32-bit swap; returns the previous value.
     fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
+    /// Atomic 64-bit load (the offset is 8-aligned).
+    fn load_u64(&self, offset: u64, order: Ordering) -> u64;
+    /// Atomic 64-bit store (the offset is 8-aligned).
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering);
     /// Wakes whoever sleeps on the 32-bit word at `offset` (a futex wake).
     fn wake(&self, offset: u64);
     /// This memory as one that several threads may `read` and `write` at once (on
@@ -135,6 +139,17 @@ impl SharedMemory for HeapMemory {
 
     fn swap_u32(&self, offset: u64, value: u32, _order: Ordering) -> u32 {
         self.rmw(offset, |_| value)
+    }
+
+    fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
+        assert!(offset.is_multiple_of(8), "register offset {offset:#x} is not 8-aligned");
+        u64::from(self.load_u32(offset, order)) | u64::from(self.load_u32(offset + 4, order)) << 32
+    }
+
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
+        assert!(offset.is_multiple_of(8), "register offset {offset:#x} is not 8-aligned");
+        self.store_u32(offset, value as u32, order);
+        self.store_u32(offset + 4, (value >> 32) as u32, order);
     }
 
     fn wake(&self, _offset: u64) {}

@@ -56,6 +56,12 @@ impl SharedMemory for Concurrent {
     fn swap_u32(&self, _: u64, _: u32, _: Ordering) -> u32 {
         unimplemented!("not a register file")
     }
+    fn load_u64(&self, _: u64, _: Ordering) -> u64 {
+        unimplemented!("not a register file")
+    }
+    fn store_u64(&self, _: u64, _: u64, _: Ordering) {
+        unimplemented!("not a register file")
+    }
     fn wake(&self, _: u64) {}
     fn concurrent(&self) -> Option<&(dyn SharedMemory + Sync)> {
         Some(self)

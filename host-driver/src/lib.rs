@@ -18,6 +18,7 @@ pub use aicsim_device::scheduler::RunStats;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
 
+pub use aicsim_kmd::{Stamp, NO_PROMISE};
 pub use aicsim_kmd::uapi::PerfStatsEntry;
 
 /// A driver error, one variant per errno, each with what went wrong.
@@ -227,6 +228,49 @@ impl Device {
         let entries: Vec<ExecuteEntry> =
             buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
         Ok(self.client.execute_bo(channel.id, &entries)?)
+    }
+
+    /// Queues buffers on a channel on the simulated clock: they reach it at
+    /// `stamp.time_ns` (see `aicsim_device::clock`).
+    pub fn execute_at(&self, channel: &Channel, buffers: &[(&Buffer, DmaDirection)], stamp: Stamp) -> Result<()> {
+        let entries: Vec<ExecuteEntry> =
+            buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();
+        Ok(self.client.execute_bo_at(channel.id, &entries, stamp)?)
+    }
+
+    /// Simulated clock: when a buffer's latest execution completed on the device.
+    pub fn completed_at(&self, buffer: &Buffer) -> Result<u64> {
+        Ok(self.client.completed_at(buffer.handle)?)
+    }
+
+    /// Simulated clock: nothing stamped before `promise_ns` will be queued on `channel`,
+    /// but what follows waking responses beyond the first `acked` ([`NO_PROMISE`]: no
+    /// bound).
+    pub fn promise(&self, channel: &Channel, promise_ns: u64, acked: u32) -> Result<()> {
+        Ok(self.client.promise(channel.id, promise_ns, acked)?)
+    }
+
+    /// Simulated clock: the host's fastest turnaround from a waking response to the next
+    /// element it causes on `channel`.
+    pub fn set_lookahead(&self, channel: &Channel, lookahead_ns: u64) -> Result<()> {
+        Ok(self.client.set_lookahead(channel.id, lookahead_ns)?)
+    }
+
+    /// Simulated clock: how far the device has simulated (ns), and the waking responses
+    /// posted on `channel` by then.
+    pub fn device_progress(&self, channel: &Channel) -> Result<(u64, u32)> {
+        Ok(self.client.device_progress(channel.id)?)
+    }
+
+    /// Simulated clock: the device's progress counter (see [`Device::wait_progress`]).
+    pub fn progress(&self) -> u32 {
+        self.kmd.progress()
+    }
+
+    /// Simulated clock: waits, at most `timeout`, for the device to move past `seen`
+    /// (steps it, for a manually stepped device).
+    pub fn wait_progress(&self, seen: u32, timeout: Duration) {
+        self.kmd.wait_progress(seen, timeout)
     }
 
     /// Waits for a buffer's latest execution on `channel`.

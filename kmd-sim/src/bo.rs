@@ -93,6 +93,9 @@ pub(crate) struct BoState {
     /// device gone).
     pub aborted: Option<KmdError>,
     pub perf: Option<Perf>,
+    /// On the simulated clock: when the current execution's last response was posted
+    /// (simulated nanoseconds; 0 otherwise).
+    pub completed_at_ns: u64,
 }
 
 pub(crate) struct Bo {
@@ -123,6 +126,7 @@ impl Bo {
                 error: None,
                 aborted: None,
                 perf: None,
+                completed_at_ns: 0,
             }),
             done: Condvar::new(),
             idle: AtomicBool::new(true),
@@ -138,13 +142,15 @@ impl Bo {
         self.idle.store(!queued, Ordering::Release);
     }
 
-    /// Records one response for this buffer. `ends_slice` responses count down the
-    /// slices; the last one completes the execution and wakes waiters.
-    pub fn complete_element(&self, ends_slice: bool, status: u16) {
+    /// Records one response for this buffer, posted at `posted_ns` on the simulated
+    /// clock. `ends_slice` responses count down the slices; the last one completes the
+    /// execution and wakes waiters.
+    pub fn complete_element(&self, ends_slice: bool, status: u16, posted_ns: u64) {
         let mut st = self.state.lock();
         if !st.queued {
             return;
         }
+        st.completed_at_ns = st.completed_at_ns.max(posted_ns);
         if status != 0 && st.error.is_none() {
             st.error = Some(CompletionCode::from_status(status).unwrap_or(CompletionCode::ProgramFault));
         }

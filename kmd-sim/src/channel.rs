@@ -82,7 +82,7 @@ impl HostChannel {
         region: &SharedRegion,
         map: &MemoryMap,
         ring: Ring,
-        scratch: &mut Vec<(Inflight, u16)>,
+        scratch: &mut Vec<(Inflight, u16, u64)>,
     ) -> usize {
         let mut consumed = 0;
         {
@@ -107,6 +107,9 @@ impl HostChannel {
                         break;
                     }
                     let rsp: ResponseElement = bytemuck::pod_read_unaligned(&raw);
+                    let mut stamp = [0u8; 8];
+                    let _ = region.read(map.response_stamp(dbc, ch.rsp_head), &mut stamp);
+                    let posted_ns = u64::from_le_bytes(stamp);
                     ch.rsp_head = ring.next(ch.rsp_head);
                     consumed += 1;
                     let id = usize::from(rsp.req_id);
@@ -117,7 +120,7 @@ impl HostChannel {
                                     ch.inflight[(id + 65536 - k) % 65536] = None;
                                 }
                             }
-                            scratch.push((entry, rsp.status));
+                            scratch.push((entry, rsp.status, posted_ns));
                         }
                         None => ch.spurious_responses += 1,
                     }
@@ -132,8 +135,8 @@ impl HostChannel {
                 }
             }
         }
-        for (entry, status) in scratch.drain(..) {
-            entry.bo.complete_element(entry.ends_slice, status);
+        for (entry, status, posted_ns) in scratch.drain(..) {
+            entry.bo.complete_element(entry.ends_slice, status, posted_ns);
         }
         consumed
     }

@@ -17,6 +17,9 @@ use parking_lot::Mutex;
 use crate::bo::{Bo, Perf, Slicing};
 use crate::channel::{HostChannel, Inflight};
 use crate::error::{fail, Errno, KmdError, Result};
+use aicsim_device::clock::{self, RequestStamp, STAMP_WAKES_HOST};
+use aicsim_device::layout;
+
 use crate::uapi::{
     AttachSliceEntry, BoInfo, ExecuteEntry, PartialExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE,
     SEM_INSYNCFENCE, SEM_OUTSYNCFENCE,
@@ -29,6 +32,15 @@ pub const MAX_SEGMENT_BYTES: u64 = 2 << 20;
 
 /// WAIT_BO's timeout when the caller passes 0.
 pub const DEFAULT_WAIT_MS: u64 = 5000;
+
+/// When the elements of one execute call reach the channel, on the simulated clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// Simulated nanoseconds.
+    pub time_ns: u64,
+    /// The response to the call's last element ends what the host waits for.
+    pub wakes_host: bool,
+}
 
 /// An open file of the driver: a user with its buffer objects and channels.
 pub struct Client {
@@ -315,7 +327,14 @@ impl Client {
 
     /// EXECUTE_BO: queues every listed buffer's elements on channel `dbc`, all or none.
     pub fn execute_bo(&self, dbc: u32, entries: &[ExecuteEntry]) -> Result<()> {
-        self.queue(dbc, entries, None)
+        self.queue(dbc, entries, None, Stamp::default())
+    }
+
+    /// EXECUTE_BO on the simulated clock (a simulator extension): every element reaches
+    /// the channel at `stamp.time_ns`; with `stamp.wakes_host` the response to the last
+    /// one is one the host reacts to (see `aicsim_device::clock`).
+    pub fn execute_bo_at(&self, dbc: u32, entries: &[ExecuteEntry], stamp: Stamp) -> Result<()> {
+        self.queue(dbc, entries, None, stamp)
     }
 
     /// PARTIAL_EXECUTE_BO: like EXECUTE_BO, but each buffer moves only its first
@@ -323,10 +342,10 @@ impl Client {
     pub fn partial_execute_bo(&self, dbc: u32, entries: &[PartialExecuteEntry]) -> Result<()> {
         let plain: Vec<ExecuteEntry> = entries.iter().map(|e| ExecuteEntry { handle: e.handle, dir: e.dir }).collect();
         let resizes: Vec<u64> = entries.iter().map(|e| e.resize).collect();
-        self.queue(dbc, &plain, Some(&resizes))
+        self.queue(dbc, &plain, Some(&resizes), Stamp::default())
     }
 
-    fn queue(&self, dbc: u32, entries: &[ExecuteEntry], resizes: Option<&[u64]>) -> Result<()> {
+    fn queue(&self, dbc: u32, entries: &[ExecuteEntry], resizes: Option<&[u64]>, stamp: Stamp) -> Result<()> {
         let received = Instant::now();
         let dbc = self.check_dbc(dbc)?;
         self.check_online()?;
@@ -416,7 +435,8 @@ impl Client {
             }
         }
         let level = ring.used(ch.head_cache, ch.tail);
-        for ((bo, guard), plan) in bos.iter().zip(states.iter_mut()).zip(&partial) {
+        let last_bo = bos.len() - 1;
+        for (b, ((bo, guard), plan)) in bos.iter().zip(states.iter_mut()).zip(&partial).enumerate() {
             let st = &mut **guard;
             let slicing = st.slicing.as_ref().expect("checked above");
             let (elements, ends, slices) = match plan {
@@ -425,12 +445,19 @@ impl Client {
             };
             let count = elements.len() as u32;
             let mut run = 0u16;
-            for (template, &ends_slice) in elements.iter().zip(ends) {
+            for (i, (template, &ends_slice)) in elements.iter().zip(ends).enumerate() {
                 let mut e = *template;
                 e.req_id = ch.next_req_id;
                 ch.next_req_id = ch.next_req_id.wrapping_add(1);
                 let slot = shared.map.request_element(dbc, ch.tail);
                 shared.region.write(slot, bytemuck::bytes_of(&e)).expect("ring inside the region");
+                let last = b == last_bo && i + 1 == elements.len();
+                let flags = if stamp.wakes_host && last { STAMP_WAKES_HOST } else { 0 };
+                let time = RequestStamp { time_ns: stamp.time_ns, flags, reserved: 0 };
+                shared
+                    .region
+                    .write(shared.map.request_stamp(dbc, ch.tail), bytemuck::bytes_of(&time))
+                    .expect("stamps inside the region");
                 ch.inflight[usize::from(e.req_id)] =
                     Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
                 run = if ends_slice { 0 } else { run + 1 };
@@ -441,6 +468,7 @@ impl Client {
             st.executions += 1;
             st.error = None;
             st.aborted = None;
+            st.completed_at_ns = 0;
             st.perf = Some(Perf {
                 received,
                 submitted: received,
@@ -484,6 +512,52 @@ impl Client {
             }
         };
         bo.wait(timeout, shared.config.wait_spin, poll, || shared.online())
+    }
+
+    /// On the simulated clock: when the buffer's latest execution completed (the posting
+    /// time of its last response, simulated nanoseconds).
+    pub fn completed_at(&self, handle: u32) -> Result<u64> {
+        let bo = self.bo(handle)?;
+        let st = bo.state.lock();
+        if st.queued || st.executions == 0 {
+            return fail(Errno::EINVAL, format!("buffer {handle} has no finished execution"));
+        }
+        Ok(st.completed_at_ns)
+    }
+
+    /// Simulated clock: promises that no element stamped earlier than `promise_ns` will
+    /// be queued on `dbc` from now on, except those that follow waking responses beyond
+    /// the first `acked`; the device may advance up to there (see
+    /// `aicsim_device::clock`). [`NO_PROMISE`] withdraws the bound.
+    pub fn promise(&self, dbc: u32, promise_ns: u64, acked: u32) -> Result<()> {
+        let dbc = self.check_dbc(dbc)?;
+        self.check_owner(dbc)?;
+        let map = &self.shared.map;
+        // Release, promise before acknowledgement: a device that sees the count sees the
+        // promise that goes with it.
+        self.shared.region.store_u64(map.clock_reg(dbc, clock::PROMISE_NS), promise_ns, Release);
+        self.shared.region.store_u32(map.clock_reg(dbc, clock::HOST_ACKED), acked, Release);
+        self.shared.ring_device();
+        Ok(())
+    }
+
+    /// Simulated clock: the least time from a waking response on `dbc` to the next
+    /// element the host may queue because of it.
+    pub fn set_lookahead(&self, dbc: u32, lookahead_ns: u64) -> Result<()> {
+        let dbc = self.check_dbc(dbc)?;
+        self.check_owner(dbc)?;
+        self.shared.region.store_u64(self.shared.map.clock_reg(dbc, clock::LOOKAHEAD_NS), lookahead_ns, Release);
+        Ok(())
+    }
+
+    /// Simulated clock: how far the device has simulated, and how many waking responses
+    /// it has posted on `dbc`. Read in that order, so every waking response earlier than
+    /// the time returned is counted.
+    pub fn device_progress(&self, dbc: u32) -> Result<(u64, u32)> {
+        let dbc = self.check_dbc(dbc)?;
+        let map = &self.shared.map;
+        let now = self.shared.region.load_u64(layout::DEVICE_NOW_NS, Acquire);
+        Ok((now, self.shared.region.load_u32(map.clock_reg(dbc, clock::DEVICE_WAKES), Acquire)))
     }
 
     /// PERF_STATS_BO for the latest execution of each buffer.

@@ -36,7 +36,8 @@ use aicsim_device::memory::SharedMemory;
 use aicsim_device::{DeviceConfig, Firmware};
 use parking_lot::Mutex;
 
-pub use client::{BoMapping, Client};
+pub use aicsim_device::clock::NO_PROMISE;
+pub use client::{BoMapping, Client, Stamp};
 pub use error::{Errno, KmdError, Result};
 
 use channel::HostChannel;
@@ -491,6 +492,38 @@ impl Kmd {
             return aicsim_device::dbc::LINK_DOWN;
         }
         self.shared.region.load_u32(self.shared.map.dbc_reg(dbc, reg), Acquire)
+    }
+
+    /// Simulated clock: the device's progress counter, which moves whenever device time
+    /// does or a response is posted.
+    pub fn progress(&self) -> u32 {
+        self.shared.region.load_u32(layout::DEVICE_PROGRESS, Acquire)
+    }
+
+    /// Simulated clock: waits (at most `timeout`) until the progress counter differs
+    /// from `seen`. With [`Stepping::Manual`] it steps the device and the interrupt
+    /// handler instead, until they make no more progress.
+    pub fn wait_progress(&self, seen: u32, timeout: Duration) {
+        if self.shared.config.stepping == Stepping::Manual {
+            while self.step_device().is_some_and(|s| s.progressed()) {}
+            self.step_interrupts();
+            return;
+        }
+        let region = &self.shared.region;
+        region.fetch_add_u32(layout::PROGRESS_WAITERS, 1, SeqCst);
+        std::sync::atomic::fence(SeqCst);
+        // SeqCst: pairs with the device's progress increment and its load of the waiter
+        // count; a move after `seen` is seen here or wakes the futex.
+        if region.load_u32(layout::DEVICE_PROGRESS, SeqCst) == seen {
+            region.wait(layout::DEVICE_PROGRESS, seen, timeout);
+        }
+        // Wrapping add of -1.
+        region.fetch_add_u32(layout::PROGRESS_WAITERS, u32::MAX, SeqCst);
+    }
+
+    /// Simulated clock: elements the device found stamped earlier than it had simulated.
+    pub fn late_elements(&self) -> u32 {
+        self.shared.region.load_u32(layout::LATE_ELEMENTS, Acquire)
     }
 
     /// MSIs the device has raised since boot.

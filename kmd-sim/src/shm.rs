@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aicsim_device::memory::{check_range, OutOfRange, SharedMemory};
@@ -67,6 +67,14 @@ impl SharedRegion {
         // mapping lives as long as `self`, and every access to a register word, from
         // either side, is atomic.
         unsafe { AtomicU32::from_ptr(self.map.as_mut_ptr().add(offset as usize).cast::<u32>()) }
+    }
+
+    fn dword(&self, offset: u64) -> &AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.size, "register offset {offset:#x} out of range");
+        // SAFETY: the offset is 8-aligned and inside the mapping (checked above), the
+        // mapping (page-aligned) lives as long as `self`, and every access to a 64-bit
+        // register, from either side, is atomic.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(offset as usize).cast::<u64>()) }
     }
 
     /// Sleeps while the word at `offset` holds `expected`, at most `timeout`. Returns
@@ -147,6 +155,14 @@ impl SharedMemory for SharedRegion {
 
     fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
         self.word(offset).swap(value, order)
+    }
+
+    fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
+        self.dword(offset).load(order)
+    }
+
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
+        self.dword(offset).store(value, order)
     }
 
     fn wake(&self, offset: u64) {

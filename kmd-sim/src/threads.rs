@@ -134,7 +134,7 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
 pub(crate) fn handle_msis(
     shared: &Shared,
     poll_all: bool,
-    scratch: &mut Vec<(crate::channel::Inflight, u16)>,
+    scratch: &mut Vec<(crate::channel::Inflight, u16, u64)>,
 ) -> usize {
     // With the link down every register reads all-ones: there is nothing to drain.
     if shared.link_down.load(Acquire) {

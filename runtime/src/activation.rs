@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use aicsim_device::container::IoBinding;
 use aicsim_device::dbc::SemOp;
 use aicsim_driver::{
-    Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, SyncPoint,
+    Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, Stamp, SyncPoint,
 };
 
 use crate::convert;
 use crate::error::{Result, RuntimeError};
-use crate::timestamps::Timestamps;
+use crate::timestamps::{wall_ns, Timestamps};
 use crate::{Device, Program};
 
 /// How long a wait may take before the inference fails with ETIMEDOUT.
@@ -79,6 +79,11 @@ impl Activation {
             submitted: parking_lot::Mutex::new(0),
             wait_timeout: WAIT_TIMEOUT,
         })
+    }
+
+    /// How long a wait for one inference may take.
+    pub fn wait_timeout(&self) -> Duration {
+        self.wait_timeout
     }
 
     /// The same activation with another per-inference wait timeout.
@@ -159,9 +164,9 @@ impl Activation {
             *guard = Some(self.new_slot()?);
         }
         let slot = guard.as_ref().expect("set above");
-        let mut ts = Timestamps::new(Instant::now());
+        let mut ts = Timestamps::now();
         slot.write_inputs(&self.program, inputs)?;
-        ts.pre_proc_end = Instant::now();
+        ts.pre_proc_end = wall_ns();
         slot.submit(self, &mut ts)?;
         slot.wait(self, &mut ts)?;
         let mut outputs: Vec<Vec<u8>> =
@@ -210,9 +215,9 @@ impl InferenceSlot {
         let mut list = Vec::with_capacity(self.inputs.len() + self.outputs.len());
         list.extend(self.inputs.iter().map(|b| (b, DmaDirection::ToDevice)));
         list.extend(self.outputs.iter().map(|b| (b, DmaDirection::FromDevice)));
-        ts.kernel_submit = Instant::now();
+        ts.kernel_submit = wall_ns();
         let mut attempt = 0;
-        let mut attempt_start = ts.kernel_submit;
+        let mut attempt_start = Instant::now();
         loop {
             match activation.device.execute(&activation.channel, &list) {
                 Err(DriverError::Again(why)) => {
@@ -232,9 +237,53 @@ impl InferenceSlot {
                 result => break result?,
             }
         }
-        ts.submitted = Instant::now();
+        ts.submitted = wall_ns();
         *count += 1;
         Ok(*count)
+    }
+
+    /// Copies inputs already in the device's format into the input buffers (what
+    /// pre-processing leaves behind), checking their sizes.
+    pub fn write_device_inputs(&self, program: &Program, inputs: &[Vec<u8>]) -> Result<()> {
+        let bindings = program.inputs();
+        if inputs.len() != bindings.len() {
+            return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
+        }
+        for (index, ((data, buf), b)) in inputs.iter().zip(&self.inputs).zip(&bindings).enumerate() {
+            if data.len() as u64 != b.size_bytes {
+                return Err(RuntimeError::InputSize {
+                    index,
+                    name: b.name.clone(),
+                    got: data.len(),
+                    expected: b.size_bytes,
+                });
+            }
+            buf.write(0, data)?;
+        }
+        Ok(())
+    }
+
+    /// Queues the whole inference on the simulated clock, reaching the channel at
+    /// `time_ns`; its last response wakes the host. One attempt: a full ring is
+    /// [`DriverError::Again`]. Returns the device's run number for it.
+    pub fn submit_at(&self, activation: &Activation, time_ns: u64) -> Result<u64> {
+        let mut count = activation.submitted.lock();
+        let mut list = Vec::with_capacity(self.inputs.len() + self.outputs.len());
+        list.extend(self.inputs.iter().map(|b| (b, DmaDirection::ToDevice)));
+        list.extend(self.outputs.iter().map(|b| (b, DmaDirection::FromDevice)));
+        activation.device.execute_at(&activation.channel, &list, Stamp { time_ns, wakes_host: true })?;
+        *count += 1;
+        Ok(*count)
+    }
+
+    /// On the simulated clock, after [`InferenceSlot::wait`]: when the device posted the
+    /// inference's last response.
+    pub fn completed_at(&self, activation: &Activation) -> Result<u64> {
+        let mut last = 0;
+        for b in self.outputs.iter().chain(&self.inputs) {
+            last = last.max(activation.device.completed_at(b)?);
+        }
+        Ok(last)
     }
 
     /// Waits for every buffer of the inference.
@@ -242,7 +291,7 @@ impl InferenceSlot {
         for b in self.outputs.iter().chain(&self.inputs) {
             activation.device.wait(&activation.channel, b, activation.wait_timeout)?;
         }
-        ts.completed = Instant::now();
+        ts.completed = wall_ns();
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::activation::{InferenceSlot, SubmitPolicy};
 use crate::error::{Result, RuntimeError};
-use crate::timestamps::Timestamps;
+use crate::timestamps::{wall_ns, Timestamps};
 use crate::InferenceSet;
 
 /// A free set of buffers, ready to be filled and submitted.
@@ -106,9 +106,9 @@ impl<'s> HandlePool<'s> {
     pub fn submit(&self, handle: Handle) -> Result<u64> {
         let (a, slot) = &self.slots[handle.slot];
         let activation = &self.set.activations()[*a];
-        let mut ts = Timestamps::new(Instant::now());
+        let mut ts = Timestamps::now();
         let result = slot.write_inputs(self.set.program(), &handle.inputs).and_then(|()| {
-            ts.pre_proc_end = Instant::now();
+            ts.pre_proc_end = wall_ns();
             slot.submit_with(activation, &mut ts, &self.policy)
         });
         let mut st = self.state.lock();
@@ -157,7 +157,8 @@ impl<'s> HandlePool<'s> {
             self.set.program().outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
         let error =
             slot.wait(&self.set.activations()[*a], &mut job.ts).and_then(|()| slot.read_outputs(&mut outputs)).err();
-        job.ts.post_proc_end = Instant::now();
+        job.ts.post_proc_end = wall_ns();
+        job.ts.returned = job.ts.post_proc_end;
         Completed { slot: job.slot, id, activation: *a, outputs, timestamps: job.ts, error }
     }
 

@@ -11,18 +11,22 @@ mod activation;
 pub mod convert;
 mod error;
 mod handles;
+mod host_model;
 mod program;
 mod queue;
 pub mod samples;
 mod set;
+mod simulated;
 mod timestamps;
 
 pub use activation::{Activation, InferenceSlot, SubmitPolicy};
 pub use error::{Result, RuntimeError};
 pub use handles::{Completed, Handle, HandlePool};
+pub use host_model::HostModel;
 pub use program::Program;
 pub use queue::{AsyncQueue, Outcome, QueueConfig, Rejected};
 pub use set::{Completion, DeviceTiming, InferenceSet, RunLimit, RunSummary};
-pub use timestamps::Timestamps;
+pub use simulated::LIVENESS_TIMEOUT;
+pub use timestamps::{wall_ns, wall_ns_of, Timestamps};
 
 pub use aicsim_driver::Device;

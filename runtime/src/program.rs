@@ -86,6 +86,26 @@ impl Program {
         Ok(())
     }
 
+    /// Pre-processing of one set of inputs: each from its host format into the device's,
+    /// as the input buffers take it.
+    pub fn device_inputs(&self, inputs: &[impl AsRef<[u8]>]) -> Result<Vec<Vec<u8>>> {
+        self.check_inputs(inputs)?;
+        Ok(inputs
+            .iter()
+            .zip(self.inputs())
+            .map(|(data, b)| {
+                let mut device = vec![0u8; b.size_bytes as usize];
+                crate::convert::host_to_device(b, data.as_ref(), &mut device);
+                device
+            })
+            .collect())
+    }
+
+    /// Bytes the host sends to the device per inference, in the device's format.
+    pub fn device_input_bytes(&self) -> u64 {
+        self.image.inputs().map(|b| b.size_bytes).sum()
+    }
+
     pub fn inputs(&self) -> Vec<&IoBinding> {
         self.image.inputs().collect()
     }

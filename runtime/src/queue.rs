@@ -9,13 +9,13 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 
 use crate::activation::{Activation, InferenceSlot};
 use crate::error::{Result, RuntimeError};
-use crate::timestamps::Timestamps;
+use crate::timestamps::{wall_ns, Timestamps};
 use crate::{Device, InferenceSet, Program};
 
 /// What comes back for one request: its outputs, or why it failed.
@@ -183,9 +183,9 @@ fn worker<C: Send>(
             match next {
                 Ok(req) => {
                     let slot = free.pop().expect("checked non-empty");
-                    let mut ts = Timestamps::new(Instant::now());
+                    let mut ts = Timestamps::now();
                     let submitted = slots[slot].write_inputs(&program, &req.inputs).and_then(|()| {
-                        ts.pre_proc_end = Instant::now();
+                        ts.pre_proc_end = wall_ns();
                         slots[slot].submit(&activation, &mut ts)
                     });
                     match submitted {

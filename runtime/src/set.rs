@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 
 use crate::activation::{Activation, InferenceSlot, SubmitPolicy};
 use crate::error::{Result, RuntimeError};
-use crate::timestamps::Timestamps;
+use crate::timestamps::{wall_ns, wall_ns_of, Timestamps};
+use crate::host_model::HostModel;
 use crate::{Device, Program};
 
 /// How long a run goes on.
@@ -70,8 +71,24 @@ pub struct Completion<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunSummary {
     pub inferences: u64,
-    /// From the first submission to the last completion.
+    /// From the start of the run to the last inference's return to the application.
     pub elapsed: Duration,
+    /// When the run started, on the clock of its timestamps.
+    pub start_ns: u64,
+}
+
+/// The device's record of run `seq` of `activation` as durations, if still held.
+pub(crate) fn device_timing(activation: &Activation, seq: u64) -> Option<DeviceTiming> {
+    let clock_hz = activation.device().clock_hz().max(1);
+    activation.run_record(seq).map(|r| {
+        let time = |cycles: u64| Duration::from_secs_f64(cycles as f64 / clock_hz as f64);
+        DeviceTiming {
+            exec: time(r.exec_cycles()),
+            input_wait: time(r.input_wait_cycles()),
+            output_wait: time(r.output_wait_cycles()),
+            exec_cycles: r.exec_cycles(),
+        }
+    })
 }
 
 /// N activations x S in-flight inferences.
@@ -202,6 +219,31 @@ impl InferenceSet {
         self
     }
 
+    pub fn submit_policy(&self) -> &SubmitPolicy {
+        &self.submit_policy
+    }
+
+    /// Runs inferences until `limit` on the simulated clock (the device must run with
+    /// `Pacing::Simulated`): every inference travels the whole stack, its timestamps
+    /// come from `host` and the device, and `limit`'s durations are simulated. Inference
+    /// `i` takes input set `inputs[i % inputs.len()]`, already in the device's format
+    /// ([`Program::device_inputs`]); with none, the buffers keep what they hold.
+    /// `on_complete` sees each finished inference, in the order they complete, on the
+    /// calling thread. The first error stops the run (inferences in flight are still
+    /// taken in) and is returned. See `simulated` for how time is kept.
+    pub fn run_simulated<C>(
+        &self,
+        limit: RunLimit,
+        host: &HostModel,
+        inputs: &[Vec<Vec<u8>>],
+        on_complete: C,
+    ) -> Result<RunSummary>
+    where
+        C: Fn(&Completion<'_>),
+    {
+        crate::simulated::Engine::new(self, limit, host, inputs, &on_complete, self.report_errors)?.run()
+    }
+
     /// Recovery after a device reset or a subsystem restart released the channels: loads
     /// the program again and activates it afresh on every activation.
     pub fn recover(&mut self) -> Result<()> {
@@ -271,7 +313,11 @@ impl InferenceSet {
         });
         match first_error.into_inner() {
             Some(e) => Err(e),
-            None => Ok(RunSummary { inferences: state.done.load(SeqCst), elapsed: state.start.elapsed() }),
+            None => Ok(RunSummary {
+                inferences: state.done.load(SeqCst),
+                elapsed: state.start.elapsed(),
+                start_ns: wall_ns_of(state.start),
+            }),
         }
     }
 
@@ -290,7 +336,6 @@ impl InferenceSet {
         let mut free: Vec<usize> = (0..slot_count).rev().collect();
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(slot_count);
         let mut failure = None;
-        let clock_hz = activation.device().clock_hz().max(1);
         loop {
             let claimed = if free.is_empty() || failure.is_some() { None } else { state.claim(in_flight.is_empty()) };
             // Not due yet: finish what is in flight meanwhile.
@@ -302,11 +347,11 @@ impl InferenceSet {
             };
             if let Some((index, arrived)) = claimed {
                 let slot = free.pop().expect("checked non-empty");
-                let mut ts = Timestamps::new(Instant::now());
-                ts.enqueue = arrived;
+                let mut ts = Timestamps::now();
+                ts.enqueue = wall_ns_of(arrived);
                 (state.fill_inputs)(index, &mut staging[slot]);
                 let submitted = slots[slot].write_inputs(&self.program, &staging[slot]).and_then(|()| {
-                    ts.pre_proc_end = Instant::now();
+                    ts.pre_proc_end = wall_ns();
                     slots[slot].submit_with(activation, &mut ts, &self.submit_policy)
                 });
                 match submitted {
@@ -334,20 +379,9 @@ impl InferenceSet {
                 }
                 other => other.err(),
             };
-            job.ts.post_proc_end = Instant::now();
-            let device = if error.is_some() {
-                None
-            } else {
-                activation.run_record(job.seq).map(|r| {
-                    let time = |cycles: u64| Duration::from_secs_f64(cycles as f64 / clock_hz as f64);
-                    DeviceTiming {
-                        exec: time(r.exec_cycles()),
-                        input_wait: time(r.input_wait_cycles()),
-                        output_wait: time(r.output_wait_cycles()),
-                        exec_cycles: r.exec_cycles(),
-                    }
-                })
-            };
+            job.ts.post_proc_end = wall_ns();
+            job.ts.returned = job.ts.post_proc_end;
+            let device = if error.is_some() { None } else { device_timing(activation, job.seq) };
             state.done.fetch_add(1, Relaxed);
             (state.on_complete)(&Completion {
                 index: job.index,

@@ -90,6 +90,15 @@ pub struct CostModel {
     pub issue_cycles: u64,
     /// Cycles for a signal, wait or barrier to take effect across cores.
     pub sync_latency_cycles: u64,
+    /// Host link bandwidth per direction, after packet overhead (PCIe Gen4 x8: 15.75 GB/s,
+    /// of which 256-byte payloads with 24-byte headers carry 91%). Times transfers
+    /// between host buffers and device DDR on the simulated clock.
+    pub host_link_bytes_per_second: u64,
+    /// A ready program is dispatched to its cores after 0 to this many cycles, drawn
+    /// from the device's seed (the firmware's polling loop and the cores' wake-up). It
+    /// also keeps identical instances from falling into lock step, as host and device
+    /// jitter keep them out of it on the card.
+    pub dispatch_jitter_cycles: u64,
 }
 
 impl Default for CostModel {
@@ -112,6 +121,8 @@ impl Default for CostModel {
             hvx_divide_cycles: 4,
             issue_cycles: 4,
             sync_latency_cycles: 100,
+            host_link_bytes_per_second: 15_750_000_000 * 256 / 280,
+            dispatch_jitter_cycles: 7_000,
         }
     }
 }
@@ -206,6 +217,13 @@ impl CostModel {
 
     fn vectors(&self, bytes: u64) -> u64 {
         bytes.div_ceil(self.hvx_bytes_per_cycle.max(1))
+    }
+
+    /// Cycles to move `bytes` over the host link at `clock_hz` (at least one).
+    pub fn host_link_cycles(&self, bytes: u64, clock_hz: u64) -> u64 {
+        let rate = u128::from(self.host_link_bytes_per_second.max(1));
+        let cycles = (u128::from(bytes) * u128::from(clock_hz)).div_ceil(rate);
+        u64::try_from(cycles).unwrap_or(u64::MAX).max(1)
     }
 
     /// DDR bandwidth in bytes per cycle at `clock_hz`.

@@ -283,6 +283,12 @@ impl Scheduler {
 
     /// [`Scheduler::start`], recording this run's trace even if tracing is off.
     pub fn start_traced(&mut self, plan: Arc<Plan>, cores: &[u32], ddr_base: u64, trace: bool) -> JobId {
+        self.start_at(plan, cores, ddr_base, trace, self.now)
+    }
+
+    /// [`Scheduler::start_traced`], the program's cores starting at cycle `at` (not
+    /// before now); the scheduler counts as busy from now.
+    pub fn start_at(&mut self, plan: Arc<Plan>, cores: &[u32], ddr_base: u64, trace: bool, at: u64) -> JobId {
         let slot = match self.jobs.iter().position(Option::is_none) {
             Some(s) => s,
             None => {
@@ -292,7 +298,7 @@ impl Scheduler {
         };
         let id = self.next_serial << SLOT_BITS | slot as u64;
         self.next_serial += 1;
-        let now = self.now;
+        let now = at.max(self.now);
         let plan_cost = *plan.cost() == self.cost;
         let runs = cores
             .iter()

@@ -1,0 +1,315 @@
+//! The firmware on the simulated clock ([`Pacing::Simulated`]): when each element is
+//! served, how long its transfer over the host link takes, and how far device time may
+//! run ahead of the hosts (see [`crate::clock`] for the protocol).
+//!
+//! An element is served once the device clock has reached its stamp and its transfer
+//! over the host link is over. The link is one transfer at a time per direction, taken
+//! in the order transfers become possible. An output element waits (presync) for its
+//! program; inbound elements queued behind it still cross the link meanwhile (the DMA
+//! bridge reads ahead on the link), but take effect — bytes written, semaphores,
+//! doorbell, response — in ring order once they reach the head, so a program's inputs
+//! never change under it.
+
+use alloc::collections::VecDeque;
+use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+use super::{Firmware, Serviced};
+use crate::clock::{self, RequestStamp, NO_PROMISE, REQUEST_STAMP_BYTES, STAMP_WAKES_HOST};
+use crate::dbc::{Direction, RequestElement, Ring, NUM_DBC};
+use crate::layout;
+use crate::memory::SharedMemory;
+
+/// Most inbound elements past a blocked head whose transfer is timed early.
+const READ_AHEAD: usize = 64;
+
+/// An element copied out of the ring, with its time.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    index: u32,
+    element: RequestElement,
+    flags: u32,
+    /// The cycle its stamp says it reaches the channel.
+    arrival: u64,
+    /// When its transfer over the host link ends, once timed.
+    ready: Option<u64>,
+}
+
+#[derive(Default)]
+struct TimedChannel {
+    /// The element at the head, once read.
+    head: Option<Pending>,
+    /// Elements after the head, read ahead (consecutive ring slots).
+    ahead: VecDeque<Pending>,
+    /// Posting cycles of waking responses the host has not acknowledged, oldest first.
+    wakes: VecDeque<u64>,
+    /// Waking responses posted since activation.
+    wakes_posted: u32,
+}
+
+/// What the simulated clock keeps beside the firmware's state.
+pub(super) struct Timed {
+    channels: [TimedChannel; NUM_DBC],
+    /// When each direction of the host link is free: to the device, from it.
+    link_free: [u64; 2],
+}
+
+impl Default for Timed {
+    fn default() -> Timed {
+        Timed { channels: Default::default(), link_free: [0; 2] }
+    }
+}
+
+impl Firmware {
+    /// One pass on the simulated clock: serves every channel at the current cycle, moves
+    /// to the next thing that happens, and so on, never reaching the hosts' horizon;
+    /// then tells the hosts how far it got.
+    pub(super) fn service_simulated<M: SharedMemory>(&mut self, mem: &M) -> Serviced {
+        let mut done = Serviced { control: self.service_control(mem), ..Default::default() };
+        let started_at = self.scheduler.now();
+        loop {
+            let mut served = 0;
+            for dbc in 0..NUM_DBC {
+                if self.activations[dbc].is_some() {
+                    served += self.service_channel(dbc, mem);
+                }
+            }
+            done.elements += served;
+            if served > 0 {
+                continue;
+            }
+            let now = self.scheduler.now();
+            let horizon = self.horizon(mem);
+            // Everything before the horizon may happen; nothing at or after it.
+            let Some(last) = horizon.checked_sub(1) else { break };
+            let next = self.next_element_event(now);
+            let limit = next.min(last);
+            if limit <= now {
+                break;
+            }
+            if self.scheduler.is_idle() {
+                // Idle time passes up to the next element, or to the horizon if one is
+                // promised; with neither there is nothing to simulate.
+                if next == u64::MAX && horizon == u64::MAX {
+                    break;
+                }
+                self.scheduler.idle_until(limit);
+                continue;
+            }
+            done.programs += self.finish_programs(mem, limit);
+        }
+        let now = self.scheduler.now();
+        if done.progressed() || now != started_at {
+            self.publish_progress(mem);
+        }
+        done
+    }
+
+    /// The first cycle the device may not reach yet: the earliest moment some host could
+    /// still stamp an element with.
+    fn horizon<M: SharedMemory>(&mut self, mem: &M) -> u64 {
+        let map = self.config.map;
+        let hz = self.config.clock_hz;
+        let mut horizon = u64::MAX;
+        for dbc in 0..NUM_DBC {
+            if self.activations[dbc].is_none() {
+                continue;
+            }
+            // Acquire: the host stores its promise before the acknowledgement.
+            let acked = mem.load_u32(map.clock_reg(dbc, clock::HOST_ACKED), Acquire);
+            let promise = mem.load_u64(map.clock_reg(dbc, clock::PROMISE_NS), Acquire);
+            let lookahead = mem.load_u64(map.clock_reg(dbc, clock::LOOKAHEAD_NS), Acquire);
+            let ch = &mut self.timed.channels[dbc];
+            let unacked = ch.wakes_posted.wrapping_sub(acked) as usize;
+            while ch.wakes.len() > unacked {
+                ch.wakes.pop_front();
+            }
+            if promise != NO_PROMISE {
+                horizon = horizon.min(clock::cycles_at_or_after(promise, hz));
+            }
+            if let Some(&posted) = ch.wakes.front() {
+                let ns = clock::ns_at_or_after(posted, hz).saturating_add(lookahead);
+                horizon = horizon.min(clock::cycles_at_or_after(ns, hz));
+            }
+        }
+        horizon
+    }
+
+    /// The next cycle after `now` at which an element's time comes or its transfer ends,
+    /// on any channel (`u64::MAX` if none is pending).
+    fn next_element_event(&self, now: u64) -> u64 {
+        let mut next = u64::MAX;
+        for (dbc, ch) in self.timed.channels.iter().enumerate() {
+            if self.activations[dbc].is_none() {
+                continue;
+            }
+            for p in ch.head.iter().chain(ch.ahead.iter()) {
+                let at = p.ready.unwrap_or(p.arrival);
+                if at > now {
+                    next = next.min(at);
+                }
+            }
+        }
+        next
+    }
+
+    /// The head element of channel `dbc` (at ring slot `index`), if it can be served at
+    /// the current cycle.
+    pub(super) fn timed_head<M: SharedMemory>(
+        &mut self,
+        dbc: usize,
+        index: u32,
+        tail: u32,
+        mem: &M,
+    ) -> Option<RequestElement> {
+        let now = self.scheduler.now();
+        let ch = &mut self.timed.channels[dbc];
+        if ch.head.is_none() {
+            let ahead = ch.ahead.pop_front().filter(|p| p.index == index);
+            if ahead.is_none() {
+                ch.ahead.clear();
+            }
+            self.timed.channels[dbc].head = match ahead {
+                Some(p) => Some(p),
+                None => Some(self.read_pending(dbc, index, mem)?),
+            };
+        }
+        let mut head = self.timed.channels[dbc].head?;
+        if head.arrival > now {
+            return None;
+        }
+        let direction = match self.check_element(dbc, &head.element) {
+            // A bad element fails at once (with its error completion).
+            Err(_) => return Some(head.element),
+            Ok(checked) => {
+                if let Some(pre) = checked.presync {
+                    if head.ready.is_none() && !self.sem_would_pass(pre, mem) {
+                        self.read_ahead(dbc, index, tail, mem);
+                        return None;
+                    }
+                }
+                checked.cmd.direction
+            }
+        };
+        if direction == Direction::None {
+            return Some(head.element);
+        }
+        let ready = match head.ready {
+            Some(ready) => ready,
+            None => {
+                let ready = self.take_link(direction, head.element.len, now);
+                head.ready = Some(ready);
+                self.timed.channels[dbc].head = Some(head);
+                ready
+            }
+        };
+        (ready <= now).then_some(head.element)
+    }
+
+    /// Copies element `index` and its stamp out of the ring. An element stamped earlier
+    /// than the device has simulated is late: it arrives now, and is counted.
+    fn read_pending<M: SharedMemory>(&mut self, dbc: usize, index: u32, mem: &M) -> Option<Pending> {
+        let element = self.read_element(dbc, index, mem)?;
+        let mut raw = [0u8; REQUEST_STAMP_BYTES as usize];
+        mem.read(self.config.map.request_stamp(dbc, index), &mut raw).ok()?;
+        let stamp: RequestStamp = bytemuck::pod_read_unaligned(&raw);
+        let now = self.scheduler.now();
+        let mut arrival = clock::cycles_at_or_after(stamp.time_ns, self.config.clock_hz);
+        if arrival < now {
+            mem.fetch_add_u32(layout::LATE_ELEMENTS, 1, SeqCst);
+            arrival = now;
+        }
+        Some(Pending { index, element, flags: stamp.flags, arrival, ready: None })
+    }
+
+    /// Starts a transfer of `len` bytes over the host link in `direction` at `now` (or
+    /// when the link is free); returns when it ends.
+    fn take_link(&mut self, direction: Direction, len: u32, now: u64) -> u64 {
+        let way = usize::from(direction == Direction::FromDevice);
+        let start = now.max(self.timed.link_free[way]);
+        let end = start + self.config.cost.host_link_cycles(u64::from(len), self.config.clock_hz);
+        self.timed.link_free[way] = end;
+        end
+    }
+
+    /// While the head waits for its program, inbound elements queued behind it that have
+    /// arrived cross the link, in order, up to the first element that is not one.
+    fn read_ahead<M: SharedMemory>(&mut self, dbc: usize, head: u32, tail: u32, mem: &M) {
+        let ring: Ring = self.ring;
+        let now = self.scheduler.now();
+        let mut index = ring.next(head);
+        let mut slot = 0;
+        while index != tail && slot < READ_AHEAD {
+            let ch = &self.timed.channels[dbc];
+            let pending = match ch.ahead.get(slot) {
+                Some(p) => *p,
+                None => {
+                    let Some(p) = self.read_pending(dbc, index, mem) else { return };
+                    self.timed.channels[dbc].ahead.push_back(p);
+                    p
+                }
+            };
+            let inbound = self
+                .check_element(dbc, &pending.element)
+                .is_ok_and(|c| c.cmd.direction == Direction::ToDevice && c.presync.is_none());
+            if !inbound || pending.arrival > now {
+                return;
+            }
+            if pending.ready.is_none() {
+                let ready = self.take_link(Direction::ToDevice, pending.element.len, now);
+                if let Some(p) = self.timed.channels[dbc].ahead.get_mut(slot) {
+                    p.ready = Some(ready);
+                }
+            }
+            index = ring.next(index);
+            slot += 1;
+        }
+    }
+
+    /// A response to the head element was written to response slot `slot`: its stamp,
+    /// and a waking response counted.
+    pub(super) fn timed_responded<M: SharedMemory>(&mut self, dbc: usize, slot: u32, mem: &M) {
+        let now = self.scheduler.now();
+        let ns = clock::ns_at_or_after(now, self.config.clock_hz);
+        let _ = mem.write(self.config.map.response_stamp(dbc, slot), &ns.to_le_bytes());
+        let ch = &mut self.timed.channels[dbc];
+        if ch.head.is_some_and(|h| h.flags & STAMP_WAKES_HOST != 0) {
+            ch.wakes.push_back(now);
+            ch.wakes_posted = ch.wakes_posted.wrapping_add(1);
+        }
+    }
+
+    /// The head element was consumed.
+    pub(super) fn timed_consumed(&mut self, dbc: usize) {
+        self.timed.channels[dbc].head = None;
+    }
+
+    /// Release: the waking responses counted are visible with the response tail.
+    pub(super) fn timed_publish_wakes<M: SharedMemory>(&self, dbc: usize, mem: &M) {
+        let posted = self.timed.channels[dbc].wakes_posted;
+        mem.store_u32(self.config.map.clock_reg(dbc, clock::DEVICE_WAKES), posted, Release);
+    }
+
+    /// A fresh activation on `dbc`: nothing pending, nothing promised.
+    pub(super) fn reset_timed_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) {
+        self.timed.channels[dbc] = TimedChannel::default();
+        let map = self.config.map;
+        mem.store_u64(map.clock_reg(dbc, clock::PROMISE_NS), NO_PROMISE, Release);
+        mem.store_u64(map.clock_reg(dbc, clock::LOOKAHEAD_NS), 0, Release);
+        mem.store_u32(map.clock_reg(dbc, clock::HOST_ACKED), 0, Release);
+        mem.store_u32(map.clock_reg(dbc, clock::DEVICE_WAKES), 0, Release);
+    }
+
+    /// Tells the hosts how far the device has simulated and wakes those waiting for it.
+    fn publish_progress<M: SharedMemory>(&self, mem: &M) {
+        let now_ns = clock::ns_at_or_before(self.scheduler.now(), self.config.clock_hz);
+        // Release: every response before this moment is visible before the moment is.
+        mem.store_u64(layout::DEVICE_NOW_NS, now_ns, Release);
+        mem.fetch_add_u32(layout::DEVICE_PROGRESS, 1, SeqCst);
+        // The fence pairs with the waiter's: either it sees the new progress value, or we
+        // see it waiting.
+        core::sync::atomic::fence(SeqCst);
+        if mem.load_u32(layout::PROGRESS_WAITERS, SeqCst) != 0 {
+            mem.wake(layout::DEVICE_PROGRESS);
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! An [`InferenceSet`] on the simulated clock.
+//!
+//! Every inference travels the real stack — its input bytes into buffer objects, one
+//! execute call putting its elements on the channel's ring, the device, the response
+//! ring, its outputs read back — but its timestamps are simulated: the host's stages
+//! from the [`HostModel`], the device's from the device. One thread drives every
+//! *lane* (one of an activation's `S` in-flight inferences) in simulated-time order,
+//! as qaic-runner's handles go round: take up a request, pre-process, submit, wait,
+//! post-process, hand the handle back.
+//!
+//! Causality (see `aicsim_device::clock`): a lane's next request can only come after its
+//! current one completes, and completions come from the device in simulated-time
+//! order. So a free lane's request at time `t` goes to the device only when no lane
+//! still waiting could free up before `t`: the device has simulated up to `D`, so a
+//! completion not yet posted comes at `D` or later and frees its lane at
+//! `D + turnaround` at the earliest. The device in turn advances only up to the earliest
+//! moment a free lane could submit (each channel's promise), or `lookahead` after a
+//! completion the host has not accounted for yet. Requests are numbered in the order
+//! they are taken up, which is the simulated-time order: the same run gives the same
+//! numbers, figures and files however the threads are scheduled.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+use aicsim_driver::{DriverError, NO_PROMISE};
+
+use crate::activation::InferenceSlot;
+use crate::error::{Result, RuntimeError};
+use crate::host_model::HostModel;
+use crate::set::{device_timing, Completion, InferenceSet, RunLimit, RunSummary};
+use crate::timestamps::Timestamps;
+
+/// How long the device may make no progress at all, in wall time, while inferences are
+/// in flight, before the run fails: a hung device, not a slow simulation (a slow one
+/// still moves).
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Flight {
+    index: u64,
+    ts: Timestamps,
+    queue_depth: usize,
+    in_flight_total: usize,
+    seq: u64,
+}
+
+enum LaneState {
+    /// Free from this simulated moment.
+    Idle(u64),
+    InFlight(Flight),
+    /// Takes up nothing more.
+    Done,
+}
+
+struct Lane {
+    activation: usize,
+    slot: InferenceSlot,
+    state: LaneState,
+}
+
+/// One activation's channel as the engine sees it.
+#[derive(Default)]
+struct ChannelBook {
+    /// Lanes in flight, oldest first (the device completes them in this order).
+    in_flight: VecDeque<usize>,
+    /// Completions accounted for (the waking responses acknowledged).
+    acked: u32,
+    /// The promise last published.
+    promised: Option<u64>,
+}
+
+pub(crate) struct Engine<'a, C> {
+    set: &'a InferenceSet,
+    limit: RunLimit,
+    host: HostModel,
+    inputs: &'a [Vec<Vec<u8>>],
+    on_complete: &'a C,
+    lanes: Vec<Lane>,
+    /// Free lanes by (free from, lane).
+    idle: BinaryHeap<Reverse<(u64, usize)>>,
+    channels: Vec<ChannelBook>,
+    t0: u64,
+    to_channel: u64,
+    turnaround: u64,
+    next_index: u64,
+    done: u64,
+    in_flight: usize,
+    last_returned: u64,
+    outputs: Vec<Vec<u8>>,
+    failure: Option<RuntimeError>,
+    report_errors: bool,
+}
+
+impl<'a, C> Engine<'a, C>
+where
+    C: Fn(&Completion<'_>),
+{
+    pub(crate) fn new(
+        set: &'a InferenceSet,
+        limit: RunLimit,
+        host: &HostModel,
+        inputs: &'a [Vec<Vec<u8>>],
+        on_complete: &'a C,
+        report_errors: bool,
+    ) -> Result<Engine<'a, C>> {
+        let program = set.program();
+        let input_bytes = program.device_input_bytes();
+        let to_channel = host.to_channel_ns(input_bytes);
+        let mut lanes = Vec::new();
+        for (a, activation) in set.activations().iter().enumerate() {
+            for _ in 0..set.set_size() {
+                lanes.push(Lane { activation: a, slot: activation.new_slot()?, state: LaneState::Done });
+            }
+        }
+        let outputs = program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
+        Ok(Engine {
+            set,
+            limit,
+            host: *host,
+            inputs,
+            on_complete,
+            lanes,
+            idle: BinaryHeap::new(),
+            channels: set.activations().iter().map(|_| ChannelBook::default()).collect(),
+            t0: 0,
+            to_channel,
+            turnaround: host.turnaround_ns(),
+            next_index: 0,
+            done: 0,
+            in_flight: 0,
+            last_returned: 0,
+            outputs,
+            failure: None,
+            report_errors,
+        })
+    }
+
+    pub(crate) fn run(mut self) -> Result<RunSummary> {
+        let activations = self.set.activations();
+        let device = activations[0].device().clone();
+        let lookahead = self.host.lookahead_ns(self.set.program().device_input_bytes());
+        for a in activations {
+            device.set_lookahead(a.channel(), lookahead)?;
+        }
+        self.t0 = device.device_progress(activations[0].channel())?.0;
+        // The handles are filled one after the other, as a runner fills its queue.
+        let per_activation = self.set.set_size();
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let at = self.t0 + (i % per_activation) as u64 * self.to_channel;
+            lane.state = LaneState::Idle(at);
+            self.idle.push(Reverse((at, i)));
+        }
+        for a in 0..activations.len() {
+            self.publish(a)?;
+        }
+        let mut seen = (device.progress(), Instant::now());
+        loop {
+            let progress = device.progress();
+            let (now, wakes) = self.device_view()?;
+            if self.complete_posted(&wakes)? {
+                continue;
+            }
+            let bound = if self.in_flight > 0 { now.saturating_add(self.turnaround) } else { u64::MAX };
+            if let Some(&Reverse((at, lane))) = self.idle.peek() {
+                if self.claim_time(at).is_none_or(|t| t <= bound) {
+                    self.idle.pop();
+                    self.take_up(lane, at)?;
+                    continue;
+                }
+            }
+            if self.in_flight == 0 {
+                break;
+            }
+            self.check_timeouts(now)?;
+            if progress != seen.0 {
+                seen = (progress, Instant::now());
+            } else if seen.1.elapsed() > LIVENESS_TIMEOUT {
+                return Err(DriverError::TimedOut(format!(
+                    "the device made no progress for {} s of wall time with {} inferences in flight",
+                    LIVENESS_TIMEOUT.as_secs(),
+                    self.in_flight
+                ))
+                .into());
+            }
+            device.wait_progress(progress, Duration::from_millis(20));
+        }
+        for a in 0..activations.len() {
+            device.promise(activations[a].channel(), NO_PROMISE, self.channels[a].acked)?;
+        }
+        if let Some(e) = self.failure {
+            return Err(e);
+        }
+        Ok(RunSummary {
+            inferences: self.done,
+            elapsed: Duration::from_nanos(self.last_returned.saturating_sub(self.t0)),
+            start_ns: self.t0,
+        })
+    }
+
+    /// How far the device has simulated, and the waking responses it has posted on each
+    /// channel by then.
+    fn device_view(&self) -> Result<(u64, Vec<u32>)> {
+        let activations = self.set.activations();
+        let device = activations[0].device();
+        let now = device.device_progress(activations[0].channel())?.0;
+        let wakes: std::result::Result<Vec<u32>, DriverError> =
+            activations.iter().map(|a| device.device_progress(a.channel()).map(|p| p.1)).collect();
+        Ok((now, wakes?))
+    }
+
+    /// When a lane free from `at` takes up its next request, if it takes one up at all.
+    fn claim_time(&self, at: u64) -> Option<u64> {
+        match &self.limit {
+            RunLimit::Count(n) => (self.next_index < *n && self.failure.is_none()).then_some(at),
+            RunLimit::Duration(d) => {
+                let end = self.t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                (at < end && self.failure.is_none()).then_some(at)
+            }
+            RunLimit::Arrivals(arrivals) => {
+                let arrival = arrivals.get(self.next_index as usize).filter(|_| self.failure.is_none())?;
+                Some(at.max(self.t0 + u64::try_from(arrival.as_nanos()).unwrap_or(u64::MAX)))
+            }
+        }
+    }
+
+    /// Lane `lane`, free from `at`, takes up the next request (or stops: the run's
+    /// limit is reached).
+    fn take_up(&mut self, lane: usize, at: u64) -> Result<()> {
+        let a = self.lanes[lane].activation;
+        let Some(start) = self.claim_time(at) else {
+            self.lanes[lane].state = LaneState::Done;
+            return self.publish(a);
+        };
+        let index = self.next_index;
+        self.next_index += 1;
+        let enqueue = match &self.limit {
+            RunLimit::Arrivals(arrivals) => self.t0 + u64::try_from(arrivals[index as usize].as_nanos()).unwrap_or(0),
+            _ => start,
+        };
+        let program = self.set.program();
+        let mut ts = Timestamps::at(enqueue);
+        ts.pre_proc_start = start + self.host.enqueue_ns;
+        ts.pre_proc_end = ts.pre_proc_start + self.host.pre_proc_ns(program.device_input_bytes());
+        ts.kernel_submit = ts.pre_proc_end + self.host.submit_ns;
+        ts.submitted = ts.kernel_submit + self.host.exec_to_vc_ns;
+        let slot = &self.lanes[lane].slot;
+        if !self.inputs.is_empty() {
+            slot.write_device_inputs(program, &self.inputs[index as usize % self.inputs.len()])?;
+        }
+        let seq = self.submit(lane, ts.submitted)?;
+        let book = &mut self.channels[a];
+        book.in_flight.push_back(lane);
+        self.in_flight += 1;
+        let flight =
+            Flight { index, ts, queue_depth: book.in_flight.len(), in_flight_total: self.in_flight, seq };
+        self.lanes[lane].state = LaneState::InFlight(flight);
+        self.publish(a)
+    }
+
+    /// Queues lane `lane`'s inference at `time_ns`. A full ring is tried again as the
+    /// device moves, for the activation's submit policy counted in simulated time.
+    fn submit(&self, lane: usize, time_ns: u64) -> Result<u64> {
+        let a = self.lanes[lane].activation;
+        let activation = &self.set.activations()[a];
+        let policy = self.set.submit_policy();
+        let patience = policy.timeout.saturating_mul(policy.retries.saturating_add(1));
+        let device = activation.device();
+        loop {
+            let progress = device.progress();
+            match self.lanes[lane].slot.submit_at(activation, time_ns) {
+                Err(RuntimeError::Driver(DriverError::Again(why))) => {
+                    let now = device.device_progress(activation.channel())?.0;
+                    if Duration::from_nanos(now.saturating_sub(time_ns)) > patience {
+                        return Err(RuntimeError::SubmitTimeout {
+                            attempts: policy.retries + 1,
+                            timeout: policy.timeout,
+                            why,
+                        });
+                    }
+                    device.wait_progress(progress, Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes activation `a`'s promise: the earliest moment a free lane of it could
+    /// put a request on its channel.
+    fn publish(&mut self, a: usize) -> Result<()> {
+        let mut promise = NO_PROMISE;
+        for lane in self.lanes.iter().filter(|l| l.activation == a) {
+            if let LaneState::Idle(at) = lane.state {
+                if self.claim_time(at).is_some() {
+                    promise = promise.min(at + self.to_channel);
+                }
+            }
+        }
+        let book = &mut self.channels[a];
+        if book.promised != Some(promise) || promise == NO_PROMISE {
+            book.promised = Some(promise);
+            let activation = &self.set.activations()[a];
+            activation.device().promise(activation.channel(), promise, book.acked)?;
+        }
+        Ok(())
+    }
+
+    /// Takes in every inference whose last response the device has posted, in the order
+    /// they completed. Returns whether there was any.
+    fn complete_posted(&mut self, wakes: &[u32]) -> Result<bool> {
+        let mut posted = Vec::new();
+        for (a, book) in self.channels.iter().enumerate() {
+            let count = wakes[a].wrapping_sub(book.acked) as usize;
+            posted.extend(book.in_flight.iter().take(count).map(|&lane| (a, lane)));
+        }
+        if posted.is_empty() {
+            return Ok(false);
+        }
+        let mut finished = Vec::with_capacity(posted.len());
+        for (a, lane) in posted {
+            let activation = &self.set.activations()[a];
+            let slot = &self.lanes[lane].slot;
+            let mut wall = Timestamps::now();
+            // Posted already: the wait only picks the completion up.
+            let result = slot.wait(activation, &mut wall);
+            let at = slot.completed_at(activation).unwrap_or(0);
+            finished.push((at, a, lane, result));
+        }
+        finished.sort_by_key(|f| (f.0, f.1));
+        for (at, a, lane, result) in finished {
+            self.finish(a, lane, at, result)?;
+        }
+        Ok(true)
+    }
+
+    /// Lane `lane`'s inference completed on the device at `at`.
+    fn finish(&mut self, a: usize, lane: usize, at: u64, result: Result<()>) -> Result<()> {
+        let LaneState::InFlight(flight) = std::mem::replace(&mut self.lanes[lane].state, LaneState::Done) else {
+            return Ok(());
+        };
+        let book = &mut self.channels[a];
+        book.in_flight.pop_front();
+        book.acked = book.acked.wrapping_add(1);
+        self.in_flight -= 1;
+        let mut ts = flight.ts;
+        ts.completed = at + self.host.completion_ns;
+        ts.post_proc_end = ts.completed + self.host.post_proc_ns;
+        ts.returned = ts.post_proc_end + self.host.app_ns;
+        let activation = &self.set.activations()[a];
+        let result = result.and_then(|()| self.lanes[lane].slot.read_outputs(&mut self.outputs));
+        let error = match result {
+            Err(e) if !self.report_errors => {
+                self.failure.get_or_insert(e);
+                None
+            }
+            Err(e) => Some(e),
+            Ok(()) => None,
+        };
+        if self.failure.is_none() || error.is_some() {
+            let device = if error.is_some() { None } else { device_timing(activation, flight.seq) };
+            self.done += 1;
+            self.last_returned = self.last_returned.max(ts.returned);
+            (self.on_complete)(&Completion {
+                index: flight.index,
+                activation: a,
+                outputs: &self.outputs,
+                timestamps: ts,
+                queue_depth: flight.queue_depth,
+                in_flight_total: flight.in_flight_total,
+                device,
+                seq: flight.seq,
+                error: error.as_ref(),
+            });
+        }
+        let free = ts.returned + self.host.requeue_ns;
+        self.lanes[lane].state = LaneState::Idle(free);
+        self.idle.push(Reverse((free, lane)));
+        self.publish(a)
+    }
+
+    /// An inference the device has not completed within its activation's wait timeout
+    /// of simulated time fails the run.
+    fn check_timeouts(&self, now: u64) -> Result<()> {
+        for (a, book) in self.channels.iter().enumerate() {
+            let Some(&lane) = book.in_flight.front() else { continue };
+            let LaneState::InFlight(flight) = &self.lanes[lane].state else { continue };
+            let timeout = self.set.activations()[a].wait_timeout();
+            if Duration::from_nanos(now.saturating_sub(flight.ts.submitted)) > timeout {
+                return Err(DriverError::TimedOut(format!(
+                    "inference {} did not complete within {} ms of simulated time",
+                    flight.index,
+                    timeout.as_millis()
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
