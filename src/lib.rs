@@ -7,4 +7,5 @@ pub mod exec;
 pub mod latency;
 pub mod predict;
 pub mod profiling;
+pub mod runner;
 pub mod stats;

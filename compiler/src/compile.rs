@@ -121,6 +121,12 @@ pub fn compile(
     let replicas = match opts.batch_size {
         None => 1,
         Some(0) => return Err(CompileError::Option { option: "-batchsize", reason: "must be at least 1".into() }),
+        Some(b) if b > aicsim_device::container::MAX_BATCH_SIZE => {
+            return Err(CompileError::Option {
+                option: "-batchsize",
+                reason: format!("{b} is more than {}", aicsim_device::container::MAX_BATCH_SIZE),
+            })
+        }
         Some(b) if b as usize == graph_batch => 1,
         Some(b) if graph_batch == 1 => b as usize,
         Some(b) => {

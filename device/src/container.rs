@@ -30,6 +30,8 @@ pub const VERSION: u32 = 1;
 pub const MAX_BINDINGS: u32 = 64;
 /// Most cores a program may use.
 pub const MAX_CORES: u32 = 64;
+/// The largest batch size a program may declare.
+pub const MAX_BATCH_SIZE: u32 = 1 << 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -448,12 +450,12 @@ impl ProgramImage {
                 reason: "reserved field is nonzero",
             });
         }
-        if meta.batch_size == 0 {
+        if meta.batch_size == 0 || meta.batch_size > MAX_BATCH_SIZE {
             return Err(ContainerError::OutOfRange {
                 section: "metadata",
                 what: "batch size",
-                value: 0,
-                bound: "must be at least 1",
+                value: meta.batch_size.into(),
+                bound: "must be 1 to 65536",
             });
         }
 

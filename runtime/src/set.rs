@@ -44,6 +44,8 @@ pub struct DeviceTiming {
     pub output_wait: Duration,
     /// Device cycles of the run, for exact arithmetic.
     pub exec_cycles: u64,
+    /// When the run ended, in device time since the device booted.
+    pub end: Duration,
 }
 
 /// One finished inference, handed to the completion callback on its worker thread.
@@ -87,6 +89,7 @@ pub(crate) fn device_timing(activation: &Activation, seq: u64) -> Option<DeviceT
             input_wait: time(r.input_wait_cycles()),
             output_wait: time(r.output_wait_cycles()),
             exec_cycles: r.exec_cycles(),
+            end: time(r.end_cycle),
         }
     })
 }

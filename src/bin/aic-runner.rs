@@ -1,5 +1,10 @@
 //! aic-runner: runs a program on the simulated device and reports throughput and
 //! latency, with the flags, summary line and profiling files of qaic-runner.
+//!
+//! By default every figure is on the simulated clock: the device's time and the host
+//! model's (see `aicsim_runtime::InferenceSet::run_simulated`), so the figures are what
+//! the card would do, the same on any machine under any load. `--clock wall` measures
+//! the wall clock instead, with the device paced to it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,14 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aicsim::runner::{self, Collected, Collector, Sampling, Throughput};
 use aicsim::{latency, profiling, stats};
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
-use aicsim_runtime::{InferenceSet, Program, RunLimit, SubmitPolicy};
+use aicsim_runtime::{Completion, HostModel, InferenceSet, Program, RunLimit, RunSummary, SubmitPolicy};
 use clap::{Parser, ValueEnum};
-use parking_lot::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ProfilingType {
@@ -41,13 +46,30 @@ enum Scenario {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Clock {
+    /// Every figure in simulated time: what the card would do (default).
+    Sim,
+    /// Every figure in wall time, the device paced to the wall clock (live integration).
+    Wall,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Pace {
     Wall,
     None,
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "aic-runner", about = "Run a program on the simulated Cloud AI 100 device", version)]
+#[command(
+    name = "aic-runner",
+    about = "Run a program on the simulated Cloud AI 100 device",
+    long_about = "Run a program on the simulated Cloud AI 100 device.\n\nEvery figure (Stats line, latencies, \
+                  device table, profiles, --json, scenario verdicts) is on the simulated clock unless --clock wall: \
+                  device time from the device model, host stages from the calibrated host model, the same on any \
+                  machine under any load. Every inference still moves its real bytes through the driver, the rings \
+                  and the device.",
+    version
+)]
 struct Args {
     /// Program directory (holding programqpc.bin) or container file; the embedded default (the zoo ResNet-50, fp16, 1 core) when absent.
     #[arg(short = 't', long = "test-data")]
@@ -64,19 +86,19 @@ struct Args {
     /// Inferences to run.
     #[arg(short = 'n', long = "num-iter", default_value_t = 40)]
     num_iter: u64,
-    /// Run for this many seconds instead of a fixed count.
+    /// Run for this many seconds (of the clock's time) instead of a fixed count.
     #[arg(long = "time")]
     time: Option<f64>,
     /// Input file, raw bytes in the program's host format, one per input in order (repeatable); random data when absent.
     #[arg(short = 'i', long = "input-file")]
     input_files: Vec<PathBuf>,
-    /// Submitter threads per activation's queue (at most the set size).
+    /// Submitter threads per activation's queue (at most the set size; --clock wall only: on the simulated clock one thread drives every handle).
     #[arg(short = 'T', long = "aic-threads-per-queue", default_value_t = 4)]
     threads_per_queue: usize,
     /// Print a live report.
     #[arg(short = 'l', long = "live-reporting")]
     live: bool,
-    /// Live report period in milliseconds.
+    /// Live report period in milliseconds (of the clock's time).
     #[arg(short = 'r', long = "live-reporting-period", default_value_t = 1000)]
     live_period_ms: u64,
     /// First inference whose outputs are written.
@@ -100,7 +122,7 @@ struct Args {
     /// Directory for profiling files.
     #[arg(long = "aic-profiling-out-dir", default_value = ".")]
     profiling_out_dir: PathBuf,
-    /// How long one submit attempt waits for room on a full channel, in milliseconds.
+    /// How long one submit attempt waits for room on a full channel, in milliseconds (of the clock's time).
     #[arg(long = "submit-timeout", default_value_t = 1000)]
     submit_timeout_ms: u64,
     /// Submit attempts after the first before giving up.
@@ -109,16 +131,19 @@ struct Args {
     /// Verbose: print the configuration.
     #[arg(short = 'v', long = "verbose")]
     verbose: bool,
-    /// timing: move the data, model the compute (default); functional: compute real outputs.
+    /// timing: the device takes the time without computing (default); functional: compute real outputs.
     #[arg(long = "mode", value_enum, default_value = "timing")]
     mode: Mode,
-    /// wall: completions no earlier than device time says (wall-clock Inf/Sec predicts the card); none: as fast as simulated.
-    #[arg(long = "pace", value_enum, default_value = "wall")]
-    pace: Pace,
+    /// sim: every figure on the simulated clock (default); wall: on the wall clock.
+    #[arg(long = "clock", value_enum, default_value = "sim")]
+    clock: Clock,
+    /// With --clock wall: wall (default) keeps completions no earlier than device time says; none runs unpaced.
+    #[arg(long = "pace", value_enum)]
+    pace: Option<Pace>,
     /// Write every figure of the run as JSON to this file.
     #[arg(long = "json")]
     json: Option<PathBuf>,
-    /// Seed of the random input data and of server arrivals.
+    /// Seed of the random input data, the server arrivals and the device's dispatch jitter.
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
     /// MLPerf-style scenario, ending in VALID or INVALID.
@@ -131,6 +156,11 @@ struct Args {
     #[arg(long = "latency-bound-ms")]
     latency_bound_ms: Option<f64>,
 }
+
+/// The longest run, in seconds of the clock's time.
+const MAX_TIME_S: f64 = 1e6;
+/// The most server queries one run schedules.
+const MAX_QUERIES: f64 = 1e8;
 
 /// Seeded exponential inter-arrival times at `qps`: `n` arrival offsets.
 fn poisson_arrivals(n: u64, qps: f64, seed: u64) -> Vec<Duration> {
@@ -154,26 +184,268 @@ fn splitmix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// What to run: how long, how wide, on which clock.
+struct Plan {
+    limit: RunLimit,
+    activations: usize,
+    set_size: usize,
 }
 
-fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        String::from("null")
+fn positive(flag: &str, v: Option<f64>) -> Result<(), String> {
+    match v {
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(format!("{flag} {v} is not a positive number")),
+        _ => Ok(()),
     }
+}
+
+fn plan(args: &Args) -> Result<Plan, String> {
+    if args.device_id != 0 {
+        return Err(format!("device {} does not exist (the simulator has device 0)", args.device_id));
+    }
+    if args.pace.is_some() && args.clock == Clock::Sim {
+        return Err(String::from("--pace applies to --clock wall (the simulated clock has no pacing)"));
+    }
+    if args.live_period_ms == 0 {
+        return Err(String::from("-r 0: the live report period must be at least 1 ms"));
+    }
+    positive("--time", args.time)?;
+    positive("--target-qps", args.target_qps)?;
+    positive("--latency-bound-ms", args.latency_bound_ms)?;
+    let limit = match args.time {
+        Some(t) if t > MAX_TIME_S => return Err(format!("--time {t}: at most {MAX_TIME_S} seconds")),
+        Some(t) => RunLimit::Duration(Duration::from_secs_f64(t)),
+        None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
+        None => RunLimit::Count(args.num_iter),
+    };
+    let (activations, set_size) = match args.scenario {
+        Some(Scenario::SingleStream) => (1, 1),
+        _ => (args.activations, args.set_size),
+    };
+    let limit = match args.scenario {
+        Some(Scenario::Server) => {
+            let (Some(qps), Some(_)) = (args.target_qps, args.latency_bound_ms) else {
+                return Err(String::from("--scenario server needs --target-qps and --latency-bound-ms"));
+            };
+            let queries = match limit {
+                RunLimit::Duration(d) => (qps * d.as_secs_f64()).ceil().max(1.0),
+                _ => args.num_iter as f64,
+            };
+            if queries > MAX_QUERIES {
+                return Err(format!("--target-qps {qps}: {queries:e} queries; a run schedules at most {MAX_QUERIES:e}"));
+            }
+            if queries / qps > MAX_TIME_S {
+                return Err(format!(
+                    "--target-qps {qps}: {queries} queries would take {:e} s to arrive; at most {MAX_TIME_S} s",
+                    queries / qps
+                ));
+            }
+            RunLimit::Arrivals(Arc::new(poisson_arrivals(queries as u64, qps, args.seed)))
+        }
+        _ => limit,
+    };
+    Ok(Plan { limit, activations, set_size })
+}
+
+fn default_program() -> Result<aicsim_device::container::ProgramImage, String> {
+    let model = aicsim_compiler::zoo::resnet50();
+    let opts = aicsim_compiler::CompileOptions { fp16: true, multicast_weights: true, ..Default::default() };
+    Ok(aicsim_compiler::compile(&model, None, "resnet50", &opts).map_err(|e| e.to_string())?.image)
+}
+
+fn load_program(args: &Args) -> Result<Program, String> {
+    match &args.test_data {
+        Some(path) => Program::from_path(path),
+        // The embedded default: the zoo's ResNet-50, as `aic-exec -m=zoo:resnet50
+        // -convert-to-fp16 -multicast-weights` compiles it.
+        None => Program::from_image(default_program()?),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The input sets in the program's host format: the `-i` files, or (like qaic-runner) a
+/// few seeded random sets generated up front and reused.
+fn host_inputs(args: &Args, program: &Program) -> Result<Vec<Vec<Vec<u8>>>, String> {
+    let inputs = program.inputs();
+    if args.input_files.is_empty() {
+        let mut state = args.seed;
+        return Ok((0..4)
+            .map(|_| {
+                inputs
+                    .iter()
+                    .map(|b| (0..b.host_size_bytes()).map(|_| (splitmix(&mut state) >> 56) as u8).collect())
+                    .collect()
+            })
+            .collect());
+    }
+    if args.input_files.len() != inputs.len() {
+        return Err(format!("{} input files given, the program has {} inputs", args.input_files.len(), inputs.len()));
+    }
+    let mut data = Vec::new();
+    for (path, binding) in args.input_files.iter().zip(&inputs) {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
+        if bytes.len() as u64 != binding.host_size_bytes() {
+            return Err(format!(
+                "input file {} is {} bytes but input '{}' takes {} bytes",
+                path.display(),
+                bytes.len(),
+                binding.name,
+                binding.host_size_bytes()
+            ));
+        }
+        data.push(bytes);
+    }
+    Ok(vec![data])
+}
+
+fn open_device(args: &Args, plan: &Plan, program: &Program) -> Result<Arc<Device>, String> {
+    let pacing = match (args.clock, args.pace) {
+        (Clock::Sim, _) => Pacing::Simulated,
+        (Clock::Wall, Some(Pace::None)) => Pacing::None,
+        (Clock::Wall, _) => Pacing::Wall,
+    };
+    let device_config = DeviceConfig {
+        mode: if args.mode == Mode::Functional { ExecMode::Functional } else { ExecMode::Timing },
+        pacing,
+        seed: args.seed,
+        ..DeviceConfig::default()
+    };
+    let needed = u64::from(program.image().num_cores()) * plan.activations as u64;
+    if needed > u64::from(device_config.num_nsp) {
+        return Err(format!(
+            "{} activations x {} cores = {needed} cores, but the device has {}",
+            plan.activations,
+            program.image().num_cores(),
+            device_config.num_nsp
+        ));
+    }
+    let device = Device::open_simulated(KmdConfig { device: device_config, ..KmdConfig::default() })
+        .map_err(|e| format!("cannot start the simulated device: {e}"))?;
+    Ok(Arc::new(device))
+}
+
+/// Prints the live report on the simulated clock: at each period boundary of simulated
+/// time that an inference's return crosses, the rate over the period just ended.
+struct LiveReport {
+    period_ns: u64,
+    batch: u32,
+    /// (end of the current period, inferences counted at its start), ns on the run's clock.
+    window: Option<(u64, u64)>,
+    started: Instant,
+    start_ns: u64,
+}
+
+impl LiveReport {
+    fn tick(&mut self, returned_ns: u64, completed: u64) {
+        let (end, count_at_start) = *self.window.get_or_insert((returned_ns + self.period_ns, completed - 1));
+        if returned_ns < end {
+            return;
+        }
+        let rate = (completed - count_at_start) as f64 * f64::from(self.batch) * 1e9 / self.period_ns as f64;
+        let simulated = (returned_ns - self.start_ns.min(returned_ns)) as f64 / 1e9;
+        let speed = simulated / self.started.elapsed().as_secs_f64().max(1e-9);
+        println!("Live: InferenceCnt {completed} Inf/Sec {rate:.3} (simulated; {speed:.2}x real time)");
+        self.window = Some((end + self.period_ns * ((returned_ns - end) / self.period_ns + 1), completed));
+    }
+}
+
+/// Runs on the simulated clock; a side thread reports progress on stderr for long runs.
+fn run_simulated(
+    args: &Args,
+    set: &InferenceSet,
+    limit: RunLimit,
+    inputs: &[Vec<Vec<u8>>],
+    collector: &Collector,
+) -> Result<RunSummary, String> {
+    let batch = set.program().batch_size();
+    let device_inputs: Vec<Vec<Vec<u8>>> =
+        inputs.iter().map(|set_| set.program().device_inputs(set_)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let latest_ns = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let started = Instant::now();
+    let live = parking_lot::Mutex::new(LiveReport {
+        period_ns: args.live_period_ms * 1_000_000,
+        batch,
+        window: None,
+        started,
+        start_ns: 0,
+    });
+    let on_complete = |done: &Completion<'_>| {
+        collector.record(done, || set.activations()[done.activation].run_profile(done.seq).map_err(|e| e.to_string()));
+        latest_ns.fetch_max(done.timestamps.returned, Ordering::Relaxed);
+        if args.live {
+            live.lock().tick(done.timestamps.returned, collector.completed());
+        }
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| progress_on_stderr(&finished, started, || collector.completed(), || latest_ns.load(Ordering::Relaxed)));
+        let result = set.run_simulated(limit, &HostModel::default(), &device_inputs, on_complete);
+        finished.store(true, Ordering::Relaxed);
+        result
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Every few seconds of a long run: how far it got (on stderr, not part of the figures).
+fn progress_on_stderr(finished: &AtomicBool, started: Instant, completed: impl Fn() -> u64, simulated_ns: impl Fn() -> u64) {
+    let mut next = Duration::from_secs(3);
+    while !finished.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if started.elapsed() < next {
+            continue;
+        }
+        next += Duration::from_secs(3);
+        eprintln!(
+            "aic-runner: {} inferences, {:.3} s simulated in {:.0} s",
+            completed(),
+            simulated_ns() as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Runs on the wall clock, with the live report on wall-clock periods.
+fn run_wall(
+    args: &Args,
+    set: &InferenceSet,
+    limit: RunLimit,
+    inputs: &[Vec<Vec<u8>>],
+    collector: &Collector,
+) -> Result<RunSummary, String> {
+    let batch = set.program().batch_size();
+    let fill = |index: u64, dst: &mut [Vec<u8>]| {
+        for (d, s) in dst.iter_mut().zip(&inputs[index as usize % inputs.len()]) {
+            d.copy_from_slice(s);
+        }
+    };
+    let finished = AtomicBool::new(false);
+    let on_complete = |done: &Completion<'_>| {
+        collector.record(done, || set.activations()[done.activation].run_profile(done.seq).map_err(|e| e.to_string()));
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let period = if args.live { Duration::from_millis(args.live_period_ms) } else { Duration::from_secs(3) };
+            let start = Instant::now();
+            let mut last = (Instant::now(), 0u64);
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10).min(period));
+                if last.0.elapsed() < period {
+                    continue;
+                }
+                let n = collector.completed();
+                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64() * f64::from(batch);
+                if args.live {
+                    println!("Live: InferenceCnt {n} Inf/Sec {rate:.3}");
+                } else {
+                    eprintln!("aic-runner: {:.0} s, {n} inferences, {rate:.1} inf/s", start.elapsed().as_secs_f64());
+                }
+                last = (Instant::now(), n);
+            }
+        });
+        let summary = set.run(limit, fill, on_complete);
+        finished.store(true, Ordering::Relaxed);
+        summary
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Files to create after a successful run: nothing is written if the run fails.
@@ -197,382 +469,267 @@ impl PendingFiles {
     }
 }
 
-struct Sample {
-    index: u64,
-    activation: usize,
-    outputs: Vec<Vec<u8>>,
+/// The scenario's headline and verdict.
+fn verdict(args: &Args, summary: &RunSummary, throughput: &Throughput, sorted_rts: &[f64]) -> Option<(String, String)> {
+    let scenario = args.scenario?;
+    let qps = summary.inferences as f64 / summary.elapsed.as_secs_f64().max(1e-12);
+    let rate = throughput.inf_per_sec;
+    let (q, label) = if scenario == Scenario::Server { (0.99, "p99") } else { (0.9, "p90") };
+    let latency = stats::percentile(sorted_rts, q);
+    let mut reasons = Vec::new();
+    if let Some(bound) = args.latency_bound_ms.filter(|_| scenario != Scenario::Offline) {
+        if latency > bound {
+            reasons.push(format!("{label} latency {latency:.3} ms exceeds the {bound:.3} ms bound"));
+        }
+    }
+    if let Some(target) = args.target_qps.filter(|_| scenario == Scenario::Offline) {
+        if rate < target {
+            reasons.push(format!("throughput {rate:.1} inf/s is below the {target:.1} target"));
+        }
+    }
+    let head = match scenario {
+        Scenario::SingleStream => format!("Scenario single-stream: {label} latency {latency:.3} ms"),
+        Scenario::Offline => format!("Scenario offline: {rate:.3} inf/s"),
+        Scenario::Server => format!(
+            "Scenario server: target {:.3} QPS, achieved {qps:.3} QPS, {label} latency {latency:.3} ms (bound {:.3} ms)",
+            args.target_qps.unwrap_or(0.0),
+            args.latency_bound_ms.unwrap_or(0.0)
+        ),
+    };
+    let result = if reasons.is_empty() { String::from("VALID") } else { format!("INVALID ({})", reasons.join("; ")) };
+    Some((head, result))
 }
 
-fn default_program() -> Result<aicsim_device::container::ProgramImage, String> {
-    let model = aicsim_compiler::zoo::resnet50();
-    let opts = aicsim_compiler::CompileOptions { fp16: true, multicast_weights: true, ..Default::default() };
-    Ok(aicsim_compiler::compile(&model, None, "resnet50", &opts).map_err(|e| e.to_string())?.image)
+/// On the wall clock: the simulator's speed against the card's, from the device time the
+/// runs covered over the wall time they took. Below 1, the figures are the host's.
+struct WallSpeed {
+    ratio: f64,
+}
+
+fn json_report(
+    args: &Args,
+    program: &Program,
+    plan: &Plan,
+    throughput: &Throughput,
+    collected: &Collected,
+    verdict: &Option<(String, String)>,
+    wall_speed: Option<&WallSpeed>,
+) -> String {
+    let rts = &collected.round_trips_ms;
+    let (p50, p90, p99, max) = runner::round_trip_percentiles(rts);
+    let mut j = String::from("{\n");
+    j += &format!("  \"program\": {},\n", runner::json_string(program.name()));
+    j += &format!(
+        "  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n",
+        plan.activations, plan.set_size, throughput.batch_size
+    );
+    let clock = if args.clock == Clock::Sim { "simulated" } else { "wall" };
+    j += &format!("  \"mode\": \"{:?}\", \"clock\": \"{clock}\",\n", args.mode).to_lowercase();
+    if let Some(speed) = wall_speed {
+        j += &format!(
+            "  \"simulator_speed\": {}, \"host_bound\": {},\n",
+            runner::json_number(speed.ratio),
+            speed.ratio < HOST_BOUND
+        );
+    }
+    j += &format!(
+        "  \"inference_count\": {}, \"total_duration_us\": {}, \"inf_per_sec\": {},\n",
+        throughput.inferences,
+        throughput.duration_us,
+        runner::json_number(throughput.inf_per_sec)
+    );
+    j += &format!(
+        "  \"latency_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"max\": {}}},\n",
+        runner::json_number(stats::mean(rts)),
+        runner::json_number(p50),
+        runner::json_number(p90),
+        runner::json_number(p99),
+        runner::json_number(max)
+    );
+    let dev: Vec<String> = runner::device_rows(collected)
+        .iter()
+        .map(|(name, s)| {
+            format!(
+                "\"{name}\": {{\"avg\": {}, \"min\": {}, \"max\": {}, \"std\": {}}}",
+                runner::json_number(s.avg),
+                runner::json_number(s.min),
+                runner::json_number(s.max),
+                runner::json_number(s.std)
+            )
+        })
+        .collect();
+    if let Some((head, result)) = verdict {
+        j += &format!("  \"scenario\": {}, \"result\": {},\n", runner::json_string(head), runner::json_string(result));
+    }
+    j += &format!("  \"device\": {{{}}}\n}}\n", dev.join(", "));
+    j
+}
+
+/// Below this ratio of device time to wall time, a wall-clock run measured the host.
+const HOST_BOUND: f64 = 0.95;
+
+/// Device time over wall time between the first and the last completion (paced wall
+/// clock only): paced, the device keeps to the wall clock while it can, so a ratio
+/// below 1 is the simulator falling behind the card.
+fn wall_speed(collected: &Collected) -> Option<WallSpeed> {
+    let ((dev0, wall0), (dev1, wall1)) = collected.span?;
+    let wall = wall1.checked_sub(wall0).filter(|&w| w > 0)?;
+    Some(WallSpeed { ratio: dev1.saturating_sub(dev0) as f64 / wall as f64 })
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.device_id != 0 {
-        return Err(format!("device {} does not exist (the simulator has device 0)", args.device_id));
-    }
-    let program = match &args.test_data {
-        Some(path) => Program::from_path(path),
-        // The embedded default: the zoo's ResNet-50, as `aic-exec -m=zoo:resnet50
-        // -convert-to-fp16 -multicast-weights` compiles it.
-        None => Program::from_image(default_program()?),
-    }
-    .map_err(|e| e.to_string())?;
-    let limit = match args.time {
-        Some(t) if t.is_finite() && t > 0.0 => RunLimit::Duration(Duration::from_secs_f64(t)),
-        Some(t) => return Err(format!("--time {t} is not a positive number of seconds")),
-        None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
-        None => RunLimit::Count(args.num_iter),
-    };
-    let (activations, set_size) = match args.scenario {
-        Some(Scenario::SingleStream) => (1, 1),
-        _ => (args.activations, args.set_size),
-    };
-    for (flag, v) in [("--target-qps", args.target_qps), ("--latency-bound-ms", args.latency_bound_ms)] {
-        if let Some(v) = v.filter(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(format!("{flag} {v} is not a positive number"));
-        }
-    }
-    let limit = match args.scenario {
-        Some(Scenario::Server) => {
-            let (Some(qps), Some(_)) = (args.target_qps, args.latency_bound_ms) else {
-                return Err(String::from("--scenario server needs --target-qps and --latency-bound-ms"));
-            };
-            let n = match limit {
-                RunLimit::Duration(d) => (qps * d.as_secs_f64()).ceil().max(1.0) as u64,
-                _ => args.num_iter,
-            };
-            RunLimit::Arrivals(Arc::new(poisson_arrivals(n, qps, args.seed)))
-        }
-        _ => limit,
-    };
-    if args.live_period_ms == 0 {
-        return Err(String::from("-r 0: the live report period must be at least 1 ms"));
-    }
-    let inputs = program.inputs();
-    let fixed_inputs: Option<Vec<Vec<u8>>> = if args.input_files.is_empty() {
-        None
-    } else {
-        if args.input_files.len() != inputs.len() {
-            return Err(format!(
-                "{} input files given, the program has {} inputs",
-                args.input_files.len(),
-                inputs.len()
-            ));
-        }
-        let mut data = Vec::new();
-        for (path, binding) in args.input_files.iter().zip(&inputs) {
-            let bytes = std::fs::read(path).map_err(|e| format!("cannot read input file {}: {e}", path.display()))?;
-            if bytes.len() as u64 != binding.host_size_bytes() {
-                return Err(format!(
-                    "input file {} is {} bytes but input '{}' takes {} bytes",
-                    path.display(),
-                    bytes.len(),
-                    binding.name,
-                    binding.host_size_bytes()
-                ));
-            }
-            data.push(bytes);
-        }
-        Some(data)
-    };
-    let device_config = DeviceConfig {
-        mode: if args.mode == Mode::Functional { ExecMode::Functional } else { ExecMode::Timing },
-        pacing: if args.pace == Pace::Wall { Pacing::Wall } else { Pacing::None },
-        ..DeviceConfig::default()
-    };
-    let needed = u64::from(program.image().num_cores()) * activations as u64;
-    if needed > u64::from(device_config.num_nsp) {
-        return Err(format!(
-            "{} activations x {} cores = {needed} cores, but the device has {}",
-            activations,
-            program.image().num_cores(),
-            device_config.num_nsp
-        ));
-    }
-    let threads = args.threads_per_queue.clamp(1, set_size.max(1));
+    let plan = plan(args)?;
+    let program = load_program(args)?;
+    let inputs = host_inputs(args, &program)?;
+    let device = open_device(args, &plan, &program)?;
+    let threads = args.threads_per_queue.clamp(1, plan.set_size.max(1));
     if args.verbose {
         eprintln!(
-            "aic-runner: program '{}' ({} cores, batch {}), {} activations x set size {}, {} threads per queue, mode {:?}, pace {:?}",
+            "aic-runner: program '{}' ({} cores, batch {}), {} activations x set size {}, mode {:?}, clock {:?}",
             program.name(),
             program.image().num_cores(),
             program.batch_size(),
-            activations,
-            set_size,
-            threads,
+            plan.activations,
+            plan.set_size,
             args.mode,
-            args.pace
+            args.clock
         );
     }
-    let device = Device::open_simulated(KmdConfig { device: device_config, ..KmdConfig::default() })
-        .map_err(|e| format!("cannot start the simulated device: {e}"))?;
-    let set = InferenceSet::new(Arc::new(device), &program, activations, set_size)
+    let set = InferenceSet::new(device, &program, plan.activations, plan.set_size)
         .and_then(|s| s.with_threads_per_activation(threads))
         .map_err(|e| e.to_string())?
         .with_submit_policy(SubmitPolicy {
             timeout: Duration::from_millis(args.submit_timeout_ms),
             retries: args.submit_retry_count,
         });
-
-    // Like qaic-runner: a few random input sets, generated up front and reused.
-    let mut state = args.seed;
-    let input_sets: Vec<Vec<Vec<u8>>> = match fixed_inputs {
-        Some(data) => vec![data],
-        None => (0..4)
-            .map(|_| {
-                inputs
-                    .iter()
-                    .map(|b| (0..b.host_size_bytes()).map(|_| (splitmix(&mut state) >> 56) as u8).collect())
-                    .collect()
-            })
-            .collect(),
-    };
-    let fill = |index: u64, dst: &mut [Vec<u8>]| {
-        for (d, s) in dst.iter_mut().zip(&input_sets[index as usize % input_sets.len()]) {
-            d.copy_from_slice(s);
-        }
-    };
-    let batch = program.batch_size();
-    let profile = |i: u64| i >= args.profiling_start_iter && i < args.profiling_start_iter + args.profiling_num_samples;
-    let write_out = |i: u64| {
-        args.write_output_dir.is_some()
-            && i >= args.write_output_start_iter
-            && i < args.write_output_start_iter + args.write_output_num_samples
-    };
-    let round_trips = Mutex::new(Vec::new());
-    let device_times = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
-    let latency_rows = Mutex::new(Vec::new());
-    let output_samples = Mutex::new(Vec::new());
-    let profiled = Mutex::new(Vec::new());
-    let profile_error: Mutex<Option<String>> = Mutex::new(None);
-    let want_profiles = args.profiling_types.iter().any(|t| *t != ProfilingType::Latency);
     if args.profiling_types.contains(&ProfilingType::Trace) {
         for a in set.activations() {
             a.set_trace(true).map_err(|e| e.to_string())?;
         }
     }
-    let completed = AtomicU64::new(0);
-    let on_complete = |done: &aicsim_runtime::Completion<'_>| {
-        completed.fetch_add(1, Ordering::Relaxed);
-        round_trips.lock().push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
-        if let Some(d) = done.device {
-            let mut t = device_times.lock();
-            t.0.push(d.exec.as_secs_f64() * 1e6);
-            t.1.push(d.input_wait.as_secs_f64() * 1e6);
-            t.2.push(d.output_wait.as_secs_f64() * 1e6);
-        }
-        if profile(done.index) {
-            latency_rows.lock().push(latency::row(done.index, done, batch));
-            if want_profiles {
-                match set.activations()[done.activation].run_profile(done.seq) {
-                    Ok(run) => profiled.lock().push((done.index, done.activation, done.timestamps, run)),
-                    Err(e) => {
-                        profile_error
-                            .lock()
-                            .get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
-                    }
-                }
-            }
-        }
-        if write_out(done.index) {
-            output_samples.lock().push(Sample {
-                index: done.index,
-                activation: done.activation,
-                outputs: done.outputs.to_vec(),
-            });
-        }
+    let batch = program.batch_size();
+    let sampling = Sampling {
+        profile: (args.profiling_start_iter, args.profiling_num_samples),
+        outputs: (
+            args.write_output_start_iter,
+            if args.write_output_dir.is_some() { args.write_output_num_samples } else { 0 },
+        ),
+        device_profiles: args.profiling_types.iter().any(|t| *t != ProfilingType::Latency),
+        latency: args.profiling_types.contains(&ProfilingType::Latency),
     };
-    let finished = AtomicBool::new(false);
-    let start = Instant::now();
-    let summary = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            // Live report with -l; otherwise a progress line on runs longer than a few seconds.
-            let period = if args.live { Duration::from_millis(args.live_period_ms) } else { Duration::from_secs(3) };
-            let mut last = (Instant::now(), 0u64);
-            while !finished.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10).min(period));
-                if last.0.elapsed() < period {
-                    continue;
-                }
-                let n = completed.load(Ordering::Relaxed);
-                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64() * f64::from(batch);
-                if args.live {
-                    println!("Live: InferenceCnt {n} Inf/Sec {rate:.3}");
-                } else {
-                    eprintln!("aic-runner: {:.0} s, {n} inferences, {rate:.1} inf/s", start.elapsed().as_secs_f64());
-                }
-                last = (Instant::now(), n);
-            }
-        });
-        let summary = set.run(limit, fill, on_complete);
-        finished.store(true, Ordering::Relaxed);
-        summary
-    })
-    .map_err(|e| e.to_string())?;
-
-    let mut files = PendingFiles(Vec::new());
-    if let Some(dir) = &args.write_output_dir {
-        let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
-        for s in output_samples.into_inner() {
-            for (name, bytes) in names.iter().zip(s.outputs) {
-                files.0.push((dir.join(format!("{name}-activation-{}-inf-{}.bin", s.activation, s.index)), bytes));
-            }
-        }
+    let collector = Collector::new(sampling, batch);
+    let started = Instant::now();
+    let summary = match args.clock {
+        Clock::Sim => run_simulated(args, &set, plan.limit.clone(), &inputs, &collector)?,
+        Clock::Wall => run_wall(args, &set, plan.limit.clone(), &inputs, &collector)?,
+    };
+    let wall_elapsed = started.elapsed();
+    let collected = collector.into_collected();
+    if let Some(e) = &collected.profile_error {
+        return Err(e.clone());
     }
-    if args.profiling_types.contains(&ProfilingType::Latency) {
-        let mut rows = latency_rows.into_inner();
-        rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
-        let text = latency::render(program.name(), activations, set_size, batch, &rows);
-        files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-latency.txt"), text.into_bytes()));
-    }
-    if let Some(e) = profile_error.into_inner() {
-        return Err(e);
-    }
-    let mut profiled = profiled.into_inner();
-    profiled.sort_by_key(|p| p.0);
-    let clock_hz = device_config.clock_hz;
-    if args.profiling_types.contains(&ProfilingType::Stats) {
-        for (index, activation, _, run) in &profiled {
-            let name = format!("aic-profiling-program-0-activation-{activation}-inf-{index}.txt");
-            files.0.push((
-                args.profiling_out_dir.join(name),
-                profiling::stats_table(program.name(), *activation, *index, clock_hz, run).into_bytes(),
-            ));
-        }
-    }
-    if args.profiling_types.contains(&ProfilingType::Trace) {
-        let samples: Vec<profiling::TracedInference<'_>> = profiled
-            .iter()
-            .map(|(index, activation, timestamps, run)| profiling::TracedInference {
-                index: *index,
-                activation: *activation,
-                timestamps: *timestamps,
-                run,
-            })
-            .collect();
-        let json = profiling::trace_json(start, clock_hz, activations, program.image().num_cores() as usize, &samples);
-        files.0.push((args.profiling_out_dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
-    }
-    let duration_us = summary.elapsed.as_micros().max(1);
-    let rate = summary.inferences as f64 * 1e6 / duration_us as f64 * f64::from(batch);
-    let mut rts = round_trips.into_inner();
-    rts.sort_by(f64::total_cmp);
-    let (exec, in_wait, out_wait) = device_times.into_inner();
-    let verdict = args.scenario.map(|scenario| {
-        let qps = summary.inferences as f64 / summary.elapsed.as_secs_f64();
-        let (q, label) = if scenario == Scenario::Server { (0.99, "p99") } else { (0.9, "p90") };
-        let latency = stats::percentile(&rts, q);
-        let mut reasons = Vec::new();
-        if let Some(bound) = args.latency_bound_ms.filter(|_| scenario != Scenario::Offline) {
-            if latency > bound {
-                reasons.push(format!("{label} latency {latency:.3} ms exceeds the {bound:.3} ms bound"));
-            }
-        }
-        if let Some(target) = args.target_qps.filter(|_| scenario == Scenario::Offline) {
-            if rate < target {
-                reasons.push(format!("throughput {rate:.1} inf/s is below the {target:.1} target"));
-            }
-        }
-        let head = match scenario {
-            Scenario::SingleStream => format!("Scenario single-stream: {label} latency {latency:.3} ms"),
-            Scenario::Offline => format!("Scenario offline: {rate:.3} inf/s"),
-            Scenario::Server => format!(
-                "Scenario server: target {:.3} QPS, achieved {qps:.3} QPS, {label} latency {latency:.3} ms (bound {:.3} ms)",
-                args.target_qps.unwrap_or(0.0),
-                args.latency_bound_ms.unwrap_or(0.0)
-            ),
-        };
-        let result = if reasons.is_empty() { String::from("VALID") } else { format!("INVALID ({})", reasons.join("; ")) };
-        (head, result)
-    });
-    let device_rows: Vec<(&str, Vec<f64>)> =
-        vec![("ExecTimeUs", exec), ("InputWaitTimeUs", in_wait), ("OutputWaitTimeUs", out_wait)];
-    if let Some(path) = &args.json {
-        let mut j = String::from("{\n");
-        j += &format!("  \"program\": {},\n", json_string(program.name()));
-        j += &format!("  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n", activations, set_size, batch);
-        j += &format!(
-            "  \"mode\": \"{:?}\", \"pace\": \"{:?}\",
-",
-            args.mode, args.pace
-        )
-        .to_lowercase();
-        j += &format!(
-            "  \"inference_count\": {}, \"total_duration_us\": {}, \"inf_per_sec\": {},\n",
-            summary.inferences,
-            duration_us,
-            json_number(rate)
-        );
-        j += &format!(
-            "  \"latency_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"max\": {}}},\n",
-            json_number(stats::mean(&rts)),
-            json_number(stats::percentile(&rts, 0.5)),
-            json_number(stats::percentile(&rts, 0.9)),
-            json_number(stats::percentile(&rts, 0.99)),
-            json_number(rts.last().copied().unwrap_or(f64::NAN))
-        );
-        let dev: Vec<String> = device_rows
-            .iter()
-            .map(|(name, v)| {
-                let mut s = v.clone();
-                s.sort_by(f64::total_cmp);
-                format!(
-                    "\"{name}\": {{\"avg\": {}, \"min\": {}, \"max\": {}, \"std\": {}}}",
-                    json_number(stats::mean(&s)),
-                    json_number(s.first().copied().unwrap_or(f64::NAN)),
-                    json_number(s.last().copied().unwrap_or(f64::NAN)),
-                    json_number(stats::std_dev(&s))
-                )
-            })
-            .collect();
-        if let Some((head, result)) = &verdict {
-            j += &format!("  \"scenario\": {}, \"result\": {},\n", json_string(head), json_string(result));
-        }
-        j += &format!("  \"device\": {{{}}}\n}}\n", dev.join(", "));
-        files.0.push((path.clone(), j.into_bytes()));
-    }
+    let throughput = Throughput::new(summary.inferences, summary.elapsed, batch);
+    let verdict = verdict(args, &summary, &throughput, &collected.round_trips_ms);
+    let paced = args.clock == Clock::Wall && args.pace != Some(Pace::None);
+    let wall_speed = paced.then(|| wall_speed(&collected)).flatten();
+    let files = files(args, &program, &plan, &summary, &throughput, &collected, &verdict, wall_speed.as_ref())?;
     files.write_all()?;
 
     println!(" ---- Stats ----");
-    println!(
-        "InferenceCnt {} TotalDuration {}us BatchSize {} Inf/Sec {:.3}",
-        summary.inferences, duration_us, batch, rate
-    );
-    println!(
-        "Latency (totalRoundtripTime, ms): p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
-        stats::percentile(&rts, 0.5),
-        stats::percentile(&rts, 0.9),
-        stats::percentile(&rts, 0.99),
-        rts.last().copied().unwrap_or(f64::NAN)
-    );
+    let host_bound = wall_speed.as_ref().filter(|s| s.ratio < HOST_BOUND);
+    match host_bound {
+        Some(s) => println!("{} (host-bound: the simulator ran at {:.2}x the card)", throughput.stats_line(), s.ratio),
+        None => println!("{}", throughput.stats_line()),
+    }
+    let (p50, p90, p99, max) = runner::round_trip_percentiles(&collected.round_trips_ms);
+    println!("Latency (totalRoundtripTime, ms): p50 {p50:.3} p90 {p90:.3} p99 {p99:.3} max {max:.3}");
     if let Some((head, result)) = &verdict {
         println!("{head}");
         println!("Result: {result}");
     }
     if !args.profiling_types.is_empty() {
-        println!("Device Performance: ");
-        println!("{:<17}{:<15}{:<15}{:<15}{:<15}", "Metric,", "Avg,", "Min,", "Max,", "Std");
-        for (name, mut v) in device_rows {
-            v.sort_by(f64::total_cmp);
-            let (avg, min, max, std) = (
-                stats::mean(&v),
-                v.first().copied().unwrap_or(f64::NAN),
-                v.last().copied().unwrap_or(f64::NAN),
-                stats::std_dev(&v),
-            );
-            println!(
-                "{:<17}{:<15}{:<15}{:<15}{:<15}",
-                format!("{name},"),
-                format!("{avg:.3},"),
-                format!("{min:.3},"),
-                format!("{max:.3},"),
-                format!("{std:.3}")
-            );
-        }
+        print!("{}", runner::render_device_table(&runner::device_rows(&collected)));
+    }
+    if let Some(s) = host_bound {
+        eprintln!(
+            "aic-runner: the simulator ran at {:.2}x the card's speed, so these wall-clock figures measure this host; \
+             the default simulated clock gives the card's",
+            s.ratio
+        );
+    }
+    if args.clock == Clock::Sim && (args.verbose || wall_elapsed > Duration::from_secs(3)) {
+        eprintln!(
+            "aic-runner: {:.3} s simulated in {:.3} s of wall time ({:.2}x real time)",
+            summary.elapsed.as_secs_f64(),
+            wall_elapsed.as_secs_f64(),
+            summary.elapsed.as_secs_f64() / wall_elapsed.as_secs_f64().max(1e-9)
+        );
     }
     Ok(())
+}
+
+/// Every file the run writes, in memory until they are all ready.
+#[allow(clippy::too_many_arguments)]
+fn files(
+    args: &Args,
+    program: &Program,
+    plan: &Plan,
+    summary: &RunSummary,
+    throughput: &Throughput,
+    collected: &Collected,
+    verdict: &Option<(String, String)>,
+    wall_speed: Option<&WallSpeed>,
+) -> Result<PendingFiles, String> {
+    let mut files = PendingFiles(Vec::new());
+    let dir = &args.profiling_out_dir;
+    if let Some(out_dir) = &args.write_output_dir {
+        let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
+        for s in &collected.outputs {
+            for (name, bytes) in names.iter().zip(&s.outputs) {
+                let file = format!("{name}-activation-{}-inf-{}.bin", s.activation, s.index);
+                files.0.push((out_dir.join(file), bytes.clone()));
+            }
+        }
+    }
+    if args.profiling_types.contains(&ProfilingType::Latency) {
+        // One file per activation (instance), as the seed's summariser invocation reads them.
+        for a in 0..plan.activations {
+            let rows: Vec<[f64; 16]> =
+                collected.latency_rows.iter().filter(|(act, _)| *act == a).map(|(_, r)| *r).collect();
+            let text = latency::render(program.name(), plan.activations, plan.set_size, throughput.batch_size, &rows);
+            files.0.push((dir.join(format!("aic-profiling-program-{a}-latency.txt")), text.into_bytes()));
+        }
+    }
+    let clock_hz = DeviceConfig::default().clock_hz;
+    if args.profiling_types.contains(&ProfilingType::Stats) {
+        for p in &collected.profiled {
+            let name = format!("aic-profiling-program-0-activation-{}-inf-{}.txt", p.activation, p.index);
+            let table = profiling::stats_table(program.name(), p.activation, p.index, clock_hz, &p.run);
+            files.0.push((dir.join(name), table.into_bytes()));
+        }
+    }
+    if args.profiling_types.contains(&ProfilingType::Trace) {
+        let samples: Vec<profiling::TracedInference<'_>> = collected
+            .profiled
+            .iter()
+            .map(|p| profiling::TracedInference {
+                index: p.index,
+                activation: p.activation,
+                timestamps: p.timestamps,
+                run: &p.run,
+            })
+            .collect();
+        let timeline =
+            if args.clock == Clock::Sim { profiling::DeviceTimeline::Shared } else { profiling::DeviceTimeline::AtSubmit };
+        let cores = program.image().num_cores() as usize;
+        let json = profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, cores, &samples);
+        files.0.push((dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
+    }
+    if let Some(path) = &args.json {
+        let text = json_report(args, program, plan, throughput, collected, verdict, wall_speed);
+        files.0.push((path.clone(), text.into_bytes()));
+    }
+    Ok(files)
 }
 
 fn is_dir_or_missing(p: &Path) -> bool {

@@ -1,0 +1,235 @@
+//! What `aic-runner` records of a run and how it reports it: the collector its
+//! completion callback feeds, the figures of the Stats line, the latency and device
+//! tables, the scenario verdict, and the `--json` document. Every figure comes from the
+//! inferences' timestamps and the device's run records, so on the simulated clock the
+//! same run gives the same text, byte for byte.
+
+use std::fmt::Write as _;
+
+use aicsim_driver::RunStats;
+use aicsim_runtime::{Completion, Timestamps};
+use parking_lot::Mutex;
+
+use crate::{latency, stats};
+
+/// Which inferences get more than their round trip recorded.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampling {
+    /// First inference profiled, and how many.
+    pub profile: (u64, u64),
+    /// First inference whose outputs are kept, and how many (count 0: none).
+    pub outputs: (u64, u64),
+    /// Fetch the device's statistics of the profiled runs (stats and trace profiles).
+    pub device_profiles: bool,
+    /// Record a latency row for the profiled inferences.
+    pub latency: bool,
+}
+
+fn within(index: u64, (first, count): (u64, u64)) -> bool {
+    index >= first && index - first < count
+}
+
+/// One inference's outputs, kept for `--write-output-dir`.
+pub struct KeptOutputs {
+    pub index: u64,
+    pub activation: usize,
+    pub outputs: Vec<Vec<u8>>,
+}
+
+/// A profiled inference's device statistics.
+pub struct Profiled {
+    pub index: u64,
+    pub activation: usize,
+    pub timestamps: Timestamps,
+    pub run: RunStats,
+}
+
+/// Everything recorded of the finished inferences.
+#[derive(Default)]
+pub struct Collected {
+    pub completed: u64,
+    /// `totalRoundtripTime` of every inference, ms.
+    pub round_trips_ms: Vec<f64>,
+    /// Device execution, input wait and output wait of every inference, us.
+    pub exec_us: Vec<f64>,
+    pub input_wait_us: Vec<f64>,
+    pub output_wait_us: Vec<f64>,
+    /// Latency rows of the profiled inferences, per activation.
+    pub latency_rows: Vec<(usize, [f64; 16])>,
+    pub outputs: Vec<KeptOutputs>,
+    pub profiled: Vec<Profiled>,
+    pub profile_error: Option<String>,
+    /// The latest moment control was back with the application, on the run's clock.
+    pub last_returned_ns: u64,
+    /// The first and the latest completion: (device time its run ended, its completion
+    /// on the run's clock), ns. On the wall clock their ratio is the simulator's speed.
+    pub span: Option<((u64, u64), (u64, u64))>,
+}
+
+/// Takes in finished inferences (from any thread).
+pub struct Collector {
+    sampling: Sampling,
+    batch_size: u32,
+    inner: Mutex<Collected>,
+}
+
+impl Collector {
+    pub fn new(sampling: Sampling, batch_size: u32) -> Collector {
+        Collector { sampling, batch_size, inner: Mutex::new(Collected::default()) }
+    }
+
+    /// Records `done`; `profile` fetches the device statistics of its run when it is
+    /// profiled and those are wanted.
+    pub fn record(&self, done: &Completion<'_>, profile: impl FnOnce() -> Result<RunStats, String>) {
+        let sampled = within(done.index, self.sampling.profile);
+        let run = (sampled && self.sampling.device_profiles).then(profile);
+        let mut c = self.inner.lock();
+        c.completed += 1;
+        c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
+        c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
+        if let Some(d) = done.device {
+            let point = (u64::try_from(d.end.as_nanos()).unwrap_or(u64::MAX), done.timestamps.completed);
+            c.span = Some(match c.span {
+                None => (point, point),
+                Some((first, last)) => (first, if point.1 >= last.1 { point } else { last }),
+            });
+            c.exec_us.push(d.exec.as_secs_f64() * 1e6);
+            c.input_wait_us.push(d.input_wait.as_secs_f64() * 1e6);
+            c.output_wait_us.push(d.output_wait.as_secs_f64() * 1e6);
+        }
+        if sampled && self.sampling.latency {
+            c.latency_rows.push((done.activation, latency::row(done.index, done, self.batch_size)));
+        }
+        match run {
+            Some(Ok(run)) => c.profiled.push(Profiled {
+                index: done.index,
+                activation: done.activation,
+                timestamps: done.timestamps,
+                run,
+            }),
+            Some(Err(e)) => {
+                c.profile_error.get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
+            }
+            None => {}
+        }
+        if within(done.index, self.sampling.outputs) {
+            c.outputs.push(KeptOutputs { index: done.index, activation: done.activation, outputs: done.outputs.to_vec() });
+        }
+    }
+
+    /// Inferences finished so far.
+    pub fn completed(&self) -> u64 {
+        self.inner.lock().completed
+    }
+
+    /// Everything recorded, in inference order where order matters.
+    pub fn into_collected(self) -> Collected {
+        let mut c = self.inner.into_inner();
+        let by_value = |v: &mut Vec<f64>| v.sort_by(f64::total_cmp);
+        by_value(&mut c.round_trips_ms);
+        c.latency_rows.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]));
+        c.outputs.sort_by_key(|o| o.index);
+        c.profiled.sort_by_key(|p| p.index);
+        c
+    }
+}
+
+/// Mean, min, max and standard deviation of a device figure.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub std: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        Spread {
+            avg: stats::mean(&v),
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+            std: stats::std_dev(&v),
+        }
+    }
+}
+
+/// The Device Performance table's rows.
+pub fn device_rows(c: &Collected) -> [(&'static str, Spread); 3] {
+    [
+        ("ExecTimeUs", Spread::of(&c.exec_us)),
+        ("InputWaitTimeUs", Spread::of(&c.input_wait_us)),
+        ("OutputWaitTimeUs", Spread::of(&c.output_wait_us)),
+    ]
+}
+
+/// The Device Performance table as qaic-runner prints it.
+pub fn render_device_table(rows: &[(&str, Spread)]) -> String {
+    let mut out = String::from("Device Performance: \n");
+    let _ = writeln!(out, "{:<17}{:<15}{:<15}{:<15}{:<15}", "Metric,", "Avg,", "Min,", "Max,", "Std");
+    for (name, s) in rows {
+        let _ = writeln!(
+            out,
+            "{:<17}{:<15}{:<15}{:<15}{:<15}",
+            format!("{name},"),
+            format!("{:.3},", s.avg),
+            format!("{:.3},", s.min),
+            format!("{:.3},", s.max),
+            format!("{:.3}", s.std)
+        );
+    }
+    out
+}
+
+/// The Stats line's figures.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Throughput {
+    pub inferences: u64,
+    /// Microseconds, at least 1.
+    pub duration_us: u128,
+    pub batch_size: u32,
+    /// Samples per second: inferences x 1e6 / duration x batch size.
+    pub inf_per_sec: f64,
+}
+
+impl Throughput {
+    pub fn new(inferences: u64, duration: std::time::Duration, batch_size: u32) -> Throughput {
+        let duration_us = duration.as_micros().max(1);
+        let inf_per_sec = inferences as f64 * 1e6 / duration_us as f64 * f64::from(batch_size);
+        Throughput { inferences, duration_us, batch_size, inf_per_sec }
+    }
+
+    /// `InferenceCnt <n> TotalDuration <us>us BatchSize <b> Inf/Sec <rate>`.
+    pub fn stats_line(&self) -> String {
+        format!(
+            "InferenceCnt {} TotalDuration {}us BatchSize {} Inf/Sec {:.3}",
+            self.inferences, self.duration_us, self.batch_size, self.inf_per_sec
+        )
+    }
+}
+
+/// `"..."` with JSON escapes.
+pub fn json_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// A number, or `null` when it is not finite.
+pub fn json_number(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        String::from("null")
+    }
+}
+
+/// Latency percentiles of the sorted round trips, ms: (p50, p90, p99, max).
+pub fn round_trip_percentiles(sorted_ms: &[f64]) -> (f64, f64, f64, f64) {
+    (
+        stats::percentile(sorted_ms, 0.5),
+        stats::percentile(sorted_ms, 0.9),
+        stats::percentile(sorted_ms, 0.99),
+        sorted_ms.last().copied().unwrap_or(f64::NAN),
+    )
+}
