@@ -71,7 +71,7 @@ fn synchronous(activation: &Activation, program: &Program, samples: usize, step:
     let mut rtts = Vec::with_capacity(samples);
     for i in 0..samples + samples / 10 {
         let t = Instant::now();
-        let mut ts = Timestamps::new(t);
+        let mut ts = Timestamps::at(aicsim_runtime::wall_ns_of(t));
         slot.write_inputs(program, &input).unwrap();
         slot.submit(activation, &mut ts).unwrap();
         if let Some(kmd) = step {

@@ -42,14 +42,14 @@ fn main() {
     let slot = activation.new_slot().unwrap();
     let mut outputs = vec![vec![0u8; BYTES as usize]];
     let runtime = per_inference(n, || {
-        let mut ts = Timestamps::new(Instant::now());
+        let mut ts = Timestamps::now();
         slot.write_inputs(&program, &input).unwrap();
-        ts.pre_proc_end = Instant::now();
+        ts.pre_proc_end = aicsim_runtime::wall_ns();
         let seq = slot.submit(&activation, &mut ts).unwrap();
         step();
         slot.wait(&activation, &mut ts).unwrap();
         slot.read_outputs(&mut outputs).unwrap();
-        ts.post_proc_end = Instant::now();
+        ts.post_proc_end = aicsim_runtime::wall_ns();
         std::hint::black_box((ts, activation.run_record(seq)));
     });
     assert_eq!(outputs, input);

@@ -23,10 +23,10 @@ fn a_full_channel_is_retried_then_fails_with_the_attempts_and_the_reason() {
     let policy = SubmitPolicy { timeout: Duration::from_millis(20), retries: 2 };
     // Three inferences (two elements each) leave one free slot of the ring's seven.
     for slot in &slots[..3] {
-        slot.submit_with(&activation, &mut Timestamps::new(Instant::now()), &policy).unwrap();
+        slot.submit_with(&activation, &mut Timestamps::now(), &policy).unwrap();
     }
     let t = Instant::now();
-    let err = slots[3].submit_with(&activation, &mut Timestamps::new(Instant::now()), &policy).unwrap_err();
+    let err = slots[3].submit_with(&activation, &mut Timestamps::now(), &policy).unwrap_err();
     let took = t.elapsed();
     match &err {
         RuntimeError::SubmitTimeout { attempts, timeout, why } => {
@@ -45,6 +45,6 @@ fn a_full_channel_is_retried_then_fails_with_the_attempts_and_the_reason() {
             kmd.step_interrupts();
         })
     };
-    slots[3].submit_with(&activation, &mut Timestamps::new(Instant::now()), &policy).unwrap();
+    slots[3].submit_with(&activation, &mut Timestamps::now(), &policy).unwrap();
     stepper.join().unwrap();
 }
