@@ -869,7 +869,8 @@ impl Firmware {
         };
         let inputs = count(image.inputs().count(), "inputs")?;
         let outputs = count(image.outputs().count(), "outputs")?;
-        let program = Program { image, plan: Arc::new(Plan::new(streams, &self.config.cost)), inputs, outputs, activations: 0 };
+        let program =
+            Program { image, plan: Arc::new(Plan::new(streams, &self.config.cost)), inputs, outputs, activations: 0 };
         let id = match self.programs.iter().position(Option::is_none) {
             Some(i) => {
                 self.programs[i] = Some(program);

@@ -33,7 +33,9 @@ impl Rig {
     fn run(&mut self, jobs: &[JobSpec], mode: ExecMode) -> Vec<RunStats> {
         let ids: Vec<u64> = jobs
             .iter()
-            .map(|(streams, cores, base)| self.sched.start(Arc::new(Plan::new(streams.clone(), self.sched.cost())), cores, *base))
+            .map(|(streams, cores, base)| {
+                self.sched.start(Arc::new(Plan::new(streams.clone(), self.sched.cost())), cores, *base)
+            })
             .collect();
         let mut out: Vec<Option<RunStats>> = vec![None; ids.len()];
         while out.iter().any(Option::is_none) {
@@ -381,7 +383,10 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
 fn cores_waiting_on_each_other_forever_are_reported_as_a_deadlock() {
     let mut rig = Rig::new(4096);
     let id = rig.sched.start(
-        Arc::new(Plan::new(vec![vec![Op::Wait { counter: 0, value: 1 }, Op::End], vec![Op::Barrier, Op::End]], &CostModel::default())),
+        Arc::new(Plan::new(
+            vec![vec![Op::Wait { counter: 0, value: 1 }, Op::End], vec![Op::Barrier, Op::End]],
+            &CostModel::default(),
+        )),
         &[0, 1],
         0,
     );

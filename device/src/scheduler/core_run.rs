@@ -12,9 +12,9 @@
 
 use alloc::vec::Vec;
 
-use super::plan::{Access, Action, Step};
+use super::plan::Step;
 use super::CoreStats;
-use crate::nsp::{Engine, DMA_QUEUES, HVX_THREADS};
+use crate::nsp::Engine;
 
 /// One instruction in flight on a core.
 pub(super) struct InFlight {
@@ -27,8 +27,9 @@ pub(super) struct InFlight {
     pub moving: u8,
     /// When its part that moves inside the core ends (its start if none).
     pub local_end: u64,
-    /// The bytes it reads and writes.
-    pub access: Access,
+    /// The earliest it can end: its end if known, else when its bytes would have moved
+    /// at the most its paths allow.
+    pub lower_bound: u64,
 }
 
 /// Where a core stands.
@@ -78,32 +79,28 @@ impl CoreRun {
         CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
     }
 
-    /// The earliest start of `step`, the instruction at `pc`; or, while that depends on a
-    /// transfer over a shared path, [`Blocked`]. The device clock is at `now`: a transfer
-    /// over a shared path that has not ended ends after it.
+    /// The earliest start of `step`, the instruction at `pc`, among the core's `steps`;
+    /// or, while that depends on a transfer over a shared path, [`Blocked`]. The device
+    /// clock is at `now`: a transfer over a shared path that has not ended ends after
+    /// it.
     #[inline]
-    pub fn earliest(&self, step: &Step, now: u64) -> Result<u64, Blocked> {
+    pub fn earliest(&self, step: &Step, steps: &[Step], now: u64) -> Result<u64, Blocked> {
         let mut t = self.clock;
-        let all = matches!(step.action, Action::End | Action::Barrier | Action::Signal { .. });
-        let room = match step.action {
-            Action::Compute | Action::Dma(_) => match step.engine {
-                Engine::Hvx => HVX_THREADS,
-                Engine::Dma => DMA_QUEUES,
-                _ => 1,
-            },
-            _ => u32::MAX,
-        };
         // The same engine's instructions still in flight: how many, the first to end, and
         // whether one's end is not known. No more than `room` are ever in flight (an
         // instruction only starts where there is room), so a full engine frees a place
         // when its first one ends.
-        let (mut same, mut first, mut unknown) = (0u32, UNKNOWN, false);
+        let (mut same, mut first, mut unknown_from) = (0u32, UNKNOWN, UNKNOWN);
         for f in &self.in_flight {
             let end = f.end.unwrap_or(UNKNOWN);
             if end <= self.clock {
                 continue;
             }
-            if end > t && (all || f.engine == Engine::Sync || f.access.conflicts(&step.access)) {
+            if end > t
+                && (step.waits_all
+                    || f.engine == Engine::Sync
+                    || steps.get(f.op as usize).is_some_and(|s| s.access.conflicts(&step.access)))
+            {
                 if end == UNKNOWN {
                     return Err(Blocked::Transfer);
                 }
@@ -111,17 +108,21 @@ impl CoreRun {
             }
             if f.engine == step.engine {
                 same += 1;
-                first = first.min(end);
-                unknown |= end == UNKNOWN;
+                if end == UNKNOWN {
+                    // It has not ended by the device clock, nor can it before its bound.
+                    unknown_from = unknown_from.min(f.lower_bound.max(now + 1));
+                } else {
+                    first = first.min(end);
+                }
             }
         }
-        if same >= room {
+        if same >= step.room {
             if first == UNKNOWN {
                 return Err(Blocked::Transfer);
             }
-            // A transfer whose end is not known may end before `first`, but not before
-            // the device clock: past `now`, look again once the clock is there.
-            if unknown && first > t && first > now {
+            // A transfer whose end is not known yet might free the place before `first`:
+            // look again when the device clock reaches `first`, or when it ends.
+            if unknown_from < first && first > t {
                 return Err(Blocked::Until(first));
             }
             t = t.max(first);

@@ -34,7 +34,9 @@ pub(super) fn execute<M: SharedMemory>(
                 &single
             } else {
                 multi = core::iter::once(phys)
-                    .chain((0..64).filter(|b| multicast >> b & 1 == 1 && *b != core).filter_map(|b| cores.get(b).copied()))
+                    .chain(
+                        (0..64).filter(|b| multicast >> b & 1 == 1 && *b != core).filter_map(|b| cores.get(b).copied()),
+                    )
                     .collect();
                 &multi
             };

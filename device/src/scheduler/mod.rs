@@ -544,18 +544,22 @@ impl Scheduler {
     /// device clock.
     fn run_core<M: SharedMemory>(&mut self, slot: usize, c: usize, memory: &mut Memory<'_, M>) {
         let Some(plan) = self.jobs[slot].as_ref().map(|j| j.plan.clone()) else { return };
+        let steps = plan.core_steps(c);
+        // Instructions of fixed cost need only be started: their statistics are the plan's.
+        let fast =
+            self.jobs[slot].as_ref().is_some_and(|j| j.plan_cost && !j.traced) && memory.mode != ExecMode::Functional;
         loop {
             let Some(job) = self.jobs[slot].as_mut() else { return };
             if job.fault.is_some() || job.cores[c].state != State::Running {
                 return;
             }
             let index = job.cores[c].pc;
-            let Some(step) = plan.step(c, index) else {
+            let Some(step) = steps.get(index) else {
                 let (t, fault) = (job.cores[c].clock, ExecFault::Instruction { core: job.phys[c], index });
                 self.fault(slot, fault, t);
                 return;
             };
-            let t = match job.cores[c].earliest(step, self.now) {
+            let t = match job.cores[c].earliest(step, steps, self.now) {
                 Ok(t) => t,
                 Err(blocked) => {
                     job.cores[c].state = State::Moving;
@@ -565,6 +569,24 @@ impl Scheduler {
                     return;
                 }
             };
+            if let (true, Some(cycles), Action::Compute | Action::Dma(_)) = (fast, step.fixed, step.action) {
+                let run = &mut job.cores[c];
+                run.begin(t);
+                run.pc += 1;
+                run.stats.instructions += 1;
+                self.instructions += 1;
+                let end = t + cycles;
+                run.push(InFlight {
+                    op: index as u32,
+                    engine: step.engine,
+                    start: t,
+                    end: Some(end),
+                    moving: 0,
+                    local_end: end,
+                    lower_bound: end,
+                });
+                continue;
+            }
             match step.action {
                 Action::End => {
                     let run = &mut job.cores[c];
@@ -637,7 +659,16 @@ impl Scheduler {
                     self.events.push(Reverse((ready, id, c as u32, op, Happening::NocReady)));
                 }
                 let end = (moving == 0).then_some(local_end);
-                run.push(InFlight { op, engine: step.engine, start: t, end, moving, local_end, access: step.access });
+                let lower_bound = end.unwrap_or_else(|| {
+                    let at_most = |bytes: u64, rate: f64| ready + fluid::cycles_for(bytes as f64, rate);
+                    let ddr =
+                        at_most(paths.ddr_bytes, self.ddr_bytes_per_cycle.min(self.cost.dma_bytes_per_cycle as f64));
+                    let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
+                    let noc_cap = pool * paths.noc_bytes as f64 / paths.bytes.max(1) as f64;
+                    let noc = at_most(paths.noc_bytes, self.noc_bytes_per_cycle.min(noc_cap));
+                    local_end.max(if paths.ddr { ddr } else { noc })
+                });
+                run.push(InFlight { op, engine: step.engine, start: t, end, moving, local_end, lower_bound });
                 if let Some(end) = end {
                     job.account(c, op, step, t, end);
                 }
@@ -651,7 +682,7 @@ impl Scheduler {
                     end: Some(end),
                     moving: 0,
                     local_end: end,
-                    access: step.access,
+                    lower_bound: end,
                 });
                 job.account(c, op, step, t, end);
                 if let Action::Signal { .. } = step.action {
@@ -711,7 +742,7 @@ impl Scheduler {
                     end: Some(release + lat),
                     moving: 0,
                     local_end: release + lat,
-                    access: plan::Access::default(),
+                    lower_bound: release + lat,
                 });
                 run.pc += 1;
                 run.stats.instructions += 1;

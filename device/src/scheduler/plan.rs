@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use core::ops::Deref;
 
 use crate::isa::{Op, Space, Tensor};
-use crate::nsp::{self, CostModel, Engine, OpClass};
+use crate::nsp::{self, CostModel, Engine, OpClass, DMA_QUEUES, HVX_THREADS};
 
 use super::fluid::cycles_for;
 use super::CoreStats;
@@ -27,8 +27,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(streams: Vec<Vec<Op>>, cost: &CostModel) -> Plan {
-        let steps: Vec<Vec<Step>> =
-            streams.iter().map(|s| s.iter().map(|op| Step::of(op, cost)).collect()).collect();
+        let steps: Vec<Vec<Step>> = streams.iter().map(|s| s.iter().map(|op| Step::of(op, cost)).collect()).collect();
         let fixed = steps
             .iter()
             .map(|core| {
@@ -61,6 +60,11 @@ impl Plan {
     pub(super) fn step(&self, core: usize, index: usize) -> Option<&Step> {
         self.steps.get(core)?.get(index)
     }
+
+    /// Core `core`'s steps (empty past the last core).
+    pub(super) fn core_steps(&self, core: usize) -> &[Step] {
+        self.steps.get(core).map_or(&[], Vec::as_slice)
+    }
 }
 
 impl Deref for Plan {
@@ -78,8 +82,14 @@ pub(super) enum Action {
     Compute,
     /// Moves bytes; ends when they have all moved.
     Dma(Paths),
-    Signal { counter: u8, value: u16 },
-    Wait { counter: u8, value: u16 },
+    Signal {
+        counter: u8,
+        value: u16,
+    },
+    Wait {
+        counter: u8,
+        value: u16,
+    },
     Barrier,
     End,
 }
@@ -127,28 +137,38 @@ pub(super) struct Step {
     pub out_bytes: u64,
     /// Cycles on its engine (a DMA: its setup).
     pub cycles: u64,
+    /// How many instructions of its engine may be in flight with it (`u32::MAX`: it
+    /// takes no engine place).
+    pub room: u32,
+    /// It starts only once everything in flight on its core has ended (signal, barrier,
+    /// end).
+    pub waits_all: bool,
+    /// Its cycles whatever else runs, if they do not depend on that
+    /// ([`Step::fixed_cycles`]).
+    pub fixed: Option<u64>,
 }
 
 impl Step {
     /// The cycles the instruction takes whatever else runs: everything but a transfer
     /// over DDR or the network (and the End, which takes none and is not counted).
     pub fn fixed_cycles(&self) -> Option<u64> {
-        match self.action {
+        self.fixed
+    }
+
+    fn fixed_of(action: Action, cycles: u64) -> Option<u64> {
+        match action {
             Action::End => None,
             Action::Dma(p) if p.ddr || p.noc_bytes > 0 => None,
-            Action::Dma(p) => Some(self.cycles + p.local_cycles.unwrap_or(0)),
-            _ => Some(self.cycles),
+            Action::Dma(p) => Some(cycles + p.local_cycles.unwrap_or(0)),
+            _ => Some(cycles),
         }
     }
 
     fn of(op: &Op, cost: &CostModel) -> Step {
         let action = match *op {
-            Op::DmaIn { src, peer_bytes, .. } => Action::Dma(Paths::of(
-                src.packed_bytes(),
-                u64::from(peer_bytes),
-                src.space == Space::Pool,
-                cost,
-            )),
+            Op::DmaIn { src, peer_bytes, .. } => {
+                Action::Dma(Paths::of(src.packed_bytes(), u64::from(peer_bytes), src.space == Space::Pool, cost))
+            }
             Op::DmaOut { dst, .. } => Action::Dma(Paths::of(dst.packed_bytes(), 0, dst.space == Space::Pool, cost)),
             Op::Signal { counter, value } => Action::Signal { counter, value },
             Op::Wait { counter, value } => Action::Wait { counter, value },
@@ -156,13 +176,26 @@ impl Step {
             Op::End => Action::End,
             _ => Action::Compute,
         };
+        let engine = nsp::engine(op);
+        let room = match action {
+            Action::Compute | Action::Dma(_) => match engine {
+                Engine::Hvx => HVX_THREADS,
+                Engine::Dma => DMA_QUEUES,
+                _ => 1,
+            },
+            _ => u32::MAX,
+        };
+        let cycles = cost.cycles(op);
         Step {
-            engine: nsp::engine(op),
+            engine,
             class: nsp::op_class(op),
             action,
             access: Access::of(op),
             out_bytes: nsp::output_bytes(op),
-            cycles: cost.cycles(op),
+            cycles,
+            room,
+            waits_all: matches!(action, Action::End | Action::Barrier | Action::Signal { .. }),
+            fixed: Step::fixed_of(action, cycles),
         }
     }
 }
