@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use aicsim_compiler::{CompileOptions, Source};
 
-use crate::predict::{predict, Deployment, DeviceModel, HostModel, Prediction, Workload};
+use crate::predict::{predict, Deployment, DeviceModel, HostModel, Measure, Prediction, Workload};
 
 /// The most cores per instance among the measured rows the timing model is calibrated
 /// against (`../shared/reference/calibration.md`, docs/calibration.md): wider programs
@@ -321,7 +321,7 @@ impl Problem {
         cell.get_or_init(|| {
             cache.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let compiled = self.source.compile(&self.options(c)).map_err(|e| format!("compile: {e}"))?;
-            Ok(Arc::new(Workload::from_compiled(&compiled)))
+            Ok(Arc::new(Workload::from_compiled(&compiled).map_err(|e| e.to_string())?))
         })
         .clone()
     }
@@ -341,8 +341,14 @@ impl Problem {
             Objective::MinimizeLatency => 1,
         };
         let result = self.workload(cache, c).and_then(|w| {
-            predict(&w, Deployment { instances: c.instances, set_size }, &self.device, &self.host, 2, self.measured)
-                .map_err(|e| e.to_string())
+            predict(
+                &w,
+                Deployment { instances: c.instances, set_size },
+                &self.device,
+                &self.host,
+                Measure::Window { warmup: 2, measured: self.measured },
+            )
+            .map_err(|e| e.to_string())
         });
         let e = Evaluation { config: *c, result };
         cache.evaluations.lock().insert(*c, e.clone());

@@ -1,69 +1,33 @@
 //! What a compiled program will do on the card: throughput and latencies of `instances`
-//! activations with `set_size` inferences in flight each, in virtual time.
+//! activations with `set_size` inferences in flight each, on the simulated clock.
 //!
-//! The device side is the real scheduler running the real instruction streams in
-//! [`ExecMode::Timing`] (nothing moves, everything is timed): every instance on its own
-//! cores, all of them sharing DDR bandwidth at once. The host side is a small queueing
-//! model whose stage costs are the [`HostModel`] parameters: each of an activation's
-//! `set_size` handles goes round enqueue -> pre-processing -> submit -> PCIe in -> wait
-//! for the activation's cores -> run -> PCIe out -> completion -> post-processing -> back
-//! to enqueue, as `aic-runner` drives a real card. Queueing latency (many inferences in
-//! flight) falls out of that loop; nothing is fitted per configuration.
+//! A prediction is a run of the same engine `aic-runner` uses
+//! ([`InferenceSet::run_simulated`]): the program is loaded on a simulated device on the
+//! simulated clock, activated `instances` times, and every handle goes round enqueue ->
+//! pre-processing -> submit -> host link -> the activation's cores -> host link ->
+//! completion -> post-processing -> enqueue, with the host stages from [`HostModel`] and
+//! the device's from its model. The program is loaded without its constants: a timing
+//! run reads nothing inside the device, so they would only cost the load. Queueing (many
+//! inferences in flight), the instances' contention for DDR and the on-chip network,
+//! and their drifting phases all come out of that run; nothing is fitted per
+//! configuration. The figures are those of the whole run, as `aic-runner --time` reports
+//! them ([`Measure::Run`]: the same command gives the same figures), or of a shorter
+//! window in which every instance is past its warm-up and none has finished
+//! ([`Measure::Window`], what the configurator uses to search quickly).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use aicsim_compiler::Compiled;
-use aicsim_device::container::IoDirection;
-use aicsim_device::memory::HeapMemory;
-use aicsim_device::nsp::{CostModel, NspCore};
-use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
-use aicsim_device::DeviceConfig;
+use aicsim_device::nsp::CostModel;
+use aicsim_device::scheduler::ExecMode;
+use aicsim_device::{DeviceConfig, Pacing};
+use aicsim_driver::Device;
+use aicsim_kmd::KmdConfig;
+pub use aicsim_runtime::HostModel;
+use aicsim_runtime::{InferenceSet, Program, RunLimit};
+use parking_lot::Mutex;
 
 use crate::stats;
-
-/// Host-side costs of one inference, in nanoseconds unless named otherwise. Defaults and
-/// their sources: `docs/calibration.md`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HostModel {
-    /// Request to pre-processing start (`enqTime`).
-    pub enqueue_ns: f64,
-    /// Pre-processing (input conversion and copy), per byte of device input.
-    pub pre_proc_ns_per_byte: f64,
-    /// Pre-processing end to the kernel call (`submitTime`).
-    pub submit_ns: f64,
-    /// Kernel call until the request is on the device's channel (`exectoVc`).
-    pub exec_to_vc_ns: f64,
-    /// Host link bandwidth per direction, after packet overhead.
-    pub pcie_bytes_per_second: f64,
-    /// Device completion to the completion being back in user space (MSI, interrupt
-    /// thread, waking the waiter).
-    pub completion_ns: f64,
-    /// `postProc`.
-    pub post_proc_ns: f64,
-    /// Application-side work counted in the total round trip beyond `postProc` (the
-    /// runner taking and returning handles, output bookkeeping).
-    pub app_ns: f64,
-    /// From the end of one inference's round trip to the runner enqueueing the handle
-    /// again.
-    pub requeue_ns: f64,
-}
-
-impl Default for HostModel {
-    fn default() -> HostModel {
-        HostModel {
-            enqueue_ns: 4_900.0,
-            pre_proc_ns_per_byte: 37_000.0 / 602_112.0,
-            submit_ns: 1_700.0,
-            exec_to_vc_ns: 4_500.0,
-            pcie_bytes_per_second: 15.75e9 * 256.0 / (256.0 + 24.0),
-            completion_ns: 20_000.0,
-            post_proc_ns: 2_600.0,
-            app_ns: 90_000.0,
-            requeue_ns: 30_000.0,
-        }
-    }
-}
 
 /// The device the prediction runs on.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,36 +35,35 @@ pub struct DeviceModel {
     pub cost: CostModel,
     pub clock_hz: u64,
     pub num_nsp: u32,
+    /// Seed of the device's dispatch jitter (`aic-runner --seed`, whose default is 1).
+    pub seed: u64,
 }
 
 impl From<&DeviceConfig> for DeviceModel {
     fn from(c: &DeviceConfig) -> DeviceModel {
-        DeviceModel { cost: c.cost, clock_hz: c.clock_hz, num_nsp: c.num_nsp }
+        DeviceModel { cost: c.cost, clock_hz: c.clock_hz, num_nsp: c.num_nsp, seed: 1 }
     }
 }
 
 /// A compiled program, as the predictor needs it.
 #[derive(Clone, Debug)]
 pub struct Workload {
-    /// One instruction stream per core.
-    pub streams: Arc<Plan>,
+    /// The program without its constants.
+    pub program: Program,
     /// Samples per inference.
     pub batch: u32,
-    /// Bytes the host sends to the device per inference (device format).
-    pub input_bytes: u64,
-    /// Bytes the device sends back per inference.
-    pub output_bytes: u64,
+    /// Cores per instance.
+    pub cores: u32,
 }
 
 impl Workload {
-    pub fn from_compiled(c: &Compiled) -> Workload {
-        let bytes = |d: IoDirection| c.image.bindings.iter().filter(|b| b.direction == d).map(|b| b.size_bytes).sum();
-        Workload {
-            streams: Arc::new(Plan::new(c.lowered.streams.clone(), &CostModel::default())),
-            batch: c.image.batch_size,
-            input_bytes: bytes(IoDirection::Input),
-            output_bytes: bytes(IoDirection::Output),
-        }
+    pub fn from_compiled(c: &Compiled) -> Result<Workload, PredictError> {
+        let mut image = c.image.clone();
+        image.constants.clear();
+        let cores = image.num_cores();
+        let batch = image.batch_size;
+        let program = Program::from_image(image).map_err(|e| PredictError::Program(e.to_string()))?;
+        Ok(Workload { program, batch, cores })
     }
 }
 
@@ -149,8 +112,6 @@ pub struct Prediction {
     pub total_round_trip: Latency,
     /// Device execution of one inference (cores busy), queueing excluded.
     pub device_exec: Latency,
-    /// DDR bytes per second the device moved over the window.
-    pub ddr_bytes_per_second: f64,
 }
 
 /// Why there is no prediction.
@@ -160,175 +121,139 @@ pub enum PredictError {
     TooManyCores { instances: u32, cores: u32, need: u64, have: u32 },
     #[error("{what} must be at least 1")]
     Zero { what: &'static str },
-    #[error("the program faulted on the device: {0}")]
-    Fault(String),
+    #[error("the program cannot run: {0}")]
+    Program(String),
+    #[error("the run failed: {0}")]
+    Run(String),
 }
 
-/// One handle of one activation going round the loop.
-#[derive(Clone, Copy, Debug)]
-struct Request {
-    /// Virtual time (ns) the application enqueued it.
-    enqueue: f64,
-    /// When its input is in device DDR and it may start.
-    ready: f64,
+/// What a prediction measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Measure {
+    /// A run of this much simulated time, reported as `aic-runner --time` reports it:
+    /// every inference over the run's length.
+    Run(std::time::Duration),
+    /// Every instance completes `max(warmup, set size) + measured` inferences; the
+    /// figures are those of the window in which all of them are past the first count
+    /// and none past the second.
+    Window { warmup: u32, measured: u32 },
 }
 
-struct Instance {
-    cores: Vec<u32>,
-    queue: VecDeque<Request>,
-    running: Option<(u64, Request, f64)>,
+/// One finished inference, as the window needs it.
+#[derive(Clone, Copy)]
+struct Done {
+    activation: usize,
+    /// When its completion was back on the host, simulated ns.
+    completed: u64,
+    host_rt_ms: f64,
+    total_rt_ms: f64,
+    exec_ms: Option<f64>,
 }
 
-/// Predicts `deployment` of `workload`: simulates `warmup + measured` inferences per
-/// instance and reports the measured ones. Deterministic.
+/// Predicts `deployment` of `workload`, measured as `measure` says. Deterministic.
 pub fn predict(
     workload: &Workload,
     deployment: Deployment,
     device: &DeviceModel,
     host: &HostModel,
-    warmup: u32,
-    measured: u32,
+    measure: Measure,
 ) -> Result<Prediction, PredictError> {
-    let cores = workload.streams.len() as u32;
-    if cores == 0 {
-        return Err(PredictError::Zero { what: "cores" });
+    let cores = workload.cores;
+    for (what, v) in [("cores", cores), ("instances", deployment.instances), ("set size", deployment.set_size)] {
+        if v == 0 {
+            return Err(PredictError::Zero { what });
+        }
     }
-    if deployment.instances == 0 {
-        return Err(PredictError::Zero { what: "instances" });
-    }
-    if deployment.set_size == 0 {
-        return Err(PredictError::Zero { what: "set size" });
-    }
-    if measured == 0 {
-        return Err(PredictError::Zero { what: "measured inferences" });
+    match measure {
+        Measure::Window { measured: 0, .. } => return Err(PredictError::Zero { what: "measured inferences" }),
+        Measure::Run(d) if d.is_zero() => return Err(PredictError::Zero { what: "run time" }),
+        _ => {}
     }
     let need = u64::from(cores) * u64::from(deployment.instances);
     if need > u64::from(device.num_nsp) {
         return Err(PredictError::TooManyCores { instances: deployment.instances, cores, need, have: device.num_nsp });
     }
-    let ns_per_cycle = 1e9 / device.clock_hz as f64;
-    let to_cycle = |ns: f64| (ns / ns_per_cycle).ceil() as u64;
-    let mut sched = Scheduler::new(device.cost, device.clock_hz);
-    let mut nsps: Vec<Option<NspCore>> = (0..device.num_nsp).map(|_| None).collect();
-    let mem = HeapMemory::new(0);
-
-    let pcie = |bytes: u64| bytes as f64 / host.pcie_bytes_per_second * 1e9;
-    let pre_device =
-        host.enqueue_ns + host.pre_proc_ns_per_byte * workload.input_bytes as f64 + host.submit_ns + host.exec_to_vc_ns;
-    let send = |enqueue: f64, link_in_free: &mut f64| {
-        let start = (enqueue + pre_device).max(*link_in_free);
-        *link_in_free = start + pcie(workload.input_bytes);
-        Request { enqueue, ready: *link_in_free }
+    let config = DeviceConfig {
+        num_nsp: device.num_nsp,
+        cost: device.cost,
+        clock_hz: device.clock_hz,
+        mode: ExecMode::Timing,
+        pacing: Pacing::Simulated,
+        seed: device.seed,
+        ..DeviceConfig::default()
     };
-
-    let mut instances: Vec<Instance> = (0..deployment.instances)
-        .map(|i| Instance { cores: (i * cores..(i + 1) * cores).collect(), queue: VecDeque::new(), running: None })
-        .collect();
-    // The runner fills every handle at the start, one after the other.
-    // Instances do not run in lock step on a card: the runner starts them one after the
-    // other and host jitter drifts their phases, so over a run every alignment of one
-    // instance's weight-heavy layers with another's occurs. Evenly staggered starts
-    // (by a fraction of one run alone) stand for that average; lock step would make
-    // every instance stream its weights at the same moments.
-    let solo = {
-        let id = sched.start(workload.streams.clone(), &instances[0].cores, 0);
-        let done = sched.run_until_completion(&mut nsps, 0, &mem, ExecMode::Timing);
-        match done.into_iter().find(|d| d.0 == id) {
-            Some((_, Ok(stats))) => stats.cycles() as f64 * ns_per_cycle,
-            Some((_, Err(e))) => return Err(PredictError::Fault(e.to_string())),
-            None => return Err(PredictError::Fault("the program did not finish".into())),
+    let run_error = |e: &dyn std::fmt::Display| PredictError::Run(e.to_string());
+    let dev =
+        Device::open_simulated(KmdConfig { device: config, ..KmdConfig::default() }).map_err(|e| run_error(&e))?;
+    let instances = deployment.instances as usize;
+    let set = InferenceSet::new(Arc::new(dev), &workload.program, instances, deployment.set_size as usize)
+        .map_err(|e| run_error(&e))?;
+    let done = Mutex::new(Vec::new());
+    let record = |c: &aicsim_runtime::Completion<'_>| {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        done.lock().push(Done {
+            activation: c.activation,
+            completed: c.timestamps.completed,
+            host_rt_ms: ms(c.timestamps.host_round_trip()),
+            total_rt_ms: ms(c.timestamps.total_round_trip()),
+            exec_ms: c.device.map(|d| ms(d.exec)),
+        });
+    };
+    let batch = f64::from(workload.batch);
+    match measure {
+        Measure::Run(length) => {
+            let summary =
+                set.run_simulated(RunLimit::Duration(length), host, &[], record).map_err(|e| run_error(&e))?;
+            let done = done.into_inner();
+            let all = |f: fn(&Done) -> Option<f64>| Latency::of(done.iter().filter_map(f).collect());
+            let micros = summary.elapsed.as_micros().max(1) as f64;
+            Ok(Prediction {
+                inf_per_sec: summary.inferences as f64 * 1e6 / micros * batch,
+                host_round_trip: all(|d| Some(d.host_rt_ms)),
+                total_round_trip: all(|d| Some(d.total_rt_ms)),
+                device_exec: all(|d| d.exec_ms),
+            })
         }
-    };
-    let t0 = sched.now() as f64 * ns_per_cycle;
-    let stagger = solo / f64::from(deployment.instances);
-    // The host link carries one transfer at a time per direction.
-    let mut link_in_free = t0;
-    let mut link_out_free = t0;
-    for s in 0..deployment.set_size {
-        for (i, inst) in instances.iter_mut().enumerate() {
-            let enqueue = t0 + f64::from(s) * pre_device + i as f64 * stagger;
-            inst.queue.push_back(send(enqueue, &mut link_in_free));
+        Measure::Window { warmup, measured } => {
+            // Every handle goes round once before the queue is in its steady state.
+            let warmup = warmup.max(deployment.set_size) as usize;
+            let per_instance = warmup + measured as usize;
+            // Instances progress at the same rate on average; the margin lets the
+            // slowest one reach its count too.
+            let count = instances * (per_instance + deployment.set_size as usize + 2);
+            set.run_simulated(RunLimit::Count(count as u64), host, &[], record).map_err(|e| run_error(&e))?;
+            window(&done.into_inner(), instances, warmup, per_instance, batch)
         }
     }
+}
 
-    // Every handle must have gone round once before the queue is in its steady state.
-    let warmup = warmup.max(deployment.set_size);
-    let per_instance = warmup + measured;
-    let mut finished = vec![0u32; instances.len()];
-    let mut host_rt = Vec::new();
-    let mut total_rt = Vec::new();
-    let mut exec = Vec::new();
-    // (instance, nth completion, device end ns, samples, DDR bytes)
-    let mut completions: Vec<(usize, u32, f64, u64, u64)> = Vec::new();
-    loop {
-        let now_ns = sched.now() as f64 * ns_per_cycle;
-        // Start whatever is ready now.
-        for inst in &mut instances {
-            if inst.running.is_none() {
-                if let Some(req) = inst.queue.front().copied() {
-                    if to_cycle(req.ready) <= sched.now() {
-                        inst.queue.pop_front();
-                        let id = sched.start(workload.streams.clone(), &inst.cores, 0);
-                        inst.running = Some((id, req, now_ns));
-                    }
-                }
-            }
-        }
-        if finished.iter().all(|&f| f >= per_instance) {
-            break;
-        }
-        // The next moment something host-side becomes ready to start.
-        let next_ready = instances
-            .iter()
-            .filter(|i| i.running.is_none())
-            .filter_map(|i| i.queue.front().map(|r| to_cycle(r.ready)))
-            .min();
-        if sched.is_idle() {
-            match next_ready {
-                Some(t) => {
-                    sched.idle_until(t);
-                    continue;
-                }
-                None => break,
-            }
-        }
-        let limit = next_ready.unwrap_or(u64::MAX);
-        for (id, result) in sched.run_until(&mut nsps, 0, &mem, ExecMode::Timing, limit) {
-            let stats = result.map_err(|e| PredictError::Fault(e.to_string()))?;
-            let i = instances.iter().position(|x| x.running.is_some_and(|r| r.0 == id)).expect("a job of ours");
-            let (_, req, started) = instances[i].running.take().expect("running");
-            let end = sched.now() as f64 * ns_per_cycle;
-            let out_start = end.max(link_out_free);
-            link_out_free = out_start + pcie(workload.output_bytes);
-            let completed = link_out_free + host.completion_ns;
-            let done = completed + host.post_proc_ns + host.app_ns;
-            finished[i] += 1;
-            completions.push((i, finished[i], end, u64::from(workload.batch), stats.ddr_bytes));
-            if finished[i] > warmup && finished[i] <= per_instance {
-                host_rt.push((completed - req.enqueue) / 1e6);
-                total_rt.push((done - req.enqueue) / 1e6);
-                exec.push((end - started) / 1e6);
-            }
-            // The handle goes round again.
-            let again = send(done + host.requeue_ns, &mut link_in_free);
-            instances[i].queue.push_back(again);
-        }
-    }
-    // The window: from the moment every instance is past its warm-up to the moment the
-    // first one is done, so that every instance runs throughout.
-    let warm = |i: usize| completions.iter().find(|c| c.0 == i && c.1 == warmup).map_or(0.0, |c| c.2);
-    let start = (0..instances.len()).map(warm).fold(0.0, f64::max);
-    let end = (0..instances.len())
-        .map(|i| completions.iter().find(|c| c.0 == i && c.1 == per_instance).map_or(f64::MAX, |c| c.2))
-        .fold(f64::MAX, f64::min);
-    let inside = completions.iter().filter(|c| c.2 > start && c.2 <= end);
-    let (samples, ddr) = inside.fold((0u64, 0u64), |(s, d), c| (s + c.3, d + c.4));
-    let seconds = ((end - start) / 1e9).max(1e-12);
+/// The figures of the window in which every instance has completed `warmup` inferences
+/// and none more than `per_instance`.
+fn window(
+    done: &[Done],
+    instances: usize,
+    warmup: usize,
+    per_instance: usize,
+    batch: f64,
+) -> Result<Prediction, PredictError> {
+    let per: Vec<Vec<Done>> =
+        (0..instances).map(|a| done.iter().filter(|d| d.activation == a).copied().collect()).collect();
+    let nth = |a: usize, k: usize| per[a].get(k - 1).map(|d| d.completed);
+    let start = (0..instances).map(|a| nth(a, warmup)).collect::<Option<Vec<u64>>>();
+    let end = (0..instances).map(|a| nth(a, per_instance)).collect::<Option<Vec<u64>>>();
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(PredictError::Run(String::from("an instance did not complete its inferences")));
+    };
+    let (start, end) = (start.into_iter().max().unwrap_or(0), end.into_iter().min().unwrap_or(0));
+    let inside = done.iter().filter(|d| d.completed > start && d.completed <= end).count();
+    let seconds = (end.saturating_sub(start) as f64 / 1e9).max(1e-12);
+    let measured_of = |f: fn(&Done) -> Option<f64>| {
+        Latency::of(per.iter().flat_map(|p| p[warmup..per_instance.min(p.len())].iter().filter_map(f)).collect())
+    };
     Ok(Prediction {
-        inf_per_sec: samples as f64 / seconds,
-        host_round_trip: Latency::of(host_rt),
-        total_round_trip: Latency::of(total_rt),
-        device_exec: Latency::of(exec),
-        ddr_bytes_per_second: ddr as f64 / seconds,
+        inf_per_sec: inside as f64 * batch / seconds,
+        host_round_trip: measured_of(|d| Some(d.host_rt_ms)),
+        total_round_trip: measured_of(|d| Some(d.total_rt_ms)),
+        device_exec: measured_of(|d| d.exec_ms),
     })
 }

@@ -50,6 +50,8 @@ pub struct Collected {
     pub completed: u64,
     /// `totalRoundtripTime` of every inference, ms.
     pub round_trips_ms: Vec<f64>,
+    /// `hostRoundTrip` of every inference, ms.
+    pub host_round_trips_ms: Vec<f64>,
     /// Device execution, input wait and output wait of every inference, us.
     pub exec_us: Vec<f64>,
     pub input_wait_us: Vec<f64>,
@@ -87,6 +89,7 @@ impl Collector {
         c.completed += 1;
         c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
         c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
+        c.host_round_trips_ms.push(done.timestamps.host_round_trip().as_secs_f64() * 1e3);
         if let Some(d) = done.device {
             let point = (u64::try_from(d.end.as_nanos()).unwrap_or(u64::MAX), done.timestamps.completed);
             c.span = Some(match c.span {
@@ -108,12 +111,17 @@ impl Collector {
                 run,
             }),
             Some(Err(e)) => {
-                c.profile_error.get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
+                c.profile_error
+                    .get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
             }
             None => {}
         }
         if within(done.index, self.sampling.outputs) {
-            c.outputs.push(KeptOutputs { index: done.index, activation: done.activation, outputs: done.outputs.to_vec() });
+            c.outputs.push(KeptOutputs {
+                index: done.index,
+                activation: done.activation,
+                outputs: done.outputs.to_vec(),
+            });
         }
     }
 
@@ -127,6 +135,7 @@ impl Collector {
         let mut c = self.inner.into_inner();
         let by_value = |v: &mut Vec<f64>| v.sort_by(f64::total_cmp);
         by_value(&mut c.round_trips_ms);
+        by_value(&mut c.host_round_trips_ms);
         c.latency_rows.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]));
         c.outputs.sort_by_key(|o| o.index);
         c.profiled.sort_by_key(|p| p.index);

@@ -18,8 +18,8 @@ pub use aicsim_device::scheduler::RunStats;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
 
-pub use aicsim_kmd::{Stamp, NO_PROMISE};
 pub use aicsim_kmd::uapi::PerfStatsEntry;
+pub use aicsim_kmd::{Stamp, NO_PROMISE};
 
 /// A driver error, one variant per errno, each with what went wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -305,6 +305,11 @@ impl Device {
     /// The device clock, to turn device cycles into time.
     pub fn clock_hz(&self) -> u64 {
         self.kmd.config().device.clock_hz
+    }
+
+    /// The device's cost model.
+    pub fn cost_model(&self) -> aicsim_device::nsp::CostModel {
+        self.kmd.config().device.cost
     }
 
     /// Queue and latency figures of the buffers' latest executions.

@@ -4,6 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use aicsim_device::container::{IoBinding, ProgramImage};
+use aicsim_device::memory::HeapMemory;
+use aicsim_device::nsp::{validate_stream, CostModel, Limits, NspCore};
+use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
 
 use crate::error::{Result, RuntimeError};
 
@@ -99,6 +102,27 @@ impl Program {
                 device
             })
             .collect())
+    }
+
+    /// How long one inference of the program takes on a device with `cost` at
+    /// `clock_hz` when nothing else runs, in nanoseconds; `None` if its instructions do
+    /// not decode (the device would refuse it too).
+    pub fn solo_device_ns(&self, cost: &CostModel, clock_hz: u64) -> Option<u64> {
+        let image = &self.image;
+        let limits = Limits { vtcm_bytes: image.vtcm_bytes, ddr_bytes: image.ddr_bytes, cores: image.num_cores() };
+        let streams = image
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(core, stream)| validate_stream(core as u32, stream, &limits).ok())
+            .collect::<Option<Vec<_>>>()?;
+        let mut scheduler = Scheduler::new(*cost, clock_hz);
+        let cores: Vec<u32> = (0..image.num_cores()).collect();
+        scheduler.start(Arc::new(Plan::new(streams, cost)), &cores, 0);
+        let mut nsps: Vec<Option<NspCore>> = (0..image.num_cores()).map(|_| None).collect();
+        let done = scheduler.run_until_completion(&mut nsps, 0, &HeapMemory::new(0), ExecMode::Timing);
+        let cycles = done.into_iter().next()?.1.ok()?.cycles();
+        Some(aicsim_device::clock::ns_at_or_after(cycles, clock_hz))
     }
 
     /// Bytes the host sends to the device per inference, in the device's format.

@@ -16,8 +16,8 @@ use parking_lot::Mutex;
 
 use crate::activation::{Activation, InferenceSlot, SubmitPolicy};
 use crate::error::{Result, RuntimeError};
-use crate::timestamps::{wall_ns, wall_ns_of, Timestamps};
 use crate::host_model::HostModel;
+use crate::timestamps::{wall_ns, wall_ns_of, Timestamps};
 use crate::{Device, Program};
 
 /// How long a run goes on.

@@ -143,10 +143,16 @@ where
             device.set_lookahead(a.channel(), lookahead)?;
         }
         self.t0 = device.device_progress(activations[0].channel())?.0;
-        // The handles are filled one after the other, as a runner fills its queue.
+        // Each activation's handles are filled one after the other. The activations start
+        // evenly spread over one inference: on the card, host and device jitter drift
+        // their phases apart, so their heavy layers rarely line up; in lock step they
+        // would all stream weights at the same moments.
         let per_activation = self.set.set_size();
+        let solo = self.set.program().solo_device_ns(&device.cost_model(), device.clock_hz()).unwrap_or(0);
+        let spread = solo / activations.len() as u64;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
-            let at = self.t0 + (i % per_activation) as u64 * self.to_channel;
+            let (a, s) = (i / per_activation, i % per_activation);
+            let at = self.t0 + a as u64 * spread + s as u64 * self.to_channel;
             lane.state = LaneState::Idle(at);
             self.idle.push(Reverse((at, i)));
         }
@@ -251,8 +257,7 @@ where
         let book = &mut self.channels[a];
         book.in_flight.push_back(lane);
         self.in_flight += 1;
-        let flight =
-            Flight { index, ts, queue_depth: book.in_flight.len(), in_flight_total: self.in_flight, seq };
+        let flight = Flight { index, ts, queue_depth: book.in_flight.len(), in_flight_total: self.in_flight, seq };
         self.lanes[lane].state = LaneState::InFlight(flight);
         self.publish(a)
     }

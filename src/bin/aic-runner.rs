@@ -231,7 +231,9 @@ fn plan(args: &Args) -> Result<Plan, String> {
                 _ => args.num_iter as f64,
             };
             if queries > MAX_QUERIES {
-                return Err(format!("--target-qps {qps}: {queries:e} queries; a run schedules at most {MAX_QUERIES:e}"));
+                return Err(format!(
+                    "--target-qps {qps}: {queries:e} queries; a run schedules at most {MAX_QUERIES:e}"
+                ));
             }
             if queries / qps > MAX_TIME_S {
                 return Err(format!(
@@ -357,8 +359,11 @@ fn run_simulated(
     collector: &Collector,
 ) -> Result<RunSummary, String> {
     let batch = set.program().batch_size();
-    let device_inputs: Vec<Vec<Vec<u8>>> =
-        inputs.iter().map(|set_| set.program().device_inputs(set_)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let device_inputs: Vec<Vec<Vec<u8>>> = inputs
+        .iter()
+        .map(|set_| set.program().device_inputs(set_))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     let latest_ns = AtomicU64::new(0);
     let finished = AtomicBool::new(false);
     let started = Instant::now();
@@ -377,7 +382,9 @@ fn run_simulated(
         }
     };
     std::thread::scope(|scope| {
-        scope.spawn(|| progress_on_stderr(&finished, started, || collector.completed(), || latest_ns.load(Ordering::Relaxed)));
+        scope.spawn(|| {
+            progress_on_stderr(&finished, started, || collector.completed(), || latest_ns.load(Ordering::Relaxed))
+        });
         let result = set.run_simulated(limit, &HostModel::default(), &device_inputs, on_complete);
         finished.store(true, Ordering::Relaxed);
         result
@@ -386,7 +393,12 @@ fn run_simulated(
 }
 
 /// Every few seconds of a long run: how far it got (on stderr, not part of the figures).
-fn progress_on_stderr(finished: &AtomicBool, started: Instant, completed: impl Fn() -> u64, simulated_ns: impl Fn() -> u64) {
+fn progress_on_stderr(
+    finished: &AtomicBool,
+    started: Instant,
+    completed: impl Fn() -> u64,
+    simulated_ns: impl Fn() -> u64,
+) {
     let mut next = Duration::from_secs(3);
     while !finished.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
@@ -545,6 +557,15 @@ fn json_report(
         runner::json_number(p90),
         runner::json_number(p99),
         runner::json_number(max)
+    );
+    let host = &collected.host_round_trips_ms;
+    let (h50, _, h99, hmax) = runner::round_trip_percentiles(host);
+    j += &format!(
+        "  \"host_round_trip_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}}},\n",
+        runner::json_number(stats::mean(host)),
+        runner::json_number(h50),
+        runner::json_number(h99),
+        runner::json_number(hmax)
     );
     let dev: Vec<String> = runner::device_rows(collected)
         .iter()
@@ -719,8 +740,11 @@ fn files(
                 run: &p.run,
             })
             .collect();
-        let timeline =
-            if args.clock == Clock::Sim { profiling::DeviceTimeline::Shared } else { profiling::DeviceTimeline::AtSubmit };
+        let timeline = if args.clock == Clock::Sim {
+            profiling::DeviceTimeline::Shared
+        } else {
+            profiling::DeviceTimeline::AtSubmit
+        };
         let cores = program.image().num_cores() as usize;
         let json = profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, cores, &samples);
         files.0.push((dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
