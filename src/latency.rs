@@ -160,9 +160,9 @@ pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(Str
     Ok(out)
 }
 
-/// The summary table as `aic-latency-stats` prints it.
-pub fn render_summary(summary: &[(String, [f64; 8])]) -> String {
-    let mut out = String::from("All activations combined:\n");
+/// The summary table as `aic-latency-stats` prints it, under `heading`.
+pub fn render_summary(heading: &str, summary: &[(String, [f64; 8])]) -> String {
+    let mut out = format!("{heading}\n");
     let _ = write!(out, "{:<22}", "");
     for c in SUMMARY_COLUMNS {
         let _ = write!(out, "{c:>14}");

@@ -77,6 +77,17 @@ fn bad_invocations_exit_2_with_one_line_saying_why() {
         (vec!["-a", "17"], "17 activations x 1 cores = 17 cores, but the device has 16"),
         (vec!["-S", "0"], "set size must be at least 1"),
         (vec!["--time", "0"], "not a positive number"),
+        (vec!["--time=1e300"], "--time 1e300: at most 1000000 seconds"),
+        (vec!["--time", "nan"], "--time NaN is not a positive number"),
+        (
+            vec!["--scenario", "server", "--target-qps", "1e-300", "--latency-bound-ms", "1"],
+            "--target-qps 1e-300: 40 queries would take",
+        ),
+        (
+            vec!["--scenario", "server", "--target-qps", "1e13", "--time", "1", "--latency-bound-ms", "1"],
+            "--target-qps 1e13: 1e13 queries; a run schedules at most 1e8",
+        ),
+        (vec!["--pace", "none"], "--pace applies to --clock wall"),
         (vec!["-d", "3"], "device 3 does not exist"),
     ] {
         let (code, out, err) = runner(&args);
@@ -125,8 +136,6 @@ fn the_latency_file_has_every_stage_in_microseconds_and_consistent_values() {
         "2",
         "-S",
         "3",
-        "--pace",
-        "none",
         "--aic-profiling-type",
         "latency",
         "--aic-profiling-start-iter",
@@ -144,7 +153,13 @@ fn the_latency_file_has_every_stage_in_microseconds_and_consistent_values() {
     for metric in ["ExecTimeUs,", "InputWaitTimeUs,", "OutputWaitTimeUs,"] {
         assert!(out.lines().any(|l| l.starts_with(metric) && l.split(',').count() == 5), "{metric} row: {out}");
     }
-    let (columns, rows) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
+    // One file per activation; together they hold every sampled inference once.
+    let (columns, mut rows) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
+    let (columns_1, rows_1) = read_latency(&dir.join("aic-profiling-program-1-latency.txt"));
+    assert_eq!(columns, columns_1);
+    assert!(!rows.is_empty() && !rows_1.is_empty(), "both activations ran sampled inferences");
+    rows.extend(rows_1);
+    rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
     assert_eq!(columns, aicsim::latency::COLUMNS.to_vec());
     assert!(columns.iter().filter(|c| c.ends_with("Us")).count() == 12, "time columns carry the Us suffix");
     assert_eq!(rows.len(), 60);
@@ -176,8 +191,6 @@ fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
     let (code, _, err) = runner(&[
         "-n",
         "400",
-        "--pace",
-        "none",
         "--aic-profiling-type",
         "latency",
         "--aic-profiling-num-samples",
@@ -354,8 +367,6 @@ fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
         "2",
         "-S",
         "2",
-        "--pace",
-        "none",
         "--aic-profiling-type",
         "stats",
         "--aic-profiling-type",
@@ -440,35 +451,15 @@ fn verdict(out: &str) -> (String, String) {
 #[test]
 fn scenarios_end_in_valid_or_invalid_with_the_reason() {
     // Server: Poisson arrivals at the target rate, judged on p99 latency.
-    let (code, out, err) = runner(&[
-        "--scenario",
-        "server",
-        "--target-qps",
-        "4000",
-        "--latency-bound-ms",
-        "50",
-        "-n",
-        "1200",
-        "--pace",
-        "none",
-    ]);
+    let (code, out, err) =
+        runner(&["--scenario", "server", "--target-qps", "4000", "--latency-bound-ms", "50", "-n", "1200"]);
     assert_eq!(code, 0, "{err}");
     let (head, result) = verdict(&out);
     assert_eq!(result, "VALID", "{out}");
     let achieved: f64 = head.split("achieved ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!((achieved - 4000.0).abs() < 4000.0 * 0.15, "arrivals keep the target rate: {head}");
-    let (code, out, _) = runner(&[
-        "--scenario",
-        "server",
-        "--target-qps",
-        "4000",
-        "--latency-bound-ms",
-        "0.0001",
-        "-n",
-        "200",
-        "--pace",
-        "none",
-    ]);
+    let (code, out, _) =
+        runner(&["--scenario", "server", "--target-qps", "4000", "--latency-bound-ms", "0.0001", "-n", "200"]);
     assert_eq!(code, 0);
     assert!(verdict(&out).1.starts_with("INVALID (p99 latency "), "{out}");
     assert!(verdict(&out).1.ends_with("exceeds the 0.000 ms bound)"), "{out}");
@@ -486,4 +477,143 @@ fn scenarios_end_in_valid_or_invalid_with_the_reason() {
     let (code, out, err) = runner(&["--scenario", "server", "-n", "10"]);
     assert_eq!((code, out.as_str()), (2, ""));
     assert!(err.contains("--scenario server needs --target-qps and --latency-bound-ms"), "{err}");
+}
+
+/// Every file a run writes under `dir`, by name.
+fn files_in(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// A run with every output on: its stdout without the live/progress noise, and its files.
+fn full_run(tag: &str) -> (String, std::collections::BTreeMap<String, Vec<u8>>) {
+    let dir = temp_dir(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let json = format!("{d}/run.json");
+    let (code, out, err) = runner(&[
+        "-n",
+        "400",
+        "-a",
+        "3",
+        "-S",
+        "4",
+        "--seed",
+        "7",
+        "--aic-profiling-type",
+        "latency",
+        "--aic-profiling-type",
+        "stats",
+        "--aic-profiling-type",
+        "trace",
+        "--aic-profiling-start-iter",
+        "50",
+        "--aic-profiling-num-samples",
+        "30",
+        "--aic-profiling-out-dir",
+        d,
+        "--json",
+        &json,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let files = files_in(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (out, files)
+}
+
+#[test]
+fn the_simulated_clock_gives_identical_figures_and_files_run_twice_and_under_load() {
+    let (out_a, files_a) = full_run("det-a");
+    let (out_b, files_b) = full_run("det-b");
+    assert_eq!(out_a, out_b, "the same command prints the same figures");
+    assert!(files_a.len() >= 3 + 30 + 2, "latency x3, stats x30, trace, json: {:?}", files_a.keys());
+    assert_eq!(files_a, files_b, "and writes the same bytes");
+    // Both cores kept busy by another program meanwhile: nothing changes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                }
+                x
+            })
+        })
+        .collect();
+    let (out_c, files_c) = full_run("det-c");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert_eq!(out_a, out_c, "a loaded machine prints the same figures");
+    assert_eq!(files_a, files_c, "and writes the same bytes");
+    // Another seed is another run (random inputs and dispatch jitter).
+    let (code, out_d, _) = runner(&["-n", "400", "-a", "3", "-S", "4", "--seed", "8"]);
+    assert_eq!(code, 0);
+    assert_ne!(stats(&out_a).1, stats(&out_d).1, "another seed, another dispatch jitter");
+}
+
+#[test]
+fn one_latency_file_per_instance_and_the_summariser_prints_each_then_all() {
+    let dir = temp_dir("per-instance");
+    let (code, _, err) = runner(&[
+        "-n",
+        "120",
+        "-a",
+        "3",
+        "-S",
+        "2",
+        "--aic-profiling-type",
+        "latency",
+        "--aic-profiling-num-samples",
+        "120",
+        "--aic-profiling-out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let files: Vec<std::path::PathBuf> =
+        (0..3).map(|i| dir.join(format!("aic-profiling-program-{i}-latency.txt"))).collect();
+    let total: usize = files.iter().map(|f| read_latency(f).1.len()).sum();
+    assert_eq!(total, 120, "every sampled inference in its instance's file");
+    assert!(!dir.join("aic-profiling-program-3-latency.txt").exists());
+    let out = Command::new(env!("CARGO_BIN_EXE_aic-latency-stats")).args(&files).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let headings: Vec<&str> = text.lines().filter(|l| l.ends_with(':')).collect();
+    assert_eq!(headings.len(), 4, "{text}");
+    for (h, f) in headings.iter().zip(&files) {
+        assert_eq!(*h, format!("{}:", f.display()));
+    }
+    assert_eq!(headings[3], "All activations combined:");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_wall_clock_keeps_the_paced_runner() {
+    let (code, out, err) = runner(&["--clock", "wall", "-n", "200", "-a", "2", "-S", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stats(&out).0, 200);
+    let (code, out, err) = runner(&["--clock", "wall", "--pace", "none", "-n", "200"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stats(&out).0, 200);
+}
+
+#[test]
+fn a_program_declaring_an_absurd_batch_size_is_refused_when_loaded() {
+    let dir = temp_dir("batch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut image = aicsim_runtime::samples::default_program();
+    image.batch_size = 0xffff_ffff;
+    std::fs::write(dir.join("programqpc.bin"), image.to_bytes()).unwrap();
+    let (code, out, err) = runner(&["-t", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains("batch size") && err.contains("4294967295"), "{err}");
 }

@@ -425,6 +425,9 @@ impl Firmware {
             // A garbage index (or a link reading all-ones): touch nothing until it is sane.
             return 0;
         }
+        if timed {
+            self.timed_new_elements(dbc, tail, mem);
+        }
         let mut ch = self.channels[dbc];
         let rsp_tail_before = ch.rsp_tail;
         let mut consumed = 0;

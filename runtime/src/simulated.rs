@@ -39,8 +39,8 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(60);
 struct Flight {
     index: u64,
     ts: Timestamps,
-    queue_depth: usize,
-    in_flight_total: usize,
+    /// When its lane took the request up.
+    claim: u64,
     seq: u64,
 }
 
@@ -88,7 +88,14 @@ pub(crate) struct Engine<'a, C> {
     last_returned: u64,
     outputs: Vec<Vec<u8>>,
     failure: Option<RuntimeError>,
+    /// When the failing inference completed: requests taken up from then on are not.
+    failed_at: u64,
     report_errors: bool,
+    /// Finished inferences that may still count as in flight for a later one's queue
+    /// depth: (activation, taken up, completed).
+    recent: VecDeque<(usize, u64, u64)>,
+    /// The latest moment a request was taken up (they are taken up in time order).
+    last_claim: u64,
 }
 
 impl<'a, C> Engine<'a, C>
@@ -131,7 +138,10 @@ where
             last_returned: 0,
             outputs,
             failure: None,
+            failed_at: u64::MAX,
             report_errors,
+            recent: VecDeque::new(),
+            last_claim: 0,
         })
     }
 
@@ -217,16 +227,18 @@ where
     /// When a lane free from `at` takes up its next request, if it takes one up at all.
     fn claim_time(&self, at: u64) -> Option<u64> {
         match &self.limit {
-            RunLimit::Count(n) => (self.next_index < *n && self.failure.is_none()).then_some(at),
+            RunLimit::Count(n) => (self.next_index < *n).then_some(at),
             RunLimit::Duration(d) => {
                 let end = self.t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-                (at < end && self.failure.is_none()).then_some(at)
+                (at < end).then_some(at)
             }
             RunLimit::Arrivals(arrivals) => {
-                let arrival = arrivals.get(self.next_index as usize).filter(|_| self.failure.is_none())?;
+                let arrival = arrivals.get(self.next_index as usize)?;
                 Some(at.max(self.t0 + u64::try_from(arrival.as_nanos()).unwrap_or(u64::MAX)))
             }
         }
+        // A failure stops the run from the moment it happened.
+        .filter(|&claim| claim < self.failed_at)
     }
 
     /// Lane `lane`, free from `at`, takes up the next request (or stops: the run's
@@ -257,8 +269,13 @@ where
         let book = &mut self.channels[a];
         book.in_flight.push_back(lane);
         self.in_flight += 1;
-        let flight = Flight { index, ts, queue_depth: book.in_flight.len(), in_flight_total: self.in_flight, seq };
+        self.last_claim = start;
+        let flight = Flight { index, ts, claim: start, seq };
         self.lanes[lane].state = LaneState::InFlight(flight);
+        if let RunLimit::Arrivals(_) = self.limit {
+            // The next arrival moved on: every activation's free lanes start later.
+            return (0..self.channels.len()).try_for_each(|b| self.publish(b));
+        }
         self.publish(a)
     }
 
@@ -295,8 +312,10 @@ where
         let mut promise = NO_PROMISE;
         for lane in self.lanes.iter().filter(|l| l.activation == a) {
             if let LaneState::Idle(at) = lane.state {
-                if self.claim_time(at).is_some() {
-                    promise = promise.min(at + self.to_channel);
+                // On an arrival schedule, no earlier than the next arrival: a later
+                // request can only arrive later.
+                if let Some(claim) = self.claim_time(at) {
+                    promise = promise.min(claim + self.to_channel);
                 }
             }
         }
@@ -355,11 +374,13 @@ where
         let error = match result {
             Err(e) if !self.report_errors => {
                 self.failure.get_or_insert(e);
+                self.failed_at = self.failed_at.min(ts.completed);
                 None
             }
             Err(e) => Some(e),
             Ok(()) => None,
         };
+        let (queue_depth, in_flight_total) = self.depth_at(a, flight.claim, ts.completed);
         if self.failure.is_none() || error.is_some() {
             let device = if error.is_some() { None } else { device_timing(activation, flight.seq) };
             self.done += 1;
@@ -369,8 +390,8 @@ where
                 activation: a,
                 outputs: &self.outputs,
                 timestamps: ts,
-                queue_depth: flight.queue_depth,
-                in_flight_total: flight.in_flight_total,
+                queue_depth,
+                in_flight_total,
                 device,
                 seq: flight.seq,
                 error: error.as_ref(),
@@ -380,6 +401,42 @@ where
         self.lanes[lane].state = LaneState::Idle(free);
         self.idle.push(Reverse((free, lane)));
         self.publish(a)
+    }
+
+    /// How many inferences of activation `a`, and of all activations, were in flight when
+    /// one of `a`'s was taken up at `claim` (itself included); it completed at
+    /// `completed`. Counted once it has completed, when everything that completed before
+    /// `claim` is known, so the figure does not depend on when the host learnt of them.
+    fn depth_at(&mut self, a: usize, claim: u64, completed: u64) -> (usize, usize) {
+        let (mut own, mut total) = (1, 1);
+        for &(b, taken, done) in &self.recent {
+            if taken <= claim && claim < done {
+                total += 1;
+                own += usize::from(b == a);
+            }
+        }
+        // Still in flight: taken up before it means in flight then (on its own channel
+        // none are: a channel completes in order).
+        for book in &self.channels {
+            for &lane in &book.in_flight {
+                if let LaneState::InFlight(f) = &self.lanes[lane].state {
+                    total += usize::from(f.claim <= claim);
+                }
+            }
+        }
+        self.recent.push_back((a, claim, completed));
+        let oldest = self
+            .lanes
+            .iter()
+            .filter_map(|l| match &l.state {
+                LaneState::InFlight(f) => Some(f.claim),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(self.last_claim)
+            .min(self.last_claim);
+        self.recent.retain(|&(_, _, done)| done > oldest);
+        (own, total)
     }
 
     /// An inference the device has not completed within its activation's wait timeout

@@ -9,7 +9,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(
     name = "aic-latency-stats",
-    about = "Summarise aic-runner latency profiles (all activations combined)",
+    about = "Summarise aic-runner latency profiles: each file, then all activations combined",
     version
 )]
 struct Args {
@@ -46,9 +46,24 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Several files (one per activation): each on its own, then all of them together.
+    let mut text = String::new();
+    if tables.len() > 1 {
+        for (path, table) in args.files.iter().zip(&tables) {
+            match latency::summarise(std::slice::from_ref(table), args.keep) {
+                Ok(summary) => {
+                    text += &format!("{}\n", latency::render_summary(&format!("{}:", path.display()), &summary))
+                }
+                Err(e) => {
+                    eprintln!("aic-latency-stats: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    }
     match latency::summarise(&tables, args.keep) {
         Ok(summary) => {
-            print!("{}", latency::render_summary(&summary));
+            print!("{text}{}", latency::render_summary("All activations combined:", &summary));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -191,9 +191,19 @@ struct Plan {
     set_size: usize,
 }
 
+/// A number as a user would write it: plainly, or in exponent form when very large or
+/// very small.
+fn shown(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-3..1e7).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 fn positive(flag: &str, v: Option<f64>) -> Result<(), String> {
     match v {
-        Some(v) if !(v.is_finite() && v > 0.0) => Err(format!("{flag} {v} is not a positive number")),
+        Some(v) if !(v.is_finite() && v > 0.0) => Err(format!("{flag} {} is not a positive number", shown(v))),
         _ => Ok(()),
     }
 }
@@ -212,7 +222,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     positive("--target-qps", args.target_qps)?;
     positive("--latency-bound-ms", args.latency_bound_ms)?;
     let limit = match args.time {
-        Some(t) if t > MAX_TIME_S => return Err(format!("--time {t}: at most {MAX_TIME_S} seconds")),
+        Some(t) if t > MAX_TIME_S => return Err(format!("--time {}: at most {MAX_TIME_S} seconds", shown(t))),
         Some(t) => RunLimit::Duration(Duration::from_secs_f64(t)),
         None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
         None => RunLimit::Count(args.num_iter),
@@ -677,6 +687,10 @@ fn run(args: &Args) -> Result<(), String> {
              the default simulated clock gives the card's",
             s.ratio
         );
+    }
+    let late = set.activations()[0].device().kmd().late_elements();
+    if late > 0 {
+        eprintln!("aic-runner: warning: {late} request elements reached the device later than their simulated time");
     }
     if args.clock == Clock::Sim && (args.verbose || wall_elapsed > Duration::from_secs(3)) {
         eprintln!(

@@ -209,8 +209,13 @@ fn one_inference_moves_real_data_and_completes_every_element() {
     let want: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
     assert_eq!(rig.read_f32(rig.host(2)), want);
     assert!(rig.fw.device_cycles() > 0);
-    assert_eq!(rig.fw.now_cycles(), rig.fw.device_cycles(), "one run: device time is its length");
     let stats = rig.fw.last_run(rig.dbc).unwrap();
+    assert!(stats.start_cycle <= rig.fw.config().cost.dispatch_jitter_cycles, "dispatched within the jitter");
+    assert_eq!(
+        rig.fw.now_cycles(),
+        stats.start_cycle + rig.fw.device_cycles(),
+        "one run: its dispatch, then its length"
+    );
     assert_eq!(stats.cores.len(), 1);
     assert_eq!(stats.cores[0].instructions, 4);
     assert_eq!(stats.ddr_bytes, 3 * BYTES);

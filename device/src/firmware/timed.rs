@@ -44,6 +44,8 @@ struct TimedChannel {
     wakes: VecDeque<u64>,
     /// Waking responses posted since activation.
     wakes_posted: u32,
+    /// The request tail the device last saw: elements past it are new.
+    seen_tail: u32,
 }
 
 /// What the simulated clock keeps beside the firmware's state.
@@ -67,6 +69,9 @@ impl Firmware {
         let mut done = Serviced { control: self.service_control(mem), ..Default::default() };
         let started_at = self.scheduler.now();
         loop {
+            // The horizon first, the rings after: an element the host queued before it
+            // moved its promise past that element's time is on the ring by then.
+            let horizon = self.horizon(mem);
             let mut served = 0;
             for dbc in 0..NUM_DBC {
                 if self.activations[dbc].is_some() {
@@ -78,7 +83,6 @@ impl Firmware {
                 continue;
             }
             let now = self.scheduler.now();
-            let horizon = self.horizon(mem);
             // Everything before the horizon may happen; nothing at or after it.
             let Some(last) = horizon.checked_sub(1) else { break };
             let next = self.next_element_event(now);
@@ -205,19 +209,34 @@ impl Firmware {
         (ready <= now).then_some(head.element)
     }
 
-    /// Copies element `index` and its stamp out of the ring. An element stamped earlier
-    /// than the device has simulated is late: it arrives now, and is counted.
-    fn read_pending<M: SharedMemory>(&mut self, dbc: usize, index: u32, mem: &M) -> Option<Pending> {
-        let element = self.read_element(dbc, index, mem)?;
+    fn read_stamp<M: SharedMemory>(&self, dbc: usize, index: u32, mem: &M) -> Option<RequestStamp> {
         let mut raw = [0u8; REQUEST_STAMP_BYTES as usize];
         mem.read(self.config.map.request_stamp(dbc, index), &mut raw).ok()?;
-        let stamp: RequestStamp = bytemuck::pod_read_unaligned(&raw);
-        let now = self.scheduler.now();
-        let mut arrival = clock::cycles_at_or_after(stamp.time_ns, self.config.clock_hz);
-        if arrival < now {
-            mem.fetch_add_u32(layout::LATE_ELEMENTS, 1, SeqCst);
-            arrival = now;
+        Some(bytemuck::pod_read_unaligned(&raw))
+    }
+
+    /// Elements the host queued since the device last looked (up to `tail`) must be
+    /// stamped no earlier than the device has simulated: one that is broke the host's
+    /// promise (or came from a host that does not stamp), and is counted. It is served
+    /// as if it had arrived now.
+    pub(super) fn timed_new_elements<M: SharedMemory>(&mut self, dbc: usize, tail: u32, mem: &M) {
+        let (now, hz) = (self.scheduler.now(), self.config.clock_hz);
+        let mut index = self.timed.channels[dbc].seen_tail;
+        while index != tail {
+            if self.read_stamp(dbc, index, mem).is_some_and(|s| clock::cycles_at_or_after(s.time_ns, hz) < now) {
+                mem.fetch_add_u32(layout::LATE_ELEMENTS, 1, SeqCst);
+            }
+            index = self.ring.next(index);
         }
+        self.timed.channels[dbc].seen_tail = tail;
+    }
+
+    /// Copies element `index` and its stamp out of the ring. It arrives at its stamp, or
+    /// now if it has been waiting behind others since.
+    fn read_pending<M: SharedMemory>(&mut self, dbc: usize, index: u32, mem: &M) -> Option<Pending> {
+        let element = self.read_element(dbc, index, mem)?;
+        let stamp = self.read_stamp(dbc, index, mem)?;
+        let arrival = clock::cycles_at_or_after(stamp.time_ns, self.config.clock_hz).max(self.scheduler.now());
         Some(Pending { index, element, flags: stamp.flags, arrival, ready: None })
     }
 
