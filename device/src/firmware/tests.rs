@@ -2,7 +2,7 @@ use super::*;
 use crate::container::{IoBinding, IoDType, IoDirection};
 use crate::dbc::{DoorbellWidth, SemOp};
 use crate::isa::{BinaryKind, DType, Instruction, Op, Tensor};
-use crate::memory::HeapMemory;
+use crate::memory::{HeapMemory, SharedMemory};
 use alloc::vec;
 
 const N: u32 = 16;
@@ -68,7 +68,10 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
-        let cfg = config();
+        Rig::with_config(config())
+    }
+
+    fn with_config(cfg: DeviceConfig) -> Rig {
         let mem = HeapMemory::new(cfg.map.total_bytes() as usize);
         let mut fw = Firmware::new(cfg);
         fw.boot(&mem);
@@ -111,6 +114,12 @@ impl Rig {
 
     fn host(&self, slot: u64) -> u64 {
         self.map.host_offset() + slot * 4096
+    }
+
+    /// Stamps the next element to push (simulated clock).
+    fn stamp(&mut self, time_ns: u64, flags: u32) {
+        let stamp = crate::clock::RequestStamp { time_ns, flags, reserved: 0 };
+        self.mem.write(self.map.request_stamp(self.dbc, self.tail), bytemuck::bytes_of(&stamp)).unwrap();
     }
 
     fn push(&mut self, e: RequestElement) {
@@ -426,4 +435,135 @@ fn each_run_publishes_a_record_the_host_can_read_once_its_outputs_are_taken() {
             assert_eq!(r.idle_since_cycle, read(&rig, seq - 1).end_cycle);
         }
     }
+}
+
+/// The simulated clock with a slow host link (64 B/us: one element of this program per
+/// microsecond) and no dispatch jitter, so every time below is exact.
+fn timed_config() -> DeviceConfig {
+    let mut cfg = config();
+    cfg.pacing = Pacing::Simulated;
+    cfg.cost.host_link_bytes_per_second = 64_000_000;
+    cfg.cost.dispatch_jitter_cycles = 0;
+    cfg
+}
+
+const US: u64 = 1_000;
+
+impl Rig {
+    /// One inference whose elements all reach the channel at `at_ns`; with `wakes`, its
+    /// output's response is one the host reacts to.
+    fn timed_inference(&mut self, id: u16, at_ns: u64, wakes: bool) {
+        let (h0, h1, h2) = (self.host(0), self.host(1), self.host(2));
+        for (i, e) in [
+            self.send_element(id, h0, 0, false),
+            self.send_element(id.wrapping_add(1), h1, BYTES, true),
+            self.fetch_element(id.wrapping_add(2), 2 * BYTES, h2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.stamp(at_ns, if i == 2 && wakes { crate::clock::STAMP_WAKES_HOST } else { 0 });
+            self.push(e);
+        }
+    }
+
+    /// The response stamps of the responses the host has not read yet, in ns.
+    fn response_times(&self) -> Vec<u64> {
+        let tail = self.mem.load_u32(self.map.dbc_reg(self.dbc, RSP_TAIL), Acquire);
+        let mut out = vec![];
+        let mut at = self.rsp_head;
+        while at != tail {
+            let mut raw = [0u8; 8];
+            self.mem.read(self.map.response_stamp(self.dbc, at), &mut raw).unwrap();
+            out.push(u64::from_le_bytes(raw));
+            at = (at + 1) % self.map.ring_nelem;
+        }
+        out
+    }
+}
+
+#[test]
+fn on_the_simulated_clock_an_element_waits_for_its_time_then_for_the_link() {
+    let mut rig = Rig::with_config(timed_config());
+    rig.timed_inference(100, 50 * US, false);
+    assert_eq!(rig.run(), 3);
+    let run = rig.fw.last_run(rig.dbc).unwrap();
+    let hz = rig.fw.config().clock_hz;
+    let ns = |cycles: u64| crate::clock::ns_at_or_after(cycles, hz);
+    // The inputs cross the link one after the other from 50 us; the program starts
+    // when the second has landed; the output crosses after the program.
+    let times = rig.response_times();
+    assert_eq!(times.len(), 3);
+    assert_eq!(times[0], 51 * US, "first input: its time, then 1 us on the link");
+    assert_eq!(times[1], 52 * US, "second input waits for the link");
+    assert_eq!(ns(run.start_cycle), 52 * US, "the program starts when its inputs have landed");
+    assert_eq!(
+        times[2],
+        ns(run.end_cycle + crate::clock::cycles_at_or_after(US, hz)),
+        "output: the program, then the link"
+    );
+    assert_eq!(rig.mem.load_u32(layout::LATE_ELEMENTS, Acquire), 0);
+}
+
+#[test]
+fn the_device_stops_short_of_the_hosts_promise_and_says_how_far_it_got() {
+    let mut rig = Rig::with_config(timed_config());
+    let promise = 80 * US;
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), promise, Release);
+    // Something to do before the promise, and something after it.
+    rig.timed_inference(1, 10 * US, false);
+    rig.timed_inference(4, 200 * US, false);
+    rig.run();
+    let now = rig.mem.load_u64(layout::DEVICE_NOW_NS, Acquire);
+    assert!(now < promise && now + 1 >= promise - 1, "simulated up to just before the promise: {now}");
+    assert_eq!(rig.responses().len(), 3, "the inference before the promise completed, the one after did not start");
+    // The host moves its promise on: the second inference goes through.
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    rig.run();
+    assert_eq!(rig.response_times().first().copied(), Some(201 * US));
+    assert_eq!(rig.responses().len(), 3);
+    assert_eq!(rig.mem.load_u32(layout::LATE_ELEMENTS, Acquire), 0);
+}
+
+#[test]
+fn inputs_queued_behind_a_waiting_output_cross_the_link_during_the_run_but_land_in_order() {
+    let mut rig = Rig::with_config(timed_config());
+    rig.timed_inference(1, 10 * US, false);
+    rig.timed_inference(4, 10 * US, false);
+    assert_eq!(rig.run(), 6);
+    let hz = rig.fw.config().clock_hz;
+    let link = crate::clock::cycles_at_or_after(US, hz);
+    let mut raw = [0u8; 64];
+    let record = |rig: &Rig, seq: u64, raw: &mut [u8; 64]| {
+        rig.mem.read(rig.map.run_record(rig.dbc, seq), raw).unwrap();
+        bytemuck::pod_read_unaligned::<crate::run_record::RunRecord>(raw)
+    };
+    let (first, second) = (record(&rig, 1, &mut raw), record(&rig, 2, &mut raw));
+    // The second inference's inputs cross the inbound link from the moment the first run
+    // starts (its output waits at the head), while the first's output crosses the
+    // outbound one; in ring order they would only start after that output.
+    assert_eq!(second.start_cycle, first.start_cycle + 2 * link, "{first:?} {second:?}");
+    assert!(second.start_cycle < first.outputs_taken_cycle + 2 * link);
+    assert!(second.ready_cycle >= first.outputs_taken_cycle, "they take effect after the first's output");
+    let times = rig.response_times();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "responses in ring order and time: {times:?}");
+}
+
+#[test]
+fn a_waking_response_holds_the_device_until_the_host_accounts_for_it() {
+    let mut rig = Rig::with_config(timed_config());
+    let lookahead = 30 * US;
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::LOOKAHEAD_NS), lookahead, Release);
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    rig.timed_inference(1, 10 * US, true);
+    rig.timed_inference(4, 500 * US, true);
+    rig.run();
+    let woke = *rig.response_times().last().unwrap();
+    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES), Acquire), 1);
+    let now = rig.mem.load_u64(layout::DEVICE_NOW_NS, Acquire);
+    assert!(now < woke + lookahead, "held within the lookahead of the completion: {now} vs {woke} + {lookahead}");
+    // The host accounts for it (and promises nothing): the device goes on.
+    rig.mem.store_u32(rig.map.clock_reg(rig.dbc, crate::clock::HOST_ACKED), 1, Release);
+    rig.run();
+    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES), Acquire), 2);
 }
