@@ -242,13 +242,17 @@ fn plan(args: &Args) -> Result<Plan, String> {
             };
             if queries > MAX_QUERIES {
                 return Err(format!(
-                    "--target-qps {qps}: {queries:e} queries; a run schedules at most {MAX_QUERIES:e}"
+                    "--target-qps {}: {} queries; a run schedules at most {}",
+                    shown(qps),
+                    shown(queries),
+                    shown(MAX_QUERIES)
                 ));
             }
             if queries / qps > MAX_TIME_S {
                 return Err(format!(
-                    "--target-qps {qps}: {queries} queries would take {:e} s to arrive; at most {MAX_TIME_S} s",
-                    queries / qps
+                    "--target-qps {}: {queries} queries would take {} s to arrive; at most {MAX_TIME_S} s",
+                    shown(qps),
+                    shown(queries / qps)
                 ));
             }
             RunLimit::Arrivals(Arc::new(poisson_arrivals(queries as u64, qps, args.seed)))
