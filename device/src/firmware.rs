@@ -28,7 +28,7 @@ use crate::dbc::{
 };
 use crate::extent::ExtentAllocator;
 use crate::layout::{self, DeviceStatus, MemoryMap};
-use crate::memory::SharedMemory;
+use crate::memory::{CopyTicket, SharedMemory};
 use crate::nsp::{self, CostModel, Limits, NspCore};
 use crate::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
 use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
@@ -231,6 +231,8 @@ pub struct Firmware {
     hung: bool,
     /// What the simulated clock needs per channel and of the host link.
     timed: timed::Timed,
+    /// The bytes of the element about to take effect, already moving.
+    prestarted: Option<CopyTicket>,
 }
 
 impl Firmware {
@@ -257,6 +259,7 @@ impl Firmware {
             model_rng: config.seed,
             elements_done: 0,
             timed: timed::Timed::default(),
+            prestarted: None,
             hung: false,
             scheduler: {
                 let mut s = Scheduler::new(config.cost, config.clock_hz);
@@ -453,7 +456,12 @@ impl Firmware {
                 },
                 Stage::PostSync { element, next } => (element, Some(next)),
             };
-            match self.run_element(dbc, &element, resume, mem) {
+            let step = self.run_element(dbc, &element, resume, mem);
+            if let Some(ticket) = self.prestarted.take() {
+                // The element did not take its bytes (it failed): they still land.
+                mem.copy_finish(ticket);
+            }
+            match step {
                 Step::Blocked(stage) => {
                     ch.stage = stage;
                     break;
@@ -632,6 +640,11 @@ impl Firmware {
                 let len = u64::from(e.len);
                 let moved = match checked.cmd.direction {
                     Direction::None => Ok(()),
+                    // Already on its way (simulated clock): it lands now.
+                    Direction::ToDevice if self.prestarted.is_some() => {
+                        mem.copy_finish(self.prestarted.take().unwrap_or(CopyTicket::DONE));
+                        Ok(())
+                    }
                     Direction::ToDevice => mem.copy(e.src_addr, map.ddr_offset() + e.dest_addr, len),
                     Direction::FromDevice => mem.copy(map.ddr_offset() + e.src_addr, e.dest_addr, len),
                 };

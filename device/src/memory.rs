@@ -26,6 +26,16 @@ pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), OutOfRange> {
     }
 }
 
+/// A copy started with [`SharedMemory::copy_start`], to finish with
+/// [`SharedMemory::copy_finish`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyTicket(pub u64);
+
+impl CopyTicket {
+    /// A copy that is already done.
+    pub const DONE: CopyTicket = CopyTicket(0);
+}
+
 /// Memory shared between the host and the device, addressed by byte offsets.
 ///
 /// Bulk accesses (`read`, `write`, `copy`) carry no ordering of their own: the ring
@@ -58,6 +68,15 @@ pub trait SharedMemory {
     fn store_u64(&self, offset: u64, value: u64, order: Ordering);
     /// Wakes whoever sleeps on the 32-bit word at `offset` (a futex wake).
     fn wake(&self, offset: u64);
+    /// Starts a [`SharedMemory::copy`] that may go on beside the caller (a DMA engine of
+    /// its own); the destination holds the bytes once [`SharedMemory::copy_finish`]
+    /// returns. Nothing may read the destination or write either range before then. By
+    /// default the copy happens now.
+    fn copy_start(&self, src: u64, dst: u64, len: u64) -> Result<CopyTicket, OutOfRange> {
+        self.copy(src, dst, len).map(|()| CopyTicket::DONE)
+    }
+    /// Waits for a copy started with [`SharedMemory::copy_start`].
+    fn copy_finish(&self, _ticket: CopyTicket) {}
     /// This memory as one that several threads may `read` and `write` at once (on
     /// disjoint ranges), if it is: the device then spreads large transfers over its
     /// helper thread ([`crate::parallel`]). None by default.

@@ -7,9 +7,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aicsim_device::memory::{check_range, OutOfRange, SharedMemory};
+use parking_lot::Mutex;
+
+use aicsim_device::memory::{check_range, CopyTicket, OutOfRange, SharedMemory};
 use memmap2::{MmapOptions, MmapRaw};
 
 /// A shared mapping of `size` bytes.
@@ -17,6 +21,54 @@ pub struct SharedRegion {
     map: MmapRaw,
     size: u64,
     _file: File,
+    /// The copy engine, started with the first copy that may run beside its caller.
+    dma: OnceLock<DmaEngine>,
+}
+
+/// One copy inside the region: source and destination addresses, length, ticket.
+type CopyJob = (usize, usize, usize, u64);
+
+/// A thread that carries out copies inside the region in the order they were started
+/// (the device's DMA engine, beside the thread that runs the firmware).
+struct DmaEngine {
+    jobs: Mutex<Option<mpsc::Sender<CopyJob>>>,
+    /// The last ticket whose copy is done.
+    done: Arc<AtomicU64>,
+    next: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DmaEngine {
+    fn start() -> DmaEngine {
+        let (tx, rx) = mpsc::channel::<CopyJob>();
+        let done = Arc::new(AtomicU64::new(0));
+        let finished = done.clone();
+        let thread = std::thread::Builder::new()
+            .name("aicsim-dma".into())
+            .spawn(move || {
+                for (src, dst, len, ticket) in rx {
+                    // SAFETY: `copy_start` checked both ranges against the mapping, which
+                    // outlives this thread (the region joins it before unmapping), and its
+                    // caller holds off every other access to them until `copy_finish`.
+                    unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+                    // Release: the bytes are in place before the ticket says so.
+                    finished.store(ticket, Ordering::Release);
+                }
+            })
+            .expect("spawn the DMA thread");
+        DmaEngine { jobs: Mutex::new(Some(tx)), done, next: AtomicU64::new(0), thread: Mutex::new(Some(thread)) }
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        if let Some(dma) = self.dma.get() {
+            dma.jobs.lock().take();
+            if let Some(t) = dma.thread.lock().take() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 impl SharedRegion {
@@ -58,7 +110,7 @@ impl SharedRegion {
     pub fn from_file(file: File, size: u64) -> io::Result<SharedRegion> {
         let len = usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(SharedRegion { map, size, _file: file })
+        Ok(SharedRegion { map, size, _file: file, dma: OnceLock::new() })
     }
 
     fn word(&self, offset: u64) -> &AtomicU32 {
@@ -159,6 +211,29 @@ impl SharedMemory for SharedRegion {
 
     fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
         self.dword(offset).load(order)
+    }
+
+    fn copy_start(&self, src: u64, dst: u64, len: u64) -> Result<CopyTicket, OutOfRange> {
+        check_range(src, len, self.size)?;
+        check_range(dst, len, self.size)?;
+        let dma = self.dma.get_or_init(DmaEngine::start);
+        let ticket = dma.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let base = self.map.as_mut_ptr() as usize;
+        let job = (base + src as usize, base + dst as usize, len as usize, ticket);
+        match dma.jobs.lock().as_ref().map(|tx| tx.send(job)) {
+            Some(Ok(())) => Ok(CopyTicket(ticket)),
+            // The engine is gone (the region is being dropped): copy here.
+            _ => self.copy(src, dst, len).map(|()| CopyTicket::DONE),
+        }
+    }
+
+    fn copy_finish(&self, ticket: CopyTicket) {
+        let Some(dma) = self.dma.get() else { return };
+        let mut round = 0;
+        // Acquire: pairs with the engine's Release; the bytes are visible after this.
+        while dma.done.load(Ordering::Acquire) < ticket.0 {
+            crate::threads::relax(&mut round);
+        }
     }
 
     fn store_u64(&self, offset: u64, value: u64, order: Ordering) {

@@ -17,7 +17,8 @@ use super::{Firmware, Serviced};
 use crate::clock::{self, RequestStamp, NO_PROMISE, REQUEST_STAMP_BYTES, STAMP_WAKES_HOST};
 use crate::dbc::{Direction, RequestElement, Ring, NUM_DBC};
 use crate::layout;
-use crate::memory::SharedMemory;
+use crate::memory::{CopyTicket, SharedMemory};
+use crate::scheduler::ExecMode;
 
 /// Most inbound elements past a blocked head whose transfer is timed early.
 const READ_AHEAD: usize = 64;
@@ -32,6 +33,8 @@ struct Pending {
     arrival: u64,
     /// When its transfer over the host link ends, once timed.
     ready: Option<u64>,
+    /// Its bytes, already on their way (see [`Firmware::prestart`]).
+    copy: Option<CopyTicket>,
 }
 
 #[derive(Default)]
@@ -202,11 +205,17 @@ impl Firmware {
             None => {
                 let ready = self.take_link(direction, head.element.len, now);
                 head.ready = Some(ready);
+                head.copy = self.prestart(&head.element, direction, mem);
                 self.timed.channels[dbc].head = Some(head);
                 ready
             }
         };
-        (ready <= now).then_some(head.element)
+        if ready > now {
+            return None;
+        }
+        self.prestarted = head.copy.take();
+        self.timed.channels[dbc].head = Some(head);
+        Some(head.element)
     }
 
     fn read_stamp<M: SharedMemory>(&self, dbc: usize, index: u32, mem: &M) -> Option<RequestStamp> {
@@ -237,7 +246,7 @@ impl Firmware {
         let element = self.read_element(dbc, index, mem)?;
         let stamp = self.read_stamp(dbc, index, mem)?;
         let arrival = clock::cycles_at_or_after(stamp.time_ns, self.config.clock_hz).max(self.scheduler.now());
-        Some(Pending { index, element, flags: stamp.flags, arrival, ready: None })
+        Some(Pending { index, element, flags: stamp.flags, arrival, ready: None, copy: None })
     }
 
     /// Starts a transfer of `len` bytes over the host link in `direction` at `now` (or
@@ -248,6 +257,19 @@ impl Firmware {
         let end = start + self.config.cost.host_link_cycles(u64::from(len), self.config.clock_hz);
         self.timed.link_free[way] = end;
         end
+    }
+
+    /// In a timing run, an inbound transfer's bytes start moving as soon as it is timed,
+    /// beside the firmware (the DMA bridge's own engine): no program reads its
+    /// destination before it lands, and the host does not touch its buffer while it is
+    /// queued. It lands, in ring order, when the element takes effect. A functional run
+    /// moves them then instead: a running program may still be reading the old inputs.
+    fn prestart<M: SharedMemory>(&self, e: &RequestElement, direction: Direction, mem: &M) -> Option<CopyTicket> {
+        if direction != Direction::ToDevice || self.config.mode != ExecMode::Timing {
+            return None;
+        }
+        let dst = self.config.map.ddr_offset().checked_add(e.dest_addr)?;
+        mem.copy_start(e.src_addr, dst, u64::from(e.len)).ok()
     }
 
     /// While the head waits for its program, inbound elements queued behind it that have
@@ -275,8 +297,10 @@ impl Firmware {
             }
             if pending.ready.is_none() {
                 let ready = self.take_link(Direction::ToDevice, pending.element.len, now);
+                let copy = self.prestart(&pending.element, Direction::ToDevice, mem);
                 if let Some(p) = self.timed.channels[dbc].ahead.get_mut(slot) {
                     p.ready = Some(ready);
+                    p.copy = copy;
                 }
             }
             index = ring.next(index);

@@ -12,7 +12,7 @@
 
 use alloc::vec::Vec;
 
-use super::plan::Step;
+use super::plan::{Access, Step};
 use super::CoreStats;
 use crate::nsp::Engine;
 
@@ -79,12 +79,13 @@ impl CoreRun {
         CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
     }
 
-    /// The earliest start of `step`, the instruction at `pc`, among the core's `steps`;
+    /// The earliest start of `step`, the instruction at `pc`, whose core's steps touch
+    /// `accesses`;
     /// or, while that depends on a transfer over a shared path, [`Blocked`]. The device
     /// clock is at `now`: a transfer over a shared path that has not ended ends after
     /// it.
     #[inline]
-    pub fn earliest(&self, step: &Step, steps: &[Step], now: u64) -> Result<u64, Blocked> {
+    pub fn earliest(&self, step: &Step, accesses: &[Access], now: u64) -> Result<u64, Blocked> {
         let mut t = self.clock;
         // The same engine's instructions still in flight: how many, the first to end, and
         // whether one's end is not known. No more than `room` are ever in flight (an
@@ -99,7 +100,7 @@ impl CoreRun {
             if end > t
                 && (step.waits_all
                     || f.engine == Engine::Sync
-                    || steps.get(f.op as usize).is_some_and(|s| s.access.conflicts(&step.access)))
+                    || accesses.get(f.op as usize).is_some_and(|a| a.conflicts(&step.access)))
             {
                 if end == UNKNOWN {
                     return Err(Blocked::Transfer);

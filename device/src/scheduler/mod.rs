@@ -545,6 +545,7 @@ impl Scheduler {
     fn run_core<M: SharedMemory>(&mut self, slot: usize, c: usize, memory: &mut Memory<'_, M>) {
         let Some(plan) = self.jobs[slot].as_ref().map(|j| j.plan.clone()) else { return };
         let steps = plan.core_steps(c);
+        let accesses = plan.core_accesses(c);
         // Instructions of fixed cost need only be started: their statistics are the plan's.
         let fast =
             self.jobs[slot].as_ref().is_some_and(|j| j.plan_cost && !j.traced) && memory.mode != ExecMode::Functional;
@@ -559,7 +560,7 @@ impl Scheduler {
                 self.fault(slot, fault, t);
                 return;
             };
-            let t = match job.cores[c].earliest(step, steps, self.now) {
+            let t = match job.cores[c].earliest(step, accesses, self.now) {
                 Ok(t) => t,
                 Err(blocked) => {
                     job.cores[c].state = State::Moving;
@@ -660,13 +661,15 @@ impl Scheduler {
                 }
                 let end = (moving == 0).then_some(local_end);
                 let lower_bound = end.unwrap_or_else(|| {
-                    let at_most = |bytes: u64, rate: f64| ready + fluid::cycles_for(bytes as f64, rate);
-                    let ddr =
-                        at_most(paths.ddr_bytes, self.ddr_bytes_per_cycle.min(self.cost.dma_bytes_per_cycle as f64));
-                    let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
-                    let noc_cap = pool * paths.noc_bytes as f64 / paths.bytes.max(1) as f64;
-                    let noc = at_most(paths.noc_bytes, self.noc_bytes_per_cycle.min(noc_cap));
-                    local_end.max(if paths.ddr { ddr } else { noc })
+                    // Its bytes at the most its path allows.
+                    let (bytes, rate) = if paths.ddr {
+                        (paths.ddr_bytes, self.ddr_bytes_per_cycle.min(self.cost.dma_bytes_per_cycle as f64))
+                    } else {
+                        let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
+                        let cap = pool * paths.noc_bytes as f64 / paths.bytes.max(1) as f64;
+                        (paths.noc_bytes, self.noc_bytes_per_cycle.min(cap))
+                    };
+                    local_end.max(ready + fluid::cycles_for(bytes as f64, rate))
                 });
                 run.push(InFlight { op, engine: step.engine, start: t, end, moving, local_end, lower_bound });
                 if let Some(end) = end {

@@ -18,6 +18,9 @@ use super::CoreStats;
 pub struct Plan {
     streams: Vec<Vec<Op>>,
     steps: Vec<Vec<Step>>,
+    /// Each step's bytes again, packed together: the hazard check reads them for every
+    /// instruction in flight.
+    accesses: Vec<Vec<Access>>,
     cost: CostModel,
     /// Per core, the statistics of every instruction whose cycles do not depend on what
     /// else runs: the same in every run, so a run starts from them and adds only the
@@ -40,7 +43,8 @@ impl Plan {
                 stats
             })
             .collect();
-        Plan { streams, steps, cost: *cost, fixed }
+        let accesses = steps.iter().map(|core| core.iter().map(|s| s.access).collect()).collect();
+        Plan { streams, steps, accesses, cost: *cost, fixed }
     }
 
     /// The statistics of core `core`'s fixed-cost instructions (see [`Step::fixed_cycles`]).
@@ -64,6 +68,11 @@ impl Plan {
     /// Core `core`'s steps (empty past the last core).
     pub(super) fn core_steps(&self, core: usize) -> &[Step] {
         self.steps.get(core).map_or(&[], Vec::as_slice)
+    }
+
+    /// Core `core`'s steps' byte ranges (empty past the last core).
+    pub(super) fn core_accesses(&self, core: usize) -> &[Access] {
+        self.accesses.get(core).map_or(&[], Vec::as_slice)
     }
 }
 
