@@ -200,8 +200,9 @@ where
             }
             device.wait_progress(progress, Duration::from_millis(20));
         }
-        for a in 0..activations.len() {
-            device.promise(activations[a].channel(), NO_PROMISE, self.channels[a].acked)?;
+        // Done: the device need not wait for these channels any more.
+        for (activation, book) in activations.iter().zip(&self.channels) {
+            device.promise(activation.channel(), NO_PROMISE, book.acked)?;
         }
         if let Some(e) = self.failure {
             return Err(e);

@@ -52,16 +52,11 @@ struct TimedChannel {
 }
 
 /// What the simulated clock keeps beside the firmware's state.
+#[derive(Default)]
 pub(super) struct Timed {
     channels: [TimedChannel; NUM_DBC],
     /// When each direction of the host link is free: to the device, from it.
     link_free: [u64; 2],
-}
-
-impl Default for Timed {
-    fn default() -> Timed {
-        Timed { channels: Default::default(), link_free: [0; 2] }
-    }
 }
 
 impl Firmware {
