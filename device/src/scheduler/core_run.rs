@@ -32,6 +32,13 @@ pub(super) struct InFlight {
     pub lower_bound: u64,
 }
 
+impl InFlight {
+    /// An instruction running from `start` to `end`, both known.
+    pub fn fixed(op: u32, engine: Engine, start: u64, end: u64) -> InFlight {
+        InFlight { op, engine, start, end: Some(end), moving: 0, local_end: end, lower_bound: end }
+    }
+}
+
 /// Where a core stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {

@@ -577,15 +577,7 @@ impl Scheduler {
                 run.stats.instructions += 1;
                 self.instructions += 1;
                 let end = t + cycles;
-                run.push(InFlight {
-                    op: index as u32,
-                    engine: step.engine,
-                    start: t,
-                    end: Some(end),
-                    moving: 0,
-                    local_end: end,
-                    lower_bound: end,
-                });
+                run.push(InFlight::fixed(index as u32, step.engine, t, end));
                 continue;
             }
             match step.action {
@@ -678,15 +670,7 @@ impl Scheduler {
             }
             _ => {
                 let end = t + cycles;
-                run.push(InFlight {
-                    op,
-                    engine: step.engine,
-                    start: t,
-                    end: Some(end),
-                    moving: 0,
-                    local_end: end,
-                    lower_bound: end,
-                });
+                run.push(InFlight::fixed(op, step.engine, t, end));
                 job.account(c, op, step, t, end);
                 if let Action::Signal { .. } = step.action {
                     self.events.push(Reverse((end, id, c as u32, op, Happening::Signalled)));
@@ -738,15 +722,7 @@ impl Scheduler {
             if let State::AtBarrier { .. } = run.state {
                 let op = run.pc as u32;
                 run.begin(release);
-                run.push(InFlight {
-                    op,
-                    engine: Engine::Sync,
-                    start: release,
-                    end: Some(release + lat),
-                    moving: 0,
-                    local_end: release + lat,
-                    lower_bound: release + lat,
-                });
+                run.push(InFlight::fixed(op, Engine::Sync, release, release + lat));
                 run.pc += 1;
                 run.stats.instructions += 1;
                 run.state = State::Running;
