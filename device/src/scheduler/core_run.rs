@@ -12,7 +12,7 @@
 
 use alloc::vec::Vec;
 
-use super::plan::{Access, Step};
+use super::plan::{Access, Conflicts, Step};
 use super::CoreStats;
 use crate::nsp::Engine;
 
@@ -86,13 +86,13 @@ impl CoreRun {
         CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
     }
 
-    /// The earliest start of `step`, the instruction at `pc`, whose core's steps touch
-    /// `accesses`;
+    /// The earliest start of `step`, the instruction at `pc` (which `conflicts` with the
+    /// instructions just before it), whose core's steps touch `accesses`;
     /// or, while that depends on a transfer over a shared path, [`Blocked`]. The device
     /// clock is at `now`: a transfer over a shared path that has not ended ends after
     /// it.
     #[inline]
-    pub fn earliest(&self, step: &Step, accesses: &[Access], now: u64) -> Result<u64, Blocked> {
+    pub fn earliest(&self, step: &Step, conflicts: Conflicts, accesses: &[Access], now: u64) -> Result<u64, Blocked> {
         let mut t = self.clock;
         // The same engine's instructions still in flight: how many, the first to end, and
         // whether one's end is not known. No more than `room` are ever in flight (an
@@ -107,7 +107,9 @@ impl CoreRun {
             if end > t
                 && (step.waits_all
                     || f.engine == Engine::Sync
-                    || accesses.get(f.op as usize).is_some_and(|a| a.conflicts(&step.access)))
+                    || conflicts
+                        .with(self.pc, f.op as usize)
+                        .unwrap_or_else(|| accesses.get(f.op as usize).is_some_and(|a| a.conflicts(&step.access))))
             {
                 if end == UNKNOWN {
                     return Err(Blocked::Transfer);

@@ -181,7 +181,7 @@ enum Advanced {
 }
 
 /// Something that happens at a known cycle to instruction `op` of core `core` of a job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Happening {
     /// A DMA's setup is over: its bytes start moving over DDR.
     DdrReady,
@@ -197,8 +197,27 @@ enum Happening {
     JobEnds,
 }
 
-/// (cycle, job, core, instruction, what): ordered so that ties happen in a fixed order.
-type Event = (u64, JobId, u32, u32, Happening);
+/// (cycle, job, core, instruction and what, packed): ordered so that ties happen in a
+/// fixed order, and cheap to compare.
+type Event = (u64, JobId, u64);
+
+const HAPPENINGS: [Happening; 6] = [
+    Happening::DdrReady,
+    Happening::NocReady,
+    Happening::Signalled,
+    Happening::WaitCheck,
+    Happening::Recheck,
+    Happening::JobEnds,
+];
+
+fn event(at: u64, job: JobId, core: u32, op: u32, what: Happening) -> Reverse<Event> {
+    Reverse((at, job, u64::from(core) << 40 | u64::from(op) << 8 | what as u64))
+}
+
+/// The core, instruction and happening of an event's packed part.
+fn unpack(rest: u64) -> (u32, u32, Happening) {
+    ((rest >> 40) as u32, (rest >> 8) as u32, HAPPENINGS[(rest & 0xFF) as usize % HAPPENINGS.len()])
+}
 
 /// Slots for jobs; a job's id carries its slot in the low bits.
 const SLOT_BITS: u32 = 16;
@@ -325,7 +344,7 @@ impl Scheduler {
         self.running += 1;
         self.runnable.extend((0..cores.len()).map(|c| (slot, c)));
         if cores.is_empty() {
-            self.events.push(Reverse((now, id, 0, 0, Happening::JobEnds)));
+            self.events.push(event(now, id, 0, 0, Happening::JobEnds));
         }
         id
     }
@@ -444,11 +463,12 @@ impl Scheduler {
             self.moved(id, core as usize, op);
         }
         self.finished = finished;
-        while let Some(&Reverse((at, id, core, op, what))) = self.events.peek() {
+        while let Some(&Reverse((at, id, rest))) = self.events.peek() {
             if at > next {
                 break;
             }
             self.events.pop();
+            let (core, op, what) = unpack(rest);
             self.happen(id, core as usize, op, what);
         }
         if at_limit {
@@ -546,6 +566,7 @@ impl Scheduler {
         let Some(plan) = self.jobs[slot].as_ref().map(|j| j.plan.clone()) else { return };
         let steps = plan.core_steps(c);
         let accesses = plan.core_accesses(c);
+        let conflicts = plan.core_conflicts(c);
         // Instructions of fixed cost need only be started: their statistics are the plan's.
         let fast =
             self.jobs[slot].as_ref().is_some_and(|j| j.plan_cost && !j.traced) && memory.mode != ExecMode::Functional;
@@ -560,12 +581,13 @@ impl Scheduler {
                 self.fault(slot, fault, t);
                 return;
             };
-            let t = match job.cores[c].earliest(step, accesses, self.now) {
+            let hazards = conflicts.get(index).copied().unwrap_or_default();
+            let t = match job.cores[c].earliest(step, hazards, accesses, self.now) {
                 Ok(t) => t,
                 Err(blocked) => {
                     job.cores[c].state = State::Moving;
                     if let Blocked::Until(at) = blocked {
-                        self.events.push(Reverse((at, job.id, c as u32, index as u32, Happening::Recheck)));
+                        self.events.push(event(at, job.id, c as u32, index as u32, Happening::Recheck));
                     }
                     return;
                 }
@@ -604,7 +626,7 @@ impl Scheduler {
                         // that signals before then.
                         job.cores[c].clock = t;
                         job.cores[c].state = State::WaitCheck { at: t };
-                        self.events.push(Reverse((t, job.id, c as u32, index as u32, Happening::WaitCheck)));
+                        self.events.push(event(t, job.id, c as u32, index as u32, Happening::WaitCheck));
                         return;
                     }
                     let have = &mut job.counters[counter as usize];
@@ -646,10 +668,10 @@ impl Scheduler {
                 let local_end = paths.local_cycles.map_or(t, |l| ready + l);
                 let moving = u8::from(paths.ddr) + u8::from(paths.noc_bytes > 0);
                 if paths.ddr {
-                    self.events.push(Reverse((ready, id, c as u32, op, Happening::DdrReady)));
+                    self.events.push(event(ready, id, c as u32, op, Happening::DdrReady));
                 }
                 if paths.noc_bytes > 0 {
-                    self.events.push(Reverse((ready, id, c as u32, op, Happening::NocReady)));
+                    self.events.push(event(ready, id, c as u32, op, Happening::NocReady));
                 }
                 let end = (moving == 0).then_some(local_end);
                 let lower_bound = end.unwrap_or_else(|| {
@@ -673,7 +695,7 @@ impl Scheduler {
                 run.push(InFlight::fixed(op, step.engine, t, end));
                 job.account(c, op, step, t, end);
                 if let Action::Signal { .. } = step.action {
-                    self.events.push(Reverse((end, id, c as u32, op, Happening::Signalled)));
+                    self.events.push(event(end, id, c as u32, op, Happening::Signalled));
                 }
             }
         }
@@ -693,7 +715,7 @@ impl Scheduler {
         let job = self.jobs[slot].as_mut().expect("slot of a running job");
         if job.fault.is_none() {
             job.fault = Some(fault);
-            self.events.push(Reverse((t.max(self.now), job.id, 0, 0, Happening::JobEnds)));
+            self.events.push(event(t.max(self.now), job.id, 0, 0, Happening::JobEnds));
         }
     }
 
@@ -746,7 +768,7 @@ impl Scheduler {
                 _ => return,
             }
         }
-        self.events.push(Reverse((last.max(self.now), job.id, 0, 0, Happening::JobEnds)));
+        self.events.push(event(last.max(self.now), job.id, 0, 0, Happening::JobEnds));
     }
 }
 

@@ -18,9 +18,11 @@ use super::CoreStats;
 pub struct Plan {
     streams: Vec<Vec<Op>>,
     steps: Vec<Vec<Step>>,
-    /// Each step's bytes again, packed together: the hazard check reads them for every
-    /// instruction in flight.
+    /// Each step's bytes again, packed together: the hazard check reads them for an
+    /// instruction in flight further back than [`Conflicts`] reaches.
     accesses: Vec<Vec<Access>>,
+    /// Per core, per step: which of the steps just before it it conflicts with.
+    conflicts: Vec<Vec<Conflicts>>,
     cost: CostModel,
     /// Per core, the statistics of every instruction whose cycles do not depend on what
     /// else runs: the same in every run, so a run starts from them and adds only the
@@ -43,8 +45,9 @@ impl Plan {
                 stats
             })
             .collect();
-        let accesses = steps.iter().map(|core| core.iter().map(|s| s.access).collect()).collect();
-        Plan { streams, steps, accesses, cost: *cost, fixed }
+        let accesses: Vec<Vec<Access>> = steps.iter().map(|core| core.iter().map(|s| s.access).collect()).collect();
+        let conflicts = accesses.iter().map(|core| Conflicts::of(core)).collect();
+        Plan { streams, steps, accesses, conflicts, cost: *cost, fixed }
     }
 
     /// The statistics of core `core`'s fixed-cost instructions (see [`Step::fixed_cycles`]).
@@ -73,6 +76,11 @@ impl Plan {
     /// Core `core`'s steps' byte ranges (empty past the last core).
     pub(super) fn core_accesses(&self, core: usize) -> &[Access] {
         self.accesses.get(core).map_or(&[], Vec::as_slice)
+    }
+
+    /// Core `core`'s steps' conflicts with the steps just before them.
+    pub(super) fn core_conflicts(&self, core: usize) -> &[Conflicts] {
+        self.conflicts.get(core).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -209,6 +217,37 @@ impl Step {
     }
 }
 
+/// Which of the [`Conflicts::REACH`] instructions just before one it conflicts with:
+/// bit `k` is the one `k + 1` places earlier. Worked out once per program, so the hazard
+/// check of an instruction against one in flight is a bit test, not seven range tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Conflicts(u64);
+
+impl Conflicts {
+    pub const REACH: usize = 64;
+
+    fn of(accesses: &[Access]) -> Vec<Conflicts> {
+        (0..accesses.len())
+            .map(|i| {
+                let mut bits = 0u64;
+                for k in 0..Conflicts::REACH.min(i) {
+                    if accesses[i].conflicts(&accesses[i - 1 - k]) {
+                        bits |= 1 << k;
+                    }
+                }
+                Conflicts(bits)
+            })
+            .collect()
+    }
+
+    /// Whether instruction `index` conflicts with the earlier `other`, if `other` is
+    /// within reach.
+    pub fn with(self, index: usize, other: usize) -> Option<bool> {
+        let k = index.checked_sub(other)?.checked_sub(1)?;
+        (k < Conflicts::REACH).then(|| self.0 >> k & 1 == 1)
+    }
+}
+
 /// The bytes an instruction reads and writes, as half-open ranges of one address space
 /// in which VTCM lies above DDR (which also holds the pool's bytes); an unused range is
 /// empty. Instructions of one core conflict when one writes what the other reads or
@@ -260,5 +299,50 @@ impl Access {
             | overlap(theirs, self.ranges[0])
             | overlap(theirs, self.ranges[1])
             | overlap(theirs, self.ranges[2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isa::{DType, UnaryKind};
+    use alloc::vec;
+
+    #[test]
+    fn the_conflict_bits_say_what_the_range_test_says_within_reach_and_nothing_beyond() {
+        // Unary ops over overlapping and disjoint VTCM windows, and DDR loads: every
+        // kind of overlap (read after write, write after read, write after write, none).
+        let ops: Vec<Op> = (0..150u64)
+            .map(|i| {
+                let at = |k: u64| Tensor::vtcm((i * 7 + k) % 40 * 64, DType::F16, &[64]);
+                if i % 5 == 0 {
+                    Op::DmaIn {
+                        dst: at(3),
+                        src: Tensor::ddr(i % 9 * 64, DType::F16, &[64]),
+                        multicast: 0,
+                        peer_bytes: 0,
+                    }
+                } else {
+                    Op::Unary { kind: UnaryKind::Relu, dst: at(1), src: at(0) }
+                }
+            })
+            .collect();
+        let plan = Plan::new(vec![ops], &CostModel::default());
+        let (accesses, conflicts) = (plan.core_accesses(0), plan.core_conflicts(0));
+        let mut seen = [0usize; 2];
+        for i in 0..accesses.len() {
+            for j in 0..i {
+                let exact = accesses[i].conflicts(&accesses[j]);
+                match conflicts[i].with(i, j) {
+                    Some(bit) => {
+                        assert_eq!(bit, exact, "{i} against {j}");
+                        seen[usize::from(bit)] += 1;
+                    }
+                    None => assert!(i - j > Conflicts::REACH, "{i} against {j} is within reach"),
+                }
+            }
+            assert_eq!(conflicts[i].with(i, i), None, "not against itself");
+        }
+        assert!(seen[0] > 100 && seen[1] > 100, "both answers occur: {seen:?}");
     }
 }
