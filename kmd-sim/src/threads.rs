@@ -31,6 +31,12 @@ pub(crate) fn relax(round: &mut u32) {
 /// Longest single sleep of the device, so stop requests and heartbeats keep flowing.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
 
+/// How long the device keeps polling (rather than sleeping) while it is held at the
+/// hosts' horizon on the simulated clock: the host's next promise is usually a reaction
+/// to a completion just posted, tens of microseconds of wall time away, and a sleep
+/// and wake-up cost about as much again.
+const HELD_SPIN: Duration = Duration::from_millis(1);
+
 /// What the device loop should do before its next pass.
 pub enum LoopControl {
     /// Service the rings.
@@ -77,7 +83,8 @@ pub fn serve_device(
             continue;
         }
         // A paced program still running finishes on the wall clock: keep polling.
-        if last_work.elapsed() < idle_spin || firmware.busy() {
+        let spin = if firmware.held_by_hosts() { idle_spin.max(HELD_SPIN) } else { idle_spin };
+        if last_work.elapsed() < spin || firmware.busy() {
             relax(&mut round);
             continue;
         }

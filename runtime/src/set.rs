@@ -64,6 +64,9 @@ pub struct Completion<'a> {
     pub device: Option<DeviceTiming>,
     /// The device's number for the run that served it (see [`Activation::run_profile`]).
     pub seq: u64,
+    /// Which of the run's input sets it read, when the run was given them
+    /// ([`InferenceSet::run_simulated`]).
+    pub input_set: Option<usize>,
     /// Why it failed, when the set reports errors per inference
     /// ([`InferenceSet::with_errors_reported`]); its outputs are then unspecified.
     pub error: Option<&'a RuntimeError>,
@@ -228,9 +231,12 @@ impl InferenceSet {
 
     /// Runs inferences until `limit` on the simulated clock (the device must run with
     /// `Pacing::Simulated`): every inference travels the whole stack, its timestamps
-    /// come from `host` and the device, and `limit`'s durations are simulated. Inference
-    /// `i` takes input set `inputs[i % inputs.len()]`, already in the device's format
-    /// ([`Program::device_inputs`]); with none, the buffers keep what they hold.
+    /// come from `host` and the device, and `limit`'s durations are simulated. The
+    /// input sets are already in the device's format ([`Program::device_inputs`]); slot
+    /// `s` of activation `a` holds set `(a * set_size + s) % inputs.len()`, written
+    /// before its first inference and read by the device for every one after (the host's
+    /// per-inference pre-processing is timed by `host`, not repeated); with none, the
+    /// buffers keep what they hold.
     /// `on_complete` sees each finished inference, in the order they complete, on the
     /// calling thread. The first error stops the run (inferences in flight are still
     /// taken in) and is returned. See `simulated` for how time is kept.
@@ -395,6 +401,7 @@ impl InferenceSet {
                 in_flight_total: job.in_flight_total,
                 device,
                 seq: job.seq,
+                input_set: None,
                 error: error.as_ref(),
             });
         }

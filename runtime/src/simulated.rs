@@ -56,6 +56,9 @@ struct Lane {
     activation: usize,
     slot: InferenceSlot,
     state: LaneState,
+    /// Whether the slot's input buffers hold its input set yet (the device only reads
+    /// them, so it is written once).
+    filled: bool,
 }
 
 /// One activation's channel as the engine sees it.
@@ -116,7 +119,7 @@ where
         let mut lanes = Vec::new();
         for (a, activation) in set.activations().iter().enumerate() {
             for _ in 0..set.set_size() {
-                lanes.push(Lane { activation: a, slot: activation.new_slot()?, state: LaneState::Done });
+                lanes.push(Lane { activation: a, slot: activation.new_slot()?, state: LaneState::Done, filled: false });
             }
         }
         let outputs = program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
@@ -215,14 +218,26 @@ where
     }
 
     /// How far the device has simulated, and the waking responses it has posted on each
-    /// channel by then.
+    /// channel: every one before that moment, and perhaps some after, but always all
+    /// those before the latest one seen. The device posts in time order and goes on while
+    /// the channels are read one after another, so one read could see a later response on
+    /// one channel and miss an earlier one on a channel read before it; the counts are read
+    /// until two passes agree, which rules that out (a count seen in the first pass makes
+    /// every response posted before it visible to the second).
     fn device_view(&self) -> Result<(u64, Vec<u32>)> {
         let activations = self.set.activations();
         let device = activations[0].device();
         let now = device.device_progress(activations[0].channel())?.0;
-        let wakes: std::result::Result<Vec<u32>, DriverError> =
-            activations.iter().map(|a| device.device_progress(a.channel()).map(|p| p.1)).collect();
-        Ok((now, wakes?))
+        let read =
+            || -> Result<Vec<u32>> { activations.iter().map(|a| Ok(device.device_progress(a.channel())?.1)).collect() };
+        let mut wakes = read()?;
+        loop {
+            let again = read()?;
+            if again == wakes {
+                return Ok((now, wakes));
+            }
+            wakes = again;
+        }
     }
 
     /// When a lane free from `at` takes up its next request, if it takes one up at all.
@@ -262,9 +277,10 @@ where
         ts.pre_proc_end = ts.pre_proc_start + self.host.pre_proc_ns(program.device_input_bytes());
         ts.kernel_submit = ts.pre_proc_end + self.host.submit_ns;
         ts.submitted = ts.kernel_submit + self.host.exec_to_vc_ns;
-        let slot = &self.lanes[lane].slot;
-        if !self.inputs.is_empty() {
-            slot.write_device_inputs(program, &self.inputs[index as usize % self.inputs.len()])?;
+        if !self.inputs.is_empty() && !self.lanes[lane].filled {
+            let set = &self.inputs[lane % self.inputs.len()];
+            self.lanes[lane].slot.write_device_inputs(program, set)?;
+            self.lanes[lane].filled = true;
         }
         let seq = self.submit(lane, ts.submitted)?;
         let book = &mut self.channels[a];
@@ -395,6 +411,7 @@ where
                 in_flight_total,
                 device,
                 seq: flight.seq,
+                input_set: (!self.inputs.is_empty()).then(|| lane % self.inputs.len()),
                 error: error.as_ref(),
             });
         }

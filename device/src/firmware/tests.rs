@@ -4,6 +4,7 @@ use crate::dbc::{DoorbellWidth, SemOp};
 use crate::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use crate::memory::{HeapMemory, SharedMemory};
 use alloc::vec;
+use core::sync::atomic::Ordering;
 
 const N: u32 = 16;
 const BYTES: u64 = N as u64 * 4;
@@ -566,4 +567,82 @@ fn a_waking_response_holds_the_device_until_the_host_accounts_for_it() {
     rig.mem.store_u32(rig.map.clock_reg(rig.dbc, crate::clock::HOST_ACKED), 1, Release);
     rig.run();
     assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES), Acquire), 2);
+}
+
+/// A [`HeapMemory`] that notes, at every publication of the device's progress, the time
+/// published and the waking responses posted on channel `dbc` by then.
+struct Watching<'a> {
+    mem: &'a HeapMemory,
+    wakes_reg: u64,
+    published: core::cell::RefCell<Vec<(u64, u32)>>,
+}
+
+impl SharedMemory for Watching<'_> {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::memory::OutOfRange> {
+        self.mem.read(offset, buf)
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), crate::memory::OutOfRange> {
+        self.mem.write(offset, data)
+    }
+    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), crate::memory::OutOfRange> {
+        self.mem.copy(src, dst, len)
+    }
+    fn load_u32(&self, offset: u64, order: Ordering) -> u32 {
+        self.mem.load_u32(offset, order)
+    }
+    fn store_u32(&self, offset: u64, value: u32, order: Ordering) {
+        self.mem.store_u32(offset, value, order)
+    }
+    fn fetch_add_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.mem.fetch_add_u32(offset, value, order)
+    }
+    fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.mem.fetch_or_u32(offset, value, order)
+    }
+    fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
+        self.mem.swap_u32(offset, value, order)
+    }
+    fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
+        self.mem.load_u64(offset, order)
+    }
+    fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
+        if offset == layout::DEVICE_NOW_NS {
+            let wakes = self.mem.load_u32(self.wakes_reg, Acquire);
+            self.published.borrow_mut().push((value, wakes));
+        }
+        self.mem.store_u64(offset, value, order)
+    }
+    fn wake(&self, offset: u64) {
+        self.mem.wake(offset)
+    }
+}
+
+#[test]
+fn a_waking_response_is_published_at_once_not_when_the_device_reaches_the_horizon() {
+    let mut rig = Rig::with_config(timed_config());
+    let lookahead = 1_000 * US;
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::LOOKAHEAD_NS), lookahead, Release);
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    // The first inference wakes the host; the second, well within the lookahead, does not.
+    rig.timed_inference(1, 10 * US, true);
+    rig.timed_inference(4, 300 * US, false);
+    let watch = Watching {
+        mem: &rig.mem,
+        wakes_reg: rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES),
+        published: Default::default(),
+    };
+    while rig.fw.service(&watch).progressed() {}
+    let published = watch.published.into_inner();
+    let times = rig.response_times();
+    assert_eq!(times.len(), 6, "both inferences ran within the lookahead");
+    let woke = times[2];
+    // The host could react to the completion while the device went on with the second
+    // inference: it was told of it at the moment it was posted.
+    let first = published.iter().find(|p| p.1 == 1).copied();
+    assert!(first.is_some_and(|(now, _)| now <= woke && now < times[3]), "{published:?}, woke at {woke}");
+    let last = published.last().unwrap();
+    assert!(last.0 >= times[5] && last.0 < woke + lookahead, "then up to the horizon: {published:?}");
 }

@@ -57,6 +57,12 @@ pub(super) struct Timed {
     channels: [TimedChannel; NUM_DBC],
     /// When each direction of the host link is free: to the device, from it.
     link_free: [u64; 2],
+    /// When the latest response the host reacts to was posted, in ns, while the
+    /// published progress has not reached it yet (the host can take up the request the
+    /// completion frees only from there).
+    wake_unpublished: Option<u64>,
+    /// The last pass stopped at the hosts' horizon (not for want of anything to do).
+    held: bool,
 }
 
 impl Firmware {
@@ -66,6 +72,7 @@ impl Firmware {
     pub(super) fn service_simulated<M: SharedMemory>(&mut self, mem: &M) -> Serviced {
         let mut done = Serviced { control: self.service_control(mem), ..Default::default() };
         let started_at = self.scheduler.now();
+        self.timed.held = false;
         loop {
             // The horizon first, the rings after: an element the host queued before it
             // moved its promise past that element's time is on the ring by then.
@@ -80,12 +87,29 @@ impl Firmware {
             if served > 0 {
                 continue;
             }
+            if self.timed.wake_unpublished.is_some_and(|ns| self.progress_ns() >= ns) {
+                // Everything before this cycle is served: the host may take the
+                // completion in, and take up what it leads to, while the device goes on
+                // towards the horizon.
+                self.publish_progress(mem);
+            }
             let now = self.scheduler.now();
             // Everything before the horizon may happen; nothing at or after it.
-            let Some(last) = horizon.checked_sub(1) else { break };
+            let Some(last) = horizon.checked_sub(1) else {
+                self.timed.held = true;
+                break;
+            };
             let next = self.next_element_event(now);
-            let limit = next.min(last);
+            let mut limit = next.min(last);
+            if let Some(ns) = self.timed.wake_unpublished {
+                // Stop where that completion can be published, not a program later.
+                let publishable = clock::cycles_at_or_after(ns, self.config.clock_hz);
+                if publishable > now {
+                    limit = limit.min(publishable);
+                }
+            }
             if limit <= now {
+                self.timed.held = true;
                 break;
             }
             if self.scheduler.is_idle() {
@@ -104,6 +128,12 @@ impl Firmware {
             self.publish_progress(mem);
         }
         done
+    }
+
+    /// Whether the last pass on the simulated clock stopped at the hosts' horizon: a host
+    /// is about to move it (it owes a reaction to a completion, or its next request).
+    pub fn held_by_hosts(&self) -> bool {
+        self.config.pacing == crate::Pacing::Simulated && self.timed.held
     }
 
     /// The first cycle the device may not reach yet: the earliest moment some host could
@@ -313,6 +343,7 @@ impl Firmware {
         if ch.head.is_some_and(|h| h.flags & STAMP_WAKES_HOST != 0) {
             ch.wakes.push_back(now);
             ch.wakes_posted = ch.wakes_posted.wrapping_add(1);
+            self.timed.wake_unpublished = Some(ns);
         }
     }
 
@@ -337,9 +368,18 @@ impl Firmware {
         mem.store_u32(map.clock_reg(dbc, clock::DEVICE_WAKES), 0, Release);
     }
 
+    /// How far the device has simulated, as published: every response earlier than
+    /// this moment (ns) is posted.
+    fn progress_ns(&self) -> u64 {
+        clock::ns_at_or_before(self.scheduler.now(), self.config.clock_hz)
+    }
+
     /// Tells the hosts how far the device has simulated and wakes those waiting for it.
-    fn publish_progress<M: SharedMemory>(&self, mem: &M) {
-        let now_ns = clock::ns_at_or_before(self.scheduler.now(), self.config.clock_hz);
+    fn publish_progress<M: SharedMemory>(&mut self, mem: &M) {
+        let now_ns = self.progress_ns();
+        if self.timed.wake_unpublished.is_some_and(|ns| now_ns >= ns) {
+            self.timed.wake_unpublished = None;
+        }
         // Release: every response before this moment is visible before the moment is.
         mem.store_u64(layout::DEVICE_NOW_NS, now_ns, Release);
         mem.fetch_add_u32(layout::DEVICE_PROGRESS, 1, SeqCst);
