@@ -12,7 +12,7 @@
 
 use alloc::vec::Vec;
 
-use super::plan::{Access, Conflicts, Step};
+use super::plan::{Access, Issue, NOT_FAST};
 use super::CoreStats;
 use crate::nsp::Engine;
 
@@ -86,13 +86,12 @@ impl CoreRun {
         CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
     }
 
-    /// The earliest start of `step`, the instruction at `pc` (which `conflicts` with the
-    /// instructions just before it), whose core's steps touch `accesses`;
-    /// or, while that depends on a transfer over a shared path, [`Blocked`]. The device
-    /// clock is at `now`: a transfer over a shared path that has not ended ends after
-    /// it.
+    /// The earliest start of the instruction at `pc` (`step`), whose core's steps touch
+    /// `accesses`; or, while that depends on a transfer over a shared path, [`Blocked`].
+    /// The device clock is at `now`: a transfer over a shared path that has not ended
+    /// ends after it.
     #[inline]
-    pub fn earliest(&self, step: &Step, conflicts: Conflicts, accesses: &[Access], now: u64) -> Result<u64, Blocked> {
+    pub fn earliest(&self, step: &Issue, accesses: &[Access], now: u64) -> Result<u64, Blocked> {
         let mut t = self.clock;
         // The same engine's instructions still in flight: how many, the first to end, and
         // whether one's end is not known. No more than `room` are ever in flight (an
@@ -107,9 +106,12 @@ impl CoreRun {
             if end > t
                 && (step.waits_all
                     || f.engine == Engine::Sync
-                    || conflicts
-                        .with(self.pc, f.op as usize)
-                        .unwrap_or_else(|| accesses.get(f.op as usize).is_some_and(|a| a.conflicts(&step.access))))
+                    || step.conflicts.with(self.pc, f.op as usize).unwrap_or_else(|| {
+                        accesses
+                            .get(f.op as usize)
+                            .zip(accesses.get(self.pc))
+                            .is_some_and(|(theirs, mine)| theirs.conflicts(mine))
+                    }))
             {
                 if end == UNKNOWN {
                     return Err(Blocked::Transfer);
@@ -126,7 +128,7 @@ impl CoreRun {
                 }
             }
         }
-        if same >= step.room {
+        if same >= u32::from(step.room) {
             if first == UNKNOWN {
                 return Err(Blocked::Transfer);
             }
@@ -138,6 +140,32 @@ impl CoreRun {
             t = t.max(first);
         }
         Ok(t)
+    }
+
+    /// Issues the instructions from `pc` on while each is a compute or DMA instruction of
+    /// fixed cost ([`Issue::fast_cycles`]) whose start is known: their statistics are the
+    /// plan's, so starting them is all there is to do. Returns how many it issued, and
+    /// the next instruction's start (or why it is not known) if there is one.
+    pub fn issue_fixed(
+        &mut self,
+        issues: &[Issue],
+        accesses: &[Access],
+        now: u64,
+    ) -> (u64, Option<Result<u64, Blocked>>) {
+        let mut issued = 0;
+        while let Some(step) = issues.get(self.pc) {
+            let t = match self.earliest(step, accesses, now) {
+                Ok(t) if step.fast_cycles != NOT_FAST => t,
+                other => return (issued, Some(other)),
+            };
+            self.begin(t);
+            let end = t + u64::from(step.fast_cycles);
+            self.push(InFlight::fixed(self.pc as u32, step.engine, t, end));
+            self.pc += 1;
+            self.stats.instructions += 1;
+            issued += 1;
+        }
+        (issued, None)
     }
 
     /// Bookkeeping for an instruction starting at `t`: the time with nothing in flight

@@ -110,37 +110,45 @@ impl EqualShare {
 
 struct Capped {
     owner: Owner,
+    /// Bytes left when the counts were last brought up to date.
     remaining: f64,
     cap: f64,
 }
 
 /// Transfers that share a bandwidth equally but each within its own cap (the on-chip
-/// network, where a part of a DMA moves at most at its share of the pool rate). They
-/// are few, so each is stepped.
-#[derive(Default)]
+/// network, where a part of a DMA moves at most at its share of the pool rate). Each
+/// moves at a constant rate until a transfer starts or ends, so the bytes left are
+/// brought up to date only then, and when the first one ends is worked out once per
+/// such change rather than at every event of the device.
 pub(super) struct CappedShare {
+    /// Bytes per cycle shared.
+    total: f64,
     moving: Vec<Capped>,
+    /// Cycles since the bytes left were brought up to date.
+    elapsed: u64,
+    /// Cycles from then until the first transfer ends, once worked out.
+    first_end: Option<u64>,
 }
 
 impl CappedShare {
-    pub fn start(&mut self, owner: Owner, bytes: u64, cap: f64) {
-        self.moving.push(Capped { owner, remaining: bytes as f64, cap });
+    pub fn new(total: f64) -> CappedShare {
+        CappedShare { total, moving: Vec::new(), elapsed: 0, first_end: None }
     }
 
-    fn share(&self, total: f64) -> f64 {
-        total / self.moving.len().max(1) as f64
+    fn share(&self) -> f64 {
+        self.total / self.moving.len().max(1) as f64
     }
 
-    /// Cycles from now until the first transfer ends when `total` is shared.
-    pub fn next_end(&self, total: f64) -> Option<u64> {
-        let share = self.share(total);
-        self.moving.iter().map(|t| cycles_for(t.remaining, share.min(t.cap))).min()
-    }
-
-    pub fn advance(&mut self, cycles: u64, total: f64, done: &mut Vec<Owner>) {
-        let share = self.share(total);
-        for t in &mut self.moving {
-            t.remaining -= share.min(t.cap) * cycles as f64;
+    /// Brings the bytes left up to date; the transfers that have moved everything go to
+    /// `done`.
+    fn settle(&mut self, done: &mut Vec<Owner>) {
+        if self.elapsed > 0 {
+            let share = self.share();
+            let cycles = self.elapsed as f64;
+            for t in &mut self.moving {
+                t.remaining -= share.min(t.cap) * cycles;
+            }
+            self.elapsed = 0;
         }
         self.moving.retain(|t| {
             let finished = t.remaining <= MOVED;
@@ -149,14 +157,57 @@ impl CappedShare {
             }
             !finished
         });
+        self.first_end = None;
+    }
+
+    pub fn start(&mut self, owner: Owner, bytes: u64, cap: f64, done: &mut Vec<Owner>) {
+        self.settle(done);
+        self.moving.push(Capped { owner, remaining: bytes as f64, cap });
+    }
+
+    /// Cycles from now until the first transfer ends.
+    pub fn next_end(&mut self) -> Option<u64> {
+        if self.moving.is_empty() {
+            return None;
+        }
+        let first = match self.first_end {
+            Some(first) => first,
+            None => {
+                let share = self.share();
+                let first = self
+                    .moving
+                    .iter()
+                    .map(|t| cycles_for((t.remaining - MOVED).max(0.0), share.min(t.cap)))
+                    .min()
+                    .unwrap_or(1);
+                self.first_end = Some(first);
+                first
+            }
+        };
+        Some(first.saturating_sub(self.elapsed).max(1))
+    }
+
+    /// `cycles` pass; the transfers that have moved everything go to `done`.
+    pub fn advance(&mut self, cycles: u64, done: &mut Vec<Owner>) {
+        if self.moving.is_empty() {
+            return;
+        }
+        self.elapsed += cycles;
+        if self.first_end.is_none_or(|first| self.elapsed >= first) {
+            self.settle(done);
+        }
     }
 
     pub fn remove_job(&mut self, job: JobId) {
+        let mut done = Vec::new();
+        self.settle(&mut done);
         self.moving.retain(|t| t.owner.0 != job);
     }
 
     pub fn clear(&mut self) {
         self.moving.clear();
+        self.elapsed = 0;
+        self.first_end = None;
     }
 }
 
@@ -210,14 +261,22 @@ mod tests {
 
     #[test]
     fn capped_transfers_each_keep_within_their_cap() {
-        let mut noc = CappedShare::default();
-        noc.start((1, 0, 0), 300, 10.0);
-        noc.start((1, 1, 0), 300, 1000.0);
-        // Shares of 50: the first is held to 10 per cycle.
-        assert_eq!(noc.next_end(100.0), Some(6));
+        let mut noc = CappedShare::new(100.0);
         let mut done = Vec::new();
-        noc.advance(6, 100.0, &mut done);
+        noc.start((1, 0, 0), 300, 10.0, &mut done);
+        noc.start((1, 1, 0), 300, 1000.0, &mut done);
+        // Shares of 50: the first is held to 10 per cycle.
+        assert_eq!(noc.next_end(), Some(6));
+        noc.advance(2, &mut done);
+        assert_eq!(noc.next_end(), Some(4), "the same end, 2 cycles nearer");
+        noc.advance(4, &mut done);
         assert_eq!(done, [(1, 1, 0)]);
-        assert_eq!(noc.next_end(100.0), Some(24), "240 bytes left at its cap of 10");
+        assert_eq!(noc.next_end(), Some(24), "240 bytes left at its cap of 10");
+        // A transfer joining halves the share of the uncapped one only.
+        noc.start((2, 0, 0), 2000, 1000.0, &mut done);
+        assert_eq!(noc.next_end(), Some(24), "the capped one still ends first");
+        noc.advance(24, &mut done);
+        assert_eq!(done, [(1, 1, 0), (1, 0, 0)]);
+        assert_eq!(noc.next_end(), Some(8), "2000 - 24 x 50 bytes left, alone at the whole 100");
     }
 }

@@ -255,16 +255,17 @@ struct Memory<'a, M> {
 
 impl Scheduler {
     pub fn new(cost: CostModel, clock_hz: u64) -> Scheduler {
+        let noc_bytes_per_cycle = cost.noc_bytes_per_second as f64 / clock_hz.max(1) as f64;
         Scheduler {
             cost,
             ddr_bytes_per_cycle: cost.ddr_bytes_per_cycle(clock_hz),
-            noc_bytes_per_cycle: cost.noc_bytes_per_second as f64 / clock_hz.max(1) as f64,
+            noc_bytes_per_cycle,
             now: 0,
             jobs: Vec::new(),
             running: 0,
             events: BinaryHeap::new(),
             ddr: EqualShare::default(),
-            noc: CappedShare::default(),
+            noc: CappedShare::new(noc_bytes_per_cycle),
             runnable: Vec::new(),
             ended: Vec::new(),
             finished: Vec::new(),
@@ -446,7 +447,7 @@ impl Scheduler {
         let next = [
             self.events.peek().map(|e| e.0 .0),
             self.ddr.next_end(ddr_rate).map(|c| now + c),
-            self.noc.next_end(self.noc_bytes_per_cycle).map(|c| now + c),
+            self.noc.next_end().map(|c| now + c),
         ]
         .into_iter()
         .flatten()
@@ -457,7 +458,7 @@ impl Scheduler {
         let cycles = next - now;
         let mut finished = core::mem::take(&mut self.finished);
         self.ddr.advance(cycles, ddr_rate, &mut finished);
-        self.noc.advance(cycles, self.noc_bytes_per_cycle, &mut finished);
+        self.noc.advance(cycles, &mut finished);
         self.now = next;
         for (id, core, op) in finished.drain(..) {
             self.moved(id, core as usize, op);
@@ -490,7 +491,13 @@ impl Scheduler {
                 } else {
                     // Capped at its share of the pool rate.
                     let pool = self.cost.pool_bytes_per_cycle.max(1) as f64;
-                    self.noc.start(owner, paths.noc_bytes, pool * paths.noc_bytes as f64 / paths.bytes as f64);
+                    let cap = pool * paths.noc_bytes as f64 / paths.bytes as f64;
+                    let mut finished = core::mem::take(&mut self.finished);
+                    self.noc.start(owner, paths.noc_bytes, cap, &mut finished);
+                    for (id, core, op) in finished.drain(..) {
+                        self.moved(id, core as usize, op);
+                    }
+                    self.finished = finished;
                 }
             }
             Happening::Signalled => {
@@ -566,7 +573,7 @@ impl Scheduler {
         let Some(plan) = self.jobs[slot].as_ref().map(|j| j.plan.clone()) else { return };
         let steps = plan.core_steps(c);
         let accesses = plan.core_accesses(c);
-        let conflicts = plan.core_conflicts(c);
+        let issues = plan.core_issues(c);
         // Instructions of fixed cost need only be started: their statistics are the plan's.
         let fast =
             self.jobs[slot].as_ref().is_some_and(|j| j.plan_cost && !j.traced) && memory.mode != ExecMode::Functional;
@@ -575,33 +582,30 @@ impl Scheduler {
             if job.fault.is_some() || job.cores[c].state != State::Running {
                 return;
             }
-            let index = job.cores[c].pc;
-            let Some(step) = steps.get(index) else {
-                let (t, fault) = (job.cores[c].clock, ExecFault::Instruction { core: job.phys[c], index });
+            let run = &mut job.cores[c];
+            let next = if fast {
+                let (issued, next) = run.issue_fixed(issues, accesses, self.now);
+                self.instructions += issued;
+                next
+            } else {
+                issues.get(run.pc).map(|step| run.earliest(step, accesses, self.now))
+            };
+            let index = run.pc;
+            let (Some(next), Some(step)) = (next, steps.get(index)) else {
+                let (t, fault) = (run.clock, ExecFault::Instruction { core: job.phys[c], index });
                 self.fault(slot, fault, t);
                 return;
             };
-            let hazards = conflicts.get(index).copied().unwrap_or_default();
-            let t = match job.cores[c].earliest(step, hazards, accesses, self.now) {
+            let t = match next {
                 Ok(t) => t,
                 Err(blocked) => {
-                    job.cores[c].state = State::Moving;
+                    run.state = State::Moving;
                     if let Blocked::Until(at) = blocked {
                         self.events.push(event(at, job.id, c as u32, index as u32, Happening::Recheck));
                     }
                     return;
                 }
             };
-            if let (true, Some(cycles), Action::Compute | Action::Dma(_)) = (fast, step.fixed, step.action) {
-                let run = &mut job.cores[c];
-                run.begin(t);
-                run.pc += 1;
-                run.stats.instructions += 1;
-                self.instructions += 1;
-                let end = t + cycles;
-                run.push(InFlight::fixed(index as u32, step.engine, t, end));
-                continue;
-            }
             match step.action {
                 Action::End => {
                     let run = &mut job.cores[c];

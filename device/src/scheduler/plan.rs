@@ -18,11 +18,11 @@ use super::CoreStats;
 pub struct Plan {
     streams: Vec<Vec<Op>>,
     steps: Vec<Vec<Step>>,
-    /// Each step's bytes again, packed together: the hazard check reads them for an
-    /// instruction in flight further back than [`Conflicts`] reaches.
+    /// Each step's bytes: the hazard check reads them for an instruction in flight
+    /// further back than [`Conflicts`] reaches.
     accesses: Vec<Vec<Access>>,
-    /// Per core, per step: which of the steps just before it it conflicts with.
-    conflicts: Vec<Vec<Conflicts>>,
+    /// Per core, per step: what issuing it reads (see [`Issue`]).
+    issues: Vec<Vec<Issue>>,
     cost: CostModel,
     /// Per core, the statistics of every instruction whose cycles do not depend on what
     /// else runs: the same in every run, so a run starts from them and adds only the
@@ -45,9 +45,15 @@ impl Plan {
                 stats
             })
             .collect();
-        let accesses: Vec<Vec<Access>> = steps.iter().map(|core| core.iter().map(|s| s.access).collect()).collect();
-        let conflicts = accesses.iter().map(|core| Conflicts::of(core)).collect();
-        Plan { streams, steps, accesses, conflicts, cost: *cost, fixed }
+        let accesses: Vec<Vec<Access>> = streams.iter().map(|core| core.iter().map(Access::of).collect()).collect();
+        let issues = steps
+            .iter()
+            .zip(&accesses)
+            .map(|(steps, accesses)| {
+                steps.iter().zip(Conflicts::of(accesses)).map(|(step, conflicts)| Issue::of(step, conflicts)).collect()
+            })
+            .collect();
+        Plan { streams, steps, accesses, issues, cost: *cost, fixed }
     }
 
     /// The statistics of core `core`'s fixed-cost instructions (see [`Step::fixed_cycles`]).
@@ -78,9 +84,9 @@ impl Plan {
         self.accesses.get(core).map_or(&[], Vec::as_slice)
     }
 
-    /// Core `core`'s steps' conflicts with the steps just before them.
-    pub(super) fn core_conflicts(&self, core: usize) -> &[Conflicts] {
-        self.conflicts.get(core).map_or(&[], Vec::as_slice)
+    /// What issuing each of core `core`'s steps reads.
+    pub(super) fn core_issues(&self, core: usize) -> &[Issue] {
+        self.issues.get(core).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -150,19 +156,59 @@ pub(super) struct Step {
     pub engine: Engine,
     pub class: OpClass,
     pub action: Action,
-    pub access: Access,
     pub out_bytes: u64,
     /// Cycles on its engine (a DMA: its setup).
     pub cycles: u64,
-    /// How many instructions of its engine may be in flight with it (`u32::MAX`: it
+    /// How many instructions of its engine may be in flight with it ([`NO_PLACE`]: it
     /// takes no engine place).
-    pub room: u32,
+    pub room: u8,
     /// It starts only once everything in flight on its core has ended (signal, barrier,
     /// end).
     pub waits_all: bool,
     /// Its cycles whatever else runs, if they do not depend on that
     /// ([`Step::fixed_cycles`]).
     pub fixed: Option<u64>,
+}
+
+/// [`Step::room`] of an instruction that takes no engine place.
+pub(super) const NO_PLACE: u8 = u8::MAX;
+
+/// What the scheduler reads of an instruction to issue it: the hazard and room checks,
+/// and, for a compute or DMA instruction of fixed cost, all it needs. 16 bytes, so that
+/// a core's run through its program streams through few cache lines.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Issue {
+    /// Which of the instructions just before it it conflicts with.
+    pub conflicts: Conflicts,
+    /// Its cycles, if it is a compute or DMA instruction of fixed cost; [`NOT_FAST`]
+    /// otherwise (it issues through [`Step`]).
+    pub fast_cycles: u32,
+    pub engine: Engine,
+    /// See [`Step::room`].
+    pub room: u8,
+    pub waits_all: bool,
+}
+
+const _: () = assert!(core::mem::size_of::<Issue>() == 16);
+
+/// [`Issue::fast_cycles`] of an instruction that is not both fixed-cost and a compute or
+/// DMA instruction (or takes more cycles than fit).
+pub(super) const NOT_FAST: u32 = u32::MAX;
+
+impl Issue {
+    fn of(step: &Step, conflicts: Conflicts) -> Issue {
+        let fast_cycles = match (step.action, step.fixed) {
+            (Action::Compute | Action::Dma(_), Some(c)) => u32::try_from(c).ok().filter(|&c| c != NOT_FAST),
+            _ => None,
+        };
+        Issue {
+            conflicts,
+            fast_cycles: fast_cycles.unwrap_or(NOT_FAST),
+            engine: step.engine,
+            room: step.room,
+            waits_all: step.waits_all,
+        }
+    }
 }
 
 impl Step {
@@ -194,20 +240,20 @@ impl Step {
             _ => Action::Compute,
         };
         let engine = nsp::engine(op);
+        let places = |n: u32| u8::try_from(n).unwrap_or(NO_PLACE - 1);
         let room = match action {
             Action::Compute | Action::Dma(_) => match engine {
-                Engine::Hvx => HVX_THREADS,
-                Engine::Dma => DMA_QUEUES,
+                Engine::Hvx => places(HVX_THREADS),
+                Engine::Dma => places(DMA_QUEUES),
                 _ => 1,
             },
-            _ => u32::MAX,
+            _ => NO_PLACE,
         };
         let cycles = cost.cycles(op);
         Step {
             engine,
             class: nsp::op_class(op),
             action,
-            access: Access::of(op),
             out_bytes: nsp::output_bytes(op),
             cycles,
             room,
@@ -328,12 +374,12 @@ mod tests {
             })
             .collect();
         let plan = Plan::new(vec![ops], &CostModel::default());
-        let (accesses, conflicts) = (plan.core_accesses(0), plan.core_conflicts(0));
+        let (accesses, issues) = (plan.core_accesses(0), plan.core_issues(0));
         let mut seen = [0usize; 2];
         for i in 0..accesses.len() {
             for j in 0..i {
                 let exact = accesses[i].conflicts(&accesses[j]);
-                match conflicts[i].with(i, j) {
+                match issues[i].conflicts.with(i, j) {
                     Some(bit) => {
                         assert_eq!(bit, exact, "{i} against {j}");
                         seen[usize::from(bit)] += 1;
@@ -341,7 +387,7 @@ mod tests {
                     None => assert!(i - j > Conflicts::REACH, "{i} against {j} is within reach"),
                 }
             }
-            assert_eq!(conflicts[i].with(i, i), None, "not against itself");
+            assert_eq!(issues[i].conflicts.with(i, i), None, "not against itself");
         }
         assert!(seen[0] > 100 && seen[1] > 100, "both answers occur: {seen:?}");
     }
