@@ -18,24 +18,24 @@ use crate::nsp::Engine;
 
 /// One instruction in flight on a core.
 pub(super) struct InFlight {
-    pub op: u32,
-    pub engine: Engine,
     pub start: u64,
-    /// When it ends; `None` while a part of it still moves over a shared path.
-    pub end: Option<u64>,
-    /// Parts still moving over a shared path.
-    pub moving: u8,
+    /// When it ends; [`UNKNOWN`] while a part of it still moves over a shared path.
+    pub end: u64,
     /// When its part that moves inside the core ends (its start if none).
     pub local_end: u64,
     /// The earliest it can end: its end if known, else when its bytes would have moved
     /// at the most its paths allow.
     pub lower_bound: u64,
+    pub op: u32,
+    pub engine: Engine,
+    /// Parts still moving over a shared path.
+    pub moving: u8,
 }
 
 impl InFlight {
     /// An instruction running from `start` to `end`, both known.
     pub fn fixed(op: u32, engine: Engine, start: u64, end: u64) -> InFlight {
-        InFlight { op, engine, start, end: Some(end), moving: 0, local_end: end, lower_bound: end }
+        InFlight { start, end, local_end: end, lower_bound: end, op, engine, moving: 0 }
     }
 }
 
@@ -61,8 +61,8 @@ pub(super) struct CoreRun {
     /// When the latest instruction started: the next one starts no earlier.
     pub clock: u64,
     pub in_flight: Vec<InFlight>,
-    /// Nothing in flight ends later than this; `None` while an end is not known.
-    busy_until: Option<u64>,
+    /// Nothing in flight ends later than this; [`UNKNOWN`] while an end is not known.
+    busy_until: u64,
     pub state: State,
     pub stats: CoreStats,
 }
@@ -77,13 +77,14 @@ pub(super) enum Blocked {
     Until(u64),
 }
 
-/// A transfer over a shared path marks an end as not known yet.
-const UNKNOWN: u64 = u64::MAX;
+/// The end of an instruction with a transfer over a shared path still moving: not known
+/// yet (later than any known one).
+pub(super) const UNKNOWN: u64 = u64::MAX;
 
 impl CoreRun {
     /// A core starting at `start` with `stats` counted already.
     pub fn new(stats: CoreStats, start: u64) -> CoreRun {
-        CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: Some(start), state: State::Running, stats }
+        CoreRun { pc: 0, clock: start, in_flight: Vec::new(), busy_until: start, state: State::Running, stats }
     }
 
     /// The earliest start of the instruction at `pc` (`step`), whose core's steps touch
@@ -99,7 +100,7 @@ impl CoreRun {
         // when its first one ends.
         let (mut same, mut first, mut unknown_from) = (0u32, UNKNOWN, UNKNOWN);
         for f in &self.in_flight {
-            let end = f.end.unwrap_or(UNKNOWN);
+            let end = f.end;
             if end <= self.clock {
                 continue;
             }
@@ -172,28 +173,25 @@ impl CoreRun {
     /// before it was a stall; instructions that ended by then leave the list.
     #[inline]
     pub fn begin(&mut self, t: u64) {
-        if let Some(idle_from) = self.busy_until {
-            if t > idle_from {
-                self.stats.stall_cycles += t - idle_from;
-            }
+        // (Never while an end is not known.)
+        if t > self.busy_until {
+            self.stats.stall_cycles += t - self.busy_until;
         }
         self.clock = t;
-        self.in_flight.retain(|f| f.end.is_none_or(|e| e > t));
+        self.in_flight.retain(|f| f.end > t);
     }
 
-    /// An instruction started: it is in flight until `end` (`None`: not known yet).
+    /// An instruction started: it is in flight until its end ([`UNKNOWN`]: not known
+    /// yet).
     #[inline]
     pub fn push(&mut self, f: InFlight) {
-        self.busy_until = match (self.busy_until, f.end) {
-            (Some(b), Some(e)) => Some(b.max(e)),
-            _ => None,
-        };
+        self.busy_until = self.busy_until.max(f.end);
         self.in_flight.push(f);
     }
 
     /// Everything in flight has ended by `t` (a barrier arrival): idle from then.
     pub fn idle_from(&mut self, t: u64) {
-        self.busy_until = Some(t);
+        self.busy_until = t;
     }
 
     /// A shared-path part of in-flight instruction `op` ended at `now`. Returns the
@@ -205,12 +203,11 @@ impl CoreRun {
             return None;
         }
         let end = now.max(f.local_end);
-        f.end = Some(end);
+        f.end = end;
         let start = f.start;
-        if self.in_flight.iter().all(|f| f.end.is_some()) {
-            let last = self.in_flight.iter().filter_map(|f| f.end).max().unwrap_or(end);
-            self.busy_until = Some(last.max(self.clock));
-        }
+        // Known again once no other end is unknown.
+        let last = self.in_flight.iter().map(|f| f.end).max().unwrap_or(end);
+        self.busy_until = last.max(self.clock);
         Some((start, end))
     }
 }

@@ -444,15 +444,16 @@ impl Scheduler {
         }
         let now = self.now;
         let ddr_rate = self.ddr_rate();
-        let next = [
-            self.events.peek().map(|e| e.0 .0),
-            self.ddr.next_end(ddr_rate).map(|c| now + c),
-            self.noc.next_end().map(|c| now + c),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let Some(next) = next else { return Advanced::Stuck };
+        let mut next = self.events.peek().map_or(u64::MAX, |e| e.0 .0);
+        if let Some(c) = self.ddr.next_end(ddr_rate) {
+            next = next.min(now + c);
+        }
+        if let Some(c) = self.noc.next_end() {
+            next = next.min(now + c);
+        }
+        if next == u64::MAX {
+            return Advanced::Stuck;
+        }
         let at_limit = next > limit;
         let next = next.min(limit.max(now));
         let cycles = next - now;
@@ -558,9 +559,7 @@ impl Scheduler {
         let now = self.now;
         let job = self.jobs[slot].as_mut().expect("slot of a running job");
         let Some((start, end)) = job.cores[core].part_done(op, now) else { return };
-        let plan = job.plan.clone();
-        let Some(step) = plan.step(core, op as usize) else { return };
-        job.account(core, op, step, start, end);
+        job.account(core, op, start, end);
         if job.cores[core].state == State::Moving {
             job.cores[core].state = State::Running;
             self.runnable.push((slot, core));
@@ -689,15 +688,16 @@ impl Scheduler {
                     };
                     local_end.max(ready + fluid::cycles_for(bytes as f64, rate))
                 });
-                run.push(InFlight { op, engine: step.engine, start: t, end, moving, local_end, lower_bound });
+                let known = end.unwrap_or(core_run::UNKNOWN);
+                run.push(InFlight { start: t, end: known, local_end, lower_bound, op, engine: step.engine, moving });
                 if let Some(end) = end {
-                    job.account(c, op, step, t, end);
+                    job.account(c, op, t, end);
                 }
             }
             _ => {
                 let end = t + cycles;
                 run.push(InFlight::fixed(op, step.engine, t, end));
-                job.account(c, op, step, t, end);
+                job.account(c, op, t, end);
                 if let Action::Signal { .. } = step.action {
                     self.events.push(event(end, id, c as u32, op, Happening::Signalled));
                 }
@@ -753,10 +753,7 @@ impl Scheduler {
                 run.stats.instructions += 1;
                 run.state = State::Running;
                 self.instructions += 1;
-                let plan = job.plan.clone();
-                if let Some(step) = plan.step(c, op as usize) {
-                    job.account(c, op, step, release, release + lat);
-                }
+                job.account(c, op, release, release + lat);
                 self.runnable.push((slot, c));
             }
         }
@@ -780,7 +777,8 @@ impl Job {
     /// Instruction `op` of core `c` ran from `start` to `end`: its trace event, and its
     /// statistics unless the plan counted them already (fixed-cost instructions; only
     /// with this scheduler's cost model).
-    fn account(&mut self, c: usize, op: u32, step: &Step, start: u64, end: u64) {
+    fn account(&mut self, c: usize, op: u32, start: u64, end: u64) {
+        let Some(step) = self.plan.step(c, op as usize) else { return };
         if self.traced {
             self.trace.push(TraceEvent {
                 core: c as u32,
