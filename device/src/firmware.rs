@@ -641,7 +641,7 @@ impl Firmware {
                 let moved = match checked.cmd.direction {
                     Direction::None => Ok(()),
                     // Already on its way (simulated clock): it lands now.
-                    Direction::ToDevice if self.prestarted.is_some() => {
+                    Direction::ToDevice | Direction::FromDevice if self.prestarted.is_some() => {
                         mem.copy_finish(self.prestarted.take().unwrap_or(CopyTicket::DONE));
                         Ok(())
                     }

@@ -128,6 +128,7 @@ impl Activation {
             inputs: Vec::new(),
             outputs: Vec::new(),
             output_bindings: outputs.iter().map(|b| (*b).clone()).collect(),
+            staging: parking_lot::Mutex::new(Vec::new()),
         };
         // One buffer per binding, moving the binding's bytes with one slice.
         let attach = |b: &IoBinding, dir: DmaDirection, semaphore: SemaphoreCommand, doorbell: Option<Doorbell>| {
@@ -181,6 +182,9 @@ pub struct InferenceSlot {
     inputs: Vec<Buffer>,
     outputs: Vec<Buffer>,
     output_bindings: Vec<IoBinding>,
+    /// Room for a tensor in the device's format on its way to or from the host's, kept
+    /// between inferences.
+    staging: parking_lot::Mutex<Vec<u8>>,
 }
 
 impl InferenceSlot {
@@ -190,7 +194,8 @@ impl InferenceSlot {
         for ((data, buf), b) in inputs.iter().zip(&self.inputs).zip(&program.inputs()) {
             let data = data.as_ref();
             if b.converts() {
-                let mut device = vec![0u8; b.size_bytes as usize];
+                let mut device = self.staging.lock();
+                device.resize(b.size_bytes as usize, 0);
                 convert::host_to_device(b, data, &mut device);
                 buf.write(0, &device)?;
             } else {
@@ -301,7 +306,8 @@ impl InferenceSlot {
     pub fn read_outputs(&self, outputs: &mut [Vec<u8>]) -> Result<()> {
         for ((out, buf), b) in outputs.iter_mut().zip(&self.outputs).zip(&self.output_bindings) {
             if b.converts() {
-                let mut device = vec![0u8; b.size_bytes as usize];
+                let mut device = self.staging.lock();
+                device.resize(b.size_bytes as usize, 0);
                 buf.read(0, &mut device)?;
                 convert::device_to_host(b, &device, out);
             } else {

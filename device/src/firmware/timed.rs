@@ -284,17 +284,24 @@ impl Firmware {
         end
     }
 
-    /// In a timing run, an inbound transfer's bytes start moving as soon as it is timed,
-    /// beside the firmware (the DMA bridge's own engine): no program reads its
-    /// destination before it lands, and the host does not touch its buffer while it is
-    /// queued. It lands, in ring order, when the element takes effect. A functional run
-    /// moves them then instead: a running program may still be reading the old inputs.
+    /// In a timing run, a transfer's bytes start moving as soon as it is timed, beside
+    /// the firmware (the DMA bridge's own engine): no program reads an inbound
+    /// transfer's destination before it lands, an outbound one is timed only once its
+    /// program is done (and a timing run writes nothing to DDR), and the host does not
+    /// touch its buffer while it is queued. It lands, in ring order, when the element
+    /// takes effect. A functional run moves the bytes then instead: a running program
+    /// may still be reading the old inputs.
     fn prestart<M: SharedMemory>(&self, e: &RequestElement, direction: Direction, mem: &M) -> Option<CopyTicket> {
-        if direction != Direction::ToDevice || self.config.mode != ExecMode::Timing {
+        if self.config.mode != ExecMode::Timing {
             return None;
         }
-        let dst = self.config.map.ddr_offset().checked_add(e.dest_addr)?;
-        mem.copy_start(e.src_addr, dst, u64::from(e.len)).ok()
+        let ddr = self.config.map.ddr_offset();
+        let (src, dst) = match direction {
+            Direction::ToDevice => (e.src_addr, ddr.checked_add(e.dest_addr)?),
+            Direction::FromDevice => (ddr.checked_add(e.src_addr)?, e.dest_addr),
+            Direction::None => return None,
+        };
+        mem.copy_start(src, dst, u64::from(e.len)).ok()
     }
 
     /// While the head waits for its program, inbound elements queued behind it that have
