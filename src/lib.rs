@@ -1,10 +1,19 @@
-//! Shared code of the aicsim command-line tools: the latency-profile file format that
-//! `aic-runner` writes and `aic-latency-stats` reads, and the statistics both print.
+//! The logic of the aicsim command-line tools, each binary in `src/bin` a front end over
+//! it:
+//! - [`exec`]: aic-exec's qaic-exec flags and its compile-time metrics;
+//! - [`runner`], [`profiling`], [`latency`], [`stats`]: what aic-runner collects, the
+//!   profile files it writes (latency, per-core stats, trace), the latency-file format
+//!   that `aic-latency-stats` reads, and the statistics both print;
+//! - [`predict`]: the calibrated host and card model behind the configurator's search;
+//! - [`configurator`]: aic-configurator's search specification and search;
+//! - [`output_files`]: how a model's names become file names, and files written inside
+//!   the chosen directory only, atomically.
 #![forbid(unsafe_code)]
 
 pub mod configurator;
 pub mod exec;
 pub mod latency;
+pub mod output_files;
 pub mod predict;
 pub mod profiling;
 pub mod runner;

@@ -136,3 +136,21 @@ fn each_runs_profile_belongs_to_that_run() {
         assert_eq!((stats.start_cycle, stats.end_cycle), (record.start_cycle, record.end_cycle), "run {seq}");
     }
 }
+
+/// A link planted under the program's file name is replaced, not written through, and no
+/// temporary file is left beside the program.
+#[test]
+fn a_link_planted_under_the_program_name_is_not_followed() {
+    let dir = out_dir("aic-exec-planted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = Path::new(env!("CARGO_TARGET_TMPDIR")).join("aic-exec-victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("programqpc.bin")).unwrap();
+    let (code, _, err) = exec(&["-m=zoo:mobilenetv2".into(), format!("-aic-binary-dir={}", dir.display())]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(dir.join("programqpc.bin")).unwrap().file_type().is_file());
+    aicsim_runtime::Program::from_path(&dir).expect("the program is whole");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["programqpc.bin"]);
+}

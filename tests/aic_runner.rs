@@ -617,3 +617,122 @@ fn a_program_declaring_an_absurd_batch_size_is_refused_when_loaded() {
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
     assert!(err.contains("batch size") && err.contains("4294967295"), "{err}");
 }
+
+/// Every entry below `root`, as paths relative to it, sorted.
+fn tree(root: &std::path::Path) -> Vec<String> {
+    fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn names_from_a_program_never_become_paths_outside_the_chosen_directories() {
+    let root = temp_dir("names");
+    let deep = root.join("a").join("b");
+    std::fs::create_dir_all(&deep).unwrap();
+    for (i, (output, file)) in [
+        ("../../evil_out", "%2E.%2F..%2Fevil_out"),
+        ("gpu_0/softmax_1", "gpu_0%2Fsoftmax_1"),
+        ("/abs", "%2Fabs"),
+        ("..", "%2E."),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut image = aicsim_runtime::samples::default_program();
+        image.name = "../x".into();
+        let out_binding =
+            image.bindings.iter_mut().find(|b| b.direction == aicsim_device::container::IoDirection::Output);
+        out_binding.expect("the program has an output").name = output.into();
+        let program = root.join(format!("program-{i}.bin"));
+        std::fs::write(&program, image.to_bytes()).unwrap();
+        let before = tree(&root);
+        let (out, prof, json) = (deep.join(format!("out{i}")), deep.join(format!("prof{i}")), deep.join("run.json"));
+        let (code, _, err) = runner(&[
+            "-t",
+            program.to_str().unwrap(),
+            "-n",
+            "2",
+            "--mode",
+            "functional",
+            "--write-output-num-samples",
+            "2",
+            "--write-output-dir",
+            out.to_str().unwrap(),
+            "--aic-profiling-type",
+            "latency",
+            "--aic-profiling-type",
+            "stats",
+            "--aic-profiling-type",
+            "trace",
+            "--aic-profiling-num-samples",
+            "1",
+            "--aic-profiling-out-dir",
+            prof.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{output}: {err}");
+        // Only the chosen directories and the --json file are new, and the outputs are
+        // files directly inside their directory, named by the documented rule.
+        let new: Vec<String> = tree(&root).into_iter().filter(|p| !before.contains(p)).collect();
+        let directly_in = |path: &str, dir: &str| {
+            path == dir || path.strip_prefix(dir).and_then(|f| f.strip_prefix('/')).is_some_and(|f| !f.contains('/'))
+        };
+        for path in &new {
+            let allowed = directly_in(path, &format!("a/b/out{i}"))
+                || directly_in(path, &format!("a/b/prof{i}"))
+                || (i == 0 && path == "a/b/run.json");
+            assert!(allowed, "{output}: wrote {path}");
+        }
+        let mut outputs = tree(&out);
+        outputs.sort();
+        assert_eq!(
+            outputs,
+            [format!("{file}-activation-0-inf-0.bin"), format!("{file}-activation-0-inf-1.bin")],
+            "{output}"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_link_planted_in_the_output_directory_is_not_followed() {
+    let root = temp_dir("planted");
+    let out = root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let planted = out.join("out-activation-0-inf-0.bin");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let json = out.join("run.json");
+    std::os::unix::fs::symlink(&victim, &json).unwrap();
+    let (code, _, err) = runner(&[
+        "-n",
+        "1",
+        "--mode",
+        "functional",
+        "--write-output-dir",
+        out.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    for p in [&planted, &json] {
+        assert!(std::fs::symlink_metadata(p).unwrap().file_type().is_file(), "{} is still a link", p.display());
+    }
+    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 16384);
+    assert!(tree(&out).iter().all(|f| !f.ends_with(".tmp")), "temporary files left: {:?}", tree(&out));
+    std::fs::remove_dir_all(&root).unwrap();
+}

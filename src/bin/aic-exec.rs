@@ -7,13 +7,15 @@
 //!          -compile-only -aic-binary-dir=./out [-aic-perf-metrics] [-v]
 //! ```
 //!
-//! Writes `DIR/programqpc.bin` (atomically: a failed compile leaves no file). Errors are
+//! Writes `DIR/programqpc.bin` (atomically, not through a link planted under that name: a
+//! failed compile leaves no file). Errors are
 //! one line on stderr and exit status 2.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aicsim::exec::{parse_exec_args, print_perf_metrics, ExecArgs};
+use aicsim::output_files;
 use aicsim_compiler::Source;
 
 fn run(args: &ExecArgs) -> Result<(), String> {
@@ -42,10 +44,8 @@ fn run(args: &ExecArgs) -> Result<(), String> {
     }
     let dir = PathBuf::from(dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join("programqpc.bin");
-    let tmp = dir.join(".programqpc.bin.tmp");
-    std::fs::write(&tmp, compiled.image.to_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    output_files::write_atomic(&dir, "programqpc.bin", &compiled.image.to_bytes())
+        .map_err(|e| format!("{}: {e}", dir.join("programqpc.bin").display()))?;
     if !args.compile_only {
         println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
     }

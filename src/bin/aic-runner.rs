@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim::runner::{self, Collected, Collector, Sampling, Throughput};
-use aicsim::{latency, profiling, stats};
+use aicsim::{latency, output_files, profiling, stats};
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
@@ -474,22 +474,31 @@ fn run_wall(
     .map_err(|e| e.to_string())
 }
 
-/// Files to create after a successful run: nothing is written if the run fails.
-struct PendingFiles(Vec<(PathBuf, Vec<u8>)>);
+/// Files to create after a successful run: nothing is written if the run fails. Each is a
+/// directory the user chose and one file name in it, which the tools made (model-supplied
+/// names pass through [`output_files::file_component`] first).
+struct PendingFiles(Vec<(PathBuf, String, Vec<u8>)>);
 
 impl PendingFiles {
+    fn push(&mut self, dir: &Path, file_name: String, bytes: Vec<u8>) {
+        self.0.push((dir.to_path_buf(), file_name, bytes));
+    }
+
+    /// Writes every file under a temporary name first, then renames them all into place:
+    /// a failure before the renames leaves every directory as it was, and no file is ever
+    /// seen half-written or reached through a link planted under its name.
     fn write_all(self) -> Result<(), String> {
-        let mut written: Vec<PathBuf> = Vec::new();
-        for (path, bytes) in self.0 {
-            let result =
-                path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, &bytes));
-            if let Err(e) = result {
-                for p in written {
-                    let _ = std::fs::remove_file(p);
-                }
-                return Err(format!("cannot write {}: {e}", path.display()));
+        let mut staged = Vec::with_capacity(self.0.len());
+        for (dir, name, bytes) in &self.0 {
+            let result = std::fs::create_dir_all(dir).and_then(|()| output_files::stage(dir, name, bytes));
+            match result {
+                Ok(s) => staged.push(s),
+                Err(e) => return Err(format!("cannot write {}: {e}", dir.join(name).display())),
             }
-            written.push(path);
+        }
+        for s in staged {
+            let dest = s.dest().to_path_buf();
+            s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         }
         Ok(())
     }
@@ -725,8 +734,9 @@ fn files(
         let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
         for s in &collected.outputs {
             for (name, bytes) in names.iter().zip(&s.outputs) {
-                let file = format!("{name}-activation-{}-inf-{}.bin", s.activation, s.index);
-                files.0.push((out_dir.join(file), bytes.clone()));
+                let file =
+                    format!("{}-activation-{}-inf-{}.bin", output_files::file_component(name), s.activation, s.index);
+                files.push(out_dir, file, bytes.clone());
             }
         }
     }
@@ -736,7 +746,7 @@ fn files(
             let rows: Vec<[f64; 16]> =
                 collected.latency_rows.iter().filter(|(act, _)| *act == a).map(|(_, r)| *r).collect();
             let text = latency::render(program.name(), plan.activations, plan.set_size, throughput.batch_size, &rows);
-            files.0.push((dir.join(format!("aic-profiling-program-{a}-latency.txt")), text.into_bytes()));
+            files.push(dir, format!("aic-profiling-program-{a}-latency.txt"), text.into_bytes());
         }
     }
     let clock_hz = DeviceConfig::default().clock_hz;
@@ -744,7 +754,7 @@ fn files(
         for p in &collected.profiled {
             let name = format!("aic-profiling-program-0-activation-{}-inf-{}.txt", p.activation, p.index);
             let table = profiling::stats_table(program.name(), p.activation, p.index, clock_hz, &p.run);
-            files.0.push((dir.join(name), table.into_bytes()));
+            files.push(dir, name, table.into_bytes());
         }
     }
     if args.profiling_types.contains(&ProfilingType::Trace) {
@@ -765,13 +775,28 @@ fn files(
         };
         let cores = program.image().num_cores() as usize;
         let json = profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, cores, &samples);
-        files.0.push((dir.join("aic-profiling-program-0-trace.json"), json.into_bytes()));
+        files.push(dir, "aic-profiling-program-0-trace.json".into(), json.into_bytes());
     }
     if let Some(path) = &args.json {
         let text = json_report(args, program, plan, throughput, collected, verdict, wall_speed);
-        files.0.push((path.clone(), text.into_bytes()));
+        let (dir, name) = user_file(path)?;
+        files.push(&dir, name, text.into_bytes());
     }
     Ok(files)
+}
+
+/// A file path the user gave, as its directory and its file name.
+fn user_file(path: &Path) -> Result<(PathBuf, String), String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| output_files::is_single_component(n))
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name.to_string()))
 }
 
 fn is_dir_or_missing(p: &Path) -> bool {
@@ -783,6 +808,16 @@ fn main() -> ExitCode {
     for dir in [args.write_output_dir.as_deref(), Some(args.profiling_out_dir.as_path())].into_iter().flatten() {
         if !is_dir_or_missing(dir) {
             eprintln!("aic-runner: {} exists and is not a directory", dir.display());
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(json) = &args.json {
+        if let Err(e) = user_file(json) {
+            eprintln!("aic-runner: --json {e}");
+            return ExitCode::from(2);
+        }
+        if json.is_dir() {
+            eprintln!("aic-runner: --json {} is a directory", json.display());
             return ExitCode::from(2);
         }
     }
