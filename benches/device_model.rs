@@ -12,8 +12,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor, UnaryKind};
-use aicsim_device::memory::HeapMemory;
+use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor, UnaryKind};
+use aicsim_abi::memory::HeapMemory;
 use aicsim_device::nsp::kernels::compute;
 use aicsim_device::nsp::{CostModel, NspCore};
 use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};

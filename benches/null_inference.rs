@@ -140,7 +140,7 @@ fn main() {
     let (cross, cross_p8) = {
         let path = std::path::Path::new(if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" })
             .join(format!("aicsim-bench-{}", std::process::id()));
-        let map = aicsim_device::layout::MemoryMap { ring_nelem: 512, host_bytes: 64 << 20, ddr_bytes: 256 << 20 };
+        let map = aicsim_abi::layout::MemoryMap { ring_nelem: 512, host_bytes: 64 << 20, ddr_bytes: 256 << 20 };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aic-device"))
             .args(["--shm", path.to_str().unwrap(), "--host-mib", "64", "--ddr-mib", "256"])
             .spawn()

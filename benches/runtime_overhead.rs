@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::dbc::SemOp;
+use aicsim_abi::dbc::SemOp;
 use aicsim_driver::{Device, DmaDirection, Doorbell, DoorbellWidth, SemaphoreCommand, Slice, SyncPoint};
 use aicsim_kmd::{Kmd, KmdConfig, Stepping};
 use aicsim_runtime::{samples, Activation, Program, Timestamps};

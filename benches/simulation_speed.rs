@@ -16,8 +16,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aicsim_abi::isa::Instruction;
 use aicsim_compiler::{compile, zoo, CompileOptions};
-use aicsim_device::isa::Instruction;
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;

@@ -651,8 +651,7 @@ fn names_from_a_program_never_become_paths_outside_the_chosen_directories() {
     {
         let mut image = aicsim_runtime::samples::default_program();
         image.name = "../x".into();
-        let out_binding =
-            image.bindings.iter_mut().find(|b| b.direction == aicsim_device::container::IoDirection::Output);
+        let out_binding = image.bindings.iter_mut().find(|b| b.direction == aicsim_abi::container::IoDirection::Output);
         out_binding.expect("the program has an output").name = output.into();
         let program = root.join(format!("program-{i}.bin"));
         std::fs::write(&program, image.to_bytes()).unwrap();

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::layout::MemoryMap;
+use aicsim_abi::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
 use aicsim_driver::{Device, DriverError};
 use aicsim_kmd::{Kmd, KmdConfig};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use aicsim_device::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
 use aicsim_runtime::samples::{bytes_f32, f32_bytes};

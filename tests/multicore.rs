@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use aicsim_device::container::{IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{DType, Instruction, Op, Tensor};
+use aicsim_abi::container::{IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{DType, Instruction, Op, Tensor};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
 use aicsim_runtime::samples::{bytes_f32, f32_bytes};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::container::{IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{DType, Instruction, Op, Tensor};
+use aicsim_abi::container::{IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{DType, Instruction, Op, Tensor};
 use aicsim_device::nsp::CostModel;
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::dbc::CompletionCode;
+use aicsim_abi::dbc::CompletionCode;
 use aicsim_device::{DeviceConfig, FaultPlan};
 use aicsim_driver::{Device, DriverError};
 use aicsim_kmd::{Kmd, KmdConfig};

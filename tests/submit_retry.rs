@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::layout::MemoryMap;
+use aicsim_abi::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
 use aicsim_driver::Device;
 use aicsim_kmd::{Kmd, KmdConfig, Stepping};

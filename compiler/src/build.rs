@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use aicsim_device::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
+use aicsim_abi::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
 
 use crate::fold::{self, scalar};
 use crate::ir::{Activation, Const, ConstId, Graph, Io, Layer, LayerKind, Operand, Step, ValueId};

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use aicsim_device::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{DType, Instruction};
+use aicsim_abi::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{DType, Instruction};
 
 use crate::ir::Graph;
 use crate::lower::{self, LayerReport, LowerOptions, Lowered};
@@ -121,10 +121,10 @@ pub fn compile(
     let replicas = match opts.batch_size {
         None => 1,
         Some(0) => return Err(CompileError::Option { option: "-batchsize", reason: "must be at least 1".into() }),
-        Some(b) if b > aicsim_device::container::MAX_BATCH_SIZE => {
+        Some(b) if b > aicsim_abi::container::MAX_BATCH_SIZE => {
             return Err(CompileError::Option {
                 option: "-batchsize",
-                reason: format!("{b} is more than {}", aicsim_device::container::MAX_BATCH_SIZE),
+                reason: format!("{b} is more than {}", aicsim_abi::container::MAX_BATCH_SIZE),
             })
         }
         Some(b) if b as usize == graph_batch => 1,

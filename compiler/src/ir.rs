@@ -3,7 +3,7 @@
 //! left is a list of layers over runtime float tensors, each of which the lowering
 //! ([`crate::lower`]) turns into tiled device instructions.
 
-use aicsim_device::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
+use aicsim_abi::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
 
 /// A tensor whose values are known at compile time.
 #[derive(Clone, Debug, PartialEq)]

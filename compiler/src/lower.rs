@@ -22,8 +22,8 @@
 //! - Element-wise chains, transposes and concatenations share one strided "map"
 //!   lowering: operand views with broadcast (stride 0) and permuted strides.
 
-use aicsim_device::container::ConstantBlob;
-use aicsim_device::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, Space, Tensor, UnaryKind};
+use aicsim_abi::container::ConstantBlob;
+use aicsim_abi::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, Space, Tensor, UnaryKind};
 use aicsim_device::nsp::CostModel;
 
 use crate::ir::{Activation, Const, Graph, LayerKind, Operand, Step, ValueId};
@@ -1190,7 +1190,7 @@ impl<'g> Lowerer<'g> {
 enum RowOp {
     Softmax,
     LayerNorm { epsilon: f32, scale: Option<usize>, bias: Option<usize> },
-    Reduce(aicsim_device::isa::ReduceKind),
+    Reduce(aicsim_abi::isa::ReduceKind),
 }
 
 /// Constants in the program's dtype; f16 clips what it cannot hold.

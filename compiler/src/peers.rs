@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use aicsim_device::isa::{Op, Space, Tensor};
+use aicsim_abi::isa::{Op, Space, Tensor};
 
 use crate::lower::contiguous;
 
@@ -225,7 +225,7 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aicsim_device::isa::DType;
+    use aicsim_abi::isa::DType;
 
     /// Flat indices of the box, by brute force.
     fn flat(lo: &[u64], hi: &[u64], strides: &[u64]) -> Vec<u64> {

@@ -2,9 +2,9 @@
 //! tiles, a core's first weight block of a layer streams in while the previous layer
 //! computes, and every pool read says how many of its bytes other cores hold.
 
+use aicsim_abi::isa::{Op, Space};
 use aicsim_compiler::lower::Lowered;
 use aicsim_compiler::{compile, zoo, CompileOptions};
-use aicsim_device::isa::{Op, Space};
 
 fn resnet50(cores: u32, batch: u32) -> Lowered {
     let opts = CompileOptions {

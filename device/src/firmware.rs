@@ -18,21 +18,22 @@ use alloc::vec::Vec;
 use core::sync::atomic::fence;
 use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
-use crate::container::ProgramImage;
-use crate::control::{
+use crate::extent::ExtentAllocator;
+use crate::nsp::{self, CostModel, Limits, NspCore};
+use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
+use aicsim_abi::container::ProgramImage;
+use aicsim_abi::control::{
     ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES,
 };
-use crate::dbc::{
+use aicsim_abi::dbc::{
     Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
-    NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, REQ_HEAD, REQ_TAIL, RSP_HEAD, RSP_TAIL, SEM_VALUE_MAX,
+    NUM_SEMAPHORES, REQUEST_ELEMENT_BYTES, SEM_VALUE_MAX,
 };
-use crate::extent::ExtentAllocator;
-use crate::layout::{self, DeviceStatus, MemoryMap};
-use crate::memory::{CopyTicket, SharedMemory};
-use crate::nsp::{self, CostModel, Limits, NspCore};
-use crate::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
-use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
-use crate::semaphore::{self, SemOutcome};
+use aicsim_abi::layout::{self, DeviceStatus, MemoryMap};
+use aicsim_abi::memory::{CopyTicket, SharedMemory};
+use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
+use aicsim_abi::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
+use aicsim_abi::semaphore::{self, SemOutcome};
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 
@@ -105,7 +106,7 @@ pub enum Pacing {
     /// Host and device share a simulated clock: the host stamps each request with the
     /// simulated moment it reaches the channel, transfers over the host link take their
     /// time, and the device serves everything in simulated-time order (see
-    /// [`crate::clock`] and `firmware::timed`).
+    /// [`aicsim_abi::clock`] and `firmware::timed`).
     Simulated,
 }
 
@@ -154,11 +155,25 @@ enum Stage {
     PostSync { element: RequestElement, next: usize },
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+/// The device's ends of one channel's rings, and where it is in the head element.
+#[derive(Clone, Copy, Debug)]
 struct Channel {
-    req_head: u32,
-    rsp_tail: u32,
+    requests: Consumer,
+    responses: Producer,
     stage: Stage,
+}
+
+impl Channel {
+    fn new(ring: Ring) -> Channel {
+        Channel { requests: Consumer::new(ring), responses: Producer::new(ring), stage: Stage::Fresh }
+    }
+
+    /// Both rings back to slot 0, the device's registers published.
+    fn reset<M: SharedMemory>(&mut self, ring: Ring, map: &MemoryMap, dbc: usize, mem: &M) {
+        *self = Channel::new(ring);
+        self.requests.reset(&SharedIndices::device_requests(mem, map, dbc));
+        self.responses.reset(&SharedIndices::device_responses(mem, map, dbc));
+    }
 }
 
 struct Program {
@@ -246,7 +261,7 @@ impl Firmware {
         Firmware {
             config,
             ring,
-            channels: [Channel::default(); NUM_DBC],
+            channels: [Channel::new(ring); NUM_DBC],
             activations: Default::default(),
             programs: Vec::new(),
             cores: (0..config.num_nsp).map(|_| None).collect(),
@@ -300,8 +315,7 @@ impl Firmware {
     pub fn boot<M: SharedMemory>(&mut self, mem: &M) {
         let map = self.config.map;
         for dbc in 0..NUM_DBC {
-            mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
-            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), 0, Release);
+            self.channels[dbc].reset(self.ring, &map, dbc, mem);
         }
         for s in 0..NUM_SEMAPHORES {
             mem.store_u32(map.semaphore(s), 0, Release);
@@ -420,37 +434,34 @@ impl Firmware {
     fn service_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> u32 {
         let timed = self.config.pacing == Pacing::Simulated;
         let map = self.config.map;
-        let ring = self.ring;
-        // Acquire: the host wrote the elements before it stored the tail.
-        let tail = mem.load_u32(map.dbc_reg(dbc, REQ_TAIL), Acquire);
-        let mut rsp_head = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
-        if !ring.contains(tail) || !ring.contains(rsp_head) {
-            // A garbage index (or a link reading all-ones): touch nothing until it is sane.
+        let (req_ix, rsp_ix) =
+            (SharedIndices::device_requests(mem, &map, dbc), SharedIndices::device_responses(mem, &map, dbc));
+        let mut ch = self.channels[dbc];
+        // A garbage index (or a link reading all-ones): touch nothing until it is sane.
+        if ch.requests.refresh(&req_ix).is_err() || ch.responses.refresh(&rsp_ix).is_err() {
             return 0;
         }
+        let tail = ch.requests.observed_tail();
         if timed {
             self.timed_new_elements(dbc, tail, mem);
         }
-        let mut ch = self.channels[dbc];
-        let rsp_tail_before = ch.rsp_tail;
         let mut consumed = 0;
         let mut responses = 0;
         let mut force_msi = false;
-        while ch.req_head != tail && consumed < CHANNEL_BATCH {
-            if ring.is_full(rsp_head, ch.rsp_tail) {
-                rsp_head = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
-                if !ring.contains(rsp_head) || ring.is_full(rsp_head, ch.rsp_tail) {
-                    break;
-                }
+        while ch.requests.pending() > 0 && consumed < CHANNEL_BATCH {
+            // Room for this element's response, else it waits for the host to drain.
+            if !matches!(ch.responses.room(&rsp_ix, 1), Ok(1..)) {
+                break;
             }
+            let req_head = ch.requests.slot();
             let (element, resume) = match ch.stage {
                 // On the simulated clock, the head element is served only once its time
                 // (and its transfer over the host link) has come.
-                Stage::Fresh if timed => match self.timed_head(dbc, ch.req_head, tail, mem) {
+                Stage::Fresh if timed => match self.timed_head(dbc, req_head, tail, mem) {
                     Some(element) => (element, None),
                     None => break,
                 },
-                Stage::Fresh => match self.read_element(dbc, ch.req_head, mem) {
+                Stage::Fresh => match self.read_element(dbc, req_head, mem) {
                     Some(element) => (element, None),
                     None => break,
                 },
@@ -481,12 +492,13 @@ impl Firmware {
                     }
                     if respond {
                         let rsp = ResponseElement { req_id: element.req_id, status };
-                        // The slot is ours: the ring is not full, checked above.
-                        let _ = mem.write(map.response_element(dbc, ch.rsp_tail), bytemuck::bytes_of(&rsp));
+                        let slot = ch.responses.slot();
+                        // The slot is ours: the ring has room, checked above.
+                        let _ = mem.write(map.response_element(dbc, slot), bytemuck::bytes_of(&rsp));
                         if timed {
-                            self.timed_responded(dbc, ch.rsp_tail, mem);
+                            self.timed_responded(dbc, slot, mem);
                         }
-                        ch.rsp_tail = ring.next(ch.rsp_tail);
+                        ch.responses.push();
                         responses += 1;
                         force_msi |= force;
                     }
@@ -494,33 +506,29 @@ impl Firmware {
                         self.timed_consumed(dbc);
                     }
                     ch.stage = Stage::Fresh;
-                    ch.req_head = ring.next(ch.req_head);
+                    ch.requests.pop();
                     consumed += 1;
                 }
             }
         }
-        self.channels[dbc] = ch;
         if consumed > 0 {
-            // Release: the slots we consumed may be reused by the host only after this.
-            mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), ch.req_head, Release);
+            // The slots we consumed may be reused by the host from now on.
+            ch.requests.publish(&req_ix);
         }
         if responses > 0 {
-            // Store, SeqCst fence, load — mirrored by the host's head store, fence and tail
-            // re-check: either the host sees these responses on its re-check, or we see
-            // that it had drained everything before them and interrupt it. Deciding from
-            // a head read before the store could lose the wake-up.
-            mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), ch.rsp_tail, Release);
+            // Either the host sees these responses when it re-checks after publishing its
+            // head, or the device sees it had drained everything and interrupts it.
+            let host_idle = ch.responses.publish_and_check_idle(&rsp_ix);
             if timed {
                 self.timed_publish_wakes(dbc, mem);
             }
-            fence(SeqCst);
-            let head_now = mem.load_u32(map.dbc_reg(dbc, RSP_HEAD), Acquire);
             let lost = self.config.faults.lost_interrupt_ppm > 0
                 && splitmix(&mut self.fault_rng) % 1_000_000 < u64::from(self.config.faults.lost_interrupt_ppm);
-            if (head_now == rsp_tail_before || force_msi) && !lost {
+            if (host_idle || force_msi) && !lost {
                 raise_msi(dbc, mem);
             }
         }
+        self.channels[dbc] = ch;
         consumed
     }
 
@@ -988,14 +996,12 @@ impl Firmware {
             current: (0, 0),
             outputs_taken: 0,
         });
-        for seq in 1..=crate::run_record::RUN_RECORDS {
+        for seq in 1..=aicsim_abi::run_record::RUN_RECORDS {
             let _ = mem.write(self.config.map.run_record(dbc, seq), bytemuck::bytes_of(&RunRecord::default()));
         }
-        self.channels[dbc] = Channel::default();
         self.reset_timed_channel(dbc, mem);
         let map = self.config.map;
-        mem.store_u32(map.dbc_reg(dbc, REQ_HEAD), 0, Release);
-        mem.store_u32(map.dbc_reg(dbc, RSP_TAIL), 0, Release);
+        self.channels[dbc].reset(self.ring, &map, dbc, mem);
         Ok(info)
     }
 
@@ -1016,7 +1022,7 @@ impl Firmware {
         if let Some(Some(p)) = self.programs.get_mut(act.program) {
             p.activations -= 1;
         }
-        self.channels[dbc] = Channel::default();
+        self.channels[dbc] = Channel::new(self.ring);
         Ok(())
     }
 }

@@ -23,21 +23,12 @@ extern crate alloc;
 #[cfg(target_endian = "big")]
 compile_error!("aicsim's wire formats are little-endian and only little-endian hosts are supported");
 
-pub mod clock;
-pub mod container;
-pub mod control;
-pub mod dbc;
 pub mod extent;
 pub mod firmware;
-pub mod isa;
-pub mod layout;
-pub mod memory;
 pub mod nsp;
 pub mod parallel;
 pub mod profile;
-pub mod run_record;
 pub mod samples;
 pub mod scheduler;
-pub mod semaphore;
 
 pub use firmware::{DeviceConfig, FaultPlan, Firmware, Pacing};

@@ -3,8 +3,8 @@
 
 use alloc::vec;
 
-use crate::container::{IoBinding, IoDType, IoDirection, ProgramImage};
-use crate::isa::{DType, Instruction, Op, Tensor};
+use aicsim_abi::container::{IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{DType, Instruction, Op, Tensor};
 
 /// `in` (shape `shape`, dtype `dtype`) copied to `out` through VTCM, byte for byte.
 pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {

@@ -1,8 +1,8 @@
 //! Random mutations of a valid program container: parsing never panics, every failure
 //! is an error that says what is wrong, and anything accepted is a consistent image.
 
-use aicsim_device::container::{reseal, ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor};
+use aicsim_abi::container::{reseal, ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use proptest::prelude::*;
 
 fn valid() -> Vec<u8> {

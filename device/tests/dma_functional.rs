@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use aicsim_device::isa::{DType, Op, Space, Tensor};
-use aicsim_device::memory::{HeapMemory, OutOfRange, SharedMemory};
+use aicsim_abi::isa::{DType, Op, Space, Tensor};
+use aicsim_abi::memory::{HeapMemory, OutOfRange, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
 use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
 

@@ -3,17 +3,17 @@
 //! firmware never panics, answers every garbage element exactly once, and keeps serving
 //! the good channel correctly.
 
-use aicsim_device::container::IoDType;
-use aicsim_device::control::{ActivationInfo, ControlCommand, ControlResponse, ControlStatus};
-use aicsim_device::dbc::{
-    Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, ResponseElement, SemCommand, SemOp, REQ_TAIL,
-    RSP_HEAD, RSP_TAIL,
+use aicsim_abi::container::IoDType;
+use aicsim_abi::control::{ActivationInfo, ControlCommand, ControlResponse, ControlStatus};
+use aicsim_abi::dbc::{
+    Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, ResponseElement, Ring, SemCommand, SemOp,
 };
-use aicsim_device::layout::{self, MemoryMap};
-use aicsim_device::memory::{HeapMemory, SharedMemory};
+use aicsim_abi::layout::{self, MemoryMap};
+use aicsim_abi::memory::{HeapMemory, SharedMemory};
+use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
 use aicsim_device::{DeviceConfig, Firmware};
 use proptest::prelude::*;
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::SeqCst;
 
 const NELEM: u32 = 16;
 
@@ -25,8 +25,9 @@ struct Rig {
     fw: Firmware,
     mem: HeapMemory,
     map: MemoryMap,
-    tails: [u32; 2],
-    heads: [u32; 2],
+    /// The host's ends of each channel's rings.
+    requests: [Producer; 2],
+    responses: [Consumer; 2],
     infos: [ActivationInfo; 2],
 }
 
@@ -45,8 +46,8 @@ impl Rig {
             fw,
             mem,
             map: config.map,
-            tails: [0; 2],
-            heads: [0; 2],
+            requests: [Producer::new(Ring::new(NELEM).unwrap()); 2],
+            responses: [Consumer::new(Ring::new(NELEM).unwrap()); 2],
             infos: [ActivationInfo::from_values([0; 7]); 2],
         };
         let image = copy_program();
@@ -72,21 +73,26 @@ impl Rig {
     }
 
     fn push(&mut self, dbc: usize, raw: &[u8; 64]) {
-        self.mem.write(self.map.request_element(dbc, self.tails[dbc]), raw).unwrap();
-        self.tails[dbc] = (self.tails[dbc] + 1) % NELEM;
-        self.mem.store_u32(self.map.dbc_reg(dbc, REQ_TAIL), self.tails[dbc], Release);
+        let ix = SharedIndices::host_requests(&self.mem, &self.map, dbc);
+        let producer = &mut self.requests[dbc];
+        assert!(producer.room(&ix, 1).unwrap() > 0, "the request ring is full");
+        self.mem.write(self.map.request_element(dbc, producer.slot()), raw).unwrap();
+        producer.push();
+        producer.publish(&ix);
     }
 
     fn drain(&mut self, dbc: usize) -> Vec<ResponseElement> {
-        let tail = self.mem.load_u32(self.map.dbc_reg(dbc, RSP_TAIL), Acquire);
+        let ix = SharedIndices::host_responses(&self.mem, &self.map, dbc);
+        let consumer = &mut self.responses[dbc];
+        consumer.refresh(&ix).unwrap();
         let mut out = vec![];
-        while self.heads[dbc] != tail {
+        while consumer.pending() > 0 {
             let mut raw = [0u8; 4];
-            self.mem.read(self.map.response_element(dbc, self.heads[dbc]), &mut raw).unwrap();
+            self.mem.read(self.map.response_element(dbc, consumer.slot()), &mut raw).unwrap();
             out.push(bytemuck::pod_read_unaligned(&raw));
-            self.heads[dbc] = (self.heads[dbc] + 1) % NELEM;
+            consumer.pop();
         }
-        self.mem.store_u32(self.map.dbc_reg(dbc, RSP_HEAD), self.heads[dbc], Release);
+        consumer.publish(&ix);
         out
     }
 

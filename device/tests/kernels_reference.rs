@@ -2,7 +2,7 @@
 //! with plain loops: exact for integer ops, within 1e-5 relative for f32, within f16
 //! rounding for f16 outputs.
 
-use aicsim_device::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
+use aicsim_abi::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
 use aicsim_device::nsp::kernels::compute;
 use aicsim_device::nsp::NspCore;
 use half::f16;

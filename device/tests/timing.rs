@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use aicsim_device::isa::{DType, Op, Space, Tensor};
-use aicsim_device::memory::{HeapMemory, SharedMemory};
+use aicsim_abi::isa::{DType, Op, Space, Tensor};
+use aicsim_abi::memory::{HeapMemory, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
 use aicsim_device::scheduler::{ExecMode, Plan, RunStats, Scheduler};
 use proptest::prelude::*;
@@ -352,7 +352,7 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
     let v = |at: u64| Tensor::vtcm(at, DType::F32, &[16]);
     let core0 = vec![
         Op::DmaIn { dst: v(0), src: Tensor::ddr(0, DType::F32, &[16]), multicast: 0, peer_bytes: 0 },
-        Op::Binary { kind: aicsim_device::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
+        Op::Binary { kind: aicsim_abi::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
         Op::DmaOut { dst: Tensor::ddr(64, DType::F32, &[16]), src: v(64) },
         Op::Signal { counter: 3, value: 1 },
         Op::End,
@@ -360,7 +360,7 @@ fn signal_and_wait_order_one_cores_results_before_anothers_reads() {
     let core1 = vec![
         Op::Wait { counter: 3, value: 1 },
         Op::DmaIn { dst: v(0), src: Tensor::ddr(64, DType::F32, &[16]), multicast: 0, peer_bytes: 0 },
-        Op::Binary { kind: aicsim_device::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
+        Op::Binary { kind: aicsim_abi::isa::BinaryKind::Add, dst: v(64), a: v(0), b: v(0) },
         Op::DmaOut { dst: Tensor::ddr(128, DType::F32, &[16]), src: v(64) },
         Op::End,
     ];

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aicsim_device::control::{ActivationInfo, StatusReport};
-pub use aicsim_device::dbc::DoorbellWidth;
-use aicsim_device::dbc::{CompletionCode, SemOp};
-pub use aicsim_device::run_record::RunRecord;
+use aicsim_abi::control::{ActivationInfo, StatusReport};
+pub use aicsim_abi::dbc::DoorbellWidth;
+use aicsim_abi::dbc::{CompletionCode, SemOp};
+pub use aicsim_abi::run_record::RunRecord;
 pub use aicsim_device::scheduler::RunStats;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
@@ -231,7 +231,7 @@ impl Device {
     }
 
     /// Queues buffers on a channel on the simulated clock: they reach it at
-    /// `stamp.time_ns` (see `aicsim_device::clock`).
+    /// `stamp.time_ns` (see `aicsim_abi::clock`).
     pub fn execute_at(&self, channel: &Channel, buffers: &[(&Buffer, DmaDirection)], stamp: Stamp) -> Result<()> {
         let entries: Vec<ExecuteEntry> =
             buffers.iter().map(|(b, d)| ExecuteEntry { handle: b.handle, dir: d.raw() }).collect();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::dbc::{CompletionCode, RequestElement};
+use aicsim_abi::dbc::{CompletionCode, RequestElement};
 use aicsim_device::extent::ExtentAllocator;
 use parking_lot::{Condvar, Mutex};
 

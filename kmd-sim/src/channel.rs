@@ -2,14 +2,13 @@
 //! the response-ring consumer, and the table that maps a response's `req_id` back to
 //! its buffer.
 
-use std::sync::atomic::fence;
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 use std::sync::Arc;
 
-use aicsim_device::control::ActivationInfo;
-use aicsim_device::dbc::{ResponseElement, Ring, RSP_HEAD, RSP_TAIL};
-use aicsim_device::layout::MemoryMap;
-use aicsim_device::memory::SharedMemory;
+use aicsim_abi::control::ActivationInfo;
+use aicsim_abi::dbc::{ResponseElement, Ring};
+use aicsim_abi::layout::MemoryMap;
+use aicsim_abi::memory::SharedMemory;
+use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
 use parking_lot::Mutex;
 
 use crate::bo::Bo;
@@ -27,18 +26,19 @@ pub(crate) struct Inflight {
 }
 
 /// Most responses the handler consumes before publishing its head.
-pub const DRAIN_BATCH: usize = 128;
+pub const DRAIN_BATCH: u32 = 128;
+
+/// Request ids a channel hands out (`req_id` is 16 bits) before reusing one.
+pub const REQ_IDS: usize = 1 << 16;
 
 pub(crate) struct ChannelState {
     /// User that activated on this channel.
     pub owner: Option<u32>,
     pub activation: Option<ActivationInfo>,
-    /// Next request slot to fill.
-    pub tail: u32,
-    /// Last request head read from the device; refreshed only when the ring looks full.
-    pub head_cache: u32,
-    /// Next response slot to consume.
-    pub rsp_head: u32,
+    /// The host's end of the request ring (it fills slots).
+    pub requests: Producer,
+    /// The host's end of the response ring (it takes slots).
+    pub responses: Consumer,
     pub next_req_id: u16,
     /// Indexed by `req_id`; allocated on first activation.
     pub inflight: Vec<Option<Inflight>>,
@@ -55,14 +55,13 @@ pub(crate) struct HostChannel {
 }
 
 impl HostChannel {
-    pub fn new() -> HostChannel {
+    pub fn new(ring: Ring) -> HostChannel {
         HostChannel {
             state: Mutex::new(ChannelState {
                 owner: None,
                 activation: None,
-                tail: 0,
-                head_cache: 0,
-                rsp_head: 0,
+                requests: Producer::new(ring),
+                responses: Consumer::new(ring),
                 next_req_id: 0,
                 inflight: Vec::new(),
                 spurious_responses: 0,
@@ -81,43 +80,41 @@ impl HostChannel {
         dbc: usize,
         region: &SharedRegion,
         map: &MemoryMap,
-        ring: Ring,
         scratch: &mut Vec<(Inflight, u16, u64)>,
     ) -> usize {
         let mut consumed = 0;
         {
-            let mut ch = self.state.lock();
+            let mut guard = self.state.lock();
+            let ch = &mut *guard;
             if ch.activation.is_none() {
                 return 0;
             }
-            // Acquire: response contents are visible once we see the tail covering them.
-            let mut tail = region.load_u32(map.dbc_reg(dbc, RSP_TAIL), Acquire);
-            loop {
-                if !ring.contains(tail) {
-                    // The link reads all-ones or the device wrote garbage: consume nothing.
-                    break;
-                }
+            let ix = SharedIndices::host_responses(region, map, dbc);
+            // A link reading all-ones or a device writing garbage: consume nothing.
+            let mut waiting = ch.responses.refresh(&ix).unwrap_or(0);
+            let mut unreadable = false;
+            while waiting > 0 {
                 // At most a batch per pass, as the kernel driver does, then publish the
                 // head so the device gets its slots back.
-                let mut batch = 0;
-                while ch.rsp_head != tail && batch < DRAIN_BATCH {
-                    batch += 1;
+                for _ in 0..waiting.min(DRAIN_BATCH) {
+                    let slot = ch.responses.slot();
                     let mut raw = [0u8; 4];
-                    if region.read(map.response_element(dbc, ch.rsp_head), &mut raw).is_err() {
+                    if region.read(map.response_element(dbc, slot), &mut raw).is_err() {
+                        unreadable = true;
                         break;
                     }
                     let rsp: ResponseElement = bytemuck::pod_read_unaligned(&raw);
                     let mut stamp = [0u8; 8];
-                    let _ = region.read(map.response_stamp(dbc, ch.rsp_head), &mut stamp);
+                    let _ = region.read(map.response_stamp(dbc, slot), &mut stamp);
                     let posted_ns = u64::from_le_bytes(stamp);
-                    ch.rsp_head = ring.next(ch.rsp_head);
+                    ch.responses.pop();
                     consumed += 1;
                     let id = usize::from(rsp.req_id);
                     match ch.inflight.get_mut(id).and_then(Option::take) {
                         Some(entry) => {
                             if entry.ends_slice {
                                 for k in 1..=usize::from(entry.segments_before) {
-                                    ch.inflight[(id + 65536 - k) % 65536] = None;
+                                    ch.inflight[(id + REQ_IDS - k) % REQ_IDS] = None;
                                 }
                             }
                             scratch.push((entry, rsp.status, posted_ns));
@@ -125,14 +122,10 @@ impl HostChannel {
                         None => ch.spurious_responses += 1,
                     }
                 }
-                // Store, SeqCst fence, re-check: the host half of the pairing with
-                // the device's tail store and head load (see the firmware).
-                region.store_u32(map.dbc_reg(dbc, RSP_HEAD), ch.rsp_head, Release);
-                fence(SeqCst);
-                tail = region.load_u32(map.dbc_reg(dbc, RSP_TAIL), Acquire);
-                if tail == ch.rsp_head {
-                    break;
-                }
+                // Publish, fence, re-check: the device interrupts only a host that had
+                // drained everything, so stop only when the re-check finds nothing.
+                let more = ch.responses.publish_and_recheck(&ix).unwrap_or(0);
+                waiting = if unreadable { 0 } else { more };
             }
         }
         for (entry, status, posted_ns) in scratch.drain(..) {
@@ -148,13 +141,10 @@ impl HostChannel {
         let dropped: Vec<Arc<Bo>> = {
             let mut ch = self.state.lock();
             let dropped = ch.inflight.iter_mut().filter_map(|slot| slot.take().map(|entry| entry.bo)).collect();
-            ch.tail = 0;
-            ch.head_cache = 0;
-            ch.rsp_head = 0;
+            ch.requests.reset(&SharedIndices::host_requests(region, map, dbc));
+            ch.responses.reset(&SharedIndices::host_responses(region, map, dbc));
             ch.activation = None;
             ch.owner = None;
-            region.store_u32(map.dbc_reg(dbc, aicsim_device::dbc::REQ_TAIL), 0, Release);
-            region.store_u32(map.dbc_reg(dbc, RSP_HEAD), 0, Release);
             dropped
         };
         for bo in dropped {

@@ -5,20 +5,20 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::control::{ActivationInfo, ControlCommand};
-use aicsim_device::dbc::{
-    Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, REQ_HEAD, REQ_TAIL,
-    SEM_VALUE_MAX,
+use aicsim_abi::control::{ActivationInfo, ControlCommand};
+use aicsim_abi::dbc::{
+    Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, SEM_VALUE_MAX,
 };
-use aicsim_device::memory::SharedMemory;
-use aicsim_device::run_record::RunRecord;
+use aicsim_abi::memory::SharedMemory;
+use aicsim_abi::ring::{BadIndex, SharedIndices};
+use aicsim_abi::run_record::RunRecord;
 use parking_lot::Mutex;
 
 use crate::bo::{Bo, Perf, Slicing};
 use crate::channel::{HostChannel, Inflight};
 use crate::error::{fail, Errno, KmdError, Result};
-use aicsim_device::clock::{self, RequestStamp, STAMP_WAKES_HOST};
-use aicsim_device::layout;
+use aicsim_abi::clock::{self, RequestStamp, STAMP_WAKES_HOST};
+use aicsim_abi::layout;
 
 use crate::uapi::{
     AttachSliceEntry, BoInfo, ExecuteEntry, PartialExecuteEntry, PerfStatsEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE,
@@ -332,7 +332,7 @@ impl Client {
 
     /// EXECUTE_BO on the simulated clock (a simulator extension): every element reaches
     /// the channel at `stamp.time_ns`; with `stamp.wakes_host` the response to the last
-    /// one is one the host reacts to (see `aicsim_device::clock`).
+    /// one is one the host reacts to (see `aicsim_abi::clock`).
     pub fn execute_bo_at(&self, dbc: u32, entries: &[ExecuteEntry], stamp: Stamp) -> Result<()> {
         self.queue(dbc, entries, None, stamp)
     }
@@ -419,22 +419,17 @@ impl Client {
         if needed > ring.capacity() {
             return fail(Errno::ENOSPC, format!("{needed} elements never fit a ring of {}", ring.capacity()));
         }
-        let regs = |r| shared.map.dbc_reg(dbc, r);
-        if ring.free(ch.head_cache, ch.tail) < needed {
-            // Acquire: slots the device consumed are free to overwrite.
-            let head = shared.region.load_u32(regs(REQ_HEAD), Acquire);
-            if !ring.contains(head) {
-                return fail(Errno::ENODEV, format!("channel {dbc} request head reads {head:#x}: link down"));
+        let ix = SharedIndices::host_requests(&shared.region, &shared.map, dbc);
+        let free = match ch.requests.room(&ix, needed) {
+            Ok(free) => free,
+            Err(BadIndex(head)) => {
+                return fail(Errno::ENODEV, format!("channel {dbc} request head reads {head:#x}: link down"))
             }
-            ch.head_cache = head;
-            if ring.free(head, ch.tail) < needed {
-                return fail(
-                    Errno::EAGAIN,
-                    format!("channel {dbc} has {} free elements, {needed} needed", ring.free(head, ch.tail)),
-                );
-            }
+        };
+        if free < needed {
+            return fail(Errno::EAGAIN, format!("channel {dbc} has {free} free elements, {needed} needed"));
         }
-        let level = ring.used(ch.head_cache, ch.tail);
+        let level = ch.requests.used();
         let last_bo = bos.len() - 1;
         for (b, ((bo, guard), plan)) in bos.iter().zip(states.iter_mut()).zip(&partial).enumerate() {
             let st = &mut **guard;
@@ -449,19 +444,22 @@ impl Client {
                 let mut e = *template;
                 e.req_id = ch.next_req_id;
                 ch.next_req_id = ch.next_req_id.wrapping_add(1);
-                let slot = shared.map.request_element(dbc, ch.tail);
-                shared.region.write(slot, bytemuck::bytes_of(&e)).expect("ring inside the region");
+                let slot = ch.requests.slot();
+                shared
+                    .region
+                    .write(shared.map.request_element(dbc, slot), bytemuck::bytes_of(&e))
+                    .expect("ring inside the region");
                 let last = b == last_bo && i + 1 == elements.len();
                 let flags = if stamp.wakes_host && last { STAMP_WAKES_HOST } else { 0 };
                 let time = RequestStamp { time_ns: stamp.time_ns, flags, reserved: 0 };
                 shared
                     .region
-                    .write(shared.map.request_stamp(dbc, ch.tail), bytemuck::bytes_of(&time))
+                    .write(shared.map.request_stamp(dbc, slot), bytemuck::bytes_of(&time))
                     .expect("stamps inside the region");
                 ch.inflight[usize::from(e.req_id)] =
                     Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
                 run = if ends_slice { 0 } else { run + 1 };
-                ch.tail = ring.next(ch.tail);
+                ch.requests.push();
             }
             st.slices_left = slices;
             bo.set_queued(st, true);
@@ -477,8 +475,8 @@ impl Client {
                 num_queue_element: count,
             });
         }
-        // Release: element contents are visible to the device before the tail.
-        shared.region.store_u32(regs(REQ_TAIL), ch.tail, Release);
+        // The elements are the device's once the tail covers them; the doorbell wakes it.
+        ch.requests.publish(&ix);
         let submitted = Instant::now();
         for st in states.iter_mut() {
             if let Some(p) = &mut st.perf {
@@ -508,7 +506,7 @@ impl Client {
         let poll = || {
             let link_up = !shared.link_down.load(std::sync::atomic::Ordering::Acquire);
             if shared.config.wait_busy_poll && shared.config.stepping == crate::Stepping::Threads && link_up {
-                shared.channels[dbc].drain(dbc, &shared.region, &shared.map, shared.ring, &mut scratch);
+                shared.channels[dbc].drain(dbc, &shared.region, &shared.map, &mut scratch);
             }
         };
         bo.wait(timeout, shared.config.wait_spin, poll, || shared.online())
@@ -528,7 +526,7 @@ impl Client {
     /// Simulated clock: promises that no element stamped earlier than `promise_ns` will
     /// be queued on `dbc` from now on, except those that follow waking responses beyond
     /// the first `acked`; the device may advance up to there (see
-    /// `aicsim_device::clock`). [`NO_PROMISE`] withdraws the bound.
+    /// `aicsim_abi::clock`). [`NO_PROMISE`] withdraws the bound.
     pub fn promise(&self, dbc: u32, promise_ns: u64, acked: u32) -> Result<()> {
         let dbc = self.check_dbc(dbc)?;
         self.check_owner(dbc)?;
@@ -665,7 +663,7 @@ impl Client {
                 let info = ActivationInfo::from_values(values);
                 let mut ch = shared.channels[dbc].state.lock();
                 if ch.inflight.is_empty() {
-                    ch.inflight.resize_with(65536, || None);
+                    ch.inflight.resize_with(crate::channel::REQ_IDS, || None);
                 }
                 ch.activation = Some(info);
                 Ok((dbc as u32, info))

@@ -1,6 +1,6 @@
 //! The errno set of the real driver, with a message saying what was wrong.
 
-use aicsim_device::dbc::CompletionCode;
+use aicsim_abi::dbc::CompletionCode;
 
 /// Errno values the uAPI returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

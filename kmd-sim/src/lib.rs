@@ -3,7 +3,7 @@
 //!
 //! One [`shm::SharedRegion`] holds everything host and device share — channel
 //! registers, rings, semaphores, the control mailbox, host buffer objects and device
-//! DDR — laid out by [`aicsim_device::layout::MemoryMap`]. The device firmware runs on
+//! DDR — laid out by [`aicsim_abi::layout::MemoryMap`]. The device firmware runs on
 //! a device thread that sleeps on a futex until the host rings it; completions come
 //! back through an interrupt thread that wakes only on an MSI, drains the response
 //! rings and wakes the waiters of finished buffers.
@@ -28,15 +28,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aicsim_device::control::{ControlCommand, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
-use aicsim_device::dbc::{Ring, NUM_DBC};
+use aicsim_abi::control::{ControlCommand, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
+use aicsim_abi::dbc::{Ring, NUM_DBC};
+use aicsim_abi::layout::{self, DeviceStatus, MemoryMap};
+use aicsim_abi::memory::SharedMemory;
 use aicsim_device::extent::ExtentAllocator;
-use aicsim_device::layout::{self, DeviceStatus, MemoryMap};
-use aicsim_device::memory::SharedMemory;
 use aicsim_device::{DeviceConfig, Firmware};
 use parking_lot::Mutex;
 
-pub use aicsim_device::clock::NO_PROMISE;
+pub use aicsim_abi::clock::NO_PROMISE;
 pub use client::{BoMapping, Client, Stamp};
 pub use error::{Errno, KmdError, Result};
 
@@ -160,7 +160,7 @@ impl Shared {
             map,
             ring,
             config,
-            channels: (0..NUM_DBC).map(|_| HostChannel::new()).collect(),
+            channels: (0..NUM_DBC).map(|_| HostChannel::new(ring)).collect(),
             host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
             control: Mutex::new(()),
             next_user: AtomicU32::new(1),
@@ -489,7 +489,7 @@ impl Kmd {
     /// A channel register as the host reads it (all-ones while the link is down).
     pub fn read_register(&self, dbc: usize, reg: u64) -> u32 {
         if self.shared.link_down.load(Acquire) {
-            return aicsim_device::dbc::LINK_DOWN;
+            return aicsim_abi::dbc::LINK_DOWN;
         }
         self.shared.region.load_u32(self.shared.map.dbc_reg(dbc, reg), Acquire)
     }

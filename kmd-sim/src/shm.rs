@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use aicsim_device::memory::{check_range, CopyTicket, OutOfRange, SharedMemory};
+use aicsim_abi::memory::{check_range, CopyTicket, OutOfRange, SharedMemory};
 use memmap2::{MmapOptions, MmapRaw};
 
 /// A shared mapping of `size` bytes.

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aicsim_device::layout;
-use aicsim_device::memory::SharedMemory;
+use aicsim_abi::layout;
+use aicsim_abi::memory::SharedMemory;
 use aicsim_device::Firmware;
 
 use crate::shm::SharedRegion;
@@ -151,7 +151,7 @@ pub(crate) fn handle_msis(
     let mut consumed = 0;
     for (dbc, channel) in shared.channels.iter().enumerate() {
         if pending & (1 << dbc) != 0 || poll_all {
-            consumed += channel.drain(dbc, &shared.region, &shared.map, shared.ring, scratch);
+            consumed += channel.drain(dbc, &shared.region, &shared.map, scratch);
         }
     }
     consumed

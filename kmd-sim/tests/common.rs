@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use aicsim_device::container::IoDType;
-use aicsim_device::layout::MemoryMap;
+use aicsim_abi::container::IoDType;
+use aicsim_abi::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
 use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
 use aicsim_kmd::{Client, Kmd, KmdConfig, Stepping};

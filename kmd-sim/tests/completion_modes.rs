@@ -12,7 +12,7 @@ use aicsim_kmd::{CompletionMode, Kmd, KmdConfig};
 fn run(completion: CompletionMode) -> u32 {
     let config = KmdConfig {
         device: DeviceConfig {
-            map: aicsim_device::layout::MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
+            map: aicsim_abi::layout::MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
             ..DeviceConfig::default()
         },
         completion,

@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::dbc::CompletionCode;
-use aicsim_device::layout::MemoryMap;
+use aicsim_abi::dbc::CompletionCode;
+use aicsim_abi::layout::MemoryMap;
 use aicsim_device::{DeviceConfig, FaultPlan};
 use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, DIR_TO_DEVICE};
 use aicsim_kmd::{Errno, Kmd, KmdConfig, Stepping};
@@ -156,7 +156,7 @@ fn with_the_link_down_registers_read_all_ones_and_waiters_fail_with_enodev() {
     waiter.join().unwrap();
     assert_eq!(e.errno, Errno::ENODEV, "{e}");
     assert!(t.elapsed() < Duration::from_millis(500), "noticed within a wake period: {:?}", t.elapsed());
-    assert_eq!(kmd.read_register(dbc as usize, aicsim_device::dbc::REQ_HEAD), 0xFFFF_FFFF);
+    assert_eq!(kmd.read_register(dbc as usize, aicsim_abi::dbc::REQ_HEAD), 0xFFFF_FFFF);
     assert_eq!(client.execute_bo(dbc, &both(input, output)).unwrap_err().errno, Errno::ENODEV);
     kmd.set_link(true);
     kmd.reset().unwrap();

@@ -3,7 +3,7 @@
 
 mod common;
 
-use aicsim_device::dbc::CompletionCode;
+use aicsim_abi::dbc::CompletionCode;
 use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
 use aicsim_kmd::{Errno, Stepping};
 

@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::container::IoBinding;
-use aicsim_device::dbc::SemOp;
+use aicsim_abi::container::IoBinding;
+use aicsim_abi::dbc::SemOp;
 use aicsim_driver::{
     Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, Stamp, SyncPoint,
 };

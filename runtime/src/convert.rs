@@ -6,7 +6,7 @@
 //! float dequantises, `(q - offset) * scale`; int to int saturates. Layouts: a rank-4
 //! tensor is NCHW on one side and NHWC on the other.
 
-use aicsim_device::container::{HostLayout, IoBinding, IoDType};
+use aicsim_abi::container::{HostLayout, IoBinding, IoDType};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -154,7 +154,7 @@ pub fn device_to_host(b: &IoBinding, device: &[u8], host: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aicsim_device::container::{HostFormat, IoDirection};
+    use aicsim_abi::container::{HostFormat, IoDirection};
 
     fn binding(dtype: IoDType, host: IoDType, layout: HostLayout, scale: f32, offset: i32) -> IoBinding {
         IoBinding::new("t", IoDirection::Input, dtype, &[2, 3, 4, 5], 0).with_host(HostFormat {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aicsim_device::container::ContainerError;
+use aicsim_abi::container::ContainerError;
 use aicsim_driver::DriverError;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use aicsim_device::container::{IoBinding, ProgramImage};
-use aicsim_device::memory::HeapMemory;
+use aicsim_abi::container::{IoBinding, ProgramImage};
+use aicsim_abi::memory::HeapMemory;
 use aicsim_device::nsp::{validate_stream, CostModel, Limits, NspCore};
 use aicsim_device::scheduler::{ExecMode, Plan, Scheduler};
 
@@ -122,7 +122,7 @@ impl Program {
         let mut nsps: Vec<Option<NspCore>> = (0..image.num_cores()).map(|_| None).collect();
         let done = scheduler.run_until_completion(&mut nsps, 0, &HeapMemory::new(0), ExecMode::Timing);
         let cycles = done.into_iter().next()?.1.ok()?.cycles();
-        Some(aicsim_device::clock::ns_at_or_after(cycles, clock_hz))
+        Some(aicsim_abi::clock::ns_at_or_after(cycles, clock_hz))
     }
 
     /// Bytes the host sends to the device per inference, in the device's format.

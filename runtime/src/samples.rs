@@ -1,8 +1,8 @@
 //! Built-in programs, written with the container builder, and their host-side
 //! reference results. The vector program is `aic-runner`'s embedded default.
 
-use aicsim_device::container::{ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_device::isa::{BinaryKind, DType, Instruction, Op, Tensor};
+use aicsim_abi::container::{ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 
 fn binding(name: &str, direction: IoDirection, dtype: IoDType, len: u32, ddr_offset: u64) -> IoBinding {
     IoBinding::new(name, direction, dtype, &[len], ddr_offset)

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_device::dbc::NUM_DBC;
+use aicsim_abi::dbc::NUM_DBC;
 use parking_lot::Mutex;
 
 use crate::activation::{Activation, InferenceSlot, SubmitPolicy};

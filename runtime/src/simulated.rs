@@ -8,7 +8,7 @@
 //! as qaic-runner's handles go round: take up a request, pre-process, submit, wait,
 //! post-process, hand the handle back.
 //!
-//! Causality (see `aicsim_device::clock`): a lane's next request can only come after its
+//! Causality (see `aicsim_abi::clock`): a lane's next request can only come after its
 //! current one completes, and completions come from the device in simulated-time
 //! order. So a free lane's request at time `t` goes to the device only when no lane
 //! still waiting could free up before `t`: the device has simulated up to `D`, so a

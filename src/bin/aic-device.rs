@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use aicsim_device::layout::MemoryMap;
+use aicsim_abi::layout::MemoryMap;
 use aicsim_device::{DeviceConfig, Firmware};
 use aicsim_kmd::shm::SharedRegion;
 use aicsim_kmd::threads::{serve_device, LoopControl};
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         map: MemoryMap { ring_nelem: args.ring_nelem, host_bytes: args.host_mib << 20, ddr_bytes: args.ddr_mib << 20 },
         ..DeviceConfig::default()
     };
-    if aicsim_device::dbc::Ring::new(args.ring_nelem).is_none() {
+    if aicsim_abi::dbc::Ring::new(args.ring_nelem).is_none() {
         eprintln!("aic-device: --ring-nelem {} is not a power of two >= 2", args.ring_nelem);
         return ExitCode::from(2);
     }

@@ -262,7 +262,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     Ok(Plan { limit, activations, set_size })
 }
 
-fn default_program() -> Result<aicsim_device::container::ProgramImage, String> {
+fn default_program() -> Result<aicsim_abi::container::ProgramImage, String> {
     let model = aicsim_compiler::zoo::resnet50();
     let opts = aicsim_compiler::CompileOptions { fp16: true, multicast_weights: true, ..Default::default() };
     Ok(aicsim_compiler::compile(&model, None, "resnet50", &opts).map_err(|e| e.to_string())?.image)

@@ -1,8 +1,8 @@
 use super::*;
-use crate::container::{IoBinding, IoDType, IoDirection};
-use crate::dbc::{DoorbellWidth, SemOp};
-use crate::isa::{BinaryKind, DType, Instruction, Op, Tensor};
-use crate::memory::{HeapMemory, SharedMemory};
+use aicsim_abi::container::{IoBinding, IoDType, IoDirection};
+use aicsim_abi::dbc::{DoorbellWidth, SemOp};
+use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
+use aicsim_abi::memory::{HeapMemory, SharedMemory};
 use alloc::vec;
 use core::sync::atomic::Ordering;
 
@@ -61,8 +61,9 @@ struct Rig {
     fw: Firmware,
     mem: HeapMemory,
     map: MemoryMap,
-    tail: u32,
-    rsp_head: u32,
+    /// The host's ends of the channel's rings.
+    requests: Producer,
+    responses: Consumer,
     info: ActivationInfo,
     dbc: usize,
 }
@@ -76,8 +77,16 @@ impl Rig {
         let mem = HeapMemory::new(cfg.map.total_bytes() as usize);
         let mut fw = Firmware::new(cfg);
         fw.boot(&mem);
-        let mut rig =
-            Rig { fw, mem, map: cfg.map, tail: 0, rsp_head: 0, info: ActivationInfo::from_values([0; 7]), dbc: 3 };
+        let ring = Ring::new(cfg.map.ring_nelem).unwrap();
+        let mut rig = Rig {
+            fw,
+            mem,
+            map: cfg.map,
+            requests: Producer::new(ring),
+            responses: Consumer::new(ring),
+            info: ActivationInfo::from_values([0; 7]),
+            dbc: 3,
+        };
         let image = add_program().to_bytes();
         let at = rig.map.host_offset() + (512 << 10);
         rig.mem.write(at, &image).unwrap();
@@ -119,26 +128,29 @@ impl Rig {
 
     /// Stamps the next element to push (simulated clock).
     fn stamp(&mut self, time_ns: u64, flags: u32) {
-        let stamp = crate::clock::RequestStamp { time_ns, flags, reserved: 0 };
-        self.mem.write(self.map.request_stamp(self.dbc, self.tail), bytemuck::bytes_of(&stamp)).unwrap();
+        let stamp = aicsim_abi::clock::RequestStamp { time_ns, flags, reserved: 0 };
+        self.mem.write(self.map.request_stamp(self.dbc, self.requests.slot()), bytemuck::bytes_of(&stamp)).unwrap();
     }
 
     fn push(&mut self, e: RequestElement) {
-        self.mem.write(self.map.request_element(self.dbc, self.tail), bytemuck::bytes_of(&e)).unwrap();
-        self.tail = (self.tail + 1) % self.map.ring_nelem;
-        self.mem.store_u32(self.map.dbc_reg(self.dbc, REQ_TAIL), self.tail, Release);
+        let ix = SharedIndices::host_requests(&self.mem, &self.map, self.dbc);
+        assert!(self.requests.room(&ix, 1).unwrap() > 0, "the request ring is full");
+        self.mem.write(self.map.request_element(self.dbc, self.requests.slot()), bytemuck::bytes_of(&e)).unwrap();
+        self.requests.push();
+        self.requests.publish(&ix);
     }
 
     fn responses(&mut self) -> Vec<ResponseElement> {
-        let tail = self.mem.load_u32(self.map.dbc_reg(self.dbc, RSP_TAIL), Acquire);
+        let ix = SharedIndices::host_responses(&self.mem, &self.map, self.dbc);
+        self.responses.refresh(&ix).unwrap();
         let mut out = vec![];
-        while self.rsp_head != tail {
+        while self.responses.pending() > 0 {
             let mut raw = [0u8; 4];
-            self.mem.read(self.map.response_element(self.dbc, self.rsp_head), &mut raw).unwrap();
+            self.mem.read(self.map.response_element(self.dbc, self.responses.slot()), &mut raw).unwrap();
             out.push(bytemuck::pod_read_unaligned(&raw));
-            self.rsp_head = (self.rsp_head + 1) % self.map.ring_nelem;
+            self.responses.pop();
         }
-        self.mem.store_u32(self.map.dbc_reg(self.dbc, RSP_HEAD), self.rsp_head, Release);
+        self.responses.publish(&ix);
         out
     }
 
@@ -288,7 +300,7 @@ fn an_output_waits_at_the_head_until_its_program_ran() {
     let e = rig.fetch_element(7, 2 * BYTES, rig.host(2));
     rig.push(e);
     assert_eq!(rig.fw.service(&rig.mem).elements, 0);
-    assert_eq!(rig.mem.load_u32(rig.map.dbc_reg(rig.dbc, REQ_HEAD), Acquire), 0);
+    assert_eq!(rig.mem.load_u32(rig.map.dbc_reg(rig.dbc, aicsim_abi::dbc::REQ_HEAD), Acquire), 0);
     assert!(rig.responses().is_empty());
     // Releasing the semaphore by hand (as a finished program would) lets it through.
     rig.mem.store_u32(rig.map.semaphore(rig.info.sem_outputs), 1, Release);
@@ -398,9 +410,8 @@ fn a_faulting_program_fails_its_outputs_with_program_fault_and_the_channel_recov
     let (status, values, msg) = rig.control(ControlCommand::Activate { program: v[0] as u32, dbc: 3 });
     assert_eq!(status, ControlStatus::Ok, "{msg}");
     rig.info = ActivationInfo::from_values(values);
-    (rig.tail, rig.rsp_head) = (0, 0);
-    rig.mem.store_u32(rig.map.dbc_reg(3, REQ_TAIL), 0, Release);
-    rig.mem.store_u32(rig.map.dbc_reg(3, RSP_HEAD), 0, Release);
+    rig.requests.reset(&SharedIndices::host_requests(&rig.mem, &rig.map, 3));
+    rig.responses.reset(&SharedIndices::host_responses(&rig.mem, &rig.map, 3));
     rig.inference(1, 1.0);
     rig.run();
     let codes: Vec<u16> = rig.responses().iter().map(|r| r.status).collect();
@@ -463,21 +474,22 @@ impl Rig {
         .into_iter()
         .enumerate()
         {
-            self.stamp(at_ns, if i == 2 && wakes { crate::clock::STAMP_WAKES_HOST } else { 0 });
+            self.stamp(at_ns, if i == 2 && wakes { aicsim_abi::clock::STAMP_WAKES_HOST } else { 0 });
             self.push(e);
         }
     }
 
     /// The response stamps of the responses the host has not read yet, in ns.
     fn response_times(&self) -> Vec<u64> {
-        let tail = self.mem.load_u32(self.map.dbc_reg(self.dbc, RSP_TAIL), Acquire);
+        // A copy of the host's end: looking does not take the responses.
+        let mut peek = self.responses;
+        peek.refresh(&SharedIndices::host_responses(&self.mem, &self.map, self.dbc)).unwrap();
         let mut out = vec![];
-        let mut at = self.rsp_head;
-        while at != tail {
+        while peek.pending() > 0 {
             let mut raw = [0u8; 8];
-            self.mem.read(self.map.response_stamp(self.dbc, at), &mut raw).unwrap();
+            self.mem.read(self.map.response_stamp(self.dbc, peek.slot()), &mut raw).unwrap();
             out.push(u64::from_le_bytes(raw));
-            at = (at + 1) % self.map.ring_nelem;
+            peek.pop();
         }
         out
     }
@@ -490,7 +502,7 @@ fn on_the_simulated_clock_an_element_waits_for_its_time_then_for_the_link() {
     assert_eq!(rig.run(), 3);
     let run = rig.fw.last_run(rig.dbc).unwrap();
     let hz = rig.fw.config().clock_hz;
-    let ns = |cycles: u64| crate::clock::ns_at_or_after(cycles, hz);
+    let ns = |cycles: u64| aicsim_abi::clock::ns_at_or_after(cycles, hz);
     // The inputs cross the link one after the other from 50 us; the program starts
     // when the second has landed; the output crosses after the program.
     let times = rig.response_times();
@@ -500,7 +512,7 @@ fn on_the_simulated_clock_an_element_waits_for_its_time_then_for_the_link() {
     assert_eq!(ns(run.start_cycle), 52 * US, "the program starts when its inputs have landed");
     assert_eq!(
         times[2],
-        ns(run.end_cycle + crate::clock::cycles_at_or_after(US, hz)),
+        ns(run.end_cycle + aicsim_abi::clock::cycles_at_or_after(US, hz)),
         "output: the program, then the link"
     );
     assert_eq!(rig.mem.load_u32(layout::LATE_ELEMENTS, Acquire), 0);
@@ -510,7 +522,7 @@ fn on_the_simulated_clock_an_element_waits_for_its_time_then_for_the_link() {
 fn the_device_stops_short_of_the_hosts_promise_and_says_how_far_it_got() {
     let mut rig = Rig::with_config(timed_config());
     let promise = 80 * US;
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), promise, Release);
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS), promise, Release);
     // Something to do before the promise, and something after it.
     rig.timed_inference(1, 10 * US, false);
     rig.timed_inference(4, 200 * US, false);
@@ -519,7 +531,11 @@ fn the_device_stops_short_of_the_hosts_promise_and_says_how_far_it_got() {
     assert!(now < promise && now + 1 >= promise - 1, "simulated up to just before the promise: {now}");
     assert_eq!(rig.responses().len(), 3, "the inference before the promise completed, the one after did not start");
     // The host moves its promise on: the second inference goes through.
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    rig.mem.store_u64(
+        rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
+        aicsim_abi::clock::NO_PROMISE,
+        Release,
+    );
     rig.run();
     assert_eq!(rig.response_times().first().copied(), Some(201 * US));
     assert_eq!(rig.responses().len(), 3);
@@ -533,11 +549,11 @@ fn inputs_queued_behind_a_waiting_output_cross_the_link_during_the_run_but_land_
     rig.timed_inference(4, 10 * US, false);
     assert_eq!(rig.run(), 6);
     let hz = rig.fw.config().clock_hz;
-    let link = crate::clock::cycles_at_or_after(US, hz);
+    let link = aicsim_abi::clock::cycles_at_or_after(US, hz);
     let mut raw = [0u8; 64];
     let record = |rig: &Rig, seq: u64, raw: &mut [u8; 64]| {
         rig.mem.read(rig.map.run_record(rig.dbc, seq), raw).unwrap();
-        bytemuck::pod_read_unaligned::<crate::run_record::RunRecord>(raw)
+        bytemuck::pod_read_unaligned::<aicsim_abi::run_record::RunRecord>(raw)
     };
     let (first, second) = (record(&rig, 1, &mut raw), record(&rig, 2, &mut raw));
     // The second inference's inputs cross the inbound link from the moment the first run
@@ -554,19 +570,23 @@ fn inputs_queued_behind_a_waiting_output_cross_the_link_during_the_run_but_land_
 fn a_waking_response_holds_the_device_until_the_host_accounts_for_it() {
     let mut rig = Rig::with_config(timed_config());
     let lookahead = 30 * US;
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::LOOKAHEAD_NS), lookahead, Release);
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::LOOKAHEAD_NS), lookahead, Release);
+    rig.mem.store_u64(
+        rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
+        aicsim_abi::clock::NO_PROMISE,
+        Release,
+    );
     rig.timed_inference(1, 10 * US, true);
     rig.timed_inference(4, 500 * US, true);
     rig.run();
     let woke = *rig.response_times().last().unwrap();
-    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES), Acquire), 1);
+    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::DEVICE_WAKES), Acquire), 1);
     let now = rig.mem.load_u64(layout::DEVICE_NOW_NS, Acquire);
     assert!(now < woke + lookahead, "held within the lookahead of the completion: {now} vs {woke} + {lookahead}");
     // The host accounts for it (and promises nothing): the device goes on.
-    rig.mem.store_u32(rig.map.clock_reg(rig.dbc, crate::clock::HOST_ACKED), 1, Release);
+    rig.mem.store_u32(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::HOST_ACKED), 1, Release);
     rig.run();
-    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES), Acquire), 2);
+    assert_eq!(rig.mem.load_u32(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::DEVICE_WAKES), Acquire), 2);
 }
 
 /// A [`HeapMemory`] that notes, at every publication of the device's progress, the time
@@ -581,13 +601,13 @@ impl SharedMemory for Watching<'_> {
     fn size(&self) -> u64 {
         self.mem.size()
     }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::memory::OutOfRange> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), aicsim_abi::memory::OutOfRange> {
         self.mem.read(offset, buf)
     }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), crate::memory::OutOfRange> {
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), aicsim_abi::memory::OutOfRange> {
         self.mem.write(offset, data)
     }
-    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), crate::memory::OutOfRange> {
+    fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), aicsim_abi::memory::OutOfRange> {
         self.mem.copy(src, dst, len)
     }
     fn load_u32(&self, offset: u64, order: Ordering) -> u32 {
@@ -624,14 +644,18 @@ impl SharedMemory for Watching<'_> {
 fn a_waking_response_is_published_at_once_not_when_the_device_reaches_the_horizon() {
     let mut rig = Rig::with_config(timed_config());
     let lookahead = 1_000 * US;
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::LOOKAHEAD_NS), lookahead, Release);
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, crate::clock::PROMISE_NS), crate::clock::NO_PROMISE, Release);
+    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::LOOKAHEAD_NS), lookahead, Release);
+    rig.mem.store_u64(
+        rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
+        aicsim_abi::clock::NO_PROMISE,
+        Release,
+    );
     // The first inference wakes the host; the second, well within the lookahead, does not.
     rig.timed_inference(1, 10 * US, true);
     rig.timed_inference(4, 300 * US, false);
     let watch = Watching {
         mem: &rig.mem,
-        wakes_reg: rig.map.clock_reg(rig.dbc, crate::clock::DEVICE_WAKES),
+        wakes_reg: rig.map.clock_reg(rig.dbc, aicsim_abi::clock::DEVICE_WAKES),
         published: Default::default(),
     };
     while rig.fw.service(&watch).progressed() {}

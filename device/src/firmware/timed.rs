@@ -1,6 +1,6 @@
 //! The firmware on the simulated clock ([`Pacing::Simulated`]): when each element is
 //! served, how long its transfer over the host link takes, and how far device time may
-//! run ahead of the hosts (see [`crate::clock`] for the protocol).
+//! run ahead of the hosts (see [`aicsim_abi::clock`] for the protocol).
 //!
 //! An element is served once the device clock has reached its stamp and its transfer
 //! over the host link is over. The link is one transfer at a time per direction, taken
@@ -14,11 +14,11 @@ use alloc::collections::VecDeque;
 use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use super::{Firmware, Serviced};
-use crate::clock::{self, RequestStamp, NO_PROMISE, REQUEST_STAMP_BYTES, STAMP_WAKES_HOST};
-use crate::dbc::{Direction, RequestElement, Ring, NUM_DBC};
-use crate::layout;
-use crate::memory::{CopyTicket, SharedMemory};
 use crate::scheduler::ExecMode;
+use aicsim_abi::clock::{self, RequestStamp, NO_PROMISE, REQUEST_STAMP_BYTES, STAMP_WAKES_HOST};
+use aicsim_abi::dbc::{Direction, RequestElement, Ring, NUM_DBC};
+use aicsim_abi::layout;
+use aicsim_abi::memory::{CopyTicket, SharedMemory};
 
 /// Most inbound elements past a blocked head whose transfer is timed early.
 const READ_AHEAD: usize = 64;

@@ -18,8 +18,8 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use super::kernels::{f32_range, gather_f32, gather_i32, scatter_f32, scatter_i32};
-use crate::isa::{ConvGeometry, Tensor};
 use crate::parallel;
+use aicsim_abi::isa::{ConvGeometry, Tensor};
 
 /// `c[m x n] = a[m x k] * b[k x n] + beta * c`, all packed row-major.
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {

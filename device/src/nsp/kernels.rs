@@ -10,7 +10,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use half::f16;
 
-use crate::isa::{BinaryKind, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
+use aicsim_abi::isa::{BinaryKind, DType, Op, PoolKind, PoolWindow, ReduceKind, Tensor, UnaryKind};
 
 /// Byte offsets of every element of `t` in logical row-major order.
 pub(crate) fn element_offsets(t: &Tensor) -> impl Iterator<Item = u64> + '_ {

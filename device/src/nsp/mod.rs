@@ -14,7 +14,7 @@ pub mod validate;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::isa::{DType, Op, UnaryKind};
+use aicsim_abi::isa::{DType, Op, UnaryKind};
 
 pub use validate::{validate_stream, Limits, ProgramError, StreamProblem};
 
@@ -251,7 +251,7 @@ impl CostModel {
                 self.hmx_cycles(weight.dtype, m, n, k, g)
             }
             Op::Binary { kind, dst, .. } => {
-                let per = if *kind == crate::isa::BinaryKind::Div { self.hvx_divide_cycles } else { 1 };
+                let per = if *kind == aicsim_abi::isa::BinaryKind::Div { self.hvx_divide_cycles } else { 1 };
                 issue + self.vectors(dst.packed_bytes()) * per
             }
             Op::Unary { kind, dst, .. } => {

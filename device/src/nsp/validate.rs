@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::isa::{DType, Instruction, Op, Space, Tensor};
+use aicsim_abi::isa::{DType, Instruction, Op, Space, Tensor};
 
 /// What a stream is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct ProgramError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StreamProblem {
     #[error("cannot decode: {0}")]
-    Decode(#[from] crate::isa::DecodeError),
+    Decode(#[from] aicsim_abi::isa::DecodeError),
     #[error("{operand} spans VTCM [{start:#x}, {start:#x} + {len:#x}), past the core's {vtcm_bytes:#x}-byte VTCM")]
     VtcmOverflow { operand: &'static str, start: u64, len: u64, vtcm_bytes: u64 },
     #[error("{operand} spans DDR [{start:#x}, {start:#x} + {len:#x}), past the program's {ddr_bytes:#x}-byte DDR allocation")]
@@ -185,7 +185,7 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             types(a.dtype == dst.dtype && b.dtype == dst.dtype, || {
                 String::from("binary operands must share the destination's dtype")
             })?;
-            let int_ok = !matches!(kind, crate::isa::BinaryKind::Div);
+            let int_ok = !matches!(kind, aicsim_abi::isa::BinaryKind::Div);
             types(dst.dtype.is_float() || (dst.dtype == DType::I32 && int_ok), || {
                 format!("{kind:?} is not defined on {:?}", dst.dtype)
             })
@@ -195,7 +195,7 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             v(src, "src")?;
             same_shape(dst, src, "unary")?;
             types(dst.dtype == src.dtype, || String::from("unary ops do not convert; use Convert"))?;
-            types(dst.dtype.is_float() || matches!(kind, crate::isa::UnaryKind::Copy), || {
+            types(dst.dtype.is_float() || matches!(kind, aicsim_abi::isa::UnaryKind::Copy), || {
                 format!("{kind:?} needs a float dtype")
             })
         }
@@ -285,7 +285,7 @@ pub fn validate_stream(core: u32, stream: &[Instruction], limits: &Limits) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::{BinaryKind, ConvGeometry};
+    use aicsim_abi::isa::{BinaryKind, ConvGeometry};
     use alloc::vec;
 
     const LIMITS: Limits = Limits { vtcm_bytes: 4096, ddr_bytes: 1024, cores: 2 };
@@ -310,11 +310,11 @@ mod tests {
         let big = vt(4000, DType::F32, &[50]);
         let (index, p) = problem(&[
             Op::Unary {
-                kind: crate::isa::UnaryKind::Relu,
+                kind: aicsim_abi::isa::UnaryKind::Relu,
                 dst: vt(0, DType::F32, &[50]),
                 src: vt(0, DType::F32, &[50]),
             },
-            Op::Unary { kind: crate::isa::UnaryKind::Relu, dst: big, src: vt(0, DType::F32, &[50]) },
+            Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: big, src: vt(0, DType::F32, &[50]) },
         ]);
         assert_eq!(index, 1);
         assert_eq!(p, StreamProblem::VtcmOverflow { operand: "dst", start: 4000, len: 200, vtcm_bytes: 4096 });

@@ -6,11 +6,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::isa::{Op, Tensor};
-use crate::memory::SharedMemory;
 use crate::nsp::kernels::element_offsets;
 use crate::nsp::{self, NspCore};
 use crate::parallel;
+use aicsim_abi::isa::{Op, Tensor};
+use aicsim_abi::memory::SharedMemory;
 
 /// Carries out `op`'s effect on memory for core `core` of a job whose cores are `cores`
 /// (physical ids, in program order) and whose DDR starts at region offset `ddr_base`.

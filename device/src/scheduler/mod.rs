@@ -37,9 +37,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
-use crate::isa::SYNC_COUNTERS;
-use crate::memory::SharedMemory;
 use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, OP_CLASSES};
+use aicsim_abi::isa::SYNC_COUNTERS;
+use aicsim_abi::memory::SharedMemory;
 
 use core_run::{Blocked, CoreRun, InFlight, State};
 use fluid::{CappedShare, EqualShare, Owner};

@@ -6,8 +6,8 @@
 use alloc::vec::Vec;
 use core::ops::Deref;
 
-use crate::isa::{Op, Space, Tensor};
 use crate::nsp::{self, CostModel, Engine, OpClass, DMA_QUEUES, HVX_THREADS};
+use aicsim_abi::isa::{Op, Space, Tensor};
 
 use super::fluid::cycles_for;
 use super::CoreStats;
@@ -351,7 +351,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isa::{DType, UnaryKind};
+    use aicsim_abi::isa::{DType, UnaryKind};
     use alloc::vec;
 
     #[test]

@@ -79,7 +79,7 @@ pub trait SharedMemory {
     fn copy_finish(&self, _ticket: CopyTicket) {}
     /// This memory as one that several threads may `read` and `write` at once (on
     /// disjoint ranges), if it is: the device then spreads large transfers over its
-    /// helper thread ([`crate::parallel`]). None by default.
+    /// helper thread (the device's parallel helper). None by default.
     fn concurrent(&self) -> Option<&(dyn SharedMemory + Sync)> {
         None
     }
