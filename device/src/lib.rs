@@ -1,6 +1,8 @@
-//! `aicsim-device` is the simulated accelerator: the DMA Bridge Channel (DBC) wire
-//! formats, the device's memory map, its semaphores, the firmware that services the
-//! request rings, the NSP cores that run programs, and the program container format.
+//! `aicsim-device` is the simulated accelerator's model: the firmware that services the
+//! control mailbox and the request rings ([`firmware`]), the discrete-event scheduler
+//! that times programs ([`scheduler`]), the NSP cores and their kernels ([`nsp`]), and
+//! the profiles it keeps. What it shares with the host — wire formats, registers, ring
+//! endpoints, memory layout, program container — is in `aicsim-abi`.
 //!
 //! It is `no_std` + `alloc` (the `std` feature adds `std::error::Error` impls,
 //! an AVX-512 matrix product behind a run-time CPU check, and one helper thread that shares
@@ -8,7 +10,7 @@
 //! `nsp::gemm` (raw pointers into matrix products), `nsp::avx512` (the SIMD product
 //! behind a run-time CPU check) and `parallel` (the helper's borrowed job, disjoint
 //! pieces of one slice); everything the device shares with the host is reached through
-//! the offset-addressed [`memory::SharedMemory`] trait, which the kernel-driver
+//! the offset-addressed `aicsim_abi::memory::SharedMemory` trait, which the kernel-driver
 //! simulator implements over a real shared mapping. The device never forms a reference
 //! into shared memory; every value it reads from there is copied out, validated, and
 //! only then used.

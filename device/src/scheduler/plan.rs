@@ -12,7 +12,7 @@ use aicsim_abi::isa::{Op, Space, Tensor};
 use super::fluid::cycles_for;
 use super::CoreStats;
 
-/// A program's per-core instruction streams together with their [`Step`]s under one
+/// A program's per-core instruction streams together with their `Step`s under one
 /// cost model. Built once when a program is loaded and shared by every run of it.
 #[derive(Debug)]
 pub struct Plan {
