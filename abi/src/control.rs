@@ -11,6 +11,12 @@
 use bytemuck::{Pod, Zeroable};
 use core::mem::size_of;
 
+/// Values a control request or response carries (their meaning depends on the command).
+pub const CONTROL_VALUES: usize = 7;
+
+/// The value words of a control request or response.
+pub type ControlValues = [u64; CONTROL_VALUES];
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ControlRequest {
@@ -27,7 +33,7 @@ pub struct ControlResponse {
     pub status: u32,
     /// Bytes of UTF-8 message that follow the response header.
     pub message_len: u32,
-    pub values: [u64; 7],
+    pub values: ControlValues,
 }
 const _: () = assert!(size_of::<ControlResponse>() == 64);
 
@@ -156,7 +162,7 @@ pub struct ActivationInfo {
 }
 
 impl ActivationInfo {
-    pub fn to_values(self) -> [u64; 7] {
+    pub fn to_values(self) -> ControlValues {
         [
             self.ddr_base,
             self.ddr_bytes,
@@ -168,7 +174,7 @@ impl ActivationInfo {
         ]
     }
 
-    pub fn from_values(v: [u64; 7]) -> ActivationInfo {
+    pub fn from_values(v: ControlValues) -> ActivationInfo {
         ActivationInfo {
             ddr_base: v[0],
             ddr_bytes: v[1],
@@ -194,7 +200,7 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    pub fn to_values(self) -> [u64; 7] {
+    pub fn to_values(self) -> ControlValues {
         [
             self.nsp_total.into(),
             self.nsp_free.into(),
@@ -206,7 +212,7 @@ impl StatusReport {
         ]
     }
 
-    pub fn from_values(v: [u64; 7]) -> StatusReport {
+    pub fn from_values(v: ControlValues) -> StatusReport {
         StatusReport {
             nsp_total: v[0] as u32,
             nsp_free: v[1] as u32,

@@ -249,7 +249,9 @@ const SEM_OUT_FENCE: u32 = 1 << 29;
 const SEM_OP_SHIFT: u32 = 24;
 const SEM_PRESYNC: u32 = 1 << 22;
 const SEM_INDEX_SHIFT: u32 = 16;
-const SEM_RESERVED: u32 = (0b11 << 27) | (1 << 23) | (1 << 21) | (0xF << 12);
+/// What would be a sixth index bit: an index past the 32 semaphores.
+const SEM_INDEX_HIGH: u32 = 1 << 21;
+const SEM_RESERVED: u32 = (0b11 << 27) | (1 << 23) | (0xF << 12);
 
 impl SemCommand {
     /// Encodes with the enable bit set. Out-of-range fields are the caller's bug, so
@@ -275,6 +277,9 @@ impl SemCommand {
     pub fn decode(raw: u32) -> Result<Option<SemCommand>, CompletionCode> {
         if raw & SEM_ENABLE == 0 {
             return Ok(None);
+        }
+        if raw & SEM_INDEX_HIGH != 0 {
+            return Err(CompletionCode::BadSemaphore);
         }
         if raw & SEM_RESERVED != 0 {
             return Err(CompletionCode::ReservedBits);
@@ -471,6 +476,8 @@ mod tests {
         assert_eq!(SemCommand::decode(raw), Ok(Some(s)));
         assert_eq!(SemCommand::decode(raw & !(1 << 31)), Ok(None));
         assert_eq!(SemCommand::decode((1 << 31) | (7 << 24)), Err(CompletionCode::BadSemaphore));
+        assert_eq!(SemCommand::decode(raw | (1 << 21)), Err(CompletionCode::BadSemaphore), "index 32 and up");
+        assert_eq!(SemCommand::decode(raw | (1 << 23)), Err(CompletionCode::ReservedBits));
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) fn tensor_const(t: &Tensor, model_dir: Option<&Path>) -> Result<Const
         .map_err(|_| CompileError::Model(format!("tensor '{}' has a negative dimension {:?}", t.name, t.dims)))?;
     let values = t.to_f32(model_dir)?;
     Ok(match t.data_type {
-        data_type::INT64 | data_type::INT32 | data_type::INT8 | data_type::UINT8 | data_type::BOOL => {
+        ty if data_type::is_integer(ty) => {
             let ints = match &t.data {
                 crate::onnx::TensorData::Int64s(v) | crate::onnx::TensorData::Int32s(v) => v.clone(),
                 crate::onnx::TensorData::Raw(raw) if t.data_type == data_type::INT64 => {

@@ -4,7 +4,7 @@
 //! Exported transformer graphs compute their reshape targets and masks this way.
 
 use crate::ir::Const;
-use crate::onnx::{AttributeValue, Node};
+use crate::onnx::{data_type, AttributeValue, Node};
 
 /// Why a node with constant inputs cannot be evaluated.
 pub type FoldError = String;
@@ -461,7 +461,7 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
                 Some(AttributeValue::Tensor(t)) => {
                     let v = t.to_f32(None).map_err(|e| e.to_string())?;
                     let x = *v.first().ok_or("ConstantOfShape value is empty")?;
-                    if matches!(t.data_type, 6 | 7 | 9 | 2 | 3) {
+                    if data_type::is_integer(t.data_type) {
                         Const::i64(shape, vec![x as i64; n])
                     } else {
                         Const::f32(shape, vec![x; n])

@@ -23,7 +23,9 @@
 //!   lowering: operand views with broadcast (stride 0) and permuted strides.
 
 use aicsim_abi::container::ConstantBlob;
-use aicsim_abi::isa::{BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, Space, Tensor, UnaryKind};
+use aicsim_abi::isa::{
+    BinaryKind, ConvGeometry, DType, Op, PoolKind, PoolWindow, Space, Tensor, UnaryKind, SYNC_COUNTERS,
+};
 use aicsim_device::nsp::CostModel;
 
 use crate::ir::{Activation, Const, Graph, LayerKind, Operand, Step, ValueId};
@@ -336,7 +338,8 @@ impl<'g> Lowerer<'g> {
         // the previous layer still computes (prefetch); the barrier ending that layer
         // waits for it. The first layer has nothing to hide behind: its owners signal
         // counter `1 + block` and the users wait for it.
-        let shared = self.o.multicast_weights && cores > 1 && (n_co as usize) < cores && n_co < 31;
+        let shared =
+            self.o.multicast_weights && cores > 1 && (n_co as usize) < cores && n_co < u64::from(SYNC_COUNTERS) - 1;
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         // Tiles on the big budget reach into the shared slots' VTCM.
         let slots = shared && self.prefetch && budget == self.budget();

@@ -32,6 +32,11 @@ pub mod data_type {
     pub const BOOL: i32 = 9;
     pub const FLOAT16: i32 = 10;
     pub const DOUBLE: i32 = 11;
+
+    /// Whether elements of this type are integers (booleans included).
+    pub fn is_integer(t: i32) -> bool {
+        matches!(t, UINT8 | INT8 | INT32 | INT64 | BOOL)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -23,7 +23,8 @@ use crate::nsp::{self, CostModel, Limits, NspCore};
 use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
 use aicsim_abi::container::ProgramImage;
 use aicsim_abi::control::{
-    ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES,
+    ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, ControlValues, StatusReport,
+    RESPONSE_HEADER_BYTES,
 };
 use aicsim_abi::dbc::{
     Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
@@ -553,10 +554,6 @@ impl Firmware {
         let mut presync = None;
         let mut postsync = [None; 4];
         for (slot, &raw) in postsync.iter_mut().zip(&e.sem_cmd) {
-            // Bit 21 would be a sixth index bit: an index past the 32 semaphores.
-            if raw & (1 << 31) != 0 && raw & (1 << 21) != 0 {
-                return Err(CompletionCode::BadSemaphore);
-            }
             let Some(sem) = SemCommand::decode(raw)? else { continue };
             if self.sem_owner[sem.index as usize] != Some(dbc) {
                 return Err(CompletionCode::BadSemaphore);
@@ -769,7 +766,11 @@ impl Firmware {
         true
     }
 
-    fn control<M: SharedMemory>(&mut self, cmd: ControlCommand, mem: &M) -> Result<[u64; 7], (ControlStatus, String)> {
+    fn control<M: SharedMemory>(
+        &mut self,
+        cmd: ControlCommand,
+        mem: &M,
+    ) -> Result<ControlValues, (ControlStatus, String)> {
         match cmd {
             ControlCommand::LoadProgram { host_addr, len } => {
                 self.load_program(host_addr, len, mem).map(|id| [id.into(), 0, 0, 0, 0, 0, 0])

@@ -4,7 +4,9 @@
 //! the good channel correctly.
 
 use aicsim_abi::container::IoDType;
-use aicsim_abi::control::{ActivationInfo, ControlCommand, ControlResponse, ControlStatus};
+use aicsim_abi::control::{
+    ActivationInfo, ControlCommand, ControlResponse, ControlStatus, ControlValues, CONTROL_VALUES,
+};
 use aicsim_abi::dbc::{
     Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, ResponseElement, Ring, SemCommand, SemOp,
 };
@@ -48,7 +50,7 @@ impl Rig {
             map: config.map,
             requests: [Producer::new(Ring::new(NELEM).unwrap()); 2],
             responses: [Consumer::new(Ring::new(NELEM).unwrap()); 2],
-            infos: [ActivationInfo::from_values([0; 7]); 2],
+            infos: [ActivationInfo::from_values([0; CONTROL_VALUES]); 2],
         };
         let image = copy_program();
         let at = rig.map.host_offset() + (512 << 10);
@@ -61,7 +63,7 @@ impl Rig {
         rig
     }
 
-    fn control(&mut self, cmd: ControlCommand) -> [u64; 7] {
+    fn control(&mut self, cmd: ControlCommand) -> ControlValues {
         self.mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&cmd.encode())).unwrap();
         self.mem.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst);
         self.fw.service(&self.mem);

@@ -11,9 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aicsim_abi::control::{ActivationInfo, StatusReport};
+use aicsim_abi::dbc::CompletionCode;
 pub use aicsim_abi::dbc::DoorbellWidth;
-use aicsim_abi::dbc::{CompletionCode, SemOp};
+pub use aicsim_abi::dbc::SemOp;
 pub use aicsim_abi::run_record::RunRecord;
+
+/// DMA Bridge Channels of a device: at most this many activations run at once.
+pub const CHANNELS: usize = aicsim_abi::dbc::NUM_DBC;
 pub use aicsim_device::scheduler::RunStats;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};

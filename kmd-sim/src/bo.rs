@@ -198,13 +198,13 @@ impl Bo {
         if !self.idle.load(Ordering::Acquire) {
             let start = Instant::now();
             deadline = Some(start + timeout);
-            let mut round = 0u32;
+            let backoff = crossbeam_utils::Backoff::new();
             while !self.idle.load(Ordering::Acquire) && start.elapsed() < spin.min(timeout) {
                 poll();
                 if self.idle.load(Ordering::Acquire) {
                     break;
                 }
-                crate::threads::relax(&mut round);
+                backoff.snooze();
             }
         }
         let mut st = self.state.lock();

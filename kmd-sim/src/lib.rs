@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aicsim_abi::control::{ControlCommand, ControlResponse, ControlStatus, StatusReport, RESPONSE_HEADER_BYTES};
+use aicsim_abi::control::{
+    ControlCommand, ControlResponse, ControlStatus, ControlValues, StatusReport, RESPONSE_HEADER_BYTES,
+};
 use aicsim_abi::dbc::{Ring, NUM_DBC};
 use aicsim_abi::layout::{self, DeviceStatus, MemoryMap};
 use aicsim_abi::memory::SharedMemory;
@@ -224,7 +226,7 @@ impl Shared {
     }
 
     /// Sends one control message and waits for the answer.
-    pub fn control(&self, cmd: ControlCommand) -> Result<[u64; 7]> {
+    pub fn control(&self, cmd: ControlCommand) -> Result<ControlValues> {
         let _one_at_a_time = self.control.lock();
         if !self.online() {
             return fail(Errno::ENODEV, "device is offline");

@@ -229,10 +229,10 @@ impl SharedMemory for SharedRegion {
 
     fn copy_finish(&self, ticket: CopyTicket) {
         let Some(dma) = self.dma.get() else { return };
-        let mut round = 0;
+        let backoff = crossbeam_utils::Backoff::new();
         // Acquire: pairs with the engine's Release; the bytes are visible after this.
         while dma.done.load(Ordering::Acquire) < ticket.0 {
-            crate::threads::relax(&mut round);
+            backoff.snooze();
         }
     }
 

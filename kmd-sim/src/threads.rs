@@ -11,22 +11,10 @@ use aicsim_abi::layout;
 use aicsim_abi::memory::SharedMemory;
 use aicsim_device::Firmware;
 
+use crossbeam_utils::Backoff;
+
 use crate::shm::SharedRegion;
 use crate::Shared;
-
-/// Backs off inside a polling loop: a few rounds of pure spinning (a completion
-/// microseconds away is caught without giving up the core), then yielding so that the
-/// other threads of a small machine get to run.
-pub(crate) fn relax(round: &mut u32) {
-    *round = round.saturating_add(1);
-    if *round < 64 {
-        for _ in 0..(*round * 4) {
-            std::hint::spin_loop();
-        }
-    } else {
-        std::thread::yield_now();
-    }
-}
 
 /// Longest single sleep of the device, so stop requests and heartbeats keep flowing.
 const MAX_SLEEP: Duration = Duration::from_millis(20);
@@ -60,7 +48,9 @@ pub fn serve_device(
 ) {
     let booted = Instant::now();
     let mut last_work = Instant::now();
-    let mut round = 0;
+    // Polls back off: a few rounds of spinning (a completion microseconds away is caught
+    // without giving up the core), then yielding so the other threads of a small machine run.
+    let backoff = Backoff::new();
     loop {
         match control(firmware) {
             LoopControl::Stop => break,
@@ -79,16 +69,16 @@ pub fn serve_device(
                 std::thread::sleep(Duration::from_nanos(slow_element_ns * u64::from(done.elements)));
             }
             last_work = Instant::now();
-            round = 0;
+            backoff.reset();
             continue;
         }
         // A paced program still running finishes on the wall clock: keep polling.
         let spin = if firmware.held_by_hosts() { idle_spin.max(HELD_SPIN) } else { idle_spin };
         if last_work.elapsed() < spin || firmware.busy() {
-            relax(&mut round);
+            backoff.snooze();
             continue;
         }
-        round = 0;
+        backoff.reset();
         region.store_u32(layout::DEVICE_SLEEPING, 1, SeqCst);
         fence(SeqCst);
         // After announcing sleep, a host that bumped the wake word before seeing our

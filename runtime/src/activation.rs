@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_abi::container::IoBinding;
-use aicsim_abi::dbc::SemOp;
 use aicsim_driver::{
-    Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemaphoreCommand, Slice, Stamp, SyncPoint,
+    Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemOp, SemaphoreCommand, Slice, Stamp,
+    SyncPoint,
 };
 
 use crate::convert;

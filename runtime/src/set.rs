@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_abi::dbc::NUM_DBC;
+use aicsim_driver::CHANNELS;
 use parking_lot::Mutex;
 
 use crate::activation::{Activation, InferenceSlot, SubmitPolicy};
@@ -178,9 +178,9 @@ impl InferenceSet {
         num_activations: usize,
         set_size: usize,
     ) -> Result<InferenceSet> {
-        if num_activations == 0 || num_activations > NUM_DBC {
+        if num_activations == 0 || num_activations > CHANNELS {
             return Err(RuntimeError::Config(format!(
-                "{num_activations} activations requested; between 1 and {NUM_DBC} (one per DMA Bridge Channel)"
+                "{num_activations} activations requested; between 1 and {CHANNELS} (one per DMA Bridge Channel)"
             )));
         }
         if set_size == 0 {

@@ -1,5 +1,6 @@
 use super::*;
 use aicsim_abi::container::{IoBinding, IoDType, IoDirection};
+use aicsim_abi::control::CONTROL_VALUES;
 use aicsim_abi::dbc::{DoorbellWidth, SemOp};
 use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use aicsim_abi::memory::{HeapMemory, SharedMemory};
@@ -84,7 +85,7 @@ impl Rig {
             map: cfg.map,
             requests: Producer::new(ring),
             responses: Consumer::new(ring),
-            info: ActivationInfo::from_values([0; 7]),
+            info: ActivationInfo::from_values([0; CONTROL_VALUES]),
             dbc: 3,
         };
         let image = add_program().to_bytes();
@@ -98,7 +99,7 @@ impl Rig {
         rig
     }
 
-    fn control(&mut self, cmd: ControlCommand) -> (ControlStatus, [u64; 7], String) {
+    fn control(&mut self, cmd: ControlCommand) -> (ControlStatus, ControlValues, String) {
         self.mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&cmd.encode())).unwrap();
         self.mem.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst);
         assert!(self.fw.service(&self.mem).control);
