@@ -1,0 +1,111 @@
+//! The control mailbox: one request at a time (load or unload a program, activate or
+//! deactivate a channel, report status), answered with a status, values and a message.
+
+use super::*;
+
+impl Firmware {
+    pub(super) fn service_control<M: SharedMemory>(&mut self, mem: &M) -> bool {
+        // Acquire: the request body was written before the sequence number.
+        let seq = mem.load_u32(layout::CTRL_REQ_SEQ, Acquire);
+        if seq == self.ctrl_seen {
+            return false;
+        }
+        self.ctrl_seen = seq;
+        let mut raw = [0u8; core::mem::size_of::<ControlRequest>()];
+        let _ = mem.read(layout::CTRL_REQUEST_OFFSET, &mut raw);
+        let req: ControlRequest = bytemuck::pod_read_unaligned(&raw);
+        let (status, values, message) = match ControlCommand::decode(&req) {
+            None => (
+                ControlStatus::InvalidArgument,
+                [0; 7],
+                format!("unknown control opcode {} or argument out of range", req.opcode),
+            ),
+            Some(cmd) => match self.control(cmd, mem) {
+                Ok(values) => (ControlStatus::Ok, values, String::new()),
+                Err((status, message)) => (status, [0; 7], message),
+            },
+        };
+        let msg = message.as_bytes();
+        let msg = &msg[..msg.len().min(layout::CTRL_MESSAGE_BYTES as usize)];
+        let rsp = ControlResponse { status: status as u32, message_len: msg.len() as u32, values };
+        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET, bytemuck::bytes_of(&rsp));
+        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, msg);
+        // Release: the response is visible before the sequence number that announces it.
+        mem.store_u32(layout::CTRL_RSP_SEQ, seq, Release);
+        mem.wake(layout::CTRL_RSP_SEQ);
+        true
+    }
+
+    pub(super) fn control<M: SharedMemory>(
+        &mut self,
+        cmd: ControlCommand,
+        mem: &M,
+    ) -> Result<ControlValues, (ControlStatus, String)> {
+        match cmd {
+            ControlCommand::LoadProgram { host_addr, len } => {
+                self.load_program(host_addr, len, mem).map(|id| [id.into(), 0, 0, 0, 0, 0, 0])
+            }
+            ControlCommand::UnloadProgram { program } => {
+                let slot = self.programs.get_mut(program as usize).filter(|p| p.is_some());
+                let Some(slot) = slot else {
+                    return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
+                };
+                if slot.as_ref().is_some_and(|p| p.activations > 0) {
+                    return Err((ControlStatus::Busy, format!("program {program} still has active activations")));
+                }
+                *slot = None;
+                Ok([0; 7])
+            }
+            ControlCommand::Activate { program, dbc } => {
+                self.activate(program, dbc, mem).map(ActivationInfo::to_values)
+            }
+            ControlCommand::Deactivate { dbc } => self.deactivate(dbc).map(|()| [0; 7]),
+            ControlCommand::Status => Ok(self.status().to_values()),
+            ControlCommand::Trace { dbc, on } => {
+                match self.activations.get_mut(dbc as usize).and_then(Option::as_mut) {
+                    Some(act) => {
+                        act.trace = on;
+                        Ok([0; 7])
+                    }
+                    None => Err((ControlStatus::NotFound, format!("channel {dbc} has no activation"))),
+                }
+            }
+            ControlCommand::ReadProfile { dbc, seq, host_addr, len } => {
+                let Some(act) = self.activations.get(dbc as usize).and_then(Option::as_ref) else {
+                    return Err((ControlStatus::NotFound, format!("channel {dbc} has no activation")));
+                };
+                let Some((_, stats)) = act.profiles.iter().find(|(s, _)| *s == seq) else {
+                    return Err((
+                        ControlStatus::NotFound,
+                        format!("run {seq} of channel {dbc} is not held (the device keeps the last {PROFILES_KEPT})"),
+                    ));
+                };
+                let needed = crate::profile::encoded_len(stats) as u64;
+                if needed > len {
+                    return Ok([needed, 0, 0, 0, 0, 0, 0]);
+                }
+                if !self.config.map.host_range_ok(host_addr, needed) {
+                    return Err((
+                        ControlStatus::InvalidArgument,
+                        format!("profile buffer [{host_addr:#x}, +{needed:#x}) is outside host memory"),
+                    ));
+                }
+                let _ = mem.write(host_addr, &crate::profile::encode(seq, stats));
+                Ok([needed, needed, 0, 0, 0, 0, 0])
+            }
+        }
+    }
+
+    /// A snapshot of resource use.
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            nsp_total: self.config.num_nsp,
+            nsp_free: self.core_owner.iter().filter(|o| o.is_none()).count() as u32,
+            ddr_total: self.ddr.total_bytes(),
+            ddr_free: self.ddr.free_bytes(),
+            fw_version: FIRMWARE_VERSION,
+            programs_loaded: self.programs.iter().filter(|p| p.is_some()).count() as u32,
+            active_channels: (0..NUM_DBC).filter(|&d| self.activations[d].is_some()).fold(0, |m, d| m | 1 << d),
+        }
+    }
+}
