@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
 
 use aicsim_compiler::{CompileOptions, Source};
 
@@ -23,8 +25,10 @@ use crate::predict::{predict, Deployment, DeviceModel, HostModel, Measure, Predi
 pub const CALIBRATED_CORES: u32 = 7;
 
 /// What the search optimises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Objective {
+    #[default]
     MaximizeInfRate,
     MinimizeLatency,
 }
@@ -90,91 +94,145 @@ fn set(c: &mut Config, name: &str, v: u32) {
     }
 }
 
-fn positive(v: &serde_json::Value, what: &str) -> Result<u32, String> {
-    v.as_u64()
-        .filter(|&n| n >= 1 && n <= u64::from(u32::MAX))
-        .map(|n| n as u32)
-        .ok_or_else(|| format!("{what} must be a positive integer, got {v}"))
+/// A parameter value: an integer of at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Positive(u32);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Positive, D::Error> {
+        let v = serde_json::Number::deserialize(d)?;
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .map(Positive)
+            .ok_or_else(|| D::Error::custom(format!("must be a positive integer, got {v}")))
+    }
+}
+
+/// The search file as written (every key optional but `params` and `initial_values`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchFile {
+    #[serde(default = "SearchFile::default_evaluations")]
+    max_func_eval: Positive,
+    #[serde(default)]
+    objective: Objective,
+    params: Params,
+    initial_values: Vec<Partial>,
+    #[serde(default)]
+    static_params: Partial,
+}
+
+impl SearchFile {
+    fn default_evaluations() -> Positive {
+        Positive(200)
+    }
+}
+
+/// The bounds of each searched parameter; a parameter not given is held at its default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    cores: Option<Bounds>,
+    mos: Option<Bounds>,
+    ols: Option<Bounds>,
+    bs: Option<Bounds>,
+    instances: Option<Bounds>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bounds {
+    min: Positive,
+    max: Positive,
+}
+
+/// Some of a point's parameters (an initial value, or the parameters held fixed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Partial {
+    cores: Option<Positive>,
+    mos: Option<Positive>,
+    ols: Option<Positive>,
+    bs: Option<Positive>,
+    instances: Option<Positive>,
+}
+
+impl Partial {
+    /// The parameters given, by name.
+    fn given(&self) -> Vec<(String, u32)> {
+        let all = [
+            ("cores", self.cores),
+            ("mos", self.mos),
+            ("ols", self.ols),
+            ("bs", self.bs),
+            ("instances", self.instances),
+        ];
+        all.into_iter().filter_map(|(k, v)| Some((k.to_string(), v?.0))).collect()
+    }
+
+    /// `base` with the parameters given here.
+    fn over(&self, base: Config) -> Config {
+        let pick = |v: Option<Positive>, d: u32| v.map_or(d, |p| p.0);
+        Config {
+            cores: pick(self.cores, base.cores),
+            mos: pick(self.mos, base.mos),
+            ols: pick(self.ols, base.ols),
+            bs: pick(self.bs, base.bs),
+            instances: pick(self.instances, base.instances),
+        }
+    }
+}
+
+fn range(name: &str, bounds: &Option<Bounds>, default: Range) -> Result<Range, String> {
+    let Some(b) = bounds else { return Ok(default) };
+    let (min, max) = (b.min.0, b.max.0);
+    if min > max {
+        return Err(format!("params.{name}: min {min} is above max {max}"));
+    }
+    Ok(Range { min, max })
 }
 
 impl SearchSpec {
-    /// Parses the search file's JSON text; every problem is named.
+    /// Parses the search file's JSON text; every problem is named, with where it is.
     pub fn parse(text: &str) -> Result<SearchSpec, String> {
-        let root: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
-        let obj = root.as_object().ok_or("the search file must be a JSON object")?;
-        for key in obj.keys() {
-            if !["max_func_eval", "objective", "params", "initial_values", "static_params"].contains(&key.as_str()) {
-                return Err(format!("unknown key \"{key}\""));
-            }
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        if !value.is_object() {
+            // Checked here: a derived struct would also take a list of its fields.
+            return Err("the search file must be a JSON object".into());
         }
-        let max_func_eval = match obj.get("max_func_eval") {
-            Some(v) => positive(v, "max_func_eval")? as usize,
-            None => 200,
-        };
-        let objective = match obj.get("objective").and_then(|v| v.as_str()) {
-            Some("maximize_inf_rate") | None => Objective::MaximizeInfRate,
-            Some("minimize_latency") => Objective::MinimizeLatency,
-            Some(other) => {
-                return Err(format!("objective \"{other}\" is not maximize_inf_rate or minimize_latency"));
+        let file: SearchFile = serde_path_to_error::deserialize(value).map_err(|e| {
+            let (path, why) = (e.path().to_string(), e.into_inner().to_string());
+            // An unknown key's path ends in that key, which the message names already.
+            let at =
+                if why.starts_with("unknown field") { path.rsplit_once('.').map(|(p, _)| p) } else { Some(&*path) };
+            match at {
+                Some(at) if at != "." => format!("{at}: {why}"),
+                _ => why,
             }
-        };
-        let params = obj.get("params").and_then(|v| v.as_object()).ok_or("\"params\" must be an object")?;
-        for key in params.keys() {
-            if !PARAMS.contains(&key.as_str()) {
-                return Err(format!("unknown parameter \"{key}\" in params (expected {})", PARAMS.join(", ")));
-            }
-        }
-        let range = |name: &str, default: Range| -> Result<Range, String> {
-            let Some(p) = params.get(name) else { return Ok(default) };
-            let min =
-                positive(p.get("min").ok_or(format!("params.{name} has no min"))?, &format!("params.{name}.min"))?;
-            let max =
-                positive(p.get("max").ok_or(format!("params.{name} has no max"))?, &format!("params.{name}.max"))?;
-            if min > max {
-                return Err(format!("params.{name}: min {min} is above max {max}"));
-            }
-            Ok(Range { min, max })
-        };
+        })?;
         let one = Range { min: 1, max: 1 };
-        let bs = range("bs", one)?;
+        let p = &file.params;
+        let bs = range("bs", &p.bs, one)?;
         if !bs.min.is_power_of_two() || !bs.max.is_power_of_two() {
             return Err(format!("params.bs bounds must be powers of two, got {}..{}", bs.min, bs.max));
         }
         let mut spec = SearchSpec {
-            max_func_eval,
-            objective,
-            cores: range("cores", Range { min: 1, max: 14 })?,
-            mos: range("mos", one)?,
-            ols: range("ols", one)?,
+            max_func_eval: file.max_func_eval.0 as usize,
+            objective: file.objective,
+            cores: range("cores", &p.cores, Range { min: 1, max: 14 })?,
+            mos: range("mos", &p.mos, one)?,
+            ols: range("ols", &p.ols, one)?,
             bs,
-            instances: range("instances", one)?,
+            instances: range("instances", &p.instances, one)?,
             initial_values: Vec::new(),
-            static_params: Vec::new(),
+            static_params: file.static_params.given(),
         };
-        if let Some(s) = obj.get("static_params") {
-            let s = s.as_object().ok_or("\"static_params\" must be an object")?;
-            for (k, v) in s {
-                if !PARAMS.contains(&k.as_str()) {
-                    return Err(format!("unknown static parameter \"{k}\""));
-                }
-                spec.static_params.push((k.clone(), positive(v, &format!("static_params.{k}"))?));
-            }
-        }
-        let initial =
-            obj.get("initial_values").and_then(|v| v.as_array()).ok_or("\"initial_values\" must be a list")?;
-        if initial.is_empty() {
+        if file.initial_values.is_empty() {
             return Err("\"initial_values\" is empty: the search needs a starting point".into());
         }
-        for (i, v) in initial.iter().enumerate() {
-            let o = v.as_object().ok_or(format!("initial_values[{i}] must be an object"))?;
-            let mut c = Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1 };
-            for (k, x) in o {
-                if !PARAMS.contains(&k.as_str()) {
-                    return Err(format!("initial_values[{i}]: unknown parameter \"{k}\""));
-                }
-                set(&mut c, k, positive(x, &format!("initial_values[{i}].{k}"))?);
-            }
-            let c = spec.fix(c);
+        for (i, v) in file.initial_values.iter().enumerate() {
+            let c = spec.fix(v.over(Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1 }));
             if let Some(why) = spec.invalid(&c, u32::MAX) {
                 return Err(format!("initial_values[{i}] ({c}): {why}"));
             }

@@ -20,6 +20,7 @@ use std::fmt::Write as _;
 use aicsim_device::nsp::{Engine, OpClass, HVX_THREADS};
 use aicsim_driver::RunStats;
 use aicsim_runtime::Timestamps;
+use serde::Serialize;
 
 fn engine_of(class: OpClass) -> (Engine, &'static str, &'static str) {
     match class {
@@ -103,12 +104,44 @@ pub struct TracedInference<'a> {
     pub run: &'a RunStats,
 }
 
-fn event(out: &mut Vec<String>, name: &str, pid: usize, tid: usize, ts: f64, dur: f64, args: &str) {
-    out.push(format!("{{\"name\":\"{name}\",\"cat\":\"aicsim\",\"ph\":\"X\",\"ts\":{ts:.3},\"dur\":{dur:.3},\"pid\":{pid},\"tid\":{tid},\"args\":{{{args}}}}}"));
+/// One Chrome trace event: a complete span (`ph` "X") or a name for a process or a
+/// thread (`ph` "M").
+#[derive(Serialize)]
+struct TraceEvent<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cat: Option<&'static str>,
+    ph: &'static str,
+    /// Microseconds, to the nanosecond.
+    ts: f64,
+    dur: f64,
+    pid: usize,
+    tid: usize,
+    args: TraceArgs,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TraceArgs {
+    Name { name: String },
+    Inference { inference: u64 },
+    Instruction { inference: u64, instruction: u32 },
+}
+
+/// Microseconds rounded to the nanosecond, as the trace keeps them.
+fn to_ns(us: f64) -> f64 {
+    (us * 1e3).round() / 1e3
+}
+
+fn event(out: &mut Vec<String>, name: &str, pid: usize, tid: usize, ts: f64, dur: f64, args: TraceArgs) {
+    let e = TraceEvent { name, cat: Some("aicsim"), ph: "X", ts: to_ns(ts), dur: to_ns(dur), pid, tid, args };
+    out.push(serde_json::to_string(&e).expect("a trace event always serialises"));
 }
 
 fn metadata(out: &mut Vec<String>, what: &str, pid: usize, tid: usize, name: &str) {
-    out.push(format!("{{\"name\":\"{what}\",\"ph\":\"M\",\"ts\":0,\"dur\":0,\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":\"{name}\"}}}}"));
+    let args = TraceArgs::Name { name: name.to_string() };
+    let e = TraceEvent { name: what, cat: None, ph: "M", ts: 0.0, dur: 0.0, pid, tid, args };
+    out.push(serde_json::to_string(&e).expect("a trace event always serialises"));
 }
 
 /// How device time lines up with the timestamps' clock in a trace.
@@ -146,7 +179,6 @@ pub fn trace_json(
     let us = |t: u64| t.saturating_sub(origin_ns) as f64 / 1e3;
     for s in samples {
         let t = &s.timestamps;
-        let args = format!("\"inference\":{}", s.index);
         for (name, from, to) in [
             ("enqueue", t.enqueue, t.pre_proc_start),
             ("preProc", t.pre_proc_start, t.pre_proc_end),
@@ -156,7 +188,8 @@ pub fn trace_json(
             ("postProc", t.completed, t.post_proc_end),
             ("application", t.post_proc_end, t.returned),
         ] {
-            event(&mut events, name, 0, s.activation, us(from), us(to) - us(from), &args);
+            let args = TraceArgs::Inference { inference: s.index };
+            event(&mut events, name, 0, s.activation, us(from), us(to) - us(from), args);
         }
         let cycle_us = 1e6 / clock_hz as f64;
         let base = match timeline {
@@ -174,9 +207,10 @@ pub fn trace_json(
                 tid,
                 ts,
                 dur,
-                &format!("{args},\"instruction\":{}", e.index),
+                TraceArgs::Instruction { inference: s.index, instruction: e.index },
             );
         }
     }
+    // One event per line: large traces stay readable and diffable.
     format!("{{\"traceEvents\":[\n{}\n],\"displayTimeUnit\":\"ns\"}}\n", events.join(",\n"))
 }

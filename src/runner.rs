@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use aicsim_driver::RunStats;
 use aicsim_runtime::{Completion, Timestamps};
 use parking_lot::Mutex;
+use serde::Serialize;
 
 use crate::{latency, stats};
 
@@ -144,7 +145,7 @@ impl Collector {
 }
 
 /// Mean, min, max and standard deviation of a device figure.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Spread {
     pub avg: f64,
     pub min: f64,
@@ -219,17 +220,93 @@ impl Throughput {
     }
 }
 
-/// `"..."` with JSON escapes.
-pub fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
+/// The `--json` document: every figure of the run (a figure that is not a finite
+/// number is `null`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub program: String,
+    pub activations: usize,
+    pub set_size: usize,
+    pub batch_size: u32,
+    /// `timing` or `functional`.
+    pub mode: String,
+    /// `simulated` or `wall`.
+    pub clock: &'static str,
+    /// Wall-clock runs: device time over wall time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulator_speed: Option<f64>,
+    /// Wall-clock runs: whether the host, not the card, set the pace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_bound: Option<bool>,
+    pub inference_count: u64,
+    pub total_duration_us: u128,
+    pub inf_per_sec: f64,
+    pub latency_ms: Latency,
+    pub host_round_trip_ms: HostLatency,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    pub device: DeviceFigures,
 }
 
-/// A number, or `null` when it is not finite.
-pub fn json_number(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        String::from("null")
+/// Round-trip latency of the application's inferences, ms.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The host's part of the round trip, ms.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct HostLatency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The Device Performance table's rows, named as qaic-runner names them.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DeviceFigures {
+    #[serde(rename = "ExecTimeUs")]
+    pub exec_time_us: Spread,
+    #[serde(rename = "InputWaitTimeUs")]
+    pub input_wait_time_us: Spread,
+    #[serde(rename = "OutputWaitTimeUs")]
+    pub output_wait_time_us: Spread,
+}
+
+impl Latency {
+    pub fn of(sorted_ms: &[f64]) -> Latency {
+        let (p50, p90, p99, max) = round_trip_percentiles(sorted_ms);
+        Latency { mean: stats::mean(sorted_ms), p50, p90, p99, max }
+    }
+}
+
+impl HostLatency {
+    pub fn of(sorted_ms: &[f64]) -> HostLatency {
+        let (p50, _, p99, max) = round_trip_percentiles(sorted_ms);
+        HostLatency { mean: stats::mean(sorted_ms), p50, p99, max }
+    }
+}
+
+impl DeviceFigures {
+    pub fn of(c: &Collected) -> DeviceFigures {
+        let [(_, exec), (_, input), (_, output)] = device_rows(c);
+        DeviceFigures { exec_time_us: exec, input_wait_time_us: input, output_wait_time_us: output }
+    }
+}
+
+impl RunReport {
+    /// The document as written: indented JSON and a final newline.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a report always serialises");
+        text.push('\n');
+        text
     }
 }
 

@@ -33,24 +33,36 @@ fn search_files_with_problems_are_refused_with_the_problem_named() {
     let cases = [
         ("{".to_string(), "not valid JSON"),
         ("[1, 2]".to_string(), "must be a JSON object"),
-        (format!(r#"{{{good_params}, {start}, "budget": 3}}"#), "unknown key \"budget\""),
-        (format!(r#"{{"objective": "fastest", {good_params}, {start}}}"#), "objective \"fastest\""),
-        (format!(r#"{{{start}}}"#), "\"params\" must be an object"),
+        (format!(r#"{{{good_params}, {start}, "budget": 3}}"#), "unknown field `budget`"),
+        (
+            format!(r#"{{"objective": "fastest", {good_params}, {start}}}"#),
+            "objective: unknown variant `fastest`, expected `maximize_inf_rate` or `minimize_latency`",
+        ),
+        (format!(r#"{{{start}}}"#), "missing field `params`"),
         (
             r#"{"params": {"threads": {"min": 1, "max": 2}}, "initial_values": [{}]}"#.to_string(),
-            "unknown parameter \"threads\"",
+            "params: unknown field `threads`",
         ),
         (r#"{"params": {"cores": {"min": 5, "max": 2}}, "initial_values": [{}]}"#.to_string(), "min 5 is above max 2"),
         (
             r#"{"params": {"cores": {"min": 0, "max": 2}}, "initial_values": [{}]}"#.to_string(),
-            "params.cores.min must be a positive integer",
+            "params.cores.min: must be a positive integer, got 0",
         ),
         (r#"{"params": {"bs": {"min": 1, "max": 12}}, "initial_values": [{}]}"#.to_string(), "powers of two"),
         (format!(r#"{{{good_params}, "initial_values": []}}"#), "\"initial_values\" is empty"),
         (format!(r#"{{{good_params}, "initial_values": [{{"cores": 9}}]}}"#), "initial_values[0]"),
-        (format!(r#"{{{good_params}, "initial_values": [{{"cores": 2, "gpus": 1}}]}}"#), "unknown parameter \"gpus\""),
-        (format!(r#"{{{good_params}, {start}, "static_params": {{"fp16": 1}}}}"#), "unknown static parameter \"fp16\""),
-        (format!(r#"{{"max_func_eval": -3, {good_params}, {start}}}"#), "max_func_eval must be a positive integer"),
+        (
+            format!(r#"{{{good_params}, "initial_values": [{{"cores": 2, "gpus": 1}}]}}"#),
+            "initial_values[0]: unknown field `gpus`",
+        ),
+        (
+            format!(r#"{{{good_params}, {start}, "static_params": {{"fp16": 1}}}}"#),
+            "static_params: unknown field `fp16`",
+        ),
+        (
+            format!(r#"{{"max_func_eval": -3, {good_params}, {start}}}"#),
+            "max_func_eval: must be a positive integer, got -3",
+        ),
     ];
     for (text, want) in cases {
         let e = SearchSpec::parse(&text).expect_err(&text);

@@ -550,63 +550,26 @@ fn json_report(
     verdict: &Option<(String, String)>,
     wall_speed: Option<&WallSpeed>,
 ) -> String {
-    let rts = &collected.round_trips_ms;
-    let (p50, p90, p99, max) = runner::round_trip_percentiles(rts);
-    let mut j = String::from("{\n");
-    j += &format!("  \"program\": {},\n", runner::json_string(program.name()));
-    j += &format!(
-        "  \"activations\": {}, \"set_size\": {}, \"batch_size\": {},\n",
-        plan.activations, plan.set_size, throughput.batch_size
-    );
-    let clock = if args.clock == Clock::Sim { "simulated" } else { "wall" };
-    j += &format!("  \"mode\": \"{:?}\", \"clock\": \"{clock}\",\n", args.mode).to_lowercase();
-    if let Some(speed) = wall_speed {
-        j += &format!(
-            "  \"simulator_speed\": {}, \"host_bound\": {},\n",
-            runner::json_number(speed.ratio),
-            speed.ratio < HOST_BOUND
-        );
+    let (scenario, result) = verdict.clone().unzip();
+    runner::RunReport {
+        program: program.name().to_string(),
+        activations: plan.activations,
+        set_size: plan.set_size,
+        batch_size: throughput.batch_size,
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        clock: if args.clock == Clock::Sim { "simulated" } else { "wall" },
+        simulator_speed: wall_speed.map(|s| s.ratio),
+        host_bound: wall_speed.map(|s| s.ratio < HOST_BOUND),
+        inference_count: throughput.inferences,
+        total_duration_us: throughput.duration_us,
+        inf_per_sec: throughput.inf_per_sec,
+        latency_ms: runner::Latency::of(&collected.round_trips_ms),
+        host_round_trip_ms: runner::HostLatency::of(&collected.host_round_trips_ms),
+        scenario,
+        result,
+        device: runner::DeviceFigures::of(collected),
     }
-    j += &format!(
-        "  \"inference_count\": {}, \"total_duration_us\": {}, \"inf_per_sec\": {},\n",
-        throughput.inferences,
-        throughput.duration_us,
-        runner::json_number(throughput.inf_per_sec)
-    );
-    j += &format!(
-        "  \"latency_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}, \"max\": {}}},\n",
-        runner::json_number(stats::mean(rts)),
-        runner::json_number(p50),
-        runner::json_number(p90),
-        runner::json_number(p99),
-        runner::json_number(max)
-    );
-    let host = &collected.host_round_trips_ms;
-    let (h50, _, h99, hmax) = runner::round_trip_percentiles(host);
-    j += &format!(
-        "  \"host_round_trip_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}, \"max\": {}}},\n",
-        runner::json_number(stats::mean(host)),
-        runner::json_number(h50),
-        runner::json_number(h99),
-        runner::json_number(hmax)
-    );
-    let dev: Vec<String> = runner::device_rows(collected)
-        .iter()
-        .map(|(name, s)| {
-            format!(
-                "\"{name}\": {{\"avg\": {}, \"min\": {}, \"max\": {}, \"std\": {}}}",
-                runner::json_number(s.avg),
-                runner::json_number(s.min),
-                runner::json_number(s.max),
-                runner::json_number(s.std)
-            )
-        })
-        .collect();
-    if let Some((head, result)) = verdict {
-        j += &format!("  \"scenario\": {}, \"result\": {},\n", runner::json_string(head), runner::json_string(result));
-    }
-    j += &format!("  \"device\": {{{}}}\n}}\n", dev.join(", "));
-    j
+    .to_json()
 }
 
 /// Below this ratio of device time to wall time, a wall-clock run measured the host.
