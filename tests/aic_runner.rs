@@ -11,7 +11,7 @@ fn vector_program() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("aic_runner_vector_program.bin");
-        std::fs::write(&path, aicsim_runtime::samples::default_program().to_bytes()).unwrap();
+        std::fs::write(&path, aicsim_runtime::samples::vector_program().to_bytes()).unwrap();
         path
     })
 }
@@ -102,7 +102,7 @@ fn bad_invocations_exit_2_with_one_line_saying_why() {
 fn a_corrupt_container_is_named_precisely() {
     let dir = std::env::temp_dir().join(format!("aicsim-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut bytes = aicsim_runtime::samples::default_program().to_bytes();
+    let mut bytes = aicsim_runtime::samples::vector_program().to_bytes();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(dir.join("programqpc.bin"), &bytes).unwrap();
@@ -323,7 +323,7 @@ fn bad_inputs_fail_with_one_line_exit_2_and_leave_no_files() {
     let dir = temp_dir("bad");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("short.bin"), [0u8; 100]).unwrap();
-    let mut corrupt = aicsim_runtime::samples::default_program().to_bytes();
+    let mut corrupt = aicsim_runtime::samples::vector_program().to_bytes();
     corrupt.truncate(corrupt.len() / 2);
     std::fs::write(dir.join("corrupt.bin"), &corrupt).unwrap();
     let out_dir = dir.join("out");
@@ -609,7 +609,7 @@ fn the_wall_clock_keeps_the_paced_runner() {
 fn a_program_declaring_an_absurd_batch_size_is_refused_when_loaded() {
     let dir = temp_dir("batch");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut image = aicsim_runtime::samples::default_program();
+    let mut image = aicsim_runtime::samples::vector_program();
     image.batch_size = 0xffff_ffff;
     std::fs::write(dir.join("programqpc.bin"), image.to_bytes()).unwrap();
     let (code, out, err) = runner(&["-t", dir.to_str().unwrap()]);
@@ -649,7 +649,7 @@ fn names_from_a_program_never_become_paths_outside_the_chosen_directories() {
     .into_iter()
     .enumerate()
     {
-        let mut image = aicsim_runtime::samples::default_program();
+        let mut image = aicsim_runtime::samples::vector_program();
         image.name = "../x".into();
         let out_binding = image.bindings.iter_mut().find(|b| b.direction == aicsim_abi::container::IoDirection::Output);
         out_binding.expect("the program has an output").name = output.into();

@@ -15,7 +15,7 @@ const N: u32 = 120;
 
 /// Copies the input tensor's bytes to the output unchanged, in device format.
 fn echo(dtype: IoDType, host: HostFormat) -> ProgramImage {
-    let mut image = aicsim_device::samples::copy_program("echo", dtype, &SHAPE);
+    let mut image = aicsim_abi::programs::copy_program("echo", dtype, &SHAPE);
     for b in &mut image.bindings {
         b.host = host;
     }

@@ -13,7 +13,8 @@
 //! - [`clock`]: the simulated clock's stamps and promises;
 //! - [`semaphore`]: what a semaphore command does to a device semaphore;
 //! - [`run_record`]: the per-execution record the device writes for the host;
-//! - [`container`] and [`isa`]: the program container and its instruction encoding.
+//! - [`container`] and [`isa`]: the program container and its instruction encoding;
+//!   [`programs`]: the smallest real programs, for tests in every crate.
 //!
 //! It is `no_std` + `alloc`, forbids `unsafe`, and reads every value it takes from shared
 //! memory by copy, validating it before use.
@@ -32,6 +33,7 @@ pub mod dbc;
 pub mod isa;
 pub mod layout;
 pub mod memory;
+pub mod programs;
 pub mod ring;
 pub mod run_record;
 pub mod semaphore;

@@ -9,7 +9,7 @@ use std::path::Path;
 use aicsim_abi::isa::{BinaryKind, PoolKind, ReduceKind, UnaryKind};
 
 use crate::fold::{self, scalar};
-use crate::ir::{Activation, Const, ConstId, Graph, Io, Layer, LayerKind, Operand, Step, ValueId};
+use crate::ir::{ChainStep, Const, ConstId, FusedActivation, Graph, Io, Layer, LayerKind, Operand, ValueId};
 use crate::onnx::{data_type, AttributeValue, Dim, Model, Node, Tensor};
 use crate::shapes::{ShapeError, Shapes};
 use crate::CompileError;
@@ -176,13 +176,13 @@ impl<'a> Builder<'a> {
         if let Some(l) = self.fusable(&node.inputs[0], x) {
             let fused = match &mut self.g.layers[l].kind {
                 LayerKind::Conv { act, .. } | LayerKind::Dense { act, .. }
-                    if *act == Activation::None && matches!(kind, UnaryKind::Relu | UnaryKind::Clip { .. }) =>
+                    if *act == FusedActivation::None && matches!(kind, UnaryKind::Relu | UnaryKind::Clip { .. }) =>
                 {
-                    *act = Activation::Unary(kind);
+                    *act = FusedActivation::Unary(kind);
                     true
                 }
                 LayerKind::Elementwise { steps, .. } => {
-                    steps.push(Step::Unary(kind));
+                    steps.push(ChainStep::Unary(kind));
                     true
                 }
                 _ => false,
@@ -194,7 +194,7 @@ impl<'a> Builder<'a> {
         }
         self.add_layer(
             node,
-            LayerKind::Elementwise { first: Operand::Value(x), steps: vec![Step::Unary(kind)] },
+            LayerKind::Elementwise { first: Operand::Value(x), steps: vec![ChainStep::Unary(kind)] },
             shape,
         );
         Ok(())
@@ -218,24 +218,26 @@ impl<'a> Builder<'a> {
             let swapped = i < lead;
             let step = match *o {
                 Operand::Const(c) => match (scalar(&self.g.consts[c]), kind, swapped) {
-                    (Some(v), BinaryKind::Add, _) => Step::Unary(UnaryKind::Affine { scale: 1.0, shift: v }),
-                    (Some(v), BinaryKind::Mul, _) => Step::Unary(UnaryKind::Affine { scale: v, shift: 0.0 }),
-                    (Some(v), BinaryKind::Sub, false) => Step::Unary(UnaryKind::Affine { scale: 1.0, shift: -v }),
-                    (Some(v), BinaryKind::Sub, true) => Step::Unary(UnaryKind::Affine { scale: -1.0, shift: v }),
-                    (Some(v), BinaryKind::Div, false) => Step::Unary(UnaryKind::Affine { scale: 1.0 / v, shift: 0.0 }),
-                    _ => Step::Binary { kind, operand: *o, swapped },
+                    (Some(v), BinaryKind::Add, _) => ChainStep::Unary(UnaryKind::Affine { scale: 1.0, shift: v }),
+                    (Some(v), BinaryKind::Mul, _) => ChainStep::Unary(UnaryKind::Affine { scale: v, shift: 0.0 }),
+                    (Some(v), BinaryKind::Sub, false) => ChainStep::Unary(UnaryKind::Affine { scale: 1.0, shift: -v }),
+                    (Some(v), BinaryKind::Sub, true) => ChainStep::Unary(UnaryKind::Affine { scale: -1.0, shift: v }),
+                    (Some(v), BinaryKind::Div, false) => {
+                        ChainStep::Unary(UnaryKind::Affine { scale: 1.0 / v, shift: 0.0 })
+                    }
+                    _ => ChainStep::Binary { kind, operand: *o, swapped },
                 },
-                Operand::Value(_) => Step::Binary { kind, operand: *o, swapped },
+                Operand::Value(_) => ChainStep::Binary { kind, operand: *o, swapped },
             };
             steps.push(step);
         }
         // A constant bias right after a bias-less convolution or dense layer joins it.
-        if let ([Step::Binary { kind: BinaryKind::Add, operand: Operand::Const(c), .. }], Some(l)) =
+        if let ([ChainStep::Binary { kind: BinaryKind::Add, operand: Operand::Const(c), .. }], Some(l)) =
             (steps.as_slice(), self.fusable(&node.inputs[lead], x))
         {
             let c = *c;
             let channels = match &self.g.layers[l].kind {
-                LayerKind::Conv { bias: None, act: Activation::None, weight, .. } => {
+                LayerKind::Conv { bias: None, act: FusedActivation::None, weight, .. } => {
                     let co = self.g.consts[*weight].shape[0];
                     let cs = &self.g.consts[c].shape;
                     // [C, 1, 1] or [1, C, 1, 1]
@@ -245,7 +247,7 @@ impl<'a> Builder<'a> {
                         && shape.len() == 4)
                         .then_some(co)
                 }
-                LayerKind::Dense { bias: None, act: Activation::None, weight, .. } => {
+                LayerKind::Dense { bias: None, act: FusedActivation::None, weight, .. } => {
                     let n = self.g.consts[*weight].shape[1];
                     (self.g.consts[c].shape.iter().product::<usize>() == n && self.g.consts[c].shape.last() == Some(&n))
                         .then_some(n)
@@ -267,7 +269,7 @@ impl<'a> Builder<'a> {
         }
         // A residual connection: the sum of a convolution's output and another value of
         // the same shape becomes part of the convolution.
-        if let [Step::Binary { kind: BinaryKind::Add, operand: Operand::Value(other), .. }] = steps.as_slice() {
+        if let [ChainStep::Binary { kind: BinaryKind::Add, operand: Operand::Value(other), .. }] = steps.as_slice() {
             let other = *other;
             let names = [&node.inputs[lead], &node.inputs[if lead == 0 { 1 } else { 0 }]];
             for (conv_out, res, name) in [(x, other, names[0]), (other, x, names[1])] {
@@ -277,7 +279,9 @@ impl<'a> Builder<'a> {
                 let Some(l) = self.fusable(name, conv_out).filter(|&l| same && conv_out != res && ready(l)) else {
                     continue;
                 };
-                if let LayerKind::Conv { residual: r @ None, act: Activation::None, .. } = &mut self.g.layers[l].kind {
+                if let LayerKind::Conv { residual: r @ None, act: FusedActivation::None, .. } =
+                    &mut self.g.layers[l].kind
+                {
                     *r = Some(res);
                     self.rename(node, conv_out);
                     return Ok(());
@@ -328,7 +332,7 @@ impl<'a> Builder<'a> {
                 dilation: [dilation[0] as usize, dilation[1] as usize],
                 groups,
                 residual: None,
-                act: Activation::None,
+                act: FusedActivation::None,
             },
             shape,
         );
@@ -384,7 +388,7 @@ impl<'a> Builder<'a> {
         let shift: Vec<f32> = (0..channels).map(|c| p[1][c] - p[2][c] * scale[c]).collect();
         let shape = self.g.values[x].shape.clone();
         if let Some(l) = self.fusable(&node.inputs[0], x) {
-            if let LayerKind::Conv { weight, bias, act: Activation::None, .. } = self.g.layers[l].kind.clone() {
+            if let LayerKind::Conv { weight, bias, act: FusedActivation::None, .. } = self.g.layers[l].kind.clone() {
                 let w = &self.g.consts[weight];
                 let per = w.len() / w.shape[0];
                 let mut wv = w.to_f32();
@@ -411,8 +415,8 @@ impl<'a> Builder<'a> {
         let s = self.g.add_const(&format!("{}_scale", node.name), Const::f32(cshape.clone(), scale));
         let t = self.g.add_const(&format!("{}_shift", node.name), Const::f32(cshape, shift));
         let steps = vec![
-            Step::Binary { kind: BinaryKind::Mul, operand: Operand::Const(s), swapped: false },
-            Step::Binary { kind: BinaryKind::Add, operand: Operand::Const(t), swapped: false },
+            ChainStep::Binary { kind: BinaryKind::Mul, operand: Operand::Const(s), swapped: false },
+            ChainStep::Binary { kind: BinaryKind::Add, operand: Operand::Const(t), swapped: false },
         ];
         self.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps }, shape);
         Ok(())
@@ -450,7 +454,7 @@ impl<'a> Builder<'a> {
             }
             None => None,
         };
-        self.add_layer(node, LayerKind::Dense { input: x, weight, bias, act: Activation::None }, shape);
+        self.add_layer(node, LayerKind::Dense { input: x, weight, bias, act: FusedActivation::None }, shape);
         Ok(())
     }
 

@@ -106,7 +106,7 @@ pub enum Operand {
 
 /// One step of an element-wise chain applied to the running result `acc`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Step {
+pub enum ChainStep {
     /// `acc = acc op operand`, or `operand op acc` when `swapped`.
     Binary {
         kind: BinaryKind,
@@ -118,7 +118,7 @@ pub enum Step {
 
 /// An activation fused into a convolution or a matrix multiplication.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Activation {
+pub enum FusedActivation {
     None,
     Unary(UnaryKind),
 }
@@ -138,14 +138,14 @@ pub enum LayerKind {
         /// A value of the output's shape added before the activation (a fused residual
         /// connection: `act(conv(x) + bias + residual)`).
         residual: Option<ValueId>,
-        act: Activation,
+        act: FusedActivation,
     },
     /// `[M, K] x [K, N] (+ bias [N])` with a constant right-hand side.
     Dense {
         input: ValueId,
         weight: ConstId,
         bias: Option<ConstId>,
-        act: Activation,
+        act: FusedActivation,
     },
     /// Batched `[.., M, K] x [.., K, N]` of two runtime tensors (leading dims equal).
     MatMul {
@@ -155,7 +155,7 @@ pub enum LayerKind {
     /// An element-wise chain with numpy broadcasting; `first` starts the result.
     Elementwise {
         first: Operand,
-        steps: Vec<Step>,
+        steps: Vec<ChainStep>,
     },
     Pool {
         input: ValueId,
@@ -236,8 +236,8 @@ impl Layer {
             LayerKind::Concat { inputs, .. } => inputs.clone(),
             LayerKind::Elementwise { first, steps } => core::iter::once(first)
                 .chain(steps.iter().filter_map(|s| match s {
-                    Step::Binary { operand, .. } => Some(operand),
-                    Step::Unary(_) => None,
+                    ChainStep::Binary { operand, .. } => Some(operand),
+                    ChainStep::Unary(_) => None,
                 }))
                 .filter_map(|o| match o {
                     Operand::Value(v) => Some(*v),

@@ -28,7 +28,7 @@ use aicsim_abi::isa::{
 };
 use aicsim_device::nsp::CostModel;
 
-use crate::ir::{Activation, Const, Graph, LayerKind, Operand, Step, ValueId};
+use crate::ir::{ChainStep, Const, FusedActivation, Graph, LayerKind, Operand, ValueId};
 use crate::CompileError;
 
 /// How to lower.
@@ -253,7 +253,7 @@ impl<'g> Lowerer<'g> {
         dilation: [usize; 2],
         groups: usize,
         residual: Option<ValueId>,
-        act: Activation,
+        act: FusedActivation,
     ) -> Result<(), CompileError> {
         let eb = self.eb;
         let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
@@ -500,7 +500,7 @@ impl<'g> Lowerer<'g> {
                 if let Some(t) = res {
                     ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: t });
                 }
-                if let Activation::Unary(kind) = act {
+                if let FusedActivation::Unary(kind) = act {
                     ops.push(Op::Unary { kind, dst: out, src: out });
                 }
                 ops.push(Op::DmaOut { dst: self.ddr(out_at, yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]), src: out });
@@ -534,7 +534,7 @@ impl<'g> Lowerer<'g> {
         y: ValueId,
         weight: usize,
         bias: Option<usize>,
-        act: Activation,
+        act: FusedActivation,
     ) -> Result<(), CompileError> {
         let eb = self.eb;
         let ws = &self.g.consts[weight].shape;
@@ -631,7 +631,7 @@ impl<'g> Lowerer<'g> {
                     let bview = self.vtcm(biasbuf[slot], &[m_c, n_c]).with_strides(&[0, 1]);
                     ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
                 }
-                if let Activation::Unary(kind) = act {
+                if let FusedActivation::Unary(kind) = act {
                     ops.push(Op::Unary { kind, dst: out, src: out });
                 }
                 ops.push(Op::DmaOut { dst: self.ddr(m0 * n + n0, yb, &[m_c, n_c], &[n, 1]), src: out });
@@ -702,7 +702,7 @@ impl<'g> Lowerer<'g> {
         shape: &[u64],
         out: (u64, View),
         first: (u64, View),
-        steps: &[(Option<(u64, View)>, Step)],
+        steps: &[(Option<(u64, View)>, ChainStep)],
         report: bool,
     ) -> Result<usize, CompileError> {
         let eb = self.eb;
@@ -795,8 +795,8 @@ impl<'g> Lowerer<'g> {
                 let mut which = 2;
                 for (operand, step) in steps {
                     match *step {
-                        Step::Unary(kind) => ops.push(Op::Unary { kind, dst: acc, src: acc }),
-                        Step::Binary { kind, swapped, .. } => {
+                        ChainStep::Unary(kind) => ops.push(Op::Unary { kind, dst: acc, src: acc }),
+                        ChainStep::Binary { kind, swapped, .. } => {
                             let base = operand.as_ref().expect("binary step has an operand").0;
                             let view = load(&mut ops, self, which, base, bufs[which][slot]);
                             which += 1;
@@ -837,17 +837,17 @@ impl<'g> Lowerer<'g> {
         (base, View { offset: 0, strides })
     }
 
-    fn elementwise(&mut self, y: ValueId, first: Operand, steps: &[Step]) -> Result<(), CompileError> {
+    fn elementwise(&mut self, y: ValueId, first: Operand, steps: &[ChainStep]) -> Result<(), CompileError> {
         let out_shape = self.g.values[y].shape.clone();
         let mut shape = vec![self.o.replicas as u64];
         shape.extend(out_shape.iter().map(|&d| d as u64));
         let out = (self.value_base(y), View { offset: 0, strides: contiguous(&shape) });
         let first = self.operand_view(first, &out_shape);
-        let steps: Vec<(Option<(u64, View)>, Step)> = steps
+        let steps: Vec<(Option<(u64, View)>, ChainStep)> = steps
             .iter()
             .map(|s| match *s {
-                Step::Binary { operand, .. } => (Some(self.operand_view(operand, &out_shape)), *s),
-                Step::Unary(_) => (None, *s),
+                ChainStep::Binary { operand, .. } => (Some(self.operand_view(operand, &out_shape)), *s),
+                ChainStep::Unary(_) => (None, *s),
             })
             .collect();
         self.map(&shape, out, first, &steps, true)?;
@@ -1330,8 +1330,8 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
             LayerKind::Pad { fill, .. } => used[*fill] = true,
             LayerKind::Elementwise { first, steps } => {
                 for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
-                    Step::Binary { operand, .. } => Some(operand),
-                    Step::Unary(_) => None,
+                    ChainStep::Binary { operand, .. } => Some(operand),
+                    ChainStep::Unary(_) => None,
                 })) {
                     if let Operand::Const(c) = o {
                         used[*c] = true;

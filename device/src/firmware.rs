@@ -216,7 +216,8 @@ struct Activation {
     outputs_taken: u64,
 }
 
-enum Step {
+/// What serving the head element came to.
+enum ElementOutcome {
     /// The element waits on a semaphore; keep it at the head.
     Blocked(Stage),
     /// The element is consumed.

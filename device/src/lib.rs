@@ -30,7 +30,6 @@ pub mod firmware;
 pub mod nsp;
 pub mod parallel;
 pub mod profile;
-pub mod samples;
 pub mod scheduler;
 
 pub use firmware::{DeviceConfig, FaultPlan, Firmware, Pacing};

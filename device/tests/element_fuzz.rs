@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering::SeqCst;
 const NELEM: u32 = 16;
 
 fn copy_program() -> Vec<u8> {
-    aicsim_device::samples::copy_program("copy", IoDType::U8, &[64]).to_bytes()
+    aicsim_abi::programs::copy_program("copy", IoDType::U8, &[64]).to_bytes()
 }
 
 struct Rig {

@@ -27,7 +27,7 @@ pub fn small_kmd(ring_nelem: u32, stepping: Stepping, first_req_id: u16) -> Arc<
 
 /// `bytes` in, the same bytes out.
 pub fn copy_program(bytes: u32) -> Vec<u8> {
-    aicsim_device::samples::copy_program("copy", IoDType::U8, &[bytes]).to_bytes()
+    aicsim_abi::programs::copy_program("copy", IoDType::U8, &[bytes]).to_bytes()
 }
 
 /// Loads the copy program, activates it, and slices an input and an output buffer.

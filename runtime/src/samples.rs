@@ -1,5 +1,6 @@
 //! Built-in programs, written with the container builder, and their host-side
-//! reference results. The vector program is `aic-runner`'s embedded default.
+//! reference results: the vector program (a light program for the tools' tests) and
+//! the null program (the null-inference benchmark's).
 
 use aicsim_abi::container::{ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
 use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
@@ -52,14 +53,14 @@ pub fn vector_add_mul_reference(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).zip(&w).map(|((x, y), w)| (x + y) * w).collect()
 }
 
-/// The program `aic-runner` runs when no `-t` is given.
-pub fn default_program() -> ProgramImage {
+/// The vector program over 4096 elements, the light program the tools' tests run.
+pub fn vector_program() -> ProgramImage {
     vector_add_mul(4096)
 }
 
 /// A null inference: `bytes` in, the same `bytes` out through VTCM, nothing computed.
 pub fn null_program(bytes: u32) -> ProgramImage {
-    aicsim_device::samples::copy_program("null", IoDType::U8, &[bytes])
+    aicsim_abi::programs::copy_program("null", IoDType::U8, &[bytes])
 }
 
 /// Little-endian bytes of f32 values.

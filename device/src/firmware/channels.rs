@@ -49,11 +49,11 @@ impl Firmware {
                 mem.copy_finish(ticket);
             }
             match step {
-                Step::Blocked(stage) => {
+                ElementOutcome::Blocked(stage) => {
                     ch.stage = stage;
                     break;
                 }
-                Step::Done { status, respond, force_msi: force } => {
+                ElementOutcome::Done { status, respond, force_msi: force } => {
                     self.count_served_element();
                     if respond {
                         let status = self.inject_completion_error(status);
@@ -175,10 +175,10 @@ impl Firmware {
         e: &RequestElement,
         resume: Option<usize>,
         mem: &M,
-    ) -> Step {
+    ) -> ElementOutcome {
         let checked = match self.check_element(dbc, e) {
             Ok(c) => c,
-            Err(code) => return Step::Done { status: code as u16, respond: true, force_msi: false },
+            Err(code) => return ElementOutcome::Done { status: code as u16, respond: true, force_msi: false },
         };
         let mut status = 0;
         let first_post = match resume {
@@ -186,7 +186,7 @@ impl Firmware {
             None => {
                 if let Some(pre) = checked.presync {
                     if !self.apply_sem(pre, mem) {
-                        return Step::Blocked(Stage::Fresh);
+                        return ElementOutcome::Blocked(Stage::Fresh);
                     }
                     let now = self.scheduler.now();
                     let outputs = self.activations[dbc]
@@ -222,7 +222,7 @@ impl Firmware {
                     Direction::FromDevice => mem.copy(map.ddr_offset() + e.src_addr, e.dest_addr, len),
                 };
                 if moved.is_err() {
-                    return Step::Done {
+                    return ElementOutcome::Done {
                         status: CompletionCode::DeviceAddressOutOfRange as u16,
                         respond: true,
                         force_msi: false,
@@ -234,7 +234,7 @@ impl Firmware {
         for (i, sem) in checked.postsync.iter().enumerate().skip(first_post) {
             let Some(sem) = *sem else { continue };
             if !self.apply_sem(sem, mem) {
-                return Step::Blocked(Stage::PostSync { element: *e, next: i });
+                return ElementOutcome::Blocked(Stage::PostSync { element: *e, next: i });
             }
         }
         if let Some(db) = checked.doorbell {
@@ -251,7 +251,11 @@ impl Firmware {
             }
         }
         self.start_ready_program(dbc, mem);
-        Step::Done { status, respond: checked.cmd.completion || status != 0, force_msi: checked.cmd.force_msi }
+        ElementOutcome::Done {
+            status,
+            respond: checked.cmd.completion || status != 0,
+            force_msi: checked.cmd.force_msi,
+        }
     }
 
     /// Whether a semaphore command would go ahead now (without applying it).

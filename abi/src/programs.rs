@@ -1,10 +1,10 @@
-//! The smallest real programs, for tests and tools in every crate: they move data
-//! through the whole path without computing anything.
+//! The smallest real programs, built with the container builder, for tests and tools in
+//! every crate: they move data through the whole path without computing anything.
 
 use alloc::vec;
 
-use aicsim_abi::container::{IoBinding, IoDType, IoDirection, ProgramImage};
-use aicsim_abi::isa::{DType, Instruction, Op, Tensor};
+use crate::container::{IoBinding, IoDType, IoDirection, ProgramImage};
+use crate::isa::{DType, Instruction, Op, Tensor};
 
 /// `in` (shape `shape`, dtype `dtype`) copied to `out` through VTCM, byte for byte.
 pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
