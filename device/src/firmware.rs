@@ -40,7 +40,7 @@ use aicsim_abi::memory::{CopyTicket, SharedMemory};
 use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
 use aicsim_abi::run_record::{RunRecord, OUTPUTS_TAKEN_FIELD};
 use aicsim_abi::semaphore::{self, SemOutcome};
-use alloc::collections::VecDeque;
+use alloc::boxed::Box;
 use alloc::sync::Arc;
 
 /// Firmware version reported in [`layout::FW_VERSION`]: 0.1.0.
@@ -52,6 +52,9 @@ const CHANNEL_BATCH: u32 = 64;
 
 /// Run statistics each activation keeps for the host to read.
 pub const PROFILES_KEPT: usize = 256;
+
+/// The most NSP cores a device has: an activation's cores are a 64-bit mask.
+pub const MAX_NSP: usize = 64;
 
 /// Granule of device DDR allocations.
 const DDR_GRANULE: u64 = 4096;
@@ -193,7 +196,7 @@ struct Program {
 struct Activation {
     program: usize,
     info: ActivationInfo,
-    cores: Vec<u32>,
+    cores: heapless::Vec<u32, MAX_NSP>,
     /// Doorbells rung whose program has not started yet (waiting for inputs or for the
     /// previous run).
     doorbells_pending: u32,
@@ -203,7 +206,7 @@ struct Activation {
     faulted_outputs: u32,
     runs: u64,
     /// Statistics of the latest runs, oldest first, at most [`PROFILES_KEPT`].
-    profiles: VecDeque<(u64, RunStats)>,
+    profiles: Box<heapless::Deque<(u64, RunStats), PROFILES_KEPT>>,
     /// Record every instruction's interval.
     trace: bool,
     /// When the cores last became free.
@@ -265,6 +268,7 @@ impl Firmware {
     /// bug caught before anything runs).
     pub fn new(config: DeviceConfig) -> Firmware {
         let ring = Ring::new(config.map.ring_nelem).expect("ring_nelem must be a power of two >= 2");
+        assert!((1..=MAX_NSP as u32).contains(&config.num_nsp), "num_nsp must be 1 to {MAX_NSP}");
         Firmware {
             config,
             ring,

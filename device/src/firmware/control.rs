@@ -25,8 +25,8 @@ impl Firmware {
                 Err((status, message)) => (status, [0; 7], message),
             },
         };
+        let message = mailbox_message(&message);
         let msg = message.as_bytes();
-        let msg = &msg[..msg.len().min(layout::CTRL_MESSAGE_BYTES as usize)];
         let rsp = ControlResponse { status: status as u32, message_len: msg.len() as u32, values };
         let _ = mem.write(layout::CTRL_RESPONSE_OFFSET, bytemuck::bytes_of(&rsp));
         let _ = mem.write(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, msg);
@@ -108,4 +108,16 @@ impl Firmware {
             active_channels: (0..NUM_DBC).filter(|&d| self.activations[d].is_some()).fold(0, |m, d| m | 1 << d),
         }
     }
+}
+
+/// The message as the mailbox holds it: whole characters, at most
+/// [`layout::CTRL_MESSAGE_BYTES`] bytes of UTF-8 (a longer one is cut at a character).
+pub(super) fn mailbox_message(message: &str) -> heapless::String<{ layout::CTRL_MESSAGE_BYTES as usize }> {
+    let mut out = heapless::String::new();
+    for c in message.chars() {
+        if out.push(c).is_err() {
+            break;
+        }
+    }
+    out
 }

@@ -27,10 +27,11 @@ impl Firmware {
                 let status = match result {
                     Ok(stats) => {
                         self.device_cycles += stats.cycles();
-                        if act.profiles.len() == PROFILES_KEPT {
+                        if act.profiles.is_full() {
                             act.profiles.pop_front();
                         }
-                        act.profiles.push_back((act.runs, stats));
+                        // Room was made above.
+                        let _ = act.profiles.push_back((act.runs, stats));
                         0
                     }
                     Err(_) => {
@@ -176,7 +177,7 @@ impl Firmware {
             return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
         };
         let need_cores = prog.image.num_cores() as usize;
-        let free_cores: Vec<u32> =
+        let free_cores: heapless::Vec<u32, MAX_NSP> =
             (0..self.config.num_nsp).filter(|&c| self.core_owner[c as usize].is_none()).collect();
         if free_cores.len() < need_cores {
             return Err((
@@ -184,7 +185,7 @@ impl Firmware {
                 format!("program needs {need_cores} cores, {} of {} are free", free_cores.len(), self.config.num_nsp),
             ));
         }
-        let free_sems: Vec<u8> =
+        let free_sems: heapless::Vec<u8, 2> =
             (0..NUM_SEMAPHORES).filter(|&s| self.sem_owner[s as usize].is_none()).take(2).collect();
         if free_sems.len() < 2 {
             return Err((
@@ -208,7 +209,7 @@ impl Firmware {
                 return Err((ControlStatus::NoResources, String::from("constants do not fit in the shared region")));
             }
         }
-        let cores: Vec<u32> = free_cores[..need_cores].to_vec();
+        let cores = heapless::Vec::from_slice(&free_cores[..need_cores]).expect("fewer than the free cores");
         let mut core_mask = 0u64;
         for &c in &cores {
             self.core_owner[c as usize] = Some(dbc);
@@ -237,7 +238,7 @@ impl Firmware {
             running: None,
             faulted_outputs: 0,
             runs: 0,
-            profiles: VecDeque::new(),
+            profiles: Box::new(heapless::Deque::new()),
             trace: false,
             idle_since: self.scheduler.now(),
             ready_at: 0,

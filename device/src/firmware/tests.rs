@@ -692,3 +692,14 @@ fn a_timing_run_on_the_simulated_clock_still_moves_the_inputs_in_and_the_outputs
     assert_eq!(rig.read_f32(ddr + BYTES), y, "second input landed in DDR");
     assert_eq!(rig.read_f32(rig.host(2)), held, "the output's bytes reached the host");
 }
+
+#[test]
+fn a_long_control_message_is_cut_at_a_character_not_inside_one() {
+    let limit = layout::CTRL_MESSAGE_BYTES as usize;
+    // Two-byte characters after one byte: the limit falls inside a character.
+    let long: String = core::iter::once('x').chain(core::iter::repeat('é')).take(limit).collect();
+    let cut = control::mailbox_message(&long);
+    assert!(cut.len() <= limit && cut.len() >= limit - 1, "{} bytes", cut.len());
+    assert!(long.starts_with(cut.as_str()));
+    assert_eq!(control::mailbox_message("short").as_str(), "short");
+}
