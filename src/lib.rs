@@ -8,6 +8,9 @@
 //! - [`configurator`]: aic-configurator's search specification and search;
 //! - [`output_files`]: how a model's names become file names, and files written inside
 //!   the chosen directory only, atomically.
+//!
+//! `runner::cli` and `configurator::cli` are aic-runner's and aic-configurator's command
+//! lines (flags, planning, printing); their binaries only call `main` there.
 #![forbid(unsafe_code)]
 
 pub mod configurator;

@@ -4,6 +4,8 @@
 //! inferences' timestamps and the device's run records, so on the simulated clock the
 //! same run gives the same text, byte for byte.
 
+pub mod cli;
+
 use std::fmt::Write as _;
 
 use aicsim_driver::RunStats;

@@ -8,6 +8,8 @@
 //! step evaluates all neighbours of the current point at once across host threads and
 //! moves to the best, until no neighbour improves or the evaluation budget is spent.
 
+pub mod cli;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

@@ -1,0 +1,206 @@
+//! What aic-runner leaves behind: the scenario verdict, the `--json` report and every
+//! file it writes, all staged and put in place only after a successful run.
+
+use super::*;
+
+/// Files to create after a successful run: nothing is written if the run fails. Each is a
+/// directory the user chose and one file name in it, which the tools made (model-supplied
+/// names pass through [`output_files::file_component`] first).
+pub(super) struct PendingFiles(Vec<(PathBuf, String, Vec<u8>)>);
+
+impl PendingFiles {
+    pub(super) fn push(&mut self, dir: &Path, file_name: String, bytes: Vec<u8>) {
+        self.0.push((dir.to_path_buf(), file_name, bytes));
+    }
+
+    /// Writes every file under a temporary name first, then renames them all into place:
+    /// a failure before the renames leaves every directory as it was, and no file is ever
+    /// seen half-written or reached through a link planted under its name.
+    pub(super) fn write_all(self) -> Result<(), String> {
+        let mut staged = Vec::with_capacity(self.0.len());
+        for (dir, name, bytes) in &self.0 {
+            let result = std::fs::create_dir_all(dir).and_then(|()| output_files::stage(dir, name, bytes));
+            match result {
+                Ok(s) => staged.push(s),
+                Err(e) => return Err(format!("cannot write {}: {e}", dir.join(name).display())),
+            }
+        }
+        for s in staged {
+            let dest = s.dest().to_path_buf();
+            s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The scenario's headline and verdict.
+pub(super) fn verdict(
+    args: &Args,
+    summary: &RunSummary,
+    throughput: &Throughput,
+    sorted_rts: &[f64],
+) -> Option<(String, String)> {
+    let scenario = args.scenario?;
+    let qps = summary.inferences as f64 / summary.elapsed.as_secs_f64().max(1e-12);
+    let rate = throughput.inf_per_sec;
+    let (q, label) = if scenario == Scenario::Server { (0.99, "p99") } else { (0.9, "p90") };
+    let latency = stats::percentile(sorted_rts, q);
+    let mut reasons = Vec::new();
+    if let Some(bound) = args.latency_bound_ms.filter(|_| scenario != Scenario::Offline) {
+        if latency > bound {
+            reasons.push(format!("{label} latency {latency:.3} ms exceeds the {bound:.3} ms bound"));
+        }
+    }
+    if let Some(target) = args.target_qps.filter(|_| scenario == Scenario::Offline) {
+        if rate < target {
+            reasons.push(format!("throughput {rate:.1} inf/s is below the {target:.1} target"));
+        }
+    }
+    let head = match scenario {
+        Scenario::SingleStream => format!("Scenario single-stream: {label} latency {latency:.3} ms"),
+        Scenario::Offline => format!("Scenario offline: {rate:.3} inf/s"),
+        Scenario::Server => format!(
+            "Scenario server: target {:.3} QPS, achieved {qps:.3} QPS, {label} latency {latency:.3} ms (bound {:.3} ms)",
+            args.target_qps.unwrap_or(0.0),
+            args.latency_bound_ms.unwrap_or(0.0)
+        ),
+    };
+    let result = if reasons.is_empty() { String::from("VALID") } else { format!("INVALID ({})", reasons.join("; ")) };
+    Some((head, result))
+}
+
+/// On the wall clock: the simulator's speed against the card's, from the device time the
+/// runs covered over the wall time they took. Below 1, the figures are the host's.
+pub(super) struct WallSpeed {
+    pub(super) ratio: f64,
+}
+
+pub(super) fn json_report(
+    args: &Args,
+    program: &Program,
+    plan: &Plan,
+    throughput: &Throughput,
+    collected: &Collected,
+    verdict: &Option<(String, String)>,
+    wall_speed: Option<&WallSpeed>,
+) -> String {
+    let (scenario, result) = verdict.clone().unzip();
+    runner::RunReport {
+        program: program.name().to_string(),
+        activations: plan.activations,
+        set_size: plan.set_size,
+        batch_size: throughput.batch_size,
+        mode: format!("{:?}", args.mode).to_lowercase(),
+        clock: if args.clock == Clock::Sim { "simulated" } else { "wall" },
+        simulator_speed: wall_speed.map(|s| s.ratio),
+        host_bound: wall_speed.map(|s| s.ratio < HOST_BOUND),
+        inference_count: throughput.inferences,
+        total_duration_us: throughput.duration_us,
+        inf_per_sec: throughput.inf_per_sec,
+        latency_ms: runner::Latency::of(&collected.round_trips_ms),
+        host_round_trip_ms: runner::HostLatency::of(&collected.host_round_trips_ms),
+        scenario,
+        result,
+        device: runner::DeviceFigures::of(collected),
+    }
+    .to_json()
+}
+
+/// Below this ratio of device time to wall time, a wall-clock run measured the host.
+pub(super) const HOST_BOUND: f64 = 0.95;
+
+/// Device time over wall time between the first and the last completion (paced wall
+/// clock only): paced, the device keeps to the wall clock while it can, so a ratio
+/// below 1 is the simulator falling behind the card.
+pub(super) fn wall_speed(collected: &Collected) -> Option<WallSpeed> {
+    let ((dev0, wall0), (dev1, wall1)) = collected.span?;
+    let wall = wall1.checked_sub(wall0).filter(|&w| w > 0)?;
+    Some(WallSpeed { ratio: dev1.saturating_sub(dev0) as f64 / wall as f64 })
+}
+
+/// Every file the run writes, in memory until they are all ready.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn files(
+    args: &Args,
+    program: &Program,
+    plan: &Plan,
+    summary: &RunSummary,
+    throughput: &Throughput,
+    collected: &Collected,
+    verdict: &Option<(String, String)>,
+    wall_speed: Option<&WallSpeed>,
+) -> Result<PendingFiles, String> {
+    let mut files = PendingFiles(Vec::new());
+    let dir = &args.profiling_out_dir;
+    if let Some(out_dir) = &args.write_output_dir {
+        let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
+        for s in &collected.outputs {
+            for (name, bytes) in names.iter().zip(&s.outputs) {
+                let file =
+                    format!("{}-activation-{}-inf-{}.bin", output_files::file_component(name), s.activation, s.index);
+                files.push(out_dir, file, bytes.clone());
+            }
+        }
+    }
+    if args.profiling_types.contains(&ProfilingType::Latency) {
+        // One file per activation (instance), as the seed's summariser invocation reads them.
+        for a in 0..plan.activations {
+            let rows: Vec<[f64; 16]> =
+                collected.latency_rows.iter().filter(|(act, _)| *act == a).map(|(_, r)| *r).collect();
+            let text = latency::render(program.name(), plan.activations, plan.set_size, throughput.batch_size, &rows);
+            files.push(dir, format!("aic-profiling-program-{a}-latency.txt"), text.into_bytes());
+        }
+    }
+    let clock_hz = DeviceConfig::default().clock_hz;
+    if args.profiling_types.contains(&ProfilingType::Stats) {
+        for p in &collected.profiled {
+            let name = format!("aic-profiling-program-0-activation-{}-inf-{}.txt", p.activation, p.index);
+            let table = profiling::stats_table(program.name(), p.activation, p.index, clock_hz, &p.run);
+            files.push(dir, name, table.into_bytes());
+        }
+    }
+    if args.profiling_types.contains(&ProfilingType::Trace) {
+        let samples: Vec<profiling::TracedInference<'_>> = collected
+            .profiled
+            .iter()
+            .map(|p| profiling::TracedInference {
+                index: p.index,
+                activation: p.activation,
+                timestamps: p.timestamps,
+                run: &p.run,
+            })
+            .collect();
+        let timeline = if args.clock == Clock::Sim {
+            profiling::DeviceTimeline::Shared
+        } else {
+            profiling::DeviceTimeline::AtSubmit
+        };
+        let cores = program.image().num_cores() as usize;
+        let json = profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, cores, &samples);
+        files.push(dir, "aic-profiling-program-0-trace.json".into(), json.into_bytes());
+    }
+    if let Some(path) = &args.json {
+        let text = json_report(args, program, plan, throughput, collected, verdict, wall_speed);
+        let (dir, name) = user_file(path)?;
+        files.push(&dir, name, text.into_bytes());
+    }
+    Ok(files)
+}
+
+/// A file path the user gave, as its directory and its file name.
+pub(super) fn user_file(path: &Path) -> Result<(PathBuf, String), String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| output_files::is_single_component(n))
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name.to_string()))
+}
+
+pub(super) fn is_dir_or_missing(p: &Path) -> bool {
+    !p.exists() || p.is_dir()
+}
