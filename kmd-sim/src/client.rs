@@ -14,8 +14,8 @@ use aicsim_abi::ring::{BadIndex, SharedIndices};
 use aicsim_abi::run_record::RunRecord;
 use parking_lot::Mutex;
 
-use crate::bo::{Bo, Perf, Slicing};
-use crate::channel::{HostChannel, Inflight};
+use crate::bo::{Bo, BoState, Perf, Slicing};
+use crate::channel::{ChannelState, Inflight};
 use crate::error::{fail, Errno, KmdError, Result};
 use aicsim_abi::clock::{self, RequestStamp, STAMP_WAKES_HOST};
 use aicsim_abi::layout;
@@ -345,10 +345,80 @@ impl Client {
         self.queue(dbc, &plain, Some(&resizes), Stamp::default())
     }
 
+    /// EXECUTE_BO and its variants: checks every buffer, reserves the ring for all their
+    /// elements at once (all or nothing), writes and publishes them, rings the doorbell.
     fn queue(&self, dbc: u32, entries: &[ExecuteEntry], resizes: Option<&[u64]>, stamp: Stamp) -> Result<()> {
         let received = Instant::now();
         let dbc = self.check_dbc(dbc)?;
         self.check_online()?;
+        let bos = self.listed_buffers(entries)?;
+        let shared = &self.shared;
+        let mut ch = shared.channels[dbc].state.lock();
+        self.check_channel_is_ours(&ch, dbc)?;
+        let mut states = Vec::with_capacity(bos.len());
+        let mut plans = Vec::with_capacity(bos.len());
+        for (i, (bo, e)) in bos.iter().zip(entries).enumerate() {
+            let st = bo.state.lock();
+            plans.push(element_plan(bo, &st, e, resizes.map(|r| r[i]), dbc)?);
+            states.push(st);
+        }
+        let needed: u32 = plans.iter().map(|p| p.count).sum();
+        let ring = shared.ring;
+        if needed > ring.capacity() {
+            return fail(Errno::ENOSPC, format!("{needed} elements never fit a ring of {}", ring.capacity()));
+        }
+        let ix = SharedIndices::host_requests(&shared.region, &shared.map, dbc);
+        let free = match ch.requests.room(&ix, needed) {
+            Ok(free) => free,
+            Err(BadIndex(head)) => {
+                return fail(Errno::ENODEV, format!("channel {dbc} request head reads {head:#x}: link down"))
+            }
+        };
+        if free < needed {
+            return fail(Errno::EAGAIN, format!("channel {dbc} has {free} free elements, {needed} needed"));
+        }
+        let level = ch.requests.used();
+        let last_bo = bos.len() - 1;
+        for (b, ((bo, guard), plan)) in bos.iter().zip(states.iter_mut()).zip(&plans).enumerate() {
+            // Only the last element of the whole submission carries the host's wake flag.
+            let wakes = stamp.wakes_host && b == last_bo;
+            let st = &mut **guard;
+            let slicing = st.slicing.as_ref().expect("checked by element_plan");
+            let (elements, ends, slices) = match &plan.truncated {
+                Some((e, f, n)) => (e.as_slice(), f.as_slice(), *n),
+                None => (slicing.elements.as_slice(), slicing.ends_slice.as_slice(), slicing.slices),
+            };
+            self.write_elements(&mut ch, dbc, bo, elements, ends, Stamp { wakes_host: wakes, ..stamp });
+            st.slices_left = slices;
+            bo.set_queued(st, true);
+            st.executions += 1;
+            st.error = None;
+            st.aborted = None;
+            st.completed_at_ns = 0;
+            st.perf = Some(Perf {
+                received,
+                submitted: received,
+                processed: received,
+                queue_level_before: level,
+                num_queue_element: plan.count,
+            });
+        }
+        // The elements are the device's once the tail covers them; the doorbell wakes it.
+        ch.requests.publish(&ix);
+        let submitted = Instant::now();
+        for st in states.iter_mut() {
+            if let Some(p) = &mut st.perf {
+                p.submitted = submitted;
+            }
+        }
+        drop(states);
+        drop(ch);
+        shared.ring_device();
+        Ok(())
+    }
+
+    /// The buffer objects an EXECUTE_BO lists, each named once.
+    fn listed_buffers(&self, entries: &[ExecuteEntry]) -> Result<Vec<Arc<Bo>>> {
         if entries.is_empty() {
             return fail(Errno::EINVAL, "no buffers to execute");
         }
@@ -368,125 +438,54 @@ impl Client {
                 return fail(Errno::EINVAL, format!("buffer {} listed twice", e.handle));
             }
         }
-        let shared = &self.shared;
-        let ring = shared.ring;
-        let channel: &HostChannel = &shared.channels[dbc];
-        let mut ch = channel.state.lock();
+        Ok(bos)
+    }
+
+    /// The channel is usable by this client: activated by it, not restarting.
+    fn check_channel_is_ours(&self, ch: &ChannelState, dbc: usize) -> Result<()> {
         if ch.ssr.is_some() {
             return fail(Errno::EPIPE, format!("channel {dbc} is in a subsystem restart"));
         }
         match ch.owner {
-            Some(owner) if owner == self.user => {}
-            Some(_) => return fail(Errno::EPERM, format!("channel {dbc} belongs to another user")),
-            None => return fail(Errno::EPERM, format!("channel {dbc} has no activation")),
+            Some(owner) if owner == self.user => Ok(()),
+            Some(_) => fail(Errno::EPERM, format!("channel {dbc} belongs to another user")),
+            None => fail(Errno::EPERM, format!("channel {dbc} has no activation")),
         }
-        let mut states = Vec::with_capacity(bos.len());
-        let mut partial = Vec::with_capacity(bos.len());
-        let mut needed = 0u32;
-        for (i, (bo, e)) in bos.iter().zip(entries).enumerate() {
-            let st = bo.state.lock();
-            let resize = resizes.map(|r| r[i]);
-            if let Some(r) = resize {
-                if r == 0 || r > bo.size {
-                    return fail(Errno::EINVAL, format!("resize {r} of buffer {} is not in 1..={}", e.handle, bo.size));
-                }
-            }
-            match &st.slicing {
-                None => return fail(Errno::EINVAL, format!("buffer {} is not sliced", e.handle)),
-                Some(s) if s.dbc as usize != dbc => {
-                    return fail(
-                        Errno::EINVAL,
-                        format!("buffer {} is sliced for channel {}, not {dbc}", e.handle, s.dbc),
-                    )
-                }
-                Some(s) if s.dir != e.dir => {
-                    return fail(
-                        Errno::EINVAL,
-                        format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir),
-                    )
-                }
-                Some(s) => {
-                    let plan = resize.filter(|&r| r < bo.size).map(|r| s.truncated(r));
-                    needed += plan.as_ref().map_or(s.elements.len(), |p| p.0.len()) as u32;
-                    partial.push(plan);
-                }
-            }
-            if st.queued {
-                return fail(Errno::EINVAL, format!("buffer {} is already queued", e.handle));
-            }
-            states.push(st);
+    }
+
+    /// Writes one buffer's elements (with fresh request ids) and their stamps at the
+    /// ring's tail, and records what each belongs to; publishing is the caller's.
+    fn write_elements(
+        &self,
+        ch: &mut ChannelState,
+        dbc: usize,
+        bo: &Arc<Bo>,
+        elements: &[RequestElement],
+        ends: &[bool],
+        stamp: Stamp,
+    ) {
+        let shared = &self.shared;
+        let mut run = 0u16;
+        for (i, (template, &ends_slice)) in elements.iter().zip(ends).enumerate() {
+            let mut e = *template;
+            e.req_id = ch.next_req_id;
+            ch.next_req_id = ch.next_req_id.wrapping_add(1);
+            let slot = ch.requests.slot();
+            shared
+                .region
+                .write(shared.map.request_element(dbc, slot), bytemuck::bytes_of(&e))
+                .expect("ring inside the region");
+            let last = i + 1 == elements.len();
+            let flags = if stamp.wakes_host && last { STAMP_WAKES_HOST } else { 0 };
+            let time = RequestStamp { time_ns: stamp.time_ns, flags, reserved: 0 };
+            shared
+                .region
+                .write(shared.map.request_stamp(dbc, slot), bytemuck::bytes_of(&time))
+                .expect("stamps inside the region");
+            ch.inflight[usize::from(e.req_id)] = Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
+            run = if ends_slice { 0 } else { run + 1 };
+            ch.requests.push();
         }
-        if needed > ring.capacity() {
-            return fail(Errno::ENOSPC, format!("{needed} elements never fit a ring of {}", ring.capacity()));
-        }
-        let ix = SharedIndices::host_requests(&shared.region, &shared.map, dbc);
-        let free = match ch.requests.room(&ix, needed) {
-            Ok(free) => free,
-            Err(BadIndex(head)) => {
-                return fail(Errno::ENODEV, format!("channel {dbc} request head reads {head:#x}: link down"))
-            }
-        };
-        if free < needed {
-            return fail(Errno::EAGAIN, format!("channel {dbc} has {free} free elements, {needed} needed"));
-        }
-        let level = ch.requests.used();
-        let last_bo = bos.len() - 1;
-        for (b, ((bo, guard), plan)) in bos.iter().zip(states.iter_mut()).zip(&partial).enumerate() {
-            let st = &mut **guard;
-            let slicing = st.slicing.as_ref().expect("checked above");
-            let (elements, ends, slices) = match plan {
-                Some((e, f, n)) => (e.as_slice(), f.as_slice(), *n),
-                None => (slicing.elements.as_slice(), slicing.ends_slice.as_slice(), slicing.slices),
-            };
-            let count = elements.len() as u32;
-            let mut run = 0u16;
-            for (i, (template, &ends_slice)) in elements.iter().zip(ends).enumerate() {
-                let mut e = *template;
-                e.req_id = ch.next_req_id;
-                ch.next_req_id = ch.next_req_id.wrapping_add(1);
-                let slot = ch.requests.slot();
-                shared
-                    .region
-                    .write(shared.map.request_element(dbc, slot), bytemuck::bytes_of(&e))
-                    .expect("ring inside the region");
-                let last = b == last_bo && i + 1 == elements.len();
-                let flags = if stamp.wakes_host && last { STAMP_WAKES_HOST } else { 0 };
-                let time = RequestStamp { time_ns: stamp.time_ns, flags, reserved: 0 };
-                shared
-                    .region
-                    .write(shared.map.request_stamp(dbc, slot), bytemuck::bytes_of(&time))
-                    .expect("stamps inside the region");
-                ch.inflight[usize::from(e.req_id)] =
-                    Some(Inflight { bo: bo.clone(), ends_slice, segments_before: run });
-                run = if ends_slice { 0 } else { run + 1 };
-                ch.requests.push();
-            }
-            st.slices_left = slices;
-            bo.set_queued(st, true);
-            st.executions += 1;
-            st.error = None;
-            st.aborted = None;
-            st.completed_at_ns = 0;
-            st.perf = Some(Perf {
-                received,
-                submitted: received,
-                processed: received,
-                queue_level_before: level,
-                num_queue_element: count,
-            });
-        }
-        // The elements are the device's once the tail covers them; the doorbell wakes it.
-        ch.requests.publish(&ix);
-        let submitted = Instant::now();
-        for st in states.iter_mut() {
-            if let Some(p) = &mut st.perf {
-                p.submitted = submitted;
-            }
-        }
-        drop(states);
-        drop(ch);
-        shared.ring_device();
-        Ok(())
     }
 
     /// WAIT_BO: waits for the buffer's current execution; `timeout_ms` 0 means 5000.
@@ -696,4 +695,43 @@ impl Drop for Client {
             }
         }
     }
+}
+
+/// The elements one buffer of an EXECUTE_BO puts on the ring: all of its slicing, or
+/// (PARTIAL_EXECUTE_BO) those that move its first `resize` bytes.
+struct ElementPlan {
+    /// Elements on the ring.
+    count: u32,
+    /// A partial execution's own elements, slice ends and slice count; `None`: the
+    /// buffer's slicing as it is.
+    truncated: Option<(Vec<RequestElement>, Vec<bool>, u32)>,
+}
+
+/// Checks that buffer `e` can be queued on channel `dbc` as asked and plans its elements.
+fn element_plan(bo: &Bo, st: &BoState, e: &ExecuteEntry, resize: Option<u64>, dbc: usize) -> Result<ElementPlan> {
+    if let Some(r) = resize {
+        if r == 0 || r > bo.size {
+            return fail(Errno::EINVAL, format!("resize {r} of buffer {} is not in 1..={}", e.handle, bo.size));
+        }
+    }
+    let plan = match &st.slicing {
+        None => return fail(Errno::EINVAL, format!("buffer {} is not sliced", e.handle)),
+        Some(s) if s.dbc as usize != dbc => {
+            return fail(Errno::EINVAL, format!("buffer {} is sliced for channel {}, not {dbc}", e.handle, s.dbc))
+        }
+        Some(s) if s.dir != e.dir => {
+            return fail(Errno::EINVAL, format!("buffer {} is sliced for direction {}, not {}", e.handle, s.dir, e.dir))
+        }
+        Some(s) => match resize.filter(|&r| r < bo.size) {
+            Some(r) => {
+                let truncated = s.truncated(r);
+                ElementPlan { count: truncated.0.len() as u32, truncated: Some(truncated) }
+            }
+            None => ElementPlan { count: s.elements.len() as u32, truncated: None },
+        },
+    };
+    if st.queued {
+        return fail(Errno::EINVAL, format!("buffer {} is already queued", e.handle));
+    }
+    Ok(plan)
 }
