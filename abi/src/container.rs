@@ -361,258 +361,12 @@ impl ProgramImage {
 
     /// Parses and validates a container.
     pub fn parse(bytes: &[u8]) -> Result<ProgramImage, ContainerError> {
-        if bytes.len() < HEADER_BYTES {
-            return Err(ContainerError::TooShort { len: bytes.len(), need: HEADER_BYTES });
-        }
-        let header: Header = bytemuck::pod_read_unaligned(&bytes[..HEADER_BYTES]);
-        if header.magic != MAGIC {
-            return Err(ContainerError::BadMagic { found: header.magic });
-        }
-        if header.version != VERSION {
-            return Err(ContainerError::UnsupportedVersion { found: header.version, supported: VERSION });
-        }
-        if header.header_bytes as usize != HEADER_BYTES {
-            return Err(ContainerError::BadHeader {
-                field: "header_bytes",
-                value: header.header_bytes.into(),
-                expected: HEADER_BYTES as u64,
-            });
-        }
-        if header.reserved != [0; 8] {
-            return Err(ContainerError::BadHeader {
-                field: "reserved",
-                value: header.reserved.iter().map(|&w| u64::from(w)).sum(),
-                expected: 0,
-            });
-        }
-        let file_len = bytes.len() as u64;
-        if header.file_bytes != file_len {
-            return Err(ContainerError::LengthMismatch { header_says: header.file_bytes, actual: file_len });
-        }
-        let computed = crc32fast::hash(&bytes[HEADER_BYTES..]);
-        if computed != header.crc32 {
-            return Err(ContainerError::ChecksumMismatch { stored: header.crc32, computed });
-        }
-        let table_end = HEADER_BYTES as u64 + u64::from(header.section_count) * size_of::<SectionEntry>() as u64;
-        if table_end > file_len {
-            return Err(ContainerError::TableOutOfBounds { count: header.section_count, end: table_end, file_len });
-        }
-        let mut metadata = None;
-        let mut io = None;
-        let mut code = None;
-        let mut constants: Vec<&[u8]> = Vec::new();
-        for index in 0..header.section_count as usize {
-            let at = HEADER_BYTES + index * size_of::<SectionEntry>();
-            let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
-            let section = section_name(entry.kind);
-            if entry.reserved != 0 {
-                return Err(ContainerError::Invalid {
-                    section,
-                    what: format!("section table entry {index}"),
-                    reason: "reserved field is nonzero",
-                });
-            }
-            let Some(end) = range_ok(entry.offset, entry.len, file_len).filter(|_| entry.offset >= table_end) else {
-                return Err(ContainerError::SectionOutOfBounds {
-                    index,
-                    section,
-                    offset: entry.offset,
-                    len: entry.len,
-                    file_len,
-                });
-            };
-            let body = &bytes[entry.offset as usize..end as usize];
-            let slot = match entry.kind {
-                KIND_METADATA => &mut metadata,
-                KIND_IO => &mut io,
-                KIND_CODE => &mut code,
-                KIND_CONSTANTS => {
-                    constants.push(body);
-                    continue;
-                }
-                kind => return Err(ContainerError::UnknownSection { index, kind }),
-            };
-            if slot.replace(body).is_some() {
-                return Err(ContainerError::DuplicateSection(section));
-            }
-        }
-        let metadata = metadata.ok_or(ContainerError::MissingSection("metadata"))?;
-        let io = io.ok_or(ContainerError::MissingSection("io"))?;
-        let code = code.ok_or(ContainerError::MissingSection("code"))?;
-
-        let mut cur = Cursor { section: "metadata", bytes: metadata, at: 0 };
-        let meta: MetadataRecord = cur.record("metadata record")?;
-        let name = fixed_str("metadata", &meta.name)?;
-        if meta.reserved != [0; 2] {
-            return Err(ContainerError::Invalid {
-                section: "metadata",
-                what: "metadata record".into(),
-                reason: "reserved field is nonzero",
-            });
-        }
-        if meta.batch_size == 0 || meta.batch_size > MAX_BATCH_SIZE {
-            return Err(ContainerError::OutOfRange {
-                section: "metadata",
-                what: "batch size",
-                value: meta.batch_size.into(),
-                bound: "must be 1 to 65536",
-            });
-        }
-
-        let mut cur = Cursor { section: "io", bytes: io, at: 0 };
-        let count = cur.u32("binding count")?;
-        if count > MAX_BINDINGS {
-            return Err(ContainerError::OutOfRange {
-                section: "io",
-                what: "binding count",
-                value: count.into(),
-                bound: "more than 64",
-            });
-        }
-        cur.u32("padding")?;
-        let mut bindings = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let rec: BindingRecord = cur.record("binding record")?;
-            let name = fixed_str("io", &rec.name)?;
-            if rec.reserved0 != 0
-                || rec.reserved1 != 0
-                || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0)
-            {
-                return Err(ContainerError::Invalid {
-                    section: "io",
-                    what: name,
-                    reason: "reserved field or unused shape dimension is nonzero",
-                });
-            }
-            let direction = match rec.direction {
-                0 => IoDirection::Input,
-                1 => IoDirection::Output,
-                _ => {
-                    return Err(ContainerError::Invalid {
-                        section: "io",
-                        what: name,
-                        reason: "direction is neither input nor output",
-                    })
-                }
-            };
-            let Some(dtype) = IoDType::from_raw(rec.dtype) else {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown dtype" });
-            };
-            if rec.rank as usize > rec.shape.len() {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "rank above 6" });
-            }
-            let shape = rec.shape[..rec.rank as usize].to_vec();
-            let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
-            if elements.and_then(|e| e.checked_mul(dtype.bytes())) != Some(rec.size_bytes) || rec.size_bytes == 0 {
-                return Err(ContainerError::Invalid {
-                    section: "io",
-                    what: name,
-                    reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero",
-                });
-            }
-            if range_ok(rec.ddr_offset, rec.size_bytes, meta.ddr_bytes).is_none() {
-                return Err(ContainerError::BindingOutsideDdr {
-                    name,
-                    start: rec.ddr_offset,
-                    end: rec.ddr_offset.saturating_add(rec.size_bytes),
-                    ddr_bytes: meta.ddr_bytes,
-                });
-            }
-            let Some(host_dtype) = IoDType::from_raw(rec.host_dtype) else {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host dtype" });
-            };
-            let layout = match rec.host_layout {
-                0 => HostLayout::Same,
-                1 => HostLayout::NchwOnHostNhwcOnDevice,
-                2 => HostLayout::NhwcOnHostNchwOnDevice,
-                _ => return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host layout" }),
-            };
-            if layout != HostLayout::Same && rec.rank != 4 {
-                return Err(ContainerError::Invalid {
-                    section: "io",
-                    what: name,
-                    reason: "a layout change needs a rank-4 tensor",
-                });
-            }
-            let scale = f32::from_bits(rec.quant_scale);
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(ContainerError::Invalid {
-                    section: "io",
-                    what: name,
-                    reason: "quantisation scale is not a positive finite number",
-                });
-            }
-            if rec.reserved2 != 0 || rec.reserved3 != 0 {
-                return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field is nonzero" });
-            }
-            let host = HostFormat { dtype: host_dtype, layout, scale, offset: rec.quant_offset };
-            bindings.push(IoBinding {
-                host,
-                name,
-                direction,
-                dtype,
-                shape,
-                ddr_offset: rec.ddr_offset,
-                size_bytes: rec.size_bytes,
-            });
-        }
-        if !bindings.iter().any(|b| b.direction == IoDirection::Output) {
-            return Err(ContainerError::Invalid {
-                section: "io",
-                what: "bindings".into(),
-                reason: "the program has no output",
-            });
-        }
-
-        let mut cur = Cursor { section: "code", bytes: code, at: 0 };
-        let num_cores = cur.u32("core count")?;
-        if num_cores == 0 || num_cores > MAX_CORES || num_cores != meta.num_cores {
-            return Err(ContainerError::OutOfRange {
-                section: "code",
-                what: "core count",
-                value: num_cores.into(),
-                bound: "must be 1..=64 and equal the metadata's core count",
-            });
-        }
-        cur.u32("padding")?;
-        let mut counts = Vec::with_capacity(num_cores as usize);
-        for _ in 0..num_cores {
-            counts.push(cur.u32("instruction count")?);
-        }
-        cur.align8();
-        let mut cores = Vec::with_capacity(num_cores as usize);
-        for &n in &counts {
-            let len = (n as usize).checked_mul(INSTRUCTION_BYTES).ok_or(ContainerError::OutOfRange {
-                section: "code",
-                what: "instruction count",
-                value: n.into(),
-                bound: "overflows",
-            })?;
-            let raw = cur.take("instruction stream", len)?;
-            cores.push(raw.chunks_exact(INSTRUCTION_BYTES).map(bytemuck::pod_read_unaligned).collect());
-        }
-
-        let mut blobs = Vec::new();
-        for body in constants {
-            let mut cur = Cursor { section: "constants", bytes: body, at: 0 };
-            while cur.at < body.len() {
-                let rec: ConstantRecord = cur.record("constant record")?;
-                let len = usize::try_from(rec.len).unwrap_or(usize::MAX);
-                let data = cur.take("constant data", len)?;
-                let index = blobs.len();
-                if range_ok(rec.ddr_offset, rec.len, meta.ddr_bytes).is_none() {
-                    return Err(ContainerError::ConstantOutsideDdr {
-                        index,
-                        start: rec.ddr_offset,
-                        end: rec.ddr_offset.saturating_add(rec.len),
-                        ddr_bytes: meta.ddr_bytes,
-                    });
-                }
-                blobs.push(ConstantBlob { ddr_offset: rec.ddr_offset, data: data.to_vec() });
-                cur.align8();
-            }
-        }
-
+        let header = check_header(bytes)?;
+        let sections = Sections::find(bytes, &header)?;
+        let (meta, name) = parse_metadata(sections.metadata)?;
+        let bindings = parse_bindings(sections.io, meta.ddr_bytes)?;
+        let cores = parse_code(sections.code, meta.num_cores)?;
+        let constants = parse_constants(&sections.constants, meta.ddr_bytes)?;
         Ok(ProgramImage {
             name,
             batch_size: meta.batch_size,
@@ -620,7 +374,7 @@ impl ProgramImage {
             vtcm_bytes: meta.vtcm_bytes,
             bindings,
             cores,
-            constants: blobs,
+            constants,
         })
     }
 
@@ -722,6 +476,290 @@ fn pad8(v: &mut Vec<u8>) {
     while !v.len().is_multiple_of(8) {
         v.push(0);
     }
+}
+
+/// The fixed header, checked: magic, version, sizes, reserved words, length, checksum.
+fn check_header(bytes: &[u8]) -> Result<Header, ContainerError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(ContainerError::TooShort { len: bytes.len(), need: HEADER_BYTES });
+    }
+    let header: Header = bytemuck::pod_read_unaligned(&bytes[..HEADER_BYTES]);
+    if header.magic != MAGIC {
+        return Err(ContainerError::BadMagic { found: header.magic });
+    }
+    if header.version != VERSION {
+        return Err(ContainerError::UnsupportedVersion { found: header.version, supported: VERSION });
+    }
+    if header.header_bytes as usize != HEADER_BYTES {
+        return Err(ContainerError::BadHeader {
+            field: "header_bytes",
+            value: header.header_bytes.into(),
+            expected: HEADER_BYTES as u64,
+        });
+    }
+    if header.reserved != [0; 8] {
+        return Err(ContainerError::BadHeader {
+            field: "reserved",
+            value: header.reserved.iter().map(|&w| u64::from(w)).sum(),
+            expected: 0,
+        });
+    }
+    let file_len = bytes.len() as u64;
+    if header.file_bytes != file_len {
+        return Err(ContainerError::LengthMismatch { header_says: header.file_bytes, actual: file_len });
+    }
+    let computed = crc32fast::hash(&bytes[HEADER_BYTES..]);
+    if computed != header.crc32 {
+        return Err(ContainerError::ChecksumMismatch { stored: header.crc32, computed });
+    }
+    Ok(header)
+}
+
+/// The sections a container holds, each found once (constants may come in several).
+struct Sections<'a> {
+    metadata: &'a [u8],
+    io: &'a [u8],
+    code: &'a [u8],
+    constants: Vec<&'a [u8]>,
+}
+
+impl<'a> Sections<'a> {
+    /// Reads the section table: every entry inside the file and past the table.
+    fn find(bytes: &'a [u8], header: &Header) -> Result<Sections<'a>, ContainerError> {
+        let file_len = bytes.len() as u64;
+        let table_end = HEADER_BYTES as u64 + u64::from(header.section_count) * size_of::<SectionEntry>() as u64;
+        if table_end > file_len {
+            return Err(ContainerError::TableOutOfBounds { count: header.section_count, end: table_end, file_len });
+        }
+        let mut metadata = None;
+        let mut io = None;
+        let mut code = None;
+        let mut constants: Vec<&[u8]> = Vec::new();
+        for index in 0..header.section_count as usize {
+            let at = HEADER_BYTES + index * size_of::<SectionEntry>();
+            let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
+            let section = section_name(entry.kind);
+            if entry.reserved != 0 {
+                return Err(ContainerError::Invalid {
+                    section,
+                    what: format!("section table entry {index}"),
+                    reason: "reserved field is nonzero",
+                });
+            }
+            let Some(end) = range_ok(entry.offset, entry.len, file_len).filter(|_| entry.offset >= table_end) else {
+                return Err(ContainerError::SectionOutOfBounds {
+                    index,
+                    section,
+                    offset: entry.offset,
+                    len: entry.len,
+                    file_len,
+                });
+            };
+            let body = &bytes[entry.offset as usize..end as usize];
+            let slot = match entry.kind {
+                KIND_METADATA => &mut metadata,
+                KIND_IO => &mut io,
+                KIND_CODE => &mut code,
+                KIND_CONSTANTS => {
+                    constants.push(body);
+                    continue;
+                }
+                kind => return Err(ContainerError::UnknownSection { index, kind }),
+            };
+            if slot.replace(body).is_some() {
+                return Err(ContainerError::DuplicateSection(section));
+            }
+        }
+        Ok(Sections {
+            metadata: metadata.ok_or(ContainerError::MissingSection("metadata"))?,
+            io: io.ok_or(ContainerError::MissingSection("io"))?,
+            code: code.ok_or(ContainerError::MissingSection("code"))?,
+            constants,
+        })
+    }
+}
+
+/// The metadata record and the program's name.
+fn parse_metadata(body: &[u8]) -> Result<(MetadataRecord, String), ContainerError> {
+    let mut cur = Cursor { section: "metadata", bytes: body, at: 0 };
+    let meta: MetadataRecord = cur.record("metadata record")?;
+    let name = fixed_str("metadata", &meta.name)?;
+    if meta.reserved != [0; 2] {
+        return Err(ContainerError::Invalid {
+            section: "metadata",
+            what: "metadata record".into(),
+            reason: "reserved field is nonzero",
+        });
+    }
+    if meta.batch_size == 0 || meta.batch_size > MAX_BATCH_SIZE {
+        return Err(ContainerError::OutOfRange {
+            section: "metadata",
+            what: "batch size",
+            value: meta.batch_size.into(),
+            bound: "must be 1 to 65536",
+        });
+    }
+    Ok((meta, name))
+}
+
+/// The io section: every binding, and at least one output.
+fn parse_bindings(body: &[u8], ddr_bytes: u64) -> Result<Vec<IoBinding>, ContainerError> {
+    let mut cur = Cursor { section: "io", bytes: body, at: 0 };
+    let count = cur.u32("binding count")?;
+    if count > MAX_BINDINGS {
+        return Err(ContainerError::OutOfRange {
+            section: "io",
+            what: "binding count",
+            value: count.into(),
+            bound: "more than 64",
+        });
+    }
+    cur.u32("padding")?;
+    let mut bindings = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let rec: BindingRecord = cur.record("binding record")?;
+        bindings.push(parse_binding(&rec, ddr_bytes)?);
+    }
+    if !bindings.iter().any(|b| b.direction == IoDirection::Output) {
+        return Err(ContainerError::Invalid {
+            section: "io",
+            what: "bindings".into(),
+            reason: "the program has no output",
+        });
+    }
+    Ok(bindings)
+}
+
+/// One binding record, every field checked (its DDR range against the program's DDR).
+fn parse_binding(rec: &BindingRecord, ddr_bytes: u64) -> Result<IoBinding, ContainerError> {
+    let name = fixed_str("io", &rec.name)?;
+    if rec.reserved0 != 0 || rec.reserved1 != 0 || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0) {
+        return Err(ContainerError::Invalid {
+            section: "io",
+            what: name,
+            reason: "reserved field or unused shape dimension is nonzero",
+        });
+    }
+    let direction = match rec.direction {
+        0 => IoDirection::Input,
+        1 => IoDirection::Output,
+        _ => {
+            return Err(ContainerError::Invalid {
+                section: "io",
+                what: name,
+                reason: "direction is neither input nor output",
+            })
+        }
+    };
+    let Some(dtype) = IoDType::from_raw(rec.dtype) else {
+        return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown dtype" });
+    };
+    if rec.rank as usize > rec.shape.len() {
+        return Err(ContainerError::Invalid { section: "io", what: name, reason: "rank above 6" });
+    }
+    let shape = rec.shape[..rec.rank as usize].to_vec();
+    let elements = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+    if elements.and_then(|e| e.checked_mul(dtype.bytes())) != Some(rec.size_bytes) || rec.size_bytes == 0 {
+        return Err(ContainerError::Invalid {
+            section: "io",
+            what: name,
+            reason: "size_bytes does not equal the shape's element count times the dtype size, or is zero",
+        });
+    }
+    if range_ok(rec.ddr_offset, rec.size_bytes, ddr_bytes).is_none() {
+        return Err(ContainerError::BindingOutsideDdr {
+            name,
+            start: rec.ddr_offset,
+            end: rec.ddr_offset.saturating_add(rec.size_bytes),
+            ddr_bytes,
+        });
+    }
+    let Some(host_dtype) = IoDType::from_raw(rec.host_dtype) else {
+        return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host dtype" });
+    };
+    let layout = match rec.host_layout {
+        0 => HostLayout::Same,
+        1 => HostLayout::NchwOnHostNhwcOnDevice,
+        2 => HostLayout::NhwcOnHostNchwOnDevice,
+        _ => return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown host layout" }),
+    };
+    if layout != HostLayout::Same && rec.rank != 4 {
+        return Err(ContainerError::Invalid {
+            section: "io",
+            what: name,
+            reason: "a layout change needs a rank-4 tensor",
+        });
+    }
+    let scale = f32::from_bits(rec.quant_scale);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(ContainerError::Invalid {
+            section: "io",
+            what: name,
+            reason: "quantisation scale is not a positive finite number",
+        });
+    }
+    if rec.reserved2 != 0 || rec.reserved3 != 0 {
+        return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field is nonzero" });
+    }
+    let host = HostFormat { dtype: host_dtype, layout, scale, offset: rec.quant_offset };
+    Ok(IoBinding { host, name, direction, dtype, shape, ddr_offset: rec.ddr_offset, size_bytes: rec.size_bytes })
+}
+
+/// The code section: one instruction stream per core, as many as the metadata says.
+fn parse_code(body: &[u8], meta_cores: u32) -> Result<Vec<Vec<Instruction>>, ContainerError> {
+    let mut cur = Cursor { section: "code", bytes: body, at: 0 };
+    let num_cores = cur.u32("core count")?;
+    if num_cores == 0 || num_cores > MAX_CORES || num_cores != meta_cores {
+        return Err(ContainerError::OutOfRange {
+            section: "code",
+            what: "core count",
+            value: num_cores.into(),
+            bound: "must be 1..=64 and equal the metadata's core count",
+        });
+    }
+    cur.u32("padding")?;
+    let mut counts = Vec::with_capacity(num_cores as usize);
+    for _ in 0..num_cores {
+        counts.push(cur.u32("instruction count")?);
+    }
+    cur.align8();
+    let mut cores = Vec::with_capacity(num_cores as usize);
+    for &n in &counts {
+        let len = (n as usize).checked_mul(INSTRUCTION_BYTES).ok_or(ContainerError::OutOfRange {
+            section: "code",
+            what: "instruction count",
+            value: n.into(),
+            bound: "overflows",
+        })?;
+        let raw = cur.take("instruction stream", len)?;
+        cores.push(raw.chunks_exact(INSTRUCTION_BYTES).map(bytemuck::pod_read_unaligned).collect());
+    }
+    Ok(cores)
+}
+
+/// The constant blobs of every constants section, each inside the program's DDR.
+fn parse_constants(bodies: &[&[u8]], ddr_bytes: u64) -> Result<Vec<ConstantBlob>, ContainerError> {
+    let mut blobs = Vec::new();
+    for &body in bodies {
+        let mut cur = Cursor { section: "constants", bytes: body, at: 0 };
+        while cur.at < body.len() {
+            let rec: ConstantRecord = cur.record("constant record")?;
+            let len = usize::try_from(rec.len).unwrap_or(usize::MAX);
+            let data = cur.take("constant data", len)?;
+            let index = blobs.len();
+            if range_ok(rec.ddr_offset, rec.len, ddr_bytes).is_none() {
+                return Err(ContainerError::ConstantOutsideDdr {
+                    index,
+                    start: rec.ddr_offset,
+                    end: rec.ddr_offset.saturating_add(rec.len),
+                    ddr_bytes,
+                });
+            }
+            blobs.push(ConstantBlob { ddr_offset: rec.ddr_offset, data: data.to_vec() });
+            cur.align8();
+        }
+    }
+    Ok(blobs)
 }
 
 #[cfg(test)]
