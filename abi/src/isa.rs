@@ -529,6 +529,9 @@ impl Instruction {
         i
     }
 
+    /// The operation this record encodes, every field checked. One arm per opcode, flat
+    /// on purpose: each arm reads as the record layout of that opcode (compare
+    /// [`Instruction::encode`]), and splitting them would scatter the format.
     pub fn decode(&self) -> Result<Op, DecodeError> {
         let dst = Tensor::decode(&self.dst)?;
         let src0 = Tensor::decode(&self.src0)?;

@@ -105,6 +105,8 @@ fn rank(t: &Tensor, r: u8, what: &str) -> Result<(), StreamProblem> {
     shapes(t.rank == r, || format!("{what} must have rank {r}, has shape {:?}", t.dims()))
 }
 
+/// Whether one operation is well formed for a core of `limits`. One arm per operation,
+/// flat on purpose: each arm is that operation's rules, read side by side with its kernel.
 fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
     let v = |t: &Tensor, name| check(t, name, Space::Vtcm, limits);
     match op {
