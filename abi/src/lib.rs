@@ -13,6 +13,8 @@
 //! - [`clock`]: the simulated clock's stamps and promises;
 //! - [`semaphore`]: what a semaphore command does to a device semaphore;
 //! - [`run_record`]: the per-execution record the device writes for the host;
+//! - [`profile`]: a run's statistics (per core, per op class, per instruction) and
+//!   their wire form;
 //! - [`container`] and [`isa`]: the program container and its instruction encoding;
 //!   [`programs`]: the smallest real programs, for tests in every crate.
 //!
@@ -33,6 +35,7 @@ pub mod dbc;
 pub mod isa;
 pub mod layout;
 pub mod memory;
+pub mod profile;
 pub mod programs;
 pub mod ring;
 pub mod run_record;

@@ -286,11 +286,13 @@ pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, Fo
     let out = match op {
         "Identity" | "Dropout" => input(0)?.clone(),
         "Cast" => {
-            let to = node.attr_int("to", 1);
+            let to = i32::try_from(node.attr_int("to", i64::from(data_type::FLOAT))).unwrap_or(0);
             let a = input(0)?;
             match to {
-                1 | 10 | 11 => Const::f32(a.shape.clone(), a.to_f32()),
-                9 => Const::i64(a.shape.clone(), a.to_f64().iter().map(|&x| i64::from(x != 0.0)).collect()),
+                data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE => Const::f32(a.shape.clone(), a.to_f32()),
+                data_type::BOOL => {
+                    Const::i64(a.shape.clone(), a.to_f64().iter().map(|&x| i64::from(x != 0.0)).collect())
+                }
                 _ => Const::i64(a.shape.clone(), a.to_i64()),
             }
         }

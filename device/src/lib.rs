@@ -29,7 +29,6 @@ pub mod extent;
 pub mod firmware;
 pub mod nsp;
 pub mod parallel;
-pub mod profile;
 pub mod scheduler;
 
 pub use firmware::{DeviceConfig, FaultPlan, Firmware, Pacing};

@@ -597,7 +597,7 @@ impl Client {
     }
 
     /// MANAGE: the device's profile of run `seq` of this user's activation on `dbc`,
-    /// DMAed into a buffer of this user's (see `aicsim_device::profile`).
+    /// DMAed into a buffer of this user's (see `aicsim_abi::profile`).
     pub fn read_profile(&self, dbc: u32, seq: u64) -> Result<Vec<u8>> {
         self.check_owner(self.check_dbc(dbc)?)?;
         let mut len = 64 << 10;

@@ -80,7 +80,7 @@ impl Firmware {
                         format!("run {seq} of channel {dbc} is not held (the device keeps the last {PROFILES_KEPT})"),
                     ));
                 };
-                let needed = crate::profile::encoded_len(stats) as u64;
+                let needed = aicsim_abi::profile::encoded_len(stats) as u64;
                 if needed > len {
                     return Ok([needed, 0, 0, 0, 0, 0, 0]);
                 }
@@ -90,7 +90,7 @@ impl Firmware {
                         format!("profile buffer [{host_addr:#x}, +{needed:#x}) is outside host memory"),
                     ));
                 }
-                let _ = mem.write(host_addr, &crate::profile::encode(seq, stats));
+                let _ = mem.write(host_addr, &aicsim_abi::profile::encode(seq, stats));
                 Ok([needed, needed, 0, 0, 0, 0, 0])
             }
         }

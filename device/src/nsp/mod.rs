@@ -127,72 +127,7 @@ impl Default for CostModel {
     }
 }
 
-/// The engine an instruction occupies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    Dma = 0,
-    Hmx = 1,
-    Hvx = 2,
-    Sync = 3,
-}
-
-/// Number of [`Engine`]s.
-pub const ENGINES: usize = 4;
-
-/// Classes of operations, the rows of a per-core profile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpClass {
-    CopyToVtcm = 0,
-    CopyFromVtcm = 1,
-    MatMul = 2,
-    Convolution = 3,
-    Elementwise = 4,
-    Activation = 5,
-    Convert = 6,
-    Pool = 7,
-    Softmax = 8,
-    LayerNorm = 9,
-    Reduce = 10,
-    Sync = 11,
-}
-
-/// Number of [`OpClass`]es.
-pub const OP_CLASSES: usize = 12;
-
-impl OpClass {
-    pub const ALL: [OpClass; OP_CLASSES] = [
-        OpClass::CopyToVtcm,
-        OpClass::CopyFromVtcm,
-        OpClass::MatMul,
-        OpClass::Convolution,
-        OpClass::Elementwise,
-        OpClass::Activation,
-        OpClass::Convert,
-        OpClass::Pool,
-        OpClass::Softmax,
-        OpClass::LayerNorm,
-        OpClass::Reduce,
-        OpClass::Sync,
-    ];
-
-    /// The op name a profile shows for this class.
-    pub fn name(self) -> &'static str {
-        match self {
-            OpClass::CopyToVtcm => "aiccopytovtcm",
-            OpClass::CopyFromVtcm => "aiccopyfromvtcm",
-            OpClass::MatMul => "aicmatmul",
-            OpClass::Convolution => "aicconvolution",
-            OpClass::Elementwise => "aicelementwise",
-            OpClass::Activation => "aicactivation",
-            OpClass::Convert => "aicconvert",
-            OpClass::Pool => "aicpool",
-            OpClass::Softmax => "aicsoftmax",
-            OpClass::LayerNorm => "aiclayernorm",
-            OpClass::Reduce => "aicreduce",
-            OpClass::Sync => "sync",
-        }
-    }
-}
+pub use aicsim_abi::profile::{Engine, OpClass, ENGINES, OP_CLASSES};
 
 fn up(v: u64, tile: u64) -> u64 {
     v.div_ceil(tile.max(1)) * tile.max(1)

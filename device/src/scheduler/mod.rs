@@ -2,7 +2,7 @@
 //! together.
 //!
 //! Each core issues its instructions in program order; an instruction starts when its
-//! engine has room ([`nsp::DMA_QUEUES`] DMA transfers, one HMX op, [`nsp::HVX_THREADS`] HVX
+//! engine has room ([`crate::nsp::DMA_QUEUES`] DMA transfers, one HMX op, [`crate::nsp::HVX_THREADS`] HVX
 //! threads), no instruction still in flight on the core conflicts with it
 //! (read-after-write, write-after-read, write-after-write on overlapping VTCM or DDR
 //! bytes), and no sync fence is pending. Later instructions may start while earlier ones
@@ -37,7 +37,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
-use crate::nsp::{self, CostModel, Engine, NspCore, ENGINES, OP_CLASSES};
+use crate::nsp::{CostModel, Engine, NspCore};
 use aicsim_abi::isa::SYNC_COUNTERS;
 use aicsim_abi::memory::SharedMemory;
 
@@ -55,92 +55,18 @@ pub enum ExecMode {
     Functional,
 }
 
-/// Cycles, count and output bytes of one op class on one core.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ClassStats {
-    pub cycles: u64,
-    pub count: u64,
-    pub out_bytes: u64,
-    /// Sum over ops that write output of their cycles per KiB written (rounded).
-    pub cycles_per_kib_sum: u64,
-    /// Sum of the squares of the same, for its standard deviation.
-    pub cycles_per_kib_sq_sum: u64,
-}
+pub use aicsim_abi::profile::{ClassStats, CoreStats, RunStats, TraceEvent};
 
-impl ClassStats {
-    /// Mean and standard deviation of cycles per KiB over the ops that wrote output.
-    pub fn cycles_per_kib(&self) -> (f64, f64) {
-        let writers = if self.out_bytes == 0 { 0 } else { self.count };
-        if writers == 0 {
-            return (0.0, 0.0);
-        }
-        let n = writers as f64;
-        let mean = self.cycles_per_kib_sum as f64 / n;
-        let var = (self.cycles_per_kib_sq_sum as f64 / n - mean * mean).max(0.0);
-        (mean, libm::sqrt(var))
-    }
-}
-
-/// What one core did during one program run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CoreStats {
-    /// Physical core id.
-    pub core: u32,
-    /// Busy cycles per [`Engine`] (HVX: summed over threads).
-    pub busy: [u64; ENGINES],
-    /// Cycles with nothing in flight while the core had not finished (waiting on
-    /// another core, or on a hazard).
-    pub stall_cycles: u64,
-    /// Per [`nsp::OpClass`].
-    pub classes: [ClassStats; OP_CLASSES],
-    /// Instructions executed.
-    pub instructions: u64,
-}
-
-impl CoreStats {
-    /// Counts one instruction of `step`'s kind that took `cycles`.
-    fn add(&mut self, step: &Step, cycles: u64) {
-        self.busy[step.engine as usize] += cycles;
-        let class = &mut self.classes[step.class as usize];
-        class.cycles += cycles;
-        class.count += 1;
-        class.out_bytes += step.out_bytes;
-        if let Some(per_kib) = (cycles * 1024 + step.out_bytes / 2).checked_div(step.out_bytes) {
-            class.cycles_per_kib_sum += per_kib;
-            class.cycles_per_kib_sq_sum = class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
-        }
-    }
-}
-
-/// One program run, timed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunStats {
-    pub start_cycle: u64,
-    pub end_cycle: u64,
-    pub cores: Vec<CoreStats>,
-    /// Bytes this run read from or wrote to DDR.
-    pub ddr_bytes: u64,
-    /// Every instruction's interval, when tracing is on ([`Scheduler::set_tracing`]).
-    pub trace: Vec<TraceEvent>,
-}
-
-/// One instruction's execution, for a timeline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TraceEvent {
-    /// Index of the core within the program.
-    pub core: u32,
-    pub engine: Engine,
-    pub class: nsp::OpClass,
-    /// Instruction index in the core's stream.
-    pub index: u32,
-    pub start_cycle: u64,
-    pub end_cycle: u64,
-}
-
-impl RunStats {
-    pub fn cycles(&self) -> u64 {
-        self.end_cycle - self.start_cycle
+/// Counts one instruction of `step`'s kind that took `cycles`.
+fn count_instruction(stats: &mut CoreStats, step: &Step, cycles: u64) {
+    stats.busy[step.engine as usize] += cycles;
+    let class = &mut stats.classes[step.class as usize];
+    class.cycles += cycles;
+    class.count += 1;
+    class.out_bytes += step.out_bytes;
+    if let Some(per_kib) = (cycles * 1024 + step.out_bytes / 2).checked_div(step.out_bytes) {
+        class.cycles_per_kib_sum += per_kib;
+        class.cycles_per_kib_sq_sum = class.cycles_per_kib_sq_sum.saturating_add(per_kib.saturating_mul(per_kib));
     }
 }
 
@@ -790,7 +716,7 @@ impl Job {
             });
         }
         if !self.plan_cost || step.fixed_cycles().is_none() {
-            self.cores[c].stats.add(step, end - start);
+            count_instruction(&mut self.cores[c].stats, step, end - start);
         }
     }
 }

@@ -39,7 +39,7 @@ impl Plan {
                 let mut stats = CoreStats::default();
                 for step in core {
                     if let Some(cycles) = step.fixed_cycles() {
-                        stats.add(step, cycles);
+                        super::count_instruction(&mut stats, step, cycles);
                     }
                 }
                 stats

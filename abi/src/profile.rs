@@ -1,14 +1,154 @@
 //! The profile of one program run as the device hands it to the host: a header, one
 //! record per core (busy and stall cycles, per op class figures), and, when the run was
 //! traced, one record per instruction. Little-endian Pod records; decoding checks every
-//! count against the bytes it was given.
+//! count against the bytes it was given. The statistics types themselves are here too:
+//! the device's scheduler fills them, the host's tools read them.
 
 use alloc::vec::Vec;
 use bytemuck::{Pod, Zeroable};
 use core::mem::size_of;
 
-use crate::nsp::{Engine, OpClass, ENGINES, OP_CLASSES};
-use crate::scheduler::{ClassStats, CoreStats, RunStats, TraceEvent};
+/// The engine an instruction occupies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Dma = 0,
+    Hmx = 1,
+    Hvx = 2,
+    Sync = 3,
+}
+
+/// Number of [`Engine`]s.
+pub const ENGINES: usize = 4;
+
+/// Classes of operations, the rows of a per-core profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpClass {
+    CopyToVtcm = 0,
+    CopyFromVtcm = 1,
+    MatMul = 2,
+    Convolution = 3,
+    Elementwise = 4,
+    Activation = 5,
+    Convert = 6,
+    Pool = 7,
+    Softmax = 8,
+    LayerNorm = 9,
+    Reduce = 10,
+    Sync = 11,
+}
+
+/// Number of [`OpClass`]es.
+pub const OP_CLASSES: usize = 12;
+
+impl OpClass {
+    pub const ALL: [OpClass; OP_CLASSES] = [
+        OpClass::CopyToVtcm,
+        OpClass::CopyFromVtcm,
+        OpClass::MatMul,
+        OpClass::Convolution,
+        OpClass::Elementwise,
+        OpClass::Activation,
+        OpClass::Convert,
+        OpClass::Pool,
+        OpClass::Softmax,
+        OpClass::LayerNorm,
+        OpClass::Reduce,
+        OpClass::Sync,
+    ];
+
+    /// The op name a profile shows for this class.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpClass::CopyToVtcm => "aiccopytovtcm",
+            OpClass::CopyFromVtcm => "aiccopyfromvtcm",
+            OpClass::MatMul => "aicmatmul",
+            OpClass::Convolution => "aicconvolution",
+            OpClass::Elementwise => "aicelementwise",
+            OpClass::Activation => "aicactivation",
+            OpClass::Convert => "aicconvert",
+            OpClass::Pool => "aicpool",
+            OpClass::Softmax => "aicsoftmax",
+            OpClass::LayerNorm => "aiclayernorm",
+            OpClass::Reduce => "aicreduce",
+            OpClass::Sync => "sync",
+        }
+    }
+}
+
+/// Cycles, count and output bytes of one op class on one core.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ClassStats {
+    pub cycles: u64,
+    pub count: u64,
+    pub out_bytes: u64,
+    /// Sum over ops that write output of their cycles per KiB written (rounded).
+    pub cycles_per_kib_sum: u64,
+    /// Sum of the squares of the same, for its standard deviation.
+    pub cycles_per_kib_sq_sum: u64,
+}
+
+impl ClassStats {
+    /// Mean and standard deviation of cycles per KiB over the ops that wrote output.
+    pub fn cycles_per_kib(&self) -> (f64, f64) {
+        let writers = if self.out_bytes == 0 { 0 } else { self.count };
+        if writers == 0 {
+            return (0.0, 0.0);
+        }
+        let n = writers as f64;
+        let mean = self.cycles_per_kib_sum as f64 / n;
+        let var = (self.cycles_per_kib_sq_sum as f64 / n - mean * mean).max(0.0);
+        (mean, libm::sqrt(var))
+    }
+}
+
+/// What one core did during one program run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Physical core id.
+    pub core: u32,
+    /// Busy cycles per [`Engine`] (HVX: summed over threads).
+    pub busy: [u64; ENGINES],
+    /// Cycles with nothing in flight while the core had not finished (waiting on
+    /// another core, or on a hazard).
+    pub stall_cycles: u64,
+    /// Per [`OpClass`].
+    pub classes: [ClassStats; OP_CLASSES],
+    /// Instructions executed.
+    pub instructions: u64,
+}
+
+/// One program run, timed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    pub start_cycle: u64,
+    pub end_cycle: u64,
+    pub cores: Vec<CoreStats>,
+    /// Bytes this run read from or wrote to DDR.
+    pub ddr_bytes: u64,
+    /// Every instruction's interval, when tracing is on (the scheduler's tracing).
+    pub trace: Vec<TraceEvent>,
+}
+
+impl RunStats {
+    /// Cycles from the run's start to its end.
+    pub fn cycles(&self) -> u64 {
+        self.end_cycle - self.start_cycle
+    }
+}
+
+/// One instruction's execution, for a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// Index of the core within the program.
+    pub core: u32,
+    pub engine: Engine,
+    pub class: OpClass,
+    /// Instruction index in the core's stream.
+    pub index: u32,
+    pub start_cycle: u64,
+    pub end_cycle: u64,
+}
 
 const MAGIC: u32 = u32::from_le_bytes(*b"PROF");
 
