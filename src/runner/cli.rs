@@ -381,10 +381,11 @@ fn run(args: &Args) -> Result<(), String> {
         latency: args.profiling_types.contains(&ProfilingType::Latency),
     };
     let collector = Collector::new(sampling, batch);
+    let run = Run { args, set: &set, inputs: &inputs, collector: &collector };
     let started = Instant::now();
     let summary = match args.clock {
-        Clock::Sim => run_simulated(args, &set, plan.limit.clone(), &inputs, &collector)?,
-        Clock::Wall => run_wall(args, &set, plan.limit.clone(), &inputs, &collector)?,
+        Clock::Sim => run_simulated(&run, plan.limit.clone())?,
+        Clock::Wall => run_wall(&run, plan.limit.clone())?,
     };
     let wall_elapsed = started.elapsed();
     let collected = collector.into_collected();
@@ -438,7 +439,7 @@ fn run(args: &Args) -> Result<(), String> {
 mod execute;
 mod output;
 
-use execute::{run_simulated, run_wall};
+use execute::{run_simulated, run_wall, Run};
 use output::{files, is_dir_or_missing, user_file, verdict, wall_speed, HOST_BOUND};
 
 /// aic-runner's whole program: parses the command line, runs, prints, writes.

@@ -127,6 +127,19 @@ impl Rig {
         self.map.host_offset() + slot * 4096
     }
 
+    /// On the simulated clock, with a host that promises nothing yet and answers a
+    /// waking response within `lookahead_ns`.
+    fn unbounded_host(lookahead_ns: u64) -> Rig {
+        let rig = Rig::with_config(timed_config());
+        rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::LOOKAHEAD_NS), lookahead_ns, Release);
+        rig.mem.store_u64(
+            rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
+            aicsim_abi::clock::NO_PROMISE,
+            Release,
+        );
+        rig
+    }
+
     /// Stamps the next element to push (simulated clock).
     fn stamp(&mut self, time_ns: u64, flags: u32) {
         let stamp = aicsim_abi::clock::RequestStamp { time_ns, flags, reserved: 0 };
@@ -569,14 +582,8 @@ fn inputs_queued_behind_a_waiting_output_cross_the_link_during_the_run_but_land_
 
 #[test]
 fn a_waking_response_holds_the_device_until_the_host_accounts_for_it() {
-    let mut rig = Rig::with_config(timed_config());
     let lookahead = 30 * US;
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::LOOKAHEAD_NS), lookahead, Release);
-    rig.mem.store_u64(
-        rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
-        aicsim_abi::clock::NO_PROMISE,
-        Release,
-    );
+    let mut rig = Rig::unbounded_host(lookahead);
     rig.timed_inference(1, 10 * US, true);
     rig.timed_inference(4, 500 * US, true);
     rig.run();
@@ -643,14 +650,8 @@ impl SharedMemory for Watching<'_> {
 
 #[test]
 fn a_waking_response_is_published_at_once_not_when_the_device_reaches_the_horizon() {
-    let mut rig = Rig::with_config(timed_config());
     let lookahead = 1_000 * US;
-    rig.mem.store_u64(rig.map.clock_reg(rig.dbc, aicsim_abi::clock::LOOKAHEAD_NS), lookahead, Release);
-    rig.mem.store_u64(
-        rig.map.clock_reg(rig.dbc, aicsim_abi::clock::PROMISE_NS),
-        aicsim_abi::clock::NO_PROMISE,
-        Release,
-    );
+    let mut rig = Rig::unbounded_host(lookahead);
     // The first inference wakes the host; the second, well within the lookahead, does not.
     rig.timed_inference(1, 10 * US, true);
     rig.timed_inference(4, 300 * US, false);

@@ -28,14 +28,19 @@ impl LiveReport {
     }
 }
 
+/// What a run works with, whichever clock it runs on.
+#[derive(Clone, Copy)]
+pub(super) struct Run<'a> {
+    pub(super) args: &'a Args,
+    pub(super) set: &'a InferenceSet,
+    /// Host input sets, in the host format.
+    pub(super) inputs: &'a [Vec<Vec<u8>>],
+    pub(super) collector: &'a Collector,
+}
+
 /// Runs on the simulated clock; a side thread reports progress on stderr for long runs.
-pub(super) fn run_simulated(
-    args: &Args,
-    set: &InferenceSet,
-    limit: RunLimit,
-    inputs: &[Vec<Vec<u8>>],
-    collector: &Collector,
-) -> Result<RunSummary, String> {
+pub(super) fn run_simulated(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary, String> {
+    let Run { args, set, inputs, collector } = *run;
     let batch = set.program().batch_size();
     let device_inputs: Vec<Vec<Vec<u8>>> = inputs
         .iter()
@@ -94,13 +99,8 @@ pub(super) fn progress_on_stderr(
 }
 
 /// Runs on the wall clock, with the live report on wall-clock periods.
-pub(super) fn run_wall(
-    args: &Args,
-    set: &InferenceSet,
-    limit: RunLimit,
-    inputs: &[Vec<Vec<u8>>],
-    collector: &Collector,
-) -> Result<RunSummary, String> {
+pub(super) fn run_wall(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary, String> {
+    let Run { args, set, inputs, collector } = *run;
     let batch = set.program().batch_size();
     let fill = |index: u64, dst: &mut [Vec<u8>]| {
         for (d, s) in dst.iter_mut().zip(&inputs[index as usize % inputs.len()]) {
