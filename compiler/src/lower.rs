@@ -94,6 +94,8 @@ struct View {
     strides: Vec<u64>,
 }
 
+mod conv;
+
 /// Bump allocator over one core's VTCM for one layer.
 struct Vtcm {
     next: u64,
@@ -237,293 +239,6 @@ impl<'g> Lowerer<'g> {
 
     fn starts(&self) -> Vec<usize> {
         self.streams.iter().map(Vec::len).collect()
-    }
-
-    // ---- convolution -------------------------------------------------------------
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(
-        &mut self,
-        x: ValueId,
-        y: ValueId,
-        weight: usize,
-        bias: Option<usize>,
-        stride: [usize; 2],
-        pad: [usize; 2],
-        dilation: [usize; 2],
-        groups: usize,
-        residual: Option<ValueId>,
-        act: FusedActivation,
-    ) -> Result<(), CompileError> {
-        let eb = self.eb;
-        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
-        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
-        let ws: Vec<u64> = self.g.consts[weight].shape.iter().map(|&d| d as u64).collect();
-        let (c, h, w) = (xs[1], xs[2], xs[3]);
-        let (co, ho, wo) = (ys[1], ys[2], ys[3]);
-        let (cig, kh, kw) = (ws[1], ws[2], ws[3]);
-        let g = groups as u64;
-        if g == 0 || co % g != 0 || c != cig * g {
-            return Err(self.err(format!("{g} groups do not fit {c} input and {co} output channels")));
-        }
-        let cpg_out = co / g;
-        let cpg_in = c / g;
-        let unit = if g == 1 { 1 } else { cpg_out };
-        let (sh, dh) = (stride[0] as u64, dilation[0] as u64);
-        let samples = self.o.replicas as u64 * xs[0];
-        let w_block = |co_t: u64| align(co_t * cig * kh * kw * eb, VTCM_ALIGN) + align(co_t * eb, VTCM_ALIGN);
-        let in_ch = |co_t: u64| if g == 1 { c } else { co_t / cpg_out * cpg_in };
-        let rows_in = |r: u64| ((r - 1) * sh + (kh - 1) * dh + 1).min(h);
-        let outs = if residual.is_some() { 2 } else { 1 };
-        let io = |co_t: u64, r: u64| {
-            align(in_ch(co_t) * rows_in(r) * w * eb, VTCM_ALIGN) + outs * align(co_t * r * wo * eb, VTCM_ALIGN)
-        };
-        // A layer whose smallest tile does not fit the tile budget takes half the VTCM per
-        // buffer set, as before there was a pool (the pool plan does not see this).
-        let budget = if w_block(unit) + io(unit, 1) > self.budget() { self.big_budget() } else { self.budget() };
-        let mut co_t = co;
-        while w_block(co_t) + io(co_t, 1) > budget && co_t > unit {
-            co_t = (co_t / 2).div_ceil(unit).max(1) * unit;
-        }
-        if w_block(co_t) + io(co_t, 1) > budget {
-            return Err(self.err(format!(
-                "one output row of {co_t} channels needs {} bytes of VTCM, more than the {budget}-byte tile budget",
-                w_block(co_t) + io(co_t, 1)
-            )));
-        }
-        // The most output rows that fit.
-        let (mut lo, mut hi) = (1u64, ho);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if w_block(co_t) + io(co_t, mid) <= budget {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        let mut r = lo;
-        let count = |co_t: u64, r: u64| (samples * co.div_ceil(co_t) * ho.div_ceil(r)) as usize;
-        while count(co_t, r) < self.want_tiles() {
-            if r > 1 {
-                r = r.div_ceil(2);
-            } else if co_t > unit {
-                co_t = (co_t / 2).div_ceil(unit).max(1) * unit;
-            } else {
-                break;
-            }
-        }
-        let mut n_co = co.div_ceil(co_t);
-        let cores = self.o.cores as u64;
-        let hmx = self.cost.hmx_tile;
-        if g == 1 && cores > 1 && co_t >= hmx && n_co * samples >= cores {
-            // Blocks of whole HMX tiles (no padded channels); the row count below evens
-            // out the tiles per core. A block may then be split between two cores'
-            // runs: each reads it.
-            n_co = co.div_ceil(co_t / hmx * hmx);
-        } else if self.o.multicast_weights && n_co >= cores && cores > 1 {
-            // Whole weight blocks per core: nobody reads a block another core reads.
-            n_co = n_co.div_ceil(cores) * cores;
-        }
-        let co_t = co.div_ceil(n_co).div_ceil(unit) * unit;
-        let n_co = co.div_ceil(co_t);
-        let n_r = balanced(ho.div_ceil(r), ho, samples * n_co, cores);
-        let r = ho.div_ceil(n_r);
-        let n_r = ho.div_ceil(r);
-
-        let cores = self.o.cores as usize;
-        // With -multicast-weights, a block several cores use (fewer blocks than cores)
-        // is read from DDR once: the first core using it multicasts it to the others
-        // into slot `block % 2` (a core's run spans at most two blocks). Those slots are
-        // in a region of their own, one per layer parity, so the load is issued while
-        // the previous layer still computes (prefetch); the barrier ending that layer
-        // waits for it. The first layer has nothing to hide behind: its owners signal
-        // counter `1 + block` and the users wait for it.
-        let shared =
-            self.o.multicast_weights && cores > 1 && (n_co as usize) < cores && n_co < u64::from(SYNC_COUNTERS) - 1;
-        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
-        // Tiles on the big budget reach into the shared slots' VTCM.
-        let slots = shared && self.prefetch && budget == self.budget();
-        // A core's first own block goes to a slot too, prefetched like the shared ones.
-        let own_slot = !shared && self.prefetch && budget == self.budget();
-        let parity = self.slot_layers % 2;
-        if slots || own_slot {
-            self.slot_layers += 1;
-        }
-        let slot = |k: usize| shared_slot(&self.o, parity * 2 + k);
-        // Weight buffers: two that alternate (in the tile area, or the shared slots) and,
-        // at `OWN_FIRST`, the slot for a core's prefetched first own block.
-        const OWN_FIRST: usize = 2;
-        let bias_at = |k: usize| slot(k) + align(co_t * cig * kh * kw * eb, VTCM_ALIGN);
-        let (wbuf, bbuf) = if slots {
-            ([slot(0), slot(1), slot(0)], [bias_at(0), bias_at(1), bias_at(0)])
-        } else {
-            let w = [v.alloc(co_t * cig * kh * kw * eb), v.alloc(co_t * cig * kh * kw * eb)];
-            let b = [v.alloc(co_t * eb), v.alloc(co_t * eb)];
-            ([w[0], w[1], slot(0)], [b[0], b[1], bias_at(0)])
-        };
-        let ibuf = [v.alloc(in_ch(co_t) * rows_in(r) * w * eb), v.alloc(in_ch(co_t) * rows_in(r) * w * eb)];
-        let obuf = [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)];
-        let rbuf = residual.map(|_| [v.alloc(co_t * r * wo * eb), v.alloc(co_t * r * wo * eb)]);
-        debug_assert!(v.next <= v.capacity);
-
-        let (xb, yb) = (self.value_base(x), self.value_base(y));
-        let wb = self.const_offsets[weight];
-        let bb = bias.map(|b| self.const_offsets[b]);
-        // Tiles: weight block outermost, so a core reuses it across its run.
-        let mut tiles = Vec::new();
-        for cb in 0..n_co {
-            for s in 0..samples {
-                for rb in 0..n_r {
-                    tiles.push((cb, s, rb));
-                }
-            }
-        }
-        let mut starts = self.starts();
-        let runs = runs(tiles.len(), cores);
-        // Nor may a prefetch land in a previous layer whose tiles reach into them.
-        let prefetch = slots && self.prev_starts.len() == cores && !self.prev_big;
-        let prefetch_own = own_slot && self.prev_starts.len() == cores && !self.prev_big;
-        let other = |w: usize| if w == 0 { 1 } else { 0 };
-        let mut prefetched = vec![Vec::new(); cores];
-        // The cores whose run has tiles of each block (runs are contiguous and tiles
-        // ordered by block, so a run covers the blocks from its first tile's to its last's).
-        let mut users = vec![Vec::new(); if shared { n_co as usize } else { 0 }];
-        for (k, run) in runs.iter().enumerate().filter(|(_, r)| shared && !r.is_empty()) {
-            for cb in tiles[run.start].0..=tiles[run.end - 1].0 {
-                users[cb as usize].push(k);
-            }
-        }
-        let load_weights = |ops: &mut Vec<Op>, me: &Self, cb: u64, slot: usize, mask: u64| {
-            let co0 = cb * co_t;
-            let co_n = co_t.min(co - co0);
-            let per = cig * kh * kw;
-            ops.push(Op::DmaIn {
-                dst: me.vtcm(wbuf[slot], &[co_n, cig, kh, kw]),
-                src: me.ddr(co0 * per, wb, &[co_n, cig, kh, kw], &contiguous(&[co_n, cig, kh, kw])),
-                multicast: mask,
-                peer_bytes: 0,
-            });
-            if let Some(bb) = bb {
-                ops.push(Op::DmaIn {
-                    dst: me.vtcm(bbuf[slot], &[co_n]),
-                    src: me.ddr(co0, bb, &[co_n], &[1]),
-                    multicast: mask,
-                    peer_bytes: 0,
-                });
-            }
-        };
-        for (core, run) in runs.iter().enumerate() {
-            let mut ops = std::mem::take(&mut self.streams[core]);
-            let mut last_cb = None;
-            let mut wslot = 1;
-            if shared {
-                for cb in 0..n_co {
-                    let users = &users[cb as usize];
-                    if users.first() == Some(&core) {
-                        let mask = users.iter().fold(0u64, |m, &k| m | 1 << k);
-                        if prefetch {
-                            load_weights(&mut prefetched[core], self, cb, cb as usize % 2, mask);
-                            continue;
-                        }
-                        load_weights(&mut ops, self, cb, cb as usize % 2, mask);
-                        if users.len() > 1 {
-                            ops.push(Op::Signal { counter: 1 + cb as u8, value: (users.len() - 1) as u16 });
-                        }
-                    }
-                }
-            }
-            let first_block = (own_slot && !run.is_empty()).then(|| tiles[run.start].0);
-            if let Some(fb) = first_block {
-                let to = if prefetch_own { &mut prefetched[core] } else { &mut ops };
-                load_weights(to, self, fb, OWN_FIRST, 0);
-            }
-            for (i, &(cb, s, rb)) in tiles[run.clone()].iter().enumerate() {
-                let slot = i % 2;
-                let first_of_block = last_cb != Some(cb);
-                if first_of_block {
-                    if shared {
-                        wslot = cb as usize % 2;
-                        if !prefetch && users[cb as usize].first() != Some(&core) {
-                            ops.push(Op::Wait { counter: 1 + cb as u8, value: 1 });
-                        }
-                    } else if first_block == Some(cb) {
-                        wslot = OWN_FIRST;
-                    } else {
-                        wslot = other(wslot);
-                        load_weights(&mut ops, self, cb, wslot, 0);
-                    }
-                    last_cb = Some(cb);
-                }
-                let co0 = cb * co_t;
-                let co_n = co_t.min(co - co0);
-                let oy0 = rb * r;
-                let r_n = r.min(ho - oy0);
-                let start = (oy0 * sh) as i64 - pad[0] as i64;
-                let end = ((oy0 + r_n - 1) * sh + (kh - 1) * dh + 1) as i64 - pad[0] as i64;
-                let a = start.max(0) as u64;
-                let b = (end.min(h as i64) as u64).max(a + 1).min(h);
-                let a = a.min(b - 1);
-                let pad_top = (a as i64 - start) as u64;
-                let ci0 = if g == 1 { 0 } else { co0 / cpg_out * cpg_in };
-                let ci_n = in_ch(co_n);
-                let rows = b - a;
-                ops.push(Op::DmaIn {
-                    dst: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
-                    src: self.ddr((s * c + ci0) * h * w + a * w, xb, &[ci_n, rows, w], &[h * w, w, 1]),
-                    multicast: 0,
-                    peer_bytes: 0,
-                });
-                let out = self.vtcm(obuf[slot], &[co_n, r_n, wo]);
-                let out_at = (s * co + co0) * ho * wo + oy0 * wo;
-                let res = residual.zip(rbuf).map(|(rv, rbuf)| {
-                    let t = self.vtcm(rbuf[slot], &[co_n, r_n, wo]);
-                    let src = self.ddr(out_at, self.value_base(rv), &[co_n, r_n, wo], &[ho * wo, wo, 1]);
-                    ops.push(Op::DmaIn { dst: t, src, multicast: 0, peer_bytes: 0 });
-                    t
-                });
-                ops.push(Op::Conv2d {
-                    dst: out,
-                    input: self.vtcm(ibuf[slot], &[ci_n, rows, w]),
-                    weight: self.vtcm(wbuf[wslot], &[co_n, cig, kh, kw]),
-                    geometry: ConvGeometry {
-                        stride: [stride[0] as u32, stride[1] as u32],
-                        pad: [pad_top as u32, pad[1] as u32],
-                        dilation: [dilation[0] as u32, dilation[1] as u32],
-                        groups: if g == 1 { 1 } else { (co_n / cpg_out) as u32 },
-                    },
-                    accumulate: false,
-                });
-                if bias.is_some() {
-                    let bview = self.vtcm(bbuf[wslot], &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
-                    ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
-                }
-                if let Some(t) = res {
-                    ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: t });
-                }
-                if let FusedActivation::Unary(kind) = act {
-                    ops.push(Op::Unary { kind, dst: out, src: out });
-                }
-                ops.push(Op::DmaOut { dst: self.ddr(out_at, yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]), src: out });
-            }
-            self.streams[core] = ops;
-        }
-        // The prefetches go at the start of the previous layer of their owner.
-        let mut prefetch_bytes = 0;
-        for (core, ops) in prefetched.into_iter().enumerate().filter(|(_, ops)| !ops.is_empty()) {
-            prefetch_bytes +=
-                ops.iter().map(|op| if let Op::DmaIn { src, .. } = op { src.packed_bytes() } else { 0 }).sum::<u64>();
-            let at = self.prev_starts[core];
-            starts[core] += ops.len();
-            self.streams[core].splice(at..at, ops);
-        }
-        self.end_layer(tiles.len(), &starts, v.next);
-        if slots || own_slot {
-            self.vtcm_peak = self.vtcm_peak.max(shared_slot(&self.o, 4));
-        }
-        let r = self.reports.last_mut().expect("just reported");
-        r.load_bytes += prefetch_bytes;
-        r.constant_bytes += prefetch_bytes;
-        Ok(())
     }
 
     // ---- dense (matrix x constant) -----------------------------------------------
@@ -1399,7 +1114,19 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         let y = layer.output;
         match &layer.kind {
             LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, residual, act } => {
-                l.conv(*input, y, *weight, *bias, *stride, *pad, *dilation, *groups, *residual, *act)?
+                let spec = conv::ConvSpec {
+                    input: *input,
+                    output: y,
+                    weight: *weight,
+                    bias: *bias,
+                    stride: *stride,
+                    pad: *pad,
+                    dilation: *dilation,
+                    groups: *groups,
+                    residual: *residual,
+                    act: *act,
+                };
+                l.conv(&spec)?
             }
             LayerKind::Dense { input, weight, bias, act } => l.dense(*input, y, *weight, *bias, *act)?,
             LayerKind::MatMul { a, b } => l.matmul(*a, *b, y)?,
