@@ -1016,46 +1016,11 @@ pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) ->
 
 /// Lowers `g` to per-core instruction streams.
 pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
-    if o.cores == 0 || o.cores > 64 {
-        return Err(CompileError::Option { option: "-aic-num-cores", reason: format!("{} is not in 1..=64", o.cores) });
-    }
-    if !matches!(o.dtype, DType::F32 | DType::F16) {
-        return Err(CompileError::Option {
-            option: "dtype",
-            reason: format!("{:?} programs are not supported", o.dtype),
-        });
-    }
+    check_options(&o)?;
     let eb = o.dtype.bytes();
     let mut warnings = Vec::new();
-    // Constants the layers read.
-    let mut used = vec![false; g.consts.len()];
-    for l in &g.layers {
-        match &l.kind {
-            LayerKind::Conv { weight, bias, .. } | LayerKind::Dense { weight, bias, .. } => {
-                used[*weight] = true;
-                if let Some(b) = bias {
-                    used[*b] = true;
-                }
-            }
-            LayerKind::LayerNorm { scale, bias, .. } => {
-                for c in scale.iter().chain(bias) {
-                    used[*c] = true;
-                }
-            }
-            LayerKind::Pad { fill, .. } => used[*fill] = true,
-            LayerKind::Elementwise { first, steps } => {
-                for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
-                    ChainStep::Binary { operand, .. } => Some(operand),
-                    ChainStep::Unary(_) => None,
-                })) {
-                    if let Operand::Const(c) = o {
-                        used[*c] = true;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    // DDR: the constants the layers read, then every stored value.
+    let used = used_constants(g);
     let mut at = 0u64;
     let mut const_offsets = vec![u64::MAX; g.consts.len()];
     let mut constants = Vec::new();
@@ -1068,14 +1033,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         }
     }
     let constants_bytes = at;
-    // Stored values: inputs, outputs, and every layer's output.
-    let mut stored = vec![false; g.values.len()];
-    for io in g.inputs.iter().chain(&g.outputs) {
-        stored[g.values[io.value].storage] = true;
-    }
-    for l in &g.layers {
-        stored[g.values[l.output].storage] = true;
-    }
+    let stored = stored_values(g);
     let mut value_offsets = vec![u64::MAX; g.values.len()];
     for (v, _) in stored.iter().enumerate().filter(|(_, &s)| s) {
         value_offsets[v] = at;
@@ -1111,7 +1069,119 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     };
     for layer in &g.layers {
         l.layer = layer.name.clone();
-        let y = layer.output;
+        l.lower_layer(layer)?;
+        let r = l.reports.last_mut().expect("every layer reports");
+        r.name = layer.name.clone();
+        r.op_type = layer.op_type.clone();
+        r.macs = g.layer_macs(layer) * o.replicas as u64;
+    }
+    let mut streams = l.streams;
+    let crossed = mark_peers(g, &o, &stored, &l.value_offsets, &mut streams);
+    for (r, bytes) in l.reports.iter_mut().zip(crossed) {
+        r.peer_bytes = bytes;
+    }
+    for s in &mut streams {
+        s.push(Op::End);
+    }
+    Ok(Lowered {
+        streams,
+        constants,
+        constants_bytes,
+        ddr_bytes: at.max(ALIGN),
+        // A layer on the big budget overlaps the pool's VTCM; the pool plan does not
+        // model that eviction (known gap, docs/calibration.md).
+        vtcm_bytes: (l.vtcm_peak + pool_per_core).min(o.vtcm_bytes).max(l.vtcm_peak),
+        value_offsets: l.value_offsets,
+        layers: l.reports,
+        warnings,
+        pool,
+    })
+}
+
+fn check_options(o: &LowerOptions) -> Result<(), CompileError> {
+    if o.cores == 0 || o.cores > 64 {
+        return Err(CompileError::Option { option: "-aic-num-cores", reason: format!("{} is not in 1..=64", o.cores) });
+    }
+    if !matches!(o.dtype, DType::F32 | DType::F16) {
+        return Err(CompileError::Option {
+            option: "dtype",
+            reason: format!("{:?} programs are not supported", o.dtype),
+        });
+    }
+    Ok(())
+}
+
+/// Which constants some layer reads (the others are not stored).
+fn used_constants(g: &Graph) -> Vec<bool> {
+    let mut used = vec![false; g.consts.len()];
+    for l in &g.layers {
+        match &l.kind {
+            LayerKind::Conv { weight, bias, .. } | LayerKind::Dense { weight, bias, .. } => {
+                used[*weight] = true;
+                if let Some(b) = bias {
+                    used[*b] = true;
+                }
+            }
+            LayerKind::LayerNorm { scale, bias, .. } => {
+                for c in scale.iter().chain(bias) {
+                    used[*c] = true;
+                }
+            }
+            LayerKind::Pad { fill, .. } => used[*fill] = true,
+            LayerKind::Elementwise { first, steps } => {
+                for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
+                    ChainStep::Binary { operand, .. } => Some(operand),
+                    ChainStep::Unary(_) => None,
+                })) {
+                    if let Operand::Const(c) = o {
+                        used[*c] = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    used
+}
+
+/// Which values are stored in DDR: inputs, outputs, and every layer's output.
+fn stored_values(g: &Graph) -> Vec<bool> {
+    let mut stored = vec![false; g.values.len()];
+    for io in g.inputs.iter().chain(&g.outputs) {
+        stored[g.values[io.value].storage] = true;
+    }
+    for l in &g.layers {
+        stored[g.values[l.output].storage] = true;
+    }
+    stored
+}
+
+/// Marks the reads of values another core wrote (see `peers`); the bytes each layer
+/// reads across cores.
+fn mark_peers(
+    g: &Graph,
+    o: &LowerOptions,
+    stored: &[bool],
+    value_offsets: &[u64],
+    streams: &mut [Vec<Op>],
+) -> Vec<u64> {
+    let stored_values: Vec<crate::peers::Stored> = stored
+        .iter()
+        .enumerate()
+        .filter(|(v, &s)| s && value_offsets[*v] != u64::MAX && !g.values[*v].shape.is_empty())
+        .map(|(v, _)| {
+            let mut dims: Vec<u64> = g.values[v].shape.iter().map(|&d| d as u64).collect();
+            dims[0] *= o.replicas as u64;
+            crate::peers::Stored::new(value_offsets[v], dims)
+        })
+        .collect();
+    crate::peers::mark_peer_reads(streams, &stored_values, o.dtype.bytes())
+}
+
+impl Lowerer<'_> {
+    /// One layer's instructions, by kind.
+    fn lower_layer(&mut self, layer: &crate::ir::Layer) -> Result<(), CompileError> {
+        let (g, l, y) = (self.g, self, layer.output);
         match &layer.kind {
             LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, residual, act } => {
                 let spec = conv::ConvSpec {
@@ -1147,45 +1217,8 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
             LayerKind::Transpose { input, perm } => l.transpose(*input, y, perm)?,
             LayerKind::Pad { input, begin, fill } => l.pad(*input, y, begin, *fill)?,
         }
-        let r = l.reports.last_mut().expect("every layer reports");
-        r.name = layer.name.clone();
-        r.op_type = layer.op_type.clone();
+        Ok(())
     }
-    let macs_per_layer: Vec<u64> = g.layers.iter().map(|layer| g.layer_macs(layer)).collect();
-    for (r, m) in l.reports.iter_mut().zip(macs_per_layer) {
-        r.macs = m * o.replicas as u64;
-    }
-    let mut streams = l.streams;
-    let stored_values: Vec<crate::peers::Stored> = stored
-        .iter()
-        .enumerate()
-        .filter(|(v, &s)| s && l.value_offsets[*v] != u64::MAX && !g.values[*v].shape.is_empty())
-        .map(|(v, _)| {
-            let mut dims: Vec<u64> = g.values[v].shape.iter().map(|&d| d as u64).collect();
-            dims[0] *= o.replicas as u64;
-            crate::peers::Stored::new(l.value_offsets[v], dims)
-        })
-        .collect();
-    let crossed = crate::peers::mark_peer_reads(&mut streams, &stored_values, eb);
-    for (r, bytes) in l.reports.iter_mut().zip(crossed) {
-        r.peer_bytes = bytes;
-    }
-    for s in &mut streams {
-        s.push(Op::End);
-    }
-    Ok(Lowered {
-        streams,
-        constants,
-        constants_bytes,
-        ddr_bytes: at.max(ALIGN),
-        // A layer on the big budget overlaps the pool's VTCM; the pool plan does not
-        // model that eviction (known gap, docs/calibration.md).
-        vtcm_bytes: (l.vtcm_peak + pool_per_core).min(o.vtcm_bytes).max(l.vtcm_peak),
-        value_offsets: l.value_offsets,
-        layers: l.reports,
-        warnings,
-        pool,
-    })
 }
 
 #[cfg(test)]
