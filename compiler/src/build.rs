@@ -779,8 +779,8 @@ impl<'a> Builder<'a> {
                 self.view(node, shape)
             }
             "Cast" => {
-                let to = node.attr_int("to", 1);
-                if !matches!(to, 1 | 10 | 11) {
+                let to = node.attr_int("to", i64::from(data_type::FLOAT));
+                if ![data_type::FLOAT, data_type::FLOAT16, data_type::DOUBLE].map(i64::from).contains(&to) {
                     return Err(self.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
                 }
                 let shape = self.g.values[self.value(node, 0)?].shape.clone();

@@ -169,6 +169,8 @@ impl Client {
             );
         };
         drop(host_mem);
+        // A buffer is created zeroed: the extent may hold what its last owner left.
+        self.shared.region.zero(host_base + start, rounded).expect("extents lie inside the host window");
         let handle = self.shared.next_handle.fetch_add(1, Relaxed);
         let bo = Arc::new(Bo::new(handle, host_base + start, rounded, self.shared.host_mem.clone(), host_base));
         self.bos.lock().insert(handle, bo);

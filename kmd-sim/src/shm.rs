@@ -129,6 +129,17 @@ impl SharedRegion {
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(offset as usize).cast::<u64>()) }
     }
 
+    /// Fills `len` bytes at `offset` with zeros: memory handed to a new owner carries
+    /// nothing of the last one's.
+    pub fn zero(&self, offset: u64, len: u64) -> Result<(), OutOfRange> {
+        check_range(offset, len, self.size)?;
+        // SAFETY: the range is inside the mapping (checked), which lives as long as
+        // `self`; the caller owns the range (a buffer object being created), so nobody
+        // else writes it meanwhile.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset as usize), 0, len as usize) };
+        Ok(())
+    }
+
     /// Sleeps while the word at `offset` holds `expected`, at most `timeout`. Returns
     /// early on a wake, a signal, or when the value already differs.
     pub fn wait(&self, offset: u64, expected: u32, timeout: Duration) {

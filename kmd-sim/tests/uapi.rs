@@ -243,3 +243,19 @@ fn partial_execute_moves_only_the_first_resize_bytes() {
     }
     assert_eq!(kmd.spurious_responses(dbc as usize), 0);
 }
+
+/// Memory one client frees never reaches another with its old bytes: a buffer object is
+/// created zeroed, even where the last owner's extent was.
+#[test]
+fn a_new_buffer_is_zeroed_even_over_another_clients_freed_bytes() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let (first, second) = (kmd.open(), kmd.open());
+    let secret = vec![0x5Au8; 8192];
+    let bo = first.create_bo(8192).unwrap();
+    first.mmap_bo(bo).unwrap().write(0, &secret).unwrap();
+    first.free_bo(bo).unwrap();
+    let reused = second.create_bo(8192).unwrap();
+    let mut seen = vec![0xFFu8; 8192];
+    second.mmap_bo(reused).unwrap().read(0, &mut seen).unwrap();
+    assert!(seen.iter().all(|&b| b == 0), "the new buffer holds the old owner's bytes");
+}
