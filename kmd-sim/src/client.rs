@@ -634,18 +634,33 @@ impl Client {
             .shared
             .control(ControlCommand::LoadProgram { host_addr: map.info().offset, len: container.len() as u64 });
         self.free_bo(handle)?;
-        result.map(|v| v[0] as u32)
+        let program = result.map(|v| v[0] as u32)?;
+        self.shared.program_owners.lock().insert(program, self.user);
+        Ok(program)
     }
 
-    /// MANAGE: unloads a program with no activations left.
+    /// The program is loaded, by this user.
+    fn check_program_owner(&self, program: u32) -> Result<()> {
+        match self.shared.program_owners.lock().get(&program) {
+            Some(&owner) if owner == self.user => Ok(()),
+            Some(_) => fail(Errno::EPERM, format!("program {program} belongs to another user")),
+            None => fail(Errno::ENOENT, format!("no program {program} is loaded")),
+        }
+    }
+
+    /// MANAGE: unloads a program of this user's with no activations left.
     pub fn unload_program(&self, program: u32) -> Result<()> {
-        self.shared.control(ControlCommand::UnloadProgram { program }).map(drop)
+        self.check_program_owner(program)?;
+        self.shared.control(ControlCommand::UnloadProgram { program })?;
+        self.shared.program_owners.lock().remove(&program);
+        Ok(())
     }
 
     /// MANAGE: activates a loaded program on the first free channel, which this user
     /// then owns. Returns the channel and what the device assigned.
     pub fn activate(&self, program: u32) -> Result<(u32, ActivationInfo)> {
         self.check_online()?;
+        self.check_program_owner(program)?;
         let shared = &self.shared;
         let dbc = (0..NUM_DBC).find(|&d| {
             let mut ch = shared.channels[d].state.lock();

@@ -130,6 +130,9 @@ pub(crate) struct Shared {
     pub ring: Ring,
     pub config: KmdConfig,
     pub channels: Vec<HostChannel>,
+    /// The user that loaded each program (by program id): only it may activate or unload
+    /// the program.
+    pub program_owners: Mutex<std::collections::HashMap<u32, u32>>,
     pub host_mem: Arc<Mutex<ExtentAllocator>>,
     pub control: Mutex<()>,
     pub next_user: AtomicU32,
@@ -163,6 +166,7 @@ impl Shared {
             ring,
             config,
             channels: (0..NUM_DBC).map(|_| HostChannel::new(ring)).collect(),
+            program_owners: Mutex::new(std::collections::HashMap::new()),
             host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
             control: Mutex::new(()),
             next_user: AtomicU32::new(1),
@@ -430,6 +434,8 @@ impl Kmd {
             }
         }
         shared.release_all_channels("device reset while the buffer was queued");
+        // The firmware comes back with no programs loaded.
+        shared.program_owners.lock().clear();
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);

@@ -259,3 +259,19 @@ fn a_new_buffer_is_zeroed_even_over_another_clients_freed_bytes() {
     second.mmap_bo(reused).unwrap().read(0, &mut seen).unwrap();
     assert!(seen.iter().all(|&b| b == 0), "the new buffer holds the old owner's bytes");
 }
+
+/// A program belongs to the client that loaded it: another may neither activate nor
+/// unload it, and an id nobody loaded is unknown.
+#[test]
+fn another_clients_program_can_be_neither_activated_nor_unloaded() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let (owner, other) = (kmd.open(), kmd.open());
+    let program = owner.load_program(&common::copy_program(64)).unwrap();
+    assert_eq!(other.activate(program).unwrap_err().errno, Errno::EPERM);
+    assert_eq!(other.unload_program(program).unwrap_err().errno, Errno::EPERM);
+    assert_eq!(other.activate(program + 100).unwrap_err().errno, Errno::ENOENT);
+    let (dbc, _) = owner.activate(program).unwrap();
+    owner.deactivate(dbc).unwrap();
+    owner.unload_program(program).unwrap();
+    assert_eq!(owner.activate(program).unwrap_err().errno, Errno::ENOENT, "unloaded");
+}
