@@ -15,22 +15,22 @@ use crate::shapes::{ShapeError, Shapes};
 use crate::CompileError;
 
 #[derive(Clone, Debug)]
-enum Entry {
+pub(crate) enum Entry {
     Const(ConstId),
     Value(ValueId),
 }
 
-struct Builder<'a> {
-    g: Graph,
-    env: HashMap<String, Entry>,
-    shapes: Shapes,
-    opset: i64,
+pub(crate) struct Builder<'a> {
+    pub(crate) g: Graph,
+    pub(crate) env: HashMap<String, Entry>,
+    pub(crate) shapes: Shapes,
+    pub(crate) opset: i64,
     /// How many node inputs and graph outputs name each tensor.
-    uses: HashMap<String, usize>,
+    pub(crate) uses: HashMap<String, usize>,
     /// Which layer produced each value.
-    producer: HashMap<ValueId, usize>,
-    graph_outputs: Vec<String>,
-    model_dir: Option<&'a Path>,
+    pub(crate) producer: HashMap<ValueId, usize>,
+    pub(crate) graph_outputs: Vec<String>,
+    pub(crate) model_dir: Option<&'a Path>,
 }
 
 /// A tensor proto as a constant.
@@ -58,15 +58,15 @@ pub(crate) fn tensor_const(t: &Tensor, model_dir: Option<&Path>) -> Result<Const
 }
 
 impl<'a> Builder<'a> {
-    fn fail(&self, node: &Node, reason: impl Into<String>) -> CompileError {
+    pub(crate) fn fail(&self, node: &Node, reason: impl Into<String>) -> CompileError {
         CompileError::Node { node: node.name.clone(), op_type: node.op_type.clone(), reason: reason.into() }
     }
 
-    fn unsupported(&self, node: &Node) -> CompileError {
+    pub(crate) fn unsupported(&self, node: &Node) -> CompileError {
         CompileError::Unsupported { op_type: node.op_type.clone(), node: node.name.clone(), opset: self.opset }
     }
 
-    fn bind_const(&mut self, name: &str, c: Const) {
+    pub(crate) fn bind_const(&mut self, name: &str, c: Const) {
         self.shapes.dims.insert(name.into(), c.shape.iter().map(|&d| d as i64).collect());
         if c.is_int() && c.len() <= 64 {
             self.shapes.values.insert(name.into(), c.to_i64());
@@ -75,12 +75,12 @@ impl<'a> Builder<'a> {
         self.env.insert(name.into(), Entry::Const(id));
     }
 
-    fn bind_value(&mut self, name: &str, v: ValueId) {
+    pub(crate) fn bind_value(&mut self, name: &str, v: ValueId) {
         self.shapes.dims.insert(name.into(), self.g.values[v].shape.iter().map(|&d| d as i64).collect());
         self.env.insert(name.into(), Entry::Value(v));
     }
 
-    fn entry(&self, node: &Node, i: usize) -> Result<Option<Entry>, CompileError> {
+    pub(crate) fn entry(&self, node: &Node, i: usize) -> Result<Option<Entry>, CompileError> {
         match node.inputs.get(i) {
             None => Ok(None),
             Some(n) if n.is_empty() => Ok(None),
@@ -94,7 +94,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn value(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
+    pub(crate) fn value(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
         match self.entry(node, i)? {
             Some(Entry::Value(v)) => Ok(v),
             Some(Entry::Const(_)) => {
@@ -104,7 +104,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn konst(&self, node: &Node, i: usize) -> Result<Option<ConstId>, CompileError> {
+    pub(crate) fn konst(&self, node: &Node, i: usize) -> Result<Option<ConstId>, CompileError> {
         match self.entry(node, i)? {
             Some(Entry::Const(c)) => Ok(Some(c)),
             Some(Entry::Value(_)) => Err(self.fail(
@@ -115,7 +115,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn operand(&self, node: &Node, i: usize) -> Result<Operand, CompileError> {
+    pub(crate) fn operand(&self, node: &Node, i: usize) -> Result<Operand, CompileError> {
         match self.entry(node, i)? {
             Some(Entry::Value(v)) => Ok(Operand::Value(v)),
             Some(Entry::Const(c)) => Ok(Operand::Const(c)),
@@ -124,7 +124,7 @@ impl<'a> Builder<'a> {
     }
 
     /// The shape inference's output dims for `node`.
-    fn out_shape(&mut self, node: &Node) -> Result<Vec<usize>, CompileError> {
+    pub(crate) fn out_shape(&mut self, node: &Node) -> Result<Vec<usize>, CompileError> {
         self.shapes.node(node, self.opset)?;
         let dims = &self.shapes.dims[&node.outputs[0]];
         let shape: Vec<usize> = dims
@@ -135,11 +135,11 @@ impl<'a> Builder<'a> {
         Ok(shape)
     }
 
-    fn single_use(&self, name: &str) -> bool {
+    pub(crate) fn single_use(&self, name: &str) -> bool {
         self.uses.get(name).copied().unwrap_or(0) <= 1 && !self.graph_outputs.iter().any(|o| o == name)
     }
 
-    fn add_layer(&mut self, node: &Node, kind: LayerKind, shape: Vec<usize>) -> ValueId {
+    pub(crate) fn add_layer(&mut self, node: &Node, kind: LayerKind, shape: Vec<usize>) -> ValueId {
         let out = self.g.add_value(&node.outputs[0], shape);
         self.producer.insert(out, self.g.layers.len());
         self.g.layers.push(Layer { name: node.name.clone(), op_type: node.op_type.clone(), kind, output: out });
@@ -148,20 +148,20 @@ impl<'a> Builder<'a> {
     }
 
     /// Makes `node`'s output another name of `v` (the layer producing `v` absorbed it).
-    fn rename(&mut self, node: &Node, v: ValueId) {
+    pub(crate) fn rename(&mut self, node: &Node, v: ValueId) {
         self.g.values[v].name = node.outputs[0].clone();
         self.bind_value(&node.outputs[0].clone(), v);
     }
 
     /// The layer that produced `v`, if `name` (its only reader) may fuse into it.
-    fn fusable(&self, name: &str, v: ValueId) -> Option<usize> {
+    pub(crate) fn fusable(&self, name: &str, v: ValueId) -> Option<usize> {
         if !self.single_use(name) || self.g.values[v].storage != v {
             return None;
         }
         self.producer.get(&v).copied()
     }
 
-    fn view(&mut self, node: &Node, shape: Vec<usize>) -> Result<(), CompileError> {
+    pub(crate) fn view(&mut self, node: &Node, shape: Vec<usize>) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let storage = self.g.values[x].storage;
         let id = self.g.add_value(&node.outputs[0], shape);
@@ -170,7 +170,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn unary(&mut self, node: &Node, kind: UnaryKind) -> Result<(), CompileError> {
+    pub(crate) fn unary(&mut self, node: &Node, kind: UnaryKind) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let shape = self.g.values[x].shape.clone();
         if let Some(l) = self.fusable(&node.inputs[0], x) {
@@ -201,7 +201,7 @@ impl<'a> Builder<'a> {
     }
 
     /// A binary element-wise node; constant scalars become affine steps.
-    fn binary(&mut self, node: &Node, kind: BinaryKind) -> Result<(), CompileError> {
+    pub(crate) fn binary(&mut self, node: &Node, kind: BinaryKind) -> Result<(), CompileError> {
         let shape = self.out_shape(node)?;
         let mut operands = Vec::new();
         for i in 0..node.inputs.len() {
@@ -300,7 +300,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn conv(&mut self, node: &Node) -> Result<(), CompileError> {
+    pub(crate) fn conv(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let w = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "no weight"))?;
         let b = self.konst(node, 2)?;
@@ -340,7 +340,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Padding before the first row and column, from `pads` or `auto_pad`.
-    fn pads(
+    pub(crate) fn pads(
         &self,
         node: &Node,
         x: &[usize],
@@ -372,7 +372,7 @@ impl<'a> Builder<'a> {
         Ok(begin)
     }
 
-    fn batch_norm(&mut self, node: &Node) -> Result<(), CompileError> {
+    pub(crate) fn batch_norm(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let eps = node.attr_float("epsilon", 1e-5);
         let mut p = Vec::new();
@@ -422,7 +422,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn dense(
+    pub(crate) fn dense(
         &mut self,
         node: &Node,
         transpose_b: bool,
@@ -458,7 +458,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn pool(&mut self, node: &Node, kind: PoolKind) -> Result<(), CompileError> {
+    pub(crate) fn pool(&mut self, node: &Node, kind: PoolKind) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let shape = self.out_shape(node)?;
         let xs = self.g.values[x].shape.clone();
@@ -485,7 +485,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn reduce(&mut self, node: &Node, kind: ReduceKind) -> Result<(), CompileError> {
+    pub(crate) fn reduce(&mut self, node: &Node, kind: ReduceKind) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let shape = self.out_shape(node)?;
         let xs = self.g.values[x].shape.clone();
@@ -504,7 +504,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn pad(&mut self, node: &Node) -> Result<(), CompileError> {
+    pub(crate) fn pad(&mut self, node: &Node) -> Result<(), CompileError> {
         let x = self.value(node, 0)?;
         let xs = self.g.values[x].shape.clone();
         let rank = xs.len();
@@ -540,7 +540,7 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn node(&mut self, node: &Node) -> Result<(), CompileError> {
+    pub(crate) fn node(&mut self, node: &Node) -> Result<(), CompileError> {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(self.unsupported(node));
         }
@@ -596,197 +596,9 @@ impl<'a> Builder<'a> {
             }
             return Ok(());
         }
-        match op {
-            "Conv" => self.conv(node),
-            "BatchNormalization" => self.batch_norm(node),
-            "Relu" => self.unary(node, UnaryKind::Relu),
-            "Sigmoid" => self.unary(node, UnaryKind::Sigmoid),
-            "Tanh" => self.unary(node, UnaryKind::Tanh),
-            "Erf" => self.unary(node, UnaryKind::Erf),
-            "Sqrt" => self.unary(node, UnaryKind::Sqrt),
-            "Exp" => self.unary(node, UnaryKind::Exp),
-            "Reciprocal" => self.unary(node, UnaryKind::Reciprocal),
-            "Neg" => self.unary(node, UnaryKind::Affine { scale: -1.0, shift: 0.0 }),
-            "Gelu" if node.attr_string("approximate").unwrap_or_default() != "tanh" => {
-                self.unary(node, UnaryKind::Gelu)
-            }
-            "Clip" => {
-                let (min, max) = if self.opset < 11 {
-                    (node.attr_float("min", f32::MIN), node.attr_float("max", f32::MAX))
-                } else {
-                    let get = |i| -> Result<Option<f32>, CompileError> {
-                        Ok(self.konst(node, i)?.and_then(|c| scalar(&self.g.consts[c])))
-                    };
-                    (get(1)?.unwrap_or(f32::MIN), get(2)?.unwrap_or(f32::MAX))
-                };
-                self.unary(node, UnaryKind::Clip { min, max })
-            }
-            "Pow" => match self.konst(node, 1)?.and_then(|c| scalar(&self.g.consts[c])) {
-                Some(e) => self.unary(node, UnaryKind::Pow { exponent: e }),
-                None => Err(self.fail(node, "the exponent must be a constant scalar")),
-            },
-            "Add" | "Sum" => self.binary(node, BinaryKind::Add),
-            "Sub" => self.binary(node, BinaryKind::Sub),
-            "Mul" => self.binary(node, BinaryKind::Mul),
-            "Div" => self.binary(node, BinaryKind::Div),
-            "Max" => self.binary(node, BinaryKind::Max),
-            "Min" => self.binary(node, BinaryKind::Min),
-            "Gemm" => {
-                if node.attr_int("transA", 0) != 0 {
-                    return Err(self.fail(node, "transA=1 is not supported"));
-                }
-                let c = self.konst(node, 2)?.map(|c| (c, node.attr_float("beta", 1.0)));
-                self.dense(node, node.attr_int("transB", 0) == 1, node.attr_float("alpha", 1.0), c)
-            }
-            "MatMul" => match self.entry(node, 1)? {
-                Some(Entry::Const(_)) => self.dense(node, false, 1.0, None),
-                _ => {
-                    let (a, b) = (self.value(node, 0)?, self.value(node, 1)?);
-                    let shape = self.out_shape(node)?;
-                    let (sa, sb) = (&self.g.values[a].shape, &self.g.values[b].shape);
-                    if sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
-                        return Err(self
-                            .fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
-                    }
-                    self.add_layer(node, LayerKind::MatMul { a, b }, shape);
-                    Ok(())
-                }
-            },
-            "MaxPool" => {
-                if node.outputs.len() > 1 && !node.outputs[1].is_empty() {
-                    return Err(self.fail(node, "the Indices output is not supported"));
-                }
-                self.pool(node, PoolKind::Max)
-            }
-            "AveragePool" => self.pool(node, PoolKind::Avg),
-            "GlobalAveragePool" => {
-                let x = self.value(node, 0)?;
-                let shape = self.out_shape(node)?;
-                if self.g.values[x].shape.len() != 4 {
-                    return Err(self.fail(node, "only [N, C, H, W] inputs are supported"));
-                }
-                self.add_layer(node, LayerKind::GlobalAvgPool { input: x }, shape);
-                Ok(())
-            }
-            "GlobalMaxPool" => {
-                let x = self.value(node, 0)?;
-                let shape = self.out_shape(node)?;
-                let xs = self.g.values[x].shape.clone();
-                if xs.len() != 4 {
-                    return Err(self.fail(node, "only [N, C, H, W] inputs are supported"));
-                }
-                let kernel = [xs[2], xs[3]];
-                self.add_layer(
-                    node,
-                    LayerKind::Pool { input: x, kind: PoolKind::Max, kernel, stride: [1, 1], pad: [0, 0] },
-                    shape,
-                );
-                Ok(())
-            }
-            "Softmax" => {
-                let x = self.value(node, 0)?;
-                let xs = self.g.values[x].shape.clone();
-                let default_axis = if self.opset < 13 { 1 } else { -1 };
-                let a = node.attr_int("axis", default_axis);
-                let axis = if a < 0 { a + xs.len() as i64 } else { a } as usize;
-                if axis >= xs.len() {
-                    return Err(self.fail(node, format!("axis {a} for rank {}", xs.len())));
-                }
-                let row: usize = if self.opset < 13 {
-                    xs[axis..].iter().product()
-                } else if xs[axis + 1..].iter().all(|&d| d == 1) {
-                    xs[axis]
-                } else {
-                    return Err(self.fail(node, "softmax over an axis other than the last is not supported"));
-                };
-                self.add_layer(node, LayerKind::Softmax { input: x, row }, xs);
-                Ok(())
-            }
-            "LayerNormalization" => {
-                let x = self.value(node, 0)?;
-                let xs = self.g.values[x].shape.clone();
-                let axis = node.attr_int("axis", -1);
-                if axis != -1 && axis != xs.len() as i64 - 1 {
-                    return Err(self.fail(node, "normalisation over more than the last axis is not supported"));
-                }
-                let scale = self.konst(node, 1)?;
-                let bias = self.konst(node, 2)?;
-                let epsilon = node.attr_float("epsilon", 1e-5);
-                self.add_layer(node, LayerKind::LayerNorm { input: x, epsilon, scale, bias }, xs);
-                Ok(())
-            }
-            "LRN" => {
-                let x = self.value(node, 0)?;
-                let xs = self.g.values[x].shape.clone();
-                if xs.len() != 4 {
-                    return Err(self.fail(node, "LRN needs [N, C, H, W]"));
-                }
-                let size = node.attr_int("size", 0);
-                if size < 1 {
-                    return Err(self.fail(node, "size must be positive"));
-                }
-                let kind = LayerKind::Lrn {
-                    input: x,
-                    size: size as usize,
-                    alpha: node.attr_float("alpha", 1e-4),
-                    beta: node.attr_float("beta", 0.75),
-                    bias: node.attr_float("bias", 1.0),
-                };
-                self.add_layer(node, kind, xs);
-                Ok(())
-            }
-            "Concat" => {
-                let shape = self.out_shape(node)?;
-                let mut inputs = Vec::new();
-                for i in 0..node.inputs.len() {
-                    inputs.push(self.value(node, i)?);
-                }
-                let a = node.attr_int("axis", 0);
-                let axis = if a < 0 { a + shape.len() as i64 } else { a } as usize;
-                self.add_layer(node, LayerKind::Concat { inputs, axis }, shape);
-                Ok(())
-            }
-            "Transpose" => {
-                let x = self.value(node, 0)?;
-                let shape = self.out_shape(node)?;
-                let rank = self.g.values[x].shape.len();
-                let perm: Vec<usize> = node
-                    .attr_ints("perm")
-                    .unwrap_or_else(|| (0..rank as i64).rev().collect())
-                    .iter()
-                    .map(|&p| p as usize)
-                    .collect();
-                if perm.iter().enumerate().all(|(i, &p)| i == p) {
-                    return self.view(node, shape);
-                }
-                self.add_layer(node, LayerKind::Transpose { input: x, perm }, shape);
-                Ok(())
-            }
-            "Pad" => self.pad(node),
-            "ReduceMean" => self.reduce(node, ReduceKind::Mean),
-            "ReduceSum" => self.reduce(node, ReduceKind::Sum),
-            "ReduceMax" => self.reduce(node, ReduceKind::Max),
-            "ReduceMin" => self.reduce(node, ReduceKind::Min),
-            "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Identity" => {
-                let shape = self.out_shape(node)?;
-                self.view(node, shape)
-            }
-            "Dropout" => {
-                if node.outputs.len() > 1 && self.uses.get(&node.outputs[1]).copied().unwrap_or(0) > 0 {
-                    return Err(self.fail(node, "the mask output is not supported"));
-                }
-                let shape = self.g.values[self.value(node, 0)?].shape.clone();
-                self.view(node, shape)
-            }
-            "Cast" => {
-                let to = node.attr_int("to", i64::from(data_type::FLOAT));
-                if ![data_type::FLOAT, data_type::FLOAT16, data_type::DOUBLE].map(i64::from).contains(&to) {
-                    return Err(self.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
-                }
-                let shape = self.g.values[self.value(node, 0)?].shape.clone();
-                self.view(node, shape)
-            }
-            _ => Err(self.unsupported(node)),
+        match crate::ops::find(op).and_then(|d| d.build) {
+            Some(rule) => rule(self, node),
+            None => Err(self.unsupported(node)),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Exported transformer graphs compute their reshape targets and masks this way.
 
 use crate::ir::Const;
-use crate::onnx::{data_type, AttributeValue, Node};
+use crate::onnx::Node;
 
 /// Why a node with constant inputs cannot be evaluated.
 pub type FoldError = String;
@@ -13,7 +13,7 @@ pub type FoldError = String;
 pub const MAX_CONST_ELEMENTS: usize = 1 << 28;
 
 /// The element count of `shape`, if it is within [`MAX_CONST_ELEMENTS`].
-fn bounded(shape: &[usize]) -> Result<usize, FoldError> {
+pub(crate) fn bounded(shape: &[usize]) -> Result<usize, FoldError> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -68,7 +68,7 @@ pub fn broadcast_indices(out: &[usize], input: &[usize]) -> Vec<usize> {
     result
 }
 
-fn norm_axis(axis: i64, rank: usize) -> Result<usize, FoldError> {
+pub(crate) fn norm_axis(axis: i64, rank: usize) -> Result<usize, FoldError> {
     let a = if axis < 0 { axis + rank as i64 } else { axis };
     if a < 0 || a as usize >= rank.max(1) {
         return Err(format!("axis {axis} is out of range for rank {rank}"));
@@ -76,7 +76,7 @@ fn norm_axis(axis: i64, rank: usize) -> Result<usize, FoldError> {
     Ok(a as usize)
 }
 
-fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError> {
+pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError> {
     let shape = broadcast_shapes(&a.shape, &b.shape)
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape))?;
     bounded(&shape)?;
@@ -129,7 +129,7 @@ fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError> {
     Ok(Const::f32(shape, v))
 }
 
-fn unary(op: &str, a: &Const) -> Result<Const, FoldError> {
+pub(crate) fn unary(op: &str, a: &Const) -> Result<Const, FoldError> {
     if a.is_int() {
         let v: Vec<i64> = a
             .to_i64()
@@ -160,16 +160,16 @@ fn unary(op: &str, a: &Const) -> Result<Const, FoldError> {
     Ok(Const::f32(a.shape.clone(), a.to_f32().into_iter().map(f).collect()))
 }
 
-fn libm_erf(x: f32) -> f32 {
+pub(crate) fn libm_erf(x: f32) -> f32 {
     libm::erff(x)
 }
 
-fn row_major_index(idx: &[usize], shape: &[usize]) -> usize {
+pub(crate) fn row_major_index(idx: &[usize], shape: &[usize]) -> usize {
     idx.iter().zip(shape).fold(0, |acc, (&i, &d)| acc * d + i)
 }
 
 /// Iterates over every multi-index of `shape` in row-major order.
-fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+pub(crate) fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     let total: usize = shape.iter().product();
     let mut idx = vec![0usize; shape.len()];
     for _ in 0..total {
@@ -198,7 +198,7 @@ pub fn transpose(a: &Const, perm: &[usize]) -> Const {
     a.pick(shape, src.into_iter())
 }
 
-fn slice(node: &Node, data: &Const, inputs: &[&Const], opset: i64) -> Result<Const, FoldError> {
+pub(crate) fn slice(node: &Node, data: &Const, inputs: &[&Const], opset: i64) -> Result<Const, FoldError> {
     let rank = data.shape.len();
     let (starts, ends, axes, steps) = if opset < 10 {
         (
@@ -246,7 +246,7 @@ fn slice(node: &Node, data: &Const, inputs: &[&Const], opset: i64) -> Result<Con
     Ok(data.pick(count, src.into_iter()))
 }
 
-fn gather(node: &Node, data: &Const, indices: &Const) -> Result<Const, FoldError> {
+pub(crate) fn gather(node: &Node, data: &Const, indices: &Const) -> Result<Const, FoldError> {
     let rank = data.shape.len();
     let axis = norm_axis(node.attr_int("axis", 0), rank)?;
     let dim = data.shape[axis] as i64;
@@ -281,199 +281,11 @@ fn gather(node: &Node, data: &Const, indices: &Const) -> Result<Const, FoldError
 /// Evaluates `node` on constant inputs. `shape_of` gives the (known) shape of the first
 /// input for `Shape`, whose input need not be constant. Returns one constant per output.
 pub fn fold(node: &Node, inputs: &[&Const], opset: i64) -> Result<Vec<Const>, FoldError> {
-    let input = |i: usize| inputs.get(i).copied().ok_or_else(|| format!("input {i} is missing"));
     let op = node.op_type.as_str();
-    let out = match op {
-        "Identity" | "Dropout" => input(0)?.clone(),
-        "Cast" => {
-            let to = i32::try_from(node.attr_int("to", i64::from(data_type::FLOAT))).unwrap_or(0);
-            let a = input(0)?;
-            match to {
-                data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE => Const::f32(a.shape.clone(), a.to_f32()),
-                data_type::BOOL => {
-                    Const::i64(a.shape.clone(), a.to_f64().iter().map(|&x| i64::from(x != 0.0)).collect())
-                }
-                _ => Const::i64(a.shape.clone(), a.to_i64()),
-            }
-        }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Equal" | "Less" | "Greater" | "And" | "Or" => {
-            let mut acc = input(0)?.clone();
-            for b in &inputs[1..] {
-                acc = binary(op, &acc, b)?;
-            }
-            acc
-        }
-        "Sum" => {
-            let mut acc = input(0)?.clone();
-            for b in &inputs[1..] {
-                acc = binary("Add", &acc, b)?;
-            }
-            acc
-        }
-        "Neg" | "Abs" | "Sqrt" | "Exp" | "Relu" | "Reciprocal" | "Tanh" | "Sigmoid" | "Erf" | "Not" => {
-            unary(op, input(0)?)?
-        }
-        "Where" => {
-            let (c, x, y) = (input(0)?, input(1)?, input(2)?);
-            let shape = broadcast_shapes(&c.shape, &x.shape)
-                .and_then(|s| broadcast_shapes(&s, &y.shape))
-                .ok_or("Where operands do not broadcast")?;
-            let (ic, ix, iy) = (
-                broadcast_indices(&shape, &c.shape),
-                broadcast_indices(&shape, &x.shape),
-                broadcast_indices(&shape, &y.shape),
-            );
-            let cond = c.to_i64();
-            if x.is_int() && y.is_int() {
-                let (xv, yv) = (x.to_i64(), y.to_i64());
-                Const::i64(shape, (0..ic.len()).map(|k| if cond[ic[k]] != 0 { xv[ix[k]] } else { yv[iy[k]] }).collect())
-            } else {
-                let (xv, yv) = (x.to_f32(), y.to_f32());
-                Const::f32(shape, (0..ic.len()).map(|k| if cond[ic[k]] != 0 { xv[ix[k]] } else { yv[iy[k]] }).collect())
-            }
-        }
-        "Reshape" => {
-            let a = input(0)?;
-            let target = input(1)?.to_i64();
-            let mut shape: Vec<i64> = target.clone();
-            for (i, d) in shape.iter_mut().enumerate() {
-                if *d == 0 {
-                    *d = *a.shape.get(i).ok_or("0 refers past the input's rank")? as i64;
-                }
-            }
-            let known: i64 = shape.iter().filter(|&&d| d != -1).product();
-            let total = a.len() as i64;
-            for d in shape.iter_mut().filter(|d| **d == -1) {
-                *d = if known > 0 { total / known } else { 0 };
-            }
-            let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            if shape.iter().product::<usize>() != a.len() {
-                return Err(format!("cannot reshape {:?} to {target:?}", a.shape));
-            }
-            Const { shape, data: a.data.clone() }
-        }
-        "Flatten" => {
-            let a = input(0)?;
-            let axis = norm_axis(node.attr_int("axis", 1), a.shape.len() + 1)?;
-            let shape = vec![a.shape[..axis].iter().product(), a.shape[axis..].iter().product()];
-            Const { shape, data: a.data.clone() }
-        }
-        "Squeeze" | "Unsqueeze" => {
-            let a = input(0)?;
-            let axes = if opset < 13 { node.attr_ints("axes") } else { inputs.get(1).map(|c| c.to_i64()) };
-            let shape = if op == "Squeeze" {
-                match axes {
-                    None => a.shape.iter().copied().filter(|&d| d != 1).collect(),
-                    Some(axes) => {
-                        let axes: Vec<usize> =
-                            axes.iter().map(|&x| norm_axis(x, a.shape.len())).collect::<Result<_, _>>()?;
-                        a.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
-                    }
-                }
-            } else {
-                let axes = axes.ok_or("Unsqueeze needs axes")?;
-                let rank = a.shape.len() + axes.len();
-                let mut axes: Vec<usize> = axes.iter().map(|&x| norm_axis(x, rank)).collect::<Result<_, _>>()?;
-                axes.sort();
-                let mut shape = a.shape.clone();
-                for x in axes {
-                    shape.insert(x.min(shape.len()), 1);
-                }
-                shape
-            };
-            Const { shape, data: a.data.clone() }
-        }
-        "Concat" => {
-            let first = input(0)?;
-            let rank = first.shape.len();
-            let axis = norm_axis(node.attr_int("axis", 0), rank)?;
-            let mut shape = first.shape.clone();
-            shape[axis] = inputs.iter().map(|c| c.shape.get(axis).copied().unwrap_or(0)).sum();
-            let outer: usize = shape[..axis].iter().product();
-            let any_float = inputs.iter().any(|c| !c.is_int());
-            let mut f = Vec::new();
-            let mut i = Vec::new();
-            for o in 0..outer {
-                for c in inputs {
-                    if c.shape.len() != rank {
-                        return Err("Concat inputs differ in rank".into());
-                    }
-                    let block: usize = c.shape[axis..].iter().product();
-                    if any_float {
-                        f.extend_from_slice(&c.to_f32()[o * block..(o + 1) * block]);
-                    } else {
-                        i.extend_from_slice(&c.to_i64()[o * block..(o + 1) * block]);
-                    }
-                }
-            }
-            if any_float {
-                Const::f32(shape, f)
-            } else {
-                Const::i64(shape, i)
-            }
-        }
-        "Gather" => gather(node, input(0)?, input(1)?)?,
-        "Slice" => slice(node, input(0)?, inputs, opset)?,
-        "Transpose" => {
-            let a = input(0)?;
-            let perm: Vec<usize> = node
-                .attr_ints("perm")
-                .unwrap_or_else(|| (0..a.shape.len() as i64).rev().collect())
-                .iter()
-                .map(|&p| p as usize)
-                .collect();
-            if perm.len() != a.shape.len() || perm.iter().any(|&p| p >= a.shape.len()) {
-                return Err(format!("perm {perm:?} for rank {}", a.shape.len()));
-            }
-            transpose(a, &perm)
-        }
-        "Expand" => {
-            let a = input(0)?;
-            let target: Vec<usize> = input(1)?.to_i64().iter().map(|&d| d.max(0) as usize).collect();
-            let shape = broadcast_shapes(&a.shape, &target).ok_or("Expand shapes do not broadcast")?;
-            bounded(&shape)?;
-            let idx = broadcast_indices(&shape, &a.shape);
-            a.pick(shape, idx.into_iter())
-        }
-        "Range" => {
-            let (s, l, d) = (input(0)?, input(1)?, input(2)?);
-            if s.is_int() {
-                let (s, l, d) = (s.to_i64()[0], l.to_i64()[0], d.to_i64()[0]);
-                if d == 0 {
-                    return Err("Range delta 0".into());
-                }
-                let n = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
-                bounded(&[n])?;
-                Const::i64(vec![n], (0..n as i64).map(|k| s + k * d).collect())
-            } else {
-                let (s, l, d) = (s.to_f32()[0], l.to_f32()[0], d.to_f32()[0]);
-                let n = ((l - s) / d).ceil().max(0.0) as usize;
-                bounded(&[n])?;
-                Const::f32(vec![n], (0..n).map(|k| s + k as f32 * d).collect())
-            }
-        }
-        "ConstantOfShape" => {
-            let shape: Vec<usize> = input(0)?
-                .to_i64()
-                .iter()
-                .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
-                .collect::<Result<_, _>>()?;
-            let n = bounded(&shape)?;
-            match node.attribute("value") {
-                Some(AttributeValue::Tensor(t)) => {
-                    let v = t.to_f32(None).map_err(|e| e.to_string())?;
-                    let x = *v.first().ok_or("ConstantOfShape value is empty")?;
-                    if data_type::is_integer(t.data_type) {
-                        Const::i64(shape, vec![x as i64; n])
-                    } else {
-                        Const::f32(shape, vec![x; n])
-                    }
-                }
-                _ => Const::f32(shape, vec![0.0; n]),
-            }
-        }
-        _ => return Err(format!("{op} is not evaluated at compile time")),
+    let Some(rule) = crate::ops::find(op).and_then(|d| d.fold) else {
+        return Err(format!("{op} is not evaluated at compile time"));
     };
+    let out = rule(&crate::ops::FoldCx { node, op, inputs, opset })?;
     Ok(vec![out])
 }
 
@@ -490,6 +302,7 @@ pub fn reshaped(c: &Const, shape: Vec<usize>) -> Const {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::AttributeValue;
 
     fn node(op: &str) -> Node {
         Node { op_type: op.into(), ..Default::default() }

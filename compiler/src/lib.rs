@@ -16,6 +16,7 @@ pub mod fold;
 pub mod ir;
 pub mod lower;
 pub mod onnx;
+mod ops;
 mod peers;
 pub mod protobuf;
 pub mod shapes;

@@ -1,0 +1,74 @@
+//! Matrix products: `Gemm` and `MatMul`.
+
+use super::{OpDef, ShapeCx};
+use crate::build::{Builder, Entry};
+use crate::fold::*;
+use crate::ir::LayerKind;
+use crate::onnx::Node;
+use crate::shapes::ShapeError;
+use crate::CompileError;
+
+/// The operators of this family.
+pub(super) static OPS: &[OpDef] = &[
+    OpDef { name: "Gemm", shape: Some(shape_gemm), fold: None, build: Some(build_gemm) },
+    OpDef { name: "MatMul", shape: Some(shape_mat_mul), fold: None, build: Some(build_mat_mul) },
+];
+
+pub(super) fn shape_gemm(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
+    let node = cx.node;
+    let input = |i: usize| cx.input(i);
+    let fail = |reason: String| cx.fail(reason);
+    Ok({
+        let (a, b) = (input(0)?.clone(), input(1)?.clone());
+        if a.len() != 2 || b.len() != 2 {
+            return Err(fail(format!("Gemm takes matrices, got {a:?} and {b:?}")));
+        }
+        let (m, ka) = if node.attr_int("transA", 0) == 1 { (a[1], a[0]) } else { (a[0], a[1]) };
+        let (kb, n) = if node.attr_int("transB", 0) == 1 { (b[1], b[0]) } else { (b[0], b[1]) };
+        if ka != kb {
+            return Err(fail(format!("inner dimensions {ka} and {kb} differ")));
+        }
+        vec![m, n]
+    })
+}
+
+pub(super) fn shape_mat_mul(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
+    let input = |i: usize| cx.input(i);
+    let fail = |reason: String| cx.fail(reason);
+    Ok({
+        let (a, b) = (input(0)?.clone(), input(1)?.clone());
+        if a.len() < 2 || b.len() < 2 || a[a.len() - 1] != b[b.len() - 2] {
+            return Err(fail(format!("{a:?} x {b:?} does not multiply")));
+        }
+        let mut batch = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2])
+            .ok_or_else(|| fail("batch dimensions do not broadcast".into()))?;
+        batch.extend([a[a.len() - 2], b[b.len() - 1]]);
+        batch
+    })
+}
+
+pub(super) fn build_gemm(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    {
+        if node.attr_int("transA", 0) != 0 {
+            return Err(bld.fail(node, "transA=1 is not supported"));
+        }
+        let c = bld.konst(node, 2)?.map(|c| (c, node.attr_float("beta", 1.0)));
+        bld.dense(node, node.attr_int("transB", 0) == 1, node.attr_float("alpha", 1.0), c)
+    }
+}
+
+pub(super) fn build_mat_mul(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    match bld.entry(node, 1)? {
+        Some(Entry::Const(_)) => bld.dense(node, false, 1.0, None),
+        _ => {
+            let (a, b) = (bld.value(node, 0)?, bld.value(node, 1)?);
+            let shape = bld.out_shape(node)?;
+            let (sa, sb) = (&bld.g.values[a].shape, &bld.g.values[b].shape);
+            if sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
+                return Err(bld.fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
+            }
+            bld.add_layer(node, LayerKind::MatMul { a, b }, shape);
+            Ok(())
+        }
+    }
+}
