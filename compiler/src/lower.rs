@@ -123,8 +123,14 @@ fn balanced(n: u64, extent: u64, others: u64, cores: u64) -> u64 {
     (n..=extent.min(4 * n)).find(|&k| (others * pieces(k)).is_multiple_of(cores)).map_or(n, pieces)
 }
 
+/// `v` as the ISA's 32-bit dimension or stride. Every tensor's elements fit 32 bits
+/// (checked before lowering starts, [`check_sizes`]), so its dimensions and strides do.
+fn isa_u32(v: u64) -> u32 {
+    u32::try_from(v).expect("tensor sizes are checked to fit 32 bits before lowering")
+}
+
 fn dims32(shape: &[u64]) -> Vec<u32> {
-    shape.iter().map(|&d| d as u32).collect()
+    shape.iter().map(|&d| isa_u32(d)).collect()
 }
 
 /// Contiguous element strides of `shape`.
@@ -187,7 +193,7 @@ impl<'g> Lowerer<'g> {
     /// if the value is resident there.
     fn ddr(&self, offset_elems: u64, base: u64, shape: &[u64], strides: &[u64]) -> Tensor {
         let shape32 = dims32(shape);
-        let strides32: Vec<u32> = strides.iter().map(|&s| s as u32).collect();
+        let strides32: Vec<u32> = strides.iter().map(|&s| isa_u32(s)).collect();
         let space = if self.pool_bases.contains(&base) { Space::Pool } else { Space::Ddr };
         Tensor::contiguous(space, base + offset_elems * self.eb, self.o.dtype, &shape32).with_strides(&strides32)
     }
@@ -1017,6 +1023,7 @@ pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) ->
 /// Lowers `g` to per-core instruction streams.
 pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     check_options(&o)?;
+    check_sizes(g, &o)?;
     let eb = o.dtype.bytes();
     let mut warnings = Vec::new();
     // DDR: the constants the layers read, then every stored value.
@@ -1107,6 +1114,28 @@ fn check_options(o: &LowerOptions) -> Result<(), CompileError> {
             option: "dtype",
             reason: format!("{:?} programs are not supported", o.dtype),
         });
+    }
+    Ok(())
+}
+
+/// Every tensor (all replicas of a value) has fewer than 2^32 elements: the ISA's
+/// dimensions and strides are 32-bit.
+fn check_sizes(g: &Graph, o: &LowerOptions) -> Result<(), CompileError> {
+    let too_big = |name: &str, elements: u64| CompileError::Lowering {
+        layer: name.to_string(),
+        reason: format!("tensor '{name}' has {elements} elements, more than the instruction set's 32-bit sizes"),
+    };
+    for value in &g.values {
+        let elements = value.elements() as u64 * o.replicas as u64;
+        if u32::try_from(elements).is_err() {
+            return Err(too_big(&value.name, elements));
+        }
+    }
+    for (c, name) in g.consts.iter().zip(&g.const_names) {
+        let elements = c.shape.iter().product::<usize>() as u64;
+        if u32::try_from(elements).is_err() {
+            return Err(too_big(name, elements));
+        }
     }
     Ok(())
 }

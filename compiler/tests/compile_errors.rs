@@ -157,3 +157,17 @@ proptest! {
         let _ = compile(&model, None, "mutated", &CompileOptions::default());
     }
 }
+
+/// The instruction set's tensor sizes are 32-bit: a tensor of more elements is a clear
+/// error, not dimensions and strides silently cut to 32 bits.
+#[test]
+fn a_tensor_beyond_32_bit_sizes_is_an_error_naming_it() {
+    let mut m = zoo::mobilenet_v2();
+    let input = &mut m.graph.inputs[0];
+    let name = input.name.clone();
+    let dims = input.shape.as_mut().unwrap();
+    dims[2] = aicsim_compiler::onnx::Dim::Value(40_000);
+    dims[3] = aicsim_compiler::onnx::Dim::Value(40_000);
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&format!("tensor '{name}' has 4800000000 elements")) && e.contains("32-bit"), "{e}");
+}
