@@ -21,12 +21,10 @@ pub(super) static OPS: &[OpDef] = &[
 ];
 
 pub(super) fn shape_constant_of_shape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
-    let value = |i: usize| cx.value(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let shape = value(0)?;
+        let shape = cx.value(0)?;
         if shape.iter().any(|&d| d < 0) {
-            return Err(fail(format!("negative shape {shape:?}")));
+            return Err(cx.fail(format!("negative shape {shape:?}")));
         }
         shape
     })
@@ -34,22 +32,19 @@ pub(super) fn shape_constant_of_shape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, Shap
 
 pub(super) fn fold_gather(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    gather(node, input(0)?, input(1)?)
+    gather(node, cx.input(0)?, cx.input(1)?)
 }
 
 pub(super) fn fold_slice(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
     let opset = cx.opset;
     let inputs = cx.inputs;
-    let input = |i: usize| cx.input(i);
-    slice(node, input(0)?, inputs, opset)
+    slice(node, cx.input(0)?, inputs, opset)
 }
 
 pub(super) fn fold_range(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
-    let input = |i: usize| cx.input(i);
     Ok({
-        let (s, l, d) = (input(0)?, input(1)?, input(2)?);
+        let (s, l, d) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
         if s.is_int() {
             let (s, l, d) = (s.to_i64()[0], l.to_i64()[0], d.to_i64()[0]);
             if d == 0 {
@@ -69,9 +64,9 @@ pub(super) fn fold_range(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 
 pub(super) fn fold_constant_of_shape(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let shape: Vec<usize> = input(0)?
+        let shape: Vec<usize> = cx
+            .input(0)?
             .to_i64()
             .iter()
             .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))

@@ -32,21 +32,19 @@ pub(super) static OPS: &[OpDef] = &[
 
 pub(super) fn shape_conv(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let (x, w) = (input(0)?.clone(), input(1)?.clone());
+        let (x, w) = (cx.input(0)?.clone(), cx.input(1)?.clone());
         if x.len() < 3 || w.len() != x.len() {
-            return Err(fail(format!("input {x:?} and weight {w:?} do not make a convolution")));
+            return Err(cx.fail(format!("input {x:?} and weight {w:?} do not make a convolution")));
         }
         let spatial = x.len() - 2;
         let group = node.attr_int("group", 1);
         if group < 1 || x[1] != w[1] * group {
-            return Err(fail(format!("{} input channels, weight takes {} x {group} groups", x[1], w[1])));
+            return Err(cx.fail(format!("{} input channels, weight takes {} x {group} groups", x[1], w[1])));
         }
         let kernel = node.attr_ints("kernel_shape").unwrap_or_else(|| w[2..].to_vec());
         if kernel[..] != w[2..] {
-            return Err(fail(format!("kernel_shape {kernel:?} does not match weight {w:?}")));
+            return Err(cx.fail(format!("kernel_shape {kernel:?} does not match weight {w:?}")));
         }
         cx.shapes.spatial(node, &x, &kernel, spatial, w[0], false)?
     })
@@ -54,24 +52,21 @@ pub(super) fn shape_conv(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 
 pub(super) fn shape_pool(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let x = input(0)?.clone();
-        let kernel = node.attr_ints("kernel_shape").ok_or_else(|| fail("no kernel_shape".into()))?;
+        let x = cx.input(0)?.clone();
+        let kernel = node.attr_ints("kernel_shape").ok_or_else(|| cx.fail("no kernel_shape".into()))?;
         let spatial = x
             .len()
             .checked_sub(2)
             .filter(|&n| n == kernel.len())
-            .ok_or_else(|| fail(format!("kernel {kernel:?} does not fit input {x:?}")))?;
+            .ok_or_else(|| cx.fail(format!("kernel {kernel:?} does not fit input {x:?}")))?;
         cx.shapes.spatial(node, &x, &kernel, spatial, x[1], node.attr_int("ceil_mode", 0) == 1)?
     })
 }
 
 pub(super) fn shape_global_pool(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
-    let input = |i: usize| cx.input(i);
     Ok({
-        let x = input(0)?;
+        let x = cx.input(0)?;
         x.iter().enumerate().map(|(i, &d)| if i < 2 { d } else { 1 }).collect()
     })
 }

@@ -54,13 +54,11 @@ pub(super) static OPS: &[OpDef] = &[
 
 pub(super) fn shape_broadcast(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let mut shape = input(0)?.clone();
+        let mut shape = cx.input(0)?.clone();
         for i in 1..node.inputs.len() {
-            shape = broadcast_shapes(&shape, input(i)?)
-                .ok_or_else(|| fail(format!("shapes {:?} and {:?} do not broadcast", shape, input(i).ok())))?;
+            shape = broadcast_shapes(&shape, cx.input(i)?)
+                .ok_or_else(|| cx.fail(format!("shapes {:?} and {:?} do not broadcast", shape, cx.input(i).ok())))?;
         }
         shape
     })
@@ -69,9 +67,8 @@ pub(super) fn shape_broadcast(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> 
 pub(super) fn fold_binary(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let op = cx.op;
     let inputs = cx.inputs;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let mut acc = input(0)?.clone();
+        let mut acc = cx.input(0)?.clone();
         for b in &inputs[1..] {
             acc = binary(op, &acc, b)?;
         }
@@ -81,9 +78,8 @@ pub(super) fn fold_binary(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 
 pub(super) fn fold_sum(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let inputs = cx.inputs;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let mut acc = input(0)?.clone();
+        let mut acc = cx.input(0)?.clone();
         for b in &inputs[1..] {
             acc = binary("Add", &acc, b)?;
         }
@@ -93,14 +89,12 @@ pub(super) fn fold_sum(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 
 pub(super) fn fold_unary(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let op = cx.op;
-    let input = |i: usize| cx.input(i);
-    unary(op, input(0)?)
+    unary(op, cx.input(0)?)
 }
 
 pub(super) fn fold_where(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
-    let input = |i: usize| cx.input(i);
     Ok({
-        let (c, x, y) = (input(0)?, input(1)?, input(2)?);
+        let (c, x, y) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
         let shape = broadcast_shapes(&c.shape, &x.shape)
             .and_then(|s| broadcast_shapes(&s, &y.shape))
             .ok_or("Where operands do not broadcast")?;

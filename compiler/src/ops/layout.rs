@@ -42,15 +42,12 @@ pub(super) static OPS: &[OpDef] = &[
 pub(super) fn shape_squeeze(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
     let opset = cx.opset;
-    let input = |i: usize| cx.input(i);
-    let value = |i: usize| cx.value(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let x = input(0)?.clone();
+        let x = cx.input(0)?.clone();
         let axes = if opset < 13 {
             node.attr_ints("axes")
         } else {
-            node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
+            node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| cx.value(1)).transpose()?
         };
         match axes {
             None => x.iter().copied().filter(|&d| d != 1).collect(),
@@ -58,7 +55,7 @@ pub(super) fn shape_squeeze(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
                 let r = x.len() as i64;
                 let axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + r } else { a } as usize).collect();
                 if axes.iter().any(|&a| a >= x.len() || x[a] != 1) {
-                    return Err(fail(format!("cannot squeeze axes {axes:?} of {x:?}")));
+                    return Err(cx.fail(format!("cannot squeeze axes {axes:?} of {x:?}")));
                 }
                 x.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
             }
@@ -69,33 +66,30 @@ pub(super) fn shape_squeeze(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 pub(super) fn shape_unsqueeze(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
     let opset = cx.opset;
-    let input = |i: usize| cx.input(i);
-    let value = |i: usize| cx.value(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok(if opset >= 13 {
-        let x = input(0)?.clone();
-        let axes = value(1)?;
+        let x = cx.input(0)?.clone();
+        let axes = cx.value(1)?;
         let rank = x.len() + axes.len();
         let mut axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a } as usize).collect();
         axes.sort();
         let mut shape = x;
         for a in axes {
             if a > shape.len() {
-                return Err(fail(format!("axis {a} out of range")));
+                return Err(cx.fail(format!("axis {a} out of range")));
             }
             shape.insert(a, 1);
         }
         shape
     } else {
-        let x = input(0)?;
-        let axes = node.attr_ints("axes").ok_or_else(|| fail("no axes".into()))?;
+        let x = cx.input(0)?;
+        let axes = node.attr_ints("axes").ok_or_else(|| cx.fail("no axes".into()))?;
         let rank = x.len() + axes.len();
         let mut axes: Vec<usize> = axes.iter().map(|&a| if a < 0 { a + rank as i64 } else { a } as usize).collect();
         axes.sort();
         let mut shape = x.clone();
         for a in axes {
             if a > shape.len() {
-                return Err(fail(format!("axis {a} out of range")));
+                return Err(cx.fail(format!("axis {a} out of range")));
             }
             shape.insert(a, 1);
         }
@@ -104,16 +98,13 @@ pub(super) fn shape_unsqueeze(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> 
 }
 
 pub(super) fn shape_reshape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
-    let input = |i: usize| cx.input(i);
-    let value = |i: usize| cx.value(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let x = input(0)?.clone();
-        let mut shape = value(1)?;
+        let x = cx.input(0)?.clone();
+        let mut shape = cx.value(1)?;
         let total = product(&x);
         for (i, d) in shape.iter_mut().enumerate() {
             if *d == 0 {
-                *d = *x.get(i).ok_or_else(|| fail("0 refers past the input's rank".into()))?;
+                *d = *x.get(i).ok_or_else(|| cx.fail("0 refers past the input's rank".into()))?;
             }
         }
         let known = product(&shape.iter().copied().filter(|&d| d != -1).collect::<Vec<_>>());
@@ -124,7 +115,7 @@ pub(super) fn shape_reshape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
                     *d = total / known;
                 }
             }
-            _ => return Err(fail(format!("cannot reshape {x:?} to {:?}", value(1)?))),
+            _ => return Err(cx.fail(format!("cannot reshape {x:?} to {:?}", cx.value(1)?))),
         }
         shape
     })
@@ -132,9 +123,8 @@ pub(super) fn shape_reshape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 
 pub(super) fn shape_flatten(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let x = input(0)?;
+        let x = cx.input(0)?;
         let axis = node.attr_int("axis", 1);
         let axis = if axis < 0 { axis + x.len() as i64 } else { axis } as usize;
         vec![product(&x[..axis.min(x.len())]), product(&x[axis.min(x.len())..])]
@@ -143,20 +133,18 @@ pub(super) fn shape_flatten(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 
 pub(super) fn shape_concat(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let first = input(0)?.clone();
+        let first = cx.input(0)?.clone();
         let axis = node.attr_int("axis", 0);
         let axis = if axis < 0 { axis + first.len() as i64 } else { axis } as usize;
         if axis >= first.len() {
-            return Err(fail(format!("axis {axis} of a rank-{} tensor", first.len())));
+            return Err(cx.fail(format!("axis {axis} of a rank-{} tensor", first.len())));
         }
         let mut shape = first.clone();
         for i in 1..node.inputs.len() {
-            let other = input(i)?;
+            let other = cx.input(i)?;
             if other.len() != first.len() || (0..first.len()).any(|d| d != axis && other[d] != first[d]) {
-                return Err(fail(format!("{first:?} and {other:?} do not concatenate on axis {axis}")));
+                return Err(cx.fail(format!("{first:?} and {other:?} do not concatenate on axis {axis}")));
             }
             shape[axis] = shape[axis].saturating_add(other[axis]);
         }
@@ -166,28 +154,24 @@ pub(super) fn shape_concat(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 
 pub(super) fn shape_transpose(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let x = input(0)?;
+        let x = cx.input(0)?;
         let perm = node.attr_ints("perm").unwrap_or_else(|| (0..x.len() as i64).rev().collect());
         perm.iter()
-            .map(|&p| x.get(p as usize).copied().ok_or_else(|| fail(format!("perm {perm:?} for rank {}", x.len()))))
+            .map(|&p| x.get(p as usize).copied().ok_or_else(|| cx.fail(format!("perm {perm:?} for rank {}", x.len()))))
             .collect::<Result<_, _>>()?
     })
 }
 
 pub(super) fn fold_identity(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
-    let input = |i: usize| cx.input(i);
-    Ok(input(0)?.clone())
+    Ok(cx.input(0)?.clone())
 }
 
 pub(super) fn fold_cast(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
     Ok({
         let to = i32::try_from(node.attr_int("to", i64::from(data_type::FLOAT))).unwrap_or(0);
-        let a = input(0)?;
+        let a = cx.input(0)?;
         match to {
             data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE => Const::f32(a.shape.clone(), a.to_f32()),
             data_type::BOOL => Const::i64(a.shape.clone(), a.to_f64().iter().map(|&x| i64::from(x != 0.0)).collect()),
@@ -197,10 +181,9 @@ pub(super) fn fold_cast(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 }
 
 pub(super) fn fold_reshape(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
-    let input = |i: usize| cx.input(i);
     Ok({
-        let a = input(0)?;
-        let target = input(1)?.to_i64();
+        let a = cx.input(0)?;
+        let target = cx.input(1)?.to_i64();
         let mut shape: Vec<i64> = target.clone();
         for (i, d) in shape.iter_mut().enumerate() {
             if *d == 0 {
@@ -222,9 +205,8 @@ pub(super) fn fold_reshape(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 
 pub(super) fn fold_flatten(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let a = input(0)?;
+        let a = cx.input(0)?;
         let axis = norm_axis(node.attr_int("axis", 1), a.shape.len() + 1)?;
         let shape = vec![a.shape[..axis].iter().product(), a.shape[axis..].iter().product()];
         Const { shape, data: a.data.clone() }
@@ -236,9 +218,8 @@ pub(super) fn fold_squeeze_unsqueeze(cx: &FoldCx<'_>) -> Result<Const, FoldError
     let opset = cx.opset;
     let op = cx.op;
     let inputs = cx.inputs;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let a = input(0)?;
+        let a = cx.input(0)?;
         let axes = if opset < 13 { node.attr_ints("axes") } else { inputs.get(1).map(|c| c.to_i64()) };
         let shape = if op == "Squeeze" {
             match axes {
@@ -267,9 +248,8 @@ pub(super) fn fold_squeeze_unsqueeze(cx: &FoldCx<'_>) -> Result<Const, FoldError
 pub(super) fn fold_concat(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
     let inputs = cx.inputs;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let first = input(0)?;
+        let first = cx.input(0)?;
         let rank = first.shape.len();
         let axis = norm_axis(node.attr_int("axis", 0), rank)?;
         let mut shape = first.shape.clone();
@@ -301,9 +281,8 @@ pub(super) fn fold_concat(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 
 pub(super) fn fold_transpose(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
     Ok({
-        let a = input(0)?;
+        let a = cx.input(0)?;
         let perm: Vec<usize> = node
             .attr_ints("perm")
             .unwrap_or_else(|| (0..a.shape.len() as i64).rev().collect())
@@ -318,10 +297,9 @@ pub(super) fn fold_transpose(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
 }
 
 pub(super) fn fold_expand(cx: &FoldCx<'_>) -> Result<Const, FoldError> {
-    let input = |i: usize| cx.input(i);
     Ok({
-        let a = input(0)?;
-        let target: Vec<usize> = input(1)?.to_i64().iter().map(|&d| d.max(0) as usize).collect();
+        let a = cx.input(0)?;
+        let target: Vec<usize> = cx.input(1)?.to_i64().iter().map(|&d| d.max(0) as usize).collect();
         let shape = broadcast_shapes(&a.shape, &target).ok_or("Expand shapes do not broadcast")?;
         bounded(&shape)?;
         let idx = broadcast_indices(&shape, &a.shape);

@@ -16,32 +16,28 @@ pub(super) static OPS: &[OpDef] = &[
 
 pub(super) fn shape_gemm(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let (a, b) = (input(0)?.clone(), input(1)?.clone());
+        let (a, b) = (cx.input(0)?.clone(), cx.input(1)?.clone());
         if a.len() != 2 || b.len() != 2 {
-            return Err(fail(format!("Gemm takes matrices, got {a:?} and {b:?}")));
+            return Err(cx.fail(format!("Gemm takes matrices, got {a:?} and {b:?}")));
         }
         let (m, ka) = if node.attr_int("transA", 0) == 1 { (a[1], a[0]) } else { (a[0], a[1]) };
         let (kb, n) = if node.attr_int("transB", 0) == 1 { (b[1], b[0]) } else { (b[0], b[1]) };
         if ka != kb {
-            return Err(fail(format!("inner dimensions {ka} and {kb} differ")));
+            return Err(cx.fail(format!("inner dimensions {ka} and {kb} differ")));
         }
         vec![m, n]
     })
 }
 
 pub(super) fn shape_mat_mul(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
-    let input = |i: usize| cx.input(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let (a, b) = (input(0)?.clone(), input(1)?.clone());
+        let (a, b) = (cx.input(0)?.clone(), cx.input(1)?.clone());
         if a.len() < 2 || b.len() < 2 || a[a.len() - 1] != b[b.len() - 2] {
-            return Err(fail(format!("{a:?} x {b:?} does not multiply")));
+            return Err(cx.fail(format!("{a:?} x {b:?} does not multiply")));
         }
         let mut batch = broadcast_shapes(&a[..a.len() - 2], &b[..b.len() - 2])
-            .ok_or_else(|| fail("batch dimensions do not broadcast".into()))?;
+            .ok_or_else(|| cx.fail("batch dimensions do not broadcast".into()))?;
         batch.extend([a[a.len() - 2], b[b.len() - 1]]);
         batch
     })

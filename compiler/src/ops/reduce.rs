@@ -19,15 +19,12 @@ pub(super) static OPS: &[OpDef] = &[
 pub(super) fn shape_reduce(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     let node = cx.node;
     let opset = cx.opset;
-    let input = |i: usize| cx.input(i);
-    let value = |i: usize| cx.value(i);
-    let fail = |reason: String| cx.fail(reason);
     Ok({
-        let x = input(0)?.clone();
+        let x = cx.input(0)?.clone();
         let axes = if opset < 18 && node.op_type != "ReduceSum" || opset < 13 {
             node.attr_ints("axes")
         } else {
-            node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| value(1)).transpose()?
+            node.inputs.get(1).filter(|n| !n.is_empty()).map(|_| cx.value(1)).transpose()?
         };
         let axes: Vec<usize> = match axes {
             Some(a) => a
@@ -38,7 +35,7 @@ pub(super) fn shape_reduce(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
                     if (0..r).contains(&v) {
                         Ok(v as usize)
                     } else {
-                        Err(fail(format!("axis {v} out of range for rank {r}")))
+                        Err(cx.fail(format!("axis {v} out of range for rank {r}")))
                     }
                 })
                 .collect::<Result<_, _>>()?,
