@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 
 use aicsim_device::nsp::{Engine, OpClass, HVX_THREADS};
-use aicsim_driver::RunStats;
+use aicsim_driver::RunProfile;
 use aicsim_runtime::Timestamps;
 use serde::Serialize;
 
@@ -32,7 +32,7 @@ fn engine_of(class: OpClass) -> (Engine, &'static str, &'static str) {
 }
 
 /// The per-core op statistics table of one run.
-pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u64, run: &RunStats) -> String {
+pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u64, run: &RunProfile) -> String {
     let mut out = String::new();
     let cycles = run.cycles().max(1);
     let _ = writeln!(
@@ -101,7 +101,7 @@ pub struct TracedInference<'a> {
     pub index: u64,
     pub activation: usize,
     pub timestamps: Timestamps,
-    pub run: &'a RunStats,
+    pub run: &'a RunProfile,
 }
 
 /// One Chrome trace event: a complete span (`ph` "X") or a name for a process or a

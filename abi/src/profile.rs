@@ -118,9 +118,13 @@ pub struct CoreStats {
     pub instructions: u64,
 }
 
-/// One program run, timed.
+/// One program run in detail: per core, per op class, and (traced) per instruction.
+/// Every run also leaves a [`crate::run_record::RunRecord`], the summary in shared
+/// memory; the profile is kept for the latest runs and handed over on request (the
+/// MANAGE "read profile" message). The driver's PERF_STATS_BO answer
+/// (`PerfStatsEntry`, qaic's name) is the host-side queue figures of a buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RunStats {
+pub struct RunProfile {
     pub start_cycle: u64,
     pub end_cycle: u64,
     pub cores: Vec<CoreStats>,
@@ -130,7 +134,7 @@ pub struct RunStats {
     pub trace: Vec<TraceEvent>,
 }
 
-impl RunStats {
+impl RunProfile {
     /// Cycles from the run's start to its end.
     pub fn cycles(&self) -> u64 {
         self.end_cycle - self.start_cycle
@@ -192,12 +196,12 @@ struct TraceRecord {
 const _: () = assert!(size_of::<TraceRecord>() == 32);
 
 /// Bytes [`encode`] produces for `stats`.
-pub fn encoded_len(stats: &RunStats) -> usize {
+pub fn encoded_len(stats: &RunProfile) -> usize {
     size_of::<Header>() + stats.cores.len() * size_of::<CoreRecord>() + stats.trace.len() * size_of::<TraceRecord>()
 }
 
 /// The wire form of run `seq`'s statistics.
-pub fn encode(seq: u64, stats: &RunStats) -> Vec<u8> {
+pub fn encode(seq: u64, stats: &RunProfile) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_len(stats));
     let header = Header {
         magic: MAGIC,
@@ -259,7 +263,7 @@ fn engine(raw: u8) -> Option<Engine> {
 }
 
 /// Decodes [`encode`]'s output back into the run's sequence number and statistics.
-pub fn decode(bytes: &[u8]) -> Result<(u64, RunStats), ProfileError> {
+pub fn decode(bytes: &[u8]) -> Result<(u64, RunProfile), ProfileError> {
     let hs = size_of::<Header>();
     let header: Header =
         bytemuck::pod_read_unaligned(bytes.get(..hs).ok_or(ProfileError::Truncated { len: bytes.len(), need: hs })?);
@@ -305,7 +309,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, RunStats), ProfileError> {
     }
     Ok((
         header.seq,
-        RunStats {
+        RunProfile {
             start_cycle: header.start_cycle,
             end_cycle: header.end_cycle,
             cores,
@@ -326,7 +330,7 @@ mod tests {
             CoreStats { core: 3, busy: [1, 2, 3, 4], stall_cycles: 5, instructions: 6, ..Default::default() };
         core.classes[OpClass::Softmax as usize] =
             ClassStats { cycles: 7, count: 8, out_bytes: 9, cycles_per_kib_sum: 10, cycles_per_kib_sq_sum: 11 };
-        let stats = RunStats {
+        let stats = RunProfile {
             start_cycle: 100,
             end_cycle: 900,
             cores: vec![core.clone(), CoreStats::default()],

@@ -25,7 +25,7 @@ use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
 use crate::extent::ExtentAllocator;
 use crate::nsp::{self, CostModel, Limits, NspCore};
-use crate::scheduler::{ExecMode, JobId, Plan, RunStats, Scheduler};
+use crate::scheduler::{ExecMode, JobId, Plan, RunProfile, Scheduler};
 use aicsim_abi::container::ProgramImage;
 use aicsim_abi::control::{
     ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, ControlValues, StatusReport,
@@ -206,7 +206,7 @@ struct Activation {
     faulted_outputs: u32,
     runs: u64,
     /// Statistics of the latest runs, oldest first, at most [`PROFILES_KEPT`].
-    profiles: Box<heapless::Deque<(u64, RunStats), PROFILES_KEPT>>,
+    profiles: Box<heapless::Deque<(u64, RunProfile), PROFILES_KEPT>>,
     /// Record every instruction's interval.
     trace: bool,
     /// When the cores last became free.
@@ -315,7 +315,7 @@ impl Firmware {
     }
 
     /// Statistics of the latest finished run of the activation on `dbc`.
-    pub fn last_run(&self, dbc: usize) -> Option<&RunStats> {
+    pub fn last_run(&self, dbc: usize) -> Option<&RunProfile> {
         self.activations.get(dbc)?.as_ref()?.profiles.back().map(|(_, s)| s)
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use aicsim_abi::isa::{DType, Op, Space, Tensor};
 use aicsim_abi::memory::{HeapMemory, SharedMemory};
 use aicsim_device::nsp::{CostModel, NspCore};
-use aicsim_device::scheduler::{ExecMode, Plan, RunStats, Scheduler};
+use aicsim_device::scheduler::{ExecMode, Plan, RunProfile, Scheduler};
 use proptest::prelude::*;
 
 const CLOCK: u64 = 1_400_000_000;
@@ -30,14 +30,14 @@ impl Rig {
     }
 
     /// Runs jobs (each a list of per-core streams on the given cores) started together.
-    fn run(&mut self, jobs: &[JobSpec], mode: ExecMode) -> Vec<RunStats> {
+    fn run(&mut self, jobs: &[JobSpec], mode: ExecMode) -> Vec<RunProfile> {
         let ids: Vec<u64> = jobs
             .iter()
             .map(|(streams, cores, base)| {
                 self.sched.start(Arc::new(Plan::new(streams.clone(), self.sched.cost())), cores, *base)
             })
             .collect();
-        let mut out: Vec<Option<RunStats>> = vec![None; ids.len()];
+        let mut out: Vec<Option<RunProfile>> = vec![None; ids.len()];
         while out.iter().any(Option::is_none) {
             for (id, result) in self.sched.run_until_completion(&mut self.nsps, VTCM, &self.mem, mode) {
                 let i = ids.iter().position(|&x| x == id).unwrap();

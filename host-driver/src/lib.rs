@@ -18,7 +18,7 @@ pub use aicsim_abi::run_record::RunRecord;
 
 /// DMA Bridge Channels of a device: at most this many activations run at once.
 pub const CHANNELS: usize = aicsim_abi::dbc::NUM_DBC;
-pub use aicsim_abi::profile::RunStats;
+pub use aicsim_abi::profile::RunProfile;
 use aicsim_kmd::uapi::{self, AttachSliceEntry, ExecuteEntry, Sem};
 use aicsim_kmd::{BoMapping, Client, Errno, Kmd, KmdConfig, KmdError};
 
@@ -295,7 +295,7 @@ impl Device {
     }
 
     /// The device's statistics of run `seq` on `channel` (it keeps the latest runs).
-    pub fn run_profile(&self, channel: &Channel, seq: u64) -> Result<RunStats> {
+    pub fn run_profile(&self, channel: &Channel, seq: u64) -> Result<RunProfile> {
         let bytes = self.client.read_profile(channel.id, seq)?;
         match aicsim_abi::profile::decode(&bytes) {
             Ok((got, stats)) if got == seq => Ok(stats),

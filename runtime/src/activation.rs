@@ -115,7 +115,7 @@ impl Activation {
     }
 
     /// The device's statistics of run `seq` (as returned by a submit).
-    pub fn run_profile(&self, seq: u64) -> Result<aicsim_driver::RunStats> {
+    pub fn run_profile(&self, seq: u64) -> Result<aicsim_driver::RunProfile> {
         Ok(self.device.run_profile(&self.channel, seq)?)
     }
 

@@ -8,7 +8,7 @@ pub mod cli;
 
 use std::fmt::Write as _;
 
-use aicsim_driver::RunStats;
+use aicsim_driver::RunProfile;
 use aicsim_runtime::{Completion, Timestamps};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -44,7 +44,7 @@ pub struct Profiled {
     pub index: u64,
     pub activation: usize,
     pub timestamps: Timestamps,
-    pub run: RunStats,
+    pub run: RunProfile,
 }
 
 /// Everything recorded of the finished inferences.
@@ -85,7 +85,7 @@ impl Collector {
 
     /// Records `done`; `profile` fetches the device statistics of its run when it is
     /// profiled and those are wanted.
-    pub fn record(&self, done: &Completion<'_>, profile: impl FnOnce() -> Result<RunStats, String>) {
+    pub fn record(&self, done: &Completion<'_>, profile: impl FnOnce() -> Result<RunProfile, String>) {
         let sampled = within(done.index, self.sampling.profile);
         let run = (sampled && self.sampling.device_profiles).then(profile);
         let mut c = self.inner.lock();

@@ -55,7 +55,7 @@ pub enum ExecMode {
     Functional,
 }
 
-pub use aicsim_abi::profile::{ClassStats, CoreStats, RunStats, TraceEvent};
+pub use aicsim_abi::profile::{ClassStats, CoreStats, RunProfile, TraceEvent};
 
 /// Counts one instruction of `step`'s kind that took `cycles`.
 fn count_instruction(stats: &mut CoreStats, step: &Step, cycles: u64) {
@@ -162,7 +162,7 @@ pub struct Scheduler {
     /// Cores that may issue now: (slot, core), run in this order.
     runnable: Vec<(usize, usize)>,
     /// Jobs that ended at the current cycle.
-    ended: Vec<(JobId, Result<RunStats, ExecFault>)>,
+    ended: Vec<(JobId, Result<RunProfile, ExecFault>)>,
     /// Reused for the transfers that end at one event.
     finished: Vec<Owner>,
     next_serial: u64,
@@ -206,7 +206,7 @@ impl Scheduler {
         &self.cost
     }
 
-    /// Records every instruction's interval in the [`RunStats`] of runs started from now.
+    /// Records every instruction's interval in the [`RunProfile`] of runs started from now.
     pub fn set_tracing(&mut self, on: bool) {
         self.tracing = on;
     }
@@ -284,7 +284,7 @@ impl Scheduler {
         vtcm_bytes: u64,
         mem: &M,
         mode: ExecMode,
-    ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
+    ) -> Vec<(JobId, Result<RunProfile, ExecFault>)> {
         self.run_until(nsps, vtcm_bytes, mem, mode, u64::MAX)
     }
 
@@ -306,7 +306,7 @@ impl Scheduler {
         mem: &M,
         mode: ExecMode,
         limit: u64,
-    ) -> Vec<(JobId, Result<RunStats, ExecFault>)> {
+    ) -> Vec<(JobId, Result<RunProfile, ExecFault>)> {
         let mut memory = Memory { nsps, vtcm_bytes, mem, mode };
         loop {
             // Running a core may make others runnable (a barrier it completes).
@@ -464,12 +464,12 @@ impl Scheduler {
         }
     }
 
-    fn finish(&self, mut job: Job) -> Result<RunStats, ExecFault> {
+    fn finish(&self, mut job: Job) -> Result<RunProfile, ExecFault> {
         if let Some(f) = job.fault {
             return Err(f);
         }
         job.trace.sort_unstable_by_key(|e| (e.end_cycle, e.core, e.index));
-        Ok(RunStats {
+        Ok(RunProfile {
             start_cycle: job.start,
             end_cycle: self.now,
             cores: job.cores.into_iter().map(|c| c.stats).collect(),
