@@ -67,16 +67,30 @@ impl BoMapping {
         self.bo.size
     }
 
-    /// Copies `data` into the buffer at `offset`.
+    /// Copies `data` into the buffer at `offset`. EBUSY while the buffer is queued to the
+    /// device: its bytes are the device's until the execution completes.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
+        // The state lock is held across the copy, so the buffer cannot be queued midway.
+        let _idle = self.idle()?;
         self.shared.region.write(self.bo.offset + offset, data).map_err(|e| KmdError::new(Errno::EINVAL, e.to_string()))
     }
 
-    /// Copies bytes at `offset` out of the buffer into `buf`.
+    /// Copies bytes at `offset` out of the buffer into `buf`. EBUSY while the buffer is
+    /// queued (the device may be writing it).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len())?;
+        let _idle = self.idle()?;
         self.shared.region.read(self.bo.offset + offset, buf).map_err(|e| KmdError::new(Errno::EINVAL, e.to_string()))
+    }
+
+    /// The buffer's state, locked, if it is not queued to the device.
+    fn idle(&self) -> Result<parking_lot::MutexGuard<'_, BoState>> {
+        let st = self.bo.state.lock();
+        if st.queued {
+            return fail(Errno::EBUSY, format!("buffer {} is queued to the device", self.bo.handle));
+        }
+        Ok(st)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<()> {

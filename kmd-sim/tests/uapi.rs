@@ -275,3 +275,27 @@ fn another_clients_program_can_be_neither_activated_nor_unloaded() {
     owner.unload_program(program).unwrap();
     assert_eq!(owner.activate(program).unwrap_err().errno, Errno::ENOENT, "unloaded");
 }
+
+/// A queued buffer's bytes are the device's: mapping reads and writes are EBUSY until the
+/// execution completes, then work again.
+#[test]
+fn a_queued_buffer_cannot_be_read_or_written_until_it_completes() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let client = kmd.open();
+    let program = client.load_program(&common::copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let bo = client.create_bo(64).unwrap();
+    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    let map = client.mmap_bo(bo).unwrap();
+    map.write(0, &[7u8; 64]).unwrap();
+    client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
+    assert_eq!(map.write(0, &[9u8; 64]).unwrap_err().errno, Errno::EBUSY);
+    assert_eq!(map.read(0, &mut [0u8; 64]).unwrap_err().errno, Errno::EBUSY);
+    kmd.step_device_until_idle();
+    kmd.step_interrupts();
+    client.wait_bo(bo, 1000, dbc).unwrap();
+    let mut back = [0u8; 64];
+    map.read(0, &mut back).unwrap();
+    assert_eq!(back, [7u8; 64], "the queued bytes were not changed");
+    map.write(0, &[9u8; 64]).unwrap();
+}
