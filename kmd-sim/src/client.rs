@@ -648,15 +648,16 @@ impl Client {
             .shared
             .control(ControlCommand::LoadProgram { host_addr: map.info().offset, len: container.len() as u64 });
         self.free_bo(handle)?;
-        let program = result.map(|v| v[0] as u32)?;
-        self.shared.program_owners.lock().insert(program, self.user);
+        let device_id = result.map(|v| v[0] as u32)?;
+        let program = self.shared.next_program.fetch_add(1, Relaxed);
+        self.shared.programs.lock().insert(program, crate::LoadedProgram { device_id, owner: self.user });
         Ok(program)
     }
 
-    /// The program is loaded, by this user.
-    fn check_program_owner(&self, program: u32) -> Result<()> {
-        match self.shared.program_owners.lock().get(&program) {
-            Some(&owner) if owner == self.user => Ok(()),
+    /// The device's id of `program`, loaded by this user.
+    fn own_program(&self, program: u32) -> Result<u32> {
+        match self.shared.programs.lock().get(&program) {
+            Some(p) if p.owner == self.user => Ok(p.device_id),
             Some(_) => fail(Errno::EPERM, format!("program {program} belongs to another user")),
             None => fail(Errno::ENOENT, format!("no program {program} is loaded")),
         }
@@ -664,9 +665,9 @@ impl Client {
 
     /// MANAGE: unloads a program of this user's with no activations left.
     pub fn unload_program(&self, program: u32) -> Result<()> {
-        self.check_program_owner(program)?;
-        self.shared.control(ControlCommand::UnloadProgram { program })?;
-        self.shared.program_owners.lock().remove(&program);
+        let device_id = self.own_program(program)?;
+        self.shared.control(ControlCommand::UnloadProgram { program: device_id })?;
+        self.shared.programs.lock().remove(&program);
         Ok(())
     }
 
@@ -674,7 +675,7 @@ impl Client {
     /// then owns. Returns the channel and what the device assigned.
     pub fn activate(&self, program: u32) -> Result<(u32, ActivationInfo)> {
         self.check_online()?;
-        self.check_program_owner(program)?;
+        let device_id = self.own_program(program)?;
         let shared = &self.shared;
         let dbc = (0..NUM_DBC).find(|&d| {
             let mut ch = shared.channels[d].state.lock();
@@ -688,7 +689,7 @@ impl Client {
         let Some(dbc) = dbc else {
             return fail(Errno::EBUSY, format!("all {NUM_DBC} channels are in use"));
         };
-        match shared.control(ControlCommand::Activate { program, dbc: dbc as u32 }) {
+        match shared.control(ControlCommand::Activate { program: device_id, dbc: dbc as u32 }) {
             Ok(values) => {
                 let info = ActivationInfo::from_values(values);
                 let mut ch = shared.channels[dbc].state.lock();

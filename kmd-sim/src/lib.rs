@@ -124,15 +124,27 @@ impl Default for KmdConfig {
 /// Buffer objects are allocated in pages.
 pub const PAGE_BYTES: u64 = 4096;
 
+/// A program the driver loaded on the device.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LoadedProgram {
+    /// The device's id for it.
+    pub device_id: u32,
+    /// The user that loaded it.
+    pub owner: u32,
+}
+
 pub(crate) struct Shared {
     pub region: SharedRegion,
     pub map: MemoryMap,
     pub ring: Ring,
     pub config: KmdConfig,
     pub channels: Vec<HostChannel>,
-    /// The user that loaded each program (by program id): only it may activate or unload
-    /// the program.
-    pub program_owners: Mutex<std::collections::HashMap<u32, u32>>,
+    /// Loaded programs by the id the driver handed out: the device's id for it and the
+    /// user that loaded it (only that user may activate or unload it).
+    pub programs: Mutex<std::collections::HashMap<u32, LoadedProgram>>,
+    /// The next program id to hand out. Ids are never reused while the driver lives (the
+    /// device reuses its own after an unload or a reset), so a stale id names nothing.
+    pub next_program: AtomicU32,
     pub host_mem: Arc<Mutex<ExtentAllocator>>,
     pub control: Mutex<()>,
     pub next_user: AtomicU32,
@@ -166,7 +178,8 @@ impl Shared {
             ring,
             config,
             channels: (0..NUM_DBC).map(|_| HostChannel::new(ring)).collect(),
-            program_owners: Mutex::new(std::collections::HashMap::new()),
+            programs: Mutex::new(std::collections::HashMap::new()),
+            next_program: AtomicU32::new(0),
             host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
             control: Mutex::new(()),
             next_user: AtomicU32::new(1),
@@ -435,7 +448,7 @@ impl Kmd {
         }
         shared.release_all_channels("device reset while the buffer was queued");
         // The firmware comes back with no programs loaded.
-        shared.program_owners.lock().clear();
+        shared.programs.lock().clear();
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);

@@ -299,3 +299,24 @@ fn a_queued_buffer_cannot_be_read_or_written_until_it_completes() {
     assert_eq!(back, [7u8; 64], "the queued bytes were not changed");
     map.write(0, &[9u8; 64]).unwrap();
 }
+
+/// A program id is never handed out twice: after an unload, or a reset that forgets every
+/// program, a stale id names nothing (ENOENT) even when the device reuses its own id for
+/// the next program, so dropping a stale handle cannot unload a newer program.
+#[test]
+fn a_stale_program_id_names_nothing_after_an_unload_or_a_reset() {
+    let kmd = common::small_kmd(8, Stepping::Manual, 0);
+    let client = kmd.open();
+    let first = client.load_program(&common::copy_program(64)).unwrap();
+    client.unload_program(first).unwrap();
+    let second = client.load_program(&common::copy_program(64)).unwrap();
+    assert_ne!(first, second, "the device reused its id; the driver's must differ");
+    assert_eq!(client.unload_program(first).unwrap_err().errno, Errno::ENOENT);
+    kmd.reset().unwrap();
+    let third = client.load_program(&common::copy_program(64)).unwrap();
+    assert!(third != first && third != second);
+    assert_eq!(client.unload_program(second).unwrap_err().errno, Errno::ENOENT, "forgotten by the reset");
+    let (dbc, _) = client.activate(third).unwrap();
+    client.deactivate(dbc).unwrap();
+    client.unload_program(third).unwrap();
+}
