@@ -11,6 +11,15 @@ fn to_device(size: u64, dev_addr: u64) -> AttachSliceEntry {
     AttachSliceEntry { size, dev_addr, ..Default::default() }
 }
 
+/// The copy program activated on a channel, and a 64-byte buffer sliced to its input.
+fn copy_input_buffer(client: &aicsim_kmd::Client) -> (u32, u32) {
+    let program = client.load_program(&common::copy_program(64)).unwrap();
+    let (dbc, info) = client.activate(program).unwrap();
+    let bo = client.create_bo(64).unwrap();
+    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    (dbc, bo)
+}
+
 #[test]
 fn a_bad_element_fails_its_buffer_with_the_device_code_and_the_channel_keeps_serving() {
     let kmd = common::small_kmd(16, Stepping::Threads, 0);
@@ -162,10 +171,7 @@ fn perf_stats_report_queue_level_and_elements() {
 fn a_channel_torn_down_under_a_waiter_fails_it_with_eperm() {
     let kmd = common::small_kmd(8, Stepping::Manual, 0);
     let client = kmd.open();
-    let program = client.load_program(&common::copy_program(64)).unwrap();
-    let (dbc, info) = client.activate(program).unwrap();
-    let bo = client.create_bo(64).unwrap();
-    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    let (dbc, bo) = copy_input_buffer(&client);
     client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
     client.deactivate(dbc).unwrap();
     assert_eq!(client.wait_bo(bo, 100, dbc).unwrap_err().errno, Errno::EPERM);
@@ -282,10 +288,7 @@ fn another_clients_program_can_be_neither_activated_nor_unloaded() {
 fn a_queued_buffer_cannot_be_read_or_written_until_it_completes() {
     let kmd = common::small_kmd(8, Stepping::Manual, 0);
     let client = kmd.open();
-    let program = client.load_program(&common::copy_program(64)).unwrap();
-    let (dbc, info) = client.activate(program).unwrap();
-    let bo = client.create_bo(64).unwrap();
-    client.attach_slice_bo(bo, dbc, DIR_TO_DEVICE, &[to_device(64, info.ddr_base)]).unwrap();
+    let (dbc, bo) = copy_input_buffer(&client);
     let map = client.mmap_bo(bo).unwrap();
     map.write(0, &[7u8; 64]).unwrap();
     client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).unwrap();
