@@ -1,15 +1,30 @@
 //! The control path (the driver's MANAGE messages): load and unload programs, activate
 //! and deactivate them on a channel, and query device status. One request at a time
-//! travels through a mailbox in shared memory:
+//! travels through a mailbox in shared memory, guarded by a state word
+//! ([`crate::layout::CTRL_STATE`], see [`MailboxState`]) that both sides change only by
+//! compare-and-exchange:
 //!
-//! 1. the host writes a [`ControlRequest`] at [`crate::layout::CTRL_REQUEST_OFFSET`],
-//!    then increments [`crate::layout::CTRL_REQ_SEQ`] (Release) and wakes the device;
-//! 2. the device answers with a [`ControlResponse`] (plus a UTF-8 message when it
-//!    refuses) at [`crate::layout::CTRL_RESPONSE_OFFSET`], then stores the request's
-//!    sequence number in [`crate::layout::CTRL_RSP_SEQ`] (Release) and wakes the host.
+//! 1. the host, finding the mailbox `Free` or `Cancelled`, writes a [`ControlRequest`]
+//!    carrying the next sequence number at [`crate::layout::CTRL_REQUEST_OFFSET`], then
+//!    moves the state to `Posted(seq)` (Release) and wakes the device;
+//! 2. the device moves `Posted(seq)` to `Taken(seq)` before it reads the body, so the
+//!    host never rewrites a body the device is reading (no torn command), and a request
+//!    runs at most once;
+//! 3. the device answers with a [`ControlResponse`] (plus a UTF-8 message when it
+//!    refuses) at [`crate::layout::CTRL_RESPONSE_OFFSET`], stores the sequence number in
+//!    [`crate::layout::CTRL_RSP_SEQ`] (Release), moves the state to `Free(seq)` and
+//!    wakes the host;
+//! 4. a host that gave up waiting moves `Posted(seq)` to `Cancelled(seq)`: if that
+//!    succeeds the device never runs the request; if the device had already taken it,
+//!    the host knows the command may still take effect and settles it when the answer
+//!    comes (the driver undoes a late load or activation nobody is waiting for).
 
 use bytemuck::{Pod, Zeroable};
 use core::mem::size_of;
+use core::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+use crate::layout;
+use crate::memory::SharedMemory;
 
 /// Values a control request or response carries (their meaning depends on the command).
 pub const CONTROL_VALUES: usize = 7;
@@ -21,7 +36,9 @@ pub type ControlValues = [u64; CONTROL_VALUES];
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ControlRequest {
     pub opcode: u32,
-    pub reserved: u32,
+    /// The sequence number the mailbox state carries while this request is in it
+    /// ([`MailboxState::seq`]); a body whose number differs is not run.
+    pub seq: u32,
     pub args: [u64; 6],
 }
 const _: () = assert!(size_of::<ControlRequest>() == 56);
@@ -98,7 +115,7 @@ impl ControlCommand {
                 (OP_READ_PROFILE, [dbc.into(), seq, host_addr, len, 0, 0])
             }
         };
-        ControlRequest { opcode, reserved: 0, args }
+        ControlRequest { opcode, seq: 0, args }
     }
 
     /// `None` for an unknown opcode or an argument that does not fit its field.
@@ -129,6 +146,9 @@ pub enum ControlStatus {
     Busy = 4,
     /// The program container failed the device's validation.
     Rejected = 5,
+    /// The channel an activation names already has one (the host's view of the channel
+    /// is behind the device's).
+    ChannelInUse = 6,
 }
 
 impl ControlStatus {
@@ -140,6 +160,7 @@ impl ControlStatus {
             3 => ControlStatus::NoResources,
             4 => ControlStatus::Busy,
             5 => ControlStatus::Rejected,
+            6 => ControlStatus::ChannelInUse,
             _ => return None,
         })
     }
@@ -243,5 +264,127 @@ mod tests {
             assert_eq!(ControlCommand::decode(&c.encode()), Some(c));
         }
         assert_eq!(ControlCommand::decode(&ControlRequest { opcode: 77, ..Default::default() }), None);
+    }
+}
+
+/// Where the request in the control mailbox is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Answered (or never used): the host may post.
+    Free = 0,
+    /// Written by the host, not yet taken by the device.
+    Posted = 1,
+    /// The device is running it; the host must not touch the mailbox.
+    Taken = 2,
+    /// Withdrawn by the host before the device took it: it will never run.
+    Cancelled = 3,
+}
+
+/// The mailbox state word: a 30-bit wrapping sequence number and a [`Phase`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxState {
+    pub seq: u32,
+    pub phase: Phase,
+}
+
+/// Sequence numbers wrap at 2^30.
+pub const SEQ_MASK: u32 = (1 << 30) - 1;
+
+impl MailboxState {
+    pub fn to_raw(self) -> u32 {
+        (self.seq & SEQ_MASK) << 2 | self.phase as u32
+    }
+
+    pub fn from_raw(raw: u32) -> MailboxState {
+        let phase = match raw & 3 {
+            0 => Phase::Free,
+            1 => Phase::Posted,
+            2 => Phase::Taken,
+            _ => Phase::Cancelled,
+        };
+        MailboxState { seq: raw >> 2, phase }
+    }
+
+    fn at(seq: u32, phase: Phase) -> u32 {
+        MailboxState { seq, phase }.to_raw()
+    }
+}
+
+/// The mailbox's state now.
+pub fn mailbox_state<M: SharedMemory + ?Sized>(mem: &M) -> MailboxState {
+    MailboxState::from_raw(mem.load_u32(layout::CTRL_STATE, Acquire))
+}
+
+/// Host: posts `req` with the next sequence number. `Err` with the state found if the
+/// mailbox is not free (the device holds an earlier request).
+pub fn post<M: SharedMemory + ?Sized>(mem: &M, mut req: ControlRequest) -> Result<u32, MailboxState> {
+    let raw = mem.load_u32(layout::CTRL_STATE, Acquire);
+    let state = MailboxState::from_raw(raw);
+    if !matches!(state.phase, Phase::Free | Phase::Cancelled) {
+        return Err(state);
+    }
+    let seq = state.seq.wrapping_add(1) & SEQ_MASK;
+    req.seq = seq;
+    // The region is large enough for the mailbox by the layout's construction.
+    let _ = mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&req));
+    // SeqCst (at least Release): the body is visible before the state that posts it.
+    mem.compare_exchange_u32(layout::CTRL_STATE, raw, MailboxState::at(seq, Phase::Posted), SeqCst)
+        .map_err(MailboxState::from_raw)?;
+    Ok(seq)
+}
+
+/// Host: withdraws request `seq` if the device has not taken it. `Ok(())`: it will never
+/// run. `Err` with the state found otherwise (taken: it may still run; free: answered).
+pub fn cancel<M: SharedMemory + ?Sized>(mem: &M, seq: u32) -> Result<(), MailboxState> {
+    mem.compare_exchange_u32(
+        layout::CTRL_STATE,
+        MailboxState::at(seq, Phase::Posted),
+        MailboxState::at(seq, Phase::Cancelled),
+        SeqCst,
+    )
+    .map(drop)
+    .map_err(MailboxState::from_raw)
+}
+
+/// Whether the device has answered request `seq`.
+pub fn answered<M: SharedMemory + ?Sized>(mem: &M, seq: u32) -> bool {
+    mem.load_u32(layout::CTRL_RSP_SEQ, Acquire) == seq
+}
+
+/// Device: takes the posted request, if there is one: its sequence number and body.
+pub fn take<M: SharedMemory + ?Sized>(mem: &M) -> Option<(u32, ControlRequest)> {
+    let state = mailbox_state(mem);
+    if state.phase != Phase::Posted {
+        return None;
+    }
+    let posted = state.to_raw();
+    mem.compare_exchange_u32(layout::CTRL_STATE, posted, MailboxState::at(state.seq, Phase::Taken), SeqCst).ok()?;
+    let mut raw = [0u8; size_of::<ControlRequest>()];
+    let _ = mem.read(layout::CTRL_REQUEST_OFFSET, &mut raw);
+    Some((state.seq, bytemuck::pod_read_unaligned(&raw)))
+}
+
+/// Device: answers request `seq` with `rsp` and `message`, then frees the mailbox.
+pub fn answer<M: SharedMemory + ?Sized>(mem: &M, seq: u32, rsp: ControlResponse, message: &[u8]) {
+    let _ = mem.write(layout::CTRL_RESPONSE_OFFSET, bytemuck::bytes_of(&rsp));
+    let _ = mem.write(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, message);
+    // Release: the response is visible before the sequence number that announces it.
+    mem.store_u32(layout::CTRL_RSP_SEQ, seq, Release);
+    let _ = mem.compare_exchange_u32(
+        layout::CTRL_STATE,
+        MailboxState::at(seq, Phase::Taken),
+        MailboxState::at(seq, Phase::Free),
+        SeqCst,
+    );
+    mem.wake(layout::CTRL_RSP_SEQ);
+}
+
+/// Device, at boot: a request the previous firmware had taken died with it; the mailbox
+/// is free again (its host learns the command was dropped: free, never answered). A
+/// posted request the old firmware never took is left for the new one to run.
+pub fn reboot<M: SharedMemory + ?Sized>(mem: &M) {
+    let state = mailbox_state(mem);
+    if state.phase == Phase::Taken {
+        mem.store_u32(layout::CTRL_STATE, MailboxState::at(state.seq, Phase::Free), SeqCst);
     }
 }

@@ -49,10 +49,14 @@ pub const LATE_ELEMENTS: u64 = DEVICE_REGS_OFFSET + 0x340;
 /// Host-owned, simulated clock only: how many host threads sleep on [`DEVICE_PROGRESS`]
 /// (the device makes the futex call only then).
 pub const PROGRESS_WAITERS: u64 = DEVICE_REGS_OFFSET + 0x380;
+/// Device-owned: interrupts the fault plan lost (wanted but never raised).
+pub const MSI_LOST: u64 = DEVICE_REGS_OFFSET + 0x3C0;
 /// Host-owned: nonzero masks every MSI (datapath polling mode).
 pub const MSI_MASK: u64 = DEVICE_REGS_OFFSET + 0x240;
-/// Sequence number of the last control request the host posted.
-pub const CTRL_REQ_SEQ: u64 = DEVICE_REGS_OFFSET + 0x1C0;
+/// The control mailbox's state: the sequence number of the request in it and whether it
+/// is posted, taken by the device, cancelled by the host or free (see
+/// [`crate::control::Mailbox`]).
+pub const CTRL_STATE: u64 = DEVICE_REGS_OFFSET + 0x1C0;
 /// Sequence number of the last control request the device answered.
 pub const CTRL_RSP_SEQ: u64 = DEVICE_REGS_OFFSET + 0x200;
 /// The 32 semaphores, one 32-bit word each (values are 12 bits).

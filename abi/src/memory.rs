@@ -62,12 +62,29 @@ pub trait SharedMemory {
     fn fetch_or_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
     /// Atomic 32-bit swap; returns the previous value.
     fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32;
+    /// Atomic 32-bit compare-and-exchange: stores `new` if the word holds `current`.
+    /// `Ok` with the previous value if it did, `Err` with the value found if not.
+    fn compare_exchange_u32(&self, offset: u64, current: u32, new: u32, order: Ordering) -> Result<u32, u32>;
     /// Atomic 64-bit load (the offset is 8-aligned).
     fn load_u64(&self, offset: u64, order: Ordering) -> u64;
     /// Atomic 64-bit store (the offset is 8-aligned).
     fn store_u64(&self, offset: u64, value: u64, order: Ordering);
     /// Wakes whoever sleeps on the 32-bit word at `offset` (a futex wake).
     fn wake(&self, offset: u64);
+    /// Makes `len` bytes at `offset` read as zeros (memory scrubbed before it is handed
+    /// to a new owner). By default it writes zeros; a region backed by pages may give
+    /// them back instead, which costs nothing for pages never touched.
+    fn discard(&self, offset: u64, len: u64) -> Result<(), OutOfRange> {
+        check_range(offset, len, self.size())?;
+        let zeros = [0u8; 4096];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64);
+            self.write(at, &zeros[..n as usize])?;
+            at += n;
+        }
+        Ok(())
+    }
     /// Starts a [`SharedMemory::copy`] that may go on beside the caller (a DMA engine of
     /// its own); the destination holds the bytes once [`SharedMemory::copy_finish`]
     /// returns. Nothing may read the destination or write either range before then. By
@@ -158,6 +175,15 @@ impl SharedMemory for HeapMemory {
 
     fn swap_u32(&self, offset: u64, value: u32, _order: Ordering) -> u32 {
         self.rmw(offset, |_| value)
+    }
+
+    fn compare_exchange_u32(&self, offset: u64, current: u32, new: u32, _order: Ordering) -> Result<u32, u32> {
+        let old = self.rmw(offset, |v| if v == current { new } else { v });
+        if old == current {
+            Ok(old)
+        } else {
+            Err(old)
+        }
     }
 
     fn load_u64(&self, offset: u64, order: Ordering) -> u64 {

@@ -28,8 +28,7 @@ use crate::nsp::{self, CostModel, Limits, NspCore};
 use crate::scheduler::{ExecMode, JobId, Plan, RunProfile, Scheduler};
 use aicsim_abi::container::ProgramImage;
 use aicsim_abi::control::{
-    ActivationInfo, ControlCommand, ControlRequest, ControlResponse, ControlStatus, ControlValues, StatusReport,
-    RESPONSE_HEADER_BYTES,
+    ActivationInfo, ControlCommand, ControlResponse, ControlStatus, ControlValues, StatusReport,
 };
 use aicsim_abi::dbc::{
     Cmd, CompletionCode, Direction, DoorbellAttr, RequestElement, ResponseElement, Ring, SemCommand, SemOp, NUM_DBC,
@@ -101,6 +100,15 @@ pub struct FaultPlan {
     /// device; the thread running the firmware sleeps this long per element after each
     /// serviced batch).
     pub slow_element_ns: u64,
+    /// Wall-clock nanoseconds the device takes over each control command, between
+    /// taking it from the mailbox and answering it (a slow device: a host with a
+    /// shorter control timeout gives up on commands the device is running).
+    pub slow_control_ns: u64,
+    /// Up to this many more nanoseconds per control command, drawn from the plan's seed.
+    pub slow_control_jitter_ns: u64,
+    /// After this many elements the firmware panics (a crash: the device reports an
+    /// Error until it is reset).
+    pub panic_after_elements: Option<u64>,
 }
 
 /// How device time relates to the host's.
@@ -246,7 +254,6 @@ pub struct Firmware {
     core_owner: Vec<Option<usize>>,
     sem_owner: [Option<usize>; NUM_SEMAPHORES as usize],
     ddr: ExtentAllocator,
-    ctrl_seen: u32,
     device_cycles: u64,
     scheduler: Scheduler,
     fault_rng: u64,
@@ -279,7 +286,6 @@ impl Firmware {
             core_owner: alloc::vec![None; config.num_nsp as usize],
             sem_owner: [None; NUM_SEMAPHORES as usize],
             ddr: ExtentAllocator::new(config.map.ddr_bytes, DDR_GRANULE),
-            ctrl_seen: 0,
             device_cycles: 0,
             fault_rng: config.faults.seed,
             model_rng: config.seed,
@@ -320,9 +326,9 @@ impl Firmware {
     }
 
     /// Brings the device up: clears the device-owned registers and semaphores, publishes
-    /// the firmware version and marks the device ready. The control sequence seen is
-    /// taken from the mailbox, so a device restarted over a live region does not replay
-    /// an old request.
+    /// the firmware version and marks the device ready. A control request an earlier
+    /// firmware had taken is dropped (its host sees the mailbox free, unanswered), so a
+    /// device restarted over a live region never runs a command twice.
     pub fn boot<M: SharedMemory>(&mut self, mem: &M) {
         let map = self.config.map;
         for dbc in 0..NUM_DBC {
@@ -331,8 +337,7 @@ impl Firmware {
         for s in 0..NUM_SEMAPHORES {
             mem.store_u32(map.semaphore(s), 0, Release);
         }
-        self.ctrl_seen = mem.load_u32(layout::CTRL_REQ_SEQ, Acquire);
-        mem.store_u32(layout::CTRL_RSP_SEQ, self.ctrl_seen, Release);
+        aicsim_abi::control::reboot(mem);
         mem.store_u32(layout::FW_VERSION, FIRMWARE_VERSION, Release);
         mem.store_u32(layout::DEVICE_STATUS, DeviceStatus::Ready as u32, Release);
     }

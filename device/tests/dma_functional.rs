@@ -56,6 +56,9 @@ impl SharedMemory for Concurrent {
     fn swap_u32(&self, _: u64, _: u32, _: Ordering) -> u32 {
         unimplemented!("not a register file")
     }
+    fn compare_exchange_u32(&self, _: u64, _: u32, _: u32, _: Ordering) -> Result<u32, u32> {
+        unimplemented!("not a register file")
+    }
     fn load_u64(&self, _: u64, _: Ordering) -> u64 {
         unimplemented!("not a register file")
     }

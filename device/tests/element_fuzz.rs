@@ -15,7 +15,6 @@ use aicsim_abi::memory::{HeapMemory, SharedMemory};
 use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
 use aicsim_device::{DeviceConfig, Firmware};
 use proptest::prelude::*;
-use std::sync::atomic::Ordering::SeqCst;
 
 const NELEM: u32 = 16;
 
@@ -64,8 +63,7 @@ impl Rig {
     }
 
     fn control(&mut self, cmd: ControlCommand) -> ControlValues {
-        self.mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&cmd.encode())).unwrap();
-        self.mem.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst);
+        aicsim_abi::control::post(&self.mem, cmd.encode()).unwrap();
         self.fw.service(&self.mem);
         let mut raw = [0u8; 64];
         self.mem.read(layout::CTRL_RESPONSE_OFFSET, &mut raw).unwrap();

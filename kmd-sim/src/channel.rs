@@ -34,6 +34,10 @@ pub const REQ_IDS: usize = 1 << 16;
 pub(crate) struct ChannelState {
     /// User that activated on this channel.
     pub owner: Option<u32>,
+    /// Released by the host, but the device has not confirmed its deactivation (it
+    /// failed, or the link went down): the channel is not free until it does or a
+    /// reset clears it.
+    pub retiring: bool,
     pub activation: Option<ActivationInfo>,
     /// The host's end of the request ring (it fills slots).
     pub requests: Producer,
@@ -59,6 +63,7 @@ impl HostChannel {
         HostChannel {
             state: Mutex::new(ChannelState {
                 owner: None,
+                retiring: false,
                 activation: None,
                 requests: Producer::new(ring),
                 responses: Consumer::new(ring),
@@ -145,10 +150,41 @@ impl HostChannel {
             ch.responses.reset(&SharedIndices::host_responses(region, map, dbc));
             ch.activation = None;
             ch.owner = None;
+            ch.retiring = false;
             dropped
         };
         for bo in dropped {
             bo.abort(why.clone());
         }
+    }
+
+    /// Takes the channel for `user` if it is free (no owner, not retiring).
+    pub fn claim(&self, user: u32) -> bool {
+        let mut ch = self.state.lock();
+        if ch.owner.is_none() && !ch.retiring {
+            ch.owner = Some(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// [`HostChannel::release`] for a channel whose activation the device may still
+    /// hold: it stays reserved (if it was active) until [`HostChannel::confirm_retired`].
+    pub fn retire(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap, why: KmdError) {
+        let active = self.state.lock().activation.is_some();
+        self.release(dbc, region, map, why);
+        if active {
+            self.state.lock().retiring = true;
+        }
+    }
+
+    /// The device confirmed the channel has no activation: its ring indices start over
+    /// and it is free.
+    pub fn confirm_retired(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap) {
+        let mut ch = self.state.lock();
+        ch.requests.reset(&SharedIndices::host_requests(region, map, dbc));
+        ch.responses.reset(&SharedIndices::host_responses(region, map, dbc));
+        ch.retiring = false;
     }
 }

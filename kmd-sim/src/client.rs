@@ -671,49 +671,61 @@ impl Client {
         Ok(())
     }
 
-    /// MANAGE: activates a loaded program on the first free channel, which this user
-    /// then owns. Returns the channel and what the device assigned.
+    /// MANAGE: activates a loaded program on a free channel, which this user then owns.
+    /// Returns the channel and what the device assigned. A channel the device reports
+    /// still busy (it holds an activation the host had given up on) is retired and the
+    /// next free one tried.
     pub fn activate(&self, program: u32) -> Result<(u32, ActivationInfo)> {
         self.check_online()?;
         let device_id = self.own_program(program)?;
         let shared = &self.shared;
-        let dbc = (0..NUM_DBC).find(|&d| {
-            let mut ch = shared.channels[d].state.lock();
-            if ch.owner.is_none() {
-                ch.owner = Some(self.user);
-                true
-            } else {
-                false
-            }
-        });
-        let Some(dbc) = dbc else {
-            return fail(Errno::EBUSY, format!("all {NUM_DBC} channels are in use"));
-        };
-        match shared.control(ControlCommand::Activate { program: device_id, dbc: dbc as u32 }) {
-            Ok(values) => {
-                let info = ActivationInfo::from_values(values);
-                let mut ch = shared.channels[dbc].state.lock();
-                if ch.inflight.is_empty() {
-                    ch.inflight.resize_with(crate::channel::REQ_IDS, || None);
+        let mut tried = 0;
+        loop {
+            let Some(dbc) = (0..NUM_DBC).find(|&d| shared.channels[d].claim(self.user)) else {
+                let why = if tried == 0 { "are in use" } else { "are in use or held by the device" };
+                return fail(Errno::EBUSY, format!("all {NUM_DBC} channels {why}"));
+            };
+            tried += 1;
+            match shared.control(ControlCommand::Activate { program: device_id, dbc: dbc as u32 }) {
+                Ok(values) => {
+                    let info = ActivationInfo::from_values(values);
+                    let mut ch = shared.channels[dbc].state.lock();
+                    if ch.inflight.is_empty() {
+                        ch.inflight.resize_with(crate::channel::REQ_IDS, || None);
+                    }
+                    ch.activation = Some(info);
+                    return Ok((dbc as u32, info));
                 }
-                ch.activation = Some(info);
-                Ok((dbc as u32, info))
-            }
-            Err(e) => {
-                shared.channels[dbc].state.lock().owner = None;
-                Err(e)
+                Err(e) if e.channel_in_use => {
+                    // The device still holds an activation there: reserve the channel
+                    // until a deactivation is confirmed, and try another.
+                    let mut ch = shared.channels[dbc].state.lock();
+                    ch.owner = None;
+                    ch.retiring = true;
+                }
+                Err(e) => {
+                    shared.channels[dbc].state.lock().owner = None;
+                    return Err(e);
+                }
             }
         }
     }
 
     /// MANAGE: tears down this user's activation on `dbc`. Buffers still queued there
-    /// are abandoned and their waiters get EPERM.
+    /// are abandoned and their waiters get EPERM. If the device does not confirm (a
+    /// timeout, the device gone), the channel stays reserved until it does or a reset.
     pub fn deactivate(&self, dbc: u32) -> Result<()> {
         let dbc = self.check_dbc(dbc)?;
         self.check_owner(dbc)?;
         let result = self.shared.control(ControlCommand::Deactivate { dbc: dbc as u32 });
         let why = KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued"));
-        self.shared.channels[dbc].release(dbc, &self.shared.region, &self.shared.map, why);
+        let channel = &self.shared.channels[dbc];
+        match &result {
+            Ok(_) => channel.release(dbc, &self.shared.region, &self.shared.map, why),
+            // The device has no activation there: nothing to confirm.
+            Err(e) if e.errno == Errno::ENOENT => channel.release(dbc, &self.shared.region, &self.shared.map, why),
+            Err(_) => channel.retire(dbc, &self.shared.region, &self.shared.map, why),
+        }
         result.map(drop)
     }
 }

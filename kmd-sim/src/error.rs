@@ -46,15 +46,22 @@ pub struct KmdError {
     pub detail: String,
     /// The device's completion code, for [`Errno::EIO`].
     pub device_code: Option<CompletionCode>,
+    /// EBUSY because the device already holds an activation on the channel named.
+    pub channel_in_use: bool,
 }
 
 impl KmdError {
     pub fn new(errno: Errno, detail: impl Into<String>) -> KmdError {
-        KmdError { errno, detail: detail.into(), device_code: None }
+        KmdError { errno, detail: detail.into(), device_code: None, channel_in_use: false }
     }
 
     pub fn device(code: CompletionCode, what: impl std::fmt::Display) -> KmdError {
-        KmdError { errno: Errno::EIO, detail: format!("{what}: {code}"), device_code: Some(code) }
+        KmdError {
+            errno: Errno::EIO,
+            detail: format!("{what}: {code}"),
+            device_code: Some(code),
+            channel_in_use: false,
+        }
     }
 }
 

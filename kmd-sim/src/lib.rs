@@ -20,6 +20,7 @@ pub mod uapi;
 mod bo;
 mod channel;
 mod client;
+mod control;
 pub mod threads;
 
 use std::sync::atomic::Ordering::{Acquire, SeqCst};
@@ -28,9 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use aicsim_abi::control::{
-    ControlCommand, ControlResponse, ControlStatus, ControlValues, StatusReport, RESPONSE_HEADER_BYTES,
-};
+use aicsim_abi::control::{ControlCommand, StatusReport};
 use aicsim_abi::dbc::{Ring, NUM_DBC};
 use aicsim_abi::layout::{self, DeviceStatus, MemoryMap};
 use aicsim_abi::memory::SharedMemory;
@@ -40,6 +39,7 @@ use parking_lot::Mutex;
 
 pub use aicsim_abi::clock::NO_PROMISE;
 pub use client::{BoMapping, Client, Stamp};
+pub use control::LOAD_ALLOWANCE_BYTES_PER_SEC;
 pub use error::{Errno, KmdError, Result};
 
 use channel::HostChannel;
@@ -146,7 +146,11 @@ pub(crate) struct Shared {
     /// device reuses its own after an unload or a reset), so a stale id names nothing.
     pub next_program: AtomicU32,
     pub host_mem: Arc<Mutex<ExtentAllocator>>,
-    pub control: Mutex<()>,
+    /// The base control timeout now (it starts as the configuration's and may be
+    /// changed at run time, as a driver's module parameter can).
+    pub control_timeout_ns: std::sync::atomic::AtomicU64,
+    /// The control mailbox's host side; its lock lets one command through at a time.
+    pub control: Mutex<control::ControlHost>,
     pub next_user: AtomicU32,
     pub next_handle: AtomicU32,
     pub stop: AtomicBool,
@@ -159,10 +163,22 @@ pub(crate) struct Shared {
     pub reboot: AtomicBool,
     /// The PCIe link is down: registers read all-ones, nothing reaches the device.
     pub link_down: AtomicBool,
+    /// The device answers control requests only (the host settles its channels after
+    /// the link came back, before the rings move again).
+    pub control_only: AtomicBool,
+    /// The in-process device saw the link down and stopped between passes.
+    pub link_quiet: AtomicBool,
     /// The device runs in another process: its liveness is judged by its heartbeat.
     pub external: bool,
     /// Last heartbeat value seen and when it last changed.
     pub heartbeat: Mutex<(u32, Instant)>,
+}
+
+/// What the device still holds of the channels the host releases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceSide {
+    Forget,
+    Retire,
 }
 
 /// How long an external device's heartbeat may stand still before it counts as gone.
@@ -181,7 +197,8 @@ impl Shared {
             programs: Mutex::new(std::collections::HashMap::new()),
             next_program: AtomicU32::new(0),
             host_mem: Arc::new(Mutex::new(ExtentAllocator::new(map.host_bytes, PAGE_BYTES))),
-            control: Mutex::new(()),
+            control_timeout_ns: std::sync::atomic::AtomicU64::new(config.control_timeout.as_nanos() as u64),
+            control: Mutex::new(control::ControlHost::default()),
             next_user: AtomicU32::new(1),
             next_handle: AtomicU32::new(1),
             stop: AtomicBool::new(false),
@@ -190,6 +207,8 @@ impl Shared {
             halted: AtomicBool::new(false),
             reboot: AtomicBool::new(false),
             link_down: AtomicBool::new(false),
+            control_only: AtomicBool::new(false),
+            link_quiet: AtomicBool::new(false),
             external,
             heartbeat: Mutex::new((0, Instant::now())),
         });
@@ -222,10 +241,17 @@ impl Shared {
     }
 
     /// Releases every channel, failing their queued buffers with ENODEV and `why`, and
-    /// clears the pending MSIs (the device is gone or starting over).
-    fn release_all_channels(&self, why: &str) {
+    /// clears the pending MSIs. `Forget`: the device starts over with nothing (a reset, a
+    /// new device process); `Retire`: the device may still hold the activations (the
+    /// link went down), so each active channel stays reserved until the device confirms
+    /// its deactivation.
+    fn release_all_channels(&self, why: &str, device: DeviceSide) {
         for (dbc, channel) in self.channels.iter().enumerate() {
-            channel.release(dbc, &self.region, &self.map, KmdError::new(Errno::ENODEV, why));
+            let error = KmdError::new(Errno::ENODEV, why);
+            match device {
+                DeviceSide::Forget => channel.release(dbc, &self.region, &self.map, error),
+                DeviceSide::Retire => channel.retire(dbc, &self.region, &self.map, error),
+            }
         }
         self.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
     }
@@ -240,59 +266,6 @@ impl Shared {
         if self.region.load_u32(layout::DEVICE_SLEEPING, SeqCst) != 0 {
             self.region.wake(layout::DEVICE_WAKE);
         }
-    }
-
-    /// Sends one control message and waits for the answer.
-    pub fn control(&self, cmd: ControlCommand) -> Result<ControlValues> {
-        let _one_at_a_time = self.control.lock();
-        if !self.online() {
-            return fail(Errno::ENODEV, "device is offline");
-        }
-        let req = cmd.encode();
-        self.region.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&req)).expect("mailbox inside the region");
-        // SeqCst (at least Release): the request body is visible before the sequence.
-        let seq = self.region.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst).wrapping_add(1);
-        self.ring_device();
-        let deadline = Instant::now() + self.config.control_timeout;
-        loop {
-            let answered = self.region.load_u32(layout::CTRL_RSP_SEQ, Acquire);
-            if answered == seq {
-                break;
-            }
-            if !self.online() {
-                return fail(Errno::ENODEV, "device went offline during a control request");
-            }
-            if let Some(fw) = self.manual_firmware.lock().as_mut() {
-                fw.service(&self.region);
-                continue;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return fail(
-                    Errno::ETIMEDOUT,
-                    format!("device did not answer {cmd:?} within {:?}", self.config.control_timeout),
-                );
-            }
-            self.region.wait(layout::CTRL_RSP_SEQ, answered, (deadline - now).min(Duration::from_millis(10)));
-        }
-        let mut raw = [0u8; RESPONSE_HEADER_BYTES as usize];
-        self.region.read(layout::CTRL_RESPONSE_OFFSET, &mut raw).expect("mailbox inside the region");
-        let rsp: ControlResponse = bytemuck::pod_read_unaligned(&raw);
-        let len = (rsp.message_len as u64).min(layout::CTRL_MESSAGE_BYTES) as usize;
-        let mut msg = vec![0u8; len];
-        self.region
-            .read(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, &mut msg)
-            .expect("mailbox inside the region");
-        let msg = String::from_utf8_lossy(&msg).into_owned();
-        let errno = match ControlStatus::from_raw(rsp.status) {
-            Some(ControlStatus::Ok) => return Ok(rsp.values),
-            Some(ControlStatus::InvalidArgument) | Some(ControlStatus::Rejected) => Errno::EINVAL,
-            Some(ControlStatus::NotFound) => Errno::ENOENT,
-            Some(ControlStatus::NoResources) => Errno::ENOSPC,
-            Some(ControlStatus::Busy) => Errno::EBUSY,
-            None => Errno::EINVAL,
-        };
-        fail(errno, msg)
     }
 }
 
@@ -373,8 +346,10 @@ impl Kmd {
     pub fn reattach(&self, wait: Duration) -> Result<()> {
         let shared = &self.shared;
         {
-            let _control = shared.control.lock();
-            shared.release_all_channels("the device went away while the buffer was queued");
+            let mut control = shared.control.lock();
+            shared.release_all_channels("the device went away while the buffer was queued", DeviceSide::Forget);
+            shared.reset_mailbox(&mut control);
+            shared.programs.lock().clear();
         }
         self.wait_online(wait)
     }
@@ -433,7 +408,7 @@ impl Kmd {
         if shared.external {
             return fail(Errno::EINVAL, "the device runs in another process: restart it and reattach");
         }
-        let _control = shared.control.lock();
+        let mut control = shared.control.lock();
         shared.region.store_u32(layout::DEVICE_STATUS, DeviceStatus::Off as u32, SeqCst);
         let deadline = Instant::now() + shared.config.control_timeout;
         if shared.config.stepping == Stepping::Threads {
@@ -446,9 +421,11 @@ impl Kmd {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        shared.release_all_channels("device reset while the buffer was queued");
-        // The firmware comes back with no programs loaded.
+        shared.release_all_channels("device reset while the buffer was queued", DeviceSide::Forget);
+        // The firmware comes back with no programs loaded and nothing in its mailbox.
         shared.programs.lock().clear();
+        shared.reset_mailbox(&mut control);
+        shared.control_only.store(false, SeqCst);
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);
@@ -495,16 +472,58 @@ impl Kmd {
         Ok(())
     }
 
+    /// Programs the driver holds as loaded (every user's).
+    pub fn programs_loaded(&self) -> usize {
+        self.shared.programs.lock().len()
+    }
+
+    /// Changes the base control timeout from now on (what a control request may take
+    /// before the call fails with ETIMEDOUT; loads get more, by their size).
+    pub fn set_control_timeout(&self, timeout: Duration) {
+        self.shared.control_timeout_ns.store(timeout.as_nanos().min(u64::MAX.into()) as u64, SeqCst);
+    }
+
+    /// Whether channel `dbc` is reserved because the device has not confirmed its
+    /// deactivation (it is not free until the device does, or a reset).
+    pub fn channel_retiring(&self, dbc: usize) -> bool {
+        self.shared.channels.get(dbc).is_some_and(|c| c.state.lock().retiring)
+    }
+
     /// The subsystem-restart states `dbc` has been through, oldest first.
     pub fn ssr_history(&self, dbc: usize) -> Vec<SsrState> {
         self.shared.channels.get(dbc).map_or(Vec::new(), |c| c.state.lock().ssr_history.clone())
     }
 
     /// Takes the PCIe link down (`up` false) or brings it back. While it is down the
-    /// device is unreachable: registers read all-ones, calls and waits fail with ENODEV.
-    /// After it comes back the device needs a [`Kmd::reset`].
-    pub fn set_link(&self, up: bool) {
-        self.shared.link_down.store(!up, SeqCst);
+    /// device is unreachable: registers read all-ones, calls and waits fail with ENODEV,
+    /// every channel is released (its waiters get ENODEV) but stays reserved, since the
+    /// device still holds its activation. When the link comes back the driver first has
+    /// the device deactivate those channels, over the control path alone, so no ring
+    /// slot queued before the link went down is ever served; then the datapath resumes
+    /// and users activate again. No reset is needed. Fails (the link is up, the
+    /// datapath held) if the device does not confirm; a reset clears that.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        let shared = &self.shared;
+        let mut control = shared.control.lock();
+        if !up {
+            shared.link_down.store(true, SeqCst);
+            // The device's DMA stops with the link: wait until a pass in flight ends, so
+            // nothing it moves lands after the waiters were told.
+            if shared.config.stepping == Stepping::Threads && !shared.external {
+                let deadline = Instant::now() + shared.config.control_timeout;
+                while !shared.link_quiet.load(SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            shared.release_all_channels("the PCIe link went down while the buffer was queued", DeviceSide::Retire);
+            return Ok(());
+        }
+        if !shared.link_down.load(SeqCst) {
+            return Ok(());
+        }
+        shared.control_only.store(true, SeqCst);
+        shared.link_down.store(false, SeqCst);
+        shared.settle(&mut control)
     }
 
     /// A channel register as the host reads it (all-ones while the link is down).
@@ -550,6 +569,11 @@ impl Kmd {
     /// MSIs the device has raised since boot.
     pub fn msi_count(&self) -> u32 {
         self.shared.region.load_u32(layout::MSI_SEQ, Acquire)
+    }
+
+    /// Interrupts the device's fault plan lost since the region was created.
+    pub fn msi_lost(&self) -> u32 {
+        self.shared.region.load_u32(layout::MSI_LOST, Acquire)
     }
 
     /// Responses that matched no queued element, per channel (a device bug or fault).

@@ -129,14 +129,42 @@ impl SharedRegion {
         unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(offset as usize).cast::<u64>()) }
     }
 
-    /// Fills `len` bytes at `offset` with zeros: memory handed to a new owner carries
-    /// nothing of the last one's.
+    /// Makes `len` bytes at `offset` read as zeros: memory handed to a new owner carries
+    /// nothing of the last one's. Whole pages go back to the kernel (MADV_REMOVE: they
+    /// read as zeros and cost nothing until written again), the edges are written.
     pub fn zero(&self, offset: u64, len: u64) -> Result<(), OutOfRange> {
         check_range(offset, len, self.size)?;
-        // SAFETY: the range is inside the mapping (checked), which lives as long as
-        // `self`; the caller owns the range (a buffer object being created), so nobody
-        // else writes it meanwhile.
-        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(offset as usize), 0, len as usize) };
+        // The usual page size; where pages are larger, madvise refuses and the whole
+        // range is written instead.
+        let page = 4096u64;
+        let (first, last) = (offset.next_multiple_of(page), (offset + len) / page * page);
+        let edges = if first < last {
+            // SAFETY: [first, last) is page-aligned and inside the mapping (checked), which
+            // lives as long as `self`. MADV_REMOVE only frees the pages' backing: the
+            // mapping stays valid and the range reads as zeros after it.
+            let freed = unsafe {
+                libc::madvise(
+                    self.map.as_mut_ptr().add(first as usize).cast(),
+                    (last - first) as usize,
+                    libc::MADV_REMOVE,
+                )
+            } == 0;
+            if freed {
+                [(offset, first), (last, offset + len)]
+            } else {
+                [(offset, offset + len), (0, 0)]
+            }
+        } else {
+            [(offset, offset + len), (0, 0)]
+        };
+        for (start, end) in edges {
+            if end > start {
+                // SAFETY: the range is inside the mapping (checked), which lives as long
+                // as `self`. Another party writing it meanwhile is a race on plain bytes
+                // of shared memory, which the owner being handed the range cannot see yet.
+                unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(start as usize), 0, (end - start) as usize) };
+            }
+        }
         Ok(())
     }
 
@@ -220,6 +248,10 @@ impl SharedMemory for SharedRegion {
         self.word(offset).swap(value, order)
     }
 
+    fn compare_exchange_u32(&self, offset: u64, current: u32, new: u32, order: Ordering) -> Result<u32, u32> {
+        self.word(offset).compare_exchange(current, new, order, Ordering::Acquire)
+    }
+
     fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
         self.dword(offset).load(order)
     }
@@ -249,6 +281,10 @@ impl SharedMemory for SharedRegion {
 
     fn store_u64(&self, offset: u64, value: u64, order: Ordering) {
         self.dword(offset).store(value, order)
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> Result<(), OutOfRange> {
+        self.zero(offset, len)
     }
 
     fn wake(&self, offset: u64) {

@@ -31,6 +31,9 @@ pub enum LoopControl {
     Run,
     /// Do nothing this pass (the host holds the device halted).
     Pause,
+    /// Answer control requests only; leave the rings alone (the host reconciles its
+    /// channels after the link came back, before the datapath resumes).
+    ControlOnly,
     /// Leave the loop.
     Stop,
 }
@@ -38,35 +41,69 @@ pub enum LoopControl {
 /// The device's service loop, shared by the in-process device thread and the
 /// `aic-device` process: service, publish a heartbeat, poll briefly after work, then
 /// sleep on the wake word (at most [`MAX_SLEEP`]). `control` runs before every pass and
-/// may replace the firmware (a reboot).
+/// may replace the firmware (a reboot). The firmware's fault plan may slow it down (a
+/// pause per element served, and per control command between taking and answering it)
+/// or crash it (a panic: the device reports an Error until a reboot).
 pub fn serve_device(
     region: &SharedRegion,
     firmware: &mut Firmware,
     idle_spin: Duration,
-    slow_element_ns: u64,
     mut control: impl FnMut(&mut Firmware) -> LoopControl,
 ) {
     let booted = Instant::now();
     let mut last_work = Instant::now();
+    // Set when the firmware panicked: it is not run again until a reboot replaces it
+    // (the device reports an Error, so its host fails waiters with ENODEV).
+    let mut crashed = false;
     // Polls back off: a few rounds of spinning (a completion microseconds away is caught
     // without giving up the core), then yielding so the other threads of a small machine run.
     let backoff = Backoff::new();
     loop {
-        match control(firmware) {
+        let control_only = match control(firmware) {
             LoopControl::Stop => break,
             LoopControl::Pause => {
                 std::thread::sleep(Duration::from_micros(20));
                 continue;
             }
-            LoopControl::Run => {}
-        }
+            LoopControl::Run => false,
+            LoopControl::ControlOnly => true,
+        };
         region.fetch_add_u32(layout::DEVICE_HEARTBEAT, 1, Relaxed);
+        if crashed {
+            // A reboot by the control hook marks the device ready again.
+            if region.load_u32(layout::DEVICE_STATUS, Acquire) != layout::DeviceStatus::Ready as u32 {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            crashed = false;
+        }
         let seen = region.load_u32(layout::DEVICE_WAKE, SeqCst);
         let wall_ns = booted.elapsed().as_nanos() as u64;
-        let done = firmware.service_at(region, Some(wall_ns));
+        let faults = firmware.config().faults;
+        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if faults.slow_control_ns > 0 || faults.slow_control_jitter_ns > 0 {
+                firmware.service_control_with(region, |ns| std::thread::sleep(Duration::from_nanos(ns)));
+            }
+            if control_only {
+                aicsim_device::firmware::Serviced {
+                    control: firmware.service_control_only(region),
+                    ..Default::default()
+                }
+            } else {
+                firmware.service_at(region, Some(wall_ns))
+            }
+        }));
+        let Ok(done) = pass else {
+            region.store_u32(layout::DEVICE_STATUS, layout::DeviceStatus::Error as u32, SeqCst);
+            region.fetch_add_u32(layout::MSI_SEQ, 1, SeqCst);
+            region.wake(layout::MSI_SEQ);
+            region.wake(layout::CTRL_RSP_SEQ);
+            crashed = true;
+            continue;
+        };
         if done.progressed() {
-            if slow_element_ns > 0 && done.elements > 0 {
-                std::thread::sleep(Duration::from_nanos(slow_element_ns * u64::from(done.elements)));
+            if faults.slow_element_ns > 0 && done.elements > 0 {
+                std::thread::sleep(Duration::from_nanos(faults.slow_element_ns * u64::from(done.elements)));
             }
             last_work = Instant::now();
             backoff.reset();
@@ -99,29 +136,34 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
             let region = &shared.region;
             firmware.boot(region);
             let config = shared.config;
-            serve_device(
-                region,
-                &mut firmware,
-                config.device_idle_spin,
-                config.device.faults.slow_element_ns,
-                |firmware| {
-                    if shared.stop.load(Acquire) {
-                        return LoopControl::Stop;
+            serve_device(region, &mut firmware, config.device_idle_spin, |firmware| {
+                if shared.stop.load(Acquire) {
+                    return LoopControl::Stop;
+                }
+                if !shared.halt.load(Acquire) {
+                    // With the link down nothing reaches the device and it reaches
+                    // nothing; when it comes back, the host settles its channels
+                    // over the control path before the rings move again.
+                    if shared.link_down.load(Acquire) {
+                        shared.link_quiet.store(true, SeqCst);
+                        return LoopControl::Pause;
                     }
-                    if !shared.halt.load(Acquire) {
-                        return LoopControl::Run;
+                    shared.link_quiet.store(false, SeqCst);
+                    if shared.control_only.load(Acquire) {
+                        return LoopControl::ControlOnly;
                     }
-                    if shared.reboot.swap(false, SeqCst) {
-                        *firmware = Firmware::new(config.device);
-                        firmware.boot(region);
-                        shared.halted.store(false, SeqCst);
-                        shared.halt.store(false, SeqCst);
-                        return LoopControl::Run;
-                    }
-                    shared.halted.store(true, SeqCst);
-                    LoopControl::Pause
-                },
-            );
+                    return LoopControl::Run;
+                }
+                if shared.reboot.swap(false, SeqCst) {
+                    *firmware = Firmware::new(config.device);
+                    firmware.boot(region);
+                    shared.halted.store(false, SeqCst);
+                    shared.halt.store(false, SeqCst);
+                    return LoopControl::Run;
+                }
+                shared.halted.store(true, SeqCst);
+                LoopControl::Pause
+            });
         })
         .expect("spawn the device thread")
 }

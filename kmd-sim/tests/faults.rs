@@ -148,7 +148,7 @@ fn with_the_link_down_registers_read_all_ones_and_waiters_fail_with_enodev() {
         let kmd = kmd.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            kmd.set_link(false);
+            kmd.set_link(false).unwrap();
         })
     };
     let t = Instant::now();
@@ -158,7 +158,7 @@ fn with_the_link_down_registers_read_all_ones_and_waiters_fail_with_enodev() {
     assert!(t.elapsed() < Duration::from_millis(500), "noticed within a wake period: {:?}", t.elapsed());
     assert_eq!(kmd.read_register(dbc as usize, aicsim_abi::dbc::REQ_HEAD), 0xFFFF_FFFF);
     assert_eq!(client.execute_bo(dbc, &both(input, output)).unwrap_err().errno, Errno::ENODEV);
-    kmd.set_link(true);
+    kmd.set_link(true).unwrap();
     kmd.reset().unwrap();
     assert!(kmd.online());
     let fresh = kmd.open();
@@ -192,7 +192,7 @@ fn lost_interrupts_cost_latency_never_a_completion() {
         client.mmap_bo(output).unwrap().read(0, &mut out).unwrap();
         assert_eq!(out, data);
     }
-    assert!(kmd.msi_count() < 60, "interrupts were lost ({} raised for 60 transitions)", kmd.msi_count());
+    assert!(kmd.msi_lost() >= 10, "interrupts were lost: {} (and {} raised)", kmd.msi_lost(), kmd.msi_count());
 }
 
 #[test]

@@ -56,6 +56,6 @@ fn main() -> ExitCode {
     };
     let mut firmware = Firmware::new(config);
     firmware.boot(&region);
-    serve_device(&region, &mut firmware, Duration::from_micros(50), 0, |_| LoopControl::Run);
+    serve_device(&region, &mut firmware, Duration::from_micros(50), |_| LoopControl::Run);
     ExitCode::SUCCESS
 }

@@ -91,8 +91,12 @@ impl Firmware {
             // Drawn on every pass that posts responses, wanted or not: the fault stream
             // does not depend on the host's timing.
             let lost = self.interrupt_lost();
-            if (host_idle || force_msi) && !lost {
-                raise_msi(dbc, mem);
+            if host_idle || force_msi {
+                if lost {
+                    mem.fetch_add_u32(layout::MSI_LOST, 1, Release);
+                } else {
+                    raise_msi(dbc, mem);
+                }
             }
         }
         self.channels[dbc] = ch;

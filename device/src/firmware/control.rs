@@ -4,17 +4,33 @@
 use super::*;
 
 impl Firmware {
+    /// Answers a pending control request, if any, and nothing else: the rings are left
+    /// as they are. Returns whether a request was answered.
+    pub fn service_control_only<M: SharedMemory>(&mut self, mem: &M) -> bool {
+        self.service_control(mem)
+    }
+
     pub(super) fn service_control<M: SharedMemory>(&mut self, mem: &M) -> bool {
-        // Acquire: the request body was written before the sequence number.
-        let seq = mem.load_u32(layout::CTRL_REQ_SEQ, Acquire);
-        if seq == self.ctrl_seen {
+        self.service_control_with(mem, |_| {})
+    }
+
+    /// Answers a pending control request, calling `between` with the fault plan's delay
+    /// for it (nanoseconds) after taking it from the mailbox and before running it (the
+    /// device loop sleeps that long: a slow device).
+    pub fn service_control_with<M: SharedMemory>(&mut self, mem: &M, between: impl FnOnce(u64)) -> bool {
+        if self.hung {
             return false;
         }
-        self.ctrl_seen = seq;
-        let mut raw = [0u8; core::mem::size_of::<ControlRequest>()];
-        let _ = mem.read(layout::CTRL_REQUEST_OFFSET, &mut raw);
-        let req: ControlRequest = bytemuck::pod_read_unaligned(&raw);
+        let Some((seq, req)) = aicsim_abi::control::take(mem) else {
+            return false;
+        };
+        between(self.control_delay_ns());
         let (status, values, message) = match ControlCommand::decode(&req) {
+            _ if req.seq != seq => (
+                ControlStatus::InvalidArgument,
+                [0; 7],
+                format!("control request body carries sequence {} but the mailbox posted {seq}", req.seq),
+            ),
             None => (
                 ControlStatus::InvalidArgument,
                 [0; 7],
@@ -28,11 +44,7 @@ impl Firmware {
         let message = mailbox_message(&message);
         let msg = message.as_bytes();
         let rsp = ControlResponse { status: status as u32, message_len: msg.len() as u32, values };
-        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET, bytemuck::bytes_of(&rsp));
-        let _ = mem.write(layout::CTRL_RESPONSE_OFFSET + RESPONSE_HEADER_BYTES, msg);
-        // Release: the response is visible before the sequence number that announces it.
-        mem.store_u32(layout::CTRL_RSP_SEQ, seq, Release);
-        mem.wake(layout::CTRL_RSP_SEQ);
+        aicsim_abi::control::answer(mem, seq, rsp, msg);
         true
     }
 
@@ -59,7 +71,7 @@ impl Firmware {
             ControlCommand::Activate { program, dbc } => {
                 self.activate(program, dbc, mem).map(ActivationInfo::to_values)
             }
-            ControlCommand::Deactivate { dbc } => self.deactivate(dbc).map(|()| [0; 7]),
+            ControlCommand::Deactivate { dbc } => self.deactivate(dbc, mem).map(|()| [0; 7]),
             ControlCommand::Status => Ok(self.status().to_values()),
             ControlCommand::Trace { dbc, on } => {
                 match self.activations.get_mut(dbc as usize).and_then(Option::as_mut) {

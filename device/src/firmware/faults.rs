@@ -20,12 +20,26 @@ impl Firmware {
         }
     }
 
-    /// Counts a served element; the device hangs once the plan's count is reached.
+    /// Counts a served element; the device hangs once the plan's count is reached, and
+    /// crashes (panics) once its crash count is.
     pub(super) fn count_served_element(&mut self) {
         self.elements_done += 1;
+        if let Some(n) = self.config.faults.panic_after_elements.filter(|&n| self.elements_done >= n) {
+            panic!("injected firmware crash after {n} elements");
+        }
         if self.config.faults.hang_after_elements.is_some_and(|n| self.elements_done >= n) {
             self.hung = true;
         }
+    }
+
+    /// How long the plan makes the device take over the control command it just took.
+    pub(super) fn control_delay_ns(&mut self) -> u64 {
+        let faults = self.config.faults;
+        let jitter = match faults.slow_control_jitter_ns {
+            0 => 0,
+            j => splitmix(&mut self.fault_rng) % (j + 1),
+        };
+        faults.slow_control_ns + jitter
     }
 
     /// Whether the interrupt about to be raised is lost.

@@ -171,7 +171,7 @@ impl Firmware {
             ));
         }
         if self.activations[dbc].is_some() {
-            return Err((ControlStatus::Busy, format!("channel {dbc} already has an activation")));
+            return Err((ControlStatus::ChannelInUse, format!("channel {dbc} already has an activation")));
         }
         let Some(prog) = self.programs.get(program as usize).and_then(Option::as_ref) else {
             return Err((ControlStatus::NotFound, format!("no program {program} is loaded")));
@@ -205,7 +205,7 @@ impl Firmware {
         let constants = if self.config.mode == ExecMode::Functional { &prog.image.constants[..] } else { &[] };
         for blob in constants {
             if mem.write(ddr_region + blob.ddr_offset, &blob.data).is_err() {
-                self.ddr.release(ddr_base, ddr_bytes);
+                self.release_ddr(ddr_base, ddr_bytes, mem);
                 return Err((ControlStatus::NoResources, String::from("constants do not fit in the shared region")));
             }
         }
@@ -254,7 +254,7 @@ impl Firmware {
         Ok(info)
     }
 
-    pub(super) fn deactivate(&mut self, dbc: u32) -> Result<(), (ControlStatus, String)> {
+    pub(super) fn deactivate<M: SharedMemory>(&mut self, dbc: u32, mem: &M) -> Result<(), (ControlStatus, String)> {
         let dbc = dbc as usize;
         let Some(act) = self.activations.get_mut(dbc).and_then(Option::take) else {
             return Err((ControlStatus::NotFound, format!("channel {dbc} has no activation")));
@@ -267,11 +267,19 @@ impl Firmware {
                 *owner = None;
             }
         }
-        self.ddr.release(act.info.ddr_base, act.info.ddr_bytes);
+        self.release_ddr(act.info.ddr_base, act.info.ddr_bytes, mem);
         if let Some(Some(p)) = self.programs.get_mut(act.program) {
             p.activations -= 1;
         }
         self.channels[dbc] = Channel::new(self.ring);
         Ok(())
+    }
+
+    /// Gives an activation's DDR back, scrubbed: the next activation to get it reads
+    /// zeros, never the last one's weights or activations.
+    fn release_ddr<M: SharedMemory>(&mut self, base: u64, bytes: u64, mem: &M) {
+        let rounded = self.ddr.rounded(bytes).unwrap_or(bytes);
+        let _ = mem.discard(self.config.map.ddr_offset() + base, rounded);
+        self.ddr.release(base, bytes);
     }
 }

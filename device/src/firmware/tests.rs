@@ -100,8 +100,7 @@ impl Rig {
     }
 
     fn control(&mut self, cmd: ControlCommand) -> (ControlStatus, ControlValues, String) {
-        self.mem.write(layout::CTRL_REQUEST_OFFSET, bytemuck::bytes_of(&cmd.encode())).unwrap();
-        self.mem.fetch_add_u32(layout::CTRL_REQ_SEQ, 1, SeqCst);
+        aicsim_abi::control::post(&self.mem, cmd.encode()).unwrap();
         assert!(self.fw.service(&self.mem).control);
         let mut raw = [0u8; 64];
         self.mem.read(layout::CTRL_RESPONSE_OFFSET, &mut raw).unwrap();
@@ -360,7 +359,7 @@ fn a_full_response_ring_stalls_the_channel_until_the_host_consumes() {
 fn control_errors_say_what_is_wrong() {
     let mut rig = Rig::new();
     let (status, _, msg) = rig.control(ControlCommand::Activate { program: 0, dbc: 3 });
-    assert_eq!(status, ControlStatus::Busy);
+    assert_eq!(status, ControlStatus::ChannelInUse);
     assert!(msg.contains("channel 3 already"), "{msg}");
     let (status, _, msg) = rig.control(ControlCommand::Activate { program: 9, dbc: 4 });
     assert_eq!(status, ControlStatus::NotFound);
@@ -633,6 +632,9 @@ impl SharedMemory for Watching<'_> {
     fn swap_u32(&self, offset: u64, value: u32, order: Ordering) -> u32 {
         self.mem.swap_u32(offset, value, order)
     }
+    fn compare_exchange_u32(&self, offset: u64, current: u32, new: u32, order: Ordering) -> Result<u32, u32> {
+        self.mem.compare_exchange_u32(offset, current, new, order)
+    }
     fn load_u64(&self, offset: u64, order: Ordering) -> u64 {
         self.mem.load_u64(offset, order)
     }
@@ -703,4 +705,24 @@ fn a_long_control_message_is_cut_at_a_character_not_inside_one() {
     assert!(cut.len() <= limit && cut.len() >= limit - 1, "{} bytes", cut.len());
     assert!(long.starts_with(cut.as_str()));
     assert_eq!(control::mailbox_message("short").as_str(), "short");
+}
+
+#[test]
+fn an_activations_ddr_is_scrubbed_before_the_next_activation_gets_it() {
+    let mut rig = Rig::new();
+    let ddr = rig.map.ddr_offset() + rig.info.ddr_base;
+    let secret = vec![7.25f32; N as usize];
+    rig.write_f32(rig.host(0), &secret);
+    rig.push(rig.send_element(0, rig.host(0), 0, false));
+    rig.run();
+    assert_eq!(rig.read_f32(ddr), secret, "the input landed in the activation's DDR");
+    let (status, _, msg) = rig.control(ControlCommand::Deactivate { dbc: rig.dbc as u32 });
+    assert_eq!(status, ControlStatus::Ok, "{msg}");
+    assert_eq!(rig.read_f32(ddr), vec![0.0; N as usize], "scrubbed when freed");
+    // The next activation, on another channel, is given the same extent: zeros.
+    let (status, v, msg) = rig.control(ControlCommand::Activate { program: 0, dbc: 5 });
+    assert_eq!(status, ControlStatus::Ok, "{msg}");
+    let info = ActivationInfo::from_values(v);
+    assert_eq!(info.ddr_base, rig.info.ddr_base);
+    assert_eq!(rig.read_f32(rig.map.ddr_offset() + info.ddr_base), vec![0.0; N as usize]);
 }
