@@ -388,3 +388,38 @@ pub fn reboot<M: SharedMemory + ?Sized>(mem: &M) {
         mem.store_u32(layout::CTRL_STATE, MailboxState::at(state.seq, Phase::Free), SeqCst);
     }
 }
+
+/// Device: republishes its resource report in [`layout::STATUS_BLOCK`] (a seqlock: the
+/// word is odd while the values change).
+pub fn publish_status<M: SharedMemory + ?Sized>(mem: &M, report: StatusReport) {
+    let seq = mem.load_u32(layout::STATUS_BLOCK, Acquire);
+    let writing = seq | 1;
+    mem.store_u32(layout::STATUS_BLOCK, writing, SeqCst);
+    for (k, v) in report.to_values().into_iter().enumerate() {
+        mem.store_u64(layout::STATUS_BLOCK + 8 + 8 * k as u64, v, Release);
+    }
+    mem.store_u32(layout::STATUS_BLOCK, writing.wrapping_add(1), Release);
+}
+
+/// The device's last published resource report; `None` before the device published one
+/// (or while it is being rewritten, after a few tries).
+pub fn published_status<M: SharedMemory + ?Sized>(mem: &M) -> Option<StatusReport> {
+    for _ in 0..64 {
+        let before = mem.load_u32(layout::STATUS_BLOCK, Acquire);
+        if before == 0 || before & 1 == 1 {
+            if before == 0 {
+                return None;
+            }
+            core::hint::spin_loop();
+            continue;
+        }
+        let mut values = [0u64; CONTROL_VALUES];
+        for (k, v) in values.iter_mut().enumerate() {
+            *v = mem.load_u64(layout::STATUS_BLOCK + 8 + 8 * k as u64, Acquire);
+        }
+        if mem.load_u32(layout::STATUS_BLOCK, Acquire) == before {
+            return Some(StatusReport::from_values(values));
+        }
+    }
+    None
+}

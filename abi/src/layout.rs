@@ -9,6 +9,8 @@
 //! - a *device address* is an offset into device DDR, or a doorbell address in the
 //!   doorbell window above DDR.
 
+use core::mem::size_of;
+
 use crate::clock::{REQUEST_STAMP_BYTES, RESPONSE_STAMP_BYTES};
 use crate::dbc::{self, NUM_DBC, REQUEST_ELEMENT_BYTES, RESPONSE_ELEMENT_BYTES};
 
@@ -61,6 +63,17 @@ pub const CTRL_STATE: u64 = DEVICE_REGS_OFFSET + 0x1C0;
 pub const CTRL_RSP_SEQ: u64 = DEVICE_REGS_OFFSET + 0x200;
 /// The 32 semaphores, one 32-bit word each (values are 12 bits).
 pub const SEMAPHORES_OFFSET: u64 = DEVICE_REGS_OFFSET + 0x400;
+/// Host-owned: bumped to ask a device in another process for a function-level reset
+/// (it reboots its firmware with the run settings of the [`RegionHeader`]).
+pub const RESET_REQUEST: u64 = DEVICE_REGS_OFFSET + 0x3C4;
+/// Device-owned: the last [`RESET_REQUEST`] value the device carried out.
+pub const RESET_DONE: u64 = DEVICE_REGS_OFFSET + 0x3C8;
+/// Device-owned: the device's resource report, republished after every control command
+/// (a seqlock word, odd while it is written, then the seven [`crate::control::StatusReport`]
+/// values), so a monitor reads it without a control request.
+pub const STATUS_BLOCK: u64 = DEVICE_REGS_OFFSET + 0x800;
+/// Host-owned: the [`RegionHeader`] the host wrote when it made the region.
+pub const REGION_HEADER: u64 = DEVICE_REGS_OFFSET + 0x900;
 /// The control request mailbox (see [`crate::control`]).
 pub const CTRL_REQUEST_OFFSET: u64 = 0x1_1000;
 /// The control response mailbox, a response header then a UTF-8 message.
@@ -77,7 +90,9 @@ pub const DOORBELL_BASE: u64 = 0xD000_0000_0000;
 pub const DOORBELL_STRIDE: u64 = 0x10;
 
 // The fixed blocks do not overlap each other.
-const _: () = assert!(SEMAPHORES_OFFSET + 32 * 4 <= CTRL_REQUEST_OFFSET);
+const _: () = assert!(SEMAPHORES_OFFSET + 32 * 4 <= STATUS_BLOCK);
+const _: () = assert!(STATUS_BLOCK + 64 <= REGION_HEADER);
+const _: () = assert!(REGION_HEADER + size_of::<RegionHeader>() as u64 <= CTRL_REQUEST_OFFSET);
 const _: () = assert!(CTRL_REQUEST_OFFSET + 64 <= CTRL_RESPONSE_OFFSET);
 const _: () = assert!(CTRL_RESPONSE_OFFSET + 64 + CTRL_MESSAGE_BYTES <= RUN_RECORDS_OFFSET);
 const _: () = assert!(RUN_RECORDS_OFFSET + NUM_DBC as u64 * crate::run_record::RUN_RECORDS * 64 <= RINGS_OFFSET);
@@ -101,6 +116,64 @@ impl DeviceStatus {
             _ => DeviceStatus::Error,
         }
     }
+}
+
+/// `"AICR"`: a region made by an aicsim host.
+pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"AICR");
+/// The layout version of a region (bumped whenever the layout changes).
+pub const REGION_VERSION: u32 = 2;
+
+/// What the host that made a shared region file tells a device process about it: the
+/// hardware shape both sides must agree on, and the run settings the host asks for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct RegionHeader {
+    pub magic: u32,
+    pub version: u32,
+    pub num_nsp: u32,
+    pub ring_nelem: u32,
+    pub host_bytes: u64,
+    pub ddr_bytes: u64,
+    /// 0 functional, 1 timing.
+    pub mode: u32,
+    /// 0 none, 1 wall clock, 2 simulated clock.
+    pub pacing: u32,
+    pub seed: u64,
+}
+
+impl RegionHeader {
+    pub fn map(&self) -> MemoryMap {
+        MemoryMap { ring_nelem: self.ring_nelem, host_bytes: self.host_bytes, ddr_bytes: self.ddr_bytes }
+    }
+
+    /// Every way the hardware shape in this header differs from `num_nsp` and `map`,
+    /// each naming both values (empty when they agree).
+    pub fn mismatches(&self, num_nsp: u32, map: &MemoryMap) -> impl Iterator<Item = Mismatch> {
+        [
+            Mismatch { what: "NSP count", region: self.num_nsp.into(), here: num_nsp.into() },
+            Mismatch { what: "ring size", region: self.ring_nelem.into(), here: map.ring_nelem.into() },
+            Mismatch { what: "host memory bytes", region: self.host_bytes, here: map.host_bytes },
+            Mismatch { what: "DDR bytes", region: self.ddr_bytes, here: map.ddr_bytes },
+        ]
+        .into_iter()
+        .filter(|m| m.region != m.here)
+    }
+}
+
+/// The region header in `mem`, if a host wrote one.
+pub fn read_region_header<M: crate::memory::SharedMemory + ?Sized>(mem: &M) -> Option<RegionHeader> {
+    let mut raw = [0u8; size_of::<RegionHeader>()];
+    mem.read(REGION_HEADER, &mut raw).ok()?;
+    let header: RegionHeader = bytemuck::pod_read_unaligned(&raw);
+    (header.magic == REGION_MAGIC).then_some(header)
+}
+
+/// One field of the hardware shape on which a region and a party disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub what: &'static str,
+    pub region: u64,
+    pub here: u64,
 }
 
 /// Sizes that determine the shared region's layout.

@@ -144,6 +144,46 @@ impl Default for DeviceConfig {
     }
 }
 
+impl DeviceConfig {
+    /// The header a host writes into a region file it makes for a device process: this
+    /// configuration's hardware shape and run settings.
+    pub fn region_header(&self) -> layout::RegionHeader {
+        layout::RegionHeader {
+            magic: layout::REGION_MAGIC,
+            version: layout::REGION_VERSION,
+            num_nsp: self.num_nsp,
+            ring_nelem: self.map.ring_nelem,
+            host_bytes: self.map.host_bytes,
+            ddr_bytes: self.map.ddr_bytes,
+            mode: match self.mode {
+                ExecMode::Functional => 0,
+                ExecMode::Timing => 1,
+            },
+            pacing: match self.pacing {
+                Pacing::None => 0,
+                Pacing::Wall => 1,
+                Pacing::Simulated => 2,
+            },
+            seed: self.seed,
+        }
+    }
+
+    /// This configuration with the run settings a host asked for in `header` (its mode,
+    /// pacing and seed; the hardware shape stays this device's own).
+    pub fn with_run_settings(self, header: &layout::RegionHeader) -> DeviceConfig {
+        DeviceConfig {
+            mode: if header.mode == 1 { ExecMode::Timing } else { ExecMode::Functional },
+            pacing: match header.pacing {
+                1 => Pacing::Wall,
+                2 => Pacing::Simulated,
+                _ => Pacing::None,
+            },
+            seed: header.seed,
+            ..self
+        }
+    }
+}
+
 /// What one `service` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Serviced {
@@ -326,9 +366,10 @@ impl Firmware {
     }
 
     /// Brings the device up: clears the device-owned registers and semaphores, publishes
-    /// the firmware version and marks the device ready. A control request an earlier
-    /// firmware had taken is dropped (its host sees the mailbox free, unanswered), so a
-    /// device restarted over a live region never runs a command twice.
+    /// the firmware version and its resource report, and marks the device ready (a
+    /// reboot over used memory calls [`Firmware::scrub_ddr`] first). A control request an earlier firmware had taken is dropped (its host sees
+    /// the mailbox free, unanswered), so a device restarted over a live region never runs
+    /// a command twice.
     pub fn boot<M: SharedMemory>(&mut self, mem: &M) {
         let map = self.config.map;
         for dbc in 0..NUM_DBC {
@@ -338,8 +379,15 @@ impl Firmware {
             mem.store_u32(map.semaphore(s), 0, Release);
         }
         aicsim_abi::control::reboot(mem);
+        aicsim_abi::control::publish_status(mem, self.status());
         mem.store_u32(layout::FW_VERSION, FIRMWARE_VERSION, Release);
         mem.store_u32(layout::DEVICE_STATUS, DeviceStatus::Ready as u32, Release);
+    }
+
+    /// Makes all of DDR read as zeros: a reboot over a region an earlier boot used hands
+    /// nothing of its users' data to the next ones. (A fresh region is zeros already.)
+    pub fn scrub_ddr<M: SharedMemory>(&self, mem: &M) {
+        let _ = mem.discard(self.config.map.ddr_offset(), self.config.map.ddr_bytes);
     }
 
     /// Does all the work that is ready now, unpaced: a pending control request, then up

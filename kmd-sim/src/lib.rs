@@ -21,6 +21,8 @@ mod bo;
 mod channel;
 mod client;
 mod control;
+mod external;
+pub mod region_file;
 pub mod threads;
 
 use std::sync::atomic::Ordering::{Acquire, SeqCst};
@@ -40,6 +42,7 @@ use parking_lot::Mutex;
 pub use aicsim_abi::clock::NO_PROMISE;
 pub use client::{BoMapping, Client, Stamp};
 pub use control::LOAD_ALLOWANCE_BYTES_PER_SEC;
+pub use external::{observe, Observation};
 pub use error::{Errno, KmdError, Result};
 
 use channel::HostChannel;
@@ -102,6 +105,10 @@ pub struct KmdConfig {
     /// Longest sleep of the interrupt thread; one that ends without an MSI polls every
     /// channel (the watchdog that turns a lost interrupt into latency, not a hang).
     pub irq_watchdog: Duration,
+    /// How long the heartbeat of a device in another process may stand still before the
+    /// device counts as gone (waiters then fail with ENODEV). Long enough for a device
+    /// stopped for a moment (SIGSTOP, a loaded host) not to count as dead.
+    pub liveness_timeout: Duration,
 }
 
 impl Default for KmdConfig {
@@ -117,6 +124,7 @@ impl Default for KmdConfig {
             wait_busy_poll: true,
             control_timeout: Duration::from_secs(5),
             irq_watchdog: Duration::from_millis(100),
+            liveness_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -181,8 +189,6 @@ enum DeviceSide {
     Retire,
 }
 
-/// How long an external device's heartbeat may stand still before it counts as gone.
-pub const LIVENESS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Shared {
     /// Host-side state over a fresh region; masks MSIs for polling mode.
@@ -229,7 +235,7 @@ impl Shared {
             && DeviceStatus::from_raw(self.region.load_u32(layout::DEVICE_STATUS, Acquire)) == DeviceStatus::Ready
     }
 
-    /// Whether an external device's heartbeat moved within [`LIVENESS_TIMEOUT`].
+    /// Whether an external device's heartbeat moved within the liveness timeout.
     fn alive(&self) -> bool {
         let beat = self.region.load_u32(layout::DEVICE_HEARTBEAT, Acquire);
         let mut last = self.heartbeat.lock();
@@ -237,7 +243,7 @@ impl Shared {
             *last = (beat, Instant::now());
             return true;
         }
-        last.1.elapsed() < LIVENESS_TIMEOUT
+        last.1.elapsed() < self.config.liveness_timeout
     }
 
     /// Releases every channel, failing their queued buffers with ENODEV and `why`, and
@@ -310,50 +316,6 @@ impl Kmd {
         Ok(kmd)
     }
 
-    /// The driver for a device that runs in another process (`aic-device --shm PATH`):
-    /// creates the region file at `path` and waits (up to `wait`) for the device to come
-    /// up on it. The device's liveness is then judged by its heartbeat: if it dies, the
-    /// device goes offline and waiters fail with ENODEV.
-    pub fn attach_external(config: KmdConfig, path: &std::path::Path, wait: Duration) -> Result<Kmd> {
-        let map = config.device.map;
-        let Some(ring) = Ring::new(map.ring_nelem) else {
-            return fail(Errno::EINVAL, format!("ring size {} is not a power of two >= 2", map.ring_nelem));
-        };
-        let region = SharedRegion::create_file(path, map.total_bytes()).map_err(|e| {
-            KmdError::new(Errno::ENOMEM, format!("cannot create the region file {}: {e}", path.display()))
-        })?;
-        let shared = Shared::new(region, ring, KmdConfig { stepping: Stepping::Threads, ..config }, true);
-        let irq = threads::spawn_irq(shared.clone());
-        let kmd = Kmd { shared, threads: vec![irq] };
-        kmd.wait_online(wait)?;
-        Ok(kmd)
-    }
-
-    fn wait_online(&self, wait: Duration) -> Result<()> {
-        let deadline = Instant::now() + wait;
-        while !self.shared.online() {
-            if Instant::now() >= deadline {
-                return fail(Errno::ENODEV, format!("no device came up within {wait:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Ok(())
-    }
-
-    /// After an external device process died and a new one started on the same region
-    /// file: forgets everything queued (waiters get ENODEV), releases every channel, and
-    /// waits (up to `wait`) for the new device. Users then load and activate again.
-    pub fn reattach(&self, wait: Duration) -> Result<()> {
-        let shared = &self.shared;
-        {
-            let mut control = shared.control.lock();
-            shared.release_all_channels("the device went away while the buffer was queued", DeviceSide::Forget);
-            shared.reset_mailbox(&mut control);
-            shared.programs.lock().clear();
-        }
-        self.wait_online(wait)
-    }
-
     /// Opens the driver: a new user with its own buffer objects and channels. The client
     /// keeps the driver (and its device) alive.
     pub fn open(self: &Arc<Kmd>) -> Client {
@@ -406,7 +368,7 @@ impl Kmd {
     pub fn reset(&self) -> Result<()> {
         let shared = &self.shared;
         if shared.external {
-            return fail(Errno::EINVAL, "the device runs in another process: restart it and reattach");
+            return self.function_level_reset();
         }
         let mut control = shared.control.lock();
         shared.region.store_u32(layout::DEVICE_STATUS, DeviceStatus::Off as u32, SeqCst);
@@ -429,6 +391,7 @@ impl Kmd {
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);
+                firmware.scrub_ddr(&shared.region);
                 firmware.boot(&shared.region);
                 *shared.manual_firmware.lock() = Some(firmware);
             }

@@ -85,27 +85,6 @@ impl SharedRegion {
         SharedRegion::from_file(file, size)
     }
 
-    /// Creates (or truncates) `path` as a sparse file of `size` bytes and maps it, for a
-    /// device in another process to map too.
-    pub fn create_file(path: &std::path::Path, size: u64) -> io::Result<SharedRegion> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-        file.set_len(size)?;
-        SharedRegion::from_file(file, size)
-    }
-
-    /// Maps an existing region file, which must be exactly `size` bytes.
-    pub fn open_file(path: &std::path::Path, size: u64) -> io::Result<SharedRegion> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
-        if len != size {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is {len} bytes; this device's memory map needs {size}", path.display()),
-            ));
-        }
-        SharedRegion::from_file(file, size)
-    }
-
     /// Maps `size` bytes of `file` shared (another process may map the same file).
     pub fn from_file(file: File, size: u64) -> io::Result<SharedRegion> {
         let len = usize::try_from(size).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;

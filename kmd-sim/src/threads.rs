@@ -156,6 +156,7 @@ pub(crate) fn spawn_device(shared: Arc<Shared>, mut firmware: Firmware) -> JoinH
                 }
                 if shared.reboot.swap(false, SeqCst) {
                     *firmware = Firmware::new(config.device);
+                    firmware.scrub_ddr(region);
                     firmware.boot(region);
                     shared.halted.store(false, SeqCst);
                     shared.halt.store(false, SeqCst);

@@ -45,6 +45,7 @@ impl Firmware {
         let msg = message.as_bytes();
         let rsp = ControlResponse { status: status as u32, message_len: msg.len() as u32, values };
         aicsim_abi::control::answer(mem, seq, rsp, msg);
+        aicsim_abi::control::publish_status(mem, self.status());
         true
     }
 
