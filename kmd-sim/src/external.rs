@@ -101,7 +101,10 @@ impl Kmd {
         }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len != size {
-            return fail(Errno::EINVAL, format!("{} is {len} bytes; this host's memory map needs {size}", path.display()));
+            return fail(
+                Errno::EINVAL,
+                format!("{} is {len} bytes; this host's memory map needs {size}", path.display()),
+            );
         }
         Ok(())
     }

@@ -42,8 +42,8 @@ use parking_lot::Mutex;
 pub use aicsim_abi::clock::NO_PROMISE;
 pub use client::{BoMapping, Client, Stamp};
 pub use control::LOAD_ALLOWANCE_BYTES_PER_SEC;
-pub use external::{observe, Observation};
 pub use error::{Errno, KmdError, Result};
+pub use external::{observe, Observation};
 
 use channel::HostChannel;
 use error::fail;
@@ -188,7 +188,6 @@ enum DeviceSide {
     Forget,
     Retire,
 }
-
 
 impl Shared {
     /// Host-side state over a fresh region; masks MSIs for polling mode.

@@ -40,7 +40,9 @@ pub fn open(path: &Path, create: bool) -> io::Result<File> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display())),
+            Some(libc::ELOOP) => {
+                io::Error::other(format!("{} is a symbolic link; refusing to follow it", path.display()))
+            }
             _ => e,
         })?;
     if !file.metadata()?.file_type().is_file() {

@@ -45,7 +45,7 @@ struct Args {
 /// The device's hardware shape from its flags, every value checked.
 fn hardware(args: &Args) -> Result<(DeviceConfig, Duration), String> {
     if !args.wait.is_finite() || !(0.0..=MAX_WAIT_SECS).contains(&args.wait) {
-        return Err(format!("--wait {} is not a number of seconds in 0..={MAX_WAIT_SECS}", args.wait));
+        return Err(format!("--wait {:?} is not a number of seconds in 0..={MAX_WAIT_SECS}", args.wait));
     }
     if !(1..=MAX_NSP as u32).contains(&args.num_nsp) {
         return Err(format!("--num-nsp {} is not in 1..={MAX_NSP}", args.num_nsp));
@@ -60,8 +60,11 @@ fn hardware(args: &Args) -> Result<(DeviceConfig, Duration), String> {
             Err(format!("{flag} {v} is not in 1..={MAX_MIB} (MiB)"))
         }
     };
-    let map =
-        MemoryMap { ring_nelem: args.ring_nelem, host_bytes: mib("--host-mib", args.host_mib)?, ddr_bytes: mib("--ddr-mib", args.ddr_mib)? };
+    let map = MemoryMap {
+        ring_nelem: args.ring_nelem,
+        host_bytes: mib("--host-mib", args.host_mib)?,
+        ddr_bytes: mib("--ddr-mib", args.ddr_mib)?,
+    };
     let config = DeviceConfig { num_nsp: args.num_nsp, map, ..DeviceConfig::default() };
     Ok((config, Duration::from_secs_f64(args.wait)))
 }

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use aicsim_abi::control::StatusReport;
+use aicsim_abi::layout::DeviceStatus;
 use aicsim_device::DeviceConfig;
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
@@ -19,6 +21,9 @@ struct Args {
     /// NSP cores of the simulated card (16; the 16 GB Standard SKU exposes 14).
     #[arg(long = "num-nsp", default_value_t = 16)]
     num_nsp: u32,
+    /// Query the device process serving this region file (`aic-device --shm FILE`) instead of starting one.
+    #[arg(long = "shm")]
+    shm: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,9 @@ fn main() -> ExitCode {
     println!("====================================");
     println!(" DEVICE 0");
     println!("====================================");
+    if let Some(path) = &args.shm {
+        return query_process(path, config.liveness_timeout, vtcm_kib);
+    }
     let device = match Device::open_simulated(config) {
         Ok(d) => d,
         Err(e) => {
@@ -51,29 +59,76 @@ fn main() -> ExitCode {
     };
     match device.status() {
         Ok(s) => {
-            let channels: Vec<String> =
-                (0..32).filter(|b| s.active_channels >> b & 1 == 1).map(|b| b.to_string()).collect();
             println!("    Status:Ready");
-            println!("    Nsp Total:{} Nsp Free:{}", s.nsp_total, s.nsp_free);
-            println!("    Vtcm Size Per Nsp:{vtcm_kib} KB");
-            println!("    DDR Total:{} MB DDR Free:{} MB", s.ddr_total >> 20, s.ddr_free >> 20);
-            println!(
-                "    Firmware Version:{}.{}.{}",
-                s.fw_version >> 16,
-                (s.fw_version >> 8) & 0xFF,
-                s.fw_version & 0xFF
-            );
-            println!(
-                "    Active Programs:{} Active Channels:{}",
-                s.programs_loaded,
-                if channels.is_empty() { "none".into() } else { channels.join(",") }
-            );
+            print_report(&s, vtcm_kib);
             ExitCode::SUCCESS
         }
         Err(e) => {
             println!("    Status:Error");
             println!("    Reason: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn print_report(s: &StatusReport, vtcm_kib: u64) {
+    let channels: Vec<String> = (0..32).filter(|b| s.active_channels >> b & 1 == 1).map(|b| b.to_string()).collect();
+    println!("    Nsp Total:{} Nsp Free:{}", s.nsp_total, s.nsp_free);
+    println!("    Vtcm Size Per Nsp:{vtcm_kib} KB");
+    println!("    DDR Total:{} MB DDR Free:{} MB", s.ddr_total >> 20, s.ddr_free >> 20);
+    println!("    Firmware Version:{}.{}.{}", s.fw_version >> 16, (s.fw_version >> 8) & 0xFF, s.fw_version & 0xFF);
+    println!(
+        "    Active Programs:{} Active Channels:{}",
+        s.programs_loaded,
+        if channels.is_empty() { "none".into() } else { channels.join(",") }
+    );
+}
+
+/// The device behind a region file, as a monitor sees it: read only, nothing a running
+/// host could notice.
+fn query_process(path: &std::path::Path, liveness: std::time::Duration, vtcm_kib: u64) -> ExitCode {
+    let seen = match aicsim_kmd::observe(path, liveness) {
+        Ok(seen) => seen,
+        Err(e) => {
+            println!("    Status:Error");
+            println!("    Reason: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let who = match (seen.device_attached, seen.host_attached) {
+        (true, true) => "a device process and a host attached",
+        (true, false) => "a device process attached, no host",
+        (false, true) => "a host attached, no device process",
+        (false, false) => "nothing attached",
+    };
+    println!("    Region:{} ({who})", path.display());
+    let reason = if !seen.device_attached {
+        Some(format!("no device process serves {}", path.display()))
+    } else if !seen.alive {
+        Some(format!("the device process is not responding (no heartbeat for {liveness:?})"))
+    } else if seen.status == DeviceStatus::Error {
+        Some("the firmware crashed; a host reset brings it back".to_string())
+    } else if seen.status == DeviceStatus::Off {
+        Some("the device is booting or resetting".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(why) => {
+            println!("    Status:Error");
+            println!("    Reason: {why}");
+            if let Some(report) = &seen.report {
+                print_report(report, vtcm_kib);
+            }
+            ExitCode::from(1)
+        }
+        None => {
+            println!("    Status:Ready");
+            match &seen.report {
+                Some(report) => print_report(report, vtcm_kib),
+                None => println!("    (no resource report published yet)"),
+            }
+            ExitCode::SUCCESS
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::{latency, output_files, profiling, stats};
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
-use aicsim_kmd::KmdConfig;
+use aicsim_kmd::{Kmd, KmdConfig};
 use aicsim_runtime::{Completion, HostModel, InferenceSet, Program, RunLimit, RunSummary, SubmitPolicy};
 use clap::{Parser, ValueEnum};
 
@@ -156,6 +156,12 @@ struct Args {
     /// Server: bound on the 99th-percentile latency; single-stream: on the 90th.
     #[arg(long = "latency-bound-ms")]
     latency_bound_ms: Option<f64>,
+    /// Run on a device in another process (`aic-device --shm FILE`) through this region file instead of an in-process one.
+    #[arg(long = "shm")]
+    shm: Option<PathBuf>,
+    /// With --shm: seconds to wait for the device process to come up.
+    #[arg(long = "device-wait", default_value_t = 10.0)]
+    device_wait: f64,
 }
 
 /// The longest run, in seconds of the clock's time.
@@ -335,8 +341,19 @@ fn open_device(args: &Args, plan: &Plan, program: &Program) -> Result<Arc<Device
             device_config.num_nsp
         ));
     }
-    let device = Device::open_simulated(KmdConfig { device: device_config, ..KmdConfig::default() })
-        .map_err(|e| format!("cannot start the simulated device: {e}"))?;
+    let config = KmdConfig { device: device_config, ..KmdConfig::default() };
+    let device = match &args.shm {
+        None => Device::open_simulated(config).map_err(|e| format!("cannot start the simulated device: {e}"))?,
+        Some(path) => {
+            if !args.device_wait.is_finite() || !(0.0..=86_400.0).contains(&args.device_wait) {
+                return Err(format!("--device-wait {:?} is not a number of seconds in 0..=86400", args.device_wait));
+            }
+            let wait = Duration::from_secs_f64(args.device_wait);
+            let kmd = Kmd::attach_external(config, path, wait)
+                .map_err(|e| format!("cannot attach to the device on {}: {e}", path.display()))?;
+            Device::open(Arc::new(kmd))
+        }
+    };
     Ok(Arc::new(device))
 }
 
