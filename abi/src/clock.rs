@@ -33,7 +33,10 @@ pub struct RequestStamp {
     pub time_ns: u64,
     /// [`STAMP_WAKES_HOST`] or 0.
     pub flags: u32,
-    pub reserved: u32,
+    /// CRC-32 of the element in the same slot, as the host wrote it
+    /// ([`crate::dbc::element_crc`]): the device serves no element whose copy does not
+    /// match (a corrupted element fails with [`crate::dbc::CompletionCode::CorruptElement`]).
+    pub crc: u32,
 }
 const _: () = assert!(size_of::<RequestStamp>() == 16);
 

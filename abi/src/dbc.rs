@@ -323,6 +323,21 @@ pub enum CompletionCode {
     ChannelReset = 10,
     /// Reported by fault injection: the transfer happened but the device reports failure.
     Injected = 11,
+    /// The device's copy of the element does not match the CRC the host wrote beside
+    /// it: nothing was moved.
+    CorruptElement = 12,
+    /// The host range is not mapped for the channel's owner (the IOMMU check): nothing
+    /// was moved.
+    HostAddressNotMapped = 13,
+    /// Detected by the host: the response named another request than the element it
+    /// answers (the element's own outcome is unknown).
+    CorruptResponse = 14,
+}
+
+/// CRC-32 of a request element's 64 bytes, as the host writes it into the slot's
+/// [`crate::clock::RequestStamp`].
+pub fn element_crc(element: &[u8; REQUEST_ELEMENT_BYTES as usize]) -> u32 {
+    crc32fast::hash(element)
 }
 
 impl CompletionCode {
@@ -340,6 +355,9 @@ impl CompletionCode {
             9 => ProgramFault,
             10 => ChannelReset,
             11 => Injected,
+            12 => CorruptElement,
+            13 => HostAddressNotMapped,
+            14 => CorruptResponse,
             _ => return None,
         })
     }
@@ -359,6 +377,11 @@ impl fmt::Display for CompletionCode {
             CompletionCode::ProgramFault => "the program started by the doorbell faulted",
             CompletionCode::ChannelReset => "channel reset while queued",
             CompletionCode::Injected => "injected fault (fault injection)",
+            CompletionCode::CorruptElement => "the element does not match its CRC: corrupted, nothing moved",
+            CompletionCode::HostAddressNotMapped => {
+                "host range not mapped for the channel's owner (IOMMU): nothing moved"
+            }
+            CompletionCode::CorruptResponse => "the response named another request than the element it answers",
         };
         write!(f, "device error {}: {text}", *self as u16)
     }
@@ -503,10 +526,10 @@ mod tests {
 
     #[test]
     fn completion_codes_roundtrip_through_status() {
-        for s in 1..=11u16 {
+        for s in 1..=14u16 {
             assert_eq!(CompletionCode::from_status(s).map(|c| c as u16), Some(s));
         }
         assert_eq!(CompletionCode::from_status(0), None);
-        assert_eq!(CompletionCode::from_status(12), None);
+        assert_eq!(CompletionCode::from_status(15), None);
     }
 }

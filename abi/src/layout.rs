@@ -63,6 +63,11 @@ pub const CTRL_STATE: u64 = DEVICE_REGS_OFFSET + 0x1C0;
 pub const CTRL_RSP_SEQ: u64 = DEVICE_REGS_OFFSET + 0x200;
 /// The 32 semaphores, one 32-bit word each (values are 12 bits).
 pub const SEMAPHORES_OFFSET: u64 = DEVICE_REGS_OFFSET + 0x400;
+/// Device-owned: elements refused because their host range was not mapped for the
+/// channel's owner (the IOMMU check).
+pub const IOMMU_FAULTS: u64 = DEVICE_REGS_OFFSET + 0x3CC;
+/// Device-owned: elements whose copy did not match the CRC the host wrote.
+pub const CORRUPT_ELEMENTS: u64 = DEVICE_REGS_OFFSET + 0x3D0;
 /// Host-owned: bumped to ask a device in another process for a function-level reset
 /// (it reboots its firmware with the run settings of the [`RegionHeader`]).
 pub const RESET_REQUEST: u64 = DEVICE_REGS_OFFSET + 0x3C4;
@@ -121,7 +126,7 @@ impl DeviceStatus {
 /// `"AICR"`: a region made by an aicsim host.
 pub const REGION_MAGIC: u32 = u32::from_le_bytes(*b"AICR");
 /// The layout version of a region (bumped whenever the layout changes).
-pub const REGION_VERSION: u32 = 2;
+pub const REGION_VERSION: u32 = 3;
 
 /// What the host that made a shared region file tells a device process about it: the
 /// hardware shape both sides must agree on, and the run settings the host asks for.
@@ -257,10 +262,29 @@ impl MemoryMap {
         responses + (dbc as u64 * u64::from(self.ring_nelem) + u64::from(index)) * RESPONSE_STAMP_BYTES
     }
 
+    /// Where the tag of response slot `index` of channel `dbc` lives: the number of
+    /// request elements the device had taken on the channel (since its activation)
+    /// before the one this response answers, so the host binds the response to its
+    /// element whatever request id it carries.
+    pub fn response_tag(&self, dbc: usize, index: u32) -> u64 {
+        let stamps = NUM_DBC as u64 * u64::from(self.ring_nelem) * (REQUEST_STAMP_BYTES + RESPONSE_STAMP_BYTES);
+        self.stamps_offset() + stamps + (dbc as u64 * u64::from(self.ring_nelem) + u64::from(index)) * 4
+    }
+
+    /// Bytes of one channel's IOMMU bitmap: one bit per page of host memory.
+    pub fn iommu_bitmap_bytes(&self) -> u64 {
+        align_up(self.host_bytes.div_ceil(PAGE).div_ceil(8), 64)
+    }
+
+    /// Where channel `dbc`'s IOMMU bitmap starts (host-owned; see [`crate::iommu`]).
+    pub fn iommu_bitmap(&self, dbc: usize) -> u64 {
+        let tags_end = self.response_tag(NUM_DBC, 0);
+        align_up(tags_end, PAGE) + dbc as u64 * self.iommu_bitmap_bytes()
+    }
+
     /// Start of the host memory window.
     pub fn host_offset(&self) -> u64 {
-        let stamps = NUM_DBC as u64 * u64::from(self.ring_nelem) * (REQUEST_STAMP_BYTES + RESPONSE_STAMP_BYTES);
-        align_up(self.stamps_offset() + stamps, HUGE_PAGE)
+        align_up(self.iommu_bitmap(NUM_DBC), HUGE_PAGE)
     }
 
     /// Start of device DDR inside the region.

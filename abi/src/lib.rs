@@ -32,6 +32,7 @@ pub mod clock;
 pub mod container;
 pub mod control;
 pub mod dbc;
+pub mod iommu;
 pub mod isa;
 pub mod layout;
 pub mod memory;

@@ -218,11 +218,14 @@ struct Channel {
     requests: Consumer,
     responses: Producer,
     stage: Stage,
+    /// Request elements taken since the activation: each response carries the count
+    /// before its element as its tag ([`MemoryMap::response_tag`]).
+    taken: u32,
 }
 
 impl Channel {
     fn new(ring: Ring) -> Channel {
-        Channel { requests: Consumer::new(ring), responses: Producer::new(ring), stage: Stage::Fresh }
+        Channel { requests: Consumer::new(ring), responses: Producer::new(ring), stage: Stage::Fresh, taken: 0 }
     }
 
     /// Both rings back to slot 0, the device's registers published.

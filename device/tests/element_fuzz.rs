@@ -41,6 +41,9 @@ impl Rig {
             ..DeviceConfig::default()
         };
         let mem = HeapMemory::new(config.map.total_bytes() as usize);
+        for dbc in 0..2 {
+            aicsim_abi::iommu::map(&mem, &config.map, dbc, config.map.host_offset(), config.map.host_bytes);
+        }
         let mut fw = Firmware::new(config);
         fw.boot(&mem);
         let mut rig = Rig {
@@ -77,6 +80,8 @@ impl Rig {
         let producer = &mut self.requests[dbc];
         assert!(producer.room(&ix, 1).unwrap() > 0, "the request ring is full");
         self.mem.write(self.map.request_element(dbc, producer.slot()), raw).unwrap();
+        let crc = aicsim_abi::dbc::element_crc(raw);
+        self.mem.write(self.map.request_stamp(dbc, producer.slot()) + 12, &crc.to_le_bytes()).unwrap();
         producer.push();
         producer.publish(&ix);
     }

@@ -2,11 +2,9 @@
 //! request elements, and their completion state.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_abi::dbc::{CompletionCode, RequestElement};
-use aicsim_device::extent::ExtentAllocator;
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Errno, KmdError};
@@ -107,12 +105,13 @@ pub(crate) struct Bo {
     pub done: Condvar,
     /// Mirrors `!state.queued`, so a waiter can poll without taking the lock.
     idle: AtomicBool,
-    host_mem: Arc<Mutex<ExtentAllocator>>,
-    host_base: u64,
+    /// The driver, to give the extent back (unmapped from every channel first) when the
+    /// last reference goes.
+    shared: std::sync::Weak<crate::Shared>,
 }
 
 impl Bo {
-    pub fn new(handle: u32, offset: u64, size: u64, host_mem: Arc<Mutex<ExtentAllocator>>, host_base: u64) -> Bo {
+    pub fn new(handle: u32, offset: u64, size: u64, shared: std::sync::Weak<crate::Shared>) -> Bo {
         Bo {
             handle,
             offset,
@@ -130,8 +129,7 @@ impl Bo {
             }),
             done: Condvar::new(),
             idle: AtomicBool::new(true),
-            host_mem,
-            host_base,
+            shared,
         }
     }
 
@@ -236,6 +234,12 @@ impl Bo {
 
 impl Drop for Bo {
     fn drop(&mut self) {
-        self.host_mem.lock().release(self.offset - self.host_base, self.size);
+        if let Some(shared) = self.shared.upgrade() {
+            // No channel may reach the pages once another buffer can be given them.
+            for dbc in 0..aicsim_abi::dbc::NUM_DBC {
+                aicsim_abi::iommu::unmap(&shared.region, &shared.map, dbc, self.offset, self.size);
+            }
+            shared.host_mem.lock().release(self.offset - shared.map.host_offset(), self.size);
+        }
     }
 }

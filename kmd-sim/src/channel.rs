@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use aicsim_abi::control::ActivationInfo;
-use aicsim_abi::dbc::{ResponseElement, Ring};
+use aicsim_abi::dbc::{CompletionCode, ResponseElement, Ring};
+use aicsim_abi::iommu;
 use aicsim_abi::layout::MemoryMap;
 use aicsim_abi::memory::SharedMemory;
 use aicsim_abi::ring::{Consumer, Producer, SharedIndices};
@@ -44,6 +45,13 @@ pub(crate) struct ChannelState {
     /// The host's end of the response ring (it takes slots).
     pub responses: Consumer,
     pub next_req_id: u16,
+    /// The request id of the first element written since the channel's rings were
+    /// reset: the element the device took `n`-th carries `req_base + n`, which binds
+    /// each response (tagged with `n`) to its element.
+    pub req_base: u16,
+    /// Responses whose request id was not that of the element they answer (bound by
+    /// their tag): the element fails with [`CompletionCode::CorruptResponse`].
+    pub misrouted_responses: u64,
     /// Indexed by `req_id`; allocated on first activation.
     pub inflight: Vec<Option<Inflight>>,
     /// Responses whose `req_id` matched nothing queued.
@@ -68,6 +76,8 @@ impl HostChannel {
                 requests: Producer::new(ring),
                 responses: Consumer::new(ring),
                 next_req_id: 0,
+                req_base: 0,
+                misrouted_responses: 0,
                 inflight: Vec::new(),
                 spurious_responses: 0,
                 ssr: None,
@@ -112,9 +122,19 @@ impl HostChannel {
                     let mut stamp = [0u8; 8];
                     let _ = region.read(map.response_stamp(dbc, slot), &mut stamp);
                     let posted_ns = u64::from_le_bytes(stamp);
+                    let mut tag = [0u8; 4];
+                    let _ = region.read(map.response_tag(dbc, slot), &mut tag);
                     ch.responses.pop();
                     consumed += 1;
-                    let id = usize::from(rsp.req_id);
+                    // The tag says which element this answers, whatever id it names: a
+                    // response never completes another buffer than its element's.
+                    let id = ch.req_base.wrapping_add(u32::from_le_bytes(tag) as u16);
+                    let mut status = rsp.status;
+                    if rsp.req_id != id {
+                        ch.misrouted_responses += 1;
+                        status = CompletionCode::CorruptResponse as u16;
+                    }
+                    let id = usize::from(id);
                     match ch.inflight.get_mut(id).and_then(Option::take) {
                         Some(entry) => {
                             if entry.ends_slice {
@@ -122,7 +142,7 @@ impl HostChannel {
                                     ch.inflight[(id + REQ_IDS - k) % REQ_IDS] = None;
                                 }
                             }
-                            scratch.push((entry, rsp.status, posted_ns));
+                            scratch.push((entry, status, posted_ns));
                         }
                         None => ch.spurious_responses += 1,
                     }
@@ -151,6 +171,9 @@ impl HostChannel {
             ch.activation = None;
             ch.owner = None;
             ch.retiring = false;
+            // The device reaches no host memory through the channel any more: an element
+            // still on its ring moves nothing.
+            iommu::unmap_channel(region, map, dbc);
             dropped
         };
         for bo in dropped {

@@ -9,6 +9,7 @@ use aicsim_abi::control::{ActivationInfo, ControlCommand};
 use aicsim_abi::dbc::{
     Cmd, Direction, DoorbellAttr, DoorbellWidth, RequestElement, SemCommand, SemOp, NUM_DBC, SEM_VALUE_MAX,
 };
+use aicsim_abi::iommu;
 use aicsim_abi::memory::SharedMemory;
 use aicsim_abi::ring::{BadIndex, SharedIndices};
 use aicsim_abi::run_record::RunRecord;
@@ -186,8 +187,15 @@ impl Client {
         // A buffer is created zeroed: the extent may hold what its last owner left.
         self.shared.region.zero(host_base + start, rounded).expect("extents lie inside the host window");
         let handle = self.shared.next_handle.fetch_add(1, Relaxed);
-        let bo = Arc::new(Bo::new(handle, host_base + start, rounded, self.shared.host_mem.clone(), host_base));
-        self.bos.lock().insert(handle, bo);
+        let bo = Arc::new(Bo::new(handle, host_base + start, rounded, Arc::downgrade(&self.shared)));
+        let mut bos = self.bos.lock();
+        // The channels this user owns may reach the new buffer.
+        for (dbc, channel) in self.shared.channels.iter().enumerate() {
+            if channel.state.lock().owner == Some(self.user) {
+                iommu::map(&self.shared.region, &self.shared.map, dbc, bo.offset, bo.size);
+            }
+        }
+        bos.insert(handle, bo);
         Ok(handle)
     }
 
@@ -493,7 +501,8 @@ impl Client {
                 .expect("ring inside the region");
             let last = i + 1 == elements.len();
             let flags = if stamp.wakes_host && last { STAMP_WAKES_HOST } else { 0 };
-            let time = RequestStamp { time_ns: stamp.time_ns, flags, reserved: 0 };
+            let crc = aicsim_abi::dbc::element_crc(bytemuck::cast_ref(&e));
+            let time = RequestStamp { time_ns: stamp.time_ns, flags, crc };
             shared
                 .region
                 .write(shared.map.request_stamp(dbc, slot), bytemuck::bytes_of(&time))
@@ -689,11 +698,17 @@ impl Client {
             match shared.control(ControlCommand::Activate { program: device_id, dbc: dbc as u32 }) {
                 Ok(values) => {
                     let info = ActivationInfo::from_values(values);
+                    // The channel may reach every buffer of its user's (and, through
+                    // create_bo, every later one), and nothing else.
+                    for bo in self.bos.lock().values() {
+                        iommu::map(&shared.region, &shared.map, dbc, bo.offset, bo.size);
+                    }
                     let mut ch = shared.channels[dbc].state.lock();
                     if ch.inflight.is_empty() {
                         ch.inflight.resize_with(crate::channel::REQ_IDS, || None);
                     }
                     ch.activation = Some(info);
+                    ch.req_base = ch.next_req_id;
                     return Ok((dbc as u32, info));
                 }
                 Err(e) if e.channel_in_use => {

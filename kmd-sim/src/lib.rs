@@ -538,6 +538,30 @@ impl Kmd {
         self.shared.region.load_u32(layout::MSI_LOST, Acquire)
     }
 
+    /// Whether the device may reach `[addr, addr + len)` of host memory through channel
+    /// `dbc` (the IOMMU bitmap the driver keeps for it).
+    pub fn iommu_allows(&self, dbc: usize, addr: u64, len: u64) -> bool {
+        dbc < aicsim_abi::dbc::NUM_DBC
+            && aicsim_abi::iommu::allows(&self.shared.region, &self.shared.map, dbc, addr, len)
+    }
+
+    /// Elements the device refused because their host pages were not mapped for the
+    /// channel, since the region was created.
+    pub fn iommu_faults(&self) -> u32 {
+        self.shared.region.load_u32(layout::IOMMU_FAULTS, Acquire)
+    }
+
+    /// Elements whose device copy did not match the CRC the driver wrote, since the
+    /// region was created.
+    pub fn corrupt_elements(&self) -> u32 {
+        self.shared.region.load_u32(layout::CORRUPT_ELEMENTS, Acquire)
+    }
+
+    /// Responses on `dbc` that named another request than the element they answer.
+    pub fn misrouted_responses(&self, dbc: usize) -> u64 {
+        self.shared.channels.get(dbc).map_or(0, |c| c.state.lock().misrouted_responses)
+    }
+
     /// Responses that matched no queued element, per channel (a device bug or fault).
     pub fn spurious_responses(&self, dbc: usize) -> u64 {
         self.shared.channels.get(dbc).map_or(0, |c| c.state.lock().spurious_responses)

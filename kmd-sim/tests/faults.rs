@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use aicsim_abi::dbc::CompletionCode;
 use aicsim_abi::layout::MemoryMap;
 use aicsim_device::{DeviceConfig, FaultPlan};
-use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, DIR_TO_DEVICE};
 use aicsim_kmd::{Errno, Kmd, KmdConfig, Stepping};
 use common::{both, setup};
 
@@ -216,8 +215,11 @@ fn a_slow_device_takes_its_extra_time_per_element() {
     assert!(t.elapsed() >= Duration::from_millis(10), "5 inferences x at least 2 ms: {:?}", t.elapsed());
 }
 
+/// Corrupted elements (one bit of the device's copy flipped): every buffer that reports
+/// success holds exactly what was sent, no byte outside the buffers moves (canaries on
+/// both sides), nothing completes twice or spuriously, and a wait never hangs.
 #[test]
-fn corrupted_elements_end_in_data_a_named_error_or_a_timeout_and_never_a_hang() {
+fn corrupted_elements_end_in_exact_data_a_named_error_or_a_timeout_and_never_a_hang() {
     let device = DeviceConfig {
         num_nsp: 4,
         map: MemoryMap { ring_nelem: 64, host_bytes: 4 << 20, ddr_bytes: 4 << 20 },
@@ -225,43 +227,56 @@ fn corrupted_elements_end_in_data_a_named_error_or_a_timeout_and_never_a_hang() 
         ..DeviceConfig::default()
     };
     let kmd = Arc::new(Kmd::new(KmdConfig { device, ..KmdConfig::default() }).unwrap());
+    let canary = vec![0xC5u8; 4096];
     let (mut ok, mut named, mut timed_out) = (0, 0, 0);
     let mut round = 0;
-    while ok + named + timed_out < 200 {
+    while ok + named + timed_out < 300 {
         round += 1;
-        assert!(round < 100);
-        // Data-only transfers to the device: a wedged channel is replaced, as a runtime
-        // would after a timeout, by a fresh activation.
+        assert!(round < 400);
+        // A wedged channel (its output waits on a program a corrupted input never
+        // started) is replaced, as a runtime would after a timeout, by a fresh one.
         let client = kmd.open();
-        let program = client.load_program(&common::copy_program(64)).unwrap();
-        let (dbc, info) = client.activate(program).unwrap();
-        let bo = client.create_bo(64).unwrap();
-        client
-            .attach_slice_bo(
-                bo,
-                dbc,
-                DIR_TO_DEVICE,
-                &[AttachSliceEntry { size: 64, dev_addr: info.ddr_base, ..Default::default() }],
-            )
-            .unwrap();
-        loop {
-            if client.execute_bo(dbc, &[ExecuteEntry { handle: bo, dir: DIR_TO_DEVICE }]).is_err() {
+        let guard_before = client.create_bo(4096).unwrap();
+        let (dbc, input, output) = common::setup(&client);
+        let guard_after = client.create_bo(4096).unwrap();
+        for guard in [guard_before, guard_after] {
+            client.mmap_bo(guard).unwrap().write(0, &canary).unwrap();
+        }
+        for i in 0u32.. {
+            let data: Vec<u8> = (0..64).map(|k| (k * 5 + i * 3 + round) as u8).collect();
+            client.mmap_bo(input).unwrap().write(0, &data).unwrap();
+            client.mmap_bo(output).unwrap().write(0, &[0xEE; 64]).unwrap();
+            if client.execute_bo(dbc, &both(input, output)).is_err() {
                 break;
             }
             let t = Instant::now();
-            match client.wait_bo(bo, 50, dbc) {
-                Ok(()) => ok += 1,
-                Err(e) if e.errno == Errno::EIO => named += 1,
-                Err(e) => {
-                    assert_eq!(e.errno, Errno::ETIMEDOUT, "{e}");
-                    assert!(t.elapsed() < Duration::from_millis(500), "no wait hangs past its timeout");
-                    timed_out += 1;
-                    break;
-                }
+            let results = [client.wait_bo(output, 50, dbc), client.wait_bo(input, 50, dbc)];
+            if results.iter().any(|r| r.as_ref().is_err_and(|e| e.errno == Errno::ETIMEDOUT)) {
+                assert!(t.elapsed() < Duration::from_millis(500), "no wait hangs past its timeout");
+                timed_out += 1;
+                break;
             }
+            if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                // A failed element leaves the activation's semaphores where they were:
+                // like a runtime, start over on a fresh channel.
+                assert_eq!(e.errno, Errno::EIO, "{e}");
+                named += 1;
+                break;
+            }
+            let mut out = vec![0u8; 64];
+            client.mmap_bo(output).unwrap().read(0, &mut out).unwrap();
+            assert_eq!(out, data, "round {round} inference {i}: a success holds exactly what was sent");
+            ok += 1;
         }
+        for guard in [guard_before, guard_after] {
+            let mut seen = vec![0u8; 4096];
+            client.mmap_bo(guard).unwrap().read(0, &mut seen).unwrap();
+            assert_eq!(seen, canary, "round {round}: bytes beside the buffers moved");
+        }
+        assert_eq!(kmd.spurious_responses(dbc as usize), 0, "no response completed nothing or another buffer");
         drop(client);
         kmd.subsystem_restart(dbc).unwrap();
     }
-    assert!(ok > 100 && named + timed_out > 0, "ok {ok}, named {named}, timed out {timed_out}");
+    assert!(ok > 150 && named + timed_out > 0, "ok {ok}, named {named}, timed out {timed_out}");
+    assert!(kmd.corrupt_elements() > 0, "corruptions were injected and caught");
 }

@@ -323,3 +323,29 @@ fn a_stale_program_id_names_nothing_after_an_unload_or_a_reset() {
     client.deactivate(dbc).unwrap();
     client.unload_program(third).unwrap();
 }
+
+/// The IOMMU: each channel reaches its user's buffers, including ones made after the
+/// activation, and nothing else; a freed buffer and a released channel reach nothing.
+#[test]
+fn a_channel_reaches_only_the_buffers_of_its_user() {
+    let kmd = common::small_kmd(8, Stepping::Threads, 0);
+    let (a, b) = (kmd.open(), kmd.open());
+    let (dbc_a, in_a) = copy_input_buffer(&a);
+    let (dbc_b, in_b) = copy_input_buffer(&b);
+    let (dbc_a, dbc_b) = (dbc_a as usize, dbc_b as usize);
+    let at = |client: &aicsim_kmd::Client, bo| client.mmap_bo(bo).unwrap().info();
+    let (x, y) = (at(&a, in_a), at(&b, in_b));
+    assert!(kmd.iommu_allows(dbc_a, x.offset, x.size) && kmd.iommu_allows(dbc_b, y.offset, y.size));
+    assert!(!kmd.iommu_allows(dbc_a, y.offset, 1), "A's channel reaches B's buffer");
+    assert!(!kmd.iommu_allows(dbc_b, x.offset, 1), "B's channel reaches A's buffer");
+    let later = b.create_bo(3 * 4096).unwrap();
+    let z = at(&b, later);
+    assert!(kmd.iommu_allows(dbc_b, z.offset, z.size) && !kmd.iommu_allows(dbc_a, z.offset, z.size));
+    // A range that runs past the buffer into a neighbour's page is refused as a whole.
+    assert!(!kmd.iommu_allows(dbc_a, x.offset, x.size + 4096));
+    b.free_bo(later).unwrap();
+    assert!(!kmd.iommu_allows(dbc_b, z.offset, 1), "a freed buffer stays reachable");
+    a.deactivate(dbc_a as u32).unwrap();
+    assert!(!kmd.iommu_allows(dbc_a, x.offset, 1), "a released channel still reaches memory");
+    assert_eq!(kmd.iommu_faults(), 0);
+}

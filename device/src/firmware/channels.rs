@@ -5,6 +5,14 @@
 
 use super::faults::raise_msi;
 use super::*;
+use aicsim_abi::iommu;
+
+/// Offset of the CRC in a request stamp.
+const CRC_FIELD: u64 = 12;
+
+/// What the device writes into `reserved0` of its own copy of an element whose CRC did
+/// not match (a host-sent element with reserved bits set is refused either way).
+const CORRUPT_COPY: u32 = u32::MAX;
 
 impl Firmware {
     pub(super) fn service_channel<M: SharedMemory>(&mut self, dbc: usize, mem: &M) -> u32 {
@@ -61,6 +69,7 @@ impl Firmware {
                         let slot = ch.responses.slot();
                         // The slot is ours: the ring has room, checked above.
                         let _ = mem.write(map.response_element(dbc, slot), bytemuck::bytes_of(&rsp));
+                        let _ = mem.write(map.response_tag(dbc, slot), &ch.taken.to_le_bytes());
                         if timed {
                             self.timed_responded(dbc, slot, mem);
                         }
@@ -73,6 +82,7 @@ impl Firmware {
                     }
                     ch.stage = Stage::Fresh;
                     ch.requests.pop();
+                    ch.taken = ch.taken.wrapping_add(1);
                     consumed += 1;
                 }
             }
@@ -104,15 +114,34 @@ impl Firmware {
     }
 
     /// Copies request element `index` of channel `dbc` out of the ring (a corrupted
-    /// element fault flips one bit of the copy). `None` if the ring is out of reach.
+    /// element fault flips one bit of the copy) and checks the copy against the CRC the
+    /// host wrote beside it: a copy that does not match is marked
+    /// ([`CORRUPT_COPY`] in `reserved0`) and is served as a
+    /// [`CompletionCode::CorruptElement`], moving nothing. `None` if the ring is out of
+    /// reach.
     pub(super) fn read_element<M: SharedMemory>(&mut self, dbc: usize, index: u32, mem: &M) -> Option<RequestElement> {
+        let map = self.config.map;
         let mut raw = [0u8; REQUEST_ELEMENT_BYTES as usize];
-        mem.read(self.config.map.request_element(dbc, index), &mut raw).ok()?;
+        mem.read(map.request_element(dbc, index), &mut raw).ok()?;
+        let mut crc = [0u8; 4];
+        mem.read(map.request_stamp(dbc, index) + CRC_FIELD, &mut crc).ok()?;
         self.corrupt_element(&mut raw);
-        Some(bytemuck::pod_read_unaligned::<RequestElement>(&raw))
+        let mut element = bytemuck::pod_read_unaligned::<RequestElement>(&raw);
+        if aicsim_abi::dbc::element_crc(&raw) != u32::from_le_bytes(crc) {
+            element.reserved0 = CORRUPT_COPY;
+        }
+        Some(element)
     }
 
-    pub(super) fn check_element(&self, dbc: usize, e: &RequestElement) -> Result<Checked, CompletionCode> {
+    pub(super) fn check_element<M: SharedMemory>(
+        &self,
+        dbc: usize,
+        e: &RequestElement,
+        mem: &M,
+    ) -> Result<Checked, CompletionCode> {
+        if e.reserved0 == CORRUPT_COPY {
+            return Err(CompletionCode::CorruptElement);
+        }
         if e.reserved0 != 0 || e.reserved1 != 0 || e.reserved2 != 0 || e.reserved3 != 0 {
             return Err(CompletionCode::ReservedBits);
         }
@@ -150,6 +179,9 @@ impl Firmware {
                 if !self.config.map.host_range_ok(e.src_addr, len) {
                     return Err(CompletionCode::HostAddressOutOfRange);
                 }
+                if !iommu::allows(mem, &self.config.map, dbc, e.src_addr, len) {
+                    return Err(CompletionCode::HostAddressNotMapped);
+                }
                 if !self.device_range_ok(dbc, e.dest_addr, len) {
                     return Err(CompletionCode::DeviceAddressOutOfRange);
                 }
@@ -160,6 +192,9 @@ impl Firmware {
                 }
                 if !self.config.map.host_range_ok(e.dest_addr, len) {
                     return Err(CompletionCode::HostAddressOutOfRange);
+                }
+                if !iommu::allows(mem, &self.config.map, dbc, e.dest_addr, len) {
+                    return Err(CompletionCode::HostAddressNotMapped);
                 }
             }
         }
@@ -180,9 +215,19 @@ impl Firmware {
         resume: Option<usize>,
         mem: &M,
     ) -> ElementOutcome {
-        let checked = match self.check_element(dbc, e) {
+        let checked = match self.check_element(dbc, e, mem) {
             Ok(c) => c,
-            Err(code) => return ElementOutcome::Done { status: code as u16, respond: true, force_msi: false },
+            Err(code) => {
+                let counter = match code {
+                    CompletionCode::HostAddressNotMapped => Some(layout::IOMMU_FAULTS),
+                    CompletionCode::CorruptElement => Some(layout::CORRUPT_ELEMENTS),
+                    _ => None,
+                };
+                if let Some(at) = counter {
+                    mem.fetch_add_u32(at, 1, Release);
+                }
+                return ElementOutcome::Done { status: code as u16, respond: true, force_msi: false };
+            }
         };
         let mut status = 0;
         let first_post = match resume {

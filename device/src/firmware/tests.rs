@@ -76,6 +76,10 @@ impl Rig {
 
     fn with_config(cfg: DeviceConfig) -> Rig {
         let mem = HeapMemory::new(cfg.map.total_bytes() as usize);
+        // Every channel may reach all of host memory (the IOMMU has its own tests).
+        for dbc in 0..NUM_DBC {
+            aicsim_abi::iommu::map(&mem, &cfg.map, dbc, cfg.map.host_offset(), cfg.map.host_bytes);
+        }
         let mut fw = Firmware::new(cfg);
         fw.boot(&mem);
         let ring = Ring::new(cfg.map.ring_nelem).unwrap();
@@ -141,14 +145,17 @@ impl Rig {
 
     /// Stamps the next element to push (simulated clock).
     fn stamp(&mut self, time_ns: u64, flags: u32) {
-        let stamp = aicsim_abi::clock::RequestStamp { time_ns, flags, reserved: 0 };
+        let stamp = aicsim_abi::clock::RequestStamp { time_ns, flags, crc: 0 };
         self.mem.write(self.map.request_stamp(self.dbc, self.requests.slot()), bytemuck::bytes_of(&stamp)).unwrap();
     }
 
     fn push(&mut self, e: RequestElement) {
         let ix = SharedIndices::host_requests(&self.mem, &self.map, self.dbc);
         assert!(self.requests.room(&ix, 1).unwrap() > 0, "the request ring is full");
-        self.mem.write(self.map.request_element(self.dbc, self.requests.slot()), bytemuck::bytes_of(&e)).unwrap();
+        let slot = self.requests.slot();
+        self.mem.write(self.map.request_element(self.dbc, slot), bytemuck::bytes_of(&e)).unwrap();
+        let crc = aicsim_abi::dbc::element_crc(bytemuck::cast_ref(&e));
+        self.mem.write(self.map.request_stamp(self.dbc, slot) + 12, &crc.to_le_bytes()).unwrap();
         self.requests.push();
         self.requests.publish(&ix);
     }
@@ -725,4 +732,48 @@ fn an_activations_ddr_is_scrubbed_before_the_next_activation_gets_it() {
     let info = ActivationInfo::from_values(v);
     assert_eq!(info.ddr_base, rig.info.ddr_base);
     assert_eq!(rig.read_f32(rig.map.ddr_offset() + info.ddr_base), vec![0.0; N as usize]);
+}
+
+#[test]
+fn an_element_whose_host_pages_are_not_mapped_for_the_channel_moves_nothing() {
+    let mut rig = Rig::new();
+    let ddr = rig.map.ddr_offset() + rig.info.ddr_base;
+    let secret = vec![3.5f32; N as usize];
+    rig.write_f32(rig.host(0), &secret);
+    // The page holding the source is another user's now: unmapped for this channel.
+    aicsim_abi::iommu::unmap(&rig.mem, &rig.map, rig.dbc, rig.host(0), BYTES);
+    rig.push(rig.send_element(0, rig.host(0), 0, false));
+    rig.run();
+    let rsp = rig.responses();
+    assert_eq!(rsp.len(), 1);
+    assert_eq!(rsp[0].status, CompletionCode::HostAddressNotMapped as u16);
+    assert_eq!(rig.read_f32(ddr), vec![0.0; N as usize], "nothing was read from the unmapped page");
+    assert_eq!(rig.mem.load_u32(layout::IOMMU_FAULTS, Acquire), 1, "the fault is counted");
+    // Mapped again, the same element goes through.
+    aicsim_abi::iommu::map(&rig.mem, &rig.map, rig.dbc, rig.host(0), BYTES);
+    rig.push(rig.send_element(1, rig.host(0), 0, false));
+    rig.run();
+    assert!(rig.responses().iter().all(|r| r.status == 0));
+    assert_eq!(rig.read_f32(ddr), secret);
+}
+
+#[test]
+fn an_element_that_does_not_match_its_crc_moves_nothing_and_its_response_is_tagged() {
+    let mut rig = Rig::new();
+    let ddr = rig.map.ddr_offset() + rig.info.ddr_base;
+    rig.write_f32(rig.host(0), &vec![9.0f32; N as usize]);
+    let mut e = rig.send_element(7, rig.host(0), 0, false);
+    rig.push(e);
+    // The element changes in the ring after the host wrote its CRC (a corruption).
+    e.len /= 2;
+    rig.mem.write(rig.map.request_element(rig.dbc, 0), bytemuck::bytes_of(&e)).unwrap();
+    rig.run();
+    let rsp = rig.responses();
+    assert_eq!(rsp.len(), 1);
+    assert_eq!((rsp[0].req_id, rsp[0].status), (7, CompletionCode::CorruptElement as u16));
+    assert_eq!(rig.read_f32(ddr), vec![0.0; N as usize]);
+    assert_eq!(rig.mem.load_u32(layout::CORRUPT_ELEMENTS, Acquire), 1);
+    let mut tag = [0u8; 4];
+    rig.mem.read(rig.map.response_tag(rig.dbc, 0), &mut tag).unwrap();
+    assert_eq!(u32::from_le_bytes(tag), 0, "the response answers the first element taken");
 }

@@ -209,7 +209,7 @@ impl Firmware {
         if head.arrival > now {
             return None;
         }
-        let direction = match self.check_element(dbc, &head.element) {
+        let direction = match self.check_element(dbc, &head.element, mem) {
             // A bad element fails at once (with its error completion).
             Err(_) => return Some(head.element),
             Ok(checked) => {
@@ -322,7 +322,7 @@ impl Firmware {
                 }
             };
             let inbound = self
-                .check_element(dbc, &pending.element)
+                .check_element(dbc, &pending.element, mem)
                 .is_ok_and(|c| c.cmd.direction == Direction::ToDevice && c.presync.is_none());
             if !inbound || pending.arrival > now {
                 return;
