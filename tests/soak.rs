@@ -5,7 +5,7 @@
 //! with its own data intact or with a named error; none is lost, duplicated or
 //! corrupted. `AICSIM_SOAK_INFERENCES` sets the size (default 1,000,000).
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,8 @@ use aicsim_runtime::{samples, InferenceSet, Program, RunLimit, RuntimeError};
 use parking_lot::Mutex;
 
 const BYTES: usize = 64;
+/// Device resets during the run.
+const RESETS: u32 = 6;
 
 fn payload(global: u64, out: &mut [u8]) {
     let mut x = global.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -52,18 +54,20 @@ fn a_million_inferences_under_faults_complete_exactly_once_each() {
     let completions: Vec<AtomicU8> = (0..total).map(|_| AtomicU8::new(0)).collect();
     let tally = Mutex::new(Tally::default());
     let finished = AtomicBool::new(false);
+    let done_count = AtomicU64::new(0);
     let start = Instant::now();
     let mut resets = 0u32;
     std::thread::scope(|scope| {
-        // Resets at seeded intervals while the run goes on.
+        // Six resets while the run goes on, each once another seventh of the
+        // inferences has completed (tied to progress, not to the clock, so they happen
+        // mid-run on any machine and at any size).
         let resetter = scope.spawn(|| {
             let mut n = 0u32;
-            let mut state = 99u64;
-            while !finished.load(Ordering::Relaxed) && n < 6 {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                std::thread::sleep(Duration::from_millis(150 + (state >> 33) % 250));
-                if finished.load(Ordering::Relaxed) {
-                    break;
+            while !finished.load(Ordering::Relaxed) && n < RESETS {
+                let due = total * u64::from(n + 1) / u64::from(RESETS + 1);
+                if done_count.load(Ordering::Relaxed) < due {
+                    std::thread::sleep(Duration::from_micros(200));
+                    continue;
                 }
                 kmd.reset().unwrap();
                 n += 1;
@@ -90,6 +94,7 @@ fn a_million_inferences_under_faults_complete_exactly_once_each() {
                 |done| {
                     let global = map[done.index as usize];
                     let previous = completions[global as usize].fetch_add(1, Ordering::SeqCst);
+                    done_count.fetch_add(1, Ordering::Relaxed);
                     let mut t = tally.lock();
                     match done.error {
                         None => {
@@ -128,4 +133,6 @@ fn a_million_inferences_under_faults_complete_exactly_once_each() {
     assert!(t.other_errors.is_empty(), "unexpected errors: {:?}", &t.other_errors[..t.other_errors.len().min(5)]);
     assert_eq!(t.ok + t.device_errors + t.reset_errors, total);
     assert!(t.device_errors > 0, "the fault plan injected errors");
+    assert_eq!(resets, RESETS, "every reset happened during the run");
+    assert!(t.reset_errors > 0, "the resets failed inferences in flight");
 }
