@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs aicsim's whole test suite: unit, property, integration and end-to-end tests,
-# plus a smoke run of every benchmark, and ends with one summary line.
+# plus a smoke run of every benchmark and a million-inference fault campaign, and ends
+# with one summary line.
 #
 # It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
 # and `onnxruntime` packages from PyPI. The compiler's reader is checked against `onnx`
@@ -25,5 +26,9 @@ cargo test --workspace --all-targets 2>&1 | tee "$log"
 # run in release (they simulate thousands of ResNet-50 inferences); in debug builds
 # they skip themselves.
 cargo test --release --test calibration --test configurator -- --nocapture 2>&1 | tee -a "$log"
+# The fault campaign: a million inferences through the whole driver stack under every
+# fault, each completing once with its own output or failing once with a named error
+# (it exits non-zero otherwise). `cargo bench --bench fault_campaign` runs ten million.
+cargo bench --bench fault_campaign -- --inferences 1000000 2>&1 | tee -a "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored; exit (failed > 0 || passed == 0) }' "$log"

@@ -159,15 +159,56 @@ impl HostChannel {
         consumed
     }
 
-    /// Releases the channel: forgets every queued element (the device dropped them),
-    /// resets the host's ring indices and registers so the next activation starts from
-    /// slot 0, and fails the waiters of the dropped buffers with `why`.
+    /// Releases the channel after the device dropped its activation (or the device
+    /// starts over): forgets every queued element, resets the host's ring indices and
+    /// registers so the next activation starts from slot 0, unmaps the channel's host
+    /// memory, and fails the waiters of the dropped buffers with `why`.
     pub fn release(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap, why: KmdError) {
+        self.let_go(dbc, region, map, why, true, None);
+    }
+
+    /// [`HostChannel::release`] (`confirmed`) or [`HostChannel::retire`], only if
+    /// `user` still owns the channel (a reset may have released it and another user
+    /// taken it meanwhile).
+    pub fn let_go_if_owned(
+        &self,
+        dbc: usize,
+        region: &SharedRegion,
+        map: &MemoryMap,
+        why: KmdError,
+        user: u32,
+        confirmed: bool,
+    ) {
+        if confirmed {
+            self.let_go(dbc, region, map, why, true, Some(user));
+        } else if self.state.lock().owner == Some(user) {
+            self.retire(dbc, region, map, why);
+        }
+    }
+
+    /// Fails the queued buffers with `why`, forgets the owner and unmaps the channel's
+    /// host memory; with `reset_rings`, also starts the host's ring indices over (only
+    /// once the device holds no activation there: a live device would take the moved
+    /// tail for new elements and serve stale slots).
+    fn let_go(
+        &self,
+        dbc: usize,
+        region: &SharedRegion,
+        map: &MemoryMap,
+        why: KmdError,
+        reset_rings: bool,
+        owner: Option<u32>,
+    ) {
         let dropped: Vec<Arc<Bo>> = {
             let mut ch = self.state.lock();
+            if owner.is_some() && ch.owner != owner {
+                return;
+            }
             let dropped = ch.inflight.iter_mut().filter_map(|slot| slot.take().map(|entry| entry.bo)).collect();
-            ch.requests.reset(&SharedIndices::host_requests(region, map, dbc));
-            ch.responses.reset(&SharedIndices::host_responses(region, map, dbc));
+            if reset_rings {
+                ch.requests.reset(&SharedIndices::host_requests(region, map, dbc));
+                ch.responses.reset(&SharedIndices::host_responses(region, map, dbc));
+            }
             ch.activation = None;
             ch.owner = None;
             ch.retiring = false;
@@ -193,11 +234,17 @@ impl HostChannel {
     }
 
     /// [`HostChannel::release`] for a channel whose activation the device may still
-    /// hold: it stays reserved (if it was active) until [`HostChannel::confirm_retired`].
+    /// hold (it was active, or an activation was under way): it stays reserved, its
+    /// ring indices as they are, until [`HostChannel::confirm_retired`]. Elements the
+    /// device still takes from it move nothing (the channel is unmapped) and their
+    /// responses are dropped.
     pub fn retire(&self, dbc: usize, region: &SharedRegion, map: &MemoryMap, why: KmdError) {
-        let active = self.state.lock().activation.is_some();
-        self.release(dbc, region, map, why);
-        if active {
+        let held = {
+            let ch = self.state.lock();
+            ch.activation.is_some() || ch.owner.is_some() || ch.retiring
+        };
+        self.let_go(dbc, region, map, why, !held, None);
+        if held {
             self.state.lock().retiring = true;
         }
     }

@@ -698,12 +698,22 @@ impl Client {
             match shared.control(ControlCommand::Activate { program: device_id, dbc: dbc as u32 }) {
                 Ok(values) => {
                     let info = ActivationInfo::from_values(values);
+                    let bos = self.bos.lock();
+                    let mut ch = shared.channels[dbc].state.lock();
+                    if ch.owner != Some(self.user) {
+                        // A reset or the link took the channel while the device was
+                        // activating it: the device's activation is nobody's now.
+                        if ch.owner.is_none() {
+                            ch.retiring = true;
+                        }
+                        return fail(Errno::ENODEV, format!("channel {dbc} was released while it was being activated"));
+                    }
                     // The channel may reach every buffer of its user's (and, through
                     // create_bo, every later one), and nothing else.
-                    for bo in self.bos.lock().values() {
+                    for bo in bos.values() {
                         iommu::map(&shared.region, &shared.map, dbc, bo.offset, bo.size);
                     }
-                    let mut ch = shared.channels[dbc].state.lock();
+                    drop(bos);
                     if ch.inflight.is_empty() {
                         ch.inflight.resize_with(crate::channel::REQ_IDS, || None);
                     }
@@ -732,15 +742,22 @@ impl Client {
     pub fn deactivate(&self, dbc: u32) -> Result<()> {
         let dbc = self.check_dbc(dbc)?;
         self.check_owner(dbc)?;
-        let result = self.shared.control(ControlCommand::Deactivate { dbc: dbc as u32 });
-        let why = KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued"));
-        let channel = &self.shared.channels[dbc];
-        match &result {
-            Ok(_) => channel.release(dbc, &self.shared.region, &self.shared.map, why),
-            // The device has no activation there: nothing to confirm.
-            Err(e) if e.errno == Errno::ENOENT => channel.release(dbc, &self.shared.region, &self.shared.map, why),
-            Err(_) => channel.retire(dbc, &self.shared.region, &self.shared.map, why),
+        // Checked again where no other command can come between: a reset may have
+        // released the channel and another user activated on it meanwhile.
+        let result = self
+            .shared
+            .control_checked(ControlCommand::Deactivate { dbc: dbc as u32 }, || self.check_owner(dbc).map(drop));
+        if result.as_ref().is_err_and(|e| e.errno == Errno::EPERM) {
+            return result.map(drop);
         }
+        let why = KmdError::new(Errno::EPERM, format!("channel {dbc} was torn down while the buffer was queued"));
+        // Confirmed when the device deactivated it or had no activation there.
+        let confirmed = match &result {
+            Ok(_) => true,
+            Err(e) => e.errno == Errno::ENOENT,
+        };
+        let shared = &self.shared;
+        shared.channels[dbc].let_go_if_owned(dbc, &shared.region, &shared.map, why, self.user, confirmed);
         result.map(drop)
     }
 }

@@ -59,11 +59,19 @@ impl Shared {
     /// (a late load is unloaded, a late activation deactivated) and channels whose
     /// deactivation the device has not confirmed.
     pub fn control(&self, cmd: ControlCommand) -> Result<ControlValues> {
+        self.control_checked(cmd, || Ok(()))
+    }
+
+    /// [`Shared::control`], with `check` run once no other command can come between it
+    /// and this one (a channel cannot change hands meanwhile: every such change is a
+    /// control command or holds the control lock).
+    pub fn control_checked(&self, cmd: ControlCommand, check: impl FnOnce() -> Result<()>) -> Result<ControlValues> {
         let mut host = self.control.lock();
         if !self.online() {
             return fail(Errno::ENODEV, "device is offline");
         }
         self.settle(&mut host)?;
+        check()?;
         self.exchange(&mut host, cmd)
     }
 

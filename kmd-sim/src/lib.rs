@@ -423,9 +423,17 @@ impl Kmd {
         };
         step(SsrState::BeforeShutdown);
         // The device forgets the activation and its queued elements (none if inactive).
-        let _ = self.shared.control(ControlCommand::Deactivate { dbc });
+        let confirmed = match self.shared.control(ControlCommand::Deactivate { dbc }) {
+            Ok(_) => true,
+            Err(e) => e.errno == Errno::ENOENT,
+        };
         let why = KmdError::new(Errno::EPIPE, format!("channel {dbc} went through a subsystem restart"));
-        channel.release(dbc as usize, &self.shared.region, &self.shared.map, why);
+        if confirmed {
+            channel.release(dbc as usize, &self.shared.region, &self.shared.map, why);
+        } else {
+            // The device may still hold it: reserved until it confirms.
+            channel.retire(dbc as usize, &self.shared.region, &self.shared.map, why);
+        }
         step(SsrState::AfterShutdown);
         step(SsrState::BeforePowerUp);
         step(SsrState::AfterPowerUp);
