@@ -182,10 +182,8 @@ impl Worker {
         let (input, output) = self.pairs[p];
         self.client.mmap_bo(input)?.write(0, data)?;
         self.client.mmap_bo(output)?.write(0, &[0xEE; BYTES as usize])?;
-        let both = [
-            ExecuteEntry { handle: input, dir: DIR_TO_DEVICE },
-            ExecuteEntry { handle: output, dir: DIR_FROM_DEVICE },
-        ];
+        let both =
+            [ExecuteEntry { handle: input, dir: DIR_TO_DEVICE }, ExecuteEntry { handle: output, dir: DIR_FROM_DEVICE }];
         self.client.execute_bo(self.dbc, &both)?;
         let waited = self.client.wait_bo(output, 50, self.dbc);
         let input_done = self.client.wait_bo(input, 50, self.dbc);
@@ -283,11 +281,7 @@ fn controller(kmd: &Kmd, ledger: &Ledger, n: u64, seed: u64, stop: &AtomicBool) 
                     got.ssr += 1;
                 }
             }
-            5 | 6 => {
-                if kmd.reset().is_ok() {
-                    got.resets += 1;
-                }
-            }
+            5 | 6 => got.resets += u64::from(kmd.reset().is_ok()),
             7 | 8 => {
                 let _ = kmd.set_link(false);
                 std::thread::sleep(Duration::from_millis(2));
@@ -386,7 +380,11 @@ fn main() {
     let duplicated = ledger.duplicated.load(SeqCst);
     let corrupted = ledger.corrupted.load(SeqCst);
     let ok = ledger.ok.load(SeqCst);
-    println!("fault campaign: {total} inferences in {:.1} s ({:.0} inf/s)", took.as_secs_f64(), total as f64 / took.as_secs_f64());
+    println!(
+        "fault campaign: {total} inferences in {:.1} s ({:.0} inf/s)",
+        took.as_secs_f64(),
+        total as f64 / took.as_secs_f64()
+    );
     println!("  completed with their own output: {ok}");
     for (k, name) in FAILURES.iter().enumerate() {
         println!("  failed with {name}: {}", ledger.failed[k].load(SeqCst));

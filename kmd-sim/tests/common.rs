@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use aicsim_abi::container::IoDType;
+use aicsim_abi::control::ActivationInfo;
 use aicsim_abi::layout::MemoryMap;
 use aicsim_device::DeviceConfig;
 use aicsim_kmd::uapi::{AttachSliceEntry, ExecuteEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
@@ -34,6 +35,13 @@ pub fn copy_program(bytes: u32) -> Vec<u8> {
 pub fn setup(client: &Client) -> (u32, u32, u32) {
     let program = client.load_program(&copy_program(64)).unwrap();
     let (dbc, info) = client.activate(program).unwrap();
+    let (input, output) = pair(client, dbc, info);
+    (dbc, input, output)
+}
+
+/// An input and an output buffer of 64 bytes sliced for the copy program's activation
+/// on `dbc`: the input rings the doorbell, the output waits for the run.
+pub fn pair(client: &Client, dbc: u32, info: ActivationInfo) -> (u32, u32) {
     let (input, output) = (client.create_bo(64).unwrap(), client.create_bo(64).unwrap());
     let mut in_slice = AttachSliceEntry {
         size: 64,
@@ -48,7 +56,7 @@ pub fn setup(client: &Client) -> (u32, u32, u32) {
     out_slice.sems[0] = Sem { index: info.sem_outputs, presync: 1, cmd: 6, ..Default::default() };
     client.attach_slice_bo(input, dbc, DIR_TO_DEVICE, &[in_slice]).unwrap();
     client.attach_slice_bo(output, dbc, DIR_FROM_DEVICE, &[out_slice]).unwrap();
-    (dbc, input, output)
+    (input, output)
 }
 
 pub fn both(input: u32, output: u32) -> [ExecuteEntry; 2] {

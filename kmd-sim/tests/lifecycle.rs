@@ -8,12 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aicsim_abi::control::ActivationInfo;
 use aicsim_abi::layout::MemoryMap;
 use aicsim_device::{DeviceConfig, FaultPlan};
-use aicsim_kmd::uapi::{AttachSliceEntry, Sem, DIR_FROM_DEVICE, DIR_TO_DEVICE};
 use aicsim_kmd::{Client, Errno, Kmd, KmdConfig};
-use common::{both, copy_program, setup};
+use common::{both, copy_program, pair, setup};
 
 fn kmd(faults: FaultPlan, control_timeout: Duration) -> Arc<Kmd> {
     let device = DeviceConfig {
@@ -23,25 +21,6 @@ fn kmd(faults: FaultPlan, control_timeout: Duration) -> Arc<Kmd> {
         ..DeviceConfig::default()
     };
     Arc::new(Kmd::new(KmdConfig { device, control_timeout, ..KmdConfig::default() }).unwrap())
-}
-
-/// An input and an output buffer sliced for the copy program's activation on `dbc`.
-fn pair(client: &Client, dbc: u32, info: ActivationInfo) -> (u32, u32) {
-    let (input, output) = (client.create_bo(64).unwrap(), client.create_bo(64).unwrap());
-    let mut in_slice = AttachSliceEntry {
-        size: 64,
-        dev_addr: info.ddr_base,
-        db_addr: info.doorbell,
-        db_data: 1,
-        db_len: 32,
-        ..Default::default()
-    };
-    in_slice.sems[0] = Sem { val: 1, index: info.sem_inputs, cmd: 2, ..Default::default() };
-    let mut out_slice = AttachSliceEntry { size: 64, dev_addr: info.ddr_base + 64, ..Default::default() };
-    out_slice.sems[0] = Sem { index: info.sem_outputs, presync: 1, cmd: 6, ..Default::default() };
-    client.attach_slice_bo(input, dbc, DIR_TO_DEVICE, &[in_slice]).unwrap();
-    client.attach_slice_bo(output, dbc, DIR_FROM_DEVICE, &[out_slice]).unwrap();
-    (input, output)
 }
 
 fn pattern(seed: u32) -> Vec<u8> {
