@@ -23,6 +23,7 @@ mod client;
 mod control;
 mod external;
 pub mod region_file;
+mod shared_bytes;
 pub mod threads;
 
 use std::sync::atomic::Ordering::{Acquire, SeqCst};

@@ -3,6 +3,7 @@
 //! atomics at offsets — plus futex wait/wake on its words. The memfd is sparse: a
 //! 16 GiB device DDR costs nothing until it is touched.
 
+use crate::shared_bytes;
 use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
@@ -48,9 +49,9 @@ impl DmaEngine {
             .spawn(move || {
                 for (src, dst, len, ticket) in rx {
                     // SAFETY: `copy_start` checked both ranges against the mapping, which
-                    // outlives this thread (the region joins it before unmapping), and its
-                    // caller holds off every other access to them until `copy_finish`.
-                    unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+                    // outlives this thread (the region joins it before unmapping); every
+                    // access is atomic, whatever else touches the ranges meanwhile.
+                    unsafe { shared_bytes::copy(src as *const u8, dst as *mut u8, len) };
                     // Release: the bytes are in place before the ticket says so.
                     finished.store(ticket, Ordering::Release);
                 }
@@ -138,10 +139,15 @@ impl SharedRegion {
         };
         for (start, end) in edges {
             if end > start {
-                // SAFETY: the range is inside the mapping (checked), which lives as long
-                // as `self`. Another party writing it meanwhile is a race on plain bytes
-                // of shared memory, which the owner being handed the range cannot see yet.
-                unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(start as usize), 0, (end - start) as usize) };
+                let zeros = [0u8; 4096];
+                let mut at = start;
+                while at < end {
+                    let n = (end - at).min(zeros.len() as u64) as usize;
+                    // SAFETY: the range is inside the mapping (checked), which lives as
+                    // long as `self`; every access is atomic.
+                    unsafe { shared_bytes::store(&zeros[..n], self.map.as_mut_ptr().add(at as usize)) };
+                    at += n as u64;
+                }
             }
         }
         Ok(())
@@ -182,27 +188,32 @@ impl SharedMemory for SharedRegion {
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfRange> {
         check_range(offset, buf.len() as u64, self.size)?;
-        // SAFETY: the source range is inside the mapping (checked) and `buf` is a
-        // distinct local buffer. The other side does not write this range while the
-        // ring protocol gives it to us.
-        unsafe { std::ptr::copy_nonoverlapping(self.map.as_ptr().add(offset as usize), buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: the source range is inside the mapping (checked), which lives as long
+        // as `self`; every access to it is atomic, so another party writing it at the
+        // same time leaves `buf` with some mix of bytes, never undefined behaviour.
+        unsafe { shared_bytes::load(self.map.as_ptr().add(offset as usize), buf) };
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), OutOfRange> {
         check_range(offset, data.len() as u64, self.size)?;
-        // SAFETY: the destination range is inside the mapping (checked) and `data` is a
-        // distinct buffer; the protocol gives us this range exclusively.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(offset as usize), data.len()) };
+        // SAFETY: the destination range is inside the mapping (checked), which lives as
+        // long as `self`; every access to it is atomic, whatever another party does.
+        unsafe { shared_bytes::store(data, self.map.as_mut_ptr().add(offset as usize)) };
         Ok(())
     }
 
     fn copy(&self, src: u64, dst: u64, len: u64) -> Result<(), OutOfRange> {
         check_range(src, len, self.size)?;
         check_range(dst, len, self.size)?;
-        // SAFETY: both ranges are inside the mapping (checked); `copy` tolerates overlap.
+        // SAFETY: both ranges are inside the mapping (checked), which lives as long as
+        // `self`; the copy tolerates overlap and every access is atomic.
         unsafe {
-            std::ptr::copy(self.map.as_ptr().add(src as usize), self.map.as_mut_ptr().add(dst as usize), len as usize)
+            shared_bytes::copy(
+                self.map.as_ptr().add(src as usize),
+                self.map.as_mut_ptr().add(dst as usize),
+                len as usize,
+            )
         };
         Ok(())
     }
