@@ -68,8 +68,8 @@ struct ChannelBook {
     in_flight: VecDeque<usize>,
     /// Completions accounted for (the waking responses acknowledged).
     acked: u32,
-    /// The promise last published.
-    promised: Option<u64>,
+    /// The promise last published, and the acknowledgement published with it.
+    promised: Option<(u64, u32)>,
 }
 
 pub(crate) struct Engine<'a, C> {
@@ -337,8 +337,11 @@ where
             }
         }
         let book = &mut self.channels[a];
-        if book.promised != Some(promise) || promise == NO_PROMISE {
-            book.promised = Some(promise);
+        // An acknowledgement is news even when the promise stays: until the device sees
+        // it, it holds its clock a lookahead after the completion it acknowledges, and a
+        // host waiting for a later completion would wait for ever.
+        if book.promised != Some((promise, book.acked)) || promise == NO_PROMISE {
+            book.promised = Some((promise, book.acked));
             let activation = &self.set.activations()[a];
             activation.device().promise(activation.channel(), promise, book.acked)?;
         }
