@@ -27,13 +27,6 @@ pub(crate) struct ControlHost {
     owed: Option<(u32, ControlCommand)>,
 }
 
-impl ControlHost {
-    /// Forgets a command the device will never answer (it rebooted or was replaced).
-    pub fn forget(&mut self) {
-        self.owed = None;
-    }
-}
-
 /// How waiting for an answer ended.
 enum Outcome {
     Answered,
@@ -248,7 +241,7 @@ impl Shared {
     /// Clears the mailbox after the device rebooted or was replaced: nothing is owed, and
     /// a request still posted is withdrawn.
     pub fn reset_mailbox(&self, host: &mut ControlHost) {
-        host.forget();
+        host.owed = None;
         let state = control::mailbox_state(&self.region);
         self.region.store_u32(
             layout::CTRL_STATE,

@@ -17,7 +17,7 @@ use aicsim_abi::memory::SharedMemory;
 use crate::error::{fail, Errno, KmdError, Result};
 use crate::region_file::{self, Party};
 use crate::shm::SharedRegion;
-use crate::{threads, DeviceSide, Kmd, KmdConfig, Shared, Stepping};
+use crate::{threads, Kmd, KmdConfig, Shared, Stepping};
 
 fn io_error(path: &Path, what: &str, e: std::io::Error) -> KmdError {
     let errno = match e.kind() {
@@ -26,16 +26,6 @@ fn io_error(path: &Path, what: &str, e: std::io::Error) -> KmdError {
         _ => Errno::EINVAL,
     };
     KmdError::new(errno, format!("{what} {}: {e}", path.display()))
-}
-
-/// Every hardware-shape difference between a region's header and this side, one clause
-/// each naming both values.
-fn mismatch_message(header: &RegionHeader, config: &KmdConfig, region_is: &str, here_is: &str) -> Option<String> {
-    let clauses: Vec<String> = header
-        .mismatches(config.device.num_nsp, &config.device.map)
-        .map(|m| format!("{} {} {}, {here_is} {}", m.what, region_is, m.region, m.here))
-        .collect();
-    (!clauses.is_empty()).then(|| clauses.join("; "))
 }
 
 impl Kmd {
@@ -96,7 +86,14 @@ impl Kmd {
                 format!("{} has layout version {}; this host has {REGION_VERSION}", path.display(), theirs.version),
             );
         }
-        if let Some(why) = mismatch_message(&theirs, config, "on the device", "on this host") {
+        let shape = region_file::shape_mismatch(
+            &theirs,
+            config.device.num_nsp,
+            &config.device.map,
+            "on the device",
+            "on this host",
+        );
+        if let Some(why) = shape {
             return fail(Errno::EINVAL, format!("the device on {} differs: {why}", path.display()));
         }
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -124,19 +121,9 @@ impl Kmd {
     /// file: forgets everything queued (waiters get ENODEV), releases every channel, and
     /// waits (up to `wait`) for the new device. Users then load and activate again.
     pub fn reattach(&self, wait: Duration) -> Result<()> {
-        self.forget_device("the device went away while the buffer was queued");
-        self.wait_online(wait)
-    }
-
-    /// Everything the host knew of the device is void: queued buffers fail with ENODEV
-    /// and `why`, channels are released, programs forgotten, the mailbox cleared.
-    fn forget_device(&self, why: &str) {
         let shared = &self.shared;
-        let mut control = shared.control.lock();
-        shared.release_all_channels(why, DeviceSide::Forget);
-        shared.reset_mailbox(&mut control);
-        shared.programs.lock().clear();
-        shared.control_only.store(false, SeqCst);
+        shared.forget_device(&mut shared.control.lock(), "the device went away while the buffer was queued");
+        self.wait_online(wait)
     }
 
     /// A function-level reset of a device in another process: the host asks through
@@ -145,7 +132,7 @@ impl Kmd {
     /// with ENODEV; users load and activate again.
     pub(crate) fn function_level_reset(&self) -> Result<()> {
         let shared = &self.shared;
-        self.forget_device("device reset while the buffer was queued");
+        shared.forget_device(&mut shared.control.lock(), "device reset while the buffer was queued");
         let target = shared.region.fetch_add_u32(layout::RESET_REQUEST, 1, SeqCst).wrapping_add(1);
         shared.ring_device();
         let timeout = Duration::from_nanos(shared.control_timeout_ns.load(Acquire));

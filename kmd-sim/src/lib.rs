@@ -262,6 +262,16 @@ impl Shared {
         self.region.store_u32(layout::MSI_PENDING, 0, SeqCst);
     }
 
+    /// Everything the host knew of the device is void (it reboots, or another process
+    /// replaced it): queued buffers fail with ENODEV and `why`, channels are released,
+    /// programs forgotten (the firmware comes back with none), the mailbox cleared.
+    fn forget_device(&self, control: &mut control::ControlHost, why: &str) {
+        self.release_all_channels(why, DeviceSide::Forget);
+        self.reset_mailbox(control);
+        self.programs.lock().clear();
+        self.control_only.store(false, SeqCst);
+    }
+
     /// Tells the device there is work: bump the wake word, and make the futex call only
     /// if the device said it is going to sleep.
     pub fn ring_device(&self) {
@@ -383,11 +393,7 @@ impl Kmd {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        shared.release_all_channels("device reset while the buffer was queued", DeviceSide::Forget);
-        // The firmware comes back with no programs loaded and nothing in its mailbox.
-        shared.programs.lock().clear();
-        shared.reset_mailbox(&mut control);
-        shared.control_only.store(false, SeqCst);
+        shared.forget_device(&mut control, "device reset while the buffer was queued");
         match shared.config.stepping {
             Stepping::Manual => {
                 let mut firmware = Firmware::new(shared.config.device);

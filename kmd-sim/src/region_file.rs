@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use aicsim_abi::layout::{self, RegionHeader, REGION_MAGIC};
+use aicsim_abi::layout::{self, MemoryMap, RegionHeader, REGION_MAGIC};
 
 /// Who holds a region file: one device process and one host at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,4 +115,21 @@ pub fn read_u32(file: &File, offset: u64) -> io::Result<u32> {
 /// Reads `buf.len()` bytes at `offset` without mapping the file.
 pub fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     file.read_exact_at(buf, offset)
+}
+
+/// Every way the hardware shape in `header` differs from `num_nsp` and `map`, one clause
+/// each naming both values ("ring size 512 in the region, 64 on this device"), or `None`
+/// when they agree. `theirs` and `ours` say where each value is.
+pub fn shape_mismatch(
+    header: &RegionHeader,
+    num_nsp: u32,
+    map: &MemoryMap,
+    theirs: &str,
+    ours: &str,
+) -> Option<String> {
+    let clauses: Vec<String> = header
+        .mismatches(num_nsp, map)
+        .map(|m| format!("{} {} {theirs}, {} {ours}", m.what, m.region, m.here))
+        .collect();
+    (!clauses.is_empty()).then(|| clauses.join("; "))
 }

@@ -85,10 +85,8 @@ pub fn serve_device(
                 firmware.service_control_with(region, |ns| std::thread::sleep(Duration::from_nanos(ns)));
             }
             if control_only {
-                aicsim_device::firmware::Serviced {
-                    control: firmware.service_control_only(region),
-                    ..Default::default()
-                }
+                let control = firmware.service_control_with(region, |_| {});
+                aicsim_device::firmware::Serviced { control, ..Default::default() }
             } else {
                 firmware.service_at(region, Some(wall_ns))
             }

@@ -91,12 +91,10 @@ fn attach(path: &Path, config: &DeviceConfig, wait: Duration) -> Result<(SharedR
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
     };
-    let clauses: Vec<String> = header
-        .mismatches(config.num_nsp, &config.map)
-        .map(|m| format!("{} {} in the region, {} on this device", m.what, m.region, m.here))
-        .collect();
-    if !clauses.is_empty() {
-        return Err(format!("the host made {} for another device: {}", path.display(), clauses.join("; ")));
+    if let Some(why) =
+        region_file::shape_mismatch(&header, config.num_nsp, &config.map, "in the region", "on this device")
+    {
+        return Err(format!("the host made {} for another device: {why}", path.display()));
     }
     let size = config.map.total_bytes();
     let region = SharedRegion::from_file(file, size).map_err(|e| format!("cannot map {}: {e}", path.display()))?;

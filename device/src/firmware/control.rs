@@ -4,19 +4,14 @@
 use super::*;
 
 impl Firmware {
-    /// Answers a pending control request, if any, and nothing else: the rings are left
-    /// as they are. Returns whether a request was answered.
-    pub fn service_control_only<M: SharedMemory>(&mut self, mem: &M) -> bool {
-        self.service_control(mem)
-    }
-
     pub(super) fn service_control<M: SharedMemory>(&mut self, mem: &M) -> bool {
         self.service_control_with(mem, |_| {})
     }
 
-    /// Answers a pending control request, calling `between` with the fault plan's delay
-    /// for it (nanoseconds) after taking it from the mailbox and before running it (the
-    /// device loop sleeps that long: a slow device).
+    /// Answers a pending control request, if any, and nothing else (the rings are left as
+    /// they are); returns whether one was answered. `between` gets the fault plan's delay
+    /// for the request (nanoseconds) after it is taken from the mailbox and before it runs
+    /// (the device loop sleeps that long: a slow device).
     pub fn service_control_with<M: SharedMemory>(&mut self, mem: &M, between: impl FnOnce(u64)) -> bool {
         if self.hung {
             return false;
