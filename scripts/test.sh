@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs aicsim's whole test suite: unit, property, integration and end-to-end tests,
-# plus a smoke run of every benchmark and a million-inference fault campaign, and ends
-# with one summary line.
+# plus a smoke run of every benchmark, a million-inference fault campaign and 45 s of
+# coverage-guided fuzzing per fuzz target, and ends with one summary line.
 #
 # It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
 # and `onnxruntime` packages from PyPI. The compiler's reader is checked against `onnx`
@@ -30,5 +30,10 @@ cargo test --release --test calibration --test configurator -- --nocapture 2>&1 
 # fault, each completing once with its own output or failing once with a named error
 # (it exits non-zero otherwise). `cargo bench --bench fault_campaign` runs ten million.
 cargo bench --bench fault_campaign -- --inferences 1000000 2>&1 | tee -a "$log"
+# Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the program container through the
+# validator and a functional run, the ONNX reader, request elements and control
+# requests: 45 s per target from the committed seeds (fuzz/corpus). It installs
+# cargo-fuzz if needed and fails on the first crash or failed check.
+bash scripts/fuzz.sh 45 2>&1 | tee -a "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored; exit (failed > 0 || passed == 0) }' "$log"

@@ -613,6 +613,12 @@ fn checked_elements(shape: &[usize]) -> Option<usize> {
 static EMPTY: Const = Const { shape: Vec::new(), data: crate::ir::ConstData::F32(Vec::new()) };
 
 /// Imports `model`; `symbols` gives values to symbolic input dimensions.
+fn empty_tensor(name: &str, shape: &[usize]) -> CompileError {
+    CompileError::Model(format!(
+        "'{name}' has shape {shape:?}, an empty tensor; aicsim compiles tensors of at least one element"
+    ))
+}
+
 pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&Path>) -> Result<Graph, CompileError> {
     let opset = model.opset().unwrap_or(9);
     if !(7..=20).contains(&opset) {
@@ -669,12 +675,20 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
         if checked_elements(&dims).is_none() {
             return Err(CompileError::Model(format!("input '{}' of shape {dims:?} is too large", input.name)));
         }
+        if dims.contains(&0) {
+            return Err(empty_tensor(&input.name, &dims));
+        }
         let v = b.g.add_value(&input.name, dims);
         b.bind_value(&input.name, v);
         b.g.inputs.push(Io { name: input.name.clone(), value: v });
     }
     for node in &graph.nodes {
         b.node(node)?;
+    }
+    // ONNX allows empty tensors; a device program has nothing to move or compute for
+    // one, and every tiling below assumes at least one element.
+    if let Some(v) = b.g.values.iter().find(|v| v.elements() == 0) {
+        return Err(empty_tensor(&v.name, &v.shape));
     }
     for name in &graph_outputs {
         let v = match b.env.get(name) {

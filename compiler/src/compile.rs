@@ -117,6 +117,9 @@ pub fn compile(
     }
     let graph = crate::build::import(model, &opts.symbols, model_dir)?;
     let first = graph.inputs.first().ok_or_else(|| CompileError::Model("the model has no runtime input".into()))?;
+    if graph.outputs.is_empty() {
+        return Err(CompileError::Model("the model has no graph output; a program must return something".into()));
+    }
     let graph_batch = graph.values[first.value].shape.first().copied().unwrap_or(1);
     let replicas = match opts.batch_size {
         None => 1,

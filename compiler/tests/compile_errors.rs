@@ -171,3 +171,26 @@ fn a_tensor_beyond_32_bit_sizes_is_an_error_naming_it() {
     let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
     assert!(e.contains(&format!("tensor '{name}' has 4800000000 elements")) && e.contains("32-bit"), "{e}");
 }
+
+/// ONNX allows a dimension of 0; the compiler refuses the empty tensor by name instead
+/// of tiling it (the fuzzer's first find: a zero-row MatMul divided by zero).
+#[test]
+fn an_empty_tensor_is_refused_by_name() {
+    let mut m = zoo::bert(1, 64, 2, 8, 128);
+    let input = &mut m.graph.inputs[0];
+    let dims = input.shape.as_mut().expect("the zoo's input has a shape");
+    dims[1] = aicsim_compiler::onnx::Dim::Value(0);
+    let name = input.name.clone();
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&format!("'{name}'")) && e.contains("empty tensor"), "{e}");
+}
+
+/// A graph without outputs would make a program the device refuses to load (the
+/// fuzzer's second find); the compiler says so itself.
+#[test]
+fn a_model_without_outputs_is_refused() {
+    let mut m = zoo::mobilenet_v2();
+    m.graph.outputs.clear();
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains("no graph output"), "{e}");
+}

@@ -29,6 +29,7 @@ pub mod extent;
 pub mod firmware;
 pub mod nsp;
 pub mod parallel;
+pub mod rig;
 pub mod scheduler;
 
 pub use firmware::{DeviceConfig, FaultPlan, Firmware, Pacing};

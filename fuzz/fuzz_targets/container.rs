@@ -1,0 +1,65 @@
+//! A program container from the fuzzer, through the device's real path: copied into host
+//! memory and loaded by a control command (container parser, then the instruction
+//! validator of every core's stream), and when accepted, activated and run once in
+//! functional mode with elements queued as the runtime queues them.
+//!
+//! Checked: nothing panics or hangs; a rejection names its reason; the device accepts
+//! only what the container parser accepts; an accepted program's run either completes
+//! or leaves every element answered at most once; the channel and the program are given
+//! back cleanly afterwards.
+#![no_main]
+
+use aicsim_abi::container::ProgramImage;
+use aicsim_abi::control::{ControlCommand, ControlStatus};
+use aicsim_device::rig::Rig;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut rig = Rig::small();
+    if data.len() as u64 > rig.map.host_bytes / 2 {
+        return;
+    }
+    let parsed = ProgramImage::parse(data);
+    let program = match rig.load(data, rig.staging()) {
+        Ok(program) => program,
+        Err(reply) => {
+            assert_ne!(reply.status, ControlStatus::Ok);
+            assert!(!reply.message.is_empty(), "a rejected container is rejected with a reason");
+            return;
+        }
+    };
+    let image = match parsed {
+        Ok(image) => image,
+        Err(e) => panic!("the device loaded a container its own parser rejects ({e})"),
+    };
+    let info = match rig.activate(program, 0) {
+        Ok(info) => info,
+        Err(reply) => {
+            assert!(!reply.message.is_empty(), "a refused activation says why");
+            return;
+        }
+    };
+    let io: u64 = image.bindings.iter().map(|b| b.size_bytes).sum();
+    if io <= rig.map.host_bytes / 2 {
+        let inputs: Vec<Vec<u8>> = image
+            .inputs()
+            .enumerate()
+            .map(|(k, b)| (0..b.size_bytes).map(|i| (i as u8).wrapping_mul(17).wrapping_add(k as u8)).collect())
+            .collect();
+        let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let queued = image.bindings.len();
+        match rig.infer(0, info, &image, &refs, rig.map.host_offset()) {
+            Ok(outputs) => {
+                assert_eq!(outputs.len(), image.outputs().count());
+                for (out, b) in outputs.iter().zip(image.outputs()) {
+                    assert_eq!(out.len() as u64, b.size_bytes);
+                }
+            }
+            Err(responses) => assert!(responses.len() <= queued, "an element was answered twice"),
+        }
+    }
+    let reply = rig.control(ControlCommand::Deactivate { dbc: 0 });
+    assert_eq!(reply.status, ControlStatus::Ok, "{}", reply.message);
+    let reply = rig.control(ControlCommand::UnloadProgram { program });
+    assert_eq!(reply.status, ControlStatus::Ok, "{}", reply.message);
+});

@@ -1,0 +1,110 @@
+"""Writes the ONNX seeds of the `onnx` fuzz target (fuzz/corpus/onnx).
+
+Small models with seeded random weights, one for each family of operators the
+compiler lowers, built with onnx's helper API. Run with the project's virtualenv:
+`.venv/bin/python fuzz/seeds.py`; scripts/fuzz.sh then compiles them into the
+container seeds. The files are committed; rerun only to change the seeds.
+"""
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "onnx")
+rng = np.random.RandomState(7)
+
+
+def weight(name, *shape):
+    return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
+
+
+def io(name, *shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+
+def save(name, nodes, inputs, outputs, inits, opset=13):
+    graph = helper.make_graph(nodes, name, inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="aicsim-seeds")
+    onnx.checker.check_model(model)
+    onnx.save(model, os.path.join(OUT, name + ".onnx"))
+
+
+os.makedirs(OUT, exist_ok=True)
+save(
+    "conv_relu_pool",
+    [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ],
+    [io("x", 1, 3, 8, 8)],
+    [io("y", 1, 4)],
+    [weight("w", 4, 3, 3, 3), weight("b", 4)],
+)
+save(
+    "gemm_softmax",
+    [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1),
+        helper.make_node("Softmax", ["g"], ["y"], axis=-1),
+    ],
+    [io("x", 2, 16)],
+    [io("y", 2, 8)],
+    [weight("w", 8, 16), weight("b", 8)],
+)
+save(
+    "matmul_gelu_residual",
+    [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["a"]),
+        helper.make_node("Erf", ["a"], ["e"]),
+        helper.make_node("Mul", ["e", "a"], ["g"]),
+        helper.make_node("Add", ["g", "x"], ["y"]),
+    ],
+    [io("x", 1, 4, 16)],
+    [io("y", 1, 4, 16)],
+    [weight("w", 16, 16), weight("b", 16)],
+)
+save(
+    "layout",
+    [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["r"]),
+        helper.make_node("Concat", ["r", "r"], ["c"], axis=1),
+        helper.make_node("ReduceMean", ["c"], ["y"], axes=[1], keepdims=1),
+    ],
+    [io("x", 1, 4, 6)],
+    [io("y", 1, 1)],
+    [numpy_helper.from_array(np.array([1, 24], dtype=np.int64), "shape")],
+)
+save(
+    "elementwise",
+    [
+        helper.make_node("Sub", ["x", "k"], ["s"]),
+        helper.make_node("Pow", ["s", "two"], ["p"]),
+        helper.make_node("Sqrt", ["p"], ["q"]),
+        helper.make_node("Clip", ["q", "lo", "hi"], ["c"]),
+        helper.make_node("Tanh", ["c"], ["t"]),
+        helper.make_node("Max", ["t", "x"], ["y"]),
+    ],
+    [io("x", 1, 32)],
+    [io("y", 1, 32)],
+    [
+        weight("k", 32),
+        numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "lo"),
+        numpy_helper.from_array(np.array(1.5, dtype=np.float32), "hi"),
+    ],
+)
+save(
+    "symbolic_batch",
+    [helper.make_node("Gemm", ["x", "w"], ["y"])],
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    [weight("w", 8, 4)],
+    opset=11,
+)
+print("wrote", len(os.listdir(OUT)), "ONNX seeds to", OUT)
