@@ -153,6 +153,39 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> io::Result<Pat
     stage(dir, file_name, bytes)?.commit()
 }
 
+/// Files to create once a tool's work has succeeded: nothing is written if it fails.
+/// Each is a directory the user chose (created if missing) and one file name in it,
+/// which the tools made (model-supplied names pass through [`file_component`] first).
+#[derive(Debug, Default)]
+pub struct PendingFiles(Vec<(PathBuf, String, Vec<u8>)>);
+
+impl PendingFiles {
+    pub fn push(&mut self, dir: &Path, file_name: String, bytes: Vec<u8>) {
+        self.0.push((dir.to_path_buf(), file_name, bytes));
+    }
+
+    /// Writes every file under a temporary name first, then renames them all into place:
+    /// a failure before the renames leaves every file as it was, and no file is ever
+    /// seen half-written or reached through a link planted under its name. Returns the
+    /// paths written, in the order they were pushed.
+    pub fn write_all(self) -> Result<Vec<PathBuf>, String> {
+        let mut staged = Vec::with_capacity(self.0.len());
+        for (dir, name, bytes) in &self.0 {
+            let result = std::fs::create_dir_all(dir).and_then(|()| stage(dir, name, bytes));
+            match result {
+                Ok(s) => staged.push(s),
+                Err(e) => return Err(format!("cannot write {}: {e}", dir.join(name).display())),
+            }
+        }
+        let mut written = Vec::with_capacity(staged.len());
+        for s in staged {
+            let dest = s.dest().to_path_buf();
+            written.push(s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?);
+        }
+        Ok(written)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -174,23 +174,37 @@ fn the_latency_search_lands_within_20_percent_of_the_measured_round_trip() {
     assert!(diff.abs() <= 20.0, "{best}: {ms:.3} ms is {diff:+.1}% from 0.684");
 }
 
-/// The command line of the reference, end to end: the results table, the best
-/// configuration, a note when it is wider than any calibrated row (with the best point
-/// inside the calibrated range), and the aic-exec / aic-runner lines that reproduce it.
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("aicsim-configurator-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The command line of the reference, end to end: a log line per evaluation, the
+/// results table, the best configuration, a note when it is wider than any calibrated
+/// row (with the best point inside the calibrated range), the aic-exec / aic-runner
+/// lines that reproduce it, and the work left behind — results.csv and results.json with
+/// every evaluation, and the best programs compiled, the best one running as printed.
 #[test]
 fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
     let Some(path) = model() else { return };
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configurator/resnet50-latency.json");
+    let out_dir = temp_dir("cli");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-configurator"))
         .arg(&path)
         .args(["onnx", "-onnx-define-symbol-batch-size=batch_size", "-multicast-weights", "-convert-to-fp16"])
         .arg(format!("-optimized-config-search={}", spec.display()))
-        .args(["-max-compilation-threads=2", "-time=10", "-device-id=0", "-set-size", "1"])
+        .args(["-max-compilation-threads=2", "-time=10", "-device-id=0", "-set-size", "1", "-compiled-models=2"])
+        .arg(format!("-output-dir={}", out_dir.display()))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = text.lines().collect();
+    let evaluations = lines.iter().filter(|l| l.starts_with("Evaluation ")).count();
+    let footer = lines.iter().find(|l| l.starts_with("Search took")).expect(&text);
+    assert!(footer.contains(&format!(": {evaluations} configurations evaluated")), "{footer}\n{text}");
+    assert!(lines.iter().any(|l| l.starts_with("Evaluation 1/60: cores=") && l.ends_with("ms  OK")), "{text}");
     let header = lines.iter().position(|l| l.starts_with("status") && l.ends_with("latency(ms)")).expect(&text);
     // One row per initial value.
     assert_eq!(lines[header + 1..header + 4].iter().filter(|l| l.contains("cores=")).count(), 3, "{text}");
@@ -203,10 +217,68 @@ fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
         let c: u32 = within["Best evaluated within it: cores=".len()..].split(',').next().unwrap().parse().unwrap();
         assert!(c <= CALIBRATED_CORES, "{within}");
     }
+
+    // results.csv: a header and one row per evaluation, the best first.
+    let csv = std::fs::read_to_string(out_dir.join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(rows[0].starts_with("rank,cores,mos,ols,batchSize,instances,setSize,status,"), "{csv}");
+    assert_eq!(rows.len() - 1, evaluations, "{csv}");
+    assert!(rows[1].starts_with(&format!("1,{cores},")) && rows[1].contains(",OK,"), "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["objective"], "minimize_latency");
+    assert_eq!(json["evaluations"].as_array().unwrap().len(), evaluations);
+    assert_eq!(json["best"]["cores"], cores);
+    let compiled = json["compiledModels"].as_array().unwrap();
+    assert_eq!(compiled.len(), 2, "{json}");
+
+    // The best program is where the printed lines say, and runs as printed.
+    let best_dir = PathBuf::from(compiled[0].as_str().unwrap());
+    assert!(best_dir.starts_with(out_dir.join("compiled_models")), "{}", best_dir.display());
+    assert!(best_dir.file_name().unwrap().to_str().unwrap().starts_with(&format!("qpc-cores{cores}-")));
+    for dir in compiled {
+        let qpc = Path::new(dir.as_str().unwrap()).join("programqpc.bin");
+        assert!(text.contains(&format!("Writing file: {}", qpc.display())), "{text}");
+    }
     assert!(
         text.contains(&format!("-aic-num-cores={cores} "))
-            && text.contains("-compile-only -aic-binary-dir=./best-config"),
+            && text.contains(&format!("-compile-only -aic-binary-dir={}", best_dir.display())),
         "{text}"
     );
-    assert!(text.contains("aic-runner -t ./best-config -a 1 -S 1 --time 10"), "{text}");
+    let run_line = format!("aic-runner -t {} -a 1 -S 1 --time 10", best_dir.display());
+    assert!(text.contains(&run_line), "{text}");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_aic-runner"))
+        .arg("-t")
+        .arg(&best_dir)
+        .args(["-a", "1", "-S", "1", "-n", "20"])
+        .output()
+        .unwrap();
+    let run_text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && run_text.contains("InferenceCnt 20 "), "{run_text}");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+/// An output directory that cannot be written is refused before the search, with one
+/// line naming it, and nothing is left behind.
+#[test]
+fn an_unwritable_output_directory_is_refused_before_searching() {
+    let dir = temp_dir("unwritable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configurator/resnet50-latency.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-configurator"))
+        .args(["zoo:mobilenetv2", "onnx"])
+        .arg(format!("-optimized-config-search={}", spec.display()))
+        .arg(format!("-output-dir={}", file.join("results").display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("-output-dir=") && err.contains("a-file/results") && err.contains("cannot write there"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing searched");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("a-file")]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

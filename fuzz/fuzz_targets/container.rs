@@ -1,4 +1,4 @@
-//! A program container from the fuzzer, through the device's real path: copied into host
+//! A program container from the fuzzer (its checksum made to match), through the device's real path: copied into host
 //! memory and loaded by a control command (container parser, then the instruction
 //! validator of every core's stream), and when accepted, activated and run once in
 //! functional mode with elements queued as the runtime queues them.
@@ -9,16 +9,21 @@
 //! back cleanly afterwards.
 #![no_main]
 
-use aicsim_abi::container::ProgramImage;
+use aicsim_abi::container::{reseal, ProgramImage};
 use aicsim_abi::control::{ControlCommand, ControlStatus};
 use aicsim_device::rig::Rig;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(|input: &[u8]| {
     let mut rig = Rig::small();
-    if data.len() as u64 > rig.map.host_bytes / 2 {
+    if input.len() as u64 > rig.map.host_bytes / 2 {
         return;
     }
+    // The container's checksum is made to match, so mutations reach the structure and
+    // the code behind it (the checksum's own check is covered by the proptests).
+    let mut data = input.to_vec();
+    reseal(&mut data);
+    let data = data.as_slice();
     let parsed = ProgramImage::parse(data);
     let program = match rig.load(data, rig.staging()) {
         Ok(program) => program,

@@ -4,12 +4,25 @@
 //! aic-configurator model.onnx onnx -onnx-define-symbol-batch-size=batch_size
 //!     [-onnx-define-symbol=name,value]... -multicast-weights -convert-to-fp16
 //!     -optimized-config-search=search.json [-max-compilation-threads=N] [-time=S]
-//!     [-device-id=0] [-set-size N]
+//!     [-device-id=0] [-set-size N] [-output-dir=DIR] [-compiled-models=N]
 //! ```
+//!
+//! It logs every evaluation as it completes, prints the results table and the best
+//! configuration, and leaves its work in the output directory
+//! (`model_configurator_output` by default): `results.csv` and `results.json` with every
+//! configuration evaluated, and `compiled_models/qpc-<config>/programqpc.bin` for the
+//! best ones, each runnable with the aic-runner line printed for it. Nothing is written
+//! if the search fails.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::{search, Objective, Problem, SearchSpec, CALIBRATED_CORES};
+use parking_lot::Mutex;
+
+use super::{search_with, Config, Evaluation, Objective, Problem, SearchResult, SearchSpec, CALIBRATED_CORES};
+use crate::output_files::{self, PendingFiles};
 use crate::predict::{DeviceModel, HostModel};
 use aicsim_compiler::{CompileOptions, Source};
 use aicsim_device::DeviceConfig;
@@ -25,8 +38,12 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
                                            prediction runs in device time (shown in the
                                            aic-runner command line)
   -device-id=<n>                           the device (the simulator has device 0)
-  -set-size <n>                            in-flight inferences per instance (default 2;
-                                           the latency objective uses 1)";
+  -set-size <n>                            in-flight inferences per instance (default 10;
+                                           the latency objective uses 1)
+  -output-dir=<dir>                        where results and programs go
+                                           (default model_configurator_output)
+  -compiled-models=<n>                     compile the n best configurations into
+                                           <dir>/compiled_models (default 3; 0: none)";
 
 struct Args {
     model: String,
@@ -36,6 +53,8 @@ struct Args {
     threads: usize,
     time: u32,
     set_size: u32,
+    output_dir: PathBuf,
+    compiled_models: usize,
 }
 
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -51,7 +70,9 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         batch_symbol: None,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         time: 20,
-        set_size: 2,
+        set_size: 10,
+        output_dir: PathBuf::from("model_configurator_output"),
+        compiled_models: 3,
     };
     let mut spec = None;
     let mut it = argv.iter();
@@ -78,6 +99,11 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "-optimized-config-search" => spec = Some(need()?.to_string()),
             "-max-compilation-threads" => a.threads = positive(flag, need()?)? as usize,
             "-time" => a.time = positive(flag, need()?)?,
+            "-output-dir" => a.output_dir = PathBuf::from(need()?),
+            "-compiled-models" => {
+                let v = need()?;
+                a.compiled_models = v.parse().map_err(|_| format!("{flag}={v}: expected a whole number"))?;
+            }
             "-device-id" => {
                 let d = need()?;
                 if d != "0" {
@@ -106,11 +132,96 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
     Ok(Some(a))
 }
 
+/// Fails at once, before any search, if `dir` cannot take the results: creates it and
+/// stages (then drops) a file in it.
+fn check_writable(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| output_files::stage(dir, "results.csv", b"").map(drop))
+        .map_err(|e| format!("-output-dir={}: cannot write there: {e}", dir.display()))
+}
+
+/// The directory of a configuration's program under `compiled_models`.
+fn qpc_dir(out: &Path, c: &Config) -> PathBuf {
+    out.join("compiled_models")
+        .join(format!("qpc-cores{}-mos{}-ols{}-bs{}-instances{}", c.cores, c.mos, c.ols, c.bs, c.instances))
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// Every configuration evaluated, one row each, best first.
+fn results_csv(result: &SearchResult, objective: Objective, set_size: u32) -> String {
+    let mut out = String::from(
+        "rank,cores,mos,ols,batchSize,instances,setSize,status,infPerSec,latencyMeanMs,latencyP99Ms,deviceExecMs,error\n",
+    );
+    let ranked = result.ranked(objective, usize::MAX);
+    let failed = result.evaluated.iter().filter(|e| e.result.is_err());
+    for (i, e) in ranked.iter().copied().chain(failed).enumerate() {
+        let c = e.config;
+        let head = format!("{},{},{},{},{},{},{}", i + 1, c.cores, c.mos, c.ols, c.bs, c.instances, set_size);
+        match &e.result {
+            Ok(p) => {
+                out += &format!(
+                    "{head},OK,{:.3},{:.4},{:.4},{:.4},\n",
+                    p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
+                )
+            }
+            Err(why) => out += &format!("{head},FAILED,,,,,{}\n", csv_field(why)),
+        }
+    }
+    out
+}
+
+fn evaluation_json(e: &Evaluation) -> serde_json::Value {
+    let c = e.config;
+    let mut v = serde_json::json!({
+        "cores": c.cores, "mos": c.mos, "ols": c.ols, "batchSize": c.bs, "instances": c.instances,
+    });
+    match &e.result {
+        Ok(p) => {
+            v["status"] = "OK".into();
+            v["infPerSec"] = p.inf_per_sec.into();
+            v["latencyMeanMs"] = p.host_round_trip.mean.into();
+            v["latencyP99Ms"] = p.host_round_trip.p99.into();
+            v["deviceExecMs"] = p.device_exec.mean.into();
+        }
+        Err(why) => {
+            v["status"] = "FAILED".into();
+            v["error"] = why.as_str().into();
+        }
+    }
+    v
+}
+
+/// One line per completed evaluation, numbered in completion order (each point once).
+fn logger(objective: Objective, budget: usize) -> impl Fn(&Evaluation) + Sync {
+    let seen = Mutex::new(HashSet::new());
+    let count = AtomicUsize::new(0);
+    move |e: &Evaluation| {
+        if !seen.lock().insert(e.config) {
+            return;
+        }
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        let line = match (&e.result, objective) {
+            (Ok(p), Objective::MaximizeInfRate) => format!("{:.3} inf/s  OK", p.inf_per_sec),
+            (Ok(p), Objective::MinimizeLatency) => format!("{:.4} ms  OK", p.host_round_trip.mean),
+            (Err(why), _) => format!("FAILED ({why})"),
+        };
+        println!("Evaluation {n}/{budget}: {} -> {line}", e.config);
+    }
+}
+
 fn run(argv: &[String]) -> Result<(), String> {
     let Some(args) = parse(argv)? else { return Ok(()) };
     let text = std::fs::read_to_string(&args.spec).map_err(|e| format!("{}: {e}", args.spec))?;
     let spec = SearchSpec::parse(&text).map_err(|e| format!("{}: {e}", args.spec))?;
     let source = Source::load(&args.model).map_err(|e| e.to_string())?;
+    check_writable(&args.output_dir)?;
     let problem = Problem {
         source,
         base: args.opts.clone(),
@@ -124,12 +235,13 @@ fn run(argv: &[String]) -> Result<(), String> {
         Objective::MaximizeInfRate => "maximize_inf_rate",
         Objective::MinimizeLatency => "minimize_latency",
     };
+    let set_size = if spec.objective == Objective::MinimizeLatency { 1 } else { args.set_size };
     println!(
-        "Searching {} ({objective_name}, at most {} evaluations, {} threads, {} NSP cores)",
+        "Searching {} ({objective_name}, at most {} evaluations, set size {set_size}, {} threads, {} NSP cores)",
         args.model, spec.max_func_eval, args.threads, problem.device.num_nsp
     );
     let t = Instant::now();
-    let result = search(&problem, &spec, args.threads);
+    let result = search_with(&problem, &spec, args.threads, &logger(spec.objective, spec.max_func_eval));
     let took = t.elapsed();
     let unit = match spec.objective {
         Objective::MaximizeInfRate => "inf/s",
@@ -180,6 +292,35 @@ fn run(argv: &[String]) -> Result<(), String> {
             println!("Best evaluated within it: {}: {v:.3} {unit}", e.config);
         }
     }
+
+    // What the search leaves behind: the results, and the best programs compiled.
+    let out = &args.output_dir;
+    let mut files = PendingFiles::default();
+    files.push(out, "results.csv".into(), results_csv(&result, spec.objective, set_size).into_bytes());
+    let kept = result.ranked(spec.objective, args.compiled_models);
+    let json = serde_json::json!({
+        "model": args.model,
+        "objective": objective_name,
+        "setSize": set_size,
+        "best": evaluation_json(best),
+        "compiledModels": kept.iter().map(|e| qpc_dir(out, &e.config).display().to_string()).collect::<Vec<_>>(),
+        "evaluations": result.ranked(spec.objective, usize::MAX).into_iter()
+            .chain(result.evaluated.iter().filter(|e| e.result.is_err()))
+            .map(evaluation_json).collect::<Vec<_>>(),
+    });
+    let json = serde_json::to_string_pretty(&json).expect("plain JSON values") + "\n";
+    files.push(out, "results.json".into(), json.into_bytes());
+    for e in &kept {
+        let compiled = problem
+            .source
+            .compile(&problem.options(&e.config))
+            .map_err(|err| format!("recompiling {} for {}: {err}", e.config, qpc_dir(out, &e.config).display()))?;
+        files.push(&qpc_dir(out, &e.config), "programqpc.bin".into(), compiled.image.to_bytes());
+    }
+    for path in files.write_all()? {
+        println!("Writing file: {}", path.display());
+    }
+
     let mut exec = format!("aic-exec -m={}", args.model);
     let mut symbols: Vec<_> = args.opts.symbols.iter().collect();
     symbols.sort();
@@ -196,10 +337,19 @@ fn run(argv: &[String]) -> Result<(), String> {
     if args.opts.fp16 {
         exec += " -convert-to-fp16";
     }
-    exec += " -aic-hw -aic-hw-version=2.0 -compile-only -aic-binary-dir=./best-config";
-    let set_size = if spec.objective == Objective::MinimizeLatency { 1 } else { args.set_size };
+    let best_dir = qpc_dir(out, &c);
+    exec += &format!(" -aic-hw -aic-hw-version=2.0 -compile-only -aic-binary-dir={}", best_dir.display());
     println!("Compile it with:\n  {exec}");
-    println!("Run it with:\n  aic-runner -t ./best-config -a {} -S {set_size} --time {}", c.instances, args.time);
+    let runner = |c: &Config| {
+        format!("aic-runner -t {} -a {} -S {set_size} --time {}", qpc_dir(out, c).display(), c.instances, args.time)
+    };
+    println!("Run it with:\n  {}", runner(&c));
+    if kept.len() > 1 {
+        println!("The next best, compiled too:");
+        for e in &kept[1..] {
+            println!("  {}", runner(&e.config));
+        }
+    }
     Ok(())
 }
 

@@ -362,7 +362,8 @@ struct Cache {
 }
 
 impl Problem {
-    fn options(&self, c: &Config) -> CompileOptions {
+    /// The compile options of point `c`.
+    pub fn options(&self, c: &Config) -> CompileOptions {
         let mut o = self.base.clone();
         o.cores = c.cores;
         o.mos = c.mos;
@@ -449,6 +450,16 @@ impl SearchResult {
     }
 }
 
+impl SearchResult {
+    /// The `n` best points that were evaluated successfully, best first.
+    pub fn ranked(&self, objective: Objective, n: usize) -> Vec<&Evaluation> {
+        let mut ok: Vec<&Evaluation> = self.evaluated.iter().filter(|e| e.result.is_ok()).collect();
+        ok.sort_by(|a, b| b.score(objective).total_cmp(&a.score(objective)).then(a.config.cmp(&b.config)));
+        ok.truncate(n);
+        ok
+    }
+}
+
 /// The best of `points` for `objective` (failures last; ties to the smaller config).
 fn best_of<'a>(points: impl Iterator<Item = &'a Evaluation>, objective: Objective) -> Option<&'a Evaluation> {
     points.max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
@@ -461,6 +472,7 @@ fn evaluate_all(
     points: &[Config],
     objective: Objective,
     threads: usize,
+    on_evaluated: &(dyn Fn(&Evaluation) + Sync),
 ) -> Vec<Evaluation> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = Mutex::new(vec![None; points.len()]);
@@ -470,6 +482,7 @@ fn evaluate_all(
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(c) = points.get(i) else { break };
                 let e = problem.evaluate_cached(cache, c, objective);
+                on_evaluated(&e);
                 results.lock()[i] = Some(e);
             });
         }
@@ -479,6 +492,17 @@ fn evaluate_all(
 
 /// Searches from every initial value of `spec`.
 pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchResult {
+    search_with(problem, spec, threads, &|_| {})
+}
+
+/// [`search`], calling `on_evaluated` (from the evaluating thread) as each point's
+/// evaluation completes.
+pub fn search_with(
+    problem: &Problem,
+    spec: &SearchSpec,
+    threads: usize,
+    on_evaluated: &(dyn Fn(&Evaluation) + Sync),
+) -> SearchResult {
     let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
     let nsp = problem.device.num_nsp;
     let objective = spec.objective;
@@ -487,7 +511,7 @@ pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchRes
     let starts: Vec<Config> = spec.initial_values.iter().filter(|c| spec.invalid(c, nsp).is_none()).copied().collect();
     let mut first = starts.clone();
     first.truncate(spec.max_func_eval);
-    evaluate_all(problem, &cache, &first, objective, threads);
+    evaluate_all(problem, &cache, &first, objective, threads, on_evaluated);
     let mut climbs = Vec::new();
     for initial in &spec.initial_values {
         let Some(mut here) = cache.evaluations.lock().get(initial).cloned() else {
@@ -508,7 +532,7 @@ pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchRes
             let mut todo = fresh;
             let over = todo.len() > left;
             todo.truncate(left);
-            evaluate_all(problem, &cache, &todo, objective, threads);
+            evaluate_all(problem, &cache, &todo, objective, threads, on_evaluated);
             let best_neighbour = {
                 let seen = cache.evaluations.lock();
                 spec.neighbours(&here.config, nsp)

@@ -2,36 +2,7 @@
 //! file it writes, all staged and put in place only after a successful run.
 
 use super::*;
-
-/// Files to create after a successful run: nothing is written if the run fails. Each is a
-/// directory the user chose and one file name in it, which the tools made (model-supplied
-/// names pass through [`output_files::file_component`] first).
-pub(super) struct PendingFiles(Vec<(PathBuf, String, Vec<u8>)>);
-
-impl PendingFiles {
-    pub(super) fn push(&mut self, dir: &Path, file_name: String, bytes: Vec<u8>) {
-        self.0.push((dir.to_path_buf(), file_name, bytes));
-    }
-
-    /// Writes every file under a temporary name first, then renames them all into place:
-    /// a failure before the renames leaves every directory as it was, and no file is ever
-    /// seen half-written or reached through a link planted under its name.
-    pub(super) fn write_all(self) -> Result<(), String> {
-        let mut staged = Vec::with_capacity(self.0.len());
-        for (dir, name, bytes) in &self.0 {
-            let result = std::fs::create_dir_all(dir).and_then(|()| output_files::stage(dir, name, bytes));
-            match result {
-                Ok(s) => staged.push(s),
-                Err(e) => return Err(format!("cannot write {}: {e}", dir.join(name).display())),
-            }
-        }
-        for s in staged {
-            let dest = s.dest().to_path_buf();
-            s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-        }
-        Ok(())
-    }
-}
+use crate::output_files::PendingFiles;
 
 /// The scenario's headline and verdict.
 pub(super) fn verdict(
@@ -130,7 +101,7 @@ pub(super) fn files(
     verdict: &Option<(String, String)>,
     wall_speed: Option<&WallSpeed>,
 ) -> Result<PendingFiles, String> {
-    let mut files = PendingFiles(Vec::new());
+    let mut files = PendingFiles::default();
     let dir = &args.profiling_out_dir;
     if let Some(out_dir) = &args.write_output_dir {
         let names: Vec<String> = program.outputs().iter().map(|b| b.name.clone()).collect();
