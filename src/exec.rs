@@ -14,6 +14,7 @@ pub struct ExecArgs {
     pub stats_batch_size: Option<u32>,
     pub profiling_types: Vec<String>,
     pub verbose: bool,
+    pub dump_supported_ops: bool,
 }
 
 const USAGE: &str = "\
@@ -30,6 +31,7 @@ usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base>
   -compile-only                        compile without running
   -aic-perf-metrics                    print resource and per-layer cost estimates
   -aic-profiling-type=stats|trace|latency  accepted; profiles are taken by aic-runner
+  -dump-supported-ops                   list the ONNX operators the compiler takes, then exit
   -v                                   verbose";
 
 fn number(flag: &str, value: &str) -> Result<u32, String> {
@@ -107,6 +109,10 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
                 no_value()?;
                 a.verbose = true
             }
+            "-dump-supported-ops" => {
+                no_value()?;
+                a.dump_supported_ops = true
+            }
             _ => return Err(format!("unknown flag '{arg}' (aic-exec -h lists the flags)")),
         }
     }
@@ -120,10 +126,38 @@ fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
 
+/// The `-dump-supported-ops` listing: one operator per line, sorted, with how it is taken.
+pub fn supported_ops_listing() -> String {
+    use aicsim_compiler::ops::{supported, Support};
+    let ops = supported();
+    let mut out = format!("Supported ONNX operators (default domain, opsets 7 to 20): {}\n", ops.len());
+    for (name, how) in ops {
+        let how = match how {
+            Support::Device => "runs on the device",
+            Support::CompileTime => "evaluated at compile time (constant inputs only)",
+        };
+        out += &format!("  {name:<20} {how}\n");
+    }
+    out
+}
+
+/// A warning when `-stats-batchsize` differs from the batch the program runs: per-sample
+/// figures then use the program's batch (the seed's batch-4 line on a fixed-batch model
+/// would otherwise report four times too few MACs per sample).
+pub fn stats_batch_warning(stats_batch: Option<u32>, program_batch: u32) -> Option<String> {
+    let b = stats_batch?;
+    (b != program_batch).then(|| {
+        format!(
+            "-stats-batchsize={b} but the program runs {program_batch} sample(s) per inference \
+             (a fixed batch dimension, or a symbol or -batchsize not given); per-sample figures use {program_batch}"
+        )
+    })
+}
+
 /// Prints the `-aic-perf-metrics` resource summary and per-layer cost table.
 pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
     let m = c.metrics();
-    let per = f64::from(stats_batch.unwrap_or(c.image.batch_size).max(1));
+    let per = f64::from(stats_batch.filter(|&b| b == c.image.batch_size).unwrap_or(c.image.batch_size).max(1));
     let cost = aicsim_device::nsp::CostModel::default();
     println!("=== Resource summary ===");
     println!(

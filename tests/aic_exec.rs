@@ -154,3 +154,47 @@ fn a_link_planted_under_the_program_name_is_not_followed() {
     let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["programqpc.bin"]);
 }
+
+/// `-dump-supported-ops` lists what the compiler takes (and nothing needs a model).
+#[test]
+fn the_supported_operators_are_listed() {
+    let (code, out, err) = exec(&["-dump-supported-ops".into()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("Supported ONNX operators"), "{out}");
+    for op in ["Conv", "MatMul", "Softmax", "Gemm", "Constant", "Shape"] {
+        assert!(lines.iter().any(|l| l.split_whitespace().next() == Some(op)), "{op} missing:\n{out}");
+    }
+    assert!(!lines.iter().any(|l| l.split_whitespace().next() == Some("NonMaxSuppression")), "{out}");
+    let names: Vec<&str> = lines[1..].iter().filter_map(|l| l.split_whitespace().next()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "sorted by name");
+}
+
+/// A symbol the model does not have, and a -stats-batchsize the program does not run,
+/// are each named in a warning (the seed's batch-4 line on a fixed-batch model).
+#[test]
+fn a_symbol_the_model_lacks_and_a_mismatched_stats_batch_are_warned_about() {
+    let dir = out_dir("aic-exec-warnings");
+    let args: Vec<String> = vec![
+        "-m=zoo:mobilenetv2".into(),
+        "-onnx-define-symbol=batch_size,4".into(),
+        "-stats-batchsize=4".into(),
+        "-aic-perf-metrics".into(),
+        format!("-aic-binary-dir={}", dir.display()),
+    ];
+    let (code, out, err) = exec(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("Warning: -onnx-define-symbol=batch_size,4: the model has no symbolic dimension 'batch_size'"),
+        "{err}"
+    );
+    assert!(err.contains("Warning: -stats-batchsize=4 but the program runs 1 sample(s) per inference"), "{err}");
+    // Per-sample figures use the batch the program runs.
+    let macs = out.lines().find(|l| l.starts_with("MAC estimate:")).expect(&out);
+    let per_inference: f64 = macs.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let per_sample: f64 = macs.split('(').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(per_inference, per_sample, "{macs}");
+    assert!(dir.join("programqpc.bin").exists());
+}

@@ -276,7 +276,10 @@ fn an_unwritable_output_directory_is_refused_before_searching() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("-output-dir=") && err.contains("a-file/results") && err.contains("cannot write there"), "{err}");
+    assert!(
+        err.contains("-output-dir=") && err.contains("a-file/results") && err.contains("cannot write there"),
+        "{err}"
+    );
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "nothing searched");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("a-file")]);

@@ -612,13 +612,13 @@ fn checked_elements(shape: &[usize]) -> Option<usize> {
 
 static EMPTY: Const = Const { shape: Vec::new(), data: crate::ir::ConstData::F32(Vec::new()) };
 
-/// Imports `model`; `symbols` gives values to symbolic input dimensions.
 fn empty_tensor(name: &str, shape: &[usize]) -> CompileError {
     CompileError::Model(format!(
         "'{name}' has shape {shape:?}, an empty tensor; aicsim compiles tensors of at least one element"
     ))
 }
 
+/// Imports `model`; `symbols` gives values to symbolic input dimensions.
 pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&Path>) -> Result<Graph, CompileError> {
     let opset = model.opset().unwrap_or(9);
     if !(7..=20).contains(&opset) {
@@ -681,6 +681,24 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
         let v = b.g.add_value(&input.name, dims);
         b.bind_value(&input.name, v);
         b.g.inputs.push(Io { name: input.name.clone(), value: v });
+    }
+    // Every operator the compiler does not know, named at once (not only the first).
+    let known = crate::ops::supported();
+    let unknown: Vec<(String, String)> = graph
+        .nodes
+        .iter()
+        .filter(|n| {
+            let default_domain = n.domain.is_empty() || n.domain == "ai.onnx";
+            !default_domain || !known.iter().any(|(op, _)| *op == n.op_type)
+        })
+        .map(|n| (n.op_type.clone(), n.name.clone()))
+        .collect();
+    match unknown.as_slice() {
+        [] => {}
+        [(op_type, node)] => {
+            return Err(CompileError::Unsupported { op_type: op_type.clone(), node: node.clone(), opset })
+        }
+        _ => return Err(CompileError::UnsupportedMany { nodes: unknown, opset }),
     }
     for node in &graph.nodes {
         b.node(node)?;

@@ -103,6 +103,34 @@ fn io_name(name: &str) -> Result<String, CompileError> {
     Ok(name.into())
 }
 
+/// A warning for each defined symbol no graph input has: its value changes nothing,
+/// which is worth saying (a batch symbol given to a fixed-batch model compiles batch 1).
+fn unused_symbols(model: &Model, symbols: &HashMap<String, i64>) -> Vec<String> {
+    let mut present: Vec<&str> = model
+        .graph
+        .inputs
+        .iter()
+        .flat_map(|i| i.shape.iter().flatten())
+        .filter_map(|d| match d {
+            crate::onnx::Dim::Param(p) => Some(p.as_str()),
+            _ => None,
+        })
+        .collect();
+    present.sort_unstable();
+    present.dedup();
+    let mut unused: Vec<(&String, &i64)> = symbols.iter().filter(|(k, _)| !present.contains(&k.as_str())).collect();
+    unused.sort();
+    let have = if present.is_empty() { "none".to_string() } else { present.join(", ") };
+    unused
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "-onnx-define-symbol={k},{v}: the model has no symbolic dimension '{k}' (its symbols: {have}); ignored"
+            )
+        })
+        .collect()
+}
+
 /// Compiles a parsed model. `name` becomes the program's name.
 pub fn compile(
     model: &Model,
@@ -193,7 +221,8 @@ pub fn compile(
         cores: lowered.streams.iter().map(|s| s.iter().map(|&op| Instruction::encode(op)).collect()).collect(),
         constants: lowered.constants.clone(),
     };
-    let warnings = lowered.warnings.clone();
+    let mut warnings = unused_symbols(model, &opts.symbols);
+    warnings.extend(lowered.warnings.iter().cloned());
     Ok(Compiled { image, graph, lowered, replicas, warnings })
 }
 

@@ -16,13 +16,17 @@ pub mod fold;
 pub mod ir;
 pub mod lower;
 pub mod onnx;
-mod ops;
+pub mod ops;
 mod peers;
 pub mod protobuf;
 pub mod shapes;
 pub mod zoo;
 
 pub use compile::{compile, compile_file, CompileOptions, Compiled, Source};
+
+fn list_nodes(nodes: &[(String, String)]) -> String {
+    nodes.iter().map(|(op, node)| format!("{op} (node '{node}')")).collect::<Vec<_>>().join(", ")
+}
 
 /// Why a model does not compile. Every variant names what is wrong and where.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -33,6 +37,10 @@ pub enum CompileError {
     Shape(#[from] shapes::ShapeError),
     #[error("unsupported operator {op_type} (node '{node}', opset {opset})")]
     Unsupported { op_type: String, node: String, opset: i64 },
+    /// Several nodes whose operators the compiler does not take, all named at once:
+    /// `(op_type, node)` in graph order.
+    #[error("{} unsupported operators (opset {opset}): {}", .nodes.len(), list_nodes(.nodes))]
+    UnsupportedMany { nodes: Vec<(String, String)>, opset: i64 },
     #[error("node '{node}' ({op_type}): {reason}")]
     Node { node: String, op_type: String, reason: String },
     #[error("{0}")]

@@ -194,3 +194,37 @@ fn a_model_without_outputs_is_refused() {
     let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
     assert!(e.contains("no graph output"), "{e}");
 }
+
+/// Every operator the compiler does not take is named at once, not only the first.
+#[test]
+fn every_unsupported_operator_is_named_at_once() {
+    let mut m = zoo::mobilenet_v2();
+    m.graph.nodes[5].op_type = "NonMaxSuppression".into();
+    m.graph.nodes[9].op_type = "RoiAlign".into();
+    m.graph.nodes[12].domain = "com.microsoft".into();
+    let names: Vec<String> = [5, 9, 12].iter().map(|&i| m.graph.nodes[i].name.clone()).collect();
+    let e = compile(&m, None, "m", &opts()).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(&e, CompileError::UnsupportedMany { nodes, .. } if nodes.len() == 3), "{e:?}");
+    assert!(text.starts_with("3 unsupported operators (opset 13): NonMaxSuppression (node "), "{text}");
+    for name in &names {
+        assert!(text.contains(&format!("(node '{name}')")), "{name} missing: {text}");
+    }
+}
+
+/// A defined symbol that no input has is a warning that names it and the model's own.
+#[test]
+fn a_symbol_the_model_does_not_have_is_a_warning() {
+    let m = zoo::mobilenet_v2();
+    let mut o = opts();
+    o.symbols.insert("seq_len".into(), 128);
+    let c = compile(&m, None, "m", &o).unwrap();
+    assert!(
+        c.warnings.iter().any(|w| w.starts_with(
+            "-onnx-define-symbol=seq_len,128: the model has no symbolic dimension 'seq_len' (its symbols: none)"
+        )),
+        "{:?}",
+        c.warnings
+    );
+    assert!(compile(&m, None, "m", &opts()).unwrap().warnings.iter().all(|w| !w.contains("symbol")));
+}

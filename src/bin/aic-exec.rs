@@ -19,6 +19,10 @@ use aicsim::output_files;
 use aicsim_compiler::Source;
 
 fn run(args: &ExecArgs) -> Result<(), String> {
+    if args.dump_supported_ops {
+        print!("{}", aicsim::exec::supported_ops_listing());
+        return Ok(());
+    }
     let source = args.model.as_deref().ok_or("no model: give -m=<model.onnx> or -m=zoo:<name>")?;
     let dir = args.binary_dir.as_deref().ok_or("no output directory: give -aic-binary-dir=<dir>")?;
     match source.strip_prefix("zoo:") {
@@ -27,7 +31,8 @@ fn run(args: &ExecArgs) -> Result<(), String> {
     }
     let compiled = Source::load(source).and_then(|s| s.compile(&args.options)).map_err(|e| e.to_string())?;
     println!("Compiling model with {} precision.", if args.options.fp16 { "FP16" } else { "FP32" });
-    for w in &compiled.warnings {
+    let stats_warning = aicsim::exec::stats_batch_warning(args.stats_batch_size, compiled.image.batch_size);
+    for w in compiled.warnings.iter().chain(&stats_warning) {
         eprintln!("Warning: {w}");
     }
     if args.verbose {

@@ -40,6 +40,29 @@ pub(crate) fn find(op_type: &str) -> Option<&'static OpDef> {
     FAMILIES.iter().flat_map(|f| f.iter()).find(|d| d.name == op_type)
 }
 
+/// How the compiler takes an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Lowered to device instructions (and folded when its inputs are constants).
+    Device,
+    /// Evaluated at compile time only: every input must be known then.
+    CompileTime,
+}
+
+/// Every operator of the default domain the compiler takes, sorted by name (what
+/// `aic-exec -dump-supported-ops` prints). `Constant` and `Shape` are handled by the
+/// importer itself.
+pub fn supported() -> Vec<(&'static str, Support)> {
+    let mut all: Vec<(&'static str, Support)> = FAMILIES
+        .iter()
+        .flat_map(|f| f.iter())
+        .map(|d| (d.name, if d.build.is_some() { Support::Device } else { Support::CompileTime }))
+        .chain([("Constant", Support::CompileTime), ("Shape", Support::CompileTime)])
+        .collect();
+    all.sort_by_key(|&(name, _)| name);
+    all
+}
+
 /// A node's shape inference: its inputs' dimensions and the values known so far.
 pub(crate) struct ShapeCx<'a> {
     pub node: &'a Node,
