@@ -153,6 +153,11 @@ fn the_latency_file_has_every_stage_in_microseconds_and_consistent_values() {
     for metric in ["ExecTimeUs,", "InputWaitTimeUs,", "OutputWaitTimeUs,"] {
         assert!(out.lines().any(|l| l.starts_with(metric) && l.split(',').count() == 5), "{metric} row: {out}");
     }
+    // Every file written is announced, as the seed's runner does.
+    for a in 0..2 {
+        let file = dir.join(format!("aic-profiling-program-{a}-latency.txt"));
+        assert!(out.contains(&format!("Writing file: {}\n", file.display())), "{out}");
+    }
     // One file per activation; together they hold every sampled inference once.
     let (columns, mut rows) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
     let (columns_1, rows_1) = read_latency(&dir.join("aic-profiling-program-1-latency.txt"));
@@ -490,7 +495,8 @@ fn files_in(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>
         .collect()
 }
 
-/// A run with every output on: its stdout without the live/progress noise, and its files.
+/// A run with every output on: its stdout without the live/progress noise (its directory
+/// written `<dir>`), and its files.
 fn full_run(tag: &str) -> (String, std::collections::BTreeMap<String, Vec<u8>>) {
     let dir = temp_dir(tag);
     std::fs::create_dir_all(&dir).unwrap();
@@ -523,7 +529,8 @@ fn full_run(tag: &str) -> (String, std::collections::BTreeMap<String, Vec<u8>>) 
     assert_eq!(code, 0, "{err}");
     let files = files_in(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
-    (out, files)
+    // The `Writing file:` lines name this run's directory.
+    (out.replace(d, "<dir>"), files)
 }
 
 #[test]

@@ -49,8 +49,9 @@ fn run(args: &ExecArgs) -> Result<(), String> {
     }
     let dir = PathBuf::from(dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    output_files::write_atomic(&dir, "programqpc.bin", &compiled.image.to_bytes())
+    let written = output_files::write_atomic(&dir, "programqpc.bin", &compiled.image.to_bytes())
         .map_err(|e| format!("{}: {e}", dir.join("programqpc.bin").display()))?;
+    println!("Writing file: {}", written.display());
     if !args.compile_only {
         println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
     }

@@ -414,7 +414,9 @@ fn run(args: &Args) -> Result<(), String> {
     let paced = args.clock == Clock::Wall && args.pace != Some(Pace::None);
     let wall_speed = paced.then(|| wall_speed(&collected)).flatten();
     let files = files(args, &program, &plan, &summary, &throughput, &collected, &verdict, wall_speed.as_ref())?;
-    files.write_all()?;
+    for path in files.write_all()? {
+        println!("Writing file: {}", path.display());
+    }
 
     println!(" ---- Stats ----");
     let host_bound = wall_speed.as_ref().filter(|s| s.ratio < HOST_BOUND);
