@@ -211,13 +211,14 @@ impl IoBinding {
         self
     }
 
+    /// Elements of the shape (`u64::MAX` if more; a parsed container's never are).
     pub fn elements(&self) -> u64 {
-        self.shape.iter().map(|&d| u64::from(d)).product()
+        self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(u64::from(d))).unwrap_or(u64::MAX)
     }
 
     /// Bytes of the tensor in its host format.
     pub fn host_size_bytes(&self) -> u64 {
-        self.elements() * self.host.dtype.bytes()
+        self.elements().saturating_mul(self.host.dtype.bytes())
     }
 
     /// Whether pre/post-processing has work to do for this binding.

@@ -155,13 +155,15 @@ impl Tensor {
         &self.shape[..self.rank as usize]
     }
 
+    /// Elements the shape holds (`u64::MAX` if more: six u32 dimensions can overflow a
+    /// u64, and the validator refuses such a tensor by its count).
     pub fn elements(&self) -> u64 {
-        self.dims().iter().map(|&d| u64::from(d)).product()
+        self.dims().iter().try_fold(1u64, |n, &d| n.checked_mul(u64::from(d))).unwrap_or(u64::MAX)
     }
 
     /// Bytes of the tensor's values as a packed array.
     pub fn packed_bytes(&self) -> u64 {
-        self.elements() * self.dtype.bytes()
+        self.elements().saturating_mul(self.dtype.bytes())
     }
 
     /// Whether elements are densely packed in row-major order.
@@ -179,7 +181,7 @@ impl Tensor {
     /// Bytes from `offset` to just past the furthest element (0 if empty); `None` on
     /// overflow.
     pub fn span_bytes(&self) -> Option<u64> {
-        if self.elements() == 0 {
+        if self.dims().contains(&0) {
             return Some(0);
         }
         let mut last = 0u64;

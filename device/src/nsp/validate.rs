@@ -48,6 +48,8 @@ pub enum StreamProblem {
     Multicast { mask: u64, cores: u32 },
     #[error("{peer_bytes} bytes held by other cores, but the DMA reads {bytes} bytes from {space:?} (only a pool source can be held by other cores, and at most all of it)")]
     PeerBytes { peer_bytes: u32, bytes: u64, space: Space },
+    #[error("{operand} has {elements} elements, more than the {limit} bytes of memory it could ever be computed into")]
+    TooManyElements { operand: &'static str, elements: u64, limit: u64 },
     #[error("stream does not end with End")]
     MissingEnd,
     #[error("instruction after End")]
@@ -63,6 +65,13 @@ fn check(t: &Tensor, operand: &'static str, space: Space, limits: &Limits) -> Re
     let align = t.dtype.bytes();
     if !t.offset.is_multiple_of(align) {
         return Err(StreamProblem::Misaligned { operand, offset: t.offset, align });
+    }
+    // A broadcast operand (stride 0) may have more elements than bytes it spans, but
+    // never more than the largest memory its result could fill: that bounds every
+    // kernel's loop and every size computed from the count.
+    let limit = limits.vtcm_bytes.max(limits.ddr_bytes);
+    if t.elements() > limit {
+        return Err(StreamProblem::TooManyElements { operand, elements: t.elements(), limit });
     }
     let len = t.span_bytes().unwrap_or(u64::MAX);
     let (size, overflow) = match space {
@@ -305,6 +314,26 @@ mod tests {
         let e = validate_stream(5, &stream, &LIMITS).unwrap_err();
         assert_eq!(e.core, 5);
         (e.index, e.problem)
+    }
+
+    /// A broadcast (stride-0) operand whose four dimensions multiply past u64 once
+    /// overflowed the element count (found by the `container` fuzz target); now it is
+    /// refused by its count, as is one with merely more elements than memory.
+    #[test]
+    fn an_operand_with_more_elements_than_memory_is_refused() {
+        let mut huge = vt(0, DType::F32, &[1, 1, 1, 1]);
+        huge.shape = [u32::MAX; 4];
+        huge.strides = [0; 4];
+        let (index, p) =
+            problem(&[Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: vt(0, DType::F32, &[4]), src: huge }]);
+        assert_eq!(index, 0);
+        assert!(matches!(p, StreamProblem::TooManyElements { elements: u64::MAX, limit: 4096, .. }), "{p}");
+        let mut wide = vt(0, DType::F32, &[1]);
+        wide.shape[0] = 5000;
+        wide.strides[0] = 0;
+        let (_, p) =
+            problem(&[Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: vt(0, DType::F32, &[4]), src: wide }]);
+        assert!(p.to_string().contains("has 5000 elements, more than the 4096 bytes"), "{p}");
     }
 
     #[test]
