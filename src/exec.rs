@@ -2,6 +2,7 @@
 //! `-aic-perf-metrics` report.
 
 use aicsim_compiler::{CompileOptions, Compiled};
+use serde::Serialize;
 
 /// Parsed `aic-exec` arguments.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -10,6 +11,7 @@ pub struct ExecArgs {
     pub binary_dir: Option<String>,
     pub options: CompileOptions,
     pub perf_metrics: bool,
+    pub perf_metrics_json: Option<String>,
     pub compile_only: bool,
     pub stats_batch_size: Option<u32>,
     pub profiling_types: Vec<String>,
@@ -29,7 +31,8 @@ usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base>
   -multicast-weights                   read a layer's weights once for all cores
   -aic-hw, -aic-hw-version=2.0         target the (simulated) AIC100
   -compile-only                        compile without running
-  -aic-perf-metrics                    print resource and per-layer cost estimates
+  -aic-perf-metrics                    print resources, predicted performance and per-layer costs
+  -aic-perf-metrics-json=<file>        write the same as JSON
   -aic-profiling-type=stats|trace|latency  accepted; profiles are taken by aic-runner
   -dump-supported-ops                   list the ONNX operators the compiler takes, then exit
   -v                                   verbose";
@@ -98,6 +101,7 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
                 no_value()?;
                 a.perf_metrics = true
             }
+            "-aic-perf-metrics-json" => a.perf_metrics_json = Some(need()?.to_string()),
             "-aic-profiling-type" => {
                 let v = need()?;
                 if !matches!(v, "stats" | "trace" | "latency") {
@@ -154,53 +158,173 @@ pub fn stats_batch_warning(stats_batch: Option<u32>, program_batch: u32) -> Opti
     })
 }
 
-/// Prints the `-aic-perf-metrics` resource summary and per-layer cost table.
-pub fn print_perf_metrics(c: &Compiled, stats_batch: Option<u32>) {
+/// NSP cores the throughput prediction may use: the 14 of the Standard card, as
+/// aic-configurator's.
+const PREDICTION_NSP: u32 = 14;
+
+/// In-flight inferences per instance in the throughput prediction (aic-runner's and
+/// the configurator's default).
+const PREDICTION_SET_SIZE: u32 = 10;
+
+/// The predicted figures of a compiled program.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictedPerformance {
+    /// One instance, one inference in flight: the host round trip, ms.
+    pub latency_ms: f64,
+    pub latency_p99_ms: f64,
+    /// As many instances as the card's 14 cores hold, 10 in flight each.
+    pub throughput_instances: u32,
+    pub throughput_set_size: u32,
+    pub inf_per_sec: f64,
+}
+
+/// Everything `-aic-perf-metrics` prints (and `-aic-perf-metrics-json` writes).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerfReport {
+    pub batch_size: u32,
+    /// Samples the per-sample figures divide by.
+    pub stats_batch_size: u32,
+    pub cores: u32,
+    pub macs: u64,
+    pub hmx_macs: u64,
+    pub non_hmx_macs: u64,
+    pub constants_bytes: u64,
+    pub vtcm_bytes_per_core: u64,
+    /// DDR fixed at load (the constants) and per activation (values, inputs, outputs).
+    pub static_ddr_bytes: u64,
+    pub dynamic_ddr_bytes: u64,
+    pub io_bytes: u64,
+    /// DMA instructions that multicast one read to several cores.
+    pub multicast_table_entries: u64,
+    pub ddr_in_bytes: u64,
+    pub ddr_out_bytes: u64,
+    pub constant_in_bytes: u64,
+    pub pool_bytes: u64,
+    pub peer_bytes: u64,
+    pub predicted: PredictedPerformance,
+    pub device: crate::layer_costs::ProgramCost,
+}
+
+/// Computes the `-aic-perf-metrics` report: the compiler's figures, one traced run of
+/// the program on the device model, and the predictor's latency and throughput.
+pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport, String> {
+    use crate::predict::{predict, Deployment, DeviceModel, HostModel, Measure, Workload};
     let m = c.metrics();
-    let per = f64::from(stats_batch.filter(|&b| b == c.image.batch_size).unwrap_or(c.image.batch_size).max(1));
-    let cost = aicsim_device::nsp::CostModel::default();
+    let device = crate::layer_costs::layer_costs(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
+    let hmx_macs: u64 = device.layers.iter().filter(|l| l.on_hmx).map(|l| l.macs).sum();
+    let multicast = c
+        .lowered
+        .streams
+        .iter()
+        .flatten()
+        .filter(|op| matches!(op, aicsim_abi::isa::Op::DmaIn { multicast, .. } if *multicast != 0))
+        .count() as u64;
+    let workload = Workload::from_compiled(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
+    let model = DeviceModel::from(&aicsim_device::DeviceConfig {
+        num_nsp: PREDICTION_NSP,
+        ..aicsim_device::DeviceConfig::default()
+    });
+    let host = HostModel::default();
+    let window = Measure::Window { warmup: 2, measured: 6 };
+    let run = |instances: u32, set_size: u32| {
+        predict(&workload, Deployment { instances, set_size }, &model, &host, window)
+            .map_err(|e| format!("-aic-perf-metrics: predicting {instances} instance(s): {e}"))
+    };
+    let alone = run(1, 1)?;
+    let instances = (PREDICTION_NSP / workload.cores.max(1)).max(1);
+    let full = run(instances, PREDICTION_SET_SIZE)?;
+    Ok(PerfReport {
+        batch_size: c.image.batch_size,
+        stats_batch_size: stats_batch.filter(|&b| b == c.image.batch_size).unwrap_or(c.image.batch_size).max(1),
+        cores: c.image.num_cores(),
+        macs: m.macs,
+        hmx_macs,
+        non_hmx_macs: m.macs - hmx_macs.min(m.macs),
+        constants_bytes: m.constants_bytes,
+        vtcm_bytes_per_core: m.vtcm_bytes_per_core,
+        static_ddr_bytes: m.constants_bytes,
+        dynamic_ddr_bytes: m.ddr_bytes.saturating_sub(m.constants_bytes),
+        io_bytes: m.io_bytes,
+        multicast_table_entries: multicast,
+        ddr_in_bytes: m.ddr_in_bytes,
+        ddr_out_bytes: m.ddr_out_bytes,
+        constant_in_bytes: m.constant_in_bytes,
+        pool_bytes: m.pool_bytes,
+        peer_bytes: m.peer_bytes,
+        predicted: PredictedPerformance {
+            latency_ms: alone.host_round_trip.mean,
+            latency_p99_ms: alone.host_round_trip.p99,
+            throughput_instances: instances,
+            throughput_set_size: PREDICTION_SET_SIZE,
+            inf_per_sec: full.inf_per_sec,
+        },
+        device,
+    })
+}
+
+/// Prints the `-aic-perf-metrics` report: the resource summary in the seed's fields,
+/// the predicted performance, and the per-layer cost table.
+pub fn print_perf_report(r: &PerfReport) {
+    let per = f64::from(r.stats_batch_size);
+    let gmac = |macs: u64| macs as f64 / 1e9;
     println!("=== Resource summary ===");
     println!(
         "MAC estimate:                 {:.3} GMAC per inference ({:.3} GMAC per sample)",
-        m.macs as f64 / 1e9,
-        m.macs as f64 / 1e9 / per
+        gmac(r.macs),
+        gmac(r.macs) / per
     );
-    println!("Constants size:               {}", mib(m.constants_bytes));
-    println!("VTCM size per core:           {} of {}", mib(m.vtcm_bytes_per_core), mib(8 << 20));
+    println!("  HMX MACs:                   {:.3} GMAC per inference", gmac(r.hmx_macs));
+    println!("  Non-HMX MACs:               {:.3} GMAC per inference", gmac(r.non_hmx_macs));
+    println!("Constants size:               {}", mib(r.constants_bytes));
+    println!("VTCM size per core:           {} of {}", mib(r.vtcm_bytes_per_core), mib(8 << 20));
     println!(
         "Shared DDR size:              {} per activation (constants {}, inputs and outputs {}, activations {})",
-        mib(m.ddr_bytes),
-        mib(m.constants_bytes),
-        mib(m.io_bytes),
-        mib(m.ddr_bytes.saturating_sub(m.constants_bytes + m.io_bytes))
+        mib(r.static_ddr_bytes + r.dynamic_ddr_bytes),
+        mib(r.constants_bytes),
+        mib(r.io_bytes),
+        mib(r.dynamic_ddr_bytes.saturating_sub(r.io_bytes))
     );
+    println!("Static DDR size:              {} (constants, loaded once)", mib(r.static_ddr_bytes));
+    println!(
+        "Dynamic DDR size:             {} per activation (inputs, outputs, activations)",
+        mib(r.dynamic_ddr_bytes)
+    );
+    println!("Multicast table size:         {} entries", r.multicast_table_entries);
     println!(
         "Estimated DDR traffic:        in {}, out {} per inference; constants only: {}",
-        mib(m.ddr_in_bytes),
-        mib(m.ddr_out_bytes),
-        mib(m.constant_in_bytes)
+        mib(r.ddr_in_bytes),
+        mib(r.ddr_out_bytes),
+        mib(r.constant_in_bytes)
     );
     println!(
         "Estimated on-chip traffic:    {} through the pool per inference, {} of it read from other cores over the NoC",
-        mib(m.pool_bytes),
-        mib(m.peer_bytes)
+        mib(r.pool_bytes),
+        mib(r.peer_bytes)
     );
-    println!("=== Per-layer cost (cycles summed over cores) ===");
+    let p = &r.predicted;
+    println!("=== Predicted performance (the calibrated device and host model, batch {}) ===", r.batch_size);
+    println!("Device time per inference:    {:.1} us (one inference alone on {} core(s))", r.device.run_us, r.cores);
     println!(
-        "{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} bound",
-        "layer", "op", "MACs", "compute cycles", "load/store cycles", "tiles"
+        "Latency:                      {:.3} ms host round trip, p99 {:.3} ms (1 instance, set size 1)",
+        p.latency_ms, p.latency_p99_ms
     );
-    for l in &c.lowered.layers {
-        let ls = (l.load_bytes + l.store_bytes).div_ceil(cost.dma_bytes_per_cycle.max(1));
-        let bound = if l.compute_cycles >= ls { "compute" } else { "load/store" };
+    println!(
+        "Throughput:                   {:.1} inf/s ({} instance(s) x {} core(s), set size {})",
+        p.inf_per_sec, p.throughput_instances, r.cores, p.throughput_set_size
+    );
+    println!("=== Per-layer cost (one inference on the device model; time = first start to last end) ===");
+    println!("{:<40} {:<20} {:>14} {:>10} {:>7}  bound", "layer", "op", "MACs", "time(us)", "share");
+    for l in &r.device.layers {
         let mut name = l.name.clone();
         if name.len() > 40 {
             name.truncate(37);
             name.push_str("...");
         }
         println!(
-            "{:<40} {:<20} {:>14} {:>16} {:>18} {:>7} {}",
-            name, l.op_type, l.macs, l.compute_cycles, ls, l.tiles, bound
+            "{:<40} {:<20} {:>14} {:>10.2} {:>6.1}%  {}",
+            name, l.op_type, l.macs, l.span_us, l.share_percent, l.bound
         );
     }
 }

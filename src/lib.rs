@@ -4,6 +4,7 @@
 //! - [`runner`], [`profiling`], [`latency`], [`stats`]: what aic-runner collects, the
 //!   profile files it writes (latency, per-core stats, trace), the latency-file format
 //!   that `aic-latency-stats` reads, and the statistics both print;
+//! - [`layer_costs`]: what each layer of a compiled program costs on the device model;
 //! - [`predict`]: the calibrated host and card model behind the configurator's search;
 //! - [`configurator`]: aic-configurator's search specification and search;
 //! - [`output_files`]: how a model's names become file names, and files written inside
@@ -16,6 +17,7 @@
 pub mod configurator;
 pub mod exec;
 pub mod latency;
+pub mod layer_costs;
 pub mod output_files;
 pub mod predict;
 pub mod profiling;

@@ -48,6 +48,7 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
         "-compile-only".into(),
         format!("-aic-binary-dir={}", dir.display()),
         "-aic-perf-metrics".into(),
+        format!("-aic-perf-metrics-json={}/metrics.json", dir.display()),
     ]
     .into();
     let (code, out, err) = exec(&args);
@@ -56,14 +57,44 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     assert!(out.contains("Compiling model with FP16 precision."), "{out}");
     for line in [
         "MAC estimate:",
+        "  HMX MACs:",
+        "  Non-HMX MACs:",
         "Constants size:",
         "VTCM size per core:",
         "Shared DDR size:",
+        "Static DDR size:",
+        "Dynamic DDR size:",
+        "Multicast table size:",
         "Estimated DDR traffic:",
         "Estimated on-chip traffic:",
+        "Device time per inference:",
+        "Latency:",
+        "Throughput:",
     ] {
-        assert!(out.contains(line), "missing '{line}' in {out}");
+        assert!(out.lines().any(|l| l.starts_with(line)), "missing '{line}' in {out}");
     }
+    // The JSON holds the same figures, and its per-layer table is the printed one.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    assert!(out.contains(&format!("Writing file: {}/metrics.json", dir.display())), "{out}");
+    let layers = json["device"]["layers"].as_array().unwrap();
+    let table = out.lines().skip_while(|l| !l.starts_with("=== Per-layer cost")).skip(2);
+    let rows: Vec<&str> = table.take_while(|l| !l.starts_with("Writing file:")).collect();
+    assert_eq!(rows.len(), layers.len(), "{out}");
+    let share: f64 = layers.iter().map(|l| l["sharePercent"].as_f64().unwrap()).sum();
+    assert!((share - 100.0).abs() < 1e-6, "{share}");
+    // ResNet-50's convolutions are HMX work; its first is bound by HMX on two cores.
+    let first_conv = layers.iter().find(|l| l["opType"] == "Conv").unwrap();
+    assert_eq!(first_conv["onHmx"], true, "{first_conv}");
+    assert!(["HMX", "HVX", "DMA", "DDR", "NoC", "sync"].contains(&first_conv["bound"].as_str().unwrap()));
+    assert_eq!(json["hmxMacs"].as_u64().unwrap() + json["nonHmxMacs"].as_u64().unwrap(), json["macs"].as_u64().unwrap());
+    let p = &json["predicted"];
+    assert_eq!((p["throughputInstances"].as_u64(), p["throughputSetSize"].as_u64()), (Some(7), Some(10)));
+    // Seven two-core instances outrun one, which waits on the host between inferences.
+    let alone = 1000.0 * 4.0 / p["latencyMs"].as_f64().unwrap();
+    assert!(p["infPerSec"].as_f64().unwrap() > 2.0 * alone, "{p}");
+    // The device alone is faster than the host's round trip around it.
+    assert!(json["device"]["runUs"].as_f64().unwrap() < 1000.0 * p["latencyMs"].as_f64().unwrap(), "{json}");
     // Four samples of ResNet-50: ~16.4 GMAC per inference.
     let gmac: f64 = out
         .lines()

@@ -63,6 +63,16 @@ pub struct LayerReport {
     pub peer_bytes: u64,
 }
 
+impl Lowered {
+    /// The layer that instruction `index` of `core`'s stream belongs to (the closing
+    /// `End` counts as the last layer's); `None` for a core the program does not have.
+    pub fn layer_of(&self, core: usize, index: u32) -> Option<usize> {
+        let starts = self.layer_starts.get(core)?;
+        let n = starts.partition_point(|&s| s <= index);
+        n.checked_sub(1)
+    }
+}
+
 /// The lowered program.
 #[derive(Clone, Debug, Default)]
 pub struct Lowered {
@@ -75,6 +85,9 @@ pub struct Lowered {
     /// DDR offset of every value's storage (`u64::MAX` if it has none).
     pub value_offsets: Vec<u64>,
     pub layers: Vec<LayerReport>,
+    /// Per core, the index of each layer's first instruction in the core's stream (in
+    /// layer order; a layer with nothing on a core starts where the next one does).
+    pub layer_starts: Vec<Vec<u32>>,
     pub warnings: Vec<String>,
     /// Which activations stay on chip.
     pub pool: PoolPlan,
@@ -1074,7 +1087,11 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         prefetch,
         prev_big: false,
     };
+    let mut layer_starts = vec![Vec::with_capacity(g.layers.len()); o.cores as usize];
     for layer in &g.layers {
+        for (starts, stream) in layer_starts.iter_mut().zip(&l.streams) {
+            starts.push(stream.len() as u32);
+        }
         l.layer = layer.name.clone();
         l.lower_layer(layer)?;
         let r = l.reports.last_mut().expect("every layer reports");
@@ -1100,6 +1117,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         vtcm_bytes: (l.vtcm_peak + pool_per_core).min(o.vtcm_bytes).max(l.vtcm_peak),
         value_offsets: l.value_offsets,
         layers: l.reports,
+        layer_starts,
         warnings,
         pool,
     })

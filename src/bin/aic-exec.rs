@@ -7,15 +7,15 @@
 //!          -compile-only -aic-binary-dir=./out [-aic-perf-metrics] [-v]
 //! ```
 //!
-//! Writes `DIR/programqpc.bin` (atomically, not through a link planted under that name: a
-//! failed compile leaves no file). Errors are
+//! Writes `DIR/programqpc.bin` (and the `-aic-perf-metrics-json` file) atomically, not
+//! through a link planted under the name: a failed compile leaves no file. Errors are
 //! one line on stderr and exit status 2.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use aicsim::exec::{parse_exec_args, print_perf_metrics, ExecArgs};
-use aicsim::output_files;
+use aicsim::exec::{parse_exec_args, perf_report, print_perf_report, ExecArgs};
+use aicsim::output_files::PendingFiles;
 use aicsim_compiler::Source;
 
 fn run(args: &ExecArgs) -> Result<(), String> {
@@ -44,14 +44,30 @@ fn run(args: &ExecArgs) -> Result<(), String> {
             compiled.image.batch_size
         );
     }
-    if args.perf_metrics {
-        print_perf_metrics(&compiled, args.stats_batch_size);
-    }
+    // The program, and the metrics' JSON when asked for, are put in place together once
+    // everything has succeeded: a failure leaves neither.
     let dir = PathBuf::from(dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let written = output_files::write_atomic(&dir, "programqpc.bin", &compiled.image.to_bytes())
-        .map_err(|e| format!("{}: {e}", dir.join("programqpc.bin").display()))?;
-    println!("Writing file: {}", written.display());
+    let mut files = PendingFiles::default();
+    files.push(&dir, "programqpc.bin".into(), compiled.image.to_bytes());
+    if args.perf_metrics || args.perf_metrics_json.is_some() {
+        let report = perf_report(&compiled, args.stats_batch_size)?;
+        if args.perf_metrics {
+            print_perf_report(&report);
+        }
+        if let Some(file) = &args.perf_metrics_json {
+            let path = Path::new(file);
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| format!("-aic-perf-metrics-json={file}: not a file name"))?;
+            let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let json = serde_json::to_string_pretty(&report).expect("plain values") + "\n";
+            files.push(parent, name.into(), json.into_bytes());
+        }
+    }
+    for written in files.write_all()? {
+        println!("Writing file: {}", written.display());
+    }
     if !args.compile_only {
         println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
     }
