@@ -85,7 +85,7 @@ pub fn layer_costs(compiled: &Compiled) -> Result<ProgramCost, String> {
     let mut last = vec![0u64; n];
     let mut busy = vec![[0u64; ENGINES]; n];
     for e in &run.trace {
-        let Some(l) = lowered.layer_of(e.core as usize, e.index) else { continue };
+        let Some(l) = image.layer_index(e.core as usize, e.index) else { continue };
         first[l] = first[l].min(e.start_cycle);
         last[l] = last[l].max(e.end_cycle);
         busy[l][e.engine as usize] += e.end_cycle - e.start_cycle;

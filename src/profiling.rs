@@ -17,7 +17,9 @@
 
 use std::fmt::Write as _;
 
-use aicsim_device::nsp::{Engine, OpClass, HVX_THREADS};
+use aicsim_abi::container::{Layer, ProgramImage};
+use aicsim_abi::isa::{DType, Op};
+use aicsim_device::nsp::{op_class, Engine, OpClass, HVX_THREADS, OP_CLASSES};
 use aicsim_driver::RunProfile;
 use aicsim_runtime::Timestamps;
 use serde::Serialize;
@@ -31,13 +33,53 @@ fn engine_of(class: OpClass) -> (Engine, &'static str, &'static str) {
     }
 }
 
-/// The per-core op statistics table of one run.
-pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u64, run: &RunProfile) -> String {
+/// What the program says about one instruction: the layer (ONNX node) it was compiled
+/// from, and the type and bytes of the tensor it writes.
+struct Described<'a> {
+    layer: Option<&'a Layer>,
+    dtype: Option<DType>,
+    bytes: u64,
+}
+
+fn describe(image: &ProgramImage, core: usize, index: u32) -> Described<'_> {
+    let op = image.cores.get(core).and_then(|s| s.get(index as usize)).and_then(|i| i.decode().ok());
+    let dst = op.as_ref().and_then(Op::dst);
+    Described {
+        layer: image.layer_of(core, index),
+        dtype: dst.map(|t| t.dtype),
+        bytes: dst.map_or(0, |t| t.packed_bytes()),
+    }
+}
+
+/// Per core, the data types each op class writes in the program (for `opdetails`).
+fn class_dtypes(image: &ProgramImage) -> Vec<[Vec<DType>; OP_CLASSES]> {
+    image
+        .cores
+        .iter()
+        .map(|stream| {
+            let mut per: [Vec<DType>; OP_CLASSES] = Default::default();
+            for op in stream.iter().filter_map(|i| i.decode().ok()) {
+                if let Some(t) = op.dst() {
+                    let set = &mut per[op_class(&op) as usize];
+                    if !set.contains(&t.dtype) {
+                        set.push(t.dtype);
+                    }
+                }
+            }
+            per
+        })
+        .collect()
+}
+
+/// The per-core op statistics table of one run, then (when the run was traced) where
+/// its time went layer by layer.
+pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, clock_hz: u64, run: &RunProfile) -> String {
     let mut out = String::new();
     let cycles = run.cycles().max(1);
     let _ = writeln!(
         out,
-        "# aicsim per-core op statistics: program {program}, activation {activation}, inference {inference}"
+        "# aicsim per-core op statistics: program {}, activation {activation}, inference {inference}",
+        image.name
     );
     let _ = writeln!(
         out,
@@ -61,8 +103,10 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
         "pcycles/KB",
         "stddev(pc/KB)"
     );
+    let dtypes = class_dtypes(image);
     for (c, core) in run.cores.iter().enumerate() {
         let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
+        let mut rows: Vec<(u64, String)> = Vec::new();
         for class in OpClass::ALL {
             let k = core.classes[class as usize];
             if k.count == 0 {
@@ -74,12 +118,13 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
             let kb = k.out_bytes as f64 / 1024.0;
             let per_kb = |v: u64| if kb > 0.0 { v as f64 / kb } else { 0.0 };
             let (_, std) = k.cycles_per_kib();
-            let core_name = format!("c{c}");
-            let details = format!("{} {engine_name}{memory}", class.name());
-            let _ = writeln!(
-                out,
-                "{:<6}{:>12}{:>12.2}{:>12}{:>12.2}{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  {}",
-                core_name,
+            let types: Vec<&str> =
+                dtypes.get(c).map(|d| d[class as usize].iter().map(|t| t.name()).collect()).unwrap_or_default();
+            let types = if types.is_empty() { String::new() } else { format!(" ({})", types.join(", ")) };
+            let details = format!("{} {engine_name}{memory}{types}", class.name());
+            let row = format!(
+                "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  {}",
+                format!("c{c}"),
                 ucycles,
                 ucycles as f64 * 100.0 / cycles as f64,
                 k.cycles,
@@ -91,7 +136,66 @@ pub fn stats_table(program: &str, activation: usize, inference: u64, clock_hz: u
                 std,
                 details
             );
+            rows.push((ucycles, row));
         }
+        // The heaviest first, as the seed's table reads.
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+        for (_, row) in rows {
+            let _ = writeln!(out, "{row}");
+        }
+    }
+    if !run.trace.is_empty() && !image.layers.is_empty() {
+        out.push('\n');
+        out += &layer_table(image, run);
+    }
+    out
+}
+
+/// Busy cycles of each engine on each layer's instructions (summed over cores), the
+/// layer's span, and what it wrote: the answer to "which layer is slow, and is it
+/// compute, DMA or waiting".
+fn layer_table(image: &ProgramImage, run: &RunProfile) -> String {
+    let n = image.layers.len();
+    let mut busy = vec![[0u64; 4]; n];
+    let mut span = vec![(u64::MAX, 0u64); n];
+    let mut written = vec![0u64; n];
+    let mut types: Vec<Vec<DType>> = vec![Vec::new(); n];
+    for e in &run.trace {
+        let d = describe(image, e.core as usize, e.index);
+        let Some(l) = image.layer_index(e.core as usize, e.index) else { continue };
+        busy[l][e.engine as usize] += e.end_cycle - e.start_cycle;
+        span[l] = (span[l].0.min(e.start_cycle), span[l].1.max(e.end_cycle));
+        if e.engine != Engine::Dma || e.class == OpClass::CopyFromVtcm {
+            written[l] += d.bytes;
+        }
+        if let Some(t) = d.dtype.filter(|t| !types[l].contains(t)) {
+            types[l].push(t);
+        }
+    }
+    let mut out = String::from("# per layer: engine busy cycles summed over cores, first start to last end\n");
+    let _ = writeln!(
+        out,
+        "{:<40} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  dtypes",
+        "layer", "op", "cycles", "DMA", "HMX", "HVX", "sync", "out KB"
+    );
+    for (l, layer) in image.layers.iter().enumerate() {
+        if span[l].0 == u64::MAX {
+            continue;
+        }
+        let names: Vec<&str> = types[l].iter().map(|t| t.name()).collect();
+        let _ = writeln!(
+            out,
+            "{:<40} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.1}  {}",
+            layer.name,
+            layer.op_type,
+            span[l].1 - span[l].0,
+            busy[l][Engine::Dma as usize],
+            busy[l][Engine::Hmx as usize],
+            busy[l][Engine::Hvx as usize],
+            busy[l][Engine::Sync as usize],
+            written[l] as f64 / 1024.0,
+            names.join(", ")
+        );
     }
     out
 }
@@ -123,9 +227,23 @@ struct TraceEvent<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum TraceArgs {
-    Name { name: String },
-    Inference { inference: u64 },
-    Instruction { inference: u64, instruction: u32 },
+    Name {
+        name: String,
+    },
+    Inference {
+        inference: u64,
+    },
+    Instruction {
+        inference: u64,
+        instruction: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        layer: Option<String>,
+        #[serde(rename = "onnxOp", skip_serializing_if = "Option::is_none")]
+        onnx_op: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        dtype: Option<&'static str>,
+        bytes: u64,
+    },
 }
 
 /// Microseconds rounded to the nanosecond, as the trace keeps them.
@@ -161,9 +279,10 @@ pub fn trace_json(
     clock_hz: u64,
     timeline: DeviceTimeline,
     activations: usize,
-    cores: usize,
+    image: &ProgramImage,
     samples: &[TracedInference<'_>],
 ) -> String {
+    let cores = image.cores.len();
     let mut events = Vec::new();
     metadata(&mut events, "process_name", 0, 0, "HOST_PROC");
     for a in 0..activations {
@@ -200,15 +319,16 @@ pub fn trace_json(
             let ts = base + e.start_cycle as f64 * cycle_us;
             let dur = (e.end_cycle - e.start_cycle) as f64 * cycle_us;
             let tid = e.core as usize * 4 + e.engine as usize;
-            event(
-                &mut events,
-                e.class.name(),
-                1 + s.activation,
-                tid,
-                ts,
-                dur,
-                TraceArgs::Instruction { inference: s.index, instruction: e.index },
-            );
+            let d = describe(image, e.core as usize, e.index);
+            let args = TraceArgs::Instruction {
+                inference: s.index,
+                instruction: e.index,
+                layer: d.layer.map(|l| l.name.clone()),
+                onnx_op: d.layer.map(|l| l.op_type.clone()),
+                dtype: d.dtype.map(DType::name),
+                bytes: d.bytes,
+            };
+            event(&mut events, e.class.name(), 1 + s.activation, tid, ts, dur, args);
         }
     }
     // One event per line: large traces stay readable and diffable.

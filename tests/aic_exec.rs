@@ -74,8 +74,7 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
         assert!(out.lines().any(|l| l.starts_with(line)), "missing '{line}' in {out}");
     }
     // The JSON holds the same figures, and its per-layer table is the printed one.
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
     assert!(out.contains(&format!("Writing file: {}/metrics.json", dir.display())), "{out}");
     let layers = json["device"]["layers"].as_array().unwrap();
     let table = out.lines().skip_while(|l| !l.starts_with("=== Per-layer cost")).skip(2);
@@ -87,7 +86,10 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     let first_conv = layers.iter().find(|l| l["opType"] == "Conv").unwrap();
     assert_eq!(first_conv["onHmx"], true, "{first_conv}");
     assert!(["HMX", "HVX", "DMA", "DDR", "NoC", "sync"].contains(&first_conv["bound"].as_str().unwrap()));
-    assert_eq!(json["hmxMacs"].as_u64().unwrap() + json["nonHmxMacs"].as_u64().unwrap(), json["macs"].as_u64().unwrap());
+    assert_eq!(
+        json["hmxMacs"].as_u64().unwrap() + json["nonHmxMacs"].as_u64().unwrap(),
+        json["macs"].as_u64().unwrap()
+    );
     let p = &json["predicted"];
     assert_eq!((p["throughputInstances"].as_u64(), p["throughputSetSize"].as_u64()), (Some(7), Some(10)));
     // Seven two-core instances outrun one, which waits on the host between inferences.

@@ -414,14 +414,19 @@ fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
                 "opdetails"
             ]
         );
-        let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
-        assert!(rows.iter().any(|r| r[10..].join(" ") == "aiccopytovtcm DMAIssue DDR"));
-        assert!(rows.iter().any(|r| r[10..].join(" ") == "aicelementwise HVX TCM"));
-        let pshare: f64 = rows.iter().map(|r| r[4].parse::<f64>().unwrap()).sum();
+        let rows: Vec<Vec<&str>> =
+            lines.take_while(|l| !l.is_empty()).map(|l| l.split_whitespace().collect()).collect();
+        let percent = |v: &str| v.strip_suffix('%').expect("percentages carry %").parse::<f64>().unwrap();
+        assert!(rows.iter().any(|r| r[10..].join(" ") == "aiccopytovtcm DMAIssue DDR (float32)"), "{text}");
+        assert!(rows.iter().any(|r| r[10..].join(" ") == "aicelementwise HVX TCM (float32)"), "{text}");
+        let pshare: f64 = rows.iter().map(|r| percent(r[4])).sum();
         assert!((pshare - 100.0).abs() < 0.1, "pcycles(%) of a core add up to 100: {pshare}");
         for r in &rows {
-            assert!(r[2].parse::<f64>().unwrap() <= 100.0 && r[5].parse::<u64>().unwrap() >= 1);
+            assert!(percent(r[2]) <= 100.0 && r[5].parse::<u64>().unwrap() >= 1);
         }
+        // Heaviest first.
+        let ucycles: Vec<u64> = rows.iter().map(|r| r[1].parse().unwrap()).collect();
+        assert!(ucycles.windows(2).all(|w| w[0] >= w[1]), "sorted by ucycles: {ucycles:?}");
     }
     let trace: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("aic-profiling-program-0-trace.json")).unwrap())
@@ -741,4 +746,70 @@ fn a_link_planted_in_the_output_directory_is_not_followed() {
     assert_eq!(std::fs::metadata(&planted).unwrap().len(), 16384);
     assert!(tree(&out).iter().all(|f| !f.ends_with(".tmp")), "temporary files left: {:?}", tree(&out));
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A compiled model's profiles name the ONNX node of every instruction: each device span
+/// of the trace carries its layer, op type, data type and bytes, and the stats file ends
+/// with a per-layer table whose layers are the program's, in order.
+#[test]
+fn profiles_of_a_compiled_model_name_the_layer_of_every_instruction() {
+    let dir = temp_dir("layers");
+    let qpc = dir.join("qpc");
+    let out = Command::new(env!("CARGO_BIN_EXE_aic-exec"))
+        .args(["-m=zoo:mobilenetv2", "-aic-num-cores=2", "-convert-to-fp16"])
+        .arg(format!("-aic-binary-dir={}", qpc.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let image =
+        aicsim_abi::container::ProgramImage::parse(&std::fs::read(qpc.join("programqpc.bin")).unwrap()).unwrap();
+    assert!(image.layers.len() > 50, "mobilenetv2's layers are named: {}", image.layers.len());
+    let prof = dir.join("prof");
+    let (code, _, err) = runner(&[
+        "-t",
+        qpc.to_str().unwrap(),
+        "-n",
+        "4",
+        "--aic-profiling-type",
+        "stats",
+        "--aic-profiling-type",
+        "trace",
+        "--aic-profiling-num-samples",
+        "1",
+        "--aic-profiling-out-dir",
+        prof.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(prof.join("aic-profiling-program-0-trace.json")).unwrap())
+            .unwrap();
+    let device: Vec<&serde_json::Value> =
+        trace["traceEvents"].as_array().unwrap().iter().filter(|e| e["ph"] == "X" && e["pid"] != 0).collect();
+    assert!(!device.is_empty());
+    let names: Vec<&str> = image.layers.iter().map(|l| l.name.as_str()).collect();
+    for e in &device {
+        let layer = e["args"]["layer"].as_str().unwrap_or_else(|| panic!("no layer: {e}"));
+        assert!(names.contains(&layer), "{layer} is one of the program's layers");
+        assert!(e["args"]["onnxOp"].is_string(), "{e}");
+    }
+    let convs = device.iter().filter(|e| e["name"] == "aicconvolution").collect::<Vec<_>>();
+    assert!(
+        !convs.is_empty() && convs.iter().all(|e| e["args"]["onnxOp"] == "Conv" && e["args"]["dtype"] == "float16")
+    );
+    assert!(convs.iter().all(|e| e["args"]["bytes"].as_u64().unwrap() > 0));
+    let stats = std::fs::read_dir(&prof)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-inf-"))
+        .expect("a stats file");
+    let text = std::fs::read_to_string(stats).unwrap();
+    let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("# per layer")).skip(2).collect();
+    assert!(table.len() > 50, "{text}");
+    let listed: Vec<&str> = table.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    let in_order: Vec<&str> = names.iter().copied().filter(|n| listed.contains(n)).collect();
+    assert_eq!(listed, in_order, "the program's layers, in order");
+    let conv_row = table.iter().find(|l| l.split_whitespace().nth(1) == Some("Conv")).unwrap();
+    let hmx: u64 = conv_row.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert!(hmx > 0 && conv_row.ends_with("float16"), "{conv_row}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

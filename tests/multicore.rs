@@ -70,6 +70,7 @@ fn tiled_matmul() -> ProgramImage {
         ],
         cores,
         constants: vec![],
+        layers: Vec::new(),
     }
 }
 

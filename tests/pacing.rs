@@ -38,6 +38,7 @@ fn heavy_program() -> ProgramImage {
         bindings: vec![io("x", IoDirection::Input, 0), io("y", IoDirection::Output, 64)],
         cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
         constants: vec![],
+        layers: Vec::new(),
     }
 }
 

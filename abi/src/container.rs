@@ -9,7 +9,13 @@
 //! io       count, then count x binding { name, direction, dtype, shape, DDR offset, bytes }
 //! code     core count, instruction count per core, then every core's instructions
 //! consts   repeated { DDR offset, len, data padded to 8 }   (optional)
+//! layers   layer count, core count, then layer count x core count first-instruction
+//!          indices (layer by layer), padded to 8, then per layer { name length u16,
+//!          op-type length u16, name, op type } padded to 8       (optional)
 //! ```
+//!
+//! The layers section names the ONNX node each instruction was compiled from, so
+//! profiles and traces can say which layer an instruction belongs to.
 //!
 //! [`ProgramImage::parse`] checks every offset and length before using it and never
 //! panics; its errors name the section and the bound that was broken.
@@ -102,6 +108,10 @@ const KIND_METADATA: u32 = 1;
 const KIND_IO: u32 = 2;
 const KIND_CODE: u32 = 3;
 const KIND_CONSTANTS: u32 = 4;
+const KIND_LAYERS: u32 = 5;
+
+/// Most layers a program may name.
+pub const MAX_LAYERS: u32 = 1 << 20;
 
 fn section_name(kind: u32) -> &'static str {
     match kind {
@@ -109,6 +119,7 @@ fn section_name(kind: u32) -> &'static str {
         KIND_IO => "io",
         KIND_CODE => "code",
         KIND_CONSTANTS => "constants",
+        KIND_LAYERS => "layers",
         _ => "unknown",
     }
 }
@@ -247,6 +258,18 @@ pub struct ProgramImage {
     /// One instruction stream per core; the number of streams is the core count.
     pub cores: Vec<Vec<Instruction>>,
     pub constants: Vec<ConstantBlob>,
+    /// The ONNX nodes the program was compiled from, in order (empty if unknown).
+    pub layers: Vec<Layer>,
+}
+
+/// One ONNX node a program was compiled from, and where its instructions start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub name: String,
+    pub op_type: String,
+    /// Per core, the index of the layer's first instruction; its instructions run to
+    /// the next layer's start (the last layer's to the end of the stream).
+    pub starts: Vec<u32>,
 }
 
 /// What is wrong with a container.
@@ -368,6 +391,10 @@ impl ProgramImage {
         let bindings = parse_bindings(sections.io, meta.ddr_bytes)?;
         let cores = parse_code(sections.code, meta.num_cores)?;
         let constants = parse_constants(&sections.constants, meta.ddr_bytes)?;
+        let layers = match sections.layers {
+            Some(body) => parse_layers(body, &cores)?,
+            None => Vec::new(),
+        };
         Ok(ProgramImage {
             name,
             batch_size: meta.batch_size,
@@ -376,7 +403,19 @@ impl ProgramImage {
             bindings,
             cores,
             constants,
+            layers,
         })
+    }
+
+    /// The index in [`ProgramImage::layers`] of the layer instruction `index` of
+    /// `core`'s stream belongs to, if the program names its layers.
+    pub fn layer_index(&self, core: usize, index: u32) -> Option<usize> {
+        self.layers.partition_point(|l| l.starts.get(core).is_some_and(|&s| s <= index)).checked_sub(1)
+    }
+
+    /// The layer instruction `index` of `core`'s stream belongs to.
+    pub fn layer_of(&self, core: usize, index: u32) -> Option<&Layer> {
+        self.layer_index(core, index).map(|i| &self.layers[i])
     }
 
     /// Serialises the image into container bytes.
@@ -436,6 +475,27 @@ impl ProgramImage {
             sections.push((KIND_CONSTANTS, consts));
         }
 
+        if !self.layers.is_empty() {
+            let mut layers = Vec::new();
+            layers.extend_from_slice(&(self.layers.len() as u32).to_le_bytes());
+            layers.extend_from_slice(&self.num_cores().to_le_bytes());
+            for l in &self.layers {
+                for core in 0..self.cores.len() {
+                    layers.extend_from_slice(&l.starts.get(core).copied().unwrap_or(0).to_le_bytes());
+                }
+            }
+            pad8(&mut layers);
+            for l in &self.layers {
+                let (name, op) = (short_str(&l.name), short_str(&l.op_type));
+                layers.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                layers.extend_from_slice(&(op.len() as u16).to_le_bytes());
+                layers.extend_from_slice(name.as_bytes());
+                layers.extend_from_slice(op.as_bytes());
+            }
+            pad8(&mut layers);
+            sections.push((KIND_LAYERS, layers));
+        }
+
         let table_bytes = sections.len() * size_of::<SectionEntry>();
         let mut out = alloc::vec![0u8; HEADER_BYTES + table_bytes];
         let mut entries = Vec::new();
@@ -457,6 +517,15 @@ impl ProgramImage {
         out[..HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
         out
     }
+}
+
+/// `s` cut to at most `u16::MAX` bytes, at a character boundary.
+fn short_str(s: &str) -> &str {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Recomputes the checksum of container bytes (after a deliberate edit, e.g. in tests
@@ -522,6 +591,7 @@ struct Sections<'a> {
     io: &'a [u8],
     code: &'a [u8],
     constants: Vec<&'a [u8]>,
+    layers: Option<&'a [u8]>,
 }
 
 impl<'a> Sections<'a> {
@@ -536,6 +606,7 @@ impl<'a> Sections<'a> {
         let mut io = None;
         let mut code = None;
         let mut constants: Vec<&[u8]> = Vec::new();
+        let mut layers = None;
         for index in 0..header.section_count as usize {
             let at = HEADER_BYTES + index * size_of::<SectionEntry>();
             let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
@@ -561,6 +632,7 @@ impl<'a> Sections<'a> {
                 KIND_METADATA => &mut metadata,
                 KIND_IO => &mut io,
                 KIND_CODE => &mut code,
+                KIND_LAYERS => &mut layers,
                 KIND_CONSTANTS => {
                     constants.push(body);
                     continue;
@@ -576,6 +648,7 @@ impl<'a> Sections<'a> {
             io: io.ok_or(ContainerError::MissingSection("io"))?,
             code: code.ok_or(ContainerError::MissingSection("code"))?,
             constants,
+            layers,
         })
     }
 }
@@ -738,6 +811,62 @@ fn parse_code(body: &[u8], meta_cores: u32) -> Result<Vec<Vec<Instruction>>, Con
     Ok(cores)
 }
 
+/// The layers section: every start inside its core's stream and no earlier than the
+/// previous layer's, every name UTF-8.
+fn parse_layers(body: &[u8], cores: &[Vec<Instruction>]) -> Result<Vec<Layer>, ContainerError> {
+    let mut cur = Cursor { section: "layers", bytes: body, at: 0 };
+    let count = cur.u32("layer count")?;
+    if count > MAX_LAYERS {
+        return Err(ContainerError::OutOfRange {
+            section: "layers",
+            what: "layer count",
+            value: count.into(),
+            bound: "more than 1048576",
+        });
+    }
+    let num_cores = cur.u32("core count")?;
+    if num_cores as usize != cores.len() {
+        return Err(ContainerError::OutOfRange {
+            section: "layers",
+            what: "core count",
+            value: num_cores.into(),
+            bound: "must equal the code section's core count",
+        });
+    }
+    let mut layers: Vec<Layer> = Vec::new();
+    for index in 0..count as usize {
+        let mut starts = Vec::with_capacity(cores.len());
+        for (core, stream) in cores.iter().enumerate() {
+            let start = cur.u32("layer start")?;
+            let previous = layers.last().map_or(0, |l| l.starts[core]);
+            if start as usize > stream.len() || start < previous {
+                return Err(ContainerError::Invalid {
+                    section: "layers",
+                    what: format!("layer {index}'s start {start} on core {core}"),
+                    reason: "is past the core's stream or before the previous layer's start",
+                });
+            }
+            starts.push(start);
+        }
+        layers.push(Layer { name: String::new(), op_type: String::new(), starts });
+    }
+    cur.align8();
+    for (index, layer) in layers.iter_mut().enumerate() {
+        let name_len = u16::from_le_bytes(cur.take("name length", 2)?.try_into().expect("2 bytes"));
+        let op_len = u16::from_le_bytes(cur.take("op-type length", 2)?.try_into().expect("2 bytes"));
+        let text = |bytes: &[u8]| {
+            core::str::from_utf8(bytes).map(String::from).map_err(|_| ContainerError::Invalid {
+                section: "layers",
+                what: format!("layer {index}'s name or op type"),
+                reason: "is not UTF-8",
+            })
+        };
+        layer.name = text(cur.take("layer name", name_len.into())?)?;
+        layer.op_type = text(cur.take("layer op type", op_len.into())?)?;
+    }
+    Ok(layers)
+}
+
 /// The constant blobs of every constants section, each inside the program's DDR.
 fn parse_constants(bodies: &[&[u8]], ddr_bytes: u64) -> Result<Vec<ConstantBlob>, ContainerError> {
     let mut blobs = Vec::new();
@@ -789,6 +918,7 @@ mod tests {
                 Instruction::encode(Op::End),
             ]],
             constants: vec![ConstantBlob { ddr_offset: 128, data: vec![1, 2, 3] }],
+            layers: Vec::new(),
         }
     }
 
@@ -796,6 +926,49 @@ mod tests {
     fn an_image_roundtrips() {
         let img = sample();
         assert_eq!(ProgramImage::parse(&img.to_bytes()), Ok(img));
+    }
+
+    fn with_layers() -> ProgramImage {
+        let mut img = sample();
+        img.layers = vec![
+            Layer { name: "gpu_0/conv_1".into(), op_type: "Conv".into(), starts: vec![0] },
+            Layer { name: "ünïcode".into(), op_type: "Relu".into(), starts: vec![1] },
+        ];
+        img
+    }
+
+    /// The layers section round-trips, and says which layer an instruction is in.
+    #[test]
+    fn layers_roundtrip_and_name_each_instruction() {
+        let img = with_layers();
+        let back = ProgramImage::parse(&img.to_bytes()).unwrap();
+        assert_eq!(back, img);
+        assert_eq!(back.layer_of(0, 0).map(|l| l.name.as_str()), Some("gpu_0/conv_1"));
+        assert_eq!(back.layer_of(0, 1).map(|l| l.op_type.as_str()), Some("Relu"));
+        assert_eq!(back.layer_index(0, 7), Some(1), "past the last start is the last layer");
+        assert_eq!(back.layer_of(3, 0), None, "no such core");
+        assert_eq!(sample().layer_of(0, 0), None, "a program without layers names none");
+    }
+
+    /// A start past its stream, a start before the previous layer's, and a name that is
+    /// not UTF-8 are each refused by name.
+    #[test]
+    fn bad_layers_are_refused_by_name() {
+        let mut img = with_layers();
+        img.layers[1].starts[0] = 3;
+        let e = ProgramImage::parse(&img.to_bytes()).unwrap_err().to_string();
+        assert!(e.contains("layers section: layer 1's start 3 on core 0"), "{e}");
+        let mut img = with_layers();
+        img.layers[0].starts[0] = 2;
+        let e = ProgramImage::parse(&img.to_bytes()).unwrap_err().to_string();
+        assert!(e.contains("before the previous layer's start"), "{e}");
+        let img = with_layers();
+        let mut bytes = img.to_bytes();
+        let at = bytes.windows(3).position(|w| w == b"gpu").unwrap();
+        bytes[at] = 0xff;
+        reseal(&mut bytes);
+        let e = ProgramImage::parse(&bytes).unwrap_err().to_string();
+        assert!(e.contains("layer 0's name or op type is not valid: is not UTF-8"), "{e}");
     }
 
     #[test]

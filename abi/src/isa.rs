@@ -91,6 +91,17 @@ impl DType {
         })
     }
 
+    /// The name profiles print (ONNX's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::I8 => "int8",
+            DType::U8 => "uint8",
+            DType::I32 => "int32",
+        }
+    }
+
     pub fn bytes(self) -> u64 {
         match self {
             DType::F32 | DType::I32 => 4,
@@ -405,6 +416,27 @@ pub enum Op {
     },
     /// Waits until every core of the program reaches its next barrier.
     Barrier,
+}
+
+impl Op {
+    /// The tensor the instruction writes (`None` for the sync instructions and `End`).
+    pub fn dst(&self) -> Option<&Tensor> {
+        match self {
+            Op::DmaIn { dst, .. }
+            | Op::DmaOut { dst, .. }
+            | Op::MatMul { dst, .. }
+            | Op::Conv2d { dst, .. }
+            | Op::Binary { dst, .. }
+            | Op::Unary { dst, .. }
+            | Op::Convert { dst, .. }
+            | Op::Pool { dst, .. }
+            | Op::GlobalAvgPool { dst, .. }
+            | Op::Softmax { dst, .. }
+            | Op::LayerNorm { dst, .. }
+            | Op::Reduce { dst, .. } => Some(dst),
+            Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => None,
+        }
+    }
 }
 
 /// Number of core-sync counters per activation.

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use aicsim_abi::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::container::{HostFormat, HostLayout, IoBinding, IoDType, IoDirection, Layer, ProgramImage};
 use aicsim_abi::isa::{DType, Instruction};
 
 use crate::ir::Graph;
@@ -220,6 +220,16 @@ pub fn compile(
         bindings,
         cores: lowered.streams.iter().map(|s| s.iter().map(|&op| Instruction::encode(op)).collect()).collect(),
         constants: lowered.constants.clone(),
+        layers: graph
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| Layer {
+                name: layer.name.clone(),
+                op_type: layer.op_type.clone(),
+                starts: lowered.layer_starts.iter().map(|starts| starts[l]).collect(),
+            })
+            .collect(),
     };
     let mut warnings = unused_symbols(model, &opts.symbols);
     warnings.extend(lowered.warnings.iter().cloned());

@@ -63,16 +63,6 @@ pub struct LayerReport {
     pub peer_bytes: u64,
 }
 
-impl Lowered {
-    /// The layer that instruction `index` of `core`'s stream belongs to (the closing
-    /// `End` counts as the last layer's); `None` for a core the program does not have.
-    pub fn layer_of(&self, core: usize, index: u32) -> Option<usize> {
-        let starts = self.layer_starts.get(core)?;
-        let n = starts.partition_point(|&s| s <= index);
-        n.checked_sub(1)
-    }
-}
-
 /// The lowered program.
 #[derive(Clone, Debug, Default)]
 pub struct Lowered {

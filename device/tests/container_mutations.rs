@@ -1,7 +1,7 @@
 //! Random mutations of a valid program container: parsing never panics, every failure
 //! is an error that says what is wrong, and anything accepted is a consistent image.
 
-use aicsim_abi::container::{reseal, ConstantBlob, IoBinding, IoDType, IoDirection, ProgramImage};
+use aicsim_abi::container::{reseal, ConstantBlob, IoBinding, IoDType, IoDirection, Layer, ProgramImage};
 use aicsim_abi::isa::{BinaryKind, DType, Instruction, Op, Tensor};
 use proptest::prelude::*;
 
@@ -31,6 +31,10 @@ fn valid() -> Vec<u8> {
         bindings: vec![io("x", IoDirection::Input, 0), io("y", IoDirection::Output, 128)],
         cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect(), vec![Instruction::encode(Op::End)]],
         constants: vec![ConstantBlob { ddr_offset: 64, data: (0..64).collect() }],
+        layers: vec![
+            Layer { name: "load".into(), op_type: "Identity".into(), starts: vec![0, 0] },
+            Layer { name: "add".into(), op_type: "Add".into(), starts: vec![1, 1] },
+        ],
     }
     .to_bytes()
 }

@@ -1,7 +1,7 @@
 //! A program container from the fuzzer (its checksum made to match), through the device's real path: copied into host
 //! memory and loaded by a control command (container parser, then the instruction
 //! validator of every core's stream), and when accepted, activated and run once in
-//! functional mode with elements queued as the runtime queues them.
+//! functional mode (when its work is within a budget) with elements queued as the runtime queues them.
 //!
 //! Checked: nothing panics or hangs; a rejection names its reason; the device accepts
 //! only what the container parser accepts; an accepted program's run either completes
@@ -11,8 +11,45 @@
 
 use aicsim_abi::container::{reseal, ProgramImage};
 use aicsim_abi::control::{ControlCommand, ControlStatus};
+use aicsim_abi::isa::{Op, Tensor};
 use aicsim_device::rig::Rig;
 use libfuzzer_sys::fuzz_target;
+
+/// Element operations a functional run may take: valid programs can be arbitrarily
+/// heavy (a matmul whose operands fill the VTCM, a thousand of them), and the fuzzer
+/// should spend its time on many inputs, not on one long computation. Heavier programs
+/// are loaded, validated, activated and released, but not run.
+const WORK_BUDGET: u64 = 1 << 22;
+
+/// A bound on the element operations of a functional run of `image`.
+fn work(image: &ProgramImage) -> u64 {
+    let ops = image.cores.iter().flatten().filter_map(|i| i.decode().ok());
+    ops.map(|op| {
+        let most = |ts: &[&Tensor]| ts.iter().map(|t| t.elements()).max().unwrap_or(0);
+        match op {
+            Op::MatMul { dst, a, .. } => dst.elements().saturating_mul(a.dims().last().copied().unwrap_or(1).into()),
+            Op::Conv2d { dst, weight, .. } => {
+                let per_output = weight.elements() / u64::from(weight.dims().first().copied().unwrap_or(1).max(1));
+                dst.elements().saturating_mul(per_output)
+            }
+            Op::Pool { dst, src, window, .. } => {
+                let k = u64::from(window.kernel[0]).saturating_mul(window.kernel[1].into());
+                most(&[&dst, &src]).saturating_mul(k.max(1))
+            }
+            Op::DmaIn { dst, src, .. }
+            | Op::DmaOut { dst, src }
+            | Op::Unary { dst, src, .. }
+            | Op::Convert { dst, src, .. }
+            | Op::GlobalAvgPool { dst, src }
+            | Op::Softmax { dst, src }
+            | Op::LayerNorm { dst, src, .. }
+            | Op::Reduce { dst, src, .. } => most(&[&dst, &src]),
+            Op::Binary { dst, a, b, .. } => most(&[&dst, &a, &b]),
+            Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 1,
+        }
+    })
+    .fold(0u64, u64::saturating_add)
+}
 
 fuzz_target!(|input: &[u8]| {
     let mut rig = Rig::small();
@@ -45,7 +82,7 @@ fuzz_target!(|input: &[u8]| {
         }
     };
     let io: u64 = image.bindings.iter().map(|b| b.size_bytes).sum();
-    if io <= rig.map.host_bytes / 2 {
+    if io <= rig.map.host_bytes / 2 && work(&image) <= WORK_BUDGET {
         let inputs: Vec<Vec<u8>> = image
             .inputs()
             .enumerate()

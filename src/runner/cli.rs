@@ -382,7 +382,8 @@ fn run(args: &Args) -> Result<(), String> {
             timeout: Duration::from_millis(args.submit_timeout_ms),
             retries: args.submit_retry_count,
         });
-    if args.profiling_types.contains(&ProfilingType::Trace) {
+    // The per-layer table of the stats files comes from the instruction trace too.
+    if args.profiling_types.iter().any(|t| matches!(t, ProfilingType::Trace | ProfilingType::Stats)) {
         for a in set.activations() {
             a.set_trace(true).map_err(|e| e.to_string())?;
         }

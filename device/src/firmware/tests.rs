@@ -54,6 +54,7 @@ fn add_program() -> ProgramImage {
         .map(|&o| Instruction::encode(o))
         .collect()],
         constants: vec![],
+        layers: Vec::new(),
     }
 }
 

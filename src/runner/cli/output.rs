@@ -126,7 +126,7 @@ pub(super) fn files(
     if args.profiling_types.contains(&ProfilingType::Stats) {
         for p in &collected.profiled {
             let name = format!("aic-profiling-program-0-activation-{}-inf-{}.txt", p.activation, p.index);
-            let table = profiling::stats_table(program.name(), p.activation, p.index, clock_hz, &p.run);
+            let table = profiling::stats_table(program.image(), p.activation, p.index, clock_hz, &p.run);
             files.push(dir, name, table.into_bytes());
         }
     }
@@ -146,8 +146,8 @@ pub(super) fn files(
         } else {
             profiling::DeviceTimeline::AtSubmit
         };
-        let cores = program.image().num_cores() as usize;
-        let json = profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, cores, &samples);
+        let json =
+            profiling::trace_json(summary.start_ns, clock_hz, timeline, plan.activations, program.image(), &samples);
         files.push(dir, "aic-profiling-program-0-trace.json".into(), json.into_bytes());
     }
     if let Some(path) = &args.json {
