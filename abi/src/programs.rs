@@ -31,6 +31,6 @@ pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
         .map(|&o| Instruction::encode(o))
         .collect()],
         constants: vec![],
-        layers: Vec::new(),
+        layers: alloc::vec::Vec::new(),
     }
 }
