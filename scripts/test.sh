@@ -4,7 +4,8 @@
 # coverage-guided fuzzing per fuzz target, and ends with one summary line.
 #
 # It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
-# and `onnxruntime` packages from PyPI. The compiler's reader is checked against `onnx`
+# and `onnxruntime` packages from PyPI, Chromium from the distribution's packages (for
+# the HTML reports), and cargo-fuzz from crates.io. The compiler's reader is checked against `onnx`
 # on its bundled models (onnx/backend/test/data/light), and compiled programs against
 # onnxruntime's outputs on the same models.
 set -euo pipefail
@@ -18,6 +19,18 @@ AICSIM_PYTHON="$(pwd)/.venv/bin/python"
 AICSIM_ONNX_MODELS="$("$AICSIM_PYTHON" -c 'import os, onnx; print(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light"))')"
 export AICSIM_PYTHON AICSIM_ONNX_MODELS
 export AICSIM_REQUIRE_ONNX=1
+
+# The HTML reports are checked in a real headless browser: Chromium from the
+# distribution's packages, installed here where missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q chromium >/dev/null 2>&1 ||
+        { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+AICSIM_CHROMIUM="$(command -v chromium)"
+export AICSIM_CHROMIUM AICSIM_REQUIRE_CHROMIUM=1
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -79,26 +79,15 @@ pub fn layer_costs(compiled: &Compiled) -> Result<ProgramCost, String> {
     let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     rig.infer(0, info, &image, &refs, rig.map.host_offset()).map_err(|r| format!("the run did not complete: {r:?}"))?;
     let run = rig.fw.last_run(0).ok_or("the device kept no profile of the run")?;
-    let lowered = &compiled.lowered;
-    let n = lowered.layers.len();
-    let mut first = vec![u64::MAX; n];
-    let mut last = vec![0u64; n];
-    let mut busy = vec![[0u64; ENGINES]; n];
-    for e in &run.trace {
-        let Some(l) = image.layer_index(e.core as usize, e.index) else { continue };
-        first[l] = first[l].min(e.start_cycle);
-        last[l] = last[l].max(e.end_cycle);
-        busy[l][e.engine as usize] += e.end_cycle - e.start_cycle;
-    }
-    let span = |l: usize| last[l].saturating_sub(first[l].min(last[l]));
-    let total: u64 = (0..n).map(span).sum::<u64>().max(1);
+    let activity = crate::profiling::layer_activity(&image, run);
+    let total: u64 = activity.iter().map(|a| a.span_cycles()).sum::<u64>().max(1);
     let us = |cycles: u64| cycles as f64 * 1e6 / clock_hz as f64;
-    let layers = lowered
-        .layers
+    let reports = &compiled.lowered.layers;
+    let layers = activity
         .iter()
-        .enumerate()
-        .map(|(l, r)| {
-            let mut b = busy[l];
+        .map(|a| {
+            let r = &reports[a.layer];
+            let mut b = a.busy;
             b[Engine::Hvx as usize] /= u64::from(HVX_THREADS);
             let top = [Engine::Dma, Engine::Hmx, Engine::Hvx, Engine::Sync]
                 .into_iter()
@@ -117,10 +106,10 @@ pub fn layer_costs(compiled: &Compiled) -> Result<ProgramCost, String> {
                 name: r.name.clone(),
                 op_type: r.op_type.clone(),
                 macs: r.macs,
-                on_hmx: busy[l][Engine::Hmx as usize] > 0,
-                span_cycles: span(l),
-                span_us: us(span(l)),
-                share_percent: span(l) as f64 * 100.0 / total as f64,
+                on_hmx: a.busy[Engine::Hmx as usize] > 0,
+                span_cycles: a.span_cycles(),
+                span_us: us(a.span_cycles()),
+                share_percent: a.span_cycles() as f64 * 100.0 / total as f64,
                 busy_cycles: b,
                 bound,
             }

@@ -21,5 +21,6 @@ pub mod layer_costs;
 pub mod output_files;
 pub mod predict;
 pub mod profiling;
+pub mod report;
 pub mod runner;
 pub mod stats;

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use aicsim_abi::container::{Layer, ProgramImage};
 use aicsim_abi::isa::{DType, Op};
-use aicsim_device::nsp::{op_class, Engine, OpClass, HVX_THREADS, OP_CLASSES};
+use aicsim_device::nsp::{op_class, Engine, OpClass, ENGINES, HVX_THREADS, OP_CLASSES};
 use aicsim_driver::RunProfile;
 use aicsim_runtime::Timestamps;
 use serde::Serialize;
@@ -151,49 +151,79 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
     out
 }
 
-/// Busy cycles of each engine on each layer's instructions (summed over cores), the
-/// layer's span, and what it wrote: the answer to "which layer is slow, and is it
-/// compute, DMA or waiting".
-fn layer_table(image: &ProgramImage, run: &RunProfile) -> String {
-    let n = image.layers.len();
-    let mut busy = vec![[0u64; 4]; n];
-    let mut span = vec![(u64::MAX, 0u64); n];
-    let mut written = vec![0u64; n];
-    let mut types: Vec<Vec<DType>> = vec![Vec::new(); n];
+/// What one layer did in one run: the span of its instructions (first start to last
+/// end, over all cores), each engine's busy cycles on them summed over cores, the bytes
+/// its instructions wrote, and the data types they wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerActivity {
+    pub layer: usize,
+    pub first_cycle: u64,
+    pub last_cycle: u64,
+    pub busy: [u64; ENGINES],
+    pub written_bytes: u64,
+    pub dtypes: Vec<DType>,
+}
+
+impl LayerActivity {
+    pub fn span_cycles(&self) -> u64 {
+        self.last_cycle - self.first_cycle
+    }
+}
+
+/// Each named layer's activity in a traced run (layers that ran nothing are left out),
+/// in the program's layer order.
+pub fn layer_activity(image: &ProgramImage, run: &RunProfile) -> Vec<LayerActivity> {
+    let mut all: Vec<LayerActivity> = (0..image.layers.len())
+        .map(|layer| LayerActivity {
+            layer,
+            first_cycle: u64::MAX,
+            last_cycle: 0,
+            busy: [0; ENGINES],
+            written_bytes: 0,
+            dtypes: Vec::new(),
+        })
+        .collect();
     for e in &run.trace {
-        let d = describe(image, e.core as usize, e.index);
         let Some(l) = image.layer_index(e.core as usize, e.index) else { continue };
-        busy[l][e.engine as usize] += e.end_cycle - e.start_cycle;
-        span[l] = (span[l].0.min(e.start_cycle), span[l].1.max(e.end_cycle));
+        let d = describe(image, e.core as usize, e.index);
+        let a = &mut all[l];
+        a.busy[e.engine as usize] += e.end_cycle - e.start_cycle;
+        a.first_cycle = a.first_cycle.min(e.start_cycle);
+        a.last_cycle = a.last_cycle.max(e.end_cycle);
         if e.engine != Engine::Dma || e.class == OpClass::CopyFromVtcm {
-            written[l] += d.bytes;
+            a.written_bytes += d.bytes;
         }
-        if let Some(t) = d.dtype.filter(|t| !types[l].contains(t)) {
-            types[l].push(t);
+        if let Some(t) = d.dtype.filter(|t| !a.dtypes.contains(t)) {
+            a.dtypes.push(t);
         }
     }
+    all.retain(|a| a.first_cycle != u64::MAX);
+    all
+}
+
+/// The per-layer table of a stats file: the answer to "which layer is slow, and is it
+/// compute, DMA or waiting".
+fn layer_table(image: &ProgramImage, run: &RunProfile) -> String {
     let mut out = String::from("# per layer: engine busy cycles summed over cores, first start to last end\n");
     let _ = writeln!(
         out,
         "{:<40} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}  dtypes",
         "layer", "op", "cycles", "DMA", "HMX", "HVX", "sync", "out KB"
     );
-    for (l, layer) in image.layers.iter().enumerate() {
-        if span[l].0 == u64::MAX {
-            continue;
-        }
-        let names: Vec<&str> = types[l].iter().map(|t| t.name()).collect();
+    for a in layer_activity(image, run) {
+        let layer = &image.layers[a.layer];
+        let names: Vec<&str> = a.dtypes.iter().map(|t| t.name()).collect();
         let _ = writeln!(
             out,
             "{:<40} {:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10.1}  {}",
             layer.name,
             layer.op_type,
-            span[l].1 - span[l].0,
-            busy[l][Engine::Dma as usize],
-            busy[l][Engine::Hmx as usize],
-            busy[l][Engine::Hvx as usize],
-            busy[l][Engine::Sync as usize],
-            written[l] as f64 / 1024.0,
+            a.span_cycles(),
+            a.busy[Engine::Dma as usize],
+            a.busy[Engine::Hmx as usize],
+            a.busy[Engine::Hvx as usize],
+            a.busy[Engine::Sync as usize],
+            a.written_bytes as f64 / 1024.0,
             names.join(", ")
         );
     }

@@ -43,7 +43,9 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
   -output-dir=<dir>                        where results and programs go
                                            (default model_configurator_output)
   -compiled-models=<n>                     compile the n best configurations into
-                                           <dir>/compiled_models (default 3; 0: none)";
+                                           <dir>/compiled_models (default 3; 0: none)
+  -report=<file.html>                      also write an HTML page: every configuration
+                                           plotted against cores and batch, the best marked";
 
 struct Args {
     model: String,
@@ -55,6 +57,7 @@ struct Args {
     set_size: u32,
     output_dir: PathBuf,
     compiled_models: usize,
+    report: Option<PathBuf>,
 }
 
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -73,6 +76,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         set_size: 10,
         output_dir: PathBuf::from("model_configurator_output"),
         compiled_models: 3,
+        report: None,
     };
     let mut spec = None;
     let mut it = argv.iter();
@@ -100,6 +104,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "-max-compilation-threads" => a.threads = positive(flag, need()?)? as usize,
             "-time" => a.time = positive(flag, need()?)?,
             "-output-dir" => a.output_dir = PathBuf::from(need()?),
+            "-report" | "--report" => a.report = Some(PathBuf::from(need()?)),
             "-compiled-models" => {
                 let v = need()?;
                 a.compiled_models = v.parse().map_err(|_| format!("{flag}={v}: expected a whole number"))?;
@@ -138,6 +143,45 @@ fn check_writable(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir)
         .and_then(|()| output_files::stage(dir, "results.csv", b"").map(drop))
         .map_err(|e| format!("-output-dir={}: cannot write there: {e}", dir.display()))
+}
+
+/// Where `-report` goes: its directory (which must exist) and file name.
+fn report_target(path: &Path) -> Result<(PathBuf, String), String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| output_files::is_single_component(n))
+        .ok_or_else(|| format!("-report={}: not a file name", path.display()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    if !dir.is_dir() {
+        return Err(format!("-report={}: directory {} does not exist", path.display(), dir.display()));
+    }
+    Ok((dir, name.to_string()))
+}
+
+/// The `-report` page: every evaluation, the best marked.
+fn report_html(argv: &[String], result: &SearchResult, objective: Objective, unit: &str) -> String {
+    let explored: Vec<crate::report::Explored> = result
+        .evaluated
+        .iter()
+        .map(|e| crate::report::Explored {
+            label: e.config.to_string(),
+            cores: e.config.cores,
+            bs: e.config.bs,
+            instances: e.config.instances,
+            value: e.objective(objective),
+            detail: match &e.result {
+                Ok(p) => format!(
+                    "{:.1} inf/s, host round trip {:.3} ms (p99 {:.3}), device {:.3} ms",
+                    p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
+                ),
+                Err(why) => why.clone(),
+            },
+        })
+        .collect();
+    let best = result.evaluated.iter().position(|e| e.config == result.best.config).unwrap_or(0);
+    let command = format!("aic-configurator {}", argv.join(" "));
+    crate::report::configurator_html(&command, unit, &explored, best)
 }
 
 /// The directory of a configuration's program under `compiled_models`.
@@ -221,6 +265,9 @@ fn run(argv: &[String]) -> Result<(), String> {
     let text = std::fs::read_to_string(&args.spec).map_err(|e| format!("{}: {e}", args.spec))?;
     let spec = SearchSpec::parse(&text).map_err(|e| format!("{}: {e}", args.spec))?;
     let source = Source::load(&args.model).map_err(|e| e.to_string())?;
+    if let Some(report) = &args.report {
+        report_target(report)?;
+    }
     check_writable(&args.output_dir)?;
     let problem = Problem {
         source,
@@ -310,6 +357,11 @@ fn run(argv: &[String]) -> Result<(), String> {
     });
     let json = serde_json::to_string_pretty(&json).expect("plain JSON values") + "\n";
     files.push(out, "results.json".into(), json.into_bytes());
+    if let Some(path) = &args.report {
+        let (dir, name) = report_target(path)?;
+        let html = report_html(argv, &result, spec.objective, unit);
+        files.push(&dir, name, html.into_bytes());
+    }
     for e in &kept {
         let compiled = problem
             .source

@@ -144,6 +144,11 @@ struct Args {
     /// Write every figure of the run as JSON to this file.
     #[arg(long = "json")]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report of the run to this file: the Stats summary,
+    /// latency histogram and CDF, time per stage, a device timeline and the top layers of
+    /// one sampled inference (the first profiled one).
+    #[arg(long = "report")]
+    report: Option<PathBuf>,
     /// Seed of the random input data, the server arrivals and the device's dispatch jitter.
     #[arg(long = "seed", default_value_t = 1)]
     seed: u64,
@@ -382,8 +387,10 @@ fn run(args: &Args) -> Result<(), String> {
             timeout: Duration::from_millis(args.submit_timeout_ms),
             retries: args.submit_retry_count,
         });
-    // The per-layer table of the stats files comes from the instruction trace too.
-    if args.profiling_types.iter().any(|t| matches!(t, ProfilingType::Trace | ProfilingType::Stats)) {
+    // The per-layer table of the stats files, and the report's timeline, come from the
+    // instruction trace too.
+    let traced = args.profiling_types.iter().any(|t| matches!(t, ProfilingType::Trace | ProfilingType::Stats));
+    if traced || args.report.is_some() {
         for a in set.activations() {
             a.set_trace(true).map_err(|e| e.to_string())?;
         }
@@ -395,7 +402,7 @@ fn run(args: &Args) -> Result<(), String> {
             args.write_output_start_iter,
             if args.write_output_dir.is_some() { args.write_output_num_samples } else { 0 },
         ),
-        device_profiles: args.profiling_types.iter().any(|t| *t != ProfilingType::Latency),
+        device_profiles: args.report.is_some() || args.profiling_types.iter().any(|t| *t != ProfilingType::Latency),
         latency: args.profiling_types.contains(&ProfilingType::Latency),
     };
     let collector = Collector::new(sampling, batch);
@@ -471,13 +478,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Some(json) = &args.json {
-        if let Err(e) = user_file(json) {
-            eprintln!("aic-runner: --json {e}");
-            return ExitCode::from(2);
-        }
-        if json.is_dir() {
-            eprintln!("aic-runner: --json {} is a directory", json.display());
+    for (flag, path) in [("--json", &args.json), ("--report", &args.report)] {
+        let Some(path) = path else { continue };
+        let problem = match user_file(path) {
+            Err(e) => Some(e),
+            Ok(_) if path.is_dir() => Some(format!("{} is a directory", path.display())),
+            Ok((dir, _)) if !dir.is_dir() => {
+                Some(format!("{}: directory {} does not exist", path.display(), dir.display()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(e) = problem {
+            eprintln!("aic-runner: {flag} {e}");
             return ExitCode::from(2);
         }
     }

@@ -64,12 +64,20 @@ pub struct Collected {
     pub outputs: Vec<KeptOutputs>,
     pub profiled: Vec<Profiled>,
     pub profile_error: Option<String>,
+    /// Sums over every inference of the time in each of [`STAGES`], ms.
+    pub stage_sums_ms: [f64; STAGES.len()],
     /// The latest moment control was back with the application, on the run's clock.
     pub last_returned_ns: u64,
     /// The first and the latest completion: (device time its run ended, its completion
     /// on the run's clock), ns. On the wall clock their ratio is the simulator's speed.
     pub span: Option<((u64, u64), (u64, u64))>,
 }
+
+/// The stages of one inference the report breaks its time into: host enqueue,
+/// pre-processing, submit, kernel to channel, device execution, the rest of channel to
+/// completion (queued behind other inferences, DMA, the interrupt), post-processing.
+pub const STAGES: [&str; 7] =
+    ["enqueue", "preProc", "submit", "exectoVc", "device exec", "queue, DMA and interrupt", "postProc"];
 
 /// Takes in finished inferences (from any thread).
 pub struct Collector {
@@ -93,6 +101,20 @@ impl Collector {
         c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
         c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
         c.host_round_trips_ms.push(done.timestamps.host_round_trip().as_secs_f64() * 1e3);
+        let t = &done.timestamps;
+        let device = done.device.map_or(std::time::Duration::ZERO, |d| d.exec);
+        let stages = [
+            t.enqueue_time(),
+            t.pre_proc_time(),
+            t.submit_time(),
+            t.exec_to_vc(),
+            device,
+            t.exec_to_complete().saturating_sub(device),
+            t.post_proc_time(),
+        ];
+        for (sum, d) in c.stage_sums_ms.iter_mut().zip(stages) {
+            *sum += d.as_secs_f64() * 1e3;
+        }
         if let Some(d) = done.device {
             let point = (u64::try_from(d.end.as_nanos()).unwrap_or(u64::MAX), done.timestamps.completed);
             c.span = Some(match c.span {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::output_files::PendingFiles;
+use crate::report;
 
 /// The scenario's headline and verdict.
 pub(super) fn verdict(
@@ -155,7 +156,57 @@ pub(super) fn files(
         let (dir, name) = user_file(path)?;
         files.push(&dir, name, text.into_bytes());
     }
+    if let Some(path) = &args.report {
+        let html = html_report(args, program, throughput, collected, verdict, clock_hz);
+        let (dir, name) = user_file(path)?;
+        files.push(&dir, name, html.into_bytes());
+    }
     Ok(files)
+}
+
+/// The `--report` page.
+fn html_report(
+    args: &Args,
+    program: &Program,
+    throughput: &Throughput,
+    collected: &Collected,
+    verdict: &Option<(String, String)>,
+    clock_hz: u64,
+) -> String {
+    let (p50, p90, p99, max) = runner::round_trip_percentiles(&collected.round_trips_ms);
+    let mut summary = vec![
+        (
+            "program".to_string(),
+            format!("{} ({} cores, batch {})", program.name(), program.image().num_cores(), program.batch_size()),
+        ),
+        ("clock".to_string(), format!("{:?}", args.clock).to_lowercase()),
+        ("InferenceCnt".to_string(), throughput.inferences.to_string()),
+        ("TotalDuration".to_string(), format!("{}us", throughput.duration_us)),
+        ("BatchSize".to_string(), throughput.batch_size.to_string()),
+        ("Inf/Sec".to_string(), format!("{:.3}", throughput.inf_per_sec)),
+        (
+            "totalRoundtripTime p50 / p90 / p99 / max".to_string(),
+            format!("{p50:.3} / {p90:.3} / {p99:.3} / {max:.3} ms"),
+        ),
+    ];
+    for (name, s) in runner::device_rows(collected) {
+        summary.push((format!("{name} avg / min / max"), format!("{:.3} / {:.3} / {:.3}", s.avg, s.min, s.max)));
+    }
+    if let Some((head, result)) = verdict {
+        summary.push((head.clone(), result.clone()));
+    }
+    let n = collected.completed.max(1) as f64;
+    let stages =
+        runner::STAGES.iter().zip(collected.stage_sums_ms).map(|(name, sum)| (name.to_string(), sum / n)).collect();
+    let command: Vec<String> = std::env::args().collect();
+    report::runner_html(&report::RunnerReport {
+        command: command.join(" "),
+        summary,
+        round_trips_ms: &collected.round_trips_ms,
+        stages,
+        traced: collected.profiled.first().map(|p| (program.image(), &p.run)),
+        clock_hz,
+    })
 }
 
 /// A file path the user gave, as its directory and its file name.
