@@ -483,7 +483,9 @@ pub fn main() -> ExitCode {
         let problem = match user_file(path) {
             Err(e) => Some(e),
             Ok(_) if path.is_dir() => Some(format!("{} is a directory", path.display())),
-            Ok((dir, _)) if !dir.is_dir() => {
+            // The JSON may go into a directory the run creates (its output directory);
+            // a report path names a directory that must already be there.
+            Ok((dir, _)) if flag == "--report" && !dir.is_dir() => {
                 Some(format!("{}: directory {} does not exist", path.display(), dir.display()))
             }
             Ok(_) => None,
