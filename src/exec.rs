@@ -33,7 +33,8 @@ usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base>
   -compile-only                        compile without running
   -aic-perf-metrics                    print resources, predicted performance and per-layer costs
   -aic-perf-metrics-json=<file>        write the same as JSON
-  -aic-profiling-type=stats|trace|latency  accepted; profiles are taken by aic-runner
+  -aic-profiling-type=stats|trace|latency|ascii  every program can be profiled; aic-runner
+                                       takes the profile (the line to use is printed)
   -dump-supported-ops                   list the ONNX operators the compiler takes, then exit
   -v                                   verbose";
 
@@ -104,8 +105,8 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
             "-aic-perf-metrics-json" => a.perf_metrics_json = Some(need()?.to_string()),
             "-aic-profiling-type" => {
                 let v = need()?;
-                if !matches!(v, "stats" | "trace" | "latency") {
-                    return Err(format!("-aic-profiling-type={v}: expected stats, trace or latency"));
+                if !matches!(v, "stats" | "trace" | "latency" | "ascii") {
+                    return Err(format!("-aic-profiling-type={v}: expected stats, trace, latency or ascii"));
                 }
                 a.profiling_types.push(v.to_string());
             }

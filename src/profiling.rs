@@ -230,6 +230,63 @@ fn layer_table(image: &ProgramImage, run: &RunProfile) -> String {
     out
 }
 
+/// Columns of the text timeline.
+pub const ASCII_COLUMNS: usize = 100;
+
+/// A text timeline of one run (`--aic-profiling-type ascii`): a row per core and engine,
+/// one column per hundredth of the run; a column shows the engine's letter (`D`ma, h`M`x,
+/// h`V`x, `s`ync) where the engine was busy for at least half of it, `-` where it was busy
+/// for less, and `.` where it was idle.
+pub fn ascii_timeline(
+    image: &ProgramImage,
+    activation: usize,
+    inference: u64,
+    clock_hz: u64,
+    run: &RunProfile,
+) -> String {
+    let cycles = run.cycles().max(1);
+    let per = cycles as f64 / ASCII_COLUMNS as f64;
+    let lanes = image.cores.len() * ENGINES;
+    let mut busy = vec![[0f64; ASCII_COLUMNS]; lanes];
+    for e in &run.trace {
+        let Some(row) = busy.get_mut(e.core as usize * ENGINES + e.engine as usize) else { continue };
+        let (from, to) =
+            (e.start_cycle.saturating_sub(run.start_cycle) as f64, e.end_cycle.saturating_sub(run.start_cycle) as f64);
+        let first = ((from / per) as usize).min(ASCII_COLUMNS - 1);
+        let last = ((to / per) as usize).min(ASCII_COLUMNS - 1);
+        for (c, cell) in row.iter_mut().enumerate().take(last + 1).skip(first) {
+            let (lo, hi) = (c as f64 * per, (c + 1) as f64 * per);
+            *cell += (to.min(hi) - from.max(lo)).max(0.0);
+        }
+    }
+    let us = cycles as f64 * 1e6 / clock_hz as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# aicsim timeline: program {}, activation {activation}, inference {inference}: {us:.3} us, {:.3} us per column",
+        image.name,
+        us / ASCII_COLUMNS as f64
+    );
+    let _ = writeln!(out, "# D DMA, M HMX, V HVX, s sync: busy at least half the column; - less; . idle");
+    let letters = ['D', 'M', 'V', 's'];
+    let names = ["DMA", "HMX", "HVX", "sync"];
+    for (lane, row) in busy.iter().enumerate() {
+        let engine = lane % ENGINES;
+        // HVX's threads overlap: a column counts as busy when any of them is.
+        let cells: String = row
+            .iter()
+            .map(|&b| match b / per {
+                f if f >= 0.5 => letters[engine],
+                f if f > 0.0 => '-',
+                _ => '.',
+            })
+            .collect();
+        let _ = writeln!(out, "c{:<3}{:<5}|{cells}|", lane / ENGINES, names[engine]);
+    }
+    let _ = writeln!(out, "{:9}0{:>width$}", "", format!("{us:.1} us"), width = ASCII_COLUMNS + 1);
+    out
+}
+
 /// One sampled inference for the trace.
 pub struct TracedInference<'a> {
     pub index: u64,

@@ -215,10 +215,19 @@ fn a_symbol_the_model_lacks_and_a_mismatched_stats_batch_are_warned_about() {
         "-onnx-define-symbol=batch_size,4".into(),
         "-stats-batchsize=4".into(),
         "-aic-perf-metrics".into(),
+        "-aic-profiling-type=stats".into(),
         format!("-aic-binary-dir={}", dir.display()),
     ];
     let (code, out, err) = exec(&args);
     assert_eq!(code, 0, "{err}");
+    // -aic-profiling-type is answered, not silently dropped.
+    assert!(
+        out.contains(&format!(
+            "Profiling (stats): the program can be profiled; take the profile with: aic-runner -t {} --aic-profiling-type stats",
+            dir.display()
+        )),
+        "{out}"
+    );
     assert!(
         err.contains("Warning: -onnx-define-symbol=batch_size,4: the model has no symbolic dimension 'batch_size'"),
         "{err}"

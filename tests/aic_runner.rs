@@ -813,3 +813,55 @@ fn profiles_of_a_compiled_model_name_the_layer_of_every_instruction() {
     assert!(hmx > 0 && conv_row.ends_with("float16"), "{conv_row}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--aic-profiling-type ascii` writes a text timeline per profiled inference: a row per
+/// core and engine, a hundred columns, busy engines by letter.
+#[test]
+fn the_ascii_timeline_shows_each_engine_of_each_core() {
+    let dir = temp_dir("ascii");
+    let (code, out, err) = runner(&[
+        "-n",
+        "3",
+        "--aic-profiling-type",
+        "ascii",
+        "--aic-profiling-start-iter",
+        "1",
+        "--aic-profiling-num-samples",
+        "2",
+        "--aic-profiling-out-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for inf in [1, 2] {
+        let file = dir.join(format!("aic-profiling-program-0-activation-0-inf-{inf}-ascii.txt"));
+        assert!(out.contains(&format!("Writing file: {}", file.display())), "{out}");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('c')).collect();
+        assert_eq!(rows.len(), 4, "one core, four engines: {text}");
+        for (row, letter) in rows.iter().zip(['D', 'M', 'V', 's']) {
+            let cells = row.split('|').nth(1).unwrap();
+            assert_eq!(cells.chars().count(), 100, "{row}");
+            assert!(cells.chars().all(|c| c == letter || c == '-' || c == '.'), "{row}");
+        }
+        // The vector program moves its inputs in, computes on HVX, moves the result out.
+        let count = |row: &str, c: char| row.split('|').nth(1).unwrap().chars().filter(|&x| x == c).count();
+        assert!(count(rows[0], 'D') > 20 && count(rows[2], 'V') > 5, "{text}");
+        assert_eq!(count(rows[1], 'M') + count(rows[1], '-'), 0, "no HMX work: {text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A profiling or output range that starts past a counted run is refused, naming it.
+#[test]
+fn a_sampling_range_past_the_run_is_refused() {
+    for (flag, extra) in
+        [("--aic-profiling-start-iter", "--aic-profiling-type"), ("--write-output-start-iter", "--write-output-dir")]
+    {
+        let value = if extra == "--aic-profiling-type" { "stats" } else { "/tmp/aicsim-never-written" };
+        let (code, out, err) = runner(&["-n", "40", flag, "100", extra, value]);
+        assert_eq!(code, 2, "{out}{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("{flag} 100 is past the run's 40 inferences")), "{err}");
+    }
+    assert!(!std::path::Path::new("/tmp/aicsim-never-written").exists());
+}

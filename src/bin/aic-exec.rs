@@ -71,6 +71,12 @@ fn run(args: &ExecArgs) -> Result<(), String> {
     if !args.compile_only {
         println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
     }
+    for t in &args.profiling_types {
+        println!(
+            "Profiling ({t}): the program can be profiled; take the profile with: aic-runner -t {} --aic-profiling-type {t}",
+            dir.display()
+        );
+    }
     println!("Generated binary is present at {}", dir.display());
     Ok(())
 }

@@ -27,6 +27,8 @@ enum ProfilingType {
     Latency,
     Stats,
     Trace,
+    /// A text timeline of each profiled inference: a row per core and engine.
+    Ascii,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -239,6 +241,21 @@ fn plan(args: &Args) -> Result<Plan, String> {
         None if args.num_iter == 0 => return Err(String::from("-n 0: nothing to run")),
         None => RunLimit::Count(args.num_iter),
     };
+    // A sampling range that starts past a counted run would leave its files empty.
+    if let RunLimit::Count(n) = limit {
+        if !args.profiling_types.is_empty() && args.profiling_start_iter >= n {
+            return Err(format!(
+                "--aic-profiling-start-iter {} is past the run's {n} inferences (-n {n})",
+                args.profiling_start_iter
+            ));
+        }
+        if args.write_output_dir.is_some() && args.write_output_start_iter >= n {
+            return Err(format!(
+                "--write-output-start-iter {} is past the run's {n} inferences (-n {n})",
+                args.write_output_start_iter
+            ));
+        }
+    }
     let (activations, set_size) = match args.scenario {
         Some(Scenario::SingleStream) => (1, 1),
         _ => (args.activations, args.set_size),
@@ -389,7 +406,7 @@ fn run(args: &Args) -> Result<(), String> {
         });
     // The per-layer table of the stats files, and the report's timeline, come from the
     // instruction trace too.
-    let traced = args.profiling_types.iter().any(|t| matches!(t, ProfilingType::Trace | ProfilingType::Stats));
+    let traced = args.profiling_types.iter().any(|t| *t != ProfilingType::Latency);
     if traced || args.report.is_some() {
         for a in set.activations() {
             a.set_trace(true).map_err(|e| e.to_string())?;

@@ -238,19 +238,5 @@ pub fn op_class(op: &Op) -> OpClass {
 
 /// Bytes an op writes (its output).
 pub fn output_bytes(op: &Op) -> u64 {
-    match op {
-        Op::DmaIn { dst, .. }
-        | Op::DmaOut { dst, .. }
-        | Op::MatMul { dst, .. }
-        | Op::Conv2d { dst, .. }
-        | Op::Binary { dst, .. }
-        | Op::Unary { dst, .. }
-        | Op::Convert { dst, .. }
-        | Op::Pool { dst, .. }
-        | Op::GlobalAvgPool { dst, .. }
-        | Op::Softmax { dst, .. }
-        | Op::LayerNorm { dst, .. }
-        | Op::Reduce { dst, .. } => dst.packed_bytes(),
-        Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 0,
-    }
+    op.dst().map_or(0, |t| t.packed_bytes())
 }

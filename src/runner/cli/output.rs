@@ -131,6 +131,13 @@ pub(super) fn files(
             files.push(dir, name, table.into_bytes());
         }
     }
+    if args.profiling_types.contains(&ProfilingType::Ascii) {
+        for p in &collected.profiled {
+            let name = format!("aic-profiling-program-0-activation-{}-inf-{}-ascii.txt", p.activation, p.index);
+            let text = profiling::ascii_timeline(program.image(), p.activation, p.index, clock_hz, &p.run);
+            files.push(dir, name, text.into_bytes());
+        }
+    }
     if args.profiling_types.contains(&ProfilingType::Trace) {
         let samples: Vec<profiling::TracedInference<'_>> = collected
             .profiled
