@@ -28,7 +28,7 @@ fn engine_of(class: OpClass) -> (Engine, &'static str, &'static str) {
     match class {
         OpClass::CopyToVtcm | OpClass::CopyFromVtcm => (Engine::Dma, "DMAIssue", " DDR"),
         OpClass::MatMul | OpClass::Convolution => (Engine::Hmx, "HMX", " TCM"),
-        OpClass::Sync => (Engine::Sync, "DMAIssue", ""),
+        OpClass::Sync => (Engine::Sync, "barrier", ""),
         _ => (Engine::Hvx, "HVX", " TCM"),
     }
 }
@@ -71,6 +71,42 @@ fn class_dtypes(image: &ProgramImage) -> Vec<[Vec<DType>; OP_CLASSES]> {
         .collect()
 }
 
+/// Per core, how long and how often its next instruction waited on each engine: in-order
+/// issue starts an instruction no earlier than the previous one, so an instruction that
+/// starts later than the previous one waited, and the instruction whose end it started
+/// at is what it waited on (an instruction on that engine still in flight). Taken from
+/// the run's trace; the cycles of waits with no instruction ending at the start (a
+/// transfer's share of a shared path) are not attributed.
+pub fn engine_waits(run: &RunProfile, cores: usize) -> Vec<[(u64, u64); ENGINES]> {
+    let mut per_core: Vec<Vec<&aicsim_abi::profile::TraceEvent>> = vec![Vec::new(); cores];
+    for e in &run.trace {
+        if let Some(v) = per_core.get_mut(e.core as usize) {
+            v.push(e);
+        }
+    }
+    per_core
+        .into_iter()
+        .map(|mut events| {
+            events.sort_by_key(|e| e.index);
+            let mut waits = [(0u64, 0u64); ENGINES];
+            let mut ends: std::collections::HashMap<u64, Engine> = std::collections::HashMap::new();
+            let mut previous_start = None;
+            for e in events {
+                if let (Some(prev), Some(&engine)) = (previous_start, ends.get(&e.start_cycle)) {
+                    if e.start_cycle > prev {
+                        let w = &mut waits[engine as usize];
+                        w.0 += e.start_cycle - prev;
+                        w.1 += 1;
+                    }
+                }
+                ends.insert(e.end_cycle, e.engine);
+                previous_start = Some(e.start_cycle);
+            }
+            waits
+        })
+        .collect()
+}
+
 /// The per-core op statistics table of one run, then (when the run was traced) where
 /// its time went layer by layer.
 pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, clock_hz: u64, run: &RunProfile) -> String {
@@ -104,6 +140,7 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
         "stddev(pc/KB)"
     );
     let dtypes = class_dtypes(image);
+    let waits = if run.trace.is_empty() { Vec::new() } else { engine_waits(run, run.cores.len()) };
     for (c, core) in run.cores.iter().enumerate() {
         let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
         let mut rows: Vec<(u64, String)> = Vec::new();
@@ -137,6 +174,29 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
                 details
             );
             rows.push((ucycles, row));
+        }
+        // Time the core's next instruction waited on each engine (traced runs only).
+        if let Some(waits) = waits.get(c) {
+            for (engine, name) in [(Engine::Dma, "DMAIssue"), (Engine::Hmx, "HMX"), (Engine::Hvx, "HVX")] {
+                let (wait, count) = waits[engine as usize];
+                if count == 0 {
+                    continue;
+                }
+                let row = format!(
+                    "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  sync {name}",
+                    format!("c{c}"),
+                    wait,
+                    wait as f64 * 100.0 / cycles as f64,
+                    0,
+                    0.0,
+                    count,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0
+                );
+                rows.push((wait, row));
+            }
         }
         // The heaviest first, as the seed's table reads.
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));

@@ -803,6 +803,15 @@ fn profiles_of_a_compiled_model_name_the_layer_of_every_instruction() {
         .find(|p| p.to_string_lossy().contains("-inf-"))
         .expect("a stats file");
     let text = std::fs::read_to_string(stats).unwrap();
+    // The rows of time each core's next instruction waited on an engine, within the run.
+    let run_cycles: u64 =
+        text.lines().find_map(|l| l.strip_prefix("# run: ")).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let waits: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("  sync DMAIssue") || l.contains("  sync HMX") || l.contains("  sync HVX"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(!waits.is_empty() && waits.iter().all(|&w| w > 0 && w < run_cycles), "{text}");
     let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("# per layer")).skip(2).collect();
     assert!(table.len() > 50, "{text}");
     let listed: Vec<&str> = table.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
