@@ -48,6 +48,8 @@ pub enum StreamProblem {
     Multicast { mask: u64, cores: u32 },
     #[error("{peer_bytes} bytes held by other cores, but the DMA reads {bytes} bytes from {space:?} (only a pool source can be held by other cores, and at most all of it)")]
     PeerBytes { peer_bytes: u32, bytes: u64, space: Space },
+    #[error("{operand} has an empty dimension (shape {dims:?}); operands hold at least one element")]
+    EmptyOperand { operand: &'static str, dims: Vec<u32> },
     #[error("{operand} has {elements} elements, more than the {limit} bytes of memory it could ever be computed into")]
     TooManyElements { operand: &'static str, elements: u64, limit: u64 },
     #[error("stream does not end with End")]
@@ -69,6 +71,11 @@ fn check(t: &Tensor, operand: &'static str, space: Space, limits: &Limits) -> Re
     // A broadcast operand (stride 0) may have more elements than bytes it spans, but
     // never more than the largest memory its result could fill: that bounds every
     // kernel's loop and every size computed from the count.
+    // An empty operand computes nothing, but a kernel would still walk its other
+    // dimensions (the `container` fuzz target found one of 3 x 67,108,872 x 0).
+    if t.dims().contains(&0) {
+        return Err(StreamProblem::EmptyOperand { operand, dims: t.dims().to_vec() });
+    }
     let limit = limits.vtcm_bytes.max(limits.ddr_bytes);
     if t.elements() > limit {
         return Err(StreamProblem::TooManyElements { operand, elements: t.elements(), limit });
@@ -334,6 +341,19 @@ mod tests {
         let (_, p) =
             problem(&[Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: vt(0, DType::F32, &[4]), src: wide }]);
         assert!(p.to_string().contains("has 5000 elements, more than the 4096 bytes"), "{p}");
+    }
+
+    /// An operand with an empty dimension is refused: it computes nothing, and a kernel
+    /// would still walk its other dimensions (found by the `container` fuzz target: a
+    /// convolution input of 3 x 67,108,872 x 0 took 34 s).
+    #[test]
+    fn an_operand_with_an_empty_dimension_is_refused() {
+        let mut empty = vt(0, DType::F32, &[3, 1, 1]);
+        empty.shape[1] = 67_108_872;
+        empty.shape[2] = 0;
+        let (_, p) =
+            problem(&[Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: vt(0, DType::F32, &[4]), src: empty }]);
+        assert!(matches!(&p, StreamProblem::EmptyOperand { operand: "src", dims } if dims == &[3, 67_108_872, 0]), "{p}");
     }
 
     #[test]
