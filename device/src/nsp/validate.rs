@@ -353,7 +353,10 @@ mod tests {
         empty.shape[2] = 0;
         let (_, p) =
             problem(&[Op::Unary { kind: aicsim_abi::isa::UnaryKind::Relu, dst: vt(0, DType::F32, &[4]), src: empty }]);
-        assert!(matches!(&p, StreamProblem::EmptyOperand { operand: "src", dims } if dims == &[3, 67_108_872, 0]), "{p}");
+        assert!(
+            matches!(&p, StreamProblem::EmptyOperand { operand: "src", dims } if dims == &[3, 67_108_872, 0]),
+            "{p}"
+        );
     }
 
     #[test]
