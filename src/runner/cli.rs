@@ -406,8 +406,9 @@ fn run(args: &Args) -> Result<(), String> {
         });
     // The per-layer table of the stats files, and the report's timeline, come from the
     // instruction trace too.
-    let traced = args.profiling_types.iter().any(|t| *t != ProfilingType::Latency);
-    if traced || args.report.is_some() {
+    let traced = args.profiling_types.iter().any(|t| *t != ProfilingType::Latency) || args.report.is_some();
+    let tracing = AtomicBool::new(traced);
+    if traced {
         for a in set.activations() {
             a.set_trace(true).map_err(|e| e.to_string())?;
         }
@@ -423,7 +424,7 @@ fn run(args: &Args) -> Result<(), String> {
         latency: args.profiling_types.contains(&ProfilingType::Latency),
     };
     let collector = Collector::new(sampling, batch);
-    let run = Run { args, set: &set, inputs: &inputs, collector: &collector };
+    let run = Run { args, set: &set, inputs: &inputs, collector: &collector, tracing: &tracing };
     let started = Instant::now();
     let summary = match args.clock {
         Clock::Sim => run_simulated(&run, plan.limit.clone())?,

@@ -64,6 +64,8 @@ pub struct Collected {
     pub outputs: Vec<KeptOutputs>,
     pub profiled: Vec<Profiled>,
     pub profile_error: Option<String>,
+    /// Inferences recorded within the profiling range.
+    pub sampled: u64,
     /// Sums over every inference of the time in each of [`STAGES`], ms.
     pub stage_sums_ms: [f64; STAGES.len()],
     /// The latest moment control was back with the application, on the run's clock.
@@ -98,6 +100,7 @@ impl Collector {
         let run = (sampled && self.sampling.device_profiles).then(profile);
         let mut c = self.inner.lock();
         c.completed += 1;
+        c.sampled += u64::from(sampled);
         c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
         c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
         c.host_round_trips_ms.push(done.timestamps.host_round_trip().as_secs_f64() * 1e3);
@@ -156,6 +159,11 @@ impl Collector {
     }
 
     /// Everything recorded, in inference order where order matters.
+    /// Whether every inference of the profiling range has been recorded.
+    pub fn samples_complete(&self) -> bool {
+        self.inner.lock().sampled >= self.sampling.profile.1
+    }
+
     pub fn into_collected(self) -> Collected {
         let mut c = self.inner.into_inner();
         let by_value = |v: &mut Vec<f64>| v.sort_by(f64::total_cmp);

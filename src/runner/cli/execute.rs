@@ -36,11 +36,33 @@ pub(super) struct Run<'a> {
     /// Host input sets, in the host format.
     pub(super) inputs: &'a [Vec<Vec<u8>>],
     pub(super) collector: &'a Collector,
+    /// Whether the device still records every instruction of every run: only until the
+    /// sampled inferences are in (recording costs host time on every run).
+    pub(super) tracing: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Records a finished inference, and stops the device's tracing once every sampled
+    /// inference has been recorded.
+    fn record(&self, done: &Completion<'_>) {
+        let set = self.set;
+        self.collector
+            .record(done, || set.activations()[done.activation].run_profile(done.seq).map_err(|e| e.to_string()));
+        if self.tracing.load(Ordering::Relaxed)
+            && self.collector.samples_complete()
+            && self.tracing.swap(false, Ordering::Relaxed)
+        {
+            for a in set.activations() {
+                // Best effort: tracing left on only costs time.
+                let _ = a.set_trace(false);
+            }
+        }
+    }
 }
 
 /// Runs on the simulated clock; a side thread reports progress on stderr for long runs.
 pub(super) fn run_simulated(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary, String> {
-    let Run { args, set, inputs, collector } = *run;
+    let Run { args, set, inputs, collector, .. } = *run;
     let batch = set.program().batch_size();
     let device_inputs: Vec<Vec<Vec<u8>>> = inputs
         .iter()
@@ -58,7 +80,7 @@ pub(super) fn run_simulated(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary
         start_ns: 0,
     });
     let on_complete = |done: &Completion<'_>| {
-        collector.record(done, || set.activations()[done.activation].run_profile(done.seq).map_err(|e| e.to_string()));
+        run.record(done);
         latest_ns.fetch_max(done.timestamps.returned, Ordering::Relaxed);
         if args.live {
             live.lock().tick(done.timestamps.returned, collector.completed());
@@ -100,7 +122,7 @@ pub(super) fn progress_on_stderr(
 
 /// Runs on the wall clock, with the live report on wall-clock periods.
 pub(super) fn run_wall(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary, String> {
-    let Run { args, set, inputs, collector } = *run;
+    let Run { args, set, inputs, collector, .. } = *run;
     let batch = set.program().batch_size();
     let fill = |index: u64, dst: &mut [Vec<u8>]| {
         for (d, s) in dst.iter_mut().zip(&inputs[index as usize % inputs.len()]) {
@@ -108,9 +130,7 @@ pub(super) fn run_wall(run: &Run<'_>, limit: RunLimit) -> Result<RunSummary, Str
         }
     };
     let finished = AtomicBool::new(false);
-    let on_complete = |done: &Completion<'_>| {
-        collector.record(done, || set.activations()[done.activation].run_profile(done.seq).map_err(|e| e.to_string()));
-    };
+    let on_complete = |done: &Completion<'_>| run.record(done);
     std::thread::scope(|scope| {
         scope.spawn(|| {
             let period = if args.live { Duration::from_millis(args.live_period_ms) } else { Duration::from_secs(3) };
