@@ -180,7 +180,9 @@ impl PendingFiles {
         let mut written = Vec::with_capacity(staged.len());
         for s in staged {
             let dest = s.dest().to_path_buf();
-            written.push(s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?);
+            let path = s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+            // A bare file name was given as `./name`; report it as given.
+            written.push(path.strip_prefix(".").map(Path::to_path_buf).unwrap_or(path));
         }
         Ok(written)
     }
