@@ -153,6 +153,18 @@ pub fn write_atomic(dir: &Path, file_name: &str, bytes: &[u8]) -> io::Result<Pat
     stage(dir, file_name, bytes)?.commit()
 }
 
+/// A file path the user gave, as its directory (`.` for a bare name) and its file name,
+/// which must be one component.
+pub fn user_file(path: &Path) -> Result<(PathBuf, String), String> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| is_single_component(n))
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    Ok((dir, name.to_string()))
+}
+
 /// Files to create once a tool's work has succeeded: nothing is written if it fails.
 /// Each is a directory the user chose (created if missing) and one file name in it,
 /// which the tools made (model-supplied names pass through [`file_component`] first).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use aicsim::exec::{parse_exec_args, perf_report, print_perf_report, ExecArgs};
-use aicsim::output_files::PendingFiles;
+use aicsim::output_files::{self, PendingFiles};
 use aicsim_compiler::Source;
 
 fn run(args: &ExecArgs) -> Result<(), String> {
@@ -55,14 +55,10 @@ fn run(args: &ExecArgs) -> Result<(), String> {
             print_perf_report(&report);
         }
         if let Some(file) = &args.perf_metrics_json {
-            let path = Path::new(file);
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| format!("-aic-perf-metrics-json={file}: not a file name"))?;
-            let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let (parent, name) =
+                output_files::user_file(Path::new(file)).map_err(|e| format!("-aic-perf-metrics-json={e}"))?;
             let json = serde_json::to_string_pretty(&report).expect("plain values") + "\n";
-            files.push(parent, name.into(), json.into_bytes());
+            files.push(&parent, name, json.into_bytes());
         }
     }
     for written in files.write_all()? {

@@ -147,16 +147,11 @@ fn check_writable(dir: &Path) -> Result<(), String> {
 
 /// Where `-report` goes: its directory (which must exist) and file name.
 fn report_target(path: &Path) -> Result<(PathBuf, String), String> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| output_files::is_single_component(n))
-        .ok_or_else(|| format!("-report={}: not a file name", path.display()))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let (dir, name) = output_files::user_file(path).map_err(|e| format!("-report={e}"))?;
     if !dir.is_dir() {
         return Err(format!("-report={}: directory {} does not exist", path.display(), dir.display()));
     }
-    Ok((dir, name.to_string()))
+    Ok((dir, name))
 }
 
 /// The `-report` page: every evaluation, the best marked.

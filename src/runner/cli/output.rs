@@ -218,16 +218,7 @@ fn html_report(
 
 /// A file path the user gave, as its directory and its file name.
 pub(super) fn user_file(path: &Path) -> Result<(PathBuf, String), String> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| output_files::is_single_component(n))
-        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((dir, name.to_string()))
+    output_files::user_file(path)
 }
 
 pub(super) fn is_dir_or_missing(p: &Path) -> bool {
