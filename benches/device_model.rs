@@ -89,6 +89,7 @@ fn matmul(n: u32, runs: usize) -> (Duration, Duration) {
         a: Tensor::vtcm(0, DType::F32, &[n, n]),
         b: Tensor::vtcm(bytes, DType::F32, &[n, n]),
         accumulate: false,
+        zero_point: 0,
     };
     let ours = best_of(runs, || {
         let t = Instant::now();

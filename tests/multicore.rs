@@ -46,6 +46,7 @@ fn tiled_matmul() -> ProgramImage {
                 a: Tensor::vtcm(va, DType::F32, &[rows, K]),
                 b: Tensor::vtcm(vb, DType::F32, &[K, N]),
                 accumulate: false,
+                zero_point: 0,
             });
             ops.push(Op::DmaOut {
                 dst: Tensor::ddr(c_at + row0 * u64::from(N) * 4, DType::F32, &[rows, N]),

@@ -25,7 +25,7 @@ fn heavy_program() -> ProgramImage {
         peer_bytes: 0,
     }];
     for _ in 0..MATMULS {
-        ops.push(Op::MatMul { dst: m(6 << 20), a: m(2 << 20), b: m(4 << 20), accumulate: false });
+        ops.push(Op::MatMul { dst: m(6 << 20), a: m(2 << 20), b: m(4 << 20), accumulate: false, zero_point: 0 });
     }
     ops.push(Op::DmaOut { dst: Tensor::ddr(64, DType::U8, &[64]), src: Tensor::vtcm(0, DType::U8, &[64]) });
     ops.push(Op::End);
@@ -62,7 +62,7 @@ fn paced_completions_wait_for_device_time_and_unpaced_ones_do_not() {
     let per_matmul = {
         let cost = CostModel::default();
         let m = Tensor::vtcm(0, DType::F16, &[1024, 1024]);
-        cost.cycles(&Op::MatMul { dst: m, a: m, b: m, accumulate: false })
+        cost.cycles(&Op::MatMul { dst: m, a: m, b: m, accumulate: false, zero_point: 0 })
     };
     let device_time = Duration::from_secs_f64((MATMULS * per_matmul) as f64 / CLOCK as f64) * runs;
     let paced = wall_time_of(Pacing::Wall, runs);

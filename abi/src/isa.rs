@@ -340,20 +340,25 @@ pub enum Op {
         dst: Tensor,
         src: Tensor,
     },
-    /// `dst[M,N] (+)= a[M,K] x b[K,N]` on HMX.
+    /// `dst[M,N] (+)= (a[M,K] - zero_point) x b[K,N]` on HMX. `zero_point` is the
+    /// integer `a`'s quantisation offset (0 for float operands).
     MatMul {
         dst: Tensor,
         a: Tensor,
         b: Tensor,
         accumulate: bool,
+        zero_point: i32,
     },
-    /// 2-D convolution on HMX.
+    /// 2-D convolution on HMX of `input - zero_point`: an integer input's quantisation
+    /// offset (0 for float operands) is taken off every element, so padding contributes
+    /// nothing, as a real zero does.
     Conv2d {
         dst: Tensor,
         input: Tensor,
         weight: Tensor,
         geometry: ConvGeometry,
         accumulate: bool,
+        zero_point: i32,
     },
     Binary {
         kind: BinaryKind,
@@ -491,11 +496,13 @@ impl Instruction {
                 (OP_DMA_IN, 0, dst.record(), src.record(), none)
             }
             Op::DmaOut { dst, src } => (OP_DMA_OUT, 0, dst.record(), src.record(), none),
-            Op::MatMul { dst, a, b, accumulate } => {
+            Op::MatMul { dst, a, b, accumulate, zero_point } => {
+                i.params[0] = zero_point as u32;
                 (OP_MATMUL, accumulate as u16, dst.record(), a.record(), b.record())
             }
-            Op::Conv2d { dst, input, weight, geometry: g, accumulate } => {
-                i.params = [g.stride[0], g.stride[1], g.pad[0], g.pad[1], g.dilation[0], g.dilation[1], g.groups, 0];
+            Op::Conv2d { dst, input, weight, geometry: g, accumulate, zero_point } => {
+                let zp = zero_point as u32;
+                i.params = [g.stride[0], g.stride[1], g.pad[0], g.pad[1], g.dilation[0], g.dilation[1], g.groups, zp];
                 (OP_CONV2D, accumulate as u16, dst.record(), input.record(), weight.record())
             }
             Op::Binary { kind, dst, a, b } => (OP_BINARY, kind as u16, dst.record(), a.record(), b.record()),
@@ -613,7 +620,7 @@ impl Instruction {
             }
             OP_MATMUL => {
                 no_aux()?;
-                unused_params(0)?;
+                unused_params(1)?;
                 if self.variant > 1 {
                     return Err(bad_variant);
                 }
@@ -622,11 +629,11 @@ impl Instruction {
                     a: need(src0, "a")?,
                     b: need(src1, "b")?,
                     accumulate: self.variant == 1,
+                    zero_point: p[0] as i32,
                 }
             }
             OP_CONV2D => {
                 no_aux()?;
-                unused_params(7)?;
                 if self.variant > 1 {
                     return Err(bad_variant);
                 }
@@ -638,6 +645,7 @@ impl Instruction {
                     weight: need(src1, "weight")?,
                     geometry,
                     accumulate: self.variant == 1,
+                    zero_point: p[7] as i32,
                 }
             }
             OP_BINARY => {
@@ -779,13 +787,22 @@ mod tests {
             Op::DmaIn { dst: v, src: d.with_strides(&[7, 1]), multicast: 0x1_0000_0003, peer_bytes: 0 },
             Op::DmaIn { dst: v, src: t(Space::Pool, DType::F32, &[2, 3]), multicast: 0, peer_bytes: 16 },
             Op::DmaOut { dst: d, src: v },
-            Op::MatMul { dst: v, a: v, b: v, accumulate: true },
+            Op::MatMul { dst: v, a: v, b: v, accumulate: true, zero_point: -7 },
+            Op::Conv2d {
+                dst: t(Space::Vtcm, DType::I32, &[4, 5, 5]),
+                input: t(Space::Vtcm, DType::U8, &[2, 7, 7]),
+                weight: t(Space::Vtcm, DType::I8, &[4, 2, 3, 3]),
+                geometry: ConvGeometry { stride: [2, 1], pad: [0, 1], dilation: [1, 1], groups: 2 },
+                accumulate: true,
+                zero_point: 131,
+            },
             Op::Conv2d {
                 dst: t(Space::Vtcm, DType::F16, &[4, 5, 5]),
                 input: t(Space::Vtcm, DType::F16, &[2, 7, 7]),
                 weight: t(Space::Vtcm, DType::F16, &[4, 2, 3, 3]),
                 geometry: ConvGeometry { stride: [1, 2], pad: [1, 0], dilation: [1, 1], groups: 1 },
                 accumulate: false,
+                zero_point: 0,
             },
             Op::Binary { kind: BinaryKind::Div, dst: v, a: v, b: v.with_strides(&[0, 1]) },
             Op::Unary { kind: UnaryKind::Clip { min: -1.5, max: 6.0 }, dst: v, src: v },

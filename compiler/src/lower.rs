@@ -337,6 +337,7 @@ impl<'g> Lowerer<'g> {
                         a: self.vtcm(abuf[s], &[m_c, k_c]),
                         b: self.vtcm(bbuf[s], &[k_c, n_c]),
                         accumulate: kb > 0,
+                        zero_point: 0,
                     });
                 }
                 let out = self.vtcm(obuf[slot], &[m_c, n_c]);
@@ -408,6 +409,7 @@ impl<'g> Lowerer<'g> {
                     a: self.vtcm(abuf[slot], &[m, k]),
                     b: self.vtcm(bbuf[slot], &[k, n]),
                     accumulate: false,
+                    zero_point: 0,
                 });
                 ops.push(Op::DmaOut { dst: self.ddr(t * m * n, yb, &[m, n], &[n, 1]), src: out });
             }

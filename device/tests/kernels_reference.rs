@@ -174,7 +174,7 @@ proptest! {
         put(&mut c, B, ta, &b);
         put(&mut c, C, tc, &c0);
         let (mu, ku, nu) = (m as u32, k as u32, n as u32);
-        compute(c.vtcm_mut(), &Op::MatMul { dst: Tensor::vtcm(C, tc, &[mu, nu]), a: Tensor::vtcm(A, ta, &[mu, ku]), b: Tensor::vtcm(B, ta, &[ku, nu]), accumulate }).unwrap();
+        compute(c.vtcm_mut(), &Op::MatMul { dst: Tensor::vtcm(C, tc, &[mu, nu]), a: Tensor::vtcm(A, ta, &[mu, ku]), b: Tensor::vtcm(B, ta, &[ku, nu]), accumulate, zero_point: 0 }).unwrap();
         let mut want = vec![0.0; m * n];
         for i in 0..m { for j in 0..n {
             let mut acc = if accumulate { c0[i * n + j] } else { 0.0 };
@@ -188,22 +188,33 @@ proptest! {
     #[test]
     fn conv2d_matches_the_reference(
         ci_g in 1u32..4, co_g in 1u32..4, groups in 1u32..3, h in 1u32..8, w in 1u32..8, kh in 1u32..4, kw in 1u32..4,
-        stride in 1u32..3, pad in 0u32..2, dilation in 1u32..3, int8: bool, xs in values(2000, -2.0, 2.0),
+        stride in 1u32..3, pad in 0u32..2, dilation in 1u32..3, int8: bool, zp in -30i32..30, xs in values(2000, -2.0, 2.0),
     ) {
         let (ci, co) = (ci_g * groups, co_g * groups);
         let eff = |k: u32| (k - 1) * dilation + 1;
         prop_assume!(h + 2 * pad >= eff(kh) && w + 2 * pad >= eff(kw));
         let ho = (h + 2 * pad - eff(kh)) / stride + 1;
         let wo = (w + 2 * pad - eff(kw)) / stride + 1;
-        let (ti, to) = if int8 { (DType::I8, DType::I32) } else { (DType::F32, DType::F32) };
+        // Integer inputs carry a quantisation offset: int8 below zero, uint8 from it
+        // (padding is a real zero, so it contributes nothing).
+        let zp = if int8 { zp } else { 0 };
+        let (ti, to) = match (int8, zp >= 0) {
+            (false, _) => (DType::F32, DType::F32),
+            (true, false) => (DType::I8, DType::I32),
+            (true, true) => (DType::U8, DType::I32),
+        };
         let q = |v: f64| if int8 { (v * 50.0).round() } else { v as f32 as f64 };
-        let x: Vec<f64> = xs[..(ci * h * w) as usize].iter().map(|&v| q(v)).collect();
+        let stored_x = |v: f64| if ti == DType::U8 { (q(v) + f64::from(zp)).clamp(0.0, 255.0) } else { q(v) + f64::from(zp) };
+        let x: Vec<f64> = xs[..(ci * h * w) as usize].iter().map(|&v| stored_x(v).clamp(-128.0, 255.0)).collect();
+        let x: Vec<f64> = x.iter().map(|&v| if ti == DType::I8 { v.clamp(-128.0, 127.0) } else { v }).collect();
         let wt: Vec<f64> = xs[1000..1000 + (co * ci_g * kh * kw) as usize].iter().map(|&v| q(v)).collect();
         let mut c = core();
         put(&mut c, A, ti, &x);
-        put(&mut c, B, ti, &wt);
+        put(&mut c, B, if int8 { DType::I8 } else { ti }, &wt);
+        let x: Vec<f64> = x.iter().map(|&v| v - f64::from(zp)).collect();
         let g = ConvGeometry { stride: [stride, stride], pad: [pad, pad], dilation: [dilation, dilation], groups };
-        compute(c.vtcm_mut(), &Op::Conv2d { dst: Tensor::vtcm(C, to, &[co, ho, wo]), input: Tensor::vtcm(A, ti, &[ci, h, w]), weight: Tensor::vtcm(B, ti, &[co, ci_g, kh, kw]), geometry: g, accumulate: false }).unwrap();
+        let wtype = if int8 { DType::I8 } else { ti };
+        compute(c.vtcm_mut(), &Op::Conv2d { dst: Tensor::vtcm(C, to, &[co, ho, wo]), input: Tensor::vtcm(A, ti, &[ci, h, w]), weight: Tensor::vtcm(B, wtype, &[co, ci_g, kh, kw]), geometry: g, accumulate: false, zero_point: zp }).unwrap();
         let mut want = vec![0.0; (co * ho * wo) as usize];
         for oc in 0..co { for oy in 0..ho { for ox in 0..wo {
             let grp = oc / co_g;
@@ -356,6 +367,7 @@ fn large_convolutions_match_the_reference() {
             weight: Tensor::vtcm(wa, dtype, &[co, ci_g, k, k]),
             geometry: g,
             accumulate,
+            zero_point: 0,
         };
         compute(c.vtcm_mut(), &op).unwrap();
         let mut want = vec![0.0; (co * ho * wo) as usize];
@@ -453,6 +465,7 @@ fn convolutions_over_a_changed_input_are_recomputed() {
         weight: Tensor::vtcm(wa, DType::F32, &[co, ci, k, k]),
         geometry: g,
         accumulate: false,
+        zero_point: 0,
     };
     let reference = |x: &[f64], wt: &[f64]| {
         let mut out = vec![0.0; (co * h * w) as usize];

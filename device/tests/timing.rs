@@ -55,6 +55,7 @@ fn matmul(m: u32, n: u32, k: u32) -> Vec<Op> {
             a: Tensor::vtcm(1 << 20, DType::F16, &[m, k]),
             b: Tensor::vtcm(2 << 20, DType::F16, &[k, n]),
             accumulate: false,
+            zero_point: 0,
         },
         Op::End,
     ]
@@ -216,6 +217,7 @@ fn mixed_program() -> Vec<Op> {
             a: Tensor::vtcm(0, DType::F32, &[64, 64]),
             b: Tensor::vtcm(16384, DType::F32, &[64, 64]),
             accumulate: false,
+            zero_point: 0,
         },
         Op::Softmax {
             dst: Tensor::vtcm(81920, DType::F32, &[64, 64]),
@@ -281,6 +283,7 @@ fn dma_overlaps_compute_when_nothing_conflicts() {
         a: Tensor::vtcm(at, DType::F16, &[256, 256]),
         b: Tensor::vtcm(at, DType::F16, &[256, 256]),
         accumulate: false,
+        zero_point: 0,
     };
     let mut rig = Rig::new(256 * 256 * 2);
     let pipelined = rig

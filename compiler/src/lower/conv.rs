@@ -458,6 +458,7 @@ impl Lowerer<'_> {
                 groups: if d.groups == 1 { 1 } else { (co_n / d.out_per_group) as u32 },
             },
             accumulate: false,
+            zero_point: 0,
         });
         if spec.bias.is_some() {
             let bview = self.vtcm(p.biases[wslot], &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);

@@ -169,12 +169,28 @@ where
     Some(())
 }
 
-pub(crate) fn matmul(vtcm: &mut [u8], dst: &Tensor, a: &Tensor, b: &Tensor, accumulate: bool) -> Option<()> {
+/// An integer operand's values with its quantisation offset taken off.
+fn gather_offset(vtcm: &[u8], t: &Tensor, zero_point: i32) -> Option<Vec<i32>> {
+    let mut x = gather_i32(vtcm, t)?;
+    if zero_point != 0 {
+        x.iter_mut().for_each(|v| *v -= zero_point);
+    }
+    Some(x)
+}
+
+pub(crate) fn matmul(
+    vtcm: &mut [u8],
+    dst: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    accumulate: bool,
+    zero_point: i32,
+) -> Option<()> {
     let (m, k, n) = (a.shape[0] as usize, a.shape[1] as usize, b.shape[1] as usize);
     if a.dtype.is_float() {
         return with_f32(vtcm, dst, a, b, accumulate, |x, y, beta, c| sgemm(m, k, n, x, y, beta, c));
     }
-    let (x, y) = (gather_i32(vtcm, a)?, gather_i32(vtcm, b)?);
+    let (x, y) = (gather_offset(vtcm, a, zero_point)?, gather_i32(vtcm, b)?);
     let mut c = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; m * n] };
     igemm(m, k, n, &x, &y, &mut c);
     scatter_i32(vtcm, dst, &c)
@@ -345,6 +361,7 @@ pub(crate) fn conv2d(
     weight: &Tensor,
     g: &ConvGeometry,
     accumulate: bool,
+    zero_point: i32,
 ) -> Option<()> {
     let [ci, h, w] = [input.shape[0], input.shape[1], input.shape[2]].map(|v| v as usize);
     let [co, _, kh, kw] = weight.shape.map(|v| v as usize);
@@ -424,7 +441,7 @@ pub(crate) fn conv2d(
             }
         });
     }
-    let (x, wt) = (gather_i32(vtcm, input)?, gather_i32(vtcm, weight)?);
+    let (x, wt) = (gather_offset(vtcm, input, zero_point)?, gather_i32(vtcm, weight)?);
     let mut out = if accumulate { gather_i32(vtcm, dst)? } else { vec![0; co * plane] };
     for grp in 0..groups {
         let cols = im2col(&x, [grp * ci_g, ci_g], [h, w], [kh, kw], 0..ho, wo, g);

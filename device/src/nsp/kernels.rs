@@ -417,9 +417,11 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             scatter_f32(vtcm, &dst, &out)
         }
         Op::Convert { dst, src, scale, zero_point } => convert(vtcm, &dst, &src, scale, zero_point),
-        Op::MatMul { dst, a, b, accumulate } => super::gemm::matmul(vtcm, &dst, &a, &b, accumulate),
-        Op::Conv2d { dst, input, weight, geometry, accumulate } => {
-            super::gemm::conv2d(vtcm, &dst, &input, &weight, &geometry, accumulate)
+        Op::MatMul { dst, a, b, accumulate, zero_point } => {
+            super::gemm::matmul(vtcm, &dst, &a, &b, accumulate, zero_point)
+        }
+        Op::Conv2d { dst, input, weight, geometry, accumulate, zero_point } => {
+            super::gemm::conv2d(vtcm, &dst, &input, &weight, &geometry, accumulate, zero_point)
         }
         Op::Pool { kind, dst, src, window } => {
             let s = src.shape.map(|v| v as usize);

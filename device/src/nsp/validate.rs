@@ -154,7 +154,7 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             })?;
             same_shape(src, dst, "DMA")
         }
-        Op::MatMul { dst, a, b, .. } => {
+        Op::MatMul { dst, a, b, zero_point, .. } => {
             v(dst, "dst")?;
             v(a, "a")?;
             v(b, "b")?;
@@ -165,9 +165,10 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             shapes(b.shape[0] == k && dst.shape[0] == m && dst.shape[1] == n, || {
                 format!("matmul [{m}, {k}] x {:?} -> {:?} does not line up", b.dims(), dst.dims())
             })?;
-            hmx_types(a.dtype, b.dtype, dst.dtype)
+            hmx_types(a.dtype, b.dtype, dst.dtype)?;
+            hmx_zero_point(a.dtype, *zero_point)
         }
-        Op::Conv2d { dst, input, weight, geometry: g, .. } => {
+        Op::Conv2d { dst, input, weight, geometry: g, zero_point, .. } => {
             v(dst, "dst")?;
             v(input, "input")?;
             v(weight, "weight")?;
@@ -192,7 +193,8 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             shapes(g.stride.iter().chain(&g.dilation).all(|&s| s >= 1), || {
                 String::from("conv stride and dilation must be at least 1")
             })?;
-            hmx_types(input.dtype, weight.dtype, dst.dtype)
+            hmx_types(input.dtype, weight.dtype, dst.dtype)?;
+            hmx_zero_point(input.dtype, *zero_point)
         }
         Op::Binary { dst, a, b, kind } => {
             v(dst, "dst")?;
@@ -280,6 +282,16 @@ fn hmx_types(a: DType, b: DType, dst: DType) -> Result<(), StreamProblem> {
     types(ok, || {
         format!("HMX takes f32 x f32 -> f32, f16 x f16 -> f16/f32, or i8/u8 x i8 -> i32; got {a:?} x {b:?} -> {dst:?}")
     })
+}
+
+/// An integer input's quantisation offset lies in its dtype's range; a float input has none.
+fn hmx_zero_point(input: DType, zero_point: i32) -> Result<(), StreamProblem> {
+    let ok = match input {
+        DType::I8 => (-128..=127).contains(&zero_point),
+        DType::U8 => (0..=255).contains(&zero_point),
+        _ => zero_point == 0,
+    };
+    types(ok, || format!("HMX input zero point {zero_point} is outside what a {input:?} input holds"))
 }
 
 /// Decodes and checks a core's stream; exactly one End, at the end.
@@ -421,6 +433,7 @@ mod tests {
             a: vt(64, DType::F32, &[2, 4]),
             b: vt(128, DType::F32, &[5, 3]),
             accumulate: false,
+            zero_point: 0,
         };
         assert!(matches!(problem(&[m]).1, StreamProblem::Shapes(_)));
         let m = Op::MatMul {
@@ -428,6 +441,7 @@ mod tests {
             a: vt(64, DType::I8, &[2, 4]),
             b: vt(128, DType::I8, &[4, 3]),
             accumulate: false,
+            zero_point: 0,
         };
         assert!(matches!(problem(&[m]).1, StreamProblem::Types(_)));
         let c = Op::Conv2d {
@@ -436,6 +450,7 @@ mod tests {
             weight: vt(512, DType::F32, &[4, 3, 3, 3]),
             geometry: ConvGeometry { stride: [1, 1], pad: [0, 0], dilation: [1, 1], groups: 2 },
             accumulate: false,
+            zero_point: 0,
         };
         assert!(matches!(problem(&[c]).1, StreamProblem::Shapes(_)));
         let b = Op::Binary {

@@ -318,7 +318,7 @@ impl Access {
         let none = (0, 0);
         let ranges = match op {
             Op::DmaIn { dst, src, .. } | Op::DmaOut { dst, src } => [r(src), none, none, r(dst)],
-            Op::MatMul { dst, a, b, accumulate } => [r(a), r(b), if *accumulate { r(dst) } else { none }, r(dst)],
+            Op::MatMul { dst, a, b, accumulate, .. } => [r(a), r(b), if *accumulate { r(dst) } else { none }, r(dst)],
             Op::Conv2d { dst, input, weight, accumulate, .. } => {
                 [r(input), r(weight), if *accumulate { r(dst) } else { none }, r(dst)]
             }
