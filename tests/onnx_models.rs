@@ -21,6 +21,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aicsim_abi::isa::{DType, Op};
 use aicsim_compiler::{compile_file, CompileOptions};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
@@ -207,4 +208,73 @@ fn light_zfnet512_matches_onnxruntime() {
 #[test]
 fn light_vgg19_matches_onnxruntime() {
     check_model("vgg19");
+}
+
+/// A QDQ model from onnxruntime's static quantiser (`scripts/make_qdq.py`): the model,
+/// the held-back input, onnxruntime's output and the output's quantisation step.
+fn qdq_reference(tag: &str, args: &[&str]) -> Option<(Reference, f32)> {
+    let (python, _) = environment()?;
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qdq-{tag}"));
+    if !out.join("meta.json").exists() {
+        let status = Command::new(python).arg(script("make_qdq.py")).arg(&out).args(args).status().expect("run python");
+        assert!(status.success(), "make_qdq.py failed for {tag}");
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("meta.json")).unwrap()).unwrap();
+    let step = meta["step"].as_f64().expect("the output is dequantised") as f32;
+    let r = Reference {
+        model: out.join("model.onnx"),
+        inputs: vec![read_f32(&out.join("input_0.bin"))],
+        outputs: vec![read_f32(&out.join("output_0.bin"))],
+    };
+    Some((r, step))
+}
+
+/// The int8 program of a QDQ model gives onnxruntime's output within one quantisation
+/// step per element, at 1 and 4 cores, with its convolutions really on int8 (HMX int8
+/// products in the program, int8 activations in DDR).
+fn check_qdq(tag: &str, args: &[&str]) {
+    let Some((r, step)) = qdq_reference(tag, args) else { return };
+    let device = Arc::new(Device::open_simulated(big_programs()).unwrap());
+    for cores in [1, 4] {
+        for fp16 in [false, true] {
+            let opts = CompileOptions { cores, fp16, ..CompileOptions::default() };
+            let compiled = compile_file(&r.model, &opts).unwrap();
+            let int8_convs = compiled
+                .image
+                .cores
+                .iter()
+                .flatten()
+                .filter_map(|i| i.decode().ok())
+                .filter(|op| matches!(op, Op::Conv2d { input, weight, .. } if input.dtype == DType::I8 && weight.dtype == DType::I8))
+                .count();
+            assert!(int8_convs > 0, "{tag}: no int8 convolution in the program");
+            assert!(compiled.graph.values.iter().any(|v| v.quant.is_some()), "{tag}: no int8 activations");
+            let got = run(&device, &r.model, &opts, &r.inputs);
+            let err = got[0].iter().zip(&r.outputs[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!(
+                "{tag} cores={cores} fp16={fp16}: max |ours - onnxruntime| = {err:.3e} = {:.2} steps ({int8_convs} int8 convolutions)",
+                err / step
+            );
+            // One step, and the rounding of the dequantised value to the program's float
+            // type (twice 2^-11 relative in f16: the float layers and the output).
+            let rel = if fp16 { 1.0 / 1024.0 } else { 1e-6 };
+            let (excess, at) = worst(&got[0], &r.outputs[0], rel, step);
+            assert!(
+                excess <= 0.0,
+                "{tag} cores={cores} fp16={fp16} y[{at}]: ours {} onnxruntime {} (more than one step, {step}, apart)",
+                got[0][at],
+                r.outputs[0][at]
+            );
+        }
+    }
+}
+
+#[test]
+fn qdq_int8_model_matches_onnxruntime() {
+    check_qdq("int8", &["--seed", "3"]);
+}
+
+#[test]
+fn qdq_uint8_per_channel_model_matches_onnxruntime() {
+    check_qdq("uint8-per-channel", &["--seed", "5", "--activations", "uint8", "--per-channel"]);
 }

@@ -374,12 +374,15 @@ pub enum Op {
     /// dtype conversion, (de)quantisation and layout change (strides): float -> int is
     /// `round_half_even(x / scale) + zero_point` saturated; int -> float is
     /// `(q - zero_point) * scale`; i32 -> i8/u8 is `round(x * scale) + zero_point`
-    /// saturated; anything else converts the value.
+    /// saturated; anything else converts the value. With `scales` (an f32 tensor of the
+    /// destination's shape, typically a broadcast view of per-channel values) element
+    /// `i` uses `scale * scales[i]`: per-channel requantisation in one pass.
     Convert {
         dst: Tensor,
         src: Tensor,
         scale: f32,
         zero_point: i32,
+        scales: Option<Tensor>,
     },
     Pool {
         kind: PoolKind,
@@ -534,10 +537,10 @@ impl Instruction {
                 };
                 (OP_UNARY, variant, dst.record(), src.record(), none)
             }
-            Op::Convert { dst, src, scale, zero_point } => {
+            Op::Convert { dst, src, scale, zero_point, scales } => {
                 i.params[0] = scale.to_bits();
                 i.params[1] = zero_point as u32;
-                (OP_CONVERT, 0, dst.record(), src.record(), none)
+                (OP_CONVERT, 0, dst.record(), src.record(), scales.map_or(none, |s| s.record()))
             }
             Op::Pool { kind, dst, src, window: w } => {
                 i.params = [w.kernel[0], w.kernel[1], w.stride[0], w.stride[1], w.pad[0], w.pad[1], 0, 0];
@@ -690,9 +693,14 @@ impl Instruction {
             OP_CONVERT => {
                 no_variant()?;
                 no_aux()?;
-                no_src1()?;
                 unused_params(2)?;
-                Op::Convert { dst: need(dst, "dst")?, src: need(src0, "src")?, scale: f(p[0]), zero_point: p[1] as i32 }
+                Op::Convert {
+                    dst: need(dst, "dst")?,
+                    src: need(src0, "src")?,
+                    scale: f(p[0]),
+                    zero_point: p[1] as i32,
+                    scales: src1,
+                }
             }
             OP_POOL => {
                 no_aux()?;
@@ -809,7 +817,14 @@ mod tests {
             Op::Unary { kind: UnaryKind::Gelu, dst: v, src: v },
             Op::Unary { kind: UnaryKind::Pow { exponent: -0.75 }, dst: v, src: v },
             Op::Unary { kind: UnaryKind::Affine { scale: 2.5, shift: -1.0 }, dst: v, src: v },
-            Op::Convert { dst: t(Space::Vtcm, DType::I8, &[2, 3]), src: v, scale: 0.05, zero_point: -3 },
+            Op::Convert { dst: t(Space::Vtcm, DType::I8, &[2, 3]), src: v, scale: 0.05, zero_point: -3, scales: None },
+            Op::Convert {
+                dst: t(Space::Vtcm, DType::I8, &[2, 3]),
+                src: t(Space::Vtcm, DType::I32, &[2, 3]),
+                scale: 1.0,
+                zero_point: 5,
+                scales: Some(v.with_strides(&[1, 0])),
+            },
             Op::Pool {
                 kind: PoolKind::AvgIncludePad,
                 dst: v,

@@ -31,6 +31,10 @@ pub(crate) struct Builder<'a> {
     pub(crate) producer: HashMap<ValueId, usize>,
     pub(crate) graph_outputs: Vec<String>,
     pub(crate) model_dir: Option<&'a Path>,
+    /// ONNX element types of integer constants (what a zero point's range is).
+    pub(crate) elem_types: HashMap<String, i32>,
+    /// Constants that are dequantised integers, by the float constant's id.
+    pub(crate) quant_consts: HashMap<ConstId, crate::ops::QuantConst>,
 }
 
 /// A tensor proto as a constant.
@@ -153,9 +157,10 @@ impl<'a> Builder<'a> {
         self.bind_value(&node.outputs[0].clone(), v);
     }
 
-    /// The layer that produced `v`, if `name` (its only reader) may fuse into it.
+    /// The layer that produced `v`, if `name` (its only reader) may fuse into it. Not
+    /// when `v` is int8: what follows reads the rounded integers, not the sums before.
     pub(crate) fn fusable(&self, name: &str, v: ValueId) -> Option<usize> {
-        if !self.single_use(name) || self.g.values[v].storage != v {
+        if !self.single_use(name) || self.g.values[v].storage != v || self.g.values[v].quant.is_some() {
             return None;
         }
         self.producer.get(&v).copied()
@@ -166,6 +171,7 @@ impl<'a> Builder<'a> {
         let storage = self.g.values[x].storage;
         let id = self.g.add_value(&node.outputs[0], shape);
         self.g.values[id].storage = storage;
+        self.g.values[id].quant = self.g.values[x].quant;
         self.bind_value(&node.outputs[0].clone(), id);
         Ok(())
     }
@@ -175,8 +181,15 @@ impl<'a> Builder<'a> {
         let shape = self.g.values[x].shape.clone();
         if let Some(l) = self.fusable(&node.inputs[0], x) {
             let fused = match &mut self.g.layers[l].kind {
-                LayerKind::Conv { act, .. } | LayerKind::Dense { act, .. }
+                // (An int8 convolution applies ReLU to its int32 sums; nothing else.)
+                LayerKind::Conv { act, int8: None, .. } | LayerKind::Dense { act, .. }
                     if *act == FusedActivation::None && matches!(kind, UnaryKind::Relu | UnaryKind::Clip { .. }) =>
+                {
+                    *act = FusedActivation::Unary(kind);
+                    true
+                }
+                LayerKind::Conv { act, int8: Some(_), .. }
+                    if *act == FusedActivation::None && kind == UnaryKind::Relu =>
                 {
                     *act = FusedActivation::Unary(kind);
                     true
@@ -205,7 +218,11 @@ impl<'a> Builder<'a> {
         let shape = self.out_shape(node)?;
         let mut operands = Vec::new();
         for i in 0..node.inputs.len() {
-            operands.push(self.operand(node, i)?);
+            // A dequantised int8 operand is read as int8 (the chain dequantises it).
+            operands.push(match self.operand(node, i)? {
+                Operand::Value(v) => Operand::Value(self.dequantized(v).unwrap_or(v)),
+                c => c,
+            });
         }
         // The running value is the first runtime operand.
         let lead = operands.iter().position(|o| matches!(o, Operand::Value(_))).expect("not all constant");
@@ -237,7 +254,7 @@ impl<'a> Builder<'a> {
         {
             let c = *c;
             let channels = match &self.g.layers[l].kind {
-                LayerKind::Conv { bias: None, act: FusedActivation::None, weight, .. } => {
+                LayerKind::Conv { bias: None, act: FusedActivation::None, weight, int8: None, .. } => {
                     let co = self.g.consts[*weight].shape[0];
                     let cs = &self.g.consts[c].shape;
                     // [C, 1, 1] or [1, C, 1, 1]
@@ -279,7 +296,7 @@ impl<'a> Builder<'a> {
                 let Some(l) = self.fusable(name, conv_out).filter(|&l| same && conv_out != res && ready(l)) else {
                     continue;
                 };
-                if let LayerKind::Conv { residual: r @ None, act: FusedActivation::None, .. } =
+                if let LayerKind::Conv { residual: r @ None, act: FusedActivation::None, int8: None, .. } =
                     &mut self.g.layers[l].kind
                 {
                     *r = Some(res);
@@ -315,24 +332,28 @@ impl<'a> Builder<'a> {
         let dilation = node.attr_ints("dilations").unwrap_or(vec![1, 1]);
         let pads = self.pads(node, &xs, &shape, [kh, kw], &stride, &dilation)?;
         let groups = node.attr_int("group", 1) as usize;
-        let weight = if self.g.consts[w].is_int() {
-            let c = Const::f32(ws.clone(), self.g.consts[w].to_f32());
-            self.g.add_const(&node.inputs[1], c)
-        } else {
-            w
+        // Dequantised int8 input and weights: an int8 convolution on HMX.
+        let (x, weight, bias, int8) = match self.int8_conv(x, w, b) {
+            Some(q) => (q.input, q.weight, q.bias, Some(q.multiplier)),
+            None if self.g.consts[w].is_int() => {
+                let c = Const::f32(ws.clone(), self.g.consts[w].to_f32());
+                (x, self.g.add_const(&node.inputs[1], c), b, None)
+            }
+            None => (x, w, b, None),
         };
         self.add_layer(
             node,
             LayerKind::Conv {
                 input: x,
                 weight,
-                bias: b,
+                bias,
                 stride: [stride[0] as usize, stride[1] as usize],
                 pad: pads,
                 dilation: [dilation[0] as usize, dilation[1] as usize],
                 groups,
                 residual: None,
                 act: FusedActivation::None,
+                int8,
             },
             shape,
         );
@@ -388,7 +409,9 @@ impl<'a> Builder<'a> {
         let shift: Vec<f32> = (0..channels).map(|c| p[1][c] - p[2][c] * scale[c]).collect();
         let shape = self.g.values[x].shape.clone();
         if let Some(l) = self.fusable(&node.inputs[0], x) {
-            if let LayerKind::Conv { weight, bias, act: FusedActivation::None, .. } = self.g.layers[l].kind.clone() {
+            if let LayerKind::Conv { weight, bias, act: FusedActivation::None, int8: None, .. } =
+                self.g.layers[l].kind.clone()
+            {
                 let w = &self.g.consts[weight];
                 let per = w.len() / w.shape[0];
                 let mut wv = w.to_f32();
@@ -550,7 +573,10 @@ impl<'a> Builder<'a> {
         let op = node.op_type.as_str();
         if op == "Constant" {
             let c = match node.attributes.first().map(|a| (a.name.as_str(), &a.value)) {
-                Some(("value", AttributeValue::Tensor(t))) => tensor_const(t, self.model_dir)?,
+                Some(("value", AttributeValue::Tensor(t))) => {
+                    self.elem_types.insert(node.outputs[0].clone(), t.data_type);
+                    tensor_const(t, self.model_dir)?
+                }
                 Some(("value_float", AttributeValue::Float(v))) => Const::f32(vec![], vec![*v]),
                 Some(("value_floats", AttributeValue::Floats(v))) => Const::f32(vec![v.len()], v.clone()),
                 Some(("value_int", AttributeValue::Int(v))) => Const::i64(vec![], vec![*v]),
@@ -576,7 +602,12 @@ impl<'a> Builder<'a> {
         }
         let entries: Vec<Option<Entry>> =
             (0..node.inputs.len()).map(|i| self.entry(node, i)).collect::<Result<_, _>>()?;
-        if entries.iter().flatten().all(|e| matches!(e, Entry::Const(_))) && !entries.iter().all(Option::is_none) {
+        // (Quantisation nodes evaluate their constants themselves: they need the types.)
+        let quantisation = matches!(op, "QuantizeLinear" | "DequantizeLinear");
+        if !quantisation
+            && entries.iter().flatten().all(|e| matches!(e, Entry::Const(_)))
+            && !entries.iter().all(Option::is_none)
+        {
             let consts: Vec<&Const> = entries
                 .iter()
                 .map(|e| match e {
@@ -641,10 +672,13 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
         producer: HashMap::new(),
         graph_outputs: graph_outputs.clone(),
         model_dir,
+        elem_types: HashMap::new(),
+        quant_consts: HashMap::new(),
     };
     for t in &graph.initializers {
         let c = tensor_const(t, model_dir)?;
         b.bind_const(&t.name, c);
+        b.elem_types.insert(t.name.clone(), t.data_type);
     }
     for input in &graph.inputs {
         if b.env.contains_key(&input.name) {
@@ -716,6 +750,11 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
             }
             None => return Err(CompileError::Model(format!("output '{name}' is not produced by any node"))),
         };
+        if b.g.values[v].quant.is_some() {
+            return Err(CompileError::Model(format!(
+                "output '{name}' is quantised (int8); aicsim programs return float outputs: end the graph with DequantizeLinear"
+            )));
+        }
         // An output needs storage of its own: not an input's, not another output's.
         let storage = b.g.values[v].storage;
         let shared = b.g.inputs.iter().any(|i| b.g.values[i.value].storage == storage)
@@ -735,5 +774,21 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
         };
         b.g.outputs.push(Io { name: name.clone(), value: v });
     }
+    prune_unread_layers(&mut b.g);
     Ok(b.g)
+}
+
+/// Drops the layers whose output nothing reads (a dequantisation whose readers all read
+/// the int8 value instead).
+fn prune_unread_layers(g: &mut Graph) {
+    let mut read: std::collections::HashSet<ValueId> = g.outputs.iter().map(|o| g.values[o.value].storage).collect();
+    let mut keep = vec![false; g.layers.len()];
+    for (i, l) in g.layers.iter().enumerate().rev() {
+        if read.contains(&g.values[l.output].storage) {
+            keep[i] = true;
+            read.extend(l.inputs().iter().map(|&v| g.values[v].storage));
+        }
+    }
+    let mut k = keep.iter();
+    g.layers.retain(|_| *k.next().expect("one flag per layer"));
 }

@@ -81,7 +81,18 @@ impl Const {
 pub type ValueId = usize;
 pub type ConstId = usize;
 
-/// A runtime float tensor. Several values may share one storage (a reshape is a view).
+/// How an int8 tensor's integers stand for real numbers: `(q - zero_point) * scale`
+/// (ONNX's `DequantizeLinear`). Stored as int8: a uint8 tensor of the model is kept as
+/// `q - 128` with its zero point moved likewise, which is exact.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quant {
+    pub scale: f32,
+    /// In `-128..=127`.
+    pub zero_point: i32,
+}
+
+/// A runtime tensor: float (in the program's dtype), or int8 with its [`Quant`]. Several
+/// values may share one storage (a reshape is a view).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Value {
     pub name: String,
@@ -89,6 +100,8 @@ pub struct Value {
     pub shape: Vec<usize>,
     /// The value whose DDR bytes this one uses (itself unless it is a view).
     pub storage: ValueId,
+    /// Set when the value is stored as int8 (a `QuantizeLinear` output).
+    pub quant: Option<Quant>,
 }
 
 impl Value {
@@ -139,6 +152,10 @@ pub enum LayerKind {
         /// connection: `act(conv(x) + bias + residual)`).
         residual: Option<ValueId>,
         act: FusedActivation,
+        /// An int8 convolution: the input is an int8 value, `weight` holds int8
+        /// integers (symmetric), and this f32 `[Co]` constant holds each output
+        /// channel's `input scale x weight scale`, which turns the int32 sums into reals.
+        int8: Option<ConstId>,
     },
     /// `[M, K] x [K, N] (+ bias [N])` with a constant right-hand side.
     Dense {
@@ -271,7 +288,7 @@ pub struct Graph {
 impl Graph {
     pub fn add_value(&mut self, name: &str, shape: Vec<usize>) -> ValueId {
         let id = self.values.len();
-        self.values.push(Value { name: name.into(), shape, storage: id });
+        self.values.push(Value { name: name.into(), shape, storage: id, quant: None });
         id
     }
 

@@ -28,7 +28,7 @@ use aicsim_abi::isa::{
 };
 use aicsim_device::nsp::CostModel;
 
-use crate::ir::{ChainStep, Const, FusedActivation, Graph, LayerKind, Operand, ValueId};
+use crate::ir::{ChainStep, Const, FusedActivation, Graph, LayerKind, Operand, Quant, ValueId};
 use crate::CompileError;
 
 /// How to lower.
@@ -171,6 +171,36 @@ struct Lowerer<'g> {
     prefetch: bool,
     /// Whether the last layer's tiles used VTCM above the tile area.
     prev_big: bool,
+    /// DDR bases of the values and constants not stored in the program's dtype: int8
+    /// values, and an int8 convolution's weights, biases and multipliers.
+    dtypes: std::collections::HashMap<u64, DType>,
+    /// DDR bases of the int8 values, with their quantisation.
+    quants: std::collections::HashMap<u64, Quant>,
+}
+
+/// The dtype `v` is stored in.
+fn value_dtype(g: &Graph, o: &LowerOptions, v: ValueId) -> DType {
+    if g.values[v].quant.is_some() {
+        DType::I8
+    } else {
+        o.dtype
+    }
+}
+
+/// The dtype each constant is stored in: an int8 convolution's weights in int8, its
+/// biases in int32 and its multipliers in f32; the rest in the program's dtype.
+fn const_dtypes(g: &Graph, o: &LowerOptions) -> Vec<DType> {
+    let mut dtypes = vec![o.dtype; g.consts.len()];
+    for l in &g.layers {
+        if let LayerKind::Conv { weight, bias, int8: Some(m), .. } = &l.kind {
+            dtypes[*weight] = DType::I8;
+            dtypes[*m] = DType::F32;
+            if let Some(b) = bias {
+                dtypes[*b] = DType::I32;
+            }
+        }
+    }
+    dtypes
 }
 
 impl<'g> Lowerer<'g> {
@@ -198,11 +228,21 @@ impl<'g> Lowerer<'g> {
         let shape32 = dims32(shape);
         let strides32: Vec<u32> = strides.iter().map(|&s| isa_u32(s)).collect();
         let space = if self.pool_bases.contains(&base) { Space::Pool } else { Space::Ddr };
-        Tensor::contiguous(space, base + offset_elems * self.eb, self.o.dtype, &shape32).with_strides(&strides32)
+        let dtype = self.dtype_at(base);
+        Tensor::contiguous(space, base + offset_elems * dtype.bytes(), dtype, &shape32).with_strides(&strides32)
+    }
+
+    /// The dtype of the value or constant stored at `base`.
+    fn dtype_at(&self, base: u64) -> DType {
+        self.dtypes.get(&base).copied().unwrap_or(self.o.dtype)
     }
 
     fn vtcm(&self, at: u64, shape: &[u64]) -> Tensor {
         Tensor::vtcm(at, self.o.dtype, &dims32(shape))
+    }
+
+    fn vtcm_as(&self, at: u64, dtype: DType, shape: &[u64]) -> Tensor {
+        Tensor::vtcm(at, dtype, &dims32(shape))
     }
 
     fn value_base(&self, v: ValueId) -> u64 {
@@ -342,7 +382,7 @@ impl<'g> Lowerer<'g> {
                 }
                 let out = self.vtcm(obuf[slot], &[m_c, n_c]);
                 if acc_f32 {
-                    ops.push(Op::Convert { dst: out, src: acc, scale: 1.0, zero_point: 0 });
+                    ops.push(Op::Convert { dst: out, src: acc, scale: 1.0, zero_point: 0, scales: None });
                 } else {
                     ops.push(Op::Unary { kind: UnaryKind::Copy, dst: out, src: acc });
                 }
@@ -460,7 +500,14 @@ impl<'g> Lowerer<'g> {
             return Err(self.err(format!("a {}-dimensional strided pattern is beyond the 4-D DMA", dims.len())));
         }
         let n_buf = 1 + steps.iter().filter(|(o, _)| o.is_some()).count() as u64 + 1;
-        let max_elems = (self.budget() / (n_buf * eb)).max(1);
+        // int8 operands are dequantised on arrival and an int8 output quantised before
+        // it leaves, each through an int8 staging buffer.
+        let quant = |base: u64| self.quants.get(&base).copied();
+        let q_in =
+            quant(first.0).is_some() || steps.iter().any(|(o, _)| o.as_ref().is_some_and(|o| quant(o.0).is_some()));
+        let q_out = quant(out.0);
+        let staging = u64::from(q_in) + u64::from(q_out.is_some());
+        let max_elems = (self.budget() / (n_buf * eb + staging)).max(1);
         // Tile: split axis `ax`, keep every axis after it whole.
         let mut ax = 0;
         while ax + 1 < dims.len() && dims[ax + 1..].iter().product::<u64>() > max_elems {
@@ -480,6 +527,8 @@ impl<'g> Lowerer<'g> {
         let tile_elems = chunk * inner;
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         let bufs: Vec<[u64; 2]> = (0..n_buf).map(|_| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)]).collect();
+        let mut stage = || [v.alloc(tile_elems), v.alloc(tile_elems)];
+        let (stage_in, stage_out) = (q_in.then(&mut stage), q_out.map(|_| stage()));
         let tiles: Vec<(u64, u64)> = (0..outer).flat_map(|o| (0..n_chunks).map(move |c| (o, c))).collect();
         let starts = self.starts();
         let rank = dims.len();
@@ -501,19 +550,30 @@ impl<'g> Lowerer<'g> {
                 let tshape: Vec<u64> = tshape[ax..].to_vec();
                 let origin = |s: &[u64]| -> u64 { start.iter().zip(s).map(|(a, b)| a * b).sum() };
                 let acc = self.vtcm(bufs[0][slot], &tshape);
+                // DMA into `dst`; an int8 source through the staging buffer, dequantised.
+                let fetch = |ops: &mut Vec<Op>, src: Tensor, dst: Tensor, base: u64| match quant(base) {
+                    Some(q) => {
+                        let staged =
+                            Tensor::vtcm(stage_in.expect("int8 operands have staging")[slot], DType::I8, src.dims());
+                        ops.push(Op::DmaIn { dst: staged, src, multicast: 0, peer_bytes: 0 });
+                        let (scale, zero_point) = (q.scale, q.zero_point);
+                        ops.push(Op::Convert { dst, src: staged, scale, zero_point, scales: None });
+                    }
+                    None => ops.push(Op::DmaIn { dst, src, multicast: 0, peer_bytes: 0 }),
+                };
                 // An operand's tile: DMA its distinct elements, view them broadcast.
                 let load = |ops: &mut Vec<Op>, me: &Self, which: usize, base: u64, buf: u64| -> Tensor {
                     let s = &strides[which][ax..];
                     let packed: Vec<u64> = tshape.iter().zip(s).map(|(&d, &st)| if st == 0 { 1 } else { d }).collect();
                     let src = me.ddr(origin(&strides[which]), base, &packed, s);
-                    ops.push(Op::DmaIn { dst: me.vtcm(buf, &packed), src, multicast: 0, peer_bytes: 0 });
+                    fetch(ops, src, me.vtcm(buf, &packed), base);
                     let c = contiguous(&packed);
                     let vs: Vec<u32> = c.iter().zip(s).map(|(&c, &st)| if st == 0 { 0 } else { c as u32 }).collect();
                     me.vtcm(buf, &tshape).with_strides(&vs)
                 };
                 if strides[1][ax..].iter().all(|&s| s != 0) {
                     let src = self.ddr(origin(&strides[1]), first.0, &tshape, &strides[1][ax..]);
-                    ops.push(Op::DmaIn { dst: acc, src, multicast: 0, peer_bytes: 0 });
+                    fetch(&mut ops, src, acc, first.0);
                 } else {
                     let view = load(&mut ops, self, 1, first.0, bufs[1][slot]);
                     ops.push(Op::Unary { kind: UnaryKind::Copy, dst: acc, src: view });
@@ -532,7 +592,15 @@ impl<'g> Lowerer<'g> {
                     }
                 }
                 let dst = self.ddr(origin(&strides[0]), out.0, &tshape, &strides[0][ax..]);
-                ops.push(Op::DmaOut { dst, src: acc });
+                match (q_out, stage_out) {
+                    (Some(q), Some(stage)) => {
+                        let staged = self.vtcm_as(stage[slot], DType::I8, &tshape);
+                        let (scale, zero_point) = (q.scale, q.zero_point);
+                        ops.push(Op::Convert { dst: staged, src: acc, scale, zero_point, scales: None });
+                        ops.push(Op::DmaOut { dst, src: staged });
+                    }
+                    _ => ops.push(Op::DmaOut { dst, src: acc }),
+                }
             }
             self.streams[core] = ops;
         }
@@ -924,6 +992,12 @@ enum RowOp {
 
 /// Constants in the program's dtype; f16 clips what it cannot hold.
 fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>) -> Vec<u8> {
+    match dtype {
+        // Integers the import checked to fit.
+        DType::I8 | DType::U8 => return c.to_i64().iter().map(|&x| x as i8 as u8).collect(),
+        DType::I32 => return c.to_i64().iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+        DType::F32 | DType::F16 => {}
+    }
     let v = c.to_f32();
     match dtype {
         DType::F16 => {
@@ -975,7 +1049,6 @@ pub struct PoolPlan {
 /// lifetime (its producer to its last reader) fit. Graph inputs and outputs stay in DDR:
 /// the host moves them.
 pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) -> PoolPlan {
-    let eb = o.dtype.bytes();
     let per_core = o.vtcm_bytes.saturating_sub(2 * tile_budget(o) + reserved);
     let capacity = per_core * u64::from(o.cores);
     let n = g.layers.len();
@@ -996,7 +1069,10 @@ pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) ->
     }
     let mut live = vec![0u64; n];
     let mut plan = PoolPlan { capacity, ..PoolPlan::default() };
-    let bytes = |v: ValueId| align(o.replicas as u64 * g.values[v].elements() as u64 * eb, VTCM_ALIGN);
+    let bytes = |v: ValueId| {
+        let eb = value_dtype(g, o, v).bytes();
+        align(o.replicas as u64 * g.values[v].elements() as u64 * eb, VTCM_ALIGN)
+    };
     let mut candidates: Vec<ValueId> =
         stored.iter().enumerate().filter(|(v, &s)| s && !host[*v] && first[*v] < n).map(|(v, _)| v).collect();
     // Short-lived values first: they hold the pool for the fewest layers per byte saved.
@@ -1036,10 +1112,14 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     let mut at = 0u64;
     let mut const_offsets = vec![u64::MAX; g.consts.len()];
     let mut constants = Vec::new();
-    for (i, c) in g.consts.iter().enumerate() {
+    let mut dtypes = std::collections::HashMap::new();
+    for (i, (c, dtype)) in g.consts.iter().zip(const_dtypes(g, &o)).enumerate() {
         if used[i] {
             const_offsets[i] = at;
-            let data = encode_const(&g.const_names[i], c, o.dtype, &mut warnings);
+            if dtype != o.dtype {
+                dtypes.insert(at, dtype);
+            }
+            let data = encode_const(&g.const_names[i], c, dtype, &mut warnings);
             at = align(at + data.len() as u64, ALIGN);
             constants.push(ConstantBlob { ddr_offset: const_offsets[i], data });
         }
@@ -1047,8 +1127,14 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     let constants_bytes = at;
     let stored = stored_values(g);
     let mut value_offsets = vec![u64::MAX; g.values.len()];
+    let mut quants = std::collections::HashMap::new();
     for (v, _) in stored.iter().enumerate().filter(|(_, &s)| s) {
         value_offsets[v] = at;
+        if let Some(q) = g.values[v].quant {
+            dtypes.insert(at, DType::I8);
+            quants.insert(at, q);
+        }
+        let eb = value_dtype(g, &o, v).bytes();
         at = align(at + o.replicas as u64 * g.values[v].elements() as u64 * eb, ALIGN);
     }
     // Prefetching shared weight blocks across layers needs slots of their own; they are
@@ -1078,6 +1164,8 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         slot_layers: 0,
         prefetch,
         prev_big: false,
+        dtypes,
+        quants,
     };
     let mut layer_starts = vec![Vec::with_capacity(g.layers.len()); o.cores as usize];
     for layer in &g.layers {
@@ -1155,6 +1243,13 @@ fn used_constants(g: &Graph) -> Vec<bool> {
     let mut used = vec![false; g.consts.len()];
     for l in &g.layers {
         match &l.kind {
+            LayerKind::Conv { weight, bias, int8: Some(m), .. } => {
+                used[*weight] = true;
+                used[*m] = true;
+                if let Some(b) = bias {
+                    used[*b] = true;
+                }
+            }
             LayerKind::Conv { weight, bias, .. } | LayerKind::Dense { weight, bias, .. } => {
                 used[*weight] = true;
                 if let Some(b) = bias {
@@ -1211,10 +1306,10 @@ fn mark_peers(
         .map(|(v, _)| {
             let mut dims: Vec<u64> = g.values[v].shape.iter().map(|&d| d as u64).collect();
             dims[0] *= o.replicas as u64;
-            crate::peers::Stored::new(value_offsets[v], dims)
+            crate::peers::Stored::new(value_offsets[v], dims, value_dtype(g, o, v).bytes())
         })
         .collect();
-    crate::peers::mark_peer_reads(streams, &stored_values, o.dtype.bytes())
+    crate::peers::mark_peer_reads(streams, &stored_values)
 }
 
 impl Lowerer<'_> {
@@ -1222,7 +1317,7 @@ impl Lowerer<'_> {
     fn lower_layer(&mut self, layer: &crate::ir::Layer) -> Result<(), CompileError> {
         let (g, l, y) = (self.g, self, layer.output);
         match &layer.kind {
-            LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, residual, act } => {
+            LayerKind::Conv { input, weight, bias, stride, pad, dilation, groups, residual, act, int8 } => {
                 let spec = conv::ConvSpec {
                     input: *input,
                     output: y,
@@ -1234,6 +1329,7 @@ impl Lowerer<'_> {
                     groups: *groups,
                     residual: *residual,
                     act: *act,
+                    int8: *int8,
                 };
                 l.conv(&spec)?
             }

@@ -19,12 +19,14 @@ pub(crate) struct Stored {
     base: u64,
     dims: Vec<u64>,
     strides: Vec<u64>,
+    /// Bytes per element.
+    eb: u64,
 }
 
 impl Stored {
-    pub(crate) fn new(base: u64, dims: Vec<u64>) -> Stored {
+    pub(crate) fn new(base: u64, dims: Vec<u64>, eb: u64) -> Stored {
         let strides = contiguous(&dims);
-        Stored { base, dims, strides }
+        Stored { base, dims, strides, eb }
     }
 
     fn elements(&self) -> u64 {
@@ -72,8 +74,8 @@ impl Region {
 
 /// The elements of `v` that `t` covers, if `t` is a box of `v`'s dims or a contiguous
 /// run; `None` for any other view (its bytes are then counted as the reader's own).
-fn region(t: &Tensor, v: &Stored, eb: u64) -> Option<Region> {
-    let rel = (t.offset - v.base) / eb;
+fn region(t: &Tensor, v: &Stored) -> Option<Region> {
+    let rel = (t.offset - v.base) / v.eb;
     let strides = &v.strides;
     let view = t.dims();
     let (mut lo, mut hi) = (Vec::with_capacity(v.dims.len()), Vec::with_capacity(v.dims.len()));
@@ -151,7 +153,7 @@ fn overlap(a: &Region, b: &Region, strides: &[u64]) -> u64 {
 
 /// Sets `peer_bytes` on every pool read of a multi-core program. Returns the bytes that
 /// cross cores, per layer (one entry per barrier-separated layer).
-pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u64) -> Vec<u64> {
+pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored]) -> Vec<u64> {
     let mut per_layer = Vec::new();
     if streams.len() < 2 {
         return per_layer;
@@ -160,7 +162,7 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
     let find = |offset: u64| {
         let i = stored.partition_point(|v| v.base <= offset).checked_sub(1)?;
         let v = &stored[i];
-        (offset < v.base + v.elements() * eb).then_some(i)
+        (offset < v.base + v.elements() * v.eb).then_some(i)
     };
     // Writes by (value, sample): the part of the region in that sample and the core
     // that holds it, from the last layer that wrote there.
@@ -178,7 +180,7 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
                     Op::Barrier => break,
                     Op::DmaIn { src, peer_bytes, .. } if src.space == Space::Pool => {
                         let Some(v) = find(src.offset) else { continue };
-                        let Some(read) = region(src, &stored[v], eb) else { continue };
+                        let Some(read) = region(src, &stored[v]) else { continue };
                         let mut peer = 0;
                         for s in read.samples(&stored[v]) {
                             let part = read.in_sample(s, &stored[v]);
@@ -188,13 +190,13 @@ pub(crate) fn mark_peer_reads(streams: &mut [Vec<Op>], stored: &[Stored], eb: u6
                                 }
                             }
                         }
-                        let bytes = (peer * eb).min(src.packed_bytes());
+                        let bytes = (peer * stored[v].eb).min(src.packed_bytes());
                         *peer_bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
                         crossed += bytes;
                     }
                     Op::DmaOut { dst, .. } if dst.space == Space::Pool => {
                         if let Some(v) = find(dst.offset) {
-                            if let Some(r) = region(dst, &stored[v], eb) {
+                            if let Some(r) = region(dst, &stored[v]) {
                                 layer_writes.push((v, r, core));
                             }
                         }
@@ -261,7 +263,7 @@ mod tests {
 
     /// Value 0: [1, 8, 4, 4] f16 at 4096; value 1: [1, 8, 4, 4] at 8192.
     fn stored() -> Vec<Stored> {
-        vec![Stored::new(4096, vec![1, 8, 4, 4]), Stored::new(8192, vec![1, 8, 4, 4])]
+        vec![Stored::new(4096, vec![1, 8, 4, 4], EB), Stored::new(8192, vec![1, 8, 4, 4], EB)]
     }
 
     /// Channels `c0..c0 + n`, rows `r0..r0 + rows` of a stored value.
@@ -301,7 +303,7 @@ mod tests {
                 Op::Barrier,
             ],
         ];
-        let crossed = mark_peer_reads(&mut streams, &stored(), EB);
+        let crossed = mark_peer_reads(&mut streams, &stored());
         // Half of each 8-channel read (4 channels x 2 rows x 4) came from the other core.
         assert_eq!(peer_of(&streams[0][2]), 4 * 2 * 4 * 2);
         assert_eq!(peer_of(&streams[1][2]), 4 * 2 * 4 * 2);
@@ -333,7 +335,7 @@ mod tests {
                 Op::Barrier,
             ],
         ];
-        mark_peer_reads(&mut streams, &stored(), EB);
+        mark_peer_reads(&mut streams, &stored());
         let halo = 8 * 4 * 2;
         assert_eq!(peer_of(&streams[0][2]), halo);
         assert_eq!(peer_of(&streams[1][2]), halo);
@@ -343,11 +345,11 @@ mod tests {
     #[test]
     fn one_core_or_a_ddr_read_crosses_nothing() {
         let mut one = vec![vec![write(view(4096, 0, 8, 0, 4)), read(view(4096, 0, 8, 0, 4))]];
-        assert!(mark_peer_reads(&mut one, &stored(), EB).is_empty());
+        assert!(mark_peer_reads(&mut one, &stored()).is_empty());
         assert_eq!(peer_of(&one[0][1]), 0);
         let ddr = Tensor::contiguous(Space::Ddr, 4096, DType::F16, &[64]);
         let mut two = vec![vec![write(view(4096, 0, 8, 0, 4)), Op::Barrier], vec![Op::Barrier, read(ddr)]];
-        mark_peer_reads(&mut two, &stored(), EB);
+        mark_peer_reads(&mut two, &stored());
         assert_eq!(peer_of(&two[1][1]), 0);
     }
 }

@@ -304,7 +304,7 @@ proptest! {
         put(&mut c, A, from, &x);
         // Read the source transposed: dst[j][i] = src[i][j].
         let src = Tensor::vtcm(A, from, &[cols, rows]).with_strides(&[1, cols]);
-        compute(c.vtcm_mut(), &Op::Convert { dst: Tensor::vtcm(C, to, &[cols, rows]), src, scale, zero_point: zp }).unwrap();
+        compute(c.vtcm_mut(), &Op::Convert { dst: Tensor::vtcm(C, to, &[cols, rows]), src, scale, zero_point: zp, scales: None }).unwrap();
         let (lo, hi) = match to { DType::I8 => (-128.0, 127.0), DType::U8 => (0.0, 255.0), _ => (f64::MIN, f64::MAX) };
         let mut want = vec![];
         for j in 0..cols as usize { for i in 0..rows as usize {

@@ -39,12 +39,12 @@ fn work(image: &ProgramImage) -> u64 {
             Op::DmaIn { dst, src, .. }
             | Op::DmaOut { dst, src }
             | Op::Unary { dst, src, .. }
-            | Op::Convert { dst, src, .. }
+            | Op::Convert { dst, src, scales: None, .. }
             | Op::GlobalAvgPool { dst, src }
             | Op::Softmax { dst, src }
             | Op::LayerNorm { dst, src, .. }
             | Op::Reduce { dst, src, .. } => most(&[&dst, &src]),
-            Op::Binary { dst, a, b, .. } => most(&[&dst, &a, &b]),
+            Op::Binary { dst, a, b, .. } | Op::Convert { dst, src: a, scales: Some(b), .. } => most(&[&dst, &a, &b]),
             Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 1,
         }
     })

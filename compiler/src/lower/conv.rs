@@ -23,6 +23,8 @@ pub(super) struct ConvSpec {
     pub groups: usize,
     pub residual: Option<ValueId>,
     pub act: FusedActivation,
+    /// An int8 convolution's per-output-channel multiplier (see `LayerKind::Conv`).
+    pub int8: Option<usize>,
 }
 
 /// A convolution's sizes, in elements (`[N, C, H, W]` in, `[N, Co, Ho, Wo]` out, weight
@@ -48,8 +50,16 @@ pub(super) struct ConvDims {
     pub unit: u64,
     pub stride_h: u64,
     pub dilation_h: u64,
-    /// Bytes per element.
-    pub eb: u64,
+    /// Bytes per element of the input, the weights and the output.
+    pub in_eb: u64,
+    pub w_eb: u64,
+    pub out_eb: u64,
+    /// Bytes per output channel of the per-channel constants: the bias (float), or the
+    /// int32 bias and the f32 multiplier of an int8 convolution.
+    pub chan_eb: u64,
+    /// Bytes per element of the int32 sums an int8 convolution requantises (0: the
+    /// output buffer takes the sums).
+    pub acc_eb: u64,
     /// Output-sized buffers per tile: the output, and the residual beside it if any.
     pub out_buffers: u64,
 }
@@ -57,7 +67,7 @@ pub(super) struct ConvDims {
 impl ConvDims {
     /// VTCM of a block of `co_t` output channels' weights and biases.
     fn weight_block(&self, co_t: u64) -> u64 {
-        align(co_t * self.cig * self.kh * self.kw * self.eb, VTCM_ALIGN) + align(co_t * self.eb, VTCM_ALIGN)
+        align(self.weight_bytes(co_t), VTCM_ALIGN) + align(co_t * self.chan_eb, VTCM_ALIGN)
     }
 
     /// Input channels a tile of `co_t` output channels reads.
@@ -76,8 +86,9 @@ impl ConvDims {
 
     /// VTCM of a tile's input and output buffers.
     fn io(&self, co_t: u64, rows: u64) -> u64 {
-        align(self.in_channels(co_t) * self.rows_in(rows) * self.w * self.eb, VTCM_ALIGN)
-            + self.out_buffers * align(co_t * rows * self.wo * self.eb, VTCM_ALIGN)
+        align(self.in_channels(co_t) * self.rows_in(rows) * self.w * self.in_eb, VTCM_ALIGN)
+            + self.out_buffers * align(co_t * rows * self.wo * self.out_eb, VTCM_ALIGN)
+            + align(co_t * rows * self.wo * self.acc_eb, VTCM_ALIGN)
     }
 
     fn tile_bytes(&self, co_t: u64, rows: u64) -> u64 {
@@ -86,7 +97,7 @@ impl ConvDims {
 
     /// Bytes of one weight block's weights (without biases).
     fn weight_bytes(&self, co_t: u64) -> u64 {
-        co_t * self.cig * self.kh * self.kw * self.eb
+        co_t * self.cig * self.kh * self.kw * self.w_eb
     }
 }
 
@@ -120,6 +131,8 @@ pub(super) struct ConvPlacement {
     pub inputs: [u64; 2],
     pub outputs: [u64; 2],
     pub residuals: Option<[u64; 2]>,
+    /// An int8 convolution's int32 sums.
+    pub accs: Option<[u64; 2]>,
     /// VTCM the layer uses on a core.
     pub vtcm_used: u64,
 }
@@ -133,11 +146,13 @@ struct ConvPlan<'a> {
     d: ConvDims,
     t: ConvTiling,
     p: ConvPlacement,
-    /// DDR bases of the input, the output, the weights and the biases.
+    /// DDR bases of the input, the output, the weights, the biases and an int8
+    /// convolution's multipliers.
     xb: u64,
     yb: u64,
     wb: u64,
     bb: Option<u64>,
+    mb: Option<u64>,
 }
 
 impl Lowerer<'_> {
@@ -154,6 +169,7 @@ impl Lowerer<'_> {
             yb: self.value_base(spec.output),
             wb: self.const_offsets[spec.weight],
             bb: spec.bias.map(|b| self.const_offsets[b]),
+            mb: spec.int8.map(|m| self.const_offsets[m]),
         };
         self.emit_conv(&plan);
         Ok(())
@@ -186,7 +202,11 @@ impl Lowerer<'_> {
             unit: if groups == 1 { 1 } else { out_per_group },
             stride_h: s.stride[0] as u64,
             dilation_h: s.dilation[0] as u64,
-            eb: self.eb,
+            in_eb: value_dtype(self.g, &self.o, s.input).bytes(),
+            w_eb: if s.int8.is_some() { 1 } else { self.eb },
+            out_eb: value_dtype(self.g, &self.o, s.output).bytes(),
+            chan_eb: if s.int8.is_some() { 8 } else { self.eb },
+            acc_eb: if s.int8.is_some() { 4 } else { 0 },
             out_buffers: if s.residual.is_some() { 2 } else { 1 },
         })
     }
@@ -280,16 +300,18 @@ impl Lowerer<'_> {
             ([slot(0), slot(1), slot(0)], [bias_at(0), bias_at(1), bias_at(0)])
         } else {
             let w = [v.alloc(weight_bytes), v.alloc(weight_bytes)];
-            let b = [v.alloc(t.co_t * d.eb), v.alloc(t.co_t * d.eb)];
+            let b = [v.alloc(t.co_t * d.chan_eb), v.alloc(t.co_t * d.chan_eb)];
             ([w[0], w[1], slot(0)], [b[0], b[1], bias_at(0)])
         };
-        let in_bytes = d.in_channels(t.co_t) * d.rows_in(t.rows) * d.w * d.eb;
-        let out_bytes = t.co_t * t.rows * d.wo * d.eb;
+        let in_bytes = d.in_channels(t.co_t) * d.rows_in(t.rows) * d.w * d.in_eb;
+        let out_bytes = t.co_t * t.rows * d.wo * d.out_eb;
         let inputs = [v.alloc(in_bytes), v.alloc(in_bytes)];
         let outputs = [v.alloc(out_bytes), v.alloc(out_bytes)];
         let residuals = (d.out_buffers == 2).then(|| [v.alloc(out_bytes), v.alloc(out_bytes)]);
+        let acc_bytes = t.co_t * t.rows * d.wo * d.acc_eb;
+        let accs = (d.acc_eb > 0).then(|| [v.alloc(acc_bytes), v.alloc(acc_bytes)]);
         debug_assert!(v.next <= v.capacity);
-        ConvPlacement { shared, slots, own_slot, weights, biases, inputs, outputs, residuals, vtcm_used: v.next }
+        ConvPlacement { shared, slots, own_slot, weights, biases, inputs, outputs, residuals, accs, vtcm_used: v.next }
     }
 
     /// Loads weight block `cb` (and its biases) into weight buffer `slot`, multicast to
@@ -300,19 +322,19 @@ impl Lowerer<'_> {
         let co_n = co_t.min(d.co - co0);
         let per = d.cig * d.kh * d.kw;
         let shape = [co_n, d.cig, d.kh, d.kw];
+        let src = self.ddr(co0 * per, plan.wb, &shape, &contiguous(&shape));
         ops.push(Op::DmaIn {
-            dst: self.vtcm(plan.p.weights[slot], &shape),
-            src: self.ddr(co0 * per, plan.wb, &shape, &contiguous(&shape)),
+            dst: self.vtcm_as(plan.p.weights[slot], src.dtype, &shape),
+            src,
             multicast: mask,
             peer_bytes: 0,
         });
-        if let Some(bb) = plan.bb {
-            ops.push(Op::DmaIn {
-                dst: self.vtcm(plan.p.biases[slot], &[co_n]),
-                src: self.ddr(co0, bb, &[co_n], &[1]),
-                multicast: mask,
-                peer_bytes: 0,
-            });
+        // Biases, then an int8 convolution's multipliers after a block's worth of them.
+        let multipliers = plan.mb.map(|mb| (mb, plan.t.co_t * 4));
+        for (base, at) in plan.bb.map(|bb| (bb, 0)).into_iter().chain(multipliers) {
+            let src = self.ddr(co0, base, &[co_n], &[1]);
+            let dst = self.vtcm_as(plan.p.biases[slot] + at, src.dtype, &[co_n]);
+            ops.push(Op::DmaIn { dst, src, multicast: mask, peer_bytes: 0 });
         }
     }
 
@@ -433,13 +455,11 @@ impl Lowerer<'_> {
         let ci0 = if d.groups == 1 { 0 } else { co0 / d.out_per_group * d.in_per_group };
         let ci_n = d.in_channels(co_n);
         let rows = b - a;
-        ops.push(Op::DmaIn {
-            dst: self.vtcm(p.inputs[slot], &[ci_n, rows, w]),
-            src: self.ddr((s * c + ci0) * h * w + a * w, plan.xb, &[ci_n, rows, w], &[h * w, w, 1]),
-            multicast: 0,
-            peer_bytes: 0,
-        });
-        let out = self.vtcm(p.outputs[slot], &[co_n, r_n, wo]);
+        let src = self.ddr((s * c + ci0) * h * w + a * w, plan.xb, &[ci_n, rows, w], &[h * w, w, 1]);
+        let input = self.vtcm_as(p.inputs[slot], src.dtype, &[ci_n, rows, w]);
+        ops.push(Op::DmaIn { dst: input, src, multicast: 0, peer_bytes: 0 });
+        let out_dtype = self.dtype_at(plan.yb);
+        let out = self.vtcm_as(p.outputs[slot], out_dtype, &[co_n, r_n, wo]);
         let out_at = (s * co + co0) * ho * wo + oy0 * wo;
         let res = spec.residual.zip(p.residuals).map(|(rv, rbuf)| {
             let t = self.vtcm(rbuf[slot], &[co_n, r_n, wo]);
@@ -447,19 +467,38 @@ impl Lowerer<'_> {
             ops.push(Op::DmaIn { dst: t, src, multicast: 0, peer_bytes: 0 });
             t
         });
-        ops.push(Op::Conv2d {
-            dst: out,
-            input: self.vtcm(p.inputs[slot], &[ci_n, rows, w]),
-            weight: self.vtcm(p.weights[wslot], &[co_n, cig, kh, kw]),
-            geometry: ConvGeometry {
-                stride: [spec.stride[0] as u32, spec.stride[1] as u32],
-                pad: [pad_top as u32, spec.pad[1] as u32],
-                dilation: [spec.dilation[0] as u32, spec.dilation[1] as u32],
-                groups: if d.groups == 1 { 1 } else { (co_n / d.out_per_group) as u32 },
-            },
-            accumulate: false,
-            zero_point: 0,
-        });
+        let geometry = ConvGeometry {
+            stride: [spec.stride[0] as u32, spec.stride[1] as u32],
+            pad: [pad_top as u32, spec.pad[1] as u32],
+            dilation: [spec.dilation[0] as u32, spec.dilation[1] as u32],
+            groups: if d.groups == 1 { 1 } else { (co_n / d.out_per_group) as u32 },
+        };
+        let weight = self.vtcm_as(p.weights[wslot], self.dtype_at(plan.wb), &[co_n, cig, kh, kw]);
+        let out_ddr = self.ddr(out_at, plan.yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]);
+        if let Some(accs) = p.accs {
+            // int8: int32 sums of (input - its zero point) x weights, the int32 bias and
+            // ReLU on the sums, then one requantising pass with each channel's multiplier.
+            let acc = self.vtcm_as(accs[slot], DType::I32, &[co_n, r_n, wo]);
+            let zero_point = self.quants.get(&plan.xb).map_or(0, |q| q.zero_point);
+            ops.push(Op::Conv2d { dst: acc, input, weight, geometry, accumulate: false, zero_point });
+            if spec.bias.is_some() {
+                let bview = self.vtcm_as(p.biases[wslot], DType::I32, &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
+                ops.push(Op::Binary { kind: BinaryKind::Add, dst: acc, a: acc, b: bview });
+            }
+            if let FusedActivation::Unary(kind) = spec.act {
+                ops.push(Op::Unary { kind, dst: acc, src: acc });
+            }
+            let multipliers = p.biases[wslot] + t.co_t * 4;
+            let scales = self.vtcm_as(multipliers, DType::F32, &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
+            let (scale, zero_point) = match self.quants.get(&plan.yb) {
+                Some(q) => (1.0 / q.scale, q.zero_point),
+                None => (1.0, 0),
+            };
+            ops.push(Op::Convert { dst: out, src: acc, scale, zero_point, scales: Some(scales) });
+            ops.push(Op::DmaOut { dst: out_ddr, src: out });
+            return;
+        }
+        ops.push(Op::Conv2d { dst: out, input, weight, geometry, accumulate: false, zero_point: 0 });
         if spec.bias.is_some() {
             let bview = self.vtcm(p.biases[wslot], &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
             ops.push(Op::Binary { kind: BinaryKind::Add, dst: out, a: out, b: bview });
@@ -470,6 +509,6 @@ impl Lowerer<'_> {
         if let FusedActivation::Unary(kind) = spec.act {
             ops.push(Op::Unary { kind, dst: out, src: out });
         }
-        ops.push(Op::DmaOut { dst: self.ddr(out_at, plan.yb, &[co_n, r_n, wo], &[ho * wo, wo, 1]), src: out });
+        ops.push(Op::DmaOut { dst: out_ddr, src: out });
     }
 }

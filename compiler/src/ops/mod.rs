@@ -10,6 +10,7 @@ mod elementwise;
 mod layout;
 mod matmul;
 mod normalize;
+mod quantize;
 mod reduce;
 
 use crate::build::Builder;
@@ -18,6 +19,7 @@ use crate::ir::Const;
 use crate::onnx::Node;
 use crate::shapes::{ShapeError, Shapes};
 use crate::CompileError;
+pub(crate) use quantize::QuantConst;
 
 /// An operator's output shape.
 pub(crate) type ShapeRule = fn(&ShapeCx<'_>) -> Result<Vec<i64>, ShapeError>;
@@ -116,8 +118,16 @@ fn shape_same_as_input(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 }
 
 /// Every operator the compiler takes, family by family.
-static FAMILIES: [&[OpDef]; 7] =
-    [elementwise::OPS, conv_pool::OPS, matmul::OPS, normalize::OPS, reduce::OPS, layout::OPS, constants::OPS];
+static FAMILIES: [&[OpDef]; 8] = [
+    elementwise::OPS,
+    conv_pool::OPS,
+    matmul::OPS,
+    normalize::OPS,
+    reduce::OPS,
+    layout::OPS,
+    constants::OPS,
+    quantize::OPS,
+];
 
 #[cfg(test)]
 mod tests {

@@ -223,22 +223,32 @@ pub(crate) fn requantize(x: i32, scale: f32, zero_point: i32) -> i32 {
     q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
-fn convert(mem: &mut [u8], dst: &Tensor, src: &Tensor, scale: f32, zero_point: i32) -> Option<()> {
+/// `scales`: each element's own scale (the instruction's scale times its scales operand).
+fn convert(
+    mem: &mut [u8],
+    dst: &Tensor,
+    src: &Tensor,
+    scale: f32,
+    zero_point: i32,
+    scales: Option<&[f32]>,
+) -> Option<()> {
+    let s = |i: usize| scales.map_or(scale, |s| s[i]);
     match (src.dtype.is_float(), dst.dtype.is_float()) {
         (true, true) => scatter_f32(mem, dst, &gather_f32(mem, src)?),
         (true, false) => {
-            let q: Vec<i32> = gather_f32(mem, src)?.iter().map(|&x| convert_to_int(x, scale, zero_point)).collect();
+            let x = gather_f32(mem, src)?;
+            let q: Vec<i32> = x.iter().enumerate().map(|(i, &x)| convert_to_int(x, s(i), zero_point)).collect();
             scatter_i32(mem, dst, &q)
         }
         (false, true) => {
-            let x: Vec<f32> =
-                gather_i32(mem, src)?.iter().map(|&q| (q.wrapping_sub(zero_point)) as f32 * scale).collect();
+            let q = gather_i32(mem, src)?;
+            let x: Vec<f32> = q.iter().enumerate().map(|(i, &q)| (q.wrapping_sub(zero_point)) as f32 * s(i)).collect();
             scatter_f32(mem, dst, &x)
         }
         (false, false) => {
             let values = gather_i32(mem, src)?;
             let q: Vec<i32> = if src.dtype == DType::I32 && dst.dtype != DType::I32 {
-                values.iter().map(|&v| requantize(v, scale, zero_point)).collect()
+                values.iter().enumerate().map(|(i, &v)| requantize(v, s(i), zero_point)).collect()
             } else {
                 values
             };
@@ -408,6 +418,10 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             let v = gather_i32(vtcm, &src)?;
             scatter_i32(vtcm, &dst, &v)
         }
+        Op::Unary { kind: UnaryKind::Relu, dst, src } if !dst.dtype.is_float() => {
+            let v: Vec<i32> = gather_i32(vtcm, &src)?.into_iter().map(|v| v.max(0)).collect();
+            scatter_i32(vtcm, &dst, &v)
+        }
         Op::Unary { kind, dst, src } if dst == src && in_place(&dst) => {
             for_pieces(f32_slice(vtcm, &dst)?, PIECE, &|_, part| unary_in_place(kind, part));
             Some(())
@@ -416,7 +430,13 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
             let out: Vec<f32> = gather_f32(vtcm, &src)?.into_iter().map(|x| unary(kind, x)).collect();
             scatter_f32(vtcm, &dst, &out)
         }
-        Op::Convert { dst, src, scale, zero_point } => convert(vtcm, &dst, &src, scale, zero_point),
+        Op::Convert { dst, src, scale, zero_point, scales } => {
+            let scales = match scales {
+                Some(s) => Some(gather_f32(vtcm, &s)?.into_iter().map(|v| v * scale).collect::<Vec<f32>>()),
+                None => None,
+            };
+            convert(vtcm, &dst, &src, scale, zero_point, scales.as_deref())
+        }
         Op::MatMul { dst, a, b, accumulate, zero_point } => {
             super::gemm::matmul(vtcm, &dst, &a, &b, accumulate, zero_point)
         }

@@ -215,14 +215,19 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             v(src, "src")?;
             same_shape(dst, src, "unary")?;
             types(dst.dtype == src.dtype, || String::from("unary ops do not convert; use Convert"))?;
-            types(dst.dtype.is_float() || matches!(kind, aicsim_abi::isa::UnaryKind::Copy), || {
-                format!("{kind:?} needs a float dtype")
-            })
+            let int_ok = matches!(kind, aicsim_abi::isa::UnaryKind::Copy)
+                || (matches!(kind, aicsim_abi::isa::UnaryKind::Relu) && dst.dtype == DType::I32);
+            types(dst.dtype.is_float() || int_ok, || format!("{kind:?} is not defined on {:?}", dst.dtype))
         }
-        Op::Convert { dst, src, scale, .. } => {
+        Op::Convert { dst, src, scale, scales, .. } => {
             v(dst, "dst")?;
             v(src, "src")?;
             same_shape(dst, src, "convert")?;
+            if let Some(s) = scales {
+                v(s, "scales")?;
+                same_shape(dst, s, "convert scales")?;
+                types(s.dtype == DType::F32, || format!("convert scales are F32, not {:?}", s.dtype))?;
+            }
             types(scale.is_finite() && *scale != 0.0, || format!("convert scale {scale} must be finite and nonzero"))
         }
         Op::Pool { dst, src, window: w, .. } => {

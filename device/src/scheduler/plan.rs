@@ -323,8 +323,8 @@ impl Access {
                 [r(input), r(weight), if *accumulate { r(dst) } else { none }, r(dst)]
             }
             Op::Binary { dst, a, b, .. } => [r(a), r(b), none, r(dst)],
+            Op::Convert { dst, src, scales, .. } => [r(src), scales.as_ref().map_or(none, r), none, r(dst)],
             Op::Unary { dst, src, .. }
-            | Op::Convert { dst, src, .. }
             | Op::Pool { dst, src, .. }
             | Op::GlobalAvgPool { dst, src }
             | Op::Softmax { dst, src }

@@ -1,0 +1,270 @@
+//! Quantisation: `QuantizeLinear` and `DequantizeLinear` (opset 10 per tensor, 13 per
+//! axis), as onnxruntime's static quantiser and quantisation-aware training export them
+//! (QDQ form).
+//!
+//! - On constants they are evaluated now; a dequantised constant remembers its integers
+//!   and scales ([`QuantConst`]) so that a convolution reading it can run on int8.
+//! - `QuantizeLinear` of a runtime tensor makes an int8 value ([`Quant`]): it joins the
+//!   element-wise chain or int8 convolution that produces its input, or becomes a
+//!   conversion layer of its own.
+//! - `DequantizeLinear` of an int8 value becomes a conversion layer; an int8 convolution
+//!   or an element-wise chain that reads it reads the int8 value instead (and the layer,
+//!   left unread, is dropped at the end of the import).
+
+use super::{OpDef, ShapeCx};
+use crate::build::{Builder, Entry};
+use crate::ir::{Const, ConstId, LayerKind, Operand, Quant, ValueId};
+use crate::onnx::{data_type, Node};
+use crate::shapes::ShapeError;
+use crate::CompileError;
+
+pub(super) static OPS: &[OpDef] = &[
+    OpDef { name: "DequantizeLinear", shape: Some(shape_same), fold: None, build: Some(build_dequantize) },
+    OpDef { name: "QuantizeLinear", shape: Some(shape_same), fold: None, build: Some(build_quantize) },
+];
+
+fn shape_same(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
+    Ok(cx.input(0)?.clone())
+}
+
+/// A constant that is the dequantisation of integers: what an int8 layer reads instead.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct QuantConst {
+    /// The integers (as the model stores them).
+    pub ints: ConstId,
+    /// One scale per slice along `axis` (one in all for per-tensor).
+    pub scales: Vec<f32>,
+    pub axis: usize,
+    /// Whether every zero point is 0 (symmetric: what HMX weights need).
+    pub symmetric: bool,
+}
+
+/// A node's scale and zero point inputs, checked.
+struct Params {
+    scales: Vec<f32>,
+    zero_points: Vec<i64>,
+    /// The axis the parameters run along (per-axis), or `None` for one in all.
+    axis: Option<usize>,
+    /// ONNX element type of the integers.
+    int_type: i32,
+}
+
+impl Params {
+    fn read(b: &Builder<'_>, node: &Node, rank: usize) -> Result<Params, CompileError> {
+        let scale = b.konst(node, 1)?.ok_or_else(|| b.fail(node, "has no scale"))?;
+        let scales = b.g.consts[scale].to_f32();
+        let zp = b.konst(node, 2)?;
+        let int_type = match node.inputs.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => b.elem_types.get(name).copied().unwrap_or(data_type::UINT8),
+            None => data_type::UINT8,
+        };
+        let zero_points = zp.map_or(vec![0; scales.len()], |z| b.g.consts[z].to_i64());
+        if zero_points.len() != scales.len() {
+            return Err(b.fail(node, format!("{} scales but {} zero points", scales.len(), zero_points.len())));
+        }
+        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(
+                b.fail(node, format!("scale '{}' holds {s}; a scale must be positive and finite", node.inputs[1]))
+            );
+        }
+        let range = match int_type {
+            data_type::INT8 => -128..=127,
+            data_type::UINT8 => 0..=255,
+            data_type::INT32 => i64::from(i32::MIN)..=i64::from(i32::MAX),
+            other => return Err(b.fail(node, format!("quantised element type {other} is not int8, uint8 or int32"))),
+        };
+        if let Some(z) = zero_points.iter().find(|z| !range.contains(z)) {
+            let name = &node.inputs[2];
+            return Err(b.fail(node, format!("zero point '{name}' holds {z}, outside its type's range {range:?}")));
+        }
+        let axis = if scales.len() == 1 {
+            None
+        } else {
+            let a = node.attr_int("axis", 1);
+            let a = if a < 0 { a + rank as i64 } else { a };
+            if !(0..rank as i64).contains(&a) {
+                return Err(b.fail(node, format!("axis {a} is outside a rank-{rank} input")));
+            }
+            Some(a as usize)
+        };
+        Ok(Params { scales, zero_points, axis, int_type })
+    }
+
+    /// The parameters' index for each element of a tensor of `shape`.
+    fn index(&self, shape: &[usize]) -> impl Fn(usize) -> usize + '_ {
+        let (len, inner) = match self.axis {
+            Some(a) => (shape[a], shape[a + 1..].iter().product::<usize>()),
+            None => (1, 1),
+        };
+        move |i| (i / inner) % len
+    }
+
+    /// The one (scale, zero point) of a per-tensor quantisation, as int8 storage keeps it.
+    fn per_tensor(&self, b: &Builder<'_>, node: &Node) -> Result<Quant, CompileError> {
+        if self.scales.len() != 1 {
+            return Err(b.fail(node, "runtime tensors are quantised per tensor; per-axis parameters are for weights"));
+        }
+        let zero_point = match self.int_type {
+            data_type::INT8 => self.zero_points[0],
+            data_type::UINT8 => self.zero_points[0] - 128,
+            _ => return Err(b.fail(node, "runtime tensors are quantised to int8 or uint8")),
+        };
+        Ok(Quant { scale: self.scales[0], zero_point: zero_point as i32 })
+    }
+}
+
+fn rank_of(b: &Builder<'_>, node: &Node) -> usize {
+    b.shapes.dims.get(&node.inputs[0]).map_or(0, Vec::len)
+}
+
+fn build_dequantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    let p = Params::read(b, node, rank_of(b, node))?;
+    b.out_shape(node)?;
+    match b.entry(node, 0)? {
+        Some(Entry::Const(c)) => {
+            let q = b.g.consts[c].clone();
+            let at = p.index(&q.shape);
+            let ints = q.to_i64();
+            let values = ints.iter().enumerate().map(|(i, &v)| ((v - p.zero_points[at(i)]) as f32) * p.scales[at(i)]);
+            let out = Const::f32(q.shape.clone(), values.collect());
+            b.bind_const(&node.outputs[0].clone(), out);
+            let Some(Entry::Const(id)) = b.env.get(&node.outputs[0]).cloned() else { unreachable!("just bound") };
+            let quant = QuantConst {
+                ints: c,
+                scales: p.scales.clone(),
+                axis: p.axis.unwrap_or(0),
+                symmetric: p.zero_points.iter().all(|&z| z == 0),
+            };
+            b.quant_consts.insert(id, quant);
+            Ok(())
+        }
+        Some(Entry::Value(x)) => {
+            let want = p.per_tensor(b, node)?;
+            let Some(have) = b.g.values[x].quant else {
+                return Err(b.fail(node, format!("input '{}' is not a quantised tensor of this graph", node.inputs[0])));
+            };
+            if have != want {
+                return Err(b.fail(
+                    node,
+                    format!(
+                        "reads '{}' with scale {} and zero point {}, but it was quantised with scale {} and zero point {}",
+                        node.inputs[0], want.scale, want.zero_point, have.scale, have.zero_point
+                    ),
+                ));
+            }
+            let shape = b.g.values[x].shape.clone();
+            b.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps: vec![] }, shape);
+            Ok(())
+        }
+        None => Err(b.fail(node, "input 0 is missing")),
+    }
+}
+
+fn build_quantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    let p = Params::read(b, node, rank_of(b, node))?;
+    b.out_shape(node)?;
+    if p.int_type == data_type::INT32 {
+        return Err(b.fail(node, "quantising to int32 is not supported (int8 and uint8 are)"));
+    }
+    match b.entry(node, 0)? {
+        Some(Entry::Const(c)) => {
+            let x = b.g.consts[c].clone();
+            let at = p.index(&x.shape);
+            let (lo, hi) = if p.int_type == data_type::INT8 { (-128, 127) } else { (0, 255) };
+            let values = x.to_f32();
+            let q = values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| ((v / p.scales[at(i)]).round_ties_even() as i64 + p.zero_points[at(i)]).clamp(lo, hi));
+            let name = node.outputs[0].clone();
+            b.bind_const(&name, Const::i64(x.shape.clone(), q.collect()));
+            b.elem_types.insert(name, p.int_type);
+            Ok(())
+        }
+        Some(Entry::Value(x)) => {
+            let quant = p.per_tensor(b, node)?;
+            // The chain or int8 convolution producing the input writes int8 itself.
+            if let Some(l) = b.fusable(&node.inputs[0], x) {
+                if matches!(b.g.layers[l].kind, LayerKind::Elementwise { .. } | LayerKind::Conv { int8: Some(_), .. }) {
+                    b.g.values[x].quant = Some(quant);
+                    b.rename(node, x);
+                    return Ok(());
+                }
+            }
+            let shape = b.g.values[x].shape.clone();
+            let y = b.add_layer(node, LayerKind::Elementwise { first: Operand::Value(x), steps: vec![] }, shape);
+            b.g.values[y].quant = Some(quant);
+            Ok(())
+        }
+        None => Err(b.fail(node, "input 0 is missing")),
+    }
+}
+
+impl Builder<'_> {
+    /// The int8 value a float value is the plain dequantisation of (the output of a
+    /// `DequantizeLinear` layer), if it is one.
+    pub(crate) fn dequantized(&self, v: ValueId) -> Option<ValueId> {
+        if self.g.values[v].quant.is_some() || self.g.values[v].storage != v {
+            return None;
+        }
+        let l = &self.g.layers[*self.producer.get(&v)?];
+        match &l.kind {
+            LayerKind::Elementwise { first: Operand::Value(q), steps }
+                if steps.is_empty() && l.op_type == "DequantizeLinear" && self.g.values[*q].quant.is_some() =>
+            {
+                Some(*q)
+            }
+            _ => None,
+        }
+    }
+
+    /// For a convolution reading `x` with weights `w` and bias `b`: the int8 input, the
+    /// int8 weights, the int32 bias and the per-output-channel multiplier, when input and
+    /// weights are dequantised int8 (weights symmetric, per tensor or per output channel).
+    /// The bias is taken in units of the sums (`input scale x weight scale`), as
+    /// onnxruntime's quantiser stores it.
+    pub(crate) fn int8_conv(&mut self, x: ValueId, w: ConstId, b: Option<ConstId>) -> Option<Int8Conv> {
+        let q = self.dequantized(x)?;
+        let qc = self.quant_consts.get(&w)?.clone();
+        let ws = self.g.consts[w].shape.clone();
+        let ints = &self.g.consts[qc.ints];
+        if !qc.symmetric
+            || (qc.scales.len() > 1 && qc.axis != 0)
+            || ints.to_i64().iter().any(|v| !(-128..=127).contains(v))
+        {
+            return None;
+        }
+        let sx = self.g.values[q].quant?.scale;
+        let co = ws[0];
+        let mult: Vec<f32> = (0..co).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
+        let bias = match b {
+            Some(b) if self.g.consts[b].len() == co => {
+                let ints: Vec<i64> = self.g.consts[b]
+                    .to_f32()
+                    .iter()
+                    .zip(&mult)
+                    .map(|(&v, &m)| (f64::from(v) / f64::from(m)).round_ties_even() as i64)
+                    .collect();
+                if ints.iter().any(|v| i32::try_from(*v).is_err()) {
+                    return None;
+                }
+                Some(ints)
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let name = self.g.const_names[w].clone();
+        let weight = self.g.add_const(&format!("{name}_int8"), Const::i64(ws, ints.to_i64()));
+        let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![co], mult));
+        let bias = bias.map(|v| self.g.add_const(&format!("{name}_bias_int32"), Const::i64(vec![co], v)));
+        Some(Int8Conv { input: q, weight, bias, multiplier })
+    }
+}
+
+/// What an int8 convolution reads instead of its float operands.
+pub(crate) struct Int8Conv {
+    pub input: ValueId,
+    pub weight: ConstId,
+    pub bias: Option<ConstId>,
+    pub multiplier: ConstId,
+}
