@@ -2,10 +2,12 @@
 """Quantised (QDQ) test models for aicsim's int8 path, with onnxruntime's outputs.
 
     make_qdq.py OUT_DIR [--seed N] [--activations int8|uint8] [--per-channel]
-                [--calibration minmax|entropy|percentile] [--samples N]
+                [--calibration minmax|entropy|percentile] [--samples N] [--model FLOAT.onnx]
 
 Writes a small residual CNN (seeded random weights, onnx helper API: no framework
-download) as OUT_DIR/float.onnx, quantises it with onnxruntime's static quantiser in QDQ
+download) as OUT_DIR/float.onnx — or, with --model, that model (one float input; weights
+given as ConstantOfShape, as the onnx package's light models carry them, are replaced by
+seeded random ones as scripts/onnx_reference.py does) — quantises it with onnxruntime's static quantiser in QDQ
 form (QuantizeLinear / DequantizeLinear around Conv, Add, MaxPool, GlobalAveragePool,
 Gemm; calibrated on N seeded random inputs) to OUT_DIR/model.onnx, and writes a held-back
 input (not among the calibration samples) as OUT_DIR/input_0.bin, onnxruntime's output
@@ -20,6 +22,7 @@ import os
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 SHAPE = [1, 3, 16, 16]
@@ -75,6 +78,7 @@ def main():
     ap.add_argument("--per-channel", action="store_true")
     ap.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--model", help="a float model to quantise instead of the built-in CNN")
     args = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -88,9 +92,31 @@ def main():
     rng = np.random.default_rng(args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     float_path = os.path.join(args.out_dir, "float.onnx")
-    onnx.save(cnn(rng), float_path)
-    samples = [rng.uniform(-1, 1, SHAPE).astype(np.float32) for _ in range(args.samples)]
-    held_back = rng.uniform(-1, 1, SHAPE).astype(np.float32)
+    if args.model:
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from onnx_reference import randomize
+
+        model = randomize(onnx.load(args.model), args.seed)
+        # Old light models are IR 3 (initializers must be graph inputs) and opset 8; the
+        # quantiser wants opset 13 or later.
+        initialised = {t.name for t in model.graph.initializer}
+        keep = [i for i in model.graph.input if i.name not in initialised]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.ir_version = 8
+        model = onnx.version_converter.convert_version(model, 13)
+    else:
+        model = cnn(rng)
+    onnx.save(model, float_path)
+    initialised = {t.name for t in model.graph.initializer}
+    (inp,) = [i for i in model.graph.input if i.name not in initialised]
+    in_name = inp.name
+    shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]
+    out_name = model.graph.output[0].name
+    samples = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(args.samples)]
+    held_back = rng.uniform(-1, 1, shape).astype(np.float32)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -98,8 +124,16 @@ def main():
 
         def get_next(self):
             x = next(self.it, None)
-            return None if x is None else {"x": x}
+            return None if x is None else {in_name: x}
 
+    if args.model:
+        # onnxruntime's pre-processing (shape inference, graph optimisation: batch norms
+        # folded into their convolutions), as its quantisation guide asks.
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre_path = os.path.join(args.out_dir, "float-pre.onnx")
+        quant_pre_process(float_path, pre_path, skip_symbolic_shape=True)
+        float_path = pre_path
     path = os.path.join(args.out_dir, "model.onnx")
     method = {
         "minmax": CalibrationMethod.MinMax,
@@ -123,7 +157,7 @@ def main():
         opts.log_severity_level = 3
         opts.graph_optimization_level = level
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, {"x": held_back})[0]
+        return sess.run(None, {in_name: held_back})[0]
 
     # The reference is the QDQ graph's own semantics (dequantise, float op, quantise),
     # which onnxruntime evaluates with its graph optimisations off. With them on it fuses
@@ -138,11 +172,11 @@ def main():
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     step = None
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] == "y":
+        if node.op_type == "DequantizeLinear" and node.output[0] == out_name:
             step = float(inits[node.input[1]])
     meta = {
-        "inputs": [{"name": "x", "shape": SHAPE}],
-        "outputs": [{"name": "y", "shape": list(np.shape(y))}],
+        "inputs": [{"name": in_name, "shape": shape}],
+        "outputs": [{"name": out_name, "shape": list(np.shape(y))}],
         "step": step,
         "fused_kernels_steps_apart": float(np.max(np.abs(fused - y)) / step) if step else None,
         "ops": sorted({n.op_type for n in model.graph.node}),

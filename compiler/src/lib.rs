@@ -19,6 +19,7 @@ pub mod onnx;
 pub mod ops;
 mod peers;
 pub mod protobuf;
+pub mod quantize;
 pub mod shapes;
 pub mod zoo;
 

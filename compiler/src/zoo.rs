@@ -307,3 +307,94 @@ mod tests {
         assert!(model("nope").is_err());
     }
 }
+
+/// A small QDQ model as onnxruntime's static quantiser writes one (not in [`NAMES`]: a
+/// test model): `x [1, 4, 8, 8]` quantised to uint8, two 3x3 convolutions on int8 weights
+/// (per output channel) and int32 biases, the second over the ReLU'd first plus a
+/// residual `Add` of dequantised values, dequantised to the float output.
+pub fn qdq_cnn() -> Model {
+    let mut b = Builder::new(8);
+    let scalar = |b: &mut Builder, prefix: &str, data_type: i32, value: i64| -> String {
+        let name = b.name(prefix);
+        b.inits.push(Tensor { name: name.clone(), dims: vec![], data_type, data: TensorData::Int32s(vec![value]) });
+        name
+    };
+    let scale = |b: &mut Builder, value: f32| b.constant("scale", &[], vec![value]);
+    let q = |b: &mut Builder, x: &str, s: &str, z: &str| b.node("QuantizeLinear", &[x, s, z], vec![]);
+    let dq = |b: &mut Builder, x: &str, s: &str, z: &str| b.node("DequantizeLinear", &[x, s, z], vec![]);
+    let (c, k) = (4i64, 3i64);
+    let conv = |b: &mut Builder, x: &str, sx: f32| -> String {
+        let n = (c * c * k * k) as usize;
+        let values: Vec<i64> = (0..n).map(|_| (b.uniform() * 100.0) as i64).collect();
+        let w = b.name("w_int8");
+        b.inits.push(Tensor {
+            name: w.clone(),
+            dims: vec![c, c, k, k],
+            data_type: data_type::INT8,
+            data: TensorData::Int32s(values),
+        });
+        let ws: Vec<f32> = (0..c).map(|i| 0.002 + 0.001 * i as f32).collect();
+        let wscale = b.constant("w_scale", &[c], ws.clone());
+        let wz = b.name("w_zero_point");
+        b.inits.push(Tensor { name: wz.clone(), dims: vec![c], data_type: data_type::INT8, data: TensorData::Int32s(vec![0; c as usize]) });
+        let wf = b.node("DequantizeLinear", &[&w, &wscale, &wz], vec![attr("axis", AttributeValue::Int(0))]);
+        let bias: Vec<i64> = (0..c).map(|_| (b.uniform() * 500.0) as i64).collect();
+        let bq = b.name("b_int32");
+        b.inits.push(Tensor { name: bq.clone(), dims: vec![c], data_type: data_type::INT32, data: TensorData::Int32s(bias) });
+        let bscale = b.constant("b_scale", &[c], ws.iter().map(|s| s * sx).collect());
+        let bz = b.name("b_zero_point");
+        b.inits.push(Tensor { name: bz.clone(), dims: vec![c], data_type: data_type::INT32, data: TensorData::Int32s(vec![0; c as usize]) });
+        let bf = b.node("DequantizeLinear", &[&bq, &bscale, &bz], vec![attr("axis", AttributeValue::Int(0))]);
+        let pads = attr("pads", ints(&[1, 1, 1, 1]));
+        b.node("Conv", &[x, &wf, &bf], vec![attr("kernel_shape", ints(&[k, k])), pads])
+    };
+    let (s0, z0) = (scale(&mut b, 0.01), scalar(&mut b, "x_zero_point", data_type::UINT8, 128));
+    let xq = q(&mut b, "x", &s0, &z0);
+    let xf = dq(&mut b, &xq, &s0, &z0);
+    let c1 = conv(&mut b, &xf, 0.01);
+    let (s1, z1) = (scale(&mut b, 0.02), scalar(&mut b, "zero_point", data_type::UINT8, 0));
+    let r1 = q(&mut b, &c1, &s1, &z1);
+    let r1f = dq(&mut b, &r1, &s1, &z1);
+    let c2 = conv(&mut b, &r1f, 0.02);
+    let (s2, z2) = (scale(&mut b, 0.03), scalar(&mut b, "zero_point", data_type::UINT8, 120));
+    let c2q = q(&mut b, &c2, &s2, &z2);
+    let c2f = dq(&mut b, &c2q, &s2, &z2);
+    let sum = b.node("Add", &[&c2f, &r1f], vec![]);
+    let (s3, z3) = (scale(&mut b, 0.04), scalar(&mut b, "zero_point", data_type::UINT8, 100));
+    let yq = q(&mut b, &sum, &s3, &z3);
+    let y = dq(&mut b, &yq, &s3, &z3);
+    b.finish("qdq_cnn", 13, ("x", vec![1, c, 8, 8]), &y)
+}
+
+/// A small float CNN (not in [`NAMES`]: a test model for quantisation): `x [1, 3, 16,
+/// 16]` through 3x3 convolutions with biases and ReLUs, a strided one, a residual `Add`
+/// over a 1x1 convolution, max pooling, global average pooling and a dense layer to 10
+/// scores.
+pub fn small_cnn() -> Model {
+    let mut b = Builder::new(16);
+    let conv = |b: &mut Builder, x: &str, ci: i64, co: i64, k: i64, stride: i64| -> String {
+        let w = b.weight("w", &[co, ci, k, k], (2.0 / (ci * k * k) as f32).sqrt());
+        let bias = b.weight("b", &[co], 0.1);
+        let p = (k - 1) / 2;
+        let attrs = vec![
+            attr("kernel_shape", ints(&[k, k])),
+            attr("strides", ints(&[stride, stride])),
+            attr("pads", ints(&[p, p, p, p])),
+        ];
+        b.node("Conv", &[x, &w, &bias], attrs)
+    };
+    let c1 = conv(&mut b, "x", 3, 8, 3, 1);
+    let r1 = b.node("Relu", &[&c1], vec![]);
+    let c2 = conv(&mut b, &r1, 8, 16, 3, 2);
+    let r2 = b.node("Relu", &[&c2], vec![]);
+    let c3 = conv(&mut b, &r2, 16, 16, 1, 1);
+    let s = b.node("Add", &[&c3, &r2], vec![]);
+    let r3 = b.node("Relu", &[&s], vec![]);
+    let p = b.node("MaxPool", &[&r3], vec![attr("kernel_shape", ints(&[2, 2])), attr("strides", ints(&[2, 2]))]);
+    let c4 = conv(&mut b, &p, 16, 24, 3, 1);
+    let r4 = b.node("Relu", &[&c4], vec![]);
+    let g = b.node("GlobalAveragePool", &[&r4], vec![]);
+    let f = b.node("Flatten", &[&g], vec![attr("axis", AttributeValue::Int(1))]);
+    let y = b.dense(&f, 24, 10);
+    b.finish("small_cnn", 13, ("x", vec![1, 3, 16, 16]), &y)
+}

@@ -228,3 +228,40 @@ fn a_symbol_the_model_does_not_have_is_a_warning() {
     );
     assert!(compile(&m, None, "m", &opts()).unwrap().warnings.iter().all(|w| !w.contains("symbol")));
 }
+
+/// A QDQ model whose quantisation parameters are wrong: a zero or negative scale, a
+/// zero point outside its type, a dequantisation with other parameters than the
+/// quantisation it reads. Each is an error naming the node and the tensor.
+#[test]
+fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
+    use aicsim_compiler::onnx::TensorData;
+    let m = zoo::qdq_cnn();
+    assert!(compile(&m, None, "q", &opts()).is_ok());
+    let first_q = m.graph.nodes.iter().find(|n| n.op_type == "QuantizeLinear").unwrap().clone();
+    let set = |m: &mut aicsim_compiler::onnx::Model, name: &str, data: TensorData| {
+        m.graph.initializers.iter_mut().find(|t| t.name == name).unwrap().data = data;
+    };
+    for bad in [0.0f32, -0.5, f32::NAN] {
+        let mut m = m.clone();
+        set(&mut m, &first_q.inputs[1], TensorData::Floats(vec![bad]));
+        let e = compile(&m, None, "q", &opts()).unwrap_err().to_string();
+        assert!(e.contains(&first_q.name) && e.contains(&first_q.inputs[1]) && e.contains("positive"), "{e}");
+    }
+    let mut bad_zp = m.clone();
+    set(&mut bad_zp, &first_q.inputs[2], TensorData::Int32s(vec![300]));
+    let e = compile(&bad_zp, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&first_q.name) && e.contains(&first_q.inputs[2]) && e.contains("300"), "{e}");
+    // The dequantisation right after reads the value with another scale.
+    let mut mismatch = m.clone();
+    let dq = mismatch.graph.nodes.iter_mut().find(|n| n.op_type == "DequantizeLinear" && n.inputs[0] == first_q.outputs[0]).unwrap();
+    let name = dq.name.clone();
+    dq.inputs[1] = "other_scale".into();
+    mismatch.graph.initializers.push(aicsim_compiler::onnx::Tensor {
+        name: "other_scale".into(),
+        dims: vec![],
+        data_type: aicsim_compiler::onnx::data_type::FLOAT,
+        data: TensorData::Floats(vec![0.5]),
+    });
+    let e = compile(&mismatch, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("quantised with scale"), "{e}");
+}

@@ -1,0 +1,234 @@
+//! The float model rewritten into QDQ form from a calibration profile.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{threshold, Profile, QuantOptions, Schema};
+use crate::onnx::{data_type, Attribute, AttributeValue, Model, Node, Tensor, TensorData};
+use crate::CompileError;
+
+/// What [`quantize_model`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantReport {
+    /// Convolutions now on int8.
+    pub quantised: Vec<String>,
+    /// Convolutions left in float, each with why.
+    pub kept: Vec<(String, String)>,
+    /// Activation tensors quantised (name, scale, zero point, uint8).
+    pub tensors: Vec<(String, f32, i64, bool)>,
+}
+
+/// A tensor's quantisation: scale, zero point and whether it is uint8.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    scale: f32,
+    zero_point: i64,
+    unsigned: bool,
+}
+
+fn activation_params(profile: &Profile, name: &str, opts: &QuantOptions) -> Option<Params> {
+    let s = profile.tensors.get(name)?;
+    let unsigned = opts.activations == Schema::SymmetricWithUint8 && s.min >= 0.0;
+    let levels = if unsigned { 255.0 } else { 127.0 };
+    let t = threshold(s, levels, opts);
+    let mut scale = if t > 0.0 { t / levels as f32 } else { 1.0 };
+    if opts.activations == Schema::SymmetricWithPower2Scale {
+        scale = power2(scale);
+    }
+    // uint8 [0, t] as the importer keeps it: zero point 0 of uint8.
+    Some(Params { scale, zero_point: 0, unsigned })
+}
+
+fn power2(scale: f32) -> f32 {
+    2f32.powi(scale.log2().ceil() as i32)
+}
+
+/// Per-output-channel symmetric int8 weights: the integers and each channel's scale.
+fn quantise_weights(w: &[f32], channels: usize, schema: Schema) -> (Vec<i64>, Vec<f32>) {
+    let per = w.len() / channels.max(1);
+    let mut ints = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(channels);
+    for c in w.chunks(per.max(1)) {
+        let top = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut s = if top > 0.0 { top / 127.0 } else { 1.0 };
+        if schema == Schema::SymmetricWithPower2Scale {
+            s = power2(s);
+        }
+        scales.push(s);
+        ints.extend(c.iter().map(|&v| ((v / s).round_ties_even() as i64).clamp(-127, 127)));
+    }
+    (ints, scales)
+}
+
+struct Rewriter {
+    inits: Vec<Tensor>,
+    count: usize,
+}
+
+impl Rewriter {
+    fn name(&mut self, base: &str, what: &str) -> String {
+        self.count += 1;
+        format!("{base}_{what}_aicsim{}", self.count)
+    }
+
+    fn init(&mut self, name: &str, dims: Vec<i64>, data_type: i32, data: TensorData) -> String {
+        self.inits.push(Tensor { name: name.into(), dims, data_type, data });
+        name.into()
+    }
+
+    fn node(op: &str, name: String, inputs: Vec<String>, output: &str, attributes: Vec<Attribute>) -> Node {
+        Node { name, op_type: op.into(), domain: String::new(), inputs, outputs: vec![output.into()], attributes }
+    }
+}
+
+/// `model` with its convolutions on int8: each convolution whose weight is an
+/// initializer and whose input the profile covers reads its input through a
+/// QuantizeLinear / DequantizeLinear pair and its weights and bias as dequantised int8
+/// and int32; its output (after a ReLU that alone reads it) is quantised likewise.
+/// Convolutions of the `float_ops` types or `float_nodes` names stay in float.
+pub fn quantize_model(
+    model: &Model,
+    model_dir: Option<&std::path::Path>,
+    profile: &Profile,
+    opts: &QuantOptions,
+) -> Result<(Model, QuantReport), CompileError> {
+    let g = &model.graph;
+    if let Some(n) = opts.float_nodes.iter().find(|n| !g.nodes.iter().any(|node| &node.name == *n)) {
+        return Err(CompileError::Model(format!("-node-precision-info names node '{n}', which the model does not have")));
+    }
+    let inits: HashMap<&str, &Tensor> = g.initializers.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        for inp in &n.inputs {
+            readers.entry(inp.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut report = QuantReport::default();
+    let mut rw = Rewriter { inits: Vec::new(), count: 0 };
+    // Tensors to quantise, with their parameters; convolutions to rewrite.
+    let mut quantised: HashMap<String, Params> = HashMap::new();
+    let mut convs: Vec<(usize, Params)> = Vec::new();
+    for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| n.op_type == "Conv") {
+        let keep = |why: &str| (n.name.clone(), why.to_string());
+        if opts.float_ops.iter().any(|o| o == "Conv") || opts.float_nodes.contains(&n.name) {
+            report.kept.push(keep("kept in float as asked"));
+            continue;
+        }
+        let Some(w) = n.inputs.get(1).and_then(|w| inits.get(w.as_str())) else {
+            report.kept.push(keep("its weight is not an initializer"));
+            continue;
+        };
+        if w.dims.len() != 4 {
+            report.kept.push(keep("its weight is not 4-D"));
+            continue;
+        }
+        let Some(px) = activation_params(profile, &n.inputs[0], opts) else {
+            report.kept.push(keep("the profile has no range for its input"));
+            continue;
+        };
+        // The output to quantise: a ReLU's, when a ReLU alone reads the convolution.
+        let y = &n.outputs[0];
+        let relu = match readers.get(y.as_str()).map(Vec::as_slice) {
+            Some([r]) if g.nodes[*r].op_type == "Relu" && !outputs.contains(y.as_str()) => Some(&g.nodes[*r].outputs[0]),
+            _ => None,
+        };
+        let out = relu.unwrap_or(y);
+        if let Some(py) = activation_params(profile, out, opts) {
+            quantised.insert(out.clone(), py);
+        }
+        quantised.insert(n.inputs[0].clone(), px);
+        convs.push((i, px));
+        report.quantised.push(n.name.clone());
+    }
+    // Each quantised tensor gets one Q/DQ pair after its producer; its readers read the
+    // DQ output instead.
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let mut after: HashMap<Option<usize>, Vec<Node>> = HashMap::new();
+    let producer: HashMap<&str, usize> =
+        g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i))).collect();
+    let mut names: Vec<&String> = quantised.keys().collect();
+    names.sort();
+    for t in names {
+        let p = quantised[t];
+        let scale = rw.name(t, "scale");
+        rw.init(&scale, vec![], data_type::FLOAT, TensorData::Floats(vec![p.scale]));
+        let zp = rw.name(t, "zero_point");
+        let zp_type = if p.unsigned { data_type::UINT8 } else { data_type::INT8 };
+        rw.init(&zp, vec![], zp_type, TensorData::Int32s(vec![p.zero_point]));
+        let (q, dq) = (rw.name(t, "quantized"), rw.name(t, "dequantized"));
+        let nodes = vec![
+            Rewriter::node("QuantizeLinear", q.clone(), vec![t.clone(), scale.clone(), zp.clone()], &q, vec![]),
+            Rewriter::node("DequantizeLinear", dq.clone(), vec![q, scale, zp], &dq, vec![]),
+        ];
+        after.entry(producer.get(t.as_str()).copied()).or_default().extend(nodes);
+        renamed.insert(t.clone(), dq);
+        report.tensors.push((t.clone(), p.scale, p.zero_point, p.unsigned));
+    }
+    // Weights and biases of the rewritten convolutions.
+    let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
+    for &(i, px) in &convs {
+        let n = &g.nodes[i];
+        let w = inits[n.inputs[1].as_str()];
+        let values = w.to_f32(model_dir)?;
+        let co = w.dims[0] as usize;
+        let (ints, scales) = quantise_weights(&values, co, opts.constants);
+        let wq = rw.name(&w.name, "int8");
+        rw.init(&wq, w.dims.clone(), data_type::INT8, TensorData::Int32s(ints));
+        let ws = rw.name(&w.name, "scale");
+        rw.init(&ws, vec![co as i64], data_type::FLOAT, TensorData::Floats(scales.clone()));
+        let wz = rw.name(&w.name, "zero_point");
+        rw.init(&wz, vec![co as i64], data_type::INT8, TensorData::Int32s(vec![0; co]));
+        let wd = rw.name(&w.name, "dequantized");
+        let axis = vec![Attribute { name: "axis".into(), value: AttributeValue::Int(0) }];
+        let mut nodes = vec![Rewriter::node("DequantizeLinear", wd.clone(), vec![wq, ws, wz], &wd, axis.clone())];
+        let mut inputs = vec![renamed[&n.inputs[0]].clone(), wd];
+        if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
+            let Some(bt) = inits.get(b.as_str()) else {
+                return Err(CompileError::Node {
+                    node: n.name.clone(),
+                    op_type: n.op_type.clone(),
+                    reason: format!("bias '{b}' is not an initializer"),
+                });
+            };
+            let bv = bt.to_f32(model_dir)?;
+            let bscale: Vec<f32> = scales.iter().map(|s| s * px.scale).collect();
+            let bints: Vec<i64> =
+                bv.iter().zip(&bscale).map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64).collect();
+            let bq = rw.name(b, "int32");
+            rw.init(&bq, vec![co as i64], data_type::INT32, TensorData::Int32s(bints));
+            let bs = rw.name(b, "scale");
+            rw.init(&bs, vec![co as i64], data_type::FLOAT, TensorData::Floats(bscale));
+            let bz = rw.name(b, "zero_point");
+            rw.init(&bz, vec![co as i64], data_type::INT32, TensorData::Int32s(vec![0; co]));
+            let bd = rw.name(b, "dequantized");
+            nodes.push(Rewriter::node("DequantizeLinear", bd.clone(), vec![bq, bs, bz], &bd, axis));
+            inputs.push(bd);
+        }
+        after.entry(Some(i)).or_default();
+        // The weight nodes go just before the convolution (their inputs are initializers).
+        conv_inputs.insert(i, inputs);
+        after.entry(None).or_default().extend(nodes);
+    }
+    let mut out = model.clone();
+    let mut nodes = after.remove(&None).unwrap_or_default();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let mut n = n.clone();
+        match conv_inputs.remove(&i) {
+            Some(inputs) => {
+                n.inputs.splice(..inputs.len().min(n.inputs.len()), inputs);
+            }
+            None => {
+                for inp in &mut n.inputs {
+                    if let Some(r) = renamed.get(inp) {
+                        *inp = r.clone();
+                    }
+                }
+            }
+        }
+        nodes.push(n);
+        nodes.extend(after.remove(&Some(i)).unwrap_or_default());
+    }
+    out.graph.nodes = nodes;
+    out.graph.initializers.extend(rw.inits);
+    Ok((out, report))
+}

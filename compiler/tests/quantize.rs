@@ -1,0 +1,101 @@
+//! Post-training quantisation: calibration on the simulated device, thresholds by each
+//! method, the QDQ rewrite, and the int8 program's outputs against the float program's
+//! on held-back inputs.
+
+use std::collections::HashMap;
+
+use aicsim_abi::isa::{DType, Op};
+use aicsim_compiler::quantize::{calibrate, quantize_model, run_functional, Calibration, Profile, QuantOptions};
+use aicsim_compiler::{compile, zoo, CompileOptions, Compiled};
+
+/// Seeded inputs in [-1, 1) (splitmix64).
+fn samples(seed: u64, n: usize, len: usize) -> Vec<Vec<Vec<f32>>> {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    (0..n).map(|_| vec![(0..len).map(|_| next()).collect()]).collect()
+}
+
+fn int8_convs(c: &Compiled) -> usize {
+    c.image
+        .cores
+        .iter()
+        .flatten()
+        .filter_map(|i| i.decode().ok())
+        .filter(|op| matches!(op, Op::Conv2d { weight, .. } if weight.dtype == DType::I8))
+        .count()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+fn profile() -> Profile {
+    let model = zoo::small_cnn();
+    calibrate(&model, None, &HashMap::new(), &samples(1, 16, 3 * 16 * 16), 512).unwrap()
+}
+
+#[test]
+fn int8_programs_track_the_float_program_on_held_back_inputs_for_every_calibration() {
+    let model = zoo::small_cnn();
+    let profile = profile();
+    assert_eq!(profile.samples, 16);
+    assert!(profile.tensors.values().all(|t| t.histogram.iter().sum::<u64>() > 0));
+    let float = compile(&model, None, "f", &CompileOptions::default()).unwrap();
+    let held_back = samples(99, 4, 3 * 16 * 16);
+    let want = run_functional(&float, &held_back).unwrap();
+    for calibration in
+        [Calibration::None, Calibration::Percentile, Calibration::Mse, Calibration::Sqnr, Calibration::KlMinimization]
+    {
+        let opts = QuantOptions { calibration, ..QuantOptions::default() };
+        let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+        assert_eq!(report.quantised.len(), 4, "{calibration:?}: {report:?}");
+        for cores in [1, 4] {
+            let c = compile(&qdq, None, "q", &CompileOptions { cores, ..CompileOptions::default() }).unwrap();
+            assert_eq!(int8_convs(&c), 4 * cores as usize, "{calibration:?}: one int8 convolution per layer and core");
+            let got = run_functional(&c, &held_back).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                let cos = cosine(&g[0], &w[0]);
+                eprintln!("{calibration:?} cores={cores}: cosine {cos:.5}");
+                assert!(cos >= 0.99, "{calibration:?} cores={cores}: cosine similarity {cos} < 0.99");
+            }
+        }
+    }
+}
+
+#[test]
+fn nodes_kept_in_float_are_not_quantised() {
+    let model = zoo::small_cnn();
+    let profile = profile();
+    let opts = QuantOptions { float_ops: vec!["Conv".into()], ..QuantOptions::default() };
+    let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+    assert!(report.quantised.is_empty() && report.kept.len() == 4, "{report:?}");
+    assert_eq!(int8_convs(&compile(&qdq, None, "q", &CompileOptions::default()).unwrap()), 0);
+    let first = model.graph.nodes.iter().find(|n| n.op_type == "Conv").unwrap().name.clone();
+    let opts = QuantOptions { float_nodes: vec![first.clone()], ..QuantOptions::default() };
+    let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+    assert_eq!(report.kept, vec![(first, "kept in float as asked".to_string())]);
+    assert_eq!(int8_convs(&compile(&qdq, None, "q", &CompileOptions::default()).unwrap()), 3);
+    let opts = QuantOptions { float_nodes: vec!["no_such_node".into()], ..QuantOptions::default() };
+    let e = quantize_model(&model, None, &profile, &opts).unwrap_err().to_string();
+    assert!(e.contains("no_such_node"), "{e}");
+}
+
+#[test]
+fn a_profile_round_trips_and_is_refused_for_another_model() {
+    let model = zoo::small_cnn();
+    let p = profile();
+    let text = p.to_json();
+    assert_eq!(Profile::from_json(&text, "p.json", &model).unwrap(), p);
+    let e = Profile::from_json(&text, "p.json", &zoo::qdq_cnn()).unwrap_err().to_string();
+    assert!(e.contains("p.json") && e.contains("made for model 'small_cnn'"), "{e}");
+    let e = Profile::from_json("{]", "bad.json", &model).unwrap_err().to_string();
+    assert!(e.contains("bad.json") && e.contains("not a calibration profile"), "{e}");
+}
