@@ -1,7 +1,10 @@
 //! `aic-exec`'s command line (qaic-exec's single-dash `-flag=value` style) and its
 //! `-aic-perf-metrics` report.
 
-use aicsim_compiler::{CompileOptions, Compiled};
+use std::path::{Path, PathBuf};
+
+use aicsim_compiler::quantize::{self, Calibration, Profile, QuantOptions, QuantReport, Schema};
+use aicsim_compiler::{CompileOptions, Compiled, Source};
 use serde::Serialize;
 
 /// Parsed `aic-exec` arguments.
@@ -17,6 +20,28 @@ pub struct ExecArgs {
     pub profiling_types: Vec<String>,
     pub verbose: bool,
     pub dump_supported_ops: bool,
+    pub quant: QuantArgs,
+}
+
+/// The quantisation flags.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantArgs {
+    /// `-quantization-precision=Int8`.
+    pub int8: bool,
+    /// `-no-quant`: compile in float whatever else is given.
+    pub no_quant: bool,
+    pub options: QuantOptions,
+    pub input_list: Option<String>,
+    pub dump_profile: Option<String>,
+    pub load_profile: Option<String>,
+    pub node_precision_info: Option<String>,
+}
+
+impl QuantArgs {
+    /// Whether the model must be calibrated or a profile loaded.
+    pub fn wanted(&self) -> bool {
+        !self.no_quant && (self.int8 || self.dump_profile.is_some())
+    }
 }
 
 const USAGE: &str = "\
@@ -36,6 +61,19 @@ usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base>
   -aic-profiling-type=stats|trace|latency|ascii  every program can be profiled; aic-runner
                                        takes the profile (the line to use is printed)
   -dump-supported-ops                   list the ONNX operators the compiler takes, then exit
+  -quantization-precision=Int8         quantise the convolutions to int8 (post-training, calibrated)
+  -input-list-file=<file>              calibration samples: one line each, the raw f32 input files
+  -quantization-calibration=None|Percentile|MSE|SQNR|KLMinimization  clipping threshold (default None)
+  -percentile-calibration-value=<p>    percent of magnitudes kept with Percentile (default 99.999)
+  -num-histogram-bins=<n>              histogram bins per tensor (default 512)
+  -quantization-schema-activations=symmetric|symmetric_with_uint8|symmetric_with_power2_scale
+  -quantization-schema-constants=symmetric|symmetric_with_power2_scale
+  -quantization-precision-bias=Int32   biases in int32 (the only choice)
+  -dump-profile=<file>                 write the calibration profile (JSON)
+  -load-profile=<file>                 use a profile instead of calibrating
+  -node-precision-info=<file>          nodes to keep in float (FP16NodeInstanceNames: [...])
+  -execute-nodes-in-fp16=<Op>,...      operator types to keep in float
+  -no-quant                            compile in float
   -v                                   verbose";
 
 fn number(flag: &str, value: &str) -> Result<u32, String> {
@@ -118,8 +156,71 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
                 no_value()?;
                 a.dump_supported_ops = true
             }
+            "-quantization-precision" => match need()? {
+                "Int8" => a.quant.int8 = true,
+                "Int16" => {
+                    return Err("-quantization-precision=Int16: not supported; the card's HMX multiplies int8 and \
+                                fp16 (use Int8, or -convert-to-fp16)"
+                        .into())
+                }
+                v => return Err(format!("-quantization-precision={v}: expected Int8")),
+            },
+            "-quantization-precision-bias" => match need()? {
+                "Int32" => {}
+                v => return Err(format!("-quantization-precision-bias={v}: biases are int32 (Int32)")),
+            },
+            "-quantization-schema-activations" => {
+                a.quant.options.activations = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
+            }
+            "-quantization-schema-constants" => {
+                let s = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?;
+                if s == Schema::SymmetricWithUint8 {
+                    return Err(format!(
+                        "{flag}=symmetric_with_uint8: HMX weights are int8 (symmetric or symmetric_with_power2_scale)"
+                    ));
+                }
+                a.quant.options.constants = s;
+            }
+            "-quantization-calibration" => {
+                a.quant.options.calibration = Calibration::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
+            }
+            "-percentile-calibration-value" => {
+                let v = need()?;
+                a.quant.options.percentile = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| *p > 0.0 && *p <= 100.0)
+                    .ok_or_else(|| format!("{flag}={v}: expected a percentage in (0, 100]"))?;
+            }
+            "-num-histogram-bins" => a.quant.options.bins = number(flag, need()?)? as usize,
+            "-input-list-file" => a.quant.input_list = Some(need()?.to_string()),
+            "-dump-profile" => a.quant.dump_profile = Some(need()?.to_string()),
+            "-load-profile" => a.quant.load_profile = Some(need()?.to_string()),
+            "-node-precision-info" => a.quant.node_precision_info = Some(need()?.to_string()),
+            "-execute-nodes-in-fp16" => {
+                let v = need()?;
+                a.quant.options.float_ops =
+                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                if a.quant.options.float_ops.is_empty() {
+                    return Err(format!("{flag}={v}: expected operator types, e.g. Conv,Gemm"));
+                }
+            }
+            "-no-quant" => {
+                no_value()?;
+                a.quant.no_quant = true
+            }
             _ => return Err(format!("unknown flag '{arg}' (aic-exec -h lists the flags)")),
         }
+    }
+    let q = &a.quant;
+    if q.int8 && !q.no_quant && q.input_list.is_none() && q.load_profile.is_none() {
+        return Err("-quantization-precision=Int8 needs calibration samples (-input-list-file=<file>) or a profile (-load-profile=<file>)".into());
+    }
+    if q.input_list.is_some() && q.load_profile.is_some() {
+        return Err("-input-list-file and -load-profile both give the ranges; give one".into());
+    }
+    if q.dump_profile.is_some() && q.input_list.is_none() {
+        return Err("-dump-profile writes what calibration learns: it needs -input-list-file=<file>".into());
     }
     if a.options.cores > 16 {
         return Err(format!("-aic-num-cores={}: the AIC100 has at most 16 NSP cores", a.options.cores));
@@ -374,4 +475,81 @@ mod tests {
         assert!(args(&["--frobnicate"]).unwrap_err().contains("unknown flag"));
         assert!(args(&["-m"]).unwrap_err().contains("needs a value"));
     }
+}
+
+/// What quantisation did, for `aic-exec` to print and write.
+#[derive(Debug, Default)]
+pub struct Quantised {
+    /// Console lines.
+    pub lines: Vec<String>,
+    /// The profile's JSON, when `-dump-profile` asks for it (and where).
+    pub profile: Option<(PathBuf, String)>,
+    pub report: Option<QuantReport>,
+}
+
+/// Applies the quantisation flags to `source`: calibrates on the listed samples (or
+/// loads a profile), and with `-quantization-precision=Int8` rewrites the model into
+/// QDQ form, which then compiles to an int8 program. Nothing is written here.
+pub fn quantise(source: &mut Source, q: &QuantArgs, options: &CompileOptions) -> Result<Quantised, String> {
+    let mut out = Quantised::default();
+    if !q.wanted() {
+        return Ok(out);
+    }
+    let mut opts = q.options.clone();
+    if let Some(file) = &q.node_precision_info {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("-node-precision-info={file}: {e}"))?;
+        opts.float_nodes =
+            quantize::parse_node_precision(&text).map_err(|e| format!("-node-precision-info={file}: {e}"))?;
+    }
+    let profile = match (&q.load_profile, &q.input_list) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("-load-profile={file}: {e}"))?;
+            let p = Profile::from_json(&text, file, &source.model).map_err(|e| format!("-load-profile: {e}"))?;
+            out.lines.push(format!(
+                "Loaded calibration profile {file} ({} tensors, {} samples)",
+                p.tensors.len(),
+                p.samples
+            ));
+            p
+        }
+        (None, Some(list)) => {
+            let graph = aicsim_compiler::build::import(&source.model, &options.symbols, source.dir.as_deref())
+                .map_err(|e| e.to_string())?;
+            let inputs: Vec<(String, usize)> =
+                graph.inputs.iter().map(|i| (i.name.clone(), graph.values[i.value].elements())).collect();
+            let samples =
+                quantize::read_input_list(Path::new(list), &inputs).map_err(|e| format!("-input-list-file: {e}"))?;
+            let p = quantize::calibrate(&source.model, source.dir.as_deref(), &options.symbols, &samples, opts.bins)
+                .map_err(|e| e.to_string())?;
+            out.lines.push(format!(
+                "Calibrated on {} sample(s) from {list}: ranges and {}-bin histograms of {} tensors",
+                samples.len(),
+                opts.bins,
+                p.tensors.len()
+            ));
+            p
+        }
+        (None, None) => unreachable!("the arguments were checked"),
+    };
+    if let Some(file) = &q.dump_profile {
+        out.profile = Some((PathBuf::from(file), profile.to_json() + "\n"));
+    }
+    if q.int8 {
+        let (model, report) = quantize::quantize_model(&source.model, source.dir.as_deref(), &profile, &opts)
+            .map_err(|e| e.to_string())?;
+        source.model = model;
+        out.lines.push(format!(
+            "Quantised {} of {} convolution(s) to int8 (calibration {}, activations {:?}, constants {:?} per channel)",
+            report.quantised.len(),
+            report.quantised.len() + report.kept.len(),
+            opts.calibration.name(),
+            opts.activations,
+            opts.constants,
+        ));
+        for (node, why) in &report.kept {
+            out.lines.push(format!("  kept in float: {node} ({why})"));
+        }
+        out.report = Some(report);
+    }
+    Ok(out)
 }

@@ -240,3 +240,106 @@ fn a_symbol_the_model_lacks_and_a_mismatched_stats_batch_are_warned_about() {
     assert_eq!(per_inference, per_sample, "{macs}");
     assert!(dir.join("programqpc.bin").exists());
 }
+
+/// `n` calibration samples for zoo:small-cnn (`[1, 3, 16, 16]` f32) and their list file.
+fn calibration_list(dir: &Path, n: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut list = String::new();
+    for i in 0..n {
+        let values: Vec<u8> = (0..3 * 16 * 16)
+            .flat_map(|j| (((i * 7919 + j * 104_729) % 2000) as f32 / 1000.0 - 1.0).to_le_bytes())
+            .collect();
+        std::fs::write(dir.join(format!("sample{i}.raw")), values).unwrap();
+        list.push_str(&format!("sample{i}.raw\n"));
+    }
+    std::fs::write(dir.join("list.txt"), list).unwrap();
+    dir.join("list.txt")
+}
+
+#[test]
+fn int8_quantisation_calibrates_dumps_and_loads_a_profile() {
+    let dir = out_dir("aic-exec-int8");
+    let list = calibration_list(&dir.join("cal"), 6);
+    let args = |extra: &[String]| -> Vec<String> {
+        let mut a = vec!["-m=zoo:small-cnn".to_string(), "-quantization-precision=Int8".into()];
+        a.extend_from_slice(extra);
+        a
+    };
+    let (code, out, err) = exec(&args(&[
+        format!("-input-list-file={}", list.display()),
+        "-quantization-calibration=Percentile".into(),
+        "-percentile-calibration-value=99.9".into(),
+        format!("-dump-profile={}/profile.json", dir.display()),
+        format!("-aic-binary-dir={}/qpc", dir.display()),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Calibrated on 6 sample(s)") && out.contains("Quantised 4 of 4 convolution(s) to int8"),
+        "{out}"
+    );
+    assert!(out.contains("Compiling model with INT8"), "{out}");
+    assert!(out.contains(&format!("Writing file: {}/profile.json", dir.display())), "{out}");
+    // The profile gives the same program without the samples.
+    let (code, out, err) = exec(&args(&[
+        format!("-load-profile={}/profile.json", dir.display()),
+        "-quantization-calibration=Percentile".into(),
+        "-percentile-calibration-value=99.9".into(),
+        format!("-aic-binary-dir={}/qpc2", dir.display()),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Loaded calibration profile"), "{out}");
+    let a = std::fs::read(dir.join("qpc/programqpc.bin")).unwrap();
+    assert_eq!(a, std::fs::read(dir.join("qpc2/programqpc.bin")).unwrap(), "same profile and options, same program");
+    // Keeping the convolutions in float.
+    let (code, out, err) = exec(&args(&[
+        format!("-load-profile={}/profile.json", dir.display()),
+        "-execute-nodes-in-fp16=Conv".into(),
+        format!("-aic-binary-dir={}/qpc3", dir.display()),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Quantised 0 of 4"), "{out}");
+}
+
+#[test]
+fn bad_quantisation_input_is_one_line_exit_2_and_writes_nothing() {
+    let dir = out_dir("aic-exec-int8-errors");
+    calibration_list(&dir.join("cal"), 2);
+    std::fs::write(dir.join("cal/short.raw"), [0u8; 12]).unwrap();
+    std::fs::write(dir.join("cal/missing.txt"), "sample0.raw\nnot_there.raw\n").unwrap();
+    std::fs::write(dir.join("cal/short.txt"), "short.raw\n").unwrap();
+    std::fs::write(dir.join("cal/empty.txt"), "# nothing\n\n").unwrap();
+    let qpc = dir.join("qpc");
+    let bad = |flags: &[String], want: &[&str]| {
+        let mut a = vec![format!("-aic-binary-dir={}", qpc.display())];
+        a.extend_from_slice(flags);
+        let (code, out, err) = exec(&a);
+        assert_eq!(code, 2, "{flags:?}: {out}{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for w in want {
+            assert!(err.contains(w), "{flags:?}: '{err}' does not name '{w}'");
+        }
+        assert!(!qpc.exists(), "{flags:?} left {}", qpc.display());
+    };
+    let m = "-m=zoo:small-cnn".to_string();
+    let int8 = "-quantization-precision=Int8".to_string();
+    let list_of = |name: &str| format!("-input-list-file={}", dir.join("cal").join(name).display());
+    bad(&[m.clone(), int8.clone(), list_of("missing.txt")], &["not_there.raw"]);
+    bad(&[m.clone(), int8.clone(), list_of("short.txt")], &["short.raw", "12 bytes", "3072 bytes"]);
+    bad(&[m.clone(), int8.clone(), list_of("empty.txt")], &["empty.txt", "no calibration samples"]);
+    bad(&[m.clone(), int8.clone()], &["-input-list-file"]);
+    bad(&[m.clone(), "-quantization-precision=Int16".into()], &["Int16"]);
+    bad(&[m.clone(), int8.clone(), list_of("list.txt"), "-quantization-calibration=Magic".into()], &["Magic"]);
+    // A profile of another model.
+    let (code, _, err) = exec(&[
+        m.clone(),
+        list_of("list.txt"),
+        format!("-dump-profile={}/p.json", dir.display()),
+        format!("-aic-binary-dir={}/float", dir.display()),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    bad(
+        &["-m=zoo:qdq-cnn".into(), int8.clone(), format!("-load-profile={}/p.json", dir.display())],
+        &["p.json", "made for model"],
+    );
+    bad(&[m, "-node-precision-info=/nonexistent.yaml".into(), int8, list_of("list.txt")], &["nonexistent.yaml"]);
+}

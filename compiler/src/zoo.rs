@@ -10,8 +10,9 @@ use crate::onnx::{
 };
 use crate::CompileError;
 
-/// The zoo's model names.
-pub const NAMES: [&str; 3] = ["resnet50", "mobilenetv2", "bert-base"];
+/// The zoo's model names (the last two are small test models for quantisation: a float
+/// CNN to calibrate and a model already in QDQ form).
+pub const NAMES: [&str; 5] = ["resnet50", "mobilenetv2", "bert-base", "small-cnn", "qdq-cnn"];
 
 /// Builds a zoo model by name.
 pub fn model(name: &str) -> Result<Model, CompileError> {
@@ -19,6 +20,8 @@ pub fn model(name: &str) -> Result<Model, CompileError> {
         "resnet50" => Ok(resnet50()),
         "mobilenetv2" => Ok(mobilenet_v2()),
         "bert-base" => Ok(bert_base()),
+        "small-cnn" => Ok(small_cnn()),
+        "qdq-cnn" => Ok(qdq_cnn()),
         other => Err(CompileError::Model(format!("no zoo model '{other}' (the zoo has {})", NAMES.join(", ")))),
     }
 }
@@ -285,31 +288,7 @@ pub fn bert(layers: usize, hidden: i64, heads: i64, seq: i64, ffn: i64) -> Model
     b.finish("bert", 20, ("embeddings", vec![1, seq, hidden]), &x)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{compile, CompileOptions};
-
-    #[test]
-    fn every_zoo_model_compiles_and_has_its_published_size() {
-        let r = compile(&resnet50(), None, "resnet50", &CompileOptions::default()).unwrap();
-        let gmac = r.graph.macs() as f64 / 1e9;
-        assert!((4.0..4.2).contains(&gmac), "ResNet-50 is ~4.1 GMAC, got {gmac}");
-        let params: usize = r.lowered.constants.iter().map(|c| c.data.len() / 4).sum();
-        assert!((25_400_000..25_700_000).contains(&params), "ResNet-50 has ~25.6 M parameters, got {params}");
-        let m = compile(&mobilenet_v2(), None, "mobilenetv2", &CompileOptions::default()).unwrap();
-        let gmac = m.graph.macs() as f64 / 1e9;
-        assert!((0.28..0.32).contains(&gmac), "MobileNetV2 is ~0.3 GMAC, got {gmac}");
-        let small =
-            compile(&bert(2, 128, 4, 32, 512), None, "bert", &CompileOptions { cores: 2, ..Default::default() })
-                .unwrap();
-        assert_eq!(small.image.num_cores(), 2);
-        assert!(model("nope").is_err());
-    }
-}
-
-/// A small QDQ model as onnxruntime's static quantiser writes one (not in [`NAMES`]: a
-/// test model): `x [1, 4, 8, 8]` quantised to uint8, two 3x3 convolutions on int8 weights
+/// A small QDQ model as onnxruntime's static quantiser writes one (a test model): `x [1, 4, 8, 8]` quantised to uint8, two 3x3 convolutions on int8 weights
 /// (per output channel) and int32 biases, the second over the ReLU'd first plus a
 /// residual `Add` of dequantised values, dequantised to the float output.
 pub fn qdq_cnn() -> Model {
@@ -336,14 +315,29 @@ pub fn qdq_cnn() -> Model {
         let ws: Vec<f32> = (0..c).map(|i| 0.002 + 0.001 * i as f32).collect();
         let wscale = b.constant("w_scale", &[c], ws.clone());
         let wz = b.name("w_zero_point");
-        b.inits.push(Tensor { name: wz.clone(), dims: vec![c], data_type: data_type::INT8, data: TensorData::Int32s(vec![0; c as usize]) });
+        b.inits.push(Tensor {
+            name: wz.clone(),
+            dims: vec![c],
+            data_type: data_type::INT8,
+            data: TensorData::Int32s(vec![0; c as usize]),
+        });
         let wf = b.node("DequantizeLinear", &[&w, &wscale, &wz], vec![attr("axis", AttributeValue::Int(0))]);
         let bias: Vec<i64> = (0..c).map(|_| (b.uniform() * 500.0) as i64).collect();
         let bq = b.name("b_int32");
-        b.inits.push(Tensor { name: bq.clone(), dims: vec![c], data_type: data_type::INT32, data: TensorData::Int32s(bias) });
+        b.inits.push(Tensor {
+            name: bq.clone(),
+            dims: vec![c],
+            data_type: data_type::INT32,
+            data: TensorData::Int32s(bias),
+        });
         let bscale = b.constant("b_scale", &[c], ws.iter().map(|s| s * sx).collect());
         let bz = b.name("b_zero_point");
-        b.inits.push(Tensor { name: bz.clone(), dims: vec![c], data_type: data_type::INT32, data: TensorData::Int32s(vec![0; c as usize]) });
+        b.inits.push(Tensor {
+            name: bz.clone(),
+            dims: vec![c],
+            data_type: data_type::INT32,
+            data: TensorData::Int32s(vec![0; c as usize]),
+        });
         let bf = b.node("DequantizeLinear", &[&bq, &bscale, &bz], vec![attr("axis", AttributeValue::Int(0))]);
         let pads = attr("pads", ints(&[1, 1, 1, 1]));
         b.node("Conv", &[x, &wf, &bf], vec![attr("kernel_shape", ints(&[k, k])), pads])
@@ -366,7 +360,7 @@ pub fn qdq_cnn() -> Model {
     b.finish("qdq_cnn", 13, ("x", vec![1, c, 8, 8]), &y)
 }
 
-/// A small float CNN (not in [`NAMES`]: a test model for quantisation): `x [1, 3, 16,
+/// A small float CNN (a test model for quantisation): `x [1, 3, 16,
 /// 16]` through 3x3 convolutions with biases and ReLUs, a strided one, a residual `Add`
 /// over a 1x1 convolution, max pooling, global average pooling and a dense layer to 10
 /// scores.
@@ -397,4 +391,27 @@ pub fn small_cnn() -> Model {
     let f = b.node("Flatten", &[&g], vec![attr("axis", AttributeValue::Int(1))]);
     let y = b.dense(&f, 24, 10);
     b.finish("small_cnn", 13, ("x", vec![1, 3, 16, 16]), &y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{compile, CompileOptions};
+
+    #[test]
+    fn every_zoo_model_compiles_and_has_its_published_size() {
+        let r = compile(&resnet50(), None, "resnet50", &CompileOptions::default()).unwrap();
+        let gmac = r.graph.macs() as f64 / 1e9;
+        assert!((4.0..4.2).contains(&gmac), "ResNet-50 is ~4.1 GMAC, got {gmac}");
+        let params: usize = r.lowered.constants.iter().map(|c| c.data.len() / 4).sum();
+        assert!((25_400_000..25_700_000).contains(&params), "ResNet-50 has ~25.6 M parameters, got {params}");
+        let m = compile(&mobilenet_v2(), None, "mobilenetv2", &CompileOptions::default()).unwrap();
+        let gmac = m.graph.macs() as f64 / 1e9;
+        assert!((0.28..0.32).contains(&gmac), "MobileNetV2 is ~0.3 GMAC, got {gmac}");
+        let small =
+            compile(&bert(2, 128, 4, 32, 512), None, "bert", &CompileOptions { cores: 2, ..Default::default() })
+                .unwrap();
+        assert_eq!(small.image.num_cores(), 2);
+        assert!(model("nope").is_err());
+    }
 }

@@ -253,7 +253,12 @@ fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
     assert!(e.contains(&first_q.name) && e.contains(&first_q.inputs[2]) && e.contains("300"), "{e}");
     // The dequantisation right after reads the value with another scale.
     let mut mismatch = m.clone();
-    let dq = mismatch.graph.nodes.iter_mut().find(|n| n.op_type == "DequantizeLinear" && n.inputs[0] == first_q.outputs[0]).unwrap();
+    let dq = mismatch
+        .graph
+        .nodes
+        .iter_mut()
+        .find(|n| n.op_type == "DequantizeLinear" && n.inputs[0] == first_q.outputs[0])
+        .unwrap();
     let name = dq.name.clone();
     dq.inputs[1] = "other_scale".into();
     mismatch.graph.initializers.push(aicsim_compiler::onnx::Tensor {

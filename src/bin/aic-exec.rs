@@ -29,8 +29,19 @@ fn run(args: &ExecArgs) -> Result<(), String> {
         Some(name) => println!("Reading ONNX Model from built-in zoo model {name}"),
         None => println!("Reading ONNX Model from {source}"),
     }
-    let compiled = Source::load(source).and_then(|s| s.compile(&args.options)).map_err(|e| e.to_string())?;
-    println!("Compiling model with {} precision.", if args.options.fp16 { "FP16" } else { "FP32" });
+    let mut source = Source::load(source).map_err(|e| e.to_string())?;
+    let quantised = aicsim::exec::quantise(&mut source, &args.quant, &args.options)?;
+    for line in &quantised.lines {
+        println!("{line}");
+    }
+    let compiled = source.compile(&args.options).map_err(|e| e.to_string())?;
+    let precision = match (quantised.report.is_some(), args.options.fp16) {
+        (true, true) => "INT8 (float layers in FP16)",
+        (true, false) => "INT8 (float layers in FP32)",
+        (false, true) => "FP16",
+        (false, false) => "FP32",
+    };
+    println!("Compiling model with {precision} precision.");
     let stats_warning = aicsim::exec::stats_batch_warning(args.stats_batch_size, compiled.image.batch_size);
     for w in compiled.warnings.iter().chain(&stats_warning) {
         eprintln!("Warning: {w}");
@@ -49,6 +60,10 @@ fn run(args: &ExecArgs) -> Result<(), String> {
     let dir = PathBuf::from(dir);
     let mut files = PendingFiles::default();
     files.push(&dir, "programqpc.bin".into(), compiled.image.to_bytes());
+    if let Some((file, json)) = quantised.profile {
+        let (parent, name) = output_files::user_file(&file).map_err(|e| format!("-dump-profile={e}"))?;
+        files.push(&parent, name, json.into_bytes());
+    }
     if args.perf_metrics || args.perf_metrics_json.is_some() {
         let report = perf_report(&compiled, args.stats_batch_size)?;
         if args.perf_metrics {

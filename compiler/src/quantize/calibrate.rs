@@ -56,8 +56,12 @@ impl Bench {
     fn infer(&mut self, inputs: &[Vec<f32>]) -> Result<Vec<Vec<f32>>, CompileError> {
         let bytes: Vec<Vec<u8>> = inputs.iter().map(|x| x.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        let outs = self.rig.infer(0, self.info, &self.image, &refs, self.io_at).map_err(|r| device_error("infer", r))?;
-        Ok(outs.iter().map(|o| o.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()).collect())
+        let outs =
+            self.rig.infer(0, self.info, &self.image, &refs, self.io_at).map_err(|r| device_error("infer", r))?;
+        Ok(outs
+            .iter()
+            .map(|o| o.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            .collect())
     }
 
     /// `elements` f32 values of the activation's DDR from byte `offset`.
@@ -130,7 +134,12 @@ pub fn calibrate(
         let (min, max) = if r.0 <= r.1 { r } else { (0.0, 0.0) };
         out.insert(name, TensorStats { min, max, histogram: h });
     }
-    Ok(Profile { model: model.graph.name.clone(), fingerprint: fingerprint(model), samples: samples.len(), tensors: out })
+    Ok(Profile {
+        model: model.graph.name.clone(),
+        fingerprint: fingerprint(model),
+        samples: samples.len(),
+        tensors: out,
+    })
 }
 
 /// The calibration samples an `-input-list-file` names: one line per sample, the raw

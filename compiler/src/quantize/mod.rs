@@ -40,9 +40,9 @@ impl Schema {
             "symmetric" => Ok(Schema::Symmetric),
             "symmetric_with_uint8" => Ok(Schema::SymmetricWithUint8),
             "symmetric_with_power2_scale" => Ok(Schema::SymmetricWithPower2Scale),
-            other => Err(format!(
-                "'{other}' is not a schema (symmetric, symmetric_with_uint8, symmetric_with_power2_scale)"
-            )),
+            other => {
+                Err(format!("'{other}' is not a schema (symmetric, symmetric_with_uint8, symmetric_with_power2_scale)"))
+            }
         }
     }
 }
@@ -163,7 +163,10 @@ impl Profile {
         if let Some((name, t)) =
             p.tensors.iter().find(|(_, t)| t.histogram.is_empty() || !(t.min.is_finite() && t.max.is_finite()))
         {
-            return Err(io(format!("tensor '{name}' has no histogram or a range that is not finite ({}, {})", t.min, t.max)));
+            return Err(io(format!(
+                "tensor '{name}' has no histogram or a range that is not finite ({}, {})",
+                t.min, t.max
+            )));
         }
         Ok(p)
     }
@@ -228,11 +231,12 @@ pub fn threshold(stats: &TensorStats, levels: f64, opts: &QuantOptions) -> f32 {
         Calibration::Percentile => {
             let want = (opts.percentile.clamp(0.0, 100.0) / 100.0 * total as f64).ceil() as u64;
             let mut seen = 0;
-            hist.iter().position(|&n| {
-                seen += n;
-                seen >= want
-            })
-            .unwrap_or(bins - 1)
+            hist.iter()
+                .position(|&n| {
+                    seen += n;
+                    seen >= want
+                })
+                .unwrap_or(bins - 1)
         }
         Calibration::Mse => best_by(1.0),
         Calibration::Sqnr => best_by(3.0),
@@ -328,10 +332,10 @@ mod tests {
 
     #[test]
     fn thresholds_follow_the_method() {
-        // 1000 small values and one outlier at the top.
+        // Millions of small values and one outlier at the top.
         let mut hist = vec![0u64; 512];
         for (i, h) in hist.iter_mut().enumerate().take(64) {
-            *h = 1000 - i as u64 * 10;
+            *h = (1000 - i as u64 * 10) * 1000;
         }
         hist[511] = 1;
         let s = stats(hist, 10.0);

@@ -93,7 +93,9 @@ pub fn quantize_model(
 ) -> Result<(Model, QuantReport), CompileError> {
     let g = &model.graph;
     if let Some(n) = opts.float_nodes.iter().find(|n| !g.nodes.iter().any(|node| &node.name == *n)) {
-        return Err(CompileError::Model(format!("-node-precision-info names node '{n}', which the model does not have")));
+        return Err(CompileError::Model(format!(
+            "-node-precision-info names node '{n}', which the model does not have"
+        )));
     }
     let inits: HashMap<&str, &Tensor> = g.initializers.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -129,7 +131,9 @@ pub fn quantize_model(
         // The output to quantise: a ReLU's, when a ReLU alone reads the convolution.
         let y = &n.outputs[0];
         let relu = match readers.get(y.as_str()).map(Vec::as_slice) {
-            Some([r]) if g.nodes[*r].op_type == "Relu" && !outputs.contains(y.as_str()) => Some(&g.nodes[*r].outputs[0]),
+            Some([r]) if g.nodes[*r].op_type == "Relu" && !outputs.contains(y.as_str()) => {
+                Some(&g.nodes[*r].outputs[0])
+            }
             _ => None,
         };
         let out = relu.unwrap_or(y);
