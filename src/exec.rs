@@ -535,7 +535,8 @@ pub fn quantise(source: &mut Source, q: &QuantArgs, options: &CompileOptions) ->
         out.profile = Some((PathBuf::from(file), profile.to_json() + "\n"));
     }
     if q.int8 {
-        let (model, report) = quantize::quantize_model(&source.model, source.dir.as_deref(), &profile, &opts)
+        let dir = source.dir.as_deref();
+        let (model, report) = quantize::quantize_model(&source.model, dir, &options.symbols, &profile, &opts)
             .map_err(|e| e.to_string())?;
         source.model = model;
         out.lines.push(format!(

@@ -651,6 +651,16 @@ fn empty_tensor(name: &str, shape: &[usize]) -> CompileError {
 
 /// Imports `model`; `symbols` gives values to symbolic input dimensions.
 pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&Path>) -> Result<Graph, CompileError> {
+    import_with_constants(model, symbols, model_dir).map(|(g, _)| g)
+}
+
+/// [`import`], and the value of every tensor of the model known at compile time
+/// (initializers and what folds from them), by name.
+pub fn import_with_constants(
+    model: &Model,
+    symbols: &HashMap<String, i64>,
+    model_dir: Option<&Path>,
+) -> Result<(Graph, HashMap<String, Const>), CompileError> {
     let opset = model.opset().unwrap_or(9);
     if !(7..=20).contains(&opset) {
         return Err(CompileError::Model(format!("opset {opset} is not supported (7 to 20)")));
@@ -775,7 +785,15 @@ pub fn import(model: &Model, symbols: &HashMap<String, i64>, model_dir: Option<&
         b.g.outputs.push(Io { name: name.clone(), value: v });
     }
     prune_unread_layers(&mut b.g);
-    Ok(b.g)
+    let constants = b
+        .env
+        .iter()
+        .filter_map(|(name, e)| match e {
+            Entry::Const(c) => Some((name.clone(), b.g.consts[*c].clone())),
+            Entry::Value(_) => None,
+        })
+        .collect();
+    Ok((b.g, constants))
 }
 
 /// Drops the layers whose output nothing reads (a dequantisation whose readers all read

@@ -55,7 +55,7 @@ fn int8_programs_track_the_float_program_on_held_back_inputs_for_every_calibrati
         [Calibration::None, Calibration::Percentile, Calibration::Mse, Calibration::Sqnr, Calibration::KlMinimization]
     {
         let opts = QuantOptions { calibration, ..QuantOptions::default() };
-        let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+        let (qdq, report) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
         assert_eq!(report.quantised.len(), 4, "{calibration:?}: {report:?}");
         for cores in [1, 4] {
             let c = compile(&qdq, None, "q", &CompileOptions { cores, ..CompileOptions::default() }).unwrap();
@@ -75,16 +75,16 @@ fn nodes_kept_in_float_are_not_quantised() {
     let model = zoo::small_cnn();
     let profile = profile();
     let opts = QuantOptions { float_ops: vec!["Conv".into()], ..QuantOptions::default() };
-    let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+    let (qdq, report) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
     assert!(report.quantised.is_empty() && report.kept.len() == 4, "{report:?}");
     assert_eq!(int8_convs(&compile(&qdq, None, "q", &CompileOptions::default()).unwrap()), 0);
     let first = model.graph.nodes.iter().find(|n| n.op_type == "Conv").unwrap().name.clone();
     let opts = QuantOptions { float_nodes: vec![first.clone()], ..QuantOptions::default() };
-    let (qdq, report) = quantize_model(&model, None, &profile, &opts).unwrap();
+    let (qdq, report) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
     assert_eq!(report.kept, vec![(first, "kept in float as asked".to_string())]);
     assert_eq!(int8_convs(&compile(&qdq, None, "q", &CompileOptions::default()).unwrap()), 3);
     let opts = QuantOptions { float_nodes: vec!["no_such_node".into()], ..QuantOptions::default() };
-    let e = quantize_model(&model, None, &profile, &opts).unwrap_err().to_string();
+    let e = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap_err().to_string();
     assert!(e.contains("no_such_node"), "{e}");
 }
 

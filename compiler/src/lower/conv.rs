@@ -485,12 +485,18 @@ impl Lowerer<'_> {
                 let bview = self.vtcm_as(p.biases[wslot], DType::I32, &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
                 ops.push(Op::Binary { kind: BinaryKind::Add, dst: acc, a: acc, b: bview });
             }
+            // ReLU before quantising to a range that starts at 0 (zero point -128) is
+            // the saturation itself: max(round(x s) + zp, zp) = round(max(x, 0) s) + zp.
+            let out_quant = self.quants.get(&plan.yb);
+            let relu_is_saturation = out_quant.is_some_and(|q| q.zero_point == -128);
             if let FusedActivation::Unary(kind) = spec.act {
-                ops.push(Op::Unary { kind, dst: acc, src: acc });
+                if !(relu_is_saturation && kind == UnaryKind::Relu) {
+                    ops.push(Op::Unary { kind, dst: acc, src: acc });
+                }
             }
             let multipliers = p.biases[wslot] + t.co_t * 4;
             let scales = self.vtcm_as(multipliers, DType::F32, &[co_n, r_n, wo]).with_strides(&[1, 0, 0]);
-            let (scale, zero_point) = match self.quants.get(&plan.yb) {
+            let (scale, zero_point) = match out_quant {
                 Some(q) => (1.0 / q.scale, q.zero_point),
                 None => (1.0, 0),
             };

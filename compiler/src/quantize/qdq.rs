@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{threshold, Profile, QuantOptions, Schema};
+use crate::ir::Const;
 use crate::onnx::{data_type, Attribute, AttributeValue, Model, Node, Tensor, TensorData};
 use crate::CompileError;
 
@@ -80,24 +81,92 @@ impl Rewriter {
     }
 }
 
-/// `model` with its convolutions on int8: each convolution whose weight is an
-/// initializer and whose input the profile covers reads its input through a
+/// Folds each batch normalisation that alone reads a convolution's output into the
+/// convolution's weights and bias (new initializers), so the quantised weights are the
+/// ones that run.
+fn fold_batch_norms(model: &mut Model, consts: &mut HashMap<String, Const>) {
+    let g = &mut model.graph;
+    let mut readers: HashMap<String, usize> = HashMap::new();
+    for n in &g.nodes {
+        for i in &n.inputs {
+            *readers.entry(i.clone()).or_default() += 1;
+        }
+    }
+    let outputs: HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
+    let producer: HashMap<String, usize> =
+        g.nodes.iter().enumerate().flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.clone(), i))).collect();
+    let mut gone = HashSet::new();
+    for b in 0..g.nodes.len() {
+        let bn = &g.nodes[b];
+        if bn.op_type != "BatchNormalization" || bn.inputs.len() < 5 {
+            continue;
+        }
+        let x = &bn.inputs[0];
+        let Some(&c) = producer.get(x) else { continue };
+        let conv = &g.nodes[c];
+        if conv.op_type != "Conv" || readers.get(x) != Some(&1) || outputs.contains(x) {
+            continue;
+        }
+        let get = |name: Option<&String>| name.and_then(|n| consts.get(n)).map(Const::to_f32);
+        let (Some(w), Some(params)) =
+            (consts.get(&conv.inputs[1]), (1..5).map(|i| get(bn.inputs.get(i))).collect::<Option<Vec<_>>>())
+        else {
+            continue;
+        };
+        let co = w.shape[0];
+        if params.iter().any(|p| p.len() != co) {
+            continue;
+        }
+        let eps = bn.attr_float("epsilon", 1e-5);
+        let scale: Vec<f32> = (0..co).map(|k| params[0][k] / (params[3][k] + eps).sqrt()).collect();
+        let per = w.len() / co;
+        let wv: Vec<f32> = w.to_f32().iter().enumerate().map(|(i, v)| v * scale[i / per]).collect();
+        let b0 = get(conv.inputs.get(2).filter(|s| !s.is_empty())).unwrap_or(vec![0.0; co]);
+        let bv: Vec<f32> = (0..co).map(|k| b0[k] * scale[k] + params[1][k] - params[2][k] * scale[k]).collect();
+        let (wn, bname) = (format!("{}_bn_folded_weight", conv.name), format!("{}_bn_folded_bias", conv.name));
+        let wshape = w.shape.clone();
+        for (name, shape, values) in [(&wn, wshape, wv), (&bname, vec![co], bv)] {
+            let dims = shape.iter().map(|&d| d as i64).collect();
+            g.initializers.push(Tensor { name: name.clone(), dims, data_type: data_type::FLOAT, data: TensorData::Floats(values.clone()) });
+            consts.insert(name.clone(), Const::f32(shape, values));
+        }
+        let y = bn.outputs[0].clone();
+        let conv = &mut g.nodes[c];
+        conv.inputs.truncate(1);
+        conv.inputs.extend([wn, bname]);
+        conv.outputs[0] = y;
+        gone.insert(b);
+    }
+    let mut i = 0;
+    g.nodes.retain(|_| {
+        i += 1;
+        !gone.contains(&(i - 1))
+    });
+}
+
+/// `model` with its convolutions on int8: each convolution whose weight is known at
+/// compile time and whose input the profile covers reads its input through a
 /// QuantizeLinear / DequantizeLinear pair and its weights and bias as dequantised int8
-/// and int32; its output (after a ReLU that alone reads it) is quantised likewise.
-/// Convolutions of the `float_ops` types or `float_nodes` names stay in float.
+/// and int32; its output (after a ReLU that alone reads it) is quantised likewise. A
+/// batch normalisation after a convolution is folded into it first. Convolutions of the
+/// `float_ops` types or `float_nodes` names stay in float.
 pub fn quantize_model(
     model: &Model,
     model_dir: Option<&std::path::Path>,
+    symbols: &HashMap<String, i64>,
     profile: &Profile,
     opts: &QuantOptions,
 ) -> Result<(Model, QuantReport), CompileError> {
+    let (_, mut consts) = crate::build::import_with_constants(model, symbols, model_dir)?;
+    let mut model = model.clone();
+    fold_batch_norms(&mut model, &mut consts);
+    let model = &model;
     let g = &model.graph;
     if let Some(n) = opts.float_nodes.iter().find(|n| !g.nodes.iter().any(|node| &node.name == *n)) {
         return Err(CompileError::Model(format!(
             "-node-precision-info names node '{n}', which the model does not have"
         )));
     }
-    let inits: HashMap<&str, &Tensor> = g.initializers.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, n) in g.nodes.iter().enumerate() {
         for inp in &n.inputs {
@@ -116,11 +185,11 @@ pub fn quantize_model(
             report.kept.push(keep("kept in float as asked"));
             continue;
         }
-        let Some(w) = n.inputs.get(1).and_then(|w| inits.get(w.as_str())) else {
-            report.kept.push(keep("its weight is not an initializer"));
+        let Some(w) = n.inputs.get(1).and_then(|w| consts.get(w)) else {
+            report.kept.push(keep("its weight is not known at compile time"));
             continue;
         };
-        if w.dims.len() != 4 {
+        if w.shape.len() != 4 {
             report.kept.push(keep("its weight is not 4-D"));
             continue;
         }
@@ -172,29 +241,30 @@ pub fn quantize_model(
     let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
     for &(i, px) in &convs {
         let n = &g.nodes[i];
-        let w = inits[n.inputs[1].as_str()];
-        let values = w.to_f32(model_dir)?;
-        let co = w.dims[0] as usize;
+        let wname = &n.inputs[1];
+        let w = &consts[wname];
+        let values = w.to_f32();
+        let co = w.shape[0];
         let (ints, scales) = quantise_weights(&values, co, opts.constants);
-        let wq = rw.name(&w.name, "int8");
-        rw.init(&wq, w.dims.clone(), data_type::INT8, TensorData::Int32s(ints));
-        let ws = rw.name(&w.name, "scale");
+        let wq = rw.name(wname, "int8");
+        rw.init(&wq, w.shape.iter().map(|&d| d as i64).collect(), data_type::INT8, TensorData::Int32s(ints));
+        let ws = rw.name(wname, "scale");
         rw.init(&ws, vec![co as i64], data_type::FLOAT, TensorData::Floats(scales.clone()));
-        let wz = rw.name(&w.name, "zero_point");
+        let wz = rw.name(wname, "zero_point");
         rw.init(&wz, vec![co as i64], data_type::INT8, TensorData::Int32s(vec![0; co]));
-        let wd = rw.name(&w.name, "dequantized");
+        let wd = rw.name(wname, "dequantized");
         let axis = vec![Attribute { name: "axis".into(), value: AttributeValue::Int(0) }];
         let mut nodes = vec![Rewriter::node("DequantizeLinear", wd.clone(), vec![wq, ws, wz], &wd, axis.clone())];
         let mut inputs = vec![renamed[&n.inputs[0]].clone(), wd];
         if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
-            let Some(bt) = inits.get(b.as_str()) else {
+            let Some(bt) = consts.get(b) else {
                 return Err(CompileError::Node {
                     node: n.name.clone(),
                     op_type: n.op_type.clone(),
-                    reason: format!("bias '{b}' is not an initializer"),
+                    reason: format!("bias '{b}' is not known at compile time"),
                 });
             };
-            let bv = bt.to_f32(model_dir)?;
+            let bv = bt.to_f32();
             let bscale: Vec<f32> = scales.iter().map(|s| s * px.scale).collect();
             let bints: Vec<i64> =
                 bv.iter().zip(&bscale).map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64).collect();
