@@ -6,9 +6,15 @@
 //!   driver and device) beside onnxruntime (CPU, all its graph optimisations) on the same
 //!   model and input, on this machine, in this run.
 //!
+//! - post-training int8 quantisation of the same ResNet-50 with 32 calibration samples
+//!   (calibration on the simulated device, QDQ rewrite, compile) beside the float compile
+//!   alone and the float program's functional inferences alone (the calibration's two
+//!   passes over the samples are most of it).
+//!
 //! Targets (issue 6): compile < 10 s for each core count (release, 2-core machine);
-//! functional inference <= 4x onnxruntime's time. Run with `cargo bench --bench compiler`
-//! after `scripts/test.sh` has created `.venv` (it sets nothing else up).
+//! functional inference <= 4x onnxruntime's time; (issue 19) quantising and compiling
+//! < 30 s. Run with `cargo bench --bench compiler` after `scripts/test.sh` has created
+//! `.venv` (it sets nothing else up).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +73,55 @@ fn compile_times(model: Option<&Path>, full: bool) {
     }
 }
 
+fn quantise_and_compile(model: Option<&Path>, full: bool) {
+    use aicsim_compiler::quantize::{calibrate, quantize_model, run_functional, QuantOptions};
+    use std::collections::HashMap;
+    let (m, dir, label) = match model {
+        Some(p) => (parse_model(&std::fs::read(p).unwrap()).unwrap(), p.parent(), "light_resnet50.onnx"),
+        None => (zoo::resnet50(), None, "zoo:resnet50"),
+    };
+    let n = if full { 32 } else { 1 };
+    let mut s = 7u64;
+    let samples: Vec<Vec<Vec<f32>>> = (0..n)
+        .map(|_| {
+            vec![(0..3 * 224 * 224)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (s >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect()]
+        })
+        .collect();
+    let opts = CompileOptions { fp16: true, ..Default::default() };
+    let t = Instant::now();
+    let float = compile(&m, dir, "float", &CompileOptions::default()).unwrap();
+    let compile_float = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    run_functional(&float, &samples).unwrap();
+    let inferences = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let profile = calibrate(&m, dir, &HashMap::new(), &samples, 512).unwrap();
+    let calibrated = t.elapsed().as_secs_f64();
+    let (qdq, report) = quantize_model(&m, dir, &HashMap::new(), &profile, &QuantOptions::default()).unwrap();
+    let c = compile(&qdq, dir, "int8", &opts).unwrap();
+    let total = t.elapsed().as_secs_f64();
+    assert!(!report.quantised.is_empty());
+    println!("int8 post-training quantisation, {label}, {n} calibration samples, 512 bins:");
+    println!("  calibrate (2 passes on the simulated device):  {calibrated:>8.3} s");
+    println!(
+        "  + rewrite and compile ({} of {} convolutions int8, {} instructions): total {total:>8.3} s; / target 30 s = {:.3}",
+        report.quantised.len(),
+        report.quantised.len() + report.kept.len(),
+        c.image.cores.iter().map(Vec::len).sum::<usize>(),
+        total / 30.0
+    );
+    println!("  baseline: the float compile alone               {compile_float:>8.3} s");
+    println!(
+        "  baseline: {n} float functional inferences alone   {inferences:>8.3} s (calibration / 2 passes of them = {:.2})",
+        calibrated / (2.0 * inferences)
+    );
+}
+
 fn inference_vs_onnxruntime(python: &Path, models: &Path, full: bool) {
     let dir = std::env::temp_dir().join("aicsim-bench-resnet50");
     let n = if full { 10 } else { 2 };
@@ -108,11 +163,13 @@ fn main() {
     match python_and_models() {
         Some((python, models)) => {
             compile_times(Some(&models.join("light_resnet50.onnx")), full);
+            quantise_and_compile(Some(&models.join("light_resnet50.onnx")), full);
             inference_vs_onnxruntime(&python, &models, full);
         }
         None => {
             println!("(no .venv with onnx and onnxruntime: run scripts/test.sh first for the onnxruntime comparison)");
             compile_times(None, full);
+            quantise_and_compile(None, full);
         }
     }
 }

@@ -42,10 +42,108 @@ impl QuantArgs {
     pub fn wanted(&self) -> bool {
         !self.no_quant && (self.int8 || self.dump_profile.is_some())
     }
+
+    /// Whether `flag` is one of the quantisation flags.
+    pub fn is_flag(flag: &str) -> bool {
+        flag.starts_with("-quantization-")
+            || matches!(
+                flag,
+                "-percentile-calibration-value"
+                    | "-num-histogram-bins"
+                    | "-input-list-file"
+                    | "-dump-profile"
+                    | "-load-profile"
+                    | "-node-precision-info"
+                    | "-execute-nodes-in-fp16"
+                    | "-no-quant"
+            )
+    }
+
+    /// Takes one quantisation flag (`flag=value`).
+    pub fn take(&mut self, flag: &str, value: Option<&str>) -> Result<(), String> {
+        let need = || value.ok_or_else(|| format!("{flag} needs a value ({flag}=...)"));
+        let no_value = || match value {
+            Some(v) => Err(format!("{flag} takes no value (got '{v}')")),
+            None => Ok(()),
+        };
+        match flag {
+            "-quantization-precision" => match need()? {
+                "Int8" => self.int8 = true,
+                "Int16" => {
+                    return Err("-quantization-precision=Int16: not supported; the card's HMX multiplies int8 and \
+                                    fp16 (use Int8, or -convert-to-fp16)"
+                        .into())
+                }
+                v => return Err(format!("-quantization-precision={v}: expected Int8")),
+            },
+            "-quantization-precision-bias" => match need()? {
+                "Int32" => {}
+                v => return Err(format!("-quantization-precision-bias={v}: biases are int32 (Int32)")),
+            },
+            "-quantization-schema-activations" => {
+                self.options.activations = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
+            }
+            "-quantization-schema-constants" => {
+                let s = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?;
+                if s == Schema::SymmetricWithUint8 {
+                    return Err(format!(
+                        "{flag}=symmetric_with_uint8: HMX weights are int8 (symmetric or symmetric_with_power2_scale)"
+                    ));
+                }
+                self.options.constants = s;
+            }
+            "-quantization-calibration" => {
+                self.options.calibration = Calibration::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
+            }
+            "-percentile-calibration-value" => {
+                let v = need()?;
+                self.options.percentile = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| *p > 0.0 && *p <= 100.0)
+                    .ok_or_else(|| format!("{flag}={v}: expected a percentage in (0, 100]"))?;
+            }
+            "-num-histogram-bins" => self.options.bins = number(flag, need()?)? as usize,
+            "-input-list-file" => self.input_list = Some(need()?.to_string()),
+            "-dump-profile" => self.dump_profile = Some(need()?.to_string()),
+            "-load-profile" => self.load_profile = Some(need()?.to_string()),
+            "-node-precision-info" => self.node_precision_info = Some(need()?.to_string()),
+            "-execute-nodes-in-fp16" => {
+                let v = need()?;
+                self.options.float_ops =
+                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+                if self.options.float_ops.is_empty() {
+                    return Err(format!("{flag}={v}: expected operator types, e.g. Conv,Gemm"));
+                }
+            }
+            "-no-quant" => {
+                no_value()?;
+                self.no_quant = true
+            }
+            _ => return Err(format!("unknown flag '{flag}'")),
+        }
+        Ok(())
+    }
+
+    /// Flags that only make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        let q = self;
+        if q.int8 && !q.no_quant && q.input_list.is_none() && q.load_profile.is_none() {
+            return Err("-quantization-precision=Int8 needs calibration samples (-input-list-file=<file>) or a profile (-load-profile=<file>)".into());
+        }
+        if q.input_list.is_some() && q.load_profile.is_some() {
+            return Err("-input-list-file and -load-profile both give the ranges; give one".into());
+        }
+        if q.dump_profile.is_some() && q.input_list.is_none() {
+            return Err("-dump-profile writes what calibration learns: it needs -input-list-file=<file>".into());
+        }
+        Ok(())
+    }
 }
 
 const USAGE: &str = "\
-usage: aic-exec -m=<model.onnx | zoo:resnet50 | zoo:mobilenetv2 | zoo:bert-base> -aic-binary-dir=<dir> [flags]
+usage: aic-exec -m=<model.onnx | zoo:NAME> -aic-binary-dir=<dir> [flags]
+  (zoo: resnet50, mobilenetv2, bert-base, small-cnn, qdq-cnn)
   -onnx-define-symbol=<name>,<value>   value of a symbolic input dimension (repeatable)
   -aic-num-cores=<n>                   NSP cores the program runs on (default 1)
   -ols=<n>                             split each layer into at least cores x n tiles (default 1)
@@ -156,72 +254,11 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
                 no_value()?;
                 a.dump_supported_ops = true
             }
-            "-quantization-precision" => match need()? {
-                "Int8" => a.quant.int8 = true,
-                "Int16" => {
-                    return Err("-quantization-precision=Int16: not supported; the card's HMX multiplies int8 and \
-                                fp16 (use Int8, or -convert-to-fp16)"
-                        .into())
-                }
-                v => return Err(format!("-quantization-precision={v}: expected Int8")),
-            },
-            "-quantization-precision-bias" => match need()? {
-                "Int32" => {}
-                v => return Err(format!("-quantization-precision-bias={v}: biases are int32 (Int32)")),
-            },
-            "-quantization-schema-activations" => {
-                a.quant.options.activations = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
-            }
-            "-quantization-schema-constants" => {
-                let s = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?;
-                if s == Schema::SymmetricWithUint8 {
-                    return Err(format!(
-                        "{flag}=symmetric_with_uint8: HMX weights are int8 (symmetric or symmetric_with_power2_scale)"
-                    ));
-                }
-                a.quant.options.constants = s;
-            }
-            "-quantization-calibration" => {
-                a.quant.options.calibration = Calibration::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
-            }
-            "-percentile-calibration-value" => {
-                let v = need()?;
-                a.quant.options.percentile = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|p| *p > 0.0 && *p <= 100.0)
-                    .ok_or_else(|| format!("{flag}={v}: expected a percentage in (0, 100]"))?;
-            }
-            "-num-histogram-bins" => a.quant.options.bins = number(flag, need()?)? as usize,
-            "-input-list-file" => a.quant.input_list = Some(need()?.to_string()),
-            "-dump-profile" => a.quant.dump_profile = Some(need()?.to_string()),
-            "-load-profile" => a.quant.load_profile = Some(need()?.to_string()),
-            "-node-precision-info" => a.quant.node_precision_info = Some(need()?.to_string()),
-            "-execute-nodes-in-fp16" => {
-                let v = need()?;
-                a.quant.options.float_ops =
-                    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-                if a.quant.options.float_ops.is_empty() {
-                    return Err(format!("{flag}={v}: expected operator types, e.g. Conv,Gemm"));
-                }
-            }
-            "-no-quant" => {
-                no_value()?;
-                a.quant.no_quant = true
-            }
+            f if QuantArgs::is_flag(f) => a.quant.take(flag, value)?,
             _ => return Err(format!("unknown flag '{arg}' (aic-exec -h lists the flags)")),
         }
     }
-    let q = &a.quant;
-    if q.int8 && !q.no_quant && q.input_list.is_none() && q.load_profile.is_none() {
-        return Err("-quantization-precision=Int8 needs calibration samples (-input-list-file=<file>) or a profile (-load-profile=<file>)".into());
-    }
-    if q.input_list.is_some() && q.load_profile.is_some() {
-        return Err("-input-list-file and -load-profile both give the ranges; give one".into());
-    }
-    if q.dump_profile.is_some() && q.input_list.is_none() {
-        return Err("-dump-profile writes what calibration learns: it needs -input-list-file=<file>".into());
-    }
+    a.quant.check()?;
     if a.options.cores > 16 {
         return Err(format!("-aic-num-cores={}: the AIC100 has at most 16 NSP cores", a.options.cores));
     }

@@ -45,7 +45,11 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
   -compiled-models=<n>                     compile the n best configurations into
                                            <dir>/compiled_models (default 3; 0: none)
   -report=<file.html>                      also write an HTML page: every configuration
-                                           plotted against cores and batch, the best marked";
+                                           plotted against cores and batch, the best marked
+  -quantization-precision=Int8 -input-list-file=<file> | -load-profile=<file> [...]
+                                           search int8 programs: the model is calibrated
+                                           (at batch 1) and quantised once, as aic-exec
+                                           does with the same flags";
 
 struct Args {
     model: String,
@@ -58,6 +62,10 @@ struct Args {
     output_dir: PathBuf,
     compiled_models: usize,
     report: Option<PathBuf>,
+    quant: crate::exec::QuantArgs,
+    /// The quantisation flags as given (but the calibration list: the best program is
+    /// compiled from the profile left in the output directory).
+    quant_flags: Vec<String>,
 }
 
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -77,6 +85,8 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         output_dir: PathBuf::from("model_configurator_output"),
         compiled_models: 3,
         report: None,
+        quant: crate::exec::QuantArgs::default(),
+        quant_flags: Vec::new(),
     };
     let mut spec = None;
     let mut it = argv.iter();
@@ -122,6 +132,12 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                 };
                 a.set_size = positive(flag, &v)?;
             }
+            f if crate::exec::QuantArgs::is_flag(f) => {
+                a.quant.take(flag, value)?;
+                if f != "-input-list-file" {
+                    a.quant_flags.push(arg.clone());
+                }
+            }
             f if f.starts_with('-') => return Err(format!("unknown flag {f} (see -h)")),
             _ => positional.push(arg.clone()),
         }
@@ -134,6 +150,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         more => return Err(format!("too many positional arguments: {}", more.join(" "))),
     }
     a.spec = spec.ok_or("no search file: give -optimized-config-search=<search.json>")?;
+    a.quant.check()?;
+    if a.quant.dump_profile.is_some() {
+        return Err("-dump-profile: aic-exec writes profiles; aic-configurator takes one with -load-profile".into());
+    }
     Ok(Some(a))
 }
 
@@ -259,11 +279,26 @@ fn run(argv: &[String]) -> Result<(), String> {
     let Some(args) = parse(argv)? else { return Ok(()) };
     let text = std::fs::read_to_string(&args.spec).map_err(|e| format!("{}: {e}", args.spec))?;
     let spec = SearchSpec::parse(&text).map_err(|e| format!("{}: {e}", args.spec))?;
-    let source = Source::load(&args.model).map_err(|e| e.to_string())?;
+    let mut source = Source::load(&args.model).map_err(|e| e.to_string())?;
+    // Quantised once, calibrated at batch 1; every configuration compiles the QDQ model.
+    let mut at_batch_1 = args.opts.clone();
+    if let Some(symbol) = &args.batch_symbol {
+        at_batch_1.symbols.insert(symbol.clone(), 1);
+    }
+    check_writable(&args.output_dir)?;
+    // What calibration learnt is left in the output directory, for aic-exec to compile
+    // the best configuration with (`-load-profile`).
+    let mut quant = args.quant.clone();
+    if quant.input_list.is_some() && !quant.no_quant {
+        quant.dump_profile = Some(args.output_dir.join("profile.json").display().to_string());
+    }
+    let quantised = crate::exec::quantise(&mut source, &quant, &at_batch_1)?;
+    for line in &quantised.lines {
+        println!("{line}");
+    }
     if let Some(report) = &args.report {
         report_target(report)?;
     }
-    check_writable(&args.output_dir)?;
     let problem = Problem {
         source,
         base: args.opts.clone(),
@@ -338,6 +373,9 @@ fn run(argv: &[String]) -> Result<(), String> {
     // What the search leaves behind: the results, and the best programs compiled.
     let out = &args.output_dir;
     let mut files = PendingFiles::default();
+    if let Some((_, json)) = &quantised.profile {
+        files.push(&args.output_dir, "profile.json".into(), json.clone().into_bytes());
+    }
     files.push(out, "results.csv".into(), results_csv(&result, spec.objective, set_size).into_bytes());
     let kept = result.ranked(spec.objective, args.compiled_models);
     let json = serde_json::json!({
@@ -383,6 +421,10 @@ fn run(argv: &[String]) -> Result<(), String> {
     }
     if args.opts.fp16 {
         exec += " -convert-to-fp16";
+    }
+    exec += &args.quant_flags.iter().map(|f| format!(" {f}")).collect::<String>();
+    if let Some((path, _)) = &quantised.profile {
+        exec += &format!(" -load-profile={}", path.display());
     }
     let best_dir = qpc_dir(out, &c);
     exec += &format!(" -aic-hw -aic-hw-version=2.0 -compile-only -aic-binary-dir={}", best_dir.display());

@@ -127,7 +127,12 @@ fn fold_batch_norms(model: &mut Model, consts: &mut HashMap<String, Const>) {
         let wshape = w.shape.clone();
         for (name, shape, values) in [(&wn, wshape, wv), (&bname, vec![co], bv)] {
             let dims = shape.iter().map(|&d| d as i64).collect();
-            g.initializers.push(Tensor { name: name.clone(), dims, data_type: data_type::FLOAT, data: TensorData::Floats(values.clone()) });
+            g.initializers.push(Tensor {
+                name: name.clone(),
+                dims,
+                data_type: data_type::FLOAT,
+                data: TensorData::Floats(values.clone()),
+            });
             consts.insert(name.clone(), Const::f32(shape, values));
         }
         let y = bn.outputs[0].clone();
