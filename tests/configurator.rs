@@ -285,3 +285,68 @@ fn an_unwritable_output_directory_is_refused_before_searching() {
     assert_eq!(left, vec![std::ffi::OsString::from("a-file")]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// With the quantisation flags the configurator searches int8 programs: the model is
+/// calibrated once (at batch 1), every configuration compiles its QDQ form, the profile
+/// is left in the output directory, and the printed aic-exec line (which loads it)
+/// rebuilds the best program byte for byte.
+#[test]
+fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best() {
+    let dir = temp_dir("int8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut list = String::new();
+    for i in 0..4 {
+        let v: Vec<u8> =
+            (0..3 * 16 * 16).flat_map(|j| (((i * 31 + j * 17) % 200) as f32 / 100.0 - 1.0).to_le_bytes()).collect();
+        std::fs::write(dir.join(format!("s{i}.raw")), v).unwrap();
+        list += &format!("s{i}.raw\n");
+    }
+    std::fs::write(dir.join("list.txt"), list).unwrap();
+    let spec = dir.join("search.json");
+    std::fs::write(
+        &spec,
+        r#"{"max_func_eval": 6, "objective": "maximize_inf_rate",
+            "params": {"cores": {"min": 1, "max": 2}, "bs": {"min": 1, "max": 2}, "instances": {"min": 1, "max": 4}},
+            "initial_values": [{"cores": 1, "bs": 1, "instances": 2}]}"#,
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-configurator"))
+        .args(["zoo:small-cnn", "onnx", "-convert-to-fp16", "-quantization-precision=Int8"])
+        .arg(format!("-input-list-file={}", dir.join("list.txt").display()))
+        .arg(format!("-optimized-config-search={}", spec.display()))
+        .args(["-max-compilation-threads=2", "-compiled-models=1"])
+        .arg(format!("-output-dir={}", out_dir.display()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 4 of 4 convolution(s) to int8"),
+        "{text}"
+    );
+    let profile = out_dir.join("profile.json");
+    assert!(text.contains(&format!("Writing file: {}", profile.display())), "{text}");
+    let exec_line = text.lines().skip_while(|l| !l.starts_with("Compile it with:")).nth(1).expect(&text).trim();
+    assert!(
+        exec_line.contains("-quantization-precision=Int8")
+            && exec_line.contains(&format!("-load-profile={}", profile.display())),
+        "{exec_line}"
+    );
+    assert!(!exec_line.contains("-input-list-file"), "{exec_line}");
+    // The printed line, run as printed (but for the binary's path), gives the same bytes.
+    let best_dir = exec_line.split(" -aic-binary-dir=").nth(1).unwrap();
+    let best = std::fs::read(Path::new(best_dir).join("programqpc.bin")).unwrap();
+    let mut args: Vec<String> = exec_line.split(' ').skip(1).map(String::from).collect();
+    let again = dir.join("again");
+    *args.last_mut().unwrap() = format!("-aic-binary-dir={}", again.display());
+    let rebuilt = std::process::Command::new(env!("CARGO_BIN_EXE_aic-exec")).args(&args).output().unwrap();
+    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    assert_eq!(std::fs::read(again.join("programqpc.bin")).unwrap(), best);
+    let image = aicsim_abi::container::ProgramImage::parse(&best).unwrap();
+    let int8 = image.cores.iter().flatten().filter_map(|i| i.decode().ok()).any(
+        |op| matches!(op, aicsim_abi::isa::Op::Conv2d { weight, .. } if weight.dtype == aicsim_abi::isa::DType::I8),
+    );
+    assert!(int8, "the best program convolves on int8");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
