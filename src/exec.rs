@@ -577,7 +577,7 @@ pub fn quantise(source: &mut Source, q: &QuantArgs, options: &CompileOptions) ->
             .map_err(|e| e.to_string())?;
         source.model = model;
         out.lines.push(format!(
-            "Quantised {} of {} convolution(s) to int8 (calibration {}, activations {:?}, constants {:?} per channel)",
+            "Quantised {} of {} layer(s) to int8: convolutions and matrix products (calibration {}, activations {:?}, constants {:?} per channel)",
             report.quantised.len(),
             report.quantised.len() + report.kept.len(),
             opts.calibration.name(),

@@ -322,7 +322,7 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 4 of 4 convolution(s) to int8"),
+        text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 5 of 5 layer(s) to int8"),
         "{text}"
     );
     let profile = out_dir.join("profile.json");

@@ -248,6 +248,15 @@ fn check_qdq(tag: &str, args: &[&str]) {
                 .filter(|op| matches!(op, Op::Conv2d { input, weight, .. } if input.dtype == DType::I8 && weight.dtype == DType::I8))
                 .count();
             assert!(int8_convs > 0, "{tag}: no int8 convolution in the program");
+            let int8_products = compiled
+                .image
+                .cores
+                .iter()
+                .flatten()
+                .filter_map(|i| i.decode().ok())
+                .filter(|op| matches!(op, Op::MatMul { b, .. } if b.dtype == DType::I8))
+                .count();
+            assert!(int8_products > 0, "{tag}: the Gemm is not an int8 product");
             assert!(compiled.graph.values.iter().any(|v| v.quant.is_some()), "{tag}: no int8 activations");
             let got = run(&device, &r.model, &opts, &r.inputs);
             let err = got[0].iter().zip(&r.outputs[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));

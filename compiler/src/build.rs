@@ -182,13 +182,13 @@ impl<'a> Builder<'a> {
         if let Some(l) = self.fusable(&node.inputs[0], x) {
             let fused = match &mut self.g.layers[l].kind {
                 // (An int8 convolution applies ReLU to its int32 sums; nothing else.)
-                LayerKind::Conv { act, int8: None, .. } | LayerKind::Dense { act, .. }
+                LayerKind::Conv { act, int8: None, .. } | LayerKind::Dense { act, int8: None, .. }
                     if *act == FusedActivation::None && matches!(kind, UnaryKind::Relu | UnaryKind::Clip { .. }) =>
                 {
                     *act = FusedActivation::Unary(kind);
                     true
                 }
-                LayerKind::Conv { act, int8: Some(_), .. }
+                LayerKind::Conv { act, int8: Some(_), .. } | LayerKind::Dense { act, int8: Some(_), .. }
                     if *act == FusedActivation::None && kind == UnaryKind::Relu =>
                 {
                     *act = FusedActivation::Unary(kind);
@@ -264,7 +264,7 @@ impl<'a> Builder<'a> {
                         && shape.len() == 4)
                         .then_some(co)
                 }
-                LayerKind::Dense { bias: None, act: FusedActivation::None, weight, .. } => {
+                LayerKind::Dense { bias: None, act: FusedActivation::None, weight, int8: None, .. } => {
                     let n = self.g.consts[*weight].shape[1];
                     (self.g.consts[c].shape.iter().product::<usize>() == n && self.g.consts[c].shape.last() == Some(&n))
                         .then_some(n)
@@ -455,10 +455,24 @@ impl<'a> Builder<'a> {
         let x = self.value(node, 0)?;
         let shape = self.out_shape(node)?;
         let b = self.konst(node, 1)?.ok_or_else(|| self.fail(node, "the right-hand side must be constant"))?;
-        let bc = &self.g.consts[b];
-        if bc.shape.len() != 2 {
-            return Err(self.fail(node, format!("weight must be a matrix, is {:?}", bc.shape)));
+        if self.g.consts[b].shape.len() != 2 {
+            return Err(self.fail(node, format!("weight must be a matrix, is {:?}", self.g.consts[b].shape)));
         }
+        // Dequantised int8 input and weights: an int8 product on HMX.
+        if alpha == 1.0 && c.is_none_or(|(_, beta)| beta == 1.0) {
+            if let Some(q) = self.int8_dense(x, b, transpose_b, c.map(|(c, _)| c)) {
+                let kind = LayerKind::Dense {
+                    input: q.input,
+                    weight: q.weight,
+                    bias: q.bias,
+                    act: FusedActivation::None,
+                    int8: Some(q.multiplier),
+                };
+                self.add_layer(node, kind, shape);
+                return Ok(());
+            }
+        }
+        let bc = &self.g.consts[b];
         let mut w = if transpose_b { fold::transpose(bc, &[1, 0]) } else { bc.clone() };
         if alpha != 1.0 || w.is_int() {
             w = Const::f32(w.shape.clone(), w.to_f32().iter().map(|v| v * alpha).collect());
@@ -477,7 +491,8 @@ impl<'a> Builder<'a> {
             }
             None => None,
         };
-        self.add_layer(node, LayerKind::Dense { input: x, weight, bias, act: FusedActivation::None }, shape);
+        let kind = LayerKind::Dense { input: x, weight, bias, act: FusedActivation::None, int8: None };
+        self.add_layer(node, kind, shape);
         Ok(())
     }
 

@@ -163,6 +163,9 @@ pub enum LayerKind {
         weight: ConstId,
         bias: Option<ConstId>,
         act: FusedActivation,
+        /// An int8 product, as for `Conv`: int8 input and weights, int32 bias, and this
+        /// f32 `[N]` constant of each column's `input scale x weight scale`.
+        int8: Option<ConstId>,
     },
     /// Batched `[.., M, K] x [.., K, N]` of two runtime tensors (leading dims equal).
     MatMul {

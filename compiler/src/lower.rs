@@ -192,7 +192,9 @@ fn value_dtype(g: &Graph, o: &LowerOptions, v: ValueId) -> DType {
 fn const_dtypes(g: &Graph, o: &LowerOptions) -> Vec<DType> {
     let mut dtypes = vec![o.dtype; g.consts.len()];
     for l in &g.layers {
-        if let LayerKind::Conv { weight, bias, int8: Some(m), .. } = &l.kind {
+        if let LayerKind::Conv { weight, bias, int8: Some(m), .. }
+        | LayerKind::Dense { weight, bias, int8: Some(m), .. } = &l.kind
+        {
             dtypes[*weight] = DType::I8;
             dtypes[*m] = DType::F32;
             if let Some(b) = bias {
@@ -299,19 +301,26 @@ impl<'g> Lowerer<'g> {
         weight: usize,
         bias: Option<usize>,
         act: FusedActivation,
+        int8: Option<usize>,
     ) -> Result<(), CompileError> {
         let eb = self.eb;
         let ws = &self.g.consts[weight].shape;
         let (k, n) = (ws[0] as u64, ws[1] as u64);
         let m = self.o.replicas as u64 * self.replica_elems(x) / k;
         let acc_f32 = self.o.dtype == DType::F16;
-        let ab = if acc_f32 { 4 } else { eb };
+        // Bytes per element of the input, the weights, the sums and the output, and per
+        // column of the per-column constants (an int8 product's int32 bias and f32
+        // multiplier side by side).
+        let (xb_, wb_, ab, ob, cb) = match int8 {
+            Some(_) => (1, 1, 4, value_dtype(self.g, &self.o, y).bytes(), 8),
+            None => (eb, eb, if acc_f32 { 4 } else { eb }, eb, eb),
+        };
         let bytes = |m_t: u64, k_t: u64, n_t: u64| {
-            align(m_t * k_t * eb, VTCM_ALIGN)
-                + align(k_t * n_t * eb, VTCM_ALIGN)
-                + align(m_t * n_t * eb, VTCM_ALIGN)
+            align(m_t * k_t * xb_, VTCM_ALIGN)
+                + align(k_t * n_t * wb_, VTCM_ALIGN)
+                + align(m_t * n_t * ob, VTCM_ALIGN)
                 + align(m_t * n_t * ab, VTCM_ALIGN)
-                + align(n_t * eb, VTCM_ALIGN)
+                + align(n_t * cb, VTCM_ALIGN)
         };
         let budget = self.budget();
         let (mut m_t, mut k_t, mut n_t) = (m.min(512), k, n);
@@ -337,16 +346,22 @@ impl<'g> Lowerer<'g> {
         let m_t = m.div_ceil(n_m);
 
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
-        let abuf = [v.alloc(m_t * k_t * eb), v.alloc(m_t * k_t * eb)];
-        let bbuf = [v.alloc(k_t * n_t * eb), v.alloc(k_t * n_t * eb)];
+        let abuf = [v.alloc(m_t * k_t * xb_), v.alloc(m_t * k_t * xb_)];
+        let bbuf = [v.alloc(k_t * n_t * wb_), v.alloc(k_t * n_t * wb_)];
         let accbuf = [v.alloc(m_t * n_t * ab), v.alloc(m_t * n_t * ab)];
-        let obuf = [v.alloc(m_t * n_t * eb), v.alloc(m_t * n_t * eb)];
-        let biasbuf = [v.alloc(n_t * eb), v.alloc(n_t * eb)];
+        let obuf = [v.alloc(m_t * n_t * ob), v.alloc(m_t * n_t * ob)];
+        let biasbuf = [v.alloc(n_t * cb), v.alloc(n_t * cb)];
         let (xb, yb, wb) = (self.value_base(x), self.value_base(y), self.const_offsets[weight]);
         let bb = bias.map(|b| self.const_offsets[b]);
+        let mb_ = int8.map(|m| self.const_offsets[m]);
         let tiles: Vec<(u64, u64)> = (0..n_n).flat_map(|nb| (0..n_m).map(move |mb| (nb, mb))).collect();
         let starts = self.starts();
-        let acc_dtype = if acc_f32 { DType::F32 } else { self.o.dtype };
+        let acc_dtype = match int8 {
+            Some(_) => DType::I32,
+            None if acc_f32 => DType::F32,
+            None => self.o.dtype,
+        };
+        let zero_point = self.quants.get(&xb).map_or(0, |q| q.zero_point);
         let mut step = 0usize;
         for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
             let mut ops = std::mem::take(&mut self.streams[core]);
@@ -360,25 +375,45 @@ impl<'g> Lowerer<'g> {
                     let k_c = k_t.min(k - k0);
                     let s = step % 2;
                     step += 1;
-                    ops.push(Op::DmaIn {
-                        dst: self.vtcm(abuf[s], &[m_c, k_c]),
-                        src: self.ddr(m0 * k + k0, xb, &[m_c, k_c], &[k, 1]),
-                        multicast: 0,
-                        peer_bytes: 0,
-                    });
-                    ops.push(Op::DmaIn {
-                        dst: self.vtcm(bbuf[s], &[k_c, n_c]),
-                        src: self.ddr(k0 * n + n0, wb, &[k_c, n_c], &[n, 1]),
-                        multicast: 0,
-                        peer_bytes: 0,
-                    });
-                    ops.push(Op::MatMul {
-                        dst: acc,
-                        a: self.vtcm(abuf[s], &[m_c, k_c]),
-                        b: self.vtcm(bbuf[s], &[k_c, n_c]),
-                        accumulate: kb > 0,
-                        zero_point: 0,
-                    });
+                    let src = self.ddr(m0 * k + k0, xb, &[m_c, k_c], &[k, 1]);
+                    let a = self.vtcm_as(abuf[s], src.dtype, &[m_c, k_c]);
+                    ops.push(Op::DmaIn { dst: a, src, multicast: 0, peer_bytes: 0 });
+                    let src = self.ddr(k0 * n + n0, wb, &[k_c, n_c], &[n, 1]);
+                    let b = self.vtcm_as(bbuf[s], src.dtype, &[k_c, n_c]);
+                    ops.push(Op::DmaIn { dst: b, src, multicast: 0, peer_bytes: 0 });
+                    ops.push(Op::MatMul { dst: acc, a, b, accumulate: kb > 0, zero_point });
+                }
+                if let Some(mb) = mb_ {
+                    // int8: the int32 bias and ReLU on the sums, then one requantising
+                    // pass with each column's multiplier (as an int8 convolution does).
+                    let per_column = |at: u64, dtype| self.vtcm_as(at, dtype, &[m_c, n_c]).with_strides(&[0, 1]);
+                    let load = |ops: &mut Vec<Op>, base: u64, at: u64| {
+                        let src = self.ddr(n0, base, &[n_c], &[1]);
+                        ops.push(Op::DmaIn {
+                            dst: self.vtcm_as(at, src.dtype, &[n_c]),
+                            src,
+                            multicast: 0,
+                            peer_bytes: 0,
+                        });
+                    };
+                    if let Some(bb) = bb {
+                        load(&mut ops, bb, biasbuf[slot]);
+                        let b = per_column(biasbuf[slot], DType::I32);
+                        ops.push(Op::Binary { kind: BinaryKind::Add, dst: acc, a: acc, b });
+                    }
+                    let out_quant = self.quants.get(&yb).copied();
+                    if let FusedActivation::Unary(kind) = act {
+                        if !(kind == UnaryKind::Relu && out_quant.is_some_and(|q| q.zero_point == -128)) {
+                            ops.push(Op::Unary { kind, dst: acc, src: acc });
+                        }
+                    }
+                    load(&mut ops, mb, biasbuf[slot] + n_t * 4);
+                    let scales = per_column(biasbuf[slot] + n_t * 4, DType::F32);
+                    let (scale, zero_point) = out_quant.map_or((1.0, 0), |q| (1.0 / q.scale, q.zero_point));
+                    let out = self.vtcm_as(obuf[slot], self.dtype_at(yb), &[m_c, n_c]);
+                    ops.push(Op::Convert { dst: out, src: acc, scale, zero_point, scales: Some(scales) });
+                    ops.push(Op::DmaOut { dst: self.ddr(m0 * n + n0, yb, &[m_c, n_c], &[n, 1]), src: out });
+                    continue;
                 }
                 let out = self.vtcm(obuf[slot], &[m_c, n_c]);
                 if acc_f32 {
@@ -1243,7 +1278,8 @@ fn used_constants(g: &Graph) -> Vec<bool> {
     let mut used = vec![false; g.consts.len()];
     for l in &g.layers {
         match &l.kind {
-            LayerKind::Conv { weight, bias, int8: Some(m), .. } => {
+            LayerKind::Conv { weight, bias, int8: Some(m), .. }
+            | LayerKind::Dense { weight, bias, int8: Some(m), .. } => {
                 used[*weight] = true;
                 used[*m] = true;
                 if let Some(b) = bias {
@@ -1333,7 +1369,7 @@ impl Lowerer<'_> {
                 };
                 l.conv(&spec)?
             }
-            LayerKind::Dense { input, weight, bias, act } => l.dense(*input, y, *weight, *bias, *act)?,
+            LayerKind::Dense { input, weight, bias, act, int8 } => l.dense(*input, y, *weight, *bias, *act, *int8)?,
             LayerKind::MatMul { a, b } => l.matmul(*a, *b, y)?,
             LayerKind::Elementwise { first, steps } => l.elementwise(y, *first, steps)?,
             LayerKind::Pool { input, kind, kernel, stride, pad } => l.pool(*input, y, *kind, *kernel, *stride, *pad)?,

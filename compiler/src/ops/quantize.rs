@@ -185,7 +185,12 @@ fn build_quantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> 
             let quant = p.per_tensor(b, node)?;
             // The chain or int8 convolution producing the input writes int8 itself.
             if let Some(l) = b.fusable(&node.inputs[0], x) {
-                if matches!(b.g.layers[l].kind, LayerKind::Elementwise { .. } | LayerKind::Conv { int8: Some(_), .. }) {
+                if matches!(
+                    b.g.layers[l].kind,
+                    LayerKind::Elementwise { .. }
+                        | LayerKind::Conv { int8: Some(_), .. }
+                        | LayerKind::Dense { int8: Some(_), .. }
+                ) {
                     b.g.values[x].quant = Some(quant);
                     b.rename(node, x);
                     return Ok(());
@@ -237,22 +242,7 @@ impl Builder<'_> {
         let sx = self.g.values[q].quant?.scale;
         let co = ws[0];
         let mult: Vec<f32> = (0..co).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
-        let bias = match b {
-            Some(b) if self.g.consts[b].len() == co => {
-                let ints: Vec<i64> = self.g.consts[b]
-                    .to_f32()
-                    .iter()
-                    .zip(&mult)
-                    .map(|(&v, &m)| (f64::from(v) / f64::from(m)).round_ties_even() as i64)
-                    .collect();
-                if ints.iter().any(|v| i32::try_from(*v).is_err()) {
-                    return None;
-                }
-                Some(ints)
-            }
-            Some(_) => return None,
-            None => None,
-        };
+        let bias = self.int32_bias(b, &mult)?;
         let name = self.g.const_names[w].clone();
         let weight = self.g.add_const(&format!("{name}_int8"), Const::i64(ws, ints.to_i64()));
         let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![co], mult));
@@ -261,7 +251,59 @@ impl Builder<'_> {
     }
 }
 
-/// What an int8 convolution reads instead of its float operands.
+impl Builder<'_> {
+    /// For a matrix product of `x` by the constant `w` (`[K, N]`, or `[N, K]` when
+    /// `transpose_b`) plus bias `b` (`[N]`): the int8 input, the int8 weights as `[K, N]`,
+    /// the int32 bias and each column's multiplier, when input and weights are
+    /// dequantised int8 (weights symmetric, per tensor or per output column).
+    pub(crate) fn int8_dense(
+        &mut self,
+        x: ValueId,
+        w: ConstId,
+        transpose_b: bool,
+        b: Option<ConstId>,
+    ) -> Option<Int8Conv> {
+        let q = self.dequantized(x)?;
+        let qc = self.quant_consts.get(&w)?.clone();
+        let column_axis = if transpose_b { 0 } else { 1 };
+        let ints = self.g.consts[qc.ints].clone();
+        if !qc.symmetric
+            || (qc.scales.len() > 1 && qc.axis != column_axis)
+            || ints.to_i64().iter().any(|v| !(-128..=127).contains(v))
+        {
+            return None;
+        }
+        let ints = if transpose_b { crate::fold::transpose(&ints, &[1, 0]) } else { ints };
+        let n = ints.shape[1];
+        let sx = self.g.values[q].quant?.scale;
+        let mult: Vec<f32> = (0..n).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
+        let bias = self.int32_bias(b, &mult)?;
+        let name = self.g.const_names[w].clone();
+        let weight = self.g.add_const(&format!("{name}_int8"), ints);
+        let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![n], mult));
+        let bias = bias.map(|v| self.g.add_const(&format!("{name}_bias_int32"), Const::i64(vec![n], v)));
+        Some(Int8Conv { input: q, weight, bias, multiplier })
+    }
+
+    /// A float bias in units of the int32 sums (`Some(None)`: no bias; `None`: it does
+    /// not fit: one value per output channel, each within int32).
+    fn int32_bias(&self, b: Option<ConstId>, mult: &[f32]) -> Option<Option<Vec<i64>>> {
+        let Some(b) = b else { return Some(None) };
+        let c = &self.g.consts[b];
+        if c.len() != mult.len() {
+            return None;
+        }
+        let ints: Vec<i64> = c
+            .to_f32()
+            .iter()
+            .zip(mult)
+            .map(|(&v, &m)| (f64::from(v) / f64::from(m)).round_ties_even() as i64)
+            .collect();
+        ints.iter().all(|v| i32::try_from(*v).is_ok()).then_some(Some(ints))
+    }
+}
+
+/// What an int8 convolution or product reads instead of its float operands.
 pub(crate) struct Int8Conv {
     pub input: ValueId,
     pub weight: ConstId,

@@ -43,21 +43,46 @@ fn power2(scale: f32) -> f32 {
     2f32.powi(scale.log2().ceil() as i32)
 }
 
-/// Per-output-channel symmetric int8 weights: the integers and each channel's scale.
-fn quantise_weights(w: &[f32], channels: usize, schema: Schema) -> (Vec<i64>, Vec<f32>) {
-    let per = w.len() / channels.max(1);
-    let mut ints = Vec::with_capacity(w.len());
-    let mut scales = Vec::with_capacity(channels);
-    for c in w.chunks(per.max(1)) {
-        let top = c.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let mut s = if top > 0.0 { top / 127.0 } else { 1.0 };
-        if schema == Schema::SymmetricWithPower2Scale {
-            s = power2(s);
-        }
-        scales.push(s);
-        ints.extend(c.iter().map(|&v| ((v / s).round_ties_even() as i64).clamp(-127, 127)));
+/// Per-output-channel symmetric int8 weights (the channel is axis `axis` of `shape`):
+/// the integers and each channel's scale.
+fn quantise_weights(w: &[f32], shape: &[usize], axis: usize, schema: Schema) -> (Vec<i64>, Vec<f32>) {
+    let channels = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let channel = |i: usize| (i / inner) % channels;
+    let mut top = vec![0f32; channels];
+    for (i, v) in w.iter().enumerate() {
+        top[channel(i)] = top[channel(i)].max(v.abs());
     }
-    (ints, scales)
+    let scales: Vec<f32> = top
+        .iter()
+        .map(|&t| {
+            let s = if t > 0.0 { t / 127.0 } else { 1.0 };
+            if schema == Schema::SymmetricWithPower2Scale {
+                power2(s)
+            } else {
+                s
+            }
+        })
+        .collect();
+    let ints = w.iter().enumerate().map(|(i, &v)| ((v / scales[channel(i)]).round_ties_even() as i64).clamp(-127, 127));
+    (ints.collect(), scales)
+}
+
+/// The axis of a weight that runs over output channels, for the layers quantised: a
+/// convolution's `[Co, ...]`, a `Gemm`'s `B` (`[N, K]` with `transB`), a `MatMul`'s
+/// `[K, N]`; `None` for other nodes or forms (transposed input, scaled product, a weight
+/// of another rank).
+fn output_axis(n: &Node, w: &Const) -> Option<usize> {
+    match (n.op_type.as_str(), w.shape.len()) {
+        ("Conv", 4) => Some(0),
+        ("Gemm", 2)
+            if n.attr_int("transA", 0) == 0 && n.attr_float("alpha", 1.0) == 1.0 && n.attr_float("beta", 1.0) == 1.0 =>
+        {
+            Some(if n.attr_int("transB", 0) == 1 { 0 } else { 1 })
+        }
+        ("MatMul", 2) => Some(1),
+        _ => None,
+    }
 }
 
 struct Rewriter {
@@ -181,12 +206,14 @@ pub fn quantize_model(
     let outputs: HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
     let mut report = QuantReport::default();
     let mut rw = Rewriter { inits: Vec::new(), count: 0 };
-    // Tensors to quantise, with their parameters; convolutions to rewrite.
+    // Tensors to quantise, with their parameters; layers to rewrite, with their input's
+    // parameters and their weight's output axis.
     let mut quantised: HashMap<String, Params> = HashMap::new();
-    let mut convs: Vec<(usize, Params)> = Vec::new();
-    for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| n.op_type == "Conv") {
+    let mut convs: Vec<(usize, Params, usize)> = Vec::new();
+    let layer_types = ["Conv", "Gemm", "MatMul"];
+    for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| layer_types.contains(&n.op_type.as_str())) {
         let keep = |why: &str| (n.name.clone(), why.to_string());
-        if opts.float_ops.iter().any(|o| o == "Conv") || opts.float_nodes.contains(&n.name) {
+        if opts.float_ops.contains(&n.op_type) || opts.float_nodes.contains(&n.name) {
             report.kept.push(keep("kept in float as asked"));
             continue;
         }
@@ -194,9 +221,16 @@ pub fn quantize_model(
             report.kept.push(keep("its weight is not known at compile time"));
             continue;
         };
-        if w.shape.len() != 4 {
-            report.kept.push(keep("its weight is not 4-D"));
+        let Some(axis) = output_axis(n, w) else {
+            report.kept.push(keep("not in a form the int8 engines take (weight rank, transA, alpha or beta)"));
             continue;
+        };
+        let co = w.shape[axis];
+        if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
+            if consts.get(b).is_none_or(|c| c.len() != co) {
+                report.kept.push(keep("its bias is not a constant with one value per output channel"));
+                continue;
+            }
         }
         let Some(px) = activation_params(profile, &n.inputs[0], opts) else {
             report.kept.push(keep("the profile has no range for its input"));
@@ -215,7 +249,7 @@ pub fn quantize_model(
             quantised.insert(out.clone(), py);
         }
         quantised.insert(n.inputs[0].clone(), px);
-        convs.push((i, px));
+        convs.push((i, px, axis));
         report.quantised.push(n.name.clone());
     }
     // Each quantised tensor gets one Q/DQ pair after its producer; its readers read the
@@ -244,13 +278,13 @@ pub fn quantize_model(
     }
     // Weights and biases of the rewritten convolutions.
     let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
-    for &(i, px) in &convs {
+    for &(i, px, w_axis) in &convs {
         let n = &g.nodes[i];
         let wname = &n.inputs[1];
         let w = &consts[wname];
         let values = w.to_f32();
-        let co = w.shape[0];
-        let (ints, scales) = quantise_weights(&values, co, opts.constants);
+        let co = w.shape[w_axis];
+        let (ints, scales) = quantise_weights(&values, &w.shape, w_axis, opts.constants);
         let wq = rw.name(wname, "int8");
         rw.init(&wq, w.shape.iter().map(|&d| d as i64).collect(), data_type::INT8, TensorData::Int32s(ints));
         let ws = rw.name(wname, "scale");
@@ -258,8 +292,8 @@ pub fn quantize_model(
         let wz = rw.name(wname, "zero_point");
         rw.init(&wz, vec![co as i64], data_type::INT8, TensorData::Int32s(vec![0; co]));
         let wd = rw.name(wname, "dequantized");
-        let axis = vec![Attribute { name: "axis".into(), value: AttributeValue::Int(0) }];
-        let mut nodes = vec![Rewriter::node("DequantizeLinear", wd.clone(), vec![wq, ws, wz], &wd, axis.clone())];
+        let axis = |a: usize| vec![Attribute { name: "axis".into(), value: AttributeValue::Int(a as i64) }];
+        let mut nodes = vec![Rewriter::node("DequantizeLinear", wd.clone(), vec![wq, ws, wz], &wd, axis(w_axis))];
         let mut inputs = vec![renamed[&n.inputs[0]].clone(), wd];
         if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
             let Some(bt) = consts.get(b) else {
@@ -280,7 +314,14 @@ pub fn quantize_model(
             let bz = rw.name(b, "zero_point");
             rw.init(&bz, vec![co as i64], data_type::INT32, TensorData::Int32s(vec![0; co]));
             let bd = rw.name(b, "dequantized");
-            nodes.push(Rewriter::node("DequantizeLinear", bd.clone(), vec![bq, bs, bz], &bd, axis));
+            if bt.len() != co {
+                return Err(CompileError::Node {
+                    node: n.name.clone(),
+                    op_type: n.op_type.clone(),
+                    reason: format!("bias '{b}' has {} values for {co} output channels", bt.len()),
+                });
+            }
+            nodes.push(Rewriter::node("DequantizeLinear", bd.clone(), vec![bq, bs, bz], &bd, axis(0)));
             inputs.push(bd);
         }
         after.entry(Some(i)).or_default();
