@@ -79,6 +79,13 @@ def main():
     ap.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--model", help="a float model to quantise instead of the built-in CNN")
+    ap.add_argument(
+        "--format",
+        choices=["qdq", "qoperator"],
+        default="qdq",
+        help="qoperator: QLinearConv / QLinearMatMul nodes (only Conv and MatMul quantised: the other "
+        "QOperator kernels are onnxruntime's own domain)",
+    )
     args = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -144,7 +151,8 @@ def main():
         float_path,
         path,
         Reader(),
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QDQ if args.format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=None if args.format == "qdq" else ["Conv", "MatMul"],
         per_channel=args.per_channel,
         activation_type=QuantType.QInt8 if args.activations == "int8" else QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -174,6 +182,11 @@ def main():
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.output[0] == out_name:
             step = float(inits[node.input[1]])
+    if step is None:
+        # A float output (its last layer not quantised): the step of the last quantised
+        # tensor, which bounds the rounding the output inherits only loosely.
+        steps = [float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1]
+        step = steps[-1] if steps else None
     meta = {
         "inputs": [{"name": in_name, "shape": shape}],
         "outputs": [{"name": out_name, "shape": list(np.shape(y))}],

@@ -273,10 +273,7 @@ fn int8_quantisation_calibrates_dumps_and_loads_a_profile() {
         format!("-aic-binary-dir={}/qpc", dir.display()),
     ]));
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("Calibrated on 6 sample(s)") && out.contains("Quantised 5 of 5 layer(s) to int8"),
-        "{out}"
-    );
+    assert!(out.contains("Calibrated on 6 sample(s)") && out.contains("Quantised 5 of 5 layer(s) to int8"), "{out}");
     assert!(out.contains("Compiling model with INT8"), "{out}");
     assert!(out.contains(&format!("Writing file: {}/profile.json", dir.display())), "{out}");
     // The profile gives the same program without the samples.

@@ -321,10 +321,7 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 5 of 5 layer(s) to int8"),
-        "{text}"
-    );
+    assert!(text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 5 of 5 layer(s) to int8"), "{text}");
     let profile = out_dir.join("profile.json");
     assert!(text.contains(&format!("Writing file: {}", profile.display())), "{text}");
     let exec_line = text.lines().skip_while(|l| !l.starts_with("Compile it with:")).nth(1).expect(&text).trim();

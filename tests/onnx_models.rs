@@ -233,6 +233,12 @@ fn qdq_reference(tag: &str, args: &[&str]) -> Option<(Reference, f32)> {
 /// step per element, at 1 and 4 cores, with its convolutions really on int8 (HMX int8
 /// products in the program, int8 activations in DDR).
 fn check_qdq(tag: &str, args: &[&str]) {
+    check_quantised(tag, args, true);
+}
+
+/// `int8_gemm`: whether the model's Gemm is quantised too (in QOperator form only the
+/// convolutions are: onnxruntime's QGemm is its own domain's).
+fn check_quantised(tag: &str, args: &[&str], int8_gemm: bool) {
     let Some((r, step)) = qdq_reference(tag, args) else { return };
     let device = Arc::new(Device::open_simulated(big_programs()).unwrap());
     for cores in [1, 4] {
@@ -256,7 +262,12 @@ fn check_qdq(tag: &str, args: &[&str]) {
                 .filter_map(|i| i.decode().ok())
                 .filter(|op| matches!(op, Op::MatMul { b, .. } if b.dtype == DType::I8))
                 .count();
-            assert!(int8_products > 0, "{tag}: the Gemm is not an int8 product");
+            assert_eq!(
+                int8_products > 0,
+                int8_gemm,
+                "{tag}: the Gemm is {}an int8 product",
+                if int8_gemm { "not " } else { "" }
+            );
             assert!(compiled.graph.values.iter().any(|v| v.quant.is_some()), "{tag}: no int8 activations");
             let got = run(&device, &r.model, &opts, &r.inputs);
             let err = got[0].iter().zip(&r.outputs[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -281,6 +292,13 @@ fn check_qdq(tag: &str, args: &[&str]) {
 #[test]
 fn qdq_int8_model_matches_onnxruntime() {
     check_qdq("int8", &["--seed", "3"]);
+}
+
+/// The same CNN in onnxruntime's QOperator form: QLinearConv nodes (expanded by the
+/// importer into their QDQ form) between QuantizeLinear and DequantizeLinear.
+#[test]
+fn qoperator_model_matches_onnxruntime() {
+    check_quantised("qoperator", &["--seed", "4", "--format", "qoperator"], false);
 }
 
 #[test]

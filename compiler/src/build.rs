@@ -35,6 +35,8 @@ pub(crate) struct Builder<'a> {
     pub(crate) elem_types: HashMap<String, i32>,
     /// Constants that are dequantised integers, by the float constant's id.
     pub(crate) quant_consts: HashMap<ConstId, crate::ops::QuantConst>,
+    /// The dequantising layer's output for each int8 value a float layer reads.
+    pub(crate) float_views: HashMap<ValueId, ValueId>,
 }
 
 /// A tensor proto as a constant.
@@ -98,7 +100,36 @@ impl<'a> Builder<'a> {
         }
     }
 
-    pub(crate) fn value(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
+    /// Runtime input `i` of `node` as a float value: an int8 value is read through a
+    /// dequantising layer (one per value), since only int8-aware layers take int8.
+    pub(crate) fn value(&mut self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
+        let v = self.value_as_stored(node, i)?;
+        Ok(self.float_view(v))
+    }
+
+    /// The float value an int8 value dequantises to (the value itself if it is float).
+    pub(crate) fn float_view(&mut self, v: ValueId) -> ValueId {
+        if self.g.values[v].quant.is_none() {
+            return v;
+        }
+        if let Some(&f) = self.float_views.get(&v) {
+            return f;
+        }
+        let name = format!("{}_dequantized", self.g.values[v].name);
+        let f = self.g.add_value(&name, self.g.values[v].shape.clone());
+        self.producer.insert(f, self.g.layers.len());
+        self.g.layers.push(Layer {
+            name: name.clone(),
+            op_type: "DequantizeLinear".into(),
+            kind: LayerKind::Elementwise { first: Operand::Value(v), steps: vec![] },
+            output: f,
+        });
+        self.float_views.insert(v, f);
+        f
+    }
+
+    /// Runtime input `i` of `node` as it is stored (int8 or float).
+    pub(crate) fn value_as_stored(&self, node: &Node, i: usize) -> Result<ValueId, CompileError> {
         match self.entry(node, i)? {
             Some(Entry::Value(v)) => Ok(v),
             Some(Entry::Const(_)) => {
@@ -167,7 +198,7 @@ impl<'a> Builder<'a> {
     }
 
     pub(crate) fn view(&mut self, node: &Node, shape: Vec<usize>) -> Result<(), CompileError> {
-        let x = self.value(node, 0)?;
+        let x = self.value_as_stored(node, 0)?;
         let storage = self.g.values[x].storage;
         let id = self.g.add_value(&node.outputs[0], shape);
         self.g.values[id].storage = storage;
@@ -497,7 +528,8 @@ impl<'a> Builder<'a> {
     }
 
     pub(crate) fn pool(&mut self, node: &Node, kind: PoolKind) -> Result<(), CompileError> {
-        let x = self.value(node, 0)?;
+        let stored = self.value_as_stored(node, 0)?;
+        let x = self.float_view(stored);
         let shape = self.out_shape(node)?;
         let xs = self.g.values[x].shape.clone();
         if xs.len() != 4 {
@@ -519,7 +551,22 @@ impl<'a> Builder<'a> {
         if pad[0] >= kernel[0] || pad[1] >= kernel[1] {
             return Err(self.fail(node, format!("padding {pad:?} must be smaller than the kernel {kernel:?}")));
         }
-        self.add_layer(node, LayerKind::Pool { input: x, kind, kernel, stride, pad }, shape);
+        let y = self.add_layer(node, LayerKind::Pool { input: x, kind, kernel, stride, pad }, shape.clone());
+        // Max pooling of int8 values is int8 with the same quantisation (ONNX's MaxPool on
+        // int8; max commutes with the monotonic quantisation, so this is exact).
+        if let (Some(q), PoolKind::Max) = (self.g.values[stored].quant, kind) {
+            let name = format!("{}_quantized", node.outputs[0]);
+            let out = self.g.add_value(&name, shape);
+            self.g.values[out].quant = Some(q);
+            self.producer.insert(out, self.g.layers.len());
+            self.g.layers.push(Layer {
+                name,
+                op_type: "QuantizeLinear".into(),
+                kind: LayerKind::Elementwise { first: Operand::Value(y), steps: vec![] },
+                output: out,
+            });
+            self.bind_value(&node.outputs[0].clone(), out);
+        }
         Ok(())
     }
 
@@ -699,6 +746,7 @@ pub fn import_with_constants(
         model_dir,
         elem_types: HashMap::new(),
         quant_consts: HashMap::new(),
+        float_views: HashMap::new(),
     };
     for t in &graph.initializers {
         let c = tensor_const(t, model_dir)?;

@@ -99,3 +99,74 @@ fn a_profile_round_trips_and_is_refused_for_another_model() {
     let e = Profile::from_json("{]", "bad.json", &model).unwrap_err().to_string();
     assert!(e.contains("bad.json") && e.contains("not a calibration profile"), "{e}");
 }
+
+/// `QLinearMatMul` (onnxruntime's QOperator form) compiles to an int8 product whose
+/// output equals the operator's definition computed here: the integer products of the
+/// operands less their zero points, requantised to the output's scale and zero point.
+#[test]
+fn qlinear_matmul_is_an_int8_product_with_the_operators_result() {
+    use aicsim_compiler::onnx::{data_type, Dim, Graph, Model, Node, OpsetId, Tensor, TensorData, ValueInfo};
+    let (m, k, n) = (3usize, 40usize, 6usize);
+    let (xs, xz, bs, ys, yz) = (0.02f32, 5i64, 0.01f32, 0.05f32, -3i64);
+    let b_q: Vec<i64> = (0..k * n).map(|i| ((i * 37 + 11) % 255) as i64 - 127).collect();
+    let scalar = |name: &str, data_type, data| Tensor { name: name.into(), dims: vec![], data_type, data };
+    let inits = vec![
+        scalar("xs", data_type::FLOAT, TensorData::Floats(vec![xs])),
+        scalar("xz", data_type::INT8, TensorData::Int32s(vec![xz])),
+        scalar("bs", data_type::FLOAT, TensorData::Floats(vec![bs])),
+        scalar("bz", data_type::INT8, TensorData::Int32s(vec![0])),
+        scalar("ys", data_type::FLOAT, TensorData::Floats(vec![ys])),
+        scalar("yz", data_type::INT8, TensorData::Int32s(vec![yz])),
+        Tensor {
+            name: "b".into(),
+            dims: vec![k as i64, n as i64],
+            data_type: data_type::INT8,
+            data: TensorData::Int32s(b_q.clone()),
+        },
+    ];
+    let node = |op: &str, inputs: &[&str], out: &str| Node {
+        name: format!("{op}_{out}"),
+        op_type: op.into(),
+        domain: String::new(),
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        outputs: vec![out.into()],
+        attributes: vec![],
+    };
+    let vi = |name: &str, dims: &[usize]| ValueInfo {
+        name: name.into(),
+        elem_type: data_type::FLOAT,
+        shape: Some(dims.iter().map(|&d| Dim::Value(d as i64)).collect()),
+    };
+    let model = Model {
+        ir_version: 8,
+        opset_imports: vec![OpsetId { domain: String::new(), version: 13 }],
+        producer_name: "test".into(),
+        graph: Graph {
+            name: "qlinear_matmul".into(),
+            nodes: vec![
+                node("QuantizeLinear", &["x", "xs", "xz"], "xq"),
+                node("QLinearMatMul", &["xq", "xs", "xz", "b", "bs", "bz", "ys", "yz"], "yq"),
+                node("DequantizeLinear", &["yq", "ys", "yz"], "y"),
+            ],
+            initializers: inits,
+            inputs: vec![vi("x", &[m, k])],
+            outputs: vec![vi("y", &[m, n])],
+            value_info: vec![],
+        },
+    };
+    let c = compile(&model, None, "q", &CompileOptions::default()).unwrap();
+    let products = c.image.cores.iter().flatten().filter_map(|i| i.decode().ok());
+    assert!(products.filter(|op| matches!(op, Op::MatMul { b, .. } if b.dtype == DType::I8)).count() > 0);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 97) as f32 - 48.0) * 0.03).collect();
+    let got = run_functional(&c, &[vec![x.clone()]]).unwrap().remove(0).remove(0);
+    // The definition: quantise x, integer product less zero points, requantise.
+    let xq: Vec<i64> = x.iter().map(|&v| ((v / xs).round_ties_even() as i64 + xz).clamp(-128, 127)).collect();
+    for i in 0..m {
+        for j in 0..n {
+            let acc: i64 = (0..k).map(|p| (xq[i * k + p] - xz) * b_q[p * n + j]).sum();
+            let q = ((acc as f32 * (xs * bs / ys)).round_ties_even() as i64 + yz).clamp(-128, 127);
+            let want = (q - yz) as f32 * ys;
+            assert!((got[i * n + j] - want).abs() <= ys * 1.001, "y[{i}][{j}]: {} vs {want}", got[i * n + j]);
+        }
+    }
+}

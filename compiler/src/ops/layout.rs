@@ -352,7 +352,7 @@ pub(super) fn build_dropout(bld: &mut Builder<'_>, node: &Node) -> Result<(), Co
         if node.outputs.len() > 1 && bld.uses.get(&node.outputs[1]).copied().unwrap_or(0) > 0 {
             return Err(bld.fail(node, "the mask output is not supported"));
         }
-        let shape = bld.g.values[bld.value(node, 0)?].shape.clone();
+        let shape = bld.g.values[bld.value_as_stored(node, 0)?].shape.clone();
         bld.view(node, shape)
     }
 }
@@ -363,7 +363,11 @@ pub(super) fn build_cast(bld: &mut Builder<'_>, node: &Node) -> Result<(), Compi
         if ![data_type::FLOAT, data_type::FLOAT16, data_type::DOUBLE].map(i64::from).contains(&to) {
             return Err(bld.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
         }
-        let shape = bld.g.values[bld.value(node, 0)?].shape.clone();
+        let x = bld.value_as_stored(node, 0)?;
+        if bld.g.values[x].quant.is_some() {
+            return Err(bld.fail(node, "casting a quantised (int8) tensor is not supported; dequantise it first"));
+        }
+        let shape = bld.g.values[x].shape.clone();
         bld.view(node, shape)
     }
 }

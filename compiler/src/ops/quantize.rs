@@ -20,8 +20,75 @@ use crate::CompileError;
 
 pub(super) static OPS: &[OpDef] = &[
     OpDef { name: "DequantizeLinear", shape: Some(shape_same), fold: None, build: Some(build_dequantize) },
+    OpDef { name: "QLinearConv", shape: None, fold: None, build: Some(build_qlinear_conv) },
+    OpDef { name: "QLinearMatMul", shape: None, fold: None, build: Some(build_qlinear_mat_mul) },
     OpDef { name: "QuantizeLinear", shape: Some(shape_same), fold: None, build: Some(build_quantize) },
 ];
+
+/// A node the importer makes up to expand another (`QLinearConv` into its QDQ form).
+fn part(of: &Node, op: &str, what: &str, inputs: Vec<String>, attributes: Vec<crate::onnx::Attribute>) -> Node {
+    Node {
+        name: format!("{}_{what}", of.name),
+        op_type: op.into(),
+        domain: String::new(),
+        inputs,
+        outputs: vec![format!("{}_{what}_output", of.name)],
+        attributes,
+    }
+}
+
+fn axis(a: i64) -> Vec<crate::onnx::Attribute> {
+    vec![crate::onnx::Attribute { name: "axis".into(), value: crate::onnx::AttributeValue::Int(a) }]
+}
+
+/// `QLinearConv(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, B])` is its QDQ form,
+/// `Q(Conv(DQ(x), DQ(w), DQ(B with scale x_scale x w_scale)))`, which then compiles to an
+/// int8 convolution like any QDQ model.
+fn build_qlinear_conv(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    let input = |i: usize| node.inputs.get(i).cloned().unwrap_or_default();
+    if node.inputs.len() < 8 {
+        return Err(b.fail(node, format!("has {} inputs; QLinearConv takes 8 or 9", node.inputs.len())));
+    }
+    let x = part(node, "DequantizeLinear", "x", vec![input(0), input(1), input(2)], vec![]);
+    let w = part(node, "DequantizeLinear", "w", vec![input(3), input(4), input(5)], axis(0));
+    let mut conv_inputs = vec![x.outputs[0].clone(), w.outputs[0].clone()];
+    let mut parts = vec![x, w];
+    if node.inputs.get(8).is_some_and(|s| !s.is_empty()) {
+        // The bias is int32 in units of x_scale x w_scale (per output channel).
+        let (xs, ws) = (b.konst(node, 1)?, b.konst(node, 4)?);
+        let (Some(xs), Some(ws)) = (xs, ws) else { return Err(b.fail(node, "scales must be constants")) };
+        let sx = b.g.consts[xs].to_f32();
+        let sw = b.g.consts[ws].to_f32();
+        if sx.len() != 1 {
+            return Err(b.fail(node, "x_scale must be one value"));
+        }
+        let scale_name = format!("{}_bias_scale", node.name);
+        b.bind_const(&scale_name, Const::f32(vec![sw.len()], sw.iter().map(|s| s * sx[0]).collect()));
+        parts.push(part(node, "DequantizeLinear", "bias", vec![input(8), scale_name], axis(0)));
+        conv_inputs.push(parts[2].outputs[0].clone());
+    }
+    let conv = part(node, "Conv", "conv", conv_inputs, node.attributes.clone());
+    let mut q = part(node, "QuantizeLinear", "y", vec![conv.outputs[0].clone(), input(6), input(7)], vec![]);
+    q.outputs = node.outputs.clone();
+    parts.extend([conv, q]);
+    parts.iter().try_for_each(|p| b.node(p))
+}
+
+/// `QLinearMatMul(a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp)` is
+/// `Q(MatMul(DQ(a), DQ(b)))` (per-column scales of a matrix `b` run along its last axis).
+fn build_qlinear_mat_mul(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    if node.inputs.len() != 8 {
+        return Err(b.fail(node, format!("has {} inputs; QLinearMatMul takes 8", node.inputs.len())));
+    }
+    let input = |i: usize| node.inputs[i].clone();
+    let rank = b.shapes.dims.get(&node.inputs[3]).map_or(2, Vec::len) as i64;
+    let a = part(node, "DequantizeLinear", "a", vec![input(0), input(1), input(2)], vec![]);
+    let w = part(node, "DequantizeLinear", "b", vec![input(3), input(4), input(5)], axis(rank - 1));
+    let mm = part(node, "MatMul", "matmul", vec![a.outputs[0].clone(), w.outputs[0].clone()], vec![]);
+    let mut q = part(node, "QuantizeLinear", "y", vec![mm.outputs[0].clone(), input(6), input(7)], vec![]);
+    q.outputs = node.outputs.clone();
+    [a, w, mm, q].iter().try_for_each(|p| b.node(p))
+}
 
 fn shape_same(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
     Ok(cx.input(0)?.clone())

@@ -76,7 +76,9 @@ fn output_axis(n: &Node, w: &Const) -> Option<usize> {
     match (n.op_type.as_str(), w.shape.len()) {
         ("Conv", 4) => Some(0),
         ("Gemm", 2)
-            if n.attr_int("transA", 0) == 0 && n.attr_float("alpha", 1.0) == 1.0 && n.attr_float("beta", 1.0) == 1.0 =>
+            if n.attr_int("transA", 0) == 0
+                && n.attr_float("alpha", 1.0) == 1.0
+                && n.attr_float("beta", 1.0) == 1.0 =>
         {
             Some(if n.attr_int("transB", 0) == 1 { 0 } else { 1 })
         }
