@@ -529,7 +529,14 @@ impl<'a> Builder<'a> {
 
     pub(crate) fn pool(&mut self, node: &Node, kind: PoolKind) -> Result<(), CompileError> {
         let stored = self.value_as_stored(node, 0)?;
-        let x = self.float_view(stored);
+        // Max pooling reads int8 as it is (a dequantised int8 value too: max commutes
+        // with the monotonic quantisation, so pooling the integers is exact).
+        let int8_in = match kind {
+            PoolKind::Max if self.g.values[stored].quant.is_some() => Some(stored),
+            PoolKind::Max => self.dequantized(stored),
+            _ => None,
+        };
+        let x = int8_in.unwrap_or_else(|| self.float_view(stored));
         let shape = self.out_shape(node)?;
         let xs = self.g.values[x].shape.clone();
         if xs.len() != 4 {
@@ -551,21 +558,18 @@ impl<'a> Builder<'a> {
         if pad[0] >= kernel[0] || pad[1] >= kernel[1] {
             return Err(self.fail(node, format!("padding {pad:?} must be smaller than the kernel {kernel:?}")));
         }
-        let y = self.add_layer(node, LayerKind::Pool { input: x, kind, kernel, stride, pad }, shape.clone());
-        // Max pooling of int8 values is int8 with the same quantisation (ONNX's MaxPool on
-        // int8; max commutes with the monotonic quantisation, so this is exact).
-        if let (Some(q), PoolKind::Max) = (self.g.values[stored].quant, kind) {
-            let name = format!("{}_quantized", node.outputs[0]);
-            let out = self.g.add_value(&name, shape);
-            self.g.values[out].quant = Some(q);
-            self.producer.insert(out, self.g.layers.len());
-            self.g.layers.push(Layer {
-                name,
-                op_type: "QuantizeLinear".into(),
-                kind: LayerKind::Elementwise { first: Operand::Value(y), steps: vec![] },
-                output: out,
-            });
-            self.bind_value(&node.outputs[0].clone(), out);
+        let y = self.add_layer(node, LayerKind::Pool { input: x, kind, kernel, stride, pad }, shape);
+        match int8_in {
+            // ONNX's MaxPool of int8 is int8 with the same quantisation.
+            Some(q) if q == stored => self.g.values[y].quant = self.g.values[q].quant,
+            // Of a dequantised int8 value it is float: read through a dequantising layer
+            // (which a following QuantizeLinear with the same parameters cancels).
+            Some(q) => {
+                self.g.values[y].quant = self.g.values[q].quant;
+                let f = self.float_view(y);
+                self.bind_value(&node.outputs[0].clone(), f);
+            }
+            None => {}
         }
         Ok(())
     }

@@ -756,7 +756,9 @@ impl<'g> Lowerer<'g> {
         stride: [usize; 2],
         pad: [usize; 2],
     ) -> Result<(), CompileError> {
-        let eb = self.eb;
+        // Float, or int8 max pooling (input and output with one quantisation).
+        let dtype = value_dtype(self.g, &self.o, x);
+        let eb = dtype.bytes();
         let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
         let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
         let (c, h, w, ho, wo) = (xs[1], xs[2], xs[3], ys[2], ys[3]);
@@ -817,16 +819,16 @@ impl<'g> Lowerer<'g> {
                 let pad_top = (a as i64 - start).max(0) as u64;
                 let rows = b - a;
                 ops.push(Op::DmaIn {
-                    dst: self.vtcm(ibuf[slot], &[c_n, rows, w]),
+                    dst: self.vtcm_as(ibuf[slot], dtype, &[c_n, rows, w]),
                     src: self.ddr((s * c + c0) * h * w + a * w, xb, &[c_n, rows, w], &[h * w, w, 1]),
                     multicast: 0,
                     peer_bytes: 0,
                 });
-                let out = self.vtcm(obuf[slot], &[c_n, r_n, wo]);
+                let out = self.vtcm_as(obuf[slot], dtype, &[c_n, r_n, wo]);
                 ops.push(Op::Pool {
                     kind,
                     dst: out,
-                    src: self.vtcm(ibuf[slot], &[c_n, rows, w]),
+                    src: self.vtcm_as(ibuf[slot], dtype, &[c_n, rows, w]),
                     window: PoolWindow {
                         kernel: [kernel[0] as u32, kernel[1] as u32],
                         stride: [stride[0] as u32, stride[1] as u32],

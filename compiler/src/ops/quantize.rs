@@ -250,6 +250,11 @@ fn build_quantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> 
         }
         Some(Entry::Value(x)) => {
             let quant = p.per_tensor(b, node)?;
+            // Quantising a dequantised int8 value with its own parameters gives it back.
+            if let Some(q) = b.dequantized(x).filter(|&q| b.g.values[q].quant == Some(quant)) {
+                b.bind_value(&node.outputs[0].clone(), q);
+                return Ok(());
+            }
             // The chain or int8 convolution producing the input writes int8 itself.
             if let Some(l) = b.fusable(&node.inputs[0], x) {
                 if matches!(

@@ -452,7 +452,12 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
                 [s[0], s[1], s[2]],
                 [dst.shape[1] as usize, dst.shape[2] as usize],
             );
-            scatter_f32(vtcm, &dst, &out)
+            if dst.dtype.is_float() {
+                scatter_f32(vtcm, &dst, &out)
+            } else {
+                // Max pooling of integers: every value is one of the inputs.
+                scatter_i32(vtcm, &dst, &out.iter().map(|&v| v as i32).collect::<Vec<_>>())
+            }
         }
         Op::GlobalAvgPool { dst, src } => {
             let x = gather_f32(vtcm, &src)?;

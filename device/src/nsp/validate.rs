@@ -230,7 +230,7 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             }
             types(scale.is_finite() && *scale != 0.0, || format!("convert scale {scale} must be finite and nonzero"))
         }
-        Op::Pool { dst, src, window: w, .. } => {
+        Op::Pool { dst, src, window: w, kind } => {
             v(dst, "dst")?;
             v(src, "src")?;
             rank(src, 3, "pool input [C, H, W]")?;
@@ -242,7 +242,10 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             shapes(w.pad[0] < w.kernel[0] && w.pad[1] < w.kernel[1], || {
                 String::from("pool padding must be smaller than the kernel")
             })?;
-            types(dst.dtype == src.dtype && src.dtype.is_float(), || String::from("pooling works on one float dtype"))
+            let int_max = *kind == aicsim_abi::isa::PoolKind::Max && matches!(src.dtype, DType::I8 | DType::U8);
+            types(dst.dtype == src.dtype && (src.dtype.is_float() || int_max), || {
+                String::from("pooling works on one float dtype (max pooling also on int8 or uint8)")
+            })
         }
         Op::GlobalAvgPool { dst, src } => {
             v(dst, "dst")?;
