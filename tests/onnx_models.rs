@@ -268,6 +268,17 @@ fn check_quantised(tag: &str, args: &[&str], int8_gemm: bool) {
                 "{tag}: the Gemm is {}an int8 product",
                 if int8_gemm { "not " } else { "" }
             );
+            let int8_pools = compiled
+                .image
+                .cores
+                .iter()
+                .flatten()
+                .filter_map(|i| i.decode().ok())
+                .filter(|op| matches!(op, Op::Pool { src, .. } if src.dtype == DType::I8))
+                .count();
+            // In QDQ form the max pooling sits between a dequantisation and a
+            // quantisation with the same parameters: it pools the int8 values.
+            assert_eq!(int8_pools > 0, int8_gemm, "{tag}: int8 max pooling");
             assert!(compiled.graph.values.iter().any(|v| v.quant.is_some()), "{tag}: no int8 activations");
             let got = run(&device, &r.model, &opts, &r.inputs);
             let err = got[0].iter().zip(&r.outputs[0]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
