@@ -328,6 +328,8 @@ pub struct PerfReport {
     pub cores: u32,
     pub macs: u64,
     pub hmx_macs: u64,
+    /// Of `hmx_macs`, int8 products (at twice the fp16 rate).
+    pub hmx_int8_macs: u64,
     pub non_hmx_macs: u64,
     pub constants_bytes: u64,
     pub vtcm_bytes_per_core: u64,
@@ -353,6 +355,16 @@ pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport,
     let m = c.metrics();
     let device = crate::layer_costs::layer_costs(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
     let hmx_macs: u64 = device.layers.iter().filter(|l| l.on_hmx).map(|l| l.macs).sum();
+    let hmx_int8_macs: u64 = c
+        .graph
+        .layers
+        .iter()
+        .filter(|l| {
+            use aicsim_compiler::ir::LayerKind;
+            matches!(l.kind, LayerKind::Conv { int8: Some(_), .. } | LayerKind::Dense { int8: Some(_), .. })
+        })
+        .map(|l| c.graph.layer_macs(l) * c.replicas as u64)
+        .sum();
     let multicast = c
         .lowered
         .streams
@@ -380,6 +392,7 @@ pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport,
         cores: c.image.num_cores(),
         macs: m.macs,
         hmx_macs,
+        hmx_int8_macs,
         non_hmx_macs: m.macs - hmx_macs.min(m.macs),
         constants_bytes: m.constants_bytes,
         vtcm_bytes_per_core: m.vtcm_bytes_per_core,
@@ -415,6 +428,9 @@ pub fn print_perf_report(r: &PerfReport) {
         gmac(r.macs) / per
     );
     println!("  HMX MACs:                   {:.3} GMAC per inference", gmac(r.hmx_macs));
+    if r.hmx_int8_macs > 0 {
+        println!("    of them int8:               {:.3} GMAC per inference", gmac(r.hmx_int8_macs));
+    }
     println!("  Non-HMX MACs:               {:.3} GMAC per inference", gmac(r.non_hmx_macs));
     println!("Constants size:               {}", mib(r.constants_bytes));
     println!("VTCM size per core:           {} of {}", mib(r.vtcm_bytes_per_core), mib(8 << 20));

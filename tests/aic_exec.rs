@@ -271,8 +271,10 @@ fn int8_quantisation_calibrates_dumps_and_loads_a_profile() {
         "-percentile-calibration-value=99.9".into(),
         format!("-dump-profile={}/profile.json", dir.display()),
         format!("-aic-binary-dir={}/qpc", dir.display()),
+        "-aic-perf-metrics".into(),
     ]));
     assert_eq!(code, 0, "{err}");
+    assert!(out.contains("  HMX MACs:") && out.contains("    of them int8:"), "{out}");
     assert!(out.contains("Calibrated on 6 sample(s)") && out.contains("Quantised 5 of 5 layer(s) to int8"), "{out}");
     assert!(out.contains("Compiling model with INT8"), "{out}");
     assert!(out.contains(&format!("Writing file: {}/profile.json", dir.display())), "{out}");
