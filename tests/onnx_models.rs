@@ -245,39 +245,19 @@ fn check_quantised(tag: &str, args: &[&str], int8_gemm: bool) {
         for fp16 in [false, true] {
             let opts = CompileOptions { cores, fp16, ..CompileOptions::default() };
             let compiled = compile_file(&r.model, &opts).unwrap();
-            let int8_convs = compiled
-                .image
-                .cores
-                .iter()
-                .flatten()
-                .filter_map(|i| i.decode().ok())
-                .filter(|op| matches!(op, Op::Conv2d { input, weight, .. } if input.dtype == DType::I8 && weight.dtype == DType::I8))
-                .count();
-            assert!(int8_convs > 0, "{tag}: no int8 convolution in the program");
-            let int8_products = compiled
-                .image
-                .cores
-                .iter()
-                .flatten()
-                .filter_map(|i| i.decode().ok())
-                .filter(|op| matches!(op, Op::MatMul { b, .. } if b.dtype == DType::I8))
-                .count();
-            assert_eq!(
-                int8_products > 0,
-                int8_gemm,
-                "{tag}: the Gemm is {}an int8 product",
-                if int8_gemm { "not " } else { "" }
+            let count = |f: &dyn Fn(&Op) -> bool| {
+                compiled.image.cores.iter().flatten().filter_map(|i| i.decode().ok()).filter(|op| f(op)).count()
+            };
+            let int8_convs = count(
+                &|op| matches!(op, Op::Conv2d { input, weight, .. } if input.dtype == DType::I8 && weight.dtype == DType::I8),
             );
-            let int8_pools = compiled
-                .image
-                .cores
-                .iter()
-                .flatten()
-                .filter_map(|i| i.decode().ok())
-                .filter(|op| matches!(op, Op::Pool { src, .. } if src.dtype == DType::I8))
-                .count();
+            assert!(int8_convs > 0, "{tag}: no int8 convolution in the program");
+            let int8_products = count(&|op| matches!(op, Op::MatMul { b, .. } if b.dtype == DType::I8));
+            let not = if int8_gemm { "not " } else { "" };
+            assert_eq!(int8_products > 0, int8_gemm, "{tag}: the Gemm is {not}an int8 product");
             // In QDQ form the max pooling sits between a dequantisation and a
             // quantisation with the same parameters: it pools the int8 values.
+            let int8_pools = count(&|op| matches!(op, Op::Pool { src, .. } if src.dtype == DType::I8));
             assert_eq!(int8_pools > 0, int8_gemm, "{tag}: int8 max pooling");
             assert!(compiled.graph.values.iter().any(|v| v.quant.is_some()), "{tag}: no int8 activations");
             let got = run(&device, &r.model, &opts, &r.inputs);

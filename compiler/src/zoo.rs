@@ -80,6 +80,18 @@ impl Builder {
         name
     }
 
+    /// An integer tensor of ONNX element type `data_type` (its values as int32_data).
+    fn int_tensor(&mut self, prefix: &str, dims: &[i64], data_type: i32, values: Vec<i64>) -> String {
+        let name = self.name(prefix);
+        self.inits.push(Tensor {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type,
+            data: TensorData::Int32s(values),
+        });
+        name
+    }
+
     fn ints_const(&mut self, prefix: &str, values: &[i64]) -> String {
         let name = self.name(prefix);
         self.inits.push(Tensor {
@@ -293,68 +305,40 @@ pub fn bert(layers: usize, hidden: i64, heads: i64, seq: i64, ffn: i64) -> Model
 /// residual `Add` of dequantised values, dequantised to the float output.
 pub fn qdq_cnn() -> Model {
     let mut b = Builder::new(8);
-    let scalar = |b: &mut Builder, prefix: &str, data_type: i32, value: i64| -> String {
-        let name = b.name(prefix);
-        b.inits.push(Tensor { name: name.clone(), dims: vec![], data_type, data: TensorData::Int32s(vec![value]) });
-        name
-    };
     let scale = |b: &mut Builder, value: f32| b.constant("scale", &[], vec![value]);
     let q = |b: &mut Builder, x: &str, s: &str, z: &str| b.node("QuantizeLinear", &[x, s, z], vec![]);
     let dq = |b: &mut Builder, x: &str, s: &str, z: &str| b.node("DequantizeLinear", &[x, s, z], vec![]);
     let (c, k) = (4i64, 3i64);
+    let per_channel = || vec![attr("axis", AttributeValue::Int(0))];
     let conv = |b: &mut Builder, x: &str, sx: f32| -> String {
-        let n = (c * c * k * k) as usize;
-        let values: Vec<i64> = (0..n).map(|_| (b.uniform() * 100.0) as i64).collect();
-        let w = b.name("w_int8");
-        b.inits.push(Tensor {
-            name: w.clone(),
-            dims: vec![c, c, k, k],
-            data_type: data_type::INT8,
-            data: TensorData::Int32s(values),
-        });
+        let values: Vec<i64> = (0..c * c * k * k).map(|_| (b.uniform() * 100.0) as i64).collect();
+        let w = b.int_tensor("w_int8", &[c, c, k, k], data_type::INT8, values);
         let ws: Vec<f32> = (0..c).map(|i| 0.002 + 0.001 * i as f32).collect();
         let wscale = b.constant("w_scale", &[c], ws.clone());
-        let wz = b.name("w_zero_point");
-        b.inits.push(Tensor {
-            name: wz.clone(),
-            dims: vec![c],
-            data_type: data_type::INT8,
-            data: TensorData::Int32s(vec![0; c as usize]),
-        });
-        let wf = b.node("DequantizeLinear", &[&w, &wscale, &wz], vec![attr("axis", AttributeValue::Int(0))]);
+        let wz = b.int_tensor("w_zero_point", &[c], data_type::INT8, vec![0; c as usize]);
+        let wf = b.node("DequantizeLinear", &[&w, &wscale, &wz], per_channel());
         let bias: Vec<i64> = (0..c).map(|_| (b.uniform() * 500.0) as i64).collect();
-        let bq = b.name("b_int32");
-        b.inits.push(Tensor {
-            name: bq.clone(),
-            dims: vec![c],
-            data_type: data_type::INT32,
-            data: TensorData::Int32s(bias),
-        });
+        let bq = b.int_tensor("b_int32", &[c], data_type::INT32, bias);
         let bscale = b.constant("b_scale", &[c], ws.iter().map(|s| s * sx).collect());
-        let bz = b.name("b_zero_point");
-        b.inits.push(Tensor {
-            name: bz.clone(),
-            dims: vec![c],
-            data_type: data_type::INT32,
-            data: TensorData::Int32s(vec![0; c as usize]),
-        });
-        let bf = b.node("DequantizeLinear", &[&bq, &bscale, &bz], vec![attr("axis", AttributeValue::Int(0))]);
+        let bz = b.int_tensor("b_zero_point", &[c], data_type::INT32, vec![0; c as usize]);
+        let bf = b.node("DequantizeLinear", &[&bq, &bscale, &bz], per_channel());
         let pads = attr("pads", ints(&[1, 1, 1, 1]));
         b.node("Conv", &[x, &wf, &bf], vec![attr("kernel_shape", ints(&[k, k])), pads])
     };
-    let (s0, z0) = (scale(&mut b, 0.01), scalar(&mut b, "x_zero_point", data_type::UINT8, 128));
+    let zero_point = |b: &mut Builder, v: i64| b.int_tensor("zero_point", &[], data_type::UINT8, vec![v]);
+    let (s0, z0) = (scale(&mut b, 0.01), zero_point(&mut b, 128));
     let xq = q(&mut b, "x", &s0, &z0);
     let xf = dq(&mut b, &xq, &s0, &z0);
     let c1 = conv(&mut b, &xf, 0.01);
-    let (s1, z1) = (scale(&mut b, 0.02), scalar(&mut b, "zero_point", data_type::UINT8, 0));
+    let (s1, z1) = (scale(&mut b, 0.02), zero_point(&mut b, 0));
     let r1 = q(&mut b, &c1, &s1, &z1);
     let r1f = dq(&mut b, &r1, &s1, &z1);
     let c2 = conv(&mut b, &r1f, 0.02);
-    let (s2, z2) = (scale(&mut b, 0.03), scalar(&mut b, "zero_point", data_type::UINT8, 120));
+    let (s2, z2) = (scale(&mut b, 0.03), zero_point(&mut b, 120));
     let c2q = q(&mut b, &c2, &s2, &z2);
     let c2f = dq(&mut b, &c2q, &s2, &z2);
     let sum = b.node("Add", &[&c2f, &r1f], vec![]);
-    let (s3, z3) = (scale(&mut b, 0.04), scalar(&mut b, "zero_point", data_type::UINT8, 100));
+    let (s3, z3) = (scale(&mut b, 0.04), zero_point(&mut b, 100));
     let yq = q(&mut b, &sum, &s3, &z3);
     let y = dq(&mut b, &yq, &s3, &z3);
     b.finish("qdq_cnn", 13, ("x", vec![1, c, 8, 8]), &y)
