@@ -107,4 +107,78 @@ save(
     [weight("w", 8, 4)],
     opset=11,
 )
+
+def scalar(name, value, dtype):
+    return numpy_helper.from_array(np.array(value, dtype=dtype), name)
+
+
+# Int8 in QDQ form (as onnxruntime's static quantiser writes it) and in QOperator form.
+w_q = (rng.standard_normal((4, 3, 3, 3)) * 40).round().clip(-127, 127).astype(np.int8)
+save(
+    "qdq_conv_pool_gemm",
+    [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "cs", "cz"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cd"]),
+        helper.make_node("MaxPool", ["cd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("QuantizeLinear", ["p", "cs", "cz"], ["pq"]),
+        helper.make_node("DequantizeLinear", ["pq", "cs", "cz"], ["pd"]),
+        helper.make_node("Add", ["pd", "pd"], ["s"]),
+        helper.make_node("Flatten", ["s"], ["f"]),
+        helper.make_node("QuantizeLinear", ["f", "fs", "fz"], ["fq"]),
+        helper.make_node("DequantizeLinear", ["fq", "fs", "fz"], ["fd"]),
+        helper.make_node("DequantizeLinear", ["gq", "gs", "gz"], ["gd"]),
+        helper.make_node("Gemm", ["fd", "gd"], ["y"], transB=1),
+    ],
+    [io("x", 1, 3, 8, 8)],
+    [io("y", 1, 5)],
+    [
+        scalar("xs", 0.02, np.float32),
+        scalar("xz", 3, np.int8),
+        numpy_helper.from_array(w_q, "wq"),
+        numpy_helper.from_array(np.array([0.01, 0.02, 0.015, 0.01], dtype=np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(4, dtype=np.int8), "wz"),
+        numpy_helper.from_array(np.array([100, -50, 0, 7], dtype=np.int32), "bq"),
+        numpy_helper.from_array(np.array([0.0002, 0.0004, 0.0003, 0.0002], dtype=np.float32), "bs"),
+        scalar("cs", 0.05, np.float32),
+        scalar("cz", 128, np.uint8),
+        scalar("fs", 0.1, np.float32),
+        scalar("fz", 0, np.int8),
+        numpy_helper.from_array((rng.standard_normal((5, 64)) * 30).round().clip(-127, 127).astype(np.int8), "gq"),
+        scalar("gs", 0.01, np.float32),
+        scalar("gz", 0, np.int8),
+    ],
+)
+save(
+    "qlinear_conv_matmul",
+    [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node(
+            "QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz"], ["cq"], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Flatten", ["cq"], ["fq"]),
+        helper.make_node("QLinearMatMul", ["fq", "ys", "yz", "mq", "ms", "mz", "os", "oz"], ["oq"]),
+        helper.make_node("DequantizeLinear", ["oq", "os", "oz"], ["y"]),
+    ],
+    [io("x", 1, 3, 4, 4)],
+    [io("y", 1, 6)],
+    [
+        scalar("xs", 0.02, np.float32),
+        scalar("xz", 128, np.uint8),
+        numpy_helper.from_array(w_q.view(np.uint8).astype(np.uint8) // 2, "wq"),
+        scalar("ws", 0.01, np.float32),
+        scalar("wz", 0, np.uint8),
+        scalar("ys", 0.05, np.float32),
+        scalar("yz", 128, np.uint8),
+        numpy_helper.from_array(rng.randint(0, 255, (64, 6)).astype(np.uint8), "mq"),
+        scalar("ms", 0.01, np.float32),
+        scalar("mz", 128, np.uint8),
+        scalar("os", 0.2, np.float32),
+        scalar("oz", 128, np.uint8),
+    ],
+)
 print("wrote", len(os.listdir(OUT)), "ONNX seeds to", OUT)
