@@ -285,6 +285,9 @@ fn run(argv: &[String]) -> Result<(), String> {
     if let Some(symbol) = &args.batch_symbol {
         at_batch_1.symbols.insert(symbol.clone(), 1);
     }
+    if let Some(report) = &args.report {
+        report_target(report)?;
+    }
     check_writable(&args.output_dir)?;
     // What calibration learnt is left in the output directory, for aic-exec to compile
     // the best configuration with (`-load-profile`).
@@ -295,9 +298,6 @@ fn run(argv: &[String]) -> Result<(), String> {
     let quantised = crate::exec::quantise(&mut source, &quant, &at_batch_1)?;
     for line in &quantised.lines {
         println!("{line}");
-    }
-    if let Some(report) = &args.report {
-        report_target(report)?;
     }
     let problem = Problem {
         source,
