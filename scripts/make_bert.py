@@ -4,7 +4,11 @@
     make_bert.py OUT.onnx [--layers 2] [--hidden 128] [--heads 4] [--seq 32] [--seed 3]
 
 Input `hidden_states` [batch_size, seq, hidden] (the embedded sequence; batch_size is a
-symbolic dimension). Every construct of an exported encoder is there: reshape targets
+symbolic dimension). With --exported, the inputs are as a PyTorch / optimum export of
+BERT has them: int64 `input_ids`, `attention_mask` and `token_type_ids` [batch_size, seq];
+word, position and token-type embeddings by Gather (positions sliced from a constant
+`position_ids` by the sequence length, as exported), their sum layer-normalised, and the
+mask turned into an additive bias through Unsqueeze / Cast / Sub / Mul. Every construct of an exported encoder is there: reshape targets
 computed from Shape/Gather/Unsqueeze/Concat, an additive attention mask built with
 ConstantOfShape/Equal/Where/Expand/Cast, Q/K/V projections, scaled dot-product
 attention with Softmax, layer normalisation both decomposed (ReduceMean, Sub, Pow,
@@ -26,6 +30,8 @@ def main():
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--seq", type=int, default=32)
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--exported", action="store_true", help="token-id inputs and embeddings, as exported")
+    ap.add_argument("--vocab", type=int, default=100)
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     H, S, NH = a.hidden, a.seq, a.heads
@@ -72,21 +78,40 @@ def main():
         b = const("beta", rng.normal(0, 0.02, (H,)).astype(np.float32))
         return node("LayerNormalization", [x, g, b], axis=-1, epsilon=1e-12)
 
-    x = "hidden_states"
-    x = node("Cast", [x], to=TensorProto.FLOAT)
-    # Additive mask: the last quarter of the sequence is padding.
-    ones = node("ConstantOfShape", [const("mshape", np.array([1, S], dtype=np.int64))],
-                value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))
-    keep = np.ones((1, S), dtype=np.int64)
-    keep[0, S - S // 4:] = 0
-    mask = node("Mul", [ones, const("keep", keep)])
-    is_pad = node("Equal", [mask, const("zero", np.array(0, dtype=np.int64))])
-    additive = node("Where", [is_pad, const("neg", np.array(-10000.0, dtype=np.float32)),
-                              const("nil", np.array(0.0, dtype=np.float32))])
-    additive = node("Unsqueeze", [node("Unsqueeze", [additive, const("a1", np.array([1], dtype=np.int64))]),
-                                  const("a2", np.array([1], dtype=np.int64))])
-    additive = node("Cast", [node("Expand", [additive, const("eshape", np.array([1, 1, 1, S], dtype=np.int64))])],
-                    to=TensorProto.FLOAT)
+    if a.exported:
+        ids, mask_in, types = "input_ids", "attention_mask", "token_type_ids"
+        word = node("Gather", [const("word_embeddings", rng.normal(0, 0.5, (a.vocab, H)).astype(np.float32)), ids])
+        # Positions: a constant buffer sliced to the sequence length, as exported.
+        seq_len = node("Gather", [node("Shape", [ids]), const("one", np.array(1, dtype=np.int64))], axis=0)
+        pos_ids = node("Slice", [const("position_ids", np.arange(512, dtype=np.int64)[None, :]),
+                                 const("zero", np.array([0], dtype=np.int64)),
+                                 node("Unsqueeze", [seq_len, const("ax", np.array([0], dtype=np.int64))]),
+                                 const("axis1", np.array([1], dtype=np.int64))])
+        pos = node("Gather", [const("position_embeddings", rng.normal(0, 0.5, (512, H)).astype(np.float32)), pos_ids])
+        typ = node("Gather", [const("token_type_embeddings", rng.normal(0, 0.5, (2, H)).astype(np.float32)), types])
+        x = layer_norm_decomposed(node("Add", [node("Add", [word, pos]), typ]))
+        m = node("Unsqueeze", [node("Unsqueeze", [mask_in, const("a1", np.array([1], dtype=np.int64))]),
+                               const("a2", np.array([2], dtype=np.int64))])
+        m = node("Cast", [m], to=TensorProto.FLOAT)
+        additive = node("Mul", [node("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), m]),
+                                const("neg", np.array(-10000.0, dtype=np.float32))])
+        inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", S]) for n in (ids, mask_in, types)]
+    else:
+        x = node("Cast", ["hidden_states"], to=TensorProto.FLOAT)
+        # Additive mask: the last quarter of the sequence is padding.
+        ones = node("ConstantOfShape", [const("mshape", np.array([1, S], dtype=np.int64))],
+                    value=helper.make_tensor("v", TensorProto.INT64, [1], [1]))
+        keep = np.ones((1, S), dtype=np.int64)
+        keep[0, S - S // 4:] = 0
+        mask = node("Mul", [ones, const("keep", keep)])
+        is_pad = node("Equal", [mask, const("zero", np.array(0, dtype=np.int64))])
+        additive = node("Where", [is_pad, const("neg", np.array(-10000.0, dtype=np.float32)),
+                                  const("nil", np.array(0.0, dtype=np.float32))])
+        additive = node("Unsqueeze", [node("Unsqueeze", [additive, const("a1", np.array([1], dtype=np.int64))]),
+                                      const("a2", np.array([1], dtype=np.int64))])
+        additive = node("Cast", [node("Expand", [additive, const("eshape", np.array([1, 1, 1, S], dtype=np.int64))])],
+                        to=TensorProto.FLOAT)
+        inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", S, H])]
     for layer in range(a.layers):
         batch, seq = dim(x, 0), dim(x, 1)
         heads_shape = node("Concat", [batch, seq, const("nh", np.array([NH, D], dtype=np.int64))], axis=0)
@@ -113,7 +138,7 @@ def main():
     pooled = node("Tanh", [dense(x, H, H)])
     graph = helper.make_graph(
         nodes, "bert_encoder",
-        [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", S, H])],
+        inputs,
         [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch_size", S, H])],
         inits,
     )

@@ -5,7 +5,10 @@
 
 Writes OUT_DIR/model.onnx (the model, with every weight produced by a ConstantOfShape
 node replaced by a seeded random initializer of the same shape unless --keep-weights),
-OUT_DIR/input_<i>.bin (float32, little-endian: arange(n) / n in the input's shape),
+OUT_DIR/input_<i>.bin (float32, little-endian: arange(n) / n in the input's shape; an
+integer input is int64 or int32 as the model declares it: an attention mask is ones with
+the last quarter of each row zero, token type ids are 0 then 1 by halves, other ids are
+(7 i) mod 100),
 OUT_DIR/output_<i>.bin (onnxruntime's outputs) and OUT_DIR/meta.json (names, shapes);
 with --keep-weights also OUT_DIR/package_output_<i>.bin, the expected output the onnx
 package ships next to the model (MODEL_output_<i>.pb).
@@ -104,10 +107,23 @@ def main():
     for i, inp in enumerate(sess.get_inputs()):
         shape = [d if isinstance(d, int) else 1 for d in inp.shape]
         n = int(np.prod(shape))
-        x = (np.arange(n, dtype=np.float32) / np.float32(n)).reshape(shape)
+        if inp.type in ("tensor(int64)", "tensor(int32)"):
+            dtype = np.int64 if inp.type == "tensor(int64)" else np.int32
+            row = shape[-1]
+            col = np.arange(n) % row
+            if "mask" in inp.name:
+                x = (col < row - row // 4).astype(dtype)
+            elif "type" in inp.name:
+                x = (col >= row // 2).astype(dtype)
+            else:
+                x = (np.arange(n) * 7 % 100).astype(dtype)
+            x = x.reshape(shape)
+            x.astype("<i8" if dtype == np.int64 else "<i4").tofile(os.path.join(args.out_dir, f"input_{i}.bin"))
+        else:
+            x = (np.arange(n, dtype=np.float32) / np.float32(n)).reshape(shape)
+            x.astype("<f4").tofile(os.path.join(args.out_dir, f"input_{i}.bin"))
         feeds[inp.name] = x
-        x.astype("<f4").tofile(os.path.join(args.out_dir, f"input_{i}.bin"))
-        meta["inputs"].append({"name": inp.name, "shape": shape})
+        meta["inputs"].append({"name": inp.name, "shape": shape, "type": inp.type})
     outs = sess.run(None, feeds)
     if args.time > 0:
         import time

@@ -90,3 +90,58 @@ fn reflect_padding_and_cropping_are_clear_errors() {
     let e = compile(&m, None, "pad", &CompileOptions::default()).unwrap_err().to_string();
     assert!(e.contains("cropping"), "{e}");
 }
+
+/// ids [1, 6] int64 -> Gather of a [5, 3] table's rows -> +1: the device fetches each
+/// row by its id; an id outside the table (5, or -1) fails the inference with an error,
+/// the device reading nothing beyond the table, and the activation keeps serving.
+#[test]
+fn gather_by_token_ids_fetches_rows_and_refuses_ids_outside_the_table() {
+    let table: Vec<f32> = (0..15).map(|v| v as f32 * 0.5).collect();
+    let model = Model {
+        ir_version: 8,
+        opset_imports: vec![OpsetId { domain: String::new(), version: 13 }],
+        producer_name: "test".into(),
+        graph: Graph {
+            name: "gather".into(),
+            nodes: vec![node("Gather", &["table", "ids"], "rows"), node("Add", &["rows", "one"], "y")],
+            initializers: vec![
+                Tensor {
+                    name: "table".into(),
+                    dims: vec![5, 3],
+                    data_type: data_type::FLOAT,
+                    data: TensorData::Floats(table.clone()),
+                },
+                Tensor {
+                    name: "one".into(),
+                    dims: vec![],
+                    data_type: data_type::FLOAT,
+                    data: TensorData::Floats(vec![1.0]),
+                },
+            ],
+            inputs: vec![ValueInfo { elem_type: data_type::INT64, ..vi("ids", &[1, 6]) }],
+            outputs: vec![vi("y", &[1, 6, 3])],
+            value_info: vec![],
+        },
+    };
+    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    let ids_bytes = |ids: &[i64]| ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    for cores in [1, 3] {
+        for fp16 in [false, true] {
+            let c = compile(&model, None, "gather", &CompileOptions { cores, fp16, ..Default::default() }).unwrap();
+            let program = Program::from_image(c.image).unwrap();
+            let act = Activation::new(device.clone(), &program).unwrap();
+            let ids = [4i64, 0, 2, 2, 1, 3];
+            let got = bytes_f32(&act.run(&[&ids_bytes(&ids)]).unwrap()[0]);
+            let want: Vec<f32> =
+                ids.iter().flat_map(|&i| (0..3).map(|j| table[i as usize * 3 + j] + 1.0).collect::<Vec<_>>()).collect();
+            assert_eq!(got, want, "cores={cores} fp16={fp16}");
+            for bad in [5i64, -1] {
+                let e = act.run(&[&ids_bytes(&[0, 1, bad, 0, 0, 0])]).unwrap_err();
+                let text = e.to_string();
+                assert!(text.contains("fault"), "cores={cores} id {bad}: {text}");
+            }
+            // Still serving after the refused ones.
+            assert_eq!(bytes_f32(&act.run(&[&ids_bytes(&ids)]).unwrap()[0]), want);
+        }
+    }
+}

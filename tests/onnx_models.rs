@@ -25,12 +25,13 @@ use aicsim_abi::isa::{DType, Op};
 use aicsim_compiler::{compile_file, CompileOptions};
 use aicsim_driver::Device;
 use aicsim_kmd::KmdConfig;
-use aicsim_runtime::samples::{bytes_f32, f32_bytes};
+use aicsim_runtime::samples::bytes_f32;
 use aicsim_runtime::{Activation, Program};
 
 struct Reference {
     model: PathBuf,
-    inputs: Vec<Vec<f32>>,
+    /// Each input's host bytes (f32, or int64 / int32 token ids and masks).
+    inputs: Vec<Vec<u8>>,
     outputs: Vec<Vec<f32>>,
 }
 
@@ -76,18 +77,17 @@ fn reference_for(src: &Path, tag: &str, keep_weights: bool) -> Option<Reference>
     let count = |k: &str| meta[k].as_array().unwrap().len();
     Some(Reference {
         model: out.join("model.onnx"),
-        inputs: (0..count("inputs")).map(|i| read_f32(&out.join(format!("input_{i}.bin")))).collect(),
+        inputs: (0..count("inputs")).map(|i| std::fs::read(out.join(format!("input_{i}.bin"))).unwrap()).collect(),
         outputs: (0..count("outputs")).map(|i| read_f32(&out.join(format!("output_{i}.bin")))).collect(),
     })
 }
 
-fn run(device: &Arc<Device>, model: &Path, opts: &CompileOptions, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+fn run(device: &Arc<Device>, model: &Path, opts: &CompileOptions, inputs: &[Vec<u8>]) -> Vec<Vec<f32>> {
     let compiled = compile_file(model, opts).unwrap_or_else(|e| panic!("{}: {e}", model.display()));
     let program = Program::from_image(compiled.image).unwrap();
     // Functional simulation of VGG-19 (20 GMAC) takes seconds on a 2-core host.
     let activation = Activation::new(device.clone(), &program).unwrap().with_wait_timeout(Duration::from_secs(300));
-    let bytes: Vec<Vec<u8>> = inputs.iter().map(|x| f32_bytes(x)).collect();
-    let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
     activation.run(&refs).unwrap().iter().map(|o| bytes_f32(o)).collect()
 }
 
@@ -223,7 +223,7 @@ fn qdq_reference(tag: &str, args: &[&str]) -> Option<(Reference, f32)> {
     let step = meta["step"].as_f64().expect("the output is dequantised") as f32;
     let r = Reference {
         model: out.join("model.onnx"),
-        inputs: vec![read_f32(&out.join("input_0.bin"))],
+        inputs: vec![std::fs::read(out.join("input_0.bin")).unwrap()],
         outputs: vec![read_f32(&out.join("output_0.bin"))],
     };
     Some((r, step))
@@ -295,4 +295,27 @@ fn qoperator_model_matches_onnxruntime() {
 #[test]
 fn qdq_uint8_per_channel_model_matches_onnxruntime() {
     check_qdq("uint8-per-channel", &["--seed", "5", "--activations", "uint8", "--per-channel"]);
+}
+
+/// BERT as exported (`scripts/make_bert.py --exported`): int64 `input_ids`,
+/// `attention_mask` and `token_type_ids`; embeddings by Gather (rows fetched from DDR by
+/// the device, the token ids checked against the vocabulary), positions sliced from a
+/// constant buffer, the mask turned into an additive bias by Unsqueeze / Cast / Sub /
+/// Mul. Against onnxruntime at 1 and 4 cores, f32 and fp16.
+#[test]
+fn bert_as_exported_with_token_ids_matches_onnxruntime() {
+    let Some((python, _)) = environment() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bert-exported");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("bert-exported.onnx");
+    let status =
+        Command::new(python).arg(script("make_bert.py")).arg(&model).arg("--exported").status().expect("run python");
+    assert!(status.success(), "make_bert.py --exported failed");
+    let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-ref-bert-exported"));
+    let Some(r) = reference_for(&model, "bert-exported", true) else { return };
+    assert_eq!(r.inputs.len(), 3);
+    assert!(r.inputs.iter().all(|i| i.len() == 32 * 8), "three int64 [1, 32] inputs");
+    let mut opts = CompileOptions::default();
+    opts.symbols.insert("batch_size".into(), 1);
+    check_against("bert", &r, &opts);
 }

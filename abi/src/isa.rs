@@ -424,6 +424,14 @@ pub enum Op {
     },
     /// Waits until every core of the program reaches its next barrier.
     Barrier,
+    /// Row gather by DMA (an embedding look-up): `dst[i, :] = table[indices[i], :]`, the
+    /// table `[V, H]` in DDR (or the pool), the int32 indices `[N]` and `dst` `[N, H]`
+    /// in VTCM. An index outside `0..V` faults the run: nothing is read outside the table.
+    Gather {
+        dst: Tensor,
+        table: Tensor,
+        indices: Tensor,
+    },
 }
 
 impl Op {
@@ -441,7 +449,8 @@ impl Op {
             | Op::GlobalAvgPool { dst, .. }
             | Op::Softmax { dst, .. }
             | Op::LayerNorm { dst, .. }
-            | Op::Reduce { dst, .. } => Some(dst),
+            | Op::Reduce { dst, .. }
+            | Op::Gather { dst, .. } => Some(dst),
             Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => None,
         }
     }
@@ -466,6 +475,7 @@ const OP_REDUCE: u16 = 12;
 const OP_SIGNAL: u16 = 13;
 const OP_WAIT: u16 = 14;
 const OP_BARRIER: u16 = 15;
+const OP_GATHER: u16 = 16;
 
 /// Why an instruction record does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -564,6 +574,7 @@ impl Instruction {
                 (OP_WAIT, 0, none, none, none)
             }
             Op::Barrier => (OP_BARRIER, 0, none, none, none),
+            Op::Gather { dst, table, indices } => (OP_GATHER, 0, dst.record(), table.record(), indices.record()),
         };
         i.opcode = opcode;
         i.variant = variant;
@@ -771,6 +782,12 @@ impl Instruction {
                 }
                 Op::Barrier
             }
+            OP_GATHER => {
+                no_variant()?;
+                no_aux()?;
+                unused_params(0)?;
+                Op::Gather { dst: need(dst, "dst")?, table: need(src0, "table")?, indices: need(src1, "indices")? }
+            }
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         Ok(op)
@@ -838,6 +855,11 @@ mod tests {
             Op::Signal { counter: 31, value: 4095 },
             Op::Wait { counter: 0, value: 1 },
             Op::Barrier,
+            Op::Gather {
+                dst: t(Space::Vtcm, DType::F16, &[5, 64]),
+                table: t(Space::Ddr, DType::F16, &[1000, 64]),
+                indices: t(Space::Vtcm, DType::I32, &[5]),
+            },
         ];
         for op in ops {
             assert_eq!(Instruction::encode(op).decode(), Ok(op), "{op:?}");

@@ -107,20 +107,23 @@ impl<'a> Builder<'a> {
         Ok(self.float_view(v))
     }
 
-    /// The float value an int8 value dequantises to (the value itself if it is float).
+    /// The float value an int8 value dequantises to, or an int32 value converts to (the
+    /// value itself if it is float).
     pub(crate) fn float_view(&mut self, v: ValueId) -> ValueId {
-        if self.g.values[v].quant.is_none() {
+        if self.g.values[v].quant.is_none() && !self.g.values[v].int32 {
             return v;
         }
         if let Some(&f) = self.float_views.get(&v) {
             return f;
         }
-        let name = format!("{}_dequantized", self.g.values[v].name);
+        let (suffix, op_type) =
+            if self.g.values[v].int32 { ("float", "Cast") } else { ("dequantized", "DequantizeLinear") };
+        let name = format!("{}_{suffix}", self.g.values[v].name);
         let f = self.g.add_value(&name, self.g.values[v].shape.clone());
         self.producer.insert(f, self.g.layers.len());
         self.g.layers.push(Layer {
             name: name.clone(),
-            op_type: "DequantizeLinear".into(),
+            op_type: op_type.into(),
             kind: LayerKind::Elementwise { first: Operand::Value(v), steps: vec![] },
             output: f,
         });
@@ -203,6 +206,7 @@ impl<'a> Builder<'a> {
         let id = self.g.add_value(&node.outputs[0], shape);
         self.g.values[id].storage = storage;
         self.g.values[id].quant = self.g.values[x].quant;
+        self.g.values[id].int32 = self.g.values[x].int32;
         self.bind_value(&node.outputs[0].clone(), id);
         Ok(())
     }
@@ -761,9 +765,12 @@ pub fn import_with_constants(
         if b.env.contains_key(&input.name) {
             continue; // an initializer listed as an input
         }
-        if !matches!(input.elem_type, data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE) {
+        if !matches!(
+            input.elem_type,
+            data_type::FLOAT | data_type::FLOAT16 | data_type::DOUBLE | data_type::INT64 | data_type::INT32
+        ) {
             return Err(CompileError::Model(format!(
-                "input '{}' has element type {}; aicsim programs take float inputs",
+                "input '{}' has element type {}; aicsim programs take float, int64 or int32 inputs",
                 input.name, input.elem_type
             )));
         }
@@ -791,7 +798,10 @@ pub fn import_with_constants(
         }
         let v = b.g.add_value(&input.name, dims);
         b.bind_value(&input.name, v);
-        b.g.inputs.push(Io { name: input.name.clone(), value: v });
+        if matches!(input.elem_type, data_type::INT64 | data_type::INT32) {
+            b.g.values[v].int32 = true;
+        }
+        b.g.inputs.push(Io { name: input.name.clone(), value: v, elem_type: input.elem_type });
     }
     // Every operator the compiler does not know, named at once (not only the first).
     let known = crate::ops::supported();
@@ -849,7 +859,12 @@ pub fn import_with_constants(
         } else {
             v
         };
-        b.g.outputs.push(Io { name: name.clone(), value: v });
+        if b.g.values[v].int32 {
+            return Err(CompileError::Model(format!(
+                "output '{name}' is an integer tensor; aicsim programs return float outputs"
+            )));
+        }
+        b.g.outputs.push(Io { name: name.clone(), value: v, elem_type: data_type::FLOAT });
     }
     prune_unread_layers(&mut b.g);
     let constants = b

@@ -200,6 +200,13 @@ pub fn compile(
                 )));
             }
             let offset = lowered.value_offsets[v.storage];
+            if v.int32 {
+                // Integer inputs are int32 on the device; the host gives int64 or int32.
+                let b = IoBinding::new(&io_name(&io.name)?, direction, IoDType::I32, &shape, offset);
+                let host = if io.elem_type == crate::onnx::data_type::INT64 { IoDType::I64 } else { IoDType::I32 };
+                bindings.push(b.with_host(HostFormat { dtype: host, layout: HostLayout::Same, scale: 1.0, offset: 0 }));
+                continue;
+            }
             let b = IoBinding::new(&io_name(&io.name)?, direction, device_dtype, &shape, offset);
             bindings.push(if opts.fp16 {
                 b.with_host(HostFormat { dtype: IoDType::F32, layout: HostLayout::Same, scale: 1.0, offset: 0 })

@@ -102,6 +102,10 @@ pub struct Value {
     pub storage: ValueId,
     /// Set when the value is stored as int8 (a `QuantizeLinear` output).
     pub quant: Option<Quant>,
+    /// Set when the value is stored as int32: integer inputs (token ids, masks; the host
+    /// converts int64), and views of them. Gather takes them as indices; float layers
+    /// read them converted.
+    pub int32: bool,
 }
 
 impl Value {
@@ -220,6 +224,12 @@ pub enum LayerKind {
         input: ValueId,
         kind: ReduceKind,
     },
+    /// Rows of a constant table `[V, H]` picked by int32 indices (an embedding look-up):
+    /// the output is the indices' shape plus `[H]`.
+    Gather {
+        table: ConstId,
+        indices: ValueId,
+    },
     /// Constant padding: `begin[d]` elements before each axis; `fill` is a scalar.
     Pad {
         input: ValueId,
@@ -252,6 +262,7 @@ impl Layer {
             | LayerKind::Transpose { input, .. }
             | LayerKind::Reduce { input, .. }
             | LayerKind::Pad { input, .. } => vec![*input],
+            LayerKind::Gather { indices, .. } => vec![*indices],
             LayerKind::MatMul { a, b } => vec![*a, *b],
             LayerKind::Concat { inputs, .. } => inputs.clone(),
             LayerKind::Elementwise { first, steps } => core::iter::once(first)
@@ -273,6 +284,9 @@ impl Layer {
 pub struct Io {
     pub name: String,
     pub value: ValueId,
+    /// The ONNX element type the host gives (or takes): FLOAT, or INT64 / INT32 for an
+    /// integer input (stored as int32 on the device).
+    pub elem_type: i32,
 }
 
 /// The imported graph.
@@ -291,7 +305,7 @@ pub struct Graph {
 impl Graph {
     pub fn add_value(&mut self, name: &str, shape: Vec<usize>) -> ValueId {
         let id = self.values.len();
-        self.values.push(Value { name: name.into(), shape, storage: id, quant: None });
+        self.values.push(Value { name: name.into(), shape, storage: id, quant: None, int32: false });
         id
     }
 

@@ -180,10 +180,10 @@ struct Lowerer<'g> {
 
 /// The dtype `v` is stored in.
 fn value_dtype(g: &Graph, o: &LowerOptions, v: ValueId) -> DType {
-    if g.values[v].quant.is_some() {
-        DType::I8
-    } else {
-        o.dtype
+    match &g.values[v] {
+        v if v.quant.is_some() => DType::I8,
+        v if v.int32 => DType::I32,
+        _ => o.dtype,
     }
 }
 
@@ -442,6 +442,48 @@ impl<'g> Lowerer<'g> {
         Ok(())
     }
 
+    // ---- gather: rows of a constant table by runtime indices ----------------------
+
+    /// Tiles of index rows: each tile's int32 indices in, the rows gathered from the
+    /// table by DMA (the device checks each index against the table), the rows out.
+    fn gather(&mut self, table: usize, indices: ValueId, y: ValueId) -> Result<(), CompileError> {
+        let eb = self.eb;
+        let ts = &self.g.consts[table].shape;
+        let (v_rows, h) = (ts[0] as u64, ts[1] as u64);
+        let n = self.o.replicas as u64 * self.replica_elems(indices);
+        let row_bytes = h * eb + 4;
+        let mut rows = (self.budget() / row_bytes).clamp(1, n);
+        while n.div_ceil(rows) < self.want_tiles() as u64 && rows > 1 {
+            rows = rows.div_ceil(2);
+        }
+        if h * eb > self.budget() {
+            return Err(self.err(format!("a table row of {h} elements does not fit the VTCM budget")));
+        }
+        let n_t = n.div_ceil(rows);
+        let rows = n.div_ceil(n_t);
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let ibuf = [v.alloc(rows * 4), v.alloc(rows * 4)];
+        let obuf = [v.alloc(rows * h * eb), v.alloc(rows * h * eb)];
+        let (ib, yb, tb) = (self.value_base(indices), self.value_base(y), self.const_offsets[table]);
+        let starts = self.starts();
+        for (core, run) in runs(n_t as usize, self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, t) in run.enumerate() {
+                let (slot, r0) = (i % 2, t as u64 * rows);
+                let r_n = rows.min(n - r0);
+                let src = self.ddr(r0, ib, &[r_n], &[1]);
+                let idx = self.vtcm_as(ibuf[slot], DType::I32, &[r_n]);
+                ops.push(Op::DmaIn { dst: idx, src, multicast: 0, peer_bytes: 0 });
+                let out = self.vtcm(obuf[slot], &[r_n, h]);
+                ops.push(Op::Gather { dst: out, table: self.ddr(0, tb, &[v_rows, h], &[h, 1]), indices: idx });
+                ops.push(Op::DmaOut { dst: self.ddr(r0 * h, yb, &[r_n, h], &[h, 1]), src: out });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(n_t as usize, &starts, v.next);
+        Ok(())
+    }
+
     // ---- batched matmul of two runtime tensors --------------------------------------
 
     fn matmul(&mut self, a: ValueId, b: ValueId, y: ValueId) -> Result<(), CompileError> {
@@ -537,11 +579,21 @@ impl<'g> Lowerer<'g> {
         let n_buf = 1 + steps.iter().filter(|(o, _)| o.is_some()).count() as u64 + 1;
         // int8 operands are dequantised on arrival and an int8 output quantised before
         // it leaves, each through an int8 staging buffer.
+        // (int32 operands likewise, converted.)
         let quant = |base: u64| self.quants.get(&base).copied();
-        let q_in =
-            quant(first.0).is_some() || steps.iter().any(|(o, _)| o.as_ref().is_some_and(|o| quant(o.0).is_some()));
+        let program = self.o.dtype;
+        let staged_bytes = |base: u64| match self.dtype_at(base) {
+            d if d == program => 0,
+            d => d.bytes(),
+        };
+        let in_stage_bytes = core::iter::once(first.0)
+            .chain(steps.iter().filter_map(|(o, _)| o.as_ref().map(|o| o.0)))
+            .map(staged_bytes)
+            .max()
+            .unwrap_or(0);
+        let q_in = in_stage_bytes > 0;
         let q_out = quant(out.0);
-        let staging = u64::from(q_in) + u64::from(q_out.is_some());
+        let staging = in_stage_bytes + u64::from(q_out.is_some());
         let max_elems = (self.budget() / (n_buf * eb + staging)).max(1);
         // Tile: split axis `ax`, keep every axis after it whole.
         let mut ax = 0;
@@ -562,8 +614,8 @@ impl<'g> Lowerer<'g> {
         let tile_elems = chunk * inner;
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         let bufs: Vec<[u64; 2]> = (0..n_buf).map(|_| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)]).collect();
-        let mut stage = || [v.alloc(tile_elems), v.alloc(tile_elems)];
-        let (stage_in, stage_out) = (q_in.then(&mut stage), q_out.map(|_| stage()));
+        let mut stage = |eb: u64| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)];
+        let (stage_in, stage_out) = (q_in.then(|| stage(in_stage_bytes)), q_out.map(|_| stage(1)));
         let tiles: Vec<(u64, u64)> = (0..outer).flat_map(|o| (0..n_chunks).map(move |c| (o, c))).collect();
         let starts = self.starts();
         let rank = dims.len();
@@ -586,15 +638,16 @@ impl<'g> Lowerer<'g> {
                 let origin = |s: &[u64]| -> u64 { start.iter().zip(s).map(|(a, b)| a * b).sum() };
                 let acc = self.vtcm(bufs[0][slot], &tshape);
                 // DMA into `dst`; an int8 source through the staging buffer, dequantised.
-                let fetch = |ops: &mut Vec<Op>, src: Tensor, dst: Tensor, base: u64| match quant(base) {
-                    Some(q) => {
-                        let staged =
-                            Tensor::vtcm(stage_in.expect("int8 operands have staging")[slot], DType::I8, src.dims());
-                        ops.push(Op::DmaIn { dst: staged, src, multicast: 0, peer_bytes: 0 });
-                        let (scale, zero_point) = (q.scale, q.zero_point);
-                        ops.push(Op::Convert { dst, src: staged, scale, zero_point, scales: None });
+                let fetch = |ops: &mut Vec<Op>, src: Tensor, dst: Tensor, base: u64| {
+                    if src.dtype == program {
+                        ops.push(Op::DmaIn { dst, src, multicast: 0, peer_bytes: 0 });
+                        return;
                     }
-                    None => ops.push(Op::DmaIn { dst, src, multicast: 0, peer_bytes: 0 }),
+                    let at = stage_in.expect("int8 and int32 operands have staging")[slot];
+                    let staged = Tensor::vtcm(at, src.dtype, src.dims());
+                    ops.push(Op::DmaIn { dst: staged, src, multicast: 0, peer_bytes: 0 });
+                    let (scale, zero_point) = quant(base).map_or((1.0, 0), |q| (q.scale, q.zero_point));
+                    ops.push(Op::Convert { dst, src: staged, scale, zero_point, scales: None });
                 };
                 // An operand's tile: DMA its distinct elements, view them broadcast.
                 let load = |ops: &mut Vec<Op>, me: &Self, which: usize, base: u64, buf: u64| -> Tensor {
@@ -1168,8 +1221,10 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     for (v, _) in stored.iter().enumerate().filter(|(_, &s)| s) {
         value_offsets[v] = at;
         if let Some(q) = g.values[v].quant {
-            dtypes.insert(at, DType::I8);
             quants.insert(at, q);
+        }
+        if value_dtype(g, &o, v) != o.dtype {
+            dtypes.insert(at, value_dtype(g, &o, v));
         }
         let eb = value_dtype(g, &o, v).bytes();
         at = align(at + o.replicas as u64 * g.values[v].elements() as u64 * eb, ALIGN);
@@ -1300,6 +1355,7 @@ fn used_constants(g: &Graph) -> Vec<bool> {
                 }
             }
             LayerKind::Pad { fill, .. } => used[*fill] = true,
+            LayerKind::Gather { table, .. } => used[*table] = true,
             LayerKind::Elementwise { first, steps } => {
                 for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
                     ChainStep::Binary { operand, .. } => Some(operand),
@@ -1389,6 +1445,7 @@ impl Lowerer<'_> {
             LayerKind::Concat { inputs, axis } => l.concat(inputs, y, *axis)?,
             LayerKind::Transpose { input, perm } => l.transpose(*input, y, perm)?,
             LayerKind::Pad { input, begin, fill } => l.pad(*input, y, begin, *fill)?,
+            LayerKind::Gather { table, indices } => l.gather(*table, *indices, y)?,
         }
         Ok(())
     }

@@ -44,7 +44,9 @@ fn work(image: &ProgramImage) -> u64 {
             | Op::Softmax { dst, src }
             | Op::LayerNorm { dst, src, .. }
             | Op::Reduce { dst, src, .. } => most(&[&dst, &src]),
-            Op::Binary { dst, a, b, .. } | Op::Convert { dst, src: a, scales: Some(b), .. } => most(&[&dst, &a, &b]),
+            Op::Binary { dst, a, b, .. }
+            | Op::Convert { dst, src: a, scales: Some(b), .. }
+            | Op::Gather { dst, table: a, indices: b } => most(&[&dst, &a, &b]),
             Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 1,
         }
     })

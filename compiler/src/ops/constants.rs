@@ -1,11 +1,13 @@
 //! Shape arithmetic evaluated at compile time: `ConstantOfShape`, `Gather`, `Slice`,
-//! `Range`.
+//! `Range`; and `Gather` of a constant table's rows by runtime indices (embeddings).
 
 use super::{FoldCx, OpDef, ShapeCx};
+use crate::build::Builder;
 use crate::fold::*;
-use crate::ir::Const;
-use crate::onnx::{data_type, AttributeValue};
+use crate::ir::{Const, LayerKind};
+use crate::onnx::{data_type, AttributeValue, Node};
 use crate::shapes::ShapeError;
+use crate::CompileError;
 
 /// The operators of this family.
 pub(super) static OPS: &[OpDef] = &[
@@ -15,7 +17,7 @@ pub(super) static OPS: &[OpDef] = &[
         fold: Some(fold_constant_of_shape),
         build: None,
     },
-    OpDef { name: "Gather", shape: None, fold: Some(fold_gather), build: None },
+    OpDef { name: "Gather", shape: Some(shape_gather), fold: Some(fold_gather), build: Some(build_gather) },
     OpDef { name: "Range", shape: None, fold: Some(fold_range), build: None },
     OpDef { name: "Slice", shape: None, fold: Some(fold_slice), build: None },
 ];
@@ -28,6 +30,42 @@ pub(super) fn shape_constant_of_shape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, Shap
         }
         shape
     })
+}
+
+/// `data[:axis] + indices + data[axis + 1:]`.
+pub(super) fn shape_gather(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
+    let (data, indices) = (cx.input(0)?, cx.input(1)?);
+    let r = data.len() as i64;
+    let axis = cx.node.attr_int("axis", 0);
+    let axis = if axis < 0 { axis + r } else { axis };
+    if !(0..r).contains(&axis) {
+        return Err(cx.fail(format!("axis {axis} is outside a rank-{r} input")));
+    }
+    let a = axis as usize;
+    Ok(data[..a].iter().chain(indices).chain(&data[a + 1..]).copied().collect())
+}
+
+/// A runtime gather: rows of a constant table `[V, H]` (axis 0) by runtime integer
+/// indices, such as an embedding look-up of token ids.
+pub(super) fn build_gather(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    let table = bld.konst(node, 0)?.ok_or_else(|| bld.fail(node, "the table must be known at compile time"))?;
+    let indices = bld.value_as_stored(node, 1)?;
+    if !bld.g.values[indices].int32 {
+        return Err(bld.fail(node, format!("indices '{}' must be an integer input (or a view of one)", node.inputs[1])));
+    }
+    let ts = bld.g.consts[table].shape.clone();
+    if ts.len() != 2 || node.attr_int("axis", 0) != 0 {
+        return Err(bld.fail(node, format!("only rows (axis 0) of a matrix are gathered; the table is {ts:?}")));
+    }
+    let shape = bld.out_shape(node)?;
+    let table = if bld.g.consts[table].is_int() {
+        let c = Const::f32(ts.clone(), bld.g.consts[table].to_f32());
+        bld.g.add_const(&node.inputs[0], c)
+    } else {
+        table
+    };
+    bld.add_layer(node, LayerKind::Gather { table, indices }, shape);
+    Ok(())
 }
 
 pub(super) fn fold_gather(cx: &FoldCx<'_>) -> Result<Const, FoldError> {

@@ -358,16 +358,22 @@ pub(super) fn build_dropout(bld: &mut Builder<'_>, node: &Node) -> Result<(), Co
 }
 
 pub(super) fn build_cast(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    {
-        let to = node.attr_int("to", i64::from(data_type::FLOAT));
-        if ![data_type::FLOAT, data_type::FLOAT16, data_type::DOUBLE].map(i64::from).contains(&to) {
-            return Err(bld.fail(node, format!("casting a runtime tensor to data type {to} is not supported")));
+    let to = node.attr_int("to", i64::from(data_type::FLOAT));
+    let x = bld.value_as_stored(node, 0)?;
+    let float = [data_type::FLOAT, data_type::FLOAT16, data_type::DOUBLE].map(i64::from).contains(&to);
+    let int = [data_type::INT64, data_type::INT32].map(i64::from).contains(&to);
+    if bld.g.values[x].quant.is_some() {
+        return Err(bld.fail(node, "casting a quantised (int8) tensor is not supported; dequantise it first"));
+    }
+    let shape = bld.g.values[x].shape.clone();
+    match (bld.g.values[x].int32, float, int) {
+        // Integers to float: converted once (the integer value's float view).
+        (true, true, _) => {
+            let f = bld.float_view(x);
+            bld.bind_value(&node.outputs[0].clone(), f);
+            Ok(())
         }
-        let x = bld.value_as_stored(node, 0)?;
-        if bld.g.values[x].quant.is_some() {
-            return Err(bld.fail(node, "casting a quantised (int8) tensor is not supported; dequantise it first"));
-        }
-        let shape = bld.g.values[x].shape.clone();
-        bld.view(node, shape)
+        (true, _, true) | (false, true, _) => bld.view(node, shape),
+        _ => Err(bld.fail(node, format!("casting a runtime tensor to data type {to} is not supported"))),
     }
 }

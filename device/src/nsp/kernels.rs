@@ -507,6 +507,12 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
                 .collect();
             scatter_f32(vtcm, &dst, &out)
         }
-        Op::End | Op::DmaIn { .. } | Op::DmaOut { .. } | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Some(()),
+        Op::End
+        | Op::DmaIn { .. }
+        | Op::DmaOut { .. }
+        | Op::Gather { .. }
+        | Op::Signal { .. }
+        | Op::Wait { .. }
+        | Op::Barrier => Some(()),
     }
 }

@@ -174,6 +174,8 @@ impl CostModel {
         match op {
             Op::End => 0,
             Op::DmaIn { .. } | Op::DmaOut { .. } => self.dma_setup_cycles,
+            // One descriptor per row.
+            Op::Gather { indices, .. } => self.dma_setup_cycles * u64::from(indices.shape[0]).max(1),
             Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => self.sync_latency_cycles,
             Op::MatMul { a, b, .. } => {
                 self.hmx_cycles(a.dtype, a.shape[0].into(), b.shape[1].into(), a.shape[1].into(), 1)
@@ -211,7 +213,7 @@ impl CostModel {
 /// The engine an op runs on.
 pub fn engine(op: &Op) -> Engine {
     match op {
-        Op::DmaIn { .. } | Op::DmaOut { .. } => Engine::Dma,
+        Op::DmaIn { .. } | Op::DmaOut { .. } | Op::Gather { .. } => Engine::Dma,
         Op::MatMul { .. } | Op::Conv2d { .. } => Engine::Hmx,
         Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Engine::Sync,
         _ => Engine::Hvx,
@@ -221,7 +223,7 @@ pub fn engine(op: &Op) -> Engine {
 /// The profile class of an op.
 pub fn op_class(op: &Op) -> OpClass {
     match op {
-        Op::DmaIn { .. } => OpClass::CopyToVtcm,
+        Op::DmaIn { .. } | Op::Gather { .. } => OpClass::CopyToVtcm,
         Op::DmaOut { .. } => OpClass::CopyFromVtcm,
         Op::MatMul { .. } => OpClass::MatMul,
         Op::Conv2d { .. } => OpClass::Convolution,

@@ -146,6 +146,24 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             }
             Ok(())
         }
+        Op::Gather { dst, table, indices } => {
+            check(table, "gather table", Space::Ddr, limits)?;
+            v(dst, "gather destination")?;
+            v(indices, "gather indices")?;
+            rank(table, 2, "gather table [V, H]")?;
+            rank(dst, 2, "gather destination [N, H]")?;
+            rank(indices, 1, "gather indices [N]")?;
+            types(table.dtype == dst.dtype && indices.dtype == DType::I32, || {
+                format!(
+                    "gather copies {:?} rows into {:?} by I32 indices (got {:?})",
+                    table.dtype, dst.dtype, indices.dtype
+                )
+            })?;
+            shapes(dst.shape[0] == indices.shape[0] && dst.shape[1] == table.shape[1], || {
+                format!("gather of {:?} rows by {:?} indices into {:?}", table.dims(), indices.dims(), dst.dims())
+            })?;
+            shapes(table.strides[1] == 1 && dst.is_contiguous(), || String::from("gather moves whole contiguous rows"))
+        }
         Op::DmaOut { dst, src } => {
             v(src, "DMA source")?;
             check(dst, "DMA destination", Space::Ddr, limits)?;

@@ -46,6 +46,10 @@ pub(super) fn execute<M: SharedMemory>(
             let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
             dma_out(mem, ddr_base, &src, &dst, nsp.vtcm())
         }
+        Op::Gather { dst, table, indices } => {
+            let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
+            gather(mem, ddr_base, &table, &indices, &dst, nsp.vtcm_mut())
+        }
         Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Some(()),
         _ => {
             let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
@@ -184,6 +188,30 @@ fn dma_in<M: SharedMemory>(
 }
 
 /// VTCM -> DDR.
+/// `dst[i] = table[indices[i]]`, row by row; `None` (a fault) for an index outside the
+/// table, before anything is read for it.
+fn gather<M: SharedMemory>(
+    mem: &M,
+    ddr_base: u64,
+    table: &Tensor,
+    indices: &Tensor,
+    dst: &Tensor,
+    vtcm: &mut [u8],
+) -> Option<()> {
+    let ids = nsp::kernels::gather_i32(vtcm, indices)?;
+    let row_bytes = usize::try_from(u64::from(table.shape[1]) * table.dtype.bytes()).ok()?;
+    let start = usize::try_from(dst.offset).ok()?;
+    let mut row = *table;
+    row.shape[0] = 1;
+    for (i, &id) in ids.iter().enumerate() {
+        let id = u32::try_from(id).ok().filter(|&id| id < table.shape[0])?;
+        row.offset = table.offset + u64::from(id) * u64::from(table.strides[0]) * table.dtype.bytes();
+        let at = start.checked_add(i.checked_mul(row_bytes)?)?;
+        read_ddr(mem, ddr_base, &row, vtcm.get_mut(at..at.checked_add(row_bytes)?)?)?;
+    }
+    Some(())
+}
+
 fn dma_out<M: SharedMemory>(mem: &M, ddr_base: u64, src: &Tensor, dst: &Tensor, vtcm: &[u8]) -> Option<()> {
     if src.is_contiguous() {
         // Straight from VTCM.
