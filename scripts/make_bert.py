@@ -32,9 +32,16 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--exported", action="store_true", help="token-id inputs and embeddings, as exported")
     ap.add_argument("--vocab", type=int, default=100)
+    ap.add_argument("--symbolic-seq", action="store_true", help="the sequence dimension is the symbol sequence_length")
+    ap.add_argument(
+        "--constant-weights",
+        action="store_true",
+        help="weights as ConstantOfShape nodes (a small file for timing runs of full-size models)",
+    )
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     H, S, NH = a.hidden, a.seq, a.heads
+    SEQ = "sequence_length" if a.symbolic_seq else S
     D = H // NH
     nodes, inits = [], []
     counter = [0]
@@ -45,7 +52,15 @@ def main():
 
     def const(p, value):
         n = name(p)
-        inits.append(numpy_helper.from_array(np.asarray(value), n))
+        value = np.asarray(value)
+        if a.constant_weights and value.dtype == np.float32 and value.size > 64:
+            # One value repeated, as the onnx package's light models carry their weights.
+            shape = numpy_helper.from_array(np.array(value.shape, dtype=np.int64), n + "_shape")
+            inits.append(shape)
+            fill = helper.make_tensor("value", TensorProto.FLOAT, [1], [float(value.flat[0])])
+            nodes.append(helper.make_node("ConstantOfShape", [shape.name], [n], name=n, value=fill))
+            return n
+        inits.append(numpy_helper.from_array(value, n))
         return n
 
     def node(op, inputs, **attrs):
@@ -95,7 +110,7 @@ def main():
         m = node("Cast", [m], to=TensorProto.FLOAT)
         additive = node("Mul", [node("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), m]),
                                 const("neg", np.array(-10000.0, dtype=np.float32))])
-        inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", S]) for n in (ids, mask_in, types)]
+        inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", SEQ]) for n in (ids, mask_in, types)]
     else:
         x = node("Cast", ["hidden_states"], to=TensorProto.FLOAT)
         # Additive mask: the last quarter of the sequence is padding.
@@ -111,7 +126,7 @@ def main():
                                       const("a2", np.array([1], dtype=np.int64))])
         additive = node("Cast", [node("Expand", [additive, const("eshape", np.array([1, 1, 1, S], dtype=np.int64))])],
                         to=TensorProto.FLOAT)
-        inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", S, H])]
+        inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", SEQ, H])]
     for layer in range(a.layers):
         batch, seq = dim(x, 0), dim(x, 1)
         heads_shape = node("Concat", [batch, seq, const("nh", np.array([NH, D], dtype=np.int64))], axis=0)
@@ -139,7 +154,7 @@ def main():
     graph = helper.make_graph(
         nodes, "bert_encoder",
         inputs,
-        [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch_size", S, H])],
+        [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch_size", SEQ, H])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="aicsim-make-bert")

@@ -35,10 +35,11 @@ export AICSIM_CHROMIUM AICSIM_REQUIRE_CHROMIUM=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
-# The calibration against the hardware measurements and the configurator's searches
-# run in release (they simulate thousands of ResNet-50 inferences); in debug builds
-# they skip themselves.
-cargo test --release --test calibration --test configurator -- --nocapture 2>&1 | tee -a "$log"
+# The calibration against the hardware measurements, the configurator's searches and
+# the full-size exported BERT-base run in release (they simulate thousands of ResNet-50
+# inferences, and BERT-base is 90 GMAC per inference); in debug builds they skip
+# themselves.
+cargo test --release --test calibration --test configurator --test transformers -- --nocapture 2>&1 | tee -a "$log"
 # The fault campaign: a million inferences through the whole driver stack under every
 # fault, each completing once with its own output or failing once with a named error
 # (it exits non-zero otherwise). `cargo bench --bench fault_campaign` runs ten million.
