@@ -259,8 +259,19 @@ impl<'a> Builder<'a> {
                 c => c,
             });
         }
-        // The running value is the first runtime operand.
-        let lead = operands.iter().position(|o| matches!(o, Operand::Value(_))).expect("not all constant");
+        // The running value is the first runtime operand; of two, the one an element-wise
+        // chain produced when the operation commutes (so `x * chain(x)` joins the chain,
+        // as in GELU's `x * (1 + erf(x / sqrt 2))`).
+        let mut lead = operands.iter().position(|o| matches!(o, Operand::Value(_))).expect("not all constant");
+        if let [Operand::Value(a), Operand::Value(b)] = operands[..] {
+            let chain = |name: &str, v: ValueId| {
+                self.fusable(name, v).is_some_and(|l| matches!(self.g.layers[l].kind, LayerKind::Elementwise { .. }))
+            };
+            let commutes = matches!(kind, BinaryKind::Add | BinaryKind::Mul | BinaryKind::Max | BinaryKind::Min);
+            if commutes && !chain(&node.inputs[0], a) && chain(&node.inputs[1], b) {
+                lead = 1;
+            }
+        }
         let Operand::Value(x) = operands[lead] else { unreachable!() };
         let mut steps = Vec::new();
         for (i, o) in operands.iter().enumerate() {
@@ -336,6 +347,27 @@ impl<'a> Builder<'a> {
                 {
                     *r = Some(res);
                     self.rename(node, conv_out);
+                    return Ok(());
+                }
+            }
+        }
+        // Gamma and beta after a layer normalisation (a decomposed one, recognised before
+        // import) are its scale and bias.
+        if let (
+            [ChainStep::Binary { kind: k @ (BinaryKind::Mul | BinaryKind::Add), operand: Operand::Const(c), .. }],
+            Some(l),
+        ) = (steps.as_slice(), self.fusable(&node.inputs[lead], x))
+        {
+            let row = *shape.last().unwrap_or(&0);
+            let fits = self.g.consts[*c].len() == row
+                && self.g.consts[*c].shape.last() == Some(&row)
+                && self.g.values[x].shape == shape;
+            let (k, c) = (*k, *c);
+            if let LayerKind::LayerNorm { scale, bias: bias @ None, .. } = &mut self.g.layers[l].kind {
+                let slot = if k == BinaryKind::Mul { scale } else { bias };
+                if fits && slot.is_none() {
+                    *slot = Some(c);
+                    self.rename(node, x);
                     return Ok(());
                 }
             }
@@ -821,9 +853,12 @@ pub fn import_with_constants(
         }
         _ => return Err(CompileError::UnsupportedMany { nodes: unknown, opset }),
     }
-    for node in &graph.nodes {
+    let ranks: HashMap<String, usize> =
+        b.g.inputs.iter().map(|i| (i.name.clone(), b.g.values[i.value].shape.len())).collect();
+    for node in &crate::patterns::fuse_layer_norms(graph, &ranks) {
         b.node(node)?;
     }
+    crate::patterns::fuse_gelu(&mut b.g);
     // ONNX allows empty tensors; a device program has nothing to move or compute for
     // one, and every tiling below assumes at least one element.
     if let Some(v) = b.g.values.iter().find(|v| v.elements() == 0) {

@@ -17,6 +17,7 @@ pub mod ir;
 pub mod lower;
 pub mod onnx;
 pub mod ops;
+mod patterns;
 mod peers;
 pub mod protobuf;
 pub mod quantize;
