@@ -77,8 +77,9 @@ impl QuantArgs {
                 v => return Err(format!("-quantization-precision={v}: expected Int8")),
             },
             "-quantization-precision-bias" => match need()? {
-                "Int32" => {}
-                v => return Err(format!("-quantization-precision-bias={v}: biases are int32 (Int32)")),
+                "Int32" => self.options.bias_int8 = false,
+                "Int8" => self.options.bias_int8 = true,
+                v => return Err(format!("-quantization-precision-bias={v}: expected Int32 or Int8")),
             },
             "-quantization-schema-activations" => {
                 self.options.activations = Schema::parse(need()?).map_err(|e| format!("{flag}: {e}"))?
@@ -166,7 +167,8 @@ usage: aic-exec -m=<model.onnx | zoo:NAME> -aic-binary-dir=<dir> [flags]
   -num-histogram-bins=<n>              histogram bins per tensor (default 512)
   -quantization-schema-activations=symmetric|symmetric_with_uint8|symmetric_with_power2_scale
   -quantization-schema-constants=symmetric|symmetric_with_power2_scale
-  -quantization-precision-bias=Int32   biases in int32 (the only choice)
+  -quantization-precision-bias=Int32|Int8  biases in int32 in units of the sums (default),
+                                       or int8 with a scale of their own
   -dump-profile=<file>                 write the calibration profile (JSON)
   -load-profile=<file>                 use a profile instead of calibrating
   -node-precision-info=<file>          nodes to keep in float (FP16NodeInstanceNames: [...])

@@ -327,6 +327,7 @@ fn bad_quantisation_input_is_one_line_exit_2_and_writes_nothing() {
     bad(&[m.clone(), int8.clone(), list_of("empty.txt")], &["empty.txt", "no calibration samples"]);
     bad(&[m.clone(), int8.clone()], &["-input-list-file"]);
     bad(&[m.clone(), "-quantization-precision=Int16".into()], &["Int16"]);
+    bad(&[m.clone(), int8.clone(), list_of("list.txt"), "-quantization-precision-bias=Int4".into()], &["Int4"]);
     bad(&[m.clone(), int8.clone(), list_of("list.txt"), "-quantization-calibration=Magic".into()], &["Magic"]);
     // A profile of another model.
     let (code, _, err) = exec(&[

@@ -170,3 +170,25 @@ fn qlinear_matmul_is_an_int8_product_with_the_operators_result() {
         }
     }
 }
+
+/// `-quantization-precision-bias=Int8`: each bias is int8 with a scale of its own, so the
+/// program adds biases with int8's precision (a different program from int32 biases),
+/// still close to the float one.
+#[test]
+fn int8_biases_carry_int8_precision() {
+    let model = zoo::small_cnn();
+    let profile = profile();
+    let held_back = samples(99, 2, 3 * 16 * 16);
+    let float = compile(&model, None, "f", &CompileOptions::default()).unwrap();
+    let want = run_functional(&float, &held_back).unwrap();
+    let program = |bias_int8| {
+        let opts = QuantOptions { bias_int8, ..QuantOptions::default() };
+        let (qdq, _) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
+        compile(&qdq, None, "q", &CompileOptions::default()).unwrap()
+    };
+    let (b32, b8) = (program(false), program(true));
+    assert_ne!(b32.image.constants, b8.image.constants, "int8 biases round differently");
+    for (g, w) in run_functional(&b8, &held_back).unwrap().iter().zip(&want) {
+        assert!(cosine(&g[0], &w[0]) >= 0.99, "cosine {}", cosine(&g[0], &w[0]));
+    }
+}

@@ -102,6 +102,10 @@ pub struct QuantOptions {
     pub float_ops: Vec<String>,
     /// Node names kept in float (`-node-precision-info=FILE`).
     pub float_nodes: Vec<String>,
+    /// Biases in int8 (`-quantization-precision-bias=Int8`: one symmetric scale per
+    /// bias) instead of int32 in units of the sums; the device still adds them to the
+    /// int32 sums, with int8's precision.
+    pub bias_int8: bool,
 }
 
 impl Default for QuantOptions {
@@ -114,6 +118,7 @@ impl Default for QuantOptions {
             bins: 512,
             float_ops: Vec::new(),
             float_nodes: Vec::new(),
+            bias_int8: false,
         }
     }
 }

@@ -306,15 +306,24 @@ pub fn quantize_model(
                 });
             };
             let bv = bt.to_f32();
-            let bscale: Vec<f32> = scales.iter().map(|s| s * px.scale).collect();
-            let bints: Vec<i64> =
-                bv.iter().zip(&bscale).map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64).collect();
-            let bq = rw.name(b, "int32");
-            rw.init(&bq, vec![co as i64], data_type::INT32, TensorData::Int32s(bints));
+            let (bscale, btype): (Vec<f32>, i32) = if opts.bias_int8 {
+                let top = bv.iter().fold(0f32, |m, v| m.max(v.abs()));
+                (vec![if top > 0.0 { top / 127.0 } else { 1.0 }; co], data_type::INT8)
+            } else {
+                (scales.iter().map(|s| s * px.scale).collect(), data_type::INT32)
+            };
+            let bints: Vec<i64> = bv
+                .iter()
+                .zip(&bscale)
+                .map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64)
+                .map(|q| if opts.bias_int8 { q.clamp(-127, 127) } else { q })
+                .collect();
+            let bq = rw.name(b, "int");
+            rw.init(&bq, vec![co as i64], btype, TensorData::Int32s(bints));
             let bs = rw.name(b, "scale");
             rw.init(&bs, vec![co as i64], data_type::FLOAT, TensorData::Floats(bscale));
             let bz = rw.name(b, "zero_point");
-            rw.init(&bz, vec![co as i64], data_type::INT32, TensorData::Int32s(vec![0; co]));
+            rw.init(&bz, vec![co as i64], btype, TensorData::Int32s(vec![0; co]));
             let bd = rw.name(b, "dequantized");
             if bt.len() != co {
                 return Err(CompileError::Node {
