@@ -70,8 +70,8 @@ impl QuantArgs {
             "-quantization-precision" => match need()? {
                 "Int8" => self.int8 = true,
                 "Int16" => {
-                    return Err("-quantization-precision=Int16: not supported; the card's HMX multiplies int8 and \
-                                    fp16 (use Int8, or -convert-to-fp16)"
+                    return Err("-quantization-precision=Int16: not built yet (aicsim's ISA has no int16 type); \
+                                use Int8, or -convert-to-fp16"
                         .into())
                 }
                 v => return Err(format!("-quantization-precision={v}: expected Int8")),
