@@ -514,3 +514,15 @@ fn convolutions_over_a_changed_input_are_recomputed() {
         }
     }
 }
+
+/// Quantising infinities saturates (a fuzzed program once fed one through a convert with
+/// a zero point, and the sum overflowed).
+#[test]
+fn quantising_infinities_saturates() {
+    let mut c = core();
+    put(&mut c, A, DType::F32, &[f64::INFINITY, f64::NEG_INFINITY, 1.0]);
+    let src = Tensor::vtcm(A, DType::F32, &[3]);
+    let op = Op::Convert { dst: Tensor::vtcm(C, DType::I8, &[3]), src, scale: 0.5, zero_point: 5, scales: None };
+    compute(c.vtcm_mut(), &op).unwrap();
+    assert_eq!(get(&c, C, DType::I8, 3), vec![127.0, -128.0, 7.0]);
+}

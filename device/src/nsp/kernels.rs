@@ -213,13 +213,15 @@ pub(crate) fn binary_i32(kind: BinaryKind, a: i32, b: i32) -> i32 {
 
 /// The conversion rule of [`Op::Convert`] for one value.
 pub(crate) fn convert_to_int(x: f32, scale: f32, zero_point: i32) -> i32 {
-    let q = libm::rintf(x / scale) as i64 + i64::from(zero_point);
+    // (Saturating: an infinite quotient, from a zero per-element scale, stays at the
+    // range's end.)
+    let q = (libm::rintf(x / scale) as i64).saturating_add(i64::from(zero_point));
     q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
 /// i32 -> narrow integer: `round_half_even(x * scale) + zero_point`.
 pub(crate) fn requantize(x: i32, scale: f32, zero_point: i32) -> i32 {
-    let q = libm::rintf(x as f32 * scale) as i64 + i64::from(zero_point);
+    let q = (libm::rintf(x as f32 * scale) as i64).saturating_add(i64::from(zero_point));
     q.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }
 
