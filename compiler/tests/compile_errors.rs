@@ -270,3 +270,34 @@ fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
     let e = compile(&mismatch, None, "q", &opts()).unwrap_err().to_string();
     assert!(e.contains(&name) && e.contains("quantised with scale"), "{e}");
 }
+
+/// Found by the fuzzer: a quantisation node without inputs, and per-axis scales that do
+/// not match their axis, are errors naming the node (they once indexed out of bounds).
+#[test]
+fn malformed_quantisation_nodes_are_errors_not_panics() {
+    use aicsim_compiler::onnx::TensorData;
+    let m = zoo::qdq_cnn();
+    let mut bare = m.clone();
+    let dq = bare.graph.nodes.iter_mut().find(|n| n.op_type == "DequantizeLinear").unwrap();
+    let name = dq.name.clone();
+    dq.inputs.clear();
+    let e = compile(&bare, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&name), "{e}");
+    // The weights' per-channel scales, one short.
+    let mut short = m.clone();
+    let wdq = short
+        .graph
+        .nodes
+        .iter()
+        .find(|n| n.op_type == "DequantizeLinear" && n.inputs[0].starts_with("w_int8"))
+        .unwrap()
+        .clone();
+    let scale = short.graph.initializers.iter_mut().find(|t| t.name == wdq.inputs[1]).unwrap();
+    scale.dims = vec![3];
+    scale.data = TensorData::Floats(vec![0.01; 3]);
+    let zp = short.graph.initializers.iter_mut().find(|t| t.name == wdq.inputs[2]).unwrap();
+    zp.dims = vec![3];
+    zp.data = TensorData::Int32s(vec![0; 3]);
+    let e = compile(&short, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&wdq.name) && e.contains("per-axis scales"), "{e}");
+}

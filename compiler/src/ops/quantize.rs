@@ -126,6 +126,9 @@ impl Params {
             None => data_type::UINT8,
         };
         let zero_points = zp.map_or(vec![0; scales.len()], |z| b.g.consts[z].to_i64());
+        if scales.is_empty() {
+            return Err(b.fail(node, format!("scale '{}' is empty", node.inputs[1])));
+        }
         if zero_points.len() != scales.len() {
             return Err(b.fail(node, format!("{} scales but {} zero points", scales.len(), zero_points.len())));
         }
@@ -157,6 +160,17 @@ impl Params {
         Ok(Params { scales, zero_points, axis, int_type })
     }
 
+    /// Per-axis parameters must match the length of their axis in `shape`.
+    fn check_shape(&self, b: &Builder<'_>, node: &Node, shape: &[usize]) -> Result<(), CompileError> {
+        match self.axis {
+            Some(a) if shape.get(a) != Some(&self.scales.len()) => Err(b.fail(
+                node,
+                format!("{} per-axis scales for axis {a} of a tensor of shape {shape:?}", self.scales.len()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The parameters' index for each element of a tensor of `shape`.
     fn index(&self, shape: &[usize]) -> impl Fn(usize) -> usize + '_ {
         let (len, inner) = match self.axis {
@@ -181,7 +195,7 @@ impl Params {
 }
 
 fn rank_of(b: &Builder<'_>, node: &Node) -> usize {
-    b.shapes.dims.get(&node.inputs[0]).map_or(0, Vec::len)
+    node.inputs.first().and_then(|x| b.shapes.dims.get(x)).map_or(0, Vec::len)
 }
 
 fn build_dequantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
@@ -190,6 +204,7 @@ fn build_dequantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError
     match b.entry(node, 0)? {
         Some(Entry::Const(c)) => {
             let q = b.g.consts[c].clone();
+            p.check_shape(b, node, &q.shape)?;
             let at = p.index(&q.shape);
             let ints = q.to_i64();
             let values = ints.iter().enumerate().map(|(i, &v)| ((v - p.zero_points[at(i)]) as f32) * p.scales[at(i)]);
@@ -236,6 +251,7 @@ fn build_quantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> 
     match b.entry(node, 0)? {
         Some(Entry::Const(c)) => {
             let x = b.g.consts[c].clone();
+            p.check_shape(b, node, &x.shape)?;
             let at = p.index(&x.shape);
             let (lo, hi) = if p.int_type == data_type::INT8 { (-128, 127) } else { (0, 255) };
             let values = x.to_f32();
