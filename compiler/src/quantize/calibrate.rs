@@ -15,6 +15,11 @@ use super::{fingerprint, Profile, TensorStats};
 use crate::onnx::Model;
 use crate::{compile, CompileError, CompileOptions, Compiled};
 
+/// Little-endian f32 values of `bytes`.
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
 /// A compiled program loaded and activated on a device of its own, run functionally.
 struct Bench {
     rig: Rig,
@@ -58,10 +63,7 @@ impl Bench {
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         let outs =
             self.rig.infer(0, self.info, &self.image, &refs, self.io_at).map_err(|r| device_error("infer", r))?;
-        Ok(outs
-            .iter()
-            .map(|o| o.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-            .collect())
+        Ok(outs.iter().map(|o| f32s(o)).collect())
     }
 
     /// `elements` f32 values of the activation's DDR from byte `offset`.
@@ -69,7 +71,7 @@ impl Bench {
         let mut raw = vec![0u8; elements * 4];
         let at = self.rig.map.ddr_offset() + self.info.ddr_base + offset;
         self.rig.mem.read(at, &mut raw).expect("values lie inside the activation's DDR");
-        raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        f32s(&raw)
     }
 }
 
@@ -179,7 +181,7 @@ pub fn read_input_list(path: &Path, inputs: &[(String, usize)]) -> Result<Vec<Ve
                     ),
                 ));
             }
-            sample.push(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+            sample.push(f32s(&bytes));
         }
         samples.push(sample);
     }
