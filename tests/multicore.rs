@@ -72,6 +72,7 @@ fn tiled_matmul() -> ProgramImage {
         cores,
         constants: vec![],
         layers: Vec::new(),
+        entries: Vec::new(),
     }
 }
 

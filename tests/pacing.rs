@@ -42,6 +42,7 @@ fn heavy_program() -> ProgramImage {
         cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
         constants: vec![],
         layers: Vec::new(),
+        entries: Vec::new(),
     }
 }
 

@@ -12,10 +12,20 @@
 //! layers   layer count, core count, then layer count x core count first-instruction
 //!          indices (layer by layer), padded to 8, then per layer { name length u16,
 //!          op-type length u16, name, op type } padded to 8       (optional)
+//! entries  entry count, core count, then entry count x core count first-instruction
+//!          indices, padded to 8, then per entry { name length u16, name } padded
+//!          to 8                                                   (optional)
 //! ```
 //!
 //! The layers section names the ONNX node each instruction was compiled from, so
 //! profiles and traces can say which layer an instruction belongs to.
+//!
+//! A program may have several *entries* (network specialisations: a language model's
+//! prefill over a prompt and its one-token decode step) sharing one DDR layout: each
+//! core's stream is the entries' streams one after the other, each ending in `End`; a
+//! binding belongs to one entry; the doorbell's data names the entry a run starts.
+//! *State* bindings name DDR the entries share and that outlives a run (a KV cache):
+//! the host never moves it.
 //!
 //! [`ProgramImage::parse`] checks every offset and length before using it and never
 //! panics; its errors name the section and the bound that was broken.
@@ -109,6 +119,7 @@ const KIND_IO: u32 = 2;
 const KIND_CODE: u32 = 3;
 const KIND_CONSTANTS: u32 = 4;
 const KIND_LAYERS: u32 = 5;
+const KIND_ENTRIES: u32 = 6;
 
 /// Most layers a program may name.
 pub const MAX_LAYERS: u32 = 1 << 20;
@@ -120,6 +131,7 @@ fn section_name(kind: u32) -> &'static str {
         KIND_CODE => "code",
         KIND_CONSTANTS => "constants",
         KIND_LAYERS => "layers",
+        KIND_ENTRIES => "entries",
         _ => "unknown",
     }
 }
@@ -129,6 +141,8 @@ fn section_name(kind: u32) -> &'static str {
 pub enum IoDirection {
     Input = 0,
     Output = 1,
+    /// Retained state: DDR the program keeps between runs, which no transfer touches.
+    State = 2,
 }
 
 /// Element type of an I/O binding, as the host sees it.
@@ -199,6 +213,8 @@ pub struct IoBinding {
     pub ddr_offset: u64,
     pub size_bytes: u64,
     pub host: HostFormat,
+    /// The entry the binding belongs to (0 for state).
+    pub entry: u8,
 }
 
 impl IoBinding {
@@ -213,7 +229,14 @@ impl IoBinding {
             ddr_offset,
             size_bytes: elements * dtype.bytes(),
             host: HostFormat { dtype, layout: HostLayout::Same, scale: 1.0, offset: 0 },
+            entry: 0,
         }
+    }
+
+    /// The same binding, of entry `entry`.
+    pub fn in_entry(mut self, entry: u8) -> IoBinding {
+        self.entry = entry;
+        self
     }
 
     /// The same binding with a different host format.
@@ -260,7 +283,20 @@ pub struct ProgramImage {
     pub constants: Vec<ConstantBlob>,
     /// The ONNX nodes the program was compiled from, in order (empty if unknown).
     pub layers: Vec<Layer>,
+    /// The program's entries (empty: one, the whole of every stream).
+    pub entries: Vec<Entry>,
 }
+
+/// One entry of a program: where its instructions start in each core's stream (they
+/// run to the next entry's start, the last entry's to the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub starts: Vec<u32>,
+}
+
+/// Most entries a program may have.
+pub const MAX_ENTRIES: u32 = 16;
 
 /// One ONNX node a program was compiled from, and where its instructions start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,12 +411,55 @@ impl ProgramImage {
         self.cores.len() as u32
     }
 
+    /// The first entry's inputs.
     pub fn inputs(&self) -> impl Iterator<Item = &IoBinding> {
-        self.bindings.iter().filter(|b| b.direction == IoDirection::Input)
+        self.entry_inputs(0)
     }
 
+    /// The first entry's outputs.
     pub fn outputs(&self) -> impl Iterator<Item = &IoBinding> {
-        self.bindings.iter().filter(|b| b.direction == IoDirection::Output)
+        self.entry_outputs(0)
+    }
+
+    pub fn entry_inputs(&self, entry: usize) -> impl Iterator<Item = &IoBinding> {
+        self.bindings.iter().filter(move |b| b.direction == IoDirection::Input && usize::from(b.entry) == entry)
+    }
+
+    pub fn entry_outputs(&self, entry: usize) -> impl Iterator<Item = &IoBinding> {
+        self.bindings.iter().filter(move |b| b.direction == IoDirection::Output && usize::from(b.entry) == entry)
+    }
+
+    /// The retained-state bindings.
+    pub fn state(&self) -> impl Iterator<Item = &IoBinding> {
+        self.bindings.iter().filter(|b| b.direction == IoDirection::State)
+    }
+
+    /// How many entries the program has (at least 1).
+    pub fn entry_count(&self) -> usize {
+        self.entries.len().max(1)
+    }
+
+    /// The name of entry `entry` ("main" for a program of one).
+    pub fn entry_name(&self, entry: usize) -> &str {
+        self.entries.get(entry).map_or("main", |e| e.name.as_str())
+    }
+
+    /// The index of the entry called `name`.
+    pub fn entry_index(&self, name: &str) -> Option<usize> {
+        (0..self.entry_count()).find(|&e| self.entry_name(e) == name)
+    }
+
+    /// The instructions of `entry` on `core` (empty if either is out of range).
+    pub fn entry_stream(&self, entry: usize, core: usize) -> &[Instruction] {
+        let Some(stream) = self.cores.get(core) else { return &[] };
+        if self.entries.is_empty() {
+            return if entry == 0 { stream } else { &[] };
+        }
+        let start = |e: usize| self.entries.get(e).map(|x| x.starts[core] as usize);
+        match start(entry) {
+            Some(s) => &stream[s..start(entry + 1).unwrap_or(stream.len())],
+            None => &[],
+        }
     }
 
     /// Parses and validates a container.
@@ -395,6 +474,26 @@ impl ProgramImage {
             Some(body) => parse_layers(body, &cores)?,
             None => Vec::new(),
         };
+        let entries = match sections.entries {
+            Some(body) => parse_entries(body, &cores)?,
+            None => Vec::new(),
+        };
+        if let Some(b) = bindings.iter().find(|b| usize::from(b.entry) >= entries.len().max(1)) {
+            return Err(ContainerError::Invalid {
+                section: "io",
+                what: b.name.clone(),
+                reason: "belongs to an entry the program does not have",
+            });
+        }
+        for e in 0..entries.len().max(1) {
+            if !bindings.iter().any(|b| b.direction == IoDirection::Output && usize::from(b.entry) == e) {
+                return Err(ContainerError::Invalid {
+                    section: "io",
+                    what: format!("entry {e}"),
+                    reason: "has no output",
+                });
+            }
+        }
         Ok(ProgramImage {
             name,
             batch_size: meta.batch_size,
@@ -404,6 +503,7 @@ impl ProgramImage {
             cores,
             constants,
             layers,
+            entries,
         })
     }
 
@@ -448,6 +548,7 @@ impl ProgramImage {
             rec.host_layout = b.host.layout as u8;
             rec.quant_scale = b.host.scale.to_bits();
             rec.quant_offset = b.host.offset;
+            rec.reserved0 = b.entry;
             io.extend_from_slice(bytemuck::bytes_of(&rec));
         }
         sections.push((KIND_IO, io));
@@ -494,6 +595,25 @@ impl ProgramImage {
             }
             pad8(&mut layers);
             sections.push((KIND_LAYERS, layers));
+        }
+
+        if !self.entries.is_empty() {
+            let mut entries = Vec::new();
+            entries.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+            entries.extend_from_slice(&self.num_cores().to_le_bytes());
+            for e in &self.entries {
+                for core in 0..self.cores.len() {
+                    entries.extend_from_slice(&e.starts.get(core).copied().unwrap_or(0).to_le_bytes());
+                }
+            }
+            pad8(&mut entries);
+            for e in &self.entries {
+                let name = short_str(&e.name);
+                entries.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                entries.extend_from_slice(name.as_bytes());
+            }
+            pad8(&mut entries);
+            sections.push((KIND_ENTRIES, entries));
         }
 
         let table_bytes = sections.len() * size_of::<SectionEntry>();
@@ -592,6 +712,7 @@ struct Sections<'a> {
     code: &'a [u8],
     constants: Vec<&'a [u8]>,
     layers: Option<&'a [u8]>,
+    entries: Option<&'a [u8]>,
 }
 
 impl<'a> Sections<'a> {
@@ -607,6 +728,7 @@ impl<'a> Sections<'a> {
         let mut code = None;
         let mut constants: Vec<&[u8]> = Vec::new();
         let mut layers = None;
+        let mut entries = None;
         for index in 0..header.section_count as usize {
             let at = HEADER_BYTES + index * size_of::<SectionEntry>();
             let entry: SectionEntry = bytemuck::pod_read_unaligned(&bytes[at..at + size_of::<SectionEntry>()]);
@@ -633,6 +755,7 @@ impl<'a> Sections<'a> {
                 KIND_IO => &mut io,
                 KIND_CODE => &mut code,
                 KIND_LAYERS => &mut layers,
+                KIND_ENTRIES => &mut entries,
                 KIND_CONSTANTS => {
                     constants.push(body);
                     continue;
@@ -649,6 +772,7 @@ impl<'a> Sections<'a> {
             code: code.ok_or(ContainerError::MissingSection("code"))?,
             constants,
             layers,
+            entries,
         })
     }
 }
@@ -707,7 +831,7 @@ fn parse_bindings(body: &[u8], ddr_bytes: u64) -> Result<Vec<IoBinding>, Contain
 /// One binding record, every field checked (its DDR range against the program's DDR).
 fn parse_binding(rec: &BindingRecord, ddr_bytes: u64) -> Result<IoBinding, ContainerError> {
     let name = fixed_str("io", &rec.name)?;
-    if rec.reserved0 != 0 || rec.reserved1 != 0 || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0) {
+    if rec.reserved1 != 0 || rec.shape[usize::from(rec.rank).min(6)..].iter().any(|&d| d != 0) {
         return Err(ContainerError::Invalid {
             section: "io",
             what: name,
@@ -717,14 +841,18 @@ fn parse_binding(rec: &BindingRecord, ddr_bytes: u64) -> Result<IoBinding, Conta
     let direction = match rec.direction {
         0 => IoDirection::Input,
         1 => IoDirection::Output,
+        2 => IoDirection::State,
         _ => {
             return Err(ContainerError::Invalid {
                 section: "io",
                 what: name,
-                reason: "direction is neither input nor output",
+                reason: "direction is neither input, output nor state",
             })
         }
     };
+    if direction == IoDirection::State && rec.reserved0 != 0 {
+        return Err(ContainerError::Invalid { section: "io", what: name, reason: "state belongs to no entry" });
+    }
     let Some(dtype) = IoDType::from_raw(rec.dtype) else {
         return Err(ContainerError::Invalid { section: "io", what: name, reason: "unknown dtype" });
     };
@@ -776,7 +904,16 @@ fn parse_binding(rec: &BindingRecord, ddr_bytes: u64) -> Result<IoBinding, Conta
         return Err(ContainerError::Invalid { section: "io", what: name, reason: "reserved field is nonzero" });
     }
     let host = HostFormat { dtype: host_dtype, layout, scale, offset: rec.quant_offset };
-    Ok(IoBinding { host, name, direction, dtype, shape, ddr_offset: rec.ddr_offset, size_bytes: rec.size_bytes })
+    Ok(IoBinding {
+        host,
+        name,
+        direction,
+        dtype,
+        shape,
+        ddr_offset: rec.ddr_offset,
+        size_bytes: rec.size_bytes,
+        entry: rec.reserved0,
+    })
 }
 
 /// The code section: one instruction stream per core, as many as the metadata says.
@@ -867,6 +1004,62 @@ fn parse_layers(body: &[u8], cores: &[Vec<Instruction>]) -> Result<Vec<Layer>, C
     Ok(layers)
 }
 
+/// The entries section: at least one entry, the first starting every stream, each
+/// starting past the previous one's start and inside its stream, names UTF-8.
+fn parse_entries(body: &[u8], cores: &[Vec<Instruction>]) -> Result<Vec<Entry>, ContainerError> {
+    let mut cur = Cursor { section: "entries", bytes: body, at: 0 };
+    let count = cur.u32("entry count")?;
+    if count == 0 || count > MAX_ENTRIES {
+        return Err(ContainerError::OutOfRange {
+            section: "entries",
+            what: "entry count",
+            value: count.into(),
+            bound: "must be 1 to 16",
+        });
+    }
+    let num_cores = cur.u32("core count")?;
+    if num_cores as usize != cores.len() {
+        return Err(ContainerError::OutOfRange {
+            section: "entries",
+            what: "core count",
+            value: num_cores.into(),
+            bound: "must equal the code section's core count",
+        });
+    }
+    let mut entries: Vec<Entry> = Vec::new();
+    for index in 0..count as usize {
+        let mut starts = Vec::with_capacity(cores.len());
+        for (core, stream) in cores.iter().enumerate() {
+            let start = cur.u32("entry start")?;
+            let ok = match entries.last() {
+                None => start == 0,
+                Some(prev) => start > prev.starts[core] && (start as usize) < stream.len(),
+            };
+            if !ok {
+                return Err(ContainerError::Invalid {
+                    section: "entries",
+                    what: format!("entry {index}'s start {start} on core {core}"),
+                    reason: "the first entry starts at 0; each next one inside the stream, after the previous one",
+                });
+            }
+            starts.push(start);
+        }
+        entries.push(Entry { name: String::new(), starts });
+    }
+    cur.align8();
+    for (index, entry) in entries.iter_mut().enumerate() {
+        let len = u16::from_le_bytes(cur.take("name length", 2)?.try_into().expect("2 bytes"));
+        entry.name = core::str::from_utf8(cur.take("entry name", len.into())?).map(String::from).map_err(|_| {
+            ContainerError::Invalid {
+                section: "entries",
+                what: format!("entry {index}'s name"),
+                reason: "is not UTF-8",
+            }
+        })?;
+    }
+    Ok(entries)
+}
+
 /// The constant blobs of every constants section, each inside the program's DDR.
 fn parse_constants(bodies: &[&[u8]], ddr_bytes: u64) -> Result<Vec<ConstantBlob>, ContainerError> {
     let mut blobs = Vec::new();
@@ -919,7 +1112,54 @@ mod tests {
             ]],
             constants: vec![ConstantBlob { ddr_offset: 128, data: vec![1, 2, 3] }],
             layers: Vec::new(),
+            entries: Vec::new(),
         }
+    }
+
+    /// A program of two entries sharing a state buffer.
+    fn two_entries() -> ProgramImage {
+        let mut img = sample();
+        let end = Instruction::encode(Op::End);
+        img.cores[0].push(end);
+        img.entries =
+            vec![Entry { name: "prefill".into(), starts: vec![0] }, Entry { name: "decode".into(), starts: vec![2] }];
+        img.bindings.push(IoBinding::new("x1", IoDirection::Input, IoDType::F32, &[4], 256).in_entry(1));
+        img.bindings.push(IoBinding::new("y1", IoDirection::Output, IoDType::F32, &[4], 512).in_entry(1));
+        img.bindings.push(IoBinding::new("cache", IoDirection::State, IoDType::F16, &[64], 1024));
+        img
+    }
+
+    #[test]
+    fn entries_and_state_roundtrip_and_split_the_streams() {
+        let img = two_entries();
+        let back = ProgramImage::parse(&img.to_bytes()).unwrap();
+        assert_eq!(back, img);
+        assert_eq!(back.entry_count(), 2);
+        assert_eq!(back.entry_index("decode"), Some(1));
+        assert_eq!(back.entry_stream(0, 0).len(), 2);
+        assert_eq!(back.entry_stream(1, 0), &[Instruction::encode(Op::End)]);
+        assert_eq!(back.entry_inputs(1).map(|b| b.name.as_str()).collect::<Vec<_>>(), ["x1"]);
+        assert_eq!(back.inputs().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["x"]);
+        assert_eq!(back.state().count(), 1);
+        assert_eq!(sample().entry_count(), 1);
+        assert_eq!(sample().entry_stream(0, 0).len(), 2);
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_what_is_wrong() {
+        let mut img = two_entries();
+        img.entries[1].starts = vec![3];
+        let e = ProgramImage::parse(&img.to_bytes()).unwrap_err().to_string();
+        assert!(e.contains("entry 1's start 3 on core 0"), "{e}");
+        let mut img = two_entries();
+        img.bindings[2].entry = 2;
+        let e = ProgramImage::parse(&img.to_bytes()).unwrap_err().to_string();
+        assert!(e.contains("'x1'") || e.contains("x1"), "{e}");
+        assert!(e.contains("an entry the program does not have"), "{e}");
+        let mut img = two_entries();
+        img.bindings.retain(|b| b.name != "y1");
+        let e = ProgramImage::parse(&img.to_bytes()).unwrap_err().to_string();
+        assert!(e.contains("entry 1") && e.contains("no output"), "{e}");
     }
 
     #[test]

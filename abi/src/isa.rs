@@ -253,6 +253,12 @@ pub enum BinaryKind {
     Div = 3,
     Max = 4,
     Min = 5,
+    /// `a < b` as 1 or 0 in the destination's type (a causal mask from positions).
+    Less = 6,
+    /// `a <= b` as 1 or 0.
+    LessOrEqual = 7,
+    /// `a == b` as 1 or 0.
+    Equal = 8,
 }
 
 /// Element-wise unary operations (HVX).
@@ -432,6 +438,15 @@ pub enum Op {
         table: Tensor,
         indices: Tensor,
     },
+    /// Row scatter by DMA (a KV-cache update in place): `dst[g, indices[s], :] =
+    /// src[g, s, :]`, `dst` `[G, C, R]` in DDR (or the pool), `src` `[G, S, R]` and the
+    /// int32 indices `[S]` in VTCM. An index outside `0..C` faults the run: nothing is
+    /// written outside `dst`.
+    Scatter {
+        dst: Tensor,
+        src: Tensor,
+        indices: Tensor,
+    },
 }
 
 impl Op {
@@ -450,7 +465,8 @@ impl Op {
             | Op::Softmax { dst, .. }
             | Op::LayerNorm { dst, .. }
             | Op::Reduce { dst, .. }
-            | Op::Gather { dst, .. } => Some(dst),
+            | Op::Gather { dst, .. }
+            | Op::Scatter { dst, .. } => Some(dst),
             Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => None,
         }
     }
@@ -476,6 +492,7 @@ const OP_SIGNAL: u16 = 13;
 const OP_WAIT: u16 = 14;
 const OP_BARRIER: u16 = 15;
 const OP_GATHER: u16 = 16;
+const OP_SCATTER: u16 = 17;
 
 /// Why an instruction record does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -575,6 +592,7 @@ impl Instruction {
             }
             Op::Barrier => (OP_BARRIER, 0, none, none, none),
             Op::Gather { dst, table, indices } => (OP_GATHER, 0, dst.record(), table.record(), indices.record()),
+            Op::Scatter { dst, src, indices } => (OP_SCATTER, 0, dst.record(), src.record(), indices.record()),
         };
         i.opcode = opcode;
         i.variant = variant;
@@ -672,6 +690,9 @@ impl Instruction {
                     3 => BinaryKind::Div,
                     4 => BinaryKind::Max,
                     5 => BinaryKind::Min,
+                    6 => BinaryKind::Less,
+                    7 => BinaryKind::LessOrEqual,
+                    8 => BinaryKind::Equal,
                     _ => return Err(bad_variant),
                 };
                 Op::Binary { kind, dst: need(dst, "dst")?, a: need(src0, "a")?, b: need(src1, "b")? }
@@ -788,6 +809,12 @@ impl Instruction {
                 unused_params(0)?;
                 Op::Gather { dst: need(dst, "dst")?, table: need(src0, "table")?, indices: need(src1, "indices")? }
             }
+            OP_SCATTER => {
+                no_variant()?;
+                no_aux()?;
+                unused_params(0)?;
+                Op::Scatter { dst: need(dst, "dst")?, src: need(src0, "src")?, indices: need(src1, "indices")? }
+            }
             other => return Err(DecodeError::UnknownOpcode(other)),
         };
         Ok(op)
@@ -860,6 +887,13 @@ mod tests {
                 table: t(Space::Ddr, DType::F16, &[1000, 64]),
                 indices: t(Space::Vtcm, DType::I32, &[5]),
             },
+            Op::Scatter {
+                dst: t(Space::Ddr, DType::F16, &[12, 128, 64]),
+                src: t(Space::Vtcm, DType::F16, &[12, 1, 64]),
+                indices: t(Space::Vtcm, DType::I32, &[1]),
+            },
+            Op::Binary { kind: BinaryKind::LessOrEqual, dst: v, a: v, b: v },
+            Op::Binary { kind: BinaryKind::Equal, dst: v, a: v, b: v },
         ];
         for op in ops {
             assert_eq!(Instruction::encode(op).decode(), Ok(op), "{op:?}");

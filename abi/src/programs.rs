@@ -32,5 +32,6 @@ pub fn copy_program(name: &str, dtype: IoDType, shape: &[u32]) -> ProgramImage {
         .collect()],
         constants: vec![],
         layers: alloc::vec::Vec::new(),
+        entries: alloc::vec::Vec::new(),
     }
 }

@@ -237,6 +237,7 @@ pub fn compile(
                 starts: lowered.layer_starts.iter().map(|starts| starts[l]).collect(),
             })
             .collect(),
+        entries: Vec::new(),
     };
     let mut warnings = unused_symbols(model, &opts.symbols);
     warnings.extend(lowered.warnings.iter().cloned());

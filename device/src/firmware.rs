@@ -238,21 +238,31 @@ impl Channel {
 
 struct Program {
     image: ProgramImage,
+    /// One per entry of the image.
+    entries: Vec<EntryPlan>,
+    activations: u32,
+}
+
+/// What the device needs to start one entry of a program.
+struct EntryPlan {
     plan: Arc<Plan>,
     inputs: u16,
     outputs: u16,
-    activations: u32,
 }
 
 struct Activation {
     program: usize,
     info: ActivationInfo,
     cores: heapless::Vec<u32, MAX_NSP>,
-    /// Doorbells rung whose program has not started yet (waiting for inputs or for the
-    /// previous run).
-    doorbells_pending: u32,
-    /// The run in progress on the scheduler.
+    /// The entries of the doorbells rung whose run has not started yet (waiting for
+    /// inputs or for the previous run), oldest first.
+    pending: alloc::collections::VecDeque<u8>,
+    /// The run in progress on the scheduler, and its entry.
     running: Option<JobId>,
+    running_entry: u8,
+    /// Finished runs whose outputs are not all taken yet: (run, outputs left), oldest
+    /// first.
+    released: alloc::collections::VecDeque<(u64, u16)>,
     /// Outputs of faulted runs still to be reported on their output elements.
     faulted_outputs: u32,
     runs: u64,
@@ -266,8 +276,6 @@ struct Activation {
     ready_at: u64,
     /// Ready and start cycles of the run in progress.
     current: (u64, u64),
-    /// Output elements taken since activation (each run releases `outputs` of them).
-    outputs_taken: u64,
 }
 
 /// What serving the head element came to.

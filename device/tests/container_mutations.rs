@@ -35,6 +35,7 @@ fn valid() -> Vec<u8> {
             Layer { name: "load".into(), op_type: "Identity".into(), starts: vec![0, 0] },
             Layer { name: "add".into(), op_type: "Add".into(), starts: vec![1, 1] },
         ],
+        entries: Vec::new(),
     }
     .to_bytes()
 }

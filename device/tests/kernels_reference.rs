@@ -91,7 +91,7 @@ proptest! {
     #[test]
     fn binary_ops_with_broadcasting_match_the_reference(
         s in shape(), dtype in prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::I32)],
-        kind in prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::Div), Just(BinaryKind::Max), Just(BinaryKind::Min)],
+        kind in prop_oneof![Just(BinaryKind::Add), Just(BinaryKind::Sub), Just(BinaryKind::Mul), Just(BinaryKind::Div), Just(BinaryKind::Max), Just(BinaryKind::Min), Just(BinaryKind::Less), Just(BinaryKind::LessOrEqual), Just(BinaryKind::Equal)],
         broadcast in proptest::collection::vec(any::<bool>(), 4), seed in values(512, -8.0, 8.0), in_place: bool,
     ) {
         let kind = if dtype == DType::I32 && kind == BinaryKind::Div { BinaryKind::Add } else { kind };
@@ -123,6 +123,9 @@ proptest! {
                 BinaryKind::Div => x / y,
                 BinaryKind::Max => x.max(y),
                 BinaryKind::Min => x.min(y),
+                BinaryKind::Less => f64::from(u8::from(x < y)),
+                BinaryKind::LessOrEqual => f64::from(u8::from(x <= y)),
+                BinaryKind::Equal => f64::from(u8::from(x == y)),
             };
             want.push(if dtype == DType::I32 { r } else { stored(dtype, r) });
             for d in (0..s.len()).rev() {

@@ -46,7 +46,8 @@ pub struct Activation {
     // Fields drop in order: the channel is deactivated before its program unloads.
     channel: Channel,
     _loaded: Arc<aicsim_driver::Program>,
-    sync_slot: parking_lot::Mutex<Option<InferenceSlot>>,
+    /// The slots of synchronous runs, one per entry once used.
+    sync_slots: parking_lot::Mutex<Vec<Option<InferenceSlot>>>,
     /// Inferences queued on the channel so far; the device numbers its runs the same way.
     submitted: parking_lot::Mutex<u64>,
     program: Program,
@@ -75,7 +76,7 @@ impl Activation {
             program: program.clone(),
             channel,
             _loaded: loaded,
-            sync_slot: parking_lot::Mutex::new(None),
+            sync_slots: parking_lot::Mutex::new(Vec::new()),
             submitted: parking_lot::Mutex::new(0),
             wait_timeout: WAIT_TIMEOUT,
         })
@@ -121,10 +122,22 @@ impl Activation {
 
     /// Buffers for one in-flight inference, sliced for this activation.
     pub fn new_slot(&self) -> Result<InferenceSlot> {
+        self.new_entry_slot(0)
+    }
+
+    /// Buffers for one in-flight run of the program's entry `entry`.
+    pub fn new_entry_slot(&self, entry: usize) -> Result<InferenceSlot> {
         let info = *self.channel.activation();
-        let inputs = self.program.inputs();
-        let outputs = self.program.outputs();
+        let inputs = self.program.entry_inputs(entry);
+        let outputs = self.program.entry_outputs(entry);
+        if inputs.is_empty() {
+            return Err(RuntimeError::UnsupportedProgram {
+                program: self.program.name().into(),
+                problem: format!("has no entry {entry} (it has {})", self.program.entry_count()),
+            });
+        }
         let mut slot = InferenceSlot {
+            entry,
             inputs: Vec::new(),
             outputs: Vec::new(),
             output_bindings: outputs.iter().map(|b| (*b).clone()).collect(),
@@ -147,7 +160,9 @@ impl Activation {
             // Each input bumps the input counter once its bytes are in; the last one rings.
             let sem = SemaphoreCommand { op: SemOp::Inc, index: info.sem_inputs, value: 1, at: SyncPoint::Postsync };
             let last = i + 1 == inputs.len();
-            let doorbell = last.then_some(Doorbell { addr: info.doorbell, data: 1, width: DoorbellWidth::Bits32 });
+            // The doorbell's data is 1 + the entry to run.
+            let data = 1 + entry as u32;
+            let doorbell = last.then_some(Doorbell { addr: info.doorbell, data, width: DoorbellWidth::Bits32 });
             slot.inputs.push(attach(b, DmaDirection::ToDevice, sem, doorbell)?);
         }
         for b in &outputs {
@@ -160,18 +175,27 @@ impl Activation {
 
     /// Runs one inference synchronously and returns its outputs.
     pub fn run(&self, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
-        let mut guard = self.sync_slot.lock();
-        if guard.is_none() {
-            *guard = Some(self.new_slot()?);
+        self.run_entry(0, inputs)
+    }
+
+    /// Runs entry `entry` of the program once, synchronously, and returns its outputs.
+    /// State the program retains (a KV cache) stays on the device between runs.
+    pub fn run_entry(&self, entry: usize, inputs: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+        let mut guard = self.sync_slots.lock();
+        if guard.len() <= entry {
+            guard.resize_with(entry + 1, || None);
         }
-        let slot = guard.as_ref().expect("set above");
+        if guard[entry].is_none() {
+            guard[entry] = Some(self.new_entry_slot(entry)?);
+        }
+        let slot = guard[entry].as_ref().expect("set above");
         let mut ts = Timestamps::now();
         slot.write_inputs(&self.program, inputs)?;
         ts.pre_proc_end = wall_ns();
         slot.submit(self, &mut ts)?;
         slot.wait(self, &mut ts)?;
         let mut outputs: Vec<Vec<u8>> =
-            self.program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
+            self.program.entry_outputs(entry).iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
         slot.read_outputs(&mut outputs)?;
         Ok(outputs)
     }
@@ -179,6 +203,8 @@ impl Activation {
 
 /// The buffers of one in-flight inference.
 pub struct InferenceSlot {
+    /// The program entry it runs.
+    entry: usize,
     inputs: Vec<Buffer>,
     outputs: Vec<Buffer>,
     output_bindings: Vec<IoBinding>,
@@ -190,8 +216,8 @@ pub struct InferenceSlot {
 impl InferenceSlot {
     /// Copies host inputs into the input buffers (pre-processing), checking their sizes.
     pub fn write_inputs(&self, program: &Program, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
-        program.check_inputs(inputs)?;
-        for ((data, buf), b) in inputs.iter().zip(&self.inputs).zip(&program.inputs()) {
+        program.check_entry_inputs(self.entry, inputs)?;
+        for ((data, buf), b) in inputs.iter().zip(&self.inputs).zip(&program.entry_inputs(self.entry)) {
             let data = data.as_ref();
             if b.converts() {
                 let mut device = self.staging.lock();
@@ -250,7 +276,7 @@ impl InferenceSlot {
     /// Copies inputs already in the device's format into the input buffers (what
     /// pre-processing leaves behind), checking their sizes.
     pub fn write_device_inputs(&self, program: &Program, inputs: &[Vec<u8>]) -> Result<()> {
-        let bindings = program.inputs();
+        let bindings = program.entry_inputs(self.entry);
         if inputs.len() != bindings.len() {
             return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
         }

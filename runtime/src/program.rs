@@ -44,11 +44,18 @@ impl Program {
     }
 
     fn check(image: &ProgramImage) -> Result<()> {
-        if image.inputs().next().is_none() {
-            return Err(RuntimeError::UnsupportedProgram {
-                program: image.name.clone(),
-                problem: "has no inputs: the doorbell rides on the last input".into(),
-            });
+        for entry in 0..image.entry_count() {
+            if image.entry_inputs(entry).next().is_none() {
+                let which = if image.entries.is_empty() {
+                    String::new()
+                } else {
+                    format!("'s entry '{}'", image.entry_name(entry))
+                };
+                return Err(RuntimeError::UnsupportedProgram {
+                    program: format!("{}{which}", image.name),
+                    problem: "has no inputs: the doorbell rides on the last input".into(),
+                });
+            }
         }
         Ok(())
     }
@@ -71,7 +78,12 @@ impl Program {
 
     /// Checks that `inputs` are one buffer per program input, each of its host size.
     pub fn check_inputs(&self, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
-        let bindings = self.inputs();
+        self.check_entry_inputs(0, inputs)
+    }
+
+    /// [`Program::check_inputs`] for entry `entry`.
+    pub fn check_entry_inputs(&self, entry: usize, inputs: &[impl AsRef<[u8]>]) -> Result<()> {
+        let bindings = self.entry_inputs(entry);
         if inputs.len() != bindings.len() {
             return Err(RuntimeError::InputCount { expected: bindings.len(), got: inputs.len() });
         }
@@ -108,13 +120,15 @@ impl Program {
     /// `clock_hz` when nothing else runs, in nanoseconds; `None` if its instructions do
     /// not decode (the device would refuse it too).
     pub fn solo_device_ns(&self, cost: &CostModel, clock_hz: u64) -> Option<u64> {
+        self.entry_device_ns(0, cost, clock_hz)
+    }
+
+    /// [`Program::solo_device_ns`] of one entry.
+    pub fn entry_device_ns(&self, entry: usize, cost: &CostModel, clock_hz: u64) -> Option<u64> {
         let image = &self.image;
         let limits = Limits { vtcm_bytes: image.vtcm_bytes, ddr_bytes: image.ddr_bytes, cores: image.num_cores() };
-        let streams = image
-            .cores
-            .iter()
-            .enumerate()
-            .map(|(core, stream)| validate_stream(core as u32, stream, &limits).ok())
+        let streams = (0..image.cores.len())
+            .map(|core| validate_stream(core as u32, image.entry_stream(entry, core), &limits).ok())
             .collect::<Option<Vec<_>>>()?;
         let mut scheduler = Scheduler::new(*cost, clock_hz);
         let cores: Vec<u32> = (0..image.num_cores()).collect();
@@ -136,5 +150,18 @@ impl Program {
 
     pub fn outputs(&self) -> Vec<&IoBinding> {
         self.image.outputs().collect()
+    }
+
+    pub fn entry_inputs(&self, entry: usize) -> Vec<&IoBinding> {
+        self.image.entry_inputs(entry).collect()
+    }
+
+    pub fn entry_outputs(&self, entry: usize) -> Vec<&IoBinding> {
+        self.image.entry_outputs(entry).collect()
+    }
+
+    /// How many entries the program has (see [`ProgramImage::entries`]).
+    pub fn entry_count(&self) -> usize {
+        self.image.entry_count()
     }
 }

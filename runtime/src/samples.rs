@@ -45,6 +45,7 @@ pub fn vector_add_mul(n: u32) -> ProgramImage {
         cores: vec![ops.iter().map(|&o| Instruction::encode(o)).collect()],
         constants: vec![ConstantBlob { ddr_offset: 2 * bytes, data: weights }],
         layers: Vec::new(),
+        entries: Vec::new(),
     }
 }
 

@@ -169,6 +169,14 @@ impl Firmware {
             if !aligned || !(to_own_doorbell || self.device_range_ok(dbc, e.db_addr, width)) {
                 return Err(CompletionCode::BadDoorbell);
             }
+            // An activation's doorbell takes 1 + the entry of its program to run.
+            let entries = self.activations[dbc]
+                .as_ref()
+                .and_then(|a| self.programs.get(a.program)?.as_ref())
+                .map_or(1, |p| p.entries.len());
+            if to_own_doorbell && !(1..=entries as u64).contains(&u64::from(e.db_data)) {
+                return Err(CompletionCode::BadDoorbell);
+            }
         }
         let len = u64::from(e.len);
         match cmd.direction {
@@ -238,10 +246,6 @@ impl Firmware {
                         return ElementOutcome::Blocked(Stage::Fresh);
                     }
                     let now = self.scheduler.now();
-                    let outputs = self.activations[dbc]
-                        .as_ref()
-                        .and_then(|a| self.programs.get(a.program)?.as_ref())
-                        .map_or(1, |p| u64::from(p.outputs.max(1)));
                     if let Some(act) = &mut self.activations[dbc] {
                         if pre.op == SemOp::P && pre.index == act.info.sem_outputs {
                             // An output released by a faulted run carries the fault.
@@ -249,11 +253,13 @@ impl Firmware {
                                 act.faulted_outputs -= 1;
                                 status = CompletionCode::ProgramFault as u16;
                             }
-                            act.outputs_taken += 1;
-                            if act.outputs_taken % outputs == 0 {
-                                let at =
-                                    self.config.map.run_record(dbc, act.outputs_taken / outputs) + OUTPUTS_TAKEN_FIELD;
-                                let _ = mem.write(at, &now.to_le_bytes());
+                            if let Some((run, left)) = act.released.front_mut() {
+                                *left -= 1;
+                                if *left == 0 {
+                                    let at = self.config.map.run_record(dbc, *run) + OUTPUTS_TAKEN_FIELD;
+                                    let _ = mem.write(at, &now.to_le_bytes());
+                                    act.released.pop_front();
+                                }
                             }
                         }
                     }
@@ -290,7 +296,8 @@ impl Firmware {
             if self.config.map.doorbell_channel(e.db_addr) == Some(dbc) {
                 let now = self.scheduler.now();
                 if let Some(act) = &mut self.activations[dbc] {
-                    act.doorbells_pending += 1;
+                    // Checked when the element was: the data names an entry.
+                    act.pending.push_back((e.db_data - 1) as u8);
                     act.ready_at = now;
                 }
             } else {

@@ -18,8 +18,8 @@ impl Firmware {
             };
             let outputs = self.activations[dbc]
                 .as_ref()
-                .and_then(|a| self.programs.get(a.program)?.as_ref())
-                .map_or(0, |p| p.outputs);
+                .and_then(|a| self.programs.get(a.program)?.as_ref()?.entries.get(usize::from(a.running_entry)))
+                .map_or(0, |e| e.outputs);
             let now = self.scheduler.now();
             if let Some(act) = &mut self.activations[dbc] {
                 act.running = None;
@@ -49,6 +49,9 @@ impl Firmware {
                     ..RunRecord::default()
                 };
                 let _ = mem.write(self.config.map.run_record(dbc, act.runs), bytemuck::bytes_of(&record));
+                if outputs > 0 {
+                    act.released.push_back((act.runs, outputs));
+                }
                 act.idle_since = now;
                 let sem_out = self.config.map.semaphore(act.info.sem_outputs);
                 let out = (mem.load_u32(sem_out, Acquire) as u16).wrapping_add(outputs) & SEM_VALUE_MAX;
@@ -65,23 +68,27 @@ impl Firmware {
     pub(super) fn start_ready_program<M: SharedMemory>(&mut self, dbc: usize, mem: &M) {
         let Some(act) = &self.activations[dbc] else { return };
         let Some(program) = self.programs.get(act.program).and_then(Option::as_ref) else { return };
-        if act.doorbells_pending == 0 || act.running.is_some() {
+        let Some(&entry) = act.pending.front() else { return };
+        if act.running.is_some() {
             return;
         }
+        // The doorbell was checked against the program's entries when it rang.
+        let Some(plan) = program.entries.get(usize::from(entry)) else { return };
         let sem_in = self.config.map.semaphore(act.info.sem_inputs);
         let landed = (mem.load_u32(sem_in, Acquire) as u16) & SEM_VALUE_MAX;
-        if landed < program.inputs {
+        if landed < plan.inputs {
             return;
         }
-        mem.store_u32(sem_in, u32::from(landed - program.inputs), Release);
+        mem.store_u32(sem_in, u32::from(landed - plan.inputs), Release);
         let ddr_base = self.config.map.ddr_offset() + act.info.ddr_base;
         let now = self.scheduler.now();
         let jitter = self.config.cost.dispatch_jitter_cycles;
         let at = now + if jitter == 0 { 0 } else { splitmix(&mut self.model_rng) % (jitter + 1) };
-        let job = self.scheduler.start_at(program.plan.clone(), &act.cores, ddr_base, act.trace, at);
+        let job = self.scheduler.start_at(plan.plan.clone(), &act.cores, ddr_base, act.trace, at);
         if let Some(act) = &mut self.activations[dbc] {
-            act.doorbells_pending -= 1;
+            act.pending.pop_front();
             act.running = Some(job);
+            act.running_entry = entry;
             // Inputs that landed while the previous run still ran were ready at its end.
             act.current = (act.ready_at.max(act.idle_since).min(now), at);
         }
@@ -127,23 +134,34 @@ impl Firmware {
                 ),
             ));
         }
-        let mut streams = Vec::with_capacity(image.cores.len());
         let limits = Limits { vtcm_bytes: image.vtcm_bytes, ddr_bytes: image.ddr_bytes, cores: image.num_cores() };
-        for (core, stream) in image.cores.iter().enumerate() {
-            let ops = nsp::validate_stream(core as u32, stream, &limits)
-                .map_err(|e| (ControlStatus::Rejected, format!("program '{}': {e}", image.name)))?;
-            streams.push(ops);
-        }
         let count = |n: usize, what: &str| {
             u16::try_from(n)
                 .ok()
                 .filter(|&n| n <= SEM_VALUE_MAX)
                 .ok_or((ControlStatus::Rejected, format!("program has too many {what}")))
         };
-        let inputs = count(image.inputs().count(), "inputs")?;
-        let outputs = count(image.outputs().count(), "outputs")?;
-        let program =
-            Program { image, plan: Arc::new(Plan::new(streams, &self.config.cost)), inputs, outputs, activations: 0 };
+        let mut entries = Vec::with_capacity(image.entry_count());
+        for entry in 0..image.entry_count() {
+            let mut streams = Vec::with_capacity(image.cores.len());
+            for core in 0..image.cores.len() {
+                let ops = nsp::validate_stream(core as u32, image.entry_stream(entry, core), &limits).map_err(|e| {
+                    let within = if image.entries.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" entry '{}'", image.entry_name(entry))
+                    };
+                    (ControlStatus::Rejected, format!("program '{}'{within}: {e}", image.name))
+                })?;
+                streams.push(ops);
+            }
+            entries.push(EntryPlan {
+                plan: Arc::new(Plan::new(streams, &self.config.cost)),
+                inputs: count(image.entry_inputs(entry).count(), "inputs")?,
+                outputs: count(image.entry_outputs(entry).count(), "outputs")?,
+            });
+        }
+        let program = Program { image, entries, activations: 0 };
         let id = match self.programs.iter().position(Option::is_none) {
             Some(i) => {
                 self.programs[i] = Some(program);
@@ -234,8 +252,10 @@ impl Firmware {
             program: program as usize,
             info,
             cores,
-            doorbells_pending: 0,
+            pending: alloc::collections::VecDeque::new(),
             running: None,
+            running_entry: 0,
+            released: alloc::collections::VecDeque::new(),
             faulted_outputs: 0,
             runs: 0,
             profiles: Box::new(heapless::Deque::new()),
@@ -243,7 +263,6 @@ impl Firmware {
             idle_since: self.scheduler.now(),
             ready_at: 0,
             current: (0, 0),
-            outputs_taken: 0,
         });
         for seq in 1..=aicsim_abi::run_record::RUN_RECORDS {
             let _ = mem.write(self.config.map.run_record(dbc, seq), bytemuck::bytes_of(&RunRecord::default()));

@@ -55,6 +55,7 @@ fn add_program() -> ProgramImage {
         .collect()],
         constants: vec![],
         layers: Vec::new(),
+        entries: Vec::new(),
     }
 }
 

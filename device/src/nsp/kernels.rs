@@ -196,6 +196,9 @@ pub(crate) fn binary_f32(kind: BinaryKind, a: f32, b: f32) -> f32 {
         BinaryKind::Div => a / b,
         BinaryKind::Max => a.max(b),
         BinaryKind::Min => a.min(b),
+        BinaryKind::Less => f32::from(u8::from(a < b)),
+        BinaryKind::LessOrEqual => f32::from(u8::from(a <= b)),
+        BinaryKind::Equal => f32::from(u8::from(a == b)),
     }
 }
 
@@ -206,6 +209,9 @@ pub(crate) fn binary_i32(kind: BinaryKind, a: i32, b: i32) -> i32 {
         BinaryKind::Mul => a.wrapping_mul(b),
         BinaryKind::Max => a.max(b),
         BinaryKind::Min => a.min(b),
+        BinaryKind::Less => i32::from(a < b),
+        BinaryKind::LessOrEqual => i32::from(a <= b),
+        BinaryKind::Equal => i32::from(a == b),
         // Validation rejects integer division.
         BinaryKind::Div => 0,
     }
@@ -513,6 +519,7 @@ pub fn compute(vtcm: &mut [u8], op: &Op) -> Option<()> {
         | Op::DmaIn { .. }
         | Op::DmaOut { .. }
         | Op::Gather { .. }
+        | Op::Scatter { .. }
         | Op::Signal { .. }
         | Op::Wait { .. }
         | Op::Barrier => Some(()),

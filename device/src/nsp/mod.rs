@@ -176,6 +176,9 @@ impl CostModel {
             Op::DmaIn { .. } | Op::DmaOut { .. } => self.dma_setup_cycles,
             // One descriptor per row.
             Op::Gather { indices, .. } => self.dma_setup_cycles * u64::from(indices.shape[0]).max(1),
+            Op::Scatter { src, .. } => {
+                self.dma_setup_cycles * (u64::from(src.shape[0]) * u64::from(src.shape[1])).max(1)
+            }
             Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => self.sync_latency_cycles,
             Op::MatMul { a, b, .. } => {
                 self.hmx_cycles(a.dtype, a.shape[0].into(), b.shape[1].into(), a.shape[1].into(), 1)
@@ -213,7 +216,7 @@ impl CostModel {
 /// The engine an op runs on.
 pub fn engine(op: &Op) -> Engine {
     match op {
-        Op::DmaIn { .. } | Op::DmaOut { .. } | Op::Gather { .. } => Engine::Dma,
+        Op::DmaIn { .. } | Op::DmaOut { .. } | Op::Gather { .. } | Op::Scatter { .. } => Engine::Dma,
         Op::MatMul { .. } | Op::Conv2d { .. } => Engine::Hmx,
         Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Engine::Sync,
         _ => Engine::Hvx,
@@ -224,7 +227,7 @@ pub fn engine(op: &Op) -> Engine {
 pub fn op_class(op: &Op) -> OpClass {
     match op {
         Op::DmaIn { .. } | Op::Gather { .. } => OpClass::CopyToVtcm,
-        Op::DmaOut { .. } => OpClass::CopyFromVtcm,
+        Op::DmaOut { .. } | Op::Scatter { .. } => OpClass::CopyFromVtcm,
         Op::MatMul { .. } => OpClass::MatMul,
         Op::Conv2d { .. } => OpClass::Convolution,
         Op::Binary { .. } => OpClass::Elementwise,

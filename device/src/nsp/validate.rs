@@ -164,6 +164,25 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             })?;
             shapes(table.strides[1] == 1 && dst.is_contiguous(), || String::from("gather moves whole contiguous rows"))
         }
+        Op::Scatter { dst, src, indices } => {
+            check(dst, "scatter destination", Space::Ddr, limits)?;
+            v(src, "scatter source")?;
+            v(indices, "scatter indices")?;
+            rank(dst, 3, "scatter destination [G, C, R]")?;
+            rank(src, 3, "scatter source [G, S, R]")?;
+            rank(indices, 1, "scatter indices [S]")?;
+            types(src.dtype == dst.dtype && indices.dtype == DType::I32, || {
+                format!(
+                    "scatter copies {:?} rows into {:?} by I32 indices (got {:?})",
+                    src.dtype, dst.dtype, indices.dtype
+                )
+            })?;
+            shapes(
+                src.shape[0] == dst.shape[0] && src.shape[1] == indices.shape[0] && src.shape[2] == dst.shape[2],
+                || format!("scatter of {:?} rows by {:?} indices into {:?}", src.dims(), indices.dims(), dst.dims()),
+            )?;
+            shapes(dst.strides[2] == 1 && src.is_contiguous(), || String::from("scatter moves whole contiguous rows"))
+        }
         Op::DmaOut { dst, src } => {
             v(src, "DMA source")?;
             check(dst, "DMA destination", Space::Ddr, limits)?;

@@ -50,6 +50,10 @@ pub(super) fn execute<M: SharedMemory>(
             let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
             gather(mem, ddr_base, &table, &indices, &dst, nsp.vtcm_mut())
         }
+        Op::Scatter { dst, src, indices } => {
+            let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
+            scatter(mem, ddr_base, &src, &indices, &dst, nsp.vtcm())
+        }
         Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => Some(()),
         _ => {
             let nsp = nsps.get_mut(phys as usize)?.get_or_insert_with(|| NspCore::new(vtcm_bytes));
@@ -208,6 +212,35 @@ fn gather<M: SharedMemory>(
         row.offset = table.offset + u64::from(id) * u64::from(table.strides[0]) * table.dtype.bytes();
         let at = start.checked_add(i.checked_mul(row_bytes)?)?;
         read_ddr(mem, ddr_base, &row, vtcm.get_mut(at..at.checked_add(row_bytes)?)?)?;
+    }
+    Some(())
+}
+
+/// `dst[g, indices[s], :] = src[g, s, :]`; an index outside the destination's rows
+/// fails before anything is written.
+fn scatter<M: SharedMemory>(
+    mem: &M,
+    ddr_base: u64,
+    src: &Tensor,
+    indices: &Tensor,
+    dst: &Tensor,
+    vtcm: &[u8],
+) -> Option<()> {
+    let ids = nsp::kernels::gather_i32(vtcm, indices)?;
+    let rows: Vec<u32> =
+        ids.iter().map(|&id| u32::try_from(id).ok().filter(|&id| id < dst.shape[1])).collect::<Option<_>>()?;
+    let row_bytes = usize::try_from(u64::from(dst.shape[2]) * dst.dtype.bytes()).ok()?;
+    let start = usize::try_from(src.offset).ok()?;
+    let mut row = *dst;
+    row.shape[0] = 1;
+    row.shape[1] = 1;
+    for g in 0..u64::from(src.shape[0]) {
+        for (s, &id) in rows.iter().enumerate() {
+            let elem = g * u64::from(dst.strides[0]) + u64::from(id) * u64::from(dst.strides[1]);
+            row.offset = dst.offset + elem * dst.dtype.bytes();
+            let at = start.checked_add((usize::try_from(g).ok()? * rows.len() + s).checked_mul(row_bytes)?)?;
+            write_ddr(mem, ddr_base, &row, vtcm.get(at..at.checked_add(row_bytes)?)?)?;
+        }
     }
     Some(())
 }

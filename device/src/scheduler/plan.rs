@@ -236,6 +236,9 @@ impl Step {
             Op::Gather { dst, table, .. } => {
                 Action::Dma(Paths::of(dst.packed_bytes(), 0, table.space == Space::Pool, cost))
             }
+            Op::Scatter { dst, src, .. } => {
+                Action::Dma(Paths::of(src.packed_bytes(), 0, dst.space == Space::Pool, cost))
+            }
             Op::Signal { counter, value } => Action::Signal { counter, value },
             Op::Wait { counter, value } => Action::Wait { counter, value },
             Op::Barrier => Action::Barrier,
@@ -322,6 +325,7 @@ impl Access {
         let ranges = match op {
             Op::DmaIn { dst, src, .. } | Op::DmaOut { dst, src } => [r(src), none, none, r(dst)],
             Op::Gather { dst, table, indices } => [r(table), r(indices), none, r(dst)],
+            Op::Scatter { dst, src, indices } => [r(src), r(indices), none, r(dst)],
             Op::MatMul { dst, a, b, accumulate, .. } => [r(a), r(b), if *accumulate { r(dst) } else { none }, r(dst)],
             Op::Conv2d { dst, input, weight, accumulate, .. } => {
                 [r(input), r(weight), if *accumulate { r(dst) } else { none }, r(dst)]
