@@ -153,6 +153,10 @@ usage: aic-exec -m=<model.onnx | zoo:NAME> -aic-binary-dir=<dir> [flags]
   -stats-batchsize=<n>                 report -aic-perf-metrics per n samples
   -convert-to-fp16                     compute in fp16 (constants outside its range are clipped)
   -multicast-weights                   read a layer's weights once for all cores
+  -retained-state                      keep each input X that output X_RetainedState updates in
+                                       place (a KV cache) in device DDR between runs
+  -network-specialization-config=<file>  one program entry per specialisation (JSON:
+                                       {\"specializations\": [{\"seq_len\": \"32\"}, {\"seq_len\": \"1\"}]})
   -aic-hw, -aic-hw-version=2.0         target the (simulated) AIC100
   -compile-only                        compile without running
   -aic-perf-metrics                    print resources, predicted performance and per-layer costs
@@ -225,6 +229,11 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
                 no_value()?;
                 a.options.multicast_weights = true
             }
+            "-retained-state" => {
+                no_value()?;
+                a.options.retained_state = true
+            }
+            "-network-specialization-config" => a.options.specializations = read_specializations(need()?)?,
             "-aic-hw" => no_value()?,
             "-aic-hw-version" => {
                 let v = need()?;
@@ -265,6 +274,35 @@ pub fn parse_exec_args(argv: &[String]) -> Result<Option<ExecArgs>, String> {
         return Err(format!("-aic-num-cores={}: the AIC100 has at most 16 NSP cores", a.options.cores));
     }
     Ok(Some(a))
+}
+
+/// A specialisation file as qaic-exec takes it: `{"specializations": [{symbol: value,
+/// ...}, ...]}`, values as strings or numbers.
+pub fn read_specializations(path: &str) -> Result<Vec<std::collections::HashMap<String, i64>>, String> {
+    let flag = "-network-specialization-config";
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{flag}={path}: {e}"))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{flag}={path}: not JSON: {e}"))?;
+    let list =
+        doc.get("specializations").and_then(|s| s.as_array()).filter(|l| !l.is_empty()).ok_or_else(|| {
+            format!("{flag}={path}: expected {{\"specializations\": [ {{symbol: value, ...}}, ... ]}}")
+        })?;
+    let mut specs = Vec::new();
+    for (i, spec) in list.iter().enumerate() {
+        let map = spec.as_object().ok_or_else(|| format!("{flag}={path}: specialisation {i} is not an object"))?;
+        let mut symbols = std::collections::HashMap::new();
+        for (k, v) in map {
+            let n = match v {
+                serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+                serde_json::Value::Number(n) => n.as_i64(),
+                _ => None,
+            }
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{flag}={path}: specialisation {i}: '{k}' must be a positive integer, not {v}"))?;
+            symbols.insert(k.clone(), n);
+        }
+        specs.push(symbols);
+    }
+    Ok(specs)
 }
 
 fn mib(bytes: u64) -> String {

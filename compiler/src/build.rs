@@ -736,6 +736,9 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// What an output that is an input's retained state is called: the input's name and this.
+pub const RETAINED_SUFFIX: &str = "_RetainedState";
+
 /// Most elements a runtime tensor may have (2^36: far beyond any device DDR).
 const MAX_TENSOR_ELEMENTS: usize = 1 << 36;
 
@@ -762,6 +765,26 @@ pub fn import_with_constants(
     model: &Model,
     symbols: &HashMap<String, i64>,
     model_dir: Option<&Path>,
+) -> Result<(Graph, HashMap<String, Const>), CompileError> {
+    import_inner(model, symbols, model_dir, false)
+}
+
+/// [`import`] with retained state (`-retained-state`): an output `X_RetainedState` that
+/// is input `X` updated in place keeps `X`'s storage (the program keeps it in DDR
+/// between runs) instead of getting a copy of its own.
+pub fn import_retained(
+    model: &Model,
+    symbols: &HashMap<String, i64>,
+    model_dir: Option<&Path>,
+) -> Result<Graph, CompileError> {
+    import_inner(model, symbols, model_dir, true).map(|(g, _)| g)
+}
+
+fn import_inner(
+    model: &Model,
+    symbols: &HashMap<String, i64>,
+    model_dir: Option<&Path>,
+    retained: bool,
 ) -> Result<(Graph, HashMap<String, Const>), CompileError> {
     let opset = model.opset().unwrap_or(9);
     if !(7..=20).contains(&opset) {
@@ -855,7 +878,8 @@ pub fn import_with_constants(
     }
     let ranks: HashMap<String, usize> =
         b.g.inputs.iter().map(|i| (i.name.clone(), b.g.values[i.value].shape.len())).collect();
-    for node in &crate::patterns::fuse_layer_norms(graph, &ranks) {
+    let nodes = crate::patterns::kv_cache_updates(graph, crate::patterns::fuse_layer_norms(graph, &ranks));
+    for node in &nodes {
         b.node(node)?;
     }
     crate::patterns::fuse_gelu(&mut b.g);
@@ -877,10 +901,16 @@ pub fn import_with_constants(
                 "output '{name}' is quantised (int8); aicsim programs return float outputs: end the graph with DequantizeLinear"
             )));
         }
-        // An output needs storage of its own: not an input's, not another output's.
+        // An output needs storage of its own: not an input's, not another output's;
+        // retained state is the one exception.
         let storage = b.g.values[v].storage;
-        let shared = b.g.inputs.iter().any(|i| b.g.values[i.value].storage == storage)
-            || b.g.outputs.iter().any(|o| b.g.values[o.value].storage == storage);
+        let retained_pair = retained
+            && b.g.inputs.iter().any(|i| {
+                b.g.values[i.value].storage == storage && name.strip_suffix(RETAINED_SUFFIX) == Some(i.name.as_str())
+            });
+        let shared = !retained_pair
+            && (b.g.inputs.iter().any(|i| b.g.values[i.value].storage == storage)
+                || b.g.outputs.iter().any(|o| b.g.values[o.value].storage == storage));
         let v = if shared {
             let shape = b.g.values[v].shape.clone();
             let out = b.g.add_value(name, shape);

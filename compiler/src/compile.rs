@@ -31,6 +31,12 @@ pub struct CompileOptions {
     pub multicast_weights: bool,
     /// VTCM per core the program may use.
     pub vtcm_bytes: u64,
+    /// `-retained-state`: an output `X_RetainedState` that is input `X` updated in place
+    /// (a KV cache) stays in device DDR between runs; the host moves neither.
+    pub retained_state: bool,
+    /// `-network-specialization-config`: one set of symbol values per entry of the
+    /// program (a language model's prefill and decode), sharing the retained state.
+    pub specializations: Vec<HashMap<String, i64>>,
 }
 
 impl Default for CompileOptions {
@@ -44,6 +50,8 @@ impl Default for CompileOptions {
             fp16: false,
             multicast_weights: false,
             vtcm_bytes: 8 << 20,
+            retained_state: false,
+            specializations: Vec::new(),
         }
     }
 }
@@ -131,7 +139,8 @@ fn unused_symbols(model: &Model, symbols: &HashMap<String, i64>) -> Vec<String> 
         .collect()
 }
 
-/// Compiles a parsed model. `name` becomes the program's name.
+/// Compiles a parsed model. `name` becomes the program's name. With specialisations,
+/// the program has one entry per specialisation (see [`CompileOptions::specializations`]).
 pub fn compile(
     model: &Model,
     model_dir: Option<&Path>,
@@ -143,7 +152,157 @@ pub fn compile(
             return Err(CompileError::Option { option: flag, reason: "must be at least 1".into() });
         }
     }
-    let graph = crate::build::import(model, &opts.symbols, model_dir)?;
+    let mut pname: String = name.chars().filter(|c| !c.is_control()).collect();
+    while pname.len() > 63 {
+        pname.pop();
+    }
+    let layers_of = |part: &Part, shift: &[u32]| -> Vec<Layer> {
+        part.graph
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, layer)| Layer {
+                name: layer.name.clone(),
+                op_type: layer.op_type.clone(),
+                starts: part.lowered.layer_starts.iter().zip(shift).map(|(starts, &at)| starts[l] + at).collect(),
+            })
+            .collect()
+    };
+    let streams_of = |part: &Part| -> Vec<Vec<Instruction>> {
+        part.lowered.streams.iter().map(|s| s.iter().map(|&op| Instruction::encode(op)).collect()).collect()
+    };
+    let mut warnings = Vec::new();
+    if opts.specializations.is_empty() {
+        let part = compile_part(model, model_dir, opts, &opts.symbols, 0)?;
+        warnings.extend(unused_symbols(model, &opts.symbols));
+        warnings.extend(part.lowered.warnings.iter().cloned());
+        let image = ProgramImage {
+            name: pname,
+            batch_size: part.batch_size,
+            ddr_bytes: part.lowered.ddr_bytes,
+            vtcm_bytes: part.lowered.vtcm_bytes.max(1),
+            bindings: part.bindings.clone(),
+            cores: streams_of(&part),
+            constants: part.lowered.constants.clone(),
+            layers: layers_of(&part, &vec![0; opts.cores as usize]),
+            entries: Vec::new(),
+        };
+        return Ok(Compiled { image, graph: part.graph, lowered: part.lowered, replicas: part.replicas, warnings });
+    }
+    if opts.specializations.len() > aicsim_abi::container::MAX_ENTRIES as usize {
+        return Err(CompileError::Option {
+            option: "-network-specialization-config",
+            reason: format!(
+                "{} specialisations; a program holds at most {}",
+                opts.specializations.len(),
+                aicsim_abi::container::MAX_ENTRIES
+            ),
+        });
+    }
+    // Each specialisation after the previous one's DDR; the retained state first in all.
+    let mut parts: Vec<Part> = Vec::new();
+    let mut names = Vec::new();
+    for spec in &opts.specializations {
+        let mut symbols = opts.symbols.clone();
+        symbols.extend(spec.iter().map(|(k, v)| (k.clone(), *v)));
+        let base = parts.last().map_or(0, |p| p.lowered.ddr_bytes);
+        let part = compile_part(model, model_dir, opts, &symbols, base)?;
+        if let Some(first) = parts.first() {
+            let state =
+                |p: &Part| p.bindings.iter().filter(|b| b.direction == IoDirection::State).cloned().collect::<Vec<_>>();
+            if state(first) != state(&part) {
+                return Err(CompileError::Option {
+                    option: "-network-specialization-config",
+                    reason: "the specialisations give the retained state different shapes; every entry must share one state (keep the cache length and batch the same)".into(),
+                });
+            }
+            if first.batch_size != part.batch_size {
+                return Err(CompileError::Option {
+                    option: "-network-specialization-config",
+                    reason: format!(
+                        "the specialisations have batch sizes {} and {}; a program has one",
+                        first.batch_size, part.batch_size
+                    ),
+                });
+            }
+        }
+        let mut keys: Vec<_> = spec.iter().collect();
+        keys.sort();
+        names.push(keys.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+        warnings.extend(part.lowered.warnings.iter().cloned());
+        parts.push(part);
+    }
+    let mut all_symbols = opts.symbols.clone();
+    for spec in &opts.specializations {
+        all_symbols.extend(spec.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    warnings.extend(unused_symbols(model, &all_symbols));
+    let cores = opts.cores as usize;
+    let mut streams: Vec<Vec<Instruction>> = vec![Vec::new(); cores];
+    let mut layers = Vec::new();
+    let mut entries = Vec::new();
+    let mut bindings: Vec<IoBinding> = Vec::new();
+    let mut constants = Vec::new();
+    for (e, (part, name)) in parts.iter().zip(names).enumerate() {
+        let shift: Vec<u32> = streams.iter().map(|s| s.len() as u32).collect();
+        entries.push(aicsim_abi::container::Entry { name, starts: shift.clone() });
+        layers.extend(layers_of(part, &shift));
+        for (all, mine) in streams.iter_mut().zip(streams_of(part)) {
+            all.extend(mine);
+        }
+        for b in &part.bindings {
+            match b.direction {
+                IoDirection::State if e > 0 => {}
+                IoDirection::State => bindings.push(b.clone()),
+                _ => bindings.push(b.clone().in_entry(e as u8)),
+            }
+        }
+        constants.extend(part.lowered.constants.iter().cloned());
+    }
+    let last = parts.last().expect("at least one specialisation");
+    let image = ProgramImage {
+        name: pname,
+        batch_size: parts[0].batch_size,
+        ddr_bytes: last.lowered.ddr_bytes,
+        vtcm_bytes: parts.iter().map(|p| p.lowered.vtcm_bytes).max().unwrap_or(1).max(1),
+        bindings,
+        cores: streams,
+        constants,
+        layers,
+        entries,
+    };
+    if image.bindings.len() > aicsim_abi::container::MAX_BINDINGS as usize {
+        return Err(CompileError::Model(format!(
+            "the program would have {} bindings over its entries; a program holds at most {}",
+            image.bindings.len(),
+            aicsim_abi::container::MAX_BINDINGS
+        )));
+    }
+    let first = parts.swap_remove(0);
+    Ok(Compiled { image, graph: first.graph, lowered: first.lowered, replicas: first.replicas, warnings })
+}
+
+/// One specialisation of a model, lowered with its private DDR from `private_base`.
+struct Part {
+    graph: Graph,
+    lowered: Lowered,
+    replicas: usize,
+    batch_size: u32,
+    bindings: Vec<IoBinding>,
+}
+
+fn compile_part(
+    model: &Model,
+    model_dir: Option<&Path>,
+    opts: &CompileOptions,
+    symbols: &HashMap<String, i64>,
+    private_base: u64,
+) -> Result<Part, CompileError> {
+    let graph = if opts.retained_state {
+        crate::build::import_retained(model, symbols, model_dir)?
+    } else {
+        crate::build::import(model, symbols, model_dir)?
+    };
     let first = graph.inputs.first().ok_or_else(|| CompileError::Model("the model has no runtime input".into()))?;
     if graph.outputs.is_empty() {
         return Err(CompileError::Model("the model has no graph output; a program must return something".into()));
@@ -169,8 +328,38 @@ pub fn compile(
             })
         }
     };
+    // Retained state: input X and output X_RetainedState on one storage.
+    let state: Vec<(usize, usize)> = graph
+        .inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| {
+            let o = graph.outputs.iter().position(|o| {
+                o.name.strip_suffix(crate::build::RETAINED_SUFFIX) == Some(input.name.as_str())
+                    && graph.values[o.value].storage == graph.values[input.value].storage
+            })?;
+            Some((i, o))
+        })
+        .collect();
+    if opts.retained_state && state.is_empty() {
+        return Err(CompileError::Option {
+            option: "-retained-state",
+            reason: format!(
+                "no output is an input updated in place and named after it (input X, output X{})",
+                crate::build::RETAINED_SUFFIX
+            ),
+        });
+    }
+    if !state.is_empty() && replicas > 1 {
+        return Err(CompileError::Option {
+            option: "-batchsize",
+            reason: "a program with retained state takes its batch from the model: define the batch symbol instead"
+                .into(),
+        });
+    }
     let dtype = if opts.fp16 { DType::F16 } else { DType::F32 };
-    let lowered = lower::lower(
+    let state_storage: Vec<usize> = state.iter().map(|&(i, _)| graph.values[graph.inputs[i].value].storage).collect();
+    let lowered = lower::lower_at(
         &graph,
         LowerOptions {
             cores: opts.cores,
@@ -181,11 +370,21 @@ pub fn compile(
             replicas,
             multicast_weights: opts.multicast_weights,
         },
+        &state_storage,
+        private_base,
     )?;
     let device_dtype = if opts.fp16 { IoDType::F16 } else { IoDType::F32 };
     let mut bindings = Vec::new();
     for (ios, direction) in [(&graph.inputs, IoDirection::Input), (&graph.outputs, IoDirection::Output)] {
-        for io in ios {
+        for (k, io) in ios.iter().enumerate() {
+            let retained = match direction {
+                IoDirection::Input => state.iter().any(|&(i, _)| i == k),
+                _ => state.iter().any(|&(_, o)| o == k),
+            };
+            if retained && direction == IoDirection::Output {
+                continue; // one state binding, under the input's name
+            }
+            let direction = if retained { IoDirection::State } else { direction };
             let v = &graph.values[io.value];
             let mut shape: Vec<u32> = v.shape.iter().map(|&d| d as u32).collect();
             if shape.is_empty() {
@@ -208,40 +407,15 @@ pub fn compile(
                 continue;
             }
             let b = IoBinding::new(&io_name(&io.name)?, direction, device_dtype, &shape, offset);
-            bindings.push(if opts.fp16 {
+            bindings.push(if opts.fp16 && !retained {
                 b.with_host(HostFormat { dtype: IoDType::F32, layout: HostLayout::Same, scale: 1.0, offset: 0 })
             } else {
                 b
             });
         }
     }
-    let mut pname: String = name.chars().filter(|c| !c.is_control()).collect();
-    while pname.len() > 63 {
-        pname.pop();
-    }
-    let image = ProgramImage {
-        name: pname,
-        batch_size: (graph_batch * replicas) as u32,
-        ddr_bytes: lowered.ddr_bytes,
-        vtcm_bytes: lowered.vtcm_bytes.max(1),
-        bindings,
-        cores: lowered.streams.iter().map(|s| s.iter().map(|&op| Instruction::encode(op)).collect()).collect(),
-        constants: lowered.constants.clone(),
-        layers: graph
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(l, layer)| Layer {
-                name: layer.name.clone(),
-                op_type: layer.op_type.clone(),
-                starts: lowered.layer_starts.iter().map(|starts| starts[l]).collect(),
-            })
-            .collect(),
-        entries: Vec::new(),
-    };
-    let mut warnings = unused_symbols(model, &opts.symbols);
-    warnings.extend(lowered.warnings.iter().cloned());
-    Ok(Compiled { image, graph, lowered, replicas, warnings })
+    let batch_size = (graph_batch * replicas) as u32;
+    Ok(Part { graph, lowered, replicas, batch_size, bindings })
 }
 
 /// A parsed model and what compiling it needs besides the options.

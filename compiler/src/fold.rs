@@ -81,7 +81,7 @@ pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError>
         .ok_or_else(|| format!("shapes {:?} and {:?} do not broadcast", a.shape, b.shape))?;
     bounded(&shape)?;
     let (ia, ib) = (broadcast_indices(&shape, &a.shape), broadcast_indices(&shape, &b.shape));
-    let compare = matches!(op, "Equal" | "Less" | "Greater" | "And" | "Or");
+    let compare = matches!(op, "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or");
     if (a.is_int() && b.is_int()) || compare {
         let (x, y) = (a.to_f64(), b.to_f64());
         let (xi, yi) = (a.to_i64(), b.to_i64());
@@ -101,6 +101,8 @@ pub(crate) fn binary(op: &str, a: &Const, b: &Const) -> Result<Const, FoldError>
                     "Equal" => i64::from(x[i] == y[j]),
                     "Less" => i64::from(x[i] < y[j]),
                     "Greater" => i64::from(x[i] > y[j]),
+                    "LessOrEqual" => i64::from(x[i] <= y[j]),
+                    "GreaterOrEqual" => i64::from(x[i] >= y[j]),
                     "And" => i64::from(xi[i] != 0 && yi[j] != 0),
                     "Or" => i64::from(xi[i] != 0 || yi[j] != 0),
                     _ => return Err(format!("{op} is not foldable")),

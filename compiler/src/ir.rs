@@ -236,6 +236,20 @@ pub enum LayerKind {
         begin: Vec<usize>,
         fill: ConstId,
     },
+    /// A box of the input starting `begin[d]` elements into each axis; the output's
+    /// shape is the box's.
+    Slice {
+        input: ValueId,
+        begin: Vec<usize>,
+    },
+    /// A KV-cache update in place: the rows of `updates` `[B, H, S, D]` written into
+    /// `data` `[B, H, C, D]` at the int32 positions `positions` `[B, S]`; the output is
+    /// `data`'s storage. A position outside `0..C` faults the run on the device.
+    Scatter {
+        data: ValueId,
+        positions: ValueId,
+        updates: ValueId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -261,7 +275,9 @@ impl Layer {
             | LayerKind::Lrn { input, .. }
             | LayerKind::Transpose { input, .. }
             | LayerKind::Reduce { input, .. }
-            | LayerKind::Pad { input, .. } => vec![*input],
+            | LayerKind::Pad { input, .. }
+            | LayerKind::Slice { input, .. } => vec![*input],
+            LayerKind::Scatter { data, positions, updates } => vec![*data, *positions, *updates],
             LayerKind::Gather { indices, .. } => vec![*indices],
             LayerKind::MatMul { a, b } => vec![*a, *b],
             LayerKind::Concat { inputs, .. } => inputs.clone(),

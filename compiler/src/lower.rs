@@ -152,7 +152,8 @@ struct Lowerer<'g> {
     cost: CostModel,
     streams: Vec<Vec<Op>>,
     const_offsets: Vec<u64>,
-    /// Constants occupy DDR `[0, constants_bytes)`.
+    /// Constants occupy DDR `[constants_start, constants_bytes)`.
+    constants_start: u64,
     constants_bytes: u64,
     value_offsets: Vec<u64>,
     /// Most VTCM any layer used on a core.
@@ -275,11 +276,15 @@ impl<'g> Lowerer<'g> {
                     }
                     Op::DmaIn { src, .. } => {
                         r.load_bytes += src.packed_bytes();
-                        if src.offset < self.constants_bytes {
+                        if (self.constants_start..self.constants_bytes).contains(&src.offset) {
                             r.constant_bytes += src.packed_bytes();
                         }
                     }
                     Op::DmaOut { dst, .. } => r.store_bytes += dst.packed_bytes(),
+                    Op::Scatter { src, .. } => {
+                        r.store_bytes += src.packed_bytes();
+                        r.compute_cycles += self.cost.cycles(op);
+                    }
                     Op::Barrier | Op::Signal { .. } | Op::Wait { .. } | Op::End => {}
                     other => r.compute_cycles += self.cost.cycles(other),
                 }
@@ -552,6 +557,8 @@ impl<'g> Lowerer<'g> {
         // Drop unit dimensions, then merge neighbours every view walks contiguously.
         let mut views: Vec<&(u64, View)> = vec![&out, &first];
         views.extend(steps.iter().filter_map(|(o, _)| o.as_ref()));
+        // Each view's first element, in elements from its base.
+        let offsets: Vec<u64> = views.iter().map(|(_, v)| v.offset).collect();
         let keep: Vec<usize> = (0..shape.len()).filter(|&d| shape[d] != 1).collect();
         let mut dims: Vec<u64> = keep.iter().map(|&d| shape[d]).collect();
         let mut strides: Vec<Vec<u64>> =
@@ -635,7 +642,9 @@ impl<'g> Lowerer<'g> {
                 tshape[ax] = chunk.min(dims[ax] - start[ax]);
                 tshape[ax + 1..].copy_from_slice(&dims[ax + 1..]);
                 let tshape: Vec<u64> = tshape[ax..].to_vec();
-                let origin = |s: &[u64]| -> u64 { start.iter().zip(s).map(|(a, b)| a * b).sum() };
+                let origin = |which: usize, s: &[u64]| -> u64 {
+                    offsets[which] + start.iter().zip(s).map(|(a, b)| a * b).sum::<u64>()
+                };
                 let acc = self.vtcm(bufs[0][slot], &tshape);
                 // DMA into `dst`; an int8 source through the staging buffer, dequantised.
                 let fetch = |ops: &mut Vec<Op>, src: Tensor, dst: Tensor, base: u64| {
@@ -653,14 +662,14 @@ impl<'g> Lowerer<'g> {
                 let load = |ops: &mut Vec<Op>, me: &Self, which: usize, base: u64, buf: u64| -> Tensor {
                     let s = &strides[which][ax..];
                     let packed: Vec<u64> = tshape.iter().zip(s).map(|(&d, &st)| if st == 0 { 1 } else { d }).collect();
-                    let src = me.ddr(origin(&strides[which]), base, &packed, s);
+                    let src = me.ddr(origin(which, &strides[which]), base, &packed, s);
                     fetch(ops, src, me.vtcm(buf, &packed), base);
                     let c = contiguous(&packed);
                     let vs: Vec<u32> = c.iter().zip(s).map(|(&c, &st)| if st == 0 { 0 } else { c as u32 }).collect();
                     me.vtcm(buf, &tshape).with_strides(&vs)
                 };
                 if strides[1][ax..].iter().all(|&s| s != 0) {
-                    let src = self.ddr(origin(&strides[1]), first.0, &tshape, &strides[1][ax..]);
+                    let src = self.ddr(origin(1, &strides[1]), first.0, &tshape, &strides[1][ax..]);
                     fetch(&mut ops, src, acc, first.0);
                 } else {
                     let view = load(&mut ops, self, 1, first.0, bufs[1][slot]);
@@ -679,7 +688,7 @@ impl<'g> Lowerer<'g> {
                         }
                     }
                 }
-                let dst = self.ddr(origin(&strides[0]), out.0, &tshape, &strides[0][ax..]);
+                let dst = self.ddr(origin(0, &strides[0]), out.0, &tshape, &strides[0][ax..]);
                 match (q_out, stage_out) {
                     (Some(q), Some(stage)) => {
                         let staged = self.vtcm_as(stage[slot], DType::I8, &tshape);
@@ -795,6 +804,73 @@ impl<'g> Lowerer<'g> {
         let out = (self.value_base(y) + at * self.eb, View { offset: 0, strides: ostr });
         tiles += self.map(&inner, out, (self.value_base(x), View { offset: 0, strides: istr }), &[], false)?;
         self.end_layer(tiles, &starts, 0);
+        Ok(())
+    }
+
+    /// A box of `x`: a strided copy of it starting `begin` elements into each axis.
+    fn slice(&mut self, x: ValueId, y: ValueId, begin: &[usize]) -> Result<(), CompileError> {
+        let xs: Vec<u64> = self.g.values[x].shape.iter().map(|&d| d as u64).collect();
+        let ys: Vec<u64> = self.g.values[y].shape.iter().map(|&d| d as u64).collect();
+        let xstr = contiguous(&xs);
+        let at: u64 = begin.iter().zip(&xstr).map(|(&b, &s)| b as u64 * s).sum();
+        let mut shape = vec![self.o.replicas as u64];
+        shape.extend(&ys);
+        let out = (self.value_base(y), View { offset: 0, strides: contiguous(&shape) });
+        let mut istr = vec![self.replica_elems(x)];
+        istr.extend(xstr);
+        let input = (self.value_base(x), View { offset: at, strides: istr });
+        let starts = self.starts();
+        let tiles = self.map(&shape, out, input, &[], false)?;
+        self.end_layer(tiles, &starts, 0);
+        Ok(())
+    }
+
+    // ---- scatter: KV-cache rows written in place at runtime positions --------------
+
+    /// Per sample, tiles of heads: the sample's int32 positions in, the heads' new rows
+    /// in, one `Scatter` writing them into the cache in DDR (the device checks each
+    /// position against the cache's length).
+    fn scatter(&mut self, data: ValueId, positions: ValueId, updates: ValueId) -> Result<(), CompileError> {
+        if self.o.replicas > 1 {
+            return Err(
+                self.err("a cache update needs the batch in the model: define its batch symbol, not -batchsize")
+            );
+        }
+        let eb = self.eb;
+        let ds: Vec<u64> = self.g.values[data].shape.iter().map(|&d| d as u64).collect();
+        let us: Vec<u64> = self.g.values[updates].shape.iter().map(|&d| d as u64).collect();
+        let (b, h, c, d, s) = (ds[0], ds[1], ds[2], ds[3], us[2]);
+        let head = s * d * eb;
+        if head + s * 4 > self.budget() {
+            return Err(self.err(format!("one head's {s} new rows of {d} elements do not fit the VTCM budget")));
+        }
+        let mut per = (self.budget() / head).clamp(1, h);
+        while b * h.div_ceil(per) < self.want_tiles() as u64 && per > 1 {
+            per = per.div_ceil(2);
+        }
+        let tiles: Vec<(u64, u64)> =
+            (0..b).flat_map(|bi| (0..h).step_by(per as usize).map(move |h0| (bi, h0))).collect();
+        let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
+        let ibuf = [v.alloc(s * 4), v.alloc(s * 4)];
+        let sbuf = [v.alloc(per * head), v.alloc(per * head)];
+        let (db, pb, ub) = (self.value_base(data), self.value_base(positions), self.value_base(updates));
+        let starts = self.starts();
+        for (core, run) in runs(tiles.len(), self.o.cores as usize).into_iter().enumerate() {
+            let mut ops = std::mem::take(&mut self.streams[core]);
+            for (i, &(bi, h0)) in tiles[run].iter().enumerate() {
+                let slot = i % 2;
+                let hn = per.min(h - h0);
+                let idx = self.vtcm_as(ibuf[slot], DType::I32, &[s]);
+                ops.push(Op::DmaIn { dst: idx, src: self.ddr(bi * s, pb, &[s], &[1]), multicast: 0, peer_bytes: 0 });
+                let rows = self.vtcm(sbuf[slot], &[hn, s, d]);
+                let src = self.ddr((bi * h + h0) * s * d, ub, &[hn, s, d], &[s * d, d, 1]);
+                ops.push(Op::DmaIn { dst: rows, src, multicast: 0, peer_bytes: 0 });
+                let dst = self.ddr((bi * h + h0) * c * d, db, &[hn, c, d], &[c * d, d, 1]);
+                ops.push(Op::Scatter { dst, src: rows, indices: idx });
+            }
+            self.streams[core] = ops;
+        }
+        self.end_layer(tiles.len(), &starts, v.next);
         Ok(())
     }
 
@@ -1193,16 +1269,33 @@ pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) ->
 
 /// Lowers `g` to per-core instruction streams.
 pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
+    lower_at(g, o, &[], 0)
+}
+
+/// [`lower`] with the retained state `state` (storage ids) first in DDR, in that order,
+/// and everything else from `private_base` on (at least the state's end): the entries of
+/// a program lay their state out alike and the rest side by side.
+pub fn lower_at(g: &Graph, o: LowerOptions, state: &[ValueId], private_base: u64) -> Result<Lowered, CompileError> {
     check_options(&o)?;
     check_sizes(g, &o)?;
     let eb = o.dtype.bytes();
     let mut warnings = Vec::new();
-    // DDR: the constants the layers read, then every stored value.
-    let used = used_constants(g);
+    let mut value_offsets = vec![u64::MAX; g.values.len()];
+    let mut dtypes = std::collections::HashMap::new();
+    // DDR: the retained state, the constants the layers read, then every stored value.
     let mut at = 0u64;
+    for &v in state {
+        value_offsets[v] = at;
+        if value_dtype(g, &o, v) != o.dtype {
+            dtypes.insert(at, value_dtype(g, &o, v));
+        }
+        at = align(at + value_dtype(g, &o, v).bytes() * g.values[v].elements() as u64, ALIGN);
+    }
+    at = at.max(align(private_base, ALIGN));
+    let constants_start = at;
+    let used = used_constants(g);
     let mut const_offsets = vec![u64::MAX; g.consts.len()];
     let mut constants = Vec::new();
-    let mut dtypes = std::collections::HashMap::new();
     for (i, (c, dtype)) in g.consts.iter().zip(const_dtypes(g, &o)).enumerate() {
         if used[i] {
             const_offsets[i] = at;
@@ -1216,9 +1309,8 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     }
     let constants_bytes = at;
     let stored = stored_values(g);
-    let mut value_offsets = vec![u64::MAX; g.values.len()];
     let mut quants = std::collections::HashMap::new();
-    for (v, _) in stored.iter().enumerate().filter(|(_, &s)| s) {
+    for (v, _) in stored.iter().enumerate().filter(|(v, &s)| s && !state.contains(v)) {
         value_offsets[v] = at;
         if let Some(q) = g.values[v].quant {
             quants.insert(at, q);
@@ -1250,6 +1342,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
         vtcm_peak: 0,
         reports: Vec::new(),
         layer: String::new(),
+        constants_start,
         constants_bytes,
         pool_bases,
         prev_starts: Vec::new(),
@@ -1282,7 +1375,7 @@ pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
     Ok(Lowered {
         streams,
         constants,
-        constants_bytes,
+        constants_bytes: constants_bytes - constants_start,
         ddr_bytes: at.max(ALIGN),
         // A layer on the big budget overlaps the pool's VTCM; the pool plan does not
         // model that eviction (known gap, docs/calibration.md).
@@ -1446,6 +1539,8 @@ impl Lowerer<'_> {
             LayerKind::Transpose { input, perm } => l.transpose(*input, y, perm)?,
             LayerKind::Pad { input, begin, fill } => l.pad(*input, y, begin, *fill)?,
             LayerKind::Gather { table, indices } => l.gather(*table, *indices, y)?,
+            LayerKind::Slice { input, begin } => l.slice(*input, y, begin)?,
+            LayerKind::Scatter { data, positions, updates } => l.scatter(*data, *positions, *updates)?,
         }
         Ok(())
     }

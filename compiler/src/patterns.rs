@@ -8,6 +8,10 @@
 //! - **GELU in its Erf form** (`x * 0.5 * (1 + erf(x / sqrt 2))` in any of the orders
 //!   exporters write it): after import the element-wise chain it fused into is the one
 //!   step `Gelu` ([`fuse_gelu`]).
+//! - **KV-cache updates**: `ScatterND(cache, Concat(batch grid, head grid,
+//!   Expand(Unsqueeze(positions, [1, 3]))), rows)` becomes a `ScatterND` marked as a
+//!   cache update that takes the positions themselves ([`kv_cache_updates`]); the
+//!   subgraph building the indices from the positions is dropped.
 
 use std::collections::HashMap;
 
@@ -141,6 +145,89 @@ pub(crate) fn fuse_layer_norms(g: &OnnxGraph, ranks: &HashMap<String, usize>) ->
         .filter(|(i, _)| !drop[*i])
         .map(|(i, n)| replace.remove(&i).unwrap_or_else(|| n.clone()))
         .collect()
+}
+
+/// `nodes` with every KV-cache update in the exported form rewritten to the marked
+/// `ScatterND` of [`crate::ops`] (inputs: cache, positions, rows, batch grid, head grid),
+/// and the nodes nothing reads any more dropped.
+pub(crate) fn kv_cache_updates(g: &OnnxGraph, mut nodes: Vec<Node>) -> Vec<Node> {
+    let int64s = |t: &crate::onnx::Tensor| -> Option<Vec<i64>> {
+        match &t.data {
+            crate::onnx::TensorData::Int64s(v) => Some(v.clone()),
+            crate::onnx::TensorData::Raw(raw) if t.data_type == crate::onnx::data_type::INT64 => {
+                Some(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+            }
+            _ => None,
+        }
+    };
+    let ints: HashMap<&str, Vec<i64>> = g
+        .initializers
+        .iter()
+        .filter_map(|t| Some((t.name.as_str(), int64s(t)?)))
+        .chain(g.nodes.iter().filter(|n| n.op_type == "Constant").filter_map(|n| {
+            match n.attributes.first().map(|a| &a.value) {
+                Some(AttributeValue::Tensor(t)) => Some((n.outputs.first()?.as_str(), int64s(t)?)),
+                _ => None,
+            }
+        }))
+        .collect();
+    let mut changed = false;
+    let snapshot = nodes.clone();
+    let producer: HashMap<&str, &Node> =
+        snapshot.iter().flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n))).collect();
+    let made_by = |name: &str, op: &str| producer.get(name).copied().filter(|n| n.op_type == op);
+    for n in nodes.iter_mut().filter(|n| n.op_type == "ScatterND" && n.inputs.len() == 3) {
+        let Some(concat) = made_by(&n.inputs[1], "Concat") else { continue };
+        if concat.inputs.len() != 3 || !matches!(concat.attr_int("axis", 0), -1 | 3) {
+            continue;
+        }
+        let Some(expand) = made_by(&concat.inputs[2], "Expand") else { continue };
+        let Some(unsqueeze) = made_by(&expand.inputs[0], "Unsqueeze") else { continue };
+        let axes = unsqueeze.attr_ints("axes").or_else(|| ints.get(unsqueeze.inputs.get(1)?.as_str()).cloned());
+        if axes.as_deref() != Some(&[1, 3]) {
+            continue;
+        }
+        // Updated in place: nothing else may read the old cache (its shape aside).
+        let others = snapshot
+            .iter()
+            .filter(|m| m.op_type != "Shape" && m.outputs != n.outputs && m.inputs.contains(&n.inputs[0]))
+            .count();
+        let mut fused = n.clone();
+        fused.inputs = vec![
+            n.inputs[0].clone(),
+            unsqueeze.inputs[0].clone(),
+            n.inputs[2].clone(),
+            concat.inputs[0].clone(),
+            concat.inputs[1].clone(),
+        ];
+        fused.attributes.push(crate::onnx::Attribute {
+            name: crate::ops::KV_CACHE_MARK.into(),
+            value: AttributeValue::Int(if others == 0 { 1 } else { 2 }),
+        });
+        *n = fused;
+        changed = true;
+    }
+    if changed {
+        drop_unread(g, &mut nodes);
+    }
+    nodes
+}
+
+/// Drops the nodes none of whose outputs any node or graph output reads, until none is
+/// left (ONNX nodes have no side effects).
+fn drop_unread(g: &OnnxGraph, nodes: &mut Vec<Node>) {
+    loop {
+        let mut read: std::collections::HashSet<&str> = g.outputs.iter().map(|o| o.name.as_str()).collect();
+        for n in nodes.iter() {
+            read.extend(n.inputs.iter().map(String::as_str));
+        }
+        let dead: Vec<bool> = nodes.iter().map(|n| !n.outputs.iter().any(|o| read.contains(o.as_str()))).collect();
+        if !dead.contains(&true) {
+            return;
+        }
+        let mut d = dead.into_iter();
+        nodes.retain(|_| !d.next().expect("one flag per node"));
+    }
 }
 
 /// `x * 0.5 * (1 + erf(x / sqrt 2))` as the element-wise chain it imports to (in the

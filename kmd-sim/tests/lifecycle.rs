@@ -137,8 +137,9 @@ fn a_deactivation_the_device_never_confirms_keeps_the_channel_reserved_until_a_r
 
 #[test]
 fn a_late_answer_confirms_a_deactivation_and_a_late_activation_is_undone() {
-    // Every control command takes the device 80 ms.
-    let faults = FaultPlan { slow_control_ns: 80_000_000, ..FaultPlan::default() };
+    // Every control command takes the device 500 ms: far past the host's 50 ms, so a
+    // host thread descheduled for a while on a loaded machine still gives up first.
+    let faults = FaultPlan { slow_control_ns: 500_000_000, ..FaultPlan::default() };
     let kmd = kmd(faults, Duration::from_secs(5));
     let a = kmd.open();
     let program = a.load_program(&copy_program(64)).unwrap();
@@ -149,6 +150,8 @@ fn a_late_answer_confirms_a_deactivation_and_a_late_activation_is_undone() {
     assert_eq!(e.errno, Errno::ETIMEDOUT, "{e}");
     assert!(e.detail.contains("did not answer"), "{e}");
     assert!(kmd.channel_retiring(dbc as usize));
+    // The late answer comes while the host waits for nothing.
+    std::thread::sleep(Duration::from_millis(700));
     // The next command first collects the late answer: the channel is confirmed free.
     let e = a.activate(program).unwrap_err();
     assert_eq!(e.errno, Errno::ETIMEDOUT, "the activation itself is late too: {e}");

@@ -19,7 +19,7 @@ pub(super) static OPS: &[OpDef] = &[
     },
     OpDef { name: "Gather", shape: Some(shape_gather), fold: Some(fold_gather), build: Some(build_gather) },
     OpDef { name: "Range", shape: None, fold: Some(fold_range), build: None },
-    OpDef { name: "Slice", shape: None, fold: Some(fold_slice), build: None },
+    OpDef { name: "Slice", shape: None, fold: Some(fold_slice), build: Some(build_slice) },
 ];
 
 pub(super) fn shape_constant_of_shape(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
@@ -123,4 +123,47 @@ pub(super) fn fold_constant_of_shape(cx: &FoldCx<'_>) -> Result<Const, FoldError
             _ => Const::f32(shape, vec![0.0; n]),
         }
     })
+}
+
+/// A slice of a runtime tensor with unit steps: a strided copy of the box.
+pub(super) fn build_slice(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    let x = bld.value(node, 0)?;
+    let shape = bld.g.values[x].shape.clone();
+    let rank = shape.len();
+    let ints = |bld: &Builder<'_>, i: usize| -> Result<Option<Vec<i64>>, CompileError> {
+        Ok(bld.konst(node, i)?.map(|c| bld.g.consts[c].to_i64()))
+    };
+    let (starts, ends, axes, steps) = if bld.opset < 10 {
+        let need = |name| node.attr_ints(name).ok_or_else(|| bld.fail(node, format!("has no {name}")));
+        (need("starts")?, need("ends")?, node.attr_ints("axes"), None)
+    } else {
+        let need = |i, name| ints(bld, i)?.ok_or_else(|| bld.fail(node, format!("has no {name}")));
+        (need(1, "starts")?, need(2, "ends")?, ints(bld, 3)?, ints(bld, 4)?)
+    };
+    let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    if steps.as_ref().is_some_and(|s| s.iter().any(|&s| s != 1))
+        || starts.len() != ends.len()
+        || axes.len() != starts.len()
+    {
+        return Err(bld.fail(node, "a slice of a runtime tensor takes steps of 1 and one start and end per axis"));
+    }
+    let mut begin = vec![0usize; rank];
+    let mut out = shape.clone();
+    for (i, &axis) in axes.iter().enumerate() {
+        let a = crate::fold::norm_axis(axis, rank).map_err(|e| bld.fail(node, e))?;
+        let dim = shape[a] as i64;
+        let fix = |v: i64| (if v < 0 { v + dim } else { v }).clamp(0, dim);
+        let (b, e) = (fix(starts[i]), fix(ends[i]));
+        if e <= b {
+            return Err(bld.fail(node, format!("the slice of axis {a} [{b}, {e}) is empty")));
+        }
+        begin[a] = b as usize;
+        out[a] = (e - b) as usize;
+    }
+    if out == shape {
+        bld.bind_value(&node.outputs[0].clone(), x);
+        return Ok(());
+    }
+    bld.add_layer(node, LayerKind::Slice { input: x, begin }, out);
+    Ok(())
 }

@@ -18,13 +18,25 @@ pub(super) static OPS: &[OpDef] = &[
     OpDef { name: "And", shape: None, fold: Some(fold_binary), build: None },
     OpDef { name: "Clip", shape: Some(super::shape_same_as_input), fold: None, build: Some(build_clip) },
     OpDef { name: "Div", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_div) },
-    OpDef { name: "Equal", shape: Some(shape_broadcast), fold: Some(fold_binary), build: None },
+    OpDef { name: "Equal", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_equal) },
     OpDef { name: "Erf", shape: Some(super::shape_same_as_input), fold: Some(fold_unary), build: Some(build_erf) },
     OpDef { name: "Exp", shape: Some(super::shape_same_as_input), fold: Some(fold_unary), build: Some(build_exp) },
     OpDef { name: "Gelu", shape: Some(super::shape_same_as_input), fold: None, build: Some(build_gelu) },
-    OpDef { name: "Greater", shape: None, fold: Some(fold_binary), build: None },
+    OpDef { name: "Greater", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_greater) },
+    OpDef {
+        name: "GreaterOrEqual",
+        shape: Some(shape_broadcast),
+        fold: Some(fold_binary),
+        build: Some(build_greater_or_equal),
+    },
     OpDef { name: "LeakyRelu", shape: Some(super::shape_same_as_input), fold: None, build: None },
-    OpDef { name: "Less", shape: None, fold: Some(fold_binary), build: None },
+    OpDef { name: "Less", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_less) },
+    OpDef {
+        name: "LessOrEqual",
+        shape: Some(shape_broadcast),
+        fold: Some(fold_binary),
+        build: Some(build_less_or_equal),
+    },
     OpDef { name: "Max", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_max) },
     OpDef { name: "Min", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_min) },
     OpDef { name: "Mul", shape: Some(shape_broadcast), fold: Some(fold_binary), build: Some(build_mul) },
@@ -198,4 +210,33 @@ pub(super) fn build_max(bld: &mut Builder<'_>, node: &Node) -> Result<(), Compil
 
 pub(super) fn build_min(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
     bld.binary(node, BinaryKind::Min)
+}
+
+// Comparisons give 1 or 0 in the program's float type (a boolean tensor is stored as
+// such; `Cast` to a float type is then a view). `a > b` is `b < a`.
+
+pub(super) fn build_less(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    bld.binary(node, BinaryKind::Less)
+}
+
+pub(super) fn build_less_or_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    bld.binary(node, BinaryKind::LessOrEqual)
+}
+
+pub(super) fn build_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    bld.binary(node, BinaryKind::Equal)
+}
+
+fn swapped(node: &Node) -> Node {
+    let mut n = node.clone();
+    n.inputs.swap(0, 1);
+    n
+}
+
+pub(super) fn build_greater(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    bld.binary(&swapped(node), BinaryKind::Less)
+}
+
+pub(super) fn build_greater_or_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
+    bld.binary(&swapped(node), BinaryKind::LessOrEqual)
 }

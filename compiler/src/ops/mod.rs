@@ -4,6 +4,7 @@
 //! table names its operators and their rules, so adding an operator touches its family's
 //! file only (and `FAMILIES` for a new family).
 
+mod cache;
 mod constants;
 mod conv_pool;
 mod elementwise;
@@ -19,6 +20,7 @@ use crate::ir::Const;
 use crate::onnx::Node;
 use crate::shapes::{ShapeError, Shapes};
 use crate::CompileError;
+pub(crate) use cache::KV_CACHE_MARK;
 pub(crate) use quantize::QuantConst;
 
 /// An operator's output shape.
@@ -118,7 +120,7 @@ fn shape_same_as_input(cx: &ShapeCx<'_>) -> Result<Vec<i64>, ShapeError> {
 }
 
 /// Every operator the compiler takes, family by family.
-static FAMILIES: [&[OpDef]; 8] = [
+static FAMILIES: [&[OpDef]; 9] = [
     elementwise::OPS,
     conv_pool::OPS,
     matmul::OPS,
@@ -127,6 +129,7 @@ static FAMILIES: [&[OpDef]; 8] = [
     layout::OPS,
     constants::OPS,
     quantize::OPS,
+    cache::OPS,
 ];
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! A GPT-2-shaped decoder with a KV cache (`scripts/make_gpt2.py`, seeded random
+//! weights) compiled as the card runs language models — one program, two entries: the
+//! prefill over the prompt and the one-token decode step, sharing the cache as retained
+//! state in device DDR — and run step by step through the whole stack against
+//! onnxruntime's greedy generation (`scripts/gpt2_reference.py`, the cache fed back by
+//! the host there). Only token ids and positions go to the device; only logits come
+//! back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use aicsim_abi::container::IoDirection;
+use aicsim_compiler::{compile_file, CompileOptions};
+use aicsim_driver::Device;
+use aicsim_kmd::KmdConfig;
+use aicsim_runtime::samples::bytes_f32;
+use aicsim_runtime::{Activation, Program};
+
+const PROMPT: [i64; 8] = [3, 14, 15, 92, 65, 35, 89, 79];
+const STEPS: usize = 16;
+const CTX: i64 = 64;
+
+fn python() -> Option<String> {
+    match std::env::var("AICSIM_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
+                "AICSIM_REQUIRE_ONNX is set but AICSIM_PYTHON is not"
+            );
+            eprintln!("skipped: run scripts/test.sh, which installs onnx and onnxruntime");
+            None
+        }
+    }
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
+}
+
+/// The model, and onnxruntime's tokens and logits for every step.
+fn reference(python: &str) -> (PathBuf, Vec<i64>, Vec<Vec<f32>>) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-kv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("gpt2.onnx");
+    let ok = Command::new(python).arg(script("make_gpt2.py")).arg(&model).status().expect("run python").success();
+    assert!(ok, "make_gpt2.py failed");
+    let out = dir.join("reference.json");
+    let prompt: Vec<String> = PROMPT.iter().map(i64::to_string).collect();
+    let ok = Command::new(python)
+        .arg(script("gpt2_reference.py"))
+        .arg(&model)
+        .arg(&out)
+        .args(["--prompt", &prompt.join(","), "--generate", &STEPS.to_string(), "--ctx", &CTX.to_string()])
+        .status()
+        .expect("run python")
+        .success();
+    assert!(ok, "gpt2_reference.py failed");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let tokens = doc["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    let logits = doc["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
+        .collect();
+    (model, tokens, logits)
+}
+
+fn options(cores: u32, fp16: bool) -> CompileOptions {
+    let spec =
+        |seq: i64| HashMap::from([("batch_size".to_string(), 1), ("seq_len".into(), seq), ("ctx_len".into(), CTX)]);
+    CompileOptions {
+        cores,
+        fp16,
+        retained_state: true,
+        specializations: vec![spec(PROMPT.len() as i64), spec(1)],
+        ..CompileOptions::default()
+    }
+}
+
+fn i64_bytes(v: &[i64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn argmax(v: &[f32]) -> i64 {
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best }) as i64
+}
+
+/// Greedy generation on the device: the prefill entry over the prompt, then the decode
+/// entry once per token. Returns the tokens and each step's logits.
+fn generate(activation: &Activation, steps: usize) -> (Vec<i64>, Vec<Vec<f32>>) {
+    let positions: Vec<i64> = (0..PROMPT.len() as i64).collect();
+    let mut out = activation.run_entry(0, &[&i64_bytes(&PROMPT), &i64_bytes(&positions)]).unwrap();
+    let (mut tokens, mut logits) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        let l = bytes_f32(&out[0]);
+        let t = argmax(&l);
+        tokens.push(t);
+        logits.push(l);
+        if step + 1 < steps {
+            let at = (PROMPT.len() + step) as i64;
+            out = activation.run_entry(1, &[&i64_bytes(&[t]), &i64_bytes(&[at])]).unwrap();
+        }
+    }
+    (tokens, logits)
+}
+
+#[test]
+fn greedy_generation_with_the_kv_cache_on_the_device_matches_onnxruntime() {
+    let Some(python) = python() else { return };
+    let (model, want_tokens, want_logits) = reference(&python);
+    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    for (cores, fp16) in [(1, false), (2, false), (2, true)] {
+        let compiled = compile_file(&model, &options(cores, fp16)).unwrap();
+        let image = &compiled.image;
+        assert_eq!(image.entry_count(), 2, "a prefill and a decode entry");
+        // The cache is state: two tensors per layer, never a host binding.
+        assert_eq!(image.state().count(), 4);
+        assert!(image.bindings.iter().all(|b| b.direction == IoDirection::State || !b.name.starts_with("past_")));
+        let inputs: Vec<&str> = image.entry_inputs(1).map(|b| b.name.as_str()).collect();
+        assert_eq!(inputs, ["input_ids", "position_ids"]);
+        let program = Program::from_image(compiled.image).unwrap();
+        let activation = Activation::new(device.clone(), &program).unwrap();
+        let (tokens, logits) = generate(&activation, STEPS);
+        let mut worst = 0f32;
+        for (got, want) in logits.iter().zip(&want_logits) {
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in got.iter().zip(want) {
+                worst = worst.max((a - b).abs() / scale);
+            }
+        }
+        eprintln!("{cores} core(s), fp16 {fp16}: tokens {tokens:?}, worst logit error {worst:.2e} of the largest");
+        if fp16 {
+            // fp16 rounds every layer; the logits stay within 2% of the largest.
+            assert!(worst < 2e-2, "fp16 logits off by {worst} of the largest");
+            assert_eq!(tokens[..4], want_tokens[..4], "fp16 greedy tokens diverge early");
+        } else {
+            assert_eq!(tokens, want_tokens, "greedy tokens differ from onnxruntime's");
+            assert!(worst < 1e-4, "f32 logits off by {worst} of the largest");
+        }
+        // A second sequence on the same activation starts over: the mask hides the first
+        // sequence's rows past the new positions.
+        let (again, _) = generate(&activation, 4);
+        assert_eq!(again[..], tokens[..4], "a new sequence depends on the last one's cache");
+    }
+}
+
+/// A position past the cache's capacity is a named error, not a write outside it.
+#[test]
+fn a_position_past_the_cache_faults_the_run() {
+    let Some(python) = python() else { return };
+    let (model, _, _) = reference(&python);
+    let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
+    let program = Program::from_image(compile_file(&model, &options(1, false)).unwrap().image).unwrap();
+    let activation = Activation::new(device, &program).unwrap();
+    let e = activation.run_entry(1, &[&i64_bytes(&[1]), &i64_bytes(&[CTX])]).unwrap_err().to_string();
+    assert!(e.contains("fault"), "{e}");
+    // The activation goes on: the next valid step runs.
+    activation.run_entry(1, &[&i64_bytes(&[1]), &i64_bytes(&[0])]).unwrap();
+}
