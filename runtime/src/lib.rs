@@ -25,7 +25,7 @@ pub use handles::{Completed, Handle, HandlePool};
 pub use host_model::HostModel;
 pub use program::Program;
 pub use queue::{AsyncQueue, Outcome, QueueConfig, Rejected};
-pub use set::{Completion, DeviceTiming, InferenceSet, RunLimit, RunSummary};
+pub use set::{Completion, DeviceTiming, Generation, InferenceSet, RunLimit, RunSummary};
 pub use simulated::LIVENESS_TIMEOUT;
 pub use timestamps::{wall_ns, wall_ns_of, Timestamps};
 

@@ -104,10 +104,15 @@ impl Program {
     /// Pre-processing of one set of inputs: each from its host format into the device's,
     /// as the input buffers take it.
     pub fn device_inputs(&self, inputs: &[impl AsRef<[u8]>]) -> Result<Vec<Vec<u8>>> {
-        self.check_inputs(inputs)?;
+        self.device_inputs_of(0, inputs)
+    }
+
+    /// [`Program::device_inputs`] for entry `entry`.
+    pub fn device_inputs_of(&self, entry: usize, inputs: &[impl AsRef<[u8]>]) -> Result<Vec<Vec<u8>>> {
+        self.check_entry_inputs(entry, inputs)?;
         Ok(inputs
             .iter()
-            .zip(self.inputs())
+            .zip(self.entry_inputs(entry))
             .map(|(data, b)| {
                 let mut device = vec![0u8; b.size_bytes as usize];
                 crate::convert::host_to_device(b, data.as_ref(), &mut device);

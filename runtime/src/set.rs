@@ -70,6 +70,23 @@ pub struct Completion<'a> {
     /// Why it failed, when the set reports errors per inference
     /// ([`InferenceSet::with_errors_reported`]); its outputs are then unspecified.
     pub error: Option<&'a RuntimeError>,
+    /// In a generation run ([`InferenceSet::run_generation`]): which step of sequence
+    /// `index` this was (0: the prefill; `k`: the `k`-th decode step).
+    pub step: Option<u32>,
+}
+
+/// A generation run: per sequence, the prefill entry over a prompt, then decode steps
+/// each taking the token the previous step chose (greedy, on the host) at the next
+/// position. The program keeps the KV cache in device DDR (retained state).
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub prefill: usize,
+    pub decode: usize,
+    /// The prompt's token ids, `[batch, prompt_len]`.
+    pub prompt: Vec<i64>,
+    pub prompt_len: usize,
+    /// Decode steps after the prefill (each gives one more token).
+    pub decode_steps: u32,
 }
 
 /// What a run did.
@@ -253,6 +270,36 @@ impl InferenceSet {
         crate::simulated::Engine::new(self, limit, host, inputs, &on_complete, self.report_errors)?.run()
     }
 
+    /// Generates on the simulated clock: `limit` counts (or times) sequences, each the
+    /// prefill then `gen.decode_steps` decode steps on one lane; `on_complete` sees
+    /// every step ([`Completion::step`]). The program's entries take `input_ids` and
+    /// `position_ids` (int64 on the host) and give the logits first, `[batch, 1, vocab]`;
+    /// the next token is their argmax. An activation holds one KV cache, so the set
+    /// size must be 1.
+    pub fn run_generation<C>(
+        &self,
+        limit: RunLimit,
+        host: &HostModel,
+        gen: &Generation,
+        on_complete: C,
+    ) -> Result<RunSummary>
+    where
+        C: Fn(&Completion<'_>),
+    {
+        if self.set_size != 1 {
+            return Err(RuntimeError::UnsupportedProgram {
+                program: self.program.name().into(),
+                problem: format!(
+                    "generates with a set size of {}: an activation holds one KV cache, so one sequence at a time",
+                    self.set_size
+                ),
+            });
+        }
+        let mut engine = crate::simulated::Engine::new(self, limit, host, &[], &on_complete, self.report_errors)?;
+        engine.generate(gen)?;
+        engine.run()
+    }
+
     /// Recovery after a device reset or a subsystem restart released the channels: loads
     /// the program again and activates it afresh on every activation.
     pub fn recover(&mut self) -> Result<()> {
@@ -393,6 +440,7 @@ impl InferenceSet {
             let device = if error.is_some() { None } else { device_timing(activation, job.seq) };
             state.done.fetch_add(1, Relaxed);
             (state.on_complete)(&Completion {
+                step: None,
                 index: job.index,
                 activation: a,
                 outputs: &outputs,

@@ -28,7 +28,7 @@ use aicsim_driver::{DriverError, NO_PROMISE};
 use crate::activation::InferenceSlot;
 use crate::error::{Result, RuntimeError};
 use crate::host_model::HostModel;
-use crate::set::{device_timing, Completion, InferenceSet, RunLimit, RunSummary};
+use crate::set::{device_timing, Completion, Generation, InferenceSet, RunLimit, RunSummary};
 use crate::timestamps::Timestamps;
 
 /// How long the device may make no progress at all, in wall time, while inferences are
@@ -55,6 +55,11 @@ enum LaneState {
 struct Lane {
     activation: usize,
     slot: InferenceSlot,
+    /// In a generation run: the slot of each entry, the entry in flight, and the
+    /// sequence under way (its index, the step next or in flight, the tokens chosen last).
+    entry_slots: Vec<InferenceSlot>,
+    entry: usize,
+    sequence: Option<(u64, u32, Vec<i64>)>,
     state: LaneState,
     /// Whether the slot's input buffers hold its input set yet (the device only reads
     /// them, so it is written once).
@@ -99,6 +104,9 @@ pub(crate) struct Engine<'a, C> {
     recent: VecDeque<(usize, u64, u64)>,
     /// The latest moment a request was taken up (they are taken up in time order).
     last_claim: u64,
+    generation: Option<Generation>,
+    /// Outputs of each entry, sized for it.
+    entry_outputs: Vec<Vec<Vec<u8>>>,
 }
 
 impl<'a, C> Engine<'a, C>
@@ -119,7 +127,15 @@ where
         let mut lanes = Vec::new();
         for (a, activation) in set.activations().iter().enumerate() {
             for _ in 0..set.set_size() {
-                lanes.push(Lane { activation: a, slot: activation.new_slot()?, state: LaneState::Done, filled: false });
+                lanes.push(Lane {
+                    activation: a,
+                    slot: activation.new_slot()?,
+                    entry_slots: Vec::new(),
+                    entry: 0,
+                    sequence: None,
+                    state: LaneState::Done,
+                    filled: false,
+                });
             }
         }
         let outputs = program.outputs().iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
@@ -145,7 +161,71 @@ where
             report_errors,
             recent: VecDeque::new(),
             last_claim: 0,
+            generation: None,
+            entry_outputs: Vec::new(),
         })
+    }
+
+    /// Makes the run a generation run (before [`Engine::run`]).
+    pub(crate) fn generate(&mut self, gen: &Generation) -> Result<()> {
+        let program = self.set.program();
+        let entries = program.entry_count();
+        for lane in &mut self.lanes {
+            let activation = &self.set.activations()[lane.activation];
+            lane.entry_slots = (0..entries).map(|e| activation.new_entry_slot(e)).collect::<Result<_>>()?;
+        }
+        self.entry_outputs = (0..entries)
+            .map(|e| program.entry_outputs(e).iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect())
+            .collect();
+        self.generation = Some(gen.clone());
+        Ok(())
+    }
+
+    /// When a lane free from `at` goes on: at once in the middle of a sequence, else
+    /// when it takes up its next request, if it takes one up at all.
+    fn next_time(&self, lane: usize, at: u64) -> Option<u64> {
+        match &self.lanes[lane].sequence {
+            Some(_) => Some(at).filter(|&t| t < self.failed_at),
+            None => self.claim_time(at),
+        }
+    }
+
+    /// The host inputs of a generation step, as the entry's bindings take them.
+    fn step_inputs(&self, lane: usize) -> Result<(usize, Vec<Vec<u8>>)> {
+        let gen = self.generation.as_ref().expect("a generation run");
+        let (_, step, tokens) = self.lanes[lane].sequence.as_ref().expect("a sequence under way");
+        let batch = tokens.len().max(1);
+        let (entry, ids, positions): (usize, Vec<i64>, Vec<i64>) = if *step == 0 {
+            let positions = (0..batch).flat_map(|_| 0..gen.prompt_len as i64).collect();
+            (gen.prefill, gen.prompt.clone(), positions)
+        } else {
+            let at = (gen.prompt_len as u32 + step - 1) as i64;
+            (gen.decode, tokens.clone(), vec![at; batch])
+        };
+        let program = self.set.program();
+        let bytes = |v: &[i64], b: &aicsim_abi::container::IoBinding| -> Vec<u8> {
+            match b.host.dtype {
+                aicsim_abi::container::IoDType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            }
+        };
+        let mut inputs = Vec::new();
+        for b in program.entry_inputs(entry) {
+            let data = match b.name.as_str() {
+                "input_ids" => bytes(&ids, b),
+                "position_ids" => bytes(&positions, b),
+                other => {
+                    return Err(RuntimeError::UnsupportedProgram {
+                        program: program.name().into(),
+                        problem: format!(
+                            "generation feeds input_ids and position_ids; entry {entry} also takes '{other}'"
+                        ),
+                    })
+                }
+            };
+            inputs.push(data);
+        }
+        Ok((entry, program.device_inputs_of(entry, &inputs)?))
     }
 
     pub(crate) fn run(mut self) -> Result<RunSummary> {
@@ -181,7 +261,7 @@ where
             }
             let bound = if self.in_flight > 0 { now.saturating_add(self.turnaround) } else { u64::MAX };
             if let Some(&Reverse((at, lane))) = self.idle.peek() {
-                if self.claim_time(at).is_none_or(|t| t <= bound) {
+                if self.next_time(lane, at).is_none_or(|t| t <= bound) {
                     self.idle.pop();
                     self.take_up(lane, at)?;
                     continue;
@@ -261,20 +341,43 @@ where
     /// limit is reached).
     fn take_up(&mut self, lane: usize, at: u64) -> Result<()> {
         let a = self.lanes[lane].activation;
-        let Some(start) = self.claim_time(at) else {
+        let Some(start) = self.next_time(lane, at) else {
             self.lanes[lane].state = LaneState::Done;
+            self.lanes[lane].sequence = None;
             return self.publish(a);
         };
-        let index = self.next_index;
-        self.next_index += 1;
-        let enqueue = match &self.limit {
-            RunLimit::Arrivals(arrivals) => self.t0 + u64::try_from(arrivals[index as usize].as_nanos()).unwrap_or(0),
+        let index = match &self.lanes[lane].sequence {
+            Some((index, _, _)) => *index,
+            None => {
+                let index = self.next_index;
+                self.next_index += 1;
+                if let Some(gen) = &self.generation {
+                    let batch = gen.prompt.len() / gen.prompt_len.max(1);
+                    self.lanes[lane].sequence = Some((index, 0, vec![0; batch]));
+                }
+                index
+            }
+        };
+        let enqueue = match (&self.limit, &self.lanes[lane].sequence) {
+            (_, Some((_, step, _))) if *step > 0 => start,
+            (RunLimit::Arrivals(arrivals), _) => {
+                self.t0 + u64::try_from(arrivals[index as usize].as_nanos()).unwrap_or(0)
+            }
             _ => start,
         };
         let program = self.set.program();
+        let input_bytes = match &self.generation {
+            Some(_) => {
+                let (entry, inputs) = self.step_inputs(lane)?;
+                self.lanes[lane].entry = entry;
+                self.lanes[lane].entry_slots[entry].write_device_inputs(program, &inputs)?;
+                inputs.iter().map(|i| i.len() as u64).sum()
+            }
+            None => program.device_input_bytes(),
+        };
         let mut ts = Timestamps::at(enqueue);
         ts.pre_proc_start = start + self.host.enqueue_ns;
-        ts.pre_proc_end = ts.pre_proc_start + self.host.pre_proc_ns(program.device_input_bytes());
+        ts.pre_proc_end = ts.pre_proc_start + self.host.pre_proc_ns(input_bytes);
         ts.kernel_submit = ts.pre_proc_end + self.host.submit_ns;
         ts.submitted = ts.kernel_submit + self.host.exec_to_vc_ns;
         if !self.inputs.is_empty() && !self.lanes[lane].filled {
@@ -296,6 +399,15 @@ where
         self.publish(a)
     }
 
+    /// The slot lane `lane`'s inference in flight (or next) uses.
+    fn lane_slot(&self, lane: usize) -> &InferenceSlot {
+        let l = &self.lanes[lane];
+        match self.generation {
+            Some(_) => &l.entry_slots[l.entry],
+            None => &l.slot,
+        }
+    }
+
     /// Queues lane `lane`'s inference at `time_ns`. A full ring is tried again as the
     /// device moves, for the activation's submit policy counted in simulated time.
     fn submit(&self, lane: usize, time_ns: u64) -> Result<u64> {
@@ -306,7 +418,7 @@ where
         let device = activation.device();
         loop {
             let progress = device.progress();
-            match self.lanes[lane].slot.submit_at(activation, time_ns) {
+            match self.lane_slot(lane).submit_at(activation, time_ns) {
                 Err(RuntimeError::Driver(DriverError::Again(why))) => {
                     let now = device.device_progress(activation.channel())?.0;
                     if Duration::from_nanos(now.saturating_sub(time_ns)) > patience {
@@ -327,11 +439,11 @@ where
     /// put a request on its channel.
     fn publish(&mut self, a: usize) -> Result<()> {
         let mut promise = NO_PROMISE;
-        for lane in self.lanes.iter().filter(|l| l.activation == a) {
+        for (i, lane) in self.lanes.iter().enumerate().filter(|(_, l)| l.activation == a) {
             if let LaneState::Idle(at) = lane.state {
                 // On an arrival schedule, no earlier than the next arrival: a later
                 // request can only arrive later.
-                if let Some(claim) = self.claim_time(at) {
+                if let Some(claim) = self.next_time(i, at) {
                     promise = promise.min(claim + self.to_channel);
                 }
             }
@@ -362,7 +474,7 @@ where
         let mut finished = Vec::with_capacity(posted.len());
         for (a, lane) in posted {
             let activation = &self.set.activations()[a];
-            let slot = &self.lanes[lane].slot;
+            let slot = self.lane_slot(lane);
             let mut wall = Timestamps::now();
             // Posted already: the wait only picks the completion up.
             let result = slot.wait(activation, &mut wall);
@@ -390,7 +502,18 @@ where
         ts.post_proc_end = ts.completed + self.host.post_proc_ns;
         ts.returned = ts.post_proc_end + self.host.app_ns;
         let activation = &self.set.activations()[a];
-        let result = result.and_then(|()| self.lanes[lane].slot.read_outputs(&mut self.outputs));
+        let step = self.lanes[lane].sequence.as_ref().map(|s| s.1);
+        let result = match self.generation {
+            Some(_) => {
+                let entry = self.lanes[lane].entry;
+                let mut outputs = std::mem::take(&mut self.entry_outputs[entry]);
+                let r = result.and_then(|()| self.lanes[lane].entry_slots[entry].read_outputs(&mut outputs));
+                self.outputs = outputs.clone();
+                self.entry_outputs[entry] = outputs;
+                r
+            }
+            None => result.and_then(|()| self.lanes[lane].slot.read_outputs(&mut self.outputs)),
+        };
         let error = match result {
             Err(e) if !self.report_errors => {
                 self.failure.get_or_insert(e);
@@ -416,7 +539,22 @@ where
                 seq: flight.seq,
                 input_set: (!self.inputs.is_empty()).then(|| lane % self.inputs.len()),
                 error: error.as_ref(),
+                step,
             });
+        }
+        // A sequence goes on with the tokens its logits choose, or ends.
+        if let (Some(gen), Some((_, step, tokens))) = (&self.generation, &mut self.lanes[lane].sequence) {
+            let logits = self.outputs.first().map(|o| crate::samples::bytes_f32(o)).unwrap_or_default();
+            let rows = tokens.len().max(1);
+            let vocab = logits.len() / rows;
+            for (r, t) in tokens.iter_mut().enumerate() {
+                let row = &logits[r * vocab..(r + 1) * vocab];
+                *t = row.iter().enumerate().fold(0, |best, (i, &x)| if x > row[best] { i } else { best }) as i64;
+            }
+            *step += 1;
+            if error.is_some() || *step > gen.decode_steps {
+                self.lanes[lane].sequence = None;
+            }
         }
         let free = ts.returned + self.host.requeue_ns;
         self.lanes[lane].state = LaneState::Idle(free);

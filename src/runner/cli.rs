@@ -84,8 +84,8 @@ struct Args {
     #[arg(short = 'a', long = "aic-num-of-activations", default_value_t = 1)]
     activations: usize,
     /// Inferences in flight per activation.
-    #[arg(short = 'S', long = "set-size", default_value_t = 10)]
-    set_size: usize,
+    #[arg(short = 'S', long = "set-size")]
+    set_size: Option<usize>,
     /// Inferences to run.
     #[arg(short = 'n', long = "num-iter", default_value_t = 40)]
     num_iter: u64,
@@ -169,6 +169,14 @@ struct Args {
     /// With --shm: seconds to wait for the device process to come up.
     #[arg(long = "device-wait", default_value_t = 10.0)]
     device_wait: f64,
+    /// Generation: prompt tokens per sequence (the program's prefill length).
+    #[arg(long = "prompt-len")]
+    prompt_len: Option<usize>,
+    /// Generation: tokens each sequence generates (the prefill's first, then decode
+    /// steps), on a program compiled with -retained-state and prefill and decode
+    /// specialisations; -n counts sequences, -a runs that many at once.
+    #[arg(long = "generate")]
+    generate: Option<u32>,
 }
 
 /// The longest run, in seconds of the clock's time.
@@ -258,7 +266,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
     }
     let (activations, set_size) = match args.scenario {
         Some(Scenario::SingleStream) => (1, 1),
-        _ => (args.activations, args.set_size),
+        _ => (args.activations, args.set_size.unwrap_or(if args.generate.is_some() { 1 } else { 10 })),
     };
     let limit = match args.scenario {
         Some(Scenario::Server) => {
@@ -382,6 +390,9 @@ fn open_device(args: &Args, plan: &Plan, program: &Program) -> Result<Arc<Device
 fn run(args: &Args) -> Result<(), String> {
     let plan = plan(args)?;
     let program = load_program(args)?;
+    if args.generate.is_some() || args.prompt_len.is_some() {
+        return generate::run(args, &plan, &program);
+    }
     let inputs = host_inputs(args, &program)?;
     let device = open_device(args, &plan, &program)?;
     let threads = args.threads_per_queue.clamp(1, plan.set_size.max(1));
@@ -482,6 +493,7 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 mod execute;
+mod generate;
 mod output;
 
 use execute::{run_simulated, run_wall, Run};
