@@ -136,7 +136,8 @@ fn greedy_generation_with_the_kv_cache_on_the_device_matches_onnxruntime() {
         if fp16 {
             // fp16 rounds every layer; the logits stay within 2% of the largest.
             assert!(worst < 2e-2, "fp16 logits off by {worst} of the largest");
-            assert_eq!(tokens[..4], want_tokens[..4], "fp16 greedy tokens diverge early");
+            // Measured: the same 16 tokens (1.6e-3 of the largest logit at most).
+            assert_eq!(tokens, want_tokens, "fp16 greedy tokens differ from onnxruntime's");
         } else {
             assert_eq!(tokens, want_tokens, "greedy tokens differ from onnxruntime's");
             assert!(worst < 1e-4, "f32 logits off by {worst} of the largest");
@@ -148,16 +149,23 @@ fn greedy_generation_with_the_kv_cache_on_the_device_matches_onnxruntime() {
     }
 }
 
-/// A position past the cache's capacity is a named error, not a write outside it.
+/// A position past the cache's capacity, or a token id past the vocabulary, is a
+/// named error — the layer, and what was out of range — not an access outside the
+/// cache or the table.
 #[test]
-fn a_position_past_the_cache_faults_the_run() {
+fn a_position_past_the_cache_or_a_token_past_the_vocabulary_is_a_named_fault() {
     let Some(python) = python() else { return };
     let (model, _, _) = reference(&python);
     let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
-    let program = Program::from_image(compile_file(&model, &options(1, false)).unwrap().image).unwrap();
+    let program = Program::from_image(compile_file(&model, &options(2, false)).unwrap().image).unwrap();
     let activation = Activation::new(device, &program).unwrap();
     let e = activation.run_entry(1, &[&i64_bytes(&[1]), &i64_bytes(&[CTX])]).unwrap_err().to_string();
-    assert!(e.contains("fault"), "{e}");
+    assert!(e.contains("RetainedState' (ScatterND)") && e.contains("outside the cache's 64 rows"), "{e}");
+    let e = activation.run_entry(1, &[&i64_bytes(&[97]), &i64_bytes(&[0])]).unwrap_err().to_string();
+    eprintln!("{e}");
+    assert!(e.contains("(Gather)") && e.contains("outside the table's 97 rows"), "{e}");
+    let e = activation.run_entry(0, &[&i64_bytes(&[-1; 8]), &i64_bytes(&[0; 8])]).unwrap_err().to_string();
+    assert!(e.contains("(Gather)"), "{e}");
     // The activation goes on: the next valid step runs.
     activation.run_entry(1, &[&i64_bytes(&[1]), &i64_bytes(&[0])]).unwrap();
 }

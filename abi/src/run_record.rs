@@ -27,8 +27,12 @@ pub struct RunRecord {
     pub outputs_taken_cycle: u64,
     /// 0 on success, otherwise a [`crate::dbc::CompletionCode`].
     pub status: u32,
-    pub reserved0: u32,
-    pub reserved1: u64,
+    /// For a run whose instruction faulted: 1 + the program core (stream) it ran on;
+    /// 0 otherwise.
+    pub fault_core: u32,
+    /// For a faulted instruction: the entry it belongs to (high 32 bits) and its index
+    /// in that entry's stream (low 32 bits).
+    pub fault_instruction: u64,
 }
 const _: () = assert!(size_of::<RunRecord>() == 64);
 
@@ -36,6 +40,12 @@ const _: () = assert!(size_of::<RunRecord>() == 64);
 pub const OUTPUTS_TAKEN_FIELD: u64 = 40;
 
 impl RunRecord {
+    /// The faulted instruction: (entry, program core, index in the entry's stream).
+    pub fn fault(&self) -> Option<(usize, usize, usize)> {
+        let core = self.fault_core.checked_sub(1)?;
+        Some(((self.fault_instruction >> 32) as usize, core as usize, (self.fault_instruction & 0xffff_ffff) as usize))
+    }
+
     /// Cycles the program ran.
     pub fn exec_cycles(&self) -> u64 {
         self.end_cycle.saturating_sub(self.start_cycle)

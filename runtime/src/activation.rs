@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aicsim_abi::container::IoBinding;
+use aicsim_abi::dbc::CompletionCode;
+use aicsim_abi::isa::Op;
 use aicsim_driver::{
     Buffer, Channel, DmaDirection, Doorbell, DoorbellWidth, DriverError, SemOp, SemaphoreCommand, Slice, Stamp,
     SyncPoint,
@@ -120,6 +122,35 @@ impl Activation {
         Ok(self.device.run_profile(&self.channel, seq)?)
     }
 
+    /// `error`, of run `seq`, named more precisely when it is a fault the device
+    /// attributed to an instruction: which layer, which operation, and why (an index
+    /// outside an embedding table, a position outside a KV cache).
+    pub fn explain(&self, seq: u64, error: RuntimeError) -> RuntimeError {
+        let RuntimeError::Driver(DriverError::Device { code: CompletionCode::ProgramFault, .. }) = &error else {
+            return error;
+        };
+        let Some((entry, core, index)) = self.run_record(seq).and_then(|r| r.fault()) else { return error };
+        let image = self.program.image();
+        let op = image.entry_stream(entry, core).get(index).and_then(|i| i.decode().ok());
+        let at = image.entries.get(entry).map_or(0, |e| e.starts[core] as usize) + index;
+        let (layer, op_type) = image
+            .layer_of(core, at as u32)
+            .map_or_else(|| (String::from("?"), String::from("?")), |l| (l.name.clone(), l.op_type.clone()));
+        let what = match op {
+            Some(Op::Gather { table, .. }) => format!(
+                "an index outside the table's {} rows (a token id past the vocabulary?); nothing was read outside it",
+                table.shape[0]
+            ),
+            Some(Op::Scatter { dst, .. }) => format!(
+                "a position outside the cache's {} rows (a sequence past the cache's capacity?); nothing was written",
+                dst.shape[1]
+            ),
+            Some(op) => format!("instruction {index} ({op:?}) could not run"),
+            None => format!("instruction {index}"),
+        };
+        RuntimeError::ProgramFault { program: self.program.name().into(), layer, op_type, core, what }
+    }
+
     /// Buffers for one in-flight inference, sliced for this activation.
     pub fn new_slot(&self) -> Result<InferenceSlot> {
         self.new_entry_slot(0)
@@ -192,8 +223,8 @@ impl Activation {
         let mut ts = Timestamps::now();
         slot.write_inputs(&self.program, inputs)?;
         ts.pre_proc_end = wall_ns();
-        slot.submit(self, &mut ts)?;
-        slot.wait(self, &mut ts)?;
+        let seq = slot.submit(self, &mut ts)?;
+        slot.wait(self, &mut ts).map_err(|e| self.explain(seq, e))?;
         let mut outputs: Vec<Vec<u8>> =
             self.program.entry_outputs(entry).iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect();
         slot.read_outputs(&mut outputs)?;

@@ -23,6 +23,9 @@ pub enum RuntimeError {
     SubmitTimeout { attempts: u32, timeout: std::time::Duration, why: String },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A run faulted on the device, and the device said which instruction.
+    #[error("program '{program}' faulted in layer '{layer}' ({op_type}) on core {core}: {what}")]
+    ProgramFault { program: String, layer: String, op_type: String, core: usize, what: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -478,6 +478,10 @@ where
             let mut wall = Timestamps::now();
             // Posted already: the wait only picks the completion up.
             let result = slot.wait(activation, &mut wall);
+            let result = match (result, &self.lanes[lane].state) {
+                (Err(e), LaneState::InFlight(f)) => Err(activation.explain(f.seq, e)),
+                (r, _) => r,
+            };
             let at = slot.completed_at(activation).unwrap_or(0);
             finished.push((at, a, lane, result));
         }

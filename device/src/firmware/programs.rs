@@ -3,6 +3,7 @@
 //! inputs have landed, and finishing runs (run records, statistics, output semaphores).
 
 use super::*;
+use crate::scheduler::ExecFault;
 
 impl Firmware {
     /// Runs the scheduler to the next program completion (not past `limit`) and
@@ -11,6 +12,10 @@ impl Firmware {
         let finished = self.scheduler.run_until(&mut self.cores, self.config.vtcm_bytes, mem, self.config.mode, limit);
         let mut count = 0;
         for (job, result) in finished {
+            let fault = match result {
+                Err(ExecFault::Instruction { stream, index, .. }) => Some((stream, index)),
+                _ => None,
+            };
             let Some(dbc) =
                 (0..NUM_DBC).find(|&d| self.activations[d].as_ref().is_some_and(|a| a.running == Some(job)))
             else {
@@ -46,6 +51,9 @@ impl Firmware {
                     start_cycle: act.current.1,
                     end_cycle: now,
                     status,
+                    fault_core: fault.map_or(0, |(stream, _)| stream + 1),
+                    fault_instruction: fault
+                        .map_or(0, |(_, index)| u64::from(act.running_entry) << 32 | (index as u64 & 0xffff_ffff)),
                     ..RunRecord::default()
                 };
                 let _ = mem.write(self.config.map.run_record(dbc, act.runs), bytemuck::bytes_of(&record));

@@ -73,8 +73,10 @@ fn count_instruction(stats: &mut CoreStats, step: &Step, cycles: u64) {
 /// Why a program run failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExecFault {
+    /// `core` is the physical core, `stream` the program's core (its stream) whose
+    /// instruction `index` faulted.
     #[error("core {core} instruction {index} faulted")]
-    Instruction { core: u32, index: usize },
+    Instruction { core: u32, stream: u32, index: usize },
     #[error("cores deadlocked waiting on each other")]
     Deadlock,
 }
@@ -517,7 +519,7 @@ impl Scheduler {
             };
             let index = run.pc;
             let (Some(next), Some(step)) = (next, steps.get(index)) else {
-                let (t, fault) = (run.clock, ExecFault::Instruction { core: job.phys[c], index });
+                let (t, fault) = (run.clock, ExecFault::Instruction { core: job.phys[c], stream: c as u32, index });
                 self.fault(slot, fault, t);
                 return;
             };
@@ -634,7 +636,7 @@ impl Scheduler {
             let op = &job.plan.streams()[c][index];
             let (nsps, vtcm, mem) = (&mut *memory.nsps, memory.vtcm_bytes, memory.mem);
             if data::execute(op, c, &job.phys, job.ddr_base, nsps, vtcm, mem).is_none() {
-                let fault = ExecFault::Instruction { core: job.phys[c], index };
+                let fault = ExecFault::Instruction { core: job.phys[c], stream: c as u32, index };
                 self.fault(slot, fault, t);
             }
         }
