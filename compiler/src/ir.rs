@@ -172,9 +172,12 @@ pub enum LayerKind {
         int8: Option<ConstId>,
     },
     /// Batched `[.., M, K] x [.., K, N]` of two runtime tensors (leading dims equal).
+    /// With `b_transposed`, `b` is stored `[.., N, K]` and read transposed (a key cache
+    /// times the queries: no copy of the cache).
     MatMul {
         a: ValueId,
         b: ValueId,
+        b_transposed: bool,
     },
     /// An element-wise chain with numpy broadcasting; `first` starts the result.
     Elementwise {
@@ -279,7 +282,7 @@ impl Layer {
             | LayerKind::Slice { input, .. } => vec![*input],
             LayerKind::Scatter { data, positions, updates } => vec![*data, *positions, *updates],
             LayerKind::Gather { indices, .. } => vec![*indices],
-            LayerKind::MatMul { a, b } => vec![*a, *b],
+            LayerKind::MatMul { a, b, .. } => vec![*a, *b],
             LayerKind::Concat { inputs, .. } => inputs.clone(),
             LayerKind::Elementwise { first, steps } => core::iter::once(first)
                 .chain(steps.iter().filter_map(|s| match s {

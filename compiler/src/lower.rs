@@ -491,11 +491,14 @@ impl<'g> Lowerer<'g> {
 
     // ---- batched matmul of two runtime tensors --------------------------------------
 
-    fn matmul(&mut self, a: ValueId, b: ValueId, y: ValueId) -> Result<(), CompileError> {
+    fn matmul(&mut self, a: ValueId, b: ValueId, b_transposed: bool, y: ValueId) -> Result<(), CompileError> {
         let eb = self.eb;
         let sa = &self.g.values[a].shape;
         let sb = &self.g.values[b].shape;
-        let (m, k, n) = (sa[sa.len() - 2] as u64, sa[sa.len() - 1] as u64, sb[sb.len() - 1] as u64);
+        let n = if b_transposed { sb[sb.len() - 2] } else { sb[sb.len() - 1] } as u64;
+        let (m, k) = (sa[sa.len() - 2] as u64, sa[sa.len() - 1] as u64);
+        // A transposed `b` ([n, k] stored) is read column by column into [k, n].
+        let b_strides = if b_transposed { [1, k] } else { [n, 1] };
         let batch = self.o.replicas as u64 * sa[..sa.len() - 2].iter().product::<usize>() as u64;
         let need = align(m * k * eb, VTCM_ALIGN) + align(k * n * eb, VTCM_ALIGN) + align(m * n * eb, VTCM_ALIGN);
         if need > self.big_budget() {
@@ -521,7 +524,7 @@ impl<'g> Lowerer<'g> {
                 });
                 ops.push(Op::DmaIn {
                     dst: self.vtcm(bbuf[slot], &[k, n]),
-                    src: self.ddr(t * k * n, bb, &[k, n], &[n, 1]),
+                    src: self.ddr(t * k * n, bb, &[k, n], &b_strides),
                     multicast: 0,
                     peer_bytes: 0,
                 });
@@ -1521,7 +1524,7 @@ impl Lowerer<'_> {
                 l.conv(&spec)?
             }
             LayerKind::Dense { input, weight, bias, act, int8 } => l.dense(*input, y, *weight, *bias, *act, *int8)?,
-            LayerKind::MatMul { a, b } => l.matmul(*a, *b, y)?,
+            LayerKind::MatMul { a, b, b_transposed } => l.matmul(*a, *b, *b_transposed, y)?,
             LayerKind::Elementwise { first, steps } => l.elementwise(y, *first, steps)?,
             LayerKind::Pool { input, kind, kernel, stride, pad } => l.pool(*input, y, *kind, *kernel, *stride, *pad)?,
             LayerKind::GlobalAvgPool { input } => l.global_avg_pool(*input, y)?,

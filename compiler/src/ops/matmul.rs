@@ -63,7 +63,21 @@ pub(super) fn build_mat_mul(bld: &mut Builder<'_>, node: &Node) -> Result<(), Co
             if sa.len() != sb.len() || sa[..sa.len() - 2] != sb[..sb.len() - 2] {
                 return Err(bld.fail(node, format!("batched MatMul needs equal batch dimensions, got {sa:?} x {sb:?}")));
             }
-            bld.add_layer(node, LayerKind::MatMul { a, b }, shape);
+            // `b` a transpose of the last two axes of a value only this reads: the product
+            // reads that value transposed instead (the transpose is then unread).
+            let mut kind = LayerKind::MatMul { a, b, b_transposed: false };
+            if let Some(l) = bld.fusable(&node.inputs[1], b) {
+                if let LayerKind::Transpose { input, perm } = &bld.g.layers[l].kind {
+                    let r = perm.len();
+                    let swap_last = r >= 2
+                        && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+                        && perm[r - 2..] == [r - 1, r - 2];
+                    if swap_last && bld.g.values[*input].quant.is_none() && !bld.g.values[*input].int32 {
+                        kind = LayerKind::MatMul { a, b: *input, b_transposed: true };
+                    }
+                }
+            }
+            bld.add_layer(node, kind, shape);
             Ok(())
         }
     }
