@@ -169,3 +169,90 @@ fn a_position_past_the_cache_or_a_token_past_the_vocabulary_is_a_named_fault() {
     // The activation goes on: the next valid step runs.
     activation.run_entry(1, &[&i64_bytes(&[1]), &i64_bytes(&[0])]).unwrap();
 }
+
+fn tool(bin: &str, args: &[String]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The tools as a user drives them: aic-exec with `-retained-state` and a
+/// specialisation file, aic-runner's generation mode, and every bad input refused with
+/// exit 2 and one line naming it.
+#[test]
+fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
+    let Some(python) = python() else { return };
+    let (model, _, _) = reference(&python);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-tools");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        format!("-network-specialization-config={}", p.display())
+    };
+    let good = spec(
+        "specs.json",
+        r#"{"specializations": [{"batch_size": "1", "seq_len": "8", "ctx_len": "64"}, {"batch_size": 1, "seq_len": 1, "ctx_len": 64}]}"#,
+    );
+    let exec = |extra: &[String], out: &str| {
+        let mut args = vec![format!("-m={}", model.display()), format!("-aic-binary-dir={}", dir.join(out).display())];
+        args.extend(extra.iter().cloned());
+        args.push("-compile-only".into());
+        tool(env!("CARGO_BIN_EXE_aic-exec"), &args)
+    };
+    let (code, _, err) = exec(&["-retained-state".into(), good.clone(), "-aic-num-cores=2".into()], "qpc");
+    assert_eq!(code, 0, "{err}");
+    let qpc = dir.join("qpc").display().to_string();
+    let runner = |extra: &[&str]| {
+        let mut args = vec!["-t".to_string(), qpc.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tool(env!("CARGO_BIN_EXE_aic-runner"), &args)
+    };
+    let (code, out, err) = runner(&["--prompt-len", "8", "--generate", "16", "-a", "2", "-n", "4", "--mode", "functional"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Sequences: 4, tokens: 64 in "), "{out}");
+    assert!(out.contains("Time to first token (ms): mean ") && out.contains("Time per output token (ms): mean "), "{out}");
+    // Bad generation requests.
+    for (args, expect) in [
+        (vec!["--prompt-len", "9", "--generate", "4"], "needs a program with a 9-token prefill entry"),
+        (vec!["--prompt-len", "8", "--generate", "60"], "writes 67 positions into the cache, which holds 64"),
+        (vec!["--prompt-len", "8", "--generate", "4", "-S", "2"], "an activation holds one KV cache"),
+        (vec!["--generate", "4"], "--prompt-len and --generate go together"),
+        (vec!["--prompt-len", "8", "--generate", "0"], "must be at least 1"),
+        (vec!["--prompt-len", "8", "--generate", "4", "--scenario", "offline"], "--scenario is not available"),
+    ] {
+        let (code, out, err) = runner(&args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(expect) && err.lines().count() == 1, "{args:?}: {err}");
+    }
+    // Bad compile requests.
+    for (extra, expect) in [
+        (vec![spec("missing.json", "").replace("missing.json", "absent.json")], "absent.json: No such file"),
+        (vec![spec("bad.json", "{")], "not JSON"),
+        (vec![spec("empty.json", r#"{"specializations": []}"#)], "expected {\"specializations\""),
+        (vec![spec("zero.json", r#"{"specializations": [{"seq_len": "0"}]}"#)], "'seq_len' must be a positive integer"),
+        (
+            vec!["-retained-state".into(), spec("ctx.json", r#"{"specializations": [{"batch_size": 1, "seq_len": 8, "ctx_len": 64}, {"batch_size": 1, "seq_len": 1, "ctx_len": 32}]}"#)],
+            "retained state different shapes",
+        ),
+        (vec!["-retained-state=yes".into()], "takes no value"),
+    ] {
+        let (code, out, err) = exec(&extra, "bad");
+        assert_eq!(code, 2, "{extra:?}: {out}{err}");
+        assert!(err.contains(expect), "{extra:?}: {err}");
+        assert!(!dir.join("bad").join("programqpc.bin").exists(), "nothing written for {extra:?}");
+    }
+    // A model with no state to retain.
+    let bert = dir.join("bert.onnx");
+    assert!(Command::new(&python).arg(script("make_bert.py")).arg(&bert).status().unwrap().success());
+    let (code, _, err) = tool(
+        env!("CARGO_BIN_EXE_aic-exec"),
+        &[format!("-m={}", bert.display()), format!("-aic-binary-dir={}", dir.join("b").display()), "-retained-state".into(), "-onnx-define-symbol=batch_size,1".into(), "-compile-only".into()],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("-retained-state") && err.contains("no output is an input updated in place"), "{err}");
+}

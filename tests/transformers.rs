@@ -71,3 +71,82 @@ fn bert_base_as_exported_compiles_with_the_seeds_line_and_runs_in_timing_mode() 
     assert!(rate > 0.0, "{stats}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// GPT-2-small shape (12 layers, 768 wide, 12 heads, vocabulary 50257) with a KV cache,
+/// as `scripts/make_gpt2.py` writes it, compiled as the card runs language models (one
+/// program, a 128-token prefill and a 1-token decode entry, the cache retained in DDR),
+/// then `aic-runner --prompt-len 128 --generate 32`. A decode step streams every weight
+/// and reads the cache: it can be no faster than those bytes over the DDR's 136 GB/s.
+#[test]
+fn gpt2_small_generates_with_per_token_figures_no_faster_than_ddr_allows() {
+    let Some(python) = python() else { return };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-small");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("gpt2-small.onnx");
+    let status = Command::new(python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make_gpt2.py"))
+        .arg(&model)
+        .args(["--layers", "12", "--embed", "768", "--heads", "12", "--vocab", "50257", "--positions", "1024"])
+        .arg("--constant-weights")
+        .status()
+        .expect("run python");
+    assert!(status.success(), "make_gpt2.py failed");
+    const CTX: u64 = 256;
+    let specs = dir.join("specializations.json");
+    std::fs::write(
+        &specs,
+        format!(
+            r#"{{"specializations": [{{"batch_size": "1", "seq_len": "128", "ctx_len": "{CTX}"}},
+                {{"batch_size": "1", "seq_len": "1", "ctx_len": "{CTX}"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let qpc = dir.join("qpc");
+    let out = Command::new(env!("CARGO_BIN_EXE_aic-exec"))
+        .arg(format!("-m={}", model.display()))
+        .args(["-retained-state", "-convert-to-fp16", "-aic-num-cores=4", "-compile-only"])
+        .arg(format!("-network-specialization-config={}", specs.display()))
+        .arg(format!("-aic-binary-dir={}", qpc.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let generate = |extra: &[&str]| -> (f64, f64, f64) {
+        let run = Command::new(env!("CARGO_BIN_EXE_aic-runner"))
+            .arg("-t")
+            .arg(&qpc)
+            .args(["--prompt-len", "128", "--generate", "32"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success(), "{text}{}", String::from_utf8_lossy(&run.stderr));
+        eprintln!("gpt2-small {extra:?}:\n{text}");
+        let mean = |prefix: &str| -> f64 {
+            let line = text.lines().find(|l| l.starts_with(prefix)).expect(&text);
+            line.split("mean ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+        };
+        let tokens = text.lines().find(|l| l.starts_with("Sequences:")).expect(&text);
+        let rate: f64 = tokens.split(": ").nth(3).unwrap().split(' ').next().unwrap().parse().unwrap();
+        (mean("Time to first token"), mean("Time per output token"), rate)
+    };
+    let (ttft, tpot, rate) = generate(&["-n", "4"]);
+    // Bytes a decode step must read: the blocks' weights, the vocabulary projection, the
+    // cache (keys and values, 12 layers), all fp16.
+    let (e, v, layers) = (768u64, 50257u64, 12u64);
+    let weights = layers * 12 * e * e + e * v;
+    let cache = 2 * layers * CTX * e;
+    let bound_ms = (weights + cache) as f64 * 2.0 / 136e9 * 1e3;
+    eprintln!("decode {tpot:.3} ms per token against the DDR bound {bound_ms:.3} ms ({:.2}x)", tpot / bound_ms);
+    assert!(tpot >= bound_ms, "a decode step of {tpot} ms beats the DDR bound of {bound_ms} ms");
+    assert!(tpot < 3.0 * bound_ms, "a decode step of {tpot} ms is far from its DDR bound {bound_ms} ms");
+    assert!(ttft > tpot, "the 128-token prefill ({ttft} ms) takes longer than one decode step ({tpot} ms)");
+    assert!(rate > 0.0);
+    // Four sequences at once share the DDR: together no faster than its bound allows.
+    let (_, tpot4, rate4) = generate(&["-n", "8", "-a", "4"]);
+    let ceiling = 1e3 / bound_ms;
+    eprintln!("-a 4: {rate4:.1} tokens/s ({tpot4:.3} ms per token), DDR ceiling {ceiling:.1} tokens/s");
+    assert!(rate4 > rate, "four sequences ({rate4} tokens/s) beat one ({rate})");
+    assert!(rate4 <= ceiling * 1.05, "four sequences ({rate4} tokens/s) beat the DDR ceiling {ceiling}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
