@@ -7,6 +7,8 @@
 //! - [`layer_costs`]: what each layer of a compiled program costs on the device model;
 //! - [`predict`]: the calibrated host and card model behind the configurator's search;
 //! - [`configurator`]: aic-configurator's search specification and search;
+//! - [`generation`]: language-model generation (prefill, decode steps, per-token
+//!   figures), for aic-runner, the predictor and the configurator;
 //! - [`output_files`]: how a model's names become file names, and files written inside
 //!   the chosen directory only, atomically.
 //!
@@ -16,6 +18,7 @@
 
 pub mod configurator;
 pub mod exec;
+pub mod generation;
 pub mod latency;
 pub mod layer_costs;
 pub mod output_files;

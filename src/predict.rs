@@ -101,9 +101,13 @@ impl Latency {
     }
 }
 
-/// What the card is predicted to do.
+/// What the card is predicted to do. For a generation ([`predict_generation`]): the
+/// rate is tokens per second, the host round trip the time per output token, the total
+/// round trip the time to first token.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Prediction {
+    /// Whether this is a generation's prediction (see above).
+    pub generation: bool,
     /// Samples per second over the measured window (all instances).
     pub inf_per_sec: f64,
     /// `hostRoundTrip`: request until its completion is back.
@@ -208,6 +212,7 @@ pub fn predict(
             let all = |f: fn(&Done) -> Option<f64>| Latency::of(done.iter().filter_map(f).collect());
             let micros = summary.elapsed.as_micros().max(1) as f64;
             Ok(Prediction {
+                generation: false,
                 inf_per_sec: summary.inferences as f64 * 1e6 / micros * batch,
                 host_round_trip: all(|d| Some(d.host_rt_ms)),
                 total_round_trip: all(|d| Some(d.total_rt_ms)),
@@ -225,6 +230,55 @@ pub fn predict(
             window(&done.into_inner(), instances, warmup, per_instance, batch)
         }
     }
+}
+
+/// A language model's generation: `instances` sequences at once, each a `prompt_len`
+/// prompt then `tokens` tokens, `sequences` per instance, run by the engine
+/// `aic-runner --generate` uses. Deterministic.
+pub fn predict_generation(
+    workload: &Workload,
+    instances: u32,
+    prompt_len: usize,
+    tokens: u32,
+    sequences: u32,
+    device: &DeviceModel,
+    host: &HostModel,
+) -> Result<Prediction, PredictError> {
+    for (what, v) in [("instances", instances), ("tokens", tokens), ("sequences", sequences)] {
+        if v == 0 {
+            return Err(PredictError::Zero { what });
+        }
+    }
+    let need = u64::from(workload.cores) * u64::from(instances);
+    if need > u64::from(device.num_nsp) {
+        return Err(PredictError::TooManyCores { instances, cores: workload.cores, need, have: device.num_nsp });
+    }
+    let gen =
+        crate::generation::plan(&workload.program, prompt_len, tokens, device.seed).map_err(PredictError::Program)?;
+    let config = DeviceConfig {
+        num_nsp: device.num_nsp,
+        cost: device.cost,
+        clock_hz: device.clock_hz,
+        mode: ExecMode::Timing,
+        pacing: Pacing::Simulated,
+        seed: device.seed,
+        ..DeviceConfig::default()
+    };
+    let run_error = |e: &dyn std::fmt::Display| PredictError::Run(e.to_string());
+    let dev =
+        Device::open_simulated(KmdConfig { device: config, ..KmdConfig::default() }).map_err(|e| run_error(&e))?;
+    let set = InferenceSet::new(Arc::new(dev), &workload.program, instances as usize, 1).map_err(|e| run_error(&e))?;
+    let limit = RunLimit::Count(u64::from(instances) * u64::from(sequences));
+    let f = crate::generation::run(&set, limit, host, &gen).map_err(|e| run_error(&e))?;
+    let latency =
+        |s: crate::generation::Summary| Latency { mean: s.mean, min: s.min, p50: s.p50, p99: s.p99, max: s.max };
+    Ok(Prediction {
+        generation: true,
+        inf_per_sec: f.tokens_per_sec,
+        host_round_trip: latency(f.tpot_ms),
+        total_round_trip: latency(f.ttft_ms),
+        device_exec: Latency::default(),
+    })
 }
 
 /// The figures of the window in which every instance has completed `warmup` inferences
@@ -251,6 +305,7 @@ fn window(
         Latency::of(per.iter().flat_map(|p| p[warmup..per_instance.min(p.len())].iter().filter_map(f)).collect())
     };
     Ok(Prediction {
+        generation: false,
         inf_per_sec: inside as f64 * batch / seconds,
         host_round_trip: measured_of(|d| Some(d.host_rt_ms)),
         total_round_trip: measured_of(|d| Some(d.total_rt_ms)),

@@ -92,6 +92,7 @@ fn problem(path: &Path, set_size: u32) -> Problem {
         host: HostModel::default(),
         set_size,
         measured: 6,
+        generation: None,
     }
 }
 

@@ -212,10 +212,14 @@ fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
         args.extend(extra.iter().map(|s| s.to_string()));
         tool(env!("CARGO_BIN_EXE_aic-runner"), &args)
     };
-    let (code, out, err) = runner(&["--prompt-len", "8", "--generate", "16", "-a", "2", "-n", "4", "--mode", "functional"]);
+    let (code, out, err) =
+        runner(&["--prompt-len", "8", "--generate", "16", "-a", "2", "-n", "4", "--mode", "functional"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Sequences: 4, tokens: 64 in "), "{out}");
-    assert!(out.contains("Time to first token (ms): mean ") && out.contains("Time per output token (ms): mean "), "{out}");
+    assert!(
+        out.contains("Time to first token (ms): mean ") && out.contains("Time per output token (ms): mean "),
+        "{out}"
+    );
     // Bad generation requests.
     for (args, expect) in [
         (vec!["--prompt-len", "9", "--generate", "4"], "needs a program with a 9-token prefill entry"),
@@ -236,7 +240,13 @@ fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
         (vec![spec("empty.json", r#"{"specializations": []}"#)], "expected {\"specializations\""),
         (vec![spec("zero.json", r#"{"specializations": [{"seq_len": "0"}]}"#)], "'seq_len' must be a positive integer"),
         (
-            vec!["-retained-state".into(), spec("ctx.json", r#"{"specializations": [{"batch_size": 1, "seq_len": 8, "ctx_len": 64}, {"batch_size": 1, "seq_len": 1, "ctx_len": 32}]}"#)],
+            vec![
+                "-retained-state".into(),
+                spec(
+                    "ctx.json",
+                    r#"{"specializations": [{"batch_size": 1, "seq_len": 8, "ctx_len": 64}, {"batch_size": 1, "seq_len": 1, "ctx_len": 32}]}"#,
+                ),
+            ],
             "retained state different shapes",
         ),
         (vec!["-retained-state=yes".into()], "takes no value"),
@@ -251,8 +261,91 @@ fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
     assert!(Command::new(&python).arg(script("make_bert.py")).arg(&bert).status().unwrap().success());
     let (code, _, err) = tool(
         env!("CARGO_BIN_EXE_aic-exec"),
-        &[format!("-m={}", bert.display()), format!("-aic-binary-dir={}", dir.join("b").display()), "-retained-state".into(), "-onnx-define-symbol=batch_size,1".into(), "-compile-only".into()],
+        &[
+            format!("-m={}", bert.display()),
+            format!("-aic-binary-dir={}", dir.join("b").display()),
+            "-retained-state".into(),
+            "-onnx-define-symbol=batch_size,1".into(),
+            "-compile-only".into(),
+        ],
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("-retained-state") && err.contains("no output is an input updated in place"), "{err}");
+}
+
+/// aic-configurator searches a language model's generation for tokens/s under a
+/// time-per-token bound, and leaves the best program with the specialisations it was
+/// compiled with; the printed aic-runner line runs it.
+#[test]
+fn the_configurator_searches_token_rate_under_a_time_per_token_bound() {
+    let Some(python) = python() else { return };
+    let (model, _, _) = reference(&python);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-configurator");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let search = dir.join("search.json");
+    std::fs::write(
+        &search,
+        r#"{"max_func_eval": 10, "objective": "maximize_token_rate",
+            "params": {"cores": {"min": 1, "max": 4}, "instances": {"min": 1, "max": 4}, "bs": {"min": 1, "max": 4}},
+            "initial_values": [{"cores": 2, "instances": 1, "bs": 1}]}"#,
+    )
+    .unwrap();
+    let specs = dir.join("specs.json");
+    std::fs::write(
+        &specs,
+        r#"{"specializations": [{"batch_size": 1, "seq_len": 8, "ctx_len": 64}, {"batch_size": 1, "seq_len": 1, "ctx_len": 64}]}"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let args = |bound: &str| -> Vec<String> {
+        vec![
+            model.display().to_string(),
+            "onnx".into(),
+            format!("-optimized-config-search={}", search.display()),
+            "-onnx-define-symbol-batch-size=batch_size".into(),
+            "-retained-state".into(),
+            format!("-network-specialization-config={}", specs.display()),
+            "-prompt-len=8".into(),
+            "-generate=16".into(),
+            format!("-max-time-per-token-ms={bound}"),
+            format!("-output-dir={}", out.display()),
+            "-compiled-models=1".into(),
+        ]
+    };
+    let (code, text, err) = tool(env!("CARGO_BIN_EXE_aic-configurator"), &args("1"));
+    assert_eq!(code, 0, "{text}{err}");
+    let best = text.lines().find(|l| l.starts_with("Best configuration:")).expect(&text);
+    assert!(best.contains("tokens/s, time per output token mean"), "{best}");
+    let run_line = text.lines().skip_while(|l| !l.starts_with("Run it with:")).nth(1).expect(&text).trim().to_string();
+    assert!(run_line.contains("--prompt-len 8 --generate 16"), "{run_line}");
+    // The printed runner line, shortened, runs the program left behind.
+    let mut words: Vec<String> = run_line.split_whitespace().skip(1).map(String::from).collect();
+    let time = words.iter().position(|w| w == "--time").unwrap();
+    words.splice(time..time + 2, ["-n".to_string(), "4".to_string()]);
+    let (code, text2, err) = tool(env!("CARGO_BIN_EXE_aic-runner"), &words);
+    assert_eq!(code, 0, "{text2}{err}");
+    assert!(text2.contains("Time per output token"), "{text2}");
+    // The best predicted rate equals what aic-runner measures for the same deployment
+    // (the same engine, the same seed), within the difference of run lengths.
+    let predicted: f64 = best.split(": ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let measured: f64 = text2
+        .lines()
+        .find(|l| l.starts_with("Sequences:"))
+        .unwrap()
+        .split(": ")
+        .nth(3)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((predicted / measured - 1.0).abs() < 0.1, "predicted {predicted} tokens/s, aic-runner {measured}");
+    // A bound nothing meets is said, and nothing is left as if it were met.
+    let _ = std::fs::remove_dir_all(&out);
+    let (code, text, err) = tool(env!("CARGO_BIN_EXE_aic-configurator"), &args("0.001"));
+    assert_eq!(code, 2, "{text}{err}");
+    assert!(err.contains("no configuration evaluated keeps the time per token within 0.001 ms"), "{err}");
+    assert!(!out.join("results.csv").exists(), "nothing written when no configuration qualifies");
 }

@@ -46,6 +46,14 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
                                            <dir>/compiled_models (default 3; 0: none)
   -report=<file.html>                      also write an HTML page: every configuration
                                            plotted against cores and batch, the best marked
+  -retained-state -network-specialization-config=<file>
+                                           a language model with a KV cache, compiled as
+                                           aic-exec compiles it (prefill and decode entries)
+  -prompt-len=<P> -generate=<N>            search its generation (objective
+                                           maximize_token_rate): tokens/s of sequences of a
+                                           P-token prompt and N tokens
+  -max-time-per-token-ms=<T>               only configurations whose mean time per output
+                                           token is at most T qualify
   -quantization-precision=Int8 -input-list-file=<file> | -load-profile=<file> [...]
                                            search int8 programs: the model is calibrated
                                            (at batch 1) and quantised once, as aic-exec
@@ -66,6 +74,11 @@ struct Args {
     /// The quantisation flags as given (but the calibration list: the best program is
     /// compiled from the profile left in the output directory).
     quant_flags: Vec<String>,
+    /// The specialisation file as given.
+    specializations: Option<String>,
+    prompt_len: Option<usize>,
+    generate: Option<u32>,
+    max_time_per_token_ms: Option<f64>,
 }
 
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -87,6 +100,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         report: None,
         quant: crate::exec::QuantArgs::default(),
         quant_flags: Vec::new(),
+        specializations: None,
+        prompt_len: None,
+        generate: None,
+        max_time_per_token_ms: None,
     };
     let mut spec = None;
     let mut it = argv.iter();
@@ -109,6 +126,23 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                 a.opts.symbols.insert(name.to_string(), n);
             }
             "-multicast-weights" => a.opts.multicast_weights = true,
+            "-retained-state" => a.opts.retained_state = true,
+            "-network-specialization-config" => {
+                let v = need()?;
+                a.opts.specializations = crate::exec::read_specializations(v)?;
+                a.specializations = Some(v.to_string());
+            }
+            "-prompt-len" => a.prompt_len = Some(positive(flag, need()?)? as usize),
+            "-generate" => a.generate = Some(positive(flag, need()?)?),
+            "-max-time-per-token-ms" => {
+                let v = need()?;
+                let t: f64 = v
+                    .parse()
+                    .ok()
+                    .filter(|t: &f64| t.is_finite() && *t > 0.0)
+                    .ok_or_else(|| format!("{flag}={v}: expected a positive number of milliseconds"))?;
+                a.max_time_per_token_ms = Some(t);
+            }
             "-convert-to-fp16" => a.opts.fp16 = true,
             "-optimized-config-search" => spec = Some(need()?.to_string()),
             "-max-compilation-threads" => a.threads = positive(flag, need()?)? as usize,
@@ -151,6 +185,18 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
     }
     a.spec = spec.ok_or("no search file: give -optimized-config-search=<search.json>")?;
     a.quant.check()?;
+    match (a.prompt_len, a.generate) {
+        (Some(_), Some(_)) => {
+            if !a.opts.retained_state || a.opts.specializations.is_empty() {
+                return Err("-generate: the model's KV cache needs -retained-state and -network-specialization-config (prefill and decode), as aic-exec compiles it".into());
+            }
+        }
+        (None, None) if a.max_time_per_token_ms.is_some() => {
+            return Err("-max-time-per-token-ms bounds a generation: give -prompt-len and -generate".into())
+        }
+        (None, None) => {}
+        _ => return Err("-prompt-len and -generate go together".into()),
+    }
     if a.quant.dump_profile.is_some() {
         return Err("-dump-profile: aic-exec writes profiles; aic-configurator takes one with -load-profile".into());
     }
@@ -267,6 +313,13 @@ fn logger(objective: Objective, budget: usize) -> impl Fn(&Evaluation) + Sync {
         }
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
         let line = match (&e.result, objective) {
+            (Ok(p), Objective::MaximizeTokenRate) => format!(
+                "{:.1} tokens/s, {:.3} ms per token, first token {:.3} ms  {}",
+                p.inf_per_sec,
+                p.host_round_trip.mean,
+                p.total_round_trip.mean,
+                if e.within_bound { "OK" } else { "OVER THE TIME-PER-TOKEN BOUND" }
+            ),
             (Ok(p), Objective::MaximizeInfRate) => format!("{:.3} inf/s  OK", p.inf_per_sec),
             (Ok(p), Objective::MinimizeLatency) => format!("{:.4} ms  OK", p.host_round_trip.mean),
             (Err(why), _) => format!("FAILED ({why})"),
@@ -307,12 +360,31 @@ fn run(argv: &[String]) -> Result<(), String> {
         host: HostModel::default(),
         set_size: args.set_size,
         measured: 6,
+        generation: args.generate.map(|tokens| super::GenerationGoal {
+            prompt_len: args.prompt_len.unwrap_or(1),
+            tokens,
+            sequences: 2,
+            max_time_per_token_ms: args.max_time_per_token_ms,
+        }),
     };
+    match (spec.objective, problem.generation.is_some()) {
+        (Objective::MaximizeTokenRate, false) => {
+            return Err(format!(
+                "{}: maximize_token_rate is a generation's objective: give -prompt-len and -generate",
+                args.spec
+            ))
+        }
+        (Objective::MaximizeInfRate | Objective::MinimizeLatency, true) => {
+            return Err(format!("{}: a generation is searched with \"objective\": \"maximize_token_rate\"", args.spec))
+        }
+        _ => {}
+    }
     let objective_name = match spec.objective {
         Objective::MaximizeInfRate => "maximize_inf_rate",
         Objective::MinimizeLatency => "minimize_latency",
+        Objective::MaximizeTokenRate => "maximize_token_rate",
     };
-    let set_size = if spec.objective == Objective::MinimizeLatency { 1 } else { args.set_size };
+    let set_size = if spec.objective == Objective::MaximizeInfRate { args.set_size } else { 1 };
     println!(
         "Searching {} ({objective_name}, at most {} evaluations, set size {set_size}, {} threads, {} NSP cores)",
         args.model, spec.max_func_eval, args.threads, problem.device.num_nsp
@@ -323,6 +395,7 @@ fn run(argv: &[String]) -> Result<(), String> {
     let unit = match spec.objective {
         Objective::MaximizeInfRate => "inf/s",
         Objective::MinimizeLatency => "latency(ms)",
+        Objective::MaximizeTokenRate => "tokens/s",
     };
     println!(
         "{:<10} {:<44} {:>5} {:>4} {:>4} {:>9} {:>9} {:>12}",
@@ -355,10 +428,24 @@ fn run(argv: &[String]) -> Result<(), String> {
     let best = &result.best;
     let p = best.result.as_ref().map_err(|e| format!("no configuration could be evaluated: {e}"))?;
     let c = best.config;
-    println!(
-        "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.2} inf/s, host round trip mean {:.3} ms (p99 {:.3}), device time per inference {:.3} ms",
-        c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
-    );
+    if p.generation {
+        if !best.within_bound {
+            return Err(format!(
+                "no configuration evaluated keeps the time per token within {} ms (the nearest: {c}, {:.3} ms)",
+                args.max_time_per_token_ms.unwrap_or(f64::NAN),
+                p.host_round_trip.mean
+            ));
+        }
+        println!(
+            "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.1} tokens/s, time per output token mean {:.3} ms (p99 {:.3}), time to first token mean {:.3} ms",
+            c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.total_round_trip.mean
+        );
+    } else {
+        println!(
+            "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.2} inf/s, host round trip mean {:.3} ms (p99 {:.3}), device time per inference {:.3} ms",
+            c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
+        );
+    }
     if c.cores > CALIBRATED_CORES {
         println!(
             "Note: {} cores per instance is beyond the calibrated range (no measured row has more than {CALIBRATED_CORES}; docs/calibration.md), so this prediction is the least certain.",
@@ -396,9 +483,30 @@ fn run(argv: &[String]) -> Result<(), String> {
         files.push(&dir, name, html.into_bytes());
     }
     for e in &kept {
+        let options = problem.options(&e.config);
+        if args.generate.is_some() {
+            let specs: Vec<_> = options
+                .specializations
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.to_string())))
+                        .collect::<serde_json::Map<_, _>>()
+                })
+                .collect();
+            let text = serde_json::to_string_pretty(&serde_json::json!({ "specializations": specs }))
+                .expect("plain JSON")
+                + "\n";
+            let file = qpc_dir(out, &e.config).with_extension("specializations.json");
+            let (dir, name) = (
+                file.parent().expect("under the output dir").to_path_buf(),
+                file.file_name().expect("a name").to_string_lossy().into_owned(),
+            );
+            files.push(&dir, name, text.into_bytes());
+        }
         let compiled = problem
             .source
-            .compile(&problem.options(&e.config))
+            .compile(&options)
             .map_err(|err| format!("recompiling {} for {}: {err}", e.config, qpc_dir(out, &e.config).display()))?;
         files.push(&qpc_dir(out, &e.config), "programqpc.bin".into(), compiled.image.to_bytes());
     }
@@ -415,7 +523,14 @@ fn run(argv: &[String]) -> Result<(), String> {
     for (k, v) in symbols {
         exec += &format!(" -onnx-define-symbol={k},{v}");
     }
-    exec += &format!(" -aic-num-cores={} -mos={} -ols={} -batchsize={}", c.cores, c.mos, c.ols, c.bs);
+    if args.generate.is_some() {
+        // The specialisations at the best batch, left beside the program.
+        let file = qpc_dir(out, &c).with_extension("specializations.json");
+        exec += &format!(" -retained-state -network-specialization-config={}", file.display());
+        exec += &format!(" -aic-num-cores={} -mos={} -ols={}", c.cores, c.mos, c.ols);
+    } else {
+        exec += &format!(" -aic-num-cores={} -mos={} -ols={} -batchsize={}", c.cores, c.mos, c.ols, c.bs);
+    }
     if args.opts.multicast_weights {
         exec += " -multicast-weights";
     }
@@ -429,8 +544,18 @@ fn run(argv: &[String]) -> Result<(), String> {
     let best_dir = qpc_dir(out, &c);
     exec += &format!(" -aic-hw -aic-hw-version=2.0 -compile-only -aic-binary-dir={}", best_dir.display());
     println!("Compile it with:\n  {exec}");
-    let runner = |c: &Config| {
-        format!("aic-runner -t {} -a {} -S {set_size} --time {}", qpc_dir(out, c).display(), c.instances, args.time)
+    let runner = |c: &Config| match (args.prompt_len, args.generate) {
+        (Some(p), Some(n)) => {
+            format!(
+                "aic-runner -t {} -a {} --prompt-len {p} --generate {n} --time {}",
+                qpc_dir(out, c).display(),
+                c.instances,
+                args.time
+            )
+        }
+        _ => {
+            format!("aic-runner -t {} -a {} -S {set_size} --time {}", qpc_dir(out, c).display(), c.instances, args.time)
+        }
     };
     println!("Run it with:\n  {}", runner(&c));
     if kept.len() > 1 {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use aicsim_compiler::{CompileOptions, Source};
 
-use crate::predict::{predict, Deployment, DeviceModel, HostModel, Measure, Prediction, Workload};
+use crate::predict::{predict, predict_generation, Deployment, DeviceModel, HostModel, Measure, Prediction, Workload};
 
 /// The most cores per instance among the measured rows the timing model is calibrated
 /// against (`../shared/reference/calibration.md`, docs/calibration.md): wider programs
@@ -33,6 +33,9 @@ pub enum Objective {
     #[default]
     MaximizeInfRate,
     MinimizeLatency,
+    /// A language model's tokens per second (`-generate`), under the time-per-token bound
+    /// if there is one.
+    MaximizeTokenRate,
 }
 
 /// One point of the search space.
@@ -294,7 +297,9 @@ impl SearchSpec {
                 if name == "cores" && s > 0 {
                     let mut fill = n;
                     fill.instances = match self.objective {
-                        Objective::MaximizeInfRate => (nsp / s).clamp(self.instances.min, self.instances.max),
+                        Objective::MaximizeInfRate | Objective::MaximizeTokenRate => {
+                            (nsp / s).clamp(self.instances.min, self.instances.max)
+                        }
                         Objective::MinimizeLatency => self.instances.min,
                     };
                     out.push(fill);
@@ -322,6 +327,19 @@ pub struct Problem {
     pub set_size: u32,
     /// Inferences per instance the prediction measures (after warm-up).
     pub measured: u32,
+    /// A language model generating: each evaluation predicts sequences of it.
+    pub generation: Option<GenerationGoal>,
+}
+
+/// What a generation search measures and bounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GenerationGoal {
+    pub prompt_len: usize,
+    pub tokens: u32,
+    /// Sequences per instance each evaluation runs.
+    pub sequences: u32,
+    /// The mean time per output token a configuration may take, ms.
+    pub max_time_per_token_ms: Option<f64>,
 }
 
 /// One evaluated point.
@@ -329,6 +347,8 @@ pub struct Problem {
 pub struct Evaluation {
     pub config: Config,
     pub result: Result<Prediction, String>,
+    /// Within the generation's time-per-token bound (true without one).
+    pub within_bound: bool,
 }
 
 impl Evaluation {
@@ -337,6 +357,9 @@ impl Evaluation {
         match (&self.result, objective) {
             (Ok(p), Objective::MaximizeInfRate) => p.inf_per_sec,
             (Ok(p), Objective::MinimizeLatency) => -p.host_round_trip.mean,
+            // Over the bound: below every point within it, nearer it the better.
+            (Ok(p), Objective::MaximizeTokenRate) if !self.within_bound => -p.host_round_trip.mean,
+            (Ok(p), Objective::MaximizeTokenRate) => p.inf_per_sec,
             (Err(_), _) => f64::NEG_INFINITY,
         }
     }
@@ -345,7 +368,7 @@ impl Evaluation {
     pub fn objective(&self, objective: Objective) -> Option<f64> {
         let p = self.result.as_ref().ok()?;
         Some(match objective {
-            Objective::MaximizeInfRate => p.inf_per_sec,
+            Objective::MaximizeInfRate | Objective::MaximizeTokenRate => p.inf_per_sec,
             Objective::MinimizeLatency => p.host_round_trip.mean,
         })
     }
@@ -371,6 +394,10 @@ impl Problem {
         o.batch_size = Some(c.bs);
         if let Some(sym) = &self.batch_symbol {
             o.symbols.insert(sym.clone(), i64::from(c.bs));
+            // Each entry of a language model at this batch.
+            for spec in &mut o.specializations {
+                spec.insert(sym.clone(), i64::from(c.bs));
+            }
         }
         o
     }
@@ -399,19 +426,28 @@ impl Problem {
         }
         let set_size = match objective {
             Objective::MaximizeInfRate => self.set_size,
-            Objective::MinimizeLatency => 1,
+            Objective::MinimizeLatency | Objective::MaximizeTokenRate => 1,
         };
-        let result = self.workload(cache, c).and_then(|w| {
-            predict(
+        let result = self.workload(cache, c).and_then(|w| match &self.generation {
+            Some(g) => {
+                predict_generation(&w, c.instances, g.prompt_len, g.tokens, g.sequences, &self.device, &self.host)
+                    .map_err(|e| e.to_string())
+            }
+            None => predict(
                 &w,
                 Deployment { instances: c.instances, set_size },
                 &self.device,
                 &self.host,
                 Measure::Window { warmup: 2, measured: self.measured },
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string()),
         });
-        let e = Evaluation { config: *c, result };
+        let bound = self.generation.and_then(|g| g.max_time_per_token_ms);
+        let within_bound = match (&result, bound) {
+            (Ok(p), Some(b)) => p.host_round_trip.mean <= b,
+            _ => true,
+        };
+        let e = Evaluation { config: *c, result, within_bound };
         cache.evaluations.lock().insert(*c, e.clone());
         e
     }
@@ -518,7 +554,7 @@ pub fn search_with(
             let why = spec.invalid(initial, nsp).unwrap_or_else(|| "not evaluated: budget spent".into());
             climbs.push(Climb {
                 initial: *initial,
-                best: Evaluation { config: *initial, result: Err(why) },
+                best: Evaluation { config: *initial, result: Err(why), within_bound: true },
                 status: "skipped",
             });
             continue;
@@ -553,9 +589,11 @@ pub fn search_with(
     }
     let mut evaluated: Vec<Evaluation> = cache.evaluations.lock().values().cloned().collect();
     evaluated.sort_by_key(|e| e.config);
-    let best = best_of(evaluated.iter(), objective)
-        .cloned()
-        .unwrap_or(Evaluation { config: spec.initial_values[0], result: Err("nothing was evaluated".into()) });
+    let best = best_of(evaluated.iter(), objective).cloned().unwrap_or(Evaluation {
+        config: spec.initial_values[0],
+        result: Err("nothing was evaluated".into()),
+        within_bound: true,
+    });
     let compiles = cache.compiles.load(std::sync::atomic::Ordering::Relaxed);
     SearchResult { climbs, best, evaluated, compiles }
 }
