@@ -386,11 +386,100 @@ pub struct PerfReport {
     pub peer_bytes: u64,
     pub predicted: PredictedPerformance,
     pub device: crate::layer_costs::ProgramCost,
+    /// A program of several entries: each entry's report (the fields above are the
+    /// first entry's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<EntryPerf>,
+    /// A language model's generation, predicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<PredictedGeneration>,
 }
+
+/// One entry of a program of several.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryPerf {
+    pub name: String,
+    pub report: PerfReport,
+}
+
+/// What a generation program is predicted to do: sequences of a prompt of the prefill
+/// entry's length and [`GENERATION_TOKENS`] tokens (fewer if the cache holds fewer).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictedGeneration {
+    pub prompt_len: usize,
+    pub tokens_per_sequence: u32,
+    pub time_to_first_token_ms: f64,
+    pub time_per_output_token_ms: f64,
+    /// One sequence at a time.
+    pub tokens_per_sec: f64,
+    /// As many instances as the card's 14 cores hold, one sequence each.
+    pub instances: u32,
+    pub tokens_per_sec_all_instances: f64,
+}
+
+/// Tokens per sequence in the `-aic-perf-metrics` generation prediction.
+pub const GENERATION_TOKENS: u32 = 32;
 
 /// Computes the `-aic-perf-metrics` report: the compiler's figures, one traced run of
 /// the program on the device model, and the predictor's latency and throughput.
 pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport, String> {
+    if c.entries.is_empty() {
+        return entry_report(c, stats_batch, true);
+    }
+    let mut entries = Vec::new();
+    for (e, compiled) in c.entries.iter().enumerate() {
+        let report = entry_report(compiled, stats_batch, false)?;
+        entries.push(EntryPerf { name: c.image.entry_name(e).to_string(), report });
+    }
+    let mut report = entries[0].report.clone();
+    report.generation = predicted_generation(c)?;
+    report.entries = entries;
+    Ok(report)
+}
+
+/// The generation figures of a program with a prefill and a decode entry (`None` for
+/// other programs of several entries).
+fn predicted_generation(c: &Compiled) -> Result<Option<PredictedGeneration>, String> {
+    use crate::predict::{predict_generation, DeviceModel, HostModel, Workload};
+    let workload = Workload::from_compiled(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
+    let image = c.image.clone();
+    let prompt_len = (0..image.entry_count())
+        .filter_map(|e| image.entry_inputs(e).find(|b| b.name == "input_ids").map(|b| *b.shape.last().unwrap_or(&1)))
+        .max()
+        .unwrap_or(1) as usize;
+    if crate::generation::entries(&workload.program, prompt_len).is_err() {
+        return Ok(None);
+    }
+    let room = crate::generation::cache_len(&workload.program).map_or(u64::MAX, |c| c + 1 - prompt_len as u64);
+    let tokens = GENERATION_TOKENS.min(room.min(u64::from(u32::MAX)) as u32).max(1);
+    let model = DeviceModel::from(&aicsim_device::DeviceConfig {
+        num_nsp: PREDICTION_NSP,
+        ..aicsim_device::DeviceConfig::default()
+    });
+    let host = HostModel::default();
+    let run = |instances: u32| {
+        predict_generation(&workload, instances, prompt_len, tokens, 2, &model, &host)
+            .map_err(|e| format!("-aic-perf-metrics: predicting the generation with {instances} instance(s): {e}"))
+    };
+    let alone = run(1)?;
+    let instances = (PREDICTION_NSP / workload.cores.max(1)).max(1);
+    let full = run(instances)?;
+    Ok(Some(PredictedGeneration {
+        prompt_len,
+        tokens_per_sequence: tokens,
+        time_to_first_token_ms: alone.total_round_trip.mean,
+        time_per_output_token_ms: alone.host_round_trip.mean,
+        tokens_per_sec: alone.inf_per_sec,
+        instances,
+        tokens_per_sec_all_instances: full.inf_per_sec,
+    }))
+}
+
+/// The report of a program of one entry; `throughput` predicts many inferences in
+/// flight too (not for an entry of a program that keeps state between runs).
+fn entry_report(c: &Compiled, stats_batch: Option<u32>, throughput: bool) -> Result<PerfReport, String> {
     use crate::predict::{predict, Deployment, DeviceModel, HostModel, Measure, Workload};
     let m = c.metrics();
     let device = crate::layer_costs::layer_costs(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
@@ -425,7 +514,7 @@ pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport,
     };
     let alone = run(1, 1)?;
     let instances = (PREDICTION_NSP / workload.cores.max(1)).max(1);
-    let full = run(instances, PREDICTION_SET_SIZE)?;
+    let full = if throughput { run(instances, PREDICTION_SET_SIZE)? } else { alone };
     Ok(PerfReport {
         batch_size: c.image.batch_size,
         stats_batch_size: stats_batch.filter(|&b| b == c.image.batch_size).unwrap_or(c.image.batch_size).max(1),
@@ -448,17 +537,45 @@ pub fn perf_report(c: &Compiled, stats_batch: Option<u32>) -> Result<PerfReport,
         predicted: PredictedPerformance {
             latency_ms: alone.host_round_trip.mean,
             latency_p99_ms: alone.host_round_trip.p99,
-            throughput_instances: instances,
-            throughput_set_size: PREDICTION_SET_SIZE,
+            throughput_instances: if throughput { instances } else { 1 },
+            throughput_set_size: if throughput { PREDICTION_SET_SIZE } else { 1 },
             inf_per_sec: full.inf_per_sec,
         },
         device,
+        entries: Vec::new(),
+        generation: None,
     })
 }
 
 /// Prints the `-aic-perf-metrics` report: the resource summary in the seed's fields,
-/// the predicted performance, and the per-layer cost table.
+/// the predicted performance, and the per-layer cost table; for a program of several
+/// entries, each entry's, then the predicted generation.
 pub fn print_perf_report(r: &PerfReport) {
+    if r.entries.is_empty() {
+        return print_entry_report(r);
+    }
+    for (i, e) in r.entries.iter().enumerate() {
+        println!("##### Entry {} of {}: {} #####", i + 1, r.entries.len(), e.name);
+        print_entry_report(&e.report);
+    }
+    if let Some(g) = &r.generation {
+        println!(
+            "=== Predicted generation (prompt {} tokens, {} tokens per sequence, the KV cache in device DDR) ===",
+            g.prompt_len, g.tokens_per_sequence
+        );
+        println!("Time to first token:          {:.3} ms", g.time_to_first_token_ms);
+        println!(
+            "Time per output token:        {:.3} ms ({:.1} tokens/s for one sequence)",
+            g.time_per_output_token_ms, g.tokens_per_sec
+        );
+        println!(
+            "Throughput:                   {:.1} tokens/s ({} instance(s), one sequence each)",
+            g.tokens_per_sec_all_instances, g.instances
+        );
+    }
+}
+
+fn print_entry_report(r: &PerfReport) {
     let per = f64::from(r.stats_batch_size);
     let gmac = |macs: u64| macs as f64 / 1e9;
     println!("=== Resource summary ===");

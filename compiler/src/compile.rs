@@ -65,6 +65,9 @@ pub struct Compiled {
     /// Copies of the graph per inference.
     pub replicas: usize,
     pub warnings: Vec<String>,
+    /// A program of several entries: each entry as a program of its own (no constants),
+    /// for its metrics and costs; the fields above are the first entry's, but `image`.
+    pub entries: Vec<Compiled>,
 }
 
 /// The `-aic-perf-metrics` summary.
@@ -173,7 +176,7 @@ pub fn compile(
     };
     let mut warnings = Vec::new();
     if opts.specializations.is_empty() {
-        let part = compile_part(model, model_dir, opts, &opts.symbols, 0)?;
+        let part = compile_part(model, model_dir, opts, &opts.symbols, 0, &[])?;
         warnings.extend(unused_symbols(model, &opts.symbols));
         warnings.extend(part.lowered.warnings.iter().cloned());
         let image = ProgramImage {
@@ -187,7 +190,14 @@ pub fn compile(
             layers: layers_of(&part, &vec![0; opts.cores as usize]),
             entries: Vec::new(),
         };
-        return Ok(Compiled { image, graph: part.graph, lowered: part.lowered, replicas: part.replicas, warnings });
+        return Ok(Compiled {
+            image,
+            graph: part.graph,
+            lowered: part.lowered,
+            replicas: part.replicas,
+            warnings,
+            entries: Vec::new(),
+        });
     }
     if opts.specializations.len() > aicsim_abi::container::MAX_ENTRIES as usize {
         return Err(CompileError::Option {
@@ -206,7 +216,12 @@ pub fn compile(
         let mut symbols = opts.symbols.clone();
         symbols.extend(spec.iter().map(|(k, v)| (k.clone(), *v)));
         let base = parts.last().map_or(0, |p| p.lowered.ddr_bytes);
-        let part = compile_part(model, model_dir, opts, &symbols, base)?;
+        // Weights the entries have in common are stored once.
+        let shared: Vec<(&str, &aicsim_abi::container::ConstantBlob)> = parts
+            .iter()
+            .flat_map(|p| p.lowered.constant_names.iter().map(String::as_str).zip(&p.lowered.constants))
+            .collect();
+        let part = compile_part(model, model_dir, opts, &symbols, base, &shared)?;
         if let Some(first) = parts.first() {
             let state =
                 |p: &Part| p.bindings.iter().filter(|b| b.direction == IoDirection::State).cloned().collect::<Vec<_>>();
@@ -278,8 +293,30 @@ pub fn compile(
             aicsim_abi::container::MAX_BINDINGS
         )));
     }
+    let entries = parts
+        .iter()
+        .zip(&image.entries)
+        .map(|(part, entry)| Compiled {
+            image: ProgramImage {
+                name: format!("{} [{}]", image.name, entry.name),
+                batch_size: part.batch_size,
+                ddr_bytes: part.lowered.ddr_bytes,
+                vtcm_bytes: part.lowered.vtcm_bytes.max(1),
+                bindings: part.bindings.clone(),
+                cores: streams_of(part),
+                constants: Vec::new(),
+                layers: layers_of(part, &vec![0; cores]),
+                entries: Vec::new(),
+            },
+            graph: part.graph.clone(),
+            lowered: part.lowered.clone(),
+            replicas: part.replicas,
+            warnings: Vec::new(),
+            entries: Vec::new(),
+        })
+        .collect();
     let first = parts.swap_remove(0);
-    Ok(Compiled { image, graph: first.graph, lowered: first.lowered, replicas: first.replicas, warnings })
+    Ok(Compiled { image, graph: first.graph, lowered: first.lowered, replicas: first.replicas, warnings, entries })
 }
 
 /// One specialisation of a model, lowered with its private DDR from `private_base`.
@@ -297,6 +334,7 @@ fn compile_part(
     opts: &CompileOptions,
     symbols: &HashMap<String, i64>,
     private_base: u64,
+    shared: &[(&str, &aicsim_abi::container::ConstantBlob)],
 ) -> Result<Part, CompileError> {
     let graph = if opts.retained_state {
         crate::build::import_retained(model, symbols, model_dir)?
@@ -372,6 +410,7 @@ fn compile_part(
         },
         &state_storage,
         private_base,
+        shared,
     )?;
     let device_dtype = if opts.fp16 { IoDType::F16 } else { IoDType::F32 };
     let mut bindings = Vec::new();

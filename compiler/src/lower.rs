@@ -68,6 +68,9 @@ pub struct LayerReport {
 pub struct Lowered {
     pub streams: Vec<Vec<Op>>,
     pub constants: Vec<ConstantBlob>,
+    /// The name of each of `constants`.
+    pub constant_names: Vec<String>,
+    /// Bytes of the constants the program reads (its own and those it shares).
     pub constants_bytes: u64,
     pub ddr_bytes: u64,
     /// Peak VTCM any core uses.
@@ -152,8 +155,10 @@ struct Lowerer<'g> {
     cost: CostModel,
     streams: Vec<Vec<Op>>,
     const_offsets: Vec<u64>,
-    /// Constants occupy DDR `[constants_start, constants_bytes)`.
+    /// Constants occupy DDR `[constants_start, constants_bytes)`, and those shared with
+    /// an earlier entry `shared_constants`.
     constants_start: u64,
+    shared_constants: (u64, u64),
     constants_bytes: u64,
     value_offsets: Vec<u64>,
     /// Most VTCM any layer used on a core.
@@ -276,7 +281,10 @@ impl<'g> Lowerer<'g> {
                     }
                     Op::DmaIn { src, .. } => {
                         r.load_bytes += src.packed_bytes();
-                        if (self.constants_start..self.constants_bytes).contains(&src.offset) {
+                        let shared = self.shared_constants.0..self.shared_constants.1;
+                        if (self.constants_start..self.constants_bytes).contains(&src.offset)
+                            || shared.contains(&src.offset)
+                        {
                             r.constant_bytes += src.packed_bytes();
                         }
                     }
@@ -1272,13 +1280,20 @@ pub fn plan_pool(g: &Graph, o: &LowerOptions, stored: &[bool], reserved: u64) ->
 
 /// Lowers `g` to per-core instruction streams.
 pub fn lower(g: &Graph, o: LowerOptions) -> Result<Lowered, CompileError> {
-    lower_at(g, o, &[], 0)
+    lower_at(g, o, &[], 0, &[])
 }
 
 /// [`lower`] with the retained state `state` (storage ids) first in DDR, in that order,
 /// and everything else from `private_base` on (at least the state's end): the entries of
-/// a program lay their state out alike and the rest side by side.
-pub fn lower_at(g: &Graph, o: LowerOptions, state: &[ValueId], private_base: u64) -> Result<Lowered, CompileError> {
+/// a program lay their state out alike and the rest side by side. A constant equal to
+/// one of `shared` (an earlier entry's, by name and bytes) is read where that one is.
+pub fn lower_at(
+    g: &Graph,
+    o: LowerOptions,
+    state: &[ValueId],
+    private_base: u64,
+    shared: &[(&str, &ConstantBlob)],
+) -> Result<Lowered, CompileError> {
     check_options(&o)?;
     check_sizes(g, &o)?;
     let eb = o.dtype.bytes();
@@ -1299,15 +1314,30 @@ pub fn lower_at(g: &Graph, o: LowerOptions, state: &[ValueId], private_base: u64
     let used = used_constants(g);
     let mut const_offsets = vec![u64::MAX; g.consts.len()];
     let mut constants = Vec::new();
+    let mut constant_names = Vec::new();
+    let mut shared_bytes = 0;
+    let mut shared_range = (u64::MAX, 0);
     for (i, (c, dtype)) in g.consts.iter().zip(const_dtypes(g, &o)).enumerate() {
         if used[i] {
+            let data = encode_const(&g.const_names[i], c, dtype, &mut warnings);
+            if let Some((_, blob)) = shared.iter().find(|(n, b)| *n == g.const_names[i] && b.data == data) {
+                let blob = *blob;
+                const_offsets[i] = blob.ddr_offset;
+                if dtype != o.dtype {
+                    dtypes.insert(blob.ddr_offset, dtype);
+                }
+                shared_bytes += data.len() as u64;
+                shared_range =
+                    (shared_range.0.min(blob.ddr_offset), shared_range.1.max(blob.ddr_offset + data.len() as u64));
+                continue;
+            }
             const_offsets[i] = at;
             if dtype != o.dtype {
                 dtypes.insert(at, dtype);
             }
-            let data = encode_const(&g.const_names[i], c, dtype, &mut warnings);
             at = align(at + data.len() as u64, ALIGN);
             constants.push(ConstantBlob { ddr_offset: const_offsets[i], data });
+            constant_names.push(g.const_names[i].clone());
         }
     }
     let constants_bytes = at;
@@ -1346,6 +1376,7 @@ pub fn lower_at(g: &Graph, o: LowerOptions, state: &[ValueId], private_base: u64
         reports: Vec::new(),
         layer: String::new(),
         constants_start,
+        shared_constants: shared_range,
         constants_bytes,
         pool_bases,
         prev_starts: Vec::new(),
@@ -1378,7 +1409,8 @@ pub fn lower_at(g: &Graph, o: LowerOptions, state: &[ValueId], private_base: u64
     Ok(Lowered {
         streams,
         constants,
-        constants_bytes: constants_bytes - constants_start,
+        constants_bytes: constants_bytes - constants_start + shared_bytes,
+        constant_names,
         ddr_bytes: at.max(ALIGN),
         // A layer on the big budget overlaps the pool's VTCM; the pool plan does not
         // model that eviction (known gap, docs/calibration.md).
