@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--exported", action="store_true", help="token-id inputs and embeddings, as exported")
     ap.add_argument("--vocab", type=int, default=100)
+    ap.add_argument("--opset", type=int, default=17, help="11 to 17; below 13 Unsqueeze takes its axes as an attribute, "
+                    "below 17 every layer norm is decomposed")
     ap.add_argument("--symbolic-seq", action="store_true", help="the sequence dimension is the symbol sequence_length")
     ap.add_argument(
         "--constant-weights",
@@ -73,10 +75,15 @@ def main():
         b = const("b", rng.normal(0, 0.02, (n,)).astype(np.float32))
         return node("Add", [node("MatMul", [x, w]), b])
 
+    def unsqueeze(x, axes):
+        if a.opset < 13:
+            return node("Unsqueeze", [x], axes=axes)
+        return node("Unsqueeze", [x, const("ax", np.array(axes, dtype=np.int64))])
+
     def dim(x, i):
         s = node("Shape", [x])
         g = node("Gather", [s, const("i", np.array(i, dtype=np.int64))], axis=0)
-        return node("Unsqueeze", [g, const("ax", np.array([0], dtype=np.int64))])
+        return unsqueeze(g, [0])
 
     def layer_norm_decomposed(x):
         mean = node("ReduceMean", [x], axes=[-1], keepdims=1)
@@ -89,6 +96,8 @@ def main():
         return node("Add", [node("Mul", [n, g]), b])
 
     def layer_norm_op(x):
+        if a.opset < 17:
+            return layer_norm_decomposed(x)
         g = const("g", rng.uniform(0.8, 1.2, (H,)).astype(np.float32))
         b = const("beta", rng.normal(0, 0.02, (H,)).astype(np.float32))
         return node("LayerNormalization", [x, g, b], axis=-1, epsilon=1e-12)
@@ -100,13 +109,12 @@ def main():
         seq_len = node("Gather", [node("Shape", [ids]), const("one", np.array(1, dtype=np.int64))], axis=0)
         pos_ids = node("Slice", [const("position_ids", np.arange(512, dtype=np.int64)[None, :]),
                                  const("zero", np.array([0], dtype=np.int64)),
-                                 node("Unsqueeze", [seq_len, const("ax", np.array([0], dtype=np.int64))]),
+                                 unsqueeze(seq_len, [0]),
                                  const("axis1", np.array([1], dtype=np.int64))])
         pos = node("Gather", [const("position_embeddings", rng.normal(0, 0.5, (512, H)).astype(np.float32)), pos_ids])
         typ = node("Gather", [const("token_type_embeddings", rng.normal(0, 0.5, (2, H)).astype(np.float32)), types])
         x = layer_norm_decomposed(node("Add", [node("Add", [word, pos]), typ]))
-        m = node("Unsqueeze", [node("Unsqueeze", [mask_in, const("a1", np.array([1], dtype=np.int64))]),
-                               const("a2", np.array([2], dtype=np.int64))])
+        m = unsqueeze(unsqueeze(mask_in, [1]), [2])
         m = node("Cast", [m], to=TensorProto.FLOAT)
         additive = node("Mul", [node("Sub", [const("one_f", np.array(1.0, dtype=np.float32)), m]),
                                 const("neg", np.array(-10000.0, dtype=np.float32))])
@@ -122,8 +130,7 @@ def main():
         is_pad = node("Equal", [mask, const("zero", np.array(0, dtype=np.int64))])
         additive = node("Where", [is_pad, const("neg", np.array(-10000.0, dtype=np.float32)),
                                   const("nil", np.array(0.0, dtype=np.float32))])
-        additive = node("Unsqueeze", [node("Unsqueeze", [additive, const("a1", np.array([1], dtype=np.int64))]),
-                                      const("a2", np.array([1], dtype=np.int64))])
+        additive = unsqueeze(unsqueeze(additive, [1]), [1])
         additive = node("Cast", [node("Expand", [additive, const("eshape", np.array([1, 1, 1, S], dtype=np.int64))])],
                         to=TensorProto.FLOAT)
         inputs = [helper.make_tensor_value_info("hidden_states", TensorProto.FLOAT, ["batch_size", SEQ, H])]
@@ -157,7 +164,7 @@ def main():
         [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, ["batch_size", SEQ, H])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="aicsim-make-bert")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", a.opset)], producer_name="aicsim-make-bert")
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, a.out)

@@ -122,8 +122,12 @@ fn check_model(name: &str) {
 }
 
 fn check_against(name: &str, r: &Reference, base: &CompileOptions) {
+    check_against_cores(name, r, base, &[1, 4]);
+}
+
+fn check_against_cores(name: &str, r: &Reference, base: &CompileOptions, cores_list: &[u32]) {
     let device = Arc::new(Device::open_simulated(big_programs()).unwrap());
-    for cores in [1, 4] {
+    for &cores in cores_list {
         for fp16 in [false, true] {
             let opts = CompileOptions { cores, fp16, multicast_weights: fp16, ..base.clone() };
             let got = run(&device, &r.model, &opts, &r.inputs);
@@ -301,21 +305,30 @@ fn qdq_uint8_per_channel_model_matches_onnxruntime() {
 /// `attention_mask` and `token_type_ids`; embeddings by Gather (rows fetched from DDR by
 /// the device, the token ids checked against the vocabulary), positions sliced from a
 /// constant buffer, the mask turned into an additive bias by Unsqueeze / Cast / Sub /
-/// Mul. Against onnxruntime at 1 and 4 cores, f32 and fp16.
+/// Mul. Written at opsets 11 (Unsqueeze axes as attributes, Softmax over coerced 2-D),
+/// 13 and 17 (LayerNormalization); against onnxruntime at 1, 2 and 4 cores, f32 and
+/// fp16.
 #[test]
 fn bert_as_exported_with_token_ids_matches_onnxruntime() {
     let Some((python, _)) = environment() else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bert-exported");
     std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("bert-exported.onnx");
-    let status =
-        Command::new(python).arg(script("make_bert.py")).arg(&model).arg("--exported").status().expect("run python");
-    assert!(status.success(), "make_bert.py --exported failed");
-    let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_TARGET_TMPDIR")).join("onnx-ref-bert-exported"));
-    let Some(r) = reference_for(&model, "bert-exported", true) else { return };
-    assert_eq!(r.inputs.len(), 3);
-    assert!(r.inputs.iter().all(|i| i.len() == 32 * 8), "three int64 [1, 32] inputs");
-    let mut opts = CompileOptions::default();
-    opts.symbols.insert("batch_size".into(), 1);
-    check_against("bert", &r, &opts);
+    for opset in [11, 13, 17] {
+        let model = dir.join(format!("bert-exported-{opset}.onnx"));
+        let status = Command::new(&python)
+            .arg(script("make_bert.py"))
+            .arg(&model)
+            .args(["--exported", "--opset", &opset.to_string()])
+            .status()
+            .expect("run python");
+        assert!(status.success(), "make_bert.py --exported --opset {opset} failed");
+        let tag = format!("bert-exported-{opset}");
+        let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-ref-{tag}")));
+        let Some(r) = reference_for(&model, &tag, true) else { return };
+        assert_eq!(r.inputs.len(), 3);
+        assert!(r.inputs.iter().all(|i| i.len() == 32 * 8), "three int64 [1, 32] inputs");
+        let mut opts = CompileOptions::default();
+        opts.symbols.insert("batch_size".into(), 1);
+        check_against_cores("bert", &r, &opts, &[1, 2, 4]);
+    }
 }
