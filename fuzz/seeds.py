@@ -182,3 +182,8 @@ save(
     ],
 )
 print("wrote", len(os.listdir(OUT)), "ONNX seeds to", OUT)
+
+# A GPT-style decoder with a KV cache (ScatterND cache updates, position masks, a
+# runtime Slice) is written by scripts/make_gpt2.py:
+#   .venv/bin/python scripts/make_gpt2.py fuzz/corpus/onnx/kv_cache_gpt.onnx \
+#       --layers 1 --embed 8 --heads 2 --vocab 11 --positions 16

@@ -44,7 +44,15 @@ qpc=$(mktemp -d)
 trap 'rm -rf "$qpc"' EXIT
 for model in fuzz/corpus/onnx/*.onnx; do
     name=$(basename "$model" .onnx)
-    case "$name" in symbolic_*) define=(-onnx-define-symbol=batch,2) ;; *) define=() ;; esac
+    case "$name" in
+    symbolic_*) define=(-onnx-define-symbol=batch,2) ;;
+    # One container of two entries (prefill and decode) sharing the cache as state.
+    kv_cache_*)
+        printf '%s' '{"specializations": [{"batch_size": 1, "seq_len": 3, "ctx_len": 8}, {"batch_size": 1, "seq_len": 1, "ctx_len": 8}]}' \
+            >"$qpc/specializations.json"
+        define=(-retained-state -network-specialization-config="$qpc/specializations.json") ;;
+    *) define=() ;;
+    esac
     ./target/release/aic-exec -m="$model" "${define[@]}" -aic-binary-dir="$qpc/$name-1core" -compile-only >/dev/null
     ./target/release/aic-exec -m="$model" "${define[@]}" -aic-num-cores=4 -convert-to-fp16 \
         -aic-binary-dir="$qpc/$name-4cores-fp16" -compile-only >/dev/null

@@ -301,3 +301,25 @@ fn malformed_quantisation_nodes_are_errors_not_panics() {
     let e = compile(&short, None, "q", &opts()).unwrap_err().to_string();
     assert!(e.contains(&wdq.name) && e.contains("per-axis scales"), "{e}");
 }
+
+/// A comparison with one input (the onnx fuzzer's find: swapping its operands panicked)
+/// and a ScatterND that is not a KV-cache update are errors naming the node.
+#[test]
+fn malformed_comparisons_and_scatters_are_errors_not_panics() {
+    let mut m = zoo::resnet50();
+    let relu = m.graph.nodes.iter().position(|n| n.op_type == "Relu").expect("a Relu");
+    for op in ["Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal"] {
+        let mut bad = m.clone();
+        bad.graph.nodes[relu].op_type = op.into();
+        let name = bad.graph.nodes[relu].name.clone();
+        let e = compile(&bad, None, "m", &opts()).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("a comparison takes two inputs, not 1"), "{op}: {e}");
+    }
+    let node = &mut m.graph.nodes[relu];
+    node.op_type = "ScatterND".into();
+    node.inputs.push(node.inputs[0].clone());
+    node.inputs.push(node.inputs[0].clone());
+    let name = node.name.clone();
+    let e = compile(&m, None, "m", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("ScatterND is taken as a KV-cache update only"), "{e}");
+}

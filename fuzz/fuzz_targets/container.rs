@@ -46,7 +46,8 @@ fn work(image: &ProgramImage) -> u64 {
             | Op::Reduce { dst, src, .. } => most(&[&dst, &src]),
             Op::Binary { dst, a, b, .. }
             | Op::Convert { dst, src: a, scales: Some(b), .. }
-            | Op::Gather { dst, table: a, indices: b } => most(&[&dst, &a, &b]),
+            | Op::Gather { dst, table: a, indices: b }
+            | Op::Scatter { dst, src: a, indices: b } => most(&[&dst, &a, &b]),
             Op::End | Op::Signal { .. } | Op::Wait { .. } | Op::Barrier => 1,
         }
     })

@@ -216,27 +216,33 @@ pub(super) fn build_min(bld: &mut Builder<'_>, node: &Node) -> Result<(), Compil
 // such; `Cast` to a float type is then a view). `a > b` is `b < a`.
 
 pub(super) fn build_less(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    bld.binary(node, BinaryKind::Less)
+    compare(bld, node, BinaryKind::Less, false)
 }
 
 pub(super) fn build_less_or_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    bld.binary(node, BinaryKind::LessOrEqual)
+    compare(bld, node, BinaryKind::LessOrEqual, false)
 }
 
 pub(super) fn build_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    bld.binary(node, BinaryKind::Equal)
-}
-
-fn swapped(node: &Node) -> Node {
-    let mut n = node.clone();
-    n.inputs.swap(0, 1);
-    n
+    compare(bld, node, BinaryKind::Equal, false)
 }
 
 pub(super) fn build_greater(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    bld.binary(&swapped(node), BinaryKind::Less)
+    compare(bld, node, BinaryKind::Less, true)
 }
 
 pub(super) fn build_greater_or_equal(bld: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> {
-    bld.binary(&swapped(node), BinaryKind::LessOrEqual)
+    compare(bld, node, BinaryKind::LessOrEqual, true)
+}
+
+/// A comparison of exactly two inputs; `swap` compares them the other way round.
+fn compare(bld: &mut Builder<'_>, node: &Node, kind: BinaryKind, swap: bool) -> Result<(), CompileError> {
+    if node.inputs.len() != 2 {
+        return Err(bld.fail(node, format!("a comparison takes two inputs, not {}", node.inputs.len())));
+    }
+    let mut n = node.clone();
+    if swap {
+        n.inputs.swap(0, 1);
+    }
+    bld.binary(&n, kind)
 }
