@@ -154,6 +154,27 @@ struct Done {
     exec_ms: Option<f64>,
 }
 
+/// A simulated device in timing mode on the simulated clock, with room for `instances`
+/// programs of `cores` cores.
+fn timing_device(device: &DeviceModel, cores: u32, instances: u32) -> Result<Arc<Device>, PredictError> {
+    let need = u64::from(cores) * u64::from(instances);
+    if need > u64::from(device.num_nsp) {
+        return Err(PredictError::TooManyCores { instances, cores, need, have: device.num_nsp });
+    }
+    let config = DeviceConfig {
+        num_nsp: device.num_nsp,
+        cost: device.cost,
+        clock_hz: device.clock_hz,
+        mode: ExecMode::Timing,
+        pacing: Pacing::Simulated,
+        seed: device.seed,
+        ..DeviceConfig::default()
+    };
+    let dev = Device::open_simulated(KmdConfig { device: config, ..KmdConfig::default() })
+        .map_err(|e| PredictError::Run(e.to_string()))?;
+    Ok(Arc::new(dev))
+}
+
 /// Predicts `deployment` of `workload`, measured as `measure` says. Deterministic.
 pub fn predict(
     workload: &Workload,
@@ -173,24 +194,10 @@ pub fn predict(
         Measure::Run(d) if d.is_zero() => return Err(PredictError::Zero { what: "run time" }),
         _ => {}
     }
-    let need = u64::from(cores) * u64::from(deployment.instances);
-    if need > u64::from(device.num_nsp) {
-        return Err(PredictError::TooManyCores { instances: deployment.instances, cores, need, have: device.num_nsp });
-    }
-    let config = DeviceConfig {
-        num_nsp: device.num_nsp,
-        cost: device.cost,
-        clock_hz: device.clock_hz,
-        mode: ExecMode::Timing,
-        pacing: Pacing::Simulated,
-        seed: device.seed,
-        ..DeviceConfig::default()
-    };
     let run_error = |e: &dyn std::fmt::Display| PredictError::Run(e.to_string());
-    let dev =
-        Device::open_simulated(KmdConfig { device: config, ..KmdConfig::default() }).map_err(|e| run_error(&e))?;
+    let dev = timing_device(device, cores, deployment.instances)?;
     let instances = deployment.instances as usize;
-    let set = InferenceSet::new(Arc::new(dev), &workload.program, instances, deployment.set_size as usize)
+    let set = InferenceSet::new(dev, &workload.program, instances, deployment.set_size as usize)
         .map_err(|e| run_error(&e))?;
     let done = Mutex::new(Vec::new());
     let record = |c: &aicsim_runtime::Completion<'_>| {
@@ -249,25 +256,11 @@ pub fn predict_generation(
             return Err(PredictError::Zero { what });
         }
     }
-    let need = u64::from(workload.cores) * u64::from(instances);
-    if need > u64::from(device.num_nsp) {
-        return Err(PredictError::TooManyCores { instances, cores: workload.cores, need, have: device.num_nsp });
-    }
     let gen =
         crate::generation::plan(&workload.program, prompt_len, tokens, device.seed).map_err(PredictError::Program)?;
-    let config = DeviceConfig {
-        num_nsp: device.num_nsp,
-        cost: device.cost,
-        clock_hz: device.clock_hz,
-        mode: ExecMode::Timing,
-        pacing: Pacing::Simulated,
-        seed: device.seed,
-        ..DeviceConfig::default()
-    };
     let run_error = |e: &dyn std::fmt::Display| PredictError::Run(e.to_string());
-    let dev =
-        Device::open_simulated(KmdConfig { device: config, ..KmdConfig::default() }).map_err(|e| run_error(&e))?;
-    let set = InferenceSet::new(Arc::new(dev), &workload.program, instances as usize, 1).map_err(|e| run_error(&e))?;
+    let dev = timing_device(device, workload.cores, instances)?;
+    let set = InferenceSet::new(dev, &workload.program, instances as usize, 1).map_err(|e| run_error(&e))?;
     let limit = RunLimit::Count(u64::from(instances) * u64::from(sequences));
     let f = crate::generation::run(&set, limit, host, &gen).map_err(|e| run_error(&e))?;
     let latency =
