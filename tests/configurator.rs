@@ -36,7 +36,7 @@ fn search_files_with_problems_are_refused_with_the_problem_named() {
         (format!(r#"{{{good_params}, {start}, "budget": 3}}"#), "unknown field `budget`"),
         (
             format!(r#"{{"objective": "fastest", {good_params}, {start}}}"#),
-            "objective: unknown variant `fastest`, expected `maximize_inf_rate` or `minimize_latency`",
+            "objective: unknown variant `fastest`, expected one of `maximize_inf_rate`, `minimize_latency`, `maximize_token_rate`",
         ),
         (format!(r#"{{{start}}}"#), "missing field `params`"),
         (
