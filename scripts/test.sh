@@ -4,7 +4,7 @@
 # coverage-guided fuzzing per fuzz target, and ends with one summary line.
 #
 # It sets up what the tests need by itself: a local virtualenv (.venv) with the `onnx`
-# and `onnxruntime` packages from PyPI, Chromium from the distribution's packages (for
+# and `onnxruntime` packages from PyPI (and maturin and pytest for the Python package), Chromium from the distribution's packages (for
 # the HTML reports), and cargo-fuzz from crates.io. The compiler's reader is checked against `onnx`
 # on its bundled models (onnx/backend/test/data/light), and compiled programs against
 # onnxruntime's outputs on the same models.
@@ -35,6 +35,14 @@ export AICSIM_CHROMIUM AICSIM_REQUIRE_CHROMIUM=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
+# The Python package (`python/`: PyO3, built by maturin into the virtualenv) and its
+# pytest suite.
+if [ ! -x .venv/bin/maturin ] || ! .venv/bin/python -c "import pytest" 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "pytest>=7"
+fi
+(cd python && VIRTUAL_ENV="$(cd .. && pwd)/.venv" PATH="$(cd .. && pwd)/.venv/bin:$PATH" \
+    CARGO_TARGET_DIR="$(cd .. && pwd)/target/python" maturin develop --release --quiet)
+.venv/bin/python -m pytest python/tests -q -p no:cacheprovider 2>&1 | tee -a "$log"
 # The calibration against the hardware measurements, the configurator's searches and
 # the full-size exported BERT-base run in release (they simulate thousands of ResNet-50
 # inferences, and BERT-base is 90 GMAC per inference); in debug builds they skip
@@ -50,4 +58,11 @@ cargo bench --bench fault_campaign -- --inferences 1000000 2>&1 | tee -a "$log"
 # cargo-fuzz if needed and fails on the first crash or failed check.
 bash scripts/fuzz.sh 45 2>&1 | tee -a "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     /^[0-9]+ (passed|failed|skipped).* in [0-9.]+s/ {
+         for (i = 1; i < NF; i++) {
+             if ($(i + 1) ~ /^passed/) passed += $i
+             if ($(i + 1) ~ /^failed/) failed += $i
+             if ($(i + 1) ~ /^skipped/) ignored += $i
+         }
+     }
      END { printf "tests: %d passed, %d failed, %d skipped\n", passed, failed, ignored; exit (failed > 0 || passed == 0) }' "$log"

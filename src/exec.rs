@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::output_files::{self, PendingFiles};
 use aicsim_compiler::quantize::{self, Calibration, Profile, QuantOptions, QuantReport, Schema};
 use aicsim_compiler::{CompileOptions, Compiled, Source};
 use serde::Serialize;
@@ -763,4 +764,81 @@ pub fn quantise(source: &mut Source, q: &QuantArgs, options: &CompileOptions) ->
         out.report = Some(report);
     }
     Ok(out)
+}
+
+/// aic-exec's whole job: compiles as `args` say, prints what it prints, and writes the
+/// program (and the files asked for) into the output directory, atomically; returns the
+/// directory (`None` when only the supported operators were listed).
+pub fn run(args: &ExecArgs) -> Result<Option<PathBuf>, String> {
+    if args.dump_supported_ops {
+        print!("{}", supported_ops_listing());
+        return Ok(None);
+    }
+    let source = args.model.as_deref().ok_or("no model: give -m=<model.onnx> or -m=zoo:<name>")?;
+    let dir = args.binary_dir.as_deref().ok_or("no output directory: give -aic-binary-dir=<dir>")?;
+    match source.strip_prefix("zoo:") {
+        Some(name) => println!("Reading ONNX Model from built-in zoo model {name}"),
+        None => println!("Reading ONNX Model from {source}"),
+    }
+    let mut source = Source::load(source).map_err(|e| e.to_string())?;
+    let quantised = quantise(&mut source, &args.quant, &args.options)?;
+    for line in &quantised.lines {
+        println!("{line}");
+    }
+    let compiled = source.compile(&args.options).map_err(|e| e.to_string())?;
+    let precision = match (quantised.report.is_some(), args.options.fp16) {
+        (true, true) => "INT8 (float layers in FP16)",
+        (true, false) => "INT8 (float layers in FP32)",
+        (false, true) => "FP16",
+        (false, false) => "FP32",
+    };
+    println!("Compiling model with {precision} precision.");
+    let stats_warning = stats_batch_warning(args.stats_batch_size, compiled.image.batch_size);
+    for w in compiled.warnings.iter().chain(&stats_warning) {
+        eprintln!("Warning: {w}");
+    }
+    if args.verbose {
+        println!(
+            "{} layers on {} core(s), {} instruction(s) in all, batch {}",
+            compiled.graph.layers.len(),
+            compiled.image.num_cores(),
+            compiled.image.cores.iter().map(Vec::len).sum::<usize>(),
+            compiled.image.batch_size
+        );
+    }
+    // The program, and the metrics' JSON when asked for, are put in place together once
+    // everything has succeeded: a failure leaves neither.
+    let dir = PathBuf::from(dir);
+    let mut files = PendingFiles::default();
+    files.push(&dir, "programqpc.bin".into(), compiled.image.to_bytes());
+    if let Some((file, json)) = quantised.profile {
+        let (parent, name) = output_files::user_file(&file).map_err(|e| format!("-dump-profile={e}"))?;
+        files.push(&parent, name, json.into_bytes());
+    }
+    if args.perf_metrics || args.perf_metrics_json.is_some() {
+        let report = perf_report(&compiled, args.stats_batch_size)?;
+        if args.perf_metrics {
+            print_perf_report(&report);
+        }
+        if let Some(file) = &args.perf_metrics_json {
+            let (parent, name) =
+                output_files::user_file(Path::new(file)).map_err(|e| format!("-aic-perf-metrics-json={e}"))?;
+            let json = serde_json::to_string_pretty(&report).expect("plain values") + "\n";
+            files.push(&parent, name, json.into_bytes());
+        }
+    }
+    for written in files.write_all()? {
+        println!("Writing file: {}", written.display());
+    }
+    if !args.compile_only {
+        println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());
+    }
+    for t in &args.profiling_types {
+        println!(
+            "Profiling ({t}): the program can be profiled; take the profile with: aic-runner -t {} --aic-profiling-type {t}",
+            dir.display()
+        );
+    }
+    println!("Generated binary is present at {}", dir.display());
+    Ok(Some(dir))
 }

@@ -195,3 +195,30 @@ fn each_slot_keeps_its_input_set_and_every_inference_reads_it_from_the_buffers()
     }
     assert!(used.iter().all(|&n| n > 0), "every set was used: {used:?}");
 }
+
+/// A set runs again and again (a notebook cell run twice): each run counts from the
+/// completions of the last and completes all its inferences (it used to take the last
+/// run's completions for its own and wait for ever on the rest). A stop request ends a
+/// run early: nothing more is taken up, what is in flight completes.
+#[test]
+fn one_set_runs_many_times_each_run_whole_and_a_run_stops_when_asked() {
+    let program = Program::from_image(vector_add_mul(4096)).unwrap();
+    let set = InferenceSet::new(device(ExecMode::Timing, FaultPlan::default()), &program, 2, 3).unwrap();
+    for n in [20u64, 7, 20] {
+        let done = Mutex::new(0u64);
+        let s = set.run_simulated(RunLimit::Count(n), &HostModel::default(), &[], |_| *done.lock() += 1).unwrap();
+        assert_eq!((s.inferences, done.into_inner()), (n, n));
+    }
+    let stop = set.stop_handle();
+    let s = set
+        .run_simulated(RunLimit::Count(1_000_000), &HostModel::default(), &[], |c| {
+            if c.index == 30 {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    assert!((31..=40).contains(&s.inferences), "stopped after {} inferences", s.inferences);
+    // The next run starts afresh.
+    let s = set.run_simulated(RunLimit::Count(5), &HostModel::default(), &[], |_| {}).unwrap();
+    assert_eq!(s.inferences, 5);
+}

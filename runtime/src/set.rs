@@ -122,6 +122,9 @@ pub struct InferenceSet {
     threads_per_activation: usize,
     submit_policy: SubmitPolicy,
     report_errors: bool,
+    /// Set by [`InferenceSet::stop_handle`]'s holder: the simulated run under way takes
+    /// up nothing more (what is in flight completes); each run clears it when it ends.
+    stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// State shared by the worker threads of one run.
@@ -214,6 +217,7 @@ impl InferenceSet {
             threads_per_activation: 1,
             submit_policy: SubmitPolicy::default(),
             report_errors: false,
+            stop: Arc::default(),
         })
     }
 
@@ -321,6 +325,21 @@ impl InferenceSet {
 
     pub fn activations(&self) -> &[Activation] {
         &self.activations
+    }
+
+    /// A flag that ends the simulated run under way early (Ctrl-C in a notebook): once set,
+    /// no lane takes up another request; the run returns when those in flight completed,
+    /// and clears the flag.
+    pub fn stop_handle(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn clear_stop(&self) {
+        self.stop.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn set_size(&self) -> usize {

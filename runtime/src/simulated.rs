@@ -185,6 +185,7 @@ where
     /// when it takes up its next request, if it takes one up at all.
     fn next_time(&self, lane: usize, at: u64) -> Option<u64> {
         match &self.lanes[lane].sequence {
+            Some(_) if self.set.stop_requested() => None,
             Some(_) => Some(at).filter(|&t| t < self.failed_at),
             None => self.claim_time(at),
         }
@@ -236,6 +237,12 @@ where
             device.set_lookahead(a.channel(), lookahead)?;
         }
         self.t0 = device.device_progress(activations[0].channel())?.0;
+        // Completions of an earlier run on these activations are accounted for already:
+        // this run counts from them (a set may run many times).
+        let (_, posted) = self.device_view()?;
+        for (book, count) in self.channels.iter_mut().zip(posted) {
+            book.acked = count;
+        }
         // Each activation's handles are filled one after the other. The activations start
         // evenly spread over one inference: on the card, host and device jitter drift
         // their phases apart, so their heavy layers rarely line up; in lock step they
@@ -287,6 +294,7 @@ where
         for (activation, book) in activations.iter().zip(&self.channels) {
             device.promise(activation.channel(), NO_PROMISE, book.acked)?;
         }
+        self.set.clear_stop();
         if let Some(e) = self.failure {
             return Err(e);
         }
@@ -322,6 +330,9 @@ where
 
     /// When a lane free from `at` takes up its next request, if it takes one up at all.
     fn claim_time(&self, at: u64) -> Option<u64> {
+        if self.set.stop_requested() {
+            return None;
+        }
         match &self.limit {
             RunLimit::Count(n) => (self.next_index < *n).then_some(at),
             RunLimit::Duration(d) => {
