@@ -89,6 +89,9 @@ pub(crate) struct Engine<'a, C> {
     channels: Vec<ChannelBook>,
     t0: u64,
     to_channel: u64,
+    /// The fewest device input bytes a request carries: its pre-processing is the
+    /// shortest, so the device's promises and lookahead count on it.
+    min_input_bytes: u64,
     turnaround: u64,
     next_index: u64,
     done: u64,
@@ -150,6 +153,7 @@ where
             channels: set.activations().iter().map(|_| ChannelBook::default()).collect(),
             t0: 0,
             to_channel,
+            min_input_bytes: input_bytes,
             turnaround: host.turnaround_ns(),
             next_index: 0,
             done: 0,
@@ -177,6 +181,12 @@ where
         self.entry_outputs = (0..entries)
             .map(|e| program.entry_outputs(e).iter().map(|b| vec![0u8; b.host_size_bytes() as usize]).collect())
             .collect();
+        // A decode step moves a token and a position: far less than a prompt. Promises and
+        // the lookahead must hold for the smallest request, or the device would run past
+        // the moment a decode step reaches it.
+        self.min_input_bytes =
+            (0..entries).map(|e| program.entry_inputs(e).iter().map(|b| b.size_bytes).sum::<u64>()).min().unwrap_or(0);
+        self.to_channel = self.host.to_channel_ns(self.min_input_bytes);
         self.generation = Some(gen.clone());
         Ok(())
     }
@@ -232,7 +242,7 @@ where
     pub(crate) fn run(mut self) -> Result<RunSummary> {
         let activations = self.set.activations();
         let device = activations[0].device().clone();
-        let lookahead = self.host.lookahead_ns(self.set.program().device_input_bytes());
+        let lookahead = self.host.lookahead_ns(self.min_input_bytes);
         for a in activations {
             device.set_lookahead(a.channel(), lookahead)?;
         }

@@ -57,6 +57,10 @@ pub(super) fn run(args: &Args, plan: &Plan, program: &Program) -> Result<(), Str
     let device = open_device(args, plan, program)?;
     let set = InferenceSet::new(device, program, plan.activations, 1).map_err(|e| e.to_string())?;
     let figures = generation::run(&set, plan.limit.clone(), &HostModel::default(), &gen)?;
+    let late = set.activations()[0].device().kmd().late_elements();
+    if late > 0 {
+        eprintln!("aic-runner: warning: {late} request elements reached the device later than their simulated time");
+    }
     let report = Report {
         program: program.name().into(),
         prompt_len,
