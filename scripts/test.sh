@@ -35,10 +35,11 @@ export AICSIM_CHROMIUM AICSIM_REQUIRE_CHROMIUM=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
-# The Python package (`python/`: PyO3, built by maturin into the virtualenv) and its
-# pytest suite.
-if [ ! -x .venv/bin/maturin ] || ! .venv/bin/python -c "import pytest" 2>/dev/null; then
-    .venv/bin/pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "pytest>=7"
+# The Python package (`python/`: PyO3, built by maturin into the virtualenv), its pytest
+# suite and the notebooks under examples/notebooks (executed by nbclient).
+if [ ! -x .venv/bin/maturin ] || ! .venv/bin/python -c "import pytest, nbclient, nbformat, ipykernel" 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "pytest>=7" \
+        "nbclient>=0.10" "nbformat>=5" "ipykernel>=6"
 fi
 (cd python && VIRTUAL_ENV="$(cd .. && pwd)/.venv" PATH="$(cd .. && pwd)/.venv/bin:$PATH" \
     CARGO_TARGET_DIR="$(cd .. && pwd)/target/python" maturin develop --release --quiet)
