@@ -80,7 +80,8 @@ pub fn plan(program: &Program, prompt_len: usize, tokens: u32, seed: u64) -> Res
     Ok(Generation { prefill, decode, prompt, prompt_len, decode_steps: tokens - 1 })
 }
 
-fn splitmix(state: &mut u64) -> u64 {
+/// The seeded generator of the runner's random inputs and prompts (SplitMix64).
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

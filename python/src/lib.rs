@@ -589,23 +589,14 @@ impl Session {
             .map_err(|e| runtime_error(py, e))?;
         let collected = Mutex::new(Collected::default());
         let record = |c: &Completion<'_>| {
-            let t = &c.timestamps;
-            let device = c.device.map_or(Duration::ZERO, |d| d.exec);
-            let stages = [
-                t.enqueue_time(),
-                t.pre_proc_time(),
-                t.submit_time(),
-                t.exec_to_vc(),
-                device,
-                t.exec_to_complete().saturating_sub(device),
-                t.post_proc_time(),
-            ];
+            let stages = aicsim::runner::stage_times(c);
             let mut s = collected.lock();
-            s.round_trips_ms.push(t.total_round_trip().as_secs_f64() * 1e3);
+            s.round_trips_ms.push(c.timestamps.total_round_trip().as_secs_f64() * 1e3);
             for (sum, d) in s.stage_sums_ms.iter_mut().zip(stages) {
                 *sum += d.as_secs_f64() * 1e3;
             }
-            s.device_ms.push(device.as_secs_f64() * 1e3);
+            // The device-exec stage.
+            s.device_ms.push(stages[4].as_secs_f64() * 1e3);
         };
         // The run goes on a thread of its own; this one looks for Ctrl-C meanwhile and,
         // when it comes, stops the run from taking up more (what is in flight completes).

@@ -528,17 +528,18 @@ where
         ts.returned = ts.post_proc_end + self.host.app_ns;
         let activation = &self.set.activations()[a];
         let step = self.lanes[lane].sequence.as_ref().map(|s| s.1);
-        let result = match self.generation {
-            Some(_) => {
-                let entry = self.lanes[lane].entry;
-                let mut outputs = std::mem::take(&mut self.entry_outputs[entry]);
-                let r = result.and_then(|()| self.lanes[lane].entry_slots[entry].read_outputs(&mut outputs));
-                self.outputs = outputs.clone();
-                self.entry_outputs[entry] = outputs;
-                r
-            }
-            None => result.and_then(|()| self.lanes[lane].slot.read_outputs(&mut self.outputs)),
+        // A generation step's outputs are its entry's: its buffers stand in for the
+        // run's until the step is taken in.
+        let entry = self.generation.as_ref().map(|_| self.lanes[lane].entry);
+        if let Some(e) = entry {
+            std::mem::swap(&mut self.outputs, &mut self.entry_outputs[e]);
+        }
+        let l = &self.lanes[lane];
+        let slot = match entry {
+            Some(e) => &l.entry_slots[e],
+            None => &l.slot,
         };
+        let result = result.and_then(|()| slot.read_outputs(&mut self.outputs));
         let error = match result {
             Err(e) if !self.report_errors => {
                 self.failure.get_or_insert(e);
@@ -580,6 +581,9 @@ where
             if error.is_some() || *step > gen.decode_steps {
                 self.lanes[lane].sequence = None;
             }
+        }
+        if let Some(e) = entry {
+            std::mem::swap(&mut self.outputs, &mut self.entry_outputs[e]);
         }
         let free = ts.returned + self.host.requeue_ns;
         self.lanes[lane].state = LaneState::Idle(free);

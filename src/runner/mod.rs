@@ -81,6 +81,21 @@ pub struct Collected {
 pub const STAGES: [&str; 7] =
     ["enqueue", "preProc", "submit", "exectoVc", "device exec", "queue, DMA and interrupt", "postProc"];
 
+/// How long `done` spent in each of [`STAGES`].
+pub fn stage_times(done: &Completion<'_>) -> [std::time::Duration; STAGES.len()] {
+    let t = &done.timestamps;
+    let device = done.device.map_or(std::time::Duration::ZERO, |d| d.exec);
+    [
+        t.enqueue_time(),
+        t.pre_proc_time(),
+        t.submit_time(),
+        t.exec_to_vc(),
+        device,
+        t.exec_to_complete().saturating_sub(device),
+        t.post_proc_time(),
+    ]
+}
+
 /// Takes in finished inferences (from any thread).
 pub struct Collector {
     sampling: Sampling,
@@ -104,18 +119,7 @@ impl Collector {
         c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
         c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
         c.host_round_trips_ms.push(done.timestamps.host_round_trip().as_secs_f64() * 1e3);
-        let t = &done.timestamps;
-        let device = done.device.map_or(std::time::Duration::ZERO, |d| d.exec);
-        let stages = [
-            t.enqueue_time(),
-            t.pre_proc_time(),
-            t.submit_time(),
-            t.exec_to_vc(),
-            device,
-            t.exec_to_complete().saturating_sub(device),
-            t.post_proc_time(),
-        ];
-        for (sum, d) in c.stage_sums_ms.iter_mut().zip(stages) {
+        for (sum, d) in c.stage_sums_ms.iter_mut().zip(stage_times(done)) {
             *sum += d.as_secs_f64() * 1e3;
         }
         if let Some(d) = done.device {
