@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aicsim_abi::container::IoDirection;
 use aicsim_compiler::{compile_file, CompileOptions};
@@ -40,8 +40,14 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
 }
 
-/// The model, and onnxruntime's tokens and logits for every step.
+/// The model, and onnxruntime's tokens and logits for every step. Written once per test
+/// process: the tests run concurrently and must not rewrite files another is reading.
 fn reference(python: &str) -> (PathBuf, Vec<i64>, Vec<Vec<f32>>) {
+    static ONCE: OnceLock<(PathBuf, Vec<i64>, Vec<Vec<f32>>)> = OnceLock::new();
+    ONCE.get_or_init(|| write_reference(python)).clone()
+}
+
+fn write_reference(python: &str) -> (PathBuf, Vec<i64>, Vec<Vec<f32>>) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-kv");
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("gpt2.onnx");
