@@ -828,7 +828,7 @@ pub fn run(args: &ExecArgs) -> Result<Option<PathBuf>, String> {
         }
     }
     for written in files.write_all()? {
-        println!("Writing file: {}", written.display());
+        written.announce();
     }
     if !args.compile_only {
         println!("Note: aic-exec only compiles; run the program with: aic-runner -t {}", dir.display());

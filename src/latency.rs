@@ -1,6 +1,8 @@
-//! The latency profile (`aic-profiling-program-<p>-latency.txt`): a short `#` header,
-//! then CSV with one row per sampled inference. Times are in microseconds, in the
-//! columns whose names end in `Us`.
+//! The latency profile (`aic-profiling-program-<p>-latency.txt`): a header of
+//! [`HEADER_LINES`] lines, then CSV with one row per sampled inference. Times are in
+//! microseconds, in the columns whose names end in `Us`. The header has the length the
+//! SDK's own summariser skips (four lines) so that pandas-based readers written for the
+//! card read these files unchanged.
 
 use std::fmt::Write as _;
 
@@ -62,16 +64,20 @@ pub fn row(sample: u64, done: &Completion<'_>, batch_size: u32) -> [f64; 16] {
     ]
 }
 
+/// Lines before the CSV header.
+pub const HEADER_LINES: usize = 4;
+
 /// The file's text.
-pub fn render(program: &str, activations: usize, set_size: usize, batch_size: u32, rows: &[[f64; 16]]) -> String {
+pub fn render(program: &str, activations: &str, set_size: usize, batch_size: u32, rows: &[[f64; 16]]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# aicsim latency profile");
     let _ = writeln!(
         out,
-        "# program: {program}, activations: {activations}, set size: {set_size}, batch size: {batch_size}, samples: {}",
+        "# program: {program}, {activations}, set size: {set_size}, batch size: {batch_size}, samples: {}",
         rows.len()
     );
     let _ = writeln!(out, "# times in microseconds (columns ending in Us)");
+    let _ = writeln!(out, "# one row per sampled inference, in the order they completed");
     let _ = writeln!(out, "{}", COLUMNS.join(","));
     for r in rows {
         let cells: Vec<String> = r
@@ -118,9 +124,20 @@ pub fn parse(text: &str) -> Result<Table, String> {
 /// The summary's percentile columns.
 pub const SUMMARY_COLUMNS: [&str; 8] = ["mean", "min", "50%", "75%", "90%", "95%", "99%", "max"];
 
+impl Table {
+    /// Only the middle `keep_percent` of the samples, in the order they were taken: the
+    /// first and last ones (warm-up and drain) go.
+    pub fn keep_middle(&self, keep_percent: f64) -> Table {
+        let n = self.rows.len();
+        let drop = ((n as f64) * (1.0 - keep_percent.clamp(0.0, 100.0) / 100.0) / 2.0).round() as usize;
+        let rows = if 2 * drop >= n { Vec::new() } else { self.rows[drop..n - drop].to_vec() };
+        Table { columns: self.columns.clone(), rows }
+    }
+}
+
 /// Per metric (in the files' column order): its display name (microsecond columns in
 /// milliseconds, without the `Us` suffix) and mean, min, 50, 75, 90, 95, 99, max.
-pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(String, [f64; 8])>, String> {
+pub fn summarise(tables: &[Table]) -> Result<Vec<(String, [f64; 8])>, String> {
     let Some(first) = tables.first() else { return Err(String::from("no files")) };
     let mut out = Vec::new();
     for name in &first.columns {
@@ -138,15 +155,8 @@ pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(Str
             Some(base) => (base.to_string(), 1e-3),
             None => (name.clone(), 1.0),
         };
-        let values: Vec<f64> = values.into_iter().map(|v| v * scale).collect();
-        let sorted = match keep_percent {
-            Some(k) => stats::keep_middle(&values, k),
-            None => {
-                let mut v = values;
-                v.sort_by(f64::total_cmp);
-                v
-            }
-        };
+        let mut sorted: Vec<f64> = values.into_iter().map(|v| v * scale).collect();
+        sorted.sort_by(f64::total_cmp);
         if sorted.is_empty() {
             out.push((display, [f64::NAN; 8]));
             continue;
@@ -160,20 +170,34 @@ pub fn summarise(tables: &[Table], keep_percent: Option<f64>) -> Result<Vec<(Str
     Ok(out)
 }
 
-/// The summary table as `aic-latency-stats` prints it, under `heading`.
+/// The summary table as `aic-latency-stats` prints it, under `heading`: a table in the
+/// layout pandas prints (metric names left-aligned, each column right-aligned to its
+/// widest cell, six decimals), as the SDK's summariser shows it.
 pub fn render_summary(heading: &str, summary: &[(String, [f64; 8])]) -> String {
-    let mut out = format!("{heading}\n");
-    let _ = write!(out, "{:<22}", "");
-    for c in SUMMARY_COLUMNS {
-        let _ = write!(out, "{c:>14}");
+    let cells: Vec<Vec<String>> = summary.iter().map(|(_, v)| v.iter().map(|x| format!("{x:.6}")).collect()).collect();
+    let name_width = summary.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = SUMMARY_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(c, h)| cells.iter().map(|r| r[c].len()).chain([h.len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("{heading}\n{:name_width$}", "");
+    for (h, w) in SUMMARY_COLUMNS.iter().zip(&widths) {
+        let _ = write!(out, "  {h:>w$}");
     }
     out.push('\n');
-    for (name, v) in summary {
-        let _ = write!(out, "{name:<22}");
-        for x in v {
-            let _ = write!(out, "{x:>14.4}");
+    for ((name, _), row) in summary.iter().zip(&cells) {
+        let _ = write!(out, "{name:<name_width$}");
+        for (x, w) in row.iter().zip(&widths) {
+            let _ = write!(out, "  {x:>w$}");
         }
         out.push('\n');
     }
     out
+}
+
+/// The line the summary ends with: the mean total round trip, in milliseconds.
+pub fn render_headline(summary: &[(String, [f64; 8])]) -> Option<String> {
+    let (name, v) = summary.iter().find(|(n, _)| n == "totalRoundtripTime")?;
+    Some(format!("{name}: percentile(mean) = {:.3} ms\n", v[0]))
 }

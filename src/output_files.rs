@@ -179,24 +179,56 @@ impl PendingFiles {
     /// Writes every file under a temporary name first, then renames them all into place:
     /// a failure before the renames leaves every file as it was, and no file is ever
     /// seen half-written or reached through a link planted under its name. Returns the
-    /// paths written, in the order they were pushed.
-    pub fn write_all(self) -> Result<Vec<PathBuf>, String> {
+    /// files written, in the order they were pushed.
+    pub fn write_all(self) -> Result<Vec<Written>, String> {
         let mut staged = Vec::with_capacity(self.0.len());
         for (dir, name, bytes) in &self.0 {
             let result = std::fs::create_dir_all(dir).and_then(|()| stage(dir, name, bytes));
             match result {
-                Ok(s) => staged.push(s),
+                Ok(s) => staged.push((s, shown(dir, name))),
                 Err(e) => return Err(format!("cannot write {}: {e}", dir.join(name).display())),
             }
         }
         let mut written = Vec::with_capacity(staged.len());
-        for s in staged {
+        for (s, path) in staged {
             let dest = s.dest().to_path_buf();
-            let path = s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-            // A bare file name was given as `./name`; report it as given.
-            written.push(path.strip_prefix(".").map(Path::to_path_buf).unwrap_or(path));
+            let replaced = dest.symlink_metadata().is_ok();
+            s.commit().map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+            written.push(Written { path, replaced });
         }
         Ok(written)
+    }
+}
+
+/// A file a tool wrote: its path as the user named its directory, and whether it took
+/// the place of an earlier file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub path: String,
+    pub replaced: bool,
+}
+
+impl Written {
+    /// The lines the card's tools print for a file they write.
+    pub fn announce(&self) {
+        if self.replaced {
+            println!("Deleting previous file: {}", self.path);
+        }
+        println!("Writing file:{}", self.path);
+    }
+}
+
+/// `dir/name` as the user wrote the directory (`./stats` stays `./stats/...`); a bare
+/// file name (directory `.` from [`user_file`]) stays bare.
+fn shown(dir: &Path, name: &str) -> String {
+    if dir == Path::new(".") {
+        return name.to_string();
+    }
+    let d = dir.display().to_string();
+    if d.ends_with('/') {
+        format!("{d}{name}")
+    } else {
+        format!("{d}/{name}")
     }
 }
 

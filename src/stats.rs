@@ -22,15 +22,6 @@ pub fn std_dev(values: &[f64]) -> f64 {
     (values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / values.len() as f64).sqrt()
 }
 
-/// Sorted copy of `values` with `(100 - keep_percent) / 2` percent of the samples dropped
-/// from each end (`-k`).
-pub fn keep_middle(values: &[f64], keep_percent: f64) -> Vec<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let drop = ((v.len() as f64) * (100.0 - keep_percent.clamp(0.0, 100.0)) / 200.0).floor() as usize;
-    v[drop..v.len() - drop].to_vec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,14 +34,5 @@ mod tests {
         assert_eq!(percentile(&v, 1.0), 4.0);
         assert!((percentile(&v, 0.9) - 3.7).abs() < 1e-12);
         assert!(percentile(&[], 0.5).is_nan());
-    }
-
-    #[test]
-    fn keep_middle_trims_both_ends() {
-        let v: Vec<f64> = (0..100).map(f64::from).collect();
-        let k = keep_middle(&v, 90.0);
-        assert_eq!(k.len(), 90);
-        assert_eq!((k[0], k[89]), (5.0, 94.0));
-        assert_eq!(keep_middle(&v, 100.0).len(), 100);
     }
 }

@@ -75,7 +75,7 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     }
     // The JSON holds the same figures, and its per-layer table is the printed one.
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
-    assert!(out.contains(&format!("Writing file: {}/metrics.json", dir.display())), "{out}");
+    assert!(out.contains(&format!("Writing file:{}/metrics.json", dir.display())), "{out}");
     let layers = json["device"]["layers"].as_array().unwrap();
     let table = out.lines().skip_while(|l| !l.starts_with("=== Per-layer cost")).skip(2);
     let rows: Vec<&str> = table.take_while(|l| !l.starts_with("Writing file:")).collect();
@@ -277,7 +277,7 @@ fn int8_quantisation_calibrates_dumps_and_loads_a_profile() {
     assert!(out.contains("  HMX MACs:") && out.contains("    of them int8:"), "{out}");
     assert!(out.contains("Calibrated on 6 sample(s)") && out.contains("Quantised 5 of 5 layer(s) to int8"), "{out}");
     assert!(out.contains("Compiling model with INT8"), "{out}");
-    assert!(out.contains(&format!("Writing file: {}/profile.json", dir.display())), "{out}");
+    assert!(out.contains(&format!("Writing file:{}/profile.json", dir.display())), "{out}");
     // The profile gives the same program without the samples.
     let (code, out, err) = exec(&args(&[
         format!("-load-profile={}/profile.json", dir.display()),

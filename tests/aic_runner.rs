@@ -120,7 +120,8 @@ fn temp_dir(tag: &str) -> std::path::PathBuf {
 
 fn read_latency(path: &std::path::Path) -> (Vec<String>, Vec<Vec<f64>>) {
     let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+    // As the SDK's summariser reads it: four header lines, then the CSV.
+    let mut lines = text.lines().skip(aicsim::latency::HEADER_LINES);
     let columns: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
     let rows = lines.map(|l| l.split(',').map(|c| c.parse::<f64>().unwrap_or(f64::NAN)).collect()).collect();
     (columns, rows)
@@ -153,18 +154,24 @@ fn the_latency_file_has_every_stage_in_microseconds_and_consistent_values() {
     for metric in ["ExecTimeUs,", "InputWaitTimeUs,", "OutputWaitTimeUs,"] {
         assert!(out.lines().any(|l| l.starts_with(metric) && l.split(',').count() == 5), "{metric} row: {out}");
     }
-    // Every file written is announced, as the seed's runner does.
-    for a in 0..2 {
-        let file = dir.join(format!("aic-profiling-program-{a}-latency.txt"));
-        assert!(out.contains(&format!("Writing file: {}\n", file.display())), "{out}");
+    // Every file written is announced after the figures, as the seed's runner does.
+    let stats_at = out.find(" ---- Stats ----").unwrap();
+    for p in 0..3 {
+        let file = dir.join(format!("aic-profiling-program-{p}-latency.txt"));
+        let line = format!("Writing file:{}\n", file.display());
+        assert!(out.find(&line).is_some_and(|at| at > stats_at), "{out}");
     }
-    // One file per activation; together they hold every sampled inference once.
-    let (columns, mut rows) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
-    let (columns_1, rows_1) = read_latency(&dir.join("aic-profiling-program-1-latency.txt"));
+    // One file per activation, numbered from 1; together they hold every sampled
+    // inference once, and program-0 holds them all.
+    let (columns, mut rows) = read_latency(&dir.join("aic-profiling-program-1-latency.txt"));
+    let (columns_1, rows_1) = read_latency(&dir.join("aic-profiling-program-2-latency.txt"));
     assert_eq!(columns, columns_1);
     assert!(!rows.is_empty() && !rows_1.is_empty(), "both activations ran sampled inferences");
     rows.extend(rows_1);
     rows.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    let (_, mut all) = read_latency(&dir.join("aic-profiling-program-0-latency.txt"));
+    all.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    assert_eq!(all, rows);
     assert_eq!(columns, aicsim::latency::COLUMNS.to_vec());
     assert!(columns.iter().filter(|c| c.ends_with("Us")).count() == 12, "time columns carry the Us suffix");
     assert_eq!(rows.len(), 60);
@@ -218,7 +225,9 @@ fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
         assert_eq!(lines.next(), Some("All activations combined:"));
         let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(header, ["mean", "min", "50%", "75%", "90%", "95%", "99%", "max"]);
+        let headline = text.lines().last().unwrap().to_string();
         let table: Vec<(String, Vec<f64>)> = lines
+            .take_while(|l| !l.starts_with("totalRoundtripTime:"))
             .map(|l| {
                 let mut f = l.split_whitespace();
                 (f.next().unwrap().to_string(), f.map(|v| v.parse().unwrap()).collect())
@@ -230,12 +239,16 @@ fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
             let c = columns.iter().position(|x| x == name || *x == format!("{name}Us")).unwrap();
             let scale = if columns[c].ends_with("Us") { 1e-3 } else { 1.0 };
             // Samples without a value ("nan": the device record was gone) are skipped.
-            let mut v: Vec<f64> = rows.iter().map(|r| r[c] * scale).filter(|x| !x.is_nan()).collect();
+            // -k drops the first and last samples in the order they were taken.
+            let kept = match keep {
+                Some(k) => {
+                    let drop = (rows.len() as f64 * (100.0 - k) / 200.0).round() as usize;
+                    &rows[drop..rows.len() - drop]
+                }
+                None => &rows[..],
+            };
+            let mut v: Vec<f64> = kept.iter().map(|r| r[c] * scale).filter(|x| !x.is_nan()).collect();
             v.sort_by(f64::total_cmp);
-            if let Some(k) = keep {
-                let drop = (v.len() as f64 * (100.0 - k) / 200.0).floor() as usize;
-                v = v[drop..v.len() - drop].to_vec();
-            }
             let mean = v.iter().sum::<f64>() / v.len() as f64;
             let want = [
                 mean,
@@ -248,8 +261,11 @@ fn the_summariser_prints_the_percentiles_of_the_samples_in_milliseconds() {
                 v[v.len() - 1],
             ];
             for (g, w) in got.iter().zip(want) {
-                // The table prints 4 decimals.
-                assert!((g - w).abs() <= 1e-4 + 1e-7 * w.abs(), "{name}: {got:?} vs {want:?}");
+                // The table prints 6 decimals.
+                assert!((g - w).abs() <= 1e-6 + 1e-9 * w.abs(), "{name}: {got:?} vs {want:?}");
+            }
+            if name == "totalRoundtripTime" {
+                assert_eq!(headline, format!("totalRoundtripTime: percentile(mean) = {:.3} ms", want[0]));
             }
         }
     }
@@ -591,17 +607,33 @@ fn one_latency_file_per_instance_and_the_summariser_prints_each_then_all() {
     ]);
     assert_eq!(code, 0, "{err}");
     let files: Vec<std::path::PathBuf> =
-        (0..3).map(|i| dir.join(format!("aic-profiling-program-{i}-latency.txt"))).collect();
+        (1..4).map(|i| dir.join(format!("aic-profiling-program-{i}-latency.txt"))).collect();
     let total: usize = files.iter().map(|f| read_latency(f).1.len()).sum();
     assert_eq!(total, 120, "every sampled inference in its instance's file");
-    assert!(!dir.join("aic-profiling-program-3-latency.txt").exists());
-    let out = Command::new(env!("CARGO_BIN_EXE_aic-latency-stats")).args(&files).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!dir.join("aic-profiling-program-4-latency.txt").exists());
+    let summary = |args: &[&std::path::Path]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_aic-latency-stats")).args(args).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let per_activation: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+    let text = summary(&per_activation);
+    // As the SDK's summariser: the combined table only, then the mean round trip.
     let headings: Vec<&str> = text.lines().filter(|l| l.ends_with(':')).collect();
-    assert_eq!(headings.len(), 4, "{text}");
+    assert_eq!(headings, ["All activations combined:"], "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("totalRoundtripTime: percentile(mean) = ") && last.ends_with(" ms"), "{text}");
+    // program-0 is the same samples in one file.
+    assert_eq!(summary(&[&dir.join("aic-profiling-program-0-latency.txt")]), text);
+    // -v 5 shows each file's table first.
+    let mut verbose = per_activation.clone();
+    let v = std::path::Path::new("-v5");
+    verbose.push(v);
+    let text = summary(&verbose);
+    let headings: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ') && !l.contains("  ")).collect();
+    assert_eq!(headings.len(), 5, "{text}");
     for (h, f) in headings.iter().zip(&files) {
-        assert_eq!(*h, format!("{}:", f.display()));
+        assert_eq!(*h, f.display().to_string());
     }
     assert_eq!(headings[3], "All activations combined:");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -843,7 +875,7 @@ fn the_ascii_timeline_shows_each_engine_of_each_core() {
     assert_eq!(code, 0, "{err}");
     for inf in [1, 2] {
         let file = dir.join(format!("aic-profiling-program-0-activation-0-inf-{inf}-ascii.txt"));
-        assert!(out.contains(&format!("Writing file: {}", file.display())), "{out}");
+        assert!(out.contains(&format!("Writing file:{}", file.display())), "{out}");
         let text = std::fs::read_to_string(&file).unwrap();
         let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('c')).collect();
         assert_eq!(rows.len(), 4, "one core, four engines: {text}");

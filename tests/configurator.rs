@@ -239,7 +239,7 @@ fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
     assert!(best_dir.file_name().unwrap().to_str().unwrap().starts_with(&format!("qpc-cores{cores}-")));
     for dir in compiled {
         let qpc = Path::new(dir.as_str().unwrap()).join("programqpc.bin");
-        assert!(text.contains(&format!("Writing file: {}", qpc.display())), "{text}");
+        assert!(text.contains(&format!("Writing file:{}", qpc.display())), "{text}");
     }
     assert!(
         text.contains(&format!("-aic-num-cores={cores} "))
@@ -324,7 +324,7 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 5 of 5 layer(s) to int8"), "{text}");
     let profile = out_dir.join("profile.json");
-    assert!(text.contains(&format!("Writing file: {}", profile.display())), "{text}");
+    assert!(text.contains(&format!("Writing file:{}", profile.display())), "{text}");
     let exec_line = text.lines().skip_while(|l| !l.starts_with("Compile it with:")).nth(1).expect(&text).trim();
     assert!(
         exec_line.contains("-quantization-precision=Int8")

@@ -92,7 +92,7 @@ fn the_runner_report_has_its_plots_and_loads_cleanly_in_a_browser() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("Writing file: {}", page.display())), "{stdout}");
+    assert!(stdout.contains(&format!("Writing file:{}", page.display())), "{stdout}");
     let html = std::fs::read_to_string(&page).unwrap();
     // Histogram, CDF, stages, timeline, top layers.
     assert_self_contained(&html, 5);

@@ -510,8 +510,8 @@ fn run(argv: &[String]) -> Result<(), String> {
             .map_err(|err| format!("recompiling {} for {}: {err}", e.config, qpc_dir(out, &e.config).display()))?;
         files.push(&qpc_dir(out, &e.config), "programqpc.bin".into(), compiled.image.to_bytes());
     }
-    for path in files.write_all()? {
-        println!("Writing file: {}", path.display());
+    for written in files.write_all()? {
+        written.announce();
     }
 
     let mut exec = format!("aic-exec -m={}", args.model);

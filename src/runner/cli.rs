@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::{self as runner, Collected, Collector, Sampling, Throughput};
 use crate::{latency, output_files, profiling, stats};
+use aicsim_abi::container::{IoBinding, IoDType};
 use aicsim_device::scheduler::ExecMode;
 use aicsim_device::{DeviceConfig, Pacing};
 use aicsim_driver::Device;
@@ -311,18 +312,26 @@ fn load_program(args: &Args) -> Result<Program, String> {
 
 /// The input sets in the program's host format: the `-i` files, or (like qaic-runner) a
 /// few seeded random sets generated up front and reused.
+/// Random data for one input in its host format, bounded as the card's runner bounds
+/// it: floats in [-1, 1), integers 0 or 1 (valid as token ids and masks of any model),
+/// bytes anywhere in their range.
+fn bounded_random(binding: &IoBinding, state: &mut u64) -> Vec<u8> {
+    let n = binding.elements() as usize;
+    let mut unit = || ((splitmix(state) >> 40) as f32 / (1u32 << 24) as f32) * 2.0 - 1.0;
+    match binding.host.dtype {
+        IoDType::F32 => (0..n).flat_map(|_| unit().to_le_bytes()).collect(),
+        IoDType::F16 => (0..n).flat_map(|_| half::f16::from_f32(unit()).to_le_bytes()).collect(),
+        IoDType::I8 | IoDType::U8 => (0..n).map(|_| (splitmix(state) >> 56) as u8).collect(),
+        IoDType::I32 => (0..n).flat_map(|_| ((splitmix(state) >> 63) as i32).to_le_bytes()).collect(),
+        IoDType::I64 => (0..n).flat_map(|_| ((splitmix(state) >> 63) as i64).to_le_bytes()).collect(),
+    }
+}
+
 fn host_inputs(args: &Args, program: &Program) -> Result<Vec<Vec<Vec<u8>>>, String> {
     let inputs = program.inputs();
     if args.input_files.is_empty() {
         let mut state = args.seed;
-        return Ok((0..4)
-            .map(|_| {
-                inputs
-                    .iter()
-                    .map(|b| (0..b.host_size_bytes()).map(|_| (splitmix(&mut state) >> 56) as u8).collect())
-                    .collect()
-            })
-            .collect());
+        return Ok((0..4).map(|_| inputs.iter().map(|b| bounded_random(b, &mut state)).collect()).collect());
     }
     if args.input_files.len() != inputs.len() {
         return Err(format!("{} input files given, the program has {} inputs", args.input_files.len(), inputs.len()));
@@ -418,6 +427,9 @@ fn run(args: &Args) -> Result<(), String> {
             a.set_trace(true).map_err(|e| e.to_string())?;
         }
     }
+    if args.input_files.is_empty() {
+        println!("Using bounded random inputs");
+    }
     let batch = program.batch_size();
     let sampling = Sampling {
         profile: (args.profiling_start_iter, args.profiling_num_samples),
@@ -445,9 +457,6 @@ fn run(args: &Args) -> Result<(), String> {
     let paced = args.clock == Clock::Wall && args.pace != Some(Pace::None);
     let wall_speed = paced.then(|| wall_speed(&collected)).flatten();
     let files = files(args, &program, &plan, &summary, &throughput, &collected, &verdict, wall_speed.as_ref())?;
-    for path in files.write_all()? {
-        println!("Writing file: {}", path.display());
-    }
 
     println!(" ---- Stats ----");
     let host_bound = wall_speed.as_ref().filter(|s| s.ratio < HOST_BOUND);
@@ -463,6 +472,11 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if !args.profiling_types.is_empty() {
         print!("{}", runner::render_device_table(&runner::device_rows(&collected)));
+        println!();
+    }
+    // Files last, as the card's runner writes them once the run is summarised.
+    for written in files.write_all()? {
+        written.announce();
     }
     if let Some(s) = host_bound {
         eprintln!(

@@ -72,7 +72,7 @@ pub(super) fn run(args: &Args, plan: &Plan, program: &Program) -> Result<(), Str
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("Writing file: {}", path.display());
+        println!("Writing file:{}", path.display());
     }
     println!(
         "Generation: '{}', prompt {prompt_len} tokens, {n} tokens per sequence, batch {batch}, {} concurrent sequence(s)",

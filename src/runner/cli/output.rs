@@ -115,12 +115,20 @@ pub(super) fn files(
         }
     }
     if args.profiling_types.contains(&ProfilingType::Latency) {
-        // One file per activation (instance), as the seed's summariser invocation reads them.
+        // One file per activation, numbered from 1 (`program-1` .. `program-N`, as the
+        // card's current runner numbers them), and `program-0` with every activation's
+        // samples (the one file older runners left, which the profiling notebook reads).
+        let render = |rows: &[[f64; 16]], which: &str| {
+            latency::render(program.name(), which, plan.set_size, throughput.batch_size, rows).into_bytes()
+        };
+        let all: Vec<[f64; 16]> = collected.latency_rows.iter().map(|(_, r)| *r).collect();
+        let which = format!("all {} activations (files 1 to {} hold each one's)", plan.activations, plan.activations);
+        files.push(dir, "aic-profiling-program-0-latency.txt".into(), render(&all, &which));
         for a in 0..plan.activations {
             let rows: Vec<[f64; 16]> =
                 collected.latency_rows.iter().filter(|(act, _)| *act == a).map(|(_, r)| *r).collect();
-            let text = latency::render(program.name(), plan.activations, plan.set_size, throughput.batch_size, &rows);
-            files.push(dir, format!("aic-profiling-program-{a}-latency.txt"), text.into_bytes());
+            let which = format!("activation {a} of {}", plan.activations);
+            files.push(dir, format!("aic-profiling-program-{}-latency.txt", a + 1), render(&rows, &which));
         }
     }
     let clock_hz = DeviceConfig::default().clock_hz;
