@@ -378,6 +378,9 @@ pub struct PerfReport {
     pub static_ddr_bytes: u64,
     pub dynamic_ddr_bytes: u64,
     pub io_bytes: u64,
+    /// Of `io_bytes`, the inputs' and the outputs' (the rest is retained state).
+    pub input_bytes: u64,
+    pub output_bytes: u64,
     /// DMA instructions that multicast one read to several cores.
     pub multicast_table_entries: u64,
     pub ddr_in_bytes: u64,
@@ -385,6 +388,9 @@ pub struct PerfReport {
     pub constant_in_bytes: u64,
     pub pool_bytes: u64,
     pub peer_bytes: u64,
+    /// The DMA traffic of each core's instruction stream, as the card's compiler
+    /// estimates it per core.
+    pub core_traffic: Vec<CoreTraffic>,
     pub predicted: PredictedPerformance,
     pub device: crate::layer_costs::ProgramCost,
     /// A program of several entries: each entry's report (the fields above are the
@@ -394,6 +400,84 @@ pub struct PerfReport {
     /// A language model's generation, predicted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<PredictedGeneration>,
+}
+
+/// What one core's instructions move per inference (every byte its DMA descriptors
+/// name; the constants are read again each inference, so the first inference moves the
+/// same).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreTraffic {
+    /// Bytes read from DDR into this core's VTCM, and of them the constants'.
+    pub ddr_read: u64,
+    pub ddr_read_constants: u64,
+    /// Bytes written from this core's VTCM to DDR.
+    pub ddr_write: u64,
+    /// Bytes one read of this core delivers to other cores' VTCM (multicast), and of them
+    /// the constants'.
+    pub mc_write: u64,
+    pub mc_write_constants: u64,
+    /// Bytes read from the on-chip pool, and of them those held by other cores (NoC).
+    pub pool_read: u64,
+    pub peer_read: u64,
+    /// Synchronisation points: waits on another core's signal, and barriers.
+    pub barriers: u64,
+}
+
+/// Bytes of the program's bindings of one direction.
+fn io_bytes(c: &Compiled, direction: aicsim_abi::container::IoDirection) -> u64 {
+    c.image.bindings.iter().filter(|b| b.direction == direction).map(|b| b.size_bytes).sum()
+}
+
+/// Each core's traffic, from its instruction stream.
+fn core_traffic(c: &Compiled) -> Vec<CoreTraffic> {
+    use aicsim_abi::isa::{Op, Space};
+    let constant = |offset: u64| {
+        c.lowered.constants.iter().any(|b| (b.ddr_offset..b.ddr_offset + b.data.len() as u64).contains(&offset))
+    };
+    c.lowered
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(core, ops)| {
+            let mut t = CoreTraffic::default();
+            for op in ops {
+                match op {
+                    Op::DmaIn { src, multicast, peer_bytes, .. } => {
+                        let bytes = src.packed_bytes();
+                        let others = u64::from((multicast & !(1u64 << core)).count_ones());
+                        let k = constant(src.offset);
+                        match src.space {
+                            Space::Ddr => {
+                                t.ddr_read += bytes;
+                                t.mc_write += bytes * others;
+                                if k {
+                                    t.ddr_read_constants += bytes;
+                                    t.mc_write_constants += bytes * others;
+                                }
+                            }
+                            Space::Pool => {
+                                t.pool_read += bytes;
+                                t.peer_read += u64::from(*peer_bytes);
+                            }
+                            Space::Vtcm => {}
+                        }
+                    }
+                    Op::DmaOut { dst, src } if dst.space == Space::Ddr => t.ddr_write += src.packed_bytes(),
+                    Op::Gather { dst, table, .. } if table.space == Space::Ddr => {
+                        t.ddr_read += dst.packed_bytes();
+                        if constant(table.offset) {
+                            t.ddr_read_constants += dst.packed_bytes();
+                        }
+                    }
+                    Op::Scatter { src, dst, .. } if dst.space == Space::Ddr => t.ddr_write += src.packed_bytes(),
+                    Op::Wait { .. } | Op::Barrier => t.barriers += 1,
+                    _ => {}
+                }
+            }
+            t
+        })
+        .collect()
 }
 
 /// One entry of a program of several.
@@ -529,12 +613,15 @@ fn entry_report(c: &Compiled, stats_batch: Option<u32>, throughput: bool) -> Res
         static_ddr_bytes: m.constants_bytes,
         dynamic_ddr_bytes: m.ddr_bytes.saturating_sub(m.constants_bytes),
         io_bytes: m.io_bytes,
+        input_bytes: io_bytes(c, aicsim_abi::container::IoDirection::Input),
+        output_bytes: io_bytes(c, aicsim_abi::container::IoDirection::Output),
         multicast_table_entries: multicast,
         ddr_in_bytes: m.ddr_in_bytes,
         ddr_out_bytes: m.ddr_out_bytes,
         constant_in_bytes: m.constant_in_bytes,
         pool_bytes: m.pool_bytes,
         peer_bytes: m.peer_bytes,
+        core_traffic: core_traffic(c),
         predicted: PredictedPerformance {
             latency_ms: alone.host_round_trip.mean,
             latency_p99_ms: alone.host_round_trip.p99,
@@ -576,9 +663,65 @@ pub fn print_perf_report(r: &PerfReport) {
     }
 }
 
+/// The resource summary in the shape the card's compiler prints it (its field names and
+/// layout; the figures are this program's).
+fn print_seed_summary(r: &PerfReport) {
+    let kb = |b: u64| b.div_ceil(1024);
+    println!("Original MAC estimate: {}", r.macs);
+    println!("AIC HMX MAC estimate:  {}", r.hmx_macs);
+    println!("AIC non-HMX MAC estimate:  {}", r.non_hmx_macs);
+    println!("final constants size: {} B", r.constants_bytes);
+    println!("MulticastTableSize: {}", r.multicast_table_entries);
+    for c in 0..r.cores {
+        println!("VTCM{c}Size:   {} B", r.vtcm_bytes_per_core);
+    }
+    println!("VTCMMaxSize: {} B", r.vtcm_bytes_per_core);
+    println!("StaticSharedDDRSize: \t{:>12} B", r.static_ddr_bytes);
+    println!("DynamicSharedDDRSize: \t{:>12} B", r.dynamic_ddr_bytes);
+    println!("StaticConstantsSize: \t{:>12} B", r.constants_bytes);
+    println!("DynamicConstantsSize: \t{:>12} B", 0);
+    println!("Constants size: {} (bytes)", r.constants_bytes);
+    println!("QAicGraph");
+    println!("Compiler estimated memory traffic:");
+    println!("Port info:");
+    println!(" port01: host input");
+    println!(" port02: host output");
+    let inputs = r.input_bytes;
+    let first_inf = |label: &str, b: u64| println!("{label}{:>10} KB (first-inf {:>10} KB)", kb(b), kb(b));
+    let core = |c: usize| format!("c{c:02}");
+    first_inf("   host: DDR traffic  read: ", r.output_bytes);
+    first_inf("             constant only: ", 0);
+    for (c, t) in r.core_traffic.iter().enumerate() {
+        first_inf(&format!("{:>7}: DDR traffic  read: ", core(c)), t.ddr_read);
+        first_inf("             constant only: ", t.ddr_read_constants);
+    }
+    println!("   host: DDR traffic write: {:>10} KB", kb(inputs));
+    for (c, t) in r.core_traffic.iter().enumerate() {
+        println!("{:>7}: DDR traffic write: {:>10} KB", core(c), kb(t.ddr_write));
+    }
+    for (c, t) in r.core_traffic.iter().enumerate() {
+        println!("{:>7}: MC  traffic write: {:>10} KB", core(c), kb(t.mc_write));
+        println!("{:>7}:     constant only: {:>10} KB", core(c), kb(t.mc_write_constants));
+    }
+    for (c, t) in r.core_traffic.iter().enumerate() {
+        println!("{:>7}: NoC traffic  read: {:>10} KB", core(c), kb(t.peer_read));
+    }
+    let sum = |f: fn(&CoreTraffic) -> u64| r.core_traffic.iter().map(f).sum::<u64>();
+    first_inf("  total: DDR traffic  read: ", r.output_bytes + sum(|t| t.ddr_read));
+    first_inf("             constant only: ", sum(|t| t.ddr_read_constants));
+    println!("  total: DDR traffic write: {:>10} KB", kb(inputs + sum(|t| t.ddr_write)));
+    println!("  total: MC  traffic write: {:>10} KB", kb(sum(|t| t.mc_write)));
+    println!("  total:     constant only: {:>10} KB", kb(sum(|t| t.mc_write_constants)));
+    println!("  total: NoC traffic  read: {:>10} KB", kb(sum(|t| t.peer_read)));
+    for (c, t) in r.core_traffic.iter().enumerate() {
+        println!("  {} barriers: {:>10}", core(c), t.barriers);
+    }
+}
+
 fn print_entry_report(r: &PerfReport) {
     let per = f64::from(r.stats_batch_size);
     let gmac = |macs: u64| macs as f64 / 1e9;
+    print_seed_summary(r);
     println!("=== Resource summary ===");
     println!(
         "MAC estimate:                 {:.3} GMAC per inference ({:.3} GMAC per sample)",
@@ -781,6 +924,7 @@ pub fn run(args: &ExecArgs) -> Result<Option<PathBuf>, String> {
         None => println!("Reading ONNX Model from {source}"),
     }
     let mut source = Source::load(source).map_err(|e| e.to_string())?;
+    println!("Compile started ............... ");
     let quantised = quantise(&mut source, &args.quant, &args.options)?;
     for line in &quantised.lines {
         println!("{line}");
@@ -795,7 +939,7 @@ pub fn run(args: &ExecArgs) -> Result<Option<PathBuf>, String> {
     println!("Compiling model with {precision} precision.");
     let stats_warning = stats_batch_warning(args.stats_batch_size, compiled.image.batch_size);
     for w in compiled.warnings.iter().chain(&stats_warning) {
-        eprintln!("Warning: {w}");
+        eprintln!("WARNING: {w}");
     }
     if args.verbose {
         println!(

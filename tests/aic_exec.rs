@@ -54,7 +54,37 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
     let (code, out, err) = exec(&args);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Reading ONNX Model from "), "{out}");
-    assert!(out.contains("Compiling model with FP16 precision."), "{out}");
+    assert!(out.contains("\nCompile started ............... \nCompiling model with FP16 precision.\n"), "{out}");
+    // The resource summary in the seed's shape: its fields, then the traffic per core.
+    for line in [
+        "Original MAC estimate: ",
+        "AIC HMX MAC estimate:  ",
+        "AIC non-HMX MAC estimate:  ",
+        "MulticastTableSize: ",
+        "VTCM0Size:   ",
+        "VTCM1Size:   ",
+        "VTCMMaxSize: ",
+        "StaticSharedDDRSize: \t",
+        "DynamicSharedDDRSize: \t",
+        "Constants size: ",
+        "Compiler estimated memory traffic:",
+        "    c00: DDR traffic  read: ",
+        "    c01: DDR traffic  read: ",
+        "  total: DDR traffic  read: ",
+        "  c00 barriers: ",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(line)), "missing '{line}' in {out}");
+    }
+    let kb = |prefix: &str| -> Vec<u64> {
+        out.lines()
+            .filter(|l| l.contains(prefix))
+            .map(|l| l.split(prefix).nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let reads = kb("DDR traffic  read:");
+    let (parts, total) = reads.split_at(reads.len() - 1);
+    let sum: u64 = parts.iter().sum();
+    assert!(sum.abs_diff(total[0]) <= parts.len() as u64, "per-port reads add up to the total: {reads:?}");
     for line in [
         "MAC estimate:",
         "  HMX MACs:",
@@ -90,6 +120,12 @@ fn the_reference_command_line_compiles_and_aic_runner_runs_the_result() {
         json["hmxMacs"].as_u64().unwrap() + json["nonHmxMacs"].as_u64().unwrap(),
         json["macs"].as_u64().unwrap()
     );
+    // The per-core constant reads are the constants the layers read, once per inference.
+    let traffic = json["coreTraffic"].as_array().unwrap();
+    assert_eq!(traffic.len(), 2);
+    let constants: u64 = traffic.iter().map(|t| t["ddrReadConstants"].as_u64().unwrap()).sum();
+    assert_eq!(constants, json["constantInBytes"].as_u64().unwrap(), "{traffic:?}");
+    assert!(traffic.iter().all(|t| t["barriers"].as_u64().unwrap() > 0), "two cores synchronise");
     let p = &json["predicted"];
     assert_eq!((p["throughputInstances"].as_u64(), p["throughputSetSize"].as_u64()), (Some(7), Some(10)));
     // Seven two-core instances outrun one, which waits on the host between inferences.
@@ -229,10 +265,10 @@ fn a_symbol_the_model_lacks_and_a_mismatched_stats_batch_are_warned_about() {
         "{out}"
     );
     assert!(
-        err.contains("Warning: -onnx-define-symbol=batch_size,4: the model has no symbolic dimension 'batch_size'"),
+        err.contains("WARNING: -onnx-define-symbol=batch_size,4: the model has no symbolic dimension 'batch_size'"),
         "{err}"
     );
-    assert!(err.contains("Warning: -stats-batchsize=4 but the program runs 1 sample(s) per inference"), "{err}");
+    assert!(err.contains("WARNING: -stats-batchsize=4 but the program runs 1 sample(s) per inference"), "{err}");
     // Per-sample figures use the batch the program runs.
     let macs = out.lines().find(|l| l.starts_with("MAC estimate:")).expect(&out);
     let per_inference: f64 = macs.split_whitespace().nth(2).unwrap().parse().unwrap();

@@ -1167,8 +1167,9 @@ enum RowOp {
     Reduce(aicsim_abi::isa::ReduceKind),
 }
 
-/// Constants in the program's dtype; f16 clips what it cannot hold.
-fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>) -> Vec<u8> {
+/// Constants in the program's dtype; f16 clips what it cannot hold, and says so of values
+/// it flushes to zero as the card's compiler does (naming the node that reads them).
+fn encode_const(node: &str, name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>) -> Vec<u8> {
     match dtype {
         // Integers the import checked to fit.
         DType::I8 | DType::U8 => return c.to_i64().iter().map(|&x| x as i8 as u8).collect(),
@@ -1182,6 +1183,12 @@ fn encode_const(name: &str, c: &Const, dtype: DType, warnings: &mut Vec<String>)
             let clipped = v.iter().filter(|x| x.abs() > max).count();
             if clipped > 0 {
                 warnings.push(format!("constant '{name}': {clipped} value(s) outside the f16 range (+-{max}) clipped"));
+            }
+            if v.iter().any(|&x| x != 0.0 && half::f16::from_f32(x).to_f32() == 0.0) {
+                warnings.push(format!(
+                    "{node}/_{name}/ contains value or values that will underflow after conversion to 16-bit \
+                     floating point values."
+                ));
             }
             v.iter().flat_map(|&x| half::f16::from_f32(x.clamp(-max, max)).to_le_bytes()).collect()
         }
@@ -1318,8 +1325,8 @@ pub fn lower_at(
     let mut shared_bytes = 0;
     let mut shared_range = (u64::MAX, 0);
     for (i, (c, dtype)) in g.consts.iter().zip(const_dtypes(g, &o)).enumerate() {
-        if used[i] {
-            let data = encode_const(&g.const_names[i], c, dtype, &mut warnings);
+        if let Some(reader) = used[i] {
+            let data = encode_const(&g.layers[reader].name, &g.const_names[i], c, dtype, &mut warnings);
             if let Some((_, blob)) = shared.iter().find(|(n, b)| *n == g.const_names[i] && b.data == data) {
                 let blob = *blob;
                 const_offsets[i] = blob.ddr_offset;
@@ -1458,39 +1465,42 @@ fn check_sizes(g: &Graph, o: &LowerOptions) -> Result<(), CompileError> {
     Ok(())
 }
 
-/// Which constants some layer reads (the others are not stored).
-fn used_constants(g: &Graph) -> Vec<bool> {
-    let mut used = vec![false; g.consts.len()];
-    for l in &g.layers {
+/// The first layer reading each constant (constants no layer reads are not stored).
+fn used_constants(g: &Graph) -> Vec<Option<usize>> {
+    let mut used = vec![None; g.consts.len()];
+    for (at, l) in g.layers.iter().enumerate() {
+        let mut mark = |c: usize| {
+            used[c].get_or_insert(at);
+        };
         match &l.kind {
             LayerKind::Conv { weight, bias, int8: Some(m), .. }
             | LayerKind::Dense { weight, bias, int8: Some(m), .. } => {
-                used[*weight] = true;
-                used[*m] = true;
+                mark(*weight);
+                mark(*m);
                 if let Some(b) = bias {
-                    used[*b] = true;
+                    mark(*b);
                 }
             }
             LayerKind::Conv { weight, bias, .. } | LayerKind::Dense { weight, bias, .. } => {
-                used[*weight] = true;
+                mark(*weight);
                 if let Some(b) = bias {
-                    used[*b] = true;
+                    mark(*b);
                 }
             }
             LayerKind::LayerNorm { scale, bias, .. } => {
                 for c in scale.iter().chain(bias) {
-                    used[*c] = true;
+                    mark(*c);
                 }
             }
-            LayerKind::Pad { fill, .. } => used[*fill] = true,
-            LayerKind::Gather { table, .. } => used[*table] = true,
+            LayerKind::Pad { fill, .. } => mark(*fill),
+            LayerKind::Gather { table, .. } => mark(*table),
             LayerKind::Elementwise { first, steps } => {
                 for o in core::iter::once(first).chain(steps.iter().filter_map(|s| match s {
                     ChainStep::Binary { operand, .. } => Some(operand),
                     ChainStep::Unary(_) => None,
                 })) {
                     if let Operand::Const(c) = o {
-                        used[*c] = true;
+                        mark(*c);
                     }
                 }
             }
