@@ -125,8 +125,7 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
         clock_hz / 1_000_000,
         run.ddr_bytes
     );
-    let _ = writeln!(
-        out,
+    let header = format!(
         "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  opdetails",
         "core",
         "ucycles",
@@ -141,15 +140,19 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
     );
     let dtypes = class_dtypes(image);
     let waits = if run.trace.is_empty() { Vec::new() } else { engine_waits(run, run.cores.len()) };
+    // As the card's file: per core, its table (the heaviest rows first), then how busy
+    // each of its threads was.
     for (c, core) in run.cores.iter().enumerate() {
         let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
         let mut rows: Vec<(u64, String)> = Vec::new();
+        let mut busy = [0u64; ENGINES];
         for class in OpClass::ALL {
             let k = core.classes[class as usize];
             if k.count == 0 {
                 continue;
             }
             let (engine, engine_name, memory) = engine_of(class);
+            busy[engine as usize] += k.cycles;
             let threads = if engine == Engine::Hvx { u64::from(HVX_THREADS) } else { 1 };
             let ucycles = k.cycles / threads;
             let kb = k.out_bytes as f64 / 1024.0;
@@ -160,7 +163,7 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
             let types = if types.is_empty() { String::new() } else { format!(" ({})", types.join(", ")) };
             let details = format!("{} {engine_name}{memory}{types}", class.name());
             let row = format!(
-                "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  {}",
+                "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.2}{:>12.2}{:>12.2}{:>15.2}  {}",
                 format!("c{c}"),
                 ucycles,
                 ucycles as f64 * 100.0 / cycles as f64,
@@ -183,31 +186,79 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
                     continue;
                 }
                 let row = format!(
-                    "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.1}{:>12.1}{:>12.1}{:>15.1}  sync {name}",
+                    "{:<6}{:>12}{:>11.2}%{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  sync {name}",
                     format!("c{c}"),
                     wait,
                     wait as f64 * 100.0 / cycles as f64,
-                    0,
-                    0.0,
+                    "N/A",
+                    "N/A",
                     count,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0
+                    "N/A",
+                    "N/A",
+                    "N/A",
+                    "N/A"
                 );
                 rows.push((wait, row));
             }
         }
-        // The heaviest first, as the seed's table reads.
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+        let _ = writeln!(out, "\n{header}");
         for (_, row) in rows {
             let _ = writeln!(out, "{row}");
         }
+        out += &thread_summary(c, run, busy, clock_hz);
     }
+    // The instance as a whole.
+    let secs = cycles as f64 / clock_hz as f64;
+    let _ = writeln!(out, "total batch ucycles: {cycles:>16} [{}, {}]", run.start_cycle, run.end_cycle);
+    let _ = writeln!(out, "[QAicGraph] Device instance batch/s: (1/{secs:.7}): {:.4}", 1.0 / secs);
+    let _ = writeln!(
+        out,
+        "[QAicGraph] Device instance inf/s: ({}/{secs:.7}): {:.3}",
+        image.batch_size,
+        f64::from(image.batch_size) / secs
+    );
     if !run.trace.is_empty() && !image.layers.is_empty() {
         out.push('\n');
         out += &layer_table(image, run);
     }
+    out
+}
+
+/// A core's closing lines in a stats file: its span, each hardware thread's busy share
+/// (four HVX threads sharing the HVX work, HMX, DMA issue), the span in processor
+/// cycles and the clock. Cycles are the device clock's; with no trace, every thread
+/// spans the run.
+fn thread_summary(c: usize, run: &RunProfile, busy: [u64; ENGINES], clock_hz: u64) -> String {
+    let cycles = run.cycles().max(1);
+    let span = |engine: Engine| {
+        let mine = run.trace.iter().filter(|e| e.core as usize == c && e.engine == engine);
+        let (s, e) = mine.fold((u64::MAX, 0), |(s, e), ev| (s.min(ev.start_cycle), e.max(ev.end_cycle)));
+        if s == u64::MAX {
+            (run.start_cycle, run.end_cycle)
+        } else {
+            (s, e)
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "\nc{c} total: {cycles:>16} ucycles {cycles:>16} pcycles (thread max)");
+    let hvx = busy[Engine::Hvx as usize] / u64::from(HVX_THREADS);
+    let threads = (0..HVX_THREADS).map(|_| (Engine::Hvx, "HVX", hvx)).chain([
+        (Engine::Hmx, "HMX", busy[Engine::Hmx as usize]),
+        (Engine::Dma, "DMAIssue", busy[Engine::Dma as usize]),
+    ]);
+    for (t, (engine, name, work)) in threads.enumerate() {
+        let (s, e) = span(engine);
+        let _ = writeln!(
+            out,
+            "c{c}    t{t} {name:<12} {:>12} ucycles [{s}, {e}] {:>15} pcycles {:>6.2}% utilization",
+            e - s,
+            e - s,
+            work as f64 * 100.0 / cycles as f64
+        );
+    }
+    let _ = writeln!(out, "c{c}: Total inference pcycle is {cycles}");
+    let _ = writeln!(out, "c{c}: Effective frequency is {:.2}MHz", clock_hz as f64 / 1e6);
     out
 }
 

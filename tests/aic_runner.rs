@@ -406,12 +406,21 @@ fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
         .filter(|n| n.contains("-inf-"))
         .collect();
     stats_files.sort();
-    assert_eq!(stats_files.len(), 4, "{stats_files:?}");
+    // As the card's runner counts them: each activation's 10th to 13th inference.
+    let want: Vec<String> = (0..2)
+        .flat_map(|a| (10..14).map(move |i| format!("aic-profiling-program-0-activation-{a}-inf-{i}.txt")))
+        .collect();
+    assert_eq!(stats_files, want);
     for f in &stats_files {
-        let inf: u64 = f.rsplit("-inf-").next().unwrap().trim_end_matches(".txt").parse().unwrap();
-        assert!((10..14).contains(&inf), "{f}");
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
-        let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+        // Each core's closing lines: its threads' utilisation, its clock; then the instance's rate.
+        assert!(text.contains("\nc0 total: "), "{text}");
+        let threads: Vec<&str> = text.lines().filter(|l| l.starts_with("c0    t")).collect();
+        assert_eq!(threads.len(), 6, "four HVX threads, HMX, DMA issue: {text}");
+        assert!(threads.iter().all(|l| l.ends_with("% utilization")), "{text}");
+        assert!(text.contains("c0: Effective frequency is "), "{text}");
+        assert!(text.contains("[QAicGraph] Device instance inf/s: "), "{text}");
+        let mut lines = text.lines().filter(|l| !l.starts_with('#')).skip_while(|l| l.is_empty());
         let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
         assert_eq!(
             header,
@@ -435,7 +444,9 @@ fn stats_and_trace_profiles_are_written_for_the_sampled_inferences() {
         let percent = |v: &str| v.strip_suffix('%').expect("percentages carry %").parse::<f64>().unwrap();
         assert!(rows.iter().any(|r| r[10..].join(" ") == "aiccopytovtcm DMAIssue DDR (float32)"), "{text}");
         assert!(rows.iter().any(|r| r[10..].join(" ") == "aicelementwise HVX TCM (float32)"), "{text}");
-        let pshare: f64 = rows.iter().map(|r| percent(r[4])).sum();
+        // The sync rows (time waited) have no processor cycles of their own.
+        assert!(rows.iter().filter(|r| r[10] == "sync").all(|r| r[3] == "N/A"), "{text}");
+        let pshare: f64 = rows.iter().filter(|r| r[10] != "sync").map(|r| percent(r[4])).sum();
         assert!((pshare - 100.0).abs() < 0.1, "pcycles(%) of a core add up to 100: {pshare}");
         for r in &rows {
             assert!(percent(r[2]) <= 100.0 && r[5].parse::<u64>().unwrap() >= 1);

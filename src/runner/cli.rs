@@ -438,6 +438,7 @@ fn run(args: &Args) -> Result<(), String> {
             if args.write_output_dir.is_some() { args.write_output_num_samples } else { 0 },
         ),
         device_profiles: args.report.is_some() || args.profiling_types.iter().any(|t| *t != ProfilingType::Latency),
+        activations: plan.activations,
         latency: args.profiling_types.contains(&ProfilingType::Latency),
     };
     let collector = Collector::new(sampling, batch);

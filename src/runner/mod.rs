@@ -18,8 +18,12 @@ use crate::{latency, stats};
 /// Which inferences get more than their round trip recorded.
 #[derive(Clone, Copy, Debug)]
 pub struct Sampling {
-    /// First inference profiled, and how many.
+    /// First inference profiled, and how many: for the latency rows, of the run; for
+    /// the device profiles, of each activation (its `n`-th inference, as the card's
+    /// runner numbers the `-inf-<n>` files).
     pub profile: (u64, u64),
+    /// Activations the run uses.
+    pub activations: usize,
     /// First inference whose outputs are kept, and how many (count 0: none).
     pub outputs: (u64, u64),
     /// Fetch the device's statistics of the profiled runs (stats and trace profiles).
@@ -41,6 +45,7 @@ pub struct KeptOutputs {
 
 /// A profiled inference's device statistics.
 pub struct Profiled {
+    /// The activation's own count of the inference (from 0).
     pub index: u64,
     pub activation: usize,
     pub timestamps: Timestamps,
@@ -64,8 +69,11 @@ pub struct Collected {
     pub outputs: Vec<KeptOutputs>,
     pub profiled: Vec<Profiled>,
     pub profile_error: Option<String>,
-    /// Inferences recorded within the profiling range.
+    /// Inferences recorded within the profiling range, and device profiles taken.
     pub sampled: u64,
+    pub device_sampled: u64,
+    /// Inferences each activation has completed.
+    pub per_activation: Vec<u64>,
     /// Sums over every inference of the time in each of [`STAGES`], ms.
     pub stage_sums_ms: [f64; STAGES.len()],
     /// The latest moment control was back with the application, on the run's clock.
@@ -112,10 +120,21 @@ impl Collector {
     /// profiled and those are wanted.
     pub fn record(&self, done: &Completion<'_>, profile: impl FnOnce() -> Result<RunProfile, String>) {
         let sampled = within(done.index, self.sampling.profile);
-        let run = (sampled && self.sampling.device_profiles).then(profile);
+        // The activation's own count: its queue is in order, so completions are too.
+        let nth = {
+            let mut c = self.inner.lock();
+            if c.per_activation.len() <= done.activation {
+                c.per_activation.resize(done.activation + 1, 0);
+            }
+            c.per_activation[done.activation] += 1;
+            c.per_activation[done.activation] - 1
+        };
+        let profiled = self.sampling.device_profiles && within(nth, self.sampling.profile);
+        let run = profiled.then(profile);
         let mut c = self.inner.lock();
         c.completed += 1;
         c.sampled += u64::from(sampled);
+        c.device_sampled += u64::from(profiled);
         c.last_returned_ns = c.last_returned_ns.max(done.timestamps.returned);
         c.round_trips_ms.push(done.timestamps.total_round_trip().as_secs_f64() * 1e3);
         c.host_round_trips_ms.push(done.timestamps.host_round_trip().as_secs_f64() * 1e3);
@@ -136,15 +155,14 @@ impl Collector {
             c.latency_rows.push((done.activation, latency::row(done.index, done, self.batch_size)));
         }
         match run {
-            Some(Ok(run)) => c.profiled.push(Profiled {
-                index: done.index,
-                activation: done.activation,
-                timestamps: done.timestamps,
-                run,
-            }),
+            Some(Ok(run)) => {
+                c.profiled.push(Profiled { index: nth, activation: done.activation, timestamps: done.timestamps, run })
+            }
             Some(Err(e)) => {
-                c.profile_error
-                    .get_or_insert(format!("cannot read the device profile of inference {}: {e}", done.index));
+                c.profile_error.get_or_insert(format!(
+                    "cannot read the device profile of inference {nth} of activation {}: {e}",
+                    done.activation
+                ));
             }
             None => {}
         }
@@ -165,7 +183,10 @@ impl Collector {
     /// Everything recorded, in inference order where order matters.
     /// Whether every inference of the profiling range has been recorded.
     pub fn samples_complete(&self) -> bool {
-        self.inner.lock().sampled >= self.sampling.profile.1
+        let c = self.inner.lock();
+        let device = !self.sampling.device_profiles
+            || c.device_sampled >= self.sampling.profile.1.saturating_mul(self.sampling.activations as u64);
+        c.sampled >= self.sampling.profile.1 && device
     }
 
     pub fn into_collected(self) -> Collected {
@@ -175,7 +196,7 @@ impl Collector {
         by_value(&mut c.host_round_trips_ms);
         c.latency_rows.sort_by(|a, b| a.1[0].total_cmp(&b.1[0]));
         c.outputs.sort_by_key(|o| o.index);
-        c.profiled.sort_by_key(|p| p.index);
+        c.profiled.sort_by_key(|p| (p.index, p.activation));
         c
     }
 }
