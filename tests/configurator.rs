@@ -15,15 +15,36 @@ fn shipped(name: &str) -> String {
 
 #[test]
 fn the_shipped_search_files_parse_as_written() {
-    let t = SearchSpec::parse(&shipped("resnet50-throughput.json")).unwrap();
+    let t = SearchSpec::parse(&shipped("resnet50-throughput.json"), None).unwrap();
     assert_eq!(t.objective, Objective::MaximizeInfRate);
     assert_eq!(t.max_func_eval, 200);
     assert_eq!((t.cores.min, t.cores.max, t.bs.min, t.bs.max, t.instances.max), (1, 14, 1, 16, 14));
     assert_eq!(t.initial_values.len(), 5);
-    assert_eq!(t.initial_values[1], Config { cores: 2, mos: 1, ols: 1, bs: 2, instances: 7 });
-    let l = SearchSpec::parse(&shipped("resnet50-latency.json")).unwrap();
+    assert_eq!(t.initial_values[1], Config { cores: 2, mos: 1, ols: 1, bs: 2, instances: 7, set_size: 10 });
+    let l = SearchSpec::parse(&shipped("resnet50-latency.json"), None).unwrap();
     assert_eq!(l.objective, Objective::MinimizeLatency);
-    assert_eq!((l.bs.max, l.instances.max), (1, 1));
+    assert_eq!((l.bs.max, l.instances.max, l.set_size.max), (1, 1, 1));
+}
+
+/// The newer spelling of the card's search files (the ResNet-50 notebook's): hyphenated
+/// keys, `"search-mode": "optimized"`, `max-throughput` / `min-latency`, and the set size
+/// searched like any other parameter.
+#[test]
+fn the_newer_search_file_spelling_parses_with_the_set_size_searched() {
+    let text = r#"{"search-mode": "optimized", "objective": "max-throughput",
+        "search-parameters": {"cores": {"min": 1, "max": 14}, "batch-size": {"min": 1, "max": 16},
+                              "instances": {"min": 1, "max": 14}, "set-size": {"min": 1, "max": 10}},
+        "initial-values": [{"cores": 2, "mos": 1, "ols": 1, "batch-size": 1, "instances": 7, "set-size": 1}]}"#;
+    let t = SearchSpec::parse(text, Some(4)).unwrap();
+    assert_eq!(t.objective, Objective::MaximizeInfRate);
+    assert_eq!((t.set_size.min, t.set_size.max, t.bs.max), (1, 10, 16));
+    assert_eq!(t.initial_values, [Config { cores: 2, mos: 1, ols: 1, bs: 1, instances: 7, set_size: 1 }]);
+    let l = SearchSpec::parse(&text.replace("max-throughput", "min-latency"), None).unwrap();
+    assert_eq!(l.objective, Objective::MinimizeLatency);
+    let e = SearchSpec::parse(&text.replace("\"optimized\"", "\"exhaustive\""), None).unwrap_err();
+    assert!(e.contains("search-mode") && e.contains("exhaustive"), "{e}");
+    let e = SearchSpec::parse(&text.replace("\"set-size\": 1}", "\"set-size\": 11}"), None).unwrap_err();
+    assert!(e.contains("set_size 11 is outside 1..=10"), "{e}");
 }
 
 #[test]
@@ -36,7 +57,7 @@ fn search_files_with_problems_are_refused_with_the_problem_named() {
         (format!(r#"{{{good_params}, {start}, "budget": 3}}"#), "unknown field `budget`"),
         (
             format!(r#"{{"objective": "fastest", {good_params}, {start}}}"#),
-            "objective: unknown variant `fastest`, expected one of `maximize_inf_rate`, `minimize_latency`, `maximize_token_rate`",
+            "objective: unknown variant `fastest`, expected one of `max-throughput`, `maximize_inf_rate`, `min-latency`, `minimize_latency`, `maximize_token_rate`",
         ),
         (format!(r#"{{{start}}}"#), "missing field `params`"),
         (
@@ -65,7 +86,7 @@ fn search_files_with_problems_are_refused_with_the_problem_named() {
         ),
     ];
     for (text, want) in cases {
-        let e = SearchSpec::parse(&text).expect_err(&text);
+        let e = SearchSpec::parse(&text, None).expect_err(&text);
         assert!(e.contains(want), "{text}\n  gave: {e}\n  want: {want}");
     }
 }
@@ -83,14 +104,13 @@ fn model() -> Option<PathBuf> {
     Some(PathBuf::from(models).join("light_resnet50.onnx"))
 }
 
-fn problem(path: &Path, set_size: u32) -> Problem {
+fn problem(path: &Path) -> Problem {
     Problem {
         source: Source::load(path.to_str().unwrap()).unwrap(),
         base: CompileOptions { fp16: true, multicast_weights: true, ..CompileOptions::default() },
         batch_symbol: None,
         device: DeviceModel::from(&aicsim_device::DeviceConfig { num_nsp: 14, ..Default::default() }),
         host: HostModel::default(),
-        set_size,
         measured: 6,
         generation: None,
     }
@@ -111,9 +131,10 @@ fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
             "params": {"cores": {"min": 1, "max": 4}, "ols": {"min": 1, "max": 2},
                        "bs": {"min": 1, "max": 4}, "instances": {"min": 1, "max": 4}},
             "initial_values": [{"cores": 1, "bs": 2, "instances": 4}, {"cores": 4, "bs": 4, "instances": 1}]}"#,
+        Some(2),
     )
     .unwrap();
-    let p = problem(&path, 2);
+    let p = problem(&path);
     let first = search(&p, &spec, 2);
     let best = first.best.config;
     assert!((1..=4).contains(&best.cores) && (1..=2).contains(&best.ols) && best.mos == 1, "{best}");
@@ -145,9 +166,9 @@ fn a_search_stays_in_bounds_compiles_each_program_once_and_repeats_itself() {
 #[test]
 fn the_throughput_search_lands_within_5_percent_of_the_cards_best() {
     let Some(path) = model() else { return };
-    let spec = SearchSpec::parse(&shipped("resnet50-throughput.json")).unwrap();
+    let spec = SearchSpec::parse(&shipped("resnet50-throughput.json"), Some(2)).unwrap();
     let started = std::time::Instant::now();
-    let r = search(&problem(&path, 2), &spec, 2);
+    let r = search(&problem(&path), &spec, 2);
     let best = r.best.config;
     let diff = (rate(&r) / 6418.51 - 1.0) * 100.0;
     println!(
@@ -165,8 +186,8 @@ fn the_throughput_search_lands_within_5_percent_of_the_cards_best() {
 #[test]
 fn the_latency_search_lands_within_20_percent_of_the_measured_round_trip() {
     let Some(path) = model() else { return };
-    let spec = SearchSpec::parse(&shipped("resnet50-latency.json")).unwrap();
-    let r = search(&problem(&path, 1), &spec, 2);
+    let spec = SearchSpec::parse(&shipped("resnet50-latency.json"), Some(1)).unwrap();
+    let r = search(&problem(&path), &spec, 2);
     let best = r.best.config;
     assert_eq!((best.bs, best.instances), (1, 1), "{best}");
     let ms = r.best.result.as_ref().unwrap().host_round_trip.mean;
@@ -202,13 +223,25 @@ fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = text.lines().collect();
-    let evaluations = lines.iter().filter(|l| l.starts_with("Evaluation ")).count();
+    // The card's configurator's log: timestamped [INFO] lines, a line per evaluation.
+    let info = |l: &&str| l.len() > 26 && l.as_bytes()[4] == b'-' && l[23..].starts_with(" - [INFO]: ");
+    assert!(info(&lines[0]) && lines[0].contains("[INFO]: Starting aic-configurator "), "{text}");
+    let evaluations = lines.iter().filter(|l| info(l) && l.contains("[INFO]: Evaluated SearchPoint (")).count();
     let footer = lines.iter().find(|l| l.starts_with("Search took")).expect(&text);
     assert!(footer.contains(&format!(": {evaluations} configurations evaluated")), "{footer}\n{text}");
-    assert!(lines.iter().any(|l| l.starts_with("Evaluation 1/60: cores=") && l.ends_with("ms  OK")), "{text}");
-    let header = lines.iter().position(|l| l.starts_with("status") && l.ends_with("latency(ms)")).expect(&text);
+    assert!(lines.iter().any(|l| l.ends_with("micro-sec  SUCCESS")), "{text}");
+    assert!(lines.iter().any(|l| info(l) && l.contains("[INFO]: Compiling model: compilerParams=(cores=")), "{text}");
+    assert!(
+        lines.iter().any(|l| info(l) && l.contains("[INFO]: Running the following set of models on device ID 0: ")),
+        "{text}"
+    );
+    let header = lines.iter().position(|l| l.trim_start().starts_with("OptimizerStatus")).expect(&text);
+    assert!(lines[header].ends_with("Objective (micro-sec)") && info(&lines[header - 1]), "{text}");
     // One row per initial value.
-    assert_eq!(lines[header + 1..header + 4].iter().filter(|l| l.contains("cores=")).count(), 3, "{text}");
+    let rows: Vec<&str> = lines[header + 1..].iter().take_while(|l| !l.starts_with("Search took")).copied().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows.iter().all(|r| r.split_whitespace().nth(1) == Some("SUCCESS")), "{text}");
+    assert!(info(lines.last().unwrap()) && lines.last().unwrap().contains("[INFO]: Total execution time "), "{text}");
     let best = lines.iter().find(|l| l.starts_with("Best configuration: cores=")).expect(&text);
     let cores: u32 = best["Best configuration: cores=".len()..].split(' ').next().unwrap().parse().unwrap();
     assert!(best.contains("batchSize=1 instances=1"), "{best}");
@@ -236,7 +269,9 @@ fn the_command_line_prints_the_table_the_best_and_how_to_reproduce_it() {
     // The best program is where the printed lines say, and runs as printed.
     let best_dir = PathBuf::from(compiled[0].as_str().unwrap());
     assert!(best_dir.starts_with(out_dir.join("compiled_models")), "{}", best_dir.display());
-    assert!(best_dir.file_name().unwrap().to_str().unwrap().starts_with(&format!("qpc-cores{cores}-")));
+    assert!(best_dir.starts_with(out_dir.join("compiled_models").join(path.file_stem().unwrap())));
+    let name = best_dir.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with(&format!("qpc-cores-{cores}-mos-")) && name.ends_with("-output"), "{name}");
     for dir in compiled {
         let qpc = Path::new(dir.as_str().unwrap()).join("programqpc.bin");
         assert!(text.contains(&format!("Writing file:{}", qpc.display())), "{text}");

@@ -134,17 +134,18 @@ fn the_configurator_report_marks_the_best_and_loads_cleanly_in_a_browser() {
     let c =
         |key: &str| best.split(&format!("{key}=")).nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap();
     let label = format!(
-        "cores={},mos={},ols={},bs={},instances={}",
+        "cores={},mos={},ols={},bs={},instances={},set_size={}",
         c("cores"),
         c("mos"),
         c("ols"),
         c("batchSize"),
-        c("instances")
+        c("instances"),
+        c("setSize")
     );
     assert!(html.contains(&format!("<tr class=\"best\"><td>{label}</td>")), "{label} marked best");
     assert!(html.contains(&format!("best: {label}")), "and in the plot's legend");
     let rows = html.matches("<tr").count() - 1;
-    let evaluated: usize = stdout.lines().filter(|l| l.starts_with("Evaluation ")).count();
+    let evaluated: usize = stdout.lines().filter(|l| l.contains(" - [INFO]: Evaluated SearchPoint (")).count();
     assert_eq!(rows, evaluated, "one row per configuration evaluated");
     if let Some(browser) = chromium() {
         assert_shows_plots(&browser, &dir, &page, 1100);

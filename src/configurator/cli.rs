@@ -5,18 +5,22 @@
 //!     [-onnx-define-symbol=name,value]... -multicast-weights -convert-to-fp16
 //!     -optimized-config-search=search.json [-max-compilation-threads=N] [-time=S]
 //!     [-device-id=0] [-set-size N] [-output-dir=DIR] [-compiled-models=N]
+//! aic-configurator -model model.onnx -config=search.json -max-parallel-compilations=N
+//!     [-search-set-size N] ...        (the newer spelling of the same)
 //! ```
 //!
-//! It logs every evaluation as it completes, prints the results table and the best
+//! It logs the search as the card's configurator does (timestamped `[INFO]` lines: the
+//! points of each round, each program compiled, each deployment run), prints the
+//! optimised search results (the best point each climb reached) and the best
 //! configuration, and leaves its work in the output directory
 //! (`model_configurator_output` by default): `results.csv` and `results.json` with every
-//! configuration evaluated, and `compiled_models/qpc-<config>/programqpc.bin` for the
-//! best ones, each runnable with the aic-runner line printed for it. Nothing is written
-//! if the search fails.
+//! configuration evaluated, and
+//! `compiled_models/<model>/qpc-cores-<c>-mos-<m>-ols-<o>-bs-<b>-output/programqpc.bin`
+//! for the best ones, each runnable with the aic-runner line printed for it. Nothing is
+//! written if the search fails.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -29,6 +33,7 @@ use aicsim_device::DeviceConfig;
 
 const USAGE: &str = "\
 usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<search.json> [flags]
+       aic-configurator -model <model.onnx> -config=<search.json> [flags]
   -onnx-define-symbol-batch-size=<symbol>  the ONNX symbol that is the batch dimension
   -onnx-define-symbol=<name>,<value>       value of another symbolic dimension (repeatable)
   -multicast-weights                       compile with multicast weights
@@ -38,8 +43,10 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
                                            prediction runs in device time (shown in the
                                            aic-runner command line)
   -device-id=<n>                           the device (the simulator has device 0)
-  -set-size <n>                            in-flight inferences per instance (default 10;
-                                           the latency objective uses 1)
+  -set-size <n> | -search-set-size <n>     in-flight inferences per instance when the search
+                                           file does not search it (default 10; the
+                                           latency objective uses 1)
+  -max-parallel-compilations=<n>           the same as -max-compilation-threads
   -output-dir=<dir>                        where results and programs go
                                            (default model_configurator_output)
   -compiled-models=<n>                     compile the n best configurations into
@@ -66,7 +73,8 @@ struct Args {
     batch_symbol: Option<String>,
     threads: usize,
     time: u32,
-    set_size: u32,
+    /// The set size given on the command line (the search file may search it).
+    set_size: Option<u32>,
     output_dir: PathBuf,
     compiled_models: usize,
     report: Option<PathBuf>,
@@ -94,7 +102,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         batch_symbol: None,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         time: 20,
-        set_size: 10,
+        set_size: None,
         output_dir: PathBuf::from("model_configurator_output"),
         compiled_models: 3,
         report: None,
@@ -144,8 +152,15 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                 a.max_time_per_token_ms = Some(t);
             }
             "-convert-to-fp16" => a.opts.fp16 = true,
-            "-optimized-config-search" => spec = Some(need()?.to_string()),
-            "-max-compilation-threads" => a.threads = positive(flag, need()?)? as usize,
+            "-optimized-config-search" | "-config" => spec = Some(need()?.to_string()),
+            "-model" => {
+                let v = match value {
+                    Some(v) => v.to_string(),
+                    None => it.next().ok_or("-model needs a value (-model <model.onnx>)")?.clone(),
+                };
+                positional.insert(0, v);
+            }
+            "-max-compilation-threads" | "-max-parallel-compilations" => a.threads = positive(flag, need()?)? as usize,
             "-time" => a.time = positive(flag, need()?)?,
             "-output-dir" => a.output_dir = PathBuf::from(need()?),
             "-report" | "--report" => a.report = Some(PathBuf::from(need()?)),
@@ -159,12 +174,12 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
                     return Err(format!("device {d} does not exist (the simulator has device 0)"));
                 }
             }
-            "-set-size" => {
+            "-set-size" | "-search-set-size" => {
                 let v = match value {
                     Some(v) => v.to_string(),
-                    None => it.next().ok_or("-set-size needs a value (-set-size N)")?.clone(),
+                    None => it.next().ok_or_else(|| format!("{flag} needs a value ({flag} N)"))?.clone(),
                 };
-                a.set_size = positive(flag, &v)?;
+                a.set_size = Some(positive(flag, &v)?);
             }
             f if crate::exec::QuantArgs::is_flag(f) => {
                 a.quant.take(flag, value)?;
@@ -180,10 +195,10 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         [m, kind] if kind == "onnx" => a.model = m.clone(),
         [m] => a.model = m.clone(),
         [_, kind] => return Err(format!("model type '{kind}' is not supported (only onnx)")),
-        [] => return Err("no model: aic-configurator <model.onnx> onnx -optimized-config-search=<file>".into()),
+        [] => return Err("no model: aic-configurator <model.onnx> onnx -optimized-config-search=<file> (or -model <model.onnx> -config=<file>)".into()),
         more => return Err(format!("too many positional arguments: {}", more.join(" "))),
     }
-    a.spec = spec.ok_or("no search file: give -optimized-config-search=<search.json>")?;
+    a.spec = spec.ok_or("no search file: give -optimized-config-search=<search.json> (or -config=<search.json>)")?;
     a.quant.check()?;
     match (a.prompt_len, a.generate) {
         (Some(_), Some(_)) => {
@@ -245,10 +260,22 @@ fn report_html(argv: &[String], result: &SearchResult, objective: Objective, uni
     crate::report::configurator_html(&command, unit, &explored, best)
 }
 
-/// The directory of a configuration's program under `compiled_models`.
-fn qpc_dir(out: &Path, c: &Config) -> PathBuf {
+/// The model's name in the output folder: its file's stem (`model` for `model.onnx`),
+/// or the zoo model's name.
+fn model_name(model: &str) -> String {
+    let name = model.strip_prefix("zoo:").map(str::to_string).unwrap_or_else(|| {
+        Path::new(model).file_stem().map_or_else(|| model.to_string(), |s| s.to_string_lossy().into_owned())
+    });
+    output_files::file_component(&name)
+}
+
+/// The directory of a configuration's program, as the card's configurator names it:
+/// `compiled_models/<model>/qpc-cores-<c>-mos-<m>-ols-<o>-bs-<b>-output` (its compiler
+/// parameters; instances and set size are the runner's).
+fn qpc_dir(out: &Path, model: &str, c: &Config) -> PathBuf {
     out.join("compiled_models")
-        .join(format!("qpc-cores{}-mos{}-ols{}-bs{}-instances{}", c.cores, c.mos, c.ols, c.bs, c.instances))
+        .join(model_name(model))
+        .join(format!("qpc-cores-{}-mos-{}-ols-{}-bs-{}-output", c.cores, c.mos, c.ols, c.bs))
 }
 
 fn csv_field(text: &str) -> String {
@@ -260,7 +287,7 @@ fn csv_field(text: &str) -> String {
 }
 
 /// Every configuration evaluated, one row each, best first.
-fn results_csv(result: &SearchResult, objective: Objective, set_size: u32) -> String {
+fn results_csv(result: &SearchResult, objective: Objective) -> String {
     let mut out = String::from(
         "rank,cores,mos,ols,batchSize,instances,setSize,status,infPerSec,latencyMeanMs,latencyP99Ms,deviceExecMs,error\n",
     );
@@ -268,7 +295,7 @@ fn results_csv(result: &SearchResult, objective: Objective, set_size: u32) -> St
     let failed = result.evaluated.iter().filter(|e| e.result.is_err());
     for (i, e) in ranked.iter().copied().chain(failed).enumerate() {
         let c = e.config;
-        let head = format!("{},{},{},{},{},{},{}", i + 1, c.cores, c.mos, c.ols, c.bs, c.instances, set_size);
+        let head = format!("{},{},{},{},{},{},{}", i + 1, c.cores, c.mos, c.ols, c.bs, c.instances, c.set_size);
         match &e.result {
             Ok(p) => {
                 out += &format!(
@@ -286,6 +313,7 @@ fn evaluation_json(e: &Evaluation) -> serde_json::Value {
     let c = e.config;
     let mut v = serde_json::json!({
         "cores": c.cores, "mos": c.mos, "ols": c.ols, "batchSize": c.bs, "instances": c.instances,
+        "setSize": c.set_size,
     });
     match &e.result {
         Ok(p) => {
@@ -303,35 +331,148 @@ fn evaluation_json(e: &Evaluation) -> serde_json::Value {
     v
 }
 
-/// One line per completed evaluation, numbered in completion order (each point once).
-fn logger(objective: Objective, budget: usize) -> impl Fn(&Evaluation) + Sync {
-    let seen = Mutex::new(HashSet::new());
-    let count = AtomicUsize::new(0);
-    move |e: &Evaluation| {
-        if !seen.lock().insert(e.config) {
+/// Now, as the card's configurator stamps its log lines (UTC):
+/// `2025-04-29 01:39:21.809`.
+fn timestamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, ms) = (now.as_secs(), now.subsec_millis());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (the proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{ms:03}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// One log line, as the card's configurator writes them.
+fn info(message: &str) {
+    println!("{} - [INFO]: {message}", timestamp());
+}
+
+fn seed_list(points: &[Config]) -> String {
+    format!("[{}]", points.iter().map(Config::seed_form).collect::<Vec<_>>().join(", "))
+}
+
+/// The search's log: each round's points, each program compiled, each deployment run,
+/// and what each evaluation gave (each point once).
+struct SearchLog<'a> {
+    model: &'a str,
+    out: &'a Path,
+    objective: Objective,
+    seen: Mutex<HashSet<Config>>,
+}
+
+impl super::SearchObserver for SearchLog<'_> {
+    fn starting(&self, initial: &[Config]) {
+        info(&format!("Running optimization algorithm from initial values: {}", seed_list(initial)));
+    }
+
+    fn round(&self, points: &[Config]) {
+        info(&format!("Evaluating the following SearchPoints: {}", seed_list(points)));
+    }
+
+    fn compiling(&self, c: &Config) {
+        info(&format!("Compiling model: compilerParams={}", c.compiler_params()));
+    }
+
+    fn running(&self, c: &Config) {
+        info(&format!(
+            "Running the following set of models on device ID 0: {{\"{}\": (compiledModelPath={}, runnerParams=instances={}, setSize={})}}",
+            model_name(self.model),
+            qpc_dir(self.out, self.model, c).display(),
+            c.instances,
+            c.set_size
+        ));
+    }
+
+    fn evaluated(&self, e: &Evaluation) {
+        if !self.seen.lock().insert(e.config) {
             return;
         }
-        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        let line = match (&e.result, objective) {
+        let line = match (&e.result, self.objective) {
             (Ok(p), Objective::MaximizeTokenRate) => format!(
-                "{:.1} tokens/s, {:.3} ms per token, first token {:.3} ms  {}",
+                "{:.2} tokens/sec, {:.3} ms per token, first token {:.3} ms  {}",
                 p.inf_per_sec,
                 p.host_round_trip.mean,
                 p.total_round_trip.mean,
-                if e.within_bound { "OK" } else { "OVER THE TIME-PER-TOKEN BOUND" }
+                if e.within_bound { "SUCCESS" } else { "OVER_TIME_PER_TOKEN_BOUND" }
             ),
-            (Ok(p), Objective::MaximizeInfRate) => format!("{:.3} inf/s  OK", p.inf_per_sec),
-            (Ok(p), Objective::MinimizeLatency) => format!("{:.4} ms  OK", p.host_round_trip.mean),
-            (Err(why), _) => format!("FAILED ({why})"),
+            (Ok(p), Objective::MaximizeInfRate) => format!("{:.2} inf/sec  SUCCESS", p.inf_per_sec),
+            (Ok(p), Objective::MinimizeLatency) => format!("{:.2} micro-sec  SUCCESS", p.host_round_trip.mean * 1e3),
+            (Err(why), _) => format!("FAILURE ({why})"),
         };
-        println!("Evaluation {n}/{budget}: {} -> {line}", e.config);
+        info(&format!("Evaluated SearchPoint {}: {line}", e.config.seed_form()));
     }
+}
+
+/// The status word of a climb, in the card's configurator's terms.
+fn status_word(climb: &super::Climb) -> &'static str {
+    match (climb.status, &climb.best.result) {
+        (_, Err(_)) => "FAILURE",
+        ("converged", _) => "SUCCESS",
+        ("budget", _) => "MAX_FUNC_EVAL_REACHED",
+        _ => "FAILURE",
+    }
+}
+
+/// The optimised search results as the card's configurator prints them: one row per
+/// initial value, with the best point its climb reached.
+fn results_table(result: &SearchResult, objective: Objective, unit: &str) -> String {
+    let header = ["", "OptimizerStatus", "InitialValue", "cores", "mos", "ols", "batchSize", "instances", "setSize"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    rows[0].push(format!("Objective ({unit})"));
+    for (i, climb) in result.climbs.iter().enumerate() {
+        let b = climb.best.config;
+        let value = match (climb.best.objective(objective), objective) {
+            (None, _) => "-".to_string(),
+            (Some(ms), Objective::MinimizeLatency) => format!("{:.2}", ms * 1e3),
+            (Some(v), _) => format!("{v:.2}"),
+        };
+        rows.push(vec![
+            i.to_string(),
+            status_word(climb).to_string(),
+            climb.initial.seed_form(),
+            b.cores.to_string(),
+            format!("[{}]", b.mos),
+            b.ols.to_string(),
+            b.bs.to_string(),
+            b.instances.to_string(),
+            b.set_size.to_string(),
+            value,
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:>w$}")).collect();
+        out += &format!("{}\n", cells.join("  "));
+    }
+    out
 }
 
 fn run(argv: &[String]) -> Result<(), String> {
     let Some(args) = parse(argv)? else { return Ok(()) };
     let text = std::fs::read_to_string(&args.spec).map_err(|e| format!("{}: {e}", args.spec))?;
-    let spec = SearchSpec::parse(&text).map_err(|e| format!("{}: {e}", args.spec))?;
+    let started = Instant::now();
+    let spec = SearchSpec::parse(&text, args.set_size).map_err(|e| format!("{}: {e}", args.spec))?;
+    match (spec.objective, args.generate.is_some()) {
+        (Objective::MaximizeTokenRate, false) => {
+            return Err(format!(
+                "{}: maximize_token_rate is a generation's objective: give -prompt-len and -generate",
+                args.spec
+            ))
+        }
+        (Objective::MaximizeInfRate | Objective::MinimizeLatency, true) => {
+            return Err(format!("{}: a generation is searched with \"objective\": \"maximize_token_rate\"", args.spec))
+        }
+        _ => {}
+    }
     let mut source = Source::load(&args.model).map_err(|e| e.to_string())?;
     // Quantised once, calibrated at batch 1; every configuration compiles the QDQ model.
     let mut at_batch_1 = args.opts.clone();
@@ -342,6 +483,7 @@ fn run(argv: &[String]) -> Result<(), String> {
         report_target(report)?;
     }
     check_writable(&args.output_dir)?;
+    info(&format!("Starting aic-configurator {}", argv.join(" ")));
     // What calibration learnt is left in the output directory, for aic-exec to compile
     // the best configuration with (`-load-profile`).
     let mut quant = args.quant.clone();
@@ -358,7 +500,6 @@ fn run(argv: &[String]) -> Result<(), String> {
         batch_symbol: args.batch_symbol.clone(),
         device: DeviceModel::from(&DeviceConfig { num_nsp: 14, ..DeviceConfig::default() }),
         host: HostModel::default(),
-        set_size: args.set_size,
         measured: 6,
         generation: args.generate.map(|tokens| super::GenerationGoal {
             prompt_len: args.prompt_len.unwrap_or(1),
@@ -367,56 +508,39 @@ fn run(argv: &[String]) -> Result<(), String> {
             max_time_per_token_ms: args.max_time_per_token_ms,
         }),
     };
-    match (spec.objective, problem.generation.is_some()) {
-        (Objective::MaximizeTokenRate, false) => {
-            return Err(format!(
-                "{}: maximize_token_rate is a generation's objective: give -prompt-len and -generate",
-                args.spec
-            ))
-        }
-        (Objective::MaximizeInfRate | Objective::MinimizeLatency, true) => {
-            return Err(format!("{}: a generation is searched with \"objective\": \"maximize_token_rate\"", args.spec))
-        }
-        _ => {}
-    }
     let objective_name = match spec.objective {
         Objective::MaximizeInfRate => "maximize_inf_rate",
         Objective::MinimizeLatency => "minimize_latency",
         Objective::MaximizeTokenRate => "maximize_token_rate",
     };
-    let set_size = if spec.objective == Objective::MaximizeInfRate { args.set_size } else { 1 };
-    println!(
-        "Searching {} ({objective_name}, at most {} evaluations, set size {set_size}, {} threads, {} NSP cores)",
+    let out = &args.output_dir;
+    let set_sizes = if spec.set_size.min == spec.set_size.max {
+        format!("set size {}", spec.set_size.min)
+    } else {
+        format!("set size {}..={}", spec.set_size.min, spec.set_size.max)
+    };
+    info(&format!(
+        "Running optimized search of {} ({objective_name}, at most {} evaluations, {set_sizes}, {} threads, {} NSP cores)",
         args.model, spec.max_func_eval, args.threads, problem.device.num_nsp
-    );
+    ));
+    let log = SearchLog { model: &args.model, out, objective: spec.objective, seen: Mutex::default() };
     let t = Instant::now();
-    let result = search_with(&problem, &spec, args.threads, &logger(spec.objective, spec.max_func_eval));
+    let result = search_with(&problem, &spec, args.threads, &log);
     let took = t.elapsed();
     let unit = match spec.objective {
-        Objective::MaximizeInfRate => "inf/s",
-        Objective::MinimizeLatency => "latency(ms)",
-        Objective::MaximizeTokenRate => "tokens/s",
+        Objective::MaximizeInfRate => "inf/sec",
+        Objective::MinimizeLatency => "micro-sec",
+        Objective::MaximizeTokenRate => "tokens/sec",
     };
-    println!(
-        "{:<10} {:<44} {:>5} {:>4} {:>4} {:>9} {:>9} {:>12}",
-        "status", "initial value", "cores", "mos", "ols", "batchSize", "instances", unit
-    );
-    for c in &result.climbs {
-        let b = &c.best;
-        let objective = b.objective(spec.objective).map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
-        println!(
-            "{:<10} {:<44} {:>5} {:>4} {:>4} {:>9} {:>9} {:>12}",
-            c.status,
-            c.initial.to_string(),
-            b.config.cores,
-            b.config.mos,
-            b.config.ols,
-            b.config.bs,
-            b.config.instances,
-            objective
-        );
-        if let Err(e) = &b.result {
-            println!("           ({e})");
+    info(&format!(
+        "Optimization algorithm finished run which started from initial values: {}",
+        seed_list(&spec.initial_values)
+    ));
+    info("Optimized search results:");
+    print!("{}", results_table(&result, spec.objective, unit));
+    for (i, c) in result.climbs.iter().enumerate() {
+        if let Err(e) = &c.best.result {
+            println!("{i}: {e}");
         }
     }
     println!(
@@ -437,13 +561,13 @@ fn run(argv: &[String]) -> Result<(), String> {
             ));
         }
         println!(
-            "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.1} tokens/s, time per output token mean {:.3} ms (p99 {:.3}), time to first token mean {:.3} ms",
-            c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.total_round_trip.mean
+            "Best configuration: cores={} mos={} ols={} batchSize={} instances={} setSize={}: {:.1} tokens/s, time per output token mean {:.3} ms (p99 {:.3}), time to first token mean {:.3} ms",
+            c.cores, c.mos, c.ols, c.bs, c.instances, c.set_size, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.total_round_trip.mean
         );
     } else {
         println!(
-            "Best configuration: cores={} mos={} ols={} batchSize={} instances={}: {:.2} inf/s, host round trip mean {:.3} ms (p99 {:.3}), device time per inference {:.3} ms",
-            c.cores, c.mos, c.ols, c.bs, c.instances, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
+            "Best configuration: cores={} mos={} ols={} batchSize={} instances={} setSize={}: {:.2} inf/s, host round trip mean {:.3} ms (p99 {:.3}), device time per inference {:.3} ms",
+            c.cores, c.mos, c.ols, c.bs, c.instances, c.set_size, p.inf_per_sec, p.host_round_trip.mean, p.host_round_trip.p99, p.device_exec.mean
         );
     }
     if c.cores > CALIBRATED_CORES {
@@ -463,14 +587,13 @@ fn run(argv: &[String]) -> Result<(), String> {
     if let Some((_, json)) = &quantised.profile {
         files.push(&args.output_dir, "profile.json".into(), json.clone().into_bytes());
     }
-    files.push(out, "results.csv".into(), results_csv(&result, spec.objective, set_size).into_bytes());
+    files.push(out, "results.csv".into(), results_csv(&result, spec.objective).into_bytes());
     let kept = result.ranked(spec.objective, args.compiled_models);
     let json = serde_json::json!({
         "model": args.model,
         "objective": objective_name,
-        "setSize": set_size,
         "best": evaluation_json(best),
-        "compiledModels": kept.iter().map(|e| qpc_dir(out, &e.config).display().to_string()).collect::<Vec<_>>(),
+        "compiledModels": kept.iter().map(|e| qpc_dir(out, &args.model, &e.config).display().to_string()).collect::<Vec<_>>(),
         "evaluations": result.ranked(spec.objective, usize::MAX).into_iter()
             .chain(result.evaluated.iter().filter(|e| e.result.is_err()))
             .map(evaluation_json).collect::<Vec<_>>(),
@@ -482,7 +605,12 @@ fn run(argv: &[String]) -> Result<(), String> {
         let html = report_html(argv, &result, spec.objective, unit);
         files.push(&dir, name, html.into_bytes());
     }
+    let mut programs = HashSet::new();
     for e in &kept {
+        // Configurations that differ in instances or set size run the same program.
+        if !programs.insert(qpc_dir(out, &args.model, &e.config)) {
+            continue;
+        }
         let options = problem.options(&e.config);
         if args.generate.is_some() {
             let specs: Vec<_> = options
@@ -497,18 +625,17 @@ fn run(argv: &[String]) -> Result<(), String> {
             let text = serde_json::to_string_pretty(&serde_json::json!({ "specializations": specs }))
                 .expect("plain JSON")
                 + "\n";
-            let file = qpc_dir(out, &e.config).with_extension("specializations.json");
+            let file = qpc_dir(out, &args.model, &e.config).with_extension("specializations.json");
             let (dir, name) = (
                 file.parent().expect("under the output dir").to_path_buf(),
                 file.file_name().expect("a name").to_string_lossy().into_owned(),
             );
             files.push(&dir, name, text.into_bytes());
         }
-        let compiled = problem
-            .source
-            .compile(&options)
-            .map_err(|err| format!("recompiling {} for {}: {err}", e.config, qpc_dir(out, &e.config).display()))?;
-        files.push(&qpc_dir(out, &e.config), "programqpc.bin".into(), compiled.image.to_bytes());
+        let compiled = problem.source.compile(&options).map_err(|err| {
+            format!("recompiling {} for {}: {err}", e.config, qpc_dir(out, &args.model, &e.config).display())
+        })?;
+        files.push(&qpc_dir(out, &args.model, &e.config), "programqpc.bin".into(), compiled.image.to_bytes());
     }
     for written in files.write_all()? {
         written.announce();
@@ -525,7 +652,7 @@ fn run(argv: &[String]) -> Result<(), String> {
     }
     if args.generate.is_some() {
         // The specialisations at the best batch, left beside the program.
-        let file = qpc_dir(out, &c).with_extension("specializations.json");
+        let file = qpc_dir(out, &args.model, &c).with_extension("specializations.json");
         exec += &format!(" -retained-state -network-specialization-config={}", file.display());
         exec += &format!(" -aic-num-cores={} -mos={} -ols={}", c.cores, c.mos, c.ols);
     } else {
@@ -541,20 +668,26 @@ fn run(argv: &[String]) -> Result<(), String> {
     if let Some((path, _)) = &quantised.profile {
         exec += &format!(" -load-profile={}", path.display());
     }
-    let best_dir = qpc_dir(out, &c);
+    let best_dir = qpc_dir(out, &args.model, &c);
     exec += &format!(" -aic-hw -aic-hw-version=2.0 -compile-only -aic-binary-dir={}", best_dir.display());
     println!("Compile it with:\n  {exec}");
     let runner = |c: &Config| match (args.prompt_len, args.generate) {
         (Some(p), Some(n)) => {
             format!(
                 "aic-runner -t {} -a {} --prompt-len {p} --generate {n} --time {}",
-                qpc_dir(out, c).display(),
+                qpc_dir(out, &args.model, c).display(),
                 c.instances,
                 args.time
             )
         }
         _ => {
-            format!("aic-runner -t {} -a {} -S {set_size} --time {}", qpc_dir(out, c).display(), c.instances, args.time)
+            format!(
+                "aic-runner -t {} -a {} -S {} --time {}",
+                qpc_dir(out, &args.model, c).display(),
+                c.instances,
+                c.set_size,
+                args.time
+            )
         }
     };
     println!("Run it with:\n  {}", runner(&c));
@@ -564,6 +697,9 @@ fn run(argv: &[String]) -> Result<(), String> {
             println!("  {}", runner(&e.config));
         }
     }
+    let t = started.elapsed();
+    let (h, m, sec) = (t.as_secs() / 3600, t.as_secs() / 60 % 60, t.as_secs() % 60);
+    info(&format!("Total execution time {h:02}:{m:02}:{sec:02}.{:03}", t.subsec_millis()));
     Ok(())
 }
 

@@ -30,8 +30,11 @@ pub const CALIBRATED_CORES: u32 = 7;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
+    /// `max-throughput` in the newer search files.
     #[default]
+    #[serde(alias = "max-throughput")]
     MaximizeInfRate,
+    #[serde(alias = "min-latency")]
     MinimizeLatency,
     /// A language model's tokens per second (`-generate`), under the time-per-token bound
     /// if there is one.
@@ -46,11 +49,33 @@ pub struct Config {
     pub ols: u32,
     pub bs: u32,
     pub instances: u32,
+    /// In-flight inferences per instance (`aic-runner -S`).
+    pub set_size: u32,
 }
 
 impl std::fmt::Display for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cores={},mos={},ols={},bs={},instances={}", self.cores, self.mos, self.ols, self.bs, self.instances)
+        write!(
+            f,
+            "cores={},mos={},ols={},bs={},instances={},set_size={}",
+            self.cores, self.mos, self.ols, self.bs, self.instances, self.set_size
+        )
+    }
+}
+
+impl Config {
+    /// The point as the card's configurator logs it:
+    /// `(cores=2, mos=[1], ols=1, batchSize=4, instances=7, setSize=10)`.
+    pub fn seed_form(&self) -> String {
+        format!(
+            "(cores={}, mos=[{}], ols={}, batchSize={}, instances={}, setSize={})",
+            self.cores, self.mos, self.ols, self.bs, self.instances, self.set_size
+        )
+    }
+
+    /// Its compiler parameters, as logged: `(cores=2, mos=[1], ols=1, batchSize=4)`.
+    pub fn compiler_params(&self) -> String {
+        format!("(cores={}, mos=[{}], ols={}, batchSize={})", self.cores, self.mos, self.ols, self.bs)
     }
 }
 
@@ -72,12 +97,15 @@ pub struct SearchSpec {
     /// Powers of two between the bounds.
     pub bs: Range,
     pub instances: Range,
+    /// In-flight inferences per instance: searched when the file gives bounds
+    /// (`set-size`), else held at the command line's value.
+    pub set_size: Range,
     pub initial_values: Vec<Config>,
     /// Parameters held fixed (any of the five names), applied over every point.
     pub static_params: Vec<(String, u32)>,
 }
 
-const PARAMS: [&str; 5] = ["cores", "mos", "ols", "bs", "instances"];
+const PARAMS: [&str; 6] = ["cores", "mos", "ols", "bs", "instances", "set_size"];
 
 fn get(c: &Config, name: &str) -> u32 {
     match name {
@@ -85,7 +113,8 @@ fn get(c: &Config, name: &str) -> u32 {
         "mos" => c.mos,
         "ols" => c.ols,
         "bs" => c.bs,
-        _ => c.instances,
+        "instances" => c.instances,
+        _ => c.set_size,
     }
 }
 
@@ -95,7 +124,8 @@ fn set(c: &mut Config, name: &str, v: u32) {
         "mos" => c.mos = v,
         "ols" => c.ols = v,
         "bs" => c.bs = v,
-        _ => c.instances = v,
+        "instances" => c.instances = v,
+        _ => c.set_size = v,
     }
 }
 
@@ -114,17 +144,25 @@ impl<'de> Deserialize<'de> for Positive {
     }
 }
 
-/// The search file as written (every key optional but `params` and `initial_values`).
+/// The search file as written (every key optional but `params` and `initial_values`),
+/// in either of the card's spellings: `params` / `initial_values` / `bs`, or the newer
+/// `search-parameters` / `initial-values` / `batch-size` with `"search-mode":
+/// "optimized"` and a searchable `set-size`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SearchFile {
-    #[serde(default = "SearchFile::default_evaluations")]
+    #[serde(default)]
+    #[serde(rename = "search-mode")]
+    search_mode: Option<String>,
+    #[serde(default = "SearchFile::default_evaluations", alias = "max-func-eval")]
     max_func_eval: Positive,
     #[serde(default)]
     objective: Objective,
+    #[serde(alias = "search-parameters")]
     params: Params,
+    #[serde(alias = "initial-values")]
     initial_values: Vec<Partial>,
-    #[serde(default)]
+    #[serde(default, alias = "static-params")]
     static_params: Partial,
 }
 
@@ -141,8 +179,11 @@ struct Params {
     cores: Option<Bounds>,
     mos: Option<Bounds>,
     ols: Option<Bounds>,
+    #[serde(alias = "batch-size")]
     bs: Option<Bounds>,
     instances: Option<Bounds>,
+    #[serde(alias = "set-size")]
+    set_size: Option<Bounds>,
 }
 
 #[derive(Deserialize)]
@@ -159,8 +200,11 @@ struct Partial {
     cores: Option<Positive>,
     mos: Option<Positive>,
     ols: Option<Positive>,
+    #[serde(alias = "batch-size")]
     bs: Option<Positive>,
     instances: Option<Positive>,
+    #[serde(alias = "set-size")]
+    set_size: Option<Positive>,
 }
 
 impl Partial {
@@ -172,6 +216,7 @@ impl Partial {
             ("ols", self.ols),
             ("bs", self.bs),
             ("instances", self.instances),
+            ("set_size", self.set_size),
         ];
         all.into_iter().filter_map(|(k, v)| Some((k.to_string(), v?.0))).collect()
     }
@@ -185,6 +230,7 @@ impl Partial {
             ols: pick(self.ols, base.ols),
             bs: pick(self.bs, base.bs),
             instances: pick(self.instances, base.instances),
+            set_size: pick(self.set_size, base.set_size),
         }
     }
 }
@@ -200,7 +246,9 @@ fn range(name: &str, bounds: &Option<Bounds>, default: Range) -> Result<Range, S
 
 impl SearchSpec {
     /// Parses the search file's JSON text; every problem is named, with where it is.
-    pub fn parse(text: &str) -> Result<SearchSpec, String> {
+    /// Unless the file searches the set size, it is held at `set_size` (by default 10
+    /// for throughput, 1 for latency and generation).
+    pub fn parse(text: &str, set_size: Option<u32>) -> Result<SearchSpec, String> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         if !value.is_object() {
             // Checked here: a derived struct would also take a list of its fields.
@@ -216,7 +264,11 @@ impl SearchSpec {
                 _ => why,
             }
         })?;
+        if let Some(mode) = file.search_mode.as_deref().filter(|m| *m != "optimized") {
+            return Err(format!("search-mode: \"{mode}\" is not supported (only \"optimized\")"));
+        }
         let one = Range { min: 1, max: 1 };
+        let set_size = set_size.unwrap_or(if file.objective == Objective::MaximizeInfRate { 10 } else { 1 });
         let p = &file.params;
         let bs = range("bs", &p.bs, one)?;
         if !bs.min.is_power_of_two() || !bs.max.is_power_of_two() {
@@ -230,6 +282,7 @@ impl SearchSpec {
             ols: range("ols", &p.ols, one)?,
             bs,
             instances: range("instances", &p.instances, one)?,
+            set_size: range("set_size", &p.set_size, Range { min: set_size, max: set_size })?,
             initial_values: Vec::new(),
             static_params: file.static_params.given(),
         };
@@ -237,7 +290,8 @@ impl SearchSpec {
             return Err("\"initial_values\" is empty: the search needs a starting point".into());
         }
         for (i, v) in file.initial_values.iter().enumerate() {
-            let c = spec.fix(v.over(Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1 }));
+            let start = Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1, set_size: spec.set_size.min };
+            let c = spec.fix(v.over(start));
             if let Some(why) = spec.invalid(&c, u32::MAX) {
                 return Err(format!("initial_values[{i}] ({c}): {why}"));
             }
@@ -260,7 +314,8 @@ impl SearchSpec {
             "mos" => self.mos,
             "ols" => self.ols,
             "bs" => self.bs,
-            _ => self.instances,
+            "instances" => self.instances,
+            _ => self.set_size,
         }
     }
 
@@ -323,8 +378,6 @@ pub struct Problem {
     pub batch_symbol: Option<String>,
     pub device: DeviceModel,
     pub host: HostModel,
-    /// In-flight inferences per instance (`aic-runner -S`).
-    pub set_size: u32,
     /// Inferences per instance the prediction measures (after warm-up).
     pub measured: u32,
     /// A language model generating: each evaluation predicts sequences of it.
@@ -374,6 +427,28 @@ impl Evaluation {
     }
 }
 
+/// What a search tells as it goes (every method is called from the thread doing the
+/// work; the defaults do nothing).
+pub trait SearchObserver: Sync {
+    /// The climbs start from these points.
+    fn starting(&self, _initial: &[Config]) {}
+    /// A round evaluates these new points.
+    fn round(&self, _points: &[Config]) {}
+    /// A program is being compiled for `c`'s compiler parameters (once per program).
+    fn compiling(&self, _c: &Config) {}
+    /// `c`'s deployment is being predicted.
+    fn running(&self, _c: &Config) {}
+    /// An evaluation is done.
+    fn evaluated(&self, _e: &Evaluation) {}
+}
+
+/// An observer that only hears of finished evaluations.
+impl<F: Fn(&Evaluation) + Sync> SearchObserver for F {
+    fn evaluated(&self, e: &Evaluation) {
+        self(e)
+    }
+}
+
 /// One program, compiled once by whichever thread asks first.
 type ProgramCell = Arc<std::sync::OnceLock<Result<Arc<Workload>, String>>>;
 
@@ -402,12 +477,13 @@ impl Problem {
         o
     }
 
-    fn workload(&self, cache: &Cache, c: &Config) -> Result<Arc<Workload>, String> {
+    fn workload(&self, cache: &Cache, c: &Config, observer: &dyn SearchObserver) -> Result<Arc<Workload>, String> {
         let key = (c.cores, c.mos, c.ols, c.bs);
         let cell = cache.programs.lock().entry(key).or_default().clone();
         // Threads that want the same program wait for the one compiling it.
         cell.get_or_init(|| {
             cache.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            observer.compiling(c);
             let compiled = self.source.compile(&self.options(c)).map_err(|e| format!("compile: {e}"))?;
             Ok(Arc::new(Workload::from_compiled(&compiled).map_err(|e| e.to_string())?))
         })
@@ -415,20 +491,18 @@ impl Problem {
     }
 
     /// Compiles (cached) and predicts one point.
-    pub fn evaluate(&self, c: &Config, objective: Objective) -> Evaluation {
+    pub fn evaluate(&self, c: &Config) -> Evaluation {
         let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
-        self.evaluate_cached(&cache, c, objective)
+        self.evaluate_cached(&cache, c, &|_: &Evaluation| {})
     }
 
-    fn evaluate_cached(&self, cache: &Cache, c: &Config, objective: Objective) -> Evaluation {
+    fn evaluate_cached(&self, cache: &Cache, c: &Config, observer: &dyn SearchObserver) -> Evaluation {
         if let Some(e) = cache.evaluations.lock().get(c) {
             return e.clone();
         }
-        let set_size = match objective {
-            Objective::MaximizeInfRate => self.set_size,
-            Objective::MinimizeLatency | Objective::MaximizeTokenRate => 1,
-        };
-        let result = self.workload(cache, c).and_then(|w| match &self.generation {
+        let set_size = c.set_size;
+        let result = self.workload(cache, c, observer).inspect(|_| observer.running(c));
+        let result = result.and_then(|w| match &self.generation {
             Some(g) => {
                 predict_generation(&w, c.instances, g.prompt_len, g.tokens, g.sequences, &self.device, &self.host)
                     .map_err(|e| e.to_string())
@@ -506,10 +580,12 @@ fn evaluate_all(
     problem: &Problem,
     cache: &Cache,
     points: &[Config],
-    objective: Objective,
     threads: usize,
-    on_evaluated: &(dyn Fn(&Evaluation) + Sync),
+    observer: &dyn SearchObserver,
 ) -> Vec<Evaluation> {
+    if !points.is_empty() {
+        observer.round(points);
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = Mutex::new(vec![None; points.len()]);
     std::thread::scope(|s| {
@@ -517,8 +593,8 @@ fn evaluate_all(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(c) = points.get(i) else { break };
-                let e = problem.evaluate_cached(cache, c, objective);
-                on_evaluated(&e);
+                let e = problem.evaluate_cached(cache, c, observer);
+                observer.evaluated(&e);
                 results.lock()[i] = Some(e);
             });
         }
@@ -528,16 +604,15 @@ fn evaluate_all(
 
 /// Searches from every initial value of `spec`.
 pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchResult {
-    search_with(problem, spec, threads, &|_| {})
+    search_with(problem, spec, threads, &|_: &Evaluation| {})
 }
 
-/// [`search`], calling `on_evaluated` (from the evaluating thread) as each point's
-/// evaluation completes.
+/// [`search`], telling `observer` what it does as it goes.
 pub fn search_with(
     problem: &Problem,
     spec: &SearchSpec,
     threads: usize,
-    on_evaluated: &(dyn Fn(&Evaluation) + Sync),
+    observer: &dyn SearchObserver,
 ) -> SearchResult {
     let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
     let nsp = problem.device.num_nsp;
@@ -547,7 +622,8 @@ pub fn search_with(
     let starts: Vec<Config> = spec.initial_values.iter().filter(|c| spec.invalid(c, nsp).is_none()).copied().collect();
     let mut first = starts.clone();
     first.truncate(spec.max_func_eval);
-    evaluate_all(problem, &cache, &first, objective, threads, on_evaluated);
+    observer.starting(&spec.initial_values);
+    evaluate_all(problem, &cache, &first, threads, observer);
     let mut climbs = Vec::new();
     for initial in &spec.initial_values {
         let Some(mut here) = cache.evaluations.lock().get(initial).cloned() else {
@@ -568,7 +644,7 @@ pub fn search_with(
             let mut todo = fresh;
             let over = todo.len() > left;
             todo.truncate(left);
-            evaluate_all(problem, &cache, &todo, objective, threads, on_evaluated);
+            evaluate_all(problem, &cache, &todo, threads, observer);
             let best_neighbour = {
                 let seen = cache.evaluations.lock();
                 spec.neighbours(&here.config, nsp)
