@@ -45,10 +45,10 @@ fi
     CARGO_TARGET_DIR="$(cd .. && pwd)/target/python" maturin develop --release --quiet)
 .venv/bin/python -m pytest python/tests -q -p no:cacheprovider 2>&1 | tee -a "$log"
 # The calibration against the hardware measurements, the configurator's searches and
-# the full-size exported BERT-base run in release (they simulate thousands of ResNet-50
-# inferences, and BERT-base is 90 GMAC per inference); in debug builds they skip
-# themselves.
-cargo test --release --test calibration --test configurator --test transformers -- --nocapture 2>&1 | tee -a "$log"
+# the full-size exported BERT-base and the seed notebooks' command lines run in release
+# (they simulate thousands of ResNet-50 inferences, and BERT-base is 90 GMAC per
+# inference); in debug builds they skip themselves.
+cargo test --release --test calibration --test configurator --test transformers --test seed_notebooks -- --nocapture 2>&1 | tee -a "$log"
 # The fault campaign: a million inferences through the whole driver stack under every
 # fault, each completing once with its own output or failing once with a named error
 # (it exits non-zero otherwise). `cargo bench --bench fault_campaign` runs ten million.

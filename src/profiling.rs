@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use aicsim_abi::container::{Layer, ProgramImage};
 use aicsim_abi::isa::{DType, Op};
-use aicsim_device::nsp::{op_class, Engine, OpClass, ENGINES, HVX_THREADS, OP_CLASSES};
+use aicsim_device::nsp::{op_class, Engine, OpClass, DMA_QUEUES, ENGINES, HVX_THREADS, OP_CLASSES};
 use aicsim_driver::RunProfile;
 use aicsim_runtime::Timestamps;
 use serde::Serialize;
@@ -243,10 +243,11 @@ fn thread_summary(c: usize, run: &RunProfile, busy: [u64; ENGINES], clock_hz: u6
     let mut out = String::new();
     let _ = writeln!(out, "\nc{c} total: {cycles:>16} ucycles {cycles:>16} pcycles (thread max)");
     let hvx = busy[Engine::Hvx as usize] / u64::from(HVX_THREADS);
-    let threads = (0..HVX_THREADS).map(|_| (Engine::Hvx, "HVX", hvx)).chain([
-        (Engine::Hmx, "HMX", busy[Engine::Hmx as usize]),
-        (Engine::Dma, "DMAIssue", busy[Engine::Dma as usize]),
-    ]);
+    // Transfers overlap (DMA_QUEUES in flight): the issue thread is busy while any is.
+    let dma = busy_union(run, c, Engine::Dma).unwrap_or(busy[Engine::Dma as usize] / u64::from(DMA_QUEUES)).min(cycles);
+    let threads = (0..HVX_THREADS)
+        .map(|_| (Engine::Hvx, "HVX", hvx))
+        .chain([(Engine::Hmx, "HMX", busy[Engine::Hmx as usize]), (Engine::Dma, "DMAIssue", dma)]);
     for (t, (engine, name, work)) in threads.enumerate() {
         let (s, e) = span(engine);
         let _ = writeln!(
@@ -260,6 +261,30 @@ fn thread_summary(c: usize, run: &RunProfile, busy: [u64; ENGINES], clock_hz: u6
     let _ = writeln!(out, "c{c}: Total inference pcycle is {cycles}");
     let _ = writeln!(out, "c{c}: Effective frequency is {:.2}MHz", clock_hz as f64 / 1e6);
     out
+}
+
+/// Cycles in which core `c` had at least one instruction on `engine` (from the trace;
+/// `None` without one).
+fn busy_union(run: &RunProfile, c: usize, engine: Engine) -> Option<u64> {
+    let mut spans: Vec<(u64, u64)> = run
+        .trace
+        .iter()
+        .filter(|e| e.core as usize == c && e.engine == engine)
+        .map(|e| (e.start_cycle, e.end_cycle))
+        .collect();
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_unstable();
+    let (mut total, mut reach) = (0, 0);
+    for (s, e) in spans {
+        let s = s.max(reach);
+        if e > s {
+            total += e - s;
+            reach = e;
+        }
+    }
+    Some(total)
 }
 
 /// What one layer did in one run: the span of its instructions (first start to last

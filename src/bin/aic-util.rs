@@ -52,20 +52,20 @@ fn main() -> ExitCode {
     let device = match Device::open_simulated(config) {
         Ok(d) => d,
         Err(e) => {
-            println!("    Status:Error");
-            println!("    Reason: {e}");
+            println!("\tStatus:Error");
+            println!("\tReason: {e}");
             return ExitCode::from(1);
         }
     };
     match device.status() {
         Ok(s) => {
-            println!("    Status:Ready");
+            println!("\tStatus:Ready");
             print_report(&s, vtcm_kib);
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("    Status:Error");
-            println!("    Reason: {e}");
+            println!("\tStatus:Error");
+            println!("\tReason: {e}");
             ExitCode::from(1)
         }
     }
@@ -73,12 +73,12 @@ fn main() -> ExitCode {
 
 fn print_report(s: &StatusReport, vtcm_kib: u64) {
     let channels: Vec<String> = (0..32).filter(|b| s.active_channels >> b & 1 == 1).map(|b| b.to_string()).collect();
-    println!("    Nsp Total:{} Nsp Free:{}", s.nsp_total, s.nsp_free);
-    println!("    Vtcm Size Per Nsp:{vtcm_kib} KB");
-    println!("    DDR Total:{} MB DDR Free:{} MB", s.ddr_total >> 20, s.ddr_free >> 20);
-    println!("    Firmware Version:{}.{}.{}", s.fw_version >> 16, (s.fw_version >> 8) & 0xFF, s.fw_version & 0xFF);
+    println!("\tNsp Total:{} Nsp Free:{}", s.nsp_total, s.nsp_free);
+    println!("\tVtcm Size Per Nsp:{vtcm_kib} KB");
+    println!("\tDDR Total:{} MB DDR Free:{} MB", s.ddr_total >> 20, s.ddr_free >> 20);
+    println!("\tFirmware Version:{}.{}.{}", s.fw_version >> 16, (s.fw_version >> 8) & 0xFF, s.fw_version & 0xFF);
     println!(
-        "    Active Programs:{} Active Channels:{}",
+        "\tActive Programs:{} Active Channels:{}",
         s.programs_loaded,
         if channels.is_empty() { "none".into() } else { channels.join(",") }
     );
@@ -90,8 +90,8 @@ fn query_process(path: &std::path::Path, liveness: std::time::Duration, vtcm_kib
     let seen = match aicsim_kmd::observe(path, liveness) {
         Ok(seen) => seen,
         Err(e) => {
-            println!("    Status:Error");
-            println!("    Reason: {e}");
+            println!("\tStatus:Error");
+            println!("\tReason: {e}");
             return ExitCode::from(1);
         }
     };
@@ -101,7 +101,7 @@ fn query_process(path: &std::path::Path, liveness: std::time::Duration, vtcm_kib
         (false, true) => "a host attached, no device process",
         (false, false) => "nothing attached",
     };
-    println!("    Region:{} ({who})", path.display());
+    println!("\tRegion:{} ({who})", path.display());
     let reason = if !seen.device_attached {
         Some(format!("no device process serves {}", path.display()))
     } else if !seen.alive {
@@ -115,18 +115,18 @@ fn query_process(path: &std::path::Path, liveness: std::time::Duration, vtcm_kib
     };
     match reason {
         Some(why) => {
-            println!("    Status:Error");
-            println!("    Reason: {why}");
+            println!("\tStatus:Error");
+            println!("\tReason: {why}");
             if let Some(report) = &seen.report {
                 print_report(report, vtcm_kib);
             }
             ExitCode::from(1)
         }
         None => {
-            println!("    Status:Ready");
+            println!("\tStatus:Ready");
             match &seen.report {
                 Some(report) => print_report(report, vtcm_kib),
-                None => println!("    (no resource report published yet)"),
+                None => println!("\t(no resource report published yet)"),
             }
             ExitCode::SUCCESS
         }
