@@ -37,13 +37,17 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 # The Python package (`python/`: PyO3, built by maturin into the virtualenv), its pytest
 # suite and the notebooks under examples/notebooks (executed by nbclient).
-if [ ! -x .venv/bin/maturin ] || ! .venv/bin/python -c "import pytest, nbclient, nbformat, ipykernel" 2>/dev/null; then
+# Ray (from PyPI) runs the sweeps on a cluster the tests start on this machine.
+if [ ! -x .venv/bin/maturin ] || ! .venv/bin/python -c "import pytest, nbclient, nbformat, ipykernel, ray" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "maturin>=1.7,<2" "pytest>=7" \
-        "nbclient>=0.10" "nbformat>=5" "ipykernel>=6"
+        "nbclient>=0.10" "nbformat>=5" "ipykernel>=6" "ray>=2.9,<3"
 fi
 (cd python && VIRTUAL_ENV="$(cd .. && pwd)/.venv" PATH="$(cd .. && pwd)/.venv/bin:$PATH" \
     CARGO_TARGET_DIR="$(cd .. && pwd)/target/python" maturin develop --release --quiet)
-.venv/bin/python -m pytest python/tests -q -p no:cacheprovider 2>&1 | tee -a "$log"
+# The sweep tests compare with aic-configurator (release, as the release tests below use).
+cargo build --release --bin aic-configurator
+AICSIM_BIN_DIR="$(pwd)/target/release" RAY_USAGE_STATS_ENABLED=0 \
+    .venv/bin/python -m pytest python/tests -q -p no:cacheprovider 2>&1 | tee -a "$log"
 # The calibration against the hardware measurements, the configurator's searches and
 # the full-size exported BERT-base and the seed notebooks' command lines run in release
 # (they simulate thousands of ResNet-50 inferences, and BERT-base is 90 GMAC per

@@ -75,7 +75,7 @@ pub struct Deployment {
 }
 
 /// Mean and spread of one latency, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Latency {
     pub mean: f64,
     pub min: f64,
@@ -104,7 +104,8 @@ impl Latency {
 /// What the card is predicted to do. For a generation ([`predict_generation`]): the
 /// rate is tokens per second, the host round trip the time per output token, the total
 /// round trip the time to first token.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Prediction {
     /// Whether this is a generation's prediction (see above).
     pub generation: bool,

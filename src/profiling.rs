@@ -107,6 +107,75 @@ pub fn engine_waits(run: &RunProfile, cores: usize) -> Vec<[(u64, u64); ENGINES]
         .collect()
 }
 
+/// One row of a core's op statistics: an op class's work (`pcycles` its engine cycles,
+/// `ucycles` its share of the core's timeline: pcycles over the engine's threads), or,
+/// with `pcycles` `None`, the time the core's next instruction waited on an engine
+/// (`op` `sync`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OpRow {
+    pub core: usize,
+    pub op: &'static str,
+    pub engine: &'static str,
+    /// ` TCM`, ` DDR` or empty, as the card's `opdetails` write it.
+    pub memory: &'static str,
+    pub dtypes: Vec<&'static str>,
+    pub ucycles: u64,
+    pub pcycles: Option<u64>,
+    pub count: u64,
+    pub out_kb: f64,
+    pub stddev_pcycles_per_kb: f64,
+}
+
+/// Every core's op statistics of one run (the waits only when it was traced), in core
+/// and class order.
+pub fn op_rows(image: &ProgramImage, run: &RunProfile) -> Vec<OpRow> {
+    let dtypes = class_dtypes(image);
+    let waits = if run.trace.is_empty() { Vec::new() } else { engine_waits(run, run.cores.len()) };
+    let mut rows = Vec::new();
+    for (c, core) in run.cores.iter().enumerate() {
+        for class in OpClass::ALL {
+            let k = core.classes[class as usize];
+            if k.count == 0 {
+                continue;
+            }
+            let (engine, engine_name, memory) = engine_of(class);
+            let threads = if engine == Engine::Hvx { u64::from(HVX_THREADS) } else { 1 };
+            rows.push(OpRow {
+                core: c,
+                op: class.name(),
+                engine: engine_name,
+                memory,
+                dtypes: dtypes.get(c).map(|d| d[class as usize].iter().map(|t| t.name()).collect()).unwrap_or_default(),
+                ucycles: k.cycles / threads,
+                pcycles: Some(k.cycles),
+                count: k.count,
+                out_kb: k.out_bytes as f64 / 1024.0,
+                stddev_pcycles_per_kb: k.cycles_per_kib().1,
+            });
+        }
+        if let Some(waits) = waits.get(c) {
+            for (engine, name) in [(Engine::Dma, "DMAIssue"), (Engine::Hmx, "HMX"), (Engine::Hvx, "HVX")] {
+                let (wait, count) = waits[engine as usize];
+                if count > 0 {
+                    rows.push(OpRow {
+                        core: c,
+                        op: "sync",
+                        engine: name,
+                        memory: "",
+                        dtypes: Vec::new(),
+                        ucycles: wait,
+                        pcycles: None,
+                        count,
+                        out_kb: 0.0,
+                        stddev_pcycles_per_kb: 0.0,
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
 /// The per-core op statistics table of one run, then (when the run was traced) where
 /// its time went layer by layer.
 pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, clock_hz: u64, run: &RunProfile) -> String {
@@ -138,68 +207,56 @@ pub fn stats_table(image: &ProgramImage, activation: usize, inference: u64, cloc
         "pcycles/KB",
         "stddev(pc/KB)"
     );
-    let dtypes = class_dtypes(image);
-    let waits = if run.trace.is_empty() { Vec::new() } else { engine_waits(run, run.cores.len()) };
     // As the card's file: per core, its table (the heaviest rows first), then how busy
     // each of its threads was.
+    let all = op_rows(image, run);
     for (c, core) in run.cores.iter().enumerate() {
         let total_p: u64 = core.classes.iter().map(|k| k.cycles).sum::<u64>().max(1);
-        let mut rows: Vec<(u64, String)> = Vec::new();
         let mut busy = [0u64; ENGINES];
         for class in OpClass::ALL {
-            let k = core.classes[class as usize];
-            if k.count == 0 {
-                continue;
-            }
-            let (engine, engine_name, memory) = engine_of(class);
-            busy[engine as usize] += k.cycles;
-            let threads = if engine == Engine::Hvx { u64::from(HVX_THREADS) } else { 1 };
-            let ucycles = k.cycles / threads;
-            let kb = k.out_bytes as f64 / 1024.0;
-            let per_kb = |v: u64| if kb > 0.0 { v as f64 / kb } else { 0.0 };
-            let (_, std) = k.cycles_per_kib();
-            let types: Vec<&str> =
-                dtypes.get(c).map(|d| d[class as usize].iter().map(|t| t.name()).collect()).unwrap_or_default();
-            let types = if types.is_empty() { String::new() } else { format!(" ({})", types.join(", ")) };
-            let details = format!("{} {engine_name}{memory}{types}", class.name());
-            let row = format!(
-                "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.2}{:>12.2}{:>12.2}{:>15.2}  {}",
-                format!("c{c}"),
-                ucycles,
-                ucycles as f64 * 100.0 / cycles as f64,
-                k.cycles,
-                k.cycles as f64 * 100.0 / total_p as f64,
-                k.count,
-                kb,
-                per_kb(ucycles),
-                per_kb(k.cycles),
-                std,
-                details
-            );
-            rows.push((ucycles, row));
+            busy[engine_of(class).0 as usize] += core.classes[class as usize].cycles;
         }
-        // Time the core's next instruction waited on each engine (traced runs only).
-        if let Some(waits) = waits.get(c) {
-            for (engine, name) in [(Engine::Dma, "DMAIssue"), (Engine::Hmx, "HMX"), (Engine::Hvx, "HVX")] {
-                let (wait, count) = waits[engine as usize];
-                if count == 0 {
-                    continue;
+        let mut rows: Vec<(u64, String)> = Vec::new();
+        for r in all.iter().filter(|r| r.core == c) {
+            let types = if r.dtypes.is_empty() { String::new() } else { format!(" ({})", r.dtypes.join(", ")) };
+            let row = match r.pcycles {
+                Some(p) => {
+                    let per_kb = |v: u64| if r.out_kb > 0.0 { v as f64 / r.out_kb } else { 0.0 };
+                    format!(
+                        "{:<6}{:>12}{:>11.2}%{:>12}{:>11.2}%{:>8}{:>12.2}{:>12.2}{:>12.2}{:>15.2}  {} {}{}{types}",
+                        format!("c{c}"),
+                        r.ucycles,
+                        r.ucycles as f64 * 100.0 / cycles as f64,
+                        p,
+                        p as f64 * 100.0 / total_p as f64,
+                        r.count,
+                        r.out_kb,
+                        per_kb(r.ucycles),
+                        per_kb(p),
+                        r.stddev_pcycles_per_kb,
+                        r.op,
+                        r.engine,
+                        r.memory
+                    )
                 }
-                let row = format!(
-                    "{:<6}{:>12}{:>11.2}%{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  sync {name}",
+                // Time waited: nothing of its own to divide.
+                None => format!(
+                    "{:<6}{:>12}{:>11.2}%{:>12}{:>12}{:>8}{:>12}{:>12}{:>12}{:>15}  {} {}",
                     format!("c{c}"),
-                    wait,
-                    wait as f64 * 100.0 / cycles as f64,
+                    r.ucycles,
+                    r.ucycles as f64 * 100.0 / cycles as f64,
                     "N/A",
                     "N/A",
-                    count,
+                    r.count,
                     "N/A",
                     "N/A",
                     "N/A",
-                    "N/A"
-                );
-                rows.push((wait, row));
-            }
+                    "N/A",
+                    r.op,
+                    r.engine
+                ),
+            };
+            rows.push((r.ucycles, row));
         }
         rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         let _ = writeln!(out, "\n{header}");

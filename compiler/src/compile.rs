@@ -479,6 +479,11 @@ impl Source {
         })
     }
 
+    /// An ONNX model's bytes (external data files are not reachable from here).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Source, CompileError> {
+        Ok(Source { model: parse_model(bytes)?, dir: None, name: name.into() })
+    }
+
     /// `zoo:NAME` (a built-in model) or an ONNX file's path.
     pub fn load(source: &str) -> Result<Source, CompileError> {
         match source.strip_prefix("zoo:") {

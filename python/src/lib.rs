@@ -103,6 +103,103 @@ fn compile(py: Python<'_>, model: &str, out_dir: &str, options: Option<&Bound<'_
     Ok(dir.join("programqpc.bin").display().to_string())
 }
 
+/// One point of a sweep, predicted: compiles `model` (a zoo name, or an ONNX file's
+/// bytes named `name`) for the job's configuration and predicts its deployment. A pure
+/// function of its arguments — what each Ray task of `aicsim.sweep` runs. Returns JSON:
+/// `{"ok": prediction}` or `{"error": reason}`.
+#[pyfunction]
+#[pyo3(signature = (name, model, job))]
+fn evaluate_job(py: Python<'_>, name: &str, model: Option<Vec<u8>>, job: &str) -> PyResult<String> {
+    use aicsim::configurator::{evaluate_job, PointJob};
+    let job: PointJob = serde_json::from_str(job).map_err(|e| PyValueError::new_err(format!("job: {e}")))?;
+    let outcome = py.detach(|| {
+        let source = match &model {
+            Some(bytes) => aicsim_compiler::Source::from_bytes(name, bytes),
+            None => aicsim_compiler::Source::load(name),
+        };
+        evaluate_job(source.map_err(|e| e.to_string())?, &job)
+    });
+    Ok(match outcome {
+        Ok(p) => serde_json::json!({ "ok": p }),
+        Err(e) => serde_json::json!({ "error": e }),
+    }
+    .to_string())
+}
+
+/// A round of a search evaluated by a Python callable: it takes the points' jobs (JSON
+/// strings) and returns one result (JSON, as [`evaluate_job`]) per job.
+struct PythonRound<'a> {
+    problem: &'a aicsim::configurator::Problem,
+    evaluate: Py<PyAny>,
+}
+
+impl aicsim::configurator::RoundEvaluator for PythonRound<'_> {
+    fn evaluate_round(
+        &self,
+        points: &[aicsim::configurator::Config],
+    ) -> Vec<Result<aicsim::predict::Prediction, String>> {
+        use aicsim::configurator::PointJob;
+        let jobs: Vec<String> =
+            points.iter().map(|c| serde_json::to_string(&PointJob::of(self.problem, c)).expect("plain JSON")).collect();
+        let answers: Result<Vec<String>, String> = Python::attach(|py| {
+            self.evaluate.call1(py, (jobs,)).and_then(|r| r.extract::<Vec<String>>(py)).map_err(|e| e.to_string())
+        });
+        let answers = match answers {
+            Ok(a) if a.len() == points.len() => a,
+            Ok(a) => {
+                return points.iter().map(|_| Err(format!("{} results for {} points", a.len(), points.len()))).collect()
+            }
+            Err(e) => return points.iter().map(|_| Err(format!("the round's evaluator failed: {e}"))).collect(),
+        };
+        answers
+            .iter()
+            .map(|a| {
+                let v: serde_json::Value = serde_json::from_str(a).map_err(|e| format!("a result is not JSON: {e}"))?;
+                match (v.get("ok"), v.get("error")) {
+                    (Some(p), _) => serde_json::from_value(p.clone()).map_err(|e| format!("a prediction: {e}")),
+                    (None, Some(e)) => Err(e.as_str().unwrap_or("failed").to_string()),
+                    _ => Err(format!("a result with neither ok nor error: {a}")),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Searches `model` as `aic-configurator` does: `search` is a search file's JSON (either
+/// spelling), `options` the compile options (JSON, see `SweepOptions`). Each round of
+/// points is evaluated by `evaluate_round` when given (e.g. on Ray), else on `threads`
+/// threads here. Returns the result as JSON.
+#[pyfunction]
+#[pyo3(signature = (model, search, options, evaluate_round=None, threads=None))]
+fn search(
+    py: Python<'_>,
+    model: &str,
+    search: &str,
+    options: &str,
+    evaluate_round: Option<Py<PyAny>>,
+    threads: Option<usize>,
+) -> PyResult<String> {
+    use aicsim::configurator::{search_distributed, search_with, SearchSpec, SweepOptions};
+    let options: SweepOptions =
+        serde_json::from_str(options).map_err(|e| PyValueError::new_err(format!("options: {e}")))?;
+    let spec =
+        SearchSpec::parse(search, options.set_size).map_err(|e| PyValueError::new_err(format!("search: {e}")))?;
+    let source = py
+        .detach(|| aicsim_compiler::Source::load(model))
+        .map_err(|e| aic_error(py, "ENOENT", format!("{model}: {e}")))?;
+    let problem = options.problem(source);
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let quiet = |_: &aicsim::configurator::Evaluation| {};
+    let result = match evaluate_round {
+        Some(evaluate) => {
+            let round = PythonRound { problem: &problem, evaluate };
+            py.detach(|| search_distributed(&problem, &spec, &round, &quiet))
+        }
+        None => py.detach(|| search_with(&problem, &spec, threads, &quiet)),
+    };
+    Ok(result.to_json(spec.objective).to_string())
+}
+
 /// `aic-util -q` as a dict: cores, memory, firmware version, programs and channels.
 #[pyfunction]
 fn device_status(py: Python<'_>) -> PyResult<Py<PyDict>> {
@@ -146,6 +243,8 @@ struct Session {
     num_activations: usize,
     set_size: usize,
     mode: ExecMode,
+    /// `benchmark`'s clock: the card's (simulated) or this host's (wall).
+    wall_clock: bool,
 }
 
 fn closed() -> PyErr {
@@ -325,7 +424,6 @@ fn array_bytes(value: &Bound<'_, PyAny>, b: &IoBinding) -> PyResult<Vec<u8>> {
 
 /// The figures of a benchmark, as `aic-runner` reports them (simulated clock).
 #[pyclass(module = "aicsim._aicsim", get_all)]
-#[derive(Clone)]
 struct Stats {
     inferences: u64,
     batch_size: u32,
@@ -341,6 +439,106 @@ struct Stats {
     /// interrupt, postProc), as `aic-runner`'s report.
     stages_ms: Vec<(String, f64)>,
     device_exec_mean_ms: f64,
+    /// "simulated" (the card's figures) or "wall" (this host's).
+    clock: &'static str,
+    /// The profiled inference's device profile (`benchmark(profile_iter=k)`).
+    profile: Option<Py<Profile>>,
+}
+
+/// One inference's device profile, as tables: `ops` (each core's op statistics, as
+/// aic-runner's stats files: cycles per op class and the waits on each engine) and
+/// `layers` (each ONNX node's span and busy cycles per engine), each a list of dicts
+/// (`to_dataframe` makes them pandas DataFrames).
+#[pyclass(module = "aicsim._aicsim", get_all)]
+struct Profile {
+    /// Which inference of the run (from 0), on which activation.
+    inference: u64,
+    activation: usize,
+    /// The run's device cycles and the clock, MHz.
+    cycles: u64,
+    clock_mhz: f64,
+    ops: Py<PyList>,
+    layers: Py<PyList>,
+}
+
+impl Profile {
+    fn new(
+        py: Python<'_>,
+        image: &aicsim_abi::container::ProgramImage,
+        run: &aicsim_driver::RunProfile,
+        inference: u64,
+        activation: usize,
+    ) -> PyResult<Profile> {
+        let clock_hz = DeviceConfig::default().clock_hz;
+        let mut ops = Vec::new();
+        for r in aicsim::profiling::op_rows(image, run) {
+            let d = PyDict::new(py);
+            d.set_item("core", r.core)?;
+            d.set_item("op", r.op)?;
+            d.set_item("engine", r.engine)?;
+            d.set_item("memory", r.memory.trim())?;
+            d.set_item("dtypes", r.dtypes.join(", "))?;
+            d.set_item("ucycles", r.ucycles)?;
+            d.set_item("pcycles", r.pcycles)?;
+            d.set_item("count", r.count)?;
+            d.set_item("out_kb", r.out_kb)?;
+            d.set_item("busy_percent", r.ucycles as f64 * 100.0 / run.cycles().max(1) as f64)?;
+            ops.push(d.unbind());
+        }
+        let mut layers = Vec::new();
+        for a in aicsim::profiling::layer_activity(image, run) {
+            use aicsim_device::nsp::Engine;
+            let layer = &image.layers[a.layer];
+            let d = PyDict::new(py);
+            d.set_item("layer", &layer.name)?;
+            d.set_item("op_type", &layer.op_type)?;
+            d.set_item("span_us", a.span_cycles() as f64 * 1e6 / clock_hz as f64)?;
+            d.set_item("dma_cycles", a.busy[Engine::Dma as usize])?;
+            d.set_item("hmx_cycles", a.busy[Engine::Hmx as usize])?;
+            d.set_item("hvx_cycles", a.busy[Engine::Hvx as usize])?;
+            d.set_item("sync_cycles", a.busy[Engine::Sync as usize])?;
+            d.set_item("out_kb", a.written_bytes as f64 / 1024.0)?;
+            d.set_item("dtypes", a.dtypes.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "))?;
+            layers.push(d.unbind());
+        }
+        Ok(Profile {
+            inference,
+            activation,
+            cycles: run.cycles(),
+            clock_mhz: clock_hz as f64 / 1e6,
+            ops: PyList::new(py, ops)?.unbind(),
+            layers: PyList::new(py, layers)?.unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl Profile {
+    /// `table` ("layers" or "ops") as a pandas DataFrame (pandas must be installed; the
+    /// lists of dicts are the same rows without it).
+    #[pyo3(signature = (table="layers"))]
+    fn to_dataframe(&self, py: Python<'_>, table: &str) -> PyResult<Py<PyAny>> {
+        let rows = match table {
+            "layers" => &self.layers,
+            "ops" => &self.ops,
+            other => return Err(PyValueError::new_err(format!("table '{other}': expected 'layers' or 'ops'"))),
+        };
+        let pandas = py.import("pandas").map_err(|_| {
+            pyo3::exceptions::PyImportError::new_err("to_dataframe needs pandas; .layers and .ops are the same rows")
+        })?;
+        Ok(pandas.getattr("DataFrame")?.call1((rows.clone_ref(py),))?.unbind())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Profile(inference={}, activation={}, cycles={}, {} op rows, {} layers)",
+            self.inference,
+            self.activation,
+            self.cycles,
+            Python::attach(|py| self.ops.bind(py).len()),
+            Python::attach(|py| self.layers.bind(py).len())
+        )
+    }
 }
 
 #[pymethods]
@@ -358,6 +556,7 @@ impl Stats {
         d.set_item("latency_p99_ms", self.latency_p99_ms)?;
         d.set_item("latency_max_ms", self.latency_max_ms)?;
         d.set_item("device_exec_mean_ms", self.device_exec_mean_ms)?;
+        d.set_item("clock", self.clock)?;
         for (stage, ms) in &self.stages_ms {
             d.set_item(format!("stage_{}_ms", stage.replace([' ', ','], "_")), ms)?;
         }
@@ -391,8 +590,20 @@ struct Collected {
 #[pymethods]
 impl Session {
     #[new]
-    #[pyo3(signature = (qpc_path, num_activations=1, set_size=10, mode="functional"))]
-    fn new(py: Python<'_>, qpc_path: &str, num_activations: usize, set_size: usize, mode: &str) -> PyResult<Session> {
+    #[pyo3(signature = (qpc_path, num_activations=1, set_size=10, mode="functional", clock="simulated"))]
+    fn new(
+        py: Python<'_>,
+        qpc_path: &str,
+        num_activations: usize,
+        set_size: usize,
+        mode: &str,
+        clock: &str,
+    ) -> PyResult<Session> {
+        let wall_clock = match clock {
+            "simulated" => false,
+            "wall" => true,
+            other => return Err(PyValueError::new_err(format!("clock '{other}': expected 'simulated' or 'wall'"))),
+        };
         let mode = match mode {
             "functional" => ExecMode::Functional,
             "timing" => ExecMode::Timing,
@@ -421,6 +632,7 @@ impl Session {
             num_activations,
             set_size,
             mode,
+            wall_clock,
         })
     }
 
@@ -570,10 +782,15 @@ impl Session {
     }
 
     /// Runs the program as `aic-runner -a num_activations -S set_size -n num_iter`
-    /// (timing mode) on the simulated clock and returns its figures. Ctrl-C stops it:
-    /// nothing more is taken up, what is in flight completes, KeyboardInterrupt is raised.
-    #[pyo3(signature = (num_iter=200))]
-    fn benchmark(&self, py: Python<'_>, num_iter: u64) -> PyResult<Stats> {
+    /// (timing mode) on the session's clock (the card's simulated one by default, or this
+    /// host's wall clock) and returns its figures; with `profile_iter=k`, also the device
+    /// profile of the run's k-th inference (`Stats.profile`). Ctrl-C stops it: nothing
+    /// more is taken up, what is in flight completes, KeyboardInterrupt is raised.
+    #[pyo3(signature = (num_iter=200, profile_iter=None))]
+    fn benchmark(&self, py: Python<'_>, num_iter: u64, profile_iter: Option<u64>) -> PyResult<Stats> {
+        if let Some(k) = profile_iter.filter(|&k| k >= num_iter) {
+            return Err(PyValueError::new_err(format!("profile_iter={k} is past the run's {num_iter} inferences")));
+        }
         if num_iter == 0 {
             return Err(PyValueError::new_err("num_iter=0: nothing to run"));
         }
@@ -581,14 +798,29 @@ impl Session {
             return Err(closed());
         }
         let (program, activations, set_size) = (self.program.clone(), self.num_activations, self.set_size);
+        let wall = self.wall_clock;
+        let pacing = if wall { Pacing::Wall } else { Pacing::Simulated };
         let device = py
-            .detach(|| Session::open_device(ExecMode::Timing, Pacing::Simulated))
+            .detach(|| Session::open_device(ExecMode::Timing, pacing))
             .map_err(|e| aic_error(py, &format!("{:?}", e.errno()), e.to_string()))?;
         let set = py
-            .detach(|| InferenceSet::new(device, &program, activations, set_size))
+            .detach(|| -> Result<InferenceSet, RuntimeError> {
+                let set = InferenceSet::new(device, &program, activations, set_size)?;
+                if profile_iter.is_some() {
+                    for a in set.activations() {
+                        a.set_trace(true)?;
+                    }
+                }
+                Ok(set)
+            })
             .map_err(|e| runtime_error(py, e))?;
         let collected = Mutex::new(Collected::default());
+        let profiled = Mutex::new(None);
         let record = |c: &Completion<'_>| {
+            if Some(c.index) == profile_iter {
+                let run = set.activations()[c.activation].run_profile(c.seq);
+                *profiled.lock() = Some((run, c.index, c.activation));
+            }
             let stages = aicsim::runner::stage_times(c);
             let mut s = collected.lock();
             s.round_trips_ms.push(c.timestamps.total_round_trip().as_secs_f64() * 1e3);
@@ -603,7 +835,10 @@ impl Session {
         let stop = set.stop_handle();
         let (summary, interrupted) = py.detach(|| {
             std::thread::scope(|s| {
-                let run = s.spawn(|| set.run_simulated(RunLimit::Count(num_iter), &HostModel::default(), &[], record));
+                let run = s.spawn(|| match wall {
+                    true => set.run(RunLimit::Count(num_iter), |_, _| {}, record),
+                    false => set.run_simulated(RunLimit::Count(num_iter), &HostModel::default(), &[], record),
+                });
                 let mut interrupted = None;
                 while !run.is_finished() {
                     std::thread::sleep(Duration::from_millis(20));
@@ -621,6 +856,13 @@ impl Session {
             return Err(e);
         }
         let summary = summary.map_err(|e| runtime_error(py, e))?;
+        let profile = match profiled.into_inner() {
+            Some((Ok(run), index, activation)) => {
+                Some(Py::new(py, Profile::new(py, program.image(), &run, index, activation)?)?)
+            }
+            Some((Err(e), ..)) => return Err(runtime_error(py, e)),
+            None => None,
+        };
         let (done, elapsed) = (summary.inferences, summary.elapsed.as_secs_f64());
         let mut c = collected.into_inner();
         c.round_trips_ms.sort_by(f64::total_cmp);
@@ -643,6 +885,8 @@ impl Session {
                 .map(|(s, v)| (s.to_string(), v / n))
                 .collect(),
             device_exec_mean_ms: c.device_ms.iter().sum::<f64>() / n,
+            clock: if wall { "wall" } else { "simulated" },
+            profile,
         })
     }
 
@@ -689,8 +933,11 @@ impl Session {
 fn _aicsim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile, m)?)?;
     m.add_function(wrap_pyfunction!(device_status, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate_job, m)?)?;
+    m.add_function(wrap_pyfunction!(search, m)?)?;
     m.add_class::<Session>()?;
     m.add_class::<Stats>()?;
+    m.add_class::<Profile>()?;
     m.add("__doc__", "The simulated Cloud AI 100 card from Python (see the aicsim package).")?;
     Ok(())
 }

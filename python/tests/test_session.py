@@ -150,6 +150,58 @@ def test_benchmark_reports_the_runners_figures_on_the_simulated_clock(tiny):
         assert a.to_dataframe()["inf_per_sec"][0] == a.inf_per_sec
 
 
+def test_the_profile_of_an_inference_comes_as_tables(tiny):
+    """`benchmark(profile_iter=k)`: the k-th inference's device profile, per core and op
+    class (as aic-runner's stats files) and per ONNX node, as lists of dicts and as
+    pandas DataFrames."""
+    _, qpc = tiny
+    with aicsim.Session(qpc) as s:
+        stats = s.benchmark(num_iter=20, profile_iter=10)
+        assert s.benchmark(num_iter=5).profile is None
+        with pytest.raises(ValueError, match="profile_iter=5 is past the run's 5 inferences"):
+            s.benchmark(num_iter=5, profile_iter=5)
+    p = stats.profile
+    assert p.inference == 10 and p.cycles > 0 and p.clock_mhz > 0
+    ops = {(r["op"], r["engine"]) for r in p.ops}
+    assert ("aicconvolution", "HMX") in ops and ("aiccopytovtcm", "DMAIssue") in ops, ops
+    assert all(0 <= r["busy_percent"] <= 100 for r in p.ops)
+    layers = [r["op_type"] for r in p.layers]
+    assert layers[0] == "Conv" and "MatMul" in layers, layers
+    conv = p.layers[0]
+    assert conv["hmx_cycles"] > 0 and conv["span_us"] > 0 and conv["dtypes"]
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=".layers and .ops are the same rows"):
+            p.to_dataframe()
+    else:
+        df = p.to_dataframe()
+        assert list(df["op_type"]) == layers
+        assert len(p.to_dataframe("ops")) == len(p.ops)
+    with pytest.raises(ValueError, match="table 'cores'"):
+        p.to_dataframe("cores")
+
+
+def test_the_wall_clock_benchmark_measures_this_host(tiny):
+    import time
+
+    _, qpc = tiny
+    with aicsim.Session(qpc, num_activations=2, set_size=4, clock="wall") as s:
+        t0 = time.perf_counter()
+        w = s.benchmark(num_iter=400)
+        took = time.perf_counter() - t0
+    with aicsim.Session(qpc, num_activations=2, set_size=4) as s:
+        sim = s.benchmark(num_iter=400)
+    assert (w.clock, sim.clock) == ("wall", "simulated")
+    assert w.inferences == 400 and w.inf_per_sec > 0 and w.latency_p50_ms > 0
+    # The run's length is this host's time, within the call's.
+    assert 0 < w.elapsed_s <= took
+    # The device is the same model on either clock: the same device time per inference.
+    assert abs(w.device_exec_mean_ms / sim.device_exec_mean_ms - 1) < 0.25, (w, sim)
+    with pytest.raises(ValueError, match="clock 'host'"):
+        aicsim.Session(qpc, clock="host")
+
+
 def test_bad_input_raises_before_anything_is_queued_and_the_session_goes_on(tiny):
     path, qpc = tiny
     s = aicsim.Session(qpc)

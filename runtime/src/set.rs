@@ -122,8 +122,9 @@ pub struct InferenceSet {
     threads_per_activation: usize,
     submit_policy: SubmitPolicy,
     report_errors: bool,
-    /// Set by [`InferenceSet::stop_handle`]'s holder: the simulated run under way takes
-    /// up nothing more (what is in flight completes); each run clears it when it ends.
+    /// Set by [`InferenceSet::stop_handle`]'s holder: the run under way (either clock)
+    /// takes up nothing more (what is in flight completes); each run clears it when it
+    /// ends.
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -135,6 +136,8 @@ struct RunState<'a, I, C> {
     done: AtomicU64,
     in_flight: AtomicUsize,
     stop: AtomicBool,
+    /// The set's [`InferenceSet::stop_handle`].
+    stopped: &'a AtomicBool,
     fill_inputs: &'a I,
     on_complete: &'a C,
 }
@@ -144,7 +147,7 @@ impl<I, C> RunState<'_, I, C> {
     /// for the next arrival only if `may_wait` (the caller has nothing in flight);
     /// otherwise answers `Some(None)`: not yet.
     fn claim(&self, may_wait: bool) -> Option<Option<(u64, Instant)>> {
-        if self.stop.load(Relaxed) {
+        if self.stop.load(Relaxed) || self.stopped.load(Relaxed) {
             return None;
         }
         match &self.limit {
@@ -327,9 +330,9 @@ impl InferenceSet {
         &self.activations
     }
 
-    /// A flag that ends the simulated run under way early (Ctrl-C in a notebook): once set,
-    /// no lane takes up another request; the run returns when those in flight completed,
-    /// and clears the flag.
+    /// A flag that ends the run under way early, on either clock (Ctrl-C in a notebook):
+    /// once set, no lane takes up another request; the run returns when those in flight
+    /// completed, and clears the flag.
     pub fn stop_handle(&self) -> Arc<std::sync::atomic::AtomicBool> {
         self.stop.clone()
     }
@@ -366,6 +369,7 @@ impl InferenceSet {
             done: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            stopped: &self.stop,
             fill_inputs: &fill_inputs,
             on_complete: &on_complete,
         };
@@ -386,6 +390,7 @@ impl InferenceSet {
                 }
             }
         });
+        self.clear_stop();
         match first_error.into_inner() {
             Some(e) => Err(e),
             None => Ok(RunSummary {

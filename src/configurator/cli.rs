@@ -47,6 +47,11 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
                                            file does not search it (default 10; the
                                            latency objective uses 1)
   -max-parallel-compilations=<n>           the same as -max-compilation-threads
+  -ray-address=<addr>                      evaluate each round on a Ray cluster (auto,
+                                           host:port, ray://host:port, or local for a
+                                           Ray instance of its own); needs the aicsim
+                                           Python package and ray (AICSIM_PYTHON or
+                                           python3); the same search, the same result
   -output-dir=<dir>                        where results and programs go
                                            (default model_configurator_output)
   -compiled-models=<n>                     compile the n best configurations into
@@ -87,6 +92,8 @@ struct Args {
     prompt_len: Option<usize>,
     generate: Option<u32>,
     max_time_per_token_ms: Option<f64>,
+    /// Evaluate on this Ray cluster.
+    ray_address: Option<String>,
 }
 
 fn positive(flag: &str, v: &str) -> Result<u32, String> {
@@ -112,6 +119,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         prompt_len: None,
         generate: None,
         max_time_per_token_ms: None,
+        ray_address: None,
     };
     let mut spec = None;
     let mut it = argv.iter();
@@ -164,6 +172,7 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
             "-time" => a.time = positive(flag, need()?)?,
             "-output-dir" => a.output_dir = PathBuf::from(need()?),
             "-report" | "--report" => a.report = Some(PathBuf::from(need()?)),
+            "-ray-address" => a.ray_address = Some(need()?.to_string()),
             "-compiled-models" => {
                 let v = need()?;
                 a.compiled_models = v.parse().map_err(|_| format!("{flag}={v}: expected a whole number"))?;
@@ -211,6 +220,9 @@ fn parse(argv: &[String]) -> Result<Option<Args>, String> {
         }
         (None, None) => {}
         _ => return Err("-prompt-len and -generate go together".into()),
+    }
+    if a.ray_address.is_some() && (a.quant.input_list.is_some() || a.quant.load_profile.is_some()) {
+        return Err("-ray-address: an int8 search runs on one machine only (leave out -ray-address)".into());
     }
     if a.quant.dump_profile.is_some() {
         return Err("-dump-profile: aic-exec writes profiles; aic-configurator takes one with -load-profile".into());
@@ -307,28 +319,6 @@ fn results_csv(result: &SearchResult, objective: Objective) -> String {
         }
     }
     out
-}
-
-fn evaluation_json(e: &Evaluation) -> serde_json::Value {
-    let c = e.config;
-    let mut v = serde_json::json!({
-        "cores": c.cores, "mos": c.mos, "ols": c.ols, "batchSize": c.bs, "instances": c.instances,
-        "setSize": c.set_size,
-    });
-    match &e.result {
-        Ok(p) => {
-            v["status"] = "OK".into();
-            v["infPerSec"] = p.inf_per_sec.into();
-            v["latencyMeanMs"] = p.host_round_trip.mean.into();
-            v["latencyP99Ms"] = p.host_round_trip.p99.into();
-            v["deviceExecMs"] = p.device_exec.mean.into();
-        }
-        Err(why) => {
-            v["status"] = "FAILED".into();
-            v["error"] = why.as_str().into();
-        }
-    }
-    v
 }
 
 /// Now, as the card's configurator stamps its log lines (UTC):
@@ -483,7 +473,6 @@ fn run(argv: &[String]) -> Result<(), String> {
         report_target(report)?;
     }
     check_writable(&args.output_dir)?;
-    info(&format!("Starting aic-configurator {}", argv.join(" ")));
     // What calibration learnt is left in the output directory, for aic-exec to compile
     // the best configuration with (`-load-profile`).
     let mut quant = args.quant.clone();
@@ -513,6 +502,15 @@ fn run(argv: &[String]) -> Result<(), String> {
         Objective::MinimizeLatency => "minimize_latency",
         Objective::MaximizeTokenRate => "maximize_token_rate",
     };
+    // Connected before anything is said: a cluster that cannot be reached is one line.
+    let ray = match &args.ray_address {
+        Some(address) => {
+            let (evaluator, cluster) = super::ray::RayEvaluator::start(&problem, address, &args.model)?;
+            Some((evaluator, address, cluster))
+        }
+        None => None,
+    };
+    info(&format!("Starting aic-configurator {}", argv.join(" ")));
     let out = &args.output_dir;
     let set_sizes = if spec.set_size.min == spec.set_size.max {
         format!("set size {}", spec.set_size.min)
@@ -525,7 +523,13 @@ fn run(argv: &[String]) -> Result<(), String> {
     ));
     let log = SearchLog { model: &args.model, out, objective: spec.objective, seen: Mutex::default() };
     let t = Instant::now();
-    let result = search_with(&problem, &spec, args.threads, &log);
+    let result = match &ray {
+        Some((ray, address, cluster)) => {
+            info(&format!("Evaluating on the Ray cluster at {address}: {cluster}"));
+            super::search_distributed(&problem, &spec, ray, &log)
+        }
+        None => search_with(&problem, &spec, args.threads, &log),
+    };
     let took = t.elapsed();
     let unit = match spec.objective {
         Objective::MaximizeInfRate => "inf/sec",
@@ -592,11 +596,11 @@ fn run(argv: &[String]) -> Result<(), String> {
     let json = serde_json::json!({
         "model": args.model,
         "objective": objective_name,
-        "best": evaluation_json(best),
+        "best": best.to_json(),
         "compiledModels": kept.iter().map(|e| qpc_dir(out, &args.model, &e.config).display().to_string()).collect::<Vec<_>>(),
         "evaluations": result.ranked(spec.objective, usize::MAX).into_iter()
             .chain(result.evaluated.iter().filter(|e| e.result.is_err()))
-            .map(evaluation_json).collect::<Vec<_>>(),
+            .map(Evaluation::to_json).collect::<Vec<_>>(),
     });
     let json = serde_json::to_string_pretty(&json).expect("plain JSON values") + "\n";
     files.push(out, "results.json".into(), json.into_bytes());

@@ -10,6 +10,8 @@
 
 pub mod cli;
 
+pub mod ray;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -42,7 +44,7 @@ pub enum Objective {
 }
 
 /// One point of the search space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
 pub struct Config {
     pub cores: u32,
     pub mos: u32,
@@ -575,16 +577,204 @@ fn best_of<'a>(points: impl Iterator<Item = &'a Evaluation>, objective: Objectiv
     points.max_by(|a, b| a.score(objective).total_cmp(&b.score(objective)).then(b.config.cmp(&a.config)))
 }
 
+/// Evaluates a round of points somewhere else (other processes, other machines): one
+/// prediction (or the reason there is none) per point, in order. Each evaluation must be
+/// a pure function of the point and the problem ([`PointJob`]), so the search takes the
+/// same path wherever its points are evaluated.
+pub trait RoundEvaluator: Sync {
+    fn evaluate_round(&self, points: &[Config]) -> Vec<Result<Prediction, String>>;
+}
+
+/// Everything one evaluation depends on besides the model's bytes: [`evaluate_job`]
+/// gives the same prediction for the same job on any machine.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PointJob {
+    pub config: Config,
+    /// `-onnx-define-symbol` values.
+    #[serde(default)]
+    pub symbols: std::collections::BTreeMap<String, i64>,
+    /// The ONNX symbol that is the batch dimension.
+    #[serde(default)]
+    pub batch_symbol: Option<String>,
+    #[serde(default)]
+    pub fp16: bool,
+    #[serde(default)]
+    pub multicast_weights: bool,
+    /// Inferences per instance the prediction measures after warm-up.
+    #[serde(default = "PointJob::default_measured")]
+    pub measured: u32,
+    /// The device's dispatch-jitter seed.
+    #[serde(default = "PointJob::default_seed")]
+    pub seed: u64,
+}
+
+impl PointJob {
+    fn default_measured() -> u32 {
+        6
+    }
+
+    fn default_seed() -> u64 {
+        1
+    }
+
+    /// The job of point `c` of `problem` (which must be one [`PointJob`] can carry: no
+    /// generation, no quantisation, no specialisations).
+    pub fn of(problem: &Problem, c: &Config) -> PointJob {
+        PointJob {
+            config: *c,
+            symbols: problem.base.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            batch_symbol: problem.batch_symbol.clone(),
+            fp16: problem.base.fp16,
+            multicast_weights: problem.base.multicast_weights,
+            measured: problem.measured,
+            seed: problem.device.seed,
+        }
+    }
+
+    /// Why `problem`'s points cannot travel as jobs, if they cannot.
+    pub fn unsupported(problem: &Problem) -> Option<&'static str> {
+        let b = &problem.base;
+        (problem.generation.is_some() || !b.specializations.is_empty() || b.retained_state)
+            .then_some("a generation search (specialisations, retained state)")
+    }
+}
+
+impl PointJob {
+    /// The problem the job is a point of, for `source` on a 14-core card.
+    fn problem(&self, source: Source) -> Problem {
+        let base = CompileOptions {
+            symbols: self.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            fp16: self.fp16,
+            multicast_weights: self.multicast_weights,
+            ..CompileOptions::default()
+        };
+        let device = DeviceModel {
+            seed: self.seed,
+            ..DeviceModel::from(&aicsim_device::DeviceConfig { num_nsp: 14, ..aicsim_device::DeviceConfig::default() })
+        };
+        Problem {
+            source,
+            base,
+            batch_symbol: self.batch_symbol.clone(),
+            device,
+            host: HostModel::default(),
+            measured: self.measured,
+            generation: None,
+        }
+    }
+}
+
+/// Compiles `source` for the job's point and predicts its deployment on a 14-core card:
+/// a pure function of the model and the job.
+pub fn evaluate_job(source: Source, job: &PointJob) -> Result<Prediction, String> {
+    job.problem(source).evaluate(&job.config).result
+}
+
+impl Evaluation {
+    /// The point and its figures, as `results.json` and the Python package give them.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = self.config;
+        let mut v = serde_json::json!({
+            "cores": c.cores, "mos": c.mos, "ols": c.ols, "batchSize": c.bs, "instances": c.instances,
+            "setSize": c.set_size,
+        });
+        match &self.result {
+            Ok(p) => {
+                v["status"] = "OK".into();
+                v["infPerSec"] = p.inf_per_sec.into();
+                v["latencyMeanMs"] = p.host_round_trip.mean.into();
+                v["latencyP99Ms"] = p.host_round_trip.p99.into();
+                v["deviceExecMs"] = p.device_exec.mean.into();
+            }
+            Err(why) => {
+                v["status"] = "FAILED".into();
+                v["error"] = why.as_str().into();
+            }
+        }
+        v
+    }
+}
+
+impl SearchResult {
+    /// The whole search as JSON: the best point, each climb's end, every evaluation (best
+    /// first, then the failed ones) and the programs compiled.
+    pub fn to_json(&self, objective: Objective) -> serde_json::Value {
+        serde_json::json!({
+            "objective": objective.name(),
+            "best": self.best.to_json(),
+            "climbs": self.climbs.iter().map(|c| serde_json::json!({
+                "initial": c.initial, "status": c.status, "best": c.best.to_json(),
+            })).collect::<Vec<_>>(),
+            "evaluations": self.ranked(objective, usize::MAX).into_iter()
+                .chain(self.evaluated.iter().filter(|e| e.result.is_err()))
+                .map(Evaluation::to_json).collect::<Vec<_>>(),
+            "compiles": self.compiles,
+        })
+    }
+}
+
+impl Objective {
+    /// Its name in the search file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Objective::MaximizeInfRate => "maximize_inf_rate",
+            Objective::MinimizeLatency => "minimize_latency",
+            Objective::MaximizeTokenRate => "maximize_token_rate",
+        }
+    }
+}
+
+/// What a sweep compiles with, besides each point's parameters (the Python package's
+/// `aicsim.sweep` options).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SweepOptions {
+    #[serde(default)]
+    pub symbols: std::collections::BTreeMap<String, i64>,
+    #[serde(default)]
+    pub batch_symbol: Option<String>,
+    #[serde(default)]
+    pub fp16: bool,
+    #[serde(default)]
+    pub multicast_weights: bool,
+    /// The set size when the search file does not search it.
+    #[serde(default)]
+    pub set_size: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+impl SweepOptions {
+    /// The problem of sweeping `source` with these options (a 14-core card).
+    pub fn problem(&self, source: Source) -> Problem {
+        PointJob {
+            config: Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1, set_size: 1 },
+            symbols: self.symbols.clone(),
+            batch_symbol: self.batch_symbol.clone(),
+            fp16: self.fp16,
+            multicast_weights: self.multicast_weights,
+            measured: PointJob::default_measured(),
+            seed: self.seed.unwrap_or_else(PointJob::default_seed),
+        }
+        .problem(source)
+    }
+}
+
 /// Runs `threads` evaluations at a time.
 fn evaluate_all(
     problem: &Problem,
     cache: &Cache,
     points: &[Config],
     threads: usize,
+    remote: Option<&dyn RoundEvaluator>,
     observer: &dyn SearchObserver,
 ) -> Vec<Evaluation> {
     if !points.is_empty() {
         observer.round(points);
+    }
+    if let Some(remote) = remote {
+        return evaluate_remotely(problem, cache, points, remote, observer);
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = Mutex::new(vec![None; points.len()]);
@@ -602,6 +792,47 @@ fn evaluate_all(
     results.into_inner().into_iter().map(|e| e.expect("every point evaluated")).collect()
 }
 
+/// [`evaluate_all`] by `remote`: the points not evaluated yet go out as one round.
+fn evaluate_remotely(
+    problem: &Problem,
+    cache: &Cache,
+    points: &[Config],
+    remote: &dyn RoundEvaluator,
+    observer: &dyn SearchObserver,
+) -> Vec<Evaluation> {
+    let fresh: Vec<Config> = {
+        let seen = cache.evaluations.lock();
+        points.iter().filter(|c| !seen.contains_key(c)).copied().collect()
+    };
+    for c in &fresh {
+        let key = (c.cores, c.mos, c.ols, c.bs);
+        let mut programs = cache.programs.lock();
+        if let std::collections::hash_map::Entry::Vacant(e) = programs.entry(key) {
+            e.insert(ProgramCell::default());
+            cache.compiles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            observer.compiling(c);
+        }
+        observer.running(c);
+    }
+    let results = remote.evaluate_round(&fresh);
+    for (c, result) in
+        fresh.iter().zip(results.into_iter().chain(std::iter::repeat_with(|| {
+            Err("the remote evaluator returned fewer results than points".to_string())
+        })))
+    {
+        let bound = problem.generation.and_then(|g| g.max_time_per_token_ms);
+        let within_bound = match (&result, bound) {
+            (Ok(p), Some(b)) => p.host_round_trip.mean <= b,
+            _ => true,
+        };
+        let e = Evaluation { config: *c, result, within_bound };
+        cache.evaluations.lock().insert(*c, e.clone());
+        observer.evaluated(&e);
+    }
+    let seen = cache.evaluations.lock();
+    points.iter().map(|c| seen[c].clone()).collect()
+}
+
 /// Searches from every initial value of `spec`.
 pub fn search(problem: &Problem, spec: &SearchSpec, threads: usize) -> SearchResult {
     search_with(problem, spec, threads, &|_: &Evaluation| {})
@@ -614,6 +845,27 @@ pub fn search_with(
     threads: usize,
     observer: &dyn SearchObserver,
 ) -> SearchResult {
+    search_inner(problem, spec, threads, None, observer)
+}
+
+/// [`search_with`], each round of points evaluated by `remote` (the same climbs, so the
+/// same result, as long as `remote` predicts what [`Problem::evaluate`] would).
+pub fn search_distributed(
+    problem: &Problem,
+    spec: &SearchSpec,
+    remote: &dyn RoundEvaluator,
+    observer: &dyn SearchObserver,
+) -> SearchResult {
+    search_inner(problem, spec, 1, Some(remote), observer)
+}
+
+fn search_inner(
+    problem: &Problem,
+    spec: &SearchSpec,
+    threads: usize,
+    remote: Option<&dyn RoundEvaluator>,
+    observer: &dyn SearchObserver,
+) -> SearchResult {
     let cache = Cache { programs: Mutex::default(), evaluations: Mutex::default(), compiles: 0.into() };
     let nsp = problem.device.num_nsp;
     let objective = spec.objective;
@@ -623,7 +875,7 @@ pub fn search_with(
     let mut first = starts.clone();
     first.truncate(spec.max_func_eval);
     observer.starting(&spec.initial_values);
-    evaluate_all(problem, &cache, &first, threads, observer);
+    evaluate_all(problem, &cache, &first, threads, remote, observer);
     let mut climbs = Vec::new();
     for initial in &spec.initial_values {
         let Some(mut here) = cache.evaluations.lock().get(initial).cloned() else {
@@ -644,7 +896,7 @@ pub fn search_with(
             let mut todo = fresh;
             let over = todo.len() > left;
             todo.truncate(left);
-            evaluate_all(problem, &cache, &todo, threads, observer);
+            evaluate_all(problem, &cache, &todo, threads, remote, observer);
             let best_neighbour = {
                 let seen = cache.evaluations.lock();
                 spec.neighbours(&here.config, nsp)

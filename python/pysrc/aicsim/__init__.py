@@ -10,14 +10,18 @@
 FuriosaAI's queue (`submit` / `recv`) and an awaitable `run_async`; `benchmark` gives
 aic-runner's figures on the simulated clock; `device_status` is `aic-util -q`.
 Errors of the driver and device raise `AicError` with the driver's errno name.
+`sweep` searches configurations of many models as aic-configurator does, on this
+machine or on a Ray cluster.
 """
 
 import asyncio
 
 from . import _aicsim
 from ._aicsim import Stats, compile, device_status
+from .sweep import connect as sweep_connect
+from .sweep import sweep
 
-__all__ = ["AicError", "Session", "Stats", "compile", "device_status"]
+__all__ = ["AicError", "Session", "Stats", "compile", "device_status", "sweep", "sweep_connect"]
 
 
 class AicError(RuntimeError):

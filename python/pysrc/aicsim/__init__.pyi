@@ -52,3 +52,18 @@ class Session:
 
 def compile(model: str, out_dir: str, **options: Any) -> str: ...
 def device_status() -> Dict[str, Any]: ...
+def sweep(
+    models: Any,
+    search_space: Any,
+    *,
+    objective: Optional[str] = None,
+    ray_address: Optional[str] = None,
+    convert_to_fp16: bool = False,
+    multicast_weights: bool = False,
+    onnx_define_symbol: Optional[Dict[str, int]] = None,
+    onnx_define_symbol_batch_size: Optional[str] = None,
+    set_size: Optional[int] = None,
+    seed: int = 1,
+    threads: Optional[int] = None,
+) -> Dict[str, Dict[str, Any]]: ...
+def sweep_connect(address: str) -> str: ...
