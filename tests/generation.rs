@@ -6,6 +6,8 @@
 //! the host there). Only token ids and positions go to the device; only logits come
 //! back.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,20 +23,6 @@ use aicsim_runtime::{Activation, Program};
 const PROMPT: [i64; 8] = [3, 14, 15, 92, 65, 35, 89, 79];
 const STEPS: usize = 16;
 const CTX: i64 = 64;
-
-fn python() -> Option<String> {
-    match std::env::var("AICSIM_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) => {
-            assert!(
-                std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
-                "AICSIM_REQUIRE_ONNX is set but AICSIM_PYTHON is not"
-            );
-            eprintln!("skipped: run scripts/test.sh, which installs onnx and onnxruntime");
-            None
-        }
-    }
-}
 
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)
@@ -116,7 +104,7 @@ fn generate(activation: &Activation, steps: usize) -> (Vec<i64>, Vec<Vec<f32>>) 
 
 #[test]
 fn greedy_generation_with_the_kv_cache_on_the_device_matches_onnxruntime() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else { return };
     let (model, want_tokens, want_logits) = reference(&python);
     let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
     for (cores, fp16) in [(1, false), (2, false), (2, true)] {
@@ -160,7 +148,7 @@ fn greedy_generation_with_the_kv_cache_on_the_device_matches_onnxruntime() {
 /// cache or the table.
 #[test]
 fn a_position_past_the_cache_or_a_token_past_the_vocabulary_is_a_named_fault() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else { return };
     let (model, _, _) = reference(&python);
     let device = Arc::new(Device::open_simulated(KmdConfig::default()).unwrap());
     let program = Program::from_image(compile_file(&model, &options(2, false)).unwrap().image).unwrap();
@@ -190,7 +178,7 @@ fn tool(bin: &str, args: &[String]) -> (i32, String, String) {
 /// exit 2 and one line naming it.
 #[test]
 fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else { return };
     let (model, _, _) = reference(&python);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-tools");
     let _ = std::fs::remove_dir_all(&dir);
@@ -284,7 +272,7 @@ fn the_tools_compile_and_generate_and_refuse_bad_input_by_name() {
 /// compiled with; the printed aic-runner line runs it.
 #[test]
 fn the_configurator_searches_token_rate_under_a_time_per_token_bound() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python() else { return };
     let (model, _, _) = reference(&python);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-configurator");
     let _ = std::fs::remove_dir_all(&dir);

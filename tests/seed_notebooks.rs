@@ -6,26 +6,10 @@
 //! --exported`). Runner lines use `--time 3` where the notebook says 10 or 20 (the
 //! figures are the simulated card's either way; only the wall time differs).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn python() -> Option<String> {
-    if cfg!(debug_assertions) {
-        eprintln!("skipped in debug builds: scripts/test.sh runs it with --release");
-        return None;
-    }
-    match std::env::var("AICSIM_PYTHON") {
-        Ok(p) => Some(p),
-        Err(_) => {
-            assert!(
-                std::env::var("AICSIM_REQUIRE_ONNX").is_err(),
-                "AICSIM_REQUIRE_ONNX is set but AICSIM_PYTHON is not"
-            );
-            eprintln!("skipped: run scripts/test.sh, which installs onnx");
-            None
-        }
-    }
-}
 
 /// A notebook's working directory.
 struct Notebook {
@@ -107,7 +91,7 @@ fn stats_line(out: &str) -> (u64, u32, f64) {
 
 #[test]
 fn the_resnet50_performance_tuning_notebook() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_release() else { return };
     let nb = Notebook::new("seed-resnet50");
     std::fs::create_dir_all(nb.dir.join("resnet-50_onnx")).unwrap();
     nb.script(&python, &["make_resnet50.py", "resnet-50_onnx/model.onnx"]);
@@ -229,7 +213,7 @@ fn the_resnet50_performance_tuning_notebook() {
 
 #[test]
 fn the_bert_profiling_notebook() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_release() else { return };
     let nb = Notebook::new("seed-bert");
     std::fs::create_dir_all(nb.dir.join("bert_base_cased_onnx")).unwrap();
     nb.script(

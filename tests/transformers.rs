@@ -9,27 +9,16 @@
 //! Release only (a 90-GMAC-per-inference program): `scripts/test.sh` runs it with
 //! `--release`; debug builds skip it.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-
-fn python() -> Option<String> {
-    if cfg!(debug_assertions) {
-        eprintln!("skipped in debug builds: scripts/test.sh runs it with --release");
-        return None;
-    }
-    let Ok(python) = std::env::var("AICSIM_PYTHON") else {
-        assert!(std::env::var("AICSIM_REQUIRE_ONNX").is_err(), "AICSIM_REQUIRE_ONNX is set but AICSIM_PYTHON is not");
-        eprintln!("skipped: run scripts/test.sh, which installs onnx");
-        return None;
-    };
-    Some(python)
-}
 
 /// The seed's BERT compile line on an exported-layout BERT-base, then aic-runner with 7
 /// instances x set size 1 on the simulated clock.
 #[test]
 fn bert_base_as_exported_compiles_with_the_seeds_line_and_runs_in_timing_mode() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_release() else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bert-base-exported");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -79,7 +68,7 @@ fn bert_base_as_exported_compiles_with_the_seeds_line_and_runs_in_timing_mode() 
 /// and reads the cache: it can be no faster than those bytes over the DDR's 136 GB/s.
 #[test]
 fn gpt2_small_generates_with_per_token_figures_no_faster_than_ddr_allows() {
-    let Some(python) = python() else { return };
+    let Some(python) = common::python_release() else { return };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpt2-small");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -518,6 +518,11 @@ impl Problem {
             )
             .map_err(|e| e.to_string()),
         });
+        self.record(cache, c, result)
+    }
+
+    /// `c`'s evaluation (judged against the time-per-token bound), kept in the cache.
+    fn record(&self, cache: &Cache, c: &Config, result: Result<Prediction, String>) -> Evaluation {
         let bound = self.generation.and_then(|g| g.max_time_per_token_ms);
         let within_bound = match (&result, bound) {
             (Ok(p), Some(b)) => p.host_round_trip.mean <= b,
@@ -585,12 +590,10 @@ pub trait RoundEvaluator: Sync {
     fn evaluate_round(&self, points: &[Config]) -> Vec<Result<Prediction, String>>;
 }
 
-/// Everything one evaluation depends on besides the model's bytes: [`evaluate_job`]
-/// gives the same prediction for the same job on any machine.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, Deserialize)]
+/// The compile flags a sweep holds fixed (aic-configurator's).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PointJob {
-    pub config: Config,
+pub struct SweepFlags {
     /// `-onnx-define-symbol` values.
     #[serde(default)]
     pub symbols: std::collections::BTreeMap<String, i64>,
@@ -601,6 +604,16 @@ pub struct PointJob {
     pub fp16: bool,
     #[serde(default)]
     pub multicast_weights: bool,
+}
+
+/// Everything one evaluation depends on besides the model's bytes: [`evaluate_job`]
+/// gives the same prediction for the same job on any machine.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PointJob {
+    pub config: Config,
+    #[serde(default)]
+    pub flags: SweepFlags,
     /// Inferences per instance the prediction measures after warm-up.
     #[serde(default = "PointJob::default_measured")]
     pub measured: u32,
@@ -623,10 +636,12 @@ impl PointJob {
     pub fn of(problem: &Problem, c: &Config) -> PointJob {
         PointJob {
             config: *c,
-            symbols: problem.base.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            batch_symbol: problem.batch_symbol.clone(),
-            fp16: problem.base.fp16,
-            multicast_weights: problem.base.multicast_weights,
+            flags: SweepFlags {
+                symbols: problem.base.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                batch_symbol: problem.batch_symbol.clone(),
+                fp16: problem.base.fp16,
+                multicast_weights: problem.base.multicast_weights,
+            },
             measured: problem.measured,
             seed: problem.device.seed,
         }
@@ -644,9 +659,9 @@ impl PointJob {
     /// The problem the job is a point of, for `source` on a 14-core card.
     fn problem(&self, source: Source) -> Problem {
         let base = CompileOptions {
-            symbols: self.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            fp16: self.fp16,
-            multicast_weights: self.multicast_weights,
+            symbols: self.flags.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            fp16: self.flags.fp16,
+            multicast_weights: self.flags.multicast_weights,
             ..CompileOptions::default()
         };
         let device = DeviceModel {
@@ -656,7 +671,7 @@ impl PointJob {
         Problem {
             source,
             base,
-            batch_symbol: self.batch_symbol.clone(),
+            batch_symbol: self.flags.batch_symbol.clone(),
             device,
             host: HostModel::default(),
             measured: self.measured,
@@ -731,13 +746,7 @@ impl Objective {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SweepOptions {
     #[serde(default)]
-    pub symbols: std::collections::BTreeMap<String, i64>,
-    #[serde(default)]
-    pub batch_symbol: Option<String>,
-    #[serde(default)]
-    pub fp16: bool,
-    #[serde(default)]
-    pub multicast_weights: bool,
+    pub flags: SweepFlags,
     /// The set size when the search file does not search it.
     #[serde(default)]
     pub set_size: Option<u32>,
@@ -750,10 +759,7 @@ impl SweepOptions {
     pub fn problem(&self, source: Source) -> Problem {
         PointJob {
             config: Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1, set_size: 1 },
-            symbols: self.symbols.clone(),
-            batch_symbol: self.batch_symbol.clone(),
-            fp16: self.fp16,
-            multicast_weights: self.multicast_weights,
+            flags: self.flags.clone(),
             measured: PointJob::default_measured(),
             seed: self.seed.unwrap_or_else(PointJob::default_seed),
         }
@@ -820,14 +826,7 @@ fn evaluate_remotely(
             Err("the remote evaluator returned fewer results than points".to_string())
         })))
     {
-        let bound = problem.generation.and_then(|g| g.max_time_per_token_ms);
-        let within_bound = match (&result, bound) {
-            (Ok(p), Some(b)) => p.host_round_trip.mean <= b,
-            _ => true,
-        };
-        let e = Evaluation { config: *c, result, within_bound };
-        cache.evaluations.lock().insert(*c, e.clone());
-        observer.evaluated(&e);
+        observer.evaluated(&problem.record(cache, c, result));
     }
     let seen = cache.evaluations.lock();
     points.iter().map(|c| seen[c].clone()).collect()

@@ -99,10 +99,12 @@ def sweep(models, search_space, *, objective=None, ray_address=None, convert_to_
     if isinstance(models, (str, os.PathLike)):
         models = [models]
     options = json.dumps({
-        "symbols": dict(onnx_define_symbol or {}),
-        "batchSymbol": onnx_define_symbol_batch_size,
-        "fp16": bool(convert_to_fp16),
-        "multicastWeights": bool(multicast_weights),
+        "flags": {
+            "symbols": dict(onnx_define_symbol or {}),
+            "batchSymbol": onnx_define_symbol_batch_size,
+            "fp16": bool(convert_to_fp16),
+            "multicastWeights": bool(multicast_weights),
+        },
         "setSize": set_size,
         "seed": seed,
     })
