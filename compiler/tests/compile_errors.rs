@@ -229,8 +229,9 @@ fn a_symbol_the_model_does_not_have_is_a_warning() {
     assert!(compile(&m, None, "m", &opts()).unwrap().warnings.iter().all(|w| !w.contains("symbol")));
 }
 
-/// A QDQ model whose quantisation parameters are wrong: a zero or negative scale, a
-/// zero point outside its type, a dequantisation with other parameters than the
+/// A QDQ model whose quantisation parameters are wrong: a zero, negative or subnormal
+/// scale (the fuzzer's find: a QLinearConv output scale of 3e-45 made the device's
+/// requantising scale infinite), a zero point outside its type, a dequantisation with other parameters than the
 /// quantisation it reads. Each is an error naming the node and the tensor.
 #[test]
 fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
@@ -241,7 +242,7 @@ fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
     let set = |m: &mut aicsim_compiler::onnx::Model, name: &str, data: TensorData| {
         m.graph.initializers.iter_mut().find(|t| t.name == name).unwrap().data = data;
     };
-    for bad in [0.0f32, -0.5, f32::NAN] {
+    for bad in [0.0f32, -0.5, f32::NAN, 3e-45, f32::INFINITY] {
         let mut m = m.clone();
         set(&mut m, &first_q.inputs[1], TensorData::Floats(vec![bad]));
         let e = compile(&m, None, "q", &opts()).unwrap_err().to_string();

@@ -132,10 +132,18 @@ impl Params {
         if zero_points.len() != scales.len() {
             return Err(b.fail(node, format!("{} scales but {} zero points", scales.len(), zero_points.len())));
         }
-        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(
-                b.fail(node, format!("scale '{}' holds {s}; a scale must be positive and finite", node.inputs[1]))
-            );
+        // Normal, not merely non-zero: the device quantises by the scale's reciprocal,
+        // which a subnormal scale (below 1.2e-38) would overflow to infinity.
+        if let Some(s) = scales.iter().find(|s| !(s.is_normal() && **s > 0.0)) {
+            return Err(b.fail(
+                node,
+                format!(
+                    "scale '{}' holds {s:e}; a scale must be positive, finite and at least {:e} (its reciprocal \
+                     must be representable)",
+                    node.inputs[1],
+                    f32::MIN_POSITIVE
+                ),
+            ));
         }
         let range = match int_type {
             data_type::INT8 => -128..=127,
@@ -330,6 +338,10 @@ impl Builder<'_> {
         let sx = self.g.values[q].quant?.scale;
         let co = ws[0];
         let mult: Vec<f32> = (0..co).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
+        // A product of scales f32 cannot hold: the layer stays in float.
+        if !mult.iter().all(|m| m.is_normal()) {
+            return None;
+        }
         let bias = self.int32_bias(b, &mult)?;
         let name = self.g.const_names[w].clone();
         let weight = self.g.add_const(&format!("{name}_int8"), Const::i64(ws, ints.to_i64()));
@@ -365,6 +377,9 @@ impl Builder<'_> {
         let n = ints.shape[1];
         let sx = self.g.values[q].quant?.scale;
         let mult: Vec<f32> = (0..n).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
+        if !mult.iter().all(|m| m.is_normal()) {
+            return None;
+        }
         let bias = self.int32_bias(b, &mult)?;
         let name = self.g.const_names[w].clone();
         let weight = self.g.add_const(&format!("{name}_int8"), ints);
