@@ -655,26 +655,27 @@ impl PointJob {
     }
 }
 
-impl PointJob {
-    /// The problem the job is a point of, for `source` on a 14-core card.
-    fn problem(&self, source: Source) -> Problem {
+impl SweepFlags {
+    /// The problem of searching `source` with these flags on a 14-core card, predicting
+    /// `measured` inferences per instance with dispatch-jitter seed `seed`.
+    fn problem(&self, source: Source, measured: u32, seed: u64) -> Problem {
         let base = CompileOptions {
-            symbols: self.flags.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            fp16: self.flags.fp16,
-            multicast_weights: self.flags.multicast_weights,
+            symbols: self.symbols.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            fp16: self.fp16,
+            multicast_weights: self.multicast_weights,
             ..CompileOptions::default()
         };
         let device = DeviceModel {
-            seed: self.seed,
+            seed,
             ..DeviceModel::from(&aicsim_device::DeviceConfig { num_nsp: 14, ..aicsim_device::DeviceConfig::default() })
         };
         Problem {
             source,
             base,
-            batch_symbol: self.flags.batch_symbol.clone(),
+            batch_symbol: self.batch_symbol.clone(),
             device,
             host: HostModel::default(),
-            measured: self.measured,
+            measured,
             generation: None,
         }
     }
@@ -683,7 +684,7 @@ impl PointJob {
 /// Compiles `source` for the job's point and predicts its deployment on a 14-core card:
 /// a pure function of the model and the job.
 pub fn evaluate_job(source: Source, job: &PointJob) -> Result<Prediction, String> {
-    job.problem(source).evaluate(&job.config).result
+    job.flags.problem(source, job.measured, job.seed).evaluate(&job.config).result
 }
 
 impl Evaluation {
@@ -757,13 +758,7 @@ pub struct SweepOptions {
 impl SweepOptions {
     /// The problem of sweeping `source` with these options (a 14-core card).
     pub fn problem(&self, source: Source) -> Problem {
-        PointJob {
-            config: Config { cores: 1, mos: 1, ols: 1, bs: 1, instances: 1, set_size: 1 },
-            flags: self.flags.clone(),
-            measured: PointJob::default_measured(),
-            seed: self.seed.unwrap_or_else(PointJob::default_seed),
-        }
-        .problem(source)
+        self.flags.problem(source, PointJob::default_measured(), self.seed.unwrap_or_else(PointJob::default_seed))
     }
 }
 
