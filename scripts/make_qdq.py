@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Quantised (QDQ) test models for aicsim's int8 path, with onnxruntime's outputs.
 
-    make_qdq.py OUT_DIR [--seed N] [--activations int8|uint8] [--per-channel]
+    make_qdq.py OUT_DIR [--seed N] [--activations int8|uint8|int16|uint16] [--per-channel]
                 [--calibration minmax|entropy|percentile] [--samples N] [--model FLOAT.onnx]
 
 Writes a small residual CNN (seeded random weights, onnx helper API: no framework
@@ -9,7 +9,8 @@ download) as OUT_DIR/float.onnx — or, with --model, that model (one float inpu
 given as ConstantOfShape, as the onnx package's light models carry them, are replaced by
 seeded random ones as scripts/onnx_reference.py does) — quantises it with onnxruntime's static quantiser in QDQ
 form (QuantizeLinear / DequantizeLinear around Conv, Add, MaxPool, GlobalAveragePool,
-Gemm; calibrated on N seeded random inputs) to OUT_DIR/model.onnx, and writes a held-back
+Gemm; calibrated on N seeded random inputs; 16-bit activations make it an opset 21
+model, weights stay int8) to OUT_DIR/model.onnx, and writes a held-back
 input (not among the calibration samples) as OUT_DIR/input_0.bin, onnxruntime's output
 of the QDQ model for it (the graph's own semantics: optimisations off) as
 OUT_DIR/output_0.bin (float32, little-endian) and
@@ -74,7 +75,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--activations", choices=["int8", "uint8"], default="int8")
+    ap.add_argument("--activations", choices=["int8", "uint8", "int16", "uint16"], default="int8")
     ap.add_argument("--per-channel", action="store_true")
     ap.add_argument("--calibration", choices=["minmax", "entropy", "percentile"], default="minmax")
     ap.add_argument("--samples", type=int, default=16)
@@ -154,7 +155,12 @@ def main():
         quant_format=QuantFormat.QDQ if args.format == "qdq" else QuantFormat.QOperator,
         op_types_to_quantize=None if args.format == "qdq" else ["Conv", "MatMul"],
         per_channel=args.per_channel,
-        activation_type=QuantType.QInt8 if args.activations == "int8" else QuantType.QUInt8,
+        activation_type={
+            "int8": QuantType.QInt8,
+            "uint8": QuantType.QUInt8,
+            "int16": QuantType.QInt16,
+            "uint16": QuantType.QUInt16,
+        }[args.activations],
         weight_type=QuantType.QInt8,
         calibrate_method=method,
     )

@@ -77,6 +77,9 @@ pub enum DType {
     I8 = 2,
     U8 = 3,
     I32 = 4,
+    /// 16-bit activations (`-quantization-precision=Int16`): HMX multiplies them by int8
+    /// weights into i32 sums.
+    I16 = 5,
 }
 
 impl DType {
@@ -87,6 +90,7 @@ impl DType {
             2 => DType::I8,
             3 => DType::U8,
             4 => DType::I32,
+            5 => DType::I16,
             _ => return None,
         })
     }
@@ -99,13 +103,14 @@ impl DType {
             DType::I8 => "int8",
             DType::U8 => "uint8",
             DType::I32 => "int32",
+            DType::I16 => "int16",
         }
     }
 
     pub fn bytes(self) -> u64 {
         match self {
             DType::F32 | DType::I32 => 4,
-            DType::F16 => 2,
+            DType::F16 | DType::I16 => 2,
             DType::I8 | DType::U8 => 1,
         }
     }

@@ -787,8 +787,8 @@ fn import_inner(
     retained: bool,
 ) -> Result<(Graph, HashMap<String, Const>), CompileError> {
     let opset = model.opset().unwrap_or(9);
-    if !(7..=20).contains(&opset) {
-        return Err(CompileError::Model(format!("opset {opset} is not supported (7 to 20)")));
+    if !(7..=21).contains(&opset) {
+        return Err(CompileError::Model(format!("opset {opset} is not supported (7 to 21)")));
     }
     let graph = &model.graph;
     let mut uses = HashMap::new();

@@ -81,14 +81,38 @@ impl Const {
 pub type ValueId = usize;
 pub type ConstId = usize;
 
-/// How an int8 tensor's integers stand for real numbers: `(q - zero_point) * scale`
-/// (ONNX's `DequantizeLinear`). Stored as int8: a uint8 tensor of the model is kept as
-/// `q - 128` with its zero point moved likewise, which is exact.
+/// How a quantised tensor's integers stand for real numbers: `(q - zero_point) * scale`
+/// (ONNX's `DequantizeLinear`). Stored as int8 (or int16): a uint8 (uint16) tensor of
+/// the model is kept as `q - 128` (`q - 32768`) with its zero point moved likewise,
+/// which is exact.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Quant {
     pub scale: f32,
-    /// In `-128..=127`.
+    /// In the storage type's range (`-128..=127`, or `-32768..=32767` for int16).
     pub zero_point: i32,
+    /// Stored in 16 bits (`-quantization-precision=Int16`, int16/uint16 QDQ models).
+    pub int16: bool,
+}
+
+impl Quant {
+    /// The device type the integers are stored in.
+    pub fn dtype(&self) -> aicsim_abi::isa::DType {
+        if self.int16 {
+            aicsim_abi::isa::DType::I16
+        } else {
+            aicsim_abi::isa::DType::I8
+        }
+    }
+
+    /// The storage type's lowest integer: a zero point there means the range starts at
+    /// 0 (where ReLU is the saturation itself).
+    pub fn lowest(&self) -> i32 {
+        if self.int16 {
+            -32768
+        } else {
+            -128
+        }
+    }
 }
 
 /// A runtime tensor: float (in the program's dtype), or int8 with its [`Quant`]. Several

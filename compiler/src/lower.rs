@@ -187,7 +187,7 @@ struct Lowerer<'g> {
 /// The dtype `v` is stored in.
 fn value_dtype(g: &Graph, o: &LowerOptions, v: ValueId) -> DType {
     match &g.values[v] {
-        v if v.quant.is_some() => DType::I8,
+        crate::ir::Value { quant: Some(q), .. } => q.dtype(),
         v if v.int32 => DType::I32,
         _ => o.dtype,
     }
@@ -325,7 +325,7 @@ impl<'g> Lowerer<'g> {
         // column of the per-column constants (an int8 product's int32 bias and f32
         // multiplier side by side).
         let (xb_, wb_, ab, ob, cb) = match int8 {
-            Some(_) => (1, 1, 4, value_dtype(self.g, &self.o, y).bytes(), 8),
+            Some(_) => (value_dtype(self.g, &self.o, x).bytes(), 1, 4, value_dtype(self.g, &self.o, y).bytes(), 8),
             None => (eb, eb, if acc_f32 { 4 } else { eb }, eb, eb),
         };
         let bytes = |m_t: u64, k_t: u64, n_t: u64| {
@@ -416,7 +416,7 @@ impl<'g> Lowerer<'g> {
                     }
                     let out_quant = self.quants.get(&yb).copied();
                     if let FusedActivation::Unary(kind) = act {
-                        if !(kind == UnaryKind::Relu && out_quant.is_some_and(|q| q.zero_point == -128)) {
+                        if !(kind == UnaryKind::Relu && out_quant.is_some_and(|q| q.zero_point == q.lowest())) {
                             ops.push(Op::Unary { kind, dst: acc, src: acc });
                         }
                     }
@@ -611,7 +611,7 @@ impl<'g> Lowerer<'g> {
             .unwrap_or(0);
         let q_in = in_stage_bytes > 0;
         let q_out = quant(out.0);
-        let staging = in_stage_bytes + u64::from(q_out.is_some());
+        let staging = in_stage_bytes + q_out.map_or(0, |q| q.dtype().bytes());
         let max_elems = (self.budget() / (n_buf * eb + staging)).max(1);
         // Tile: split axis `ax`, keep every axis after it whole.
         let mut ax = 0;
@@ -633,7 +633,7 @@ impl<'g> Lowerer<'g> {
         let mut v = Vtcm { next: 0, capacity: self.o.vtcm_bytes };
         let bufs: Vec<[u64; 2]> = (0..n_buf).map(|_| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)]).collect();
         let mut stage = |eb: u64| [v.alloc(tile_elems * eb), v.alloc(tile_elems * eb)];
-        let (stage_in, stage_out) = (q_in.then(|| stage(in_stage_bytes)), q_out.map(|_| stage(1)));
+        let (stage_in, stage_out) = (q_in.then(|| stage(in_stage_bytes)), q_out.map(|q| stage(q.dtype().bytes())));
         let tiles: Vec<(u64, u64)> = (0..outer).flat_map(|o| (0..n_chunks).map(move |c| (o, c))).collect();
         let starts = self.starts();
         let rank = dims.len();
@@ -702,7 +702,7 @@ impl<'g> Lowerer<'g> {
                 let dst = self.ddr(origin(0, &strides[0]), out.0, &tshape, &strides[0][ax..]);
                 match (q_out, stage_out) {
                     (Some(q), Some(stage)) => {
-                        let staged = self.vtcm_as(stage[slot], DType::I8, &tshape);
+                        let staged = self.vtcm_as(stage[slot], q.dtype(), &tshape);
                         let (scale, zero_point) = (q.scale, q.zero_point);
                         ops.push(Op::Convert { dst: staged, src: acc, scale, zero_point, scales: None });
                         ops.push(Op::DmaOut { dst, src: staged });
@@ -1173,6 +1173,7 @@ fn encode_const(node: &str, name: &str, c: &Const, dtype: DType, warnings: &mut 
     match dtype {
         // Integers the import checked to fit.
         DType::I8 | DType::U8 => return c.to_i64().iter().map(|&x| x as i8 as u8).collect(),
+        DType::I16 => return c.to_i64().iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
         DType::I32 => return c.to_i64().iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
         DType::F32 | DType::F16 => {}
     }

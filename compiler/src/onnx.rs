@@ -27,6 +27,8 @@ pub mod data_type {
     pub const FLOAT: i32 = 1;
     pub const UINT8: i32 = 2;
     pub const INT8: i32 = 3;
+    pub const UINT16: i32 = 4;
+    pub const INT16: i32 = 5;
     pub const INT32: i32 = 6;
     pub const INT64: i32 = 7;
     pub const BOOL: i32 = 9;
@@ -35,7 +37,7 @@ pub mod data_type {
 
     /// Whether elements of this type are integers (booleans included).
     pub fn is_integer(t: i32) -> bool {
-        matches!(t, UINT8 | INT8 | INT32 | INT64 | BOOL)
+        matches!(t, UINT8 | INT8 | UINT16 | INT16 | INT32 | INT64 | BOOL)
     }
 }
 
@@ -485,7 +487,7 @@ fn f16_to_f32(bits: u16) -> f32 {
 fn decode_raw(name: &str, data_type: i32, raw: &[u8]) -> Result<Vec<f32>, OnnxError> {
     let width = match data_type {
         data_type::FLOAT | data_type::INT32 => 4,
-        data_type::FLOAT16 => 2,
+        data_type::FLOAT16 | data_type::INT16 | data_type::UINT16 => 2,
         data_type::INT64 | data_type::DOUBLE => 8,
         data_type::INT8 | data_type::UINT8 | data_type::BOOL => 1,
         other => {
@@ -507,6 +509,8 @@ fn decode_raw(name: &str, data_type: i32, raw: &[u8]) -> Result<Vec<f32>, OnnxEr
             data_type::FLOAT => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
             data_type::INT32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32,
             data_type::FLOAT16 => f16_to_f32(u16::from_le_bytes([c[0], c[1]])),
+            data_type::INT16 => f32::from(i16::from_le_bytes([c[0], c[1]])),
+            data_type::UINT16 => f32::from(u16::from_le_bytes([c[0], c[1]])),
             data_type::INT64 => i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
             data_type::DOUBLE => f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32,
             data_type::INT8 => f32::from(c[0] as i8),

@@ -25,6 +25,7 @@ fn put(core: &mut NspCore, at: u64, dtype: DType, values: &[f64]) {
             DType::F16 => v[o..o + 2].copy_from_slice(&f16::from_f64(x).to_le_bytes()),
             DType::I8 => v[o] = x as i8 as u8,
             DType::U8 => v[o] = x as u8,
+            DType::I16 => v[o..o + 2].copy_from_slice(&(x as i16).to_le_bytes()),
             DType::I32 => v[o..o + 4].copy_from_slice(&(x as i32).to_le_bytes()),
         }
     }
@@ -40,6 +41,7 @@ fn get(core: &NspCore, at: u64, dtype: DType, n: usize) -> Vec<f64> {
                 DType::F16 => f16::from_le_bytes(v[o..o + 2].try_into().unwrap()).to_f64(),
                 DType::I8 => v[o] as i8 as f64,
                 DType::U8 => v[o] as f64,
+                DType::I16 => i16::from_le_bytes(v[o..o + 2].try_into().unwrap()) as f64,
                 DType::I32 => i32::from_le_bytes(v[o..o + 4].try_into().unwrap()) as f64,
             }
         })
@@ -166,18 +168,24 @@ proptest! {
     }
 
     #[test]
-    fn matmul_matches_the_reference(m in 1usize..24, k in 1usize..24, n in 1usize..24, which in 0usize..3, accumulate: bool, xs in values(24 * 24 * 3, -3.0, 3.0)) {
-        let (ta, tc) = [(DType::F32, DType::F32), (DType::F16, DType::F16), (DType::I8, DType::I32)][which];
-        let q = |v: f64| if ta == DType::I8 { (v * 40.0).round().clamp(-128.0, 127.0) } else { stored(ta, v) };
-        let a: Vec<f64> = xs[..m * k].iter().map(|&v| q(v)).collect();
-        let b: Vec<f64> = xs[576..576 + k * n].iter().map(|&v| q(v)).collect();
+    fn matmul_matches_the_reference(m in 1usize..24, k in 1usize..24, n in 1usize..24, which in 0usize..4, accumulate: bool, xs in values(24 * 24 * 3, -3.0, 3.0)) {
+        let (ta, tc) = [(DType::F32, DType::F32), (DType::F16, DType::F16), (DType::I8, DType::I32), (DType::I16, DType::I32)][which];
+        // int16 activations multiply int8 weights.
+        let tb = if ta == DType::I16 { DType::I8 } else { ta };
+        let q = |t: DType, v: f64| match t {
+            DType::I8 => (v * 40.0).round().clamp(-128.0, 127.0),
+            DType::I16 => (v * 10000.0).round().clamp(-32768.0, 32767.0),
+            _ => stored(t, v),
+        };
+        let a: Vec<f64> = xs[..m * k].iter().map(|&v| q(ta, v)).collect();
+        let b: Vec<f64> = xs[576..576 + k * n].iter().map(|&v| q(tb, v)).collect();
         let c0: Vec<f64> = xs[1152..1152 + m * n].iter().map(|&v| if tc == DType::I32 { (v * 1000.0).round() } else { stored(tc, v) }).collect();
         let mut c = core();
         put(&mut c, A, ta, &a);
-        put(&mut c, B, ta, &b);
+        put(&mut c, B, tb, &b);
         put(&mut c, C, tc, &c0);
         let (mu, ku, nu) = (m as u32, k as u32, n as u32);
-        compute(c.vtcm_mut(), &Op::MatMul { dst: Tensor::vtcm(C, tc, &[mu, nu]), a: Tensor::vtcm(A, ta, &[mu, ku]), b: Tensor::vtcm(B, ta, &[ku, nu]), accumulate, zero_point: 0 }).unwrap();
+        compute(c.vtcm_mut(), &Op::MatMul { dst: Tensor::vtcm(C, tc, &[mu, nu]), a: Tensor::vtcm(A, ta, &[mu, ku]), b: Tensor::vtcm(B, tb, &[ku, nu]), accumulate, zero_point: 0 }).unwrap();
         let mut want = vec![0.0; m * n];
         for i in 0..m { for j in 0..n {
             let mut acc = if accumulate { c0[i * n + j] } else { 0.0 };
@@ -191,7 +199,7 @@ proptest! {
     #[test]
     fn conv2d_matches_the_reference(
         ci_g in 1u32..4, co_g in 1u32..4, groups in 1u32..3, h in 1u32..8, w in 1u32..8, kh in 1u32..4, kw in 1u32..4,
-        stride in 1u32..3, pad in 0u32..2, dilation in 1u32..3, int8: bool, zp in -30i32..30, xs in values(2000, -2.0, 2.0),
+        stride in 1u32..3, pad in 0u32..2, dilation in 1u32..3, int8: bool, wide: bool, zp in -30i32..30, xs in values(2000, -2.0, 2.0),
     ) {
         let (ci, co) = (ci_g * groups, co_g * groups);
         let eff = |k: u32| (k - 1) * dilation + 1;
@@ -199,17 +207,25 @@ proptest! {
         let ho = (h + 2 * pad - eff(kh)) / stride + 1;
         let wo = (w + 2 * pad - eff(kw)) / stride + 1;
         // Integer inputs carry a quantisation offset: int8 below zero, uint8 from it
-        // (padding is a real zero, so it contributes nothing).
+        // (padding is a real zero, so it contributes nothing); int16 inputs (`wide`)
+        // with int8 weights, the offset scaled up.
         let zp = if int8 { zp } else { 0 };
-        let (ti, to) = match (int8, zp >= 0) {
-            (false, _) => (DType::F32, DType::F32),
-            (true, false) => (DType::I8, DType::I32),
-            (true, true) => (DType::U8, DType::I32),
+        let (ti, to) = match (int8, wide, zp >= 0) {
+            (false, _, _) => (DType::F32, DType::F32),
+            (true, true, _) => (DType::I16, DType::I32),
+            (true, false, false) => (DType::I8, DType::I32),
+            (true, false, true) => (DType::U8, DType::I32),
         };
+        let zp = if ti == DType::I16 { zp * 1000 } else { zp };
         let q = |v: f64| if int8 { (v * 50.0).round() } else { v as f32 as f64 };
-        let stored_x = |v: f64| if ti == DType::U8 { (q(v) + f64::from(zp)).clamp(0.0, 255.0) } else { q(v) + f64::from(zp) };
-        let x: Vec<f64> = xs[..(ci * h * w) as usize].iter().map(|&v| stored_x(v).clamp(-128.0, 255.0)).collect();
-        let x: Vec<f64> = x.iter().map(|&v| if ti == DType::I8 { v.clamp(-128.0, 127.0) } else { v }).collect();
+        let qx = |v: f64| if ti == DType::I16 { (v * 12000.0).round() } else { q(v) };
+        let (lo, hi) = match ti {
+            DType::I8 => (-128.0, 127.0),
+            DType::U8 => (0.0, 255.0),
+            DType::I16 => (-32768.0, 32767.0),
+            _ => (f64::MIN, f64::MAX),
+        };
+        let x: Vec<f64> = xs[..(ci * h * w) as usize].iter().map(|&v| (qx(v) + f64::from(zp)).clamp(lo, hi)).collect();
         let wt: Vec<f64> = xs[1000..1000 + (co * ci_g * kh * kw) as usize].iter().map(|&v| q(v)).collect();
         let mut c = core();
         put(&mut c, A, ti, &x);
@@ -299,24 +315,37 @@ proptest! {
     }
 
     #[test]
-    fn conversions_quantise_and_transpose_exactly(rows in 1u32..8, cols in 1u32..8, which in 0usize..5, scale in 0.01f32..0.5, zp in -20i32..20, xs in values(64, -40.0, 40.0)) {
+    fn conversions_quantise_and_transpose_exactly(rows in 1u32..8, cols in 1u32..8, which in 0usize..8, scale in 0.01f32..0.5, zp in -20i32..20, xs in values(64, -40.0, 40.0)) {
         let n = (rows * cols) as usize;
-        let (from, to) = [(DType::F32, DType::I8), (DType::I8, DType::F32), (DType::F32, DType::F16), (DType::I32, DType::U8), (DType::F32, DType::U8)][which];
-        let x: Vec<f64> = xs[..n].iter().map(|&v| match from { DType::I8 => v.round().clamp(-128.0, 127.0), DType::I32 => (v * 100.0).round(), _ => v as f32 as f64 }).collect();
+        let (from, to) = [
+            (DType::F32, DType::I8), (DType::I8, DType::F32), (DType::F32, DType::F16), (DType::I32, DType::U8), (DType::F32, DType::U8),
+            (DType::F32, DType::I16), (DType::I16, DType::F32), (DType::I32, DType::I16),
+        ][which];
+        let x: Vec<f64> = xs[..n].iter().map(|&v| match from {
+            DType::I8 => v.round().clamp(-128.0, 127.0),
+            DType::I16 => (v * 800.0).round().clamp(-32768.0, 32767.0),
+            DType::I32 => (v * 100.0).round(),
+            _ => v as f32 as f64,
+        }).collect();
         let mut c = core();
         put(&mut c, A, from, &x);
         // Read the source transposed: dst[j][i] = src[i][j].
         let src = Tensor::vtcm(A, from, &[cols, rows]).with_strides(&[1, cols]);
         compute(c.vtcm_mut(), &Op::Convert { dst: Tensor::vtcm(C, to, &[cols, rows]), src, scale, zero_point: zp, scales: None }).unwrap();
-        let (lo, hi) = match to { DType::I8 => (-128.0, 127.0), DType::U8 => (0.0, 255.0), _ => (f64::MIN, f64::MAX) };
+        let (lo, hi) = match to {
+            DType::I8 => (-128.0, 127.0),
+            DType::U8 => (0.0, 255.0),
+            DType::I16 => (-32768.0, 32767.0),
+            _ => (f64::MIN, f64::MAX),
+        };
         let mut want = vec![];
         for j in 0..cols as usize { for i in 0..rows as usize {
             let v = x[i * cols as usize + j];
             want.push(match (from, to) {
-                (DType::F32, DType::I8 | DType::U8) => ((v as f32 / scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
-                (DType::I8, DType::F32) => ((v as i32 - zp) as f32 * scale) as f64,
+                (DType::F32, DType::I8 | DType::U8 | DType::I16) => ((v as f32 / scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
+                (DType::I8 | DType::I16, DType::F32) => ((v as i32 - zp) as f32 * scale) as f64,
                 (DType::F32, DType::F16) => stored(DType::F16, v),
-                (DType::I32, DType::U8) => ((v as f32 * scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
+                (DType::I32, DType::U8 | DType::I16) => ((v as f32 * scale).round_ties_even() as f64 + zp as f64).clamp(lo, hi),
                 _ => unreachable!(),
             });
         }}

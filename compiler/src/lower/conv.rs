@@ -488,7 +488,7 @@ impl Lowerer<'_> {
             // ReLU before quantising to a range that starts at 0 (zero point -128) is
             // the saturation itself: max(round(x s) + zp, zp) = round(max(x, 0) s) + zp.
             let out_quant = self.quants.get(&plan.yb);
-            let relu_is_saturation = out_quant.is_some_and(|q| q.zero_point == -128);
+            let relu_is_saturation = out_quant.is_some_and(|q| q.zero_point == q.lowest());
             if let FusedActivation::Unary(kind) = spec.act {
                 if !(relu_is_saturation && kind == UnaryKind::Relu) {
                     ops.push(Op::Unary { kind, dst: acc, src: acc });

@@ -121,8 +121,23 @@ impl Params {
         let scale = b.konst(node, 1)?.ok_or_else(|| b.fail(node, "has no scale"))?;
         let scales = b.g.consts[scale].to_f32();
         let zp = b.konst(node, 2)?;
+        if node.attr_int("block_size", 0) != 0 {
+            return Err(b.fail(node, "blocked quantisation (block_size) is not supported: per tensor or per axis"));
+        }
+        // The zero point's type, else QuantizeLinear-21's `output_dtype`, else uint8.
+        let output_dtype = node.attr_int("output_dtype", 0) as i32;
         let int_type = match node.inputs.get(2).filter(|n| !n.is_empty()) {
-            Some(name) => b.elem_types.get(name).copied().unwrap_or(data_type::UINT8),
+            Some(name) => {
+                let t = b.elem_types.get(name).copied().unwrap_or(data_type::UINT8);
+                if output_dtype != 0 && output_dtype != t {
+                    return Err(b.fail(
+                        node,
+                        format!("output_dtype {output_dtype} differs from zero point '{name}''s type {t}"),
+                    ));
+                }
+                t
+            }
+            None if output_dtype != 0 => output_dtype,
             None => data_type::UINT8,
         };
         let zero_points = zp.map_or(vec![0; scales.len()], |z| b.g.consts[z].to_i64());
@@ -148,8 +163,14 @@ impl Params {
         let range = match int_type {
             data_type::INT8 => -128..=127,
             data_type::UINT8 => 0..=255,
+            data_type::INT16 => -32768..=32767,
+            data_type::UINT16 => 0..=65535,
             data_type::INT32 => i64::from(i32::MIN)..=i64::from(i32::MAX),
-            other => return Err(b.fail(node, format!("quantised element type {other} is not int8, uint8 or int32"))),
+            other => {
+                return Err(
+                    b.fail(node, format!("quantised element type {other} is not int8, uint8, int16, uint16 or int32"))
+                )
+            }
         };
         if let Some(z) = zero_points.iter().find(|z| !range.contains(z)) {
             let name = &node.inputs[2];
@@ -193,12 +214,14 @@ impl Params {
         if self.scales.len() != 1 {
             return Err(b.fail(node, "runtime tensors are quantised per tensor; per-axis parameters are for weights"));
         }
-        let zero_point = match self.int_type {
-            data_type::INT8 => self.zero_points[0],
-            data_type::UINT8 => self.zero_points[0] - 128,
-            _ => return Err(b.fail(node, "runtime tensors are quantised to int8 or uint8")),
+        let (zero_point, int16) = match self.int_type {
+            data_type::INT8 => (self.zero_points[0], false),
+            data_type::UINT8 => (self.zero_points[0] - 128, false),
+            data_type::INT16 => (self.zero_points[0], true),
+            data_type::UINT16 => (self.zero_points[0] - 32768, true),
+            _ => return Err(b.fail(node, "runtime tensors are quantised to int8, uint8, int16 or uint16")),
         };
-        Ok(Quant { scale: self.scales[0], zero_point: zero_point as i32 })
+        Ok(Quant { scale: self.scales[0], zero_point: zero_point as i32, int16 })
     }
 }
 
@@ -254,14 +277,19 @@ fn build_quantize(b: &mut Builder<'_>, node: &Node) -> Result<(), CompileError> 
     let p = Params::read(b, node, rank_of(b, node))?;
     b.out_shape(node)?;
     if p.int_type == data_type::INT32 {
-        return Err(b.fail(node, "quantising to int32 is not supported (int8 and uint8 are)"));
+        return Err(b.fail(node, "quantising to int32 is not supported (int8, uint8, int16 and uint16 are)"));
     }
     match b.entry(node, 0)? {
         Some(Entry::Const(c)) => {
             let x = b.g.consts[c].clone();
             p.check_shape(b, node, &x.shape)?;
             let at = p.index(&x.shape);
-            let (lo, hi) = if p.int_type == data_type::INT8 { (-128, 127) } else { (0, 255) };
+            let (lo, hi) = match p.int_type {
+                data_type::INT8 => (-128, 127),
+                data_type::INT16 => (-32768, 32767),
+                data_type::UINT16 => (0, 65535),
+                _ => (0, 255),
+            };
             let values = x.to_f32();
             let q = values
                 .iter()

@@ -69,6 +69,7 @@ fn load_f32(mem: &[u8], dtype: DType, at: u64) -> Option<f32> {
         DType::F16 => bytes_at::<2>(mem, at).map(|b| f16::from_le_bytes(b).to_f32()),
         DType::I8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0] as i8)),
         DType::U8 => bytes_at::<1>(mem, at).map(|b| f32::from(b[0])),
+        DType::I16 => bytes_at::<2>(mem, at).map(|b| f32::from(i16::from_le_bytes(b))),
         DType::I32 => bytes_at::<4>(mem, at).map(|b| i32::from_le_bytes(b) as f32),
     }
 }
@@ -117,6 +118,7 @@ pub(crate) fn gather_i32(mem: &[u8], t: &Tensor) -> Option<Vec<i32>> {
         .map(|at| match t.dtype {
             DType::I8 => bytes_at::<1>(mem, at).map(|b| i32::from(b[0] as i8)),
             DType::U8 => bytes_at::<1>(mem, at).map(|b| i32::from(b[0])),
+            DType::I16 => bytes_at::<2>(mem, at).map(|b| i32::from(i16::from_le_bytes(b))),
             DType::I32 => bytes_at::<4>(mem, at).map(i32::from_le_bytes),
             DType::F32 | DType::F16 => None,
         })
@@ -153,6 +155,7 @@ pub(crate) fn scatter_i32(mem: &mut [u8], t: &Tensor, values: &[i32]) -> Option<
         match t.dtype {
             DType::I8 => put(mem, at, &[v.clamp(-128, 127) as i8 as u8])?,
             DType::U8 => put(mem, at, &[v.clamp(0, 255) as u8])?,
+            DType::I16 => put(mem, at, &(v.clamp(-32768, 32767) as i16).to_le_bytes())?,
             DType::I32 => put(mem, at, &v.to_le_bytes())?,
             DType::F32 | DType::F16 => return None,
         }

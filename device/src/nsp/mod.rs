@@ -138,6 +138,9 @@ impl CostModel {
         match dtype {
             DType::F16 => self.hmx_macs_per_cycle_f16,
             DType::I8 | DType::U8 => self.hmx_macs_per_cycle_int8,
+            // 16-bit activations times int8 weights: each product is two int8 passes
+            // (the activation's high and low bytes), half int8's rate.
+            DType::I16 => self.hmx_macs_per_cycle_int8 / 2,
             _ => self.hmx_macs_per_cycle_f32,
         }
         .max(1)
@@ -183,12 +186,14 @@ impl CostModel {
             Op::MatMul { a, b, .. } => {
                 self.hmx_cycles(a.dtype, a.shape[0].into(), b.shape[1].into(), a.shape[1].into(), 1)
             }
-            Op::Conv2d { dst, weight, geometry, .. } => {
+            Op::Conv2d { dst, input, weight, geometry, .. } => {
                 let g = u64::from(geometry.groups.max(1));
                 let m = u64::from(dst.shape[1]) * u64::from(dst.shape[2]);
                 let n = u64::from(weight.shape[0]) / g;
                 let k = u64::from(weight.shape[1]) * u64::from(weight.shape[2]) * u64::from(weight.shape[3]);
-                self.hmx_cycles(weight.dtype, m, n, k, g)
+                // The input's type sets the rate (int8 weights run at int8's rate with
+                // int8 inputs, at half of it with int16 ones).
+                self.hmx_cycles(input.dtype, m, n, k, g)
             }
             Op::Binary { kind, dst, .. } => {
                 let per = if *kind == aicsim_abi::isa::BinaryKind::Div { self.hvx_divide_cycles } else { 1 };
@@ -244,4 +249,32 @@ pub fn op_class(op: &Op) -> OpClass {
 /// Bytes an op writes (its output).
 pub fn output_bytes(op: &Op) -> u64 {
     op.dst().map_or(0, |t| t.packed_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use aicsim_abi::isa::{ConvGeometry, DType, Op, Tensor};
+
+    use super::CostModel;
+
+    /// A convolution's HMX time by its input's type: int8 at 8192 MACs per cycle, int16
+    /// activations (int8 weights) at half of it, the same as fp16's 4096.
+    #[test]
+    fn hmx_runs_int16_activations_at_half_the_int8_rate() {
+        let cost = CostModel::default();
+        let conv = |input: DType, weight: DType, dst: DType| Op::Conv2d {
+            dst: Tensor::vtcm(0, dst, &[256, 28, 28]),
+            input: Tensor::vtcm(0, input, &[256, 28, 28]),
+            weight: Tensor::vtcm(0, weight, &[256, 256, 3, 3]),
+            geometry: ConvGeometry { stride: [1, 1], pad: [1, 1], dilation: [1, 1], groups: 1 },
+            accumulate: false,
+            zero_point: 0,
+        };
+        let int8 = cost.cycles(&conv(DType::I8, DType::I8, DType::I32));
+        let int16 = cost.cycles(&conv(DType::I16, DType::I8, DType::I32));
+        let f16 = cost.cycles(&conv(DType::F16, DType::F16, DType::F16));
+        let fixed = cost.issue_cycles + cost.hmx_setup_cycles;
+        assert!((int16 - fixed).abs_diff(2 * (int8 - fixed)) <= 1, "int16 {int16}, int8 {int8}");
+        assert_eq!(int16, f16, "int16 x int8 runs at fp16's rate");
+    }
 }

@@ -279,9 +279,10 @@ fn check_op(op: &Op, limits: &Limits) -> Result<(), StreamProblem> {
             shapes(w.pad[0] < w.kernel[0] && w.pad[1] < w.kernel[1], || {
                 String::from("pool padding must be smaller than the kernel")
             })?;
-            let int_max = *kind == aicsim_abi::isa::PoolKind::Max && matches!(src.dtype, DType::I8 | DType::U8);
+            let int_max =
+                *kind == aicsim_abi::isa::PoolKind::Max && matches!(src.dtype, DType::I8 | DType::U8 | DType::I16);
             types(dst.dtype == src.dtype && (src.dtype.is_float() || int_max), || {
-                String::from("pooling works on one float dtype (max pooling also on int8 or uint8)")
+                String::from("pooling works on one float dtype (max pooling also on int8, uint8 or int16)")
             })
         }
         Op::GlobalAvgPool { dst, src } => {
@@ -321,11 +322,13 @@ fn hmx_types(a: DType, b: DType, dst: DType) -> Result<(), StreamProblem> {
     let ok = match (a, b) {
         (DType::F32, DType::F32) => dst == DType::F32,
         (DType::F16, DType::F16) => dst.is_float(),
-        (DType::I8 | DType::U8, DType::I8) => dst == DType::I32,
+        (DType::I8 | DType::U8 | DType::I16, DType::I8) => dst == DType::I32,
         _ => false,
     };
     types(ok, || {
-        format!("HMX takes f32 x f32 -> f32, f16 x f16 -> f16/f32, or i8/u8 x i8 -> i32; got {a:?} x {b:?} -> {dst:?}")
+        format!(
+            "HMX takes f32 x f32 -> f32, f16 x f16 -> f16/f32, or i8/u8/i16 x i8 -> i32; got {a:?} x {b:?} -> {dst:?}"
+        )
     })
 }
 
@@ -334,6 +337,7 @@ fn hmx_zero_point(input: DType, zero_point: i32) -> Result<(), StreamProblem> {
     let ok = match input {
         DType::I8 => (-128..=127).contains(&zero_point),
         DType::U8 => (0..=255).contains(&zero_point),
+        DType::I16 => (-32768..=32767).contains(&zero_point),
         _ => zero_point == 0,
     };
     types(ok, || format!("HMX input zero point {zero_point} is outside what a {input:?} input holds"))
