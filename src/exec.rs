@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::output_files::{self, PendingFiles};
-use aicsim_compiler::quantize::{self, Calibration, Profile, QuantOptions, QuantReport, Schema};
+use aicsim_compiler::quantize::{self, Calibration, Precision, Profile, QuantOptions, QuantReport, Schema};
 use aicsim_compiler::{CompileOptions, Compiled, Source};
 use serde::Serialize;
 
@@ -27,8 +27,8 @@ pub struct ExecArgs {
 /// The quantisation flags.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QuantArgs {
-    /// `-quantization-precision=Int8`.
-    pub int8: bool,
+    /// `-quantization-precision=Int8|Int16` (the width in `options.precision`).
+    pub quantize: bool,
     /// `-no-quant`: compile in float whatever else is given.
     pub no_quant: bool,
     pub options: QuantOptions,
@@ -41,7 +41,7 @@ pub struct QuantArgs {
 impl QuantArgs {
     /// Whether the model must be calibrated or a profile loaded.
     pub fn wanted(&self) -> bool {
-        !self.no_quant && (self.int8 || self.dump_profile.is_some())
+        !self.no_quant && (self.quantize || self.dump_profile.is_some())
     }
 
     /// Whether `flag` is one of the quantisation flags.
@@ -68,15 +68,10 @@ impl QuantArgs {
             None => Ok(()),
         };
         match flag {
-            "-quantization-precision" => match need()? {
-                "Int8" => self.int8 = true,
-                "Int16" => {
-                    return Err("-quantization-precision=Int16: not built yet (aicsim's ISA has no int16 type); \
-                                use Int8, or -convert-to-fp16"
-                        .into())
-                }
-                v => return Err(format!("-quantization-precision={v}: expected Int8")),
-            },
+            "-quantization-precision" => {
+                self.options.precision = Precision::parse(need()?).map_err(|e| format!("{flag}: {e}"))?;
+                self.quantize = true;
+            }
             "-quantization-precision-bias" => match need()? {
                 "Int32" => self.options.bias_int8 = false,
                 "Int8" => self.options.bias_int8 = true,
@@ -130,8 +125,8 @@ impl QuantArgs {
     /// Flags that only make sense together.
     pub fn check(&self) -> Result<(), String> {
         let q = self;
-        if q.int8 && !q.no_quant && q.input_list.is_none() && q.load_profile.is_none() {
-            return Err("-quantization-precision=Int8 needs calibration samples (-input-list-file=<file>) or a profile (-load-profile=<file>)".into());
+        if q.quantize && !q.no_quant && q.input_list.is_none() && q.load_profile.is_none() {
+            return Err("-quantization-precision needs calibration samples (-input-list-file=<file>) or a profile (-load-profile=<file>)".into());
         }
         if q.input_list.is_some() && q.load_profile.is_some() {
             return Err("-input-list-file and -load-profile both give the ranges; give one".into());
@@ -165,7 +160,8 @@ usage: aic-exec -m=<model.onnx | zoo:NAME> -aic-binary-dir=<dir> [flags]
   -aic-profiling-type=stats|trace|latency|ascii  every program can be profiled; aic-runner
                                        takes the profile (the line to use is printed)
   -dump-supported-ops                   list the ONNX operators the compiler takes, then exit
-  -quantization-precision=Int8         quantise the convolutions to int8 (post-training, calibrated)
+  -quantization-precision=Int8|Int16   quantise the convolutions and matrix products (post-training,
+                                       calibrated): int8, or int16 activations with int8 weights
   -input-list-file=<file>              calibration samples: one line each, the raw f32 input files
   -quantization-calibration=None|Percentile|MSE|SQNR|KLMinimization  clipping threshold (default None)
   -percentile-calibration-value=<p>    percent of magnitudes kept with Percentile (default 99.999)
@@ -371,6 +367,8 @@ pub struct PerfReport {
     pub hmx_macs: u64,
     /// Of `hmx_macs`, int8 products (at twice the fp16 rate).
     pub hmx_int8_macs: u64,
+    /// Of `hmx_macs`, int16 activations x int8 weights (at the fp16 rate).
+    pub hmx_int16_macs: u64,
     pub non_hmx_macs: u64,
     pub constants_bytes: u64,
     pub vtcm_bytes_per_core: u64,
@@ -569,16 +567,22 @@ fn entry_report(c: &Compiled, stats_batch: Option<u32>, throughput: bool) -> Res
     let m = c.metrics();
     let device = crate::layer_costs::layer_costs(c).map_err(|e| format!("-aic-perf-metrics: {e}"))?;
     let hmx_macs: u64 = device.layers.iter().filter(|l| l.on_hmx).map(|l| l.macs).sum();
-    let hmx_int8_macs: u64 = c
-        .graph
-        .layers
-        .iter()
-        .filter(|l| {
-            use aicsim_compiler::ir::LayerKind;
-            matches!(l.kind, LayerKind::Conv { int8: Some(_), .. } | LayerKind::Dense { int8: Some(_), .. })
-        })
-        .map(|l| c.graph.layer_macs(l) * c.replicas as u64)
-        .sum();
+    // The integer products: int8 x int8, or int16 activations x int8 weights.
+    let integer_macs = |int16: bool| -> u64 {
+        use aicsim_compiler::ir::LayerKind;
+        c.graph
+            .layers
+            .iter()
+            .filter(|l| match &l.kind {
+                LayerKind::Conv { input, int8: Some(_), .. } | LayerKind::Dense { input, int8: Some(_), .. } => {
+                    c.graph.values[*input].quant.is_some_and(|q| q.int16) == int16
+                }
+                _ => false,
+            })
+            .map(|l| c.graph.layer_macs(l) * c.replicas as u64)
+            .sum()
+    };
+    let (hmx_int8_macs, hmx_int16_macs) = (integer_macs(false), integer_macs(true));
     let multicast = c
         .lowered
         .streams
@@ -607,6 +611,7 @@ fn entry_report(c: &Compiled, stats_batch: Option<u32>, throughput: bool) -> Res
         macs: m.macs,
         hmx_macs,
         hmx_int8_macs,
+        hmx_int16_macs,
         non_hmx_macs: m.macs - hmx_macs.min(m.macs),
         constants_bytes: m.constants_bytes,
         vtcm_bytes_per_core: m.vtcm_bytes_per_core,
@@ -731,6 +736,9 @@ fn print_entry_report(r: &PerfReport) {
     println!("  HMX MACs:                   {:.3} GMAC per inference", gmac(r.hmx_macs));
     if r.hmx_int8_macs > 0 {
         println!("    of them int8:               {:.3} GMAC per inference", gmac(r.hmx_int8_macs));
+    }
+    if r.hmx_int16_macs > 0 {
+        println!("    of them int16 x int8:       {:.3} GMAC per inference", gmac(r.hmx_int16_macs));
     }
     println!("  Non-HMX MACs:               {:.3} GMAC per inference", gmac(r.non_hmx_macs));
     println!("Constants size:               {}", mib(r.constants_bytes));
@@ -888,15 +896,19 @@ pub fn quantise(source: &mut Source, q: &QuantArgs, options: &CompileOptions) ->
     if let Some(file) = &q.dump_profile {
         out.profile = Some((PathBuf::from(file), profile.to_json() + "\n"));
     }
-    if q.int8 {
+    if q.quantize {
         let dir = source.dir.as_deref();
         let (model, report) = quantize::quantize_model(&source.model, dir, &options.symbols, &profile, &opts)
             .map_err(|e| e.to_string())?;
         source.model = model;
         out.lines.push(format!(
-            "Quantised {} of {} layer(s) to int8: convolutions and matrix products (calibration {}, activations {:?}, constants {:?} per channel)",
+            "Quantised {} of {} layer(s) to {}: convolutions and matrix products (calibration {}, activations {:?}, constants {:?} per channel)",
             report.quantised.len(),
             report.quantised.len() + report.kept.len(),
+            match opts.precision {
+                Precision::Int8 => "int8",
+                Precision::Int16 => "int16 activations x int8 weights",
+            },
             opts.calibration.name(),
             opts.activations,
             opts.constants,
@@ -930,11 +942,15 @@ pub fn run(args: &ExecArgs) -> Result<Option<PathBuf>, String> {
         println!("{line}");
     }
     let compiled = source.compile(&args.options).map_err(|e| e.to_string())?;
+    let integer = match args.quant.options.precision {
+        Precision::Int8 => "INT8",
+        Precision::Int16 => "INT16",
+    };
     let precision = match (quantised.report.is_some(), args.options.fp16) {
-        (true, true) => "INT8 (float layers in FP16)",
-        (true, false) => "INT8 (float layers in FP32)",
-        (false, true) => "FP16",
-        (false, false) => "FP32",
+        (true, true) => format!("{integer} (float layers in FP16)"),
+        (true, false) => format!("{integer} (float layers in FP32)"),
+        (false, true) => "FP16".into(),
+        (false, false) => "FP32".into(),
     };
     println!("Compiling model with {precision} precision.");
     let stats_warning = stats_batch_warning(args.stats_batch_size, compiled.image.batch_size);

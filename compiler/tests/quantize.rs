@@ -70,6 +70,101 @@ fn int8_programs_track_the_float_program_on_held_back_inputs_for_every_calibrati
     }
 }
 
+/// Convolutions whose input is `dtype` (int8 or int16 activations) times int8 weights.
+fn convs_on(c: &Compiled, dtype: DType) -> usize {
+    c.image
+        .cores
+        .iter()
+        .flatten()
+        .filter_map(|i| i.decode().ok())
+        .filter(
+            |op| matches!(op, Op::Conv2d { input, weight, .. } if input.dtype == dtype && weight.dtype == DType::I8),
+        )
+        .count()
+}
+
+/// Worst |got - want| over all outputs, relative to the float outputs' largest magnitude.
+fn worst_error(got: &[Vec<Vec<f32>>], want: &[Vec<Vec<f32>>]) -> f64 {
+    let top = want.iter().flat_map(|w| w[0].iter()).fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+    let err = got
+        .iter()
+        .zip(want)
+        .flat_map(|(g, w)| g[0].iter().zip(&w[0]).map(|(&a, &b)| f64::from(a - b).abs()))
+        .fold(0f64, f64::max);
+    err / top
+}
+
+/// `-quantization-precision=Int16`: activations in 16 bits (int16, or uint16 where never
+/// negative), weights still int8 per channel. The QDQ model carries int16 / uint16 zero
+/// points, the program multiplies int16 activations by int8 weights, and on held-back
+/// inputs it tracks the float program more closely than the int8 program, for every
+/// calibration method.
+#[test]
+fn int16_activations_track_the_float_program_closer_than_int8() {
+    use aicsim_compiler::onnx::data_type;
+    use aicsim_compiler::quantize::Precision;
+    let model = zoo::small_cnn();
+    let profile = profile();
+    let float = compile(&model, None, "f", &CompileOptions::default()).unwrap();
+    let held_back = samples(99, 4, 3 * 16 * 16);
+    let want = run_functional(&float, &held_back).unwrap();
+    for calibration in
+        [Calibration::None, Calibration::Percentile, Calibration::Mse, Calibration::Sqnr, Calibration::KlMinimization]
+    {
+        let mut errors = Vec::new();
+        for precision in [Precision::Int8, Precision::Int16] {
+            let opts = QuantOptions { calibration, precision, ..QuantOptions::default() };
+            let (qdq, report) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
+            assert_eq!(report.quantised.len(), 5, "{calibration:?} {precision:?}: {report:?}");
+            let zero_point_types: Vec<i32> = qdq
+                .graph
+                .initializers
+                .iter()
+                .filter(|t| {
+                    t.name.contains("_zero_point_aicsim") && report.tensors.iter().any(|r| t.name.starts_with(&r.0))
+                })
+                .map(|t| t.data_type)
+                .collect();
+            let wide = precision == Precision::Int16;
+            let allowed: &[i32] = if wide {
+                &[data_type::INT16, data_type::UINT16, data_type::INT8]
+            } else {
+                &[data_type::INT8, data_type::UINT8]
+            };
+            assert!(zero_point_types.iter().all(|t| allowed.contains(t)), "{precision:?}: {zero_point_types:?}");
+            assert_eq!(
+                zero_point_types.iter().any(|&t| t == data_type::INT16 || t == data_type::UINT16),
+                wide,
+                "{precision:?}: activations' zero points {zero_point_types:?}"
+            );
+            let c = compile(&qdq, None, "q", &CompileOptions::default()).unwrap();
+            let (act, other) = if wide { (DType::I16, DType::I8) } else { (DType::I8, DType::I16) };
+            assert_eq!(convs_on(&c, act), 4, "{calibration:?} {precision:?}: every convolution on {act:?} activations");
+            assert_eq!(convs_on(&c, other), 0);
+            let got = run_functional(&c, &held_back).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                let cos = cosine(&g[0], &w[0]);
+                assert!(cos >= 0.99, "{calibration:?} {precision:?}: cosine similarity {cos} < 0.99");
+            }
+            errors.push(worst_error(&got, &want));
+        }
+        eprintln!(
+            "{calibration:?}: worst error relative to the largest output: int8 {:.2e}, int16 {:.2e} ({:.0}x smaller)",
+            errors[0],
+            errors[1],
+            errors[0] / errors[1]
+        );
+        // The weights stay int8, so their rounding remains: int16 activations remove the
+        // activations' share of the error.
+        assert!(
+            errors[1] * 1.25 < errors[0],
+            "{calibration:?}: int16 {} is not well below int8 {}",
+            errors[1],
+            errors[0]
+        );
+    }
+}
+
 #[test]
 fn nodes_kept_in_float_are_not_quantised() {
     let model = zoo::small_cnn();

@@ -47,6 +47,36 @@ impl Schema {
     }
 }
 
+/// The activations' width (`-quantization-precision`); weights are int8 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// int8 (or uint8) activations: HMX at its int8 rate, a byte per element.
+    Int8,
+    /// int16 (or uint16) activations times int8 weights (the A16W8 scheme): 256 times
+    /// finer steps, HMX at half its int8 rate, two bytes per element.
+    Int16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "Int8" => Ok(Precision::Int8),
+            "Int16" => Ok(Precision::Int16),
+            other => Err(format!("'{other}' is not a precision (Int8, Int16)")),
+        }
+    }
+
+    /// Levels above zero of a signed (`unsigned` false) or unsigned tensor.
+    pub fn levels(self, unsigned: bool) -> f64 {
+        match (self, unsigned) {
+            (Precision::Int8, false) => 127.0,
+            (Precision::Int8, true) => 255.0,
+            (Precision::Int16, false) => 32767.0,
+            (Precision::Int16, true) => 65535.0,
+        }
+    }
+}
+
 /// How a tensor's clipping threshold is chosen from its histogram
 /// (`-quantization-calibration`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +121,8 @@ impl Calibration {
 /// The quantisation options of `aic-exec`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantOptions {
+    /// The activations' width.
+    pub precision: Precision,
     pub activations: Schema,
     pub constants: Schema,
     pub calibration: Calibration,
@@ -111,6 +143,7 @@ pub struct QuantOptions {
 impl Default for QuantOptions {
     fn default() -> QuantOptions {
         QuantOptions {
+            precision: Precision::Int8,
             activations: Schema::SymmetricWithUint8,
             constants: Schema::Symmetric,
             calibration: Calibration::None,
@@ -205,7 +238,8 @@ pub fn fingerprint(model: &crate::onnx::Model) -> String {
 }
 
 /// The clipping threshold of a magnitude histogram over `[0, abs_max]` for `levels`
-/// quantisation levels above zero (127 for int8, 255 for uint8).
+/// quantisation levels above zero (127 for int8, 255 for uint8, 32767 / 65535 at 16
+/// bits).
 pub fn threshold(stats: &TensorStats, levels: f64, opts: &QuantOptions) -> f32 {
     let hist = &stats.histogram;
     let top = f64::from(stats.abs_max());
@@ -245,6 +279,10 @@ pub fn threshold(stats: &TensorStats, levels: f64, opts: &QuantOptions) -> f32 {
         }
         Calibration::Mse => best_by(1.0),
         Calibration::Sqnr => best_by(3.0),
+        // Entropy calibration merges the histogram into 128 bins, as int8's levels; at 16
+        // bits the levels are finer than the histogram's bins, nothing is lost by
+        // merging, and the whole range is kept.
+        Calibration::KlMinimization if levels > 255.0 => bins - 1,
         Calibration::KlMinimization => kl_threshold(hist, 128),
     };
     ((t + 1) as f64 * width) as f32

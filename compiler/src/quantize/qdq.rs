@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{threshold, Profile, QuantOptions, Schema};
+use super::{threshold, Precision, Profile, QuantOptions, Schema};
 use crate::ir::Const;
 use crate::onnx::{data_type, Attribute, AttributeValue, Model, Node, Tensor, TensorData};
 use crate::CompileError;
@@ -14,11 +14,13 @@ pub struct QuantReport {
     pub quantised: Vec<String>,
     /// Convolutions left in float, each with why.
     pub kept: Vec<(String, String)>,
-    /// Activation tensors quantised (name, scale, zero point, uint8).
+    /// Activation tensors quantised (name, scale, zero point, unsigned: uint8 or
+    /// uint16).
     pub tensors: Vec<(String, f32, i64, bool)>,
 }
 
-/// A tensor's quantisation: scale, zero point and whether it is uint8.
+/// A tensor's quantisation: scale, zero point and whether it is unsigned (uint8, or
+/// uint16 at 16 bits).
 #[derive(Clone, Copy, Debug)]
 struct Params {
     scale: f32,
@@ -29,13 +31,13 @@ struct Params {
 fn activation_params(profile: &Profile, name: &str, opts: &QuantOptions) -> Option<Params> {
     let s = profile.tensors.get(name)?;
     let unsigned = opts.activations == Schema::SymmetricWithUint8 && s.min >= 0.0;
-    let levels = if unsigned { 255.0 } else { 127.0 };
+    let levels = opts.precision.levels(unsigned);
     let t = threshold(s, levels, opts);
     let mut scale = if t > 0.0 { t / levels as f32 } else { 1.0 };
     if opts.activations == Schema::SymmetricWithPower2Scale {
         scale = power2(scale);
     }
-    // uint8 [0, t] as the importer keeps it: zero point 0 of uint8.
+    // Unsigned [0, t] as the importer keeps it: zero point 0 of uint8 (uint16).
     Some(Params { scale, zero_point: 0, unsigned })
 }
 
@@ -267,7 +269,12 @@ pub fn quantize_model(
         let scale = rw.name(t, "scale");
         rw.init(&scale, vec![], data_type::FLOAT, TensorData::Floats(vec![p.scale]));
         let zp = rw.name(t, "zero_point");
-        let zp_type = if p.unsigned { data_type::UINT8 } else { data_type::INT8 };
+        let zp_type = match (opts.precision, p.unsigned) {
+            (Precision::Int8, false) => data_type::INT8,
+            (Precision::Int8, true) => data_type::UINT8,
+            (Precision::Int16, false) => data_type::INT16,
+            (Precision::Int16, true) => data_type::UINT16,
+        };
         rw.init(&zp, vec![], zp_type, TensorData::Int32s(vec![p.zero_point]));
         let (q, dq) = (rw.name(t, "quantized"), rw.name(t, "dequantized"));
         let nodes = vec![
