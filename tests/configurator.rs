@@ -328,7 +328,19 @@ fn an_unwritable_output_directory_is_refused_before_searching() {
 /// rebuilds the best program byte for byte.
 #[test]
 fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best() {
-    let dir = temp_dir("int8");
+    quantised_search("Int8", "int8", aicsim_abi::isa::DType::I8);
+}
+
+/// The same with 16-bit activations: int16 x int8 programs.
+#[test]
+fn an_int16_search_compiles_int16_programs_and_its_aic_exec_line_rebuilds_the_best() {
+    quantised_search("Int16", "int16 activations x int8 weights", aicsim_abi::isa::DType::I16);
+}
+
+/// A search with `-quantization-precision=<precision>`, which the report names as
+/// `named`; the best program's convolutions take `act` inputs.
+fn quantised_search(precision: &str, named: &str, act: aicsim_abi::isa::DType) {
+    let dir = temp_dir(&format!("quantised-{precision}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut list = String::new();
     for i in 0..4 {
@@ -348,7 +360,7 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
     .unwrap();
     let out_dir = dir.join("out");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic-configurator"))
-        .args(["zoo:small-cnn", "onnx", "-convert-to-fp16", "-quantization-precision=Int8"])
+        .args(["zoo:small-cnn", "onnx", "-convert-to-fp16", &format!("-quantization-precision={precision}")])
         .arg(format!("-input-list-file={}", dir.join("list.txt").display()))
         .arg(format!("-optimized-config-search={}", spec.display()))
         .args(["-max-compilation-threads=2", "-compiled-models=1"])
@@ -357,12 +369,15 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("Calibrated on 4 sample(s)") && text.contains("Quantised 5 of 5 layer(s) to int8"), "{text}");
+    assert!(
+        text.contains("Calibrated on 4 sample(s)") && text.contains(&format!("Quantised 5 of 5 layer(s) to {named}:")),
+        "{text}"
+    );
     let profile = out_dir.join("profile.json");
     assert!(text.contains(&format!("Writing file:{}", profile.display())), "{text}");
     let exec_line = text.lines().skip_while(|l| !l.starts_with("Compile it with:")).nth(1).expect(&text).trim();
     assert!(
-        exec_line.contains("-quantization-precision=Int8")
+        exec_line.contains(&format!("-quantization-precision={precision}"))
             && exec_line.contains(&format!("-load-profile={}", profile.display())),
         "{exec_line}"
     );
@@ -377,9 +392,10 @@ fn an_int8_search_compiles_int8_programs_and_its_aic_exec_line_rebuilds_the_best
     assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
     assert_eq!(std::fs::read(again.join("programqpc.bin")).unwrap(), best);
     let image = aicsim_abi::container::ProgramImage::parse(&best).unwrap();
-    let int8 = image.cores.iter().flatten().filter_map(|i| i.decode().ok()).any(
-        |op| matches!(op, aicsim_abi::isa::Op::Conv2d { weight, .. } if weight.dtype == aicsim_abi::isa::DType::I8),
-    );
-    assert!(int8, "the best program convolves on int8");
+    let integer = image.cores.iter().flatten().filter_map(|i| i.decode().ok()).any(|op| {
+        matches!(op, aicsim_abi::isa::Op::Conv2d { input, weight, .. }
+            if input.dtype == act && weight.dtype == aicsim_abi::isa::DType::I8)
+    });
+    assert!(integer, "the best program convolves {act:?} inputs with int8 weights");
     std::fs::remove_dir_all(&dir).unwrap();
 }

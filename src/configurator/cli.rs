@@ -66,10 +66,10 @@ usage: aic-configurator <model.onnx | zoo:NAME> onnx -optimized-config-search=<s
                                            P-token prompt and N tokens
   -max-time-per-token-ms=<T>               only configurations whose mean time per output
                                            token is at most T qualify
-  -quantization-precision=Int8 -input-list-file=<file> | -load-profile=<file> [...]
-                                           search int8 programs: the model is calibrated
-                                           (at batch 1) and quantised once, as aic-exec
-                                           does with the same flags";
+  -quantization-precision=Int8|Int16 -input-list-file=<file> | -load-profile=<file> [...]
+                                           search int8 (or int16-activation) programs: the
+                                           model is calibrated (at batch 1) and quantised
+                                           once, as aic-exec does with the same flags";
 
 struct Args {
     model: String,
