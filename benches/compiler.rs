@@ -7,9 +7,10 @@
 //!   model and input, on this machine, in this run.
 //!
 //! - post-training int8 quantisation of the same ResNet-50 with 32 calibration samples
-//!   (calibration on the simulated device, QDQ rewrite, compile) beside the float compile
-//!   alone and the float program's functional inferences alone (the calibration's two
-//!   passes over the samples are most of it).
+//!   (calibration on the simulated device, QDQ rewrite, compile; then the int16-activation
+//!   rewrite and compile of the same profile) beside the float compile alone and the
+//!   float program's functional inferences alone (the calibration's two passes over the
+//!   samples are most of it).
 //!
 //! Targets (issue 6): compile < 10 s for each core count (release, 2-core machine);
 //! functional inference <= 4x onnxruntime's time; (issue 19) quantising and compiling
@@ -74,7 +75,7 @@ fn compile_times(model: Option<&Path>, full: bool) {
 }
 
 fn quantise_and_compile(model: Option<&Path>, full: bool) {
-    use aicsim_compiler::quantize::{calibrate, quantize_model, run_functional, QuantOptions};
+    use aicsim_compiler::quantize::{calibrate, quantize_model, run_functional, Precision, QuantOptions};
     use std::collections::HashMap;
     let (m, dir, label) = match model {
         Some(p) => (parse_model(&std::fs::read(p).unwrap()).unwrap(), p.parent(), "light_resnet50.onnx"),
@@ -114,6 +115,17 @@ fn quantise_and_compile(model: Option<&Path>, full: bool) {
         report.quantised.len() + report.kept.len(),
         c.image.cores.iter().map(Vec::len).sum::<usize>(),
         total / 30.0
+    );
+    // The same profile with 16-bit activations (-quantization-precision=Int16).
+    let t = Instant::now();
+    let int16 = QuantOptions { precision: Precision::Int16, ..QuantOptions::default() };
+    let (qdq16, report16) = quantize_model(&m, dir, &HashMap::new(), &profile, &int16).unwrap();
+    let c16 = compile(&qdq16, dir, "int16", &opts).unwrap();
+    println!(
+        "  int16 activations from the same profile ({} layers): rewrite and compile {:>8.3} s ({} instructions)",
+        report16.quantised.len(),
+        t.elapsed().as_secs_f64(),
+        c16.image.cores.iter().map(Vec::len).sum::<usize>()
     );
     println!("  baseline: the float compile alone               {compile_float:>8.3} s");
     println!(

@@ -384,7 +384,7 @@ pub enum Op {
     },
     /// dtype conversion, (de)quantisation and layout change (strides): float -> int is
     /// `round_half_even(x / scale) + zero_point` saturated; int -> float is
-    /// `(q - zero_point) * scale`; i32 -> i8/u8 is `round(x * scale) + zero_point`
+    /// `(q - zero_point) * scale`; i32 -> i8/u8/i16 is `round(x * scale) + zero_point`
     /// saturated; anything else converts the value. With `scales` (an f32 tensor of the
     /// destination's shape, typically a broadcast view of per-channel values) element
     /// `i` uses `scale * scales[i]`: per-channel requantisation in one pass.

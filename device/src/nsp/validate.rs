@@ -509,6 +509,22 @@ mod tests {
             b: vt(32, DType::I32, &[4]),
         };
         assert!(matches!(problem(&[b]).1, StreamProblem::Types(_)));
+        // int16 activations multiply int8 weights into i32, with a zero point in int16's
+        // range; int16 weights are not an HMX type.
+        let wide = |b: DType, zero_point: i32| {
+            let m = Op::MatMul {
+                dst: vt(0, DType::I32, &[2, 3]),
+                a: vt(64, DType::I16, &[2, 4]),
+                b: vt(128, b, &[4, 3]),
+                accumulate: false,
+                zero_point,
+            };
+            let ops: Vec<Instruction> = [m, Op::End].iter().map(|&o| Instruction::encode(o)).collect();
+            validate_stream(0, &ops, &LIMITS).map(|_| ()).map_err(|e| e.problem)
+        };
+        assert_eq!(wide(DType::I8, -20_000), Ok(()));
+        assert!(matches!(wide(DType::I16, 0), Err(StreamProblem::Types(_))));
+        assert!(matches!(wide(DType::I8, 40_000), Err(StreamProblem::Types(_))));
     }
 
     #[test]
