@@ -68,6 +68,11 @@ impl<'a> Builder<'a> {
         CompileError::Node { node: node.name.clone(), op_type: node.op_type.clone(), reason: reason.into() }
     }
 
+    /// A quantised layer the integer engines cannot take runs in float: said, not silent.
+    pub(crate) fn kept_in_float(&mut self, node: &Node, why: &str) {
+        self.g.warnings.push(format!("{} '{}' runs in float: {why}", node.op_type, node.name));
+    }
+
     pub(crate) fn unsupported(&self, node: &Node) -> CompileError {
         CompileError::Unsupported { op_type: node.op_type.clone(), node: node.name.clone(), opset: self.opset }
     }
@@ -400,13 +405,17 @@ impl<'a> Builder<'a> {
         let pads = self.pads(node, &xs, &shape, [kh, kw], &stride, &dilation)?;
         let groups = node.attr_int("group", 1) as usize;
         // Dequantised int8 input and weights: an int8 convolution on HMX.
-        let (x, weight, bias, int8) = match self.int8_conv(x, w, b) {
-            Some(q) => (q.input, q.weight, q.bias, Some(q.multiplier)),
-            None if self.g.consts[w].is_int() => {
+        let integer = self.int8_conv(x, w, b);
+        if let Err(Some(why)) = &integer {
+            self.kept_in_float(node, why);
+        }
+        let (x, weight, bias, int8) = match integer {
+            Ok(q) => (q.input, q.weight, q.bias, Some(q.multiplier)),
+            Err(_) if self.g.consts[w].is_int() => {
                 let c = Const::f32(ws.clone(), self.g.consts[w].to_f32());
                 (x, self.g.add_const(&node.inputs[1], c), b, None)
             }
-            None => (x, w, b, None),
+            Err(_) => (x, w, b, None),
         };
         self.add_layer(
             node,
@@ -527,7 +536,11 @@ impl<'a> Builder<'a> {
         }
         // Dequantised int8 input and weights: an int8 product on HMX.
         if alpha == 1.0 && c.is_none_or(|(_, beta)| beta == 1.0) {
-            if let Some(q) = self.int8_dense(x, b, transpose_b, c.map(|(c, _)| c)) {
+            let integer = self.int8_dense(x, b, transpose_b, c.map(|(c, _)| c));
+            if let Err(Some(why)) = &integer {
+                self.kept_in_float(node, why);
+            }
+            if let Ok(q) = integer {
                 let kind = LayerKind::Dense {
                     input: q.input,
                     weight: q.weight,

@@ -178,6 +178,7 @@ pub fn compile(
     if opts.specializations.is_empty() {
         let part = compile_part(model, model_dir, opts, &opts.symbols, 0, &[])?;
         warnings.extend(unused_symbols(model, &opts.symbols));
+        warnings.extend(part.graph.warnings.iter().cloned());
         warnings.extend(part.lowered.warnings.iter().cloned());
         let image = ProgramImage {
             name: pname,
@@ -244,7 +245,11 @@ pub fn compile(
         let mut keys: Vec<_> = spec.iter().collect();
         keys.sort();
         names.push(keys.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
-        warnings.extend(part.lowered.warnings.iter().cloned());
+        for w in part.graph.warnings.iter().chain(&part.lowered.warnings) {
+            if !warnings.contains(w) {
+                warnings.push(w.clone());
+            }
+        }
         parts.push(part);
     }
     let mut all_symbols = opts.symbols.clone();

@@ -343,6 +343,8 @@ pub struct Graph {
     pub layers: Vec<Layer>,
     pub inputs: Vec<Io>,
     pub outputs: Vec<Io>,
+    /// What the import noticed and said (quantised layers left in float).
+    pub warnings: Vec<String>,
 }
 
 impl Graph {

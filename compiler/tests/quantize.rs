@@ -165,6 +165,38 @@ fn int16_activations_track_the_float_program_closer_than_int8() {
     }
 }
 
+/// A bias that does not fit int32 in units of the sums (a very fine input scale, as
+/// 16-bit activations give) keeps its layer in float, and says so: the quantiser reports
+/// it, and a QDQ model carrying such a layer compiles with a warning naming it.
+#[test]
+fn a_bias_past_int32_keeps_its_layer_in_float_and_says_so() {
+    use aicsim_compiler::onnx::TensorData;
+    use aicsim_compiler::quantize::Precision;
+    let model = zoo::small_cnn();
+    let mut profile = profile();
+    let input = model.graph.inputs[0].name.clone();
+    let first = model.graph.nodes.iter().find(|n| n.op_type == "Conv").unwrap().name.clone();
+    // The input barely varies: its 16-bit scale is ~1e-13.
+    let t = profile.tensors.get_mut(&input).unwrap();
+    (t.min, t.max) = (-3e-9, 3e-9);
+    let opts = QuantOptions { precision: Precision::Int16, ..QuantOptions::default() };
+    let (_, report) = quantize_model(&model, None, &HashMap::new(), &profile, &opts).unwrap();
+    let (node, why) = report.kept.iter().find(|(n, _)| *n == first).expect("the first convolution is kept");
+    assert!(why.contains("exceeds int32"), "{node}: {why}");
+    assert_eq!(report.quantised.len(), 4);
+    // An int8 QDQ model whose input scale is then made that fine: the importer keeps
+    // the convolution in float and warns.
+    let (mut qdq, _) =
+        quantize_model(&model, None, &HashMap::new(), &self::profile(), &QuantOptions::default()).unwrap();
+    let scale =
+        qdq.graph.initializers.iter_mut().find(|t| t.name.starts_with(&format!("{input}_scale_aicsim"))).unwrap();
+    scale.data = TensorData::Floats(vec![1e-13]);
+    let c = compile(&qdq, None, "q", &CompileOptions::default()).unwrap();
+    assert_eq!(convs_on(&c, DType::I8), 3, "the first convolution runs in float");
+    let said = c.warnings.iter().find(|w| w.contains(&format!("'{first}' runs in float"))).expect("a warning");
+    assert!(said.contains("bias") && said.contains("int32"), "{said}");
+}
+
 #[test]
 fn nodes_kept_in_float_are_not_quantised() {
     let model = zoo::small_cnn();

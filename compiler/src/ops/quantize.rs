@@ -347,75 +347,77 @@ impl Builder<'_> {
         }
     }
 
-    /// For a convolution reading `x` with weights `w` and bias `b`: the int8 input, the
-    /// int8 weights, the int32 bias and the per-output-channel multiplier, when input and
-    /// weights are dequantised int8 (weights symmetric, per tensor or per output channel).
-    /// The bias is taken in units of the sums (`input scale x weight scale`), as
-    /// onnxruntime's quantiser stores it.
-    pub(crate) fn int8_conv(&mut self, x: ValueId, w: ConstId, b: Option<ConstId>) -> Option<Int8Conv> {
-        let q = self.dequantized(x)?;
-        let qc = self.quant_consts.get(&w)?.clone();
-        let ws = self.g.consts[w].shape.clone();
-        let ints = &self.g.consts[qc.ints];
-        if !qc.symmetric
-            || (qc.scales.len() > 1 && qc.axis != 0)
-            || ints.to_i64().iter().any(|v| !(-128..=127).contains(v))
-        {
-            return None;
-        }
-        let sx = self.g.values[q].quant?.scale;
-        let co = ws[0];
-        let mult: Vec<f32> = (0..co).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
-        // A product of scales f32 cannot hold: the layer stays in float.
-        if !mult.iter().all(|m| m.is_normal()) {
-            return None;
-        }
-        let bias = self.int32_bias(b, &mult)?;
-        let name = self.g.const_names[w].clone();
-        let weight = self.g.add_const(&format!("{name}_int8"), Const::i64(ws, ints.to_i64()));
-        let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![co], mult));
-        let bias = bias.map(|v| self.g.add_const(&format!("{name}_bias_int32"), Const::i64(vec![co], v)));
-        Some(Int8Conv { input: q, weight, bias, multiplier })
+    /// For a convolution reading `x` with weights `w` (`[Co, Ci, Kh, Kw]`) and bias `b`:
+    /// the integer input, the int8 weights, the int32 bias and the per-output-channel
+    /// multiplier, when input and weights are dequantised integers (int8 or int16 input;
+    /// weights symmetric int8, per tensor or per output channel). The bias is taken in
+    /// units of the sums (`input scale x weight scale`), as onnxruntime's quantiser
+    /// stores it. `Err(None)`: not a quantised layer; `Err(Some(why))`: quantised
+    /// operands the integer engines cannot take, so the layer runs in float.
+    pub(crate) fn int8_conv(&mut self, x: ValueId, w: ConstId, b: Option<ConstId>) -> Result<Int8Conv, Option<String>> {
+        self.integer_layer(x, w, b, 0, false)
     }
-}
 
-impl Builder<'_> {
     /// For a matrix product of `x` by the constant `w` (`[K, N]`, or `[N, K]` when
-    /// `transpose_b`) plus bias `b` (`[N]`): the int8 input, the int8 weights as `[K, N]`,
-    /// the int32 bias and each column's multiplier, when input and weights are
-    /// dequantised int8 (weights symmetric, per tensor or per output column).
+    /// `transpose_b`) plus bias `b` (`[N]`): as [`Builder::int8_conv`], the weights as
+    /// `[K, N]` and a multiplier per output column.
     pub(crate) fn int8_dense(
         &mut self,
         x: ValueId,
         w: ConstId,
         transpose_b: bool,
         b: Option<ConstId>,
-    ) -> Option<Int8Conv> {
-        let q = self.dequantized(x)?;
-        let qc = self.quant_consts.get(&w)?.clone();
-        let column_axis = if transpose_b { 0 } else { 1 };
-        let ints = self.g.consts[qc.ints].clone();
-        if !qc.symmetric
-            || (qc.scales.len() > 1 && qc.axis != column_axis)
-            || ints.to_i64().iter().any(|v| !(-128..=127).contains(v))
-        {
-            return None;
-        }
-        let ints = if transpose_b { crate::fold::transpose(&ints, &[1, 0]) } else { ints };
-        let n = ints.shape[1];
-        let sx = self.g.values[q].quant?.scale;
-        let mult: Vec<f32> = (0..n).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
-        if !mult.iter().all(|m| m.is_normal()) {
-            return None;
-        }
-        let bias = self.int32_bias(b, &mult)?;
-        let name = self.g.const_names[w].clone();
-        let weight = self.g.add_const(&format!("{name}_int8"), ints);
-        let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![n], mult));
-        let bias = bias.map(|v| self.g.add_const(&format!("{name}_bias_int32"), Const::i64(vec![n], v)));
-        Some(Int8Conv { input: q, weight, bias, multiplier })
+    ) -> Result<Int8Conv, Option<String>> {
+        self.integer_layer(x, w, b, if transpose_b { 0 } else { 1 }, transpose_b)
     }
 
+    /// `axis`: the weights' output-channel axis, as the model stores them.
+    fn integer_layer(
+        &mut self,
+        x: ValueId,
+        w: ConstId,
+        b: Option<ConstId>,
+        axis: usize,
+        transpose: bool,
+    ) -> Result<Int8Conv, Option<String>> {
+        let q = self.dequantized(x).ok_or(None)?;
+        let qc = self.quant_consts.get(&w).ok_or(None)?.clone();
+        let sx = self.g.values[q].quant.ok_or(None)?.scale;
+        let ints = self.g.consts[qc.ints].clone();
+        if !qc.symmetric {
+            return Err(Some("its weights have non-zero zero points (HMX takes symmetric int8 weights)".into()));
+        }
+        if qc.scales.len() > 1 && qc.axis != axis {
+            return Err(Some(format!(
+                "its weights are quantised along axis {}, not the output channels' axis {axis}",
+                qc.axis
+            )));
+        }
+        if ints.to_i64().iter().any(|v| !(-128..=127).contains(v)) {
+            return Err(Some("its weights are not int8 (HMX multiplies int8 weights)".into()));
+        }
+        let channels = ints.shape[axis];
+        let ints = if transpose { crate::fold::transpose(&ints, &[1, 0]) } else { ints };
+        let mult: Vec<f32> = (0..channels).map(|c| sx * qc.scales[if qc.scales.len() == 1 { 0 } else { c }]).collect();
+        if !mult.iter().all(|m| m.is_normal()) {
+            return Err(Some("the products of its input and weight scales are not all normal f32 numbers".into()));
+        }
+        let bias = self.int32_bias(b, &mult).ok_or_else(|| {
+            Some(
+                "its bias is not one constant per output channel within int32 in units of the sums \
+                 (input scale x weight scale)"
+                    .to_string(),
+            )
+        })?;
+        let name = self.g.const_names[w].clone();
+        let weight = self.g.add_const(&format!("{name}_int8"), Const::i64(ints.shape.clone(), ints.to_i64()));
+        let multiplier = self.g.add_const(&format!("{name}_multiplier"), Const::f32(vec![channels], mult));
+        let bias = bias.map(|v| self.g.add_const(&format!("{name}_bias_int32"), Const::i64(vec![channels], v)));
+        Ok(Int8Conv { input: q, weight, bias, multiplier })
+    }
+}
+
+impl Builder<'_> {
     /// A float bias in units of the int32 sums (`Some(None)`: no bias; `None`: it does
     /// not fit: one value per output channel, each within int32).
     fn int32_bias(&self, b: Option<ConstId>, mult: &[f32]) -> Option<Option<Vec<i64>>> {

@@ -213,7 +213,8 @@ pub fn quantize_model(
     // Tensors to quantise, with their parameters; layers to rewrite, with their input's
     // parameters and their weight's output axis.
     let mut quantised: HashMap<String, Params> = HashMap::new();
-    let mut convs: Vec<(usize, Params, usize)> = Vec::new();
+    // (node, input parameters, weight's output axis, integer weights, their scales)
+    let mut convs: Vec<(usize, Params, usize, Vec<i64>, Vec<f32>)> = Vec::new();
     let layer_types = ["Conv", "Gemm", "MatMul"];
     for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| layer_types.contains(&n.op_type.as_str())) {
         let keep = |why: &str| (n.name.clone(), why.to_string());
@@ -230,7 +231,8 @@ pub fn quantize_model(
             continue;
         };
         let co = w.shape[axis];
-        if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
+        let bias = n.inputs.get(2).filter(|b| !b.is_empty());
+        if let Some(b) = bias {
             if consts.get(b).is_none_or(|c| c.len() != co) {
                 report.kept.push(keep("its bias is not a constant with one value per output channel"));
                 continue;
@@ -240,6 +242,21 @@ pub fn quantize_model(
             report.kept.push(keep("the profile has no range for its input"));
             continue;
         };
+        let (ints, scales) = quantise_weights(&w.to_f32(), &w.shape, axis, opts.constants);
+        // An int32 bias is in units of the sums (input scale x weight scale): with a fine
+        // input scale (16-bit activations) a large bias may not fit, and the layer stays
+        // in float rather than have its bias saturate.
+        if let Some(b) = bias.filter(|_| !opts.bias_int8) {
+            let fits = consts[b].to_f32().iter().zip(&scales).all(|(&v, &s)| {
+                // As the importer computes it (the multiplier is an f32 product).
+                let q = (f64::from(v) / f64::from(s * px.scale)).round_ties_even();
+                q.abs() <= f64::from(i32::MAX)
+            });
+            if !fits {
+                report.kept.push(keep("its bias in units of the sums (input scale x weight scale) exceeds int32"));
+                continue;
+            }
+        }
         // The output to quantise: a ReLU's, when a ReLU alone reads the convolution.
         let y = &n.outputs[0];
         let relu = match readers.get(y.as_str()).map(Vec::as_slice) {
@@ -253,7 +270,7 @@ pub fn quantize_model(
             quantised.insert(out.clone(), py);
         }
         quantised.insert(n.inputs[0].clone(), px);
-        convs.push((i, px, axis));
+        convs.push((i, px, axis, ints, scales));
         report.quantised.push(n.name.clone());
     }
     // Each quantised tensor gets one Q/DQ pair after its producer; its readers read the
@@ -287,13 +304,11 @@ pub fn quantize_model(
     }
     // Weights and biases of the rewritten convolutions.
     let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
-    for &(i, px, w_axis) in &convs {
+    for (i, px, w_axis, ints, scales) in convs {
         let n = &g.nodes[i];
         let wname = &n.inputs[1];
         let w = &consts[wname];
-        let values = w.to_f32();
         let co = w.shape[w_axis];
-        let (ints, scales) = quantise_weights(&values, &w.shape, w_axis, opts.constants);
         let wq = rw.name(wname, "int8");
         rw.init(&wq, w.shape.iter().map(|&d| d as i64).collect(), data_type::INT8, TensorData::Int32s(ints));
         let ws = rw.name(wname, "scale");
