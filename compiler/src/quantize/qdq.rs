@@ -41,6 +41,16 @@ fn activation_params(profile: &Profile, name: &str, opts: &QuantOptions) -> Opti
     Some(Params { scale, zero_point: 0, unsigned })
 }
 
+/// A layer to rewrite: its node, its input's parameters, its weight's output-channel
+/// axis, and the weight's integers and per-channel scales.
+struct Layer {
+    node: usize,
+    input: Params,
+    axis: usize,
+    ints: Vec<i64>,
+    scales: Vec<f32>,
+}
+
 fn power2(scale: f32) -> f32 {
     2f32.powi(scale.log2().ceil() as i32)
 }
@@ -213,8 +223,7 @@ pub fn quantize_model(
     // Tensors to quantise, with their parameters; layers to rewrite, with their input's
     // parameters and their weight's output axis.
     let mut quantised: HashMap<String, Params> = HashMap::new();
-    // (node, input parameters, weight's output axis, integer weights, their scales)
-    let mut convs: Vec<(usize, Params, usize, Vec<i64>, Vec<f32>)> = Vec::new();
+    let mut convs: Vec<Layer> = Vec::new();
     let layer_types = ["Conv", "Gemm", "MatMul"];
     for (i, n) in g.nodes.iter().enumerate().filter(|(_, n)| layer_types.contains(&n.op_type.as_str())) {
         let keep = |why: &str| (n.name.clone(), why.to_string());
@@ -270,7 +279,7 @@ pub fn quantize_model(
             quantised.insert(out.clone(), py);
         }
         quantised.insert(n.inputs[0].clone(), px);
-        convs.push((i, px, axis, ints, scales));
+        convs.push(Layer { node: i, input: px, axis, ints, scales });
         report.quantised.push(n.name.clone());
     }
     // Each quantised tensor gets one Q/DQ pair after its producer; its readers read the
@@ -304,7 +313,7 @@ pub fn quantize_model(
     }
     // Weights and biases of the rewritten convolutions.
     let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
-    for (i, px, w_axis, ints, scales) in convs {
+    for Layer { node: i, input: px, axis: w_axis, ints, scales } in convs {
         let n = &g.nodes[i];
         let wname = &n.inputs[1];
         let w = &consts[wname];
