@@ -272,6 +272,60 @@ fn bad_quantisation_parameters_name_the_node_and_the_tensor() {
     assert!(e.contains(&name) && e.contains("quantised with scale"), "{e}");
 }
 
+/// Opset 21's quantisation attributes and 16-bit types: blocked quantisation
+/// (`block_size`) is refused by node, an `output_dtype` other than the zero point's type
+/// is an error, a 16-bit zero point outside its type names the tensor, and int16 zero
+/// points compile to int16 activations.
+#[test]
+fn opset_21_quantisation_attributes_and_16_bit_types_are_checked() {
+    use aicsim_compiler::onnx::{data_type, Attribute, AttributeValue, TensorData};
+    let mut m = zoo::qdq_cnn();
+    m.opset_imports[0].version = 21;
+    assert!(compile(&m, None, "q", &opts()).is_ok(), "opset 21 is read");
+    let first_q = m.graph.nodes.iter().position(|n| n.op_type == "QuantizeLinear").unwrap();
+    let q = m.graph.nodes[first_q].clone();
+    let attr = |name: &str, v: i64| Attribute { name: name.into(), value: AttributeValue::Int(v) };
+    let mut blocked = m.clone();
+    blocked.graph.nodes[first_q].attributes.push(attr("block_size", 32));
+    let e = compile(&blocked, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&q.name) && e.contains("block_size"), "{e}");
+    let mut other = m.clone();
+    other.graph.nodes[first_q].attributes.push(attr("output_dtype", i64::from(data_type::INT16)));
+    let e = compile(&other, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&q.name) && e.contains("output_dtype"), "{e}");
+    // Every activation zero point (uint8 in this model) made uint16, scales 256 times
+    // finer: a uint16 model, whose convolutions take int16 inputs.
+    let mut wide = m.clone();
+    let zps: Vec<String> = wide
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .flat_map(|n| [n.inputs[1].clone(), n.inputs[2].clone()])
+        .collect();
+    for t in wide.graph.initializers.iter_mut().filter(|t| zps.contains(&t.name)) {
+        match (t.data_type, &t.data) {
+            (data_type::UINT8, TensorData::Int32s(v)) => {
+                t.data = TensorData::Int32s(v.iter().map(|z| z * 256).collect());
+                t.data_type = data_type::UINT16;
+            }
+            (data_type::FLOAT, TensorData::Floats(v)) => {
+                t.data = TensorData::Floats(v.iter().map(|s| s / 256.0).collect())
+            }
+            _ => {}
+        }
+    }
+    let c = compile(&wide, None, "q", &opts()).unwrap();
+    let int16_convs = c.image.cores.iter().flatten().filter_map(|i| i.decode().ok()).filter(
+        |op| matches!(op, aicsim_abi::isa::Op::Conv2d { input, .. } if input.dtype == aicsim_abi::isa::DType::I16),
+    );
+    assert!(int16_convs.count() > 0, "{:?}", c.warnings);
+    let mut past = wide.clone();
+    past.graph.initializers.iter_mut().find(|t| t.name == q.inputs[2]).unwrap().data = TensorData::Int32s(vec![70_000]);
+    let e = compile(&past, None, "q", &opts()).unwrap_err().to_string();
+    assert!(e.contains(&q.name) && e.contains(&q.inputs[2]) && e.contains("70000"), "{e}");
+}
+
 /// Found by the fuzzer: a quantisation node without inputs, and per-axis scales that do
 /// not match their axis, are errors naming the node (they once indexed out of bounds).
 #[test]
