@@ -114,45 +114,56 @@ def scalar(name, value, dtype):
 
 # Int8 in QDQ form (as onnxruntime's static quantiser writes it) and in QOperator form.
 w_q = (rng.standard_normal((4, 3, 3, 3)) * 40).round().clip(-127, 127).astype(np.int8)
-save(
-    "qdq_conv_pool_gemm",
-    [
-        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
-        helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
-        helper.make_node("QuantizeLinear", ["c", "cs", "cz"], ["cq"]),
-        helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cd"]),
-        helper.make_node("MaxPool", ["cd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("QuantizeLinear", ["p", "cs", "cz"], ["pq"]),
-        helper.make_node("DequantizeLinear", ["pq", "cs", "cz"], ["pd"]),
-        helper.make_node("Add", ["pd", "pd"], ["s"]),
-        helper.make_node("Flatten", ["s"], ["f"]),
-        helper.make_node("QuantizeLinear", ["f", "fs", "fz"], ["fq"]),
-        helper.make_node("DequantizeLinear", ["fq", "fs", "fz"], ["fd"]),
-        helper.make_node("DequantizeLinear", ["gq", "gs", "gz"], ["gd"]),
-        helper.make_node("Gemm", ["fd", "gd"], ["y"], transB=1),
-    ],
-    [io("x", 1, 3, 8, 8)],
-    [io("y", 1, 5)],
-    [
-        scalar("xs", 0.02, np.float32),
-        scalar("xz", 3, np.int8),
-        numpy_helper.from_array(w_q, "wq"),
-        numpy_helper.from_array(np.array([0.01, 0.02, 0.015, 0.01], dtype=np.float32), "ws"),
-        numpy_helper.from_array(np.zeros(4, dtype=np.int8), "wz"),
-        numpy_helper.from_array(np.array([100, -50, 0, 7], dtype=np.int32), "bq"),
-        numpy_helper.from_array(np.array([0.0002, 0.0004, 0.0003, 0.0002], dtype=np.float32), "bs"),
-        scalar("cs", 0.05, np.float32),
-        scalar("cz", 128, np.uint8),
-        scalar("fs", 0.1, np.float32),
-        scalar("fz", 0, np.int8),
-        numpy_helper.from_array((rng.standard_normal((5, 64)) * 30).round().clip(-127, 127).astype(np.int8), "gq"),
-        scalar("gs", 0.01, np.float32),
-        scalar("gz", 0, np.int8),
-    ],
-)
+
+
+def qdq_conv_pool_gemm(name, bits):
+    """The QDQ seed with 8-bit activations, or 16-bit ones (int16 / uint16 zero points,
+    steps 256 times finer, the bias in units of the finer sums; opset 21)."""
+    k = 256 if bits == 16 else 1
+    s8, u8 = (np.int16, np.uint16) if bits == 16 else (np.int8, np.uint8)
+    save(
+        name,
+        [
+            helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+            helper.make_node("DequantizeLinear", ["bq", "bs"], ["bd"], axis=0),
+            helper.make_node("Conv", ["xd", "wd", "bd"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("QuantizeLinear", ["c", "cs", "cz"], ["cq"]),
+            helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cd"]),
+            helper.make_node("MaxPool", ["cd"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("QuantizeLinear", ["p", "cs", "cz"], ["pq"]),
+            helper.make_node("DequantizeLinear", ["pq", "cs", "cz"], ["pd"]),
+            helper.make_node("Add", ["pd", "pd"], ["s"]),
+            helper.make_node("Flatten", ["s"], ["f"]),
+            helper.make_node("QuantizeLinear", ["f", "fs", "fz"], ["fq"]),
+            helper.make_node("DequantizeLinear", ["fq", "fs", "fz"], ["fd"]),
+            helper.make_node("DequantizeLinear", ["gq", "gs", "gz"], ["gd"]),
+            helper.make_node("Gemm", ["fd", "gd"], ["y"], transB=1),
+        ],
+        [io("x", 1, 3, 8, 8)],
+        [io("y", 1, 5)],
+        [
+            scalar("xs", 0.02 / k, np.float32),
+            scalar("xz", 3 * k, s8),
+            numpy_helper.from_array(w_q, "wq"),
+            numpy_helper.from_array(np.array([0.01, 0.02, 0.015, 0.01], dtype=np.float32), "ws"),
+            numpy_helper.from_array(np.zeros(4, dtype=np.int8), "wz"),
+            numpy_helper.from_array(np.array([100, -50, 0, 7], dtype=np.int32) * k, "bq"),
+            numpy_helper.from_array(np.array([0.0002, 0.0004, 0.0003, 0.0002], dtype=np.float32) / k, "bs"),
+            scalar("cs", 0.05 / k, np.float32),
+            scalar("cz", 128 * k, u8),
+            scalar("fs", 0.1 / k, np.float32),
+            scalar("fz", 0, s8),
+            numpy_helper.from_array((rng.standard_normal((5, 64)) * 30).round().clip(-127, 127).astype(np.int8), "gq"),
+            scalar("gs", 0.01, np.float32),
+            scalar("gz", 0, np.int8),
+        ],
+        opset=21 if bits == 16 else 13,
+    )
+
+
+qdq_conv_pool_gemm("qdq_conv_pool_gemm", 8)
 save(
     "qlinear_conv_matmul",
     [
@@ -187,3 +198,7 @@ print("wrote", len(os.listdir(OUT)), "ONNX seeds to", OUT)
 # runtime Slice) is written by scripts/make_gpt2.py:
 #   .venv/bin/python scripts/make_gpt2.py fuzz/corpus/onnx/kv_cache_gpt.onnx \
 #       --layers 1 --embed 8 --heads 2 --vocab 11 --positions 16
+
+# 16-bit activations (A16W8, -quantization-precision=Int16), drawn last so the seeds
+# above keep their bytes.
+qdq_conv_pool_gemm("qdq16_conv_pool_gemm", 16)
