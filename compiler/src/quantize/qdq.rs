@@ -41,14 +41,41 @@ fn activation_params(profile: &Profile, name: &str, opts: &QuantOptions) -> Opti
     Some(Params { scale, zero_point: 0, unsigned })
 }
 
-/// A layer to rewrite: its node, its input's parameters, its weight's output-channel
-/// axis, and the weight's integers and per-channel scales.
+/// A layer to rewrite: its node, its weight's output-channel axis, the weight's integers
+/// and per-channel scales, and its bias as [`quantise_bias`] gives it.
 struct Layer {
     node: usize,
-    input: Params,
     axis: usize,
     ints: Vec<i64>,
     scales: Vec<f32>,
+    bias: Option<QuantBias>,
+}
+
+/// A bias's per-channel scales, its ONNX integer type and its integers.
+struct QuantBias {
+    scales: Vec<f32>,
+    int_type: i32,
+    ints: Vec<i64>,
+}
+
+/// The bias `values` of a layer with weight scales `scales` reading an input of scale
+/// `input_scale`: int32 in units of the sums (`input scale x weight scale`, the
+/// multiplier an f32 product as the importer computes it), or with `int8` one
+/// symmetric int8 scale of its own.
+fn quantise_bias(values: &[f32], scales: &[f32], input_scale: f32, int8: bool) -> QuantBias {
+    let (scales, int_type): (Vec<f32>, i32) = if int8 {
+        let top = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        (vec![if top > 0.0 { top / 127.0 } else { 1.0 }; scales.len()], data_type::INT8)
+    } else {
+        (scales.iter().map(|s| s * input_scale).collect(), data_type::INT32)
+    };
+    let ints = values
+        .iter()
+        .zip(&scales)
+        .map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64)
+        .map(|q| if int8 { q.clamp(-127, 127) } else { q })
+        .collect();
+    QuantBias { scales, int_type, ints }
 }
 
 fn power2(scale: f32) -> f32 {
@@ -252,19 +279,13 @@ pub fn quantize_model(
             continue;
         };
         let (ints, scales) = quantise_weights(&w.to_f32(), &w.shape, axis, opts.constants);
+        let bias = bias.map(|b| quantise_bias(&consts[b].to_f32(), &scales, px.scale, opts.bias_int8));
         // An int32 bias is in units of the sums (input scale x weight scale): with a fine
         // input scale (16-bit activations) a large bias may not fit, and the layer stays
         // in float rather than have its bias saturate.
-        if let Some(b) = bias.filter(|_| !opts.bias_int8) {
-            let fits = consts[b].to_f32().iter().zip(&scales).all(|(&v, &s)| {
-                // As the importer computes it (the multiplier is an f32 product).
-                let q = (f64::from(v) / f64::from(s * px.scale)).round_ties_even();
-                q.abs() <= f64::from(i32::MAX)
-            });
-            if !fits {
-                report.kept.push(keep("its bias in units of the sums (input scale x weight scale) exceeds int32"));
-                continue;
-            }
+        if bias.as_ref().is_some_and(|b| b.ints.iter().any(|q| i32::try_from(*q).is_err())) {
+            report.kept.push(keep("its bias in units of the sums (input scale x weight scale) exceeds int32"));
+            continue;
         }
         // The output to quantise: a ReLU's, when a ReLU alone reads the convolution.
         let y = &n.outputs[0];
@@ -279,7 +300,7 @@ pub fn quantize_model(
             quantised.insert(out.clone(), py);
         }
         quantised.insert(n.inputs[0].clone(), px);
-        convs.push(Layer { node: i, input: px, axis, ints, scales });
+        convs.push(Layer { node: i, axis, ints, scales, bias });
         report.quantised.push(n.name.clone());
     }
     // Each quantised tensor gets one Q/DQ pair after its producer; its readers read the
@@ -313,7 +334,7 @@ pub fn quantize_model(
     }
     // Weights and biases of the rewritten convolutions.
     let mut conv_inputs: HashMap<usize, Vec<String>> = HashMap::new();
-    for Layer { node: i, input: px, axis: w_axis, ints, scales } in convs {
+    for Layer { node: i, axis: w_axis, ints, scales, bias } in convs {
         let n = &g.nodes[i];
         let wname = &n.inputs[1];
         let w = &consts[wname];
@@ -321,48 +342,22 @@ pub fn quantize_model(
         let wq = rw.name(wname, "int8");
         rw.init(&wq, w.shape.iter().map(|&d| d as i64).collect(), data_type::INT8, TensorData::Int32s(ints));
         let ws = rw.name(wname, "scale");
-        rw.init(&ws, vec![co as i64], data_type::FLOAT, TensorData::Floats(scales.clone()));
+        rw.init(&ws, vec![co as i64], data_type::FLOAT, TensorData::Floats(scales));
         let wz = rw.name(wname, "zero_point");
         rw.init(&wz, vec![co as i64], data_type::INT8, TensorData::Int32s(vec![0; co]));
         let wd = rw.name(wname, "dequantized");
         let axis = |a: usize| vec![Attribute { name: "axis".into(), value: AttributeValue::Int(a as i64) }];
         let mut nodes = vec![Rewriter::node("DequantizeLinear", wd.clone(), vec![wq, ws, wz], &wd, axis(w_axis))];
         let mut inputs = vec![renamed[&n.inputs[0]].clone(), wd];
-        if let Some(b) = n.inputs.get(2).filter(|b| !b.is_empty()) {
-            let Some(bt) = consts.get(b) else {
-                return Err(CompileError::Node {
-                    node: n.name.clone(),
-                    op_type: n.op_type.clone(),
-                    reason: format!("bias '{b}' is not known at compile time"),
-                });
-            };
-            let bv = bt.to_f32();
-            let (bscale, btype): (Vec<f32>, i32) = if opts.bias_int8 {
-                let top = bv.iter().fold(0f32, |m, v| m.max(v.abs()));
-                (vec![if top > 0.0 { top / 127.0 } else { 1.0 }; co], data_type::INT8)
-            } else {
-                (scales.iter().map(|s| s * px.scale).collect(), data_type::INT32)
-            };
-            let bints: Vec<i64> = bv
-                .iter()
-                .zip(&bscale)
-                .map(|(&v, &s)| (f64::from(v) / f64::from(s)).round_ties_even() as i64)
-                .map(|q| if opts.bias_int8 { q.clamp(-127, 127) } else { q })
-                .collect();
+        // The bias was checked and quantised with the layer (a constant, one per channel).
+        if let (Some(b), Some(qb)) = (n.inputs.get(2).filter(|b| !b.is_empty()), bias) {
             let bq = rw.name(b, "int");
-            rw.init(&bq, vec![co as i64], btype, TensorData::Int32s(bints));
+            rw.init(&bq, vec![co as i64], qb.int_type, TensorData::Int32s(qb.ints));
             let bs = rw.name(b, "scale");
-            rw.init(&bs, vec![co as i64], data_type::FLOAT, TensorData::Floats(bscale));
+            rw.init(&bs, vec![co as i64], data_type::FLOAT, TensorData::Floats(qb.scales));
             let bz = rw.name(b, "zero_point");
-            rw.init(&bz, vec![co as i64], btype, TensorData::Int32s(vec![0; co]));
+            rw.init(&bz, vec![co as i64], qb.int_type, TensorData::Int32s(vec![0; co]));
             let bd = rw.name(b, "dequantized");
-            if bt.len() != co {
-                return Err(CompileError::Node {
-                    node: n.name.clone(),
-                    op_type: n.op_type.clone(),
-                    reason: format!("bias '{b}' has {} values for {co} output channels", bt.len()),
-                });
-            }
             nodes.push(Rewriter::node("DequantizeLinear", bd.clone(), vec![bq, bs, bz], &bd, axis(0)));
             inputs.push(bd);
         }
